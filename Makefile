@@ -1,0 +1,117 @@
+# ckptd - training-dynamics and checkpoint-analysis service.
+#
+# Targets:
+#   make            build build/bin/ckptd and build/bin/ckpt-worker
+#   make check      install missing Debian packages (scripts/install-deps),
+#                   build, run every test (cmocka unit tests, golden and
+#                   malformed-input cases, integration tests)
+#   make bench      benchmarks, reported as ratios to baselines of the same run
+#   make demo       the main job end to end on the embedded default
+#   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
+#   make clean
+#
+# Variables:
+#   PREFIX=/usr/local   DESTDIR=        install location
+#   SANITIZE=address,undefined          build with these -fsanitize= checks
+#   WERROR=1                            warnings are errors (CI sets it)
+#   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
+#   DEPS=0                              make check skips scripts/install-deps
+
+CC ?= cc
+OPT ?= -O2
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD := build
+
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -I. $(BLAS_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL := $(LDFLAGS)
+ifeq ($(WERROR),1)
+CFLAGS_ALL += -Werror
+endif
+ifneq ($(SANITIZE),)
+CFLAGS_ALL += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+LDFLAGS_ALL += -fsanitize=$(SANITIZE)
+endif
+
+LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread
+CMOCKA_LIBS := -lcmocka
+
+COMMON_SRC := $(wildcard common/*.c)
+MODEL_SRC := $(wildcard workers/model/*.c)
+BATTERY_SRC := $(wildcard workers/battery/*.c)
+TRAIN_SRC := $(wildcard workers/train/*.c)
+WORKER_LIB_SRC := $(MODEL_SRC) $(BATTERY_SRC) $(TRAIN_SRC)
+DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+COMMON_OBJ := $(call obj,$(COMMON_SRC))
+WORKER_LIB_OBJ := $(call obj,$(WORKER_LIB_SRC))
+
+BINS := $(BUILD)/bin/ckpt-worker
+WORKER_MAIN := $(wildcard workers/*.c)
+
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+.PHONY: all check unit bench demo install clean deps golden
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER)
+
+# Every test links the worker library and common; daemon tests add theirs.
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER)
+
+deps:
+ifneq ($(DEPS),0)
+	@scripts/install-deps
+endif
+
+# Unit tests run from the repository root so they find tests/ data.
+unit: $(BINS) $(TEST_BINS)
+	@scripts/run-tests $(TEST_BINS)
+
+check: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+
+bench: $(BINS) $(BENCH_BINS)
+	@bench/run
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo
+
+# Regenerate golden files (needs python3-torch; make check does not).
+golden:
+	/usr/bin/python3 tests/reference/gptneox_ref.py
+	/usr/bin/python3 tests/cases/make_safetensors_cases.py
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,209 @@
+/* ckpt-worker forward: run the model on token sequences, print losses, and
+ * optionally dump logits and cached hook activations as .npy files. */
+#include <errno.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../common/log.h"
+#include "cli.h"
+#include "model/gptneox.h"
+#include "model/npy.h"
+#include "model/tokens.h"
+
+static const char forward_usage[] =
+    "usage: ckpt-worker forward CKPT_DIR --tokens FILE.json [--npy OUTDIR] [--cache HOOK,...]\n"
+    "\n"
+    "FILE.json is a JSON list of equal-length lists of token ids.  Prints one line\n"
+    "per sequence: 'seq <i> loss <mean next-token loss>', then the overall mean.\n"
+    "  --npy OUTDIR      write OUTDIR/logits.npy (float32 [B,T,V]) and one\n"
+    "                    OUTDIR/<hook name>.npy per cached hook\n"
+    "  --cache HOOK,...  hook names to cache (needs --npy); shell-style globs\n"
+    "                    such as 'blocks.*.hook_resid_post' are allowed.  Names:\n"
+    "                    hook_embed, blocks.L.hook_resid_pre, blocks.L.attn.hook_pattern,\n"
+    "                    blocks.L.attn.hook_z, blocks.L.hook_attn_out,\n"
+    "                    blocks.L.hook_resid_mid (sequential residual only),\n"
+    "                    blocks.L.mlp.hook_post, blocks.L.hook_mlp_out,\n"
+    "                    blocks.L.hook_resid_post, ln_final.hook_normalized\n";
+
+struct cached {
+    char name[64];
+    enum hook_kind kind;
+    int layer;
+    float *data;
+    int ndim, shape[4];
+};
+
+static int cache_hook(void *ctx, struct hook_act *act, struct err *e)
+{
+    struct cached *c = ctx;
+    free(c->data);
+    c->data = malloc(act->n * sizeof(float));
+    if (!c->data)
+        return err_set(e, ERR_NOMEM, act->name, "cannot cache activation");
+    memcpy(c->data, act->data, act->n * sizeof(float));
+    c->ndim = act->ndim;
+    memcpy(c->shape, act->shape, sizeof c->shape);
+    return 0;
+}
+
+/* Add every hook name of the model that matches `pattern`; 0 matches is an error. */
+static int add_matches(const struct gptneox_config *cfg, const char *pattern,
+                       struct cached **list, size_t *n, size_t *cap, struct err *e)
+{
+    int matched = 0;
+    for (int k = 0; k < HOOK_KIND_COUNT; k++) {
+        if (k == HOOK_RESID_MID && cfg->parallel_residual)
+            continue;
+        int nl = hook_kind_per_layer((enum hook_kind)k) ? cfg->n_layers : 1;
+        for (int l = 0; l < nl; l++) {
+            int layer = hook_kind_per_layer((enum hook_kind)k) ? l : -1;
+            char name[64];
+            if (hook_name(name, sizeof name, (enum hook_kind)k, layer) < 0 ||
+                fnmatch(pattern, name, 0) != 0)
+                continue;
+            matched = 1;
+            int dup = 0;
+            for (size_t i = 0; i < *n; i++)
+                dup |= strcmp((*list)[i].name, name) == 0;
+            if (dup)
+                continue;
+            if (*n == *cap) {
+                size_t nc = *cap ? *cap * 2 : 16;
+                struct cached *p = realloc(*list, nc * sizeof *p);
+                if (!p)
+                    return err_set(e, ERR_NOMEM, NULL, "out of memory");
+                *list = p;
+                *cap = nc;
+            }
+            struct cached *c = &(*list)[(*n)++];
+            memset(c, 0, sizeof *c);
+            snprintf(c->name, sizeof c->name, "%s", name);
+            c->kind = (enum hook_kind)k;
+            c->layer = layer;
+        }
+    }
+    if (!matched)
+        return err_set(e, ERR_NOTFOUND, pattern, "no hook point of this model matches");
+    return 0;
+}
+
+static int mkdir_p(const char *dir)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return (mkdir(buf, 0777) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
+int cmd_forward(int argc, char **argv)
+{
+    const char *dir = NULL, *tok_path = NULL, *npy_dir = NULL, *cache_arg = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0) {
+            fputs(forward_usage, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
+            tok_path = argv[++i];
+        } else if (strcmp(argv[i], "--npy") == 0 && i + 1 < argc) {
+            npy_dir = argv[++i];
+        } else if (strcmp(argv[i], "--cache") == 0 && i + 1 < argc) {
+            cache_arg = argv[++i];
+        } else if (argv[i][0] != '-' && !dir) {
+            dir = argv[i];
+        } else {
+            fprintf(stderr, "ckpt-worker forward: unexpected argument '%s'\n%s", argv[i], forward_usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!dir || !tok_path) {
+        fputs(forward_usage, stderr);
+        return EXIT_USAGE;
+    }
+    if (cache_arg && !npy_dir) {
+        fprintf(stderr, "ckpt-worker forward: --cache needs --npy OUTDIR\n");
+        return EXIT_USAGE;
+    }
+    struct err e;
+    err_clear(&e);
+    struct gptneox *m = NULL;
+    int *tokens = NULL, B = 0, T = 0, status = EXIT_INPUT;
+    struct cached *cache = NULL;
+    struct gptneox_hook *hooks = NULL;
+    float *per_seq = NULL;
+    size_t ncache = 0, cap = 0;
+    char *patterns = NULL;
+
+    if (tokens_read_json(tok_path, &tokens, &B, &T, &e) < 0)
+        goto fail;
+    if (gptneox_load(&m, dir, 0, &e) < 0)
+        goto fail;
+    if (cache_arg) {
+        patterns = strdup(cache_arg);
+        if (!patterns) {
+            err_set(&e, ERR_NOMEM, NULL, "out of memory");
+            goto fail;
+        }
+        char *save = NULL;
+        for (char *p = strtok_r(patterns, ",", &save); p; p = strtok_r(NULL, ",", &save))
+            if (add_matches(&m->cfg, p, &cache, &ncache, &cap, &e) < 0)
+                goto fail;
+        hooks = calloc(ncache ? ncache : 1, sizeof *hooks);
+        if (!hooks) {
+            err_set(&e, ERR_NOMEM, NULL, "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < ncache; i++)
+            hooks[i] = (struct gptneox_hook){cache[i].kind, cache[i].layer, cache_hook, &cache[i]};
+    }
+    if (gptneox_forward(m, tokens, B, T, hooks, ncache, &e) < 0)
+        goto fail;
+    per_seq = calloc((size_t)B, sizeof *per_seq);
+    if (!per_seq) {
+        err_set(&e, ERR_NOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    double mean = T > 1 ? gptneox_loss(m, tokens, B, T, NULL, per_seq) : NAN;
+    for (int b = 0; b < B; b++)
+        printf("seq %d loss %.6f\n", b, T > 1 ? (double)per_seq[b] : NAN);
+    printf("mean loss %.6f\n", mean);
+    if (npy_dir) {
+        if (mkdir_p(npy_dir) != 0) {
+            err_set(&e, ERR_IO, npy_dir, "cannot create directory: %s", strerror(errno));
+            goto fail;
+        }
+        char path[4200];
+        int shape[3] = {B, T, m->cfg.vocab_size};
+        snprintf(path, sizeof path, "%s/logits.npy", npy_dir);
+        if (npy_write_f32(path, gptneox_logits(m), 3, shape, &e) < 0)
+            goto fail;
+        for (size_t i = 0; i < ncache; i++) {
+            snprintf(path, sizeof path, "%s/%s.npy", npy_dir, cache[i].name);
+            if (npy_write_f32(path, cache[i].data, cache[i].ndim, cache[i].shape, &e) < 0)
+                goto fail;
+        }
+    }
+    status = 0;
+    goto out;
+fail:
+    log_err("forward failed", &e);
+out:
+    for (size_t i = 0; i < ncache; i++)
+        free(cache[i].data);
+    free(cache);
+    free(hooks);
+    free(patterns);
+    free(per_seq);
+    free(tokens);
+    gptneox_free(m);
+    return status;
+}

@@ -1,0 +1,78 @@
+/*
+ * ckpt-worker - analyse one checkpoint: checkpoint directory in, results out.
+ * It never talks to the database or the network (see workers/README.md).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "cli.h"
+#include "model/blas.h"
+
+static const char usage[] =
+    "usage: ckpt-worker [--threads N] [--log-level LEVEL] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  inspect CKPT_DIR            config summary, tensor table, parameter count, problems\n"
+    "  forward CKPT_DIR --tokens FILE.json [--npy OUTDIR] [--cache HOOK,...]\n"
+    "                              run the model, print the mean loss of each sequence\n"
+    "\n"
+    "options:\n"
+    "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
+    "  --log-level LEVEL  debug|info|warn|error (default: info, or CKPTD_LOG)\n"
+    "  --help, --version\n"
+    "\n"
+    "OPENBLAS_CORETYPE is chosen from the CPU's features unless set (CKPTD_BLAS_AUTO=0 disables).\n"
+    "Exit status: 0 ok, 1 input could not be processed, 2 usage error.\n"
+    "'ckpt-worker COMMAND --help' describes a command.\n";
+
+int main(int argc, char **argv)
+{
+    blas_prepare(argv);
+    log_set_component("worker");
+    int i = 1, threads = 0;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("ckpt-worker 0.1.0\n");
+            return 0;
+        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            threads = atoi(argv[++i]);
+            if (threads <= 0) {
+                fprintf(stderr, "ckpt-worker: --threads needs a positive number\n");
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
+            int l = log_level_parse(argv[++i]);
+            if (l < 0) {
+                fprintf(stderr, "ckpt-worker: unknown log level '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            log_set_level((enum log_level)l);
+        } else {
+            fprintf(stderr, "ckpt-worker: unknown option '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (i >= argc) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    blas_set_threads(threads);
+    log_debug("blas ready", "core=%s threads=%d", blas_corename(), blas_threads());
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"inspect", cmd_inspect},
+        {"forward", cmd_forward},
+    };
+    for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
+        if (strcmp(argv[i], cmds[c].name) == 0)
+            return cmds[c].fn(argc - i, argv + i);
+    fprintf(stderr, "ckpt-worker: unknown command '%s'\n%s", argv[i], usage);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,256 @@
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Query rows per block in causal attention: scores for a block are computed
+ * against keys [0, block end) only, halving the work at long contexts while
+ * keeping every sgemm large. */
+#define ATT_BLOCK 128
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N,
+                    int K, int M)
+{
+    float beta = 0.0f;
+    if (b) {
+        for (int n = 0; n < N; n++)
+            memcpy(out + (size_t)n * M, b, (size_t)M * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, inp, K, w, K,
+                beta, out, M);
+}
+
+void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
+                       int N, int C, float eps)
+{
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double s = 0.0;
+        for (int i = 0; i < C; i++)
+            s += x[i];
+        float mean = (float)(s / C);
+        double v = 0.0;
+        for (int i = 0; i < C; i++) {
+            float d = x[i] - mean;
+            v += (double)d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(v / C + eps));
+        for (int i = 0; i < C; i++)
+            o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+/* exp(x) in float: x = k ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
+ * Taylor polynomial (relative error < 1e-8 before rounding), 2^k by building
+ * the exponent bits.  Branch-free so loops over it vectorise.  Inputs below
+ * -87.3 give ~1e-38 rather than 0, harmless in softmax sums. */
+static inline float exp_approx(float x)
+{
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: rounds to integer */
+    float kf = x * 1.44269504088896341f + shifter;
+    int32_t ki;
+    memcpy(&ki, &kf, sizeof ki);
+    ki -= 0x4b400000;
+    kf -= shifter;
+    float r = x - kf * 0.693145751953125f; /* ln2 split in two for accuracy */
+    r = r - kf * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = (ki + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* erf(x) from the Chebyshev-fitted erfc of Numerical Recipes (fractional
+ * error < 1.2e-7): erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2). */
+static inline float erf_approx(float x)
+{
+    float z = fabsf(x);
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float erfc = t * exp_approx(-z * z + p);
+    float r = 1.0f - erfc;
+    return x < 0.0f ? -r : r;
+}
+
+void vexp(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = exp_approx(inp[i]);
+}
+
+void verf(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = erf_approx(inp[i]);
+}
+
+void gelu_forward(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+}
+
+void gelu_tanh_forward(float *x, size_t n)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float u = k * (v + 0.044715f * v * v * v);
+        /* tanh(u) = 1 - 2 / (exp(2u) + 1) */
+        float th = 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f);
+        x[i] = 0.5f * v * (1.0f + th);
+    }
+}
+
+/* sum_i exp(x[i] - shift) with 8 independent partial sums, so the loop
+ * vectorises without reassociation flags. */
+static double sum_exp_shifted(const float *x, int n, float shift)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += exp_approx(x[i + j] - shift);
+    double s = 0.0;
+    for (; i < n; i++)
+        s += exp_approx(x[i] - shift);
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+void softmax_row(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = exp_approx(x[i] - mx);
+        s += x[i];
+    }
+    float inv = 1.0f / s;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+void rotary_tables(float *cosv, float *sinv, int T, int rd, double base)
+{
+    int half = rd / 2;
+    for (int i = 0; i < half; i++) {
+        /* inv_freq in float32, as torch computes base ** (2i/rd) in float */
+        float expo = (float)(2 * i) / (float)rd;
+        float inv_freq = 1.0f / (float)pow(base, (double)expo);
+        for (int t = 0; t < T; t++) {
+            float ang = (float)t * inv_freq;
+            cosv[(size_t)t * half + i] = (float)cos((double)ang);
+            sinv[(size_t)t * half + i] = (float)sin((double)ang);
+        }
+    }
+}
+
+void rotary_forward(float *qkv, const float *cosv, const float *sinv, int B, int T,
+                    int NH, int HS, int rd)
+{
+    int half = rd / 2;
+    if (half == 0)
+        return;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *c = cosv + (size_t)t * half;
+            const float *s = sinv + (size_t)t * half;
+            for (int h = 0; h < NH; h++)
+                for (int which = 0; which < 2; which++) { /* q, then k */
+                    float *v = qkv + (((size_t)b * T + t) * NH + h) * 3 * HS + (size_t)which * HS;
+                    for (int i = 0; i < half; i++) {
+                        float x1 = v[i], x2 = v[i + half];
+                        v[i] = x1 * c[i] - x2 * s[i];
+                        v[i + half] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+        }
+}
+
+void attention_pattern(float *pattern, const float *qkv, int B, int T, int NH, int HS)
+{
+    const int ld = 3 * NH * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
+            const float *k = q + HS;
+            float *p = pattern + ((size_t)b * NH + h) * T * T;
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, HS, scale,
+                            q + (size_t)r0 * ld, ld, k, ld, 0.0f, p + (size_t)r0 * T, T);
+                for (int i = r0; i < r1; i++) {
+                    float *row = p + (size_t)i * T;
+                    softmax_row(row, i + 1);
+                    memset(row + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+                }
+            }
+        }
+}
+
+void attention_z(float *z, const float *pattern, const float *qkv, int B, int T, int NH,
+                 int HS)
+{
+    const int ld = 3 * NH * HS;
+    const int C = NH * HS;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *v = qkv + (size_t)b * T * ld + (size_t)h * 3 * HS + 2 * HS;
+            const float *p = pattern + ((size_t)b * NH + h) * T * T;
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, HS, r1, 1.0f,
+                            p + (size_t)r0 * T, T, v, ld, 0.0f,
+                            z + ((size_t)b * T + r0) * C + (size_t)h * HS, C);
+            }
+        }
+}
+
+double crossentropy_forward(float *losses, const float *logits, const int *targets, int N,
+                            int V)
+{
+    double total = 0.0;
+    int counted = 0;
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) {
+            losses[n] = 0.0f;
+            continue;
+        }
+        const float *l = logits + (size_t)n * V;
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++)
+            mx = l[i] > mx ? l[i] : mx;
+        double loss = log(sum_exp_shifted(l, V, mx)) + mx - l[targets[n]];
+        losses[n] = (float)loss;
+        total += loss;
+        counted++;
+    }
+    return counted ? total / counted : 0.0;
+}
