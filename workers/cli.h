@@ -15,5 +15,6 @@
 
 int cmd_inspect(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 
 #endif

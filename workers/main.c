@@ -17,6 +17,8 @@ static const char usage[] =
     "  inspect CKPT_DIR            config summary, tensor table, parameter count, problems\n"
     "  forward CKPT_DIR --tokens FILE.json [--npy OUTDIR] [--cache HOOK,...]\n"
     "                              run the model, print the mean loss of each sequence\n"
+    "  init CKPT_DIR [--preset NAME] [--seed N] [--std X] [--dtype f32|f16|bf16]\n"
+    "                              write a randomly initialised checkpoint\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -69,6 +71,7 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"inspect", cmd_inspect},
         {"forward", cmd_forward},
+        {"init", cmd_init},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

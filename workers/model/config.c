@@ -299,3 +299,24 @@ int gptneox_config_save(const struct gptneox_config *c, const char *path, struct
     json_decref(o);
     return rc;
 }
+
+int gptneox_config_preset(struct gptneox_config *cfg, const char *name)
+{
+    static const struct {
+        const char *name;
+        int V, C, L, NH, F;
+    } presets[] = {
+        {"tiny", 512, 64, 2, 4, 256},
+        {"pythia-14m", 50304, 128, 6, 4, 512},
+        {"pythia-70m", 50304, 512, 6, 8, 2048},
+        {"pythia-160m", 50304, 768, 12, 12, 3072},
+        {"pythia-410m", 50304, 1024, 24, 16, 4096},
+    };
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
+        if (strcmp(name, presets[i].name) == 0) {
+            gptneox_config_default(cfg, presets[i].V, presets[i].C, presets[i].L, presets[i].NH,
+                                   presets[i].F);
+            return 0;
+        }
+    return ERR_NOTFOUND;
+}

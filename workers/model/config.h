@@ -59,6 +59,11 @@ int gptneox_config_load(struct gptneox_config *cfg, const char *path,
 void gptneox_config_default(struct gptneox_config *cfg, int V, int C, int L,
                             int NH, int F);
 
+/* The shapes of a named model: "tiny" (V 512, C 64, 2 layers, 4 heads),
+ * "pythia-14m", "pythia-70m", "pythia-160m", "pythia-410m" (Pythia's
+ * published configs).  Returns 0, or ERR_NOTFOUND for an unknown name. */
+int gptneox_config_preset(struct gptneox_config *cfg, const char *name) CK_WUR;
+
 /* Recompute derived fields (d_head, rotary_ndims) and check consistency;
  * used after filling a config by hand. */
 int gptneox_config_check(struct gptneox_config *cfg, const char *ctx,

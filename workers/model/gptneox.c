@@ -1,10 +1,12 @@
 #include "gptneox.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "../../common/log.h"
 #include "kernels.h"
@@ -392,6 +394,71 @@ void gptneox_free(struct gptneox *m)
     free(m->layers);
     st_set_free(m->st);
     free(m);
+}
+
+int gptneox_save(const struct gptneox *m, const char *dir, enum st_dtype dtype, struct err *e)
+{
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
+        return err_set(e, ERR_UNSUPPORTED, dir, "cannot save weights as %s", st_dtype_name(dtype));
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return err_set(e, ERR_IO, dir, "cannot create directory: %s", strerror(errno));
+    struct gptneox tmp = *m; /* specs point at tmp's fields; values are m's */
+    struct gptneox_layer *layers = malloc((size_t)m->cfg.n_layers * sizeof *layers);
+    struct wspec *specs = malloc(nspecs(&m->cfg) * sizeof *specs);
+    struct st_write_tensor *w = NULL;
+    uint16_t *half = NULL;
+    int rc = 0;
+    if (!layers || !specs) {
+        rc = err_set(e, ERR_NOMEM, dir, "out of memory");
+        goto out;
+    }
+    memcpy(layers, m->layers, (size_t)m->cfg.n_layers * sizeof *layers);
+    tmp.layers = layers;
+    size_t n = build_specs(&tmp, specs), total = 0;
+    w = calloc(n, sizeof *w);
+    for (size_t i = 0; i < n; i++)
+        total += spec_nelem(&specs[i]);
+    if (dtype != ST_F32)
+        half = malloc(total * sizeof *half);
+    if (!w || (dtype != ST_F32 && !half)) {
+        rc = err_set(e, ERR_NOMEM, dir, "out of memory");
+        goto out;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float *src = *specs[i].dst;
+        size_t ne = spec_nelem(&specs[i]);
+        w[i].name = specs[i].name;
+        w[i].dtype = dtype;
+        w[i].ndim = specs[i].ndim;
+        w[i].shape[0] = specs[i].shape[0];
+        w[i].shape[1] = specs[i].shape[1];
+        if (dtype == ST_F32) {
+            w[i].data = src;
+        } else {
+            if (dtype == ST_F16)
+                tensor_f32_to_f16(half + off, src, ne);
+            else
+                tensor_f32_to_bf16(half + off, src, ne);
+            w[i].data = half + off;
+            off += ne;
+        }
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if ((rc = st_write(path, w, n, NULL, e)) < 0)
+        goto out;
+    struct gptneox_config cfg = m->cfg;
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s",
+             dtype == ST_F32 ? "float32" : dtype == ST_F16 ? "float16" : "bfloat16");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    rc = gptneox_config_save(&cfg, path, e);
+out:
+    free(half);
+    free(w);
+    free(specs);
+    free(layers);
+    return rc;
 }
 
 /* splitmix64 and Box-Muller: a deterministic normal stream. */

@@ -34,6 +34,7 @@
 
 #include "../../common/err.h"
 #include "config.h"
+#include "safetensors.h"
 
 /* Hook points. Per-layer kinds are named blocks.L.<suffix>. */
 enum hook_kind {
@@ -119,6 +120,13 @@ int gptneox_create(struct gptneox **out, const struct gptneox_config *cfg,
 void gptneox_init_random(struct gptneox *m, uint64_t seed, float std);
 
 void gptneox_free(struct gptneox *m);
+
+/* Write the model as a HuggingFace checkpoint directory (created if needed):
+ * config.json and model.safetensors with weights as `dtype` (ST_F32, ST_F16
+ * or ST_BF16).  Files are replaced atomically; on failure what was there
+ * before is untouched. */
+int gptneox_save(const struct gptneox *m, const char *dir, enum st_dtype dtype,
+                 struct err *e) CK_WUR;
 
 /* Run the model on tokens (B,T) (ids in [0, V)), calling hooks. On success
  * the logits are available through gptneox_logits until the next forward.
