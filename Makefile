@@ -21,7 +21,7 @@ CC ?= cc
 OPT ?= -O2
 PREFIX ?= /usr/local
 DESTDIR ?=
-BUILD := build
+BUILD := build$(if $(SANITIZE),-san)
 
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
@@ -57,10 +57,12 @@ WORKER_MAIN := $(wildcard workers/*.c)
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all check unit bench demo install clean deps golden
+.SECONDARY:
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -87,7 +89,7 @@ endif
 
 # Unit tests run from the repository root so they find tests/ data.
 unit: $(BINS) $(TEST_BINS)
-	@scripts/run-tests $(TEST_BINS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
 check: deps
 	@$(MAKE) --no-print-directory all

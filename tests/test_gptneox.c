@@ -98,7 +98,7 @@ static int is_dir(const char *p)
 static void check_fixture(const char *name, int *nchecked)
 {
     char dir[1024], path[1200];
-    snprintf(dir, sizeof dir, GOLDEN_DIR "/%s", name);
+    snprintf(dir, sizeof dir, GOLDEN_DIR "/%.255s", name);
     snprintf(path, sizeof path, "%s/golden.safetensors", dir);
     if (access(path, R_OK) != 0)
         return;

@@ -14,7 +14,9 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int *shap
     size_t n = 1;
     int o = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
     for (int i = 0; i < ndim; i++) {
-        o += snprintf(hdr + o, sizeof hdr - (size_t)o, "%d,%s", shape[i], i + 1 < ndim ? " " : "");
+        /* as NumPy writes it: (5,) for one dimension, (2, 3) for more */
+        o += snprintf(hdr + o, sizeof hdr - (size_t)o, "%s%d%s", i ? ", " : "", shape[i],
+                      ndim == 1 ? "," : "");
         n *= (size_t)shape[i];
     }
     o += snprintf(hdr + o, sizeof hdr - (size_t)o, "), }");

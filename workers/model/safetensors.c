@@ -708,12 +708,16 @@ static int build_header(json_t **out, const struct st_write_tensor *tensors, siz
     uint64_t off = 0;
 
     root = json_object();
-    if (!root)
-        goto nomem;
+    if (!root) {
+        rc = ERR_NOMEM;
+        goto out;
+    }
     if (meta_kv) {
         meta = json_object();
-        if (!meta)
-            goto nomem;
+        if (!meta) {
+            rc = ERR_NOMEM;
+            goto out;
+        }
         for (size_t i = 0; meta_kv[i]; i += 2) {
             if (!meta_kv[i + 1]) {
                 rc = err_set(e, ERR_INVALID, path, "metadata key \"%s\" has no value",
@@ -729,7 +733,8 @@ static int build_header(json_t **out, const struct st_write_tensor *tensors, siz
         }
         if (json_object_set_new(root, ST_META_KEY, meta) < 0) {
             meta = NULL;
-            goto nomem;
+            rc = ERR_NOMEM;
+            goto out;
         }
         meta = NULL;
     }
@@ -757,15 +762,18 @@ static int build_header(json_t **out, const struct st_write_tensor *tensors, siz
             goto out;
         }
         shape = json_array();
-        if (!shape)
-            goto nomem;
-        for (int d = 0; d < t->ndim; d++)
+        rc = shape ? 0 : ERR_NOMEM;
+        for (int d = 0; d < t->ndim && rc == 0; d++)
             if (json_array_append_new(shape, json_integer(t->shape[d])) < 0)
-                goto nomem;
+                rc = ERR_NOMEM;
+        if (rc < 0)
+            goto out;
         ent = json_pack("{s:s, s:O, s:[I, I]}", "dtype", st_dtype_name(t->dtype), "shape",
                         shape, "data_offsets", (json_int_t)off, (json_int_t)(off + nbytes));
-        if (!ent)
-            goto nomem;
+        if (!ent) {
+            rc = ERR_NOMEM;
+            goto out;
+        }
         json_decref(shape);
         shape = NULL;
         if (json_object_set_new(root, t->name, ent) < 0) {
@@ -779,11 +787,10 @@ static int build_header(json_t **out, const struct st_write_tensor *tensors, siz
     }
     *out = root;
     root = NULL;
-    goto out;
 
-nomem:
-    rc = err_set(e, ERR_NOMEM, path, "out of memory building header");
 out:
+    if (rc == ERR_NOMEM)
+        err_set(e, ERR_NOMEM, path, "out of memory building header");
     json_decref(ent);
     json_decref(shape);
     json_decref(meta);
@@ -843,32 +850,31 @@ int st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
         goto out;
     }
     made_tmp = true;
-    if (write_all(fd, len8, 8) < 0 || write_all(fd, hdr, hlen) < 0 ||
-        write_all(fd, spaces, padded - hlen) < 0)
-        goto io;
-    for (size_t i = 0; i < n; i++) {
+    bool ok = write_all(fd, len8, 8) == 0 && write_all(fd, hdr, hlen) == 0 &&
+              write_all(fd, spaces, padded - hlen) == 0;
+    for (size_t i = 0; ok && i < n; i++) {
         size_t nelem = 0, nbytes = 0;
         (void)shape_size(tensors[i].shape, tensors[i].ndim, st_dtype_size(tensors[i].dtype),
                          &nelem, &nbytes);
-        if (nbytes > 0 && write_all(fd, tensors[i].data, nbytes) < 0)
-            goto io;
+        ok = nbytes == 0 || write_all(fd, tensors[i].data, nbytes) == 0;
     }
-    if (fsync(fd) < 0)
-        goto io;
-    int cfd = fd;
-    fd = -1;
-    if (close(cfd) < 0)
-        goto io;
+    ok = ok && fsync(fd) == 0;
+    if (ok) {
+        int cfd = fd;
+        fd = -1;
+        ok = close(cfd) == 0;
+    }
+    if (!ok) {
+        rc = err_set(e, ERR_IO, path, "write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
     if (rename(tmp, path) < 0) {
         rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
         goto out;
     }
     made_tmp = false;
     sync_parent(path);
-    goto out;
 
-io:
-    rc = err_set(e, ERR_IO, path, "write %s: %s", tmp, strerror(errno));
 out:
     if (fd >= 0)
         close(fd);

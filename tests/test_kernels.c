@@ -1,0 +1,192 @@
+/*
+ * test_kernels - the element-wise kernels against libm and direct formulas.
+ * Tolerances: exp relative 4e-7, erf absolute 3e-7, GELU absolute 1e-6
+ * (relative to max(1,|x|)), softmax rows sum to 1 within 1e-6, LayerNorm
+ * against a double-precision computation within 1e-5.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../workers/model/kernels.h"
+
+static void test_exp(void **state)
+{
+    (void)state;
+    enum { N = 200001 };
+    float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
+    for (int i = 0; i < N; i++)
+        x[i] = -87.0f + 175.0f * (float)i / (N - 1);
+    vexp(y, x, N);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        double ref = exp((double)x[i]);
+        double rel = fabs(y[i] - ref) / ref;
+        worst = rel > worst ? rel : worst;
+    }
+    printf("[ kernels ] exp max relative error %.2e\n", worst);
+    assert_true(worst < 4e-7);
+    free(x);
+    free(y);
+}
+
+static void test_erf_gelu(void **state)
+{
+    (void)state;
+    enum { N = 100001 };
+    float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
+    for (int i = 0; i < N; i++)
+        x[i] = -10.0f + 20.0f * (float)i / (N - 1);
+    verf(y, x, N);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++)
+        worst = fmax(worst, fabs(y[i] - erf((double)x[i])));
+    printf("[ kernels ] erf max absolute error %.2e\n", worst);
+    assert_true(worst < 3e-7);
+    memcpy(y, x, N * sizeof(float));
+    gelu_forward(y, N);
+    worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        double v = x[i], ref = 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+        worst = fmax(worst, fabs(y[i] - ref) / fmax(1.0, fabs(v)));
+    }
+    printf("[ kernels ] gelu max error %.2e\n", worst);
+    assert_true(worst < 1e-6);
+    memcpy(y, x, N * sizeof(float));
+    gelu_tanh_forward(y, N);
+    worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        double v = x[i];
+        double ref = 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+        worst = fmax(worst, fabs(y[i] - ref) / fmax(1.0, fabs(v)));
+    }
+    assert_true(worst < 1e-6);
+    free(x);
+    free(y);
+}
+
+static void test_softmax_layernorm(void **state)
+{
+    (void)state;
+    float row[37];
+    for (int i = 0; i < 37; i++)
+        row[i] = (float)sin(i * 1.7) * 30.0f;
+    float ref[37];
+    double mx = -1e30, s = 0.0;
+    for (int i = 0; i < 37; i++)
+        mx = fmax(mx, row[i]);
+    for (int i = 0; i < 37; i++)
+        s += exp(row[i] - mx);
+    for (int i = 0; i < 37; i++)
+        ref[i] = (float)(exp(row[i] - mx) / s);
+    softmax_row(row, 37);
+    double sum = 0.0;
+    for (int i = 0; i < 37; i++) {
+        assert_float_equal(row[i], ref[i], 1e-6);
+        sum += row[i];
+    }
+    assert_float_equal(sum, 1.0, 1e-6);
+
+    enum { N = 3, C = 50 };
+    float x[N * C], w[C], b[C], out[N * C];
+    for (int i = 0; i < N * C; i++)
+        x[i] = (float)cos(i * 0.37) * 4.0f + 2.0f;
+    for (int i = 0; i < C; i++) {
+        w[i] = 1.0f + 0.01f * i;
+        b[i] = -0.05f * i;
+    }
+    layernorm_forward(out, x, w, b, N, C, 1e-5f);
+    for (int n = 0; n < N; n++) {
+        double m = 0, v = 0;
+        for (int i = 0; i < C; i++)
+            m += x[n * C + i];
+        m /= C;
+        for (int i = 0; i < C; i++)
+            v += (x[n * C + i] - m) * (x[n * C + i] - m);
+        v /= C;
+        for (int i = 0; i < C; i++)
+            assert_float_equal(out[n * C + i], (x[n * C + i] - m) / sqrt(v + 1e-5) * w[i] + b[i], 1e-5);
+    }
+}
+
+/* Causal attention in blocks equals a direct per-row computation, at a
+ * length that spans several blocks. */
+static void test_attention_blocks(void **state)
+{
+    (void)state;
+    const int B = 1, T = 300, NH = 2, HS = 8, C = NH * HS;
+    float *qkv = malloc((size_t)B * T * 3 * C * sizeof(float));
+    float *pat = malloc((size_t)B * NH * T * T * sizeof(float));
+    float *z = malloc((size_t)B * T * C * sizeof(float));
+    for (int i = 0; i < B * T * 3 * C; i++)
+        qkv[i] = (float)sin(i * 0.013) * 1.5f;
+    attention_pattern(pat, qkv, B, T, NH, HS);
+    attention_z(z, pat, qkv, B, T, NH, HS);
+    double worst_p = 0, worst_z = 0;
+    double *sc = malloc((size_t)T * sizeof(double));
+    for (int h = 0; h < NH; h++)
+        for (int i = 0; i < T; i++) {
+            const float *q = qkv + (size_t)i * 3 * C + h * 3 * HS;
+            double mx = -1e300, s = 0;
+            for (int j = 0; j <= i; j++) {
+                const float *k = qkv + (size_t)j * 3 * C + h * 3 * HS + HS;
+                double d = 0;
+                for (int c = 0; c < HS; c++)
+                    d += (double)q[c] * k[c];
+                sc[j] = d / sqrt((double)HS);
+                mx = fmax(mx, sc[j]);
+            }
+            for (int j = 0; j <= i; j++)
+                s += exp(sc[j] - mx);
+            for (int j = 0; j < T; j++) {
+                double p = j <= i ? exp(sc[j] - mx) / s : 0.0;
+                worst_p = fmax(worst_p, fabs(pat[((size_t)h * T + i) * T + j] - p));
+            }
+            for (int c = 0; c < HS; c++) {
+                double acc = 0;
+                for (int j = 0; j <= i; j++)
+                    acc += exp(sc[j] - mx) / s * qkv[(size_t)j * 3 * C + h * 3 * HS + 2 * HS + c];
+                worst_z = fmax(worst_z, fabs(z[(size_t)i * C + h * HS + c] - acc));
+            }
+        }
+    printf("[ kernels ] blocked attention: pattern %.2e, z %.2e\n", worst_p, worst_z);
+    assert_true(worst_p < 1e-6);
+    assert_true(worst_z < 1e-5);
+    free(sc);
+    free(qkv);
+    free(pat);
+    free(z);
+}
+
+static void test_crossentropy(void **state)
+{
+    (void)state;
+    float logits[2 * 5] = {1, 2, 3, 4, 5, -1, 0, 1, 0, -1};
+    int targets[2] = {4, -1};
+    float losses[2];
+    double mean = crossentropy_forward(losses, logits, targets, 2, 5);
+    double s = 0;
+    for (int i = 0; i < 5; i++)
+        s += exp(logits[i] - 5.0);
+    assert_float_equal(losses[0], log(s), 1e-6);
+    assert_float_equal(losses[1], 0.0, 0);
+    assert_float_equal(mean, log(s), 1e-6);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exp),
+        cmocka_unit_test(test_erf_gelu),
+        cmocka_unit_test(test_softmax_layernorm),
+        cmocka_unit_test(test_attention_blocks),
+        cmocka_unit_test(test_crossentropy),
+    };
+    return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
+}
