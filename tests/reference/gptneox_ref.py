@@ -197,12 +197,14 @@ def softmax_lastdim(s):
 
 def rotary_dims(cfg):
     hs = cfg["hidden_size"] // cfg["num_attention_heads"]
-    pct = cfg.get("rotary_pct", cfg.get("partial_rotary_factor"))
+    pct = cfg.get("rotary_pct", cfg.get("partial_rotary_factor",
+                  cfg.get("rope_parameters", {}).get("partial_rotary_factor")))
     return int(hs * pct)
 
 
 def rotary_base(cfg):
-    return cfg.get("rotary_emb_base", cfg.get("rope_theta"))
+    return cfg.get("rotary_emb_base", cfg.get("rope_theta",
+                   cfg.get("rope_parameters", {}).get("rope_theta")))
 
 
 def forward(cfg, W, tokens, dtype=torch.float32, record=True):
@@ -628,7 +630,9 @@ def main():
     frac = fixture("peaky", B=2, T=16, F_=128, qk_scale=8.0, seed=6)
     assert frac > 0.30, "peaky fixture is not peaky enough: %.3f" % frac
     print("   peaky: %.1f%% of non-trivial attention rows have max prob > 0.9" % (100 * frac))
-    fixture("newer_config", newer=True, seed=7)
+    # non-default values, so an engine that ignored the newer spellings and
+    # fell back to the defaults (0.25, 10000) would fail
+    fixture("newer_config", newer=True, rot_pct=0.5, base=2500, seed=7)
     return 0
 
 
