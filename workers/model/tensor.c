@@ -154,10 +154,13 @@ int tensor_to_f32(float *out, const void *src, enum st_dtype dt, size_t n)
 {
     const uint8_t *s = src;
 
+    if (dt != ST_F32 && dt != ST_F16 && dt != ST_BF16)
+        return ERR_UNSUPPORTED;
+    if (n == 0)
+        return 0;
     switch (dt) {
     case ST_F32:
-        if (n > 0)
-            memcpy(out, src, n * sizeof *out);
+        memcpy(out, src, n * sizeof *out);
         return 0;
     case ST_F16:
 #ifdef TENSOR_HAVE_F16C
