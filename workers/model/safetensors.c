@@ -253,7 +253,7 @@ static int parse_entry(struct st_tensor *t, const char *name, const json_t *ent,
                        (long long)b, (long long)en);
     if ((uint64_t)en > st->buf_size)
         return err_set(e, ERR_FORMAT, path,
-                       "tensor \"%s\": data_offsets [%lld, %lld] exceed data buffer of %zu bytes",
+                       "tensor \"%s\": data_offsets [%lld, %lld] exceed data buffer of %zu bytes (file truncated?)",
                        name, (long long)b, (long long)en, st->buf_size);
     if ((uint64_t)(en - b) != t->nbytes)
         return err_set(e, ERR_FORMAT, path,

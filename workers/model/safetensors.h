@@ -79,7 +79,8 @@ size_t st_dtype_size(enum st_dtype dt);
 /* Parse a dtype name; returns -1 if it is not one of the format's names. */
 int st_dtype_parse(const char *name);
 
-/* Open and validate one file. On success *out is set (caller frees it with
+/* Open and validate one file (ERR_NOTFOUND if it does not exist, ERR_IO
+ * if it cannot be read, ERR_FORMAT for what is wrong inside). On success *out is set (caller frees it with
  * st_free); on failure *out is NULL, a negative code is returned and `e`
  * says what is wrong, naming the file and, where one is involved, the
  * tensor. */
@@ -121,8 +122,9 @@ struct st_write_tensor {
 };
 
 /* Write a safetensors file atomically (to PATH.tmp, fsync, rename): tensors
- * laid out in the given order, header padded with spaces to 8-byte alignment
- * so F32 data is aligned.  `meta_kv` is NULL or a NULL-terminated list of
+ * laid out in the given order, header padded with spaces to 8-byte alignment,
+ * so the data buffer starts aligned (a tensor is aligned when the ones before
+ * it have sizes that are multiples of its element size: put F32 first).  `meta_kv` is NULL or a NULL-terminated list of
  * key, value strings for "__metadata__".  On failure nothing is left at
  * `path` (an existing file there is untouched). */
 int st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
