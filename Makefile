@@ -25,9 +25,10 @@ BUILD := build$(if $(SANITIZE),-san)
 
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
-CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -I. $(BLAS_CFLAGS) $(CFLAGS)
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -I. $(BLAS_CFLAGS) $(PQ_CFLAGS) $(CFLAGS)
 LDFLAGS_ALL := $(LDFLAGS)
 ifeq ($(WERROR),1)
 CFLAGS_ALL += -Werror
@@ -52,8 +53,11 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 COMMON_OBJ := $(call obj,$(COMMON_SRC))
 WORKER_LIB_OBJ := $(call obj,$(WORKER_LIB_SRC))
 
-BINS := $(BUILD)/bin/ckpt-worker
+BINS := $(BUILD)/bin/ckpt-worker $(BUILD)/bin/ckptd
 WORKER_MAIN := $(wildcard workers/*.c)
+DAEMON_MAIN := daemon/main.c
+DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
+LIBS_DAEMON := -lpq -ljansson -lm
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -73,7 +77,25 @@ $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER)
 
-# Every test links the worker library and common; daemon tests add theirs.
+$(BUILD)/bin/ckptd: $(call obj,$(DAEMON_MAIN)) $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON)
+
+# The migrations are compiled into ckptd, so the binary is all a node needs.
+$(BUILD)/gen/schema_sql.c: $(sort $(wildcard schema/[0-9][0-9][0-9]_*.sql)) scripts/embed-sql
+	@mkdir -p $(dir $@)
+	scripts/embed-sql $(sort $(wildcard schema/[0-9][0-9][0-9]_*.sql)) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# Tests of the daemon (tests/test_daemon_*.c) link the daemon library; the
+# rest link the worker library.
+$(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)

@@ -1,0 +1,157 @@
+#include "db.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+
+struct db {
+    char *conninfo;
+    PGconn *conn;
+    double next_try;   /* monotonic seconds: earliest next connect attempt */
+    double backoff;    /* seconds */
+    int ever_connected;
+    long reconnects;
+};
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void quiet_notice(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("database notice", "notice=%s", log_quote(message));
+}
+
+struct db *db_new(const char *conninfo)
+{
+    struct db *db = calloc(1, sizeof *db);
+    if (!db)
+        return NULL;
+    db->conninfo = strdup(conninfo ? conninfo : "");
+    if (!db->conninfo) {
+        free(db);
+        return NULL;
+    }
+    db->backoff = 1.0;
+    return db;
+}
+
+void db_free(struct db *db)
+{
+    if (!db)
+        return;
+    if (db->conn)
+        PQfinish(db->conn);
+    free(db->conninfo);
+    free(db);
+}
+
+void db_lost(struct db *db)
+{
+    if (db->conn) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+        log_warn("database connection lost", "retry_in=%.0fs", db->backoff);
+    }
+}
+
+int db_ensure(struct db *db, struct err *e)
+{
+    if (db->conn && PQstatus(db->conn) == CONNECTION_OK)
+        return 0;
+    if (db->conn)
+        db_lost(db);
+    double t = now_mono();
+    if (t < db->next_try)
+        return err_set(e, ERR_DB, "database", "not connected (next attempt in %.1f s)",
+                       db->next_try - t);
+    PGconn *c = PQconnectdb(db->conninfo);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        err_set(e, ERR_DB, "database", "cannot connect: %s",
+                c ? PQerrorMessage(c) : "out of memory");
+        if (e) /* one line */
+            e->msg[strcspn(e->msg, "\n")] = '\0';
+        if (c)
+            PQfinish(c);
+        db->next_try = t + db->backoff;
+        db->backoff = db->backoff * 2 > 30.0 ? 30.0 : db->backoff * 2;
+        return ERR_DB;
+    }
+    /* notices (e.g. "relation already exists, skipping") are not errors */
+    PQsetNoticeProcessor(c, quiet_notice, NULL);
+    PGresult *r = PQexec(c, "SET application_name = 'ckptd'");
+    PQclear(r);
+    if (db->ever_connected) {
+        db->reconnects++;
+        log_info("database connection re-established", "reconnects=%ld", db->reconnects);
+    }
+    db->ever_connected = 1;
+    db->conn = c;
+    db->backoff = 1.0;
+    db->next_try = 0;
+    return 0;
+}
+
+int db_connect_wait(struct db *db, double seconds, struct err *e)
+{
+    double deadline = now_mono() + seconds;
+    for (;;) {
+        db->next_try = 0;
+        if (db_ensure(db, e) == 0)
+            return 0;
+        if (now_mono() >= deadline)
+            return ERR_DB;
+        usleep(250000);
+    }
+}
+
+PGconn *db_conn(struct db *db) { return db->conn; }
+
+long db_reconnects(const struct db *db) { return db->reconnects; }
+
+PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const *params,
+                  struct err *e)
+{
+    if (!db->conn) {
+        err_set(e, ERR_DB, "database", "not connected");
+        return NULL;
+    }
+    PGresult *r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    err_set(e, ERR_DB, "database", "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->conn));
+    if (e)
+        e->msg[strcspn(e->msg, "\n")] = '\0';
+    PQclear(r);
+    if (PQstatus(db->conn) != CONNECTION_OK)
+        db_lost(db);
+    return NULL;
+}
+
+int db_run(struct db *db, const char *sql, int nparams, const char *const *params, struct err *e)
+{
+    PGresult *r = db_exec(db, sql, nparams, params, e);
+    if (!r)
+        return ERR_DB;
+    PQclear(r);
+    return 0;
+}
+
+void db_int_array(char *buf, size_t n, const long long *ids, int count)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(buf, n, "{");
+    for (int i = 0; i < count && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? "," : "", ids[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "}");
+}

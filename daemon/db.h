@@ -1,0 +1,63 @@
+/*
+ * db.h - the daemon's PostgreSQL connection: connect, run a statement, and
+ * come back after the server goes away.
+ *
+ * Connection parameters are a libpq conninfo string (or URI); empty means
+ * libpq's own environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).  A lost
+ * connection is noticed by any call (PQstatus is CONNECTION_BAD after a
+ * failed statement); db_ensure() then reconnects with exponential backoff
+ * (1 s doubling to 30 s), never blocking longer than one connect attempt, so
+ * the scheduler's tick keeps supervising workers while the database is down.
+ *
+ *     struct db *db = db_new(conninfo);
+ *     if (db_ensure(db, &e) == 0) {
+ *         PGresult *r = db_exec(db, "SELECT 1", 0, NULL, &e);
+ *         ...
+ *         PQclear(r);
+ *     }
+ *     db_free(db);
+ */
+#ifndef CKPTD_DB_H
+#define CKPTD_DB_H
+
+#include <libpq-fe.h>
+
+#include "../common/err.h"
+
+struct db;
+
+/* A handle, not yet connected. conninfo is copied. NULL on out of memory. */
+struct db *db_new(const char *conninfo);
+void db_free(struct db *db);
+
+/* Connected now, or try to (unless the backoff says wait): 0 when the
+ * connection is up, ERR_DB otherwise. */
+int db_ensure(struct db *db, struct err *e) CK_WUR;
+
+/* Connect, retrying up to `seconds` (for one-shot commands). */
+int db_connect_wait(struct db *db, double seconds, struct err *e) CK_WUR;
+
+/* The live connection, or NULL while down. Borrowed. */
+PGconn *db_conn(struct db *db);
+
+/* Run a statement with text parameters. Returns the result (caller
+ * PQclear's it) when its status is COMMAND_OK or TUPLES_OK; otherwise NULL
+ * with e holding the server's message, and the connection marked for
+ * reconnection if it was lost. */
+PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const *params,
+                  struct err *e);
+
+/* db_exec for statements whose result is not needed. */
+int db_run(struct db *db, const char *sql, int nparams, const char *const *params,
+           struct err *e) CK_WUR;
+
+/* Number of times a lost connection was re-established. */
+long db_reconnects(const struct db *db);
+
+/* Mark the connection as lost (after an error outside db_exec). */
+void db_lost(struct db *db);
+
+/* Format a bigint array literal "{1,2,3}" for ANY($n) into buf. */
+void db_int_array(char *buf, size_t n, const long long *ids, int count);
+
+#endif

@@ -1,0 +1,290 @@
+/*
+ * ckptd - the scheduler daemon: runs, checkpoints, jobs, workers, results.
+ * See README.md for the commands and daemon/README.md for the design.
+ */
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "config.h"
+#include "db.h"
+#include "migrate.h"
+#include "queue.h"
+#include "registry.h"
+#include "serve.h"
+#include "source.h"
+#include "status.h"
+#include "supervise.h"
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+static const char usage[] =
+    "usage: ckptd [--config FILE] [--db CONNINFO] [--log-level LEVEL] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  migrate                      create or upgrade the database schema\n"
+    "  add-run NAME --source URL --schedule pythia|LIST [--items ITEM,...]\n"
+    "          [--eval-tokens FILE] [--seed N] [--max-attempts N]\n"
+    "                               register a run and enqueue its jobs (idempotent)\n"
+    "  serve [--workers N] [--until-idle] [--node NAME]\n"
+    "                               claim and analyse checkpoints until stopped\n"
+    "  status [RUN]                 progress, failing jobs, what each node is doing\n"
+    "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
+    "\n"
+    "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
+    "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
+    "Exit status: 0 ok, 1 failure, 2 usage error.\n";
+
+static struct db *open_db(const struct daemon_config *cfg)
+{
+    struct err e;
+    struct db *db = db_new(cfg->database);
+    if (!db)
+        return NULL;
+    if (db_connect_wait(db, 5.0, &e) < 0) {
+        log_err("cannot connect to the database", &e);
+        db_free(db);
+        return NULL;
+    }
+    return db;
+}
+
+static int cmd_migrate(struct daemon_config *cfg)
+{
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int applied = 0, rc = migrate_apply(db, &applied, &e);
+    if (rc < 0)
+        log_err("migration failed", &e);
+    else
+        printf("schema at version %d (%d migration%s applied)\n",
+               migrations[migrations_count - 1].version, applied, applied == 1 ? "" : "s");
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
+static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
+    long long seed = -1;
+    int max_attempts = 5;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
+            source = argv[++i];
+        else if (strcmp(argv[i], "--schedule") == 0 && i + 1 < argc)
+            schedule = argv[++i];
+        else if (strcmp(argv[i], "--items") == 0 && i + 1 < argc)
+            items_arg = argv[++i];
+        else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc)
+            eval = argv[++i];
+        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc)
+            seed = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--max-attempts") == 0 && i + 1 < argc)
+            max_attempts = atoi(argv[++i]);
+        else if (argv[i][0] != '-' && !name)
+            name = argv[i];
+        else {
+            fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!name || !source || !schedule || max_attempts < 1) {
+        fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    long long *steps = NULL;
+    int nsteps = 0, status = EXIT_FAIL;
+    struct registry reg;
+    memset(&reg, 0, sizeof reg);
+    struct db *db = NULL;
+    struct queue_item items[64];
+    int nitems = 0;
+    char *items_copy = NULL, abs_eval[PATH_MAX];
+    json_t *opt = json_object();
+    char *opt_text = NULL;
+    if (source_check(source, &e) < 0 || schedule_parse(schedule, &steps, &nsteps, &e) < 0) {
+        log_err("bad run", &e);
+        status = EXIT_USAGE;
+        goto out;
+    }
+    char worker[1024];
+    supervise_worker_path(cfg->worker_path, worker, sizeof worker);
+    if (registry_from_worker(&reg, worker, &e) < 0) {
+        log_err("cannot read the battery from the worker", &e);
+        goto out;
+    }
+    if (items_arg) {
+        items_copy = strdup(items_arg);
+        char *save = NULL;
+        for (char *it = strtok_r(items_copy, ",", &save); it && nitems < 64; it = strtok_r(NULL, ",", &save)) {
+            int v = registry_item_version(&reg, it);
+            if (v < 0) {
+                fprintf(stderr, "ckptd add-run: the battery has no item '%s'\n", it);
+                status = EXIT_USAGE;
+                goto out;
+            }
+            items[nitems++] = (struct queue_item){it, v};
+        }
+    } else {
+        for (int i = 0; i < reg.nitems && nitems < 64; i++)
+            items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
+    }
+    if (eval) {
+        if (!realpath(eval, abs_eval)) {
+            fprintf(stderr, "ckptd add-run: cannot find eval tokens '%s'\n", eval);
+            status = EXIT_USAGE;
+            goto out;
+        }
+        json_object_set_new(opt, "eval_tokens", json_string(abs_eval));
+    }
+    if (seed >= 0)
+        json_object_set_new(opt, "seed", json_integer(seed));
+    opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
+    if (!(db = open_db(cfg)))
+        goto out;
+    if (migrate_check(db, &e) < 0 || registry_sync(&reg, db, &e) < 0) {
+        log_err("database not ready", &e);
+        goto out;
+    }
+    long nc = 0, nj = 0;
+    if (queue_add_run(db, name, source, schedule, steps, nsteps, items, nitems, opt_text,
+                      max_attempts, &nc, &nj, &e) < 0) {
+        log_err("cannot add run", &e);
+        goto out;
+    }
+    printf("run %s: %d steps, %d items; added %ld checkpoints and %ld jobs\n", name, nsteps, nitems, nc, nj);
+    status = 0;
+out:
+    free(opt_text);
+    json_decref(opt);
+    free(items_copy);
+    free(steps);
+    registry_free(&reg);
+    db_free(db);
+    return status;
+}
+
+static int cmd_serve(struct daemon_config *cfg, const char *config_path, int argc, char **argv)
+{
+    int until_idle = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc)
+            cfg->workers = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--until-idle") == 0)
+            until_idle = 1;
+        else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc)
+            snprintf(cfg->node, sizeof cfg->node, "%s", argv[++i]);
+        else {
+            fprintf(stderr, "ckptd serve: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    struct err e;
+    if (daemon_config_check(cfg, &e) < 0) {
+        log_err("bad settings", &e);
+        return EXIT_USAGE;
+    }
+    struct serve_opts o = {cfg, config_path, until_idle};
+    return serve_run(&o) == 0 ? 0 : EXIT_FAIL;
+}
+
+static int cmd_status(struct daemon_config *cfg, int argc, char **argv)
+{
+    if (argc > 2 || (argc == 2 && argv[1][0] == '-')) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = status_print(db, argc == 2 ? argv[1] : NULL, stdout, &e);
+    if (rc < 0)
+        log_err("status failed", &e);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
+static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
+{
+    if (argc != 2) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int n = queue_retry(db, argv[1], &e);
+    if (n < 0)
+        log_err("retry failed", &e);
+    else
+        printf("%d job%s re-queued\n", n, n == 1 ? "" : "s");
+    db_free(db);
+    return n < 0 ? EXIT_FAIL : 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon_config cfg;
+    daemon_config_defaults(&cfg);
+    log_set_component("ckptd");
+    const char *config_path = NULL, *dbarg = NULL;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("ckptd 0.1.0\n");
+            return 0;
+        } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) {
+            dbarg = argv[++i];
+        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
+            int l = log_level_parse(argv[++i]);
+            if (l < 0) {
+                fprintf(stderr, "ckptd: unknown log level '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            log_set_level((enum log_level)l);
+        } else {
+            fprintf(stderr, "ckptd: unknown option '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (i >= argc) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    if (config_path && daemon_config_load(&cfg, config_path, &e) < 0) {
+        log_err("bad config", &e);
+        return EXIT_USAGE;
+    }
+    if (dbarg)
+        snprintf(cfg.database, sizeof cfg.database, "%s", dbarg);
+    const char *cmd = argv[i];
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(&cfg);
+    if (strcmp(cmd, "add-run") == 0)
+        return cmd_add_run(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(&cfg, config_path, sub_argc, sub_argv);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "retry") == 0)
+        return cmd_retry(&cfg, sub_argc, sub_argv);
+    fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,287 @@
+#include "queue.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "db.h"
+
+/* Backoff as SQL: base * 2^(attempts-1), capped, times a jitter in [0.8, 1.2). */
+#define BACKOFF_SQL(base, max) \
+    "make_interval(secs => least(" max ", " base " * power(2, greatest(attempts - 1, 0)))" \
+    " * (0.8 + 0.4 * random()))"
+
+int queue_add_run(struct db *db, const char *name, const char *source, const char *schedule,
+                  const long long *steps, int nsteps, const struct queue_item *items, int nitems,
+                  const char *options_json, int max_attempts, long *new_ckpts, long *new_jobs,
+                  struct err *e)
+{
+    char *steps_arr = NULL, *items_arr = NULL, *vers_arr = NULL;
+    int rc = 0;
+    if (new_ckpts)
+        *new_ckpts = 0;
+    if (new_jobs)
+        *new_jobs = 0;
+    size_t cap = (size_t)nsteps * 24 + 16, icap = (size_t)nitems * 70 + 16;
+    steps_arr = malloc(cap);
+    items_arr = malloc(icap);
+    vers_arr = malloc(icap);
+    if (!steps_arr || !items_arr || !vers_arr) {
+        rc = err_set(e, ERR_NOMEM, name, "out of memory");
+        goto out;
+    }
+    db_int_array(steps_arr, cap, steps, nsteps);
+    size_t o = 0, ov = 0;
+    o += (size_t)snprintf(items_arr, icap, "{");
+    ov += (size_t)snprintf(vers_arr, icap, "{");
+    for (int i = 0; i < nitems; i++) {
+        o += (size_t)snprintf(items_arr + o, icap - o, "%s\"%s\"", i ? "," : "", items[i].name);
+        ov += (size_t)snprintf(vers_arr + ov, icap - ov, "%s%d", i ? "," : "", items[i].version);
+    }
+    snprintf(items_arr + o, icap - o, "}");
+    snprintf(vers_arr + ov, icap - ov, "}");
+    char maxa[16];
+    snprintf(maxa, sizeof maxa, "%d", max_attempts);
+
+    if ((rc = db_run(db, "BEGIN", 0, NULL, e)) < 0)
+        goto out;
+    const char *p1[5] = {name, source, schedule, items_arr, options_json ? options_json : "{}"};
+    PGresult *r = db_exec(db,
+        "INSERT INTO runs (name, source, schedule, items, options) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (name) DO UPDATE SET items = ARRAY(SELECT DISTINCT unnest(runs.items || EXCLUDED.items))"
+        " RETURNING id, source", 5, p1, e);
+    if (!r) {
+        rc = ERR_DB;
+        goto rollback;
+    }
+    char run_id[32];
+    snprintf(run_id, sizeof run_id, "%s", PQgetvalue(r, 0, 0));
+    int same = strcmp(PQgetvalue(r, 0, 1), source) == 0;
+    PQclear(r);
+    if (!same) {
+        rc = err_set(e, ERR_INVALID, name, "run exists with a different source");
+        goto rollback;
+    }
+    /* checkpoints: url from the template, revision stepN */
+    const char *p2[3] = {run_id, steps_arr, source};
+    r = db_exec(db,
+        "INSERT INTO checkpoints (run_id, step, revision, url)"
+        " SELECT $1, s, 'step' || s,"
+        "   CASE WHEN position('{step}' in $3) > 0 THEN replace($3, '{step}', s::text)"
+        "        ELSE rtrim($3, '/') || '/step' || s END"
+        " FROM unnest($2::bigint[]) AS s"
+        " ON CONFLICT (run_id, step) DO NOTHING", 3, p2, e);
+    if (!r) {
+        rc = ERR_DB;
+        goto rollback;
+    }
+    if (new_ckpts)
+        *new_ckpts = atol(PQcmdTuples(r));
+    PQclear(r);
+    const char *p3[5] = {run_id, steps_arr, items_arr, vers_arr, maxa};
+    r = db_exec(db,
+        "INSERT INTO jobs (checkpoint_id, item, version, max_attempts)"
+        " SELECT c.id, it.item, it.version, $5"
+        " FROM checkpoints c CROSS JOIN unnest($3::text[], $4::int[]) AS it(item, version)"
+        " WHERE c.run_id = $1 AND c.step = ANY($2::bigint[])"
+        " ON CONFLICT (checkpoint_id, item, version) DO NOTHING", 5, p3, e);
+    if (!r) {
+        rc = ERR_DB;
+        goto rollback;
+    }
+    if (new_jobs)
+        *new_jobs = atol(PQcmdTuples(r));
+    PQclear(r);
+    if ((rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e)) < 0 ||
+        (rc = db_run(db, "COMMIT", 0, NULL, e)) < 0)
+        goto rollback;
+    goto out;
+rollback:
+    if (db_conn(db)) {
+        PGresult *x = PQexec(db_conn(db), "ROLLBACK");
+        PQclear(x);
+    }
+out:
+    free(steps_arr);
+    free(items_arr);
+    free(vers_arr);
+    return rc;
+}
+
+int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
+{
+    char lease[32];
+    snprintf(lease, sizeof lease, "%.3f", lease_s);
+    const char *p[2] = {node, lease};
+    /* Lock one checkpoint that has due queued jobs (skipping checkpoints
+     * another node is claiming right now), then take all its due jobs. */
+    PGresult *r = db_exec(db,
+        "WITH ck AS ("
+        "  SELECT c.id FROM checkpoints c"
+        "  WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.checkpoint_id = c.id"
+        "                AND j.state = 'queued' AND j.not_before <= now())"
+        "  ORDER BY c.run_id, c.step"
+        "  LIMIT 1 FOR UPDATE OF c SKIP LOCKED)"
+        " UPDATE jobs j SET state = 'running', lease_owner = $1,"
+        "   lease_expires = now() + make_interval(secs => $2::float8),"
+        "   attempts = attempts + 1, started_at = now()"
+        " FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued' AND j.not_before <= now()"
+        " RETURNING j.id, j.item, j.version, j.attempts, j.checkpoint_id", 2, p, e);
+    if (!r)
+        return ERR_DB;
+    int n = PQntuples(r);
+    if (n == 0) {
+        PQclear(r);
+        return 0;
+    }
+    memset(c, 0, sizeof *c);
+    if (n > CLAIM_MAX_JOBS) {
+        /* cannot happen with a sane battery; give the jobs back */
+        PQclear(r);
+        return err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
+    }
+    for (int i = 0; i < n; i++) {
+        c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
+        snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
+        c->versions[i] = atoi(PQgetvalue(r, i, 2));
+        int a = atoi(PQgetvalue(r, i, 3));
+        c->attempts = a > c->attempts ? a : c->attempts;
+    }
+    c->njobs = n;
+    c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
+    PQclear(r);
+    char ck[32];
+    snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
+    const char *p2[1] = {ck};
+    r = db_exec(db,
+        "SELECT c.run_id, c.step, c.url, r.name, r.options::text FROM checkpoints c"
+        " JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
+    if (!r)
+        return ERR_DB; /* the lease expires and the jobs return */
+    c->run_id = atoll(PQgetvalue(r, 0, 0));
+    c->step = atoll(PQgetvalue(r, 0, 1));
+    snprintf(c->url, sizeof c->url, "%s", PQgetvalue(r, 0, 2));
+    snprintf(c->run, sizeof c->run, "%s", PQgetvalue(r, 0, 3));
+    snprintf(c->options, sizeof c->options, "%s", PQgetvalue(r, 0, 4));
+    PQclear(r);
+    return 1;
+}
+
+int queue_heartbeat(struct db *db, const char *node, double lease_s, const long long *ids, int n,
+                    struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24], lease[32];
+    db_int_array(arr, sizeof arr, ids, n);
+    snprintf(lease, sizeof lease, "%.3f", lease_s);
+    const char *p[3] = {arr, node, lease};
+    PGresult *r = db_exec(db,
+        "UPDATE jobs SET lease_expires = now() + make_interval(secs => $3::float8)"
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'"
+        "   AND lease_expires > now()", 3, p, e);
+    if (!r)
+        return ERR_DB;
+    int got = atoi(PQcmdTuples(r));
+    PQclear(r);
+    return got;
+}
+
+int queue_fail(struct db *db, const char *node, const long long *ids, int n, const char *error,
+               const struct backoff *b, struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24], base[32], max[32];
+    db_int_array(arr, sizeof arr, ids, n);
+    snprintf(base, sizeof base, "%.3f", b->base_s);
+    snprintf(max, sizeof max, "%.3f", b->max_s);
+    const char *p[5] = {arr, node, error, base, max};
+    int rc = db_run(db,
+        "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead'::job_state"
+        "                             ELSE 'queued'::job_state END,"
+        "   last_error = $3, lease_owner = NULL, lease_expires = NULL, finished_at = now(),"
+        "   not_before = now() + " BACKOFF_SQL("$4::float8", "$5::float8")
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 5, p, e);
+    if (rc == 0)
+        rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+    return rc;
+}
+
+int queue_release(struct db *db, const char *node, const long long *ids, int n, struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24];
+    db_int_array(arr, sizeof arr, ids, n);
+    const char *p[2] = {arr, node};
+    int rc = db_run(db,
+        "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+        "   lease_owner = NULL, lease_expires = NULL, not_before = now()"
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 2, p, e);
+    if (rc == 0)
+        rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+    return rc;
+}
+
+int queue_expire(struct db *db, const struct backoff *b, struct err *e)
+{
+    char base[32], max[32];
+    snprintf(base, sizeof base, "%.3f", b->base_s);
+    snprintf(max, sizeof max, "%.3f", b->max_s);
+    const char *p[2] = {base, max};
+    PGresult *r = db_exec(db,
+        "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead'::job_state"
+        "                             ELSE 'queued'::job_state END,"
+        "   last_error = 'lease of ' || lease_owner || ' expired (node died or lost the database)',"
+        "   lease_owner = NULL, lease_expires = NULL,"
+        "   not_before = now() + " BACKOFF_SQL("$1::float8", "$2::float8")
+        " WHERE state = 'running' AND lease_expires < now()", 2, p, e);
+    if (!r)
+        return ERR_DB;
+    int n = atoi(PQcmdTuples(r));
+    PQclear(r);
+    if (n > 0) {
+        log_warn("expired leases returned to the queue", "jobs=%d", n);
+        int rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+        if (rc < 0)
+            return rc;
+    }
+    return n;
+}
+
+int queue_retry(struct db *db, const char *run_or_job, struct err *e)
+{
+    const char *p[1] = {run_or_job};
+    char *end = NULL;
+    long long id = strtoll(run_or_job, &end, 10);
+    PGresult *r;
+    if (*run_or_job && end && *end == '\0' && id > 0)
+        r = db_exec(db,
+            "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now()"
+            " WHERE id = $1::bigint AND state = 'dead'", 1, p, e);
+    else
+        r = db_exec(db,
+            "UPDATE jobs j SET state = 'queued', attempts = 0, not_before = now()"
+            " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id"
+            "   AND r.name = $1 AND j.state = 'dead'", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    int n = atoi(PQcmdTuples(r));
+    PQclear(r);
+    if (n > 0 && db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e) < 0)
+        return ERR_DB;
+    return n;
+}
+
+int queue_counts(struct db *db, long *queued, long *running, struct err *e)
+{
+    PGresult *r = db_exec(db,
+        "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running')"
+        " FROM jobs WHERE state IN ('queued', 'running')", 0, NULL, e);
+    if (!r)
+        return ERR_DB;
+    *queued = atol(PQgetvalue(r, 0, 0));
+    *running = atol(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    return 0;
+}
+
+int queue_notify(struct db *db, struct err *e) { return db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e); }
+
+int queue_listen(struct db *db, struct err *e) { return db_run(db, "LISTEN " QUEUE_CHANNEL, 0, NULL, e); }

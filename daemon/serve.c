@@ -1,0 +1,443 @@
+#include "serve.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "db.h"
+#include "ingest.h"
+#include "migrate.h"
+#include "queue.h"
+#include "registry.h"
+#include "source.h"
+#include "supervise.h"
+
+#define MAX_SLOTS 256
+
+/* One claimed checkpoint and its worker. */
+struct slot {
+    int busy;
+    int ended;              /* worker finished; result not yet settled */
+    struct claim claim;
+    struct worker w;
+    double last_heartbeat;
+    double claimed_at;
+    double claim_ms, spawn_ms;
+};
+
+struct server {
+    struct daemon_config cfg;
+    const char *config_path;
+    int until_idle;
+    struct db *db;
+    struct registry reg;
+    int ready;              /* registry synced and schema checked on this connection */
+    char worker[1024];
+    struct slot slots[MAX_SLOTS];
+    int stopping;
+    double stop_deadline;
+    double next_expire;
+    double next_claim;
+    double next_idle_check;
+    int idle;
+    long jobs_done, jobs_failed, leases_lost;
+};
+
+static volatile sig_atomic_t got_term, got_hup;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    got_term++;
+}
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    got_hup = 1;
+}
+
+static int busy_count(const struct server *s)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_SLOTS; i++)
+        n += s->slots[i].busy;
+    return n;
+}
+
+static void slot_free(struct slot *sl)
+{
+    supervise_cleanup(&sl->w);
+    memset(sl, 0, sizeof *sl);
+}
+
+/* Connected, LISTENing, schema current, registry synced. */
+static int ensure_ready(struct server *s)
+{
+    struct err e;
+    int was = db_conn(s->db) != NULL;
+    if (db_ensure(s->db, &e) < 0) {
+        s->ready = 0;
+        return -1;
+    }
+    if (!was)
+        s->ready = 0;
+    if (s->ready)
+        return 0;
+    if (migrate_check(s->db, &e) < 0) {
+        log_err("database not usable", &e);
+        /* a reachable database with the wrong schema is not transient */
+        return db_conn(s->db) && PQstatus(db_conn(s->db)) == CONNECTION_OK ? -2 : -1;
+    }
+    if (queue_listen(s->db, &e) < 0 || registry_sync(&s->reg, s->db, &e) < 0) {
+        log_err("database not usable", &e);
+        return -1;
+    }
+    s->ready = 1;
+    return 0;
+}
+
+static struct backoff backoff_of(const struct server *s)
+{
+    struct backoff b = {s->cfg.backoff_base_s, s->cfg.backoff_max_s};
+    return b;
+}
+
+/* A worker ended: store its rows, or record its failure.  Leaves the slot
+ * busy when the database is unreachable, to try again next tick. */
+static void settle(struct server *s, struct slot *sl)
+{
+    struct err e;
+    err_clear(&e);
+    struct claim *c = &sl->claim;
+    struct backoff b = backoff_of(s);
+    if (!s->ready)
+        return;
+    if (sl->w.ok) {
+        long rows = 0;
+        double t0 = mono_now();
+        int rc = ingest_commit(s->db, &s->reg, s->cfg.node, c, sl->w.out_path, sl->w.seconds, &rows, &e);
+        if (rc == 0) {
+            s->jobs_done += c->njobs;
+            log_info("checkpoint done", "run=%s step=%lld jobs=%d rows=%ld worker_s=%.3f claim_ms=%.2f"
+                     " spawn_ms=%.2f ingest_ms=%.2f", log_quote(c->run), c->step, c->njobs, rows,
+                     sl->w.seconds, sl->claim_ms, sl->spawn_ms, (mono_now() - t0) * 1e3);
+            slot_free(sl);
+            return;
+        }
+        if (rc == ERR_DB) {
+            log_err("cannot store results yet; will retry", &e);
+            return;
+        }
+        if (rc == INGEST_LEASE_LOST) {
+            s->leases_lost++;
+            log_err("results dropped", &e);
+            slot_free(sl);
+            return;
+        }
+        snprintf(sl->w.error, sizeof sl->w.error, "results rejected: %s", err_str(&e));
+    }
+    if (queue_fail(s->db, s->cfg.node, c->job_ids, c->njobs, sl->w.error, &b, &e) < 0) {
+        log_err("cannot record job failure yet; will retry", &e);
+        return;
+    }
+    s->jobs_failed += c->njobs;
+    log_warn("checkpoint failed", "run=%s step=%lld attempt=%d error=%s", log_quote(c->run), c->step,
+             c->attempts, log_quote(sl->w.error));
+    slot_free(sl);
+}
+
+/* Start the worker for a fresh claim; on failure the jobs fail now. */
+static void launch(struct server *s, struct slot *sl)
+{
+    struct err e;
+    err_clear(&e);
+    struct claim *c = &sl->claim;
+    char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[64], seed[32] = "";
+    char eval[1024] = "";
+    int rc = source_local_path(c->url, dir, sizeof dir, &e);
+    for (int i = 0; rc == 0 && i < c->njobs; i++) {
+        int v = registry_item_version(&s->reg, c->items[i]);
+        if (v != c->versions[i])
+            rc = err_set(&e, ERR_UNSUPPORTED, c->items[i],
+                         v < 0 ? "the worker has no battery item %s (version %d)"
+                               : "the worker offers %s version %d, not the one queued",
+                         c->items[i], v < 0 ? c->versions[i] : v);
+        size_t len = strlen(items);
+        snprintf(items + len, sizeof items - len, "%s%s", i ? "," : "", c->items[i]);
+    }
+    json_t *opt = json_loads(c->options, 0, NULL);
+    json_t *jv = json_object_get(opt, "eval_tokens");
+    if (json_is_string(jv))
+        snprintf(eval, sizeof eval, "%s", json_string_value(jv));
+    jv = json_object_get(opt, "seed");
+    if (json_is_integer(jv))
+        snprintf(seed, sizeof seed, "%lld", (long long)json_integer_value(jv));
+    json_decref(opt);
+    int nthreads = s->cfg.worker_threads;
+    if (nthreads <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = (int)(cores / s->cfg.workers);
+        nthreads = nthreads < 1 ? 1 : nthreads;
+    }
+    snprintf(threads, sizeof threads, "%d", nthreads);
+    snprintf(tag, sizeof tag, "ck%lld-%d", c->checkpoint_id, (int)getpid());
+    const char *argv[16];
+    int a = 0;
+    argv[a++] = s->worker;
+    argv[a++] = "--threads";
+    argv[a++] = threads;
+    argv[a++] = "analyze";
+    argv[a++] = dir;
+    argv[a++] = "--items";
+    argv[a++] = items;
+    if (eval[0]) {
+        argv[a++] = "--eval-tokens";
+        argv[a++] = eval;
+    }
+    if (seed[0]) {
+        argv[a++] = "--seed";
+        argv[a++] = seed;
+    }
+    argv[a] = NULL;
+    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
+    double t0 = mono_now();
+    if (rc == 0)
+        rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
+    sl->spawn_ms = (mono_now() - t0) * 1e3;
+    sl->last_heartbeat = mono_now();
+    if (rc < 0) {
+        snprintf(sl->w.error, sizeof sl->w.error, "cannot start worker: %s", err_str(&e));
+        sl->w.done = 1;
+        sl->w.ok = 0;
+        sl->ended = 1;
+        return;
+    }
+    log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d", log_quote(c->run), c->step,
+             items, (int)sl->w.pid, c->attempts);
+}
+
+/*
+ * The scheduler's tick.  Duties, in order:
+ *   1. signals: SIGHUP reloads the config; SIGTERM starts draining
+ *   2. database: reconnect with backoff; on a new connection check the
+ *      schema, LISTEN, sync the metric registry
+ *   3. reap: workers that ended (or passed their deadline, killed)
+ *   4. settle: store results of ended workers (COPY + done in one
+ *      transaction) or record their failure; kept for later if the
+ *      database is down
+ *   5. heartbeat: renew leases every heartbeat_s; a lost lease kills the
+ *      worker and drops its work
+ *   6. expire: every lease_s/2, return other nodes' expired leases
+ *   7. claim: fill free worker slots, one checkpoint each, unless draining
+ *   8. drain: past the grace period, kill workers and give jobs back
+ *   9. idle: with --until-idle, notice that nothing is queued or running
+ */
+static void serve_tick(struct server *s)
+{
+    struct err e;
+    double now = mono_now();
+
+    if (got_hup) { /* 1 */
+        got_hup = 0;
+        if (s->config_path) {
+            struct daemon_config c = s->cfg;
+            if (daemon_config_load(&c, s->config_path, &e) < 0)
+                log_err("config not reloaded", &e);
+            else {
+                char node[sizeof c.node];
+                memcpy(node, s->cfg.node, sizeof node); /* the node keeps its leases' name */
+                s->cfg = c;
+                memcpy(s->cfg.node, node, sizeof node);
+                if (s->cfg.workers > MAX_SLOTS)
+                    s->cfg.workers = MAX_SLOTS;
+                log_info("config reloaded", "workers=%d", s->cfg.workers);
+            }
+        }
+    }
+    if (got_term && !s->stopping) {
+        s->stopping = 1;
+        s->stop_deadline = now + s->cfg.shutdown_grace_s;
+        log_info("stopping: no new claims", "running=%d grace_s=%.0f", busy_count(s), s->cfg.shutdown_grace_s);
+    }
+    if (got_term > 1 && s->stop_deadline > now)
+        s->stop_deadline = now;
+
+    int dbok = ensure_ready(s) == 0; /* 2 */
+
+    for (int i = 0; i < MAX_SLOTS; i++) { /* 3, 4 */
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy)
+            continue;
+        if (!sl->ended && supervise_poll(&sl->w))
+            sl->ended = 1;
+        if (sl->ended && dbok)
+            settle(s, sl);
+    }
+
+    if (dbok) { /* 5 */
+        for (int i = 0; i < MAX_SLOTS; i++) {
+            struct slot *sl = &s->slots[i];
+            if (!sl->busy || sl->ended || now - sl->last_heartbeat < s->cfg.heartbeat_s)
+                continue;
+            int got = queue_heartbeat(s->db, s->cfg.node, s->cfg.lease_s, sl->claim.job_ids,
+                                      sl->claim.njobs, &e);
+            if (got < 0) {
+                log_err("heartbeat failed", &e);
+                continue;
+            }
+            sl->last_heartbeat = now;
+            if (got < sl->claim.njobs) {
+                s->leases_lost++;
+                log_warn("lease lost: stopping the worker", "run=%s step=%lld",
+                         log_quote(sl->claim.run), sl->claim.step);
+                supervise_kill(&sl->w);
+                slot_free(sl);
+            }
+        }
+    }
+
+    if (dbok && now >= s->next_expire) { /* 6 */
+        struct backoff b = backoff_of(s);
+        if (queue_expire(s->db, &b, &e) < 0)
+            log_err("lease expiry failed", &e);
+        s->next_expire = now + s->cfg.lease_s / 2 * (0.75 + 0.5 * (rand() / (double)RAND_MAX));
+    }
+
+    if (dbok && !s->stopping && now >= s->next_claim) { /* 7 */
+        while (busy_count(s) < s->cfg.workers) {
+            struct slot *sl = NULL;
+            for (int i = 0; i < MAX_SLOTS && !sl; i++)
+                if (!s->slots[i].busy)
+                    sl = &s->slots[i];
+            double t0 = mono_now();
+            int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
+            if (got < 0)
+                log_err("claim failed", &e);
+            if (got <= 0)
+                break;
+            sl->busy = 1;
+            sl->claimed_at = t0;
+            sl->claim_ms = (mono_now() - t0) * 1e3;
+            launch(s, sl);
+        }
+        s->next_claim = now + s->cfg.poll_s;
+    }
+
+    if (s->stopping && now >= s->stop_deadline) { /* 8 */
+        for (int i = 0; i < MAX_SLOTS; i++) {
+            struct slot *sl = &s->slots[i];
+            if (sl->busy && sl->ended) { /* could not be stored: the lease will expire */
+                log_warn("results not stored before shutdown; the jobs will be retried",
+                         "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
+                slot_free(sl);
+                continue;
+            }
+            if (!sl->busy)
+                continue;
+            supervise_kill(&sl->w);
+            if (dbok && queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
+                log_err("cannot release jobs (their lease will expire)", &e);
+            log_info("worker stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run),
+                     sl->claim.step);
+            slot_free(sl);
+        }
+    }
+
+    if (s->until_idle && dbok && busy_count(s) == 0 && now >= s->next_idle_check) { /* 9 */
+        long queued = 0, running = 0;
+        if (queue_counts(s->db, &queued, &running, &e) == 0 && queued == 0 && running == 0)
+            s->idle = 1;
+        s->next_idle_check = now + 0.5;
+    }
+}
+
+/* Sleep until the database says something, a worker may have ended, or
+ * the next duty is due. */
+static void serve_wait(struct server *s)
+{
+    double timeout = s->cfg.poll_s;
+    if (busy_count(s) > 0 || s->stopping)
+        timeout = 0.05;
+    if (s->until_idle && timeout > 0.5)
+        timeout = 0.5;
+    PGconn *c = db_conn(s->db);
+    if (!c) {
+        usleep((useconds_t)(timeout > 1.0 ? 1e6 : timeout * 1e6));
+        return;
+    }
+    struct pollfd pfd = {PQsocket(c), POLLIN, 0};
+    int r = poll(&pfd, 1, (int)(timeout * 1000));
+    if (r > 0) {
+        if (!PQconsumeInput(c)) {
+            db_lost(s->db);
+            return;
+        }
+        PGnotify *n;
+        int woke = 0;
+        while ((n = PQnotifies(c))) {
+            woke = 1;
+            PQfreemem(n);
+        }
+        if (woke)
+            s->next_claim = 0;
+    }
+}
+
+int serve_run(const struct serve_opts *o)
+{
+    static struct server srv;
+    struct server *s = &srv;
+    struct err e;
+    memset(s, 0, sizeof *s);
+    s->cfg = *o->config;
+    if (s->cfg.workers > MAX_SLOTS)
+        s->cfg.workers = MAX_SLOTS;
+    s->config_path = o->config_path;
+    s->until_idle = o->until_idle;
+    supervise_worker_path(s->cfg.worker_path, s->worker, sizeof s->worker);
+    if (registry_from_worker(&s->reg, s->worker, &e) < 0) {
+        log_err("cannot read the battery from the worker", &e);
+        return ERR_CHILD;
+    }
+    s->db = db_new(s->cfg.database);
+    if (!s->db)
+        return ERR_NOMEM;
+    srand((unsigned)getpid() ^ (unsigned)mono_now());
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_hup;
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (db_connect_wait(s->db, 10.0, &e) == 0 && ensure_ready(s) == -2) {
+        registry_free(&s->reg);
+        db_free(s->db);
+        return ERR_DB;
+    }
+    log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d", s->cfg.node,
+             s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle);
+    for (;;) {
+        serve_tick(s);
+        if (s->stopping && busy_count(s) == 0)
+            break;
+        if (s->idle)
+            break;
+        serve_wait(s);
+    }
+    log_info("stopped", "node=%s jobs_done=%ld jobs_failed=%ld leases_lost=%ld db_reconnects=%ld",
+             s->cfg.node, s->jobs_done, s->jobs_failed, s->leases_lost, db_reconnects(s->db));
+    registry_free(&s->reg);
+    db_free(s->db);
+    return 0;
+}

@@ -1,0 +1,112 @@
+#include "status.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+
+static void bar(FILE *out, double frac, int width)
+{
+    int full = (int)(frac * width + 0.5);
+    fputc('[', out);
+    for (int i = 0; i < width; i++)
+        fputc(i < full ? '#' : '.', out);
+    fputc(']', out);
+}
+
+static void duration(char *buf, size_t n, double s)
+{
+    if (!(s >= 0) || isinf(s))
+        snprintf(buf, n, "?");
+    else if (s < 120)
+        snprintf(buf, n, "%.0fs", s);
+    else if (s < 7200)
+        snprintf(buf, n, "%.0fm", s / 60);
+    else if (s < 172800)
+        snprintf(buf, n, "%.1fh", s / 3600);
+    else
+        snprintf(buf, n, "%.1fd", s / 86400);
+}
+
+int status_print(struct db *db, const char *run, FILE *out, struct err *e)
+{
+    const char *p[1] = {run ? run : ""};
+    /* per run, per checkpoint: the state of its jobs */
+    PGresult *r = db_exec(db,
+        "WITH ck AS ("
+        "  SELECT r.id AS run_id, r.name, c.id,"
+        "    bool_and(j.state = 'done') AS done,"
+        "    bool_or(j.state = 'running') AS running,"
+        "    bool_or(j.state = 'dead') AS dead,"
+        "    bool_or(j.state = 'queued') AS queued,"
+        "    max(j.finished_at) FILTER (WHERE j.state = 'done') AS finished"
+        "  FROM runs r JOIN checkpoints c ON c.run_id = r.id JOIN jobs j ON j.checkpoint_id = c.id"
+        "  WHERE $1 = '' OR r.name = $1"
+        "  GROUP BY r.id, r.name, c.id)"
+        " SELECT name, count(*), count(*) FILTER (WHERE done), count(*) FILTER (WHERE running),"
+        "   count(*) FILTER (WHERE dead), count(*) FILTER (WHERE queued AND NOT running),"
+        "   count(*) FILTER (WHERE done AND finished > now() - interval '1 hour'),"
+        "   extract(epoch FROM now() - least(min(finished) FILTER (WHERE done AND finished > now() - interval '1 hour'), now()))"
+        " FROM ck GROUP BY run_id, name ORDER BY name", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) == 0)
+        fprintf(out, run ? "no run named %s\n" : "no runs%s\n", run ? run : "");
+    for (int i = 0; i < PQntuples(r); i++) {
+        long total = atol(PQgetvalue(r, i, 1)), done = atol(PQgetvalue(r, i, 2));
+        long running = atol(PQgetvalue(r, i, 3)), dead = atol(PQgetvalue(r, i, 4));
+        long queued = atol(PQgetvalue(r, i, 5)), recent = atol(PQgetvalue(r, i, 6));
+        double span = atof(PQgetvalue(r, i, 7));
+        double rate = recent > 1 && span > 0 ? recent / span * 3600.0 : NAN; /* per hour */
+        char eta[32];
+        duration(eta, sizeof eta, rate > 0 ? (total - done - dead) / rate * 3600.0 : NAN);
+        fprintf(out, "%s  ", PQgetvalue(r, i, 0));
+        bar(out, total ? (double)done / total : 0, 30);
+        fprintf(out, " %ld/%ld done, %ld running, %ld failed, %ld queued", done, total, running, dead, queued);
+        if (rate > 0)
+            fprintf(out, "; %.1f checkpoints/h, ETA %s", rate, eta);
+        fputc('\n', out);
+    }
+    PQclear(r);
+
+    r = db_exec(db,
+        "SELECT run, step, item, state, attempts, max_attempts, coalesce(last_error, ''),"
+        "   greatest(extract(epoch FROM not_before - now()), 0)"
+        " FROM job_list WHERE last_error IS NOT NULL AND state IN ('queued', 'dead')"
+        "   AND ($1 = '' OR run = $1)"
+        " ORDER BY state DESC, run, step LIMIT 20", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nfailing jobs:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        int dead = strcmp(PQgetvalue(r, i, 3), "dead") == 0;
+        char wait[32];
+        duration(wait, sizeof wait, atof(PQgetvalue(r, i, 7)));
+        fprintf(out, "  %s step %s %s: %s after %s/%s attempts%s%s: %s\n", PQgetvalue(r, i, 0),
+                PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), dead ? "DEAD" : "retrying",
+                PQgetvalue(r, i, 4), PQgetvalue(r, i, 5), dead ? "" : ", next in ", dead ? "" : wait,
+                PQgetvalue(r, i, 6));
+    }
+    PQclear(r);
+
+    r = db_exec(db,
+        "SELECT lease_owner, run, step, string_agg(item, ',' ORDER BY item),"
+        "   extract(epoch FROM now() - min(started_at)), extract(epoch FROM min(lease_expires) - now())"
+        " FROM job_list WHERE state = 'running' AND ($1 = '' OR run = $1)"
+        " GROUP BY lease_owner, run, step ORDER BY lease_owner, run, step", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nworkers:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char t[32], l[32];
+        duration(t, sizeof t, atof(PQgetvalue(r, i, 4)));
+        duration(l, sizeof l, atof(PQgetvalue(r, i, 5)));
+        fprintf(out, "  %s: %s step %s [%s] for %s, lease %s left\n", PQgetvalue(r, i, 0),
+                PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), t, l);
+    }
+    PQclear(r);
+    return 0;
+}
