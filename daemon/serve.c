@@ -311,6 +311,7 @@ static void serve_tick(struct server *s)
     }
 
     if (dbok && !s->stopping && now >= s->next_claim) { /* 7 */
+        int exhausted = 0;
         while (busy_count(s) < s->cfg.workers) {
             struct slot *sl = NULL;
             for (int i = 0; i < MAX_SLOTS && !sl; i++)
@@ -320,14 +321,18 @@ static void serve_tick(struct server *s)
             int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
             if (got < 0)
                 log_err("claim failed", &e);
-            if (got <= 0)
+            if (got <= 0) {
+                exhausted = 1;
                 break;
+            }
             sl->busy = 1;
             sl->claimed_at = t0;
             sl->claim_ms = (mono_now() - t0) * 1e3;
             launch(s, sl);
         }
-        s->next_claim = now + s->cfg.poll_s;
+        /* nothing claimable: poll later (NOTIFY wakes us sooner); all slots
+         * busy: claim again as soon as one frees */
+        s->next_claim = exhausted ? now + s->cfg.poll_s : 0;
     }
 
     if (s->stopping && now >= s->stop_deadline) { /* 8 */

@@ -16,5 +16,7 @@
 int cmd_inspect(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_battery(int argc, char **argv);
+int cmd_analyze(int argc, char **argv);
 
 #endif

@@ -19,6 +19,9 @@ static const char usage[] =
     "                              run the model, print the mean loss of each sequence\n"
     "  init CKPT_DIR [--preset NAME] [--seed N] [--std X] [--dtype f32|f16|bf16]\n"
     "                              write a randomly initialised checkpoint\n"
+    "  battery [--json]            the battery items, versions and the metrics each writes\n"
+    "  analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
+    "                              run battery items, print rows as PostgreSQL COPY text\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -72,6 +75,8 @@ int main(int argc, char **argv)
         {"inspect", cmd_inspect},
         {"forward", cmd_forward},
         {"init", cmd_init},
+        {"battery", cmd_battery},
+        {"analyze", cmd_analyze},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)
