@@ -1,0 +1,124 @@
+#!/bin/sh
+# cli_battery.sh - `ckpt-worker battery` and `ckpt-worker analyze` from the
+# outside: the registry document parses as JSON, analyze prints well-formed
+# COPY rows (7 tab-separated fields, integer version/layer/head/idx),
+# byte-identical on a second run, exit statuses 1/2 for bad input/usage, and
+# the `loss` row agrees (1e-5) with the per-sequence losses `forward` prints
+# for the same tokens.  Run from the repository root.
+set -u
+W=${CKPT_WORKER:-build/bin/ckpt-worker}
+G=tests/golden/f32_parallel_rot025
+TMP=$(mktemp -d /tmp/ckptd-cli-battery-XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+
+ok() { echo "ok: $*"; }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# status WANT NAME -- command...: run (stdout to $TMP/out, stderr to
+# $TMP/err) and check the exit status
+status() {
+    want=$1 name=$2
+    shift 3
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    got=$?
+    if [ "$got" -eq "$want" ]; then ok "$name (exit $got)"; else
+        fail "$name: exit $got, want $want"; tail -3 "$TMP/err"; fi
+}
+
+# the registry
+status 0 "battery table" -- "$W" battery
+grep -q '^loss ' "$TMP/out" && grep -q 'spectral_norm' "$TMP/out" && ok "table lists loss and spectral_norm" ||
+    fail "table lacks loss or spectral_norm"
+status 0 "battery --json" -- "$W" battery --json
+if python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+names = [i["name"] for i in d["items"]]
+assert "loss" in names and "weights" in names, names
+for i in d["items"]:
+    assert isinstance(i["version"], int) and i["version"] > 0
+    assert isinstance(i["needs"], list)
+    for m in i["metrics"]:
+        assert m["unit"] and m["description"], m
+        for k in ("layer", "head", "idx"):
+            assert isinstance(m[k], str)
+' <"$TMP/out"; then ok "battery --json parses and is complete"; else fail "battery --json"; fi
+status 2 "battery with a stray argument" -- "$W" battery --frob
+
+# analyze: well-formed rows, deterministic
+status 0 "analyze loss,weights" -- "$W" analyze "$G" --items loss,weights
+cp "$TMP/out" "$TMP/run1"
+bad=$(awk -F'\t' '
+    NF != 7 || $2 !~ /^[0-9]+$/ || $4 !~ /^-?[0-9]+$/ || $5 !~ /^-?[0-9]+$/ || $6 !~ /^-?[0-9]+$/ ||
+    $7 !~ /^(-?[0-9.]+(e[-+][0-9]+)?|NaN|-?Infinity)$/ { n++ }
+    END { print n + 0 }' "$TMP/run1")
+lines=$(wc -l <"$TMP/run1")
+if [ "$lines" -gt 0 ] && [ "$bad" -eq 0 ]; then ok "$lines rows, all with 7 well-formed fields"; else
+    fail "$bad of $lines rows malformed"; fi
+for item in loss weights; do
+    grep -q "^$item	1	" "$TMP/run1" && ok "rows of $item" || fail "no rows of $item"
+done
+status 0 "analyze again" -- "$W" analyze "$G" --items loss,weights
+cmp -s "$TMP/run1" "$TMP/out" && ok "second run byte-identical" || fail "second run differs"
+status 0 "analyze with another seed" -- "$W" analyze "$G" --items loss --seed 1
+cmp -s "$TMP/out" "$TMP/run1" && fail "--seed 1 gives the seed-0 rows" || ok "--seed changes the eval set"
+
+# usage errors and bad input
+status 2 "unknown item" -- "$W" analyze "$G" --items loss,frobnicate
+grep -q "known items: loss, weights" "$TMP/err" && ok "unknown item lists the known ones" ||
+    fail "unknown item message: $(cat "$TMP/err")"
+[ -s "$TMP/out" ] && fail "unknown item printed rows" || ok "unknown item printed nothing"
+status 2 "no --items" -- "$W" analyze "$G"
+status 2 "item twice" -- "$W" analyze "$G" --items loss,loss
+status 2 "empty item" -- "$W" analyze "$G" --items loss,
+status 2 "bad seed" -- "$W" analyze "$G" --items loss --seed -3
+status 1 "missing checkpoint" -- "$W" analyze "$TMP/nonexistent" --items weights
+[ -s "$TMP/out" ] && fail "missing checkpoint printed rows" || ok "missing checkpoint printed nothing"
+status 1 "missing eval file" -- "$W" analyze "$G" --items weights,loss --eval-tokens "$TMP/none.u16"
+[ -s "$TMP/out" ] && fail "rows printed although the eval file is missing" ||
+    ok "nothing printed when the eval file is missing"
+printf '\001\000\002\000\003' >"$TMP/odd.u16"
+status 1 "odd-sized .u16" -- "$W" analyze "$G" --items loss --eval-tokens "$TMP/odd.u16"
+grep -q "not a whole number" "$TMP/err" && ok "odd-sized .u16 message" || fail "odd-sized .u16 message"
+echo '[[1,2,3,500]]' >"$TMP/oov.json"
+status 1 "id outside the vocabulary" -- "$W" analyze "$G" --items weights,loss --eval-tokens "$TMP/oov.json"
+grep -q "outside the vocabulary" "$TMP/err" && ok "vocabulary message" || fail "vocabulary message"
+grep -q "^weights" "$TMP/out" && ok "the item before the failing one printed its rows" ||
+    fail "no weights rows before the failing loss item"
+grep -q "^loss" "$TMP/out" && fail "half a loss item printed" || ok "failed item printed no rows"
+python3 -c 'import sys; sys.stdout.buffer.write(bytes(2 * 65))' >"$TMP/long.u16"
+status 1 "sequences longer than max positions" -- "$W" analyze "$G" --items loss --eval-tokens "$TMP/long.u16" --ctx 65
+grep -q "max_position_embeddings 64" "$TMP/err" && ok "max positions message" || fail "max positions message"
+
+# the loss row equals the mean of forward's per-sequence losses
+status 0 "analyze --eval-tokens tokens.json" -- "$W" analyze "$G" --items loss --eval-tokens "$G/tokens.json"
+mine=$(awk -F'\t' '$3 == "loss" { print $7 }' "$TMP/out")
+"$W" forward "$G" --tokens "$G/tokens.json" >"$TMP/fwd" 2>/dev/null
+theirs=$(awk '$1 == "seq" { s += $4; n++ } END { if (n == 2) printf "%.9f", s / n }' "$TMP/fwd")
+if [ -n "$mine" ] && [ -n "$theirs" ] &&
+    awk -v a="$mine" -v b="$theirs" 'BEGIN { d = a - b; exit !(d <= 1e-5 && d >= -1e-5) }'; then
+    ok "loss $mine = mean of forward's per-sequence losses $theirs"
+else
+    fail "loss '$mine' vs forward's mean '$theirs'"
+fi
+npos=$(awk -F'\t' '$3 == "loss_by_pos"' "$TMP/out" | wc -l)
+[ "$npos" -eq 11 ] && ok "11 loss_by_pos rows for 12-token sequences" || fail "$npos loss_by_pos rows"
+
+# the same tokens as a .u32 stream cut at --ctx 12 give the same rows
+python3 -c '
+import json, struct, sys
+seqs = json.load(open(sys.argv[1]))
+sys.stdout.buffer.write(b"".join(struct.pack("<I", t) for s in seqs for t in s) + b"\0\0\0\0")
+' "$G/tokens.json" >"$TMP/tokens.u32"
+cp "$TMP/out" "$TMP/json_rows"
+status 0 "analyze --eval-tokens tokens.u32 --ctx 12" -- "$W" analyze "$G" --items loss --eval-tokens "$TMP/tokens.u32" --ctx 12
+cmp -s "$TMP/out" "$TMP/json_rows" && ok ".u32 stream gives the rows of the .json" || fail ".u32 rows differ from .json rows"
+
+# a closed stdout is an error, not a silent success
+"$W" analyze "$G" --items weights,loss 2>"$TMP/err" >&-
+got=$?
+[ "$got" -eq 1 ] && ok "closed stdout: exit 1" || fail "closed stdout: exit $got"
+
+[ "$fails" -eq 0 ] || { echo "cli_battery: $fails failed"; exit 1; }
+echo "cli_battery: all passed"

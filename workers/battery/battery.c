@@ -1,0 +1,114 @@
+/* The battery registry: the table of items, lookup, the run wrapper that
+ * checks an item's rows against its declared metrics, and the default eval
+ * set.  Adding an item: write battery_<name>.c defining its
+ * `const struct battery_item`, declare it in battery.h, list it below. */
+#include "battery.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "rng.h"
+
+static const struct battery_item *const items[] = {
+    &battery_item_loss,
+    &battery_item_weights,
+};
+
+static const char *const need_names[BATTERY_NEED_COUNT] = {
+    [BATTERY_NEED_EVAL_TOKENS] = "eval_tokens",
+};
+
+size_t battery_count(void)
+{
+    return sizeof items / sizeof *items;
+}
+
+const struct battery_item *battery_get(size_t i)
+{
+    return i < battery_count() ? items[i] : NULL;
+}
+
+const struct battery_item *battery_find(const char *name)
+{
+    for (size_t i = 0; i < battery_count(); i++)
+        if (strcmp(items[i]->name, name) == 0)
+            return items[i];
+    return NULL;
+}
+
+const struct metric_def *battery_metric(const struct battery_item *it, const char *name)
+{
+    for (size_t i = 0; i < it->nmetrics; i++)
+        if (strcmp(it->metrics[i].name, name) == 0)
+            return &it->metrics[i];
+    return NULL;
+}
+
+const char *battery_need_name(enum battery_need k)
+{
+    return (unsigned)k < BATTERY_NEED_COUNT ? need_names[k] : NULL;
+}
+
+/* Every row's third field (the metric, as escaped) must be a declared
+ * metric.  Declared names are plain, so an escaped name never matches. */
+static int check_rows(const struct battery_item *it, const struct rows *r, struct err *e)
+{
+    const char *p = r->buf, *end = r->buf + r->len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            nl = end;
+        const char *f = p;
+        for (int tabs = 0; tabs < 2 && f && f < nl; tabs++) {
+            f = memchr(f, '\t', (size_t)(nl - f));
+            f = f ? f + 1 : NULL;
+        }
+        const char *fe = f ? memchr(f, '\t', (size_t)(nl - f)) : NULL;
+        int ok = 0;
+        for (size_t i = 0; fe && i < it->nmetrics && !ok; i++)
+            ok = strlen(it->metrics[i].name) == (size_t)(fe - f) &&
+                 memcmp(it->metrics[i].name, f, (size_t)(fe - f)) == 0;
+        if (!ok)
+            return err_set(e, ERR_INVALID, it->name, "wrote a row of an undeclared metric: %.*s",
+                           (int)(nl - p), p);
+        p = nl + 1;
+    }
+    return 0;
+}
+
+int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
+                     struct rows *out, struct err *e)
+{
+    rows_begin(out, it->name, it->version);
+    int rc;
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) &&
+        (!ctx->eval_tokens || ctx->eval_B <= 0 || ctx->eval_T <= 0))
+        rc = err_set(e, ERR_INVALID, NULL, "needs eval tokens and none were given");
+    else if ((rc = it->run(ctx, out, e)) >= 0)
+        rc = check_rows(it, out, e);
+    if (rc < 0) {
+        rows_begin(out, it->name, it->version); /* drop the partial rows */
+        err_wrap(e, "item %s v%d", it->name, it->version);
+    }
+    return rc;
+}
+
+int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
+                         uint64_t seed, struct err *e)
+{
+    *tokens = NULL;
+    if (V <= 0 || max_positions <= 0)
+        return err_set(e, ERR_INVALID, NULL, "vocabulary %d / max positions %d not positive", V,
+                       max_positions);
+    int b = BATTERY_EVAL_SEQS, t = max_positions < BATTERY_EVAL_LEN ? max_positions : BATTERY_EVAL_LEN;
+    int *tok = malloc((size_t)b * t * sizeof *tok);
+    if (!tok)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for the eval set");
+    uint64_t s = seed;
+    for (size_t i = 0; i < (size_t)b * t; i++)
+        tok[i] = (int)rng_below(&s, (uint32_t)V);
+    *tokens = tok;
+    *B = b;
+    *T = t;
+    return 0;
+}

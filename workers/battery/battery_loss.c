@@ -1,0 +1,85 @@
+/* loss v1: next-token loss on the eval token set.
+ *
+ * Definition: the standard autoregressive language-modelling loss, the
+ * cross-entropy of the next token in nats, -log softmax(logits[t])[x[t+1]],
+ * as HuggingFace's GPTNeoXForCausalLM computes it with shifted labels
+ * (Radford et al. 2019, "Language Models are Unsupervised Multitask
+ * Learners"; per-position loss as in Olsson et al. 2022, "In-context
+ * Learning and Induction Heads").  gptneox_loss computes it per
+ * token; this item averages:
+ *   loss         = sum over b, t of loss[b][t] / (B (T-1))
+ *   loss_by_pos t = sum over b of loss[b][t] / B,  t = 0 .. T-2
+ * Sums are in double, in a fixed order (batches in order, then sequences,
+ * then positions), so the same inputs give the same bits.  The eval set is
+ * run BATTERY_LOSS_BATCH sequences per forward, so memory is bounded by the
+ * batch, not the set. */
+#include <stdlib.h>
+
+#include "battery.h"
+
+static const struct metric_def loss_metrics[] = {
+    {"loss", "nats",
+     "mean next-token cross-entropy over every predicted token of the eval set", "", "", ""},
+    {"loss_by_pos", "nats",
+     "next-token cross-entropy at one position, averaged over the eval sequences", "", "",
+     "position t of the last context token: the loss of predicting token t+1 from tokens "
+     "0..t (0 .. T-2)"},
+};
+
+static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e)
+{
+    struct gptneox *m = c->model;
+    const int B = c->eval_B, T = c->eval_T, V = m->cfg.vocab_size;
+    const char *src = c->eval_name ? c->eval_name : "eval tokens";
+    if (T < 2)
+        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed", T);
+    if (T > m->cfg.max_positions)
+        return err_set(e, ERR_INVALID, src,
+                       "sequences of %d tokens are longer than the model's "
+                       "max_position_embeddings %d",
+                       T, m->cfg.max_positions);
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        if (c->eval_tokens[i] < 0 || c->eval_tokens[i] >= V)
+            return err_set(e, ERR_INVALID, src,
+                           "token %d (sequence %zu, position %zu) is outside the vocabulary [0, %d)",
+                           c->eval_tokens[i], i / (size_t)T, i % (size_t)T, V);
+
+    int rc = 0;
+    double *pos_sum = calloc((size_t)T - 1, sizeof *pos_sum);
+    float *tok_loss = malloc((size_t)BATTERY_LOSS_BATCH * (T - 1) * sizeof *tok_loss);
+    if (!pos_sum || !tok_loss) {
+        rc = err_set(e, ERR_NOMEM, src, "out of memory");
+        goto out;
+    }
+    for (int b0 = 0; b0 < B; b0 += BATTERY_LOSS_BATCH) {
+        int nb = B - b0 < BATTERY_LOSS_BATCH ? B - b0 : BATTERY_LOSS_BATCH;
+        const int *tok = c->eval_tokens + (size_t)b0 * T;
+        if ((rc = gptneox_forward(m, tok, nb, T, NULL, 0, e)) < 0)
+            goto out;
+        gptneox_loss(m, tok, nb, T, tok_loss, NULL);
+        for (int b = 0; b < nb; b++)
+            for (int t = 0; t + 1 < T; t++)
+                pos_sum[t] += tok_loss[(size_t)b * (T - 1) + t];
+    }
+    double total = 0.0;
+    for (int t = 0; t + 1 < T; t++)
+        total += pos_sum[t];
+    if ((rc = rows_add(out, "loss", -1, -1, -1, total / ((double)B * (T - 1)), e)) < 0)
+        goto out;
+    for (int t = 0; t + 1 < T; t++)
+        if ((rc = rows_add(out, "loss_by_pos", -1, -1, t, pos_sum[t] / B, e)) < 0)
+            goto out;
+out:
+    free(tok_loss);
+    free(pos_sum);
+    return rc;
+}
+
+const struct battery_item battery_item_loss = {
+    .name = "loss",
+    .version = 1,
+    .needs = BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS),
+    .metrics = loss_metrics,
+    .nmetrics = sizeof loss_metrics / sizeof *loss_metrics,
+    .run = loss_run,
+};

@@ -1,0 +1,201 @@
+/* ckpt-worker analyze: run battery items on one checkpoint and print their
+ * rows as PostgreSQL COPY text (workers/battery/rows.h), the worker's
+ * output contract with the daemon. */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "battery/battery.h"
+#include "cli.h"
+#include "model/gptneox.h"
+#include "model/tokens.h"
+
+static const char analyze_usage[] =
+    "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
+    "\n"
+    "Runs the battery items on the checkpoint and prints one row per measurement,\n"
+    "in PostgreSQL COPY text format:\n"
+    "  item<TAB>version<TAB>metric<TAB>layer<TAB>head<TAB>idx<TAB>value\n"
+    "(-1 where an index does not apply; NaN, Infinity, -Infinity as float8 spells\n"
+    "them).  An item's rows are printed only once it has fully succeeded.  The same\n"
+    "checkpoint, items and seed give byte-identical output.\n"
+    "  --items ITEM,...     items to run, in this order ('ckpt-worker battery' lists them)\n"
+    "  --eval-tokens FILE   eval token set: .json (list of equal-length lists of ids),\n"
+    "                       .u16/.bin (little-endian uint16) or .u32 (uint32) streams\n"
+    "  --ctx N              sequence length for .u16/.u32/.bin streams (default 128, or\n"
+    "                       max_position_embeddings if smaller); a trailing partial\n"
+    "                       sequence is dropped\n"
+    "  --seed N             seed of the generated eval set (default 0): without\n"
+    "                       --eval-tokens, 16 sequences of 128 ids (capped at\n"
+    "                       max_position_embeddings), uniform from splitmix64\n";
+
+/* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
+static int parse_uint(const char *s, uint64_t max, uint64_t *out)
+{
+    if (!s[0] || s[0] < '0' || s[0] > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void print_known_items(FILE *f)
+{
+    fputs("known items:", f);
+    for (size_t i = 0; i < battery_count(); i++)
+        fprintf(f, "%s %s", i ? "," : "", battery_get(i)->name);
+    fputc('\n', f);
+}
+
+/* Split the --items list into `items` (at most battery_count()); 0, or -1
+ * after printing what is wrong. */
+static int parse_items(char *list, const struct battery_item **items, size_t *n)
+{
+    *n = 0;
+    for (char *p = list;; p++) {
+        char *comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        const struct battery_item *it = battery_find(p);
+        if (!*p) {
+            fprintf(stderr, "ckpt-worker analyze: empty item name in --items\n");
+            return -1;
+        }
+        if (!it) {
+            fprintf(stderr, "ckpt-worker analyze: unknown item '%s'; ", p);
+            print_known_items(stderr);
+            return -1;
+        }
+        for (size_t i = 0; i < *n; i++)
+            if (items[i] == it) {
+                fprintf(stderr, "ckpt-worker analyze: item '%s' listed twice\n", p);
+                return -1;
+            }
+        items[(*n)++] = it;
+        if (!comma)
+            return 0;
+        p = comma;
+    }
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int cmd_analyze(int argc, char **argv)
+{
+    const char *dir = NULL, *items_arg = NULL, *eval_path = NULL;
+    uint64_t seed = 0, ctx_len = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0) {
+            fputs(analyze_usage, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--items") == 0 && i + 1 < argc) {
+            items_arg = argv[++i];
+        } else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc) {
+            eval_path = argv[++i];
+        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
+                fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
+            if (parse_uint(argv[++i], INT32_MAX, &ctx_len) < 0 || ctx_len == 0) {
+                fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
+                return EXIT_USAGE;
+            }
+        } else if (argv[i][0] != '-' && !dir) {
+            dir = argv[i];
+        } else {
+            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", argv[i],
+                    analyze_usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!dir || !items_arg) {
+        fputs(analyze_usage, stderr);
+        return EXIT_USAGE;
+    }
+    const struct battery_item **items = calloc(battery_count(), sizeof *items);
+    char *list = strdup(items_arg);
+    size_t nitems = 0;
+    if (!items || !list || parse_items(list, items, &nitems) < 0) {
+        free(list);
+        free(items);
+        return EXIT_USAGE;
+    }
+    free(list);
+
+    /* A closed stdout is a write error (exit 1), not a silent SIGPIPE death. */
+    signal(SIGPIPE, SIG_IGN);
+    struct err e;
+    err_clear(&e);
+    struct gptneox *m = NULL;
+    int *tokens = NULL, B = 0, T = 0, status = EXIT_INPUT;
+    char eval_name[64];
+    struct battery_ctx bctx = {.seed = seed};
+    struct rows r;
+    rows_init(&r);
+    unsigned needs = 0;
+    for (size_t i = 0; i < nitems; i++)
+        needs |= items[i]->needs;
+
+    if (gptneox_load(&m, dir, 0, &e) < 0)
+        goto fail;
+    bctx.model = m;
+    if (needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) {
+        if (eval_path) {
+            int ctx = ctx_len ? (int)ctx_len
+                      : m->cfg.max_positions < BATTERY_EVAL_LEN ? m->cfg.max_positions
+                                                                : BATTERY_EVAL_LEN;
+            if (tokens_read_file(eval_path, ctx, &tokens, &B, &T, &e) < 0)
+                goto fail;
+            bctx.eval_name = eval_path;
+        } else {
+            if (battery_eval_default(&tokens, &B, &T, m->cfg.vocab_size, m->cfg.max_positions,
+                                     seed, &e) < 0)
+                goto fail;
+            snprintf(eval_name, sizeof eval_name, "generated eval set (seed %" PRIu64 ")", seed);
+            bctx.eval_name = eval_name;
+        }
+        bctx.eval_tokens = tokens;
+        bctx.eval_B = B;
+        bctx.eval_T = T;
+        log_debug("eval tokens", "source=%s sequences=%d length=%d", log_quote(bctx.eval_name),
+                  B, T);
+    }
+    for (size_t i = 0; i < nitems; i++) {
+        double t0 = now_seconds();
+        if (battery_run_item(items[i], &bctx, &r, &e) < 0 || rows_write(&r, stdout, &e) < 0)
+            goto fail;
+        log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f", items[i]->name,
+                 items[i]->version, r.n, now_seconds() - t0);
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        err_set(&e, ERR_IO, "stdout", "write failed: %s", strerror(errno));
+        goto fail;
+    }
+    status = 0;
+    goto out;
+fail:
+    log_err("analyze failed", &e);
+out:
+    rows_free(&r);
+    free(tokens);
+    gptneox_free(m);
+    free(items);
+    return status;
+}
