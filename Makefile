@@ -73,6 +73,11 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+# The element-wise kernels: -O3 vectorises them, and without trapping math
+# the compiler may turn their clamps into selects (nothing here uses
+# floating-point traps or errno from libm).
+$(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+
 $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER)
