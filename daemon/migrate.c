@@ -27,10 +27,16 @@ int migrate_apply(struct db *db, int *applied, struct err *e)
     int n = 0;
     if (applied)
         *applied = 0;
-    if (db_run(db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                   " version int PRIMARY KEY, name text NOT NULL,"
-                   " applied_at timestamptz NOT NULL DEFAULT now())", 0, NULL, e) < 0)
+    /* Under the lock too: two CREATE TABLE IF NOT EXISTS racing on a fresh
+     * database fail with a duplicate key in pg_type. */
+    if (db_run(db, "BEGIN", 0, NULL, e) < 0)
         return ERR_DB;
+    if (db_run(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", 0, NULL, e) < 0 ||
+        db_run(db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                   " version int PRIMARY KEY, name text NOT NULL,"
+                   " applied_at timestamptz NOT NULL DEFAULT now())", 0, NULL, e) < 0 ||
+        db_run(db, "COMMIT", 0, NULL, e) < 0)
+        goto fail;
     for (int i = 0; i < migrations_count; i++) {
         const struct migration *m = &migrations[i];
         if (db_run(db, "BEGIN", 0, NULL, e) < 0)

@@ -1,6 +1,7 @@
 #include "serve.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <signal.h>
@@ -51,6 +52,23 @@ struct server {
 
 static volatile sig_atomic_t got_term, got_hup;
 
+/* SIGCHLD writes a byte here, so serve_wait wakes the moment a worker
+ * ends instead of at the next timer tick (a self-pipe: no race with a
+ * child that ends just before poll() starts). */
+static int chld_pipe[2] = {-1, -1};
+
+static void on_chld(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    if (chld_pipe[1] >= 0) {
+        char b = 0;
+        ssize_t w = write(chld_pipe[1], &b, 1); /* full pipe: a wake-up is pending anyway */
+        (void)w;
+    }
+    errno = saved;
+}
+
 static void on_term(int sig)
 {
     (void)sig;
@@ -81,7 +99,9 @@ static void slot_free(struct slot *sl)
 static int ensure_ready(struct server *s)
 {
     struct err e;
-    int was = db_conn(s->db) != NULL;
+    /* a handle that is still there but broken is not the connection we
+     * made ready: db_ensure replaces it, and the new one needs LISTEN */
+    int was = db_conn(s->db) && PQstatus(db_conn(s->db)) == CONNECTION_OK;
     if (db_ensure(s->db, &e) < 0) {
         s->ready = 0;
         return -1;
@@ -100,6 +120,9 @@ static int ensure_ready(struct server *s)
         return -1;
     }
     s->ready = 1;
+    /* NOTIFYs sent while we were away are lost: look for work now rather
+     * than a poll_s later */
+    s->next_claim = 0;
     return 0;
 }
 
@@ -363,8 +386,8 @@ static void serve_tick(struct server *s)
     }
 }
 
-/* Sleep until the database says something, a worker may have ended, or
- * the next duty is due. */
+/* Sleep until the database says something, a worker ends, or the next
+ * duty is due. */
 static void serve_wait(struct server *s)
 {
     double timeout = s->cfg.poll_s;
@@ -372,14 +395,26 @@ static void serve_wait(struct server *s)
         timeout = 0.05;
     if (s->until_idle && timeout > 0.5)
         timeout = 0.5;
+    struct pollfd pfd[2];
+    int nfd = 0, dbfd = -1;
+    if (chld_pipe[0] >= 0)
+        pfd[nfd++] = (struct pollfd){chld_pipe[0], POLLIN, 0};
     PGconn *c = db_conn(s->db);
-    if (!c) {
-        usleep((useconds_t)(timeout > 1.0 ? 1e6 : timeout * 1e6));
-        return;
+    if (c) {
+        dbfd = nfd;
+        pfd[nfd++] = (struct pollfd){PQsocket(c), POLLIN, 0};
+    } else if (timeout > 1.0) {
+        timeout = 1.0; /* reconnecting */
     }
-    struct pollfd pfd = {PQsocket(c), POLLIN, 0};
-    int r = poll(&pfd, 1, (int)(timeout * 1000));
-    if (r > 0) {
+    int r = poll(pfd, (nfds_t)nfd, (int)(timeout * 1000));
+    if (r <= 0)
+        return;
+    if (chld_pipe[0] >= 0 && (pfd[0].revents & POLLIN)) {
+        char buf[64];
+        while (read(chld_pipe[0], buf, sizeof buf) > 0)
+            ;
+    }
+    if (dbfd >= 0 && pfd[dbfd].revents) {
         if (!PQconsumeInput(c)) {
             db_lost(s->db);
             return;
@@ -430,6 +465,13 @@ int serve_run(const struct serve_opts *o)
         db_free(s->db);
         return ERR_DB;
     }
+    if (pipe2(chld_pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
+        sa.sa_handler = on_chld;
+        sa.sa_flags = SA_RESTART | SA_NOCLDSTOP; /* waitpid() and libpq are not interrupted */
+        sigaction(SIGCHLD, &sa, NULL);
+    } else {
+        chld_pipe[0] = chld_pipe[1] = -1; /* then only the timer notices ended workers */
+    }
     log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d", s->cfg.node,
              s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle);
     for (;;) {
@@ -442,6 +484,12 @@ int serve_run(const struct serve_opts *o)
     }
     log_info("stopped", "node=%s jobs_done=%ld jobs_failed=%ld leases_lost=%ld db_reconnects=%ld",
              s->cfg.node, s->jobs_done, s->jobs_failed, s->leases_lost, db_reconnects(s->db));
+    signal(SIGCHLD, SIG_DFL);
+    if (chld_pipe[0] >= 0) {
+        close(chld_pipe[0]);
+        close(chld_pipe[1]);
+        chld_pipe[0] = chld_pipe[1] = -1;
+    }
     registry_free(&s->reg);
     db_free(s->db);
     return 0;

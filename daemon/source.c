@@ -91,6 +91,10 @@ int schedule_parse(const char *spec, long long **steps, int *n, struct err *e)
                     if ((rc = push(&v, &cnt, &cap, s, e)) < 0)
                         goto out;
             }
+            if (*end && !end[1]) { /* "1,2," - like "1,,2", an empty step */
+                rc = err_set(e, ERR_INVALID, "schedule", "'%s' ends with a comma", spec);
+                goto out;
+            }
             p = *end ? end + 1 : end;
         }
     }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -77,6 +78,7 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
             close(errfd);
         return err_set(e, ERR_IO, w->out_path, "cannot create spool file: %s", strerror(errno));
     }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         close(out);
@@ -85,6 +87,11 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
     }
     if (pid == 0) {
         setpgid(0, 0);
+        /* a daemon killed outright takes its workers with it; their jobs
+         * return to the queue when the lease expires */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) /* it died before prctl took effect */
+            _exit(127);
         dup2(out, 1);
         dup2(errfd, 2);
         int devnull = open("/dev/null", O_RDONLY);

@@ -1,0 +1,401 @@
+/*
+ * test_daemon_queue - the job queue and ingestion against a real
+ * PostgreSQL: queue_claim under concurrent claimers (each job claimed once,
+ * a checkpoint never split, "nothing claimable" never said while work is
+ * there, a checkpoint whose jobs became due at different moments claimed
+ * whole), the lease life cycle (heartbeat, fail with backoff, dead after
+ * max_attempts, release, expiry, retry), and ingest_commit's exactly-once
+ * rules (bad rows, truncated output, a missing item, a lost or expired
+ * lease, a duplicate key: nothing stored; a second commit of the same claim
+ * refused).
+ *
+ * Needs a migrated, otherwise empty database named by CKPTD_TEST_DB (a
+ * libpq conninfo); tests/daemon_queue.sh provides one.  Without it the
+ * program says so and passes: `make unit` runs it bare too.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../daemon/db.h"
+#include "../daemon/ingest.h"
+#include "../daemon/queue.h"
+#include "../daemon/registry.h"
+#include "../daemon/source.h"
+
+#define CLAIMERS 8
+
+static const char battery_json[] =
+    "{\"items\": ["
+    " {\"name\": \"loss\", \"version\": 1, \"metrics\": [{\"name\": \"loss\"}, {\"name\": \"loss_by_pos\"}]},"
+    " {\"name\": \"weights\", \"version\": 1, \"metrics\": [{\"name\": \"frobenius_norm\"}]}"
+    "]}";
+static const struct queue_item items[2] = {{"loss", 1}, {"weights", 1}};
+
+static const char *conninfo;
+static struct db *db;
+static struct registry reg;
+
+/* One number from a query; fails the test on error. */
+static long long sql_num(const char *sql)
+{
+    struct err e;
+    PGresult *r = db_exec(db, sql, 0, NULL, &e);
+    if (!r)
+        fail_msg("%s: %s", sql, err_str(&e));
+    if (PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
+        fail_msg("%s: %d rows", sql, PQntuples(r));
+    long long v = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+static double sql_float(const char *sql)
+{
+    PGresult *r = db_exec(db, sql, 0, NULL, NULL);
+    assert_non_null(r);
+    double v = atof(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+static void sql_do(const char *sql)
+{
+    struct err e;
+    if (db_run(db, sql, 0, NULL, &e) < 0)
+        fail_msg("%s: %s", sql, err_str(&e));
+}
+
+static void add_run(const char *name, const char *schedule, int max_attempts)
+{
+    long long *steps = NULL;
+    int n = 0;
+    long nc = 0, nj = 0;
+    struct err e;
+    assert_int_equal(schedule_parse(schedule, &steps, &n, NULL), 0);
+    if (queue_add_run(db, name, "file:///nonexistent/step{step}", schedule, steps, n, items, 2, "{}",
+                      max_attempts, &nc, &nj, &e) < 0)
+        fail_msg("add run %s: %s", name, err_str(&e));
+    assert_int_equal(nc, n);
+    assert_int_equal(nj, 2L * n);
+    free(steps);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    struct err e;
+    db = db_new(conninfo);
+    if (!db || db_connect_wait(db, 10, &e) < 0) {
+        fprintf(stderr, "cannot connect to %s: %s\n", conninfo, err_str(&e));
+        return -1;
+    }
+    if (registry_parse(&reg, battery_json, &e) < 0 || registry_sync(&reg, db, &e) < 0) {
+        fprintf(stderr, "registry: %s\n", err_str(&e));
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    registry_free(&reg);
+    db_free(db);
+    return 0;
+}
+
+/* Every test starts from an empty queue. */
+static int clean(void **state)
+{
+    (void)state;
+    return db_run(db, "TRUNCATE runs, checkpoints, jobs, measurements, transitions, artifacts",
+                  0, NULL, NULL) == 0 ? 0 : -1;
+}
+
+/* ---- concurrent claimers ---- */
+
+/* A child: claim until nothing is claimable.  Exit status: 0 ok, 3 claim
+ * error, 4 "nothing" while more jobs were queued than claimers could hold
+ * locked, 5 a checkpoint split, 6 no connection. */
+static int claimer(int k)
+{
+    char node[32];
+    snprintf(node, sizeof node, "claimer-%d", k);
+    struct db *cdb = db_new(conninfo);
+    struct err e;
+    if (!cdb || db_connect_wait(cdb, 10, &e) < 0)
+        return 6;
+    for (;;) {
+        struct claim c;
+        int rc = queue_claim(cdb, node, 600, &c, &e);
+        if (rc < 0) {
+            fprintf(stderr, "%s: %s\n", node, err_str(&e));
+            return 3;
+        }
+        if (rc == 0)
+            break;
+        if (c.njobs != 2)
+            return 5;
+    }
+    /* Jobs only go from queued to running here, so what is queued now was
+     * queued when we were told there was nothing: only checkpoints other
+     * claimers held locked at that moment could be skipped. */
+    PGresult *r = db_exec(cdb, "SELECT count(DISTINCT checkpoint_id) FROM jobs WHERE state = 'queued'",
+                          0, NULL, &e);
+    long left = r ? atol(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    if (left < 0 || left > CLAIMERS - 1) {
+        fprintf(stderr, "%s: told nothing is claimable with %ld checkpoints queued\n", node, left);
+        return 4;
+    }
+    db_free(cdb);
+    return 0;
+}
+
+static void test_claim_concurrent(void **state)
+{
+    (void)state;
+    add_run("race", "0:1199:1", 5);
+    pid_t pids[CLAIMERS];
+    for (int k = 0; k < CLAIMERS; k++) {
+        pids[k] = fork();
+        assert_true(pids[k] >= 0);
+        if (pids[k] == 0)
+            _exit(claimer(k));
+    }
+    int bad = 0;
+    for (int k = 0; k < CLAIMERS; k++) {
+        int status = 0;
+        waitpid(pids[k], &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "claimer %d: status %d\n", k, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'running'"), 2400);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE attempts <> 1"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM (SELECT checkpoint_id FROM jobs GROUP BY checkpoint_id"
+                             " HAVING count(DISTINCT lease_owner) > 1) s"), 0);
+    /* the work was shared */
+    assert_true(sql_num("SELECT count(DISTINCT lease_owner) FROM jobs") >= 2);
+}
+
+/* ---- lease life cycle ---- */
+
+static void test_lifecycle(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    struct backoff slow = {30, 60}, none = {0, 0};
+    add_run("life", "0,1", 2);
+
+    /* oldest first; both jobs of the checkpoint together */
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.step, 0);
+    assert_int_equal(c.njobs, 2);
+    assert_int_equal(c.attempts, 1);
+    assert_string_equal(c.run, "life");
+    assert_string_equal(c.url, "file:///nonexistent/step0");
+    assert_string_equal(c.options, "{}");
+    long long step0[2] = {c.job_ids[0], c.job_ids[1]};
+
+    /* heartbeat: only the owner renews */
+    assert_int_equal(queue_heartbeat(db, "n2", 60, step0, 2, &e), 0);
+    assert_int_equal(queue_heartbeat(db, "n1", 60, step0, 2, &e), 2);
+
+    /* another node's failure report changes nothing */
+    assert_int_equal(queue_fail(db, "n2", step0, 2, "not mine", &slow, &e), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM job_list WHERE step = 0 AND state = 'running'"), 2);
+
+    /* a failure: back to the queue after base * 2^0, +-20% */
+    assert_int_equal(queue_fail(db, "n1", step0, 2, "worker exited with status 1", &slow, &e), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM job_list WHERE step = 0 AND state = 'queued'"
+                             " AND attempts = 1 AND lease_owner IS NULL"
+                             " AND last_error = 'worker exited with status 1'"), 2);
+    double wait = sql_float("SELECT min(extract(epoch FROM not_before - now())) FROM job_list WHERE step = 0");
+    assert_true(wait > 30 * 0.8 - 1 && wait < 30 * 1.2 + 1);
+
+    /* step 0 is not due: step 1 comes next */
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.step, 1);
+    long long step1[2] = {c.job_ids[0], c.job_ids[1]};
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 0);
+
+    /* release: back at once, the attempt not counted */
+    assert_int_equal(queue_release(db, "n1", step1, 2, &e), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM job_list WHERE step = 1 AND state = 'queued'"
+                             " AND attempts = 0 AND not_before <= now()"), 2);
+
+    /* due again: step 0 first; its second failure is its last */
+    sql_do("UPDATE jobs SET not_before = now()");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.step, 0);
+    assert_int_equal(c.attempts, 2);
+    assert_int_equal(queue_fail(db, "n1", c.job_ids, 2, "worker killed by signal 11", &none, &e), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM job_list WHERE step = 0 AND state = 'dead'"
+                             " AND attempts = 2 AND last_error = 'worker killed by signal 11'"), 2);
+
+    /* an expired lease: no heartbeat renews it, expiry returns it */
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.step, 1);
+    assert_int_equal(queue_expire(db, &none, &e), 0); /* not expired yet */
+    sql_do("UPDATE jobs SET lease_expires = now() - interval '1 second' WHERE state = 'running'");
+    assert_int_equal(queue_heartbeat(db, "n1", 60, c.job_ids, 2, &e), 0);
+    assert_int_equal(queue_expire(db, &none, &e), 2);
+    assert_int_equal(sql_num("SELECT count(*) FROM job_list WHERE step = 1 AND state = 'queued'"
+                             " AND attempts = 1 AND last_error LIKE 'lease of n1 expired%'"), 2);
+    long queued = -1, running = -1;
+    assert_int_equal(queue_counts(db, &queued, &running, &e), 0);
+    assert_int_equal(queued, 2); /* dead jobs are not counted */
+    assert_int_equal(running, 0);
+
+    /* an expired lease on the last attempt: dead */
+    sql_do("UPDATE jobs SET not_before = now() WHERE state = 'queued'");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.attempts, 2);
+    sql_do("UPDATE jobs SET lease_expires = now() - interval '1 second' WHERE state = 'running'");
+    assert_int_equal(queue_expire(db, &none, &e), 2);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'dead'"), 4);
+
+    /* retry: one job by id, then the run by name */
+    char id[32];
+    snprintf(id, sizeof id, "%lld", step0[0]);
+    assert_int_equal(queue_retry(db, id, &e), 1);
+    assert_int_equal(queue_retry(db, id, &e), 0); /* not dead any more */
+    assert_int_equal(queue_retry(db, "life", &e), 3);
+    assert_int_equal(queue_retry(db, "nosuchrun", &e), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'queued' AND attempts = 0"), 4);
+}
+
+/* After a failure the jobs of a checkpoint have slightly different
+ * not_before (the jitter is per row): the first one due brings the others,
+ * so the checkpoint is not split into two worker runs. */
+static void test_claim_whole_checkpoint(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    struct backoff b = {60, 120};
+    add_run("whole", "7", 5);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(queue_fail(db, "n1", c.job_ids, c.njobs, "boom", &b, &e), 0);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 0); /* none due */
+    sql_do("UPDATE jobs SET not_before = now() WHERE item = 'loss'");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.njobs, 2);
+    assert_int_equal(c.attempts, 2);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'running' AND attempts = 2"), 2);
+}
+
+/* ---- ingestion ---- */
+
+static char rows_path[64];
+
+static void write_rows(const char *text)
+{
+    FILE *f = fopen(rows_path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static const char good_rows[] = "loss\t1\tloss\t-1\t-1\t-1\t2.5\n"
+                                "loss\t1\tloss_by_pos\t-1\t-1\t0\tNaN\n"
+                                "weights\t1\tfrobenius_norm\t0\t-1\t0\t1.5\n";
+
+/* ingest must fail with `code`, store nothing, leave the jobs running and
+ * the connection usable */
+static void expect_refused(const struct claim *c, const char *rows, int code, const char *needle)
+{
+    struct err e;
+    long n = -1;
+    write_rows(rows);
+    err_clear(&e);
+    int rc = ingest_commit(db, &reg, "n1", c, rows_path, 1.0, &n, &e);
+    if (rc != code)
+        fail_msg("rc %d (%s), expected %d", rc, err_str(&e), code);
+    if (!strstr(e.msg, needle))
+        fail_msg("message '%s' lacks '%s'", e.msg, needle);
+    assert_int_equal(n, 0);
+    assert_non_null(db_conn(db));
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'done'"), 0);
+}
+
+static void test_ingest(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    long n = 0;
+    snprintf(rows_path, sizeof rows_path, "/tmp/ckptd-rows-XXXXXX");
+    int fd = mkstemp(rows_path);
+    assert_true(fd >= 0);
+    close(fd);
+    add_run("ing", "5", 3);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+
+    expect_refused(&c, "loss\t1\tloss\t-1\t-1\t-1\t2.5\nloss\t1\tperplexity\t-1\t-1\t-1\t3\n"
+                       "weights\t1\tfrobenius_norm\t0\t-1\t0\t1.5\n", ERR_FORMAT, "unknown metric");
+    expect_refused(&c, "loss\t1\tloss\t-1\t-1\t-1\t2.5\nweights\t1\tfrobenius_norm\t0\t-1\t0\t1.5",
+                   ERR_FORMAT, "cut short");
+    expect_refused(&c, "loss\t1\tloss\t-1\t-1\t-1\t2.5\n", ERR_FORMAT, "no rows for item weights");
+    expect_refused(&c, "", ERR_FORMAT, "no rows for item");
+    expect_refused(&c, "loss\t1\tloss\t-1\t-1\t-1\t2.5\nloss\t1\tloss\t-1\t-1\t-1\t2.6\n"
+                       "weights\t1\tfrobenius_norm\t0\t-1\t0\t1.5\n", ERR_FORMAT, "duplicate key");
+    sql_do("UPDATE jobs SET lease_owner = 'n2' WHERE state = 'running'");
+    expect_refused(&c, good_rows, INGEST_LEASE_LOST, "no longer ours");
+    sql_do("UPDATE jobs SET lease_owner = 'n1', lease_expires = now() - interval '1 second'"
+           " WHERE state = 'running'");
+    expect_refused(&c, good_rows, INGEST_LEASE_LOST, "no longer ours");
+    sql_do("UPDATE jobs SET lease_expires = now() + interval '1 minute' WHERE state = 'running'");
+
+    write_rows(good_rows);
+    int rc = ingest_commit(db, &reg, "n1", &c, rows_path, 1.5, &n, &e);
+    if (rc != 0)
+        fail_msg("ingest: %s", err_str(&e));
+    assert_int_equal(n, 3);
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements WHERE step = 5"), 3);
+    assert_int_equal(sql_num("SELECT count(*) FROM series WHERE run = 'ing' AND metric = 'loss_by_pos'"
+                             " AND idx = 0 AND value = 'NaN'"), 1);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'done' AND lease_owner IS NULL"
+                             " AND worker_seconds = 1.5 AND last_error IS NULL"), 2);
+    assert_int_equal(sql_num("SELECT rows_written FROM jobs WHERE item = 'loss'"), 2);
+    assert_int_equal(sql_num("SELECT rows_written FROM jobs WHERE item = 'weights'"), 1);
+
+    /* the same claim again: its jobs are done, nothing is stored twice */
+    rc = ingest_commit(db, &reg, "n1", &c, rows_path, 1.5, &n, &e);
+    assert_int_equal(rc, INGEST_LEASE_LOST);
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements"), 3);
+
+    /* a missing rows file is a bad result, not a crash */
+    assert_int_equal(ingest_commit(db, &reg, "n1", &c, "/nonexistent/rows", 1, &n, &e), ERR_FORMAT);
+    unlink(rows_path);
+}
+
+int main(void)
+{
+    conninfo = getenv("CKPTD_TEST_DB");
+    if (!conninfo) {
+        printf("test_daemon_queue: skipped (needs CKPTD_TEST_DB; tests/daemon_queue.sh sets it)\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_claim_concurrent, clean),
+        cmocka_unit_test_setup(test_lifecycle, clean),
+        cmocka_unit_test_setup(test_claim_whole_checkpoint, clean),
+        cmocka_unit_test_setup(test_ingest, clean),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
