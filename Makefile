@@ -5,7 +5,9 @@
 #   make check      install missing Debian packages (scripts/install-deps),
 #                   build, run every test (cmocka unit tests, golden and
 #                   malformed-input cases, integration tests)
-#   make bench      benchmarks, reported as ratios to baselines of the same run
+#   make bench      benchmarks, reported as ratios to baselines of the same run:
+#                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
+#                   (ingest vs psql \copy, claims/s, scheduler overhead)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -123,7 +125,11 @@ check: deps
 	@$(MAKE) --no-print-directory unit
 
 bench: $(BINS) $(BENCH_BINS)
+ifneq ($(DEPS),0)
+	@scripts/install-deps --bench
+endif
 	@bench/run
+	@bench/queue_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -9,7 +9,9 @@
  * best one the CPU has is chosen when the program loads (GCC function
  * multi-versioning): AVX-512 and AVX2 make them 4-10x faster than the
  * x86-64 baseline, and the binary still runs everywhere. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
+/* (a build already targeting AVX-512, e.g. -march=native, needs no clones,
+ * and clones for lesser targets could not inline the helpers below) */
 #define KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define KERNEL_CLONES
