@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/path.h"
 
 double mono_now(void)
 {
@@ -47,26 +48,12 @@ void supervise_worker_path(const char *configured, char *out, size_t n)
     snprintf(out, n, "ckpt-worker");
 }
 
-static int mkdir_p(const char *dir)
-{
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return (mkdir(buf, 0777) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
 int supervise_start(struct worker *w, const char *const *argv, const char *spool_dir,
                     const char *tag, const struct worker_limits *lim, struct err *e)
 {
     memset(w, 0, sizeof *w);
-    if (mkdir_p(spool_dir) != 0)
-        return err_set(e, ERR_IO, spool_dir, "cannot create spool directory: %s", strerror(errno));
+    if (path_mkdir_p(spool_dir, e) < 0)
+        return err_wrap(e, "spool directory");
     snprintf(w->out_path, sizeof w->out_path, "%s/%s.rows", spool_dir, tag);
     snprintf(w->err_path, sizeof w->err_path, "%s/%s.err", spool_dir, tag);
     int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

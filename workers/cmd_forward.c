@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "../common/log.h"
+#include "../common/path.h"
 #include "cli.h"
 #include "model/gptneox.h"
 #include "model/npy.h"
@@ -91,20 +92,6 @@ static int add_matches(const struct gptneox_config *cfg, const char *pattern,
     return 0;
 }
 
-static int mkdir_p(const char *dir)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return (mkdir(buf, 0777) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
 int cmd_forward(int argc, char **argv)
 {
     const char *dir = NULL, *tok_path = NULL, *npy_dir = NULL, *cache_arg = NULL;
@@ -177,10 +164,8 @@ int cmd_forward(int argc, char **argv)
         printf("seq %d loss %.6f\n", b, T > 1 ? (double)per_seq[b] : NAN);
     printf("mean loss %.6f\n", mean);
     if (npy_dir) {
-        if (mkdir_p(npy_dir) != 0) {
-            err_set(&e, ERR_IO, npy_dir, "cannot create directory: %s", strerror(errno));
+        if (path_mkdir_p(npy_dir, &e) < 0)
             goto fail;
-        }
         char path[4200];
         int shape[3] = {B, T, m->cfg.vocab_size};
         snprintf(path, sizeof path, "%s/logits.npy", npy_dir);
