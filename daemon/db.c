@@ -155,3 +155,28 @@ void db_int_array(char *buf, size_t n, const long long *ids, int count)
     if (o < n)
         snprintf(buf + o, n - o, "}");
 }
+
+char *db_text_array(const char *const *v, int count)
+{
+    size_t n = 3;
+    for (int i = 0; i < count; i++)
+        n += 2 * strlen(v[i]) + 3; /* quotes, comma, every byte escaped at worst */
+    char *out = malloc(n), *o = out;
+    if (!out)
+        return NULL;
+    *o++ = '{';
+    for (int i = 0; i < count; i++) {
+        if (i)
+            *o++ = ',';
+        *o++ = '"';
+        for (const char *c = v[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                *o++ = '\\';
+            *o++ = *c;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = '\0';
+    return out;
+}

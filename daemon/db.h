@@ -60,4 +60,8 @@ void db_lost(struct db *db);
 /* Format a bigint array literal "{1,2,3}" for ANY($n) into buf. */
 void db_int_array(char *buf, size_t n, const long long *ids, int count);
 
+/* A text[] literal {"a","b\"c"} with every element quoted and escaped;
+ * the caller frees it. NULL on out of memory. */
+char *db_text_array(const char *const *v, int count);
+
 #endif

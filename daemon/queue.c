@@ -6,6 +6,7 @@
 
 #include "../common/log.h"
 #include "db.h"
+#include "source.h"
 
 /* Claims lost to another node between snapshot and lock, retried at once. */
 #define CLAIM_RACE_RETRIES 16
@@ -20,30 +21,46 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
                   const char *options_json, int max_attempts, long *new_ckpts, long *new_jobs,
                   struct err *e)
 {
-    char *steps_arr = NULL, *items_arr = NULL, *vers_arr = NULL;
+    char *steps_arr = NULL, *items_arr = NULL, *vers_arr = NULL, *urls_arr = NULL;
+    const char **names = NULL;
+    char **urls = NULL;
     int rc = 0;
     if (new_ckpts)
         *new_ckpts = 0;
     if (new_jobs)
         *new_jobs = 0;
-    size_t cap = (size_t)nsteps * 24 + 16, icap = (size_t)nitems * 70 + 16;
+    size_t cap = (size_t)nsteps * 24 + 16, vcap = (size_t)nitems * 12 + 16;
     steps_arr = malloc(cap);
-    items_arr = malloc(icap);
-    vers_arr = malloc(icap);
-    if (!steps_arr || !items_arr || !vers_arr) {
+    vers_arr = malloc(vcap);
+    names = malloc((size_t)(nitems ? nitems : 1) * sizeof *names);
+    urls = calloc((size_t)(nsteps ? nsteps : 1), sizeof *urls);
+    if (!steps_arr || !vers_arr || !names || !urls) {
         rc = err_set(e, ERR_NOMEM, name, "out of memory");
         goto out;
     }
     db_int_array(steps_arr, cap, steps, nsteps);
-    size_t o = 0, ov = 0;
-    o += (size_t)snprintf(items_arr, icap, "{");
-    ov += (size_t)snprintf(vers_arr, icap, "{");
-    for (int i = 0; i < nitems; i++) {
-        o += (size_t)snprintf(items_arr + o, icap - o, "%s\"%s\"", i ? "," : "", items[i].name);
-        ov += (size_t)snprintf(vers_arr + ov, icap - ov, "%s%d", i ? "," : "", items[i].version);
+    /* each checkpoint's URL from the template, by the one builder (source.h) */
+    for (int i = 0; i < nsteps; i++) {
+        char url[2048];
+        if ((rc = source_checkpoint_url(source, steps[i], url, sizeof url, e)) < 0)
+            goto out;
+        if (!(urls[i] = strdup(url))) {
+            rc = err_set(e, ERR_NOMEM, name, "out of memory");
+            goto out;
+        }
     }
-    snprintf(items_arr + o, icap - o, "}");
-    snprintf(vers_arr + ov, icap - ov, "}");
+    size_t ov = (size_t)snprintf(vers_arr, vcap, "{");
+    for (int i = 0; i < nitems; i++) {
+        names[i] = items[i].name;
+        ov += (size_t)snprintf(vers_arr + ov, vcap - ov, "%s%d", i ? "," : "", items[i].version);
+    }
+    snprintf(vers_arr + ov, vcap - ov, "}");
+    items_arr = db_text_array(names, nitems);
+    urls_arr = db_text_array((const char *const *)urls, nsteps);
+    if (!items_arr || !urls_arr) {
+        rc = err_set(e, ERR_NOMEM, name, "out of memory");
+        goto out;
+    }
     char maxa[16];
     snprintf(maxa, sizeof maxa, "%d", max_attempts);
 
@@ -66,14 +83,12 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
         rc = err_set(e, ERR_INVALID, name, "run exists with a different source");
         goto rollback;
     }
-    /* checkpoints: url from the template, revision stepN */
-    const char *p2[3] = {run_id, steps_arr, source};
+    /* checkpoints: revision stepN, the URLs built above */
+    const char *p2[3] = {run_id, steps_arr, urls_arr};
     r = db_exec(db,
         "INSERT INTO checkpoints (run_id, step, revision, url)"
-        " SELECT $1, s, 'step' || s,"
-        "   CASE WHEN position('{step}' in $3) > 0 THEN replace($3, '{step}', s::text)"
-        "        ELSE rtrim($3, '/') || '/step' || s END"
-        " FROM unnest($2::bigint[]) AS s"
+        " SELECT $1, x.s, 'step' || x.s, x.url"
+        " FROM unnest($2::bigint[], $3::text[]) AS x(s, url)"
         " ON CONFLICT (run_id, step) DO NOTHING", 3, p2, e);
     if (!r) {
         rc = ERR_DB;
@@ -106,6 +121,11 @@ rollback:
         PQclear(x);
     }
 out:
+    for (int i = 0; urls && i < nsteps; i++)
+        free(urls[i]);
+    free(urls);
+    free(urls_arr);
+    free(names);
     free(steps_arr);
     free(items_arr);
     free(vers_arr);

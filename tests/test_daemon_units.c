@@ -553,6 +553,21 @@ static void test_db_int_array(void **state)
     assert_string_equal(buf, "{}");
 }
 
+/* text[] literals quote every element and escape quotes and backslashes,
+ * so URLs and names reach PostgreSQL unchanged */
+static void test_db_text_array(void **state)
+{
+    (void)state;
+    const char *v[4] = {"loss", "file:///a b/step{x}", "q\"uote", "back\\slash"};
+    char *s = db_text_array(v, 4);
+    assert_non_null(s);
+    assert_string_equal(s, "{\"loss\",\"file:///a b/step{x}\",\"q\\\"uote\",\"back\\\\slash\"}");
+    free(s);
+    s = db_text_array(v, 0);
+    assert_string_equal(s, "{}");
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -569,6 +584,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ingest_bad_rows, setup_ingest, teardown_ingest),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_db_int_array),
+        cmocka_unit_test(test_db_text_array),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
