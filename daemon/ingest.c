@@ -137,7 +137,7 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         err_set(e, ERR_DB, "database", "COPY refused: %s", PQerrorMessage(conn));
         PQclear(r);
-        rc = classify(db) == ERR_DB ? ERR_DB : ERR_DB;
+        rc = ERR_DB; /* not the rows' fault: try again later */
         goto fail;
     }
     PQclear(r);

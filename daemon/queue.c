@@ -16,6 +16,10 @@
     "make_interval(secs => least(" max ", " base " * power(2, greatest(attempts - 1, 0)))" \
     " * (0.8 + 0.4 * random()))"
 
+/* After a failed attempt: queued again, or dead when none are left. */
+#define REQUEUE_OR_DEAD \
+    "CASE WHEN attempts >= max_attempts THEN 'dead'::job_state ELSE 'queued'::job_state END"
+
 int queue_add_run(struct db *db, const char *name, const char *source, const char *schedule,
                   const long long *steps, int nsteps, const struct queue_item *items, int nitems,
                   const char *options_json, int max_attempts, long *new_ckpts, long *new_jobs,
@@ -248,8 +252,7 @@ int queue_fail(struct db *db, const char *node, const long long *ids, int n, con
     snprintf(max, sizeof max, "%.3f", b->max_s);
     const char *p[5] = {arr, node, error, base, max};
     int rc = db_run(db,
-        "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead'::job_state"
-        "                             ELSE 'queued'::job_state END,"
+        "UPDATE jobs SET state = " REQUEUE_OR_DEAD ","
         "   last_error = $3, lease_owner = NULL, lease_expires = NULL, finished_at = now(),"
         "   not_before = now() + " BACKOFF_SQL("$4::float8", "$5::float8")
         " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 5, p, e);
@@ -279,8 +282,7 @@ int queue_expire(struct db *db, const struct backoff *b, struct err *e)
     snprintf(max, sizeof max, "%.3f", b->max_s);
     const char *p[2] = {base, max};
     PGresult *r = db_exec(db,
-        "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead'::job_state"
-        "                             ELSE 'queued'::job_state END,"
+        "UPDATE jobs SET state = " REQUEUE_OR_DEAD ","
         "   last_error = 'lease of ' || lease_owner || ' expired (node died or lost the database)',"
         "   lease_owner = NULL, lease_expires = NULL,"
         "   not_before = now() + " BACKOFF_SQL("$1::float8", "$2::float8")

@@ -278,6 +278,13 @@ out:
     return 0;
 }
 
+/* An aligned F32 tensor of a read-only load is used in place in the mapping. */
+static int can_map(const struct st_tensor *t, unsigned flags)
+{
+    return !(flags & GPTNEOX_LOAD_WRITABLE) && t->dtype == ST_F32 &&
+           ((uintptr_t)t->data % sizeof(float)) == 0;
+}
+
 int gptneox_load(struct gptneox **out, const char *dir, unsigned flags, struct err *e)
 {
     *out = NULL;
@@ -327,8 +334,7 @@ int gptneox_load(struct gptneox **out, const char *dir, unsigned flags, struct e
             goto out;
         }
         found[i] = t;
-        int zero_copy = !(flags & GPTNEOX_LOAD_WRITABLE) && t->dtype == ST_F32 &&
-                        ((uintptr_t)t->data % sizeof(float)) == 0;
+        int zero_copy = can_map(t, flags);
         if (!zero_copy)
             need += t->nelem;
     }
@@ -341,8 +347,7 @@ int gptneox_load(struct gptneox **out, const char *dir, unsigned flags, struct e
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         const struct st_tensor *t = found[i];
-        int zero_copy = !(flags & GPTNEOX_LOAD_WRITABLE) && t->dtype == ST_F32 &&
-                        ((uintptr_t)t->data % sizeof(float)) == 0;
+        int zero_copy = can_map(t, flags);
         float *p;
         if (zero_copy) {
             p = (float *)(uintptr_t)t->data; /* read-only mapping; see `writable` */
