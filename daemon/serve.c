@@ -28,7 +28,6 @@ struct slot {
     struct claim claim;
     struct worker w;
     double last_heartbeat;
-    double claimed_at;
     double claim_ms, spawn_ms;
 };
 
@@ -349,7 +348,6 @@ static void serve_tick(struct server *s)
                 break;
             }
             sl->busy = 1;
-            sl->claimed_at = t0;
             sl->claim_ms = (mono_now() - t0) * 1e3;
             launch(s, sl);
         }
