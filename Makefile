@@ -124,7 +124,12 @@ check: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 
-bench: $(BINS) $(BENCH_BINS)
+# LD_PRELOAD shim that times BLAS/LAPACK calls (bench/shim/blas_timer.c).
+$(BUILD)/bench/blas_timer.so: bench/shim/blas_timer.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g $(WARN) $(BLAS_CFLAGS) -shared -fPIC -o $@ $< -ldl
+
+bench: $(BINS) $(BENCH_BINS) $(BUILD)/bench/blas_timer.so
 ifneq ($(DEPS),0)
 	@scripts/install-deps --bench
 endif
