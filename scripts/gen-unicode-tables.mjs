@@ -111,6 +111,7 @@ for (const [c, d] of decomp) {
     if (head.length !== 1) throw new Error(`U+${c.toString(16)}: head is not one code point`);
     const pair = [head[0], d[d.length - 1]];
     if (S(...pair).normalize("NFC") !== S(c)) throw new Error(`pair for U+${c.toString(16)} does not compose`);
+    if (pair[1] < 0x300) throw new Error(`U+${c.toString(16)}: second below U+0300 (unicode.c assumes none)`);
     comp.set(pair.join(","), c);
 }
 

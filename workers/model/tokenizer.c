@@ -561,16 +561,37 @@ static int load_merges(struct tokenizer *tok, json_t *model, const char *path, s
 int tokenizer_load(struct tokenizer **out, const char *path, struct err *e)
 {
     *out = NULL;
-    json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        FILE *f = fopen(path, "rb");
-        if (!f)
-            return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "cannot open: %s",
-                           strerror(errno));
-        fclose(f);
-        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+    /* read whole, then parse: json_load_file reads a character at a time */
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "cannot open: %s",
+                       strerror(errno));
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            char *nb = realloc(buf, cap = cap ? cap * 2 : 1 << 20);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return err_set(e, ERR_NOMEM, path, "out of memory reading the file");
+            }
+            buf = nb;
+        }
+        size_t k = fread(buf + len, 1, cap - len, f);
+        len += k;
+        if (k == 0)
+            break;
     }
+    int rerr = ferror(f);
+    fclose(f);
+    json_error_t je;
+    json_t *root = rerr ? NULL : json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    free(buf);
+    if (rerr)
+        return err_set(e, ERR_IO, path, "read failed");
+    if (!root)
+        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
     int rc = 0;
     struct tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) {

@@ -246,7 +246,8 @@ int uni_nfc(const char *s, size_t n, char **out, size_t *outn, struct err *e)
     for (size_t j = 0; j < m; j++) {
         uint32_t c = cp[j], x;
         unsigned k = ccc(c);
-        if (starter != SIZE_MAX && (last < k || (last == 0 && r - 1 == starter)) &&
+        /* every second of a composition pair is U+0300 or above */
+        if (c >= 0x300 && starter != SIZE_MAX && (last < k || (last == 0 && r - 1 == starter)) &&
             (x = compose(cp[starter], c)) != 0) {
             cp[starter] = x;
             continue;
