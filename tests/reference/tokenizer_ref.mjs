@@ -15,12 +15,18 @@
 //
 // Per string the golden holds the ids, the decoded text (no clean-up of
 // tokenization spaces) and whether decoding gives the text back.
+//
+// With `--check TEXT IDS.u16` appended (e.g. var/data/eval.txt and
+// var/data/eval.u16 from scripts/fetch-corpus) it instead encodes TEXT and
+// compares with the uint16 ids written by `ckpt-worker tokenize`; exit 1
+// on any difference.  Nothing is written then.
 import { readFileSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 
-const [tokPath = "var/data/20B_tokenizer.json", modules = process.env.NODE_PATH] = process.argv.slice(2);
+const [tokPath = "var/data/20B_tokenizer.json", modules = process.env.NODE_PATH] =
+    process.argv.slice(2).filter((a) => !a.startsWith("--"));
 if (!modules) {
     console.error("usage: node tests/reference/tokenizer_ref.mjs TOKENIZER.json NODE_MODULES_DIR");
     process.exit(2);
@@ -40,6 +46,20 @@ tok.pre_tokenizer.pattern = new RegExp(
     pat.source.replaceAll(String.raw`\s`, String.raw`\p{White_Space}`).replaceAll(String.raw`\S`, String.raw`\P{White_Space}`),
     "gu");
 
+const check = process.argv.indexOf("--check");
+if (check > 0) {
+    const text = readFileSync(process.argv[check + 1], "utf8");
+    const b = readFileSync(process.argv[check + 2]);
+    const c = new Uint16Array(b.buffer, b.byteOffset, b.length / 2);
+    const t0 = Date.now();
+    const ids = tok.encode(text).ids;
+    const ms = Date.now() - t0;
+    let diff = ids.length === c.length ? -1 : Math.min(ids.length, c.length);
+    for (let i = 0; i < Math.min(ids.length, c.length) && diff < 0; i++) if (ids[i] !== c[i]) diff = i;
+    console.log(`tokenizer_ref: ${ids.length} ids (${ms} ms), file ${c.length}: ` +
+        (diff < 0 ? "identical" : `first difference at index ${diff}`));
+    process.exit(diff < 0 ? 0 : 1);
+}
 const corpus = JSON.parse(readFileSync("tests/cases/tokenizer/corpus.json", "utf8"));
 const cases = corpus.map((text) => {
     const ids = tok.encode(text, { add_special_tokens: true }).ids;
