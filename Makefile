@@ -67,7 +67,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check unit bench demo install clean deps golden
+.PHONY: all check unit bench demo install clean deps golden tokenizer-data
 .SECONDARY:
 all: $(BINS)
 
@@ -116,8 +116,13 @@ ifneq ($(DEPS),0)
 	@scripts/install-deps
 endif
 
+# GPT-NeoX-20B's tokenizer.json, which test_tokenizer reads (not committed;
+# downloaded once into var/data, checked by SHA-256).
+tokenizer-data:
+	@scripts/fetch-tokenizer
+
 # Unit tests run from the repository root so they find tests/ data.
-unit: $(BINS) $(TEST_BINS)
+unit: $(BINS) $(TEST_BINS) tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
 check: deps

@@ -22,6 +22,10 @@ static const char usage[] =
     "  battery [--json]            the battery items, versions and the metrics each writes\n"
     "  analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                              run battery items, print rows as PostgreSQL COPY text\n"
+    "  tokenize --tokenizer FILE [--in FILE|-] [--text STRING] [--out FILE.u16|.u32|.npy|.json]\n"
+    "                              text to token ids (HuggingFace tokenizer.json)\n"
+    "  detokenize --tokenizer FILE [--in IDS_FILE|-]\n"
+    "                              token ids to text\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -77,6 +81,8 @@ int main(int argc, char **argv)
         {"init", cmd_init},
         {"battery", cmd_battery},
         {"analyze", cmd_analyze},
+        {"tokenize", cmd_tokenize},
+        {"detokenize", cmd_detokenize},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

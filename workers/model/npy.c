@@ -5,14 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int npy_write_f32(const char *path, const float *data, int ndim, const int *shape,
-                  struct err *e)
+/* Write prod(shape) elements of `size` bytes under dtype `descr`. */
+static int npy_write(const char *path, const char *descr, const void *data, size_t size, int ndim,
+                     const int *shape, struct err *e)
 {
     if (ndim < 0 || ndim > NPY_MAX_DIMS)
         return err_set(e, ERR_INVALID, path, "%d dimensions", ndim);
     char hdr[512];
     size_t n = 1;
-    int o = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    int o = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
     for (int i = 0; i < ndim; i++) {
         /* as NumPy writes it: (5,) for one dimension, (2, 3) for more */
         o += snprintf(hdr + o, sizeof hdr - (size_t)o, "%s%d%s", i ? ", " : "", shape[i],
@@ -34,7 +35,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int *shap
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                              (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, hlen, f) == hlen &&
-             fwrite(data, sizeof(float), n, f) == n;
+             fwrite(data, size, n, f) == n;
     ok = (fclose(f) == 0) && ok;
     if (!ok || rename(tmp, path) != 0) {
         int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
@@ -42,6 +43,18 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int *shap
         return rc;
     }
     return 0;
+}
+
+int npy_write_f32(const char *path, const float *data, int ndim, const int *shape,
+                  struct err *e)
+{
+    return npy_write(path, "<f4", data, sizeof *data, ndim, shape, e);
+}
+
+int npy_write_i32(const char *path, const int32_t *data, int ndim, const int *shape,
+                  struct err *e)
+{
+    return npy_write(path, "<i4", data, sizeof *data, ndim, shape, e);
 }
 
 int npy_read_f32(const char *path, float **data, int *ndim, int shape[NPY_MAX_DIMS],
@@ -101,5 +114,70 @@ int npy_read_f32(const char *path, float **data, int *ndim, int shape[NPY_MAX_DI
     }
 out:
     fclose(f);
+    return rc;
+}
+
+int npy_read_header(FILE *f, const char *path, char descr[16], int *ndim,
+                    int64_t shape[NPY_MAX_DIMS], size_t *data_offset, struct err *e)
+{
+    unsigned char pre[12];
+    *ndim = 0;
+    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0 || pre[6] < 1 || pre[6] > 3)
+        return err_set(e, ERR_FORMAT, path, "not a .npy file (no \\x93NUMPY magic of version 1-3)");
+    size_t hlen = (size_t)pre[8] | (size_t)pre[9] << 8, pre_len = 10;
+    if (pre[6] >= 2) {
+        if (fread(pre + 10, 1, 2, f) != 2)
+            return err_set(e, ERR_FORMAT, path, "truncated .npy header");
+        hlen |= (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
+        pre_len = 12;
+    }
+    if (hlen > 65536)
+        return err_set(e, ERR_FORMAT, path, ".npy header of %zu bytes is too long", hlen);
+    char *h = malloc(hlen + 1);
+    if (!h)
+        return err_set(e, ERR_NOMEM, path, "out of memory");
+    int rc = 0;
+    if (fread(h, 1, hlen, f) != hlen) {
+        rc = err_set(e, ERR_FORMAT, path, "truncated .npy header");
+        goto out;
+    }
+    h[hlen] = '\0';
+    const char *p = strstr(h, "'descr':");
+    const char *q = p ? strchr(p + 8, '\'') : NULL;
+    const char *qe = q ? strchr(q + 1, '\'') : NULL;
+    if (!qe || qe - q - 1 >= 16) {
+        rc = err_set(e, ERR_FORMAT, path, ".npy header has no 'descr'");
+        goto out;
+    }
+    memcpy(descr, q + 1, (size_t)(qe - q - 1));
+    descr[qe - q - 1] = '\0';
+    if (strstr(h, "'fortran_order': True")) {
+        rc = err_set(e, ERR_UNSUPPORTED, path, "Fortran-order .npy arrays are not read; save in C order");
+        goto out;
+    }
+    p = strstr(h, "'shape':");
+    p = p ? strchr(p, '(') : NULL;
+    if (!p) {
+        rc = err_set(e, ERR_FORMAT, path, ".npy header has no 'shape'");
+        goto out;
+    }
+    for (p++;;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == ')')
+            break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || v < 0 || errno || *ndim >= NPY_MAX_DIMS) {
+            rc = err_set(e, ERR_FORMAT, path, ".npy header has a bad 'shape'");
+            goto out;
+        }
+        shape[(*ndim)++] = v;
+        p = end;
+    }
+    *data_offset = pre_len + hlen;
+out:
+    free(h);
     return rc;
 }
