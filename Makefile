@@ -41,6 +41,8 @@ LDFLAGS_ALL += -fsanitize=$(SANITIZE)
 endif
 
 LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread
+# PyTorch zip checkpoints (workers/model/torchzip.c)
+LIBS_WORKER += -lzip -lz
 CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)
