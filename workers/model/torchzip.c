@@ -130,8 +130,10 @@ enum pk_kind {
     PK_KIND_COUNT
 };
 
+/* With their article, for messages: "is an int". */
 static const char *const kind_name[PK_KIND_COUNT] = {
-    "None", "bool", "int", "float", "str", "tuple", "list", "dict", "global", "storage", "tensor",
+    "None",     "a bool",   "an int",    "a float",   "a str",    "a tuple",
+    "a list",   "a dict",   "a global",  "a storage", "a tensor",
 };
 
 struct tz_storage {
@@ -704,7 +706,7 @@ static int int_tuple(struct tz_ctx *c, const struct pk_obj *t, int64_t *v, int *
                      const char *what, struct err *e)
 {
     if (t->kind != PK_TUPLE)
-        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: tensor %s is a %s, not a tuple",
+        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: tensor %s is %s, not a tuple",
                     c->op_pos, what, kind_name[t->kind]);
     if (t->u.seq.n > ST_MAX_DIMS)
         return PERR(c, e, ERR_UNSUPPORTED, "data.pkl byte %zu: tensor %s has %zu dimensions, more than %d",
@@ -735,7 +737,7 @@ static int rebuild_tensor(struct tz_ctx *c, int g, const struct pk_obj *args, st
         return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: %s.%s called with %zu arguments",
                     c->op_pos, globals[g].module, globals[g].name, n);
     if (a[0]->kind != PK_STORAGE)
-        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: tensor storage is a %s, not a storage",
+        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: tensor storage is %s, not a storage",
                     c->op_pos, kind_name[a[0]->kind]);
     if (a[1]->kind != PK_INT || a[1]->u.i < 0)
         return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: tensor storage offset is not a non-negative int",
@@ -774,11 +776,11 @@ static int op_reduce(struct tz_ctx *c, struct err *e)
     if ((rc = pop(c, &args, 'R', e)) < 0 || (rc = pop(c, &fn, 'R', e)) < 0)
         return rc;
     if (fn->kind != PK_GLOBAL)
-        return PERR(c, e, ERR_UNSUPPORTED, "data.pkl byte %zu: REDUCE calls a %s, not a whitelisted global",
+        return PERR(c, e, ERR_UNSUPPORTED, "data.pkl byte %zu: REDUCE calls %s, not a whitelisted global",
                     c->op_pos, kind_name[fn->kind]);
     int g = fn->u.global;
     if (args->kind != PK_TUPLE)
-        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: REDUCE arguments are a %s, not a tuple",
+        return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: REDUCE arguments are %s, not a tuple",
                     c->op_pos, kind_name[args->kind]);
     switch (g) {
     case G_ORDERED_DICT:
@@ -1004,7 +1006,7 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
                 (rc = top(c, &o, op, e)) < 0)
                 return rc;
             if (o->kind != PK_DICT)
-                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: SETITEM on a %s, not a dict",
+                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: SETITEM on %s, not a dict",
                             c->op_pos, kind_name[o->kind]);
             if ((rc = seq_append(c, o, k, e)) < 0 || (rc = seq_append(c, o, v, e)) < 0)
                 return rc;
@@ -1014,7 +1016,7 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
                 return rc;
             if (o->kind != PK_DICT || n % 2)
                 return PERR(c, e, ERR_FORMAT,
-                            "data.pkl byte %zu: SETITEMS of %zu values on a %s (needs pairs on a dict)",
+                            "data.pkl byte %zu: SETITEMS of %zu values on %s (needs pairs on a dict)",
                             c->op_pos, n, kind_name[o->kind]);
             for (size_t i = 0; i < n && rc == 0; i++)
                 rc = seq_append(c, o, c->stack[first + i], e);
@@ -1023,7 +1025,7 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
             if ((rc = pop(c, &v, op, e)) < 0 || (rc = top(c, &o, op, e)) < 0)
                 return rc;
             if (o->kind != PK_LIST)
-                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: APPEND on a %s, not a list",
+                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: APPEND on %s, not a list",
                             c->op_pos, kind_name[o->kind]);
             rc = seq_append(c, o, v, e);
             break;
@@ -1031,7 +1033,7 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
             if ((rc = pop_mark(c, &first, &n, op, e)) < 0 || (rc = top(c, &o, op, e)) < 0)
                 return rc;
             if (o->kind != PK_LIST)
-                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: APPENDS on a %s, not a list",
+                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: APPENDS on %s, not a list",
                             c->op_pos, kind_name[o->kind]);
             for (size_t i = 0; i < n && rc == 0; i++)
                 rc = seq_append(c, o, c->stack[first + i], e);
@@ -1078,7 +1080,7 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
                 return rc;
             if (o->kind != PK_DICT || (v->kind != PK_DICT && v->kind != PK_NONE))
                 return PERR(c, e, ERR_UNSUPPORTED,
-                            "data.pkl byte %zu: BUILD of a %s with a %s state (only a dict's "
+                            "data.pkl byte %zu: BUILD of %s with %s state (only a dict's "
                             "attributes are accepted)",
                             c->op_pos, kind_name[o->kind], kind_name[v->kind]);
             break;
@@ -1119,12 +1121,12 @@ static int to_st_tensor(struct tz_ctx *c, const struct pk_obj *key, const struct
                         struct st_tensor *out, struct err *e)
 {
     if (key->kind != PK_STR || memchr(key->u.str.s, '\0', key->u.str.len))
-        return PERR(c, e, ERR_FORMAT, "data.pkl: a state dict key is a %s, not a string",
+        return PERR(c, e, ERR_FORMAT, "data.pkl: a state dict key is %s, not a string",
                     kind_name[key->kind]);
     const char *name = key->u.str.s;
     if (val->kind != PK_TENSOR)
         return PERR(c, e, ERR_FORMAT,
-                    "data.pkl: value of \"%s\" is a %s, not a tensor (not a flat state dict)",
+                    "data.pkl: value of \"%s\" is %s, not a tensor (not a flat state dict)",
                     name, kind_name[val->kind]);
     const struct pk_tensor *t = val->u.tensor;
     const struct tz_storage *s = t->st;
@@ -1349,7 +1351,7 @@ int torchzip_open(struct st_file **out, const char *path, struct err *e)
     if ((rc = run_pickle(&c, &root, e)) < 0)
         goto out;
     if (root->kind != PK_DICT) {
-        rc = err_set(e, ERR_FORMAT, path, "data.pkl holds a %s, not a state dict",
+        rc = err_set(e, ERR_FORMAT, path, "data.pkl holds %s, not a state dict",
                      kind_name[root->kind]);
         goto out;
     }
