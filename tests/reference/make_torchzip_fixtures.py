@@ -18,8 +18,8 @@ byte by byte (hand-assembled pickles for the malicious ones); `expected` is
 `tensors.safetensors`: the same tensors, which the reader must return
 bit-identically.
 
-The script is deterministic apart from zip timestamps, which torch.save and
-zipfile take from the clock; regenerating changes those bytes only.
+The script is deterministic: a rerun writes byte-identical files, except
+legacy_format, whose storage keys are object addresses.
 """
 import collections
 import io
@@ -226,14 +226,19 @@ def torch_zip(pkl, records, extra=None, prefix="archive", method=zipfile.ZIP_STO
     """A zip laid out as torch.save lays it out (data.pkl, data/<key>,
     version), without the 64-byte alignment."""
     bio = io.BytesIO()
+
+    def put(z, name, raw):  # a fixed timestamp keeps the bytes reproducible
+        z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), raw,
+                   compress_type=method)
+
     with zipfile.ZipFile(bio, "w", method) as z:
-        z.writestr(prefix + "/data.pkl", pkl)
+        put(z, prefix + "/data.pkl", pkl)
         for key, raw in records.items():
-            z.writestr(prefix + "/data/" + key, raw)
+            put(z, prefix + "/data/" + key, raw)
         for name, raw in (extra or {}).items():
-            z.writestr(prefix + "/" + name, raw)
+            put(z, prefix + "/" + name, raw)
         if version:
-            z.writestr(prefix + "/version", b"3\n")
+            put(z, prefix + "/version", b"3\n")
     return bio.getvalue()
 
 
@@ -279,7 +284,8 @@ def cases():
     bio = io.BytesIO()
     with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
         for info in src.infolist():
-            z.writestr(info.filename, src.read(info.filename))
+            z.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time),
+                       src.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
     case("valid_deflated", bio.getvalue(), "ok", sd)
     # another folder name, hand-made zip, a parameter and _rebuild_tensor
     pkl = state_dict(("a", tensor()),
@@ -291,6 +297,17 @@ def cases():
          "ok", collections.OrderedDict([
              ("a", torch.arange(6.0).reshape(2, 3)), ("p", torch.tensor([9.0, 8, 7, 6])),
              ("v1", torch.tensor([2.0, 3, 4, 5]))]))
+
+    # zip64 central directory entries and end records, as torch.save writes
+    # them past 4 GiB, made small by lowering zipfile's limits for a moment
+    saved = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 64, 1
+    try:
+        z64 = torch_zip(state_dict(("a", tensor())), {"0": SIX})
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = saved
+    assert b"PK\x06\x06" in z64 and b"\x01\x00\x08\x00" in z64
+    case("valid_zip64", z64, "ok", collections.OrderedDict([("a", torch.arange(6.0).reshape(2, 3))]))
 
     # ---- torch.save outputs the reader refuses ----
     w = torch.arange(12.0).reshape(3, 4)
