@@ -309,6 +309,20 @@ def cases():
     assert b"PK\x06\x06" in z64 and b"\x01\x00\x08\x00" in z64
     case("valid_zip64", z64, "ok", collections.OrderedDict([("a", torch.arange(6.0).reshape(2, 3))]))
 
+    # CRC fields all zero, as torch.save writes when told not to compute them
+    # (torch.serialization.set_crc32_options(False)): not checked, accepted
+    zc = bytearray(torch_bytes(sd))
+    zz = zipfile.ZipFile(io.BytesIO(bytes(zc)))
+    for info in zz.infolist():
+        zc[info.header_offset + 14:info.header_offset + 18] = bytes(4)
+    p = zz.start_dir
+    while zc[p:p + 4] == b"PK\x01\x02":
+        zc[p + 16:p + 20] = bytes(4)
+        p += 46 + struct.unpack("<H", zc[p + 28:p + 30])[0] + \
+            struct.unpack("<H", zc[p + 30:p + 32])[0] + struct.unpack("<H", zc[p + 32:p + 34])[0]
+    assert all(i.CRC == 0 for i in zipfile.ZipFile(io.BytesIO(bytes(zc))).infolist())
+    case("valid_crc_not_recorded", bytes(zc), "ok", sd)
+
     # ---- torch.save outputs the reader refuses ----
     w = torch.arange(12.0).reshape(3, 4)
     case("noncontiguous", torch_bytes(collections.OrderedDict([("wt", w.t())])),

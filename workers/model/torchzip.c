@@ -329,8 +329,26 @@ static int stored_data(struct tz_ctx *c, zip_uint64_t idx, uint64_t len, const c
     return 0;
 }
 
-/* A whole member into a malloc'd buffer (16-byte aligned), NUL-terminated;
- * libzip checks its CRC.  At most `limit` bytes. */
+/* The CRC-32 of a stored member's bytes against the central directory's.
+ * A CRC of 0 over non-empty bytes means none was recorded (torch.save can
+ * be told not to compute them; torch.load then does not check): skipped. */
+static int check_crc(struct tz_ctx *c, const zip_stat_t *zs, const uint8_t *data,
+                     const char *name, struct err *e)
+{
+    if (!(zs->valid & ZIP_STAT_CRC) || zs->crc == 0)
+        return 0;
+    uLong crc = crc32_z(crc32_z(0L, Z_NULL, 0), data, (z_size_t)zs->size);
+    if (crc != zs->crc)
+        return err_set(e, ERR_FORMAT, c->path,
+                       "record \"%s\" fails its CRC-32 check (stored %08x, computed %08lx): "
+                       "the file is corrupt",
+                       name, (unsigned)zs->crc, (unsigned long)crc);
+    return 0;
+}
+
+/* A whole member into a malloc'd buffer (16-byte aligned), NUL-terminated.
+ * A stored member is copied from the mapping (check_crc), a compressed one
+ * read through libzip, which checks its CRC.  At most `limit` bytes. */
 static int read_member(struct tz_ctx *c, zip_uint64_t idx, uint64_t limit, uint8_t **out,
                        size_t *len, struct err *e)
 {
@@ -354,6 +372,18 @@ static int read_member(struct tz_ctx *c, zip_uint64_t idx, uint64_t limit, uint8
     if (posix_memalign((void **)&buf, 64, (size_t)zs.size + 1) != 0) {
         buf = NULL;
         rc = err_set(e, ERR_NOMEM, c->path, "out of memory for record \"%s\"", name);
+        goto out;
+    }
+    if (zs.comp_method == ZIP_CM_STORE) {
+        const uint8_t *src;
+        if ((rc = stored_data(c, idx, zs.size, name, &src, e)) < 0 ||
+            (rc = check_crc(c, &zs, src, name, e)) < 0)
+            goto out;
+        memcpy(buf, src, (size_t)zs.size);
+        buf[zs.size] = 0;
+        *out = buf;
+        *len = (size_t)zs.size;
+        buf = NULL;
         goto out;
     }
     zf = zip_fopen_index(c->za, idx, 0);
@@ -466,15 +496,9 @@ static int storage_get(struct tz_ctx *c, const struct pk_obj *key, enum st_dtype
 
     int rc;
     if (zs.comp_method == ZIP_CM_STORE) {
-        if ((rc = stored_data(c, (zip_uint64_t)idx, zs.size, name, &s->data, e)) < 0)
+        if ((rc = stored_data(c, (zip_uint64_t)idx, zs.size, name, &s->data, e)) < 0 ||
+            (rc = check_crc(c, &zs, s->data, name, e)) < 0)
             return rc;
-        uLong crc = crc32_z(0L, Z_NULL, 0);
-        crc = crc32_z(crc, s->data, (z_size_t)zs.size);
-        if ((zs.valid & ZIP_STAT_CRC) && crc != zs.crc)
-            return err_set(e, ERR_FORMAT, c->path,
-                           "record \"%s\" fails its CRC-32 check (stored %08x, computed "
-                           "%08lx): the file is corrupt",
-                           name, (unsigned)zs.crc, (unsigned long)crc);
     } else {
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -835,7 +859,7 @@ static int op_persid(struct tz_ctx *c, struct err *e)
         return PERR(c, e, ERR_FORMAT,
                     "data.pkl byte %zu: persistent id's key, location or numel has the wrong type",
                     c->op_pos);
-    const struct tz_storage *s;
+    const struct tz_storage *s = NULL;
     if ((rc = storage_get(c, a[2], (enum st_dtype)globals[a[1]->u.global].dtype, a[4]->u.i, &s,
                           e)) < 0)
         return rc;

@@ -9,7 +9,9 @@
  * into the mapping, like a safetensors tensor.  A compressed record (not
  * written by torch, but legal zip) is read into memory instead.  Every
  * record's CRC-32 is checked when the file is opened (one pass over the
- * bytes, ~6 GB/s with zlib): a corrupt download is an error naming the record.
+ * bytes, ~6 GB/s with zlib): a corrupt download is an error naming the
+ * record.  A CRC field of 0 means none was recorded (torch.save can be told
+ * not to compute them, and torch.load does not check) and is not checked.
  *
  * data.pkl is read by a pickle reader for exactly what torch.save writes
  * (protocols 2 and 4): plain values, tuples, lists and dicts, the memo, and
