@@ -41,6 +41,8 @@ LDFLAGS_ALL += -fsanitize=$(SANITIZE)
 endif
 
 LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread
+# PyTorch zip checkpoints (workers/model/torchzip.c)
+LIBS_WORKER += -lzip -lz
 CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)
@@ -149,6 +151,7 @@ demo: deps
 golden:
 	/usr/bin/python3 tests/reference/gptneox_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
+	/usr/bin/python3 tests/reference/make_torchzip_fixtures.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

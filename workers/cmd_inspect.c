@@ -5,6 +5,7 @@
 
 #include "../common/log.h"
 #include "cli.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/gptneox.h"
 #include "model/safetensors.h"
@@ -58,12 +59,13 @@ int cmd_inspect(int argc, char **argv)
                cfg.torch_dtype[0] ? "" : "");
         printf("        parameters implied by config: %zu\n", gptneox_config_nparams(&cfg));
     }
-    if (st_set_open(&st, dir, &e) < 0) {
+    if (checkpoint_open(&st, dir, &e) < 0) {
         printf("tensors: ERROR %s\n", err_str(&e));
         return EXIT_INPUT;
     }
     size_t n = st_set_count(st), params = 0, unused = 0;
-    printf("files: %zu (%zu bytes)\n", st_set_nfiles(st), st_set_bytes(st));
+    printf("files: %zu (%zu bytes, %s)\n", st_set_nfiles(st), st_set_bytes(st),
+           checkpoint_format(dir) == CHECKPOINT_TORCHZIP ? "PyTorch zip" : "safetensors");
     printf("%-64s %-5s %s\n", "tensor", "dtype", "shape");
     for (size_t i = 0; i < n; i++) {
         const struct st_tensor *t = st_set_get(st, i);

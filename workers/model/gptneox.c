@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "../../common/log.h"
+#include "checkpoint.h"
 #include "kernels.h"
 #include "safetensors.h"
 #include "tensor.h"
@@ -300,7 +301,7 @@ int gptneox_load(struct gptneox **out, const char *dir, unsigned flags, struct e
         return rc;
     if (!(m = model_alloc(&cfg, e)))
         return ERR_NOMEM;
-    if ((rc = st_set_open(&m->st, dir, e)) < 0)
+    if ((rc = checkpoint_open(&m->st, dir, e)) < 0) /* safetensors or pytorch_model.bin */
         goto out;
     specs = malloc(nspecs(&cfg) * sizeof *specs);
     found = calloc(nspecs(&cfg), sizeof *found);

@@ -34,6 +34,8 @@ struct st_file {
     size_t buf_size;                 /* size - 8 - N */
     json_t *header;                  /* owns tensor names and metadata */
     json_t *meta;                    /* borrowed from header, or NULL */
+    void *owner;                     /* st_file_wrap: what tensors point into */
+    void (*owner_free)(void *owner);
     struct st_tensor *tensors;       /* n, sorted by begin offset */
     const struct st_tensor **by_name; /* n, sorted by name */
     size_t n;
@@ -432,8 +434,56 @@ void st_free(struct st_file *st)
     json_decref(st->header);
     if (st->map)
         munmap(st->map, st->size);
+    if (st->owner_free)
+        st->owner_free(st->owner);
     free(st->path);
     free(st);
+}
+
+int st_file_wrap(struct st_file **out, const char *path, size_t size,
+                 const struct st_tensor *tensors, size_t n, void *owner,
+                 void (*owner_free)(void *owner), struct err *e)
+{
+    struct st_file *st = calloc(1, sizeof *st);
+    int rc = 0;
+
+    *out = NULL;
+    if (!st) {
+        if (owner_free)
+            owner_free(owner);
+        return err_set(e, ERR_NOMEM, path, "out of memory");
+    }
+    st->owner = owner;
+    st->owner_free = owner_free;
+    st->size = size;
+    st->n = n;
+    st->path = strdup(path);
+    st->tensors = calloc(n ? n : 1, sizeof *st->tensors);
+    st->by_name = calloc(n ? n : 1, sizeof *st->by_name);
+    if (!st->path || !st->tensors || !st->by_name) {
+        rc = err_set(e, ERR_NOMEM, path, "out of memory for %zu tensors", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st->tensors[i] = tensors[i];
+        st->tensors[i].path = st->path;
+        st->by_name[i] = &st->tensors[i];
+    }
+    if (n > 1)
+        qsort(st->by_name, n, sizeof *st->by_name, cmp_by_name);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(st->by_name[i - 1]->name, st->by_name[i]->name) == 0) {
+            rc = err_set(e, ERR_FORMAT, path, "duplicate tensor name \"%s\"",
+                         st->by_name[i]->name);
+            goto out;
+        }
+out:
+    if (rc < 0) {
+        st_free(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
 }
 
 size_t st_count(const struct st_file *st) { return st->n; }
@@ -496,8 +546,10 @@ static int set_index(struct st_set *set, const char *ctx, struct err *e)
     return 0;
 }
 
-/* Open the shards listed by the index at `ipath` into `set`. */
-static int open_shards(struct st_set *set, const char *dir, const char *ipath, struct err *e)
+/* Open the shards listed by the index at `ipath` into `set`, each with
+ * `open_file`. */
+static int open_shards(struct st_set *set, const char *dir, const char *ipath,
+                       st_open_fn open_file, struct err *e)
 {
     json_t *root = NULL;
     const char **shards = NULL;
@@ -563,9 +615,10 @@ static int open_shards(struct st_set *set, const char *dir, const char *ipath, s
             rc = err_set(e, ERR_NOMEM, ipath, "out of memory");
             goto out;
         }
-        rc = st_open(&set->files[i], spath, e);
+        rc = open_file(&set->files[i], spath, e);
         if (rc < 0) {
-            err_wrap(e, "shard named by %s", ST_INDEX_NAME);
+            const char *base = strrchr(ipath, '/');
+            err_wrap(e, "shard named by %s", base ? base + 1 : ipath);
             goto out;
         }
         set->nfiles++;
@@ -596,6 +649,12 @@ out:
 
 int st_set_open(struct st_set **out, const char *dir, struct err *e)
 {
+    return st_set_open_as(out, dir, ST_SINGLE_NAME, ST_INDEX_NAME, st_open, e);
+}
+
+int st_set_open_as(struct st_set **out, const char *dir, const char *single_name,
+                   const char *index_name, st_open_fn open_file, struct err *e)
+{
     struct st_set *set = NULL;
     char *single = NULL, *index = NULL;
     struct stat sb;
@@ -603,8 +662,8 @@ int st_set_open(struct st_set **out, const char *dir, struct err *e)
 
     *out = NULL;
     set = calloc(1, sizeof *set);
-    single = path_join(dir, ST_SINGLE_NAME);
-    index = path_join(dir, ST_INDEX_NAME);
+    single = path_join(dir, single_name);
+    index = path_join(dir, index_name);
     if (!set || !single || !index) {
         rc = err_set(e, ERR_NOMEM, dir, "out of memory");
         goto out;
@@ -616,16 +675,15 @@ int st_set_open(struct st_set **out, const char *dir, struct err *e)
             rc = err_set(e, ERR_NOMEM, dir, "out of memory");
             goto out;
         }
-        rc = st_open(&set->files[0], single, e);
+        rc = open_file(&set->files[0], single, e);
         if (rc < 0)
             goto out;
         set->nfiles = 1;
         rc = set_index(set, single, e);
     } else if (stat(index, &sb) == 0) {
-        rc = open_shards(set, dir, index, e);
+        rc = open_shards(set, dir, index, open_file, e);
     } else {
-        rc = err_set(e, ERR_NOTFOUND, dir, "no " ST_SINGLE_NAME " or " ST_INDEX_NAME " in %s",
-                     dir);
+        rc = err_set(e, ERR_NOTFOUND, dir, "no %s or %s in %s", single_name, index_name, dir);
     }
 
 out:

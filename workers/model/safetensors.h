@@ -110,6 +110,28 @@ const char *st_set_file_path(const struct st_set *set, size_t i);
 /* Sum of the mapped file sizes. */
 size_t st_set_bytes(const struct st_set *set);
 
+/* ---- other formats as st_file/st_set ---- */
+
+/* Opens one file of some format as an st_file (st_open, torchzip_open). */
+typedef int (*st_open_fn)(struct st_file **out, const char *path, struct err *e);
+
+/* st_set_open with other file names and another opener: `single_name` in
+ * `dir` if present, else the shards named by the "weight_map" of
+ * `index_name`, each opened with `open_file`.  Same contract as st_set_open;
+ * ERR_NOTFOUND names both files when neither exists. */
+int st_set_open_as(struct st_set **out, const char *dir, const char *single_name,
+                   const char *index_name, st_open_fn open_file, struct err *e) CK_WUR;
+
+/* For readers of other formats: an st_file over tensors found elsewhere.
+ * `tensors` (n of them, in the order st_get returns) are copied; their
+ * names and data are borrowed from `owner`, which st_free releases with
+ * owner_free (may be NULL).  `size` is what st_file_size reports.  Names
+ * must be distinct (ERR_FORMAT otherwise); tensors may share bytes.  Takes
+ * ownership of `owner` even on failure. */
+int st_file_wrap(struct st_file **out, const char *path, size_t size,
+                 const struct st_tensor *tensors, size_t n, void *owner,
+                 void (*owner_free)(void *owner), struct err *e) CK_WUR;
+
 /* ---- writing ---- */
 
 /* One tensor to write: data is nelem * dtype-size bytes, borrowed. */
