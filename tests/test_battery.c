@@ -524,7 +524,7 @@ static void test_loss_matches_direct(void **state)
         struct err e;
         assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
         double ref = gptneox_loss(m, tok, B, T, per_tok, NULL);
-        assert_int_equal(n, 1 + (size_t)(T - 1));
+        assert_int_equal(n, 1 + (size_t)(T - 1) + (T >= 11)); /* + icl_score_scaled */
         assert_string_equal(rows[0].metric, "loss");
         assert_int_equal(rows[0].layer, -1);
         assert_int_equal(rows[0].head, -1);
@@ -552,6 +552,80 @@ static void test_loss_matches_direct(void **state)
         free(per_tok);
         free(tok);
     }
+    gptneox_free(m);
+}
+
+/* A model whose per-position losses are set by the data: zero blocks (the
+ * residual passes through), embed[v] = e_v, unembed[w] = 2 e_{w-1 mod V},
+ * so it predicts v+1 after v with loss ~3e-5 and anything else with loss
+ * ~14.  Sequences are random up to token index 99 and count up by one from
+ * there: early positions are hard, late ones easy. */
+static void test_loss_icl_score(void **state)
+{
+    (void)state;
+    const int V = 40, C = 48, B = 3, TMAX = 501;
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, V, C, 1, 3, 64);
+    cfg.max_positions = 512;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    for (int v = 0; v < V; v++) {
+        m->embed[(size_t)v * C + v] = 1.0f;
+        m->unembed[(size_t)v * C + (v + V - 1) % V] = 2.0f;
+    }
+    int *tok = malloc((size_t)B * TMAX * sizeof *tok);
+    uint64_t s = 5;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < TMAX; t++)
+            tok[b * TMAX + t] = t < 100 ? (int)rng_below(&s, V) : (tok[b * TMAX + t - 1] + 1) % V;
+    /* T = 501, 128, 11 (prefixes, packed), 10 */
+    const int Ts[4] = {501, 128, 11, 10};
+    for (int k = 0; k < 4; k++) {
+        const int T = Ts[k];
+        int *tk = malloc((size_t)B * T * sizeof *tk);
+        for (int b = 0; b < B; b++)
+            memcpy(tk + b * T, tok + b * TMAX, (size_t)T * sizeof *tk);
+        struct battery_ctx c = {.model = m, .eval_tokens = tk, .eval_B = B, .eval_T = T,
+                                .eval_name = "test"};
+        struct rows r;
+        rows_init(&r);
+        size_t n = 0;
+        struct row *rows = run_item(&battery_item_loss, &c, &r, &n);
+        const struct row *icl = find_row(rows, n, "icl_score", -1, -1, -1);
+        const struct row *sc = find_row(rows, n, "icl_score_scaled", -1, -1, T - 1);
+        if (T >= 501) {
+            assert_non_null(icl);
+            double want = find_row(rows, n, "loss_by_pos", -1, -1, 499)->value -
+                          find_row(rows, n, "loss_by_pos", -1, -1, 49)->value;
+            printf("T=%d: icl_score %.6f (loss_by_pos 499 - 49: %.6f)\n", T, icl->value, want);
+            assert_true(fabs(icl->value - want) <= 1e-12);
+            assert_true(icl->value < -5.0); /* ~0 minus ~14 */
+        } else {
+            assert_null(icl);
+        }
+        if (T >= 11) {
+            assert_non_null(sc);
+            int hi = T - 1, lo = hi / 10;
+            double want = find_row(rows, n, "loss_by_pos", -1, -1, hi - 1)->value -
+                          find_row(rows, n, "loss_by_pos", -1, -1, lo - 1)->value;
+            printf("T=%d: icl_score_scaled (idx %d, vs token %d) %.6f\n", T, hi, lo, sc->value);
+            assert_true(fabs(sc->value - want) <= 1e-12);
+            if (T >= 501)
+                assert_true(sc->value == icl->value); /* hi 500, lo 50 */
+            else if (T >= 101)
+                assert_true(sc->value < -5.0);
+            else
+                assert_true(fabs(sc->value) < 8.0); /* both random: same loss level */
+        } else {
+            for (size_t i = 0; i < n; i++)
+                assert_null(strstr(rows[i].metric, "icl"));
+        }
+        free(rows);
+        rows_free(&r);
+        free(tk);
+    }
+    free(tok);
     gptneox_free(m);
 }
 
@@ -723,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_weights_closed_form),
         cmocka_unit_test(test_weights_zero),
         cmocka_unit_test(test_loss_matches_direct),
+        cmocka_unit_test(test_loss_icl_score),
         cmocka_unit_test(test_loss_errors),
         cmocka_unit_test(test_rows_deterministic),
         cmocka_unit_test(test_tokens_read_file),

@@ -119,14 +119,21 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
 
 /* ---- the items ---- */
 
-/* loss v1 (needs eval_tokens): next-token cross-entropy on the eval set,
+/* loss v2 (needs eval_tokens): next-token cross-entropy on the eval set,
  * computed BATTERY_LOSS_BATCH sequences per forward.
  *   loss         layer -1 head -1 idx -1   mean over every predicted token
  *   loss_by_pos  layer -1 head -1 idx t    mean over sequences of the loss of
  *                                          predicting token t+1 from 0..t
+ *   icl_score    idx -1   loss of token index 500 - loss of token index 50
+ *                         (loss_by_pos 499 - 49), when T >= 501
+ *   icl_score_scaled  idx hi = T-1: loss of token index hi - loss of token
+ *                         index floor(hi/10), when T >= 11
+ * (a token's loss is the loss of predicting it; Olsson et al. 2022).
  * Errors: sequences shorter than 2 or longer than max_position_embeddings,
  * ids outside the vocabulary (ERR_INVALID). */
 #define BATTERY_LOSS_BATCH 8
+#define LOSS_ICL_LATE 500 /* token indices of Olsson et al.'s ICL score */
+#define LOSS_ICL_EARLY 50
 extern const struct battery_item battery_item_loss;
 
 /* weights v1: norms of the weight matrices, no inputs.
