@@ -15,8 +15,10 @@ struct raw_label {
     long long i;
 };
 
-static const char *type_word(int type)
+static const char *type_word(int type, int plural)
 {
+    if (plural)
+        return type == JSON_STRING ? "strings" : type == JSON_INTEGER ? "integers" : "booleans";
     return type == JSON_STRING ? "a string" : type == JSON_INTEGER ? "an integer" : "a boolean";
 }
 
@@ -95,7 +97,7 @@ static int read_class_label(json_t *v, int i, int t, int *type0, struct raw_labe
         return err_set(e, ERR_FORMAT, path,
                        "sequence %d, position %d: label is %s but earlier labels are %s "
                        "(labels of mixed types)",
-                       i, t, type_word(r->type), type_word(*type0));
+                       i, t, type_word(r->type, 0), type_word(*type0, 1));
     return 0;
 }
 
