@@ -152,6 +152,7 @@ golden:
 	/usr/bin/python3 tests/reference/gptneox_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
 	/usr/bin/python3 tests/reference/make_torchzip_fixtures.py
+	/usr/bin/python3 tests/reference/probe_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -57,7 +57,7 @@ lines=$(wc -l <"$TMP/run1")
 if [ "$lines" -gt 0 ] && [ "$bad" -eq 0 ]; then ok "$lines rows, all with 7 well-formed fields"; else
     fail "$bad of $lines rows malformed"; fi
 for item in loss weights; do
-    grep -q "^$item	1	" "$TMP/run1" && ok "rows of $item" || fail "no rows of $item"
+    grep -q "^$item	[1-9][0-9]*	" "$TMP/run1" && ok "rows of $item" || fail "no rows of $item"
 done
 status 0 "analyze again" -- "$W" analyze "$G" --items loss,weights
 cmp -s "$TMP/run1" "$TMP/out" && ok "second run byte-identical" || fail "second run differs"
@@ -104,6 +104,14 @@ else
 fi
 npos=$(awk -F'\t' '$3 == "loss_by_pos"' "$TMP/out" | wc -l)
 [ "$npos" -eq 11 ] && ok "11 loss_by_pos rows for 12-token sequences" || fail "$npos loss_by_pos rows"
+# icl_score_scaled idx 11 = loss of token 11 - loss of token 1 (loss_by_pos 10 - 0); no icl_score
+if awk -F'\t' '$3 == "loss_by_pos" && $6 == 10 { a = $7 } $3 == "loss_by_pos" && $6 == 0 { b = $7 }
+    $3 == "icl_score_scaled" && $6 == 11 { c = $7; n++ } $3 == "icl_score" { bad = 1 }
+    END { d = c - (a - b); exit !(n == 1 && !bad && d <= 1e-12 && d >= -1e-12) }' "$TMP/out"; then
+    ok "icl_score_scaled idx 11 = loss_by_pos 10 - loss_by_pos 0, no icl_score at T=12"
+else
+    fail "icl_score_scaled rows: $(grep icl "$TMP/out")"
+fi
 
 # the same tokens as a .u32 stream cut at --ctx 12 give the same rows
 python3 -c '

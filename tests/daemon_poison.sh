@@ -16,6 +16,7 @@ dl_migrate
 N=8
 dl_ckpts $N
 RPC=$(dl_rows_per_ckpt loss)
+LV=$("$WORKER" battery | awk '$1 == "loss" { print $2; exit }') # the loss item's version
 # step 4: cut the weights in half
 f=$T/ck/step4/model.safetensors
 size=$(stat -c %s "$f")
@@ -32,7 +33,7 @@ case "$DIR" in
     [ -e "$T/healed" ] || exec "$SLEEP" 30 ;;
 */step6)
     if [ ! -e "$T/healed" ]; then
-        printf "loss\t1\tloss\t-1\t-1\t-1\t2.5\nloss\t1\tperplexity\t-1\t-1\t-1\t9\n"
+        printf "loss\t'"$LV"'\tloss\t-1\t-1\t-1\t2.5\nloss\t'"$LV"'\tperplexity\t-1\t-1\t-1\t9\n"
         exit 0
     fi ;;
 esac'
@@ -57,7 +58,7 @@ esac
 dl_eq "step 6 dead after 3 attempts" "dead 3" "$(state 6)"
 e6=$(err 6)
 case "$e6" in
-"results rejected: "*"unknown metric loss/1/perplexity"*) dl_ok "step 6 error says why its rows were rejected: $e6" ;;
+"results rejected: "*"unknown metric loss/$LV/perplexity"*) dl_ok "step 6 error says why its rows were rejected: $e6" ;;
 *) dl_fail "step 6 error: '$e6'" ;;
 esac
 dl_eq "the hung workers were killed with their process group" "" "$(pgrep -f -- "$T/bin/sleep")"

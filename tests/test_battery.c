@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "../workers/battery/battery.h"
+#include "../workers/battery/probe_set.h"
 #include "../workers/battery/rng.h"
 #include "../workers/battery/rows.h"
 #include "../workers/model/gptneox.h"
@@ -524,7 +525,7 @@ static void test_loss_matches_direct(void **state)
         struct err e;
         assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
         double ref = gptneox_loss(m, tok, B, T, per_tok, NULL);
-        assert_int_equal(n, 1 + (size_t)(T - 1));
+        assert_int_equal(n, 1 + (size_t)(T - 1) + (T >= 11)); /* + icl_score_scaled */
         assert_string_equal(rows[0].metric, "loss");
         assert_int_equal(rows[0].layer, -1);
         assert_int_equal(rows[0].head, -1);
@@ -552,6 +553,80 @@ static void test_loss_matches_direct(void **state)
         free(per_tok);
         free(tok);
     }
+    gptneox_free(m);
+}
+
+/* A model whose per-position losses are set by the data: zero blocks (the
+ * residual passes through), embed[v] = e_v, unembed[w] = 2 e_{w-1 mod V},
+ * so it predicts v+1 after v with loss ~3e-5 and anything else with loss
+ * ~14.  Sequences are random up to token index 99 and count up by one from
+ * there: early positions are hard, late ones easy. */
+static void test_loss_icl_score(void **state)
+{
+    (void)state;
+    const int V = 40, C = 48, B = 3, TMAX = 501;
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, V, C, 1, 3, 64);
+    cfg.max_positions = 512;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    for (int v = 0; v < V; v++) {
+        m->embed[(size_t)v * C + v] = 1.0f;
+        m->unembed[(size_t)v * C + (v + V - 1) % V] = 2.0f;
+    }
+    int *tok = malloc((size_t)B * TMAX * sizeof *tok);
+    uint64_t s = 5;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < TMAX; t++)
+            tok[b * TMAX + t] = t < 100 ? (int)rng_below(&s, V) : (tok[b * TMAX + t - 1] + 1) % V;
+    /* T = 501, 128, 11 (prefixes, packed), 10 */
+    const int Ts[4] = {501, 128, 11, 10};
+    for (int k = 0; k < 4; k++) {
+        const int T = Ts[k];
+        int *tk = malloc((size_t)B * T * sizeof *tk);
+        for (int b = 0; b < B; b++)
+            memcpy(tk + b * T, tok + b * TMAX, (size_t)T * sizeof *tk);
+        struct battery_ctx c = {.model = m, .eval_tokens = tk, .eval_B = B, .eval_T = T,
+                                .eval_name = "test"};
+        struct rows r;
+        rows_init(&r);
+        size_t n = 0;
+        struct row *rows = run_item(&battery_item_loss, &c, &r, &n);
+        const struct row *icl = find_row(rows, n, "icl_score", -1, -1, -1);
+        const struct row *sc = find_row(rows, n, "icl_score_scaled", -1, -1, T - 1);
+        if (T >= 501) {
+            assert_non_null(icl);
+            double want = find_row(rows, n, "loss_by_pos", -1, -1, 499)->value -
+                          find_row(rows, n, "loss_by_pos", -1, -1, 49)->value;
+            printf("T=%d: icl_score %.6f (loss_by_pos 499 - 49: %.6f)\n", T, icl->value, want);
+            assert_true(fabs(icl->value - want) <= 1e-12);
+            assert_true(icl->value < -5.0); /* ~0 minus ~14 */
+        } else {
+            assert_null(icl);
+        }
+        if (T >= 11) {
+            assert_non_null(sc);
+            int hi = T - 1, lo = hi / 10;
+            double want = find_row(rows, n, "loss_by_pos", -1, -1, hi - 1)->value -
+                          find_row(rows, n, "loss_by_pos", -1, -1, lo - 1)->value;
+            printf("T=%d: icl_score_scaled (idx %d, vs token %d) %.6f\n", T, hi, lo, sc->value);
+            assert_true(fabs(sc->value - want) <= 1e-12);
+            if (T >= 501)
+                assert_true(sc->value == icl->value); /* hi 500, lo 50 */
+            else if (T >= 101)
+                assert_true(sc->value < -5.0);
+            else
+                assert_true(fabs(sc->value) < 8.0); /* both random: same loss level */
+        } else {
+            for (size_t i = 0; i < n; i++)
+                assert_null(strstr(rows[i].metric, "icl"));
+        }
+        free(rows);
+        rows_free(&r);
+        free(tk);
+    }
+    free(tok);
     gptneox_free(m);
 }
 
@@ -583,6 +658,154 @@ static void test_loss_errors(void **state)
     expect_loss_error(m, tok, 2, 5, "token 50 (sequence 1, position 3) is outside");
     tok[1 * 5 + 3] = -1;
     expect_loss_error(m, tok, 2, 5, "outside the vocabulary");
+    gptneox_free(m);
+}
+
+/* ---- probes ---- */
+
+static void test_probes_labels(void **state)
+{
+    (void)state;
+    const int tok[8] = {5, 3, 5, 7, 3, 3, 9, 5};
+    int top[4];
+    assert_int_equal(probes_top_tokens(tok, 8, 10, 4, top), 4);
+    assert_int_equal(top[0], 3); /* 3 and 5 occur 3 times: the lower id first */
+    assert_int_equal(top[1], 5);
+    assert_int_equal(top[2], 7);
+    assert_int_equal(top[3], 9);
+    assert_int_equal(probes_top_tokens(tok, 8, 10, 16, top), 4); /* only ids that occur */
+    const int top2[2] = {3, 5};
+    int prev[8], seen[8];
+    probes_labels(tok, 8, top2, 2, prev, seen);
+    const int want_prev[8] = {-1, 1, 0, 1, -1, 0, 0, -1};
+    const int want_seen[8] = {0, 0, 1, 0, 1, 1, 0, 1};
+    assert_memory_equal(prev, want_prev, sizeof prev);
+    assert_memory_equal(seen, want_seen, sizeof seen);
+}
+
+/* A probe set written to a file: labels lab[token] per position (t >= 1). */
+static struct probe_set *write_probe_set(const char *dir, const int *tok, int B, int T,
+                                         const int *lab)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/planted.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"name\": \"planted\", \"kind\": \"classification\", \"sequences\": [");
+    for (int b = 0; b < B; b++) {
+        fprintf(f, "%s{\"tokens\": [", b ? ", " : "");
+        for (int t = 0; t < T; t++)
+            fprintf(f, "%s%d", t ? ", " : "", tok[b * T + t]);
+        fprintf(f, "], \"labels\": [null");
+        for (int t = 1; t < T; t++)
+            fprintf(f, ", \"%s\"", lab[tok[b * T + t]] ? "yes" : "no");
+        fprintf(f, "]}");
+    }
+    fprintf(f, "]}\n");
+    assert_int_equal(fclose(f), 0);
+    struct probe_set *ps = NULL;
+    struct err e;
+    if (probe_set_load(&ps, path, &e) < 0)
+        fail_msg("%s", err_str(&e));
+    return ps;
+}
+
+/* A random-init model whose embeddings carry a per-token label along one
+ * residual direction (e_0, +-3): the user probe reads it at every site
+ * (> 0.98) and the shuffled-label probe is near chance; without the planted
+ * direction (random labels of 200 tokens in 32 dimensions are not linearly
+ * separable) the probe stays well below. */
+static void test_probes_planted_direction(void **state)
+{
+    (void)state;
+    const int V = 200, C = 32, L = 2, B = 40, T = 24;
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/ckptd-test-probes-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    int lab[200], *tok = malloc((size_t)B * T * sizeof *tok);
+    uint64_t s = 31;
+    for (int v = 0; v < V; v++)
+        lab[v] = (int)rng_below(&s, 2);
+    fill_tokens(tok, (size_t)B * T, V, 8);
+    struct probe_set *ps = write_probe_set(dir, tok, B, T, lab);
+    const struct probe_set *sets[1] = {ps};
+    double acc_planted[3] = {0}, acc_plain = 0;
+    for (int planted = 1; planted >= 0; planted--) {
+        struct gptneox *m = make_model(0, V, C, L, 4, 64, 64);
+        gptneox_init_random(m, 5, 0.02f);
+        uint64_t g = 17;
+        for (int v = 0; v < V; v++) {
+            for (int j = 0; j < C; j++)
+                m->embed[(size_t)v * C + j] = rng_symmetric(&g);
+            if (planted)
+                m->embed[(size_t)v * C] = lab[v] ? 3.0f : -3.0f;
+        }
+        struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T,
+                                .eval_name = "test", .probe_sets = sets, .nprobe_sets = 1};
+        struct rows r, r2;
+        rows_init(&r);
+        rows_init(&r2);
+        size_t n = 0;
+        struct row *rows = run_item(&battery_item_probes, &c, &r, &n);
+        if (planted) { /* the same inputs give the same bytes */
+            struct err e;
+            assert_int_equal(battery_run_item(&battery_item_probes, &c, &r2, &e), 0);
+            assert_int_equal(r.len, r2.len);
+            assert_memory_equal(r.buf, r2.buf, r.len);
+        }
+        const struct row *maj = find_row(rows, n, "user_majority_acc", -1, -1, 0);
+        assert_non_null(maj);
+        for (int layer = -1; layer < L; layer++) {
+            const struct row *a = find_row(rows, n, "user_acc", layer, -1, 0);
+            const struct row *sh = find_row(rows, n, "user_shuffled_acc", layer, -1, 0);
+            assert_non_null(a);
+            assert_non_null(sh);
+            /* the built-in tasks are there too */
+            assert_non_null(find_row(rows, n, "seen_before_acc", layer, -1, -1));
+            assert_non_null(find_row(rows, n, "position_r2", layer, -1, -1));
+            printf("%s layer %d: user_acc %.4f shuffled %.4f majority %.4f\n",
+                   planted ? "planted" : "plain", layer, a->value, sh->value, maj->value);
+            if (planted) {
+                acc_planted[layer + 1] = a->value;
+                assert_true(a->value > 0.98);
+                assert_true(fabs(sh->value - 0.5) <= 0.2);
+            } else if (layer == -1) {
+                acc_plain = a->value;
+            }
+        }
+        free(rows);
+        rows_free(&r);
+        rows_free(&r2);
+        gptneox_free(m);
+    }
+    assert_true(acc_plain < 0.9);
+    assert_true(acc_planted[0] - acc_plain > 0.1);
+    probe_set_free(ps);
+    free(tok);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_probes_errors(void **state)
+{
+    (void)state;
+    struct gptneox *m = make_model(0, 50, 32, 1, 4, 64, 16);
+    int tok[5 * 8];
+    fill_tokens(tok, 40, 50, 3);
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = 4, .eval_T = 8,
+                            .eval_name = "evalfile"};
+    struct rows r;
+    rows_init(&r);
+    struct err e;
+    assert_int_equal(battery_run_item(&battery_item_probes, &c, &r, &e), ERR_INVALID);
+    assert_non_null(strstr(err_str(&e), "4 sequences: probes need at least 5"));
+    c.eval_B = 5;
+    tok[13] = 50;
+    assert_int_equal(battery_run_item(&battery_item_probes, &c, &r, &e), ERR_INVALID);
+    assert_non_null(strstr(err_str(&e), "token 50 (sequence 1, position 5) is outside"));
+    assert_int_equal(r.len, 0);
+    rows_free(&r);
     gptneox_free(m);
 }
 
@@ -723,7 +946,11 @@ int main(void)
         cmocka_unit_test(test_weights_closed_form),
         cmocka_unit_test(test_weights_zero),
         cmocka_unit_test(test_loss_matches_direct),
+        cmocka_unit_test(test_loss_icl_score),
         cmocka_unit_test(test_loss_errors),
+        cmocka_unit_test(test_probes_labels),
+        cmocka_unit_test(test_probes_planted_direction),
+        cmocka_unit_test(test_probes_errors),
         cmocka_unit_test(test_rows_deterministic),
         cmocka_unit_test(test_tokens_read_file),
     };

@@ -18,6 +18,7 @@
 
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
+    "                           [--probe FILE]...\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -33,7 +34,10 @@ static const char analyze_usage[] =
     "                       sequence is dropped\n"
     "  --seed N             seed of the generated eval set (default 0): without\n"
     "                       --eval-tokens, 16 sequences of 128 ids (capped at\n"
-    "                       max_position_embeddings), uniform from splitmix64\n";
+    "                       max_position_embeddings), uniform from splitmix64\n"
+    "  --probe FILE         a user probe dataset (JSON, see README.md), repeatable; the\n"
+    "                       `probes` item writes its rows with idx = its position in\n"
+    "                       the --probe list (0-based), logged as `probe set idx=..`\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -99,6 +103,12 @@ int cmd_analyze(int argc, char **argv)
 {
     const char *dir = NULL, *items_arg = NULL, *eval_path = NULL;
     uint64_t seed = 0, ctx_len = 0;
+    const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
+    int nprobe = 0;
+    if (!probe_paths) {
+        fprintf(stderr, "ckpt-worker analyze: out of memory\n");
+        return EXIT_INPUT;
+    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0) {
             fputs(analyze_usage, stdout);
@@ -107,14 +117,18 @@ int cmd_analyze(int argc, char **argv)
             items_arg = argv[++i];
         } else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc) {
             eval_path = argv[++i];
+        } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
+            probe_paths[nprobe++] = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
                 fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
+                free(probe_paths);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], INT32_MAX, &ctx_len) < 0 || ctx_len == 0) {
                 fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
+                free(probe_paths);
                 return EXIT_USAGE;
             }
         } else if (argv[i][0] != '-' && !dir) {
@@ -122,11 +136,13 @@ int cmd_analyze(int argc, char **argv)
         } else {
             fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", argv[i],
                     analyze_usage);
+            free(probe_paths);
             return EXIT_USAGE;
         }
     }
     if (!dir || !items_arg) {
         fputs(analyze_usage, stderr);
+        free(probe_paths);
         return EXIT_USAGE;
     }
     const struct battery_item **items = calloc(battery_count(), sizeof *items);
@@ -135,6 +151,7 @@ int cmd_analyze(int argc, char **argv)
     if (!items || !list || parse_items(list, items, &nitems) < 0) {
         free(list);
         free(items);
+        free(probe_paths);
         return EXIT_USAGE;
     }
     free(list);
@@ -153,9 +170,23 @@ int cmd_analyze(int argc, char **argv)
     for (size_t i = 0; i < nitems; i++)
         needs |= items[i]->needs;
 
+    struct probe_set **probe_sets = calloc((size_t)nprobe + 1, sizeof *probe_sets);
+    if (!probe_sets) {
+        err_set(&e, ERR_NOMEM, NULL, "out of memory");
+        goto fail;
+    }
     if (gptneox_load(&m, dir, 0, &e) < 0)
         goto fail;
     bctx.model = m;
+    /* probe sets are checked before any item runs: a bad file prints no rows */
+    for (int k = 0; k < nprobe; k++)
+        if (probe_set_load(&probe_sets[k], probe_paths[k], &e) < 0 ||
+            probe_set_check(probe_sets[k], &m->cfg, &e) < 0)
+            goto fail;
+    if (nprobe && !(needs & BATTERY_NEEDS(BATTERY_NEED_PROBE_SETS)))
+        log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", nprobe);
+    bctx.probe_sets = (const struct probe_set *const *)probe_sets;
+    bctx.nprobe_sets = nprobe;
     if (needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) {
         if (eval_path) {
             int ctx = ctx_len ? (int)ctx_len
@@ -197,5 +228,9 @@ out:
     free(tokens);
     gptneox_free(m);
     free(items);
+    for (int k = 0; probe_sets && k < nprobe; k++)
+        probe_set_free(probe_sets[k]);
+    free(probe_sets);
+    free(probe_paths);
     return status;
 }

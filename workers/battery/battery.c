@@ -12,10 +12,12 @@
 static const struct battery_item *const items[] = {
     &battery_item_loss,
     &battery_item_weights,
+    &battery_item_probes,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_EVAL_TOKENS] = "eval_tokens",
+    [BATTERY_NEED_PROBE_SETS] = "probe_sets",
 };
 
 size_t battery_count(void)

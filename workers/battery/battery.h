@@ -35,11 +35,14 @@
 
 #include "../../common/err.h"
 #include "../model/gptneox.h"
+#include "probe_set.h"
 #include "rows.h"
 
 /* What an item needs besides the checkpoint; bits of battery_item.needs. */
 enum battery_need {
     BATTERY_NEED_EVAL_TOKENS, /* "eval_tokens": ctx.eval_tokens (--eval-tokens or generated) */
+    BATTERY_NEED_PROBE_SETS,  /* "probe_sets": reads ctx.probe_sets (--probe) when given;
+                                 optional, the item runs without them */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -62,6 +65,9 @@ struct battery_ctx {
     int eval_B, eval_T;
     const char *eval_name;  /* where the eval tokens came from, for errors */
     uint64_t seed;          /* --seed */
+    /* user probe datasets (--probe, in order; probe_set.h), or NULL/0 */
+    const struct probe_set *const *probe_sets;
+    int nprobe_sets;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -119,14 +125,21 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
 
 /* ---- the items ---- */
 
-/* loss v1 (needs eval_tokens): next-token cross-entropy on the eval set,
+/* loss v2 (needs eval_tokens): next-token cross-entropy on the eval set,
  * computed BATTERY_LOSS_BATCH sequences per forward.
  *   loss         layer -1 head -1 idx -1   mean over every predicted token
  *   loss_by_pos  layer -1 head -1 idx t    mean over sequences of the loss of
  *                                          predicting token t+1 from 0..t
+ *   icl_score    idx -1   loss of token index 500 - loss of token index 50
+ *                         (loss_by_pos 499 - 49), when T >= 501
+ *   icl_score_scaled  idx hi = T-1: loss of token index hi - loss of token
+ *                         index floor(hi/10), when T >= 11
+ * (a token's loss is the loss of predicting it; Olsson et al. 2022).
  * Errors: sequences shorter than 2 or longer than max_position_embeddings,
  * ids outside the vocabulary (ERR_INVALID). */
 #define BATTERY_LOSS_BATCH 8
+#define LOSS_ICL_LATE 500 /* token indices of Olsson et al.'s ICL score */
+#define LOSS_ICL_EARLY 50
 extern const struct battery_item battery_item_loss;
 
 /* weights v1: norms of the weight matrices, no inputs.
@@ -137,6 +150,43 @@ extern const struct battery_item battery_item_loss;
  * The spectral norm is a power iteration (WEIGHTS_POWER_ITERS at most,
  * stopping when the estimate changes by less than WEIGHTS_POWER_TOL
  * relative), see battery_weights.c. */
+/* probes v1 (needs eval_tokens, probe_sets): linear probes (probe_fit.h) per
+ * layer, on hook_embed (layer -1) and blocks.L.hook_resid_post (layer L),
+ * fitted on a train split of the sequences and scored on the held-out split
+ * (sequence b held out when b % 5 == 4).  Built-in tasks on the eval set:
+ *   prev_token_acc       softmax probe for the previous token's identity
+ *                        among the PROBES_TOP_K most frequent tokens of the
+ *                        train sequences (other positions dropped)
+ *   seen_before_acc      binary: the current token occurred earlier in the
+ *                        sequence
+ *   position_r2          ridge regression of the position t, held-out R^2
+ * each with *_shuffled_* (the probe fitted on shuffled train labels) and,
+ * for classifiers, *_majority_acc (layer -1: the train majority class on the
+ * held-out split).  User sets (ctx.probe_sets) write user_acc,
+ * user_majority_acc, user_shuffled_acc or user_r2, user_shuffled_r2 with idx
+ * = the set's position in ctx.probe_sets.  Positions are t >= 1, capped at
+ * PROBES_MAX_TRAIN + PROBES_MAX_HELDOUT per task (a seeded sample); a task
+ * with fewer than PROBES_MIN_TRAIN train or PROBES_MIN_HELDOUT held-out
+ * positions, or one train class, writes no rows.  Errors: fewer than 5
+ * eval sequences, sequences longer than max_position_embeddings or ids
+ * outside the vocabulary (ERR_INVALID). */
+#define PROBES_TOP_K 16
+#define PROBES_MAX_TRAIN 4096
+#define PROBES_MAX_HELDOUT 1024
+#define PROBES_MIN_TRAIN 16
+#define PROBES_MIN_HELDOUT 4
+#define PROBES_HARVEST_BYTES ((size_t)256 << 20) /* activations held at once */
+extern const struct battery_item battery_item_probes;
+
+/* The built-in labels of one eval sequence tok (T), exposed for tests:
+ * prev[t] = index in top (K) of tok[t-1], or -1 (and for t = 0);
+ * seen[t] = 1 if tok[t] is in tok[0..t-1], else 0. */
+void probes_labels(const int *tok, int T, const int *top, int K, int *prev, int *seen);
+
+/* The K most frequent ids of tok (n) in [0, V), by count then lower id;
+ * only ids that occur.  Returns how many were found (<= K), or ERR_NOMEM. */
+int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
+
 #define WEIGHTS_POWER_ITERS 100
 #define WEIGHTS_POWER_TOL 1e-6
 extern const struct battery_item battery_item_weights;

@@ -1,4 +1,5 @@
-/* loss v1: next-token loss on the eval token set.
+/* loss v2: next-token loss on the eval token set, and the in-context
+ * learning score.
  *
  * Definition: the standard autoregressive language-modelling loss, the
  * cross-entropy of the next token in nats, -log softmax(logits[t])[x[t+1]],
@@ -12,7 +13,25 @@
  * Sums are in double, in a fixed order (batches in order, then sequences,
  * then positions), so the same inputs give the same bits.  The eval set is
  * run BATTERY_LOSS_BATCH sequences per forward, so memory is bounded by the
- * batch, not the set. */
+ * batch, not the set.
+ *
+ * In-context learning score (Olsson et al. 2022, section "Defining
+ * in-context learning"): "the loss of the 500th token in the context minus
+ * the average loss of the 50th token in the context, averaged over dataset
+ * examples".  A token's loss is the loss of predicting it; token 0 has
+ * none, so the k-th token that has a loss is token index k (0-based),
+ * predicted from tokens 0..k-1, which is loss_by_pos idx k-1:
+ *   icl_score = loss_by_pos[499] - loss_by_pos[49]      (needs T >= 501)
+ * For shorter contexts the same comparison is scaled: the last token,
+ * index hi = T-1, against index lo = floor(hi/10), keeping the paper's
+ * 10:1 ratio of positions (one decade of position, the axis on which
+ * per-token loss falls roughly linearly in their plots), over the widest
+ * span the context allows:
+ *   icl_score_scaled (idx hi) = loss_by_pos[hi-1] - loss_by_pos[lo-1]
+ * written for every T >= 11 (lo >= 1), also when icl_score is.
+ *
+ * Version 2 adds icl_score and icl_score_scaled; loss and loss_by_pos are
+ * the same numbers as in version 1. */
 #include <stdlib.h>
 
 #include "battery.h"
@@ -24,6 +43,14 @@ static const struct metric_def loss_metrics[] = {
      "next-token cross-entropy at one position, averaged over the eval sequences", "", "",
      "position t of the last context token: the loss of predicting token t+1 from tokens "
      "0..t (0 .. T-2)"},
+    {"icl_score", "nats",
+     "in-context learning score (Olsson et al. 2022): loss of token index 500 minus loss of "
+     "token index 50 (loss_by_pos 499 - loss_by_pos 49); only when T >= 501",
+     "", "", ""},
+    {"icl_score_scaled", "nats",
+     "in-context learning score scaled to the context: loss of the last token (index "
+     "hi = T-1) minus loss of token index floor(hi/10); only when T >= 11",
+     "", "", "hi, the later token index; the earlier one is floor(hi/10)"},
 };
 
 static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e)
@@ -69,6 +96,17 @@ static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e
     for (int t = 0; t + 1 < T; t++)
         if ((rc = rows_add(out, "loss_by_pos", -1, -1, t, pos_sum[t] / B, e)) < 0)
             goto out;
+    /* token index k's loss is pos_sum[k-1] / B */
+    if (T >= LOSS_ICL_LATE + 1 &&
+        (rc = rows_add(out, "icl_score", -1, -1, -1,
+                       pos_sum[LOSS_ICL_LATE - 1] / B - pos_sum[LOSS_ICL_EARLY - 1] / B, e)) < 0)
+        goto out;
+    if (T >= 11) {
+        int hi = T - 1, lo = hi / 10;
+        if ((rc = rows_add(out, "icl_score_scaled", -1, -1, hi,
+                           pos_sum[hi - 1] / B - pos_sum[lo - 1] / B, e)) < 0)
+            goto out;
+    }
 out:
     free(tok_loss);
     free(pos_sum);
@@ -77,7 +115,7 @@ out:
 
 const struct battery_item battery_item_loss = {
     .name = "loss",
-    .version = 1,
+    .version = 2,
     .needs = BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS),
     .metrics = loss_metrics,
     .nmetrics = sizeof loss_metrics / sizeof *loss_metrics,
