@@ -33,7 +33,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 # header FILE NAME: a header's value from a curl -D dump (last response)
-header() { tr -d '\r' <"$1" | awk -v n="$(echo "$2" | tr A-Z a-z)" '
+header() { tr -d '\r' <"$1" | awk -v n="$(echo "$2" | tr '[:upper:]' '[:lower:]')" '
     /^HTTP\// { delete h } { split($0, a, ": "); k = tolower(a[1]); if (k == n) v = substr($0, length(a[1]) + 3) }
     END { print v }'; }
 status_of() { tr -d '\r' <"$1" | awk '/^HTTP\// { s = $2 } END { print s }'; }
@@ -52,11 +52,46 @@ if [ -f "$CK/step2/model-00002-of-00002.safetensors" ] && [ ! -f "$CK/step2/mode
     ok "fixture: sharded step loads"
 else fail "fixture: sharded step2 not two loadable shards"; fi
 
+# bad input: a clear message, exit 1 (2 for usage), nothing started
+# expect_err DESC STATUS NEEDLE CMD...
+expect_err() {
+    local d=$1 want=$2 needle=$3 out rc
+    shift 3
+    out=$("$@" 2>&1)
+    rc=$?
+    if [ "$rc" = "$want" ] && printf '%s' "$out" | grep -qF -- "$needle"; then ok "$d"; else
+        fail "$d: exit $rc (want $want), output: $(printf '%s' "$out" | tail -n 2)"; fi
+}
+expect_err "fixture: dup of a step not made" 1 "step 9 is not in --steps" \
+    scripts/make-fixture-series "$T/bad" --steps 0,1 --dup 1=9
+expect_err "fixture: bad step" 1 "'x' is not a step number" scripts/make-fixture-series "$T/bad" --steps 0,x
+expect_err "fixture: missing --pytorch-from" 1 "no such file" \
+    scripts/make-fixture-series "$T/bad" --steps 0 --pytorch 0 --pytorch-from "$T/none.bin"
+printf 'not a real torch zip' >"$T/fake.bin"
+scripts/make-fixture-series "$T/pt" --steps 3 --pytorch 3 --pytorch-from "$T/fake.bin" >/dev/null 2>&1
+if cmp -s "$T/fake.bin" "$T/pt/step3/pytorch_model.bin" && [ ! -e "$T/pt/step3/model.safetensors" ]; then
+    ok "fixture: --pytorch-from replaces the safetensors"; else fail "fixture: --pytorch-from"; fi
+expect_err "hub-serve: missing root" 1 "not a directory" \
+    scripts/hub-serve start --root "$T/none" --state "$T/bad" --port 18210
+expect_err "hub-serve: no revisions" 1 "no revision directories" \
+    scripts/hub-serve start --root "$T/pt/step3" --state "$T/bad" --port 18210
+expect_err "hub-serve: bad layout" 1 "--layout 'x'" \
+    scripts/hub-serve start --root "$CK" --state "$T/bad" --port 18210 --layout x
+expect_err "hub-serve: unknown option" 2 "unknown argument '--frob'" scripts/hub-serve start --frob
+expect_err "fault-proxy: bad upstream" 2 "want HOST:PORT" \
+    scripts/fault-proxy --listen 18211 --upstream nowhere --rules "$T/r" --log "$T/l"
+if curl -s -o /dev/null -m 2 http://127.0.0.1:18210/; then fail "hub-serve started after bad input"; else
+    ok "nothing listens after bad input"; fi
+
 # ---------------------------------------------------------------- hub A
 TOK=hubtest-secret
 AUTH="Authorization: Bearer $TOK"
 if ! hub_start A "$T/hubA" --root "$CK" --port 18200 --cdn-port 18201 --repo test-org/series \
     --token "$TOK" --layout both; then exit 1; fi
+expect_err "hub-serve: same state twice" 1 "already running" \
+    scripts/hub-serve start --root "$CK" --state "$T/hubA" --port 18212
+expect_err "hub-serve: port in use" 1 "port 18200 already answers" \
+    scripts/hub-serve start --root "$CK" --state "$T/hubX" --port 18200 --cdn-port 18213
 eq "start prints the endpoint" "http://127.0.0.1:18200" "$A_HUB_URL"
 eq "start prints the CDN" "http://127.0.0.1:18201" "$A_CDN_URL"
 H=$A_HUB_URL/test-org/series
@@ -93,7 +128,8 @@ eq "config HEAD: 200" 200 "$(status_of "$T/h")"
 eq "config ETag: git blob sha1" "\"$GITSHA\"" "$(header "$T/h" ETag)"
 eq "config Content-Length" "$(stat -c %s "$CF")" "$(header "$T/h" Content-Length)"
 C2=$(header "$T/h" X-Repo-Commit)
-[ -n "$C2" ] && [ "$C2" != "$C0" ] && ok "commits differ between revisions" || fail "X-Repo-Commit step2 '$C2' vs step0 '$C0'"
+if [ -n "$C2" ] && [ "$C2" != "$C0" ]; then ok "commits differ between revisions"; else
+    fail "X-Repo-Commit step2 '$C2' vs step0 '$C0'"; fi
 
 # ranges: small file on the hub, blob on the CDN
 curl -s -o "$T/r" -D "$T/h" -H "$AUTH" -r 10-19 "$H/resolve/step2/config.json"
@@ -127,8 +163,10 @@ eq "tree of unknown revision: code" RevisionNotFound "$(header "$T/h" X-Error-Co
 
 # tree API
 if curl -sf -o "$T/tree2" -H "$AUTH" "$API/tree/step2"; then ok "tree step2"; else fail "tree step2"; fi
+# shellcheck disable=SC2012 # the fixture's names are plain
 eq "tree: paths" "$(cd "$CK/step2" && ls | sort | tr '\n' ' ')" \
     "$(jsonq "$T/tree2" '" ".join(sorted(e["path"] for e in d)) + " "')"
+# shellcheck disable=SC2012
 eq "tree: sizes" "$(cd "$CK/step2" && for f in $(ls | sort); do stat -c %s "$f"; done | tr '\n' ' ')" \
     "$(jsonq "$T/tree2" '" ".join(str(e["size"]) for e in sorted(d, key=lambda e: e["path"])) + " "')"
 eq "tree: lfs oid is the sha256" "$(sha "$CK/step2/model-00001-of-00002.safetensors")" \
@@ -154,12 +192,12 @@ eq "plain layout: bytes" "$(sha "$CK/step1/config.json")" "$(sha "$T/plain")"
 
 # logs: the token reached the hub, never the CDN; then a request that does
 # carry one shows the CDN log would tell
-hub_log_lines "$T/hubA/cdn.access.log" 2 5
+hub_log_lines "$T/hubA/cdn.access.log" 3 5 # probe, GET -L, range
 eq "CDN saw no Authorization" 0 "$(grep -c '"authorization":"[^"]' "$T/hubA/cdn.access.log")"
 if grep -q "\"authorization\":\"Bearer $TOK\"" "$T/hubA/hub.access.log"; then ok "hub log shows the token"; else
     fail "hub log lacks the token"; fi
 curl -s -o /dev/null -H "Authorization: Bearer leaked" "$A_CDN_URL/blobs/$(sha "$W0")"
-hub_log_lines "$T/hubA/cdn.access.log" 3 5
+hub_log_lines "$T/hubA/cdn.access.log" 4 5
 if grep -q '"authorization":"Bearer leaked"' "$T/hubA/cdn.access.log"; then ok "CDN log records an Authorization"; else
     fail "CDN log does not record Authorization"; fi
 eq "log: range and bytes of the range request" "bytes=10-19 10" \
@@ -202,7 +240,7 @@ print(e["status"] == 200 and e["bytes"] == int(sys.argv[2]) and e["auth"] is Fal
 # keep-alive: two requests on one client connection, one upstream connection
 cnt=$(curl -s -o /dev/null -o /dev/null -w '%{num_connects} ' "$PC/blobs/$S1" "$PC/blobs/$S1")
 eq "proxy: client keep-alive" "1 0 " "$cnt"
-hub_log_lines "$T/hubB/cdn.access.log" 3 5
+hub_log_lines "$T/hubB/cdn.access.log" 4 5 # probe, GET -L, the pair
 eq "proxy: upstream keep-alive" "1" "$(tail -n 2 "$T/hubB/cdn.access.log" | "$PY" -c '
 import json, sys
 print(len({json.loads(l)["connection"] for l in sys.stdin}))')"
@@ -242,13 +280,14 @@ curl -s -o "$T/p" --speed-limit 1000 --speed-time 2 "$PC/blobs/$S1"
 rc=$?
 eq "stall: curl times out (28)" 28 "$rc"
 eq "stall: 2000 bytes arrived" 2000 "$(stat -c %s "$T/p")"
-[ $((SECONDS - t0)) -lt 8 ] && ok "stall: curl gave up before the stall ended" || fail "stall: took $((SECONDS - t0)) s"
+if [ $((SECONDS - t0)) -lt 8 ]; then ok "stall: curl gave up before the stall ended"; else
+    fail "stall: took $((SECONDS - t0)) s"; fi
 
 # corrupt: same length, one byte inverted (also inside a range)
 hub_rules "$R2" '[{"match": "^/blobs/", "times": 2, "action": {"corrupt_at": 12345}}]'
 curl -s -o "$T/p" "$PC/blobs/$S1"
 eq "corrupt: length kept" "$N1" "$(stat -c %s "$T/p")"
-[ "$(sha "$T/p")" != "$S1" ] && ok "corrupt: sha256 differs" || fail "corrupt: sha256 unchanged"
+if [ "$(sha "$T/p")" != "$S1" ]; then ok "corrupt: sha256 differs"; else fail "corrupt: sha256 unchanged"; fi
 eq "corrupt: one byte at 12345" "12346" "$(cmp -l "$W1" "$T/p" | awk '{print $1}' | tr '\n' ' ' | sed 's/ $//')"
 curl -s -o "$T/p" -r 20000-39999 "$PC/blobs/$S1"
 eq "corrupt: offset within the range body" "12346" \

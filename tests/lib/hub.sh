@@ -11,8 +11,11 @@
 #     hub_stop_all      # in the test's EXIT trap: every server and proxy
 #
 # Nothing here sleeps for a fixed time to let something happen: waits poll
-# with a deadline.
+# with a deadline.  fault-proxy writes a request's log line before the last
+# byte of its answer leaves, so the line is there when the client is done;
+# nginx writes its line just after the answer: wait with hub_log_lines.
 
+# shellcheck shell=bash
 HUB_ROOT=${HUB_ROOT:-$(pwd)}
 HUB_STATES=""
 HUB_PROXY_PIDS=""
