@@ -94,6 +94,7 @@ expect_err "hub-serve: port in use" 1 "port 18200 already answers" \
     scripts/hub-serve start --root "$CK" --state "$T/hubX" --port 18200 --cdn-port 18213
 eq "start prints the endpoint" "http://127.0.0.1:18200" "$A_HUB_URL"
 eq "start prints the CDN" "http://127.0.0.1:18201" "$A_CDN_URL"
+eq "start prints the CDN port" "http://127.0.0.1:18201" "$A_CDN_DIRECT_URL"
 H=$A_HUB_URL/test-org/series
 API=$A_HUB_URL/api/models/test-org/series
 
@@ -220,6 +221,8 @@ hub_proxy P1 18202 127.0.0.1:18204 "$R1" "$T/p1.log" || exit 1
 hub_proxy P2 18203 127.0.0.1:18205 "$R2" "$T/p2.log" || exit 1
 PH=http://127.0.0.1:18202/test-org/tiny-series
 PC=http://127.0.0.1:18203
+eq "--cdn-url: redirects name the proxy" "$PC" "$B_CDN_URL"
+eq "--cdn-url: the CDN still on its port" "http://127.0.0.1:18205" "$B_CDN_DIRECT_URL"
 W1=$CK/step1/model.safetensors
 S1=$(sha "$W1")
 N1=$(stat -c %s "$W1")
