@@ -291,10 +291,10 @@ hub_rules "$R2" '[{"match": "^/blobs/", "times": 2, "action": {"corrupt_at": 123
 curl -s -o "$T/p" "$PC/blobs/$S1"
 eq "corrupt: length kept" "$N1" "$(stat -c %s "$T/p")"
 if [ "$(sha "$T/p")" != "$S1" ]; then ok "corrupt: sha256 differs"; else fail "corrupt: sha256 unchanged"; fi
-eq "corrupt: one byte at 12345" "12346" "$(cmp -l "$W1" "$T/p" | awk '{print $1}' | tr '\n' ' ' | sed 's/ $//')"
+eq "corrupt: one byte at 12345" "12346" "$(cmp -l "$W1" "$T/p" | awk '{print $1}' | head -n 5 | tr '\n' ' ' | sed 's/ $//')"
 curl -s -o "$T/p" -r 20000-39999 "$PC/blobs/$S1"
 eq "corrupt: offset within the range body" "12346" \
-    "$(tail -c +20001 "$W1" | head -c 20000 | cmp -l - "$T/p" | awk '{print $1}' | tr '\n' ' ' | sed 's/ $//')"
+    "$(tail -c +20001 "$W1" | head -c 20000 | cmp -l - "$T/p" | awk '{print $1}' | head -n 5 | tr '\n' ' ' | sed 's/ $//')"
 
 # length lies
 hub_rules "$R2" '[{"match": "^/blobs/", "times": 1, "action": {"length_delta": 100}}]'
