@@ -7,6 +7,7 @@
 # Ports 18200-18219.  Run from the repository root.
 set -u
 export LC_ALL=C
+# shellcheck source=tests/lib/hub.sh
 . tests/lib/hub.sh
 
 PASSED=0
@@ -208,9 +209,8 @@ for l in sys.stdin:
     e = json.loads(l)
     if e["status"] == 206: print(e["range"], e["bytes"])')"
 
-"$HUB_ROOT/scripts/hub-serve" stop --state "$T/hubA"
+hub_stop "$T/hubA"
 if curl -s -o /dev/null -m 2 "$A_HUB_URL/"; then fail "hub still answers after stop"; else ok "stop"; fi
-HUB_STATES=""
 
 # ---------------------------------------------------------------- proxies
 # hub B (no token) behind proxy P1 (18202); its redirects point to P2
@@ -321,6 +321,11 @@ hub_rules "$R1" '[{"match": "(", "action": {"status": 503}}]'
 curl -s -o "$T/p" -D "$T/h" "$PH/resolve/step1/config.json"
 if [ "$(status_of "$T/h")" = 500 ] && grep -q "bad match regex" "$T/p"; then ok "bad rule: 500 naming it"; else
     fail "bad rule: $(status_of "$T/h") $(head -c 200 "$T/p")"; fi
+
+hub_rules "$R1" '[{"match": "config", "action": {"status": "soon"}}]'
+curl -s -o "$T/p" -D "$T/h" "$PH/resolve/step1/config.json"
+if [ "$(status_of "$T/h")" = 500 ] && grep -q 'rule 0: status must be an HTTP status, not "soon"' "$T/p"; then
+    ok "bad action value: 500 naming it"; else fail "bad action value: $(status_of "$T/h") $(head -c 200 "$T/p")"; fi
 
 echo "# hubtest_servers: $PASSED ok, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -8,6 +8,7 @@
 #     hub_proxy P1 18202 127.0.0.1:18200 "$T/rules.json" "$T/p1.log"
 #     hub_rules "$T/rules.json" '[{"match": "resolve", "times": 1,
 #                                  "action": {"status": 503}}]'
+#     hub_stop "$T/hubA"  # one server
 #     hub_stop_all      # in the test's EXIT trap: every server and proxy
 #
 # Nothing here sleeps for a fixed time to let something happen: waits poll
@@ -69,6 +70,14 @@ hub_log_lines() {
         sleep 0.05
     done
     return 0
+}
+
+# hub_stop SDIR: stop one server started by hub_start
+hub_stop() {
+    "$HUB_ROOT/scripts/hub-serve" stop --state "$1" >/dev/null 2>&1
+    local s rest=""
+    for s in $HUB_STATES; do [ "$s" = "$1" ] || rest="$rest $s"; done
+    HUB_STATES=$rest
 }
 
 hub_stop_all() {
