@@ -139,6 +139,7 @@ demo: deps
 golden:
 	/usr/bin/python3 tests/reference/gptneox_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
+	/usr/bin/python3 tests/reference/grad_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
