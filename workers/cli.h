@@ -18,5 +18,6 @@ int cmd_forward(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_battery(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 #endif

@@ -22,6 +22,8 @@ static const char usage[] =
     "  battery [--json]            the battery items, versions and the metrics each writes\n"
     "  analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                              run battery items, print rows as PostgreSQL COPY text\n"
+    "  train --task modular-addition|induction --out DIR [--steps N] ...\n"
+    "                              train a toy GPT-NeoX, write its checkpoint series\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -77,6 +79,7 @@ int main(int argc, char **argv)
         {"init", cmd_init},
         {"battery", cmd_battery},
         {"analyze", cmd_analyze},
+        {"train", cmd_train},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)
