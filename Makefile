@@ -81,6 +81,8 @@ $(BUILD)/obj/%.o: %.c
 # the compiler may turn their clamps into selects (nothing here uses
 # floating-point traps or errno from libm).
 $(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/backward.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/train/adamw.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 
 $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -153,6 +155,7 @@ golden:
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
 	/usr/bin/python3 tests/reference/make_torchzip_fixtures.py
 	/usr/bin/python3 tests/reference/probe_ref.py
+	/usr/bin/python3 tests/reference/grad_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

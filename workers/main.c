@@ -26,6 +26,8 @@ static const char usage[] =
     "                              text to token ids (HuggingFace tokenizer.json)\n"
     "  detokenize --tokenizer FILE [--in IDS_FILE|-]\n"
     "                              token ids to text\n"
+    "  train --task modular-addition|induction --out DIR [--steps N] ...\n"
+    "                              train a toy GPT-NeoX, write its checkpoint series\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -83,6 +85,7 @@ int main(int argc, char **argv)
         {"analyze", cmd_analyze},
         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize},
+        {"train", cmd_train},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

@@ -1,0 +1,638 @@
+#include "backward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Query rows per block in the attention backward (as ATT_BLOCK in kernels.c:
+ * only the causal part of each block row is touched). */
+#define BWD_BLOCK 128
+
+struct tape_layer {
+    float *x_in;          /* (N,C) residual stream entering the layer */
+    float *ln1, *mean1, *rstd1;
+    float *qkv;           /* (N,3C) after rotary */
+    float *pattern;       /* (B,NH,T,T) */
+    float *z;             /* (N,C) */
+    float *x_mid;         /* (N,C) sequential residual: x_in + attn_out; else NULL */
+    float *ln2, *mean2, *rstd2;
+    float *hpre, *h;      /* (N,F) before and after GELU */
+};
+
+struct gptneox_tape {
+    size_t cap;
+    float *mem;
+    int B, T, nlayers;
+    int has_logits;
+    struct tape_layer *layers;
+    float *x_fin, *lnf, *meanf, *rstdf, *logits;
+    /* forward scratch */
+    float *x, *attn_out, *mlp_out, *cosv, *sinv;
+    /* backward scratch */
+    float *dres, *dln1, *dln2, *dz, *dqkv, *dh, *dP;
+};
+
+/* ---- parameters ---- */
+
+static void put(struct gptneox_param *out, size_t cap, size_t *n, float *p, size_t count,
+                int ndim, int d0, int d1, int decay, int layer, const char *name)
+{
+    if (p && out && *n < cap) {
+        struct gptneox_param *q = &out[*n];
+        if (layer >= 0)
+            snprintf(q->name, sizeof q->name, "gpt_neox.layers.%d.%s", layer, name);
+        else
+            snprintf(q->name, sizeof q->name, "%s", name);
+        q->data = p;
+        q->n = count;
+        q->ndim = ndim;
+        q->shape[0] = d0;
+        q->shape[1] = ndim == 2 ? d1 : 0;
+        q->decay = decay;
+    }
+    if (p)
+        (*n)++;
+}
+
+size_t gptneox_params(const struct gptneox *m, struct gptneox_param *out, size_t cap)
+{
+    const struct gptneox_config *c = &m->cfg;
+    int V = c->vocab_size, C = c->d_model, F = c->d_mlp;
+    size_t n = 0, sV = (size_t)V, sC = (size_t)C, sF = (size_t)F;
+    put(out, cap, &n, m->embed, sV * sC, 2, V, C, 1, -1, "gpt_neox.embed_in.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct gptneox_layer *L = &m->layers[l];
+        put(out, cap, &n, L->ln1_w, sC, 1, C, 0, 0, l, "input_layernorm.weight");
+        put(out, cap, &n, L->ln1_b, sC, 1, C, 0, 0, l, "input_layernorm.bias");
+        put(out, cap, &n, L->qkv_w, 3 * sC * sC, 2, 3 * C, C, 1, l, "attention.query_key_value.weight");
+        put(out, cap, &n, L->qkv_b, 3 * sC, 1, 3 * C, 0, 0, l, "attention.query_key_value.bias");
+        put(out, cap, &n, L->attn_w, sC * sC, 2, C, C, 1, l, "attention.dense.weight");
+        put(out, cap, &n, L->attn_b, sC, 1, C, 0, 0, l, "attention.dense.bias");
+        put(out, cap, &n, L->ln2_w, sC, 1, C, 0, 0, l, "post_attention_layernorm.weight");
+        put(out, cap, &n, L->ln2_b, sC, 1, C, 0, 0, l, "post_attention_layernorm.bias");
+        put(out, cap, &n, L->fc_w, sF * sC, 2, F, C, 1, l, "mlp.dense_h_to_4h.weight");
+        put(out, cap, &n, L->fc_b, sF, 1, F, 0, 0, l, "mlp.dense_h_to_4h.bias");
+        put(out, cap, &n, L->proj_w, sC * sF, 2, C, F, 1, l, "mlp.dense_4h_to_h.weight");
+        put(out, cap, &n, L->proj_b, sC, 1, C, 0, 0, l, "mlp.dense_4h_to_h.bias");
+    }
+    put(out, cap, &n, m->lnf_w, sC, 1, C, 0, 0, -1, "gpt_neox.final_layer_norm.weight");
+    put(out, cap, &n, m->lnf_b, sC, 1, C, 0, 0, -1, "gpt_neox.final_layer_norm.bias");
+    if (m->unembed != m->embed)
+        put(out, cap, &n, m->unembed, sV * sC, 2, V, C, 1, -1, "embed_out.weight");
+    return n;
+}
+
+int gptneox_grads_create(struct gptneox **out, const struct gptneox *m, struct err *e)
+{
+    int rc = gptneox_create(out, &m->cfg, e);
+    if (rc < 0)
+        return rc;
+    memset((*out)->block, 0, (*out)->block_floats * sizeof(float));
+    return 0;
+}
+
+/* ---- tape ---- */
+
+int gptneox_tape_create(struct gptneox_tape **out, struct err *e)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for a training tape");
+    return 0;
+}
+
+void gptneox_tape_free(struct gptneox_tape *t)
+{
+    if (!t)
+        return;
+    free(t->mem);
+    free(t->layers);
+    free(t);
+}
+
+#define TAPE_MAX_BUFS 32
+
+struct bufs {
+    float **ptr[TAPE_MAX_BUFS];
+    size_t size[TAPE_MAX_BUFS];
+    int n;
+};
+
+static void want(struct bufs *b, float **p, size_t size)
+{
+    b->ptr[b->n] = p;
+    b->size[b->n] = size;
+    b->n++;
+}
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* Size the arena for (B,T) and point every buffer into it. */
+static int tape_prepare(struct gptneox_tape *t, const struct gptneox_config *c, int B, int T,
+                        struct err *e)
+{
+    const size_t N = (size_t)B * T, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
+    const size_t V = (size_t)c->vocab_size, NH = (size_t)c->n_heads;
+    const size_t half = (size_t)c->rotary_ndims / 2, L = (size_t)c->n_layers;
+    if (t->nlayers != c->n_layers) {
+        struct tape_layer *nl = calloc(L, sizeof *nl);
+        if (!nl)
+            return err_set(e, ERR_NOMEM, NULL, "out of memory for a training tape");
+        free(t->layers);
+        t->layers = nl;
+        t->nlayers = c->n_layers;
+    }
+    const size_t per_layer = round16(N * C) * 4 + round16(N) * 4 + round16(3 * N * C) +
+                             round16((size_t)B * NH * T * T) +
+                             (c->parallel_residual ? 0 : round16(N * C)) + round16(N * F) * 2;
+    struct bufs g = {.n = 0};
+    want(&g, &t->x_fin, N * C);
+    want(&g, &t->lnf, N * C);
+    want(&g, &t->meanf, N);
+    want(&g, &t->rstdf, N);
+    want(&g, &t->logits, N * V);
+    want(&g, &t->x, N * C);
+    want(&g, &t->attn_out, N * C);
+    want(&g, &t->mlp_out, N * C);
+    want(&g, &t->cosv, (size_t)T * half);
+    want(&g, &t->sinv, (size_t)T * half);
+    want(&g, &t->dres, N * C);
+    want(&g, &t->dln1, N * C);
+    want(&g, &t->dln2, N * C);
+    want(&g, &t->dz, N * C);
+    want(&g, &t->dqkv, 3 * N * C);
+    want(&g, &t->dh, N * F);
+    want(&g, &t->dP, (size_t)T * T);
+    size_t total = L * per_layer;
+    for (int i = 0; i < g.n; i++)
+        total += round16(g.size[i]);
+    if (total > t->cap) {
+        void *p = NULL;
+        free(t->mem);
+        t->mem = NULL;
+        t->cap = 0;
+        if (posix_memalign(&p, 64, total * sizeof(float)) != 0)
+            return err_set(e, ERR_NOMEM, NULL,
+                           "cannot allocate %zu MiB of training activations for B=%d T=%d",
+                           total * sizeof(float) >> 20, B, T);
+        t->mem = p;
+        t->cap = total;
+    }
+    size_t off = 0;
+    for (int i = 0; i < g.n; i++) {
+        *g.ptr[i] = t->mem + off;
+        off += round16(g.size[i]);
+    }
+    for (size_t l = 0; l < L; l++) {
+        struct tape_layer *y = &t->layers[l];
+        float **pc[4] = {&y->x_in, &y->ln1, &y->z, &y->ln2};
+        for (int i = 0; i < 4; i++) {
+            *pc[i] = t->mem + off;
+            off += round16(N * C);
+        }
+        float **pn[4] = {&y->mean1, &y->rstd1, &y->mean2, &y->rstd2};
+        for (int i = 0; i < 4; i++) {
+            *pn[i] = t->mem + off;
+            off += round16(N);
+        }
+        y->qkv = t->mem + off;
+        off += round16(3 * N * C);
+        y->pattern = t->mem + off;
+        off += round16((size_t)B * NH * T * T);
+        y->x_mid = NULL;
+        if (!c->parallel_residual) {
+            y->x_mid = t->mem + off;
+            off += round16(N * C);
+        }
+        y->hpre = t->mem + off;
+        off += round16(N * F);
+        y->h = t->mem + off;
+        off += round16(N * F);
+    }
+    t->B = B;
+    t->T = T;
+    rotary_tables(t->cosv, t->sinv, T, c->rotary_ndims, c->rotary_base);
+    return 0;
+}
+
+const float *gptneox_tape_logits(const struct gptneox_tape *t)
+{
+    return t && t->has_logits ? t->logits : NULL;
+}
+
+void gptneox_next_token_targets(int *targets, const int *tokens, int B, int T)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            targets[(size_t)b * T + t] = t + 1 < T ? tokens[(size_t)b * T + t + 1] : -1;
+}
+
+/* ---- element-wise pieces ---- */
+
+/* mean (N), rstd (N) of inp (N,C), computed as layernorm_forward does. */
+static void layernorm_stats(float *mean, float *rstd, const float *inp, int N, int C, float eps)
+{
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double s = 0.0;
+        for (int i = 0; i < C; i++)
+            s += x[i];
+        float mu = (float)(s / C);
+        double v = 0.0;
+        for (int i = 0; i < C; i++) {
+            float d = x[i] - mu;
+            v += (double)d * d;
+        }
+        mean[n] = mu;
+        rstd[n] = (float)(1.0 / sqrt(v / C + eps));
+    }
+}
+
+/* dx (N,C) += LayerNorm input gradient; dw (C), db (C) += weight and bias
+ * gradients; dy (N,C) output gradient, x (N,C) input, mean/rstd (N), w (C). */
+static void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                               const float *mean, const float *rstd, const float *w, int N, int C)
+{
+    for (int n = 0; n < N; n++) {
+        const float *g = dy + (size_t)n * C, *xi = x + (size_t)n * C;
+        float *o = dx + (size_t)n * C;
+        float mu = mean[n], rs = rstd[n];
+        float s1 = 0.0f, s2 = 0.0f; /* mean of g*w and of g*w*xhat */
+        for (int i = 0; i < C; i++) {
+            float xh = (xi[i] - mu) * rs;
+            float gw = g[i] * w[i];
+            s1 += gw;
+            s2 += gw * xh;
+            dw[i] += g[i] * xh;
+            db[i] += g[i];
+        }
+        s1 /= (float)C;
+        s2 /= (float)C;
+        for (int i = 0; i < C; i++) {
+            float xh = (xi[i] - mu) * rs;
+            o[i] += rs * (g[i] * w[i] - s1 - xh * s2);
+        }
+    }
+}
+
+/* db (M) += column sums of d (N,M). */
+static void colsum_add(float *db, const float *d, int N, int M)
+{
+    if (!db)
+        return;
+    for (int n = 0; n < N; n++) {
+        const float *r = d + (size_t)n * M;
+        for (int j = 0; j < M; j++)
+            db[j] += r[j];
+    }
+}
+
+/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks. */
+static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+{
+    enum { CH = 256 };
+    float a[CH], b[CH];
+    for (size_t i0 = 0; i0 < n; i0 += CH) {
+        size_t m = n - i0 < CH ? n - i0 : CH;
+        const float *xi = x + i0;
+        float *d = dh + i0;
+        if (!tanh_form) {
+            for (size_t i = 0; i < m; i++) {
+                a[i] = xi[i] * 0.70710678118654752f;
+                b[i] = -0.5f * xi[i] * xi[i];
+            }
+            verf(a, a, m);
+            vexp(b, b, m);
+            for (size_t i = 0; i < m; i++)
+                d[i] *= 0.5f * (1.0f + a[i]) + xi[i] * 0.3989422804014327f * b[i];
+        } else {
+            const float k = 0.7978845608028654f;
+            for (size_t i = 0; i < m; i++) {
+                float v = xi[i];
+                a[i] = 2.0f * k * (v + 0.044715f * v * v * v);
+            }
+            vexp(a, a, m);
+            for (size_t i = 0; i < m; i++) {
+                float v = xi[i];
+                float th = 1.0f - 2.0f / (a[i] + 1.0f);
+                d[i] *= 0.5f * (1.0f + th) +
+                        0.5f * v * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * v * v);
+            }
+        }
+    }
+}
+
+/* Inverse rotary on the q and k gradients in dqkv (B,T,NH,3,HS). */
+static void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, int T,
+                            int NH, int HS, int rd)
+{
+    int half = rd / 2;
+    if (half == 0)
+        return;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *c = cosv + (size_t)t * half;
+            const float *s = sinv + (size_t)t * half;
+            for (int h = 0; h < NH; h++)
+                for (int which = 0; which < 2; which++) {
+                    float *v = dqkv + (((size_t)b * T + t) * NH + h) * 3 * HS + (size_t)which * HS;
+                    for (int i = 0; i < half; i++) {
+                        float g1 = v[i], g2 = v[i + half];
+                        v[i] = g1 * c[i] + g2 * s[i];
+                        v[i + half] = g2 * c[i] - g1 * s[i];
+                    }
+                }
+        }
+}
+
+/* Cross-entropy forward and backward: logits (N,V) are replaced by
+ * d loss / d logits for the mean over rows with target >= 0 (`count` of
+ * them); other rows get 0.  Returns the mean loss. */
+static double crossentropy_backward(float *logits, const int *targets, int N, int V, int count)
+{
+    const float scale = 1.0f / (float)count;
+    double total = 0.0;
+    for (int n = 0; n < N; n++) {
+        float *l = logits + (size_t)n * V;
+        if (targets[n] < 0) {
+            memset(l, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++)
+            mx = l[i] > mx ? l[i] : mx;
+        float lt = l[targets[n]] - mx;
+        for (int i = 0; i < V; i++)
+            l[i] -= mx;
+        vexp(l, l, (size_t)V);
+        float acc[16] = {0};
+        int i = 0;
+        for (; i + 16 <= V; i += 16)
+            for (int j = 0; j < 16; j++)
+                acc[j] += l[i + j];
+        double s = 0.0;
+        for (; i < V; i++)
+            s += l[i];
+        for (int j = 0; j < 16; j++)
+            s += acc[j];
+        total += log(s) - lt;
+        float k = (float)(scale / s);
+        for (i = 0; i < V; i++)
+            l[i] *= k;
+        l[targets[n]] -= scale;
+    }
+    return total / count;
+}
+
+static void add_inplace(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+/* ---- forward ---- */
+
+static int check_inputs(const struct gptneox_config *c, const int *tokens, const int *targets,
+                        int B, int T, int *count, struct err *e)
+{
+    if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 24))
+        return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
+    int V = c->vocab_size, k = 0;
+    for (size_t i = 0; i < (size_t)B * T; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return err_set(e, ERR_INVALID, NULL,
+                           "token %d at position %zu is outside the vocabulary [0, %d)", tokens[i],
+                           i, V);
+        if (targets[i] >= V || targets[i] < -1)
+            return err_set(e, ERR_INVALID, NULL,
+                           "target %d at position %zu is neither -1 nor in [0, %d)", targets[i],
+                           i, V);
+        k += targets[i] >= 0;
+    }
+    if (k == 0)
+        return err_set(e, ERR_INVALID, NULL, "no position has a target: the loss is undefined");
+    *count = k;
+    return 0;
+}
+
+static int train_forward(struct gptneox *m, struct gptneox_tape *tp, const int *tokens,
+                         const int *targets, int B, int T, int *count, struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, V = c->vocab_size;
+    const float eps = (float)c->layer_norm_eps;
+    int rc;
+    tp->has_logits = 0;
+    if ((rc = check_inputs(c, tokens, targets, B, T, count, e)) < 0)
+        return rc;
+    if ((rc = tape_prepare(tp, c, B, T, e)) < 0)
+        return rc;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C;
+    float *x = tp->x;
+    for (int n = 0; n < N; n++)
+        memcpy(x + (size_t)n * C, m->embed + (size_t)tokens[n] * C, (size_t)C * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct gptneox_layer *L = &m->layers[l];
+        struct tape_layer *y = &tp->layers[l];
+        memcpy(y->x_in, x, NC * sizeof(float));
+        layernorm_forward(y->ln1, x, L->ln1_w, L->ln1_b, N, C, eps);
+        layernorm_stats(y->mean1, y->rstd1, x, N, C, eps);
+        matmul_forward(y->qkv, y->ln1, L->qkv_w, L->qkv_b, N, C, 3 * C);
+        rotary_forward(y->qkv, tp->cosv, tp->sinv, B, T, NH, HS, c->rotary_ndims);
+        attention_pattern(y->pattern, y->qkv, B, T, NH, HS);
+        attention_z(y->z, y->pattern, y->qkv, B, T, NH, HS);
+        matmul_forward(tp->attn_out, y->z, L->attn_w, L->attn_b, N, C, C);
+        if (!c->parallel_residual) {
+            add_inplace(x, tp->attn_out, NC);
+            memcpy(y->x_mid, x, NC * sizeof(float));
+        }
+        layernorm_forward(y->ln2, x, L->ln2_w, L->ln2_b, N, C, eps);
+        layernorm_stats(y->mean2, y->rstd2, x, N, C, eps);
+        matmul_forward(y->hpre, y->ln2, L->fc_w, L->fc_b, N, C, F);
+        memcpy(y->h, y->hpre, (size_t)N * F * sizeof(float));
+        if (c->act == ACT_GELU)
+            gelu_forward(y->h, (size_t)N * F);
+        else
+            gelu_tanh_forward(y->h, (size_t)N * F);
+        matmul_forward(tp->mlp_out, y->h, L->proj_w, L->proj_b, N, F, C);
+        if (c->parallel_residual)
+            add_inplace(x, tp->attn_out, NC);
+        add_inplace(x, tp->mlp_out, NC);
+    }
+    memcpy(tp->x_fin, x, NC * sizeof(float));
+    layernorm_forward(tp->lnf, x, m->lnf_w, m->lnf_b, N, C, eps);
+    layernorm_stats(tp->meanf, tp->rstdf, x, N, C, eps);
+    matmul_forward(tp->logits, tp->lnf, m->unembed, NULL, N, C, V);
+    tp->has_logits = 1;
+    return 0;
+}
+
+int gptneox_train_forward(struct gptneox *m, struct gptneox_tape *tape, const int *tokens,
+                          const int *targets, int B, int T, double *loss, struct err *e)
+{
+    int count = 0;
+    int rc = train_forward(m, tape, tokens, targets, B, T, &count, e);
+    if (rc < 0)
+        return rc;
+    float tmp;
+    double total = 0.0;
+    const int V = m->cfg.vocab_size;
+    for (size_t n = 0; n < (size_t)B * T; n++)
+        if (targets[n] >= 0) {
+            crossentropy_forward(&tmp, tape->logits + n * V, &targets[n], 1, V);
+            total += tmp;
+        }
+    *loss = total / count;
+    return 0;
+}
+
+/* ---- backward ---- */
+
+/* d (N,C): gradient at the attention output; grads of the layer's attention
+ * weights accumulate into G, dln1 (N,C) receives the gradient at ln1. */
+static void attention_backward(struct gptneox_tape *tp, const struct gptneox_config *c,
+                               const struct gptneox_layer *L, struct gptneox_layer *G,
+                               const struct tape_layer *y, const float *d)
+{
+    const int B = tp->B, T = tp->T, C = c->d_model, NH = c->n_heads, HS = c->d_head;
+    const int N = B * T, ld = 3 * C;
+    const float scale = 1.0f / sqrtf((float)HS);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, C, N, 1.0f, d, C, y->z, C, 1.0f,
+                G->attn_w, C);
+    colsum_add(G->attn_b, d, N, C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, C, 1.0f, d, C, L->attn_w, C,
+                0.0f, tp->dz, C);
+    memset(tp->dqkv, 0, (size_t)N * ld * sizeof(float));
+    float *dP = tp->dP;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = y->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
+            const float *k = q + HS, *v = q + 2 * HS;
+            float *dq = tp->dqkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
+            float *dk = dq + HS, *dv = dq + 2 * HS;
+            const float *P = y->pattern + ((size_t)b * NH + h) * T * T;
+            const float *dzh = tp->dz + (size_t)b * T * C + (size_t)h * HS;
+            for (int r0 = 0; r0 < T; r0 += BWD_BLOCK) {
+                int r1 = r0 + BWD_BLOCK < T ? r0 + BWD_BLOCK : T, R = r1 - r0;
+                /* dP = dz v^T, dv += P^T dz, on the keys rows r0..r1 see */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, r1, HS, 1.0f,
+                            dzh + (size_t)r0 * C, C, v, ld, 0.0f, dP + (size_t)r0 * T, T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, HS, R, 1.0f,
+                            P + (size_t)r0 * T, T, dzh + (size_t)r0 * C, C, 1.0f, dv, ld);
+                /* softmax backward, with the score scale folded in */
+                for (int i = r0; i < r1; i++) {
+                    const float *pr = P + (size_t)i * T;
+                    float *g = dP + (size_t)i * T;
+                    float s = 0.0f;
+                    for (int j = 0; j <= i; j++)
+                        s += pr[j] * g[j];
+                    for (int j = 0; j <= i; j++)
+                        g[j] = scale * pr[j] * (g[j] - s);
+                    for (int j = i + 1; j < r1; j++)
+                        g[j] = 0.0f;
+                }
+                /* dq = dS k, dk += dS^T q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, r1, 1.0f,
+                            dP + (size_t)r0 * T, T, k, ld, 0.0f, dq + (size_t)r0 * ld, ld);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, HS, R, 1.0f,
+                            dP + (size_t)r0 * T, T, q + (size_t)r0 * ld, ld, 1.0f, dk, ld);
+            }
+        }
+    rotary_backward(tp->dqkv, tp->cosv, tp->sinv, B, T, NH, HS, c->rotary_ndims);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * C, C, N, 1.0f, tp->dqkv, ld, y->ln1,
+                C, 1.0f, G->qkv_w, C);
+    colsum_add(G->qkv_b, tp->dqkv, N, 3 * C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, 3 * C, 1.0f, tp->dqkv, ld,
+                L->qkv_w, C, 0.0f, tp->dln1, C);
+}
+
+/* d (N,C): gradient at the MLP output; dln2 (N,C) receives the gradient at ln2. */
+static void mlp_backward(struct gptneox_tape *tp, const struct gptneox_config *c,
+                         const struct gptneox_layer *L, struct gptneox_layer *G,
+                         const struct tape_layer *y, const float *d)
+{
+    const int N = tp->B * tp->T, C = c->d_model, F = c->d_mlp;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, F, N, 1.0f, d, C, y->h, F, 1.0f,
+                G->proj_w, F);
+    colsum_add(G->proj_b, d, N, C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, F, C, 1.0f, d, C, L->proj_w, F,
+                0.0f, tp->dh, F);
+    gelu_backward(tp->dh, y->hpre, (size_t)N * F, c->act != ACT_GELU);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, N, 1.0f, tp->dh, F, y->ln2, C,
+                1.0f, G->fc_w, C);
+    colsum_add(G->fc_b, tp->dh, N, F);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, F, 1.0f, tp->dh, F, L->fc_w, C,
+                0.0f, tp->dln2, C);
+}
+
+static int same_config(const struct gptneox_config *a, const struct gptneox_config *b)
+{
+    return a->vocab_size == b->vocab_size && a->d_model == b->d_model &&
+           a->n_layers == b->n_layers && a->n_heads == b->n_heads && a->d_mlp == b->d_mlp &&
+           a->tie_word_embeddings == b->tie_word_embeddings &&
+           a->attention_bias == b->attention_bias;
+}
+
+int gptneox_forward_backward(struct gptneox *m, struct gptneox *grads, struct gptneox_tape *tp,
+                             const int *tokens, const int *targets, int B, int T, double *loss,
+                             struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    if (!same_config(c, &grads->cfg) || !grads->writable)
+        return err_set(e, ERR_MISMATCH, NULL,
+                       "the gradient model was not made by gptneox_grads_create for this model");
+    int count = 0, rc;
+    if ((rc = train_forward(m, tp, tokens, targets, B, T, &count, e)) < 0)
+        return rc;
+    const int N = B * T, C = c->d_model, V = c->vocab_size;
+    const size_t NC = (size_t)N * C;
+    memset(grads->block, 0, grads->block_floats * sizeof(float));
+
+    tp->has_logits = 0; /* the logits become their gradient */
+    *loss = crossentropy_backward(tp->logits, targets, N, V, count);
+    /* unembedding and final LayerNorm */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, tp->logits, V, tp->lnf, C,
+                1.0f, grads->unembed, C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, tp->logits, V,
+                m->unembed, C, 0.0f, tp->dln1, C);
+    memset(tp->dres, 0, NC * sizeof(float));
+    layernorm_backward(tp->dres, grads->lnf_w, grads->lnf_b, tp->dln1, tp->x_fin, tp->meanf,
+                       tp->rstdf, m->lnf_w, N, C);
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const struct gptneox_layer *L = &m->layers[l];
+        struct gptneox_layer *G = &grads->layers[l];
+        const struct tape_layer *y = &tp->layers[l];
+        if (c->parallel_residual) {
+            /* x_out = x_in + attn(ln1(x_in)) + mlp(ln2(x_in)) */
+            mlp_backward(tp, c, L, G, y, tp->dres);
+            attention_backward(tp, c, L, G, y, tp->dres);
+            layernorm_backward(tp->dres, G->ln2_w, G->ln2_b, tp->dln2, y->x_in, y->mean2,
+                               y->rstd2, L->ln2_w, N, C);
+        } else {
+            /* x_mid = x_in + attn(ln1(x_in)); x_out = x_mid + mlp(ln2(x_mid)) */
+            mlp_backward(tp, c, L, G, y, tp->dres);
+            layernorm_backward(tp->dres, G->ln2_w, G->ln2_b, tp->dln2, y->x_mid, y->mean2,
+                               y->rstd2, L->ln2_w, N, C);
+            attention_backward(tp, c, L, G, y, tp->dres);
+        }
+        layernorm_backward(tp->dres, G->ln1_w, G->ln1_b, tp->dln1, y->x_in, y->mean1, y->rstd1,
+                           L->ln1_w, N, C);
+    }
+    for (int n = 0; n < N; n++)
+        add_inplace(grads->embed + (size_t)tokens[n] * C, tp->dres + (size_t)n * C, (size_t)C);
+    return 0;
+}
+
+double gptneox_train_flops(const struct gptneox_config *c, int B, int T)
+{
+    /* the backward does two products of each forward size (input and
+     * weight gradients; attention: dP and dv, dq and dk) */
+    return 3.0 * gptneox_forward_flops(c, B, T);
+}

@@ -1,0 +1,320 @@
+#include "task.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model/kernels.h"
+
+#define EVAL_CHUNK 2048  /* sequences per evaluation forward */
+#define INDUCTION_EVAL 256
+
+struct task {
+    struct task_config c;
+    int V, T;
+    /* modular addition: pairs in split order, train first */
+    int npairs, ntrain;
+    int *pairs;              /* (npairs, 2) */
+    int *train_tok, *train_tgt, *test_tok, *test_tgt;
+    /* induction */
+    int *batch_tok, *batch_tgt;
+    int *eval_tok, *eval_tgt, *eval_icl; /* eval_icl: 1 at in-context positions */
+    float *loss_row;
+};
+
+static const char *const kind_names[TASK_KIND_COUNT] = {"modular-addition", "induction"};
+static const char *const modadd_metrics[4] = {"train_loss", "train_acc", "test_loss", "test_acc"};
+static const char *const induction_metrics[4] = {"loss", "acc", "icl_loss", "icl_acc"};
+
+int task_kind_parse(const char *name)
+{
+    for (int i = 0; i < TASK_KIND_COUNT; i++)
+        if (strcmp(name, kind_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *task_kind_name(enum task_kind k)
+{
+    return (unsigned)k < TASK_KIND_COUNT ? kind_names[k] : "?";
+}
+
+const char *const *task_metric_names(const struct task *t)
+{
+    return t->c.kind == TASK_MODADD ? modadd_metrics : induction_metrics;
+}
+
+int task_vocab(const struct task *t) { return t->V; }
+int task_seq_len(const struct task *t) { return t->T; }
+
+/* splitmix64: a seeded stream, the same on every machine */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* uniform in [0, n) (n small: the modulo bias is below 2^-40) */
+static int rng_below(uint64_t *s, int n) { return (int)(rng_next(s) % (uint64_t)n); }
+
+void task_free(struct task *t)
+{
+    if (!t)
+        return;
+    free(t->pairs);
+    free(t->train_tok);
+    free(t->train_tgt);
+    free(t->test_tok);
+    free(t->test_tgt);
+    free(t->batch_tok);
+    free(t->batch_tgt);
+    free(t->eval_tok);
+    free(t->eval_tgt);
+    free(t->eval_icl);
+    free(t->loss_row);
+    free(t);
+}
+
+static void modadd_fill(const struct task *t, const int *pairs, int n, int *tok, int *tgt)
+{
+    int p = t->c.p;
+    for (int i = 0; i < n; i++) {
+        int a = pairs[2 * i], b = pairs[2 * i + 1];
+        tok[3 * i] = a;
+        tok[3 * i + 1] = b;
+        tok[3 * i + 2] = p;
+        tgt[3 * i] = tgt[3 * i + 1] = -1;
+        tgt[3 * i + 2] = (a + b) % p;
+    }
+}
+
+static int modadd_create(struct task *t, struct err *e)
+{
+    const int p = t->c.p;
+    if (p < 2 || p > 1000)
+        return err_set(e, ERR_INVALID, NULL, "--p must be in [2, 1000], got %d", p);
+    if (!(t->c.train_frac > 0.0 && t->c.train_frac < 1.0))
+        return err_set(e, ERR_INVALID, NULL, "--train-frac must be in (0, 1), got %g",
+                       t->c.train_frac);
+    t->V = p + 1;
+    t->T = 3;
+    t->npairs = p * p;
+    t->ntrain = (int)floor(t->c.train_frac * t->npairs);
+    if (t->ntrain < 1 || t->ntrain >= t->npairs)
+        return err_set(e, ERR_INVALID, NULL,
+                       "--train-frac %g of %d pairs leaves an empty training or test set",
+                       t->c.train_frac, t->npairs);
+    int ntest = t->npairs - t->ntrain;
+    t->pairs = malloc((size_t)t->npairs * 2 * sizeof(int));
+    t->train_tok = malloc((size_t)t->ntrain * 3 * sizeof(int));
+    t->train_tgt = malloc((size_t)t->ntrain * 3 * sizeof(int));
+    t->test_tok = malloc((size_t)ntest * 3 * sizeof(int));
+    t->test_tgt = malloc((size_t)ntest * 3 * sizeof(int));
+    if (!t->pairs || !t->train_tok || !t->train_tgt || !t->test_tok || !t->test_tgt)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for %d pairs", t->npairs);
+    for (int i = 0; i < t->npairs; i++) {
+        t->pairs[2 * i] = i / p;
+        t->pairs[2 * i + 1] = i % p;
+    }
+    uint64_t s = t->c.seed ^ 0x6d6f64616464ull; /* Fisher-Yates with the split seed */
+    for (int i = t->npairs - 1; i > 0; i--) {
+        int j = rng_below(&s, i + 1);
+        int a = t->pairs[2 * i], b = t->pairs[2 * i + 1];
+        t->pairs[2 * i] = t->pairs[2 * j];
+        t->pairs[2 * i + 1] = t->pairs[2 * j + 1];
+        t->pairs[2 * j] = a;
+        t->pairs[2 * j + 1] = b;
+    }
+    modadd_fill(t, t->pairs, t->ntrain, t->train_tok, t->train_tgt);
+    modadd_fill(t, t->pairs + 2 * t->ntrain, ntest, t->test_tok, t->test_tgt);
+    return 0;
+}
+
+/* One induction sequence of length T from stream s: tok (T), tgt (T),
+ * icl (T) marks the in-context positions (may be NULL). */
+static void induction_seq(uint64_t *s, int V, int T, int *tok, int *tgt, int *icl)
+{
+    for (int i = 0; i < T; i++)
+        tok[i] = rng_below(s, V);
+    int smin = T / 8 > 2 ? T / 8 : 2, smax = T / 4 > smin ? T / 4 : smin;
+    int S = smin + rng_below(s, smax - smin + 1);
+    int a = rng_below(s, T - 2 * S + 1);      /* a + S <= d <= T - S */
+    int d = a + S + rng_below(s, T - S - (a + S) + 1);
+    for (int i = 0; i < S; i++)
+        tok[d + i] = tok[a + i];
+    for (int i = 0; i < T; i++) {
+        tgt[i] = i + 1 < T ? tok[i + 1] : -1;
+        if (icl)
+            icl[i] = i >= d && i <= d + S - 2;
+    }
+}
+
+static int induction_create(struct task *t, struct err *e)
+{
+    const int V = t->c.vocab, T = t->c.seq_len, B = t->c.batch;
+    if (V < 4 || V > 65536)
+        return err_set(e, ERR_INVALID, NULL, "--vocab must be in [4, 65536], got %d", V);
+    if (T < 8 || T > 1024)
+        return err_set(e, ERR_INVALID, NULL, "--seq-len must be in [8, 1024], got %d", T);
+    if (B < 1 || B > 65536)
+        return err_set(e, ERR_INVALID, NULL, "--batch must be in [1, 65536], got %d", B);
+    t->V = V;
+    t->T = T;
+    size_t nb = (size_t)B * T, ne = (size_t)INDUCTION_EVAL * T;
+    t->batch_tok = malloc(nb * sizeof(int));
+    t->batch_tgt = malloc(nb * sizeof(int));
+    t->eval_tok = malloc(ne * sizeof(int));
+    t->eval_tgt = malloc(ne * sizeof(int));
+    t->eval_icl = malloc(ne * sizeof(int));
+    if (!t->batch_tok || !t->batch_tgt || !t->eval_tok || !t->eval_tgt || !t->eval_icl)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for induction batches");
+    uint64_t s = t->c.seed ^ 0x6576616c0000ull; /* the held-out stream */
+    for (int b = 0; b < INDUCTION_EVAL; b++)
+        induction_seq(&s, V, T, t->eval_tok + (size_t)b * T, t->eval_tgt + (size_t)b * T,
+                      t->eval_icl + (size_t)b * T);
+    return 0;
+}
+
+int task_create(struct task **out, const struct task_config *c, struct err *e)
+{
+    *out = NULL;
+    if ((unsigned)c->kind >= TASK_KIND_COUNT)
+        return err_set(e, ERR_INVALID, NULL, "unknown task");
+    struct task *t = calloc(1, sizeof *t);
+    if (!t)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for the task");
+    t->c = *c;
+    int rc = c->kind == TASK_MODADD ? modadd_create(t, e) : induction_create(t, e);
+    if (rc < 0) {
+        task_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void task_batch(struct task *t, long step, const int **tokens, const int **targets, int *B)
+{
+    if (t->c.kind == TASK_MODADD) {
+        *tokens = t->train_tok;
+        *targets = t->train_tgt;
+        *B = t->ntrain;
+        return;
+    }
+    uint64_t s = t->c.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step;
+    rng_next(&s);
+    for (int b = 0; b < t->c.batch; b++)
+        induction_seq(&s, t->V, t->T, t->batch_tok + (size_t)b * t->T,
+                      t->batch_tgt + (size_t)b * t->T, NULL);
+    *tokens = t->batch_tok;
+    *targets = t->batch_tgt;
+    *B = t->c.batch;
+}
+
+/* Sums of loss and correct argmax over positions with a target (and, when
+ * mask is non-NULL, mask set), over n sequences, in chunks. */
+static int eval_set(struct task *t, struct gptneox *m, const int *tok, const int *tgt,
+                    const int *mask, int n, double *loss, double *acc, struct err *e)
+{
+    const int T = t->T, V = t->V;
+    double lsum = 0.0;
+    long correct = 0, count = 0;
+    for (int s0 = 0; s0 < n; s0 += EVAL_CHUNK) {
+        int B = n - s0 < EVAL_CHUNK ? n - s0 : EVAL_CHUNK;
+        int rc = gptneox_forward(m, tok + (size_t)s0 * T, B, T, NULL, 0, e);
+        if (rc < 0)
+            return rc;
+        const float *logits = gptneox_logits(m);
+        for (size_t i = 0; i < (size_t)B * T; i++) {
+            size_t gi = (size_t)s0 * T + i;
+            if (tgt[gi] < 0 || (mask && !mask[gi]))
+                continue;
+            const float *l = logits + i * V;
+            float one;
+            crossentropy_forward(&one, l, &tgt[gi], 1, V);
+            lsum += one;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (l[v] > l[best])
+                    best = v;
+            correct += best == tgt[gi];
+            count++;
+        }
+    }
+    *loss = count ? lsum / count : NAN;
+    *acc = count ? (double)correct / count : NAN;
+    return 0;
+}
+
+int task_eval(struct task *t, struct gptneox *m, struct task_metrics *o, struct err *e)
+{
+    int rc;
+    if (t->c.kind == TASK_MODADD) {
+        if ((rc = eval_set(t, m, t->train_tok, t->train_tgt, NULL, t->ntrain, &o->train_loss,
+                           &o->train_acc, e)) < 0)
+            return rc;
+        return eval_set(t, m, t->test_tok, t->test_tgt, NULL, t->npairs - t->ntrain,
+                        &o->test_loss, &o->test_acc, e);
+    }
+    if ((rc = eval_set(t, m, t->eval_tok, t->eval_tgt, NULL, INDUCTION_EVAL, &o->train_loss,
+                       &o->train_acc, e)) < 0)
+        return rc;
+    return eval_set(t, m, t->eval_tok, t->eval_tgt, t->eval_icl, INDUCTION_EVAL, &o->test_loss,
+                    &o->test_acc, e);
+}
+
+int task_write_json(const struct task *t, const char *path, json_t *extra, struct err *e)
+{
+    json_t *o = json_object();
+    int rc = 0;
+    if (!o)
+        return err_set(e, ERR_NOMEM, path, "out of memory");
+    json_object_set_new(o, "task", json_string(task_kind_name(t->c.kind)));
+    json_object_set_new(o, "seed", json_integer((json_int_t)t->c.seed));
+    json_object_set_new(o, "vocab_size", json_integer(t->V));
+    json_object_set_new(o, "seq_len", json_integer(t->T));
+    if (t->c.kind == TASK_MODADD) {
+        json_object_set_new(o, "p", json_integer(t->c.p));
+        json_object_set_new(o, "train_frac", json_real(t->c.train_frac));
+        json_object_set_new(o, "split_seed", json_integer((json_int_t)t->c.seed));
+        json_object_set_new(o, "format", json_string("a b = ; a, b in [0, p), '=' is token p; "
+                                                     "target (a + b) mod p at position 2 only"));
+        json_object_set_new(o, "eq_token", json_integer(t->c.p));
+        json_object_set_new(o, "answer_position", json_integer(2));
+        json_object_set_new(o, "n_train", json_integer(t->ntrain));
+        json_object_set_new(o, "n_test", json_integer(t->npairs - t->ntrain));
+        json_t *pairs = json_array();
+        for (int i = 0; i < t->ntrain; i++)
+            json_array_append_new(pairs, json_pack("[ii]", t->pairs[2 * i], t->pairs[2 * i + 1]));
+        json_object_set_new(o, "train_pairs", pairs);
+    } else {
+        json_object_set_new(o, "batch", json_integer(t->c.batch));
+        json_object_set_new(o, "format",
+                            json_string("T uniform random tokens; a span of S tokens, "
+                                        "T/8 <= S <= T/4, at a is copied to d >= a + S; "
+                                        "loss on every next-token position"));
+        json_object_set_new(o, "eval_sequences", json_integer(INDUCTION_EVAL));
+        json_object_set_new(o, "icl_positions", json_string("d .. d+S-2 (predicting the copy)"));
+    }
+    json_t *names = json_array();
+    for (int i = 0; i < 4; i++)
+        json_array_append_new(names, json_string(task_metric_names(t)[i]));
+    json_object_set_new(o, "metrics", names);
+    if (extra)
+        json_object_update(o, extra);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (json_dump_file(o, tmp, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
+        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
+        remove(tmp);
+    } else if (rename(tmp, path) != 0) {
+        rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
+        remove(tmp);
+    }
+    json_decref(o);
+    return rc;
+}
