@@ -141,4 +141,26 @@ extern const struct battery_item battery_item_loss;
 #define WEIGHTS_POWER_TOL 1e-6
 extern const struct battery_item battery_item_weights;
 
+/* lens v1 (needs eval_tokens): the logit lens, the final LayerNorm and the
+ * unembedding applied to each layer's residual stream.
+ *   lens_loss, lens_kl, lens_top1_agreement   layer l: after block l
+ *       (blocks.l.hook_resid_post), -1: the embedding (hook_embed)
+ * The eval set is run LENS_BATCH_TOKENS tokens per forward (whole
+ * sequences, at least one); lensed logits are computed LENS_GEMM_ROWS
+ * (layer, token) rows per sgemm.  See battery_lens.c. */
+#define LENS_BATCH_TOKENS 1024
+#define LENS_GEMM_ROWS 512
+extern const struct battery_item battery_item_lens;
+
+/* composition v1: Q-, K- and V-composition scores between every pair of
+ * heads in different layers (Elhage et al. 2021), LayerNorm folded.
+ *   q_composition, k_composition, v_composition   layer L2, head h2 (the
+ *       reading head), idx L1 * n_heads + h1 (the writing head, L1 < L2)
+ *   q_composition_baseline, k_composition_baseline, v_composition_baseline
+ *       the mean score of the same computation on COMPOSITION_DRAWS
+ *       random Gaussian layer pairs of the model's shapes (fixed seed)
+ * See battery_composition.c. */
+#define COMPOSITION_DRAWS 8
+extern const struct battery_item battery_item_composition;
+
 #endif
