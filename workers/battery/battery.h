@@ -129,16 +129,19 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
 #define BATTERY_LOSS_BATCH 8
 extern const struct battery_item battery_item_loss;
 
-/* weights v1: norms of the weight matrices, no inputs.
- *   frobenius_norm, spectral_norm  per matrix: layer L, idx 0 query_key_value,
- *       1 attention.dense, 2 mlp.dense_h_to_4h, 3 mlp.dense_4h_to_h;
- *       layer -1, idx 4 embed_in, 5 embed_out (absent when tied)
+/* weights v2: norms, singular values and ranks of the weight matrices, no
+ * inputs.
+ *   frobenius_norm, spectral_norm, effective_rank, stable_rank  per matrix:
+ *       layer L, idx 0 query_key_value, 1 attention.dense,
+ *       2 mlp.dense_h_to_4h, 3 mlp.dense_4h_to_h; layer -1, idx 4 embed_in,
+ *       5 embed_out (absent when tied)
+ *   qk_frobenius_norm, qk_spectral_norm, ov_frobenius_norm, ov_spectral_norm
+ *       layer L, head h: W_QK = W_Q^T W_K and W_OV = W_O W_V of the head
  *   total_norm  layer -1 idx -1: sqrt of the sum of squares of every parameter
- * The spectral norm is a power iteration (WEIGHTS_POWER_ITERS at most,
- * stopping when the estimate changes by less than WEIGHTS_POWER_TOL
- * relative), see battery_weights.c. */
-#define WEIGHTS_POWER_ITERS 100
-#define WEIGHTS_POWER_TOL 1e-6
+ * Singular values are the square roots of the eigenvalues (LAPACK dsyevd)
+ * of the Gram matrix formed in double, WEIGHTS_GRAM_ROWS rows at a time;
+ * see battery_weights.c. */
+#define WEIGHTS_GRAM_ROWS 256
 extern const struct battery_item battery_item_weights;
 
 /* lens v1 (needs eval_tokens): the logit lens, the final LayerNorm and the
