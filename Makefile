@@ -150,12 +150,16 @@ demo: deps
 	@scripts/demo
 
 # Regenerate golden files (needs python3-torch; make check does not).
+# The battery references (tests/reference/*_ref.py but gptneox_ref.py) need numpy only.
 golden:
 	/usr/bin/python3 tests/reference/gptneox_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
 	/usr/bin/python3 tests/reference/make_torchzip_fixtures.py
 	/usr/bin/python3 tests/reference/probe_ref.py
 	/usr/bin/python3 tests/reference/grad_ref.py
+	/usr/bin/python3 tests/reference/weights_ref.py
+	/usr/bin/python3 tests/reference/lens_ref.py
+	/usr/bin/python3 tests/reference/composition_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

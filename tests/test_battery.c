@@ -4,9 +4,14 @@
  *
  * Numbers are checked against independent computations:
  *   weights  matrices set to closed forms (diagonal, rank-1 u v^T, stacked
- *            identities) whose Frobenius and spectral norms are known;
- *            relative tolerance 1e-5.  total_norm against the sum of squares
- *            of the model's whole weight block.
+ *            identities) whose Frobenius and spectral norms (relative
+ *            tolerance 1e-9), effective and stable ranks (1e-9; 1e-5 for
+ *            rank-deficient matrices, whose zero singular values come out
+ *            near 1e-8 sigma_max from the Gram route) and per-head W_QK /
+ *            W_OV norms are known.  total_norm against the sum of squares
+ *            of the model's whole weight block.  On two golden fixtures,
+ *            every row against tests/reference/weights_ref.py (numpy SVD
+ *            in float64): relative 1e-9 (observed <= 6e-12).
  *   loss     against gptneox_forward + gptneox_loss on the full batch at
  *            once (the item runs it 8 sequences per forward);
  *            |diff| <= 1e-6 * max(1, |ref|).
@@ -32,6 +37,7 @@
 #include "../workers/battery/rows.h"
 #include "../workers/model/gptneox.h"
 #include "../workers/model/tokens.h"
+#include "lib/battery_golden.h"
 
 /* ---- parsing rows back ---- */
 
@@ -384,9 +390,36 @@ static void check_matrix(const struct row *rows, size_t n, int layer, int idx, d
         fail_msg("%s: missing rows", what);
     char buf[128];
     snprintf(buf, sizeof buf, "%s frobenius", what);
-    assert_rel(f->value, fro, 1e-5, buf);
+    assert_rel(f->value, fro, 1e-9, buf);
     snprintf(buf, sizeof buf, "%s spectral", what);
-    assert_rel(s->value, spec, 1e-5, buf);
+    assert_rel(s->value, spec, 1e-9, buf);
+}
+
+/* effective and stable rank of matrix (layer, idx) */
+static void check_ranks(const struct row *rows, size_t n, int layer, int idx, double erank,
+                        double srank, double tol, const char *what)
+{
+    const struct row *er = find_row(rows, n, "effective_rank", layer, -1, idx);
+    const struct row *sr = find_row(rows, n, "stable_rank", layer, -1, idx);
+    if (!er || !sr)
+        fail_msg("%s: missing rank rows", what);
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s effective rank", what);
+    assert_rel(er->value, erank, tol, buf);
+    snprintf(buf, sizeof buf, "%s stable rank", what);
+    assert_rel(sr->value, srank, 1e-9, buf);
+}
+
+/* exp of the entropy of |d| / sum |d| */
+static double erank_of(const float *d, int n)
+{
+    double s = 0, h = 0;
+    for (int i = 0; i < n; i++)
+        s += fabs(d[i]);
+    for (int i = 0; i < n; i++)
+        if (d[i] != 0)
+            h -= fabs(d[i]) / s * log(fabs(d[i]) / s);
+    return exp(h);
 }
 
 static struct row *run_item(const struct battery_item *it, const struct battery_ctx *c,
@@ -428,17 +461,39 @@ static void test_weights_closed_form(void **state)
         rows_init(&r);
         size_t n = 0;
         struct row *rows = run_item(&battery_item_weights, &c, &r, &n);
-        assert_int_equal(n, 2 * (4 * L + (tied ? 1 : 2)) + 1);
+        assert_int_equal(n, 4 * (4 * L + (tied ? 1 : 2)) + 4 * NH * L + 1);
         for (size_t i = 0; i < n; i++) {
             assert_string_equal(rows[i].item, "weights");
             assert_int_equal(rows[i].version, battery_item_weights.version);
-            assert_int_equal(rows[i].head, -1);
+            assert_int_equal(rows[i].head, strncmp(rows[i].metric, "qk_", 3) == 0 ||
+                                                   strncmp(rows[i].metric, "ov_", 3) == 0
+                                               ? 0
+                                               : -1);
         }
         check_matrix(rows, n, 0, 0, sqrt(sumsq_d(d0, 8)), 5.0, "diag qkv");
         check_matrix(rows, n, 0, 1, r1, r1, "rank-1 dense");
         check_matrix(rows, n, 0, 2, sqrt(sumsq_d(d2, 8)), 7.0, "diag fc");
         check_matrix(rows, n, 0, 3, r3, r3, "rank-1 proj");
         check_matrix(rows, n, 1, 0, 0.75 * sqrt(3.0 * C), 0.75 * sqrt(3.0), "stacked identities");
+        check_ranks(rows, n, 0, 0, erank_of(d0, 8), sumsq_d(d0, 8) / 25.0, 1e-5, "diag qkv");
+        check_ranks(rows, n, 0, 2, erank_of(d2, 8), sumsq_d(d2, 8) / 49.0, 1e-9, "diag fc");
+        check_ranks(rows, n, 0, 1, 1.0, 1.0, 1e-5, "rank-1 dense");
+        check_ranks(rows, n, 1, 0, C, C, 1e-9, "stacked identities");
+        /* heads (NH 1, HS = C): layer 1 has Q = K = V = 0.75 I, so W_QK =
+         * 0.5625 I; layer 0 has K = V = 0, so W_QK = W_OV = 0 */
+        const struct row *qf = find_row(rows, n, "qk_frobenius_norm", 1, 0, -1);
+        const struct row *qs = find_row(rows, n, "qk_spectral_norm", 1, 0, -1);
+        assert_non_null(qf);
+        assert_non_null(qs);
+        assert_rel(qf->value, 0.5625 * sqrt((double)C), 1e-9, "W_QK frobenius");
+        assert_rel(qs->value, 0.5625, 1e-9, "W_QK spectral");
+        const char *hm[4] = {"qk_frobenius_norm", "qk_spectral_norm", "ov_frobenius_norm",
+                             "ov_spectral_norm"};
+        for (int k = 0; k < 4; k++) {
+            const struct row *z = find_row(rows, n, hm[k], 0, 0, -1);
+            assert_non_null(z);
+            assert_true(z->value == 0.0);
+        }
         check_matrix(rows, n, -1, 4, r4, r4, "rank-1 embed_in");
         if (!tied)
             check_matrix(rows, n, -1, 5, sqrt(sumsq_d(d5, 8)), 2.5, "diag embed_out");
@@ -470,7 +525,7 @@ static void test_weights_closed_form(void **state)
     }
 }
 
-/* A zero matrix has norms 0 (no division by zero in the iteration). */
+/* A zero matrix has norms 0 and undefined (NaN) ranks. */
 static void test_weights_zero(void **state)
 {
     (void)state;
@@ -484,15 +539,43 @@ static void test_weights_zero(void **state)
     rows_init(&r);
     size_t n = 0;
     struct row *rows = run_item(&battery_item_weights, &c, &r, &n);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(rows[i].metric, "total_norm") != 0)
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(rows[i].metric, "total_norm") == 0)
+            continue;
+        if (strstr(rows[i].metric, "_rank")) /* undefined for a zero matrix */
+            assert_true(isnan(rows[i].value));
+        else
             assert_true(rows[i].value == 0.0);
+    }
     /* LayerNorm weights are 1: (2 per layer + final) * C ones */
     assert_rel(find_row(rows, n, "total_norm", -1, -1, -1)->value, sqrt(3.0 * 8), 1e-12,
                "zero-model total");
     free(rows);
     rows_free(&r);
     gptneox_free(m);
+}
+
+/* Every row of weights on two golden fixtures against numpy's SVD. */
+static void test_weights_golden(void **state)
+{
+    (void)state;
+    const char *fixtures[2] = {"f32_parallel_rot025", "f32_sequential_rot100"};
+    const struct gtol tol[] = {{"*", 0, 1e-9}, {NULL, 0, 0}};
+    for (int f = 0; f < 2; f++) {
+        char dir[128], golden[160];
+        snprintf(dir, sizeof dir, "tests/golden/%s", fixtures[f]);
+        snprintf(golden, sizeof golden, "tests/golden/battery/weights_%s.json", fixtures[f]);
+        struct gptneox *m = NULL;
+        struct err e;
+        if (gptneox_load(&m, dir, 0, &e) < 0)
+            fail_msg("%s", err_str(&e));
+        struct battery_ctx c = {.model = m};
+        size_t n = 0;
+        struct grow *g = grows_run(&battery_item_weights, &c, &n);
+        grows_compare_golden(g, n, golden, tol);
+        free(g);
+        gptneox_free(m);
+    }
 }
 
 /* ---- loss ---- */
@@ -945,6 +1028,7 @@ int main(void)
         cmocka_unit_test(test_rng_and_eval_default),
         cmocka_unit_test(test_weights_closed_form),
         cmocka_unit_test(test_weights_zero),
+        cmocka_unit_test(test_weights_golden),
         cmocka_unit_test(test_loss_matches_direct),
         cmocka_unit_test(test_loss_icl_score),
         cmocka_unit_test(test_loss_errors),

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,43 @@ static void test_crossentropy(void **state)
     assert_float_equal(mean, log(s), 1e-6);
 }
 
+
+/* logsumexp_row and dot_diff_row against double loops; the argmax is the
+ * first of two equal maxima. */
+static void test_lse_dot_diff(void **state)
+{
+    (void)state;
+    enum { n = 1031 }; /* not a multiple of 16 */
+    static float x[n], a[n], b[n], p[n];
+    uint32_t s = 12345;
+    for (int i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = (float)((int)(s >> 8) % 20001 - 10000) / 1000.0f; /* [-10, 10] */
+        a[i] = x[i] * 0.5f;
+        b[i] = (float)(i % 13) - 6.0f;
+        p[i] = (float)((i * 7) % 11) / 11.0f;
+    }
+    x[700] = 20.0f;
+    x[900] = 20.0f;
+    double mx = 20.0, se = 0.0, dd = 0.0;
+    for (int i = 0; i < n; i++) {
+        se += exp((double)x[i] - mx);
+        dd += (double)p[i] * ((double)a[i] - b[i]);
+    }
+    int am = -1;
+    double lse = logsumexp_row(x, n, &am);
+    assert_int_equal(am, 700);
+    assert_float_equal(lse, log(se) + mx, 1e-6 * fabs(log(se) + mx));
+    assert_float_equal(logsumexp_row(x, n, NULL), lse, 0);
+    double got = dot_diff_row(p, a, b, n);
+    if (fabs(got - dd) > 1e-5 * fabs(dd))
+        fail_msg("dot_diff_row %.9g, double loop %.9g", got, dd);
+    assert_true(dot_diff_row(p, a, a, n) == 0.0); /* identical rows: exactly 0 */
+    float one = -3.0f;
+    assert_float_equal(logsumexp_row(&one, 1, &am), -3.0, 1e-7);
+    assert_int_equal(am, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +225,7 @@ int main(void)
         cmocka_unit_test(test_softmax_layernorm),
         cmocka_unit_test(test_attention_blocks),
         cmocka_unit_test(test_crossentropy),
+        cmocka_unit_test(test_lse_dot_diff),
     };
     return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
 }

@@ -13,6 +13,8 @@ static const struct battery_item *const items[] = {
     &battery_item_loss,
     &battery_item_weights,
     &battery_item_probes,
+    &battery_item_lens,
+    &battery_item_composition,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {

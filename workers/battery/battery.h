@@ -142,14 +142,21 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
 #define LOSS_ICL_EARLY 50
 extern const struct battery_item battery_item_loss;
 
-/* weights v1: norms of the weight matrices, no inputs.
- *   frobenius_norm, spectral_norm  per matrix: layer L, idx 0 query_key_value,
- *       1 attention.dense, 2 mlp.dense_h_to_4h, 3 mlp.dense_4h_to_h;
- *       layer -1, idx 4 embed_in, 5 embed_out (absent when tied)
+/* weights v2: norms, singular values and ranks of the weight matrices, no
+ * inputs.
+ *   frobenius_norm, spectral_norm, effective_rank, stable_rank  per matrix:
+ *       layer L, idx 0 query_key_value, 1 attention.dense,
+ *       2 mlp.dense_h_to_4h, 3 mlp.dense_4h_to_h; layer -1, idx 4 embed_in,
+ *       5 embed_out (absent when tied)
+ *   qk_frobenius_norm, qk_spectral_norm, ov_frobenius_norm, ov_spectral_norm
+ *       layer L, head h: W_QK = W_Q^T W_K and W_OV = W_O W_V of the head
  *   total_norm  layer -1 idx -1: sqrt of the sum of squares of every parameter
- * The spectral norm is a power iteration (WEIGHTS_POWER_ITERS at most,
- * stopping when the estimate changes by less than WEIGHTS_POWER_TOL
- * relative), see battery_weights.c. */
+ * Singular values are the square roots of the eigenvalues (LAPACK dsyevd)
+ * of the Gram matrix formed in double, WEIGHTS_GRAM_ROWS rows at a time;
+ * see battery_weights.c. */
+#define WEIGHTS_GRAM_ROWS 256
+extern const struct battery_item battery_item_weights;
+
 /* probes v1 (needs eval_tokens, probe_sets): linear probes (probe_fit.h) per
  * layer, on hook_embed (layer -1) and blocks.L.hook_resid_post (layer L),
  * fitted on a train split of the sequences and scored on the held-out split
@@ -187,8 +194,26 @@ void probes_labels(const int *tok, int T, const int *top, int K, int *prev, int 
  * only ids that occur.  Returns how many were found (<= K), or ERR_NOMEM. */
 int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
 
-#define WEIGHTS_POWER_ITERS 100
-#define WEIGHTS_POWER_TOL 1e-6
-extern const struct battery_item battery_item_weights;
+/* lens v1 (needs eval_tokens): the logit lens, the final LayerNorm and the
+ * unembedding applied to each layer's residual stream.
+ *   lens_loss, lens_kl, lens_top1_agreement   layer l: after block l
+ *       (blocks.l.hook_resid_post), -1: the embedding (hook_embed)
+ * The eval set is run LENS_BATCH_TOKENS tokens per forward (whole
+ * sequences, at least one); lensed logits are computed LENS_GEMM_ROWS
+ * (layer, token) rows per sgemm.  See battery_lens.c. */
+#define LENS_BATCH_TOKENS 1024
+#define LENS_GEMM_ROWS 512
+extern const struct battery_item battery_item_lens;
+
+/* composition v1: Q-, K- and V-composition scores between every pair of
+ * heads in different layers (Elhage et al. 2021), LayerNorm folded.
+ *   q_composition, k_composition, v_composition   layer L2, head h2 (the
+ *       reading head), idx L1 * n_heads + h1 (the writing head, L1 < L2)
+ *   q_composition_baseline, k_composition_baseline, v_composition_baseline
+ *       the mean score of the same computation on COMPOSITION_DRAWS
+ *       random Gaussian layer pairs of the model's shapes (fixed seed)
+ * See battery_composition.c. */
+#define COMPOSITION_DRAWS 8
+extern const struct battery_item battery_item_composition;
 
 #endif

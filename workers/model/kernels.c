@@ -290,3 +290,30 @@ double crossentropy_forward(float *losses, const float *logits, const int *targe
     }
     return counted ? total / counted : 0.0;
 }
+
+double logsumexp_row(const float *x, int n, int *argmax)
+{
+    float mx = max_row(x, n);
+    if (argmax) {
+        int i = 0;
+        while (i < n - 1 && !(x[i] == mx))
+            i++;
+        *argmax = i;
+    }
+    return log(sum_exp_shifted(x, n, mx)) + mx;
+}
+
+KERNEL_CLONES double dot_diff_row(const float *p, const float *a, const float *b, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] += p[i + j] * (a[i + j] - b[i + j]);
+    double s = 0.0;
+    for (; i < n; i++)
+        s += (double)p[i] * (a[i] - b[i]);
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    return s;
+}

@@ -63,4 +63,13 @@ void attention_z(float *z, const float *pattern, const float *qkv, int B, int T,
 double crossentropy_forward(float *losses, const float *logits, const int *targets,
                             int N, int V);
 
+/* log sum_i exp(x[i]) of one row x (n), shifted by the row's maximum and
+ * summed in double as crossentropy_forward does; *argmax (may be NULL)
+ * gets the first index of the maximum. */
+double logsumexp_row(const float *x, int n, int *argmax);
+
+/* sum_i p[i] (a[i] - b[i]) of rows p, a, b (n): 16 float partial sums,
+ * added in double. */
+double dot_diff_row(const float *p, const float *a, const float *b, int n);
+
 #endif
