@@ -40,7 +40,7 @@ CFLAGS_ALL += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS_ALL += -fsanitize=$(SANITIZE)
 endif
 
-LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread
+LIBS_WORKER := $(BLAS_LIBS) -ljansson -lcrypto -lm -lpthread
 CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)
@@ -59,7 +59,7 @@ BINS := $(BUILD)/bin/ckpt-worker $(BUILD)/bin/ckptd
 WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
-LIBS_DAEMON := -lpq -ljansson -lm
+LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
