@@ -241,9 +241,12 @@ static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
 /* Put a cached file at dest: a hard link, else a copy. */
 static int place_copy(const char *src, const char *dest, struct err *e)
 {
-    char tmp[4300];
+    char tmp[4300], real[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%.4200s.tmp", dest);
     unlink(tmp);
+    if (!realpath(src, real)) /* the snapshot's symlink: link its blob */
+        return err_set(e, ERR_IO, src, "not in the cache");
+    src = real;
     if (link(src, tmp) != 0) {
         FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
         char buf[1 << 16];

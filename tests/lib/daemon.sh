@@ -126,7 +126,7 @@ dl_config() {
     local extras="$*"
     for kv in '"lease_s": 3' '"heartbeat_s": 0.5' '"poll_s": 0.5' '"backoff_base_s": 0.2' \
               '"backoff_max_s": 1' "\"spool_dir\": \"$T/spool\"" '"worker_threads": 1' \
-              '"shutdown_grace_s": 5' '"worker_timeout_s": 120'; do
+              '"shutdown_grace_s": 5' '"worker_timeout_s": 120' "\"cache_dir\": \"$T/cache\""; do
         k=${kv%%:*}
         case "$extras" in *"$k"*) continue ;; esac
         body="$body${body:+, }$kv"
