@@ -255,12 +255,14 @@ static int grow_arrays(struct stage *st)
 }
 
 /* The file is in blobs/: link it into the snapshot. */
-static int place(struct stage *st, int i, long long size, const char *sha)
+static int place(struct stage *st, int i, long long size, const char *sha_in)
 {
     struct err e;
     struct hub_file *f = &st->plan.f[i];
+    char sha[SHA256_HEX];
+    snprintf(sha, sizeof sha, "%s", sha_in); /* may be f->sha256 itself */
     f->size = size;
-    snprintf(f->sha256, sizeof f->sha256, "%s", sha);
+    memcpy(f->sha256, sha, sizeof sha);
     if (cache_snapshot_add(st->c, st->key, f->name, size, sha, &e) < 0)
         return fail_err(st, &e);
     st->fstate[i] = FS_PLACED;
@@ -318,9 +320,12 @@ static int start_file(struct stage *st, int i)
     snprintf(r->want_sha, sizeof r->want_sha, "%s", f->sha256);
     if (hub_file_url(&st->src, st->rev, st->step, f->name, r->url, sizeof r->url, &e) < 0)
         return fail_err(st, &e);
-    char pname[80];
-    if (f->sha256[0]) {
-        snprintf(pname, sizeof pname, "%s", f->sha256);
+    char pname[80 + CACHE_KEY_MAX];
+    if (f->sha256[0]) { /* per checkpoint: two stages never share a partial */
+        int w = snprintf(pname, sizeof pname, "%s-%s", f->sha256, st->key);
+        for (int k = 0; k < w; k++)
+            if (pname[k] == '/')
+                pname[k] = '_';
     } else { /* unknown content: name the partial after the URL */
         struct sha256 h;
         char hex[SHA256_HEX];
