@@ -7,7 +7,8 @@
 #                   malformed-input cases, integration tests)
 #   make bench      benchmarks, reported as ratios to baselines of the same run:
 #                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
-#                   (ingest vs psql \copy, claims/s, scheduler overhead)
+#                   (ingest vs psql \copy, claims/s, scheduler overhead),
+#                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -130,6 +131,7 @@ ifneq ($(DEPS),0)
 endif
 	@bench/run
 	@bench/queue_bench.sh
+	@bench/fetch_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
