@@ -17,7 +17,7 @@ set -u
 export LC_ALL=C
 . tests/lib/hub.sh
 ROOT=$(pwd)
-CKPTD=$ROOT/build/bin/ckptd
+CKPTD=${CKPTD_BIN:-$ROOT/build/bin/ckptd}
 WORKER=$ROOT/build/bin/ckpt-worker
 PASS=0
 FAILS=0

@@ -27,7 +27,7 @@ hub_rules "$T/cdn.rules" "[{\"match\": \"$W4\", \"action\": {\"corrupt_at\": 500
 hub_proxy P 18122 127.0.0.1:18121 "$T/cdn.rules" "$T/p.log" || exit 1
 export HF_ENDPOINT=$H_HUB_URL HF_TOKEN=$TOKEN HF_HOME=$T/hf-none
 RPC=$(dl_rows_per_ckpt weights)
-dl_config "$T/cfg.json" '"fetch_retries": 1' '"fetch_backoff_base_s": 0.1' '"fetch_backoff_max_s": 0.2'
+dl_config "$T/cfg.json" '"prefetch": 1' '"fetch_retries": 1' '"fetch_backoff_base_s": 0.1' '"fetch_backoff_max_s": 0.2'
 "$CKPTD" --config "$T/cfg.json" add-run hubrun --source "hf://$H_HUB_REPO" --schedule 0,1,2,4,8 \
     --items weights --max-attempts 2 >/dev/null 2>"$T/add.err" || dl_fail "add-run"
 dl_serve S --config "$T/cfg.json" serve --until-idle --node node-S
