@@ -356,6 +356,23 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     sl->phase = SLOT_READY;
 }
 
+/* Staged checkpoints start as workers free up, oldest first. */
+static void launch_ready(struct server *s)
+{
+    while (!s->stopping && phase_count(s, SLOT_RUN) < s->cfg.workers) {
+        struct slot *best = NULL;
+        for (int i = 0; i < NSLOTS; i++) {
+            struct slot *c = &s->slots[i];
+            if (c->busy && c->phase == SLOT_READY && (!best || c->fetch_started < best->fetch_started))
+                best = c;
+        }
+        if (!best)
+            break;
+        best->phase = SLOT_RUN;
+        launch(s, best);
+    }
+}
+
 /*
  * The scheduler's tick.  Duties, in order:
  *   1. signals: SIGHUP reloads the config; SIGTERM starts draining
@@ -433,19 +450,8 @@ static void serve_tick(struct server *s)
         if (s->slots[i].busy && s->slots[i].phase == SLOT_FETCH)
             advance_fetch(s, &s->slots[i], now);
 
-    /* launch: staged checkpoints start as workers free up, oldest first */
-    while (dbok && !s->stopping && phase_count(s, SLOT_RUN) < s->cfg.workers) {
-        struct slot *best = NULL;
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *c = &s->slots[i];
-            if (c->busy && c->phase == SLOT_READY && (!best || c->fetch_started < best->fetch_started))
-                best = c;
-        }
-        if (!best)
-            break;
-        best->phase = SLOT_RUN;
-        launch(s, best);
-    }
+    if (dbok) /* 4b */
+        launch_ready(s);
 
     if (dbok) { /* 5 */
         for (int i = 0; i < NSLOTS; i++) {
@@ -509,6 +515,7 @@ static void serve_tick(struct server *s)
                 continue;
             }
             advance_fetch(s, sl, mono_now());
+            launch_ready(s); /* staged at once (a local checkpoint): start it now */
         }
         /* nothing claimable: poll later (NOTIFY wakes us sooner); all slots
          * busy: claim again as soon as one frees */

@@ -46,6 +46,7 @@ struct stage {
     struct hub_files plan;      /* what the checkpoint is (sha256 filled as placed) */
     enum file_state *fstate;
     struct fetch_req *reqs;     /* one per plan file (stable while any is in flight) */
+    int nreqs;                  /* entries of fstate/reqs initialised */
     int inflight;
     struct fetch_req meta;      /* tree listing or a HEAD probe */
     int probe;                  /* PH_PROBE: index into probe_names */
@@ -70,7 +71,7 @@ static int failf(struct stage *st, int code, const char *fmt, ...)
     vsnprintf(st->fail.msg, sizeof st->fail.msg, fmt, ap);
     va_end(ap);
     st->phase = PH_FAILED;
-    for (int i = 0; i < st->plan.n && st->reqs; i++)
+    for (int i = 0; i < st->nreqs; i++)
         if (st->fstate[i] == FS_FETCHING)
             fetcher_cancel(st->f, &st->reqs[i]);
     fetcher_cancel(st->f, &st->meta);
@@ -120,7 +121,7 @@ void stage_free(struct stage *st)
 {
     if (!st)
         return;
-    for (int i = 0; i < st->plan.n && st->reqs; i++) {
+    for (int i = 0; i < st->nreqs; i++) {
         if (st->fstate[i] == FS_FETCHING)
             fetcher_cancel(st->f, &st->reqs[i]);
         fetch_req_clear(&st->reqs[i]);
@@ -143,7 +144,7 @@ const struct hub_files *stage_files(const struct stage *st) { return &st->plan; 
 long long stage_downloaded(const struct stage *st)
 {
     long long b = st->fetched_bytes;
-    for (int i = 0; i < st->plan.n && st->reqs; i++)
+    for (int i = 0; i < st->nreqs; i++)
         if (st->fstate[i] == FS_FETCHING)
             b += st->reqs[i].bytes_now - st->reqs[i].bytes_resumed;
     return b;
@@ -157,7 +158,7 @@ void stage_progress(const struct stage *st, long long *done, long long *total, d
             t += st->plan.f[i].size;
         else
             t = -1;
-        if (st->fstate && st->fstate[i] == FS_FETCHING)
+        if (i < st->nreqs && st->fstate[i] == FS_FETCHING)
             d += st->reqs[i].bytes_now;
     }
     if (st->plan.index[0])
@@ -251,6 +252,11 @@ static int grow_arrays(struct stage *st)
     if (!rq)
         return failf(st, ERR_NOMEM, "out of memory");
     st->reqs = rq;
+    for (int i = st->nreqs; i < st->plan.n; i++) { /* never started: nothing to free */
+        memset(&st->reqs[i], 0, sizeof st->reqs[i]);
+        st->fstate[i] = FS_TODO;
+    }
+    st->nreqs = st->plan.n;
     return 0;
 }
 
