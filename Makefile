@@ -7,7 +7,8 @@
 #                   malformed-input cases, integration tests)
 #   make bench      benchmarks, reported as ratios to baselines of the same run:
 #                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
-#                   (ingest vs psql \copy, claims/s, scheduler overhead)
+#                   (ingest vs psql \copy, claims/s, scheduler overhead),
+#                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -40,7 +41,7 @@ CFLAGS_ALL += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS_ALL += -fsanitize=$(SANITIZE)
 endif
 
-LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread
+LIBS_WORKER := $(BLAS_LIBS) -ljansson -lcrypto -lm -lpthread
 # PyTorch zip checkpoints (workers/model/torchzip.c)
 LIBS_WORKER += -lzip -lz
 CMOCKA_LIBS := -lcmocka
@@ -61,7 +62,7 @@ BINS := $(BUILD)/bin/ckpt-worker $(BUILD)/bin/ckptd
 WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
-LIBS_DAEMON := -lpq -ljansson -lm
+LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -144,6 +145,7 @@ ifneq ($(DEPS),0)
 endif
 	@bench/run
 	@bench/queue_bench.sh
+	@bench/fetch_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

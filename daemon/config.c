@@ -2,8 +2,13 @@
 
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include "fetch.h"
+#include "hub.h"
 
 void daemon_config_defaults(struct daemon_config *c)
 {
@@ -20,6 +25,44 @@ void daemon_config_defaults(struct daemon_config *c)
     c->backoff_base_s = 5;
     c->backoff_max_s = 600;
     c->shutdown_grace_s = 30;
+    snprintf(c->cache_dir, sizeof c->cache_dir, "./var/cache");
+    c->prefetch = 1;
+    c->fetch_parallel = 4;
+    c->fetch_low_speed_bytes = 1024;
+    c->fetch_low_speed_s = 30;
+    c->fetch_connect_timeout_s = 15;
+    c->fetch_retries = 5;
+    c->fetch_backoff_base_s = 1;
+    c->fetch_backoff_max_s = 60;
+}
+
+void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o)
+{
+    fetch_opts_defaults(o);
+    o->parallel = c->fetch_parallel;
+    o->low_speed_bytes = c->fetch_low_speed_bytes;
+    o->low_speed_s = c->fetch_low_speed_s;
+    o->connect_timeout_s = (long)(c->fetch_connect_timeout_s + 0.5);
+    o->retries = c->fetch_retries;
+    o->backoff_base_s = c->fetch_backoff_base_s;
+    o->backoff_max_s = c->fetch_backoff_max_s;
+    const char *tok = getenv("HF_TOKEN");
+    const char *ep = getenv("HF_ENDPOINT");
+    if (!ep || !*ep)
+        ep = HUB_DEFAULT_ENDPOINT;
+    if (tok && *tok && strlen(tok) < sizeof o->token &&
+        hub_url_origin(ep, o->token_origin, sizeof o->token_origin, NULL) == 0)
+        snprintf(o->token, sizeof o->token, "%s", tok);
+    const char *ca = getenv("CKPTD_CA_BUNDLE");
+    if (ca && *ca)
+        snprintf(o->ca_file, sizeof o->ca_file, "%s", ca);
+}
+
+int daemon_offline(void)
+{
+    const char *v = getenv("HF_HUB_OFFLINE");
+    return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0 ||
+                 strcasecmp(v, "on") == 0);
 }
 
 int daemon_config_check(const struct daemon_config *c, struct err *e)
@@ -35,6 +78,15 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
         return err_set(e, ERR_INVALID, "config", "timing settings must be positive");
     if (c->worker_threads < 0 || c->worker_memory_mb < 0 || c->worker_cpu_s < 0)
         return err_set(e, ERR_INVALID, "config", "worker limits must not be negative");
+    if (c->cache_budget_gb < 0 || c->prefetch < 0 || c->prefetch > 1 || c->fetch_parallel < 1 ||
+        c->fetch_parallel > 256 || c->fetch_low_speed_bytes < 0 || c->fetch_low_speed_s < 0 ||
+        !(c->fetch_connect_timeout_s > 0) || c->fetch_retries < 0 || c->fetch_retries > 100 ||
+        !(c->fetch_backoff_base_s >= 0) || c->fetch_backoff_max_s < c->fetch_backoff_base_s)
+        return err_set(e, ERR_INVALID, "config",
+                       "fetch settings out of range (cache_budget_gb >= 0, prefetch 0 or 1, fetch_parallel"
+                       " 1..256, fetch_retries 0..100, fetch_backoff_max_s >= fetch_backoff_base_s)");
+    if (!c->cache_dir[0])
+        return err_set(e, ERR_INVALID, "config", "cache_dir must not be empty");
     if (!c->node[0])
         return err_set(e, ERR_INVALID, "config", "node name must not be empty");
     return 0;
@@ -62,14 +114,19 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
         } strs[] = {{"database", c.database, sizeof c.database},
                     {"node", c.node, sizeof c.node},
                     {"worker_path", c.worker_path, sizeof c.worker_path},
-                    {"spool_dir", c.spool_dir, sizeof c.spool_dir}};
+                    {"spool_dir", c.spool_dir, sizeof c.spool_dir},
+                    {"cache_dir", c.cache_dir, sizeof c.cache_dir}};
         struct {
             const char *name;
             double *d;
         } nums[] = {{"worker_timeout_s", &c.worker_timeout_s}, {"lease_s", &c.lease_s},
                     {"heartbeat_s", &c.heartbeat_s},           {"poll_s", &c.poll_s},
                     {"backoff_base_s", &c.backoff_base_s},     {"backoff_max_s", &c.backoff_max_s},
-                    {"shutdown_grace_s", &c.shutdown_grace_s}};
+                    {"shutdown_grace_s", &c.shutdown_grace_s},
+                    {"cache_budget_gb", &c.cache_budget_gb},
+                    {"fetch_connect_timeout_s", &c.fetch_connect_timeout_s},
+                    {"fetch_backoff_base_s", &c.fetch_backoff_base_s},
+                    {"fetch_backoff_max_s", &c.fetch_backoff_max_s}};
         int found = 0;
         for (size_t i = 0; i < sizeof strs / sizeof *strs && !found; i++)
             if (strcmp(key, strs[i].name) == 0) {
@@ -90,11 +147,16 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                 found = 1;
             }
         if (!found) {
-            long *lp = strcmp(key, "worker_memory_mb") == 0 ? &c.worker_memory_mb
-                       : strcmp(key, "worker_cpu_s") == 0   ? &c.worker_cpu_s
-                                                             : NULL;
+            long *lp = strcmp(key, "worker_memory_mb") == 0        ? &c.worker_memory_mb
+                       : strcmp(key, "worker_cpu_s") == 0          ? &c.worker_cpu_s
+                       : strcmp(key, "fetch_low_speed_bytes") == 0 ? &c.fetch_low_speed_bytes
+                       : strcmp(key, "fetch_low_speed_s") == 0     ? &c.fetch_low_speed_s
+                                                                   : NULL;
             int *ip = strcmp(key, "workers") == 0          ? &c.workers
                       : strcmp(key, "worker_threads") == 0 ? &c.worker_threads
+                      : strcmp(key, "prefetch") == 0       ? &c.prefetch
+                      : strcmp(key, "fetch_parallel") == 0 ? &c.fetch_parallel
+                      : strcmp(key, "fetch_retries") == 0  ? &c.fetch_retries
                                                            : NULL;
             if (!lp && !ip) {
                 rc = err_set(e, ERR_FORMAT, path, "unknown setting \"%s\"", key);

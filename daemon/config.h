@@ -15,8 +15,18 @@
  *     "spool_dir": "./var/spool",  // worker output until ingested
  *     "lease_s": 60, "heartbeat_s": 10, "poll_s": 5,
  *     "backoff_base_s": 5, "backoff_max_s": 600,
- *     "shutdown_grace_s": 30
+ *     "shutdown_grace_s": 30,
+ *     "cache_dir": "./var/cache", // downloaded checkpoints (cache.h)
+ *     "cache_budget_gb": 0,        // evict analysed snapshots beyond this; 0: no limit
+ *     "prefetch": 1,               // checkpoints claimed and fetched ahead, per worker
+ *     "fetch_parallel": 4,         // transfers at once on this node
+ *     "fetch_low_speed_bytes": 1024, "fetch_low_speed_s": 30,  // stall abort
+ *     "fetch_connect_timeout_s": 15, "fetch_retries": 5,
+ *     "fetch_backoff_base_s": 1, "fetch_backoff_max_s": 60
  *   }
+ *
+ * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
+ * only), HF_HUB_OFFLINE and CKPTD_CA_BUNDLE (a CA file for TLS).
  *
  *     struct daemon_config c;
  *     daemon_config_defaults(&c);
@@ -43,7 +53,19 @@ struct daemon_config {
     double backoff_base_s;
     double backoff_max_s;
     double shutdown_grace_s;
+    char cache_dir[1024];
+    double cache_budget_gb;
+    int prefetch;
+    int fetch_parallel;
+    long fetch_low_speed_bytes;
+    long fetch_low_speed_s;
+    double fetch_connect_timeout_s;
+    int fetch_retries;
+    double fetch_backoff_base_s;
+    double fetch_backoff_max_s;
 };
+
+struct fetch_opts;
 
 void daemon_config_defaults(struct daemon_config *c);
 
@@ -54,5 +76,12 @@ int daemon_config_load(struct daemon_config *c, const char *path, struct err *e)
 
 /* Check ranges (workers >= 1, heartbeat < lease, ...). */
 int daemon_config_check(const struct daemon_config *c, struct err *e) CK_WUR;
+
+/* The fetcher's settings from the config and the environment (HF_TOKEN,
+ * HF_ENDPOINT for the token's origin, CKPTD_CA_BUNDLE). */
+void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o);
+
+/* HF_HUB_OFFLINE is 1/true/yes/on. */
+int daemon_offline(void);
 
 #endif

@@ -7,15 +7,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/path.h"
+#include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "fetch.h"
 #include "migrate.h"
 #include "queue.h"
 #include "registry.h"
 #include "serve.h"
 #include "source.h"
+#include "stage.h"
 #include "status.h"
 #include "supervise.h"
 
@@ -34,6 +39,8 @@ static const char usage[] =
     "                               claim and analyse checkpoints until stopped\n"
     "  status [RUN]                 progress, failing jobs, what each node is doing\n"
     "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
+    "  fetch SOURCE --step N [--to DIR]\n"
+    "                               fetch one checkpoint into the cache (and DIR)\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
     "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
@@ -231,6 +238,130 @@ static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
     return n < 0 ? EXIT_FAIL : 0;
 }
 
+/* Put a cached file at dest: a hard link, else a copy. */
+static int place_copy(const char *src, const char *dest, struct err *e)
+{
+    char tmp[4300], real[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%.4200s.tmp", dest);
+    unlink(tmp);
+    if (!realpath(src, real)) /* the snapshot's symlink: link its blob */
+        return err_set(e, ERR_IO, src, "not in the cache");
+    src = real;
+    if (link(src, tmp) != 0) {
+        FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
+        char buf[1 << 16];
+        size_t n;
+        int bad = !in || !out;
+        while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0)
+            bad = fwrite(buf, 1, n, out) != n;
+        bad |= in && ferror(in);
+        if (in)
+            fclose(in);
+        if (out && fclose(out) != 0)
+            bad = 1;
+        if (bad) {
+            unlink(tmp);
+            return err_set(e, ERR_IO, dest, "cannot copy from the cache");
+        }
+    }
+    if (rename(tmp, dest) != 0) {
+        unlink(tmp);
+        return err_set(e, ERR_IO, dest, "cannot place the file");
+    }
+    return 0;
+}
+
+static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *source = NULL, *to = NULL;
+    long long step = -1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--step") == 0 && i + 1 < argc) {
+            char *end;
+            step = strtoll(argv[++i], &end, 10);
+            if (*end || end == argv[i] || step < 0)
+                step = -2;
+        } else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
+            to = argv[++i];
+        else if (argv[i][0] != '-' && !source)
+            source = argv[i];
+        else {
+            fprintf(stderr, "ckptd fetch: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!source || step < 0) {
+        fprintf(stderr, "ckptd fetch: need SOURCE and --step N (a step number)\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    err_clear(&e);
+    struct fetch_opts fo;
+    daemon_config_fetch_opts(cfg, &fo);
+    struct fetcher *f = NULL;
+    struct cache *c = NULL;
+    struct stage *st = NULL;
+    int status = EXIT_FAIL, rc;
+    if (source_check(source, &e) < 0) {
+        log_err("bad source", &e);
+        return EXIT_USAGE;
+    }
+    if (!(f = fetcher_new(&fo, &e)) ||
+        !(c = cache_open(cfg->cache_dir, (long long)(cfg->cache_budget_gb * (1LL << 30)), &e)) ||
+        !(st = stage_new(f, c, source, step, daemon_offline(), &e))) {
+        log_err("fetch failed", &e);
+        goto out;
+    }
+    double t0 = mono_now(), next_log = t0 + 5;
+    while ((rc = stage_poll(st, &e)) == 0) {
+        fetcher_run(f, NULL, 0, 500);
+        if (mono_now() >= next_log) {
+            long long done, total;
+            double rate;
+            stage_progress(st, &done, &total, &rate);
+            log_info("download progress", "bytes=%lld total=%lld bytes_per_s=%.0f eta_s=%.0f", done, total, rate,
+                     rate > 0 && total >= 0 ? (double)(total - done) / rate : -1.0);
+            next_log = mono_now() + 5;
+        }
+    }
+    double secs = mono_now() - t0;
+    if (rc < 0) {
+        fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
+        goto out;
+    }
+    const struct hub_files *fs = stage_files(st);
+    long long total = 0, down = stage_downloaded(st);
+    if (to && path_mkdir_p(to, &e) < 0) {
+        fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
+        goto out;
+    }
+    for (int i = 0; i < fs->n; i++) {
+        printf("%-40s %14lld  %s\n", fs->f[i].name, fs->f[i].size, fs->f[i].sha256);
+        total += fs->f[i].size;
+        if (to) {
+            char src[4200], dest[4200];
+            snprintf(src, sizeof src, "%s/%s", stage_dir(st), fs->f[i].name);
+            snprintf(dest, sizeof dest, "%s/%s", to, fs->f[i].name);
+            char *slash = strrchr(dest, '/');
+            *slash = '\0';
+            int prc = path_mkdir_p(dest, &e);
+            *slash = '/';
+            if (prc < 0 || place_copy(src, dest, &e) < 0) {
+                fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
+                goto out;
+            }
+        }
+    }
+    printf("%d files, %lld bytes in %s; downloaded %lld bytes in %.3f s (%.1f MB/s)\n", fs->n, total,
+           to ? to : stage_dir(st), down, secs, secs > 0 ? down / secs / 1e6 : 0.0);
+    status = 0;
+out:
+    stage_free(st);
+    cache_close(c);
+    fetcher_free(f);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     struct daemon_config cfg;
@@ -285,6 +416,8 @@ int main(int argc, char **argv)
         return cmd_status(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "retry") == 0)
         return cmd_retry(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "fetch") == 0)
+        return cmd_fetch(&cfg, sub_argc, sub_argv);
     fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
     return EXIT_USAGE;
 }

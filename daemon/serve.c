@@ -11,24 +11,42 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "cache.h"
 #include "db.h"
+#include "fetch.h"
+#include "hub.h"
 #include "ingest.h"
 #include "migrate.h"
 #include "queue.h"
 #include "registry.h"
 #include "source.h"
+#include "stage.h"
 #include "supervise.h"
 
 #define MAX_SLOTS 256
+/* a worker slot's checkpoint and the one prefetched for it */
+#define NSLOTS (2 * MAX_SLOTS)
 
-/* One claimed checkpoint and its worker. */
+enum slot_phase {
+    SLOT_FETCH,             /* claimed; its files are being staged */
+    SLOT_READY,             /* staged; waiting for a free worker */
+    SLOT_RUN,               /* its worker runs (or ran: see ended) */
+    SLOT_PHASE_COUNT
+};
+
+/* One claimed checkpoint: its staging, then its worker. */
 struct slot {
     int busy;
     int ended;              /* worker finished; result not yet settled */
+    enum slot_phase phase;
     struct claim claim;
+    struct stage *stage;
     struct worker w;
     double last_heartbeat;
     double claim_ms, spawn_ms;
+    double fetch_started, fetch_s;
+    double next_progress;
+    long long dup_step;     /* the step it repeats, or -1 */
 };
 
 struct server {
@@ -39,7 +57,13 @@ struct server {
     struct registry reg;
     int ready;              /* registry synced and schema checked on this connection */
     char worker[1024];
-    struct slot slots[MAX_SLOTS];
+    struct slot slots[NSLOTS];
+    struct fetcher *fetcher;
+    struct cache *cache;
+    int offline;            /* HF_HUB_OFFLINE */
+    double last_tick;
+    double wait_dl, wait_dl_total, wait_dl_after_first; /* a worker idle while a download runs */
+    long launches;
     int stopping;
     double stop_deadline;
     double next_expire;
@@ -83,14 +107,23 @@ static void on_hup(int sig)
 static int busy_count(const struct server *s)
 {
     int n = 0;
-    for (int i = 0; i < MAX_SLOTS; i++)
+    for (int i = 0; i < NSLOTS; i++)
         n += s->slots[i].busy;
+    return n;
+}
+
+static int phase_count(const struct server *s, enum slot_phase ph)
+{
+    int n = 0;
+    for (int i = 0; i < NSLOTS; i++)
+        n += s->slots[i].busy && s->slots[i].phase == ph;
     return n;
 }
 
 static void slot_free(struct slot *sl)
 {
     supervise_cleanup(&sl->w);
+    stage_free(sl->stage); /* unpins the snapshot */
     memset(sl, 0, sizeof *sl);
 }
 
@@ -147,10 +180,15 @@ static void settle(struct server *s, struct slot *sl)
         int rc = ingest_commit(s->db, &s->reg, s->cfg.node, c, sl->w.out_path, sl->w.seconds, &rows, &e);
         if (rc == 0) {
             s->jobs_done += c->njobs;
+            if (s->cache && stage_key(sl->stage)[0] && cache_mark_analysed(s->cache, stage_key(sl->stage), &e) < 0)
+                log_err("cache: cannot mark the snapshot analysed", &e);
             log_info("checkpoint done", "run=%s step=%lld jobs=%d rows=%ld worker_s=%.3f claim_ms=%.2f"
                      " spawn_ms=%.2f ingest_ms=%.2f", log_quote(c->run), c->step, c->njobs, rows,
                      sl->w.seconds, sl->claim_ms, sl->spawn_ms, (mono_now() - t0) * 1e3);
             slot_free(sl);
+            long long freed = 0;
+            if (s->cache && cache_evict(s->cache, &freed, &e) < 0)
+                log_err("cache eviction failed", &e);
             return;
         }
         if (rc == ERR_DB) {
@@ -183,7 +221,8 @@ static void launch(struct server *s, struct slot *sl)
     struct claim *c = &sl->claim;
     char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[64], seed[32] = "";
     char eval[1024] = "";
-    int rc = source_local_path(c->url, dir, sizeof dir, &e);
+    int rc = 0;
+    snprintf(dir, sizeof dir, "%s", stage_dir(sl->stage));
     for (int i = 0; rc == 0 && i < c->njobs; i++) {
         int v = registry_item_version(&s->reg, c->items[i]);
         if (v != c->versions[i])
@@ -241,8 +280,97 @@ static void launch(struct server *s, struct slot *sl)
         sl->ended = 1;
         return;
     }
-    log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d", log_quote(c->run), c->step,
-             items, (int)sl->w.pid, c->attempts);
+    log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f",
+             log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s, s->wait_dl * 1e3);
+    if (s->launches++ > 0)
+        s->wait_dl_after_first += s->wait_dl;
+    s->wait_dl_total += s->wait_dl;
+    s->wait_dl = 0;
+}
+
+/* Record a failure of the jobs of a slot that has no worker (fetch). */
+static void fail_unlaunched(struct server *s, struct slot *sl, const char *error)
+{
+    struct err e;
+    struct backoff b = backoff_of(s);
+    if (queue_fail(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, error, &b, &e) < 0) {
+        log_err("cannot record job failure yet; will retry", &e);
+        return;
+    }
+    s->jobs_failed += sl->claim.njobs;
+    log_warn("checkpoint failed", "run=%s step=%lld attempt=%d error=%s", log_quote(sl->claim.run),
+             sl->claim.step, sl->claim.attempts, log_quote(error));
+    slot_free(sl);
+}
+
+static void report_progress(struct server *s, struct slot *sl, const char *state, const char *error)
+{
+    struct err e;
+    long long done = 0, total = -1;
+    double rate = 0;
+    if (sl->stage)
+        stage_progress(sl->stage, &done, &total, &rate);
+    if (queue_fetch_progress(s->db, sl->claim.checkpoint_id, s->cfg.node, state, done, total, rate, error, &e) < 0)
+        log_err("cannot record download progress", &e);
+    if (strcmp(state, "fetching") == 0)
+        log_info("download progress", "run=%s step=%lld bytes=%lld total=%lld bytes_per_s=%.0f eta_s=%.0f",
+                 log_quote(sl->claim.run), sl->claim.step, done, total, rate,
+                 rate > 0 && total >= 0 ? (double)(total - done) / rate : -1.0);
+}
+
+/* Advance a slot's staging: on success record its files (and whether it
+ * duplicates another step); on failure fail its jobs. */
+static void advance_fetch(struct server *s, struct slot *sl, double now)
+{
+    struct err e;
+    err_clear(&e);
+    int rc = stage_poll(sl->stage, &e);
+    if (rc == 0) {
+        if (now >= sl->next_progress) {
+            report_progress(s, sl, "fetching", NULL);
+            sl->next_progress = now + s->cfg.heartbeat_s;
+        }
+        return;
+    }
+    if (rc < 0) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "fetch failed: %s", err_str(&e));
+        report_progress(s, sl, "failed", msg);
+        fail_unlaunched(s, sl, msg);
+        return;
+    }
+    long long dup = -1;
+    if (queue_record_files(s->db, sl->claim.checkpoint_id, stage_files(sl->stage), &dup, &e) < 0) {
+        log_err("cannot record the checkpoint's files yet; will retry", &e);
+        return; /* stays in SLOT_FETCH: the stage answers done again */
+    }
+    sl->dup_step = dup;
+    sl->fetch_s = now - sl->fetch_started;
+    report_progress(s, sl, "done", NULL);
+    if (dup >= 0)
+        log_warn("duplicate checkpoint: same weights as an earlier step; left out of series",
+                 "run=%s step=%lld same_as_step=%lld", log_quote(sl->claim.run), sl->claim.step, dup);
+    log_info("checkpoint fetched", "run=%s step=%lld files=%d fetch_s=%.3f downloaded=%lld dir=%s",
+             log_quote(sl->claim.run), sl->claim.step, stage_files(sl->stage)->n, sl->fetch_s,
+             stage_downloaded(sl->stage), log_quote(stage_dir(sl->stage)));
+    sl->phase = SLOT_READY;
+}
+
+/* Staged checkpoints start as workers free up, oldest first. */
+static void launch_ready(struct server *s)
+{
+    while (!s->stopping && phase_count(s, SLOT_RUN) < s->cfg.workers) {
+        struct slot *best = NULL;
+        for (int i = 0; i < NSLOTS; i++) {
+            struct slot *c = &s->slots[i];
+            if (c->busy && c->phase == SLOT_READY && (!best || c->fetch_started < best->fetch_started))
+                best = c;
+        }
+        if (!best)
+            break;
+        best->phase = SLOT_RUN;
+        launch(s, best);
+    }
 }
 
 /*
@@ -253,11 +381,19 @@ static void launch(struct server *s, struct slot *sl)
  *   3. reap: workers that ended (or passed their deadline, killed)
  *   4. settle: store results of ended workers (COPY + done in one
  *      transaction) or record their failure; kept for later if the
- *      database is down
- *   5. heartbeat: renew leases every heartbeat_s; a lost lease kills the
- *      worker and drops its work
+ *      database is down; an analysed snapshot becomes evictable and the
+ *      cache is trimmed to its budget
+ *   4a. fetch: advance the staging of claimed checkpoints (stage.h); a
+ *      staged one records its files and duplicates (checkpoint_files);
+ *      a failed one fails its jobs with the reason; progress goes to the
+ *      fetches table and the log every heartbeat_s
+ *   4b. launch: staged checkpoints get a worker as workers free up
+ *   5. heartbeat: renew leases every heartbeat_s (fetching ones too); a
+ *      lost lease kills the worker (or stops the download) and drops it
  *   6. expire: every lease_s/2, return other nodes' expired leases
- *   7. claim: fill free worker slots, one checkpoint each, unless draining
+ *   7. claim: one checkpoint per worker to stage, plus (prefetch) one more
+ *      per worker while it analyses, unless draining; draining releases
+ *      the jobs of checkpoints not yet started at once
  *   8. drain: past the grace period, kill workers and give jobs back
  *   9. idle: with --until-idle, notice that nothing is queued or running
  */
@@ -293,9 +429,9 @@ static void serve_tick(struct server *s)
 
     int dbok = ensure_ready(s) == 0; /* 2 */
 
-    for (int i = 0; i < MAX_SLOTS; i++) { /* 3, 4 */
+    for (int i = 0; i < NSLOTS; i++) { /* 3, 4 */
         struct slot *sl = &s->slots[i];
-        if (!sl->busy)
+        if (!sl->busy || sl->phase != SLOT_RUN)
             continue;
         if (!sl->ended && supervise_poll(&sl->w))
             sl->ended = 1;
@@ -303,8 +439,22 @@ static void serve_tick(struct server *s)
             settle(s, sl);
     }
 
+    /* fetch: advance staging; a worker idle while a download runs is
+     * time lost to the network */
+    int fetching = phase_count(s, SLOT_FETCH);
+    if (s->last_tick > 0 && fetching > 0 && phase_count(s, SLOT_READY) == 0 &&
+        phase_count(s, SLOT_RUN) < s->cfg.workers)
+        s->wait_dl += now - s->last_tick;
+    s->last_tick = now;
+    for (int i = 0; dbok && i < NSLOTS; i++)
+        if (s->slots[i].busy && s->slots[i].phase == SLOT_FETCH)
+            advance_fetch(s, &s->slots[i], now);
+
+    if (dbok) /* 4b */
+        launch_ready(s);
+
     if (dbok) { /* 5 */
-        for (int i = 0; i < MAX_SLOTS; i++) {
+        for (int i = 0; i < NSLOTS; i++) {
             struct slot *sl = &s->slots[i];
             if (!sl->busy || sl->ended || now - sl->last_heartbeat < s->cfg.heartbeat_s)
                 continue;
@@ -334,9 +484,12 @@ static void serve_tick(struct server *s)
 
     if (dbok && !s->stopping && now >= s->next_claim) { /* 7 */
         int exhausted = 0;
-        while (busy_count(s) < s->cfg.workers) {
+        /* with prefetch, each worker slot may have one checkpoint staging
+         * or staged besides the one it analyses */
+        while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) <
+               (s->cfg.prefetch ? s->cfg.workers : s->cfg.workers - phase_count(s, SLOT_RUN))) {
             struct slot *sl = NULL;
-            for (int i = 0; i < MAX_SLOTS && !sl; i++)
+            for (int i = 0; i < NSLOTS && !sl; i++)
                 if (!s->slots[i].busy)
                     sl = &s->slots[i];
             double t0 = mono_now();
@@ -349,15 +502,40 @@ static void serve_tick(struct server *s)
             }
             sl->busy = 1;
             sl->claim_ms = (mono_now() - t0) * 1e3;
-            launch(s, sl);
+            sl->phase = SLOT_FETCH;
+            sl->dup_step = -1;
+            sl->fetch_started = mono_now();
+            sl->next_progress = sl->fetch_started + s->cfg.heartbeat_s;
+            sl->last_heartbeat = sl->fetch_started;
+            sl->stage = stage_new(s->fetcher, s->cache, sl->claim.source, sl->claim.step, s->offline, &e);
+            if (!sl->stage) {
+                char msg[1200];
+                snprintf(msg, sizeof msg, "fetch failed: %s", err_str(&e));
+                fail_unlaunched(s, sl, msg);
+                continue;
+            }
+            advance_fetch(s, sl, mono_now());
+            launch_ready(s); /* staged at once (a local checkpoint): start it now */
         }
         /* nothing claimable: poll later (NOTIFY wakes us sooner); all slots
          * busy: claim again as soon as one frees */
         s->next_claim = exhausted ? now + s->cfg.poll_s : 0;
     }
 
+    if (s->stopping && dbok) { /* 8: nothing started yet: give it back now */
+        for (int i = 0; i < NSLOTS; i++) {
+            struct slot *sl = &s->slots[i];
+            if (!sl->busy || sl->phase == SLOT_RUN)
+                continue;
+            if (queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
+                log_err("cannot release jobs (their lease will expire)", &e);
+            log_info("fetch stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
+            slot_free(sl);
+        }
+    }
+
     if (s->stopping && now >= s->stop_deadline) { /* 8 */
-        for (int i = 0; i < MAX_SLOTS; i++) {
+        for (int i = 0; i < NSLOTS; i++) {
             struct slot *sl = &s->slots[i];
             if (sl->busy && sl->ended) { /* could not be stored: the lease will expire */
                 log_warn("results not stored before shutdown; the jobs will be retried",
@@ -404,7 +582,18 @@ static void serve_wait(struct server *s)
     } else if (timeout > 1.0) {
         timeout = 1.0; /* reconnecting */
     }
-    int r = poll(pfd, (nfds_t)nfd, (int)(timeout * 1000));
+    int r;
+    if (s->fetcher && fetcher_pending(s->fetcher) > 0) {
+        /* move bytes until a worker ends, the database speaks, a
+         * download finishes or the timeout passes */
+        int fds[2];
+        for (int i = 0; i < nfd; i++)
+            fds[i] = pfd[i].fd;
+        fetcher_run(s->fetcher, fds, nfd, (int)(timeout * 1000));
+        r = poll(pfd, (nfds_t)nfd, 0);
+    } else {
+        r = poll(pfd, (nfds_t)nfd, (int)(timeout * 1000));
+    }
     if (r <= 0)
         return;
     if (chld_pipe[0] >= 0 && (pfd[0].revents & POLLIN)) {
@@ -444,6 +633,16 @@ int serve_run(const struct serve_opts *o)
         log_err("cannot read the battery from the worker", &e);
         return ERR_CHILD;
     }
+    struct fetch_opts fo;
+    daemon_config_fetch_opts(&s->cfg, &fo);
+    s->offline = daemon_offline();
+    if (!(s->fetcher = fetcher_new(&fo, &e)) ||
+        !(s->cache = cache_open(s->cfg.cache_dir, (long long)(s->cfg.cache_budget_gb * (1LL << 30)), &e))) {
+        log_err("cannot set up downloads", &e);
+        fetcher_free(s->fetcher);
+        registry_free(&s->reg);
+        return ERR_IO;
+    }
     s->db = db_new(s->cfg.database);
     if (!s->db)
         return ERR_NOMEM;
@@ -470,8 +669,9 @@ int serve_run(const struct serve_opts *o)
     } else {
         chld_pipe[0] = chld_pipe[1] = -1; /* then only the timer notices ended workers */
     }
-    log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d", s->cfg.node,
-             s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle);
+    log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d cache=%s prefetch=%d offline=%d",
+             s->cfg.node, s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle,
+             log_quote(cache_root(s->cache)), s->cfg.prefetch, s->offline);
     for (;;) {
         serve_tick(s);
         if (s->stopping && busy_count(s) == 0)
@@ -480,8 +680,15 @@ int serve_run(const struct serve_opts *o)
             break;
         serve_wait(s);
     }
-    log_info("stopped", "node=%s jobs_done=%ld jobs_failed=%ld leases_lost=%ld db_reconnects=%ld",
-             s->cfg.node, s->jobs_done, s->jobs_failed, s->leases_lost, db_reconnects(s->db));
+    log_info("stopped", "node=%s jobs_done=%ld jobs_failed=%ld leases_lost=%ld db_reconnects=%ld"
+             " downloaded=%lld download_wait_s=%.3f download_wait_after_first_s=%.3f",
+             s->cfg.node, s->jobs_done, s->jobs_failed, s->leases_lost, db_reconnects(s->db),
+             fetcher_bytes(s->fetcher), s->wait_dl_total, s->wait_dl_after_first);
+    for (int i = 0; i < NSLOTS; i++)
+        if (s->slots[i].busy)
+            slot_free(&s->slots[i]);
+    fetcher_free(s->fetcher);
+    cache_close(s->cache);
     signal(SIGCHLD, SIG_DFL);
     if (chld_pipe[0] >= 0) {
         close(chld_pipe[0]);

@@ -92,6 +92,41 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
     PQclear(r);
 
     r = db_exec(db,
+        "SELECT f.node, r.name, c.step, f.bytes_done, coalesce(f.bytes_total, -1), f.bytes_per_s"
+        " FROM fetches f JOIN checkpoints c ON c.id = f.checkpoint_id JOIN runs r ON r.id = c.run_id"
+        " WHERE f.state = 'fetching' AND f.updated_at > now() - interval '10 minutes'"
+        "   AND ($1 = '' OR r.name = $1) ORDER BY f.node, r.name, c.step", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\ndownloads:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        double done = atof(PQgetvalue(r, i, 3)), total = atof(PQgetvalue(r, i, 4));
+        double rate = atof(PQgetvalue(r, i, 5));
+        char eta[32];
+        duration(eta, sizeof eta, rate > 0 && total >= 0 ? (total - done) / rate : NAN);
+        fprintf(out, "  %s: %s step %s: %.1f", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                done / 1e6);
+        if (total >= 0)
+            fprintf(out, " of %.1f MB (%.0f%%)", total / 1e6, total > 0 ? 100 * done / total : 100.0);
+        else
+            fprintf(out, " MB");
+        fprintf(out, ", %.1f MB/s, ETA %s\n", rate / 1e6, eta);
+    }
+    PQclear(r);
+
+    r = db_exec(db,
+        "SELECT run, step, same_as_step FROM duplicate_checkpoints WHERE $1 = '' OR run = $1"
+        " ORDER BY run, step", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nduplicates (same weights; left out of series):\n");
+    for (int i = 0; i < PQntuples(r); i++)
+        fprintf(out, "  %s step %s = step %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
+    PQclear(r);
+
+    r = db_exec(db,
         "SELECT lease_owner, run, step, string_agg(item, ',' ORDER BY item),"
         "   extract(epoch FROM now() - min(started_at)), extract(epoch FROM min(lease_expires) - now())"
         " FROM job_list WHERE state = 'running' AND ($1 = '' OR run = $1)"

@@ -117,7 +117,8 @@ dl_migrate() {
     fi
 }
 
-# dl_config FILE [MEMBER...]: a config with small timings.  Each MEMBER is
+# dl_config FILE [MEMBER...]: a config with small timings, its cache in $T
+# and prefetch off (the queue tests count one claimed checkpoint per worker).  Each MEMBER is
 # one JSON member ('"lease_s": 10'); a default is left out when a MEMBER
 # names its key (ckptd refuses duplicate keys).
 dl_config() {
@@ -126,7 +127,7 @@ dl_config() {
     local extras="$*"
     for kv in '"lease_s": 3' '"heartbeat_s": 0.5' '"poll_s": 0.5' '"backoff_base_s": 0.2' \
               '"backoff_max_s": 1' "\"spool_dir\": \"$T/spool\"" '"worker_threads": 1' \
-              '"shutdown_grace_s": 5' '"worker_timeout_s": 120'; do
+              '"shutdown_grace_s": 5' '"worker_timeout_s": 120' "\"cache_dir\": \"$T/cache\"" '"prefetch": 0'; do
         k=${kv%%:*}
         case "$extras" in *"$k"*) continue ;; esac
         body="$body${body:+, }$kv"

@@ -1,0 +1,465 @@
+/*
+ * test_daemon_fetch - the pure parts of downloading, no network: header
+ * lines, Retry-After (seconds and HTTP-dates), sha256 ETags, Content-Range,
+ * backoff with jitter, URL origins (where the token may go), the hub's tree
+ * and refs answers, file choice and shard indexes, SHA-256 against known
+ * vectors (FIPS 180-2), the cache (keys, blobs, snapshots, pins, LRU
+ * eviction within a budget) and the HuggingFace cache lookup on a fake
+ * tree in a temporary directory.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../common/sha256.h"
+#include "../daemon/cache.h"
+#include "../daemon/fetch.h"
+#include "../daemon/hub.h"
+
+static void test_sha256_vectors(void **state)
+{
+    (void)state;
+    struct sha256 h;
+    char hex[SHA256_HEX];
+    assert_int_equal(sha256_init(&h, NULL), 0);
+    sha256_update(&h, "abc", 3);
+    sha256_final(&h, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(sha256_init(&h, NULL), 0);
+    sha256_final(&h, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    /* streamed in pieces = at once */
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    assert_int_equal(sha256_init(&h, NULL), 0);
+    size_t len = strlen(m);
+    for (size_t o = 0; o < len; o += 5)
+        sha256_update(&h, m + o, len - o < 5 ? len - o : 5);
+    sha256_final(&h, hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    assert_true(sha256_is_hex(hex));
+    assert_false(sha256_is_hex("abc"));
+    hex[3] = 'g';
+    assert_false(sha256_is_hex(hex));
+}
+
+static void test_header_split(void **state)
+{
+    (void)state;
+    char n[64], v[256];
+    const char *l = "X-Linked-Size:  665472 \r\n";
+    assert_int_equal(fetch_header_split(l, strlen(l), n, sizeof n, v, sizeof v), 0);
+    assert_string_equal(n, "x-linked-size");
+    assert_string_equal(v, "665472");
+    l = "HTTP/1.1 302 Found\r\n";
+    assert_int_equal(fetch_header_split(l, strlen(l), n, sizeof n, v, sizeof v), -1);
+    l = "\r\n";
+    assert_int_equal(fetch_header_split(l, strlen(l), n, sizeof n, v, sizeof v), -1);
+    l = "Location: http://a:1/b?c=d:e\r\n";
+    assert_int_equal(fetch_header_split(l, strlen(l), n, sizeof n, v, sizeof v), 0);
+    assert_string_equal(v, "http://a:1/b?c=d:e");
+}
+
+static void test_retry_after(void **state)
+{
+    (void)state;
+    time_t now = 1700000000; /* Tue, 14 Nov 2023 22:13:20 GMT */
+    assert_true(fetch_parse_retry_after("2", now) == 2.0);
+    assert_true(fetch_parse_retry_after(" 120 ", now) == 120.0);
+    assert_true(fetch_parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0);
+    assert_true(fetch_parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0);
+    assert_true(fetch_parse_retry_after("soon", now) < 0);
+    assert_true(fetch_parse_retry_after("", now) < 0);
+    assert_true(fetch_parse_retry_after("5x", now) < 0);
+}
+
+static void test_etag_sha(void **state)
+{
+    (void)state;
+    char out[SHA256_HEX];
+    const char *s = "BD923E4DBE4EE6EC009682D97AE941E1E046310D6781C3186A62F367E03B0570";
+    char q[80];
+    snprintf(q, sizeof q, "\"%s\"", s);
+    assert_int_equal(fetch_etag_sha256(q, out), 0);
+    assert_string_equal(out, "bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570");
+    snprintf(q, sizeof q, "W/\"%s\"", s);
+    assert_int_equal(fetch_etag_sha256(q, out), 0);
+    assert_int_equal(fetch_etag_sha256("\"406a53a0bc85db50505bdbab63e7f84af53a7663\"", out), -1); /* git sha1 */
+    assert_int_equal(fetch_etag_sha256("\"d41d8cd98f00b204e9800998ecf8427e-3\"", out), -1);
+    snprintf(q, sizeof q, "\"%sxx\"", s);
+    assert_int_equal(fetch_etag_sha256(q, out), -1);
+}
+
+static void test_content_range(void **state)
+{
+    (void)state;
+    long long a, b, t;
+    assert_int_equal(fetch_parse_content_range("bytes 200000-665471/665472", &a, &b, &t), 0);
+    assert_true(a == 200000 && b == 665471 && t == 665472);
+    assert_int_equal(fetch_parse_content_range("bytes 0-9/*", &a, &b, &t), 0);
+    assert_true(t == -1);
+    assert_int_equal(fetch_parse_content_range("bytes 9-0/10", &a, &b, &t), -1);
+    assert_int_equal(fetch_parse_content_range("bytes 0-9/5", &a, &b, &t), -1);
+    assert_int_equal(fetch_parse_content_range("items 0-9/10", &a, &b, &t), -1);
+}
+
+static void test_backoff(void **state)
+{
+    (void)state;
+    /* base * 2^(k-1), capped, jitter in [0.5, 1.0) */
+    assert_true(fetch_backoff(1, 1, 60, 0.0) == 0.5);
+    assert_true(fetch_backoff(1, 1, 60, 0.999) < 1.0);
+    assert_true(fetch_backoff(3, 1, 60, 0.0) == 2.0);
+    assert_true(fetch_backoff(10, 1, 60, 0.0) == 30.0);
+    assert_true(fetch_backoff(1000, 1, 60, 0.5) == 45.0);
+    for (int k = 1; k < 8; k++)
+        assert_true(fetch_backoff(k + 1, 1, 1000, 0.3) > fetch_backoff(k, 1, 1000, 0.3));
+}
+
+static void test_origin(void **state)
+{
+    (void)state;
+    char o[256];
+    assert_int_equal(hub_url_origin("https://huggingface.co/a/b", o, sizeof o, NULL), 0);
+    assert_string_equal(o, "https://huggingface.co:443");
+    assert_int_equal(hub_url_origin("HTTP://Example.COM:8080/x", o, sizeof o, NULL), 0);
+    assert_string_equal(o, "http://example.com:8080");
+    assert_int_equal(hub_url_origin("http://user@cdn.host/x", o, sizeof o, NULL), 0);
+    assert_string_equal(o, "http://cdn.host:80");
+    assert_int_equal(hub_url_origin("http://[::1]/x", o, sizeof o, NULL), 0);
+    assert_string_equal(o, "http://[::1]:80");
+    assert_true(hub_url_origin("nohost", o, sizeof o, NULL) < 0);
+}
+
+static void test_source_urls(void **state)
+{
+    (void)state;
+    struct hub_source s;
+    char u[HUB_URL_MAX];
+    setenv("HF_ENDPOINT", "http://127.0.0.1:9/", 1);
+    assert_int_equal(hub_source_parse(&s, "hf://EleutherAI/pythia-160m-deduped", NULL), 0);
+    assert_int_equal(s.kind, HUB_HF);
+    assert_string_equal(s.endpoint, "http://127.0.0.1:9");
+    assert_int_equal(hub_file_url(&s, "step1000", 1000, "model.safetensors", u, sizeof u, NULL), 0);
+    assert_string_equal(u, "http://127.0.0.1:9/EleutherAI/pythia-160m-deduped/resolve/step1000/model.safetensors");
+    assert_int_equal(hub_tree_url(&s, "step1000", u, sizeof u, NULL), 0);
+    assert_string_equal(u, "http://127.0.0.1:9/api/models/EleutherAI/pythia-160m-deduped/tree/step1000");
+    assert_int_equal(hub_refs_url(&s, u, sizeof u, NULL), 0);
+    assert_string_equal(u, "http://127.0.0.1:9/api/models/EleutherAI/pythia-160m-deduped/refs");
+    unsetenv("HF_ENDPOINT");
+    assert_int_equal(hub_source_parse(&s, "hf://org/name", NULL), 0);
+    assert_string_equal(s.endpoint, "https://huggingface.co");
+    struct err e;
+    assert_int_equal(hub_source_parse(&s, "hf://noslash", &e), ERR_INVALID);
+    assert_int_equal(hub_source_parse(&s, "hf://a/../b", &e), ERR_INVALID);
+    assert_int_equal(hub_source_parse(&s, "https://host/ckpts/step{step}/", NULL), 0);
+    assert_int_equal(s.kind, HUB_HTTP);
+    assert_int_equal(hub_file_url(&s, "step7", 7, "config.json", u, sizeof u, NULL), 0);
+    assert_string_equal(u, "https://host/ckpts/step7/config.json");
+    assert_int_equal(hub_source_parse(&s, "file:///runs/a", NULL), 0);
+    assert_int_equal(hub_file_url(&s, "step7", 7, "config.json", u, sizeof u, NULL), 0);
+    assert_string_equal(u, "/runs/a/step7/config.json");
+}
+
+static const char tree_json[] =
+    "[{\"type\":\"directory\",\"path\":\"sub\",\"oid\":\"x\",\"size\":0},"
+    " {\"type\":\"file\",\"path\":\"config.json\",\"oid\":\"406a53a0bc85db50505bdbab63e7f84af53a7663\",\"size\":478},"
+    " {\"type\":\"file\",\"path\":\"pytorch_model.bin\",\"size\":134,\"oid\":\"abc\","
+    "  \"lfs\":{\"oid\":\"bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570\",\"size\":665472}},"
+    " {\"type\":\"file\",\"path\":\"model.safetensors.index.json\",\"size\":2433,\"oid\":\"def\"}]";
+
+static void test_tree_and_select(void **state)
+{
+    (void)state;
+    struct hub_files all = {0}, pick = {0};
+    struct err e;
+    assert_int_equal(hub_parse_tree(tree_json, &all, &e), 0);
+    assert_int_equal(all.n, 3);
+    const struct hub_file *w = hub_files_find(&all, "pytorch_model.bin");
+    assert_non_null(w);
+    assert_true(w->size == 665472); /* lfs size, not the pointer's */
+    assert_string_equal(w->sha256, "bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570");
+    assert_string_equal(hub_files_find(&all, "config.json")->sha256, ""); /* a git sha1 is not a sha256 */
+    /* the safetensors index comes before pytorch_model.bin */
+    assert_int_equal(hub_select(&all, &pick, &e), 0);
+    assert_int_equal(pick.n, 2);
+    assert_string_equal(pick.f[1].name, "model.safetensors.index.json");
+    assert_string_equal(pick.index, "model.safetensors.index.json");
+    hub_files_free(&pick);
+    /* without config.json */
+    struct hub_files bad = {0};
+    assert_int_equal(hub_files_add(&bad, "pytorch_model.bin", 1, "", &e), 0);
+    assert_int_equal(hub_select(&bad, &pick, &e), ERR_NOTFOUND);
+    assert_non_null(strstr(e.msg, "config.json"));
+    hub_files_free(&bad);
+    hub_files_free(&pick);
+    hub_files_free(&all);
+    assert_int_equal(hub_parse_tree("{\"not\":\"a list\"}", &all, &e), ERR_FORMAT);
+    assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"../etc/passwd\",\"size\":1}]", &all, &e),
+                     ERR_FORMAT);
+    hub_files_free(&all);
+    assert_int_equal(hub_parse_tree("not json", &all, &e), ERR_FORMAT);
+}
+
+static void test_refs(void **state)
+{
+    (void)state;
+    long long *steps;
+    int n;
+    struct err e;
+    const char *j = "{\"branches\":[{\"name\":\"main\"},{\"name\":\"step1000\"},{\"name\":\"step0\"},"
+                    "{\"name\":\"step512-old\"},{\"name\":\"step1000\"},{\"name\":\"step\"},{\"name\":\"step143000\"}],"
+                    "\"tags\":[],\"converts\":[]}";
+    assert_int_equal(hub_parse_refs(j, &steps, &n, &e), 0);
+    assert_int_equal(n, 3);
+    assert_true(steps[0] == 0 && steps[1] == 1000 && steps[2] == 143000);
+    free(steps);
+    assert_int_equal(hub_parse_refs("{\"branches\":[{\"name\":\"main\"}]}", &steps, &n, &e), ERR_NOTFOUND);
+    assert_int_equal(hub_parse_refs("{\"tags\":[]}", &steps, &n, &e), ERR_FORMAT);
+}
+
+static char tmpdir[256];
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_shards(void **state)
+{
+    (void)state;
+    char p[512];
+    snprintf(p, sizeof p, "%s/index.json", tmpdir);
+    write_file(p, "{\"metadata\":{},\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\","
+                  "\"b\":\"model-00002-of-00002.safetensors\",\"c\":\"model-00001-of-00002.safetensors\"}}");
+    struct hub_files all = {0}, pick = {0};
+    struct err e;
+    assert_int_equal(hub_files_add(&all, "model-00001-of-00002.safetensors", 10,
+                                   "bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570", &e), 0);
+    assert_int_equal(hub_files_add(&all, "model-00002-of-00002.safetensors", 20, "", &e), 0);
+    snprintf(pick.index, sizeof pick.index, "model.safetensors.index.json");
+    assert_int_equal(hub_add_shards(&pick, p, &all, &e), 0);
+    assert_int_equal(pick.n, 2); /* each shard once */
+    assert_true(pick.f[0].size == 10 && pick.f[1].size == 20);
+    assert_string_equal(pick.index, "");
+    hub_files_free(&pick);
+    write_file(p, "{\"weight_map\":{\"a\":\"missing.safetensors\"}}");
+    assert_int_equal(hub_add_shards(&pick, p, &all, &e), ERR_NOTFOUND);
+    hub_files_free(&pick);
+    write_file(p, "{\"weight_map\":{\"a\":\"/abs.safetensors\"}}");
+    assert_int_equal(hub_add_shards(&pick, p, NULL, &e), ERR_FORMAT);
+    hub_files_free(&pick);
+    hub_files_free(&all);
+    assert_true(hub_is_weights("model-00001-of-00002.safetensors"));
+    assert_true(hub_is_weights("pytorch_model.bin"));
+    assert_false(hub_is_weights("model.safetensors.index.json"));
+}
+
+/* Put `text` into the cache as a blob; its sha256 into sha. */
+static void add_blob(struct cache *c, const char *text, char *sha)
+{
+    char p[512];
+    struct sha256 h;
+    assert_int_equal(sha256_init(&h, NULL), 0);
+    sha256_update(&h, text, strlen(text));
+    sha256_final(&h, sha);
+    snprintf(p, sizeof p, "%s/partial/t.part", cache_root(c));
+    write_file(p, text);
+    assert_int_equal(cache_put_blob(c, p, sha, NULL), 0);
+    assert_true(cache_has_blob(c, sha));
+}
+
+static void test_cache_lru(void **state)
+{
+    (void)state;
+    char root[512], key[3][CACHE_KEY_MAX], sha[3][SHA256_HEX], big[3][1100];
+    struct err e;
+    snprintf(root, sizeof root, "%s/cache", tmpdir);
+    /* three snapshots of ~1 KB each; a budget of 2.5 KB */
+    struct cache *c = cache_open(root, 2500, &e);
+    assert_non_null(c);
+    for (int i = 0; i < 3; i++) {
+        char rev[16];
+        snprintf(rev, sizeof rev, "step%d", i);
+        assert_int_equal(cache_key("hf://org/name", rev, key[i], sizeof key[i], &e), 0);
+        memset(big[i], 'a' + i, 1099);
+        big[i][1099] = '\0';
+        add_blob(c, big[i], sha[i]);
+        assert_int_equal(cache_snapshot_add(c, key[i], "model.safetensors", 1099, sha[i], &e), 0);
+        assert_int_equal(cache_lookup(c, key[i], NULL, &e), 0); /* not complete yet */
+        assert_int_equal(cache_snapshot_complete(c, key[i], &e), 0);
+        assert_int_equal(cache_lookup(c, key[i], NULL, &e), 1);
+    }
+    assert_non_null(strstr(key[0], "hf-org-name-"));
+    char snap[1024], lnk[1100];
+    assert_int_equal(cache_snapshot_dir(c, key[1], snap, sizeof snap, &e), 0);
+    snprintf(lnk, sizeof lnk, "%s/model.safetensors", snap);
+    struct stat st;
+    assert_int_equal(stat(lnk, &st), 0);
+    assert_true(st.st_size == 1099);
+    /* nothing analysed: nothing evictable */
+    long long freed = -1;
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_true(freed == 0);
+    /* all analysed, step0 pinned: step1 is the least recently used unpinned */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cache_mark_analysed(c, key[i], &e), 0);
+    assert_int_equal(cache_pin(c, key[0], &e), 0);
+    /* make the order of use explicit: step1 oldest, step2 newest */
+    char mp[1024];
+    for (int i = 0; i < 3; i++) {
+        snprintf(mp, sizeof mp, "%s/manifests/%s.json", cache_root(c), key[i]);
+        {
+            FILE *f = fopen(mp, "r");
+            char buf[4096];
+            size_t n = fread(buf, 1, sizeof buf - 1, f);
+            fclose(f);
+            buf[n] = '\0';
+            char *lu = strstr(buf, "\"last_used\": ");
+            assert_non_null(lu);
+            char out[4096];
+            size_t pre = (size_t)(lu - buf);
+            char *end = strpbrk(lu + 13, ",\n}");
+            snprintf(out, sizeof out, "%.*s\"last_used\": %d%s", (int)pre, buf, i == 1 ? 100 : 200 + i, end);
+            write_file(mp, out);
+        }
+    }
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_true(freed == 1099);
+    assert_false(cache_has_blob(c, sha[1]));
+    assert_true(cache_has_blob(c, sha[0]) && cache_has_blob(c, sha[2]));
+    assert_int_equal(cache_lookup(c, key[1], NULL, &e), 0);
+    assert_true(stat(snap, &st) != 0); /* its snapshot is gone */
+    /* under budget now: nothing more goes, even the pinned one is safe */
+    c = (cache_close(c), cache_open(root, 1000, &e)); /* pins dropped with the handle */
+    assert_non_null(c);
+    assert_int_equal(cache_pin(c, key[0], &e), 0);
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_true(cache_has_blob(c, sha[0])); /* pinned */
+    assert_false(cache_has_blob(c, sha[2]));
+    cache_unpin(c, key[0]);
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_false(cache_has_blob(c, sha[0]));
+    cache_close(c);
+}
+
+static void test_cache_shared_blob(void **state)
+{
+    (void)state;
+    /* two snapshots of one blob: evicting one keeps the blob */
+    char root[512], k1[CACHE_KEY_MAX], k2[CACHE_KEY_MAX], sha[SHA256_HEX];
+    struct err e;
+    snprintf(root, sizeof root, "%s/cache2", tmpdir);
+    struct cache *c = cache_open(root, 1, &e);
+    assert_non_null(c);
+    assert_int_equal(cache_key("https://h/x/step{step}", "step1", k1, sizeof k1, &e), 0);
+    assert_int_equal(cache_key("https://h/x/step{step}", "step2", k2, sizeof k2, &e), 0);
+    add_blob(c, "same weights", sha);
+    assert_int_equal(cache_snapshot_add(c, k1, "model.safetensors", 12, sha, &e), 0);
+    assert_int_equal(cache_snapshot_add(c, k2, "model.safetensors", 12, sha, &e), 0);
+    assert_int_equal(cache_snapshot_complete(c, k1, &e), 0);
+    assert_int_equal(cache_snapshot_complete(c, k2, &e), 0);
+    assert_int_equal(cache_mark_analysed(c, k1, &e), 0);
+    long long freed;
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_true(cache_has_blob(c, sha)); /* k2, not analysed, still uses it */
+    assert_int_equal(cache_lookup(c, k2, NULL, &e), 1);
+    assert_int_equal(cache_snapshot_add(c, k1, "../x", 12, sha, &e), ERR_FORMAT);
+    assert_int_equal(cache_snapshot_add(c, k1, "b", 1, "0000000000000000000000000000000000000000000000000000000000000000", &e),
+                     ERR_NOTFOUND);
+    cache_close(c);
+}
+
+static void test_hf_cache(void **state)
+{
+    (void)state;
+    char hub[300], p[2048], q[1024];
+    const char *sha = "bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570";
+    const char *commit = "0123456789abcdef0123456789abcdef01234567";
+    snprintf(hub, sizeof hub, "%s/hfhome/hub", tmpdir);
+    snprintf(p, sizeof p, "mkdir -p %s/models--Org--Name/refs %s/models--Org--Name/blobs "
+                          "%s/models--Org--Name/snapshots/%s", hub, hub, hub, commit);
+    assert_int_equal(system(p), 0);
+    snprintf(p, sizeof p, "%s/models--Org--Name/refs/step8", hub);
+    write_file(p, commit);
+    snprintf(p, sizeof p, "%s/models--Org--Name/blobs/%s", hub, sha);
+    write_file(p, "weights");
+    snprintf(q, sizeof q, "%s/models--Org--Name/snapshots/%s/model.safetensors", hub, commit);
+    assert_int_equal(symlink(p, q), 0);
+    snprintf(p, sizeof p, "%s/models--Org--Name/blobs/406a53a0bc85db50505bdbab63e7f84af53a7663", hub);
+    write_file(p, "{}");
+    snprintf(q, sizeof q, "%s/models--Org--Name/snapshots/%s/config.json", hub, commit);
+    assert_int_equal(symlink(p, q), 0);
+    char out[1024];
+    assert_int_equal(cache_hf_find(hub, "Org/Name", "step8", "model.safetensors", out, sizeof out), 1);
+    assert_non_null(strstr(out, sha));
+    assert_int_equal(cache_hf_find(hub, "Org/Name", "step9", "model.safetensors", out, sizeof out), 0);
+    assert_int_equal(cache_hf_find(hub, "Org/Name", "step8", "pytorch_model.bin", out, sizeof out), 0);
+    assert_int_equal(cache_hf_find(hub, "Org/Name", commit, "config.json", out, sizeof out), 1);
+    struct hub_files all = {0}, pick = {0};
+    struct err e;
+    assert_int_equal(cache_hf_list(hub, "Org/Name", "step8", &all, &e), 2);
+    const struct hub_file *w = hub_files_find(&all, "model.safetensors");
+    assert_non_null(w);
+    assert_string_equal(w->sha256, sha); /* the blob's name */
+    assert_true(w->size == 7);
+    assert_string_equal(hub_files_find(&all, "config.json")->sha256, "");
+    assert_int_equal(hub_select(&all, &pick, &e), 0);
+    hub_files_free(&all);
+    hub_files_free(&pick);
+    /* the environment decides where the hub cache is */
+    setenv("HF_HOME", "/x/hfh", 1);
+    unsetenv("HF_HUB_CACHE");
+    cache_hf_dir(out, sizeof out);
+    assert_string_equal(out, "/x/hfh/hub");
+    setenv("HF_HUB_CACHE", "/y/hub", 1);
+    cache_hf_dir(out, sizeof out);
+    assert_string_equal(out, "/y/hub");
+    unsetenv("HF_HUB_CACHE");
+    unsetenv("HF_HOME");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/ckft-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sha256_vectors),
+        cmocka_unit_test(test_header_split),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_etag_sha),
+        cmocka_unit_test(test_content_range),
+        cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_origin),
+        cmocka_unit_test(test_source_urls),
+        cmocka_unit_test(test_tree_and_select),
+        cmocka_unit_test(test_refs),
+        cmocka_unit_test(test_shards),
+        cmocka_unit_test(test_cache_lru),
+        cmocka_unit_test(test_cache_shared_blob),
+        cmocka_unit_test(test_hf_cache),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
