@@ -4,6 +4,7 @@
  */
 #include <jansson.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
+#define ADD_RUN_MAX_PROBES 16 /* --probe files of one run (serve's argv has room for them) */
 
 static const char usage[] =
     "usage: ckptd [--config FILE] [--db CONNINFO] [--log-level LEVEL] COMMAND [ARGS]\n"
@@ -33,7 +35,8 @@ static const char usage[] =
     "commands:\n"
     "  migrate                      create or upgrade the database schema\n"
     "  add-run NAME --source URL --schedule pythia|LIST [--items ITEM,...]\n"
-    "          [--eval-tokens FILE] [--seed N] [--max-attempts N]\n"
+    "          [--eval-tokens FILE [--ctx N] [--eval-seqs N]] [--probe FILE]...\n"
+    "          [--seed N] [--max-attempts N]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "                               claim and analyse checkpoints until stopped\n"
@@ -79,8 +82,9 @@ static int cmd_migrate(struct daemon_config *cfg)
 static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
-    long long seed = -1;
+    long long seed = -1, ctx = 0, eval_seqs = 0;
     int max_attempts = 5;
+    json_t *probes = json_array();
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
             source = argv[++i];
@@ -94,15 +98,32 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             seed = atoll(argv[++i]);
         else if (strcmp(argv[i], "--max-attempts") == 0 && i + 1 < argc)
             max_attempts = atoi(argv[++i]);
-        else if (argv[i][0] != '-' && !name)
+        else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc)
+            ctx = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--eval-seqs") == 0 && i + 1 < argc)
+            eval_seqs = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
+            char abs[PATH_MAX];
+            if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(argv[++i], abs)) {
+                fprintf(stderr, "ckptd add-run: cannot use probe set '%s'%s\n", argv[i],
+                        json_array_size(probes) >= ADD_RUN_MAX_PROBES ? ": too many" : "");
+                json_decref(probes);
+                return EXIT_USAGE;
+            }
+            json_array_append_new(probes, json_string(abs));
+        } else if (argv[i][0] != '-' && !name)
             name = argv[i];
         else {
             fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", argv[i], usage);
+            json_decref(probes);
             return EXIT_USAGE;
         }
     }
-    if (!name || !source || !schedule || max_attempts < 1) {
-        fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule\n%s", usage);
+    if (!name || !source || !schedule || max_attempts < 1 || ctx < 0 || ctx > INT32_MAX ||
+        eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval)) {
+        fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule; --ctx and "
+                        "--eval-seqs are positive and need --eval-tokens\n%s", usage);
+        json_decref(probes);
         return EXIT_USAGE;
     }
     struct err e;
@@ -150,7 +171,13 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             goto out;
         }
         json_object_set_new(opt, "eval_tokens", json_string(abs_eval));
+        if (ctx)
+            json_object_set_new(opt, "ctx", json_integer(ctx));
+        if (eval_seqs)
+            json_object_set_new(opt, "eval_seqs", json_integer(eval_seqs));
     }
+    if (json_array_size(probes))
+        json_object_set(opt, "probes", probes);
     if (seed >= 0)
         json_object_set_new(opt, "seed", json_integer(seed));
     opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
@@ -171,6 +198,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 out:
     free(opt_text);
     json_decref(opt);
+    json_decref(probes);
     free(items_copy);
     free(steps);
     registry_free(&reg);

@@ -24,6 +24,7 @@
 #include "supervise.h"
 
 #define MAX_SLOTS 256
+#define SERVE_MAX_PROBES 16 /* --probe files passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
 
@@ -240,7 +241,13 @@ static void launch(struct server *s, struct slot *sl)
     jv = json_object_get(opt, "seed");
     if (json_is_integer(jv))
         snprintf(seed, sizeof seed, "%lld", (long long)json_integer_value(jv));
-    json_decref(opt);
+    char ctxs[24] = "", seqs[24] = "";
+    jv = json_object_get(opt, "ctx");
+    if (json_is_integer(jv))
+        snprintf(ctxs, sizeof ctxs, "%lld", (long long)json_integer_value(jv));
+    jv = json_object_get(opt, "eval_seqs");
+    if (json_is_integer(jv))
+        snprintf(seqs, sizeof seqs, "%lld", (long long)json_integer_value(jv));
     int nthreads = s->cfg.worker_threads;
     if (nthreads <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -249,7 +256,7 @@ static void launch(struct server *s, struct slot *sl)
     }
     snprintf(threads, sizeof threads, "%d", nthreads);
     snprintf(tag, sizeof tag, "ck%lld-%d", c->checkpoint_id, (int)getpid());
-    const char *argv[16];
+    const char *argv[24 + 2 * SERVE_MAX_PROBES];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";
@@ -266,11 +273,27 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = "--seed";
         argv[a++] = seed;
     }
+    if (eval[0] && ctxs[0]) {
+        argv[a++] = "--ctx";
+        argv[a++] = ctxs;
+    }
+    if (eval[0] && seqs[0]) {
+        argv[a++] = "--max-seqs";
+        argv[a++] = seqs;
+    }
+    /* the run's probe sets; strings borrowed from opt, freed after the spawn */
+    json_t *probes = json_object_get(opt, "probes");
+    for (size_t k = 0; k < json_array_size(probes) && k < SERVE_MAX_PROBES; k++)
+        if (json_is_string(json_array_get(probes, k))) {
+            argv[a++] = "--probe";
+            argv[a++] = json_string_value(json_array_get(probes, k));
+        }
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
     double t0 = mono_now();
     if (rc == 0)
         rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
+    json_decref(opt);
     sl->spawn_ms = (mono_now() - t0) * 1e3;
     sl->last_heartbeat = mono_now();
     if (rc < 0) {

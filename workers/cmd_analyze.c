@@ -18,7 +18,7 @@
 
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
-    "                           [--probe FILE]...\n"
+    "                           [--max-seqs N] [--probe FILE]...\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -32,6 +32,8 @@ static const char analyze_usage[] =
     "  --ctx N              sequence length for .u16/.u32/.bin streams (default 128, or\n"
     "                       max_position_embeddings if smaller); a trailing partial\n"
     "                       sequence is dropped\n"
+    "  --max-seqs N         use only the first N sequences of --eval-tokens (a fixed\n"
+    "                       slice of a long eval text; default: all)\n"
     "  --seed N             seed of the generated eval set (default 0): without\n"
     "                       --eval-tokens, 16 sequences of 128 ids (capped at\n"
     "                       max_position_embeddings), uniform from splitmix64\n"
@@ -102,7 +104,7 @@ static double now_seconds(void)
 int cmd_analyze(int argc, char **argv)
 {
     const char *dir = NULL, *items_arg = NULL, *eval_path = NULL;
-    uint64_t seed = 0, ctx_len = 0;
+    uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     int nprobe = 0;
     if (!probe_paths) {
@@ -128,6 +130,12 @@ int cmd_analyze(int argc, char **argv)
         } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], INT32_MAX, &ctx_len) < 0 || ctx_len == 0) {
                 fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
+                free(probe_paths);
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(argv[i], "--max-seqs") == 0 && i + 1 < argc) {
+            if (parse_uint(argv[++i], INT32_MAX, &max_seqs) < 0 || max_seqs == 0) {
+                fprintf(stderr, "ckpt-worker analyze: --max-seqs needs a positive integer\n");
                 free(probe_paths);
                 return EXIT_USAGE;
             }
@@ -194,6 +202,8 @@ int cmd_analyze(int argc, char **argv)
                                                                 : BATTERY_EVAL_LEN;
             if (tokens_read_file(eval_path, ctx, &tokens, &B, &T, &e) < 0)
                 goto fail;
+            if (max_seqs && (uint64_t)B > max_seqs)
+                B = (int)max_seqs; /* the first rows of the (B,T) block */
             bctx.eval_name = eval_path;
         } else {
             if (battery_eval_default(&tokens, &B, &T, m->cfg.vocab_size, m->cfg.max_positions,
