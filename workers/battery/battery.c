@@ -120,8 +120,10 @@ int battery_repeated_tokens(int **tokens, int *B, int *T, int *L, int V, int max
 {
     *tokens = NULL;
     int l = (max_positions - 1) / 2 < BATTERY_REP_LEN ? (max_positions - 1) / 2 : BATTERY_REP_LEN;
-    if (V <= 0)
-        return err_set(e, ERR_INVALID, NULL, "vocabulary %d not positive", V);
+    l = V - 1 < l ? V - 1 : l;
+    if (V < 3)
+        return err_set(e, ERR_INVALID, NULL,
+                       "vocabulary of %d ids: repeated sequences need at least 3", V);
     if (l < 2)
         return err_set(e, ERR_INVALID, NULL,
                        "max_position_embeddings %d leaves no room for a repeated sequence "
@@ -135,8 +137,16 @@ int battery_repeated_tokens(int **tokens, int *B, int *T, int *L, int V, int max
     for (int i = 0; i < b; i++) {
         int *row = tok + (size_t)i * t;
         row[0] = BATTERY_REP_BOS; /* 0, inside every vocabulary */
-        for (int j = 0; j < l; j++)
-            row[1 + j] = row[1 + l + j] = (int)rng_below(&s, (uint32_t)V);
+        for (int j = 0; j < l; j++) {
+            int id, seen;
+            do { /* distinct ids in [1, V): redraw BOS and repeats */
+                id = (int)rng_below(&s, (uint32_t)V);
+                seen = id == BATTERY_REP_BOS;
+                for (int k = 0; k < j && !seen; k++)
+                    seen = row[1 + k] == id;
+            } while (seen);
+            row[1 + j] = row[1 + l + j] = id;
+        }
     }
     *tokens = tok;
     *B = b;

@@ -126,12 +126,14 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
 
 /* The random repeated sequences of Olsson et al. 2022 ("In-context Learning
  * and Induction Heads"): BATTERY_REP_SEQS sequences [BOS, R, R], R of
- * L = min(BATTERY_REP_LEN, (max_positions-1)/2) ids uniform in [0, V), so
- * T = 2L+1; position 1+j holds R[j] and 1+L+j its repeat.  The ids are drawn
- * with rng_below, sequence by sequence, from a splitmix64 state starting at
- * seed ^ BATTERY_REP_SALT (a different stream from the eval set's).
- * *tokens (B*T) is the caller's to free; ERR_INVALID when V is not positive
- * or max_positions < 5, ERR_NOMEM. */
+ * L = min(BATTERY_REP_LEN, (max_positions-1)/2, V-1) distinct ids drawn
+ * uniformly from [1, V) (no BOS inside R, no id twice, so each query of
+ * the second copy has exactly one induction target), T = 2L+1; position
+ * 1+j holds R[j] and 1+L+j its repeat.  The ids come from rng_below,
+ * sequence by sequence, redrawing BOS and repeats, from a splitmix64 state
+ * starting at seed ^ BATTERY_REP_SALT (a different stream from the eval
+ * set's).  *tokens (B*T) is the caller's to free; ERR_INVALID when V < 3 or
+ * max_positions < 5, ERR_NOMEM. */
 int battery_repeated_tokens(int **tokens, int *B, int *T, int *L, int V, int max_positions,
                             uint64_t seed, struct err *e) CK_WUR;
 
