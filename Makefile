@@ -136,8 +136,9 @@ demo: deps
 	@scripts/demo
 
 # Regenerate golden files (needs python3-torch; make check does not).
-golden:
+golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/gptneox_ref.py
+	/usr/bin/python3 tests/reference/heads_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
 
 install: all
