@@ -111,6 +111,7 @@ struct abl {
     float *losses;   /* (ABLATION_LOGIT_ROWS) */
     float *g;        /* (max nrows, C) directions mapped through W_O */
     float *ubar;     /* (C) mean unembedding row */
+    double *zsum;    /* (C) column sums of hook_z */
     double flops;    /* work done, for the log */
     /* the running forward */
     struct abl_set *s;
@@ -164,12 +165,12 @@ static int clean1_hook(void *ctx, struct hook_act *act, struct err *e)
         memcpy(s->res + (size_t)act->layer * NC, act->data, NC * sizeof(float));
     } else if (act->kind == HOOK_ATTN_Z) {
         float *zm = s->zmean + (size_t)act->layer * a->C;
-        for (int c = 0; c < a->C; c++) {
-            double sum = 0;
-            for (int n = 0; n < s->N; n++)
-                sum += act->data[(size_t)n * a->C + c];
-            zm[c] = (float)(sum / s->N);
-        }
+        memset(a->zsum, 0, (size_t)a->C * sizeof *a->zsum);
+        for (int n = 0; n < s->N; n++)
+            for (int c = 0; c < a->C; c++)
+                a->zsum[c] += act->data[(size_t)n * a->C + c];
+        for (int c = 0; c < a->C; c++)
+            zm[c] = (float)(a->zsum[c] / s->N);
     } else if (act->kind == HOOK_RESID_POST) {
         memcpy(a->last_x, act->data, NC * sizeof(float));
     }
@@ -472,8 +473,9 @@ static int ablation_run(const struct battery_ctx *c, struct rows *out, struct er
     a.logits = malloc((size_t)ABLATION_LOGIT_ROWS * V * sizeof *a.logits);
     a.losses = malloc(ABLATION_LOGIT_ROWS * sizeof *a.losses);
     a.ubar = malloc((size_t)C * sizeof *a.ubar);
+    a.zsum = malloc((size_t)C * sizeof *a.zsum);
     stack = malloc(maxstack * C * sizeof *stack);
-    if (!a.xs || !a.g || !a.logits || !a.losses || !a.ubar || !stack) {
+    if (!a.xs || !a.g || !a.logits || !a.losses || !a.ubar || !a.zsum || !stack) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory for the ablation buffers");
         goto out;
     }
@@ -496,6 +498,7 @@ static int ablation_run(const struct battery_ctx *c, struct rows *out, struct er
             goto out;
 out:
     free(stack);
+    free(a.zsum);
     free(a.ubar);
     free(a.losses);
     free(a.logits);
