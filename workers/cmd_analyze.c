@@ -33,7 +33,9 @@ static const char analyze_usage[] =
     "                       sequence is dropped\n"
     "  --seed N             seed of the generated eval set (default 0): without\n"
     "                       --eval-tokens, 16 sequences of 128 ids (capped at\n"
-    "                       max_position_embeddings), uniform from splitmix64\n";
+    "                       max_position_embeddings), uniform from splitmix64;\n"
+    "                       it also seeds the random repeated sequences (heads,\n"
+    "                       ablation)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
