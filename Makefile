@@ -153,8 +153,9 @@ demo: deps
 
 # Regenerate golden files (needs python3-torch; make check does not).
 # The battery references (tests/reference/*_ref.py but gptneox_ref.py) need numpy only.
-golden:
+golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/gptneox_ref.py
+	/usr/bin/python3 tests/reference/heads_ref.py
 	/usr/bin/python3 tests/cases/make_safetensors_cases.py
 	/usr/bin/python3 tests/reference/make_torchzip_fixtures.py
 	/usr/bin/python3 tests/reference/probe_ref.py

@@ -128,5 +128,13 @@ cmp -s "$TMP/out" "$TMP/json_rows" && ok ".u32 stream gives the rows of the .jso
 got=$?
 [ "$got" -eq 1 ] && ok "closed stdout: exit 1" || fail "closed stdout: exit $got"
 
+# a hand-built circuit from init: its induction head found by analyze
+status 0 "init --preset induction-circuit" -- "$W" init "$TMP/circ" --preset induction-circuit
+status 0 "analyze the circuit --items heads" -- "$W" analyze "$TMP/circ" --items heads
+if awk -F'\t' '$3 == "induction_score" && $4 == 1 && $5 == 0 { s = $7 }
+    $3 == "induction_loss" { l = $7 } END { exit !(s > 0.9 && l < 0.1) }' "$TMP/out"; then
+    ok "induction-circuit: head 1.0 induction score > 0.9, induction loss < 0.1"
+else fail "induction-circuit rows: $(grep -E 'induction_(score\t1\t0|loss\t)' "$TMP/out")"; fi
+
 [ "$fails" -eq 0 ] || { echo "cli_battery: $fails failed"; exit 1; }
 echo "cli_battery: all passed"

@@ -344,6 +344,86 @@ static void test_forward_until(void **state)
     gptneox_free(m);
 }
 
+/* A hook caching blocks.L.hook_resid_pre of every layer into ctx (L,N,C). */
+static int cache_resid_fn(void *ctx, struct hook_act *act, struct err *e)
+{
+    (void)e;
+    memcpy((float *)ctx + (size_t)act->layer * act->n, act->data, act->n * sizeof(float));
+    return 0;
+}
+
+/* Resuming at every layer from the cached residual gives the full forward's
+ * logits bit for bit at the same (B,T); with the batch stacked three times
+ * (a bigger sgemm) each copy within 1e-5 relative, as batch independence
+ * allows; the hooks after the resume point run. */
+static void test_forward_from(void **state)
+{
+    (void)state;
+    for (int par = 0; par <= 1; par++) {
+        struct gptneox *m = random_model(par, 0);
+        const int B = 2, T = 5, C = m->cfg.d_model, V = m->cfg.vocab_size, NL = m->cfg.n_layers;
+        const size_t N = (size_t)B * T;
+        int tok[10];
+        fill_tokens(tok, N, V, 11);
+        float *res = malloc((size_t)(NL + 1) * N * C * sizeof(float));
+        float *want = malloc(N * V * sizeof(float)), *last = malloc(N * C * sizeof(float));
+        float *stack = malloc(3 * N * C * sizeof(float));
+        struct err e;
+        struct gptneox_hook h[2] = {{HOOK_RESID_PRE, -1, cache_resid_fn, res},
+                                    {HOOK_RESID_POST, NL - 1, copy_fn, last}};
+        assert_int_equal(gptneox_forward(m, tok, B, T, h, 2, &e), 0);
+        memcpy(res + (size_t)NL * N * C, last, N * C * sizeof(float));
+        memcpy(want, gptneox_logits(m), N * V * sizeof(float));
+        for (int l = 0; l <= NL; l++) {
+            const float *r = res + (size_t)l * N * C;
+            assert_int_equal(gptneox_forward_from(m, l, r, B, T, NULL, 0, 0, &e), 0);
+            double d = maxdiff(gptneox_logits(m), want, N * V, 0);
+            if (d != 0.0)
+                fail_msg("resumed at layer %d: logits differ by %g", l, d);
+            for (int k = 0; k < 3; k++)
+                memcpy(stack + k * N * C, r, N * C * sizeof(float));
+            assert_int_equal(gptneox_forward_from(m, l, stack, 3 * B, T, NULL, 0, 0, &e), 0);
+            for (int k = 0; k < 3; k++) {
+                d = maxdiff(gptneox_logits(m) + k * N * V, want, N * V, 1);
+                if (d > 1e-5)
+                    fail_msg("resumed at layer %d, copy %d of 3: logits differ by %g", l, k, d);
+            }
+        }
+        /* hooks from the resume point on run: zeroing the last resid_post
+         * leaves unembed @ lnf_b in every row */
+        struct gptneox_hook z = {HOOK_RESID_POST, NL - 1, zero_fn, NULL};
+        assert_int_equal(gptneox_forward_from(m, NL - 1, res + (size_t)(NL - 1) * N * C, B, T,
+                                              &z, 1, 0, &e), 0);
+        const float *lg = gptneox_logits(m);
+        for (int v = 0; v < V; v++) {
+            double dot = 0;
+            for (int c = 0; c < C; c++)
+                dot += (double)m->lnf_b[c] * m->unembed[(size_t)v * C + c];
+            assert_true(fabs(lg[(size_t)(N - 1) * V + v] - dot) < 1e-5);
+        }
+        /* without logits: the last resid_post as the full forward had it */
+        memset(stack, 0, N * C * sizeof(float));
+        struct gptneox_hook c1 = {HOOK_RESID_POST, NL - 1, copy_fn, stack};
+        assert_int_equal(gptneox_forward_from(m, 1, res + N * C, B, T, &c1, 1,
+                                              GPTNEOX_FWD_NO_LOGITS, &e), 0);
+        assert_null(gptneox_logits(m));
+        assert_true(maxdiff(stack, last, N * C, 0) == 0.0);
+        /* bad arguments */
+        assert_int_equal(gptneox_forward_from(m, NL + 1, res, B, T, NULL, 0, 0, &e), ERR_INVALID);
+        assert_non_null(strstr(e.msg, "resume layer"));
+        assert_int_equal(gptneox_forward_from(m, -1, res, B, T, NULL, 0, 0, &e), ERR_INVALID);
+        assert_int_equal(gptneox_forward_from(m, 0, NULL, B, T, NULL, 0, 0, &e), ERR_INVALID);
+        assert_int_equal(gptneox_forward_from(m, NL, res, B, T, NULL, 0, GPTNEOX_FWD_NO_LOGITS, &e),
+                         ERR_INVALID);
+        assert_int_equal(gptneox_forward_from(m, 0, res, 0, T, NULL, 0, 0, &e), ERR_INVALID);
+        free(stack);
+        free(last);
+        free(want);
+        free(res);
+        gptneox_free(m);
+    }
+}
+
 static void test_hook_names(void **state)
 {
     (void)state;
@@ -520,6 +600,7 @@ int main(void)
         cmocka_unit_test(test_bad_tokens),
         cmocka_unit_test(test_batch_and_arena),
         cmocka_unit_test(test_forward_until),
+        cmocka_unit_test(test_forward_from),
         cmocka_unit_test(test_hook_names),
         cmocka_unit_test(test_load_faults),
     };

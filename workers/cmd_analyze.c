@@ -36,7 +36,9 @@ static const char analyze_usage[] =
     "                       slice of a long eval text; default: all)\n"
     "  --seed N             seed of the generated eval set (default 0): without\n"
     "                       --eval-tokens, 16 sequences of 128 ids (capped at\n"
-    "                       max_position_embeddings), uniform from splitmix64\n"
+    "                       max_position_embeddings), uniform from splitmix64;\n"
+    "                       it also seeds the random repeated sequences (heads,\n"
+    "                       ablation)\n"
     "  --probe FILE         a user probe dataset (JSON, see README.md), repeatable; the\n"
     "                       `probes` item writes its rows with idx = its position in\n"
     "                       the --probe list (0-based), logged as `probe set idx=..`\n";

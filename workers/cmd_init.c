@@ -6,6 +6,7 @@
 
 #include "../common/log.h"
 #include "cli.h"
+#include "model/circuits.h"
 #include "model/gptneox.h"
 
 static const char init_usage[] =
@@ -13,7 +14,10 @@ static const char init_usage[] =
     "\n"
     "Writes CKPT_DIR/config.json and CKPT_DIR/model.safetensors holding a GPT-NeoX\n"
     "model with random weights (N(0, std), default std 0.02, seed 1).\n"
-    "Presets: tiny (default), pythia-14m, pythia-70m, pythia-160m, pythia-410m.\n";
+    "Presets: tiny (default), pythia-14m, pythia-70m, pythia-160m, pythia-410m.\n"
+    "Hand-built circuits (weights set by construction, --seed and --std unused):\n"
+    "prev-token-circuit (1 layer, a previous-token head), induction-circuit (2 layers,\n"
+    "a previous-token head feeding an induction head).\n";
 
 int cmd_init(int argc, char **argv)
 {
@@ -44,7 +48,9 @@ int cmd_init(int argc, char **argv)
                        : strcmp(dtype, "bf16") == 0 ? ST_BF16
                                                     : ST_DTYPE_COUNT;
     struct gptneox_config cfg;
-    if (!dir || dt == ST_DTYPE_COUNT || !(std > 0.0) || gptneox_config_preset(&cfg, preset) < 0) {
+    int circuit = circuit_known(preset);
+    if (!dir || dt == ST_DTYPE_COUNT || !(std > 0.0) ||
+        (!circuit && gptneox_config_preset(&cfg, preset) < 0)) {
         fprintf(stderr, "ckpt-worker init: need CKPT_DIR, a known preset, dtype and std > 0\n%s",
                 init_usage);
         return EXIT_USAGE;
@@ -52,9 +58,15 @@ int cmd_init(int argc, char **argv)
     struct err e;
     struct gptneox *m = NULL;
     int status = EXIT_INPUT;
-    if (gptneox_create(&m, &cfg, &e) < 0)
-        goto out;
-    gptneox_init_random(m, seed, (float)std);
+    if (circuit) {
+        if (circuit_build(&m, preset, &e) < 0)
+            goto out;
+        cfg = m->cfg;
+    } else {
+        if (gptneox_create(&m, &cfg, &e) < 0)
+            goto out;
+        gptneox_init_random(m, seed, (float)std);
+    }
     if (gptneox_save(m, dir, dt, &e) < 0)
         goto out;
     printf("wrote %s: %s, %zu parameters, %s\n", dir, preset, gptneox_config_nparams(&cfg), dtype);

@@ -12,9 +12,11 @@
 static const struct battery_item *const items[] = {
     &battery_item_loss,
     &battery_item_weights,
-    &battery_item_probes,
+    &battery_item_heads,
     &battery_item_lens,
     &battery_item_composition,
+    &battery_item_ablation,
+    &battery_item_probes,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
@@ -114,5 +116,45 @@ int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
     *tokens = tok;
     *B = b;
     *T = t;
+    return 0;
+}
+
+int battery_repeated_tokens(int **tokens, int *B, int *T, int *L, int V, int max_positions,
+                            uint64_t seed, struct err *e)
+{
+    *tokens = NULL;
+    int l = (max_positions - 1) / 2 < BATTERY_REP_LEN ? (max_positions - 1) / 2 : BATTERY_REP_LEN;
+    l = V - 1 < l ? V - 1 : l;
+    if (V < 3)
+        return err_set(e, ERR_INVALID, NULL,
+                       "vocabulary of %d ids: repeated sequences need at least 3", V);
+    if (l < 2)
+        return err_set(e, ERR_INVALID, NULL,
+                       "max_position_embeddings %d leaves no room for a repeated sequence "
+                       "(at least 5 positions are needed)",
+                       max_positions);
+    int b = BATTERY_REP_SEQS, t = 2 * l + 1;
+    int *tok = malloc((size_t)b * t * sizeof *tok);
+    if (!tok)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for the repeated sequences");
+    uint64_t s = seed ^ BATTERY_REP_SALT;
+    for (int i = 0; i < b; i++) {
+        int *row = tok + (size_t)i * t;
+        row[0] = BATTERY_REP_BOS; /* 0, inside every vocabulary */
+        for (int j = 0; j < l; j++) {
+            int id, seen;
+            do { /* distinct ids in [1, V): redraw BOS and repeats */
+                id = (int)rng_below(&s, (uint32_t)V);
+                seen = id == BATTERY_REP_BOS;
+                for (int k = 0; k < j && !seen; k++)
+                    seen = row[1 + k] == id;
+            } while (seen);
+            row[1 + j] = row[1 + l + j] = id;
+        }
+    }
+    *tokens = tok;
+    *B = b;
+    *T = t;
+    *L = l;
     return 0;
 }

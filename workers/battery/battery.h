@@ -123,6 +123,26 @@ int battery_run_item(const struct battery_item *it, const struct battery_ctx *ct
 int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,
                          uint64_t seed, struct err *e) CK_WUR;
 
+/* ---- random repeated sequences ---- */
+
+#define BATTERY_REP_SEQS 8  /* sequences */
+#define BATTERY_REP_LEN 64  /* L, the length of R, capped at (max_positions-1)/2 */
+#define BATTERY_REP_BOS 0   /* the first token of every sequence */
+#define BATTERY_REP_SALT 0x5245504541544544ull /* "REPEATED": seed ^ salt starts the state */
+
+/* The random repeated sequences of Olsson et al. 2022 ("In-context Learning
+ * and Induction Heads"): BATTERY_REP_SEQS sequences [BOS, R, R], R of
+ * L = min(BATTERY_REP_LEN, (max_positions-1)/2, V-1) distinct ids drawn
+ * uniformly from [1, V) (no BOS inside R, no id twice, so each query of
+ * the second copy has exactly one induction target), T = 2L+1; position
+ * 1+j holds R[j] and 1+L+j its repeat.  The ids come from rng_below,
+ * sequence by sequence, redrawing BOS and repeats, from a splitmix64 state
+ * starting at seed ^ BATTERY_REP_SALT (a different stream from the eval
+ * set's).  *tokens (B*T) is the caller's to free; ERR_INVALID when V < 3 or
+ * max_positions < 5, ERR_NOMEM. */
+int battery_repeated_tokens(int **tokens, int *B, int *T, int *L, int V, int max_positions,
+                            uint64_t seed, struct err *e) CK_WUR;
+
 /* ---- the items ---- */
 
 /* loss v2 (needs eval_tokens): next-token cross-entropy on the eval set,
@@ -215,5 +235,35 @@ extern const struct battery_item battery_item_lens;
  * See battery_composition.c. */
 #define COMPOSITION_DRAWS 8
 extern const struct battery_item battery_item_composition;
+/* heads v1 (needs eval_tokens): attention-head scores after Olsson et al.
+ * 2022 and TransformerLens's head detectors, on the random repeated
+ * sequences (battery_repeated_tokens, from --seed) with R of length L:
+ *   induction_score        layer L head H  mean attention i -> i-L+1 over the
+ *                                          queries i of the second copy
+ *   prev_token_score       layer L head H  mean attention i -> i-1, i >= 1
+ *   duplicate_token_score  layer L head H  mean attention i -> i-L over the
+ *                                          queries of the second copy
+ *   attention_entropy      layer L head H  mean entropy (nats) of the pattern
+ *                                          rows of the eval set, queries t >= 1
+ *   induction_loss, first_copy_loss, induction_loss_drop   layer -1 head -1
+ *                          next-token loss on R[1..L-1] of the second and the
+ *                          first copy, and first minus second
+ * See battery_heads.c for the exact definitions. */
+#define HEADS_BATCH 8 /* eval sequences per forward */
+extern const struct battery_item battery_item_heads;
+
+/* ablation v1 (needs eval_tokens): per head, the effect on the loss of
+ * zero- and mean-ablating its hook_z slice, and direct logit attribution
+ * of heads, MLPs, the embedding and the biases; on two token sets, idx 0
+ * the first ABLATION_EVAL_SEQS eval sequences (every next-token
+ * prediction) and idx 1 the first ABLATION_REP_SEQS repeated sequences
+ * (predictions of R[1..L-1] in the second copy, the induction loss).
+ * Ablated forwards resume at the ablated layer (gptneox_forward_from) with
+ * variants stacked along the batch, up to ABLATION_TOKENS tokens per
+ * forward.  See battery_ablation.c for the definitions. */
+#define ABLATION_EVAL_SEQS 4
+#define ABLATION_REP_SEQS 4
+#define ABLATION_TOKENS 1024
+extern const struct battery_item battery_item_ablation;
 
 #endif

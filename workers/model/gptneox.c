@@ -586,9 +586,11 @@ static void add_inplace(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-static int forward_impl(struct gptneox *m, const int *tokens, int B, int T,
-                        const struct gptneox_hook *hooks, size_t nh, int last_layer,
-                        struct err *e)
+/* The forward from tokens (resid NULL, first_layer 0) or resumed at
+ * blocks.<first_layer>.hook_resid_pre from the residual `resid` (B,T,C). */
+static int forward_impl(struct gptneox *m, const int *tokens, const float *resid,
+                        int first_layer, int B, int T, const struct gptneox_hook *hooks,
+                        size_t nh, int last_layer, struct err *e)
 {
     const struct gptneox_config *c = &m->cfg;
     const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, V = c->vocab_size;
@@ -596,7 +598,7 @@ static int forward_impl(struct gptneox *m, const int *tokens, int B, int T,
     int rc;
     if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 26))
         return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
-    for (size_t i = 0; i < (size_t)B * T; i++)
+    for (size_t i = 0; !resid && i < (size_t)B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return err_set(e, ERR_INVALID, NULL, "token %d at position %zu is outside the vocabulary [0, %d)",
                            tokens[i], i, V);
@@ -609,13 +611,18 @@ static int forward_impl(struct gptneox *m, const int *tokens, int B, int T,
     const int N = B * T;
     const float eps = (float)c->layer_norm_eps;
 
-    for (int n = 0; n < N; n++)
-        memcpy(a->x + (size_t)n * C, m->embed + (size_t)tokens[n] * C, (size_t)C * sizeof(float));
-    if ((rc = call_hooks(m, hooks, nh, HOOK_EMBED, -1, a->x, B, T, e)) < 0)
-        return rc;
+    if (resid) {
+        memcpy(a->x, resid, (size_t)N * C * sizeof(float));
+    } else {
+        for (int n = 0; n < N; n++)
+            memcpy(a->x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
+                   (size_t)C * sizeof(float));
+        if ((rc = call_hooks(m, hooks, nh, HOOK_EMBED, -1, a->x, B, T, e)) < 0)
+            return rc;
+    }
 
     int stop = last_layer < c->n_layers - 1 ? last_layer : c->n_layers - 1;
-    for (int l = 0; l <= stop; l++) {
+    for (int l = first_layer; l <= stop; l++) {
         const struct gptneox_layer *L = &m->layers[l];
         if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_PRE, l, a->x, B, T, e)) < 0)
             return rc;
@@ -668,7 +675,7 @@ static int forward_impl(struct gptneox *m, const int *tokens, int B, int T,
 int gptneox_forward(struct gptneox *m, const int *tokens, int B, int T,
                     const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
 {
-    return forward_impl(m, tokens, B, T, hooks, nhooks, INT32_MAX, e);
+    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
 }
 
 int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
@@ -678,7 +685,23 @@ int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
     if (last_layer < 0 || last_layer >= m->cfg.n_layers)
         return err_set(e, ERR_INVALID, NULL, "layer %d is outside [0, %d)", last_layer,
                        m->cfg.n_layers);
-    return forward_impl(m, tokens, B, T, hooks, nhooks, last_layer, e);
+    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, last_layer, e);
+}
+
+int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B, int T,
+                         const struct gptneox_hook *hooks, size_t nhooks, unsigned flags,
+                         struct err *e)
+{
+    const int nl = m->cfg.n_layers;
+    if (layer < 0 || layer > nl)
+        return err_set(e, ERR_INVALID, NULL, "resume layer %d is outside [0, %d]", layer, nl);
+    if (!resid)
+        return err_set(e, ERR_INVALID, NULL, "no residual to resume from");
+    if ((flags & GPTNEOX_FWD_NO_LOGITS) && layer == nl)
+        return err_set(e, ERR_INVALID, NULL,
+                       "resuming after the last layer without logits computes nothing");
+    return forward_impl(m, NULL, resid, layer, B, T, hooks, nhooks,
+                        (flags & GPTNEOX_FWD_NO_LOGITS) ? nl - 1 : INT32_MAX, e);
 }
 
 const float *gptneox_logits(const struct gptneox *m)

@@ -142,6 +142,20 @@ int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
                           const struct gptneox_hook *hooks, size_t nhooks,
                           int last_layer, struct err *e) CK_WUR;
 
+/* Resume a forward at blocks.<layer>.hook_resid_pre from a residual stream
+ * `resid` (B,T,C) cached earlier (0 <= layer <= n_layers; n_layers means
+ * "after the last block": only the final LayerNorm and the logits).  Runs
+ * layers layer.. n_layers-1 exactly as gptneox_forward would, calling the
+ * hooks from blocks.<layer>.hook_resid_pre on (hook_embed is not called),
+ * then the logits unless flags has GPTNEOX_FWD_NO_LOGITS.  With the same
+ * (B,T) and residual the logits are bit-identical to the full forward's.
+ * `resid` is copied; it may be reused at once.  Errors as gptneox_forward,
+ * and ERR_INVALID for a layer out of range or a NULL resid. */
+#define GPTNEOX_FWD_NO_LOGITS 1u
+int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B, int T,
+                         const struct gptneox_hook *hooks, size_t nhooks, unsigned flags,
+                         struct err *e) CK_WUR;
+
 /* Logits (B,T,V) of the last full forward; borrowed, NULL before one. */
 const float *gptneox_logits(const struct gptneox *m);
 

@@ -1,0 +1,442 @@
+/*
+ * test_heads - the `heads` and `ablation` battery items, the repeated
+ * sequences, and the hand-built circuits that prove the items right.
+ *
+ * Against an independent reference: tests/reference/heads_ref.py computed
+ * every row of both items in float64 with torch (tests/golden/heads/, one JSON file per checkpoint)
+ * for two golden fixtures (parallel and sequential residual) and the two
+ * circuits; each C row must be within 1e-5 * max(1, |ref|) of it (measured:
+ * under 2e-7), and the two sets of rows must name the same measurements.
+ *
+ * By construction (workers/model/circuits.h):
+ *   prev-token-circuit  head 0.0 prev_token_score > 0.95, its other scores
+ *                       < 0.05; the uniform head's scores < 0.15
+ *   induction-circuit   head 1.0 induction_score > 0.9; induction_loss
+ *                       < 0.1 nats and first_copy_loss within 0.05 of log V;
+ *                       zero-ablating 1.0 (or the previous-token head 0.0)
+ *                       raises the induction loss to first_copy_loss (within
+ *                       0.05); the uniform heads move it by < 0.01; DLA of
+ *                       1.0 is > 0.95 of logit_diff and every other term is
+ *                       < 0.01 in size
+ * Internal consistency: the dla_* rows sum to logit_diff (1e-5 * max(1, |x|)),
+ * logit_diff and clean_loss agree with a plain gptneox_forward of the same
+ * sequences (1e-5), and the same inputs twice give identical bytes.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../workers/battery/battery.h"
+#include "../workers/model/circuits.h"
+#include "../workers/model/gptneox.h"
+#include "../workers/model/kernels.h"
+
+#define REF_TOL 1e-5
+
+/* ---- rows ---- */
+
+struct row {
+    char item[16], metric[32];
+    int layer, head, idx;
+    double value;
+};
+
+struct run {
+    struct row *rows;
+    size_t n;
+    char *text; /* both items' COPY text */
+    size_t len;
+};
+
+static void parse_into(struct run *r, const struct rows *w)
+{
+    const char *p = w->buf, *end = w->buf + w->len;
+    r->rows = realloc(r->rows, (r->n + w->n + 1) * sizeof *r->rows);
+    r->text = realloc(r->text, r->len + w->len + 1);
+    assert_non_null(r->rows);
+    assert_non_null(r->text);
+    memcpy(r->text + r->len, w->buf, w->len);
+    r->len += w->len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        assert_non_null(nl);
+        char line[256], val[64];
+        int ver;
+        assert_true((size_t)(nl - p) < sizeof line);
+        memcpy(line, p, (size_t)(nl - p));
+        line[nl - p] = '\0';
+        struct row *x = &r->rows[r->n++];
+        if (sscanf(line, "%15[^\t]\t%d\t%31[^\t]\t%d\t%d\t%d\t%63s", x->item, &ver, x->metric,
+                   &x->layer, &x->head, &x->idx, val) != 7)
+            fail_msg("malformed row '%s'", line);
+        x->value = strtod(val, NULL);
+        p = nl + 1;
+    }
+}
+
+static void run_free(struct run *r)
+{
+    free(r->rows);
+    free(r->text);
+    memset(r, 0, sizeof *r);
+}
+
+/* Run heads and ablation on m with the generated eval set of `seed`. */
+static void run_items(struct gptneox *m, uint64_t seed, struct run *out)
+{
+    memset(out, 0, sizeof *out);
+    int *tok = NULL, B, T;
+    struct err e;
+    assert_int_equal(battery_eval_default(&tok, &B, &T, m->cfg.vocab_size, m->cfg.max_positions,
+                                          seed, &e),
+                     0);
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T,
+                            .eval_name = "test", .seed = seed};
+    const struct battery_item *items[2] = {&battery_item_heads, &battery_item_ablation};
+    struct rows w;
+    rows_init(&w);
+    for (int i = 0; i < 2; i++) {
+        if (battery_run_item(items[i], &c, &w, &e) < 0)
+            fail_msg("%s: %s", items[i]->name, err_str(&e));
+        parse_into(out, &w);
+    }
+    rows_free(&w);
+    free(tok);
+}
+
+static double get(const struct run *r, const char *metric, int layer, int head, int idx)
+{
+    const struct row *hit = NULL;
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->rows[i].metric, metric) == 0 && r->rows[i].layer == layer &&
+            r->rows[i].head == head && r->rows[i].idx == idx) {
+            if (hit)
+                fail_msg("row %s %d %d %d twice", metric, layer, head, idx);
+            hit = &r->rows[i];
+        }
+    if (!hit)
+        fail_msg("no row %s %d %d %d", metric, layer, head, idx);
+    return hit->value;
+}
+
+static struct gptneox *circuit(const char *name)
+{
+    struct gptneox *m = NULL;
+    struct err e;
+    if (circuit_build(&m, name, &e) < 0)
+        fail_msg("%s: %s", name, err_str(&e));
+    return m;
+}
+
+/* ---- against the torch reference ---- */
+
+static void check_reference(const char *name, struct gptneox *m)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/golden/heads/%s.json", name);
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je);
+    if (!doc)
+        fail_msg("%s: %s", path, je.text);
+    struct run r;
+    run_items(m, 0, &r);
+    size_t nref = 0;
+    double worst = 0;
+    const char *worst_metric = "";
+    const char *items[2] = {"heads", "ablation"};
+    for (int i = 0; i < 2; i++) {
+        json_t *rows = json_object_get(doc, items[i]), *jr;
+        size_t k;
+        assert_true(json_is_array(rows));
+        json_array_foreach(rows, k, jr) {
+            const char *metric = json_string_value(json_array_get(jr, 0));
+            int l = (int)json_integer_value(json_array_get(jr, 1));
+            int h = (int)json_integer_value(json_array_get(jr, 2));
+            int idx = (int)json_integer_value(json_array_get(jr, 3));
+            double want = json_number_value(json_array_get(jr, 4));
+            double got = get(&r, metric, l, h, idx);
+            double d = fabs(got - want) / fmax(1.0, fabs(want));
+            if (!(d <= REF_TOL))
+                fail_msg("%s: %s %s layer %d head %d idx %d: %.17g, reference %.17g", name,
+                         items[i], metric, l, h, idx, got, want);
+            if (d > worst) {
+                worst = d;
+                worst_metric = metric;
+            }
+            nref++;
+        }
+    }
+    assert_int_equal(nref, r.n); /* no row the reference does not have */
+    printf("%-22s %3zu rows, max |diff| / max(1, |ref|) = %.2e (%s)\n", name, nref, worst,
+           worst_metric);
+    run_free(&r);
+    json_decref(doc);
+}
+
+static void test_reference(void **state)
+{
+    (void)state;
+    const char *fixtures[2] = {"f32_parallel_rot025", "f32_sequential_rot100"};
+    for (int i = 0; i < 2; i++) {
+        char dir[128];
+        snprintf(dir, sizeof dir, "tests/golden/%s", fixtures[i]);
+        struct gptneox *m = NULL;
+        struct err e;
+        if (gptneox_load(&m, dir, 0, &e) < 0)
+            fail_msg("%s: %s", dir, err_str(&e));
+        check_reference(fixtures[i], m);
+        gptneox_free(m);
+    }
+    const char *circuits[2] = {"prev-token-circuit", "induction-circuit"};
+    for (int i = 0; i < 2; i++) {
+        struct gptneox *m = circuit(circuits[i]);
+        check_reference(circuits[i], m);
+        gptneox_free(m);
+    }
+}
+
+/* ---- the circuits ---- */
+
+static void test_prev_token_circuit(void **state)
+{
+    (void)state;
+    struct gptneox *m = circuit("prev-token-circuit");
+    struct run r;
+    run_items(m, 0, &r);
+    double prev = get(&r, "prev_token_score", 0, 0, -1);
+    printf("prev-token head: prev %.6f induction %.2e duplicate %.2e; uniform head: prev %.4f "
+           "induction %.4f\n",
+           prev, get(&r, "induction_score", 0, 0, -1), get(&r, "duplicate_token_score", 0, 0, -1),
+           get(&r, "prev_token_score", 0, 1, -1), get(&r, "induction_score", 0, 1, -1));
+    assert_true(prev > 0.95);
+    assert_true(get(&r, "induction_score", 0, 0, -1) < 0.05);
+    assert_true(get(&r, "duplicate_token_score", 0, 0, -1) < 0.05);
+    /* the previous-token head is sharp; the uniform one is spread out */
+    assert_true(get(&r, "attention_entropy", 0, 0, -1) < 0.01);
+    assert_true(get(&r, "attention_entropy", 0, 1, -1) > 2.0);
+    const char *scores[3] = {"induction_score", "prev_token_score", "duplicate_token_score"};
+    for (int k = 0; k < 3; k++)
+        assert_true(get(&r, scores[k], 0, 1, -1) < 0.15);
+    run_free(&r);
+    gptneox_free(m);
+}
+
+static void test_induction_circuit(void **state)
+{
+    (void)state;
+    struct gptneox *m = circuit("induction-circuit");
+    struct run r;
+    run_items(m, 0, &r);
+    const double logV = log(m->cfg.vocab_size);
+    double ind = get(&r, "induction_score", 1, 0, -1);
+    double second = get(&r, "induction_loss", -1, -1, -1), first = get(&r, "first_copy_loss", -1, -1, -1);
+    double clean = get(&r, "clean_loss", -1, -1, 1);
+    double zero_ind = get(&r, "zero_ablation_delta", 1, 0, 1);
+    double zero_prev = get(&r, "zero_ablation_delta", 0, 0, 1);
+    double dla = get(&r, "dla_head", 1, 0, 1), diff = get(&r, "logit_diff", -1, -1, 1);
+    printf("induction head: score %.6f; loss second copy %.3g, first copy %.4f (log V %.4f); "
+           "zero-ablation +%.4f (prev-token head +%.4f); DLA %.3f of logit_diff %.3f\n",
+           ind, second, first, logV, zero_ind, zero_prev, dla, diff);
+    assert_true(ind > 0.9);
+    assert_true(get(&r, "prev_token_score", 0, 0, -1) > 0.95);
+    assert_true(second < 0.1);
+    assert_true(fabs(first - logV) < 0.05);
+    assert_true(fabs(get(&r, "induction_loss_drop", -1, -1, -1) - (first - second)) < 1e-12);
+    /* the ablation item's repeated set is a subset of the heads item's */
+    assert_true(clean < 0.1);
+    /* removing either half of the circuit undoes the induction */
+    assert_true(fabs(clean + zero_ind - first) < 0.05);
+    assert_true(fabs(clean + zero_prev - first) < 0.05);
+    assert_true(get(&r, "mean_ablation_delta", 1, 0, 1) > 0.5 * logV);
+    /* the uniform heads do little */
+    for (int l = 0; l < 2; l++) {
+        assert_true(fabs(get(&r, "zero_ablation_delta", l, 1, 1)) < 0.01);
+        assert_true(fabs(get(&r, "mean_ablation_delta", l, 1, 1)) < 0.01);
+    }
+    /* the induction head writes the logit; nothing else does */
+    assert_true(dla > 0.95 * diff && diff > 20);
+    assert_true(fabs(get(&r, "dla_head", 0, 0, 1)) < 0.01);
+    assert_true(fabs(get(&r, "dla_head", 0, 1, 1)) < 0.01);
+    assert_true(fabs(get(&r, "dla_head", 1, 1, 1)) < 0.01);
+    assert_true(fabs(get(&r, "dla_embed", -1, -1, 1)) < 0.01);
+    for (int l = 0; l < 2; l++)
+        assert_true(fabs(get(&r, "dla_mlp", l, -1, 1)) < 0.01);
+    run_free(&r);
+    gptneox_free(m);
+}
+
+/* ---- consistency ---- */
+
+/* The dla_* rows sum to logit_diff; logit_diff and clean_loss of the eval
+ * set agree with a plain forward of its first sequences. */
+static void check_dla_sum(struct gptneox *m, const char *what)
+{
+    struct run r;
+    run_items(m, 3, &r);
+    for (int idx = 0; idx < 2; idx++) {
+        double sum = 0;
+        for (size_t i = 0; i < r.n; i++)
+            if (strncmp(r.rows[i].metric, "dla_", 4) == 0 && r.rows[i].idx == idx)
+                sum += r.rows[i].value;
+        double diff = get(&r, "logit_diff", -1, -1, idx);
+        printf("%s idx %d: sum of DLA terms %.9f, logit_diff %.9f\n", what, idx, sum, diff);
+        if (!(fabs(sum - diff) <= 1e-5 * fmax(1.0, fabs(diff))))
+            fail_msg("%s idx %d: DLA terms sum to %.9g, logit_diff is %.9g", what, idx, sum, diff);
+    }
+    /* the eval set's first ABLATION_EVAL_SEQS sequences, directly */
+    int *tok = NULL, B, T;
+    struct err e;
+    const int V = m->cfg.vocab_size;
+    assert_int_equal(battery_eval_default(&tok, &B, &T, V, m->cfg.max_positions, 3, &e), 0);
+    int nb = B < ABLATION_EVAL_SEQS ? B : ABLATION_EVAL_SEQS;
+    assert_int_equal(gptneox_forward(m, tok, nb, T, NULL, 0, &e), 0);
+    const float *lg = gptneox_logits(m);
+    double d = 0;
+    for (int b = 0; b < nb; b++)
+        for (int t = 0; t + 1 < T; t++) {
+            const float *row = lg + ((size_t)b * T + t) * V;
+            double mean = 0;
+            for (int v = 0; v < V; v++)
+                mean += row[v];
+            d += row[tok[(size_t)b * T + t + 1]] - mean / V;
+        }
+    d /= (double)nb * (T - 1);
+    double loss = gptneox_loss(m, tok, nb, T, NULL, NULL);
+    assert_true(fabs(d - get(&r, "logit_diff", -1, -1, 0)) <= 1e-5 * fmax(1.0, fabs(d)));
+    assert_true(fabs(loss - get(&r, "clean_loss", -1, -1, 0)) <= 1e-5 * fmax(1.0, loss));
+    free(tok);
+    run_free(&r);
+}
+
+static void test_dla_sum(void **state)
+{
+    (void)state;
+    for (int par = 0; par <= 1; par++) {
+        struct gptneox_config cfg;
+        gptneox_config_default(&cfg, 61, 64, 3, 4, 96);
+        cfg.parallel_residual = par;
+        cfg.max_positions = 24;
+        struct gptneox *m = NULL;
+        struct err e;
+        assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+        gptneox_init_random(m, 5 + par, 0.3f);
+        check_dla_sum(m, par ? "random parallel" : "random sequential");
+        gptneox_free(m);
+    }
+    struct gptneox *m = circuit("induction-circuit");
+    check_dla_sum(m, "induction-circuit");
+    gptneox_free(m);
+}
+
+static void test_deterministic(void **state)
+{
+    (void)state;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_load(&m, "tests/golden/f32_parallel_rot025", 0, &e), 0);
+    struct run a, b, c;
+    run_items(m, 7, &a);
+    run_items(m, 7, &b);
+    run_items(m, 8, &c);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.text, b.text, a.len);
+    /* another seed, other repeated sequences and eval set: other numbers */
+    assert_true(get(&a, "induction_score", 0, 0, -1) != get(&c, "induction_score", 0, 0, -1));
+    run_free(&a);
+    run_free(&b);
+    run_free(&c);
+    gptneox_free(m);
+}
+
+/* ---- the repeated sequences ---- */
+
+static void test_repeated_tokens(void **state)
+{
+    (void)state;
+    int *tok = NULL, B, T, L;
+    struct err e;
+    int caps[4][3] = {{50304, 2048, 64}, {256, 33, 16}, {5, 100, 4}, {3, 5, 2}}; /* V, max, L */
+    for (int k = 0; k < 4; k++) {
+        int V = caps[k][0];
+        assert_int_equal(battery_repeated_tokens(&tok, &B, &T, &L, V, caps[k][1], 9, &e), 0);
+        assert_int_equal(L, caps[k][2]);
+        assert_int_equal(B, BATTERY_REP_SEQS);
+        assert_int_equal(T, 2 * L + 1);
+        for (int b = 0; b < B; b++) {
+            const int *row = tok + (size_t)b * T;
+            assert_int_equal(row[0], BATTERY_REP_BOS);
+            for (int j = 0; j < L; j++) {
+                assert_int_equal(row[1 + j], row[1 + L + j]);
+                assert_true(row[1 + j] > 0 && row[1 + j] < V);
+                for (int i = 0; i < j; i++)
+                    assert_true(row[1 + i] != row[1 + j]);
+            }
+        }
+        int *again = NULL, B2, T2, L2;
+        assert_int_equal(battery_repeated_tokens(&again, &B2, &T2, &L2, V, caps[k][1], 9, &e), 0);
+        assert_memory_equal(tok, again, (size_t)B * T * sizeof *tok);
+        free(again);
+        free(tok);
+    }
+    assert_int_equal(battery_repeated_tokens(&tok, &B, &T, &L, 2, 100, 0, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "vocabulary"));
+    assert_null(tok);
+    assert_int_equal(battery_repeated_tokens(&tok, &B, &T, &L, 100, 4, 0, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "max_position_embeddings 4"));
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_load(&m, "tests/golden/f32_parallel_rot025", 0, &e), 0);
+    int tok[2 * 65] = {0};
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = 2, .eval_T = 65,
+                            .eval_name = "long.json"};
+    struct rows w;
+    rows_init(&w);
+    const struct battery_item *items[2] = {&battery_item_heads, &battery_item_ablation};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(battery_run_item(items[i], &c, &w, &e), ERR_INVALID);
+        assert_non_null(strstr(e.msg, "max_position_embeddings 64"));
+        assert_int_equal(w.n, 0);
+    }
+    c.eval_B = 130;
+    c.eval_T = 1;
+    assert_int_equal(battery_run_item(&battery_item_ablation, &c, &w, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "at least 2"));
+    c.eval_T = 2;
+    c.eval_B = 65;
+    tok[7] = m->cfg.vocab_size; /* outside the vocabulary */
+    assert_int_equal(battery_run_item(&battery_item_heads, &c, &w, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "vocabulary"));
+    struct gptneox *x = NULL;
+    assert_int_equal(circuit_build(&x, "no-such-circuit", &e), ERR_NOTFOUND);
+    assert_null(x);
+    assert_true(circuit_known("induction-circuit") && !circuit_known("tiny"));
+    rows_free(&w);
+    gptneox_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_repeated_tokens),
+        cmocka_unit_test(test_prev_token_circuit),
+        cmocka_unit_test(test_induction_circuit),
+        cmocka_unit_test(test_reference),
+        cmocka_unit_test(test_dla_sum),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
