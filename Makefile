@@ -146,6 +146,7 @@ endif
 	@bench/run
 	@bench/queue_bench.sh
 	@bench/fetch_bench.sh
+	@bench/battery_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -221,11 +221,12 @@ int cmd_analyze(int argc, char **argv)
                   B, T);
     }
     for (size_t i = 0; i < nitems; i++) {
-        double t0 = now_seconds();
+        double t0 = now_seconds(), f0 = m->forward_flop;
         if (battery_run_item(items[i], &bctx, &r, &e) < 0 || rows_write(&r, stdout, &e) < 0)
             goto fail;
-        log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f", items[i]->name,
-                 items[i]->version, r.n, now_seconds() - t0);
+        log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f forward_flop=%.4g",
+                 items[i]->name, items[i]->version, r.n, now_seconds() - t0,
+                 m->forward_flop - f0);
     }
     if (fflush(stdout) != 0 || ferror(stdout)) {
         err_set(&e, ERR_IO, "stdout", "write failed: %s", strerror(errno));

@@ -622,6 +622,8 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
     }
 
     int stop = last_layer < c->n_layers - 1 ? last_layer : c->n_layers - 1;
+    const double unembed_flop = 2.0 * N * C * V;
+    const double layer_flop = (gptneox_forward_flops(c, B, T) - unembed_flop) / c->n_layers;
     for (int l = first_layer; l <= stop; l++) {
         const struct gptneox_layer *L = &m->layers[l];
         if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_PRE, l, a->x, B, T, e)) < 0)
@@ -659,6 +661,7 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
         if (c->parallel_residual)
             add_inplace(a->x, a->attn_out, (size_t)N * C);
         add_inplace(a->x, a->mlp_out, (size_t)N * C);
+        m->forward_flop += layer_flop;
         if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_POST, l, a->x, B, T, e)) < 0)
             return rc;
     }
@@ -668,6 +671,7 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
     if ((rc = call_hooks(m, hooks, nh, HOOK_LN_FINAL, -1, a->ln, B, T, e)) < 0)
         return rc;
     matmul_forward(a->logits, a->ln, m->unembed, NULL, N, C, V);
+    m->forward_flop += unembed_flop;
     a->has_logits = 1;
     return 0;
 }

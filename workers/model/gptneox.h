@@ -92,6 +92,11 @@ struct gptneox {
     /* Weights are read-only when they point into a mapped file; load with
      * GPTNEOX_LOAD_WRITABLE (or create) to own writable copies. */
     int writable;
+    /* Floating-point operations of the forward work done on this model so
+     * far (each layer and the unembedding as they run, counted as
+     * gptneox_forward_flops does): lets callers report what their forwards
+     * cost.  Never reset by the model. */
+    double forward_flop;
     /* private */
     float *block;
     size_t block_floats;
