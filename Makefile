@@ -9,6 +9,7 @@
 #                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
+#                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
