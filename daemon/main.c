@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "evalset.h"
 #include "fetch.h"
 #include "migrate.h"
 #include "queue.h"
@@ -35,7 +36,8 @@ static const char usage[] =
     "commands:\n"
     "  migrate                      create or upgrade the database schema\n"
     "  add-run NAME --source URL --schedule pythia|LIST [--items ITEM,...]\n"
-    "          [--eval-tokens FILE [--ctx N] [--eval-seqs N]] [--probe FILE]...\n"
+    "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
+    "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
@@ -82,6 +84,7 @@ static int cmd_migrate(struct daemon_config *cfg)
 static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
+    const char *eval_text = NULL, *tokenizer = NULL;
     long long seed = -1, ctx = 0, eval_seqs = 0;
     int max_attempts = 5;
     json_t *probes = json_array();
@@ -98,6 +101,10 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             seed = atoll(argv[++i]);
         else if (strcmp(argv[i], "--max-attempts") == 0 && i + 1 < argc)
             max_attempts = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--eval-text") == 0 && i + 1 < argc)
+            eval_text = argv[++i];
+        else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc)
+            tokenizer = argv[++i];
         else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc)
             ctx = atoll(argv[++i]);
         else if (strcmp(argv[i], "--eval-seqs") == 0 && i + 1 < argc)
@@ -120,9 +127,11 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         }
     }
     if (!name || !source || !schedule || max_attempts < 1 || ctx < 0 || ctx > INT32_MAX ||
-        eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval)) {
+        eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval && !eval_text) ||
+        (eval && eval_text) || (tokenizer && !eval_text)) {
         fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule; --ctx and "
-                        "--eval-seqs are positive and need --eval-tokens\n%s", usage);
+                        "--eval-seqs are positive and need --eval-tokens or --eval-text (not "
+                        "both); --tokenizer goes with --eval-text\n%s", usage);
         json_decref(probes);
         return EXIT_USAGE;
     }
@@ -163,6 +172,20 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     } else {
         for (int i = 0; i < reg.nitems && nitems < 64; i++)
             items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
+    }
+    char tok_default[PATH_MAX], tok_path[PATH_MAX];
+    if (eval_text) {
+        if (!tokenizer) {
+            snprintf(tok_default, sizeof tok_default, "%s/20B_tokenizer.json", evalset_data_dir());
+            tokenizer = tok_default;
+        }
+        if (evalset_tokenize(worker, eval_text, tokenizer, evalset_data_dir(), tok_path,
+                             sizeof tok_path, &e) < 0) {
+            log_err("cannot tokenize the eval text", &e);
+            status = e.code == ERR_CHILD ? EXIT_FAIL : EXIT_USAGE;
+            goto out;
+        }
+        eval = tok_path;
     }
     if (eval) {
         if (!realpath(eval, abs_eval)) {

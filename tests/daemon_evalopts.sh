@@ -62,4 +62,33 @@ fi
 if [ "$want" != "$all" ]; then dl_ok "10 of 12 sequences differ from all 12"; else dl_fail "--max-seqs changed nothing"; fi
 dl_eq "user probe rows, idx 0" "true 0" \
     "$(dl_sql "SELECT (count(*) > 0) || ' ' || max(idx) FROM series WHERE metric = 'user_acc'")"
+
+# --eval-text: tokenized once by the worker into the data directory, under a
+# name from the text's and tokenizer's contents; reused; errors are clear
+export CKPTD_DATA=$T/data
+printf 'Hello world. The quick brown fox jumps over the lazy dog.\n%.0s' $(seq 40) >"$T/text.txt"
+# the real GPT-NeoX-20B tokenizer (make unit fetches it into var/data)
+TOKJ=$ROOT/var/data/20B_tokenizer.json
+[ -f "$TOKJ" ] || CKPTD_DATA=$ROOT/var/data "$ROOT/scripts/fetch-tokenizer" >/dev/null 2>&1
+out=$("${C[@]}" add-run tx --source "file://$T/ck/step{step}" --schedule 0 --items loss \
+    --eval-text "$T/text.txt" --tokenizer "$TOKJ" --ctx 16 2>"$T/tx.err")
+dl_eq "add-run --eval-text" "run tx: 1 steps, 1 items; added 1 checkpoints and 1 jobs" "$out"
+tokf=$(dl_sql "SELECT options->>'eval_tokens' FROM runs WHERE name = 'tx'")
+case "$tokf" in "$T"/data/eval-*.u32) dl_ok "token file in the data directory" ;;
+*) dl_fail "token file: $tokf" ;; esac
+"$WORKER" tokenize --tokenizer "$TOKJ" --in "$T/text.txt" --out "$T/want.u32" 2>/dev/null
+if cmp -s "$tokf" "$T/want.u32"; then dl_ok "token file = ckpt-worker tokenize"; else dl_fail "token file differs"; fi
+out=$("${C[@]}" add-run tx2 --source "file://$T/ck/step{step}" --schedule 0 --items loss \
+    --eval-text "$T/text.txt" --tokenizer "$TOKJ" 2>"$T/tx2.err")
+dl_eq "same text, same file" "$tokf" "$(dl_sql "SELECT options->>'eval_tokens' FROM runs WHERE name = 'tx2'")"
+if grep -q "already tokenized" "$T/tx2.err"; then dl_ok "second add-run reused it"; else dl_fail "tokenized twice"; fi
+dl_eq "no temporary files left" 1 "$(ls "$T/data" | wc -l)"
+"${C[@]}" add-run tx3 --source "file://$T/ck" --schedule 0 --eval-text "$T/nonesuch.txt" --tokenizer "$TOKJ" >/dev/null 2>"$T/tx3.err"
+dl_eq "missing text: exit 2" 2 $?
+"${C[@]}" add-run tx4 --source "file://$T/ck" --schedule 0 --eval-text "$T/text.txt" --tokenizer "$T/text.txt" >/dev/null 2>"$T/tx4.err"
+dl_eq "bad tokenizer: exit 1" 1 $?
+if grep -q "tokenize" "$T/tx4.err"; then dl_ok "bad tokenizer named"; else dl_fail "no message: $(cat "$T/tx4.err")"; fi
+"${C[@]}" add-run tx5 --source "file://$T/ck" --schedule 0 --eval-text "$T/text.txt" --eval-tokens "$T/eval.u16" >/dev/null 2>&1
+dl_eq "--eval-text with --eval-tokens: exit 2" 2 $?
+dl_eq "failed add-runs wrote nothing" "" "$(dl_sql "SELECT name FROM runs WHERE name IN ('tx3', 'tx4', 'tx5')")"
 dl_finish
