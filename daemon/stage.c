@@ -615,3 +615,44 @@ int stage_poll(struct stage *st, struct err *e)
         }
     }
 }
+
+int stage_discover_steps(struct fetcher *f, const char *source, int offline, long long **steps, int *n,
+                         struct err *e)
+{
+    struct hub_source src;
+    char url[HUB_URL_MAX];
+    *steps = NULL;
+    *n = 0;
+    int rc = hub_source_parse(&src, source, e);
+    if (rc < 0)
+        return rc;
+    if (src.kind != HUB_HF)
+        return err_set(e, ERR_INVALID, source,
+                       "the refs schedule needs an hf://ORG/NAME source (its step<N> branches); give the steps"
+                       " as a list for other sources");
+    if ((rc = hub_refs_url(&src, url, sizeof url, e)) < 0)
+        return rc;
+    if (offline)
+        return err_set(e, ERR_INVALID, url,
+                       "offline (HF_HUB_OFFLINE=1): the refs schedule needs the hub's refs API; unset"
+                       " HF_HUB_OFFLINE or give the steps as a list");
+    struct fetch_req r;
+    memset(&r, 0, sizeof r);
+    r.kind = FETCH_MEMORY;
+    r.want_size = -1;
+    r.max_body = 16u << 20;
+    snprintf(r.url, sizeof r.url, "%s", url);
+    if ((rc = fetcher_add(f, &r, e)) < 0)
+        return rc;
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 500);
+    if (!r.ok)
+        rc = err_set(e, ERR_NET, "refs", "step discovery: %s", r.error);
+    else if ((rc = hub_parse_refs(r.body, steps, n, e)) < 0)
+        err_wrap(e, "%s", url);
+    else
+        log_info("steps discovered", "source=%s url=%s steps=%d first=%lld last=%lld", log_quote(source),
+                 log_quote(url), *n, (*steps)[0], (*steps)[*n - 1]);
+    fetch_req_clear(&r);
+    return rc;
+}
