@@ -113,6 +113,14 @@ void fetch_req_clear(struct fetch_req *r);
  * nothing to do it just waits on fds. */
 int fetcher_run(struct fetcher *f, const int *fds, int nfds, int timeout_ms);
 
+/* New settings (SIGHUP): the parallel limit, retries and backoff apply at
+ * once (to the next start or retry decision); the low-speed limits,
+ * connect timeout, token and CA file to transfers started from now on
+ * (a running transfer keeps the ones it started with). */
+void fetcher_set_opts(struct fetcher *f, const struct fetch_opts *o);
+/* The settings in force. Borrowed. */
+const struct fetch_opts *fetcher_opts(const struct fetcher *f);
+
 /* Requests queued, waiting to retry or running. */
 int fetcher_pending(const struct fetcher *f);
 

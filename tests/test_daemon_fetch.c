@@ -4,7 +4,8 @@
  * backoff with jitter, URL origins (where the token may go), the hub's tree
  * and refs answers, file choice and shard indexes, SHA-256 against known
  * vectors (FIPS 180-2), the cache (keys, blobs, snapshots, pins, LRU
- * eviction within a budget, room reserved before a download) and the HuggingFace cache lookup on a fake
+ * eviction within a budget, room reserved before a download), settings
+ * changed on a live fetcher (retries against a closed local port) and the HuggingFace cache lookup on a fake
  * tree in a temporary directory.
  */
 #include <setjmp.h>
@@ -464,6 +465,50 @@ static void test_cache_reserve(void **state)
     cache_close(c);
 }
 
+/* New settings reach a live fetcher: retries counted against a port
+ * nothing listens on (connection refused: retryable), before and after
+ * fetcher_set_opts. */
+static void test_fetcher_set_opts(void **state)
+{
+    (void)state;
+    struct fetch_opts o;
+    struct err e;
+    fetch_opts_defaults(&o);
+    o.retries = 0;
+    o.backoff_base_s = o.backoff_max_s = 0.01;
+    o.connect_timeout_s = 2;
+    struct fetcher *f = fetcher_new(&o, &e);
+    assert_non_null(f);
+    struct fetch_req r;
+    memset(&r, 0, sizeof r);
+    r.kind = FETCH_MEMORY;
+    r.want_size = -1;
+    snprintf(r.url, sizeof r.url, "http://127.0.0.1:18309/api/models/a/b/refs");
+    assert_int_equal(fetcher_add(f, &r, &e), 0);
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 200);
+    assert_false(r.ok);
+    assert_int_equal(r.attempts, 1);
+    assert_non_null(strstr(r.error, "GET http://127.0.0.1:18309/api/models/a/b/refs: "));
+    fetch_req_clear(&r);
+    o.retries = 2;
+    o.parallel = 1;
+    fetcher_set_opts(f, &o);
+    assert_int_equal(fetcher_opts(f)->retries, 2);
+    assert_int_equal(fetcher_opts(f)->parallel, 1);
+    assert_int_equal(fetcher_add(f, &r, &e), 0);
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 200);
+    assert_false(r.ok);
+    assert_int_equal(r.attempts, 3);
+    assert_non_null(strstr(r.error, "gave up after 3 attempts"));
+    fetch_req_clear(&r);
+    o.parallel = 0; /* clamped */
+    fetcher_set_opts(f, &o);
+    assert_int_equal(fetcher_opts(f)->parallel, 1);
+    fetcher_free(f);
+}
+
 static void test_hf_cache(void **state)
 {
     (void)state;
@@ -546,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_cache_shared_blob),
         cmocka_unit_test(test_hf_cache),
         cmocka_unit_test(test_cache_reserve),
+        cmocka_unit_test(test_fetcher_set_opts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
