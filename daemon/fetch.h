@@ -20,7 +20,9 @@
  * token goes only to requests whose origin (scheme, host, port) is the
  * token's origin; libcurl drops a custom Authorization header when a
  * redirect changes host or port (tests/fetch_token.sh checks it).  TLS
- * peers and host names are verified.  A transfer slower than
+ * peers and host names are always verified, against opts.ca_file or
+ * libcurl's default bundle; there is no insecure mode, and a failed
+ * verification is not retried.  A transfer slower than
  * low_speed_bytes/s for low_speed_s seconds is aborted.  Timeouts, resets,
  * cut bodies, 408, 429 and 5xx are retried after base*2^(k-1) seconds
  * (capped, with jitter in [0.5, 1.0)), or after Retry-After when the
