@@ -392,7 +392,11 @@ static void reload(struct server *s, struct daemon_config *c)
                  {"worker_path", s->cfg.worker_path, c->worker_path, sizeof c->worker_path},
                  {"cache_dir", s->cfg.cache_dir, c->cache_dir, sizeof c->cache_dir}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
-        if (strcmp(fixed[i].now, fixed[i].want) != 0 && strcmp(fixed[i].key, "node") != 0)
+        /* node: a name given on the command line or made from host:pid;
+         * database "": the file does not name one (--db or libpq's
+         * environment chose it) */
+        if (strcmp(fixed[i].now, fixed[i].want) != 0 && strcmp(fixed[i].key, "node") != 0 &&
+            (fixed[i].want[0] || strcmp(fixed[i].key, "database") != 0))
             log_warn("config: this setting changes only at a restart", "key=%s running=%s file=%s", fixed[i].key,
                      strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].now),
                      strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].want));

@@ -14,7 +14,8 @@
 # their safetensors twins; nothing marked duplicate; the cache's blobs plus
 # partial downloads, sampled every ~20 ms during the run, never exceed the
 # budget; every "room made" log line has usage + reserved + need <= budget;
-# the daemon waited for space and evicted snapshots.  PostgreSQL port
+# the daemon waited for space and evicted snapshots; `ckptd fetch` of a
+# checkpoint larger than a budget fails naming both.  PostgreSQL port
 # 54361, HTTP ports 18310-18311.
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
@@ -108,5 +109,12 @@ dl_eq "room made within the budget every time" 0 "$over"
 dl_eq "room made for each checkpoint (step 2 twice: its index, then its shards)" 6 "$(dl_log_count "$T/S.log" "cache: room made for a download")"
 dl_true "waited for space while a checkpoint was analysed" [ "$(dl_log_count "$T/S.log" "cache: waiting for space")" -ge 1 ]
 dl_true "evicted analysed snapshots" [ "$(dl_log_count "$T/S.log" "cache: evicted")" -ge 3 ]
+# a checkpoint larger than the whole budget: refused, naming the numbers
+echo "{\"cache_dir\": \"$T/cache-small\", \"cache_budget_gb\": $(awk 'BEGIN { printf "%.20g", 50000 / 1073741824 }')}" >"$T/small.json"
+"$CKPTD" --config "$T/small.json" fetch "hf://$H_HUB_REPO" --step 0 >"$T/small.out" 2>"$T/small.err"
+dl_eq "ckptd fetch beyond the budget exits 1" 1 $?
+dl_grep "the error names budget and bytes needed" "$T/small.err" \
+    "step 0: hf://$H_HUB_REPO revision step0 \(91098 bytes to download\): cache budget 50000 bytes cannot hold 91098 more"
+dl_eq "nothing downloaded beyond the budget" 0 "$(find "$T/cache-small/blobs" "$T/cache-small/partial" -type f | wc -l)"
 echo "# cache bytes: max $max of budget $BUDGET over $nsamp samples; series $total bytes"
 dl_finish
