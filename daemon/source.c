@@ -134,7 +134,8 @@ int schedule_parse_refs(const char *spec, const long long *refs, int nrefs, long
         }
         p = *end ? end + 1 : end;
     }
-    qsort(v, (size_t)cnt, sizeof *v, cmp_ll);
+    if (cnt > 1)
+        qsort(v, (size_t)cnt, sizeof *v, cmp_ll);
     int u = 0;
     for (int i = 0; i < cnt; i++)
         if (i == 0 || v[i] != v[u - 1])
