@@ -645,7 +645,8 @@ static int evict_to(struct cache *c, long long target, long long *freed_out, lon
         if (d2)
             closedir(d2);
     }
-    qsort(snaps, (size_t)ns, sizeof *snaps, cmp_snap);
+    if (ns > 1)
+        qsort(snaps, (size_t)ns, sizeof *snaps, cmp_snap);
     for (int k = 0; k < ns && usage - freed > target; k++) {
         struct snap *s = &snaps[k];
         if (!s->evictable)
