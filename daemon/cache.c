@@ -30,6 +30,7 @@ struct pin {
 struct cache {
     char root[2048];
     long long budget;
+    long long reserved;     /* bytes promised to downloads in progress (this process) */
     struct pin pins[CACHE_PINS_MAX];
 };
 
@@ -497,6 +498,8 @@ struct snap {
 struct ref {
     char sha[SHA256_HEX];
     int count;
+    int held;               /* named by a snapshot that stays */
+    long long size;
 };
 
 static int cmp_snap(const void *a, const void *b)
@@ -553,14 +556,17 @@ static void remove_tree(const char *dir)
     rmdir(dir);
 }
 
-int cache_evict(struct cache *c, long long *freed_out, struct err *e)
+/* Evict until the blobs use at most `target` bytes (or nothing more is
+ * evictable).  *freed: bytes removed; *held (may be NULL): bytes of blobs
+ * named by snapshots that cannot go (pinned, or not analysed yet). */
+static int evict_to(struct cache *c, long long target, long long *freed_out, long long *held_out,
+                    struct err *e)
 {
-    if (freed_out)
-        *freed_out = 0;
-    if (c->budget <= 0)
-        return 0;
+    *freed_out = 0;
+    if (held_out)
+        *held_out = 0;
     long long usage = cache_usage(c);
-    if (usage <= c->budget)
+    if (usage <= target && !held_out)
         return 0;
     int lk = lock_cache(c, e);
     if (lk < 0)
@@ -628,15 +634,20 @@ int cache_evict(struct cache *c, long long *freed_out, struct err *e)
                     r = &refs[nr++];
                     snprintf(r->sha, sizeof r->sha, "%s", sha);
                     r->count = 0;
+                    r->held = 0;
+                    r->size = (long long)json_integer_value(json_object_get(f, "size"));
                 }
                 r->count++;
+                if (!s->evictable)
+                    r->held = 1;
             }
         }
         if (d2)
             closedir(d2);
     }
-    qsort(snaps, (size_t)ns, sizeof *snaps, cmp_snap);
-    for (int k = 0; k < ns && usage - freed > c->budget; k++) {
+    if (ns > 1)
+        qsort(snaps, (size_t)ns, sizeof *snaps, cmp_snap);
+    for (int k = 0; k < ns && usage - freed > target; k++) {
         struct snap *s = &snaps[k];
         if (!s->evictable)
             continue;
@@ -660,9 +671,10 @@ int cache_evict(struct cache *c, long long *freed_out, struct err *e)
         log_info("cache: evicted", "snapshot=%s last_used_s_ago=%lld", s->key,
                  (long long)time(NULL) - s->last_used);
     }
-    if (usage - freed > c->budget)
-        log_warn("cache over budget; nothing more can be evicted (pinned or not analysed yet)",
-                 "usage=%lld budget=%lld", usage - freed, c->budget);
+    if (held_out)
+        for (int k = 0; k < nr; k++)
+            if (refs[k].held && refs[k].count > 0)
+                *held_out += refs[k].size;
 out:
     if (d1)
         closedir(d1);
@@ -671,9 +683,80 @@ out:
     free(snaps);
     free(refs);
     unlock_cache(lk);
+    *freed_out = freed;
+    return rc;
+}
+
+int cache_evict(struct cache *c, long long *freed_out, struct err *e)
+{
+    long long freed = 0;
+    if (freed_out)
+        *freed_out = 0;
+    if (c->budget <= 0)
+        return 0;
+    int rc = evict_to(c, c->budget, &freed, NULL, e);
     if (freed_out)
         *freed_out = freed;
+    if (rc == 0 && cache_usage(c) > c->budget)
+        log_warn("cache over budget; nothing more can be evicted (pinned or not analysed yet)",
+                 "usage=%lld budget=%lld", cache_usage(c), c->budget);
     return rc;
+}
+
+int cache_reserve(struct cache *c, long long bytes, struct cache_room *room, struct err *e)
+{
+    struct cache_room r = {c->budget, 0, c->reserved, bytes < 0 ? 0 : bytes, 0, 0};
+    int rc = 0;
+    if (bytes < 0)
+        bytes = 0;
+    if (c->budget > 0) {
+        long long target = c->budget - c->reserved - bytes;
+        if (target < 0) { /* not even an empty cache holds it next to the other downloads */
+            r.usage = cache_usage(c);
+            rc = ERR_INVALID;
+        } else {
+            if ((rc = evict_to(c, target, &r.freed, &r.held, e)) < 0)
+                goto out;
+            r.usage = cache_usage(c);
+            if (r.usage > target)
+                rc = ERR_INVALID;
+        }
+        if (rc < 0) {
+            err_set(e, ERR_INVALID, "cache",
+                    "cache budget %lld bytes cannot hold %lld more: %lld bytes in the cache (%lld of them pinned"
+                    " or not analysed yet), %lld bytes promised to other downloads",
+                    r.budget, bytes, r.usage, r.held, r.reserved);
+            goto out;
+        }
+    }
+    c->reserved += bytes;
+out:
+    if (room)
+        *room = r;
+    return rc;
+}
+
+void cache_release(struct cache *c, long long bytes)
+{
+    if (!c || bytes <= 0)
+        return;
+    c->reserved -= bytes;
+    if (c->reserved < 0)
+        c->reserved = 0;
+}
+
+long long cache_reserved(const struct cache *c) { return c->reserved; }
+
+void cache_set_budget(struct cache *c, long long budget_bytes) { c->budget = budget_bytes < 0 ? 0 : budget_bytes; }
+
+long long cache_budget(const struct cache *c) { return c->budget; }
+
+int cache_pins_held(const struct cache *c)
+{
+    int n = 0;
+    for (int i = 0; i < CACHE_PINS_MAX; i++)
+        n += c->pins[i].count > 0;
+    return n;
 }
 
 /* ---- the HuggingFace cache ---- */

@@ -21,7 +21,11 @@
  * blob a snapshot (complete or not) refers to.  Eviction, when blobs use
  * more than the budget, removes unpinned snapshots that were analysed (and
  * incomplete leftovers older than an hour), least recently used first, and
- * then the blobs no remaining manifest names.
+ * then the blobs no remaining manifest names.  It runs after a checkpoint
+ * was analysed (cache_evict) and, before a download starts, to make room
+ * for the bytes it will write (cache_reserve): with one daemon on the
+ * cache, blobs plus the partials of downloads in progress never exceed
+ * the budget (a checkpoint that cannot fit is refused instead).
  *
  * The HuggingFace cache ($HF_HUB_CACHE, $HF_HOME/hub, or
  * ~/.cache/huggingface/hub): models--ORG--NAME/refs/<rev> holds a commit;
@@ -105,6 +109,36 @@ int cache_evict(struct cache *c, long long *freed, struct err *e) CK_WUR;
 
 /* Bytes the blobs use (symlinks count as their own small size). */
 long long cache_usage(const struct cache *c);
+
+/* ---- room for a download ---- */
+
+/* What a reservation found: the budget, the blobs' bytes after eviction,
+ * the bytes already promised to this process's other downloads, the
+ * bytes asked for, the bytes evicted, and the bytes held by snapshots
+ * that cannot be evicted (pinned, or not analysed yet). */
+struct cache_room {
+    long long budget, usage, reserved, need, freed, held;
+};
+
+/* Before a download of `bytes`: evict unpinned analysed snapshots, least
+ * recently used first, until usage + reserved + bytes fits the budget,
+ * then add `bytes` to the reserved total (give them back with
+ * cache_release once the files are blobs, or on failure).  With no
+ * budget it only counts.  When even eviction cannot make room, nothing
+ * is reserved and ERR_INVALID says budget, bytes needed, bytes in the
+ * cache, held and promised; *room (may be NULL) has the numbers either
+ * way.  Reservations are per process: daemons sharing one cache
+ * directory do not see each other's. */
+int cache_reserve(struct cache *c, long long bytes, struct cache_room *room, struct err *e) CK_WUR;
+void cache_release(struct cache *c, long long bytes);
+long long cache_reserved(const struct cache *c);
+
+/* The budget (0: none); settable while running (SIGHUP). */
+void cache_set_budget(struct cache *c, long long budget_bytes);
+long long cache_budget(const struct cache *c);
+
+/* Snapshots this process has pinned. */
+int cache_pins_held(const struct cache *c);
 
 /* ---- the HuggingFace cache ---- */
 

@@ -53,7 +53,7 @@ void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *
     if (tok && *tok && strlen(tok) < sizeof o->token &&
         hub_url_origin(ep, o->token_origin, sizeof o->token_origin, NULL) == 0)
         snprintf(o->token, sizeof o->token, "%s", tok);
-    const char *ca = getenv("CKPTD_CA_BUNDLE");
+    const char *ca = c->ca_file[0] ? c->ca_file : getenv("CKPTD_CA_BUNDLE");
     if (ca && *ca)
         snprintf(o->ca_file, sizeof o->ca_file, "%s", ca);
 }
@@ -85,6 +85,8 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
         return err_set(e, ERR_INVALID, "config",
                        "fetch settings out of range (cache_budget_gb >= 0, prefetch 0 or 1, fetch_parallel"
                        " 1..256, fetch_retries 0..100, fetch_backoff_max_s >= fetch_backoff_base_s)");
+    if (c->ca_file[0] && access(c->ca_file, R_OK) != 0)
+        return err_set(e, ERR_INVALID, "config", "ca_file %s cannot be read", c->ca_file);
     if (!c->cache_dir[0])
         return err_set(e, ERR_INVALID, "config", "cache_dir must not be empty");
     if (!c->node[0])
@@ -115,7 +117,8 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                     {"node", c.node, sizeof c.node},
                     {"worker_path", c.worker_path, sizeof c.worker_path},
                     {"spool_dir", c.spool_dir, sizeof c.spool_dir},
-                    {"cache_dir", c.cache_dir, sizeof c.cache_dir}};
+                    {"cache_dir", c.cache_dir, sizeof c.cache_dir},
+                    {"ca_file", c.ca_file, sizeof c.ca_file}};
         struct {
             const char *name;
             double *d;

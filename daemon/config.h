@@ -22,11 +22,14 @@
  *     "fetch_parallel": 4,         // transfers at once on this node
  *     "fetch_low_speed_bytes": 1024, "fetch_low_speed_s": 30,  // stall abort
  *     "fetch_connect_timeout_s": 15, "fetch_retries": 5,
- *     "fetch_backoff_base_s": 1, "fetch_backoff_max_s": 60
+ *     "fetch_backoff_base_s": 1, "fetch_backoff_max_s": 60,
+ *     "ca_file": ""                // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
  *   }
  *
  * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
- * only), HF_HUB_OFFLINE and CKPTD_CA_BUNDLE (a CA file for TLS).
+ * only), HF_HUB_OFFLINE and CKPTD_CA_BUNDLE (a CA file for TLS, used when
+ * "ca_file" is empty).  TLS peers are always verified: there is no
+ * setting that turns verification off.
  *
  *     struct daemon_config c;
  *     daemon_config_defaults(&c);
@@ -63,6 +66,7 @@ struct daemon_config {
     int fetch_retries;
     double fetch_backoff_base_s;
     double fetch_backoff_max_s;
+    char ca_file[1024];
 };
 
 struct fetch_opts;
@@ -78,7 +82,7 @@ int daemon_config_load(struct daemon_config *c, const char *path, struct err *e)
 int daemon_config_check(const struct daemon_config *c, struct err *e) CK_WUR;
 
 /* The fetcher's settings from the config and the environment (HF_TOKEN,
- * HF_ENDPOINT for the token's origin, CKPTD_CA_BUNDLE). */
+ * HF_ENDPOINT for the token's origin, ca_file or CKPTD_CA_BUNDLE). */
 void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o);
 
 /* HF_HUB_OFFLINE is 1/true/yes/on. */

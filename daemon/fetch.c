@@ -670,6 +670,16 @@ struct fetcher *fetcher_new(const struct fetch_opts *o, struct err *e)
     return f;
 }
 
+void fetcher_set_opts(struct fetcher *f, const struct fetch_opts *o)
+{
+    f->o = *o;
+    if (f->o.parallel < 1)
+        f->o.parallel = 1;
+    curl_multi_setopt(f->m, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)f->o.parallel);
+}
+
+const struct fetch_opts *fetcher_opts(const struct fetcher *f) { return &f->o; }
+
 void fetcher_cancel(struct fetcher *f, struct fetch_req *r)
 {
     struct xfer *x = r->priv;

@@ -20,7 +20,9 @@
  * token goes only to requests whose origin (scheme, host, port) is the
  * token's origin; libcurl drops a custom Authorization header when a
  * redirect changes host or port (tests/fetch_token.sh checks it).  TLS
- * peers and host names are verified.  A transfer slower than
+ * peers and host names are always verified, against opts.ca_file or
+ * libcurl's default bundle; there is no insecure mode, and a failed
+ * verification is not retried.  A transfer slower than
  * low_speed_bytes/s for low_speed_s seconds is aborted.  Timeouts, resets,
  * cut bodies, 408, 429 and 5xx are retried after base*2^(k-1) seconds
  * (capped, with jitter in [0.5, 1.0)), or after Retry-After when the
@@ -112,6 +114,14 @@ void fetch_req_clear(struct fetch_req *r);
  * (1), when one of `fds` is readable (2), or at the timeout (0).  With
  * nothing to do it just waits on fds. */
 int fetcher_run(struct fetcher *f, const int *fds, int nfds, int timeout_ms);
+
+/* New settings (SIGHUP): the parallel limit, retries and backoff apply at
+ * once (to the next start or retry decision); the low-speed limits,
+ * connect timeout, token and CA file to transfers started from now on
+ * (a running transfer keeps the ones it started with). */
+void fetcher_set_opts(struct fetcher *f, const struct fetch_opts *o);
+/* The settings in force. Borrowed. */
+const struct fetch_opts *fetcher_opts(const struct fetcher *f);
 
 /* Requests queued, waiting to retry or running. */
 int fetcher_pending(const struct fetcher *f);

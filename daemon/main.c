@@ -35,7 +35,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  migrate                      create or upgrade the database schema\n"
-    "  add-run NAME --source URL --schedule pythia|LIST [--items ITEM,...]\n"
+    "  add-run NAME --source URL --schedule pythia|refs|LIST [--items ITEM,...]\n"
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N]\n"
@@ -80,6 +80,8 @@ static int cmd_migrate(struct daemon_config *cfg)
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }
+
+static int source_is_hf(const char *source) { return strncmp(source, "hf://", 5) == 0; }
 
 static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
@@ -146,7 +148,31 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     char *items_copy = NULL, abs_eval[PATH_MAX];
     json_t *opt = json_object();
     char *opt_text = NULL;
-    if (source_check(source, &e) < 0 || schedule_parse(schedule, &steps, &nsteps, &e) < 0) {
+    long long probe_step = 0; /* the schedule's syntax, before asking the hub */
+    if (source_check(source, &e) < 0 || schedule_parse_refs(schedule, &probe_step, 1, &steps, &nsteps, &e) < 0) {
+        log_err("bad run", &e);
+        status = EXIT_USAGE;
+        goto out;
+    }
+    free(steps);
+    steps = NULL;
+    if (schedule_uses_refs(schedule)) { /* steps from the hub's branches */
+        long long *refs = NULL;
+        int nrefs = 0;
+        struct fetch_opts fo;
+        daemon_config_fetch_opts(cfg, &fo);
+        struct fetcher *f = fetcher_new(&fo, &e);
+        int drc = f ? stage_discover_steps(f, source, daemon_offline(), &refs, &nrefs, &e) : ERR_NET;
+        fetcher_free(f);
+        if (drc == 0)
+            drc = schedule_parse_refs(schedule, refs, nrefs, &steps, &nsteps, &e);
+        free(refs);
+        if (drc < 0) {
+            log_err("cannot discover the run's steps", &e);
+            status = drc == ERR_INVALID && !source_is_hf(source) ? EXIT_USAGE : EXIT_FAIL;
+            goto out;
+        }
+    } else if (schedule_parse(schedule, &steps, &nsteps, &e) < 0) {
         log_err("bad run", &e);
         status = EXIT_USAGE;
         goto out;

@@ -396,9 +396,57 @@ static void launch_ready(struct server *s)
     }
 }
 
+/* SIGHUP: take the new settings.  Kept until a restart, with a warning
+ * when they changed: the node name (its leases), the database (the
+ * connection and its LISTEN), worker_path (the battery registry was read
+ * from that worker) and cache_dir (pinned snapshots live there).  The
+ * fetch settings and the cache budget go to the fetcher and the cache
+ * now (fetcher_set_opts says when each takes effect); a lower budget
+ * evicts at once. */
+static void reload(struct server *s, struct daemon_config *c)
+{
+    struct err e;
+    struct {
+        const char *key;
+        char *now, *want;
+        size_t n;
+    } fixed[] = {{"node", s->cfg.node, c->node, sizeof c->node},
+                 {"database", s->cfg.database, c->database, sizeof c->database},
+                 {"worker_path", s->cfg.worker_path, c->worker_path, sizeof c->worker_path},
+                 {"cache_dir", s->cfg.cache_dir, c->cache_dir, sizeof c->cache_dir}};
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+        /* node: a name given on the command line or made from host:pid;
+         * database "": the file does not name one (--db or libpq's
+         * environment chose it) */
+        if (strcmp(fixed[i].now, fixed[i].want) != 0 && strcmp(fixed[i].key, "node") != 0 &&
+            (fixed[i].want[0] || strcmp(fixed[i].key, "database") != 0))
+            log_warn("config: this setting changes only at a restart", "key=%s running=%s file=%s", fixed[i].key,
+                     strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].now),
+                     strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].want));
+        memcpy(fixed[i].want, fixed[i].now, fixed[i].n);
+    }
+    s->cfg = *c;
+    if (s->cfg.workers > MAX_SLOTS)
+        s->cfg.workers = MAX_SLOTS;
+    struct fetch_opts fo;
+    daemon_config_fetch_opts(&s->cfg, &fo);
+    fetcher_set_opts(s->fetcher, &fo);
+    cache_set_budget(s->cache, (long long)(s->cfg.cache_budget_gb * (1LL << 30)));
+    const struct fetch_opts *o = fetcher_opts(s->fetcher);
+    log_info("config reloaded", "workers=%d prefetch=%d fetch_parallel=%d fetch_retries=%d fetch_low_speed_bytes=%ld"
+             " fetch_low_speed_s=%ld fetch_connect_timeout_s=%ld fetch_backoff_base_s=%g fetch_backoff_max_s=%g"
+             " cache_budget_bytes=%lld", s->cfg.workers, s->cfg.prefetch, o->parallel, o->retries,
+             o->low_speed_bytes, o->low_speed_s, o->connect_timeout_s, o->backoff_base_s, o->backoff_max_s,
+             cache_budget(s->cache));
+    long long freed = 0;
+    if (cache_evict(s->cache, &freed, &e) < 0)
+        log_err("cache eviction failed", &e);
+}
+
 /*
  * The scheduler's tick.  Duties, in order:
- *   1. signals: SIGHUP reloads the config; SIGTERM starts draining
+ *   1. signals: SIGHUP reloads the config (reload(): the fetcher's
+ *      settings and the cache budget too); SIGTERM starts draining
  *   2. database: reconnect with backoff; on a new connection check the
  *      schema, LISTEN, sync the metric registry
  *   3. reap: workers that ended (or passed their deadline, killed)
@@ -431,15 +479,8 @@ static void serve_tick(struct server *s)
             struct daemon_config c = s->cfg;
             if (daemon_config_load(&c, s->config_path, &e) < 0)
                 log_err("config not reloaded", &e);
-            else {
-                char node[sizeof c.node];
-                memcpy(node, s->cfg.node, sizeof node); /* the node keeps its leases' name */
-                s->cfg = c;
-                memcpy(s->cfg.node, node, sizeof node);
-                if (s->cfg.workers > MAX_SLOTS)
-                    s->cfg.workers = MAX_SLOTS;
-                log_info("config reloaded", "workers=%d", s->cfg.workers);
-            }
+            else
+                reload(s, &c);
         }
     }
     if (got_term && !s->stopping) {

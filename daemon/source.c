@@ -46,7 +46,43 @@ static int parse_ll(const char *s, const char *end, long long *out)
     return 0;
 }
 
+static int push_pythia(long long **v, int *n, int *cap, struct err *e)
+{
+    int rc = push(v, n, cap, 0, e);
+    for (long long s = 1; rc == 0 && s <= 512; s *= 2)
+        rc = push(v, n, cap, s, e);
+    for (long long s = 1000; rc == 0 && s <= 143000; s += 1000)
+        rc = push(v, n, cap, s, e);
+    return rc;
+}
+
+static int is_word(const char *p, const char *end, const char *w)
+{
+    size_t len = strlen(w);
+    return (size_t)(end - p) == len && memcmp(p, w, len) == 0;
+}
+
+int schedule_uses_refs(const char *spec)
+{
+    const char *p = spec;
+    while (p && *p) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        if (is_word(p, end, SCHEDULE_REFS))
+            return 1;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
 int schedule_parse(const char *spec, long long **steps, int *n, struct err *e)
+{
+    return schedule_parse_refs(spec, NULL, -1, steps, n, e);
+}
+
+int schedule_parse_refs(const char *spec, const long long *refs, int nrefs, long long **steps, int *n,
+                        struct err *e)
 {
     long long *v = NULL;
     int cnt = 0, cap = 0, rc = 0;
@@ -54,51 +90,52 @@ int schedule_parse(const char *spec, long long **steps, int *n, struct err *e)
     *n = 0;
     if (!spec || !*spec)
         return err_set(e, ERR_INVALID, "schedule", "empty schedule");
-    if (strcmp(spec, "pythia") == 0) {
-        if ((rc = push(&v, &cnt, &cap, 0, e)) < 0)
-            goto out;
-        for (long long s = 1; s <= 512; s *= 2)
-            if ((rc = push(&v, &cnt, &cap, s, e)) < 0)
+    const char *p = spec;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        const char *c1 = memchr(p, ':', (size_t)(end - p));
+        long long a, b, stride;
+        if (is_word(p, end, "pythia")) {
+            if ((rc = push_pythia(&v, &cnt, &cap, e)) < 0)
                 goto out;
-        for (long long s = 1000; s <= 143000; s += 1000)
-            if ((rc = push(&v, &cnt, &cap, s, e)) < 0)
-                goto out;
-    } else {
-        const char *p = spec;
-        while (*p) {
-            const char *end = strchr(p, ',');
-            if (!end)
-                end = p + strlen(p);
-            const char *c1 = memchr(p, ':', (size_t)(end - p));
-            long long a, b, stride;
-            if (!c1) {
-                if (parse_ll(p, end, &a) < 0) {
-                    rc = err_set(e, ERR_INVALID, "schedule", "'%.*s' is not a step number",
-                                 (int)(end - p), p);
-                    goto out;
-                }
-                if ((rc = push(&v, &cnt, &cap, a, e)) < 0)
-                    goto out;
-            } else {
-                const char *c2 = memchr(c1 + 1, ':', (size_t)(end - c1 - 1));
-                if (!c2 || parse_ll(p, c1, &a) < 0 || parse_ll(c1 + 1, c2, &b) < 0 ||
-                    parse_ll(c2 + 1, end, &stride) < 0 || stride <= 0 || b < a) {
-                    rc = err_set(e, ERR_INVALID, "schedule",
-                                 "'%.*s' is not a range START:STOP:STRIDE", (int)(end - p), p);
-                    goto out;
-                }
-                for (long long s = a; s <= b; s += stride)
-                    if ((rc = push(&v, &cnt, &cap, s, e)) < 0)
-                        goto out;
-            }
-            if (*end && !end[1]) { /* "1,2," - like "1,,2", an empty step */
-                rc = err_set(e, ERR_INVALID, "schedule", "'%s' ends with a comma", spec);
+        } else if (is_word(p, end, SCHEDULE_REFS)) {
+            if (nrefs < 0) {
+                rc = err_set(e, ERR_INVALID, "schedule",
+                             "'refs' means the step<N> branches of an hf:// source; they were not looked up");
                 goto out;
             }
-            p = *end ? end + 1 : end;
+            for (int i = 0; i < nrefs; i++)
+                if ((rc = push(&v, &cnt, &cap, refs[i], e)) < 0)
+                    goto out;
+        } else if (!c1) {
+            if (parse_ll(p, end, &a) < 0) {
+                rc = err_set(e, ERR_INVALID, "schedule", "'%.*s' is not a step number", (int)(end - p), p);
+                goto out;
+            }
+            if ((rc = push(&v, &cnt, &cap, a, e)) < 0)
+                goto out;
+        } else {
+            const char *c2 = memchr(c1 + 1, ':', (size_t)(end - c1 - 1));
+            if (!c2 || parse_ll(p, c1, &a) < 0 || parse_ll(c1 + 1, c2, &b) < 0 ||
+                parse_ll(c2 + 1, end, &stride) < 0 || stride <= 0 || b < a) {
+                rc = err_set(e, ERR_INVALID, "schedule", "'%.*s' is not a range START:STOP:STRIDE",
+                             (int)(end - p), p);
+                goto out;
+            }
+            for (long long s = a; s <= b; s += stride)
+                if ((rc = push(&v, &cnt, &cap, s, e)) < 0)
+                    goto out;
         }
+        if (*end && !end[1]) { /* "1,2," - like "1,,2", an empty step */
+            rc = err_set(e, ERR_INVALID, "schedule", "'%s' ends with a comma", spec);
+            goto out;
+        }
+        p = *end ? end + 1 : end;
     }
-    qsort(v, (size_t)cnt, sizeof *v, cmp_ll);
+    if (cnt > 1)
+        qsort(v, (size_t)cnt, sizeof *v, cmp_ll);
     int u = 0;
     for (int i = 0; i < cnt; i++)
         if (i == 0 || v[i] != v[u - 1])

@@ -6,9 +6,13 @@
  * source without `{step}` gets `/step{step}` appended: Pythia's layout.
  * A plain path is a file:// source.  The revision of step N is "stepN".
  *
- * Schedules: "pythia" is Pythia's 154 checkpoints (0, 1, 2, 4 … 512, then
- * 1000, 2000 … 143000); otherwise a comma-separated list of steps, which may
- * use ranges START:STOP:STRIDE (STOP inclusive), e.g. "0,1,2,4,1000:10000:1000".
+ * Schedules: a comma-separated list whose elements are step numbers,
+ * ranges START:STOP:STRIDE (STOP inclusive), "pythia" (Pythia's 154
+ * checkpoints: 0, 1, 2, 4 … 512, then 1000, 2000 … 143000) and "refs" (the
+ * steps the source itself has: for hf:// the branches named step<N> of the
+ * hub's refs API, looked up by the caller, see stage_discover_steps).  The
+ * schedule is their union: "0,1,2,4,1000:10000:1000", "pythia", "refs",
+ * "refs,pythia".
  *
  *     long long *steps; int n;
  *     if (schedule_parse("pythia", &steps, &n, &e) == 0) { ... free(steps); }
@@ -23,9 +27,19 @@
 #include "../common/err.h"
 
 #define SCHEDULE_MAX_STEPS 100000
+#define SCHEDULE_REFS "refs"
 
-/* Steps in increasing order, duplicates removed. *steps is the caller's. */
+/* Steps in increasing order, duplicates removed. *steps is the caller's.
+ * A schedule naming "refs" is ERR_INVALID here: use schedule_parse_refs. */
 int schedule_parse(const char *spec, long long **steps, int *n, struct err *e) CK_WUR;
+
+/* 1 when the schedule names "refs". */
+int schedule_uses_refs(const char *spec);
+
+/* schedule_parse with "refs" standing for the nrefs steps in refs (the
+ * source's discovered steps; nrefs < 0: not looked up, an error). */
+int schedule_parse_refs(const char *spec, const long long *refs, int nrefs, long long **steps, int *n,
+                        struct err *e) CK_WUR;
 
 /* The URL of one step's checkpoint directory. */
 int source_checkpoint_url(const char *source, long long step, char *out, size_t n,

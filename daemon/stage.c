@@ -45,6 +45,7 @@ struct stage {
     struct hub_files all;       /* what the revision has */
     struct hub_files plan;      /* what the checkpoint is (sha256 filled as placed) */
     enum file_state *fstate;
+    long long *rsv;             /* bytes of the cache budget reserved per plan file */
     struct fetch_req *reqs;     /* one per plan file (stable while any is in flight) */
     int nreqs;                  /* entries of fstate/reqs initialised */
     int inflight;
@@ -54,10 +55,25 @@ struct stage {
     double started;
     long long placed_bytes;
     long long fetched_bytes;    /* finished downloads of this stage */
+    double room_wait_since;     /* > 0: waiting for cache space since then */
+    double room_next_try;
 };
+
+/* How long a download waits for other checkpoints of this process to
+ * free cache space before it fails. */
+#define ROOM_WAIT_MAX_S 3600.0
+#define ROOM_RETRY_S 0.25
 
 static const char *const probe_names[5] = {"config.json", "model.safetensors", "model.safetensors.index.json",
                                            "pytorch_model.bin", "pytorch_model.bin.index.json"};
+
+static void release_all(struct stage *st)
+{
+    for (int i = 0; i < st->nreqs; i++) {
+        cache_release(st->c, st->rsv[i]);
+        st->rsv[i] = 0;
+    }
+}
 
 static int failf(struct stage *st, int code, const char *fmt, ...) CK_PRINTF(3, 4);
 static int failf(struct stage *st, int code, const char *fmt, ...)
@@ -76,6 +92,7 @@ static int failf(struct stage *st, int code, const char *fmt, ...)
             fetcher_cancel(st->f, &st->reqs[i]);
     fetcher_cancel(st->f, &st->meta);
     st->inflight = 0;
+    release_all(st);
     return code;
 }
 
@@ -128,11 +145,13 @@ void stage_free(struct stage *st)
     }
     fetcher_cancel(st->f, &st->meta);
     fetch_req_clear(&st->meta);
+    release_all(st);
     if (st->pinned)
         cache_unpin(st->c, st->key);
     hub_files_free(&st->all);
     hub_files_free(&st->plan);
     free(st->fstate);
+    free(st->rsv);
     free(st->reqs);
     free(st);
 }
@@ -252,9 +271,14 @@ static int grow_arrays(struct stage *st)
     if (!rq)
         return failf(st, ERR_NOMEM, "out of memory");
     st->reqs = rq;
+    long long *rv = realloc(st->rsv, (size_t)st->plan.n * sizeof *rv);
+    if (!rv)
+        return failf(st, ERR_NOMEM, "out of memory");
+    st->rsv = rv;
     for (int i = st->nreqs; i < st->plan.n; i++) { /* never started: nothing to free */
         memset(&st->reqs[i], 0, sizeof st->reqs[i]);
         st->fstate[i] = FS_TODO;
+        st->rsv[i] = 0;
     }
     st->nreqs = st->plan.n;
     return 0;
@@ -273,6 +297,8 @@ static int place(struct stage *st, int i, long long size, const char *sha_in)
         return fail_err(st, &e);
     st->fstate[i] = FS_PLACED;
     st->placed_bytes += size;
+    cache_release(st->c, st->rsv[i]); /* a blob now: counted in the cache's usage */
+    st->rsv[i] = 0;
     return 0;
 }
 
@@ -348,21 +374,83 @@ static int start_file(struct stage *st, int i)
     return 0;
 }
 
+/* Room in the cache budget for the files still to download: 1 reserved
+ * (or nothing to reserve), 0 waiting for this process's other
+ * checkpoints to free space, negative failed. */
+static int make_room(struct stage *st)
+{
+    long long need = 0;
+    int unknown = 0;
+    for (int i = 0; i < st->plan.n; i++)
+        if (st->fstate[i] == FS_TODO && st->rsv[i] == 0) {
+            if (st->plan.f[i].size < 0)
+                unknown++;
+            else
+                need += st->plan.f[i].size;
+        }
+    if (need == 0)
+        return 1;
+    double now = mono_now();
+    if (st->room_wait_since > 0 && now < st->room_next_try)
+        return 0;
+    struct err e;
+    struct cache_room room;
+    if (cache_reserve(st->c, need, &room, &e) == 0) {
+        for (int i = 0; i < st->plan.n; i++)
+            if (st->fstate[i] == FS_TODO && st->rsv[i] == 0 && st->plan.f[i].size > 0)
+                st->rsv[i] = st->plan.f[i].size;
+        if (room.budget > 0)
+            log_info("cache: room made for a download", "step=%lld need=%lld usage=%lld reserved=%lld budget=%lld"
+                     " evicted=%lld unknown_sizes=%d waited_s=%.3f", st->step, need, room.usage, room.reserved,
+                     room.budget, room.freed, unknown, st->room_wait_since > 0 ? now - st->room_wait_since : 0.0);
+        st->room_wait_since = 0;
+        return 1;
+    }
+    if (e.code == ERR_INVALID && need <= room.budget &&
+        (room.reserved > 0 || (cache_pins_held(st->c) > 1 && room.held > 0))) {
+        /* other checkpoints of this process hold the space: wait for them */
+        if (st->room_wait_since == 0) {
+            st->room_wait_since = now;
+            log_info("cache: waiting for space", "step=%lld need=%lld usage=%lld held=%lld reserved=%lld budget=%lld",
+                     st->step, need, room.usage, room.held, room.reserved, room.budget);
+        }
+        if (now - st->room_wait_since < ROOM_WAIT_MAX_S) {
+            st->room_next_try = now + ROOM_RETRY_S;
+            return 0;
+        }
+    }
+    return failf(st, e.code ? e.code : ERR_INVALID, "%s revision %s (%lld bytes to download): %s", st->src.text,
+                 st->rev, need, e.msg);
+}
+
 static int step_files(struct stage *st)
 {
     struct err e;
+    int todo = 0;
+    for (int i = 0; i < st->plan.n; i++) {
+        if (st->fstate[i] != FS_TODO)
+            continue;
+        int got = from_caches(st, i);
+        if (got < 0)
+            return st->fail.code;
+        if (got > 0)
+            continue;
+        if (st->offline)
+            return failf(st, ERR_NOTFOUND,
+                         "offline (HF_HUB_OFFLINE=1): %s of %s revision %s is in neither the ckptd cache"
+                         " nor the HuggingFace cache",
+                         st->plan.f[i].name, st->src.text, st->rev);
+        todo++;
+    }
+    if (todo > 0) {
+        int room = make_room(st);
+        if (room < 0)
+            return st->fail.code;
+        if (room == 0)
+            return 0;
+    }
     for (int i = 0; i < st->plan.n; i++) {
         if (st->fstate[i] == FS_TODO) {
-            int got = from_caches(st, i);
-            if (got < 0)
-                return st->fail.code;
-            if (got > 0)
-                continue;
-            if (st->offline)
-                return failf(st, ERR_NOTFOUND,
-                             "offline (HF_HUB_OFFLINE=1): %s of %s revision %s is in neither the ckptd cache"
-                             " nor the HuggingFace cache",
-                             st->plan.f[i].name, st->src.text, st->rev);
             if (start_file(st, i) < 0)
                 return st->fail.code;
         } else if (st->fstate[i] == FS_FETCHING && st->reqs[i].done) {
@@ -526,4 +614,45 @@ int stage_poll(struct stage *st, struct err *e)
             return failf(st, ERR_INVALID, "bad stage phase");
         }
     }
+}
+
+int stage_discover_steps(struct fetcher *f, const char *source, int offline, long long **steps, int *n,
+                         struct err *e)
+{
+    struct hub_source src;
+    char url[HUB_URL_MAX];
+    *steps = NULL;
+    *n = 0;
+    int rc = hub_source_parse(&src, source, e);
+    if (rc < 0)
+        return rc;
+    if (src.kind != HUB_HF)
+        return err_set(e, ERR_INVALID, source,
+                       "the refs schedule needs an hf://ORG/NAME source (its step<N> branches); give the steps"
+                       " as a list for other sources");
+    if ((rc = hub_refs_url(&src, url, sizeof url, e)) < 0)
+        return rc;
+    if (offline)
+        return err_set(e, ERR_INVALID, url,
+                       "offline (HF_HUB_OFFLINE=1): the refs schedule needs the hub's refs API; unset"
+                       " HF_HUB_OFFLINE or give the steps as a list");
+    struct fetch_req r;
+    memset(&r, 0, sizeof r);
+    r.kind = FETCH_MEMORY;
+    r.want_size = -1;
+    r.max_body = 16u << 20;
+    snprintf(r.url, sizeof r.url, "%s", url);
+    if ((rc = fetcher_add(f, &r, e)) < 0)
+        return rc;
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 500);
+    if (!r.ok)
+        rc = err_set(e, ERR_NET, "refs", "step discovery: %s", r.error);
+    else if ((rc = hub_parse_refs(r.body, steps, n, e)) < 0)
+        err_wrap(e, "%s", url);
+    else
+        log_info("steps discovered", "source=%s url=%s steps=%d first=%lld last=%lld", log_quote(source),
+                 log_quote(url), *n, (*steps)[0], (*steps)[*n - 1]);
+    fetch_req_clear(&r);
+    return rc;
 }

@@ -17,6 +17,12 @@
  *                    the server states none).
  *   offline          (HF_HUB_OFFLINE=1) no request at all: the caches, or a
  *                    clear failure.
+ * Before the first byte of a file is downloaded, room for the files still
+ * missing is reserved in the cache budget (cache_reserve: sizes from the
+ * tree API or HEAD; unanalysed, unpinned snapshots evicted LRU).  When the
+ * budget cannot hold them the stage waits while other checkpoints of this
+ * process hold the space (a download or a pinned snapshot; at most an
+ * hour), else fails naming budget, bytes needed and bytes held.
  * The snapshot is pinned from stage_new until stage_free; a failure leaves
  * no file in the cache that was not verified (partials stay in partial/
  * for a resume).
@@ -61,5 +67,16 @@ long long stage_downloaded(const struct stage *st);
 
 /* Cancel what is in flight, unpin. Accepts NULL. */
 void stage_free(struct stage *st);
+
+/* The steps an hf:// source has: GET {endpoint}/api/models/{repo}/refs
+ * (with the token, like every hub request), branches named step<N>;
+ * `main` and other branches are ignored.  Blocks until the answer (with
+ * the fetcher's retries).  *steps (increasing) is the caller's.
+ * ERR_INVALID for another kind of source or when offline (naming
+ * HF_HUB_OFFLINE); ERR_NET with the URL and the HTTP status or transfer
+ * error when the hub cannot be asked; ERR_FORMAT for an answer that is not
+ * the refs JSON; ERR_NOTFOUND when no branch is named step<N>. */
+int stage_discover_steps(struct fetcher *f, const char *source, int offline, long long **steps, int *n,
+                         struct err *e) CK_WUR;
 
 #endif

@@ -4,7 +4,8 @@
  * backoff with jitter, URL origins (where the token may go), the hub's tree
  * and refs answers, file choice and shard indexes, SHA-256 against known
  * vectors (FIPS 180-2), the cache (keys, blobs, snapshots, pins, LRU
- * eviction within a budget) and the HuggingFace cache lookup on a fake
+ * eviction within a budget, room reserved before a download), settings
+ * changed on a live fetcher (retries against a closed local port) and the HuggingFace cache lookup on a fake
  * tree in a temporary directory.
  */
 #include <setjmp.h>
@@ -379,6 +380,135 @@ static void test_cache_shared_blob(void **state)
     cache_close(c);
 }
 
+/* Rewrite a snapshot manifest's last_used (seconds resolution otherwise
+ * leaves the LRU order to chance within one test). */
+static void set_last_used(struct cache *c, const char *key, int when)
+{
+    char mp[1024], buf[4096], out[4200];
+    snprintf(mp, sizeof mp, "%s/manifests/%s.json", cache_root(c), key);
+    FILE *f = fopen(mp, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *lu = strstr(buf, "\"last_used\": ");
+    assert_non_null(lu);
+    char *end = strpbrk(lu + 13, ",\n}");
+    snprintf(out, sizeof out, "%.*s\"last_used\": %d%s", (int)(lu - buf), buf, when, end);
+    write_file(mp, out);
+}
+
+static void test_cache_reserve(void **state)
+{
+    (void)state;
+    char root[512], key[3][CACHE_KEY_MAX], sha[3][SHA256_HEX], big[3][1100];
+    struct err e;
+    struct cache_room room;
+    snprintf(root, sizeof root, "%s/cache-reserve", tmpdir);
+    struct cache *c = cache_open(root, 3500, &e);
+    assert_non_null(c);
+    for (int i = 0; i < 3; i++) {
+        char rev[16];
+        snprintf(rev, sizeof rev, "step%d", i);
+        assert_int_equal(cache_key("hf://org/budget", rev, key[i], sizeof key[i], &e), 0);
+        memset(big[i], 'k' + i, 1099);
+        big[i][1099] = '\0';
+        add_blob(c, big[i], sha[i]);
+        assert_int_equal(cache_snapshot_add(c, key[i], "model.safetensors", 1099, sha[i], &e), 0);
+        assert_int_equal(cache_snapshot_complete(c, key[i], &e), 0);
+    }
+    assert_true(cache_usage(c) == 3297);
+    /* nothing analysed: nothing can go, nothing is reserved */
+    assert_int_equal(cache_reserve(c, 500, &room, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "cache budget 3500 bytes cannot hold 500 more"));
+    assert_non_null(strstr(e.msg, "3297 bytes in the cache (3297 of them pinned or not analysed yet)"));
+    assert_true(room.held == 3297 && room.freed == 0 && cache_reserved(c) == 0);
+    /* analysed, step0 pinned (and the oldest): step1 goes first, then step2 */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cache_mark_analysed(c, key[i], &e), 0);
+    set_last_used(c, key[0], 50);
+    set_last_used(c, key[1], 100);
+    set_last_used(c, key[2], 300);
+    assert_int_equal(cache_pin(c, key[0], &e), 0);
+    assert_int_equal(cache_reserve(c, 500, &room, &e), 0);
+    assert_true(room.freed == 1099 && room.usage == 2198 && cache_reserved(c) == 500);
+    assert_false(cache_has_blob(c, sha[1]));
+    assert_true(cache_has_blob(c, sha[2]));
+    /* the first reservation counts against the second */
+    assert_int_equal(cache_reserve(c, 900, &room, &e), 0);
+    assert_true(room.freed == 1099 && room.usage == 1099 && room.reserved == 500 && cache_reserved(c) == 1400);
+    assert_false(cache_has_blob(c, sha[2]));
+    /* 1400 promised + 2200 > 3500 even with an empty cache */
+    assert_int_equal(cache_reserve(c, 2200, &room, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "1400 bytes promised to other downloads"));
+    assert_true(cache_reserved(c) == 1400 && cache_has_blob(c, sha[0]));
+    cache_release(c, 1400);
+    assert_true(cache_reserved(c) == 0);
+    /* exactly full is allowed; one byte more needs the pinned snapshot's room */
+    assert_int_equal(cache_reserve(c, 2401, &room, &e), 0);
+    cache_release(c, 2401);
+    assert_int_equal(cache_reserve(c, 2402, &room, &e), ERR_INVALID);
+    assert_true(room.held == 1099 && cache_has_blob(c, sha[0]));
+    assert_non_null(strstr(e.msg, "(1099 of them pinned or not analysed yet)"));
+    /* larger than the whole budget: refused without evicting anything */
+    cache_unpin(c, key[0]);
+    cache_set_budget(c, 1000);
+    assert_true(cache_budget(c) == 1000);
+    assert_int_equal(cache_reserve(c, 2000, &room, &e), ERR_INVALID);
+    assert_true(cache_has_blob(c, sha[0]) && room.freed == 0);
+    /* no budget: reservations only count */
+    cache_set_budget(c, 0);
+    assert_int_equal(cache_reserve(c, 1LL << 40, &room, &e), 0);
+    assert_true(cache_reserved(c) == 1LL << 40 && cache_has_blob(c, sha[0]));
+    cache_release(c, 1LL << 40);
+    assert_int_equal(cache_pins_held(c), 0);
+    cache_close(c);
+}
+
+/* New settings reach a live fetcher: retries counted against a port
+ * nothing listens on (connection refused: retryable), before and after
+ * fetcher_set_opts. */
+static void test_fetcher_set_opts(void **state)
+{
+    (void)state;
+    struct fetch_opts o;
+    struct err e;
+    fetch_opts_defaults(&o);
+    o.retries = 0;
+    o.backoff_base_s = o.backoff_max_s = 0.01;
+    o.connect_timeout_s = 2;
+    struct fetcher *f = fetcher_new(&o, &e);
+    assert_non_null(f);
+    struct fetch_req r;
+    memset(&r, 0, sizeof r);
+    r.kind = FETCH_MEMORY;
+    r.want_size = -1;
+    snprintf(r.url, sizeof r.url, "http://127.0.0.1:18309/api/models/a/b/refs");
+    assert_int_equal(fetcher_add(f, &r, &e), 0);
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 200);
+    assert_false(r.ok);
+    assert_int_equal(r.attempts, 1);
+    assert_non_null(strstr(r.error, "GET http://127.0.0.1:18309/api/models/a/b/refs: "));
+    fetch_req_clear(&r);
+    o.retries = 2;
+    o.parallel = 1;
+    fetcher_set_opts(f, &o);
+    assert_int_equal(fetcher_opts(f)->retries, 2);
+    assert_int_equal(fetcher_opts(f)->parallel, 1);
+    assert_int_equal(fetcher_add(f, &r, &e), 0);
+    while (!r.done)
+        fetcher_run(f, NULL, 0, 200);
+    assert_false(r.ok);
+    assert_int_equal(r.attempts, 3);
+    assert_non_null(strstr(r.error, "gave up after 3 attempts"));
+    fetch_req_clear(&r);
+    o.parallel = 0; /* clamped */
+    fetcher_set_opts(f, &o);
+    assert_int_equal(fetcher_opts(f)->parallel, 1);
+    fetcher_free(f);
+}
+
 static void test_hf_cache(void **state)
 {
     (void)state;
@@ -460,6 +590,8 @@ int main(void)
         cmocka_unit_test(test_cache_lru),
         cmocka_unit_test(test_cache_shared_blob),
         cmocka_unit_test(test_hf_cache),
+        cmocka_unit_test(test_cache_reserve),
+        cmocka_unit_test(test_fetcher_set_opts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -99,6 +99,40 @@ static void test_schedule_lists_and_ranges(void **state)
     free(steps);
 }
 
+static void test_schedule_refs(void **state)
+{
+    (void)state;
+    const long long refs[] = {0, 3, 1000, 143500};
+    long long *steps = NULL;
+    int n = 0;
+    struct err e;
+    assert_int_equal(schedule_uses_refs("refs"), 1);
+    assert_int_equal(schedule_uses_refs("0,refs"), 1);
+    assert_int_equal(schedule_uses_refs("pythia"), 0);
+    assert_int_equal(schedule_uses_refs("refsx,1"), 0);
+    assert_int_equal(schedule_parse_refs("refs", refs, 4, &steps, &n, &e), 0);
+    assert_int_equal(n, 4);
+    assert_true(steps[0] == 0 && steps[1] == 3 && steps[2] == 1000 && steps[3] == 143500);
+    free(steps);
+    /* the union with pythia: 154 + the two steps pythia lacks */
+    assert_int_equal(schedule_parse_refs("refs,pythia", refs, 4, &steps, &n, &e), 0);
+    assert_int_equal(n, 156);
+    assert_true(steps[2] == 2 && steps[3] == 3 && steps[155] == 143500 && steps[154] == 143000);
+    free(steps);
+    assert_int_equal(schedule_parse_refs("7,refs,2:4:1", refs, 4, &steps, &n, &e), 0);
+    assert_int_equal(n, 7);
+    free(steps);
+    /* pythia is a list element too */
+    assert_int_equal(schedule_parse("5,pythia", &steps, &n, &e), 0);
+    assert_int_equal(n, 155);
+    free(steps);
+    expect_schedule_error("refs", "not looked up");
+    expect_schedule_error("1,refs", "'refs' means the step<N> branches");
+    expect_schedule_error("refsx", "'refsx' is not a step number");
+    assert_int_equal(schedule_parse_refs("refs", refs, 0, &steps, &n, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "no steps"));
+}
+
 static void test_schedule_errors(void **state)
 {
     (void)state;
@@ -574,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_schedule_pythia),
         cmocka_unit_test(test_schedule_lists_and_ranges),
         cmocka_unit_test(test_schedule_errors),
+        cmocka_unit_test(test_schedule_refs),
         cmocka_unit_test(test_source_checkpoint_url),
         cmocka_unit_test(test_source_local_path),
         cmocka_unit_test(test_registry_parse),
