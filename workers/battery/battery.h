@@ -233,7 +233,7 @@ extern const struct battery_item battery_item_lens;
  *       the mean score of the same computation on COMPOSITION_DRAWS
  *       random Gaussian layer pairs of the model's shapes (fixed seed)
  * See battery_composition.c. */
-#define COMPOSITION_DRAWS 8
+#define COMPOSITION_DRAWS 2
 extern const struct battery_item battery_item_composition;
 /* heads v1 (needs eval_tokens): attention-head scores after Olsson et al.
  * 2022 and TransformerLens's head detectors, on the random repeated
