@@ -80,6 +80,22 @@ int task_eval(struct task *t, struct gptneox *m, struct task_metrics *out, struc
 /* Names of the four metrics in train_log.jsonl, in task_metrics order. */
 const char *const *task_metric_names(const struct task *t);
 
+/* Rebuild the task a run's task.json (task_write_json) describes: the
+ * kind and the settings that define its data (seed, p and train_frac, or
+ * vocab, seq_len and batch), checked against what the file records
+ * (vocab_size, seq_len; for modular addition n_train, n_test and every
+ * train pair, so a file whose split this code would not reproduce is
+ * refused).  Errors: ERR_IO (unreadable), ERR_INVALID naming the file and
+ * the missing or inconsistent field, ERR_NOMEM.  *out is NULL on error. */
+int task_load_json(struct task **out, const char *path, struct err *e) CK_WUR;
+
+/* The settings the task was built from; borrowed. */
+const struct task_config *task_get_config(const struct task *t);
+
+/* Modular addition: all p^2 pairs (a, b) in split order, (npairs, 2), the
+ * first ntrain the training set.  Borrowed.  Other tasks: NULL, 0, 0. */
+const int *task_modadd_pairs(const struct task *t, int *ntrain, int *npairs);
+
 /* Write the task's description (JSON object, see README) to `path`
  * atomically; `extra` (may be NULL) is a jansson object whose keys are
  * added.  Errors: ERR_IO. */
