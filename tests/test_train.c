@@ -174,6 +174,47 @@ static void rm_run(const char *dir)
     assert_int_equal(system(cmd), 0);
 }
 
+/* --span-min = --span-max = T/2: every sequence is two copies of its first
+ * half; task.json records the span and task_load_json reads it back. */
+static void test_induction_span(void **s)
+{
+    (void)s;
+    struct task_config tc = {.kind = TASK_INDUCTION, .seed = 3, .vocab = 20, .seq_len = 16,
+                             .batch = 8, .span_min = 8, .span_max = 8};
+    struct task *t = NULL;
+    struct err e;
+    assert_int_equal(task_create(&t, &tc, &e), 0);
+    const int *tok, *tgt;
+    int B;
+    task_batch(t, 2, &tok, &tgt, &B);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < 8; i++)
+            assert_int_equal(tok[b * 16 + i], tok[b * 16 + 8 + i]);
+    char dir[] = "/tmp/ckptd-task-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/task.json", dir);
+    assert_int_equal(task_write_json(t, path, NULL, &e), 0);
+    struct task *u = NULL;
+    if (task_load_json(&u, path, &e) < 0)
+        fail_msg("%s", err_str(&e));
+    assert_int_equal(task_get_config(u)->span_min, 8);
+    assert_int_equal(task_get_config(u)->span_max, 8);
+    const int *tok2, *tgt2;
+    task_batch(u, 2, &tok2, &tgt2, &B);
+    task_batch(t, 2, &tok, &tgt, &B);
+    assert_memory_equal(tok, tok2, sizeof(int) * 8 * 16);
+    task_free(u);
+    task_free(t);
+    remove(path);
+    rmdir(dir);
+    tc.span_max = 9; /* longer than T/2 */
+    assert_int_equal(task_create(&t, &tc, &e), ERR_INVALID);
+    assert_non_null(strstr(err_str(&e), "--span-max 9"));
+    tc.span_min = 1;
+    tc.span_max = 4;
+    assert_int_equal(task_create(&t, &tc, &e), ERR_INVALID);
+}
+
 static void test_modadd_p7_learns(void **s)
 {
     (void)s;
@@ -320,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_modadd_data),
         cmocka_unit_test(test_induction_data),
+        cmocka_unit_test(test_induction_span),
         cmocka_unit_test(test_modadd_p7_learns),
         cmocka_unit_test(test_loss_decreases),
         cmocka_unit_test(test_deterministic),

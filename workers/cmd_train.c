@@ -33,7 +33,8 @@ static const char train_usage[] =
     "  --ckpt-every K      spacing of the even part of the schedule (default ~steps/32)\n"
     "  --log-every N       progress line every N steps (default steps/20)\n"
     "modular-addition: --p N (113)  --train-frac X (0.3); full batch\n"
-    "induction:        --vocab N (64)  --seq-len N (32)  --batch N (64)\n";
+    "induction:        --vocab N (64)  --seq-len N (32)  --batch N (64)\n"
+    "                  --span-min N --span-max N  repeated span length (seq-len/8, /4)\n";
 
 static int bad(const char *flag, const char *val)
 {
@@ -87,6 +88,7 @@ int cmd_train(int argc, char **argv)
     const char *task = NULL;
     long seed = 1, steps = -1, warmup = 10, layers = -1, dm = -1, heads = -1, dmlp = -1;
     long p = 113, vocab = 64, seq_len = 32, batch = 64, every = 0, log_every = -1;
+    long span_min = 0, span_max = 0;
     double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.3, rot = 0.25;
     int sequential = 0;
     size_t nck = 0;
@@ -100,6 +102,7 @@ int cmd_train(int argc, char **argv)
             {"--d-mlp", &dmlp, NULL},        {"--p", &p, NULL},
             {"--vocab", &vocab, NULL},       {"--seq-len", &seq_len, NULL},
             {"--batch", &batch, NULL},       {"--ckpt-every", &every, NULL},
+            {"--span-min", &span_min, NULL}, {"--span-max", &span_max, NULL},
             {"--log-every", &log_every, NULL}, {"--lr", NULL, &lr},
             {"--wd", NULL, &wd},             {"--beta1", NULL, &beta1},
             {"--beta2", NULL, &beta2},       {"--init-std", NULL, &std},
@@ -185,6 +188,14 @@ int cmd_train(int argc, char **argv)
     c.task.vocab = (int)vocab;
     c.task.seq_len = (int)seq_len;
     c.task.batch = (int)batch;
+    if (span_min < 0 || span_max < 0 || span_min > 4096 || span_max > 4096) {
+        fprintf(stderr, "ckpt-worker train: --span-min/--span-max out of range\n");
+        return EXIT_USAGE;
+    }
+    if (span_min || span_max) { /* one given: the other defaults to it */
+        c.task.span_min = (int)(span_min ? span_min : span_max);
+        c.task.span_max = (int)(span_max ? span_max : span_min);
+    }
     c.layers = (int)layers;
     c.d_model = (int)dm;
     c.heads = (int)heads;

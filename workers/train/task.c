@@ -134,13 +134,14 @@ static int modadd_create(struct task *t, struct err *e)
     return 0;
 }
 
-/* One induction sequence of length T from stream s: tok (T), tgt (T),
- * icl (T) marks the in-context positions (may be NULL). */
-static void induction_seq(uint64_t *s, int V, int T, int *tok, int *tgt, int *icl)
+/* One induction sequence of length T from stream s, its span S in
+ * [smin, smax]: tok (T), tgt (T), icl (T) marks the in-context positions
+ * (may be NULL). */
+static void induction_seq(uint64_t *s, int V, int T, int smin, int smax, int *tok, int *tgt,
+                          int *icl)
 {
     for (int i = 0; i < T; i++)
         tok[i] = rng_below(s, V);
-    int smin = T / 8 > 2 ? T / 8 : 2, smax = T / 4 > smin ? T / 4 : smin;
     int S = smin + rng_below(s, smax - smin + 1);
     int a = rng_below(s, T - 2 * S + 1);      /* a + S <= d <= T - S */
     int d = a + S + rng_below(s, T - S - (a + S) + 1);
@@ -162,6 +163,14 @@ static int induction_create(struct task *t, struct err *e)
         return err_set(e, ERR_INVALID, NULL, "--seq-len must be in [8, 1024], got %d", T);
     if (B < 1 || B > 65536)
         return err_set(e, ERR_INVALID, NULL, "--batch must be in [1, 65536], got %d", B);
+    if (t->c.span_min == 0 && t->c.span_max == 0) {
+        t->c.span_min = T / 8 > 2 ? T / 8 : 2;
+        t->c.span_max = T / 4 > t->c.span_min ? T / 4 : t->c.span_min;
+    }
+    if (t->c.span_min < 2 || t->c.span_max < t->c.span_min || 2 * t->c.span_max > T)
+        return err_set(e, ERR_INVALID, NULL,
+                       "--span-min %d / --span-max %d: need 2 <= min <= max <= seq-len/2 (%d)",
+                       t->c.span_min, t->c.span_max, T / 2);
     t->V = V;
     t->T = T;
     size_t nb = (size_t)B * T, ne = (size_t)INDUCTION_EVAL * T;
@@ -174,7 +183,7 @@ static int induction_create(struct task *t, struct err *e)
         return err_set(e, ERR_NOMEM, NULL, "out of memory for induction batches");
     uint64_t s = t->c.seed ^ 0x6576616c0000ull; /* the held-out stream */
     for (int b = 0; b < INDUCTION_EVAL; b++)
-        induction_seq(&s, V, T, t->eval_tok + (size_t)b * T, t->eval_tgt + (size_t)b * T,
+        induction_seq(&s, V, T, t->c.span_min, t->c.span_max, t->eval_tok + (size_t)b * T, t->eval_tgt + (size_t)b * T,
                       t->eval_icl + (size_t)b * T);
     return 0;
 }
@@ -208,7 +217,7 @@ void task_batch(struct task *t, long step, const int **tokens, const int **targe
     uint64_t s = t->c.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step;
     rng_next(&s);
     for (int b = 0; b < t->c.batch; b++)
-        induction_seq(&s, t->V, t->T, t->batch_tok + (size_t)b * t->T,
+        induction_seq(&s, t->V, t->T, t->c.span_min, t->c.span_max, t->batch_tok + (size_t)b * t->T,
                       t->batch_tgt + (size_t)b * t->T, NULL);
     *tokens = t->batch_tok;
     *targets = t->batch_tgt;
@@ -293,10 +302,12 @@ int task_write_json(const struct task *t, const char *path, json_t *extra, struc
         json_object_set_new(o, "train_pairs", pairs);
     } else {
         json_object_set_new(o, "batch", json_integer(t->c.batch));
+        json_object_set_new(o, "span_min", json_integer(t->c.span_min));
+        json_object_set_new(o, "span_max", json_integer(t->c.span_max));
         json_object_set_new(o, "format",
                             json_string("T uniform random tokens; a span of S tokens, "
-                                        "T/8 <= S <= T/4, at a is copied to d >= a + S; "
-                                        "loss on every next-token position"));
+                                        "span_min <= S <= span_max, at a is copied to "
+                                        "d >= a + S; loss on every next-token position"));
         json_object_set_new(o, "eval_sequences", json_integer(INDUCTION_EVAL));
         json_object_set_new(o, "icl_positions", json_string("d .. d+S-2 (predicting the copy)"));
     }
@@ -427,6 +438,14 @@ int task_load_json(struct task **out, const char *path, struct err *e)
         c.vocab = (int)v;
         c.seq_len = (int)T;
         c.batch = (int)batch;
+        /* absent in files written before the span was configurable: the defaults */
+        long long smin = 0, smax = 0;
+        if (json_object_get(o, "span_min") &&
+            ((rc = json_int_field(o, "span_min", path, 2, T / 2, &smin, e)) < 0 ||
+             (rc = json_int_field(o, "span_max", path, smin, T / 2, &smax, e)) < 0))
+            goto out;
+        c.span_min = (int)smin;
+        c.span_max = (int)smax;
     }
     if ((rc = task_create(&t, &c, e)) < 0) {
         err_wrap(e, "task.json %s", path);

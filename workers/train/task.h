@@ -12,7 +12,9 @@
  * (argmax) on the training and on the test pairs.
  *
  * induction: sequences of T uniform random tokens in which a span of S
- * tokens (T/8 <= S <= T/4) starting at a is copied to start d >= a + S.
+ * tokens (span_min <= S <= span_max, by default T/8 and T/4) starting at a
+ * is copied to start d >= a + S (S = T/2 makes the sequence two copies of
+ * a random half).
  * The loss counts every next-token position.  Each step draws a fresh batch
  * from (seed, step); the metrics use a fixed held-out batch: "train" is the
  * loss and accuracy over every position, "test" the in-context loss and
@@ -50,6 +52,8 @@ struct task_config {
     int vocab;          /* induction: token ids [0, vocab) */
     int seq_len;        /* induction: T, 8..1024 */
     int batch;          /* induction: sequences per step */
+    int span_min, span_max; /* induction: S range, 2 <= min <= max <= T/2;
+                               0: the defaults max(2, T/8), max(min, T/4) */
 };
 
 struct task_metrics {
