@@ -333,8 +333,13 @@ static void test_restricted_excluded_constructed(void **s)
 
 /* ---- against the numpy reference ---- */
 
+static double max_rel; /* largest relative difference seen by assert_rel */
+
 static void assert_rel(double got, double want, double tol, const char *what)
 {
+    double rel = fabs(got - want) / fmax(1e-300, fabs(want));
+    if (rel > max_rel)
+        max_rel = rel;
     if (!(fabs(got - want) <= tol * fmax(1e-300, fabs(want))))
         fail_msg("%s: got %.17g, expected %.17g", what, got, want);
 }
@@ -404,6 +409,7 @@ static void test_golden_reference(void **s)
                "restricted");
     assert_rel(sum[2] / n, json_number_value(json_object_get(g, "excluded_loss")), 1e-9,
                "excluded");
+    printf("[ task ] golden: max relative difference %.3g\n", max_rel);
     modadd_proj_free(q);
     free(sc);
     free(norms);
