@@ -308,8 +308,10 @@ static int weight_norm(const struct gptneox *m, double *out, struct err *e)
     return 0;
 }
 
-/* Run the p^2 grid (all = 1) or the first ntrain pairs (all = 0) through m
- * in chunks; for each pair call add (pass 1) or accumulate the losses. */
+/* Run the first n pairs (a, b) through m, GRID_CHUNK sequences per
+ * forward.  With `q` (pass 1, every pair of the grid) add each pair's
+ * answer logits to it; otherwise add each pair's answer, restricted and
+ * excluded losses under the finished projection `qc` to sums. */
 static int modadd_pass(struct gptneox *m, const struct modadd_proj *qc, struct modadd_proj *q,
                        const int *pairs, int n, int *tok, double *scratch, double sums[3],
                        struct err *e)
