@@ -62,10 +62,25 @@ check "task.json lists the train pairs" grep -q '"train_pairs":\[\[' "$R/task.js
 expect 0 "problems: 0" -- "$W" inspect "$R/step5"
 expect 0 "problems: 0" -- "$W" inspect "$R/step0"
 
+# the task item finds OUT/task.json from OUT/stepN and gives the logged values
+A="$W --threads 1 analyze"
+want=$(sed -n 's/.*"step":5,"train_loss":\([^,]*\),"train_acc":\([^,]*\),"test_loss":\([^,]*\),"test_acc":\([^}]*\)}/\1 \2 \3 \4/p' "$R/train_log.jsonl")
+got=$($A "$R/step5" --items task 2>/dev/null | awk -F'\t' '$3 ~ /^(train|test)_(loss|acc)$/ { printf "%.6g ", $7 }')
+check "task item at step5 = train_log.jsonl ($got/ $want)" python3 -c '
+import sys
+g = [float(x) for x in sys.argv[1].split()]; w = [float(x) for x in sys.argv[2].split()]
+sys.exit(not (len(g) == 4 and len(w) == 4 and all(abs(a - b) <= 1e-5 for a, b in zip(g, w))))' "$got" "$want"
+expect 0 "fourier_key_fraction" -- $A "$R/step5" --items task
+mkdir -p "$TMP/lone" && cp -r "$R/step5" "$TMP/lone/"
+expect 1 "needs the run's task.json" -- $A "$TMP/lone/step5" --items task
+expect 0 "excluded_loss" -- $A "$TMP/lone/step5" --items task --task "$R/task.json"
+expect 1 "cannot open the task metadata" -- $A "$TMP/lone/step5" --items task --task "$TMP/none.json"
+
 R="$TMP/ind"
 expect 0 "3 checkpoints" -- $T --task induction --out "$R" --vocab 16 --seq-len 16 --batch 4 \
     --d-model 16 --heads 2 --d-mlp 16 --steps 3 --checkpoints 0,1,3 --sequential
 check "induction log has icl_loss" grep -q '"step":3,"loss":.*"icl_loss"' "$R/train_log.jsonl"
+expect 0 "icl_acc" -- "$W" --threads 1 analyze "$R/step3" --items task
 expect 0 "problems: 0" -- "$W" inspect "$R/step3"
 
 echo "$n checks, $fails failed"

@@ -18,7 +18,7 @@
 
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
-    "                           [--max-seqs N] [--probe FILE]...\n"
+    "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -41,7 +41,9 @@ static const char analyze_usage[] =
     "                       ablation)\n"
     "  --probe FILE         a user probe dataset (JSON, see README.md), repeatable; the\n"
     "                       `probes` item writes its rows with idx = its position in\n"
-    "                       the --probe list (0-based), logged as `probe set idx=..`\n";
+    "                       the --probe list (0-based), logged as `probe set idx=..`\n"
+    "  --task FILE          a toy run's task.json for the `task` item (default: task.json\n"
+    "                       in CKPT_DIR, else in its parent directory)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -103,9 +105,31 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* A toy run's task.json for checkpoint directory dir: dir/task.json, else
+ * dir/../task.json (`ckpt-worker train` writes OUT/task.json beside the
+ * OUT/stepN directories).  Caller frees; NULL when neither exists. */
+static char *find_task_json(const char *dir)
+{
+    const char *rel[2] = {"task.json", "../task.json"};
+    for (int i = 0; i < 2; i++) {
+        size_t n = strlen(dir) + strlen(rel[i]) + 2;
+        char *path = malloc(n);
+        if (!path)
+            return NULL;
+        snprintf(path, n, "%s/%s", dir, rel[i]);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            fclose(f);
+            return path;
+        }
+        free(path);
+    }
+    return NULL;
+}
+
 int cmd_analyze(int argc, char **argv)
 {
-    const char *dir = NULL, *items_arg = NULL, *eval_path = NULL;
+    const char *dir = NULL, *items_arg = NULL, *eval_path = NULL, *task_arg = NULL;
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     int nprobe = 0;
@@ -121,6 +145,8 @@ int cmd_analyze(int argc, char **argv)
             items_arg = argv[++i];
         } else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc) {
             eval_path = argv[++i];
+        } else if (strcmp(argv[i], "--task") == 0 && i + 1 < argc) {
+            task_arg = argv[++i];
         } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             probe_paths[nprobe++] = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
@@ -172,7 +198,7 @@ int cmd_analyze(int argc, char **argv)
     err_clear(&e);
     struct gptneox *m = NULL;
     int *tokens = NULL, B = 0, T = 0, status = EXIT_INPUT;
-    char eval_name[64];
+    char eval_name[64], *task_found = NULL;
     struct battery_ctx bctx = {.seed = seed};
     struct rows r;
     rows_init(&r);
@@ -197,6 +223,11 @@ int cmd_analyze(int argc, char **argv)
         log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", nprobe);
     bctx.probe_sets = (const struct probe_set *const *)probe_sets;
     bctx.nprobe_sets = nprobe;
+    if (needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) {
+        bctx.task_path = task_arg ? task_arg : (task_found = find_task_json(dir));
+        if (bctx.task_path)
+            log_debug("task metadata", "file=%s", log_quote(bctx.task_path));
+    }
     if (needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) {
         if (eval_path) {
             int ctx = ctx_len ? (int)ctx_len
@@ -238,6 +269,7 @@ fail:
     log_err("analyze failed", &e);
 out:
     rows_free(&r);
+    free(task_found);
     free(tokens);
     gptneox_free(m);
     free(items);

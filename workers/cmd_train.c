@@ -21,19 +21,23 @@ static const char train_usage[] =
     "Same settings, seed and --threads: bit-identical files.\n"
     "\n"
     "  --seed N            model init and data seed (default 1)\n"
-    "  --steps N           optimiser steps (modular-addition 3000, induction 1500)\n"
-    "  --lr X --wd X       AdamW rate and weight decay (1e-3 and 1.0 / 1e-3 and 0.01)\n"
+    "  --steps N           optimiser steps (modular-addition 3000, induction 1000)\n"
+    "  --lr X --wd X       AdamW rate and weight decay (2e-3 and 2.0 / 1e-3 and 0.01)\n"
     "  --beta1 X --beta2 X (0.9, 0.98)   --warmup N  linear warm-up steps (10)\n"
     "  --layers N --d-model N --heads N --d-mlp N\n"
-    "                      (modular-addition 1 128 4 512; induction 2 64 4 64)\n"
+    "                      (modular-addition 1 64 4 256; induction 2 64 4 64)\n"
     "  --init-std X        weight init std (default 0.8/sqrt(d-model))\n"
     "  --rotary-pct X      fraction of each head rotated (default 0.25)\n"
-    "  --sequential        sequential residual (default parallel, as Pythia)\n"
+    "  --sequential        sequential residual (default for modular-addition, whose\n"
+    "                      1-layer MLP must read the attention output)\n"
+    "  --parallel          parallel residual, as Pythia (default for induction)\n"
     "  --checkpoints LIST  steps to save, comma-separated, increasing (overrides the schedule)\n"
     "  --ckpt-every K      spacing of the even part of the schedule (default ~steps/32)\n"
     "  --log-every N       progress line every N steps (default steps/20)\n"
-    "modular-addition: --p N (113)  --train-frac X (0.3); full batch\n"
-    "induction:        --vocab N (64)  --seq-len N (32)  --batch N (64)\n";
+    "modular-addition: --p N (47)  --train-frac X (0.4); full batch\n"
+    "induction:        --vocab N (256)  --seq-len N (32)  --batch N (64)\n"
+    "                  --span-min N --span-max N  repeated span length (both seq-len/2:\n"
+    "                  two copies of a random half)\n";
 
 static int bad(const char *flag, const char *val)
 {
@@ -86,9 +90,10 @@ int cmd_train(int argc, char **argv)
     memset(&c, 0, sizeof c);
     const char *task = NULL;
     long seed = 1, steps = -1, warmup = 10, layers = -1, dm = -1, heads = -1, dmlp = -1;
-    long p = 113, vocab = 64, seq_len = 32, batch = 64, every = 0, log_every = -1;
-    double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.3, rot = 0.25;
-    int sequential = 0;
+    long p = 47, vocab = 256, seq_len = 32, batch = 64, every = 0, log_every = -1;
+    long span_min = 0, span_max = 0;
+    double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.4, rot = 0.25;
+    int sequential = -1;
     size_t nck = 0;
     int have_list = 0;
     for (int i = 1; i < argc; i++) {
@@ -100,6 +105,7 @@ int cmd_train(int argc, char **argv)
             {"--d-mlp", &dmlp, NULL},        {"--p", &p, NULL},
             {"--vocab", &vocab, NULL},       {"--seq-len", &seq_len, NULL},
             {"--batch", &batch, NULL},       {"--ckpt-every", &every, NULL},
+            {"--span-min", &span_min, NULL}, {"--span-max", &span_max, NULL},
             {"--log-every", &log_every, NULL}, {"--lr", NULL, &lr},
             {"--wd", NULL, &wd},             {"--beta1", NULL, &beta1},
             {"--beta2", NULL, &beta2},       {"--init-std", NULL, &std},
@@ -127,6 +133,8 @@ int cmd_train(int argc, char **argv)
             c.out = argv[++i];
         } else if (strcmp(a, "--sequential") == 0) {
             sequential = 1;
+        } else if (strcmp(a, "--parallel") == 0) {
+            sequential = 0;
         } else if (strcmp(a, "--checkpoints") == 0 && v) {
             if (parse_list(argv[++i], ckpts, MAX_CKPTS, &nck) < 0) {
                 fprintf(stderr, "ckpt-worker train: --checkpoints needs comma-separated steps "
@@ -147,19 +155,21 @@ int cmd_train(int argc, char **argv)
     }
     int ma = kind == TASK_MODADD;
     if (steps < 0)
-        steps = ma ? 3000 : 1500;
+        steps = ma ? 3000 : 1000;
     if (layers < 0)
         layers = ma ? 1 : 2;
     if (dm < 0)
-        dm = ma ? 128 : 64;
+        dm = 64;
     if (heads < 0)
         heads = 4;
     if (dmlp < 0)
-        dmlp = ma ? 512 : 64;
+        dmlp = ma ? 256 : 64;
     if (lr < 0)
-        lr = 1e-3;
+        lr = ma ? 2e-3 : 1e-3;
+    if (sequential < 0)
+        sequential = ma;
     if (wd < 0)
-        wd = ma ? 1.0 : 0.01;
+        wd = ma ? 2.0 : 0.01;
     if (std < 0)
         std = dm > 0 ? 0.8 / sqrt((double)dm) : 0.02;
     if (log_every < 0)
@@ -185,6 +195,16 @@ int cmd_train(int argc, char **argv)
     c.task.vocab = (int)vocab;
     c.task.seq_len = (int)seq_len;
     c.task.batch = (int)batch;
+    if (!ma && !span_min && !span_max)
+        span_min = span_max = seq_len / 2;
+    if (span_min < 0 || span_max < 0 || span_min > 4096 || span_max > 4096) {
+        fprintf(stderr, "ckpt-worker train: --span-min/--span-max out of range\n");
+        return EXIT_USAGE;
+    }
+    if (span_min || span_max) { /* one given: the other defaults to it */
+        c.task.span_min = (int)(span_min ? span_min : span_max);
+        c.task.span_max = (int)(span_max ? span_max : span_min);
+    }
     c.layers = (int)layers;
     c.d_model = (int)dm;
     c.heads = (int)heads;

@@ -17,11 +17,13 @@ static const struct battery_item *const items[] = {
     &battery_item_composition,
     &battery_item_ablation,
     &battery_item_probes,
+    &battery_item_task,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_EVAL_TOKENS] = "eval_tokens",
     [BATTERY_NEED_PROBE_SETS] = "probe_sets",
+    [BATTERY_NEED_TASK] = "task",
 };
 
 size_t battery_count(void)
@@ -90,6 +92,10 @@ int battery_run_item(const struct battery_item *it, const struct battery_ctx *ct
     if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) &&
         (!ctx->eval_tokens || ctx->eval_B <= 0 || ctx->eval_T <= 0))
         rc = err_set(e, ERR_INVALID, NULL, "needs eval tokens and none were given");
+    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) && !ctx->task_path)
+        rc = err_set(e, ERR_INVALID, NULL,
+                     "needs the run's task.json (next to the checkpoint, in its parent "
+                     "directory, or --task FILE) and none was found");
     else if ((rc = it->run(ctx, out, e)) >= 0)
         rc = check_rows(it, out, e);
     if (rc < 0) {

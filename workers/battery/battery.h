@@ -43,6 +43,8 @@ enum battery_need {
     BATTERY_NEED_EVAL_TOKENS, /* "eval_tokens": ctx.eval_tokens (--eval-tokens or generated) */
     BATTERY_NEED_PROBE_SETS,  /* "probe_sets": reads ctx.probe_sets (--probe) when given;
                                  optional, the item runs without them */
+    BATTERY_NEED_TASK,        /* "task": ctx.task_path, a toy run's task.json (--task, or
+                                 found next to the checkpoint) */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -68,6 +70,7 @@ struct battery_ctx {
     /* user probe datasets (--probe, in order; probe_set.h), or NULL/0 */
     const struct probe_set *const *probe_sets;
     int nprobe_sets;
+    const char *task_path;  /* a toy run's task.json, or NULL */
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -104,7 +107,8 @@ const char *battery_need_name(enum battery_need k);
 
 /* rows_begin(out, it->name, it->version), run the item, then check that
  * every row names one of its declared metrics (ERR_INVALID otherwise).
- * Fails with ERR_INVALID when the item needs eval tokens and ctx has none.
+ * Fails with ERR_INVALID when the item needs eval tokens or task metadata
+ * and ctx has none.
  * On error `e` is prefixed with the item name and `out` must not be
  * written. */
 int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
@@ -265,5 +269,47 @@ extern const struct battery_item battery_item_heads;
 #define ABLATION_REP_SEQS 4
 #define ABLATION_TOKENS 1024
 extern const struct battery_item battery_item_ablation;
+
+/* task v1 (needs task): a toy training run's metrics recomputed from the
+ * checkpoint and its task.json (task_load_json, task_eval: the values
+ * train_log.jsonl records), and for modular addition the progress measures
+ * of Nanda et al. 2023:
+ *   train_loss, train_acc, test_loss, test_acc   (modular addition) or
+ *   loss, acc, icl_loss, icl_acc                 (induction), idx -1
+ *   embed_fourier_norm   idx k: norm of W_E[0:p]'s projection on the
+ *                        Fourier basis of frequency k, 0 .. floor(p/2)
+ *   key_frequency        idx k, for the TASK_KEY_FREQS largest (k >= 1):
+ *                        its share of the non-constant squared norm
+ *   fourier_key_fraction the key frequencies' total share (sparsity)
+ *   answer_loss, restricted_loss, excluded_loss   train-set losses over the
+ *                        p answer tokens of the logits, of their projection
+ *                        on the key frequencies of a+b (plus the constant),
+ *                        and of the logits with those removed
+ *   weight_norm          sqrt of the sum of squares of every parameter
+ * Definitions in battery_task.c.  Errors: task.json unreadable or
+ * inconsistent, a checkpoint of another vocabulary (ERR_INVALID). */
+#define TASK_KEY_FREQS 5
+extern const struct battery_item battery_item_task;
+
+/* Modular-addition Fourier helpers, exposed for tests.  Frequencies are
+ * k = 0 .. floor(p/2) (modadd_nfreqs(p) of them). */
+int modadd_nfreqs(int p);
+/* norms (nfreqs) of embed's rows 0..p-1 (row-major, C columns) on the
+ * orthonormal Fourier basis.  Errors: ERR_NOMEM. */
+int modadd_fourier_norms(const float *embed, int p, int C, double *norms, struct err *e) CK_WUR;
+/* The K largest non-constant frequencies by norm (ties: lower k) into keys,
+ * largest first; returns how many (min(K, nfreqs - 1)). */
+int modadd_key_freqs(const double *norms, int p, int K, int *keys);
+/* The restricted/excluded projection: add the p answer logits of every
+ * pair (a, b) of the grid exactly once, finish, then take per-pair losses
+ * (scratch: 3p doubles; losses in nats, softmax over the p answers). */
+struct modadd_proj;
+int modadd_proj_create(struct modadd_proj **out, int p, const int *keys, int nkeys,
+                       struct err *e) CK_WUR;
+void modadd_proj_add(struct modadd_proj *q, int a, int b, const float *logits);
+void modadd_proj_finish(struct modadd_proj *q);
+void modadd_proj_loss(const struct modadd_proj *q, int a, int b, const float *logits,
+                      double *scratch, double *full, double *restricted, double *excluded);
+void modadd_proj_free(struct modadd_proj *q);
 
 #endif

@@ -134,13 +134,14 @@ static int modadd_create(struct task *t, struct err *e)
     return 0;
 }
 
-/* One induction sequence of length T from stream s: tok (T), tgt (T),
- * icl (T) marks the in-context positions (may be NULL). */
-static void induction_seq(uint64_t *s, int V, int T, int *tok, int *tgt, int *icl)
+/* One induction sequence of length T from stream s, its span S in
+ * [smin, smax]: tok (T), tgt (T), icl (T) marks the in-context positions
+ * (may be NULL). */
+static void induction_seq(uint64_t *s, int V, int T, int smin, int smax, int *tok, int *tgt,
+                          int *icl)
 {
     for (int i = 0; i < T; i++)
         tok[i] = rng_below(s, V);
-    int smin = T / 8 > 2 ? T / 8 : 2, smax = T / 4 > smin ? T / 4 : smin;
     int S = smin + rng_below(s, smax - smin + 1);
     int a = rng_below(s, T - 2 * S + 1);      /* a + S <= d <= T - S */
     int d = a + S + rng_below(s, T - S - (a + S) + 1);
@@ -162,6 +163,14 @@ static int induction_create(struct task *t, struct err *e)
         return err_set(e, ERR_INVALID, NULL, "--seq-len must be in [8, 1024], got %d", T);
     if (B < 1 || B > 65536)
         return err_set(e, ERR_INVALID, NULL, "--batch must be in [1, 65536], got %d", B);
+    if (t->c.span_min == 0 && t->c.span_max == 0) {
+        t->c.span_min = T / 8 > 2 ? T / 8 : 2;
+        t->c.span_max = T / 4 > t->c.span_min ? T / 4 : t->c.span_min;
+    }
+    if (t->c.span_min < 2 || t->c.span_max < t->c.span_min || 2 * t->c.span_max > T)
+        return err_set(e, ERR_INVALID, NULL,
+                       "--span-min %d / --span-max %d: need 2 <= min <= max <= seq-len/2 (%d)",
+                       t->c.span_min, t->c.span_max, T / 2);
     t->V = V;
     t->T = T;
     size_t nb = (size_t)B * T, ne = (size_t)INDUCTION_EVAL * T;
@@ -174,7 +183,7 @@ static int induction_create(struct task *t, struct err *e)
         return err_set(e, ERR_NOMEM, NULL, "out of memory for induction batches");
     uint64_t s = t->c.seed ^ 0x6576616c0000ull; /* the held-out stream */
     for (int b = 0; b < INDUCTION_EVAL; b++)
-        induction_seq(&s, V, T, t->eval_tok + (size_t)b * T, t->eval_tgt + (size_t)b * T,
+        induction_seq(&s, V, T, t->c.span_min, t->c.span_max, t->eval_tok + (size_t)b * T, t->eval_tgt + (size_t)b * T,
                       t->eval_icl + (size_t)b * T);
     return 0;
 }
@@ -208,7 +217,7 @@ void task_batch(struct task *t, long step, const int **tokens, const int **targe
     uint64_t s = t->c.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step;
     rng_next(&s);
     for (int b = 0; b < t->c.batch; b++)
-        induction_seq(&s, t->V, t->T, t->batch_tok + (size_t)b * t->T,
+        induction_seq(&s, t->V, t->T, t->c.span_min, t->c.span_max, t->batch_tok + (size_t)b * t->T,
                       t->batch_tgt + (size_t)b * t->T, NULL);
     *tokens = t->batch_tok;
     *targets = t->batch_tgt;
@@ -293,10 +302,12 @@ int task_write_json(const struct task *t, const char *path, json_t *extra, struc
         json_object_set_new(o, "train_pairs", pairs);
     } else {
         json_object_set_new(o, "batch", json_integer(t->c.batch));
+        json_object_set_new(o, "span_min", json_integer(t->c.span_min));
+        json_object_set_new(o, "span_max", json_integer(t->c.span_max));
         json_object_set_new(o, "format",
                             json_string("T uniform random tokens; a span of S tokens, "
-                                        "T/8 <= S <= T/4, at a is copied to d >= a + S; "
-                                        "loss on every next-token position"));
+                                        "span_min <= S <= span_max, at a is copied to "
+                                        "d >= a + S; loss on every next-token position"));
         json_object_set_new(o, "eval_sequences", json_integer(INDUCTION_EVAL));
         json_object_set_new(o, "icl_positions", json_string("d .. d+S-2 (predicting the copy)"));
     }
@@ -315,6 +326,143 @@ int task_write_json(const struct task *t, const char *path, json_t *extra, struc
         rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
         remove(tmp);
     }
+    json_decref(o);
+    return rc;
+}
+
+const struct task_config *task_get_config(const struct task *t) { return &t->c; }
+
+const int *task_modadd_pairs(const struct task *t, int *ntrain, int *npairs)
+{
+    if (t->c.kind != TASK_MODADD) {
+        *ntrain = *npairs = 0;
+        return NULL;
+    }
+    *ntrain = t->ntrain;
+    *npairs = t->npairs;
+    return t->pairs;
+}
+
+/* The integer field `key` of o into *out; ERR_INVALID naming it if absent. */
+static int json_int_field(const json_t *o, const char *key, const char *path, long long lo,
+                          long long hi, long long *out, struct err *e)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v))
+        return err_set(e, ERR_INVALID, path, "task.json: \"%s\" must be an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return err_set(e, ERR_INVALID, path, "task.json: \"%s\" %lld is outside [%lld, %lld]",
+                       key, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int check_modadd_json(const struct task *t, const json_t *o, const char *path,
+                             struct err *e)
+{
+    long long ntr, nte;
+    int rc;
+    if ((rc = json_int_field(o, "n_train", path, 0, INT32_MAX, &ntr, e)) < 0 ||
+        (rc = json_int_field(o, "n_test", path, 0, INT32_MAX, &nte, e)) < 0)
+        return rc;
+    if (ntr != t->ntrain || nte != t->npairs - t->ntrain)
+        return err_set(e, ERR_INVALID, path,
+                       "task.json: n_train %lld / n_test %lld, but p %d and train_frac %g "
+                       "give %d / %d", ntr, nte, t->c.p, t->c.train_frac, t->ntrain,
+                       t->npairs - t->ntrain);
+    const json_t *pairs = json_object_get(o, "train_pairs");
+    if (!json_is_array(pairs) || json_array_size(pairs) != (size_t)t->ntrain)
+        return err_set(e, ERR_INVALID, path,
+                       "task.json: \"train_pairs\" must be a list of n_train (%d) pairs",
+                       t->ntrain);
+    for (int i = 0; i < t->ntrain; i++) {
+        const json_t *pr = json_array_get(pairs, (size_t)i);
+        const json_t *a = json_array_get(pr, 0), *b = json_array_get(pr, 1);
+        if (!json_is_array(pr) || json_array_size(pr) != 2 || !json_is_integer(a) ||
+            !json_is_integer(b) || json_integer_value(a) != t->pairs[2 * i] ||
+            json_integer_value(b) != t->pairs[2 * i + 1])
+            return err_set(e, ERR_INVALID, path,
+                           "task.json: train pair %d is not the split seed %llu gives "
+                           "([%d, %d]): the file was not written for this split", i,
+                           (unsigned long long)t->c.seed, t->pairs[2 * i], t->pairs[2 * i + 1]);
+    }
+    return 0;
+}
+
+int task_load_json(struct task **out, const char *path, struct err *e)
+{
+    *out = NULL;
+    json_error_t je;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return err_set(e, ERR_IO, path, "cannot open the task metadata: %s", strerror(errno));
+    json_t *o = json_loadf(f, 0, &je);
+    fclose(f);
+    struct task *t = NULL;
+    int rc = 0;
+    if (!o)
+        return err_set(e, ERR_INVALID, path, "task.json is not JSON: %s (line %d)", je.text,
+                       je.line);
+    struct task_config c;
+    memset(&c, 0, sizeof c);
+    long long seed, v, T;
+    const char *kind = json_string_value(json_object_get(o, "task"));
+    int k = kind ? task_kind_parse(kind) : -1;
+    if (!json_is_object(o) || k < 0) {
+        rc = err_set(e, ERR_INVALID, path,
+                     "task.json: \"task\" must be \"modular-addition\" or \"induction\"");
+        goto out;
+    }
+    c.kind = (enum task_kind)k;
+    if ((rc = json_int_field(o, "seed", path, 0, INT64_MAX, &seed, e)) < 0 ||
+        (rc = json_int_field(o, "vocab_size", path, 1, INT32_MAX, &v, e)) < 0 ||
+        (rc = json_int_field(o, "seq_len", path, 1, INT32_MAX, &T, e)) < 0)
+        goto out;
+    c.seed = (uint64_t)seed;
+    if (c.kind == TASK_MODADD) {
+        long long p;
+        const json_t *fr = json_object_get(o, "train_frac");
+        if ((rc = json_int_field(o, "p", path, 2, 1000, &p, e)) < 0)
+            goto out;
+        if (!json_is_number(fr)) {
+            rc = err_set(e, ERR_INVALID, path, "task.json: \"train_frac\" must be a number");
+            goto out;
+        }
+        c.p = (int)p;
+        c.train_frac = json_number_value(fr);
+    } else {
+        long long batch;
+        if ((rc = json_int_field(o, "batch", path, 1, 65536, &batch, e)) < 0)
+            goto out;
+        c.vocab = (int)v;
+        c.seq_len = (int)T;
+        c.batch = (int)batch;
+        /* absent in files written before the span was configurable: the defaults */
+        long long smin = 0, smax = 0;
+        if (json_object_get(o, "span_min") &&
+            ((rc = json_int_field(o, "span_min", path, 2, T / 2, &smin, e)) < 0 ||
+             (rc = json_int_field(o, "span_max", path, smin, T / 2, &smax, e)) < 0))
+            goto out;
+        c.span_min = (int)smin;
+        c.span_max = (int)smax;
+    }
+    if ((rc = task_create(&t, &c, e)) < 0) {
+        err_wrap(e, "task.json %s", path);
+        goto out;
+    }
+    if (t->V != v || t->T != T) {
+        rc = err_set(e, ERR_INVALID, path,
+                     "task.json: vocab_size %lld / seq_len %lld, but the task has %d / %d", v, T,
+                     t->V, t->T);
+        goto out;
+    }
+    if (c.kind == TASK_MODADD && (rc = check_modadd_json(t, o, path, e)) < 0)
+        goto out;
+    *out = t;
+    t = NULL;
+out:
+    task_free(t);
     json_decref(o);
     return rc;
 }

@@ -12,7 +12,9 @@
  * (argmax) on the training and on the test pairs.
  *
  * induction: sequences of T uniform random tokens in which a span of S
- * tokens (T/8 <= S <= T/4) starting at a is copied to start d >= a + S.
+ * tokens (span_min <= S <= span_max, by default T/8 and T/4) starting at a
+ * is copied to start d >= a + S (S = T/2 makes the sequence two copies of
+ * a random half).
  * The loss counts every next-token position.  Each step draws a fresh batch
  * from (seed, step); the metrics use a fixed held-out batch: "train" is the
  * loss and accuracy over every position, "test" the in-context loss and
@@ -50,6 +52,8 @@ struct task_config {
     int vocab;          /* induction: token ids [0, vocab) */
     int seq_len;        /* induction: T, 8..1024 */
     int batch;          /* induction: sequences per step */
+    int span_min, span_max; /* induction: S range, 2 <= min <= max <= T/2;
+                               0: the defaults max(2, T/8), max(min, T/4) */
 };
 
 struct task_metrics {
@@ -79,6 +83,22 @@ int task_eval(struct task *t, struct gptneox *m, struct task_metrics *out, struc
 
 /* Names of the four metrics in train_log.jsonl, in task_metrics order. */
 const char *const *task_metric_names(const struct task *t);
+
+/* Rebuild the task a run's task.json (task_write_json) describes: the
+ * kind and the settings that define its data (seed, p and train_frac, or
+ * vocab, seq_len and batch), checked against what the file records
+ * (vocab_size, seq_len; for modular addition n_train, n_test and every
+ * train pair, so a file whose split this code would not reproduce is
+ * refused).  Errors: ERR_IO (unreadable), ERR_INVALID naming the file and
+ * the missing or inconsistent field, ERR_NOMEM.  *out is NULL on error. */
+int task_load_json(struct task **out, const char *path, struct err *e) CK_WUR;
+
+/* The settings the task was built from; borrowed. */
+const struct task_config *task_get_config(const struct task *t);
+
+/* Modular addition: all p^2 pairs (a, b) in split order, (npairs, 2), the
+ * first ntrain the training set.  Borrowed.  Other tasks: NULL, 0, 0. */
+const int *task_modadd_pairs(const struct task *t, int *ntrain, int *npairs);
 
 /* Write the task's description (JSON object, see README) to `path`
  * atomically; `extra` (may be NULL) is a jansson object whose keys are
