@@ -196,8 +196,11 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             items[nitems++] = (struct queue_item){it, v};
         }
     } else {
+        /* the whole battery but the items for toy runs' tasks, which only a
+         * run from `ckpt-worker train` can answer: name them with --items */
         for (int i = 0; i < reg.nitems && nitems < 64; i++)
-            items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
+            if (!reg.items[i].needs_task)
+                items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
     }
     char tok_default[PATH_MAX], tok_path[PATH_MAX];
     if (eval_text) {

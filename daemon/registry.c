@@ -70,6 +70,11 @@ int registry_parse(struct registry *r, const char *text, struct err *e)
         struct reg_item *ri = &r->items[r->nitems++];
         snprintf(ri->name, sizeof ri->name, "%s", name);
         ri->version = (int)json_integer_value(ver);
+        json_t *needs = json_object_get(it, "needs");
+        for (size_t k = 0; k < json_array_size(needs); k++)
+            if (json_is_string(json_array_get(needs, k)) &&
+                strcmp(json_string_value(json_array_get(needs, k)), "task") == 0)
+                ri->needs_task = 1;
         json_t *ms = json_object_get(it, "metrics");
         for (size_t j = 0; j < json_array_size(ms); j++) {
             const char *mn = jstr(json_array_get(ms, j), "name");

@@ -23,6 +23,7 @@
 struct reg_item {
     char name[REGISTRY_NAME_MAX];
     int version;
+    int needs_task; /* needs a toy run's task.json ("task" in its needs) */
 };
 
 struct reg_metric {
