@@ -114,6 +114,12 @@ const char *battery_need_name(enum battery_need k);
 int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
                      struct rows *out, struct err *e) CK_WUR;
 
+/* Check ctx's eval set for an item that runs the model on it: sequences of
+ * at least 2 tokens, no longer than max_position_embeddings, every id in
+ * [0, vocab_size).  ERR_INVALID naming the eval set (and the sequence and
+ * position of a bad id). */
+int battery_check_eval(const struct battery_ctx *c, struct err *e) CK_WUR;
+
 /* ---- the default eval set ---- */
 
 #define BATTERY_EVAL_SEQS 16 /* sequences of the generated eval set */

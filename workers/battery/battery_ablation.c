@@ -432,15 +432,9 @@ static int ablation_run(const struct battery_ctx *c, struct rows *out, struct er
     struct gptneox *m = c->model;
     const struct gptneox_config *cfg = &m->cfg;
     const int C = cfg->d_model, V = cfg->vocab_size;
-    const char *src = c->eval_name ? c->eval_name : "eval tokens";
-    if (c->eval_T < 2)
-        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed",
-                       c->eval_T);
-    if (c->eval_T > cfg->max_positions)
-        return err_set(e, ERR_INVALID, src,
-                       "sequences of %d tokens are longer than the model's "
-                       "max_position_embeddings %d",
-                       c->eval_T, cfg->max_positions);
+    int rc0 = battery_check_eval(c, e);
+    if (rc0 < 0)
+        return rc0;
     struct abl a = {.m = m, .NL = cfg->n_layers, .NH = cfg->n_heads, .HS = cfg->d_head,
                     .C = C, .V = V};
     struct abl_set sets[2] = {{0}, {0}};

@@ -125,15 +125,9 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
     const struct gptneox_config *cfg = &m->cfg;
     const int NL = cfg->n_layers, NH = cfg->n_heads, V = cfg->vocab_size;
     const int EB = c->eval_B, ET = c->eval_T;
-    const char *src = c->eval_name ? c->eval_name : "eval tokens";
-    if (ET < 2)
-        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed", ET);
-    if (ET > cfg->max_positions)
-        return err_set(e, ERR_INVALID, src,
-                       "sequences of %d tokens are longer than the model's "
-                       "max_position_embeddings %d",
-                       ET, cfg->max_positions);
     int *rep = NULL, RB = 0, RT = 0, L = 0, rc;
+    if ((rc = battery_check_eval(c, e)) < 0)
+        return rc;
     float *tok_loss = NULL;
     int *targets = NULL;
     struct heads_acc a = {.NH = NH};

@@ -76,22 +76,7 @@ static int cache_hook(void *ctx, struct hook_act *act, struct err *e)
 
 static int check_eval(const struct battery_ctx *c, struct err *e)
 {
-    const struct gptneox_config *cfg = &c->model->cfg;
-    const int B = c->eval_B, T = c->eval_T;
-    const char *src = c->eval_name ? c->eval_name : "eval tokens";
-    if (T < 2)
-        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed", T);
-    if (T > cfg->max_positions)
-        return err_set(e, ERR_INVALID, src,
-                       "sequences of %d tokens are longer than the model's "
-                       "max_position_embeddings %d",
-                       T, cfg->max_positions);
-    for (size_t i = 0; i < (size_t)B * T; i++)
-        if (c->eval_tokens[i] < 0 || c->eval_tokens[i] >= cfg->vocab_size)
-            return err_set(e, ERR_INVALID, src,
-                           "token %d (sequence %zu, position %zu) is outside the vocabulary [0, %d)",
-                           c->eval_tokens[i], i / (size_t)T, i % (size_t)T, cfg->vocab_size);
-    return 0;
+    return battery_check_eval(c, e);
 }
 
 static int lens_run(const struct battery_ctx *c, struct rows *out, struct err *e)

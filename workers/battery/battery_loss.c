@@ -56,22 +56,11 @@ static const struct metric_def loss_metrics[] = {
 static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
     struct gptneox *m = c->model;
-    const int B = c->eval_B, T = c->eval_T, V = m->cfg.vocab_size;
+    const int B = c->eval_B, T = c->eval_T;
     const char *src = c->eval_name ? c->eval_name : "eval tokens";
-    if (T < 2)
-        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed", T);
-    if (T > m->cfg.max_positions)
-        return err_set(e, ERR_INVALID, src,
-                       "sequences of %d tokens are longer than the model's "
-                       "max_position_embeddings %d",
-                       T, m->cfg.max_positions);
-    for (size_t i = 0; i < (size_t)B * T; i++)
-        if (c->eval_tokens[i] < 0 || c->eval_tokens[i] >= V)
-            return err_set(e, ERR_INVALID, src,
-                           "token %d (sequence %zu, position %zu) is outside the vocabulary [0, %d)",
-                           c->eval_tokens[i], i / (size_t)T, i % (size_t)T, V);
-
-    int rc = 0;
+    int rc = battery_check_eval(c, e);
+    if (rc < 0)
+        return rc;
     double *pos_sum = calloc((size_t)T - 1, sizeof *pos_sum);
     float *tok_loss = malloc((size_t)BATTERY_LOSS_BATCH * (T - 1) * sizeof *tok_loss);
     if (!pos_sum || !tok_loss) {

@@ -642,26 +642,15 @@ out:
 
 static int probes_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
-    struct gptneox *m = c->model;
-    const int B = c->eval_B, T = c->eval_T, V = m->cfg.vocab_size;
+    const int B = c->eval_B;
     const char *src = c->eval_name ? c->eval_name : "eval tokens";
     if (B < PROBE_SET_HOLDOUT_EVERY)
         return err_set(e, ERR_INVALID, src,
                        "%d sequence%s: probes need at least %d (every %dth is held out)", B,
                        B == 1 ? "" : "s", PROBE_SET_HOLDOUT_EVERY, PROBE_SET_HOLDOUT_EVERY);
-    if (T < 2)
-        return err_set(e, ERR_INVALID, src, "sequences of %d token(s): at least 2 are needed", T);
-    if (T > m->cfg.max_positions)
-        return err_set(e, ERR_INVALID, src,
-                       "sequences of %d tokens are longer than the model's "
-                       "max_position_embeddings %d",
-                       T, m->cfg.max_positions);
-    for (size_t i = 0; i < (size_t)B * T; i++)
-        if (c->eval_tokens[i] < 0 || c->eval_tokens[i] >= V)
-            return err_set(e, ERR_INVALID, src,
-                           "token %d (sequence %zu, position %zu) is outside the vocabulary [0, %d)",
-                           c->eval_tokens[i], i / (size_t)T, i % (size_t)T, V);
-    int rc = run_builtin(c, out, e);
+    int rc = battery_check_eval(c, e);
+    if (rc == 0)
+        rc = run_builtin(c, out, e);
     for (int k = 0; rc == 0 && k < c->nprobe_sets; k++)
         rc = run_user(c, k, out, e);
     return rc;
