@@ -365,12 +365,43 @@ static int parse_header(struct st_file *st, struct err *e)
     return 0;
 }
 
+int st_map_file(const char *path, size_t min_size, void **map, size_t *size, struct err *e)
+{
+    *map = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int en = errno;
+        return err_set(e, en == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "open: %s", strerror(en));
+    }
+    struct stat sb;
+    int rc = 0;
+    if (fstat(fd, &sb) < 0) {
+        rc = err_set(e, ERR_IO, path, "fstat: %s", strerror(errno));
+    } else if (!S_ISREG(sb.st_mode)) {
+        rc = err_set(e, ERR_IO, path, "not a regular file");
+    } else if ((uint64_t)sb.st_size > SIZE_MAX) {
+        rc = err_set(e, ERR_IO, path, "file too large to map");
+    } else {
+        *size = (size_t)sb.st_size;
+        /* a short file (the empty one included, which mmap would refuse) is
+         * left to the caller's format check */
+        if (*size >= min_size) {
+            void *m = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (m == MAP_FAILED)
+                rc = err_set(e, ERR_IO, path, "mmap %zu bytes: %s", *size, strerror(errno));
+            else
+                *map = m;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
 int st_open(struct st_file **out, const char *path, struct err *e)
 {
     struct st_file *st = NULL;
-    int fd = -1;
     int rc = 0;
-    struct stat sb;
 
     *out = NULL;
     st = calloc(1, sizeof *st);
@@ -378,45 +409,20 @@ int st_open(struct st_file **out, const char *path, struct err *e)
         rc = err_set(e, ERR_NOMEM, path, "out of memory");
         goto out;
     }
-
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int en = errno;
-        rc = err_set(e, en == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "open: %s", strerror(en));
+    void *map = NULL;
+    if ((rc = st_map_file(path, 8, &map, &st->size, e)) < 0)
         goto out;
-    }
-    if (fstat(fd, &sb) < 0) {
-        rc = err_set(e, ERR_IO, path, "fstat: %s", strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        rc = err_set(e, ERR_IO, path, "not a regular file");
-        goto out;
-    }
-    if ((uint64_t)sb.st_size > SIZE_MAX) {
-        rc = err_set(e, ERR_IO, path, "file too large to map");
-        goto out;
-    }
-    /* Also covers the empty file, which mmap would refuse. */
-    if (sb.st_size < 8) {
+    if (!map) {
         rc = err_set(e, ERR_FORMAT, path,
-                     "truncated: file is %lld bytes, shorter than the 8-byte header length",
-                     (long long)sb.st_size);
+                     "truncated: file is %zu bytes, shorter than the 8-byte header length",
+                     st->size);
         goto out;
     }
-    st->size = (size_t)sb.st_size;
-    st->map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (st->map == MAP_FAILED) {
-        st->map = NULL;
-        rc = err_set(e, ERR_IO, path, "mmap %zu bytes: %s", st->size, strerror(errno));
-        goto out;
-    }
+    st->map = map;
 
     rc = parse_header(st, e);
 
 out:
-    if (fd >= 0)
-        close(fd);
     if (rc < 0) {
         st_free(st);
         return rc;

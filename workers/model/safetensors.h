@@ -85,6 +85,15 @@ int st_dtype_parse(const char *name);
  * says what is wrong, naming the file and, where one is involved, the
  * tensor. */
 int st_open(struct st_file **out, const char *path, struct err *e) CK_WUR;
+
+/* Map the regular file `path` read-only, for the checkpoint readers:
+ * *size gets its length and *map the mapping (munmap(*map, *size) frees
+ * it).  A file shorter than min_size (which must be > 0) is not mapped:
+ * *map is NULL and 0 is returned, so the caller can say what its format
+ * needed.  Errors: ERR_NOTFOUND (no such file), ERR_IO (not a regular file,
+ * too large, open/fstat/mmap failed), each naming the file. */
+int st_map_file(const char *path, size_t min_size, void **map, size_t *size,
+                struct err *e) CK_WUR;
 void st_free(struct st_file *st);
 
 /* Tensors in file order of their offsets. Borrowed. */

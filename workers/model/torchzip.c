@@ -15,14 +15,12 @@
 #include "torchzip.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <zip.h>
@@ -1304,8 +1302,7 @@ int torchzip_open(struct st_file **out, const char *path, struct err *e)
     struct tz_ctx c = {.path = path};
     struct st_tensor *tensors = NULL;
     uint8_t *pk = NULL;
-    int fd = -1, rc = 0;
-    struct stat sb;
+    int rc = 0;
 
     *out = NULL;
     c.own = calloc(1, sizeof *c.own);
@@ -1313,36 +1310,13 @@ int torchzip_open(struct st_file **out, const char *path, struct err *e)
         rc = err_set(e, ERR_NOMEM, path, "out of memory");
         goto out;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int en = errno;
-        rc = err_set(e, en == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "open: %s", strerror(en));
+    if ((rc = st_map_file(path, 22, &c.own->map, &c.own->size, e)) < 0)
         goto out;
-    }
-    if (fstat(fd, &sb) < 0) {
-        rc = err_set(e, ERR_IO, path, "fstat: %s", strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        rc = err_set(e, ERR_IO, path, "not a regular file");
-        goto out;
-    }
-    if (sb.st_size < 22) {
-        rc = sb.st_size == 0 ? err_set(e, ERR_FORMAT, path, "empty file")
-                             : err_set(e, ERR_FORMAT, path,
-                                       "truncated: %lld bytes cannot hold a zip archive",
-                                       (long long)sb.st_size);
-        goto out;
-    }
-    if ((uint64_t)sb.st_size > SIZE_MAX) {
-        rc = err_set(e, ERR_IO, path, "file too large to map");
-        goto out;
-    }
-    c.own->size = (size_t)sb.st_size;
-    c.own->map = mmap(NULL, c.own->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (c.own->map == MAP_FAILED) {
-        c.own->map = NULL;
-        rc = err_set(e, ERR_IO, path, "mmap %zu bytes: %s", c.own->size, strerror(errno));
+    if (!c.own->map) {
+        rc = c.own->size == 0 ? err_set(e, ERR_FORMAT, path, "empty file")
+                              : err_set(e, ERR_FORMAT, path,
+                                        "truncated: %zu bytes cannot hold a zip archive",
+                                        c.own->size);
         goto out;
     }
     if (memcmp(c.own->map, "PK\3\4", 4) != 0) {
@@ -1397,8 +1371,6 @@ int torchzip_open(struct st_file **out, const char *path, struct err *e)
 out:
     if (c.za)
         zip_discard(c.za);
-    if (fd >= 0)
-        close(fd);
     free(tensors);
     free(pk);
     free(c.local_off);
