@@ -19,6 +19,7 @@
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
+    "                           [--artifacts DIR] [--prev-artifacts DIR]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -43,7 +44,10 @@ static const char analyze_usage[] =
     "                       `probes` item writes its rows with idx = its position in\n"
     "                       the --probe list (0-based), logged as `probe set idx=..`\n"
     "  --task FILE          a toy run's task.json for the `task` item (default: task.json\n"
-    "                       in CKPT_DIR, else in its parent directory)\n";
+    "                       in CKPT_DIR, else in its parent directory)\n"
+    "  --artifacts DIR      where items that write files (sae) put them, below DIR/<item>/\n"
+    "  --prev-artifacts DIR the previous checkpoint's artifact directory, for items that\n"
+    "                       read it (sae warm start, sae_match)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -130,6 +134,7 @@ static char *find_task_json(const char *dir)
 int cmd_analyze(int argc, char **argv)
 {
     const char *dir = NULL, *items_arg = NULL, *eval_path = NULL, *task_arg = NULL;
+    const char *artifacts = NULL, *prev_artifacts = NULL;
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     int nprobe = 0;
@@ -147,6 +152,10 @@ int cmd_analyze(int argc, char **argv)
             eval_path = argv[++i];
         } else if (strcmp(argv[i], "--task") == 0 && i + 1 < argc) {
             task_arg = argv[++i];
+        } else if (strcmp(argv[i], "--artifacts") == 0 && i + 1 < argc) {
+            artifacts = argv[++i];
+        } else if (strcmp(argv[i], "--prev-artifacts") == 0 && i + 1 < argc) {
+            prev_artifacts = argv[++i];
         } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             probe_paths[nprobe++] = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
@@ -223,6 +232,8 @@ int cmd_analyze(int argc, char **argv)
         log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", nprobe);
     bctx.probe_sets = (const struct probe_set *const *)probe_sets;
     bctx.nprobe_sets = nprobe;
+    bctx.artifacts_dir = artifacts;
+    bctx.prev_artifacts_dir = prev_artifacts;
     if (needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) {
         bctx.task_path = task_arg ? task_arg : (task_found = find_task_json(dir));
         if (bctx.task_path)

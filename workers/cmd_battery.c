@@ -37,6 +37,11 @@ static json_t *registry_json(void)
         /* json_pack's "o" takes the references, also when it fails */
         json_t *o = json_pack("{s:s, s:i, s:o, s:o}", "name", it->name, "version", it->version,
                               "needs", needs, "metrics", metrics);
+        if (o && it->depends_on &&
+            json_object_set_new(o, "depends_on", json_string(it->depends_on)) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
         if (!o || json_array_append_new(items, o) != 0 ||
             json_array_size(metrics) != it->nmetrics) {
             json_decref(items);

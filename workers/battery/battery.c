@@ -24,6 +24,8 @@ static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_EVAL_TOKENS] = "eval_tokens",
     [BATTERY_NEED_PROBE_SETS] = "probe_sets",
     [BATTERY_NEED_TASK] = "task",
+    [BATTERY_NEED_ARTIFACTS] = "artifacts",
+    [BATTERY_NEED_PREV_ARTIFACTS] = "prev_artifacts",
 };
 
 size_t battery_count(void)
@@ -96,6 +98,9 @@ int battery_run_item(const struct battery_item *it, const struct battery_ctx *ct
         rc = err_set(e, ERR_INVALID, NULL,
                      "needs the run's task.json (next to the checkpoint, in its parent "
                      "directory, or --task FILE) and none was found");
+    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS)) && !ctx->artifacts_dir)
+        rc = err_set(e, ERR_INVALID, NULL,
+                     "writes artifacts and no directory was given (--artifacts DIR)");
     else if ((rc = it->run(ctx, out, e)) >= 0)
         rc = check_rows(it, out, e);
     if (rc < 0) {

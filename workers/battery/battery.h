@@ -45,6 +45,12 @@ enum battery_need {
                                  optional, the item runs without them */
     BATTERY_NEED_TASK,        /* "task": ctx.task_path, a toy run's task.json (--task, or
                                  found next to the checkpoint) */
+    BATTERY_NEED_ARTIFACTS,   /* "artifacts": writes files under ctx.artifacts_dir
+                                 (--artifacts DIR), in ARTIFACTS_DIR/<item>/...; the item
+                                 fails without it */
+    BATTERY_NEED_PREV_ARTIFACTS, /* "prev_artifacts": reads the previous checkpoint's
+                                 artifacts from ctx.prev_artifacts_dir (--prev-artifacts
+                                 DIR) when given; see battery_item.depends_on */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -71,6 +77,11 @@ struct battery_ctx {
     const struct probe_set *const *probe_sets;
     int nprobe_sets;
     const char *task_path;  /* a toy run's task.json, or NULL */
+    /* This checkpoint's artifact directory (--artifacts; an item writes below
+     * artifacts_dir/<item>/), and the previous checkpoint's of the same run
+     * (--prev-artifacts), or NULL. */
+    const char *artifacts_dir;
+    const char *prev_artifacts_dir;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -85,6 +96,10 @@ struct battery_item {
     const struct metric_def *metrics; /* every metric the item writes */
     size_t nmetrics;
     battery_run_fn run;
+    /* The item whose artifacts this one reads, or NULL: its job on the same
+     * checkpoint, and (with BATTERY_NEED_PREV_ARTIFACTS) on the previous
+     * checkpoint of the run, must be done before this item's job runs. */
+    const char *depends_on;
 };
 
 /* ---- the registry ---- */
