@@ -10,6 +10,7 @@
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
+#                   bench/train_bench.sh (training step vs forward)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -148,6 +149,7 @@ endif
 	@bench/queue_bench.sh
 	@bench/fetch_bench.sh
 	@bench/battery_bench.sh
+	@bench/train_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
