@@ -176,12 +176,13 @@ done
 dl_sql "UPDATE jobs SET not_before = now(); NOTIFY ckptd_jobs" >/dev/null
 T_RUN=$(now)
 
-# mid_job H: H holds a running lease and its worker began sleeping < 0.7 s ago
+# mid_job H: H holds a running lease and its worker began sleeping < 0.7 s
+# ago (looked at last: the caller acts on it at once)
 mid_job() {
     local b
-    b=$(sed -n 's/^start //p' "$T/$1/busy" 2>/dev/null)
-    [ -n "$b" ] && awk -v b="$b" -v n="$(now)" 'BEGIN { exit !(n - b < 0.7) }' &&
-        [ "$(dl_sql "SELECT count(*) > 0 FROM jobs WHERE state = 'running' AND lease_owner = '$1'")" = t ]
+    [ "$(dl_sql "SELECT count(*) > 0 FROM jobs WHERE state = 'running' AND lease_owner = '$1'")" = t ] &&
+        b=$(sed -n 's/^start //p' "$T/$1/busy" 2>/dev/null) && [ -n "$b" ] &&
+        awk -v b="$b" -v n="$(now)" 'BEGIN { exit !(n - b < 0.7) }'
 }
 # held H: the jobs H holds, "id id ..." and the latest expiry (epoch)
 held_ids() { dl_sql "SELECT string_agg(id::text, ' ' ORDER BY id) FROM jobs WHERE state = 'running' AND lease_owner = '$1'"; }
