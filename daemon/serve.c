@@ -44,6 +44,7 @@ struct slot {
     struct stage *stage;
     struct worker w;
     double last_heartbeat;
+    double lease_renewed;   /* when a claim or heartbeat of it was last answered */
     double claim_ms, spawn_ms;
     double fetch_started, fetch_s;
     double next_progress;
@@ -428,6 +429,7 @@ static void reload(struct server *s, struct daemon_config *c)
     s->cfg = *c;
     if (s->cfg.workers > MAX_SLOTS)
         s->cfg.workers = MAX_SLOTS;
+    db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     struct fetch_opts fo;
     daemon_config_fetch_opts(&s->cfg, &fo);
     fetcher_set_opts(s->fetcher, &fo);
@@ -460,7 +462,11 @@ static void reload(struct server *s, struct daemon_config *c)
  *      fetches table and the log every heartbeat_s
  *   4b. launch: staged checkpoints get a worker as workers free up
  *   5. heartbeat: renew leases every heartbeat_s (fetching ones too); a
- *      lost lease kills the worker (or stops the download) and drops it
+ *      lost lease kills the worker (or stops the download) and drops it;
+ *      so does a lease not renewed for lease_s, database or not (the
+ *      database set its expiry before it answered the last renewal: it
+ *      has passed).  A worker that already ended keeps its rows: the
+ *      database refuses them if the lease is gone (ingest.h)
  *   6. expire: every lease_s/2, return other nodes' expired leases
  *   7. claim: one checkpoint per worker to stage, plus (prefetch) one more
  *      per worker while it analyses, unless draining; draining releases
@@ -517,6 +523,19 @@ static void serve_tick(struct server *s)
     if (dbok) /* 4b */
         launch_ready(s);
 
+    for (int i = 0; i < NSLOTS; i++) { /* 5: expired here */
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy || sl->ended || now - sl->lease_renewed <= s->cfg.lease_s)
+            continue;
+        s->leases_lost++;
+        log_warn("lease expired unrenewed: stopping the worker, its work dropped",
+                 "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
+                 now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
+        if (sl->phase == SLOT_RUN)
+            supervise_kill(&sl->w);
+        slot_free(sl);
+    }
+
     if (dbok) { /* 5 */
         for (int i = 0; i < NSLOTS; i++) {
             struct slot *sl = &s->slots[i];
@@ -529,6 +548,7 @@ static void serve_tick(struct server *s)
                 continue;
             }
             sl->last_heartbeat = now;
+            sl->lease_renewed = mono_now();
             if (got < sl->claim.njobs) {
                 s->leases_lost++;
                 log_warn("lease lost: stopping the worker", "run=%s step=%lld",
@@ -565,6 +585,7 @@ static void serve_tick(struct server *s)
                 break;
             }
             sl->busy = 1;
+            sl->lease_renewed = mono_now();
             sl->claim_ms = (mono_now() - t0) * 1e3;
             sl->phase = SLOT_FETCH;
             sl->dup_step = -1;
@@ -710,6 +731,8 @@ int serve_run(const struct serve_opts *o)
     s->db = db_new(s->cfg.database);
     if (!s->db)
         return ERR_NOMEM;
+    /* back in time to renew: at least two connect attempts per lease */
+    db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     srand((unsigned)getpid() ^ (unsigned)mono_now());
 
     struct sigaction sa;
