@@ -8,7 +8,8 @@
 # DOM dumped; tests/lib/report_check.py compares every chart with SQL (see
 # its header).  Also: the same page twice is byte-identical, the default
 # directory, an empty run, an unknown run, an output path that cannot be a
-# directory, a database without the lineage table.
+# directory, the caps (rows, idx values, cells), a database without the
+# lineage table and one whose table has another shape.
 . tests/lib/daemon.sh
 dl_init report 54380
 dl_migrate
@@ -177,5 +178,12 @@ out=$("$CKPTD" --db dbname=nolin report nolin --out "$T/nolin" 2>&1)
 dl_eq "no lineage table: exit" 0 $?
 dl_grep "no lineage table: the page says so" "$T/nolin/index.html" 'no <code>feature_lineages</code> table'
 dl_grep "no lineage table: the other charts are there" "$T/nolin/index.html" 'data-metric="induction_score"'
+# a lineage table of another shape: a note naming the problem, the rest drawn
+psql -X -q -d nolin -c "CREATE TABLE feature_lineages (run_id bigint, layer int, born bigint)" >/dev/null 2>&1
+out=$("$CKPTD" --db dbname=nolin report nolin --out "$T/nolin2" 2>&1)
+dl_eq "lineage table of another shape: exit" 0 $?
+dl_grep "lineage table of another shape: the page names the problem" "$T/nolin2/index.html" \
+    'Cannot read <code>feature_lineages</code>: ERROR: +column &quot;[a-z_]+&quot; does not exist'
+dl_grep "lineage table of another shape: the other charts are there" "$T/nolin2/index.html" 'data-metric="lens_loss"'
 
 dl_finish
