@@ -20,6 +20,7 @@
 #include "migrate.h"
 #include "queue.h"
 #include "registry.h"
+#include "report.h"
 #include "serve.h"
 #include "source.h"
 #include "stage.h"
@@ -46,6 +47,7 @@ static const char usage[] =
     "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
+    "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
     "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
@@ -442,6 +444,50 @@ out:
     return status;
 }
 
+static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *run = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else if (argv[i][0] != '-' && !run)
+            run = argv[i];
+        else {
+            fprintf(stderr, "ckptd report: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!run || (out && !out[0])) {
+        fprintf(stderr, "ckptd report: need RUN (and a directory after --out)\n%s", usage);
+        return EXIT_USAGE;
+    }
+    char dir[PATH_MAX];
+    if (out)
+        snprintf(dir, sizeof dir, "%s", out);
+    else
+        report_default_dir(dir, sizeof dir, run);
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = migrate_check(db, &e);
+    struct report_stats st;
+    double t0 = mono_now();
+    if (rc == 0)
+        rc = report_write(db, run, dir, &st, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd report: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("report failed", &e);
+    else
+        printf("wrote %s/index.html: %lld bytes, %d line charts (%d points), %d profiles, %d heatmaps "
+               "(%ld cells), %d lineages, %d transitions%s in %.2f s\n", dir, st.bytes, st.line_charts, st.points,
+               st.profiles, st.heatmaps, st.cells, st.lineages, st.transitions, st.empty ? "; no data yet" : "",
+               mono_now() - t0);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 int main(int argc, char **argv)
 {
     struct daemon_config cfg;
@@ -498,6 +544,8 @@ int main(int argc, char **argv)
         return cmd_retry(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "fetch") == 0)
         return cmd_fetch(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "report") == 0)
+        return cmd_report(&cfg, sub_argc, sub_argv);
     fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
     return EXIT_USAGE;
 }
