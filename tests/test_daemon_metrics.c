@@ -568,6 +568,14 @@ static void test_notify(void **state)
     assert_string_equal(next_message(fd), "WATCHDOG=1");
     assert_int_equal(notify_watchdog_due(&n, 101.9), 0);
     assert_int_equal(notify_watchdog_due(&n, 102.0), 1);
+    notify_watchdog(&n, 102.1); /* late: the next stays on the schedule */
+    assert_string_equal(next_message(fd), "WATCHDOG=1");
+    assert_int_equal(notify_watchdog_due(&n, 102.99), 0);
+    assert_int_equal(notify_watchdog_due(&n, 103.0), 1);
+    notify_watchdog(&n, 110.0); /* after a pause: from now */
+    assert_string_equal(next_message(fd), "WATCHDOG=1");
+    assert_int_equal(notify_watchdog_due(&n, 110.9), 0);
+    assert_int_equal(notify_watchdog_due(&n, 111.0), 1);
     notify_status(&n, 101.0, "%d/%d workers busy", 1, 2);
     assert_string_equal(next_message(fd), "STATUS=1/2 workers busy");
     notify_status(&n, 101.5, "%d/%d workers busy", 2, 2); /* within the second: waits */
