@@ -69,5 +69,7 @@ void notify_watchdog(struct notify *n, double now)
 {
     say(n, "WATCHDOG=1");
     n->last_ping = now;
-    n->next_ping = now + n->watchdog_s;
+    /* on the schedule, so the loop's latency does not add up; after a
+     * pause (no database) from now */
+    n->next_ping = n->next_ping + n->watchdog_s > now ? n->next_ping + n->watchdog_s : now + n->watchdog_s;
 }

@@ -60,11 +60,10 @@ static int status_nodes(struct db *db, const char *run, FILE *out, struct err *e
         fprintf(out, "\nnodes:\n");
     for (int i = 0; i < PQntuples(r); i++) {
         if (i == 0 || strcmp(PQgetvalue(r, i, 0), PQgetvalue(r, i - 1, 0)) != 0) {
-            char up[32], beat[32], every[32];
+            char up[32], beat[32];
             double age = atof(PQgetvalue(r, i, 6)), hb = atof(PQgetvalue(r, i, 7));
             duration(up, sizeof up, atof(PQgetvalue(r, i, 5)));
             duration(beat, sizeof beat, age);
-            duration(every, sizeof every, hb);
             fprintf(out, "  %s (host %s, pid %s, ckptd %s): ", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
                     PQgetvalue(r, i, 2), PQgetvalue(r, i, 3));
             if (!PQgetisnull(r, i, 8)) {
@@ -72,7 +71,7 @@ static int status_nodes(struct db *db, const char *run, FILE *out, struct err *e
                 duration(ago, sizeof ago, atof(PQgetvalue(r, i, 8)));
                 fprintf(out, "stopped %s ago", ago);
             } else if (age > 3 * hb + 1) {
-                fprintf(out, "STALE: last heartbeat %s ago (expected every %s); up %s before that", beat, every, up);
+                fprintf(out, "STALE: last heartbeat %s ago (expected every %gs); up %s before that", beat, hb, up);
             } else {
                 fprintf(out, "up %s, heartbeat %s ago", up, beat);
             }
