@@ -162,6 +162,9 @@ CF=deploy/container/Containerfile
 make --no-print-directory -s install PREFIX=/usr/local DESTDIR="$T/inst" >"$T/install.out" 2>&1 ||
     { dl_fail "make install DESTDIR"; tail -n 5 "$T/install.out"; }
 run_check container container "$CF" . "$T/inst" "$T/runtime.pkgs"
+"$CKPTD" --config deploy/container/ckptd.json status >"$T/cfg3.out" 2>&1
+dl_eq "ckptd loads the image's ckptd.json" 0 $?
+dl_true "the image's default command reads it" grep -q '^CMD \["--config", "/etc/ckptd/ckptd.json", "serve"' "$CF"
 for bin in "$CKPTD" "$WORKER"; do
     for lib in $(objdump -p "$bin" | awk '$1 == "NEEDED" { print $2 }'); do
         path=$(ldd "$bin" | awk -v l="$lib" '$1 == l { print $3 }')
