@@ -165,7 +165,7 @@ run_check container container "$CF" . "$T/inst" "$T/runtime.pkgs"
 "$CKPTD" --config deploy/container/ckptd.json status >"$T/cfg3.out" 2>&1
 dl_eq "ckptd loads the image's ckptd.json" 0 $?
 dl_true "the image's default command reads it" grep -q '^CMD \["--config", "/etc/ckptd/ckptd.json", "serve"' "$CF"
-for bin in "$CKPTD" "$WORKER"; do
+for bin in "$T/inst/usr/local/bin/ckptd" "$T/inst/usr/local/bin/ckpt-worker"; do # what the image gets
     for lib in $(objdump -p "$bin" | awk '$1 == "NEEDED" { print $2 }'); do
         path=$(ldd "$bin" | awk -v l="$lib" '$1 == l { print $3 }')
         pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -n 1 | cut -d: -f1)
