@@ -65,6 +65,11 @@ WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
 LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
+# the metrics endpoint (daemon/metrics.c, libmicrohttpd) and systemd
+# notification (daemon/notify.c, libsystemd)
+OPS_CFLAGS := $(shell pkg-config --cflags libmicrohttpd libsystemd 2>/dev/null)
+LIBS_DAEMON += $(shell pkg-config --libs libmicrohttpd libsystemd 2>/dev/null || echo -lmicrohttpd -lsystemd)
+CFLAGS_ALL += $(OPS_CFLAGS)
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))

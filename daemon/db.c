@@ -19,6 +19,8 @@ struct db {
     double backoff_max;
     int ever_connected;
     long reconnects;
+    double last_ok;    /* monotonic seconds of the last answered statement */
+    char last_error[256]; /* why the last connection attempt failed */
 };
 
 static double now_mono(void)
@@ -131,14 +133,16 @@ int db_ensure(struct db *db, struct err *e)
         db_lost(db);
     double t = now_mono();
     if (t < db->next_try)
-        return err_set(e, ERR_DB, "database", "not connected (next attempt in %.1f s)",
-                       db->next_try - t);
+        return err_set(e, ERR_DB, "database", "not connected (next attempt in %.1f s)%s%s",
+                       db->next_try - t, db->last_error[0] ? ": " : "", db->last_error);
     PGconn *c = connect_with_defaults(db->conninfo);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         err_set(e, ERR_DB, "database", "cannot connect: %s",
                 c ? PQerrorMessage(c) : "out of memory");
         if (e) /* one line */
             e->msg[strcspn(e->msg, "\n")] = '\0';
+        snprintf(db->last_error, sizeof db->last_error, "%s", c ? PQerrorMessage(c) : "out of memory");
+        db->last_error[strcspn(db->last_error, "\n")] = '\0';
         if (c)
             PQfinish(c);
         db->next_try = t + db->backoff;
@@ -157,6 +161,8 @@ int db_ensure(struct db *db, struct err *e)
     db->conn = c;
     db->backoff = 1.0;
     db->next_try = 0;
+    db->last_ok = now_mono();
+    db->last_error[0] = '\0';
     return 0;
 }
 
@@ -177,6 +183,8 @@ PGconn *db_conn(struct db *db) { return db->conn; }
 
 long db_reconnects(const struct db *db) { return db->reconnects; }
 
+double db_last_ok(const struct db *db) { return db->last_ok; }
+
 PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const *params,
                   struct err *e)
 {
@@ -186,8 +194,10 @@ PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const
     }
     PGresult *r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        db->last_ok = now_mono();
         return r;
+    }
     err_set(e, ERR_DB, "database", "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->conn));
     if (e)
         e->msg[strcspn(e->msg, "\n")] = '\0';

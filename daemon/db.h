@@ -64,6 +64,11 @@ int db_run(struct db *db, const char *sql, int nparams, const char *const *param
 /* Number of times a lost connection was re-established. */
 long db_reconnects(const struct db *db);
 
+/* When a statement last got an answer from the server (db_exec with
+ * COMMAND_OK or TUPLES_OK, or a connection made), on mono_now()'s clock
+ * (CLOCK_MONOTONIC seconds); 0 before the first. */
+double db_last_ok(const struct db *db);
+
 /* Mark the connection as lost (after an error outside db_exec). */
 void db_lost(struct db *db);
 

@@ -42,7 +42,10 @@ static const char usage[] =
     "          [--seed N] [--max-attempts N]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
-    "                               claim and analyse checkpoints until stopped\n"
+    "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
+    "                               claim and analyse checkpoints until stopped;\n"
+    "                               /metrics and /healthz on HOST:PORT (loopback\n"
+    "                               unless --metrics-allow-remote)\n"
     "  status [RUN]                 progress, failing jobs, what each node is doing\n"
     "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
     "  fetch SOURCE --step N [--to DIR]\n"
@@ -270,6 +273,10 @@ static int cmd_serve(struct daemon_config *cfg, const char *config_path, int arg
             until_idle = 1;
         else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc)
             snprintf(cfg->node, sizeof cfg->node, "%s", argv[++i]);
+        else if (strcmp(argv[i], "--metrics") == 0 && i + 1 < argc)
+            snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", argv[++i]);
+        else if (strcmp(argv[i], "--metrics-allow-remote") == 0)
+            cfg->metrics_allow_remote = 1;
         else {
             fprintf(stderr, "ckptd serve: unexpected argument '%s'\n%s", argv[i], usage);
             return EXIT_USAGE;
@@ -500,7 +507,7 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("ckptd 0.1.0\n");
+            printf("ckptd %s\n", CKPTD_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];
