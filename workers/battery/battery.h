@@ -370,6 +370,12 @@ struct sae_splice {
 };
 int sae_splice_eval(struct gptneox *m, const struct sae *s, int layer, const int *tokens, int B,
                     int T, struct sae_splice *out, struct err *e) CK_WUR;
+/* Warm start: when PREV/<item>/<hook>/ holds a dictionary (sae_load) of
+ * s's architecture, d_in, d_sae and k, copy it into s, biases multiplied by
+ * `scale` (the training normalisation), and return 1; else leave s alone,
+ * log why, and return 0. */
+int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *item,
+                   const char *hook, double scale);
 /* density_histogram's bin of a density in [0, 1]. */
 int sae_density_bin(double density);
 

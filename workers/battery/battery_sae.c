@@ -334,6 +334,40 @@ static int commit_dir(const char *tmp, const char *final, const char *parent, co
     return 0;
 }
 
+/* ---- warm start ---- */
+
+int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *item,
+                   const char *hook, double scale)
+{
+    char pdir[4096];
+    struct stat sb;
+    struct err pe;
+    struct sae *prev = NULL;
+    int warm = 0;
+    snprintf(pdir, sizeof pdir, "%s/%s/%s", prev_artifacts_dir, item, hook);
+    if (stat(pdir, &sb) != 0) {
+        log_info("sae cold start", "reason=\"no previous dictionary\" dir=%s", log_quote(pdir));
+    } else if (sae_load(&prev, pdir, NULL, &pe) < 0) {
+        log_warn("sae cold start", "reason=\"previous dictionary unreadable\" error=%s",
+                 log_quote(err_str(&pe)));
+    } else if (prev->arch != s->arch || prev->d_in != s->d_in || prev->d_sae != s->d_sae ||
+               prev->k != s->k) {
+        log_warn("sae cold start",
+                 "reason=\"previous dictionary has other shapes\" dir=%s architecture=%s d_in=%d "
+                 "d_sae=%d k=%d",
+                 log_quote(pdir), sae_arch_name(prev->arch), prev->d_in, prev->d_sae, prev->k);
+    } else {
+        memcpy(s->block, prev->block,
+               ((size_t)2 * s->d_in * s->d_sae + (size_t)s->d_sae + (size_t)s->d_in) *
+                   sizeof(float));
+        sae_unfold_scaling(s, scale);
+        warm = 1;
+        log_info("sae warm start", "dir=%s", log_quote(pdir));
+    }
+    sae_free(prev);
+    return warm;
+}
+
 /* ---- the item ---- */
 
 struct sae_item_def {
@@ -374,7 +408,7 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
     long *count = NULL;
     double *sum = NULL;
     unsigned char *dead = NULL;
-    struct sae *s = NULL, *prev = NULL;
+    struct sae *s = NULL;
     struct sae_trainer *tr = NULL;
     char *art = NULL, *stage = NULL, *final = NULL;
     all = malloc((size_t)BATTERY_LOSS_BATCH * T * C * sizeof *all);
@@ -426,29 +460,9 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
     if ((rc = sae_create(&s, def->arch, C, S, SAE_K, e)) < 0)
         goto out;
     const uint64_t seed = c->seed ^ SAE_SEED_SALT;
-    int warm = 0;
-    if (c->prev_artifacts_dir) {
-        char pdir[4096];
-        struct stat sb;
-        struct err pe;
-        snprintf(pdir, sizeof pdir, "%s/%s/%s", c->prev_artifacts_dir, def->name, hook);
-        if (stat(pdir, &sb) != 0) {
-            log_info("sae cold start", "reason=\"no previous dictionary\" dir=%s", log_quote(pdir));
-        } else if (sae_load(&prev, pdir, NULL, &pe) < 0) {
-            log_warn("sae cold start", "reason=\"previous dictionary unreadable\" error=%s",
-                     log_quote(err_str(&pe)));
-        } else if (prev->arch != s->arch || prev->d_in != C || prev->d_sae != S ||
-                   prev->k != s->k) {
-            log_warn("sae cold start",
-                     "reason=\"previous dictionary has other shapes\" dir=%s d_in=%d d_sae=%d k=%d",
-                     log_quote(pdir), prev->d_in, prev->d_sae, prev->k);
-        } else {
-            memcpy(s->block, prev->block,
-                   ((size_t)2 * C * S + (size_t)S + (size_t)C) * sizeof(float));
-            sae_unfold_scaling(s, scale);
-            warm = 1;
-        }
-    }
+    const int warm = c->prev_artifacts_dir
+                         ? sae_warm_start(s, c->prev_artifacts_dir, def->name, hook, scale)
+                         : 0;
     if (!warm)
         sae_init_cold(s, xn, ntr, seed);
 
@@ -568,7 +582,6 @@ out:
     free(stage);
     free(art);
     sae_trainer_free(tr);
-    sae_free(prev);
     sae_free(s);
     free(dead);
     free(logsp);
