@@ -10,7 +10,9 @@
  *
  * Training (sae.h): sae is TopK (Gao et al. 2024, k = SAE_K, AuxK 1/32,
  * k_aux d_in/2), sae_relu is ReLU + L1 (Bricken et al. 2023, coefficient
- * SAE_RELU_L1_ITEM); d_sae = SAE_EXPANSION * d_model; Adam at
+ * SAE_RELU_L1_ITEM * sqrt(d_model): the penalty grows as ||x|| ~ sqrt(d_model)
+ * after normalisation, the squared error as d_model); d_sae =
+ * SAE_EXPANSION * d_model; Adam at
  * lr = 2e-4 * sqrt(2^14 / d_sae) (Gao et al.'s scaling law for the rate),
  * SAE_TRAIN_BATCH tokens per step, SAE_TRAIN_TOKENS tokens in all (epochs
  * over the training activations, reshuffled every epoch), seeded by
