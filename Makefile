@@ -11,6 +11,7 @@
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/train_bench.sh (training step vs forward)
+#                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -173,6 +174,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
+	/usr/bin/python3 tests/reference/sae_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
