@@ -333,4 +333,24 @@ void modadd_proj_loss(const struct modadd_proj *q, int a, int b, const float *lo
                       double *scratch, double *full, double *restricted, double *excluded);
 void modadd_proj_free(struct modadd_proj *q);
 
+/* sae_match v1 (needs artifacts, prev_artifacts; depends on sae): each SAE
+ * feature of this checkpoint (ARTIFACTS/sae/<hook_name>/, SAELens layout)
+ * matched to the previous checkpoint's (PREV/sae/<hook_name>/) by the
+ * cosine similarity of decoder rows, mutual nearest neighbours at or above
+ * SAE_MATCH_THRESHOLD; per feature (layer = the site's hook_layer, idx =
+ * feature) matched_prev, match_similarity, best_prev, split_parent; per
+ * site features_matched, features_born, features_died.  Definitions in
+ * battery_sae_match.c. */
+#define SAE_MATCH_THRESHOLD 0.7
+#define SAE_MATCH_BLOCK_FLOATS ((size_t)1 << 22) /* similarity floats per sgemm block */
+extern const struct battery_item battery_item_sae_match;
+
+/* The matching itself, exposed for tests: cur (n, d) and prev (m, d) unit
+ * decoder rows; per current feature matched (-1: born), best_prev,
+ * split_parent (-1: none) and sim (cosine to best_prev); *n_died the
+ * previous features nothing is matched to.  ERR_NOMEM. */
+int sae_match_dicts(const float *cur, int n, const float *prev, int m, int d, double threshold,
+                    int *matched, int *best_prev, int *split_parent, float *sim, int *n_died,
+                    struct err *e) CK_WUR;
+
 #endif
