@@ -23,7 +23,9 @@
  *     "fetch_low_speed_bytes": 1024, "fetch_low_speed_s": 30,  // stall abort
  *     "fetch_connect_timeout_s": 15, "fetch_retries": 5,
  *     "fetch_backoff_base_s": 1, "fetch_backoff_max_s": 60,
- *     "ca_file": ""                // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
+ *     "ca_file": "",               // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
+ *     "artifact_dir": "./var/artifacts" // files items write (SAE dictionaries), per run and
+ *                                  // step; shared by every node of a cluster
  *   }
  *
  * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
@@ -67,6 +69,7 @@ struct daemon_config {
     double fetch_backoff_base_s;
     double fetch_backoff_max_s;
     char ca_file[1024];
+    char artifact_dir[1024];
 };
 
 struct fetch_opts;

@@ -138,6 +138,42 @@ out:
     return rc;
 }
 
+/* The worker runs items in the order given: put each job after the job of
+ * the item it depends on when both are in the claim (a stable insertion
+ * of each job behind its dependency; id order otherwise). */
+static void order_by_dependencies(struct claim *c, char deps[][64])
+{
+    for (int pass = 0; pass < c->njobs * c->njobs; pass++) {
+        int moved = 0;
+        for (int i = 0; i < c->njobs && !moved; i++) {
+            int d = -1;
+            for (int k = i + 1; k < c->njobs && deps[i][0]; k++)
+                if (strcmp(c->items[k], deps[i]) == 0)
+                    d = k; /* the dependency comes later: move i behind it */
+            if (d < 0)
+                continue;
+            long long id = c->job_ids[i];
+            int ver = c->versions[i];
+            char item[64], dep[64];
+            memcpy(item, c->items[i], sizeof item);
+            memcpy(dep, deps[i], sizeof dep);
+            for (int k = i; k < d; k++) {
+                c->job_ids[k] = c->job_ids[k + 1];
+                c->versions[k] = c->versions[k + 1];
+                memcpy(c->items[k], c->items[k + 1], sizeof item);
+                memcpy(deps[k], deps[k + 1], sizeof dep);
+            }
+            c->job_ids[d] = id;
+            c->versions[d] = ver;
+            memcpy(c->items[d], item, sizeof item);
+            memcpy(deps[d], dep, sizeof dep);
+            moved = 1;
+        }
+        if (!moved)
+            return;
+    }
+}
+
 int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
 {
     char lease[32];
@@ -152,7 +188,13 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
      * together, but their backoffs are jittered row by row, and waiting for
      * the last would split the checkpoint into several worker runs.  The scan walks the jobs_queued index and stops at the first
      * checkpoint it can lock, so a claim costs the same however many jobs
-     * are done, running or queued.
+     * are done, running or queued (plus one readiness test per queued job
+     * it passes over because its dependencies are not done).  job_ready() (schema/005_sae.sql: the
+     * dependencies of a job are done, or claimed with it) is tested inside
+     * the lateral, before the lock and out of the outer scan's row
+     * estimate: in the WHERE clause its selectivity can make the planner
+     * sort every queued job, locking all their checkpoints, before the
+     * LIMIT.
      *
      * ck comes back even when the UPDATE took nothing: another node claimed
      * that checkpoint's jobs after our snapshot was taken but before we
@@ -164,7 +206,7 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         r = db_exec(db,
             "WITH ck AS ("
             "  SELECT l.id FROM jobs q CROSS JOIN LATERAL"
-            "    (SELECT c.id FROM checkpoints c WHERE c.id = q.checkpoint_id"
+            "    (SELECT c.id FROM checkpoints c WHERE c.id = q.checkpoint_id AND job_ready(q.id)"
             "     FOR UPDATE SKIP LOCKED) l"
             "  WHERE q.state = 'queued' AND q.not_before <= now()"
             "  ORDER BY q.checkpoint_id LIMIT 1),"
@@ -172,11 +214,14 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
             "    lease_expires = now() + make_interval(secs => $2::float8),"
             "    attempts = attempts + 1, started_at = now()"
-            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued'"
-            "  RETURNING j.id, j.item, j.version, j.attempts)"
+            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued' AND job_ready(j.id)"
+            "  RETURNING j.id, j.item, j.version, j.attempts,"
+            "    job_prev_item(j.id) AS prev_item, job_prev_step(j.id) AS prev_step,"
+            "    (SELECT b.depends_on FROM battery_items b"
+            "     WHERE b.item = j.item AND b.version = j.version) AS depends_on)"
             " SELECT claimed.id, claimed.item, claimed.version, claimed.attempts,"
-            "   ck.id AS checkpoint_id"
-            " FROM ck LEFT JOIN claimed ON true", 2, p, e);
+            "   ck.id AS checkpoint_id, claimed.prev_item, claimed.prev_step, claimed.depends_on"
+            " FROM ck LEFT JOIN claimed ON true ORDER BY claimed.id", 2, p, e);
         if (!r)
             return ERR_DB;
         n = PQntuples(r);
@@ -196,16 +241,35 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         PQclear(r);
         return err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
     }
+    /* the previous checkpoint's artifacts: passed when every job that
+     * reads them found them done there, at the same step (job_prev_step) */
+    int readers = 0, found = 0;
+    c->prev_step = -1;
+    char deps[CLAIM_MAX_JOBS][64];
     for (int i = 0; i < n; i++) {
         c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
         snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
         c->versions[i] = atoi(PQgetvalue(r, i, 2));
         int a = atoi(PQgetvalue(r, i, 3));
         c->attempts = a > c->attempts ? a : c->attempts;
+        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 7));
+        if (PQgetisnull(r, i, 5))
+            continue;
+        readers++;
+        if (PQgetisnull(r, i, 6))
+            continue;
+        long long ps = atoll(PQgetvalue(r, i, 6));
+        if (found++ == 0)
+            c->prev_step = ps;
+        else if (ps != c->prev_step)
+            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
     }
+    if (found != readers)
+        c->prev_step = -1;
     c->njobs = n;
     c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
     PQclear(r);
+    order_by_dependencies(c, deps);
     char ck[32];
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};
@@ -246,6 +310,21 @@ int queue_heartbeat(struct db *db, const char *node, double lease_s, const long 
     return got;
 }
 
+/* Queued jobs whose item depends on one that is dead on the same
+ * checkpoint can never run: dead too, saying why (`ckptd retry` of the
+ * run, or of the dead job, brings them back). */
+static int bury_dependents(struct db *db, struct err *e)
+{
+    return db_run(db,
+        "UPDATE jobs j SET state = 'dead', finished_at = now(),"
+        "   last_error = 'depends on ' || d.item || ' (job ' || d.id || ') of this checkpoint,"
+        " which failed for good: ' || coalesce(d.last_error, '')"
+        " FROM battery_items b, jobs d"
+        " WHERE j.state = 'queued' AND b.item = j.item AND b.version = j.version"
+        "   AND d.checkpoint_id = j.checkpoint_id AND d.item = b.depends_on AND d.state = 'dead'",
+        0, NULL, e);
+}
+
 int queue_fail(struct db *db, const char *node, const long long *ids, int n, const char *error,
                const struct backoff *b, struct err *e)
 {
@@ -259,6 +338,8 @@ int queue_fail(struct db *db, const char *node, const long long *ids, int n, con
         "   last_error = $3, lease_owner = NULL, lease_expires = NULL, finished_at = now(),"
         "   not_before = now() + " BACKOFF_SQL("$4::float8", "$5::float8")
         " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 5, p, e);
+    if (rc == 0)
+        rc = bury_dependents(db, e);
     if (rc == 0)
         rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
     return rc;
@@ -296,7 +377,9 @@ int queue_expire(struct db *db, const struct backoff *b, struct err *e)
     PQclear(r);
     if (n > 0) {
         log_warn("expired leases returned to the queue", "jobs=%d", n);
-        int rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+        int rc = bury_dependents(db, e);
+        if (rc == 0)
+            rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
         if (rc < 0)
             return rc;
     }
@@ -313,7 +396,10 @@ int queue_retry(struct db *db, const char *run_or_job, struct err *e)
         r = db_exec(db,
             "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(),"
             "   last_error = 'before manual retry: ' || coalesce(last_error, '')"
-            " WHERE id = $1::bigint AND state = 'dead'", 1, p, e);
+            " WHERE state = 'dead' AND (id = $1::bigint OR id IN ("
+            "   SELECT j.id FROM jobs t JOIN jobs j ON j.checkpoint_id = t.checkpoint_id"
+            "   JOIN battery_items b ON b.item = j.item AND b.version = j.version"
+            "   WHERE t.id = $1::bigint AND b.depends_on = t.item))", 1, p, e);
     else
         r = db_exec(db,
             "UPDATE jobs j SET state = 'queued', attempts = 0, not_before = now(),"
