@@ -189,12 +189,17 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
      * the last would split the checkpoint into several worker runs.  The scan walks the jobs_queued index and stops at the first
      * checkpoint it can lock, so a claim costs the same however many jobs
      * are done, running or queued (plus one readiness test per queued job
-     * it passes over because its dependencies are not done).  job_ready() (schema/005_sae.sql: the
-     * dependencies of a job are done, or claimed with it) is tested inside
-     * the lateral, before the lock and out of the outer scan's row
+     * it passes over because its dependencies are not done).
+     *
+     * Dependencies: a job is taken when its item has none (no depends_on,
+     * no need of prev_artifacts in battery_items: one index probe), or
+     * job_ready() (schema/005_sae.sql) says they allow it.  The test sits
+     * inside the lateral, before the lock and out of the outer scan's row
      * estimate: in the WHERE clause its selectivity can make the planner
      * sort every queued job, locking all their checkpoints, before the
-     * LIMIT.
+     * LIMIT.  The jobs that read the previous checkpoint come back with
+     * the item they read there and that checkpoint's step when its job is
+     * done (job_prev_item, job_prev_step).
      *
      * ck comes back even when the UPDATE took nothing: another node claimed
      * that checkpoint's jobs after our snapshot was taken but before we
@@ -206,7 +211,10 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         r = db_exec(db,
             "WITH ck AS ("
             "  SELECT l.id FROM jobs q CROSS JOIN LATERAL"
-            "    (SELECT c.id FROM checkpoints c WHERE c.id = q.checkpoint_id AND job_ready(q.id)"
+            "    (SELECT c.id FROM checkpoints c WHERE c.id = q.checkpoint_id"
+            "       AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
+            "              AND b.version = q.version AND (b.depends_on IS NOT NULL"
+            "              OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"
             "     FOR UPDATE SKIP LOCKED) l"
             "  WHERE q.state = 'queued' AND q.not_before <= now()"
             "  ORDER BY q.checkpoint_id LIMIT 1),"
@@ -214,14 +222,18 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
             "    lease_expires = now() + make_interval(secs => $2::float8),"
             "    attempts = attempts + 1, started_at = now()"
-            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued' AND job_ready(j.id)"
-            "  RETURNING j.id, j.item, j.version, j.attempts,"
-            "    job_prev_item(j.id) AS prev_item, job_prev_step(j.id) AS prev_step,"
-            "    (SELECT b.depends_on FROM battery_items b"
-            "     WHERE b.item = j.item AND b.version = j.version) AS depends_on)"
+            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued'"
+            "    AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = j.item"
+            "           AND b.version = j.version AND (b.depends_on IS NOT NULL"
+            "           OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(j.id))"
+            "  RETURNING j.id, j.item, j.version, j.attempts)"
             " SELECT claimed.id, claimed.item, claimed.version, claimed.attempts,"
-            "   ck.id AS checkpoint_id, claimed.prev_item, claimed.prev_step, claimed.depends_on"
-            " FROM ck LEFT JOIN claimed ON true ORDER BY claimed.id", 2, p, e);
+            "   ck.id AS checkpoint_id, b.depends_on,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_item(claimed.id) END,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_step(claimed.id) END"
+            " FROM ck LEFT JOIN claimed ON true"
+            " LEFT JOIN battery_items b ON b.item = claimed.item AND b.version = claimed.version"
+            " ORDER BY claimed.id", 2, p, e);
         if (!r)
             return ERR_DB;
         n = PQntuples(r);
@@ -252,13 +264,13 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         c->versions[i] = atoi(PQgetvalue(r, i, 2));
         int a = atoi(PQgetvalue(r, i, 3));
         c->attempts = a > c->attempts ? a : c->attempts;
-        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 7));
-        if (PQgetisnull(r, i, 5))
-            continue;
-        readers++;
+        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
         if (PQgetisnull(r, i, 6))
             continue;
-        long long ps = atoll(PQgetvalue(r, i, 6));
+        readers++;
+        if (PQgetisnull(r, i, 7))
+            continue;
+        long long ps = atoll(PQgetvalue(r, i, 7));
         if (found++ == 0)
             c->prev_step = ps;
         else if (ps != c->prev_step)
