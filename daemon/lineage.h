@@ -22,12 +22,16 @@
  *      absent), the root taken from the matched previous row;
  *   3. when later steps of the run are already stored (this step landed
  *      late), carry the roots forward through them, step by step;
- *   4. for every layer of the step, delete and re-insert the run's
- *      feature_lineages rows: birth (root) step, last step and the feature
- *      there, length in checkpoints, death step = the first stored step of
- *      that layer after the last one (NULL while it reaches the latest),
- *      splits = rows whose split_parent is one of the lineage's features,
- *      split_of = the lineage of a split child's parent.
+ *   4. for every layer of the step, the run's feature_lineages rows:
+ *      birth (root) step, last step and the feature there, length in
+ *      checkpoints, death step = the first stored step of that layer after
+ *      the last one (NULL while it reaches the latest), splits = rows
+ *      whose split_parent is one of the lineage's features, split_of = the
+ *      lineage of a split child's parent.  When the step is new and the
+ *      layer's latest (steps landing in order), the table is extended by
+ *      its rows alone; otherwise (a step landing late, a step stored
+ *      again) it is deleted and recomputed from every row of the layer
+ *      (lineage_refresh).  Both give the same table.
  *
  *     if (lineage_store(db, run_id, step, 1, prev_step, &e) < 0) ... // roll back
  */
