@@ -175,6 +175,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
+	/usr/bin/python3 tests/reference/sae_match_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -27,6 +27,7 @@ void daemon_config_defaults(struct daemon_config *c)
     c->backoff_max_s = 600;
     c->shutdown_grace_s = 30;
     snprintf(c->cache_dir, sizeof c->cache_dir, "./var/cache");
+    snprintf(c->artifact_dir, sizeof c->artifact_dir, "./var/artifacts");
     c->prefetch = 1;
     c->fetch_parallel = 4;
     c->fetch_low_speed_bytes = 1024;
@@ -91,6 +92,8 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
         return err_set(e, ERR_INVALID, "config", "ca_file %s cannot be read", c->ca_file);
     if (!c->cache_dir[0])
         return err_set(e, ERR_INVALID, "config", "cache_dir must not be empty");
+    if (!c->artifact_dir[0])
+        return err_set(e, ERR_INVALID, "config", "artifact_dir must not be empty");
     if (!c->node[0])
         return err_set(e, ERR_INVALID, "config", "node name must not be empty");
     if (!(c->healthz_max_age_s > c->heartbeat_s))
@@ -127,7 +130,8 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                     {"spool_dir", c.spool_dir, sizeof c.spool_dir},
                     {"cache_dir", c.cache_dir, sizeof c.cache_dir},
                     {"ca_file", c.ca_file, sizeof c.ca_file},
-                    {"metrics_listen", c.metrics_listen, sizeof c.metrics_listen}};
+                    {"metrics_listen", c.metrics_listen, sizeof c.metrics_listen},
+                    {"artifact_dir", c.artifact_dir, sizeof c.artifact_dir}};
         struct {
             const char *name;
             double *d;

@@ -26,7 +26,9 @@
  *     "ca_file": "",               // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
  *     "metrics_listen": "",        // /metrics and /healthz on ADDR:PORT (metrics.h); "": off
  *     "metrics_allow_remote": false, // a non-loopback metrics_listen needs this
- *     "healthz_max_age_s": 30      // /healthz is 503 when no database round trip succeeded for this long
+ *     "healthz_max_age_s": 30      // /healthz is 503 when no database round trip succeeded for this long,
+ *     "artifact_dir": "./var/artifacts" // files items write (SAE dictionaries), per run and
+ *                                  // step; shared by every node of a cluster
  *   }
  *
  * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
@@ -75,6 +77,7 @@ struct daemon_config {
     char metrics_listen[128];
     int metrics_allow_remote;
     double healthz_max_age_s;
+    char artifact_dir[1024];
 };
 
 struct fetch_opts;

@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "artifacts.h"
 #include "db.h"
+#include "lineage.h"
 #include "queue.h"
 #include "registry.h"
 
@@ -100,6 +102,8 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
     char *buf = NULL, *line = NULL;
     size_t linecap = 0;
     int rc = 0, in_copy = 0;
+    struct artifact_list arts;
+    memset(&arts, 0, sizeof arts);
     *rows = 0;
     FILE *f = fopen(rows_path, "r");
     if (!f)
@@ -108,6 +112,16 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
     if (!buf) {
         fclose(f);
         return err_set(e, ERR_NOMEM, rows_path, "out of memory");
+    }
+    /* the files the items wrote, hashed before the transaction (they can be large) */
+    for (int i = 0; c->artifact_dir[0] && i < c->njobs; i++) {
+        const struct reg_item *ri = registry_item(reg, c->items[i]);
+        if (ri && ri->needs_artifacts &&
+            (rc = artifacts_scan(&arts, c->artifact_dir, c->run, c->step, c->items[i],
+                                 c->job_ids[i], e)) < 0) {
+            err_wrap(e, "artifacts of %s", c->items[i]);
+            goto out;
+        }
     }
     PGconn *conn = db_conn(db);
     if (!conn) {
@@ -204,6 +218,21 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
             e->code = rc;
         goto fail;
     }
+    if ((rc = artifacts_record(db, c->run_id, c->step, &arts, e)) < 0) {
+        rc = classify(db);
+        if (e)
+            e->code = rc;
+        goto fail;
+    }
+    for (int i = 0; i < c->njobs; i++)
+        if (strcmp(c->items[i], LINEAGE_ITEM) == 0 &&
+            (rc = lineage_store(db, c->run_id, c->step, c->versions[i], c->prev_step, e)) < 0) {
+            err_wrap(e, "feature lineages");
+            rc = classify(db);
+            if (e)
+                e->code = rc;
+            goto fail;
+        }
     db_int_array(counts_arr, sizeof counts_arr, counts, c->njobs);
     snprintf(secs, sizeof secs, "%.3f", worker_seconds);
     const char *p2[4] = {ids, counts_arr, secs, node};
@@ -213,6 +242,8 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
             "   done_by = $4"
             " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, cnt) WHERE jobs.id = x.id",
             4, p2, e)) < 0 ||
+        /* jobs that depend on these may be claimable now */
+        (rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e)) < 0 ||
         (rc = db_run(db, "COMMIT", 0, NULL, e)) < 0) {
         rc = classify(db);
         if (e)
@@ -231,6 +262,7 @@ fail:
     if (db_conn(db) && PQstatus(db_conn(db)) != CONNECTION_OK)
         db_lost(db);
 out:
+    artifacts_list_free(&arts);
     free(line);
     free(buf);
     fclose(f);

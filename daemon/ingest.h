@@ -11,6 +11,13 @@
  * refuse a second copy anyway.  The jobs record the node that stored them
  * (jobs.done_by).
  *
+ * In the same transaction: when c->artifact_dir is set, the files each
+ * claimed item that needs artifacts wrote (artifacts.h; hashed before the
+ * transaction begins) go into `artifacts`; when the claim holds the
+ * sae_match item, its step's `sae_features` and the run's
+ * `feature_lineages` are brought up to date (lineage.h).  Committing sends
+ * NOTIFY ckptd_jobs: jobs that depend on these may be claimable now.
+ *
  *     long rows;
  *     int rc = ingest_commit(db, &reg, node, &claim, w.out_path, w.seconds, &rows, &e);
  *     // 0: stored; INGEST_LEASE_LOST: another node owns the jobs now, drop;

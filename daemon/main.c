@@ -39,7 +39,7 @@ static const char usage[] =
     "  add-run NAME --source URL --schedule pythia|refs|LIST [--items ITEM,...]\n"
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
-    "          [--seed N] [--max-attempts N]\n"
+    "          [--seed N] [--max-attempts N] [--sae-warm-start]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -93,7 +93,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
     const char *eval_text = NULL, *tokenizer = NULL;
     long long seed = -1, ctx = 0, eval_seqs = 0;
-    int max_attempts = 5;
+    int max_attempts = 5, sae_warm_start = 0;
     json_t *probes = json_array();
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
@@ -116,6 +116,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             ctx = atoll(argv[++i]);
         else if (strcmp(argv[i], "--eval-seqs") == 0 && i + 1 < argc)
             eval_seqs = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--sae-warm-start") == 0)
+            sae_warm_start = 1;
         else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             char abs[PATH_MAX];
             if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(argv[++i], abs)) {
@@ -202,11 +204,25 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         }
     } else {
         /* the whole battery but the items for toy runs' tasks, which only a
-         * run from `ckpt-worker train` can answer, and opt-in items (sae_relu):
-         * name them with --items */
+         * run from `ckpt-worker train` can answer (name them with --items),
+         * opt-in items (sae_relu) and items whose dependency the battery lacks */
         for (int i = 0; i < reg.nitems && nitems < 64; i++)
-            if (!reg.items[i].needs_task && !reg.items[i].opt_in)
+            if (!reg.items[i].needs_task && !reg.items[i].opt_in &&
+                (!reg.items[i].depends_on[0] || registry_item(&reg, reg.items[i].depends_on)))
                 items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
+    }
+    /* an item reads the artifacts of the item it depends on: both or neither */
+    for (int i = 0; i < nitems; i++) {
+        const char *dep = registry_item(&reg, items[i].name)->depends_on;
+        int found = !dep[0];
+        for (int k = 0; k < nitems && !found; k++)
+            found = strcmp(items[k].name, dep) == 0;
+        if (!found) {
+            fprintf(stderr, "ckptd add-run: item '%s' reads what '%s' writes: add '%s' to --items\n",
+                    items[i].name, dep, dep);
+            status = EXIT_USAGE;
+            goto out;
+        }
     }
     char tok_default[PATH_MAX], tok_path[PATH_MAX];
     if (eval_text) {
@@ -238,6 +254,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         json_object_set(opt, "probes", probes);
     if (seed >= 0)
         json_object_set_new(opt, "seed", json_integer(seed));
+    if (sae_warm_start) /* sae jobs wait for the previous checkpoint's and start from it */
+        json_object_set_new(opt, "sae_warm_start", json_true());
     opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
     if (!(db = open_db(cfg)))
         goto out;

@@ -138,6 +138,42 @@ out:
     return rc;
 }
 
+/* The worker runs items in the order given: put each job after the job of
+ * the item it depends on when both are in the claim (a stable insertion
+ * of each job behind its dependency; id order otherwise). */
+static void order_by_dependencies(struct claim *c, char deps[][64])
+{
+    for (int pass = 0; pass < c->njobs * c->njobs; pass++) {
+        int moved = 0;
+        for (int i = 0; i < c->njobs && !moved; i++) {
+            int d = -1;
+            for (int k = i + 1; k < c->njobs && deps[i][0]; k++)
+                if (strcmp(c->items[k], deps[i]) == 0)
+                    d = k; /* the dependency comes later: move i behind it */
+            if (d < 0)
+                continue;
+            long long id = c->job_ids[i];
+            int ver = c->versions[i];
+            char item[64], dep[64];
+            memcpy(item, c->items[i], sizeof item);
+            memcpy(dep, deps[i], sizeof dep);
+            for (int k = i; k < d; k++) {
+                c->job_ids[k] = c->job_ids[k + 1];
+                c->versions[k] = c->versions[k + 1];
+                memcpy(c->items[k], c->items[k + 1], sizeof item);
+                memcpy(deps[k], deps[k + 1], sizeof dep);
+            }
+            c->job_ids[d] = id;
+            c->versions[d] = ver;
+            memcpy(c->items[d], item, sizeof item);
+            memcpy(deps[d], dep, sizeof dep);
+            moved = 1;
+        }
+        if (!moved)
+            return;
+    }
+}
+
 int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
 {
     char lease[32];
@@ -161,6 +197,14 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
      * join).  More claimers at once than candidates: the rest hear
      * "nothing" and poll again.
      *
+     * Dependencies: a job is a candidate when its item has none (no
+     * depends_on, no need of prev_artifacts in battery_items: one index
+     * probe), or job_ready() (schema/005_sae.sql) says they allow it; the
+     * test runs on the jobs scanned for candidates, before any lock.  The
+     * jobs that read the previous checkpoint come back with the item they
+     * read there and that checkpoint's step when its job is done
+     * (job_prev_item, job_prev_step).
+     *
      * ck comes back even when the UPDATE took nothing: another node claimed
      * that checkpoint's jobs after our snapshot was taken but before we
      * locked it.  That is not "nothing claimable": look again.
@@ -173,6 +217,9 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             "  SELECT c.id FROM checkpoints c"
             "  WHERE c.id = ANY (ARRAY(SELECT q.checkpoint_id FROM jobs q"
             "    WHERE q.state = 'queued' AND q.not_before <= now()"
+            "      AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
+            "             AND b.version = q.version AND (b.depends_on IS NOT NULL"
+            "             OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"
             "    ORDER BY q.checkpoint_id LIMIT 256))"
             "  ORDER BY c.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
             " claimed AS ("
@@ -180,10 +227,17 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             "    lease_expires = now() + make_interval(secs => $2::float8),"
             "    attempts = attempts + 1, started_at = now()"
             "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued'"
+            "    AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = j.item"
+            "           AND b.version = j.version AND (b.depends_on IS NOT NULL"
+            "           OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(j.id))"
             "  RETURNING j.id, j.item, j.version, j.attempts)"
             " SELECT claimed.id, claimed.item, claimed.version, claimed.attempts,"
-            "   ck.id AS checkpoint_id"
-            " FROM ck LEFT JOIN claimed ON true", 2, p, e);
+            "   ck.id AS checkpoint_id, b.depends_on,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_item(claimed.id) END,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_step(claimed.id) END"
+            " FROM ck LEFT JOIN claimed ON true"
+            " LEFT JOIN battery_items b ON b.item = claimed.item AND b.version = claimed.version"
+            " ORDER BY claimed.id", 2, p, e);
         if (!r)
             return ERR_DB;
         n = PQntuples(r);
@@ -203,16 +257,35 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         PQclear(r);
         return err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
     }
+    /* the previous checkpoint's artifacts: passed when every job that
+     * reads them found them done there, at the same step (job_prev_step) */
+    int readers = 0, found = 0;
+    c->prev_step = -1;
+    char deps[CLAIM_MAX_JOBS][64];
     for (int i = 0; i < n; i++) {
         c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
         snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
         c->versions[i] = atoi(PQgetvalue(r, i, 2));
         int a = atoi(PQgetvalue(r, i, 3));
         c->attempts = a > c->attempts ? a : c->attempts;
+        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
+        if (PQgetisnull(r, i, 6))
+            continue;
+        readers++;
+        if (PQgetisnull(r, i, 7))
+            continue;
+        long long ps = atoll(PQgetvalue(r, i, 7));
+        if (found++ == 0)
+            c->prev_step = ps;
+        else if (ps != c->prev_step)
+            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
     }
+    if (found != readers)
+        c->prev_step = -1;
     c->njobs = n;
     c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
     PQclear(r);
+    order_by_dependencies(c, deps);
     char ck[32];
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};
@@ -253,6 +326,21 @@ int queue_heartbeat(struct db *db, const char *node, double lease_s, const long 
     return got;
 }
 
+/* Queued jobs whose item depends on one that is dead on the same
+ * checkpoint can never run: dead too, saying why (`ckptd retry` of the
+ * run, or of the dead job, brings them back). */
+static int bury_dependents(struct db *db, struct err *e)
+{
+    return db_run(db,
+        "UPDATE jobs j SET state = 'dead', finished_at = now(),"
+        "   last_error = 'depends on ' || d.item || ' (job ' || d.id || ') of this checkpoint,"
+        " which failed for good: ' || coalesce(d.last_error, '')"
+        " FROM battery_items b, jobs d"
+        " WHERE j.state = 'queued' AND b.item = j.item AND b.version = j.version"
+        "   AND d.checkpoint_id = j.checkpoint_id AND d.item = b.depends_on AND d.state = 'dead'",
+        0, NULL, e);
+}
+
 int queue_fail(struct db *db, const char *node, const long long *ids, int n, const char *error,
                const struct backoff *b, struct err *e)
 {
@@ -266,6 +354,8 @@ int queue_fail(struct db *db, const char *node, const long long *ids, int n, con
         "   last_error = $3, lease_owner = NULL, lease_expires = NULL, finished_at = now(),"
         "   not_before = now() + " BACKOFF_SQL("$4::float8", "$5::float8")
         " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 5, p, e);
+    if (rc == 0)
+        rc = bury_dependents(db, e);
     if (rc == 0)
         rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
     return rc;
@@ -303,7 +393,9 @@ int queue_expire(struct db *db, const struct backoff *b, struct err *e)
     PQclear(r);
     if (n > 0) {
         log_warn("expired leases returned to the queue", "jobs=%d", n);
-        int rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+        int rc = bury_dependents(db, e);
+        if (rc == 0)
+            rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
         if (rc < 0)
             return rc;
     }
@@ -320,7 +412,10 @@ int queue_retry(struct db *db, const char *run_or_job, struct err *e)
         r = db_exec(db,
             "UPDATE jobs SET state = 'queued', attempts = 0, not_before = now(),"
             "   last_error = 'before manual retry: ' || coalesce(last_error, '')"
-            " WHERE id = $1::bigint AND state = 'dead'", 1, p, e);
+            " WHERE state = 'dead' AND (id = $1::bigint OR id IN ("
+            "   SELECT j.id FROM jobs t JOIN jobs j ON j.checkpoint_id = t.checkpoint_id"
+            "   JOIN battery_items b ON b.item = j.item AND b.version = j.version"
+            "   WHERE t.id = $1::bigint AND b.depends_on = t.item))", 1, p, e);
     else
         r = db_exec(db,
             "UPDATE jobs j SET state = 'queued', attempts = 0, not_before = now(),"

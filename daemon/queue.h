@@ -42,6 +42,9 @@ struct claim {
     char items[CLAIM_MAX_JOBS][64];
     int versions[CLAIM_MAX_JOBS];
     int attempts;         /* highest attempt number among the jobs */
+    long long prev_step;  /* the step whose artifacts the jobs read (--prev-artifacts), or -1 */
+    char artifact_dir[1024]; /* the artifact root the worker wrote under (set by serve when
+                                an item needs artifacts), or "" */
 };
 
 struct backoff {
@@ -65,8 +68,15 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
                   const char *options_json, int max_attempts, long *new_ckpts, long *new_jobs,
                   struct err *e) CK_WUR;
 
-/* Claim the queued, due jobs of one checkpoint. Returns 1 and fills c, 0
- * when nothing is claimable, or a negative code. */
+/* Claim the queued, due jobs of one checkpoint whose dependencies allow
+ * it (job_ready() in schema/005_sae.sql: a job of an item with depends_on
+ * waits for that item's job of the same checkpoint, unless both are
+ * claimed together; one that reads the previous checkpoint's artifacts
+ * waits for the job there that writes them).  Jobs come in the order the
+ * worker must run them: each after the item it depends on, else by id.
+ * c->prev_step is the previous checkpoint whose artifacts the readers among
+ * them get, or -1 (none: first checkpoint, the writing job dead or absent).
+ * Returns 1 and fills c, 0 when nothing is claimable, or a negative code. */
 int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c,
                 struct err *e) CK_WUR;
 
@@ -77,7 +87,8 @@ int queue_heartbeat(struct db *db, const char *node, double lease_s, const long 
 
 /* A failed attempt: back to the queue after the backoff, or dead after the
  * last attempt; `error` is kept in last_error. Only jobs still leased by
- * `node` are touched. */
+ * `node` are touched.  Queued jobs of the same checkpoint that depend on a
+ * job now dead become dead too (here and in queue_expire). */
 int queue_fail(struct db *db, const char *node, const long long *ids, int n, const char *error,
                const struct backoff *b, struct err *e) CK_WUR;
 
@@ -89,7 +100,8 @@ int queue_release(struct db *db, const char *node, const long long *ids, int n,
  * number of jobs affected. */
 int queue_expire(struct db *db, const struct backoff *b, struct err *e) CK_WUR;
 
-/* Re-queue dead jobs of a run (by name) or one job (by id): attempts reset.
+/* Re-queue dead jobs of a run (by name) or one job (by id, with the dead
+ * jobs of its checkpoint that depend on its item): attempts reset.
  * Returns the number re-queued. */
 int queue_retry(struct db *db, const char *run_or_job, struct err *e) CK_WUR;
 

@@ -71,10 +71,23 @@ int registry_parse(struct registry *r, const char *text, struct err *e)
         snprintf(ri->name, sizeof ri->name, "%s", name);
         ri->version = (int)json_integer_value(ver);
         json_t *needs = json_object_get(it, "needs");
-        for (size_t k = 0; k < json_array_size(needs); k++)
-            if (json_is_string(json_array_get(needs, k)) &&
-                strcmp(json_string_value(json_array_get(needs, k)), "task") == 0)
-                ri->needs_task = 1;
+        for (size_t k = 0; k < json_array_size(needs); k++) {
+            const char *need = json_string_value(json_array_get(needs, k));
+            if (!need)
+                continue;
+            ri->needs_task |= strcmp(need, "task") == 0;
+            ri->needs_artifacts |= strcmp(need, "artifacts") == 0;
+            ri->needs_prev_artifacts |= strcmp(need, "prev_artifacts") == 0;
+        }
+        json_t *dep = json_object_get(it, "depends_on");
+        if (dep && !json_is_null(dep) &&
+            (!json_is_string(dep) || !*json_string_value(dep) ||
+             strlen(json_string_value(dep)) >= REGISTRY_NAME_MAX)) {
+            rc = err_set(e, ERR_FORMAT, "battery", "item %s: \"depends_on\" is not an item name", name);
+            goto out;
+        }
+        if (json_is_string(dep))
+            snprintf(ri->depends_on, sizeof ri->depends_on, "%s", json_string_value(dep));
         ri->opt_in = json_is_true(json_object_get(it, "opt_in"));
         json_t *ms = json_object_get(it, "metrics");
         for (size_t j = 0; j < json_array_size(ms); j++) {
@@ -164,6 +177,26 @@ int registry_sync(struct registry *r, struct db *db, struct err *e)
         json_t *it = json_array_get(items, i);
         char ver[16];
         snprintf(ver, sizeof ver, "%lld", (long long)json_integer_value(json_object_get(it, "version")));
+        json_t *needs = json_object_get(it, "needs");
+        const char *nv[16];
+        size_t nn = 0;
+        for (size_t k = 0; k < json_array_size(needs) && nn < 16; k++)
+            if (json_is_string(json_array_get(needs, k)))
+                nv[nn++] = json_string_value(json_array_get(needs, k));
+        char *needs_arr = db_text_array(nv, (int)nn);
+        if (!needs_arr)
+            return err_set(e, ERR_NOMEM, "battery", "out of memory");
+        const char *dep = json_string_value(json_object_get(it, "depends_on"));
+        const char *pi[4] = {jstr(it, "name"), ver, needs_arr, dep};
+        int rc = db_run(db,
+            "INSERT INTO battery_items (item, version, needs, depends_on) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (item, version) DO UPDATE SET needs = EXCLUDED.needs,"
+            " depends_on = EXCLUDED.depends_on"
+            " WHERE (battery_items.needs, battery_items.depends_on)"
+            "   IS DISTINCT FROM (EXCLUDED.needs, EXCLUDED.depends_on)", 4, pi, e);
+        free(needs_arr);
+        if (rc < 0)
+            return rc;
         json_t *ms = json_object_get(it, "metrics");
         for (size_t j = 0; j < json_array_size(ms); j++) {
             json_t *m = json_array_get(ms, j);
@@ -211,4 +244,12 @@ int registry_item_version(const struct registry *r, const char *item)
         if (strcmp(r->items[i].name, item) == 0)
             return r->items[i].version;
     return -1;
+}
+
+const struct reg_item *registry_item(const struct registry *r, const char *name)
+{
+    for (int i = 0; i < r->nitems; i++)
+        if (strcmp(r->items[i].name, name) == 0)
+            return &r->items[i];
+    return NULL;
 }

@@ -25,6 +25,9 @@ struct reg_item {
     int version;
     int needs_task; /* needs a toy run's task.json ("task" in its needs) */
     int opt_in;     /* "opt_in": true, run only when named */
+    int needs_artifacts;      /* "artifacts": writes or reads --artifacts DIR */
+    int needs_prev_artifacts; /* "prev_artifacts": reads --prev-artifacts DIR */
+    char depends_on[REGISTRY_NAME_MAX]; /* the item whose artifacts it reads, or "" */
 };
 
 struct reg_metric {
@@ -50,7 +53,9 @@ int registry_from_worker(struct registry *r, const char *worker, struct err *e) 
 /* Parse a battery JSON document (for tests and for the above). */
 int registry_parse(struct registry *r, const char *json_text, struct err *e) CK_WUR;
 
-/* Upsert every metric into `metrics` and learn the ids. */
+/* Upsert every metric into `metrics` and learn the ids; every item's needs
+ * and depends_on into `battery_items` (what the claim's dependency rules
+ * read). */
 int registry_sync(struct registry *r, struct db *db, struct err *e) CK_WUR;
 
 /* Id of a metric, or -1 when unknown. */
@@ -59,6 +64,9 @@ int registry_metric_id(const struct registry *r, const char *item, int version,
 
 /* Current version of an item, or -1 when the worker has no such item. */
 int registry_item_version(const struct registry *r, const char *item);
+
+/* The item called `name`, or NULL.  Borrowed from r. */
+const struct reg_item *registry_item(const struct registry *r, const char *name);
 
 void registry_free(struct registry *r);
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +13,8 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/path.h"
+#include "artifacts.h"
 #include "cache.h"
 #include "db.h"
 #include "fetch.h"
@@ -63,6 +66,7 @@ struct server {
     struct registry reg;
     int ready;              /* registry synced and schema checked on this connection */
     char worker[1024];
+    char artifact_root[1024]; /* cfg.artifact_dir made absolute */
     struct slot slots[NSLOTS];
     struct fetcher *fetcher;
     struct cache *cache;
@@ -252,6 +256,22 @@ static void launch(struct server *s, struct slot *sl)
         size_t len = strlen(items);
         snprintf(items + len, sizeof items - len, "%s%s", i ? "," : "", c->items[i]);
     }
+    /* artifacts: this step's directory, its claimed items' parts emptied,
+     * when an item needs it; the previous step's when the jobs read it */
+    char adir[ARTIFACT_PATH_MAX] = "", pdir[ARTIFACT_PATH_MAX] = "";
+    const char *art_items[CLAIM_MAX_JOBS];
+    int nart = 0;
+    for (int i = 0; i < c->njobs; i++) {
+        const struct reg_item *ri = registry_item(&s->reg, c->items[i]);
+        if (ri && ri->needs_artifacts)
+            art_items[nart++] = c->items[i];
+    }
+    if (rc == 0 && nart > 0 &&
+        (rc = artifacts_prepare(s->artifact_root, c->run, c->step, art_items, nart, adir,
+                                sizeof adir, &e)) == 0)
+        snprintf(c->artifact_dir, sizeof c->artifact_dir, "%s", s->artifact_root);
+    if (rc == 0 && c->prev_step >= 0)
+        rc = artifacts_step_dir(pdir, sizeof pdir, s->artifact_root, c->run, c->prev_step, &e);
     json_t *opt = json_loads(c->options, 0, NULL);
     json_t *jv = json_object_get(opt, "eval_tokens");
     if (json_is_string(jv))
@@ -299,6 +319,14 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = "--max-seqs";
         argv[a++] = seqs;
     }
+    if (adir[0]) {
+        argv[a++] = "--artifacts";
+        argv[a++] = adir;
+    }
+    if (pdir[0]) {
+        argv[a++] = "--prev-artifacts";
+        argv[a++] = pdir;
+    }
     /* the run's probe sets; strings borrowed from opt, freed after the spawn */
     json_t *probes = json_object_get(opt, "probes");
     for (size_t k = 0; k < json_array_size(probes) && k < SERVE_MAX_PROBES; k++)
@@ -321,8 +349,9 @@ static void launch(struct server *s, struct slot *sl)
         sl->ended = 1;
         return;
     }
-    log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f",
-             log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s, s->wait_dl * 1e3);
+    log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
+             " prev_step=%lld", log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s,
+             s->wait_dl * 1e3, c->prev_step);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
     s->wait_dl_total += s->wait_dl;
@@ -434,7 +463,8 @@ static void reload(struct server *s, struct daemon_config *c)
                  {"database", s->cfg.database, c->database, sizeof c->database},
                  {"worker_path", s->cfg.worker_path, c->worker_path, sizeof c->worker_path},
                  {"cache_dir", s->cfg.cache_dir, c->cache_dir, sizeof c->cache_dir},
-                 {"metrics_listen", s->cfg.metrics_listen, c->metrics_listen, sizeof c->metrics_listen}};
+                 {"metrics_listen", s->cfg.metrics_listen, c->metrics_listen, sizeof c->metrics_listen},
+                 {"artifact_dir", s->cfg.artifact_dir, c->artifact_dir, sizeof c->artifact_dir}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
         /* node: a name given on the command line or made from host:pid;
          * database "": the file does not name one (--db or libpq's
@@ -906,6 +936,19 @@ int serve_run(const struct serve_opts *o)
         registry_free(&s->reg);
         return ERR_IO;
     }
+    char real[PATH_MAX];
+    if (path_mkdir_p(s->cfg.artifact_dir, &e) < 0 ||
+        (!realpath(s->cfg.artifact_dir, real) &&
+         err_set(&e, ERR_IO, s->cfg.artifact_dir, "cannot resolve: %s", strerror(errno)) < 0) ||
+        (strlen(real) >= sizeof s->artifact_root &&
+         err_set(&e, ERR_IO, s->cfg.artifact_dir, "path too long") < 0)) {
+        log_err("cannot set up the artifact directory", &e);
+        fetcher_free(s->fetcher);
+        cache_close(s->cache);
+        registry_free(&s->reg);
+        return ERR_IO;
+    }
+    snprintf(s->artifact_root, sizeof s->artifact_root, "%s", real);
     s->db = db_new(s->cfg.database);
     if (!s->db)
         return ERR_NOMEM;
@@ -945,9 +988,9 @@ int serve_run(const struct serve_opts *o)
     } else {
         chld_pipe[0] = chld_pipe[1] = -1; /* then only the timer notices ended workers */
     }
-    log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d cache=%s prefetch=%d offline=%d",
-             s->cfg.node, s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle,
-             log_quote(cache_root(s->cache)), s->cfg.prefetch, s->offline);
+    log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d cache=%s prefetch=%d offline=%d"
+             " artifacts=%s", s->cfg.node, s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle,
+             log_quote(cache_root(s->cache)), s->cfg.prefetch, s->offline, log_quote(s->artifact_root));
     for (;;) {
         serve_tick(s);
         if (s->stopping && busy_count(s) == 0)

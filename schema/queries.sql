@@ -35,3 +35,21 @@ ORDER BY layer;
 -- 5. Progress and failures.
 SELECT * FROM run_progress;
 SELECT run, step, item, attempts, last_error FROM job_list WHERE state = 'dead';
+
+-- 6. SAE feature lineages (items sae and sae_match): the features born
+--    between step 1000 and 4000 that survived to the end, i.e. are still
+--    present at the run's latest analysed step, with the index each has in
+--    that step's dictionary.
+SELECT layer, lineage, birth_step, length, splits, last_feature
+FROM lineages
+WHERE run = :'run' AND birth_step BETWEEN 1000 AND 4000 AND death_step IS NULL
+ORDER BY layer, birth_step, last_feature;
+
+-- 7. One lineage through time: density and similarity to its previous
+--    feature at every step (here the lineage of feature 17 of the latest
+--    dictionary of layer 3).
+SELECT f.step, f.feature, f.density, f.similarity
+FROM sae_feature_series f
+JOIN lineages l ON l.run = f.run AND l.layer = f.layer AND l.lineage = f.lineage
+WHERE l.run = :'run' AND l.layer = 3 AND l.last_feature = 17 AND l.death_step IS NULL
+ORDER BY f.step;

@@ -914,7 +914,7 @@ static void test_rows_deterministic(void **state)
             if (battery_get(i)->needs & BATTERY_NEEDS(BATTERY_NEED_TASK))
                 continue; /* a toy run's item: test_battery_task */
             if (battery_get(i)->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS))
-                continue; /* writes files: its own test (test_battery_sae) */
+                continue; /* reads or writes files: its own test (test_battery_<item>) */
             if (battery_run_item(battery_get(i), &c, &r, &e) < 0)
                 fail_msg("%s", err_str(&e));
             assert_int_equal(rows_write(&r, f, &e), 0);

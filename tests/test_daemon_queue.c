@@ -120,7 +120,7 @@ static int teardown(void **state)
 static int clean(void **state)
 {
     (void)state;
-    return db_run(db, "TRUNCATE runs, checkpoints, jobs, measurements, transitions, artifacts, checkpoint_files, fetches",
+    return db_run(db, "TRUNCATE runs, checkpoints, jobs, measurements, transitions, artifacts, checkpoint_files, fetches CASCADE",
                   0, NULL, NULL) == 0 ? 0 : -1;
 }
 

@@ -20,6 +20,7 @@ static const struct battery_item *const items[] = {
     &battery_item_task,
     &battery_item_sae,
     &battery_item_sae_relu,
+    &battery_item_sae_match,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {

@@ -378,5 +378,24 @@ int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *it
                    const char *hook, double scale);
 /* density_histogram's bin of a density in [0, 1]. */
 int sae_density_bin(double density);
+/* sae_match v1 (needs artifacts, prev_artifacts; depends on sae): each SAE
+ * feature of this checkpoint (ARTIFACTS/sae/<hook_name>/, SAELens layout)
+ * matched to the previous checkpoint's (PREV/sae/<hook_name>/) by the
+ * cosine similarity of decoder rows, mutual nearest neighbours at or above
+ * SAE_MATCH_THRESHOLD; per feature (layer = the site's hook_layer, idx =
+ * feature) matched_prev, match_similarity, best_prev, split_parent; per
+ * site features_matched, features_born, features_died.  Definitions in
+ * battery_sae_match.c. */
+#define SAE_MATCH_THRESHOLD 0.7
+#define SAE_MATCH_BLOCK_FLOATS ((size_t)1 << 22) /* similarity floats per sgemm block */
+extern const struct battery_item battery_item_sae_match;
+
+/* The matching itself, exposed for tests: cur (n, d) and prev (m, d) unit
+ * decoder rows; per current feature matched (-1: born), best_prev,
+ * split_parent (-1: none) and sim (cosine to best_prev); *n_died the
+ * previous features nothing is matched to.  ERR_NOMEM. */
+int sae_match_dicts(const float *cur, int n, const float *prev, int m, int d, double threshold,
+                    int *matched, int *best_prev, int *split_parent, float *sim, int *n_died,
+                    struct err *e) CK_WUR;
 
 #endif
