@@ -10,6 +10,7 @@
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
+#                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -148,6 +149,7 @@ endif
 	@bench/queue_bench.sh
 	@bench/fetch_bench.sh
 	@bench/battery_bench.sh
+	@bench/llc_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -166,6 +168,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
+	/usr/bin/python3 tests/reference/llc_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -197,9 +197,10 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         }
     } else {
         /* the whole battery but the items for toy runs' tasks, which only a
-         * run from `ckpt-worker train` can answer: name them with --items */
+         * run from `ckpt-worker train` can answer, and the opt-in items too
+         * costly for every checkpoint (llc): name them with --items */
         for (int i = 0; i < reg.nitems && nitems < 64; i++)
-            if (!reg.items[i].needs_task)
+            if (!reg.items[i].needs_task && !reg.items[i].opt_in)
                 items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
     }
     char tok_default[PATH_MAX], tok_path[PATH_MAX];

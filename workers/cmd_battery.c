@@ -16,7 +16,9 @@ static const char battery_usage[] =
     "each writes: name, unit, description and what layer/head/idx mean (an index\n"
     "without a meaning is always -1).  --json prints\n"
     "  {\"items\":[{\"name\",\"version\",\"needs\":[..],\"metrics\":[{\"name\",\"unit\",\n"
-    "    \"description\",\"layer\",\"head\",\"idx\"}]}]}\n";
+    "    \"description\",\"layer\",\"head\",\"idx\"}]}]}\n"
+    "(\"depends_on\" when an item reads another's artifacts; \"default\": false for items\n"
+    "too costly for ckptd add-run's default battery).\n";
 
 static json_t *registry_json(void)
 {
@@ -39,6 +41,10 @@ static json_t *registry_json(void)
                               "needs", needs, "metrics", metrics);
         if (o && it->depends_on &&
             json_object_set_new(o, "depends_on", json_string(it->depends_on)) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
+        if (o && it->opt_in && json_object_set_new(o, "default", json_false()) != 0) {
             json_decref(o);
             o = NULL;
         }
