@@ -3,7 +3,8 @@
 # baselines measured in the same run.
 #
 # For the pythia-70m and pythia-160m shapes (random F32 checkpoints from
-# `ckpt-worker init`), each battery item is run alone by
+# `ckpt-worker init`), each item of add-run's default battery (not `task`,
+# not the opt-in `llc`, which bench/llc_bench.sh measures) is run alone by
 # `ckpt-worker --threads N analyze` on the default eval set of a daemon
 # (BENCH_EVAL_SEQS sequences of BENCH_EVAL_CTX tokens of the eval text,
 # scripts/fetch-corpus; random ids when it cannot be built), under the
@@ -35,7 +36,7 @@ THREADS=${BENCH_THREADS:-2}
 SEQS=${BENCH_EVAL_SEQS:-16}
 CTX=${BENCH_EVAL_CTX:-512}
 PRESETS=${BENCH_PRESETS:-pythia-70m pythia-160m}
-ITEMS=${BENCH_ITEMS:-$("$W" battery --json | python3 -c 'import json,sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"]))')}
+ITEMS=${BENCH_ITEMS:-$("$W" battery --json | python3 -c 'import json,sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"] and i.get("default", True)))')}
 JSONL=$OUT/battery.jsonl
 TMP=$(mktemp -d /tmp/ckb-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT

@@ -162,7 +162,8 @@ static int liar_run(const struct battery_ctx *c, struct rows *out, struct err *e
     int rc = rows_add(out, "declared", -1, -1, -1, 1.0, e);
     return rc < 0 ? rc : rows_add(out, "undeclared", -1, -1, -1, 2.0, e);
 }
-static const struct battery_item liar = {"liar", 1, 0, liar_metrics, 1, liar_run};
+static const struct battery_item liar = {.name = "liar", .version = 1, .metrics = liar_metrics,
+                                        .nmetrics = 1, .run = liar_run};
 
 static void test_run_checks_metrics(void **state)
 {
