@@ -12,6 +12,7 @@
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
+#                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -156,6 +157,7 @@ endif
 	@bench/fetch_bench.sh
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
+	@bench/llc_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -176,6 +178,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
+	/usr/bin/python3 tests/reference/llc_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -3,7 +3,8 @@
 # baselines measured in the same run.
 #
 # For the pythia-70m and pythia-160m shapes (random F32 checkpoints from
-# `ckpt-worker init`), each battery item is run alone by
+# `ckpt-worker init`), each item of add-run's default battery (not `task`,
+# not the opt-in `llc`, which bench/llc_bench.sh measures) is run alone by
 # `ckpt-worker --threads N analyze` on the default eval set of a daemon
 # (BENCH_EVAL_SEQS sequences of BENCH_EVAL_CTX tokens of the eval text,
 # scripts/fetch-corpus; random ids when it cannot be built), under the

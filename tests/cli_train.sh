@@ -1,7 +1,8 @@
 #!/bin/sh
 # cli_train.sh - `ckpt-worker train`: usage errors exit 2, a short run writes
 # the HuggingFace-layout series (stepN/config.json + model.safetensors),
-# task.json and train_log.jsonl, and every checkpoint loads with `inspect`.
+# task.json and train_log.jsonl, and every checkpoint loads with `inspect`;
+# the `task` and `llc` items find the run's task.json.
 # Run from the repository root.
 set -u
 W=${CKPT_WORKER:-build/bin/ckpt-worker}
@@ -77,6 +78,15 @@ rm "$TMP/lone/step5/task.json"
 expect 1 "needs the run's task.json" -- $A "$TMP/lone/step5" --items task
 expect 0 "excluded_loss" -- $A "$TMP/lone/step5" --items task --task "$R/task.json"
 expect 1 "cannot open the task metadata" -- $A "$TMP/lone/step5" --items task --task "$TMP/none.json"
+# llc finds the same task.json and samples the training pairs (its init_loss
+# is the logged train_loss); without one it samples the eval set
+tl=$(sed -n 's/.*"step":5,"train_loss":\([^,]*\),.*/\1/p' "$R/train_log.jsonl")
+il=$($A "$R/step5" --items llc 2>/dev/null | awk -F'\t' '$3 == "init_loss" { print $7 }')
+check "llc at step5 samples the training pairs (init_loss $il, train_loss $tl)" python3 -c '
+import sys; sys.exit(not abs(float(sys.argv[1]) - float(sys.argv[2])) <= 1e-5)' "${il:-nan}" "$tl"
+il2=$($A "$TMP/lone/step5" --items llc 2>/dev/null | awk -F'\t' '$3 == "init_loss" { print $7 }')
+check "llc without task.json samples the eval set (init_loss $il2)" python3 -c '
+import sys; sys.exit(not abs(float(sys.argv[1]) - float(sys.argv[2])) > 1e-3)' "${il2:-nan}" "$tl"
 
 R="$TMP/ind"
 expect 0 "3 checkpoints" -- $T --task induction --out "$R" --vocab 16 --seq-len 16 --batch 4 \

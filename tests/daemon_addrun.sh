@@ -86,6 +86,7 @@ print(",".join(sorted(i["name"] for i in items
 dl_eq "default items: all but task" "$want" \
     "$(dl_sql "SELECT string_agg(item, ',' ORDER BY item) FROM job_list WHERE run = 'whole'")"
 case ",$want," in *,loss,*) dl_ok "default items include loss" ;; *) dl_fail "default items: $want" ;; esac
+case ",$want," in *,llc,*) dl_fail "default items include the opt-in llc: $want" ;; *) dl_ok "default items leave out llc" ;; esac
 
 # --max-attempts is stored on the jobs
 out=$("${C[@]}" add-run tries --source "file://$T/ck" --schedule 3 --items loss --max-attempts 2 2>&1)

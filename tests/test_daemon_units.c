@@ -256,6 +256,31 @@ static void set_ids(struct registry *r)
     }
 }
 
+/* "needs": ["task"] and "opt_in": true both keep an item out of
+ * add-run's default battery; "task_optional" and "opt_in": false do not */
+static void test_registry_default_battery(void **state)
+{
+    (void)state;
+    static const char json[] =
+        "{\"items\": ["
+        " {\"name\": \"loss\", \"version\": 2, \"needs\": [\"eval_tokens\"], \"metrics\": []},"
+        " {\"name\": \"task\", \"version\": 1, \"needs\": [\"task\"], \"metrics\": []},"
+        " {\"name\": \"llc\", \"version\": 1, \"needs\": [\"eval_tokens\", \"task_optional\"],"
+        "  \"opt_in\": true, \"metrics\": []},"
+        " {\"name\": \"x\", \"version\": 1, \"needs\": [], \"opt_in\": false, \"metrics\": []}"
+        "]}";
+    struct registry r;
+    struct err e;
+    assert_int_equal(registry_parse(&r, json, &e), 0);
+    assert_int_equal(r.nitems, 4);
+    int want_task[4] = {0, 1, 0, 0}, want_opt[4] = {0, 0, 1, 0};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(r.items[i].needs_task, want_task[i]);
+        assert_int_equal(r.items[i].opt_in, want_opt[i]);
+    }
+    registry_free(&r);
+}
+
 static void test_registry_parse(void **state)
 {
     (void)state;
@@ -649,6 +674,7 @@ int main(void)
         cmocka_unit_test(test_source_checkpoint_url),
         cmocka_unit_test(test_source_local_path),
         cmocka_unit_test(test_registry_parse),
+        cmocka_unit_test(test_registry_default_battery),
         cmocka_unit_test(test_registry_errors),
         cmocka_unit_test(test_registry_from_worker),
         cmocka_unit_test_setup_teardown(test_ingest_good_rows, setup_ingest, teardown_ingest),

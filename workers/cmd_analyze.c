@@ -44,7 +44,8 @@ static const char analyze_usage[] =
     "                       `probes` item writes its rows with idx = its position in\n"
     "                       the --probe list (0-based), logged as `probe set idx=..`\n"
     "  --task FILE          a toy run's task.json for the `task` item (default: task.json\n"
-    "                       in CKPT_DIR, else in its parent directory)\n"
+    "                       in CKPT_DIR, else in its parent directory); `llc` samples on\n"
+    "                       its training data when there is one\n"
     "  --artifacts DIR      where items that write files (sae) put them, below DIR/<item>/\n"
     "  --prev-artifacts DIR the previous checkpoint's artifact directory, for items that\n"
     "                       read it (sae warm start, sae_match)\n";
@@ -234,7 +235,7 @@ int cmd_analyze(int argc, char **argv)
     bctx.nprobe_sets = nprobe;
     bctx.artifacts_dir = artifacts;
     bctx.prev_artifacts_dir = prev_artifacts;
-    if (needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) {
+    if (needs & (BATTERY_NEEDS(BATTERY_NEED_TASK) | BATTERY_NEEDS(BATTERY_NEED_TASK_OPTIONAL))) {
         bctx.task_path = task_arg ? task_arg : (task_found = find_task_json(dir));
         if (bctx.task_path)
             log_debug("task metadata", "file=%s", log_quote(bctx.task_path));

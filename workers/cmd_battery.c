@@ -16,7 +16,9 @@ static const char battery_usage[] =
     "each writes: name, unit, description and what layer/head/idx mean (an index\n"
     "without a meaning is always -1).  --json prints\n"
     "  {\"items\":[{\"name\",\"version\",\"needs\":[..],\"metrics\":[{\"name\",\"unit\",\n"
-    "    \"description\",\"layer\",\"head\",\"idx\"}]}]}\n";
+    "    \"description\",\"layer\",\"head\",\"idx\"}]}]}\n"
+    "(\"depends_on\" when an item reads another's artifacts; \"default\": false for items\n"
+    "too costly for ckptd add-run's default battery).\n";
 
 static json_t *registry_json(void)
 {

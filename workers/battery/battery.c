@@ -21,6 +21,7 @@ static const struct battery_item *const items[] = {
     &battery_item_sae,
     &battery_item_sae_relu,
     &battery_item_sae_match,
+    &battery_item_llc,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
@@ -29,6 +30,7 @@ static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_TASK] = "task",
     [BATTERY_NEED_ARTIFACTS] = "artifacts",
     [BATTERY_NEED_PREV_ARTIFACTS] = "prev_artifacts",
+    [BATTERY_NEED_TASK_OPTIONAL] = "task_optional",
 };
 
 size_t battery_count(void)

@@ -51,6 +51,8 @@ enum battery_need {
     BATTERY_NEED_PREV_ARTIFACTS, /* "prev_artifacts": reads the previous checkpoint's
                                  artifacts from ctx.prev_artifacts_dir (--prev-artifacts
                                  DIR) when given; see battery_item.depends_on */
+    BATTERY_NEED_TASK_OPTIONAL, /* "task_optional": reads ctx.task_path when a toy run's
+                                 task.json is found; the item runs without it */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -314,6 +316,43 @@ extern const struct battery_item battery_item_ablation;
  * inconsistent, a checkpoint of another vocabulary (ERR_INVALID). */
 #define TASK_KEY_FREQS 5
 extern const struct battery_item battery_item_task;
+
+/* llc v1 (needs eval_tokens, task_optional; opt-in): the local learning
+ * coefficient at the checkpoint's weights by SGLD (sgld.h; Lau et al. 2023,
+ * devinterp; Hoogland et al. 2024), on a toy run's training data when
+ * ctx.task_path is set (LLC_TASK_SEQS sequences for induction), else on the
+ * eval set; minibatches of max(1, LLC_BATCH_TOKENS / T) sequences.
+ *   init_loss            loss at the checkpoint over the whole data set
+ *   trace_loss           layer chain, idx draw: the minibatch loss (trace)
+ *   llc_chain            layer chain: nbeta * (mean trace - init_loss)
+ *   llc, llc_std         mean and sample std over the healthy chains
+ *   chains_diverged      chains stopped (non-finite loss, or a rise above
+ *                        LLC_MAX_RISE_LOGV * ln V); chain_diverged_step
+ *                        (layer chain) the step each stopped at
+ * Samples a writable copy: ctx.model is not written.  Seeded by ctx.seed.
+ * Errors: a non-finite weight (ERR_NUMERIC naming the tensor), a bad eval
+ * set or task.json (ERR_INVALID).  See battery_llc.c. */
+#define LLC_NBETA 100.0      /* nbeta (0: devinterp's default m / ln m) */
+#define LLC_GAMMA 1e5        /* localisation */
+#define LLC_EPSILON 1e-6     /* step size */
+#define LLC_CHAINS 4
+#define LLC_DRAWS 100
+#define LLC_BURNIN 100
+#define LLC_BATCH_TOKENS 256 /* minibatch size in tokens (whole sequences) */
+#define LLC_TASK_SEQS 256    /* induction runs: sequences of the data set */
+#define LLC_MAX_RISE_LOGV 10.0
+extern const struct battery_item battery_item_llc;
+
+/* The item's hyperparameters (llc_default_params: the LLC_* values), and
+ * the item run with others (tests, benchmarks). */
+struct llc_params {
+    double nbeta; /* 0: sgld_default_nbeta of the minibatch size */
+    double gamma, epsilon;
+    int chains, draws, burnin, batch_tokens;
+};
+extern const struct llc_params llc_default_params;
+int battery_llc_run(const struct battery_ctx *ctx, const struct llc_params *p, struct rows *out,
+                    struct err *e) CK_WUR;
 
 /* Modular-addition Fourier helpers, exposed for tests.  Frequencies are
  * k = 0 .. floor(p/2) (modadd_nfreqs(p) of them). */
