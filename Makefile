@@ -10,6 +10,7 @@
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
+#                   bench/transitions_bench.sh (transition detection, alone and with the database)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -176,6 +177,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
+	/usr/bin/python3 tests/reference/transitions_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -9,9 +9,10 @@
  *       microseconds per series, median of R repetitions (default 5)
  *   transitions_bench --db CONNINFO [--series N] [--reps R]
  *       also the daemon's path: N series of one run in PostgreSQL
- *       (written first, into a run named bench-transitions), re-examined
- *       as after a checkpoint lands (detect_run: one query, detect, delete
- *       and COPY the transitions, one transaction); median of R
+ *       (written first, into a run named bench-transitions, deleted at
+ *       the end), re-examined as after a checkpoint lands (detect_run: one
+ *       COPY out, detect, delete and COPY the transitions in, one
+ *       transaction); median of R.  CONNINFO "" is libpq's environment
  *   transitions_bench --calibrate N
  *       the highest score (tr_max_score) over N simulated series without a
  *       transition, per kind of noise and schedule: what TR_THRESHOLD must
@@ -31,6 +32,9 @@
 #include <time.h>
 
 #include "../common/err.h"
+#include "../daemon/db.h"
+#include "../daemon/detect.h"
+#include "../daemon/migrate.h"
 #include "../daemon/transitions.h"
 #include "../tests/lib/series_sim.h"
 
@@ -244,11 +248,119 @@ int main(int argc, char **argv)
     return rc;
 }
 
+/* Load nseries series of Pythia's steps into a run of its own, then time
+ * detect_run over them (the daemon's path after a checkpoint lands); the
+ * run is deleted at the end. */
 int bench_db(const char *conninfo, int nseries, int reps)
 {
-    (void)conninfo;
-    (void)nseries;
-    (void)reps;
-    fprintf(stderr, "transitions_bench: --db not built\n");
-    return 1;
+    struct err e;
+    struct db *db = db_new(conninfo);
+    int rc = 1, applied;
+    double *secs = malloc(sizeof(double) * (size_t)reps * 3);
+    struct {
+        char *p;
+        size_t len, cap;
+    } buf = {0}; /* COPY text */
+    long long run_id = 0;
+    long transitions = 0;
+    if (!db || !secs) {
+        fprintf(stderr, "transitions_bench: out of memory\n");
+        goto out;
+    }
+    if (db_connect_wait(db, 5, &e) < 0 || migrate_apply(db, &applied, &e) < 0)
+        goto dberr;
+    if (db_run(db, "DELETE FROM runs WHERE name = 'bench-transitions'", 0, NULL, &e) < 0 ||
+        db_run(db, "INSERT INTO metrics (item, version, name, description) VALUES"
+                   " ('bench', 1, 'value', 'transitions_bench') ON CONFLICT (item, version, name) DO NOTHING",
+               0, NULL, &e) < 0)
+        goto dberr;
+    PGresult *r = db_exec(db, "INSERT INTO runs (name, source, schedule, items) VALUES"
+                              " ('bench-transitions', 'file:///nowhere', 'pythia', '{bench}') RETURNING id",
+                          0, NULL, &e);
+    if (!r)
+        goto dberr;
+    run_id = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    char id[32];
+    snprintf(id, sizeof id, "%lld", run_id);
+    const char *p1[1] = {id};
+    if (db_run(db, "INSERT INTO checkpoints (run_id, step, revision, url)"
+                   " SELECT $1::bigint, s, 'step' || s, 'file:///nowhere/step' || s FROM"
+                   " (SELECT 0 AS s UNION ALL SELECT (2 ^ g)::bigint FROM generate_series(0, 9) g"
+                   "  UNION ALL SELECT 1000 * k FROM generate_series(1, 143) k) x", 1, p1, &e) < 0)
+        goto dberr;
+    r = db_exec(db, "SELECT id FROM metrics WHERE item = 'bench' AND version = 1 AND name = 'value'", 0, NULL, &e);
+    if (!r)
+        goto dberr;
+    int metric = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    /* the rows, by COPY */
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_pythia(s);
+    double t0 = now_s();
+    r = PQexec(db_conn(db), "COPY measurements (run_id, step, metric_id, layer, head, idx, value) FROM STDIN");
+    int copying = PQresultStatus(r) == PGRES_COPY_IN;
+    PQclear(r);
+    if (!copying) {
+        fprintf(stderr, "transitions_bench: COPY refused: %s\n", PQerrorMessage(db_conn(db)));
+        goto out;
+    }
+    buf.cap = 1 << 20;
+    buf.p = malloc(buf.cap);
+    for (int i = 0; buf.p && i < nseries; i++) {
+        timing_series(i, s, v, n);
+        for (int k = 0; k < n; k++) {
+            if (buf.cap - buf.len < 128) {
+                PQputCopyData(db_conn(db), buf.p, (int)buf.len);
+                buf.len = 0;
+            }
+            buf.len += (size_t)snprintf(buf.p + buf.len, buf.cap - buf.len, "%lld\t%lld\t%d\t-1\t-1\t%d\t%.17g\n",
+                                        run_id, s[k], metric, i, v[k]);
+        }
+    }
+    if (!buf.p || (buf.len && PQputCopyData(db_conn(db), buf.p, (int)buf.len) != 1) ||
+        PQputCopyEnd(db_conn(db), NULL) != 1) {
+        fprintf(stderr, "transitions_bench: COPY failed\n");
+        goto out;
+    }
+    while ((r = PQgetResult(db_conn(db)))) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            fprintf(stderr, "transitions_bench: COPY: %s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (db_run(db, "ANALYZE measurements", 0, NULL, &e) < 0)
+        goto dberr;
+    fprintf(stderr, "transitions_bench: %d series of %d points loaded in %.1f s\n", nseries, n, now_s() - t0);
+    const char *items[1] = {"bench"};
+    int versions[1] = {1};
+    for (int rep = 0; rep < reps; rep++) {
+        struct detect_stats st;
+        double t1 = now_s();
+        if (detect_run(db, run_id, items, versions, 1, &st, &e) < 0)
+            goto dberr;
+        secs[rep] = now_s() - t1;
+        secs[reps + rep] = st.read_s;
+        secs[2 * reps + rep] = st.write_s;
+        transitions = st.transitions;
+    }
+    double med = median(secs, reps), rd = median(secs + reps, reps), wr = median(secs + 2 * reps, reps);
+    printf("| detect_run: COPY out, detect, DELETE + COPY in | %d | %d | %.3f (read and detect %.3f, write %.3f) | %.1f | %ld |\n",
+           nseries, n, med, rd, wr, med / nseries * 1e6, transitions);
+    printf("{\"bench\":\"transitions_db\",\"series\":%d,\"points\":%d,\"reps\":%d,\"seconds\":%.6f,"
+           "\"read_detect_s\":%.6f,\"write_s\":%.6f,\"us_per_series\":%.3f,\"transitions\":%ld}\n",
+           nseries, n, reps, med, rd, wr, med / nseries * 1e6, transitions);
+    rc = 0;
+    goto out;
+dberr:
+    fprintf(stderr, "transitions_bench: %s\n", err_str(&e));
+out:
+    if (run_id && db_conn(db) && !getenv("BENCH_TR_KEEP")) {
+        PGresult *d = PQexec(db_conn(db), "DELETE FROM runs WHERE name = 'bench-transitions'");
+        PQclear(d);
+    }
+    free(buf.p);
+    free(secs);
+    db_free(db);
+    return rc;
 }

@@ -150,11 +150,13 @@ static int read_and_detect(struct db *db, long long run_id, const char *metric_f
     PGconn *conn = db_conn(db);
     struct sbuf q = {0};
     if (sbuf_printf(&q,
+                    /* in the primary key's order, so no sort; duplicates
+                     * are few: a hashed NOT IN */
                     "COPY (SELECT m.metric_id, m.layer, m.head, m.idx, m.step, m.value"
-                    " FROM measurements m JOIN checkpoints c ON c.run_id = m.run_id AND c.step = m.step"
-                    " WHERE m.run_id = %lld AND c.duplicate_of IS NULL%s"
+                    " FROM measurements m WHERE m.run_id = %lld%s AND m.step NOT IN"
+                    " (SELECT step FROM checkpoints WHERE run_id = %lld AND duplicate_of IS NOT NULL)"
                     " ORDER BY m.metric_id, m.layer, m.head, m.idx, m.step) TO STDOUT",
-                    run_id, metric_filter) < 0)
+                    run_id, metric_filter, run_id) < 0)
         return err_set(e, ERR_NOMEM, "transitions", "out of memory");
     PGresult *r = PQexec(conn, q.p);
     free(q.p);
