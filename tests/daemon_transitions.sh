@@ -18,7 +18,8 @@
 #    (the test can fail), and with them set again they are gone;
 #  - a failing detection (a trigger refusing inserts into transitions)
 #    leaves the checkpoint's results stored and the old transitions intact;
-#  - transitions_named and transitions_ranked, across two runs.
+#  - transitions_named and transitions_ranked, across two runs; the example
+#    queries of schema/queries.sql run.
 . tests/lib/daemon.sh
 dl_init transitions 54370
 dl_migrate
@@ -153,5 +154,7 @@ dl_eq "ranked: loss across runs" "1 2" \
     "$(dl_sql "SELECT string_agg(rank_in_metric::text, ' ' ORDER BY rank_in_metric) FROM transitions_ranked WHERE metric = 'loss'")"
 dl_eq "reader role may read the views" "t" \
     "$(dl_sql "SELECT has_table_privilege('ckptd_reader', 'transitions_ranked', 'SELECT') AND has_table_privilege('ckptd_reader', 'transitions_named', 'SELECT')")"
+psql -X -q -v ON_ERROR_STOP=1 -v run=tr -f schema/queries.sql >"$T/queries.out" 2>&1
+dl_eq "schema/queries.sql runs" 0 $?
 
 dl_finish
