@@ -11,6 +11,8 @@
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/transitions_bench.sh (transition detection, alone and with the database)
+#                   bench/train_bench.sh (training step vs forward)
+#                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -65,6 +67,11 @@ WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
 LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
+# the metrics endpoint (daemon/metrics.c, libmicrohttpd) and systemd
+# notification (daemon/notify.c, libsystemd)
+OPS_CFLAGS := $(shell pkg-config --cflags libmicrohttpd libsystemd 2>/dev/null)
+LIBS_DAEMON += $(shell pkg-config --libs libmicrohttpd libsystemd 2>/dev/null || echo -lmicrohttpd -lsystemd)
+CFLAGS_ALL += $(OPS_CFLAGS)
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -159,6 +166,7 @@ endif
 	@bench/queue_bench.sh
 	@bench/fetch_bench.sh
 	@bench/battery_bench.sh
+	@bench/train_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -178,6 +186,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/transitions_ref.py
+	/usr/bin/python3 tests/reference/sae_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

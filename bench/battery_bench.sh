@@ -35,7 +35,7 @@ THREADS=${BENCH_THREADS:-2}
 SEQS=${BENCH_EVAL_SEQS:-16}
 CTX=${BENCH_EVAL_CTX:-512}
 PRESETS=${BENCH_PRESETS:-pythia-70m pythia-160m}
-ITEMS=${BENCH_ITEMS:-$("$W" battery --json | python3 -c 'import json,sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"]))')}
+ITEMS=${BENCH_ITEMS:-$("$W" battery --json | python3 -c 'import json,sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"] and not i.get("opt_in")))')}
 JSONL=$OUT/battery.jsonl
 TMP=$(mktemp -d /tmp/ckb-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
@@ -74,7 +74,7 @@ for preset in $PRESETS; do
             rm -f "$TMP/blas.jsonl"
             if ! BLAS_TIMER_OUT=$TMP/blas.jsonl LD_PRELOAD=$PWD/$SHIM \
                 "$W" --threads "$THREADS" analyze "$ck" --items "$item" --eval-tokens "$EVAL" \
-                --ctx "$CTX" >/dev/null 2>"$TMP/log"; then
+                --ctx "$CTX" --artifacts "$TMP/art" >/dev/null 2>"$TMP/log"; then
                 echo "battery_bench: $preset $item failed: $(tail -n 2 "$TMP/log")" >&2
                 continue
             fi

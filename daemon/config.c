@@ -9,6 +9,7 @@
 
 #include "fetch.h"
 #include "hub.h"
+#include "metrics.h"
 
 void daemon_config_defaults(struct daemon_config *c)
 {
@@ -34,6 +35,7 @@ void daemon_config_defaults(struct daemon_config *c)
     c->fetch_retries = 5;
     c->fetch_backoff_base_s = 1;
     c->fetch_backoff_max_s = 60;
+    c->healthz_max_age_s = 30;
 }
 
 void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o)
@@ -91,6 +93,12 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
         return err_set(e, ERR_INVALID, "config", "cache_dir must not be empty");
     if (!c->node[0])
         return err_set(e, ERR_INVALID, "config", "node name must not be empty");
+    if (!(c->healthz_max_age_s > c->heartbeat_s))
+        return err_set(e, ERR_INVALID, "config",
+                       "healthz_max_age_s must be more than heartbeat_s (%g, heartbeat %g): the node proves"
+                       " the database once per heartbeat", c->healthz_max_age_s, c->heartbeat_s);
+    if (c->metrics_listen[0] && metrics_parse_listen(c->metrics_listen, c->metrics_allow_remote, NULL, NULL, e) < 0)
+        return e ? e->code : ERR_INVALID;
     return 0;
 }
 
@@ -118,7 +126,8 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                     {"worker_path", c.worker_path, sizeof c.worker_path},
                     {"spool_dir", c.spool_dir, sizeof c.spool_dir},
                     {"cache_dir", c.cache_dir, sizeof c.cache_dir},
-                    {"ca_file", c.ca_file, sizeof c.ca_file}};
+                    {"ca_file", c.ca_file, sizeof c.ca_file},
+                    {"metrics_listen", c.metrics_listen, sizeof c.metrics_listen}};
         struct {
             const char *name;
             double *d;
@@ -129,7 +138,8 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                     {"cache_budget_gb", &c.cache_budget_gb},
                     {"fetch_connect_timeout_s", &c.fetch_connect_timeout_s},
                     {"fetch_backoff_base_s", &c.fetch_backoff_base_s},
-                    {"fetch_backoff_max_s", &c.fetch_backoff_max_s}};
+                    {"fetch_backoff_max_s", &c.fetch_backoff_max_s},
+                    {"healthz_max_age_s", &c.healthz_max_age_s}};
         int found = 0;
         for (size_t i = 0; i < sizeof strs / sizeof *strs && !found; i++)
             if (strcmp(key, strs[i].name) == 0) {
@@ -149,6 +159,14 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                 *nums[i].d = json_number_value(v);
                 found = 1;
             }
+        if (!found && strcmp(key, "metrics_allow_remote") == 0) {
+            if (!json_is_boolean(v)) {
+                rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be true or false", key);
+                goto out;
+            }
+            c.metrics_allow_remote = json_is_true(v);
+            found = 1;
+        }
         if (!found) {
             long *lp = strcmp(key, "worker_memory_mb") == 0        ? &c.worker_memory_mb
                        : strcmp(key, "worker_cpu_s") == 0          ? &c.worker_cpu_s

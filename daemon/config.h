@@ -23,7 +23,10 @@
  *     "fetch_low_speed_bytes": 1024, "fetch_low_speed_s": 30,  // stall abort
  *     "fetch_connect_timeout_s": 15, "fetch_retries": 5,
  *     "fetch_backoff_base_s": 1, "fetch_backoff_max_s": 60,
- *     "ca_file": ""                // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
+ *     "ca_file": "",               // PEM CA bundle for https; "": CKPTD_CA_BUNDLE, else the system's
+ *     "metrics_listen": "",        // /metrics and /healthz on ADDR:PORT (metrics.h); "": off
+ *     "metrics_allow_remote": false, // a non-loopback metrics_listen needs this
+ *     "healthz_max_age_s": 30      // /healthz is 503 when no database round trip succeeded for this long
  *   }
  *
  * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
@@ -39,6 +42,8 @@
 #define CKPTD_DAEMON_CONFIG_H
 
 #include "../common/err.h"
+
+#define CKPTD_VERSION "0.1.0"
 
 struct daemon_config {
     char database[1024];
@@ -67,6 +72,9 @@ struct daemon_config {
     double fetch_backoff_base_s;
     double fetch_backoff_max_s;
     char ca_file[1024];
+    char metrics_listen[128];
+    int metrics_allow_remote;
+    double healthz_max_age_s;
 };
 
 struct fetch_opts;

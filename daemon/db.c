@@ -8,13 +8,19 @@
 
 #include "../common/log.h"
 
+/* The reconnect backoff: 1 s doubling to this (db_set_backoff_max). */
+#define DB_BACKOFF_MAX_S 30.0
+
 struct db {
     char *conninfo;
     PGconn *conn;
     double next_try;   /* monotonic seconds: earliest next connect attempt */
     double backoff;    /* seconds */
+    double backoff_max;
     int ever_connected;
     long reconnects;
+    double last_ok;    /* monotonic seconds of the last answered statement */
+    char last_error[256]; /* why the last connection attempt failed */
 };
 
 static double now_mono(void)
@@ -41,7 +47,63 @@ struct db *db_new(const char *conninfo)
         return NULL;
     }
     db->backoff = 1.0;
+    db->backoff_max = DB_BACKOFF_MAX_S;
     return db;
+}
+
+void db_set_backoff_max(struct db *db, double seconds)
+{
+    db->backoff_max = seconds < 1.0 ? 1.0 : seconds > DB_BACKOFF_MAX_S ? DB_BACKOFF_MAX_S : seconds;
+    if (db->backoff > db->backoff_max)
+        db->backoff = db->backoff_max;
+}
+
+/*
+ * Connection settings the conninfo may override (a keyword it names wins;
+ * so do PGCONNECT_TIMEOUT and PGOPTIONS from the environment).  Without
+ * them a statement sent over a network that went dead waits for the
+ * kernel's TCP retransmissions, a quarter of an hour, the scheduler's tick
+ * stuck inside libpq; and the server keeps the backend of a vanished node,
+ * its open transaction and row locks included, for two hours.
+ *   connect_timeout: 10 s per address tried;
+ *   keepalives after 10 s idle, every 5 s, and tcp_user_timeout 15 s for
+ *     data sent and not acknowledged: a dead network fails the statement
+ *     in about 15 s and the connection counts as lost;
+ *   options: the same keepalives and user timeout for the server's end of
+ *     the connection (settings of the session), so the backend of a node
+ *     cut off ends, rolling back what it had open.
+ * Unix-socket connections ignore all of it.
+ */
+#define DB_SERVER_TIMEOUTS "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5" \
+                           " -c tcp_keepalives_count=3 -c tcp_user_timeout=15000"
+
+static PGconn *connect_with_defaults(const char *conninfo)
+{
+    static const struct {
+        const char *key, *value, *env;
+    } defaults[] = {
+        {"connect_timeout", "10", "PGCONNECT_TIMEOUT"},
+        {"keepalives", "1", NULL},
+        {"keepalives_idle", "10", NULL},
+        {"keepalives_interval", "5", NULL},
+        {"keepalives_count", "3", NULL},
+        {"tcp_user_timeout", "15000", NULL},
+        {"options", DB_SERVER_TIMEOUTS, "PGOPTIONS"},
+    };
+    const char *keys[sizeof defaults / sizeof *defaults + 2], *vals[sizeof defaults / sizeof *defaults + 2];
+    int n = 0;
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
+        const char *env = defaults[i].env ? getenv(defaults[i].env) : NULL;
+        if (env && *env)
+            continue;
+        keys[n] = defaults[i].key;
+        vals[n++] = defaults[i].value;
+    }
+    /* last: the conninfo, expanded, overrides the defaults above */
+    keys[n] = "dbname";
+    vals[n++] = conninfo;
+    keys[n] = vals[n] = NULL;
+    return PQconnectdbParams(keys, vals, 1);
 }
 
 void db_free(struct db *db)
@@ -71,18 +133,20 @@ int db_ensure(struct db *db, struct err *e)
         db_lost(db);
     double t = now_mono();
     if (t < db->next_try)
-        return err_set(e, ERR_DB, "database", "not connected (next attempt in %.1f s)",
-                       db->next_try - t);
-    PGconn *c = PQconnectdb(db->conninfo);
+        return err_set(e, ERR_DB, "database", "not connected (next attempt in %.1f s)%s%s",
+                       db->next_try - t, db->last_error[0] ? ": " : "", db->last_error);
+    PGconn *c = connect_with_defaults(db->conninfo);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         err_set(e, ERR_DB, "database", "cannot connect: %s",
                 c ? PQerrorMessage(c) : "out of memory");
         if (e) /* one line */
             e->msg[strcspn(e->msg, "\n")] = '\0';
+        snprintf(db->last_error, sizeof db->last_error, "%s", c ? PQerrorMessage(c) : "out of memory");
+        db->last_error[strcspn(db->last_error, "\n")] = '\0';
         if (c)
             PQfinish(c);
         db->next_try = t + db->backoff;
-        db->backoff = db->backoff * 2 > 30.0 ? 30.0 : db->backoff * 2;
+        db->backoff = db->backoff * 2 > db->backoff_max ? db->backoff_max : db->backoff * 2;
         return ERR_DB;
     }
     /* notices (e.g. "relation already exists, skipping") are not errors */
@@ -97,6 +161,8 @@ int db_ensure(struct db *db, struct err *e)
     db->conn = c;
     db->backoff = 1.0;
     db->next_try = 0;
+    db->last_ok = now_mono();
+    db->last_error[0] = '\0';
     return 0;
 }
 
@@ -117,6 +183,8 @@ PGconn *db_conn(struct db *db) { return db->conn; }
 
 long db_reconnects(const struct db *db) { return db->reconnects; }
 
+double db_last_ok(const struct db *db) { return db->last_ok; }
+
 PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const *params,
                   struct err *e)
 {
@@ -126,8 +194,10 @@ PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const
     }
     PGresult *r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        db->last_ok = now_mono();
         return r;
+    }
     err_set(e, ERR_DB, "database", "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->conn));
     if (e)
         e->msg[strcspn(e->msg, "\n")] = '\0';

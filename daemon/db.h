@@ -6,8 +6,15 @@
  * libpq's own environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).  A lost
  * connection is noticed by any call (PQstatus is CONNECTION_BAD after a
  * failed statement); db_ensure() then reconnects with exponential backoff
- * (1 s doubling to 30 s), never blocking longer than one connect attempt, so
- * the scheduler's tick keeps supervising workers while the database is down.
+ * (1 s doubling to 30 s, or less: db_set_backoff_max), never blocking longer
+ * than one connect attempt, so the scheduler's tick keeps supervising
+ * workers while the database is down.
+ *
+ * A network that goes dead is noticed too: unless the conninfo says
+ * otherwise, connections use TCP keepalives and a TCP user timeout on both
+ * ends (about 15 s to notice; 10 s connect timeout), so no statement waits
+ * for the kernel's retransmissions and the server ends the session, and
+ * its transaction, of a node cut off (db.c lists the settings).
  *
  *     struct db *db = db_new(conninfo);
  *     if (db_ensure(db, &e) == 0) {
@@ -29,6 +36,9 @@ struct db;
 /* A handle, not yet connected. conninfo is copied. NULL on out of memory. */
 struct db *db_new(const char *conninfo);
 void db_free(struct db *db);
+
+/* Cap the reconnect backoff at `seconds` (1 to 30). */
+void db_set_backoff_max(struct db *db, double seconds);
 
 /* Connected now, or try to (unless the backoff says wait): 0 when the
  * connection is up, ERR_DB otherwise. */
@@ -53,6 +63,11 @@ int db_run(struct db *db, const char *sql, int nparams, const char *const *param
 
 /* Number of times a lost connection was re-established. */
 long db_reconnects(const struct db *db);
+
+/* When a statement last got an answer from the server (db_exec with
+ * COMMAND_OK or TUPLES_OK, or a connection made), on mono_now()'s clock
+ * (CLOCK_MONOTONIC seconds); 0 before the first. */
+double db_last_ok(const struct db *db);
 
 /* Mark the connection as lost (after an error outside db_exec). */
 void db_lost(struct db *db);

@@ -316,6 +316,10 @@ int hub_select(const struct hub_files *all, struct hub_files *out, struct err *e
     if ((rc = hub_files_add(out, cfg->name, cfg->size, cfg->sha256, e)) < 0 ||
         (rc = hub_files_add(out, w->name, w->size, w->sha256, e)) < 0)
         return rc;
+    /* a toy run's task metadata (`ckpt-worker train`), for the `task` item */
+    const struct hub_file *task = hub_files_find(all, "task.json");
+    if (task && (rc = hub_files_add(out, task->name, task->size, task->sha256, e)) < 0)
+        return rc;
     size_t len = strlen(w->name);
     if (len > 11 && strcmp(w->name + len - 11, ".index.json") == 0)
         snprintf(out->index, sizeof out->index, "%s", w->name);

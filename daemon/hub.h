@@ -109,8 +109,9 @@ int hub_parse_tree(const char *json, struct hub_files *out, struct err *e) CK_WU
  * the caller's (free). An answer with no such branch is ERR_NOTFOUND. */
 int hub_parse_refs(const char *json, long long **steps, int *n, struct err *e) CK_WUR;
 
-/* Choose a checkpoint's files from what a revision has: config.json and the
- * first weights in hub_weight_names order.  When the weights are a shard
+/* Choose a checkpoint's files from what a revision has: config.json, the
+ * first weights in hub_weight_names order, and task.json when there is one
+ * (a toy run's task metadata, read by the `task` item).  When the weights are a shard
  * index, out->index names it (fetch it, then hub_add_shards).  ERR_NOTFOUND
  * says which files are missing. */
 int hub_select(const struct hub_files *all, struct hub_files *out, struct err *e) CK_WUR;

@@ -206,12 +206,13 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
     }
     db_int_array(counts_arr, sizeof counts_arr, counts, c->njobs);
     snprintf(secs, sizeof secs, "%.3f", worker_seconds);
-    const char *p2[3] = {ids, counts_arr, secs};
+    const char *p2[4] = {ids, counts_arr, secs, node};
     if ((rc = db_run(db,
             "UPDATE jobs SET state = 'done', finished_at = now(), worker_seconds = $3::float8,"
-            "   rows_written = x.cnt, lease_owner = NULL, lease_expires = NULL, last_error = NULL"
+            "   rows_written = x.cnt, lease_owner = NULL, lease_expires = NULL, last_error = NULL,"
+            "   done_by = $4"
             " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, cnt) WHERE jobs.id = x.id",
-            3, p2, e)) < 0 ||
+            4, p2, e)) < 0 ||
         (rc = db_run(db, "COMMIT", 0, NULL, e)) < 0) {
         rc = classify(db);
         if (e)

@@ -8,7 +8,8 @@
  * jobs and checking the lease is still this node's.  Either the rows and the
  * `done` states commit together, or nothing does: a job's results appear
  * exactly once or not at all, and the primary key on measurements would
- * refuse a second copy anyway.
+ * refuse a second copy anyway.  The jobs record the node that stored them
+ * (jobs.done_by).
  *
  *     long rows;
  *     int rc = ingest_commit(db, &reg, node, &claim, w.out_path, w.seconds, &rows, &e);

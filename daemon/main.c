@@ -21,6 +21,7 @@
 #include "migrate.h"
 #include "queue.h"
 #include "registry.h"
+#include "report.h"
 #include "serve.h"
 #include "source.h"
 #include "stage.h"
@@ -42,11 +43,15 @@ static const char usage[] =
     "          [--seed N] [--max-attempts N]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
-    "                               claim and analyse checkpoints until stopped\n"
+    "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
+    "                               claim and analyse checkpoints until stopped;\n"
+    "                               /metrics and /healthz on HOST:PORT (loopback\n"
+    "                               unless --metrics-allow-remote)\n"
     "  status [RUN]                 progress, failing jobs, what each node is doing\n"
     "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
+    "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
     "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
     "                               a run's transitions by peak step, grouped\n"
     "  detect RUN                   find the transitions of every series of a run again\n"
@@ -201,9 +206,10 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         }
     } else {
         /* the whole battery but the items for toy runs' tasks, which only a
-         * run from `ckpt-worker train` can answer: name them with --items */
+         * run from `ckpt-worker train` can answer, and opt-in items (sae_relu):
+         * name them with --items */
         for (int i = 0; i < reg.nitems && nitems < 64; i++)
-            if (!reg.items[i].needs_task)
+            if (!reg.items[i].needs_task && !reg.items[i].opt_in)
                 items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
     }
     char tok_default[PATH_MAX], tok_path[PATH_MAX];
@@ -272,6 +278,10 @@ static int cmd_serve(struct daemon_config *cfg, const char *config_path, int arg
             until_idle = 1;
         else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc)
             snprintf(cfg->node, sizeof cfg->node, "%s", argv[++i]);
+        else if (strcmp(argv[i], "--metrics") == 0 && i + 1 < argc)
+            snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", argv[++i]);
+        else if (strcmp(argv[i], "--metrics-allow-remote") == 0)
+            cfg->metrics_allow_remote = 1;
         else {
             fprintf(stderr, "ckptd serve: unexpected argument '%s'\n%s", argv[i], usage);
             return EXIT_USAGE;
@@ -446,6 +456,50 @@ out:
     return status;
 }
 
+static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *run = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else if (argv[i][0] != '-' && !run)
+            run = argv[i];
+        else {
+            fprintf(stderr, "ckptd report: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!run || (out && !out[0])) {
+        fprintf(stderr, "ckptd report: need RUN (and a directory after --out)\n%s", usage);
+        return EXIT_USAGE;
+    }
+    char dir[PATH_MAX];
+    if (out)
+        snprintf(dir, sizeof dir, "%s", out);
+    else
+        report_default_dir(dir, sizeof dir, run);
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = migrate_check(db, &e);
+    struct report_stats st;
+    double t0 = mono_now();
+    if (rc == 0)
+        rc = report_write(db, run, dir, &st, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd report: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("report failed", &e);
+    else
+        printf("wrote %s/index.html: %lld bytes, %d line charts (%d points), %d profiles, %d heatmaps "
+               "(%ld cells), %d lineages, %d transitions%s in %.2f s\n", dir, st.bytes, st.line_charts, st.points,
+               st.profiles, st.heatmaps, st.cells, st.lineages, st.transitions, st.empty ? "; no data yet" : "",
+               mono_now() - t0);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
     struct detect_list_opts o = {NULL, 0, 0};
@@ -516,7 +570,7 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("ckptd 0.1.0\n");
+            printf("ckptd %s\n", CKPTD_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];
@@ -560,6 +614,8 @@ int main(int argc, char **argv)
         return cmd_retry(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "fetch") == 0)
         return cmd_fetch(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "report") == 0)
+        return cmd_report(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "transitions") == 0)
         return cmd_transitions(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "detect") == 0)

@@ -150,9 +150,16 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
      * checkpoints another node is claiming right now; then take all its
      * queued jobs.  One due job is enough: the jobs of a checkpoint fail
      * together, but their backoffs are jittered row by row, and waiting for
-     * the last would split the checkpoint into several worker runs.  The scan walks the jobs_queued index and stops at the first
-     * checkpoint it can lock, so a claim costs the same however many jobs
-     * are done, running or queued.
+     * the last would split the checkpoint into several worker runs.
+     *
+     * The candidates are the checkpoints of the first 256 due jobs on
+     * the jobs_queued index, so a claim costs the same however many jobs
+     * are done, running or queued.  FOR UPDATE SKIP LOCKED applies to the
+     * candidates in order, one at a time until one is locked, whatever
+     * plan the statistics bring (a lock in a subquery run per queued job
+     * would lock every checkpoint whenever the planner sorts after the
+     * join).  More claimers at once than candidates: the rest hear
+     * "nothing" and poll again.
      *
      * ck comes back even when the UPDATE took nothing: another node claimed
      * that checkpoint's jobs after our snapshot was taken but before we
@@ -163,11 +170,11 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     for (int tries = 0;; tries++) {
         r = db_exec(db,
             "WITH ck AS ("
-            "  SELECT l.id FROM jobs q CROSS JOIN LATERAL"
-            "    (SELECT c.id FROM checkpoints c WHERE c.id = q.checkpoint_id"
-            "     FOR UPDATE SKIP LOCKED) l"
-            "  WHERE q.state = 'queued' AND q.not_before <= now()"
-            "  ORDER BY q.checkpoint_id LIMIT 1),"
+            "  SELECT c.id FROM checkpoints c"
+            "  WHERE c.id = ANY (ARRAY(SELECT q.checkpoint_id FROM jobs q"
+            "    WHERE q.state = 'queued' AND q.not_before <= now()"
+            "    ORDER BY q.checkpoint_id LIMIT 256))"
+            "  ORDER BY c.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
             " claimed AS ("
             "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
             "    lease_expires = now() + make_interval(secs => $2::float8),"

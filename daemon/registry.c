@@ -75,6 +75,7 @@ int registry_parse(struct registry *r, const char *text, struct err *e)
             if (json_is_string(json_array_get(needs, k)) &&
                 strcmp(json_string_value(json_array_get(needs, k)), "task") == 0)
                 ri->needs_task = 1;
+        ri->opt_in = json_is_true(json_object_get(it, "opt_in"));
         json_t *ms = json_object_get(it, "metrics");
         for (size_t j = 0; j < json_array_size(ms); j++) {
             const char *mn = jstr(json_array_get(ms, j), "name");

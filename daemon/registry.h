@@ -24,6 +24,7 @@ struct reg_item {
     char name[REGISTRY_NAME_MAX];
     int version;
     int needs_task; /* needs a toy run's task.json ("task" in its needs) */
+    int opt_in;     /* "opt_in": true, run only when named */
 };
 
 struct reg_metric {

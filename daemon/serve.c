@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,7 +18,10 @@
 #include "fetch.h"
 #include "hub.h"
 #include "ingest.h"
+#include "metrics.h"
 #include "migrate.h"
+#include "node.h"
+#include "notify.h"
 #include "queue.h"
 #include "registry.h"
 #include "source.h"
@@ -45,6 +49,7 @@ struct slot {
     struct stage *stage;
     struct worker w;
     double last_heartbeat;
+    double lease_renewed;   /* when a claim or heartbeat of it was last answered */
     double claim_ms, spawn_ms;
     double fetch_started, fetch_s;
     double next_progress;
@@ -73,6 +78,16 @@ struct server {
     double next_idle_check;
     int idle;
     long jobs_done, jobs_failed, leases_lost;
+    /* operating (duty 10): /metrics and /healthz, systemd, the nodes row */
+    long jobs_claimed;
+    double download_s, worker_s;
+    struct metrics m;
+    struct metrics_server *http;
+    struct notify notify;
+    double started;
+    double next_node_beat, next_queue_refresh;
+    char host[256];
+    char db_error[256];     /* why the database is not usable, for /healthz */
 };
 
 static volatile sig_atomic_t got_term, got_hup;
@@ -138,6 +153,7 @@ static int ensure_ready(struct server *s)
     int was = db_conn(s->db) && PQstatus(db_conn(s->db)) == CONNECTION_OK;
     if (db_ensure(s->db, &e) < 0) {
         s->ready = 0;
+        snprintf(s->db_error, sizeof s->db_error, "%s", err_str(&e));
         return -1;
     }
     if (!was)
@@ -146,11 +162,13 @@ static int ensure_ready(struct server *s)
         return 0;
     if (migrate_check(s->db, &e) < 0) {
         log_err("database not usable", &e);
+        snprintf(s->db_error, sizeof s->db_error, "%s", err_str(&e));
         /* a reachable database with the wrong schema is not transient */
         return db_conn(s->db) && PQstatus(db_conn(s->db)) == CONNECTION_OK ? -2 : -1;
     }
     if (queue_listen(s->db, &e) < 0 || registry_sync(&s->reg, s->db, &e) < 0) {
         log_err("database not usable", &e);
+        snprintf(s->db_error, sizeof s->db_error, "%s", err_str(&e));
         return -1;
     }
     s->ready = 1;
@@ -360,6 +378,7 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     if (rc < 0) {
         char msg[1200];
         snprintf(msg, sizeof msg, "fetch failed: %s", err_str(&e));
+        s->download_s += now - sl->fetch_started;
         report_progress(s, sl, "failed", msg);
         fail_unlaunched(s, sl, msg);
         return;
@@ -371,6 +390,7 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     }
     sl->dup_step = dup;
     sl->fetch_s = now - sl->fetch_started;
+    s->download_s += sl->fetch_s;
     report_progress(s, sl, "done", NULL);
     if (dup >= 0)
         log_warn("duplicate checkpoint: same weights as an earlier step; left out of series",
@@ -415,21 +435,24 @@ static void reload(struct server *s, struct daemon_config *c)
     } fixed[] = {{"node", s->cfg.node, c->node, sizeof c->node},
                  {"database", s->cfg.database, c->database, sizeof c->database},
                  {"worker_path", s->cfg.worker_path, c->worker_path, sizeof c->worker_path},
-                 {"cache_dir", s->cfg.cache_dir, c->cache_dir, sizeof c->cache_dir}};
+                 {"cache_dir", s->cfg.cache_dir, c->cache_dir, sizeof c->cache_dir},
+                 {"metrics_listen", s->cfg.metrics_listen, c->metrics_listen, sizeof c->metrics_listen}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
         /* node: a name given on the command line or made from host:pid;
          * database "": the file does not name one (--db or libpq's
          * environment chose it) */
         if (strcmp(fixed[i].now, fixed[i].want) != 0 && strcmp(fixed[i].key, "node") != 0 &&
-            (fixed[i].want[0] || strcmp(fixed[i].key, "database") != 0))
+            (fixed[i].want[0] || (strcmp(fixed[i].key, "database") != 0 && strcmp(fixed[i].key, "metrics_listen") != 0)))
             log_warn("config: this setting changes only at a restart", "key=%s running=%s file=%s", fixed[i].key,
                      strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].now),
                      strcmp(fixed[i].key, "database") == 0 ? "\"(hidden)\"" : log_quote(fixed[i].want));
         memcpy(fixed[i].want, fixed[i].now, fixed[i].n);
     }
+    c->metrics_allow_remote = s->cfg.metrics_allow_remote; /* goes with metrics_listen */
     s->cfg = *c;
     if (s->cfg.workers > MAX_SLOTS)
         s->cfg.workers = MAX_SLOTS;
+    db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     struct fetch_opts fo;
     daemon_config_fetch_opts(&s->cfg, &fo);
     fetcher_set_opts(s->fetcher, &fo);
@@ -443,6 +466,130 @@ static void reload(struct server *s, struct daemon_config *c)
     long long freed = 0;
     if (cache_evict(s->cache, &freed, &e) < 0)
         log_err("cache eviction failed", &e);
+}
+
+/* What each held checkpoint is doing, for the nodes row: a JSON array
+ * (schema/006_nodes.sql lists the fields); durations, not timestamps.
+ * The caller frees it; NULL on out of memory. */
+static char *activity_json(struct server *s, double now)
+{
+    json_t *a = json_array();
+    for (int i = 0; a && i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy)
+            continue;
+        const struct claim *c = &sl->claim;
+        const char *phase = sl->phase == SLOT_FETCH ? "fetching"
+                            : sl->phase == SLOT_READY ? "staged"
+                            : sl->ended ? "storing"
+                                        : "analysing";
+        double since = sl->phase == SLOT_RUN && sl->w.started > 0 ? sl->w.started : sl->fetch_started;
+        json_t *jobs = json_array(), *items = json_array();
+        for (int k = 0; k < c->njobs; k++) {
+            json_array_append_new(jobs, json_integer(c->job_ids[k]));
+            json_array_append_new(items, json_string(c->items[k]));
+        }
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:i, s:f}", "phase", phase, "run", c->run,
+                              "step", (json_int_t)c->step, "checkpoint", (json_int_t)c->checkpoint_id, "jobs",
+                              jobs, "items", items, "attempt", c->attempts, "for_s",
+                              round((now - since) * 1000) / 1000);
+        if (!o)
+            continue;
+        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.pid > 0)
+            json_object_set_new(o, "pid", json_integer(sl->w.pid));
+        if (sl->phase == SLOT_FETCH && sl->stage) {
+            long long done = 0, total = -1;
+            double rate = 0;
+            stage_progress(sl->stage, &done, &total, &rate);
+            json_object_set_new(o, "bytes_done", json_integer(done));
+            json_object_set_new(o, "bytes_total", json_integer(total));
+            json_object_set_new(o, "bytes_per_s", json_real(round(rate)));
+        }
+        json_array_append_new(a, o);
+    }
+    char *txt = a ? json_dumps(a, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    json_decref(a);
+    return txt;
+}
+
+/* Renew this node's row in `nodes` (node.h): its identity, counters and
+ * activity.  A database round trip, which the watchdog and /healthz count. */
+static void node_beat(struct server *s, double now)
+{
+    struct err e;
+    char *act = activity_json(s, now), *stats = NULL;
+    json_t *st = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f}", "jobs_claimed", (json_int_t)s->jobs_claimed,
+                           "jobs_done", (json_int_t)s->jobs_done, "jobs_failed", (json_int_t)s->jobs_failed,
+                           "leases_lost", (json_int_t)s->leases_lost, "fetch_bytes",
+                           (json_int_t)fetcher_bytes(s->fetcher), "db_reconnects",
+                           (json_int_t)db_reconnects(s->db), "worker_s", round(s->worker_s * 1000) / 1000,
+                           "download_s", round(s->download_s * 1000) / 1000);
+    stats = st ? json_dumps(st, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    json_decref(st);
+    struct node_info ni = {s->cfg.node, s->host, CKPTD_VERSION, (int)getpid(), s->cfg.workers,
+                           s->cfg.heartbeat_s, now - s->started};
+    if (act && stats && node_heartbeat(s->db, &ni, act, stats, &e) < 0)
+        log_warn("node heartbeat failed", "error=%s", log_quote(err_str(&e)));
+    free(act);
+    free(stats);
+    s->next_node_beat = now + s->cfg.heartbeat_s;
+}
+
+/* The counters and gauges the metrics endpoint reads (metrics.h). */
+static void metrics_sync(struct server *s, double now)
+{
+    struct metrics *m = &s->m;
+    m->jobs_claimed = s->jobs_claimed;
+    m->jobs_done = s->jobs_done;
+    m->jobs_failed = s->jobs_failed;
+    m->leases_lost = s->leases_lost;
+    m->fetch_bytes = fetcher_bytes(s->fetcher);
+    m->download_s = s->download_s;
+    m->download_wait_s = s->wait_dl_total + s->wait_dl;
+    m->worker_s = s->worker_s;
+    m->db_reconnects = db_reconnects(s->db);
+    m->workers = s->cfg.workers;
+    m->slots_fetch = phase_count(s, SLOT_FETCH);
+    m->slots_ready = phase_count(s, SLOT_READY);
+    m->slots_run = phase_count(s, SLOT_RUN);
+    m->healthz_max_age_s = s->cfg.healthz_max_age_s;
+    m->db_last_ok = db_last_ok(s->db);
+    if (s->ready) {
+        m->ever_ready = 1;
+        m->unready_since = 0;
+        m->db_error[0] = '\0';
+    } else {
+        if (m->unready_since == 0)
+            m->unready_since = now;
+        snprintf(m->db_error, sizeof m->db_error, "%s", s->db_error);
+    }
+    m->ready = s->ready;
+}
+
+/* Duty 10 (see serve_tick). */
+static void operate(struct server *s, double now)
+{
+    struct err e;
+    if (s->ready && now >= s->next_node_beat)
+        node_beat(s, now);
+    if (s->http && s->ready && now >= s->next_queue_refresh) {
+        if (metrics_refresh_queue(&s->m, s->db, now, &e) < 0)
+            log_warn("cannot read the queue depths", "error=%s", log_quote(err_str(&e)));
+        s->next_queue_refresh = now + METRICS_QUEUE_REFRESH_S;
+    }
+    if (notify_watchdog_due(&s->notify, now) && s->ready) {
+        if (db_last_ok(s->db) <= s->notify.last_ping)
+            node_beat(s, now); /* nothing answered since the last ping: ask now */
+        if (s->ready && db_last_ok(s->db) > s->notify.last_ping)
+            notify_watchdog(&s->notify, now);
+    }
+    metrics_sync(s, now);
+    if (s->stopping)
+        notify_status(&s->notify, now, "stopping: %d checkpoints still held", busy_count(s));
+    else
+        notify_status(&s->notify, now, "%d/%d workers busy, %d fetching, %d staged; %ld jobs done, %ld failed; %s",
+                      s->m.slots_run, s->cfg.workers, s->m.slots_fetch, s->m.slots_ready, s->jobs_done,
+                      s->jobs_failed, s->ready ? "database ok" : "database unreachable");
 }
 
 /*
@@ -462,13 +609,25 @@ static void reload(struct server *s, struct daemon_config *c)
  *      fetches table and the log every heartbeat_s
  *   4b. launch: staged checkpoints get a worker as workers free up
  *   5. heartbeat: renew leases every heartbeat_s (fetching ones too); a
- *      lost lease kills the worker (or stops the download) and drops it
+ *      lost lease kills the worker (or stops the download) and drops it;
+ *      so does a lease not renewed for lease_s, database or not (the
+ *      database set its expiry before it answered the last renewal: it
+ *      has passed).  A worker that already ended keeps its rows: the
+ *      database refuses them if the lease is gone (ingest.h)
  *   6. expire: every lease_s/2, return other nodes' expired leases
  *   7. claim: one checkpoint per worker to stage, plus (prefetch) one more
  *      per worker while it analyses, unless draining; draining releases
  *      the jobs of checkpoints not yet started at once
  *   8. drain: past the grace period, kill workers and give jobs back
  *   9. idle: with --until-idle, notice that nothing is queued or running
+ *  10. operate: this node's row in `nodes` every heartbeat_s (node.h);
+ *      with the metrics endpoint on, the per-run queue depths every
+ *      METRICS_QUEUE_REFRESH_S; systemd: READY=1 the first time the
+ *      database is ready (RELOADING=1 and READY=1 around a SIGHUP,
+ *      STOPPING=1 at SIGTERM), the watchdog ping when due and a statement
+ *      got an answer since the last one (else the nodes row is renewed
+ *      now to find out), STATUS= when the summary changes; the counters
+ *      are copied for /metrics and /healthz (metrics.h)
  */
 static void serve_tick(struct server *s)
 {
@@ -479,28 +638,38 @@ static void serve_tick(struct server *s)
         got_hup = 0;
         if (s->config_path) {
             struct daemon_config c = s->cfg;
+            notify_reloading(&s->notify);
             if (daemon_config_load(&c, s->config_path, &e) < 0)
                 log_err("config not reloaded", &e);
             else
                 reload(s, &c);
+            if (s->notify.ready)
+                notify_ready(&s->notify);
         }
     }
     if (got_term && !s->stopping) {
         s->stopping = 1;
         s->stop_deadline = now + s->cfg.shutdown_grace_s;
+        notify_stopping(&s->notify);
         log_info("stopping: no new claims", "running=%d grace_s=%.0f", busy_count(s), s->cfg.shutdown_grace_s);
     }
     if (got_term > 1 && s->stop_deadline > now)
         s->stop_deadline = now;
 
     int dbok = ensure_ready(s) == 0; /* 2 */
+    if (dbok && !s->notify.ready) { /* 10: the database reached and checked */
+        notify_ready(&s->notify);
+        s->next_node_beat = 0;
+    }
 
     for (int i = 0; i < NSLOTS; i++) { /* 3, 4 */
         struct slot *sl = &s->slots[i];
         if (!sl->busy || sl->phase != SLOT_RUN)
             continue;
-        if (!sl->ended && supervise_poll(&sl->w))
+        if (!sl->ended && supervise_poll(&sl->w)) {
             sl->ended = 1;
+            s->worker_s += sl->w.seconds;
+        }
         if (sl->ended && dbok)
             settle(s, sl);
     }
@@ -519,6 +688,19 @@ static void serve_tick(struct server *s)
     if (dbok) /* 4b */
         launch_ready(s);
 
+    for (int i = 0; i < NSLOTS; i++) { /* 5: expired here */
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy || sl->ended || now - sl->lease_renewed <= s->cfg.lease_s)
+            continue;
+        s->leases_lost++;
+        log_warn("lease expired unrenewed: stopping the worker, its work dropped",
+                 "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
+                 now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
+        if (sl->phase == SLOT_RUN)
+            supervise_kill(&sl->w);
+        slot_free(sl);
+    }
+
     if (dbok) { /* 5 */
         for (int i = 0; i < NSLOTS; i++) {
             struct slot *sl = &s->slots[i];
@@ -531,6 +713,7 @@ static void serve_tick(struct server *s)
                 continue;
             }
             sl->last_heartbeat = now;
+            sl->lease_renewed = mono_now();
             if (got < sl->claim.njobs) {
                 s->leases_lost++;
                 log_warn("lease lost: stopping the worker", "run=%s step=%lld",
@@ -567,6 +750,8 @@ static void serve_tick(struct server *s)
                 break;
             }
             sl->busy = 1;
+            sl->lease_renewed = mono_now();
+            s->jobs_claimed += sl->claim.njobs;
             sl->claim_ms = (mono_now() - t0) * 1e3;
             sl->phase = SLOT_FETCH;
             sl->dup_step = -1;
@@ -626,6 +811,8 @@ static void serve_tick(struct server *s)
             s->idle = 1;
         s->next_idle_check = now + 0.5;
     }
+
+    operate(s, now); /* 10 */
 }
 
 /* Sleep until the database says something, a worker ends, or the next
@@ -637,7 +824,12 @@ static void serve_wait(struct server *s)
         timeout = 0.05;
     if (s->until_idle && timeout > 0.5)
         timeout = 0.5;
-    struct pollfd pfd[2];
+    if (s->notify.watchdog_s > 0 && timeout > s->notify.watchdog_s / 4)
+        timeout = s->notify.watchdog_s / 4;
+    int http_ms = metrics_server_timeout_ms(s->http);
+    if (http_ms >= 0 && timeout * 1000 > http_ms)
+        timeout = http_ms / 1000.0;
+    struct pollfd pfd[3];
     int nfd = 0, dbfd = -1;
     if (chld_pipe[0] >= 0)
         pfd[nfd++] = (struct pollfd){chld_pipe[0], POLLIN, 0};
@@ -648,11 +840,13 @@ static void serve_wait(struct server *s)
     } else if (timeout > 1.0) {
         timeout = 1.0; /* reconnecting */
     }
+    if (s->http) /* a scrape wakes the loop; metrics_server_run answers it */
+        pfd[nfd++] = (struct pollfd){metrics_server_fd(s->http), POLLIN, 0};
     int r;
     if (s->fetcher && fetcher_pending(s->fetcher) > 0) {
         /* move bytes until a worker ends, the database speaks, a
          * download finishes or the timeout passes */
-        int fds[2];
+        int fds[3];
         for (int i = 0; i < nfd; i++)
             fds[i] = pfd[i].fd;
         fetcher_run(s->fetcher, fds, nfd, (int)(timeout * 1000));
@@ -694,6 +888,11 @@ int serve_run(const struct serve_opts *o)
         s->cfg.workers = MAX_SLOTS;
     s->config_path = o->config_path;
     s->until_idle = o->until_idle;
+    s->started = mono_now();
+    if (gethostname(s->host, sizeof s->host - 1) != 0)
+        snprintf(s->host, sizeof s->host, "unknown");
+    metrics_init(&s->m, s->cfg.node);
+    notify_init(&s->notify, s->started);
     supervise_worker_path(s->cfg.worker_path, s->worker, sizeof s->worker);
     if (registry_from_worker(&s->reg, s->worker, &e) < 0) {
         log_err("cannot read the battery from the worker", &e);
@@ -712,6 +911,8 @@ int serve_run(const struct serve_opts *o)
     s->db = db_new(s->cfg.database);
     if (!s->db)
         return ERR_NOMEM;
+    /* back in time to renew: at least two connect attempts per lease */
+    db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     srand((unsigned)getpid() ^ (unsigned)mono_now());
 
     struct sigaction sa;
@@ -727,6 +928,17 @@ int serve_run(const struct serve_opts *o)
         registry_free(&s->reg);
         db_free(s->db);
         return ERR_DB;
+    }
+    if (s->cfg.metrics_listen[0]) {
+        if (!(s->http = metrics_server_start(s->cfg.metrics_listen, s->cfg.metrics_allow_remote, &s->m, &e))) {
+            log_err("cannot serve metrics", &e);
+            fetcher_free(s->fetcher);
+            cache_close(s->cache);
+            registry_free(&s->reg);
+            db_free(s->db);
+            return ERR_IO;
+        }
+        log_info("metrics endpoint", "listen=%s paths=\"/metrics /healthz\"", s->cfg.metrics_listen);
     }
     if (pipe2(chld_pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
         sa.sa_handler = on_chld;
@@ -745,6 +957,7 @@ int serve_run(const struct serve_opts *o)
         if (s->idle)
             break;
         serve_wait(s);
+        metrics_server_run(s->http);
     }
     log_info("stopped", "node=%s jobs_done=%ld jobs_failed=%ld leases_lost=%ld db_reconnects=%ld"
              " downloaded=%lld download_wait_s=%.3f download_wait_after_first_s=%.3f",
@@ -753,6 +966,12 @@ int serve_run(const struct serve_opts *o)
     for (int i = 0; i < NSLOTS; i++)
         if (s->slots[i].busy)
             slot_free(&s->slots[i]);
+    if (s->ready) /* the final counters, then the stop */
+        node_beat(s, mono_now());
+    if (s->ready && node_stopped(s->db, s->cfg.node, (int)getpid(), &e) < 0)
+        log_warn("cannot mark the node stopped", "error=%s", log_quote(err_str(&e)));
+    metrics_server_stop(s->http);
+    metrics_free(&s->m);
     fetcher_free(s->fetcher);
     cache_close(s->cache);
     signal(SIGCHLD, SIG_DFL);

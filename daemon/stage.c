@@ -197,12 +197,13 @@ static int stage_local(struct stage *st)
     if (source_checkpoint_url(st->src.text, st->step, url, sizeof url, &e) < 0 ||
         source_local_path(url, st->dir, sizeof st->dir, &e) < 0)
         return fail_err(st, &e);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
+        const char *name = i < 5 ? probe_names[i] : "task.json";
         char p[PATH_MAX * 2];
         struct stat sb;
-        snprintf(p, sizeof p, "%s/%s", st->dir, probe_names[i]);
+        snprintf(p, sizeof p, "%s/%s", st->dir, name);
         if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode) &&
-            hub_files_add(&st->all, probe_names[i], (long long)sb.st_size, "", &e) < 0)
+            hub_files_add(&st->all, name, (long long)sb.st_size, "", &e) < 0)
             return fail_err(st, &e);
     }
     if (hub_select(&st->all, &st->plan, &e) < 0) {

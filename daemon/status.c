@@ -29,6 +29,96 @@ static void duration(char *buf, size_t n, double s)
         snprintf(buf, n, "%.1fd", s / 86400);
 }
 
+/* Per node (the `nodes` table, 006_nodes.sql): who, since when, whether
+ * its heartbeat is current, and one line per checkpoint it holds.  Nodes
+ * that stopped cleanly show for an hour, silent ones for a day.  `run`
+ * "" shows every run's checkpoints. */
+static int status_nodes(struct db *db, const char *run, FILE *out, struct err *e)
+{
+    const char *p[1] = {run};
+    PGresult *r = db_exec(db,
+        "SELECT n.node, n.host, n.pid, n.version, n.workers, extract(epoch FROM now() - n.started_at),"
+        "   extract(epoch FROM now() - n.heartbeat_at), n.heartbeat_s,"
+        "   extract(epoch FROM now() - n.stopped_at), coalesce(n.stats->>'jobs_done', '0'),"
+        "   coalesce(n.stats->>'jobs_failed', '0'), a.ord, a.value->>'phase', a.value->>'run', a.value->>'step',"
+        "   (SELECT string_agg(x, ',') FROM jsonb_array_elements_text(a.value->'items') x),"
+        "   (SELECT string_agg(x, ',') FROM jsonb_array_elements_text(a.value->'jobs') x),"
+        "   a.value->>'attempt', (a.value->>'for_s')::float8 + extract(epoch FROM now() - n.heartbeat_at),"
+        "   a.value->>'pid', a.value->>'bytes_done', a.value->>'bytes_total', a.value->>'bytes_per_s',"
+        "   (SELECT extract(epoch FROM min(j.lease_expires) - now()) FROM jobs j"
+        "     WHERE j.id IN (SELECT x::bigint FROM jsonb_array_elements_text(a.value->'jobs') x)"
+        "       AND j.state = 'running' AND j.lease_owner = n.node)"
+        " FROM nodes n"
+        " LEFT JOIN LATERAL jsonb_array_elements(n.activity) WITH ORDINALITY AS a(value, ord)"
+        "   ON $1 = '' OR a.value->>'run' = $1"
+        " WHERE (n.stopped_at IS NULL AND n.heartbeat_at > now() - interval '1 day')"
+        "    OR n.stopped_at > now() - interval '1 hour'"
+        " ORDER BY n.node, a.ord", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nnodes:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (i == 0 || strcmp(PQgetvalue(r, i, 0), PQgetvalue(r, i - 1, 0)) != 0) {
+            char up[32], beat[32];
+            double age = atof(PQgetvalue(r, i, 6)), hb = atof(PQgetvalue(r, i, 7));
+            duration(up, sizeof up, atof(PQgetvalue(r, i, 5)));
+            duration(beat, sizeof beat, age);
+            fprintf(out, "  %s (host %s, pid %s, ckptd %s): ", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                    PQgetvalue(r, i, 2), PQgetvalue(r, i, 3));
+            if (!PQgetisnull(r, i, 8)) {
+                char ago[32];
+                duration(ago, sizeof ago, atof(PQgetvalue(r, i, 8)));
+                fprintf(out, "stopped %s ago", ago);
+            } else if (age > 3 * hb + 1) {
+                fprintf(out, "STALE: last heartbeat %s ago (expected every %gs); up %s before that", beat, hb, up);
+            } else {
+                fprintf(out, "up %s, heartbeat %s ago", up, beat);
+            }
+            fprintf(out, ", %s worker%s, %s jobs done, %s failed\n", PQgetvalue(r, i, 4),
+                    strcmp(PQgetvalue(r, i, 4), "1") == 0 ? "" : "s", PQgetvalue(r, i, 9), PQgetvalue(r, i, 10));
+            if (PQgetisnull(r, i, 11) && PQgetisnull(r, i, 8))
+                fprintf(out, "    idle%s\n", run[0] ? " (for this run)" : "");
+        }
+        if (PQgetisnull(r, i, 11))
+            continue;
+        const char *phase = PQgetvalue(r, i, 12);
+        char t[32];
+        duration(t, sizeof t, atof(PQgetvalue(r, i, 18)));
+        fprintf(out, "    %-9s  %s step %s [%s] jobs %s, attempt %s", phase, PQgetvalue(r, i, 13),
+                PQgetvalue(r, i, 14), PQgetvalue(r, i, 15), PQgetvalue(r, i, 16), PQgetvalue(r, i, 17));
+        if (strcmp(phase, "fetching") == 0) {
+            double done = atof(PQgetvalue(r, i, 20)), total = atof(PQgetvalue(r, i, 21));
+            double rate = atof(PQgetvalue(r, i, 22));
+            fprintf(out, ", %.1f", done / 1e6);
+            if (total >= 0)
+                fprintf(out, " of %.1f MB (%.0f%%)", total / 1e6, total > 0 ? 100 * done / total : 100.0);
+            else
+                fprintf(out, " MB");
+            fprintf(out, " at %.1f MB/s for %s", rate / 1e6, t);
+        } else if (strcmp(phase, "staged") == 0) {
+            fprintf(out, ", waiting for a worker for %s", t);
+        } else if (strcmp(phase, "analysing") == 0) {
+            fprintf(out, ", for %s (worker pid %s)", t, PQgetvalue(r, i, 19));
+        } else {
+            fprintf(out, ", results waiting to be stored for %s", t);
+        }
+        if (PQgetisnull(r, i, 23)) {
+            fprintf(out, ", lease not held\n");
+        } else {
+            double left = atof(PQgetvalue(r, i, 23));
+            char l[32];
+            duration(l, sizeof l, left);
+            if (left >= 0)
+                fprintf(out, ", lease %s left\n", l);
+            else
+                fprintf(out, ", lease expired\n");
+        }
+    }
+    PQclear(r);
+    return 0;
+}
+
 int status_print(struct db *db, const char *run, FILE *out, struct err *e)
 {
     const char *p[1] = {run ? run : ""};
@@ -143,5 +233,5 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), t, l);
     }
     PQclear(r);
-    return 0;
+    return status_nodes(db, p[0], out, e);
 }

@@ -4,7 +4,12 @@
  * Per run: checkpoints done / running / failed / queued of the total, a
  * progress bar, the rate over the last hour and an ETA; then the jobs that
  * are failing or dead with their last error; then, per node, what its
- * workers are doing (run, step, items, for how long, lease left).
+ * workers are doing (run, step, items, for how long, lease left); then,
+ * from each node's row in `nodes` (node.h), the nodes themselves: host,
+ * pid, version, uptime, the age of their heartbeat (STALE after three
+ * missed ones), stopped ones, and per checkpoint held its phase (fetching
+ * with bytes and rate, staged, analysing with the worker's pid, storing),
+ * job ids, items, attempt, for how long and the lease left.
  */
 #ifndef CKPTD_STATUS_H
 #define CKPTD_STATUS_H

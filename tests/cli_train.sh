@@ -72,6 +72,8 @@ g = [float(x) for x in sys.argv[1].split()]; w = [float(x) for x in sys.argv[2].
 sys.exit(not (len(g) == 4 and len(w) == 4 and all(abs(a - b) <= 1e-5 for a, b in zip(g, w))))' "$got" "$want"
 expect 0 "fourier_key_fraction" -- $A "$R/step5" --items task
 mkdir -p "$TMP/lone" && cp -r "$R/step5" "$TMP/lone/"
+check "each revision carries task.json" cmp "$R/task.json" "$R/step5/task.json"
+rm "$TMP/lone/step5/task.json"
 expect 1 "needs the run's task.json" -- $A "$TMP/lone/step5" --items task
 expect 0 "excluded_loss" -- $A "$TMP/lone/step5" --items task --task "$R/task.json"
 expect 1 "cannot open the task metadata" -- $A "$TMP/lone/step5" --items task --task "$TMP/none.json"

@@ -75,9 +75,9 @@ bad 1 "same name, other source" small --source "file://$T/other/step{step}" --sc
 dl_eq "bad input changed nothing" "$before" "$(count)"
 dl_eq "source of small kept" "file://$T/ck/step{step}" "$(dl_sql "SELECT source FROM runs WHERE name = 'small'")"
 
-# without --items: the whole battery but the toy-run items (needs "task")
+# without --items: the whole battery but the toy-run items (needs "task") and opt-in items
 out=$("${C[@]}" add-run whole --source "file://$T/ck" --schedule 0 2>&1)
-want=$("$WORKER" battery --json | python3 -c 'import json, sys; print(",".join(sorted(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"])))')
+want=$("$WORKER" battery --json | python3 -c 'import json, sys; print(",".join(sorted(i["name"] for i in json.load(sys.stdin)["items"] if "task" not in i["needs"] and not i.get("opt_in"))))')
 dl_eq "default items: all but task" "$want" \
     "$(dl_sql "SELECT string_agg(item, ',' ORDER BY item) FROM job_list WHERE run = 'whole'")"
 case ",$want," in *,loss,*) dl_ok "default items include loss" ;; *) dl_fail "default items: $want" ;; esac

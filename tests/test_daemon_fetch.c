@@ -198,6 +198,18 @@ static void test_tree_and_select(void **state)
     assert_int_equal(hub_files_add(&bad, "pytorch_model.bin", 1, "", &e), 0);
     assert_int_equal(hub_select(&bad, &pick, &e), ERR_NOTFOUND);
     assert_non_null(strstr(e.msg, "config.json"));
+    /* a toy run's task.json comes along when the revision has one */
+    struct hub_files toy = {0};
+    assert_int_equal(hub_files_add(&toy, "config.json", 10, "", &e), 0);
+    assert_int_equal(hub_files_add(&toy, "model.safetensors", 100, "", &e), 0);
+    assert_int_equal(hub_files_add(&toy, "train_log.jsonl", 5, "", &e), 0);
+    assert_int_equal(hub_files_add(&toy, "task.json", 7, "", &e), 0);
+    struct hub_files tpick = {0};
+    assert_int_equal(hub_select(&toy, &tpick, &e), 0);
+    assert_int_equal(tpick.n, 3);
+    assert_string_equal(tpick.f[2].name, "task.json");
+    hub_files_free(&tpick);
+    hub_files_free(&toy);
     hub_files_free(&bad);
     hub_files_free(&pick);
     hub_files_free(&all);

@@ -3,11 +3,14 @@
  * PostgreSQL: queue_claim under concurrent claimers (each job claimed once,
  * a checkpoint never split, "nothing claimable" never said while work is
  * there, a checkpoint whose jobs became due at different moments claimed
- * whole), the lease life cycle (heartbeat, fail with backoff, dead after
+ * whole, one checkpoint locked per claim under every plan), the lease life cycle (heartbeat, fail with backoff, dead after
  * max_attempts, release, expiry, retry), and ingest_commit's exactly-once
  * rules (bad rows, truncated output, a missing item, a lost or expired
  * lease, a duplicate key: nothing stored; a second commit of the same claim
- * refused).
+ * refused; the storing node recorded in done_by), and the connection's
+ * defaults (keepalives, TCP user timeout and connect timeout on the client,
+ * the same timeouts asked of the server; a conninfo or PGCONNECT_TIMEOUT
+ * overrides them).
  *
  * Needs a migrated, otherwise empty database named by CKPTD_TEST_DB (a
  * libpq conninfo); tests/daemon_queue.sh provides one.  Without it the
@@ -188,6 +191,41 @@ static void test_claim_concurrent(void **state)
                              " HAVING count(DISTINCT lease_owner) > 1) s"), 0);
     /* the work was shared */
     assert_true(sql_num("SELECT count(DISTINCT lease_owner) FROM jobs") >= 2);
+}
+
+/* A claim locks the one checkpoint it takes, whatever the plan: with the
+ * planner pushed to sort after scanning (as stale statistics do), a lock
+ * taken per queued job would hold every checkpoint and leave other
+ * claimers nothing. */
+static void test_claim_locks_one(void **state)
+{
+    (void)state;
+    static const char *const plans[] = {"", "enable_indexscan", "enable_bitmapscan", "enable_hashjoin"};
+    struct err e;
+    struct claim c;
+    add_run("locks", "0:99:1", 5);
+    struct db *other = db_new(conninfo);
+    assert_int_equal(db_connect_wait(other, 10, &e), 0);
+    for (size_t i = 0; i < sizeof plans / sizeof *plans; i++) {
+        char set[64];
+        if (i > 0) { /* each round turns one more plan node off */
+            snprintf(set, sizeof set, "SET %s = off", plans[i]);
+            sql_do(set);
+        }
+        sql_do("BEGIN"); /* the claim's locks stay until ROLLBACK */
+        assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+        assert_int_equal(c.step, 0);
+        PGresult *r = db_exec(other, "SELECT count(*) FROM (SELECT id FROM checkpoints"
+                                     " FOR UPDATE SKIP LOCKED) s", 0, NULL, &e);
+        assert_non_null(r);
+        if (atoi(PQgetvalue(r, 0, 0)) != 99)
+            fail_msg("planner settings up to '%s' off: %s of 100 checkpoints free, expected 99",
+                     plans[i], PQgetvalue(r, 0, 0));
+        PQclear(r);
+        sql_do("ROLLBACK");
+    }
+    sql_do("RESET ALL");
+    db_free(other);
 }
 
 /* ---- lease life cycle ---- */
@@ -373,6 +411,7 @@ static void test_ingest(void **state)
                              " AND worker_seconds = 1.5 AND last_error IS NULL"), 2);
     assert_int_equal(sql_num("SELECT rows_written FROM jobs WHERE item = 'loss'"), 2);
     assert_int_equal(sql_num("SELECT rows_written FROM jobs WHERE item = 'weights'"), 1);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE done_by = 'n1'"), 2);
 
     /* the same claim again: its jobs are done, nothing is stored twice */
     rc = ingest_commit(db, &reg, "n1", &c, rows_path, 1.5, &n, &e);
@@ -384,6 +423,72 @@ static void test_ingest(void **state)
     unlink(rows_path);
 }
 
+/* ---- connection defaults ---- */
+
+/* The value libpq uses for a keyword on a live connection, copied. */
+static void conn_option(PGconn *c, const char *key, char *out, size_t n)
+{
+    PQconninfoOption *opts = PQconninfo(c);
+    assert_non_null(opts);
+    snprintf(out, n, "(unset)");
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, key) == 0 && o->val)
+            snprintf(out, n, "%s", o->val);
+    PQconninfoFree(opts);
+}
+
+static void expect_option(PGconn *c, const char *key, const char *want)
+{
+    char got[512];
+    conn_option(c, key, got, sizeof got);
+    if (strcmp(got, want) != 0)
+        fail_msg("%s: '%s', expected '%s'", key, got, want);
+}
+
+static void test_conn_defaults(void **state)
+{
+    (void)state;
+    struct err e;
+    char opt[512];
+    struct db *d = db_new(conninfo);
+    assert_int_equal(db_connect_wait(d, 10, &e), 0);
+    expect_option(db_conn(d), "keepalives", "1");
+    expect_option(db_conn(d), "keepalives_idle", "10");
+    expect_option(db_conn(d), "keepalives_interval", "5");
+    expect_option(db_conn(d), "keepalives_count", "3");
+    expect_option(db_conn(d), "tcp_user_timeout", "15000");
+    expect_option(db_conn(d), "connect_timeout", "10");
+    conn_option(db_conn(d), "options", opt, sizeof opt);
+    assert_non_null(strstr(opt, "-c tcp_keepalives_idle=10"));
+    assert_non_null(strstr(opt, "-c tcp_user_timeout=15000"));
+    db_free(d);
+
+    /* the conninfo names its own: they win, the rest stay */
+    if (strncmp(conninfo, "postgres", 8) != 0) { /* key=value form: append */
+        char ci[1200];
+        snprintf(ci, sizeof ci, "%s keepalives_idle=42 tcp_user_timeout=2500 options='-c work_mem=8MB'", conninfo);
+        d = db_new(ci);
+        assert_int_equal(db_connect_wait(d, 10, &e), 0);
+        expect_option(db_conn(d), "keepalives_idle", "42");
+        expect_option(db_conn(d), "tcp_user_timeout", "2500");
+        expect_option(db_conn(d), "keepalives_interval", "5");
+        expect_option(db_conn(d), "options", "-c work_mem=8MB");
+        PGresult *r = db_exec(d, "SHOW work_mem", 0, NULL, &e);
+        assert_non_null(r);
+        assert_string_equal(PQgetvalue(r, 0, 0), "8MB");
+        PQclear(r);
+        db_free(d);
+    }
+
+    /* so does the environment libpq reads */
+    setenv("PGCONNECT_TIMEOUT", "7", 1);
+    d = db_new(conninfo);
+    assert_int_equal(db_connect_wait(d, 10, &e), 0);
+    expect_option(db_conn(d), "connect_timeout", "7");
+    db_free(d);
+    unsetenv("PGCONNECT_TIMEOUT");
+}
+
 int main(void)
 {
     conninfo = getenv("CKPTD_TEST_DB");
@@ -393,9 +498,11 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_claim_concurrent, clean),
+        cmocka_unit_test_setup(test_claim_locks_one, clean),
         cmocka_unit_test_setup(test_lifecycle, clean),
         cmocka_unit_test_setup(test_claim_whole_checkpoint, clean),
         cmocka_unit_test_setup(test_ingest, clean),
+        cmocka_unit_test(test_conn_defaults),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -5,7 +5,9 @@
  * registry_metric_id, registry_item_version, registry_from_worker when
  * CKPT_WORKER names the real worker), the translation of worker rows into
  * measurement rows (ingest_translate), the config file
- * (daemon_config_load, daemon_config_check) and db_int_array.
+ * (daemon_config_load, daemon_config_check), db_int_array and the
+ * reconnect backoff's cap (db_set_backoff_max, against a socket that is
+ * not there).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -602,6 +604,41 @@ static void test_db_text_array(void **state)
     free(s);
 }
 
+/* ---- db: reconnect backoff ---- */
+
+/* Seconds db_ensure says it waits before the next attempt; -1 if it tried. */
+static double next_attempt_in(struct db *d)
+{
+    struct err e;
+    err_clear(&e);
+    assert_int_equal(db_ensure(d, &e), ERR_DB);
+    const char *p = strstr(e.msg, "next attempt in ");
+    return p ? atof(p + strlen("next attempt in ")) : -1;
+}
+
+static void test_db_backoff_max(void **state)
+{
+    (void)state;
+    struct err e;
+    struct db *d = db_new("host=/nonexistent/ckptd-test-socket-dir dbname=x connect_timeout=2");
+    assert_non_null(d);
+    db_set_backoff_max(d, 1.5);
+    /* first attempt fails at once: the next one in 1 s */
+    assert_int_equal(db_ensure(d, &e), ERR_DB);
+    assert_non_null(strstr(e.msg, "cannot connect"));
+    double w = next_attempt_in(d);
+    assert_true(w > 0.5 && w <= 1.0);
+    usleep((useconds_t)(w * 1e6) + 50000);
+    /* second failure: 2 s doubled from 1, capped at 1.5 */
+    assert_int_equal(db_ensure(d, &e), ERR_DB);
+    assert_non_null(strstr(e.msg, "cannot connect"));
+    w = next_attempt_in(d);
+    assert_true(w > 1.0 && w <= 1.5);
+    /* out-of-range caps are clamped to 1..30 s */
+    db_set_backoff_max(d, 0.01);
+    db_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_db_int_array),
         cmocka_unit_test(test_db_text_array),
+        cmocka_unit_test(test_db_backoff_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

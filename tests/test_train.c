@@ -12,7 +12,8 @@
  *    1200 steps: test accuracy < 0.6 when train accuracy first hits 1.0,
  *    > 0.95 at least twice as many steps later and at the end.
  *  - --span-min = --span-max = T/2 makes every induction sequence two
- *    copies of its first half; task.json carries the span.
+ *    copies of its first half; task.json carries the span (the default is
+ *    T/4..T/2 at random places).
  *  - AdamW with a small rate lowers the loss on a fixed batch at every one
  *    of 25 steps.
  *  - two runs with the same seed write byte-identical files; another seed

@@ -42,6 +42,10 @@ static json_t *registry_json(void)
             json_decref(o);
             o = NULL;
         }
+        if (o && it->opt_in && json_object_set_new(o, "opt_in", json_true()) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
         if (!o || json_array_append_new(items, o) != 0 ||
             json_array_size(metrics) != it->nmetrics) {
             json_decref(items);

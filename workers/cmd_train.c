@@ -22,12 +22,13 @@ static const char train_usage[] =
     "\n"
     "  --seed N            model init and data seed (default 1)\n"
     "  --steps N           optimiser steps (modular-addition 3000, induction 1000)\n"
-    "  --lr X --wd X       AdamW rate and weight decay (2e-3 and 2.0 / 1e-3 and 0.01)\n"
+    "  --lr X --wd X       AdamW rate and weight decay (2e-3 and 2.0 / 3e-3 and 0.01)\n"
     "  --beta1 X --beta2 X (0.9, 0.98)   --warmup N  linear warm-up steps (10)\n"
     "  --layers N --d-model N --heads N --d-mlp N\n"
     "                      (modular-addition 1 64 4 256; induction 2 64 4 64)\n"
     "  --init-std X        weight init std (default 0.8/sqrt(d-model))\n"
-    "  --rotary-pct X      fraction of each head rotated (default 0.25)\n"
+    "  --rotary-pct X      fraction of each head rotated (modular-addition 0.25,\n"
+    "                      induction 1.0)\n"
     "  --sequential        sequential residual (default for modular-addition, whose\n"
     "                      1-layer MLP must read the attention output)\n"
     "  --parallel          parallel residual, as Pythia (default for induction)\n"
@@ -36,8 +37,8 @@ static const char train_usage[] =
     "  --log-every N       progress line every N steps (default steps/20)\n"
     "modular-addition: --p N (47)  --train-frac X (0.4); full batch\n"
     "induction:        --vocab N (256)  --seq-len N (32)  --batch N (64)\n"
-    "                  --span-min N --span-max N  repeated span length (both seq-len/2:\n"
-    "                  two copies of a random half)\n";
+    "                  --span-min N --span-max N  repeated span length (seq-len/4 and\n"
+    "                  seq-len/2; a span and its copy at random places)\n";
 
 static int bad(const char *flag, const char *val)
 {
@@ -92,7 +93,7 @@ int cmd_train(int argc, char **argv)
     long seed = 1, steps = -1, warmup = 10, layers = -1, dm = -1, heads = -1, dmlp = -1;
     long p = 47, vocab = 256, seq_len = 32, batch = 64, every = 0, log_every = -1;
     long span_min = 0, span_max = 0;
-    double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.4, rot = 0.25;
+    double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.4, rot = -1;
     int sequential = -1;
     size_t nck = 0;
     int have_list = 0;
@@ -165,7 +166,11 @@ int cmd_train(int argc, char **argv)
     if (dmlp < 0)
         dmlp = ma ? 256 : 64;
     if (lr < 0)
-        lr = ma ? 2e-3 : 1e-3;
+        lr = ma ? 2e-3 : 3e-3;
+    /* induction: every dimension rotated, so a previous-token head is easy
+     * to build and the copy must be found by content, not by a fixed offset */
+    if (rot < 0)
+        rot = ma ? 0.25 : 1.0;
     if (sequential < 0)
         sequential = ma;
     if (wd < 0)
@@ -195,8 +200,10 @@ int cmd_train(int argc, char **argv)
     c.task.vocab = (int)vocab;
     c.task.seq_len = (int)seq_len;
     c.task.batch = (int)batch;
-    if (!ma && !span_min && !span_max)
-        span_min = span_max = seq_len / 2;
+    if (!ma && !span_min && !span_max) { /* spans of varying length at varying places */
+        span_min = seq_len / 4;
+        span_max = seq_len / 2;
+    }
     if (span_min < 0 || span_max < 0 || span_min > 4096 || span_max > 4096) {
         fprintf(stderr, "ckpt-worker train: --span-min/--span-max out of range\n");
         return EXIT_USAGE;

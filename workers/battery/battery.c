@@ -18,6 +18,8 @@ static const struct battery_item *const items[] = {
     &battery_item_ablation,
     &battery_item_probes,
     &battery_item_task,
+    &battery_item_sae,
+    &battery_item_sae_relu,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {

@@ -100,6 +100,9 @@ struct battery_item {
      * checkpoint, and (with BATTERY_NEED_PREV_ARTIFACTS) on the previous
      * checkpoint of the run, must be done before this item's job runs. */
     const char *depends_on;
+    /* 1: left out of a run's default battery (ckptd add-run without
+     * --items); it runs when named.  "opt_in" in `battery --json`. */
+    int opt_in;
 };
 
 /* ---- the registry ---- */
@@ -332,5 +335,48 @@ void modadd_proj_finish(struct modadd_proj *q);
 void modadd_proj_loss(const struct modadd_proj *q, int a, int b, const float *logits,
                       double *scratch, double *full, double *restricted, double *excluded);
 void modadd_proj_free(struct modadd_proj *q);
+
+/* sae v1 and sae_relu v1 (need eval_tokens, artifacts, prev_artifacts): a
+ * sparse autoencoder (sae.h) trained on blocks.{n_layers/2}.hook_resid_post
+ * of the eval set, TopK (sae) or ReLU + L1 (sae_relu), its metrics, and the
+ * dictionary in SAELens's layout under ARTIFACTS/<item>/<hook>/; warm start
+ * from PREV_ARTIFACTS/<item>/<hook>/ when it matches.  Rows (layer = the
+ * site's layer): fvu, explained_variance, l0, dead_fraction,
+ * dense_fraction, ce_clean, ce_spliced, ce_zero_ablated, loss_recovered,
+ * kl_spliced, density_histogram (idx bin), feature_density and
+ * feature_mean_activation (idx latent), warm_start, train_loss,
+ * norm_scaling_factor.  Definitions in battery_sae.c. */
+#define SAE_EXPANSION 4          /* d_sae = SAE_EXPANSION * d_model */
+#define SAE_K 32                 /* TopK's k */
+#define SAE_RELU_L1_ITEM 0.25    /* sae_relu's L1 coefficient / sqrt(d_model) */
+#define SAE_TRAIN_TOKENS 65536L  /* training tokens (epochs over the train split) */
+#define SAE_TRAIN_BATCH 256      /* tokens per Adam step */
+#define SAE_DENSE_DENSITY 0.1    /* dense: active on more than this fraction */
+#define SAE_DENSITY_BINS 13      /* density_histogram bins */
+#define SAE_HARVEST_BYTES ((size_t)256 << 20) /* activations harvested, at most */
+#define SAE_SPLICE_FLOATS ((size_t)16 << 20)  /* clean logits kept for the KL */
+extern const struct battery_item battery_item_sae;
+extern const struct battery_item battery_item_sae_relu;
+
+/* The splice metrics of an SAE s (raw activations) at
+ * blocks.<layer>.hook_resid_post on tokens (B,T): mean next-token
+ * cross-entropy clean, with the activation replaced by s's reconstruction
+ * (a write hook), and zeroed; mean KL(clean || spliced) over positions; and
+ * loss_recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
+ * Errors: ERR_INVALID (layer, d_in or sizes), ERR_NOMEM, the forward's. */
+struct sae;
+struct sae_splice {
+    double ce_clean, ce_spliced, ce_zero, kl_spliced, loss_recovered;
+};
+int sae_splice_eval(struct gptneox *m, const struct sae *s, int layer, const int *tokens, int B,
+                    int T, struct sae_splice *out, struct err *e) CK_WUR;
+/* Warm start: when PREV/<item>/<hook>/ holds a dictionary (sae_load) of
+ * s's architecture, d_in, d_sae and k, copy it into s, biases multiplied by
+ * `scale` (the training normalisation), and return 1; else leave s alone,
+ * log why, and return 0. */
+int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *item,
+                   const char *hook, double scale);
+/* density_histogram's bin of a density in [0, 1]. */
+int sae_density_bin(double density);
 
 #endif

@@ -160,6 +160,12 @@ int train_run(const struct train_config *c, struct err *e)
             snprintf(path, sizeof path, "%s/step%ld", c->out, step);
             if ((rc = gptneox_save(m, path, ST_F32, e)) < 0)
                 goto out;
+            /* each revision carries the task metadata too, so a checkpoint
+             * fetched on its own (hub layout) can still be scored */
+            char tpath[sizeof path + 16];
+            snprintf(tpath, sizeof tpath, "%s/task.json", path);
+            if ((rc = task_write_json(task, tpath, extra, e)) < 0)
+                goto out;
             fprintf(log, "{\"step\":%ld,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g}\n", step,
                     names[0], mt.train_loss, names[1], mt.train_acc, names[2], mt.test_loss,
                     names[3], mt.test_acc);

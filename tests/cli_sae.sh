@@ -1,0 +1,67 @@
+#!/bin/sh
+# cli_sae.sh - the `sae` item through `ckpt-worker analyze`: without
+# --artifacts it exits 1 naming the option and prints no row; with it, it
+# prints its rows and leaves ARTIFACTS/sae/blocks.1.hook_resid_post/ with
+# cfg.json and sae_weights.safetensors, whose header (read here with the
+# Python standard library, independently of the C reader) names W_enc
+# [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec as F32; a second run
+# with --prev-artifacts warm-starts (warm_start 1); `battery --json` marks
+# sae_relu opt-in.  Run from the repository root.
+set -u
+W=${CKPT_WORKER:-build/bin/ckpt-worker}
+TMP=$(mktemp -d /tmp/ckptd-cli-sae-XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+ok() { echo "ok: $*"; }
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+"$W" init "$TMP/ck" --preset tiny >/dev/null 2>&1 || { echo "FAIL: init"; exit 1; }
+
+"$W" analyze "$TMP/ck" --items sae >"$TMP/out" 2>"$TMP/err"
+st=$?
+if [ "$st" -eq 1 ] && grep -q -- '--artifacts' "$TMP/err" && [ ! -s "$TMP/out" ]; then
+    ok "no --artifacts: exit 1, names the option, no rows"
+else
+    fail "no --artifacts: exit $st"; tail -2 "$TMP/err"
+fi
+
+if "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a1" >"$TMP/rows1" 2>"$TMP/err"; then
+    ok "analyze --items sae --artifacts (exit 0)"
+else
+    fail "analyze --items sae: $(tail -1 "$TMP/err")"
+fi
+D=$TMP/a1/sae/blocks.1.hook_resid_post
+if python3 - "$D" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+cfg = json.load(open(d + "/cfg.json"))
+C, S = cfg["d_in"], cfg["d_sae"]
+assert cfg["architecture"] == "topk" and cfg["activation_fn_kwargs"]["k"] == 32, cfg
+assert cfg["hook_name"] == "blocks.1.hook_resid_post" and cfg["hook_layer"] == 1, cfg
+raw = open(d + "/sae_weights.safetensors", "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+want = {"W_enc": [C, S], "W_dec": [S, C], "b_enc": [S], "b_dec": [C]}
+for k, shape in want.items():
+    assert hdr[k]["dtype"] == "F32" and hdr[k]["shape"] == shape, (k, hdr[k])
+assert set(hdr) - {"__metadata__"} == set(want), hdr.keys()
+PY
+then ok "cfg.json and the weights' header as SAELens reads them"; else fail "files"; fi
+grep -q "^sae	1	warm_start	1	-1	-1	0$" "$TMP/rows1" && ok "first run: warm_start 0" || fail "warm_start row of the first run"
+
+if "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a2" --prev-artifacts "$TMP/a1" >"$TMP/rows2" 2>"$TMP/err" &&
+    grep -q "^sae	1	warm_start	1	-1	-1	1$" "$TMP/rows2"; then
+    ok "--prev-artifacts: warm start"
+else
+    fail "warm start: $(tail -1 "$TMP/err")"
+fi
+
+"$W" battery --json | python3 -c '
+import json, sys
+d = {i["name"]: i for i in json.load(sys.stdin)["items"]}
+assert d["sae_relu"].get("opt_in") is True and "opt_in" not in d["sae"], d["sae"]
+assert d["sae"]["needs"] == ["eval_tokens", "artifacts", "prev_artifacts"], d["sae"]["needs"]
+' && ok "battery --json: sae_relu opt-in, sae needs" || fail "battery --json"
+
+[ "$fails" -eq 0 ] && echo "cli_sae: all passed" || echo "cli_sae: $fails failed"
+[ "$fails" -eq 0 ]
