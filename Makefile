@@ -10,6 +10,7 @@
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
+#                   bench/transitions_bench.sh (transition detection, alone and with the database)
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
@@ -117,6 +118,16 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
+# The transition detector is pure: its test and benchmark link it alone (the
+# benchmark with the daemon library for its database path).
+$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/transitions.o $(BUILD)/obj/common/err.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
+
+$(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON)
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)
@@ -176,6 +187,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
+	/usr/bin/python3 tests/reference/transitions_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py

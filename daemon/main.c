@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "detect.h"
 #include "evalset.h"
 #include "fetch.h"
 #include "migrate.h"
@@ -51,6 +52,9 @@ static const char usage[] =
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
     "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
+    "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
+    "                               a run's transitions by peak step, grouped\n"
+    "  detect RUN                   find the transitions of every series of a run again\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
     "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
@@ -514,6 +518,64 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
     return rc < 0 ? EXIT_FAIL : 0;
 }
 
+static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
+{
+    struct detect_list_opts o = {NULL, 0, 0};
+    const char *run = NULL;
+    for (int i = 1; i < argc; i++) {
+        char *end = NULL;
+        if (strcmp(argv[i], "--metric") == 0 && i + 1 < argc)
+            o.metric = argv[++i];
+        else if (strcmp(argv[i], "--min-score") == 0 && i + 1 < argc &&
+                 (o.min_score = strtod(argv[i + 1], &end), end != argv[i + 1] && !*end))
+            i++;
+        else if (strcmp(argv[i], "--json") == 0)
+            o.json = 1;
+        else if (argv[i][0] != '-' && !run)
+            run = argv[i];
+        else {
+            fprintf(stderr, "ckptd transitions: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!run) {
+        fprintf(stderr, "ckptd transitions: need RUN\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = detect_list(db, run, &o, stdout, &e);
+    if (rc < 0)
+        log_err("cannot list transitions", &e);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
+static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
+{
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "ckptd detect: need RUN\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct detect_stats st;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = detect_run_named(db, argv[1], &st, &e);
+    if (rc < 0)
+        log_err("transition detection failed", &e);
+    else
+        printf("run %s: %ld series, %ld points, %ld transitions (%.3f s)\n", argv[1], st.series, st.points,
+               st.transitions, st.read_s + st.write_s);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 int main(int argc, char **argv)
 {
     struct daemon_config cfg;
@@ -572,6 +634,10 @@ int main(int argc, char **argv)
         return cmd_fetch(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "report") == 0)
         return cmd_report(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "transitions") == 0)
+        return cmd_transitions(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "detect") == 0)
+        return cmd_detect(&cfg, sub_argc, sub_argv);
     fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
     return EXIT_USAGE;
 }

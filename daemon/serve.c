@@ -17,6 +17,7 @@
 #include "artifacts.h"
 #include "cache.h"
 #include "db.h"
+#include "detect.h"
 #include "fetch.h"
 #include "hub.h"
 #include "ingest.h"
@@ -208,6 +209,7 @@ static void settle(struct server *s, struct slot *sl)
             log_info("checkpoint done", "run=%s step=%lld jobs=%d rows=%ld worker_s=%.3f claim_ms=%.2f"
                      " spawn_ms=%.2f ingest_ms=%.2f", log_quote(c->run), c->step, c->njobs, rows,
                      sl->w.seconds, sl->claim_ms, sl->spawn_ms, (mono_now() - t0) * 1e3);
+            detect_after_ingest(s->db, c); /* logs its own failure; the rows are stored */
             slot_free(sl);
             long long freed = 0;
             if (s->cache && cache_evict(s->cache, &freed, &e) < 0)

@@ -53,3 +53,33 @@ FROM sae_feature_series f
 JOIN lineages l ON l.run = f.run AND l.layer = f.layer AND l.lineage = f.lineage
 WHERE l.run = :'run' AND l.layer = 3 AND l.last_feature = 17 AND l.death_step IS NULL
 ORDER BY f.step;
+
+-- 8. A run's transitions by peak step, and the strongest across all runs.
+SELECT metric, layer, head, idx, start_step, peak_step, end_step,
+       round(magnitude::numeric, 4) AS magnitude, round(score::numeric, 1) AS score
+FROM transitions_named
+WHERE run = :'run'
+ORDER BY peak_step, metric;
+
+SELECT run, metric, layer, head, peak_step, score, rank_in_run, rank_overall
+FROM transitions_ranked
+WHERE rank_overall <= 20
+ORDER BY rank_overall;
+
+-- 9. When does each run show its clearest change of the same metric
+--    (which run forms its induction heads first)?
+SELECT run, metric, peak_step, magnitude, score
+FROM transitions_ranked
+WHERE item = 'heads' AND metric = 'induction_score' AND rank_in_metric <= 10
+ORDER BY peak_step;
+
+-- 10. Metrics that move together: pairs of transitions of one run whose
+--    [start_step, end_step] windows overlap (as ckptd transitions groups them).
+SELECT a.metric AS metric_a, a.layer AS layer_a, a.head AS head_a,
+       b.metric AS metric_b, b.layer AS layer_b, b.head AS head_b,
+       a.peak_step AS peak_a, b.peak_step AS peak_b
+FROM transitions_named a
+JOIN transitions_named b ON b.run = a.run AND b.id > a.id
+ AND a.start_step < b.end_step AND b.start_step < a.end_step
+WHERE a.run = :'run'
+ORDER BY a.peak_step;

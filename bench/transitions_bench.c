@@ -1,0 +1,366 @@
+/*
+ * transitions_bench - the transition detector (daemon/transitions.h):
+ * its speed, the daemon's path around it, and the calibration of its
+ * threshold.
+ *
+ *   transitions_bench [--series N] [--reps R]
+ *       detect on N series of Pythia's 154 steps (default 10,000; white
+ *       noise, a third with a sigmoid change): total seconds and
+ *       microseconds per series, median of R repetitions (default 5)
+ *   transitions_bench --db CONNINFO [--series N] [--reps R]
+ *       also the daemon's path: N series of one run in PostgreSQL
+ *       (written first, into a run named bench-transitions, deleted at
+ *       the end), re-examined as after a checkpoint lands (detect_run: one
+ *       COPY out, detect, delete and COPY the transitions in, one
+ *       transaction); median of R.  CONNINFO "" is libpq's environment
+ *   transitions_bench --calibrate N
+ *       the highest score (tr_max_score) over N simulated series without a
+ *       transition, per kind of noise and schedule: what TR_THRESHOLD must
+ *       stay above
+ *   transitions_bench --sensitivity N
+ *       the share of N series (white noise, sigma 1) in which a change of
+ *       J sigma is found, a step or a sigmoid 4 checkpoints wide, at 60% of
+ *       Pythia's and a toy run's schedule, and the largest distance in
+ *       checkpoints from the peak to the true centre
+ *
+ * Prints a markdown table and one JSON line per measurement on stdout.
+ * Nothing passes or fails on timings.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/err.h"
+#include "../daemon/db.h"
+#include "../daemon/detect.h"
+#include "../daemon/migrate.h"
+#include "../daemon/transitions.h"
+#include "../tests/lib/series_sim.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Series i of the timing set: Pythia's steps, white noise, and for every
+ * third a change of 20 sigma somewhere in the run. */
+static void timing_series(int i, const long long *s, double *v, int n)
+{
+    struct sim_rng r = {0x5eed0000ULL + (unsigned long long)i};
+    sim_noise(&r, SIM_GAUSS, s, v, n, 1.0);
+    if (i % 3 == 0)
+        sim_add_sigmoid(s, v, n, s[20 + (int)(sim_unif(&r) * (n - 40))], 3000, 20.0);
+}
+
+static int bench_detect(int nseries, int reps)
+{
+    long long s[SIM_MAX];
+    int n = sim_pythia(s);
+    double *v = malloc(sizeof(double) * (size_t)n * (size_t)nseries);
+    double *secs = malloc(sizeof(double) * (size_t)reps);
+    if (!v || !secs) {
+        free(v);
+        free(secs);
+        fprintf(stderr, "transitions_bench: out of memory\n");
+        return 1;
+    }
+    for (int i = 0; i < nseries; i++)
+        timing_series(i, s, v + (size_t)i * n, n);
+    long found = 0;
+    for (int rep = 0; rep < reps; rep++) {
+        struct tr_transition t[TR_MAX_PER_SERIES];
+        struct err e;
+        double t0 = now_s();
+        found = 0;
+        for (int i = 0; i < nseries; i++) {
+            int k = tr_detect(s, v + (size_t)i * n, n, t, TR_MAX_PER_SERIES, &e);
+            found += k > 0 ? k : 0;
+        }
+        secs[rep] = now_s() - t0;
+    }
+    double med = median(secs, reps);
+    printf("| detect only | %d | %d | %.3f | %.1f | %ld |\n", nseries, n, med, med / nseries * 1e6, found);
+    printf("{\"bench\":\"transitions_detect\",\"series\":%d,\"points\":%d,\"reps\":%d,\"seconds\":%.6f,"
+           "\"us_per_series\":%.3f,\"transitions\":%ld}\n",
+           nseries, n, reps, med, med / nseries * 1e6, found);
+    free(v);
+    free(secs);
+    return 0;
+}
+
+/* The schedules calibrated on. */
+static int schedule(int which, long long *s, const char **name)
+{
+    switch (which) {
+    case 0: *name = "pythia"; return sim_pythia(s);
+    case 1: *name = "toy 3000/100"; return sim_toy(s, 3000, 100);
+    case 2: *name = "toy 1000/20"; return sim_toy(s, 1000, 20);
+    case 3: *name = "toy 6000/100"; return sim_toy(s, 6000, 100);
+    case 4: *name = "even 16"; return sim_even(s, 16);
+    case 5: *name = "even 24"; return sim_even(s, 24);
+    case 6: *name = "even 300"; return sim_even(s, 300);
+    default: return 0;
+    }
+}
+#define NSCHEDULES 7
+
+static int calibrate(int reps)
+{
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    printf("Highest score over %d series without a transition (threshold %.1f)\n\n", reps, TR_THRESHOLD);
+    printf("| schedule | points |");
+    for (int k = 0; k < SIM_KIND_COUNT; k++)
+        printf(" %s |", sim_kind_name[k]);
+    printf("\n|---|---|");
+    for (int k = 0; k < SIM_KIND_COUNT; k++)
+        printf("---|");
+    printf("\n");
+    double worst[SIM_KIND_COUNT] = {0};
+    long over[SIM_KIND_COUNT] = {0};
+    for (int sch = 0; sch < NSCHEDULES; sch++) {
+        const char *name = "";
+        int n = schedule(sch, s, &name);
+        printf("| %s | %d |", name, n);
+        for (int k = 0; k < SIM_KIND_COUNT; k++) {
+            struct sim_rng r = {0xca11b000ULL + 1000003ULL * (unsigned long long)k + 7919ULL * (unsigned long long)sch};
+            double mx = 0;
+            for (int i = 0; i < reps; i++) {
+                struct err e;
+                double z;
+                sim_noise(&r, (enum sim_kind)k, s, v, n, 1.0);
+                if (tr_max_score(s, v, n, &z, &e) < 0) {
+                    fprintf(stderr, "transitions_bench: %s\n", err_str(&e));
+                    return 1;
+                }
+                mx = z > mx ? z : mx;
+                over[k] += z >= TR_THRESHOLD;
+            }
+            worst[k] = mx > worst[k] ? mx : worst[k];
+            printf(" %.2f |", mx);
+        }
+        printf("\n");
+    }
+    printf("\n");
+    for (int k = 0; k < SIM_KIND_COUNT; k++)
+        printf("{\"bench\":\"transitions_null\",\"kind\":\"%s\",\"series\":%d,\"max_score\":%.4f,"
+               "\"at_or_over_threshold\":%ld}\n", sim_kind_name[k], reps * NSCHEDULES, worst[k], over[k]);
+    return 0;
+}
+
+static int sensitivity(int reps)
+{
+    static const double heights[] = {8, 12, 16, 24, 32, 48};
+    enum { NH = sizeof heights / sizeof *heights };
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    printf("Series (of %d) in which a change of J sigma is found; largest peak error in checkpoints\n\n", reps);
+    printf("| schedule | change |");
+    for (int j = 0; j < NH; j++)
+        printf(" J=%.0f |", heights[j]);
+    printf("\n|---|---|");
+    for (int j = 0; j < NH; j++)
+        printf("---|");
+    printf("\n");
+    for (int sch = 0; sch < 2; sch++) {
+        const char *name = "";
+        int n = schedule(sch, s, &name);
+        int ic = (int)(0.6 * n); /* the true centre: between checkpoints ic and ic + 1 */
+        double centre = (double)(s[ic] + s[ic + 1]) / 2;
+        for (int shape = 0; shape < 2; shape++) {
+            double width = shape ? 4.0 * (double)(s[ic + 1] - s[ic]) : 0;
+            printf("| %s | %s |", name, shape ? "sigmoid, 4 checkpoints" : "step");
+            for (int j = 0; j < NH; j++) {
+                struct sim_rng r = {0x5e750000ULL + 131ULL * (unsigned long long)j + 17ULL * (unsigned long long)(2 * sch + shape)};
+                int found = 0, worst = 0;
+                for (int i = 0; i < reps; i++) {
+                    struct tr_transition t[TR_MAX_PER_SERIES];
+                    struct err e;
+                    sim_noise(&r, SIM_GAUSS, s, v, n, 1.0);
+                    sim_add_sigmoid(s, v, n, centre, width, heights[j]);
+                    int k = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
+                    if (k < 1)
+                        continue;
+                    found++;
+                    int ip = 0;
+                    while (ip < n - 1 && s[ip] < t[0].peak_step)
+                        ip++;
+                    int err = ip <= ic ? ic - ip : ip - ic - 1; /* 0: one of the two around the centre */
+                    worst = err > worst ? err : worst;
+                }
+                printf(" %.0f%% (%d) |", 100.0 * found / reps, worst);
+            }
+            printf("\n");
+        }
+    }
+    return 0;
+}
+
+int bench_db(const char *conninfo, int nseries, int reps);
+
+int main(int argc, char **argv)
+{
+    int nseries = 10000, reps = 5, cal = 0, sens = 0;
+    const char *db = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--series") == 0 && i + 1 < argc)
+            nseries = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--calibrate") == 0 && i + 1 < argc)
+            cal = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--sensitivity") == 0 && i + 1 < argc)
+            sens = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
+            db = argv[++i];
+        else {
+            fprintf(stderr, "usage: transitions_bench [--series N] [--reps R] [--db CONNINFO] | --calibrate N | --sensitivity N\n");
+            return 2;
+        }
+    }
+    if (nseries < 1 || reps < 1 || cal < 0 || sens < 0) {
+        fprintf(stderr, "transitions_bench: --series, --reps and --calibrate take positive numbers\n");
+        return 2;
+    }
+    if (cal)
+        return calibrate(cal);
+    if (sens)
+        return sensitivity(sens);
+    printf("| path | series | points | seconds (median of %d) | us per series | transitions |\n|---|---|---|---|---|---|\n", reps);
+    int rc = bench_detect(nseries, reps);
+    if (rc == 0 && db)
+        rc = bench_db(db, nseries, reps);
+    return rc;
+}
+
+/* Load nseries series of Pythia's steps into a run of its own, then time
+ * detect_run over them (the daemon's path after a checkpoint lands); the
+ * run is deleted at the end. */
+int bench_db(const char *conninfo, int nseries, int reps)
+{
+    struct err e;
+    struct db *db = db_new(conninfo);
+    int rc = 1, applied;
+    double *secs = malloc(sizeof(double) * (size_t)reps * 3);
+    struct {
+        char *p;
+        size_t len, cap;
+    } buf = {0}; /* COPY text */
+    long long run_id = 0;
+    long transitions = 0;
+    if (!db || !secs) {
+        fprintf(stderr, "transitions_bench: out of memory\n");
+        goto out;
+    }
+    if (db_connect_wait(db, 5, &e) < 0 || migrate_apply(db, &applied, &e) < 0)
+        goto dberr;
+    if (db_run(db, "DELETE FROM runs WHERE name = 'bench-transitions'", 0, NULL, &e) < 0 ||
+        db_run(db, "INSERT INTO metrics (item, version, name, description) VALUES"
+                   " ('bench', 1, 'value', 'transitions_bench') ON CONFLICT (item, version, name) DO NOTHING",
+               0, NULL, &e) < 0)
+        goto dberr;
+    PGresult *r = db_exec(db, "INSERT INTO runs (name, source, schedule, items) VALUES"
+                              " ('bench-transitions', 'file:///nowhere', 'pythia', '{bench}') RETURNING id",
+                          0, NULL, &e);
+    if (!r)
+        goto dberr;
+    run_id = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    char id[32];
+    snprintf(id, sizeof id, "%lld", run_id);
+    const char *p1[1] = {id};
+    if (db_run(db, "INSERT INTO checkpoints (run_id, step, revision, url)"
+                   " SELECT $1::bigint, s, 'step' || s, 'file:///nowhere/step' || s FROM"
+                   " (SELECT 0 AS s UNION ALL SELECT (2 ^ g)::bigint FROM generate_series(0, 9) g"
+                   "  UNION ALL SELECT 1000 * k FROM generate_series(1, 143) k) x", 1, p1, &e) < 0)
+        goto dberr;
+    r = db_exec(db, "SELECT id FROM metrics WHERE item = 'bench' AND version = 1 AND name = 'value'", 0, NULL, &e);
+    if (!r)
+        goto dberr;
+    int metric = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    /* the rows, by COPY */
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_pythia(s);
+    double t0 = now_s();
+    r = PQexec(db_conn(db), "COPY measurements (run_id, step, metric_id, layer, head, idx, value) FROM STDIN");
+    int copying = PQresultStatus(r) == PGRES_COPY_IN;
+    PQclear(r);
+    if (!copying) {
+        fprintf(stderr, "transitions_bench: COPY refused: %s\n", PQerrorMessage(db_conn(db)));
+        goto out;
+    }
+    buf.cap = 1 << 20;
+    buf.p = malloc(buf.cap);
+    for (int i = 0; buf.p && i < nseries; i++) {
+        timing_series(i, s, v, n);
+        for (int k = 0; k < n; k++) {
+            if (buf.cap - buf.len < 128) {
+                PQputCopyData(db_conn(db), buf.p, (int)buf.len);
+                buf.len = 0;
+            }
+            buf.len += (size_t)snprintf(buf.p + buf.len, buf.cap - buf.len, "%lld\t%lld\t%d\t-1\t-1\t%d\t%.17g\n",
+                                        run_id, s[k], metric, i, v[k]);
+        }
+    }
+    if (!buf.p || (buf.len && PQputCopyData(db_conn(db), buf.p, (int)buf.len) != 1) ||
+        PQputCopyEnd(db_conn(db), NULL) != 1) {
+        fprintf(stderr, "transitions_bench: COPY failed\n");
+        goto out;
+    }
+    while ((r = PQgetResult(db_conn(db)))) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            fprintf(stderr, "transitions_bench: COPY: %s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (db_run(db, "ANALYZE measurements", 0, NULL, &e) < 0)
+        goto dberr;
+    fprintf(stderr, "transitions_bench: %d series of %d points loaded in %.1f s\n", nseries, n, now_s() - t0);
+    const char *items[1] = {"bench"};
+    int versions[1] = {1};
+    for (int rep = 0; rep < reps; rep++) {
+        struct detect_stats st;
+        double t1 = now_s();
+        if (detect_run(db, run_id, items, versions, 1, &st, &e) < 0)
+            goto dberr;
+        secs[rep] = now_s() - t1;
+        secs[reps + rep] = st.read_s;
+        secs[2 * reps + rep] = st.write_s;
+        transitions = st.transitions;
+    }
+    double med = median(secs, reps), rd = median(secs + reps, reps), wr = median(secs + 2 * reps, reps);
+    printf("| detect_run: COPY out, detect, DELETE + COPY in | %d | %d | %.3f (read and detect %.3f, write %.3f) | %.1f | %ld |\n",
+           nseries, n, med, rd, wr, med / nseries * 1e6, transitions);
+    printf("{\"bench\":\"transitions_db\",\"series\":%d,\"points\":%d,\"reps\":%d,\"seconds\":%.6f,"
+           "\"read_detect_s\":%.6f,\"write_s\":%.6f,\"us_per_series\":%.3f,\"transitions\":%ld}\n",
+           nseries, n, reps, med, rd, wr, med / nseries * 1e6, transitions);
+    rc = 0;
+    goto out;
+dberr:
+    fprintf(stderr, "transitions_bench: %s\n", err_str(&e));
+out:
+    if (run_id && db_conn(db) && !getenv("BENCH_TR_KEEP")) {
+        PGresult *d = PQexec(db_conn(db), "DELETE FROM runs WHERE name = 'bench-transitions'");
+        PQclear(d);
+    }
+    free(buf.p);
+    free(secs);
+    db_free(db);
+    return rc;
+}

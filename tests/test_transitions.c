@@ -1,0 +1,463 @@
+/*
+ * test_transitions - the transition detector (daemon/transitions.h), pure:
+ *
+ *  - a grokking-like rise (0.02 -> 0.98, centre step 3000, 10%-90% over 400
+ *    steps, noise sd 0.02) on a toy run's schedule, and an induction-like
+ *    loss drop (5.3 -> 1.6 between steps 200 and 300, noise sd 0.05) on
+ *    Pythia's schedule and on a toy one, 50 seeds each: exactly one
+ *    transition; its peak within tolerance; [start, end] brackets the true
+ *    10%-90% span; magnitude of the right sign within 20%;
+ *  - two metrics that move together (icl loss down, icl accuracy up) share
+ *    a group, a third one elsewhere does not; tr_group on its own;
+ *  - two transitions in one series, a clean step (exact positions), the
+ *    cap keeping the highest scores;
+ *  - series without a transition, 500 seeded series of each kind (white,
+ *    Student-t 3 and 2 df, slow drift, pure random walk, one spike,
+ *    constant, quantised, straight trend) on three schedules: zero
+ *    transitions; series shorter than TR_MIN_POINTS, even with a jump;
+ *  - NaN and infinite values skipped, bad arguments refused;
+ *  - agreement with the independent reference implementation
+ *    (tests/reference/transitions_ref.py): the same transitions, steps
+ *    exact, magnitude and score within 1e-9 relative
+ *    (tests/golden/transitions/cases.json).
+ *
+ * Tolerance of the peak, stated: with i_c the first checkpoint at or after
+ * the true centre, the peak is checkpoint i_c - 1, i_c or i_c + 1 (one of
+ * the two around the centre, or the next).
+ */
+#include <jansson.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../daemon/transitions.h"
+#include "lib/series_sim.h"
+
+#define SEEDS 50
+#define NOISE_SERIES 500
+
+/* index of the first step >= x (n if none) */
+static int first_at_or_after(const long long *s, int n, double x)
+{
+    int i = 0;
+    while (i < n && (double)s[i] < x)
+        i++;
+    return i;
+}
+
+static int index_of(const long long *s, int n, long long step)
+{
+    for (int i = 0; i < n; i++)
+        if (s[i] == step)
+            return i;
+    return -1;
+}
+
+/* One change of `height` centred at `centre` over `width` steps (10%-90%)
+ * on noise sd `sigma`, SEEDS seeds: exactly one transition, and the
+ * tolerances of the header.  Returns the largest peak error in checkpoints
+ * (0: one of the two around the centre). */
+static int check_change(const long long *s, int n, double base, double centre, double width, double height,
+                        double sigma, const char *what)
+{
+    double v[SIM_MAX];
+    int ic = first_at_or_after(s, n, centre);
+    /* the true 10% and 90% points */
+    double lo10 = centre - width / 2, hi90 = centre + width / 2;
+    int worst = 0;
+    for (int seed = 0; seed < SEEDS; seed++) {
+        struct sim_rng r = {1000ULL + (unsigned long long)seed};
+        struct tr_transition t[TR_MAX_PER_SERIES];
+        struct err e;
+        for (int i = 0; i < n; i++)
+            v[i] = base + sigma * sim_gauss(&r);
+        sim_add_sigmoid(s, v, n, centre, width, height);
+        int k = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
+        if (k != 1)
+            fail_msg("%s seed %d: %d transitions, expected 1", what, seed, k);
+        int ip = index_of(s, n, t[0].peak_step);
+        assert_true(ip >= 0);
+        if (abs(ip - ic) > 1)
+            fail_msg("%s seed %d: peak at step %lld, true centre %.0f (checkpoints %lld..%lld allowed)", what,
+                     seed, t[0].peak_step, centre, s[ic - 1], s[ic + 1 < n ? ic + 1 : n - 1]);
+        int err = ip < ic ? ic - ip - 1 : ip - ic;
+        worst = err > worst ? err : worst;
+        if (!(t[0].start_step <= t[0].peak_step && t[0].peak_step <= t[0].end_step))
+            fail_msg("%s seed %d: start %lld peak %lld end %lld out of order", what, seed, t[0].start_step,
+                     t[0].peak_step, t[0].end_step);
+        /* [start, end] brackets the 10%-90% span, and by at most one
+         * checkpoint more on either side */
+        int i10 = first_at_or_after(s, n, lo10), i90 = first_at_or_after(s, n, hi90);
+        int is = index_of(s, n, t[0].start_step), ie = index_of(s, n, t[0].end_step);
+        if ((double)t[0].start_step > lo10 || is < i10 - 2)
+            fail_msg("%s seed %d: start %lld, the change is 10%% done at %.0f", what, seed, t[0].start_step, lo10);
+        if ((double)t[0].end_step < hi90 || ie > i90 + 1)
+            fail_msg("%s seed %d: end %lld, the change is 90%% done at %.0f", what, seed, t[0].end_step, hi90);
+        if (!(t[0].magnitude * height > 0) || fabs(t[0].magnitude - height) > 0.2 * fabs(height))
+            fail_msg("%s seed %d: magnitude %g, true %g", what, seed, t[0].magnitude, height);
+        assert_true(t[0].score >= TR_THRESHOLD);
+    }
+    printf("# %s: %d seeds, peak at most %d checkpoint(s) beyond the two around the centre\n", what, SEEDS, worst);
+    return worst;
+}
+
+static void test_grokking_toy(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    int n = sim_toy(s, 6000, 100); /* 0, 1 ... 64, 100, 200 ... 6000 */
+    check_change(s, n, 0.02, 3000, 400, 0.96, 0.02, "grokking, toy 6000/100");
+    n = sim_toy(s, 3000, 100); /* the default toy run's schedule: 38 checkpoints */
+    check_change(s, n, 0.40, 1000, 300, 0.58, 0.01, "grokking, toy 3000/100");
+}
+
+static void test_induction(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    int n = sim_pythia(s);
+    check_change(s, n, 5.3, 250, 100, -3.7, 0.05, "induction, pythia");
+    n = sim_toy(s, 1000, 20);
+    check_change(s, n, 5.3, 250, 100, -3.7, 0.05, "induction, toy 1000/20");
+}
+
+/* icl loss falls while icl accuracy rises, a third metric changes far
+ * later: the first two overlap and share a group. */
+static void test_move_together(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double loss[SIM_MAX], acc[SIM_MAX], other[SIM_MAX];
+    int n = sim_toy(s, 1000, 20);
+    for (int seed = 0; seed < SEEDS; seed++) {
+        struct sim_rng r = {7000ULL + (unsigned long long)seed};
+        sim_noise(&r, SIM_GAUSS, s, loss, n, 0.05);
+        sim_noise(&r, SIM_GAUSS, s, acc, n, 0.02);
+        sim_noise(&r, SIM_GAUSS, s, other, n, 0.02);
+        sim_add_sigmoid(s, loss, n, 250, 100, -3.7);
+        sim_add_sigmoid(s, acc, n, 255, 80, 0.94);
+        sim_add_sigmoid(s, other, n, 700, 60, 1.0);
+        struct tr_transition a[4], b[4], c[4];
+        struct err e;
+        assert_int_equal(tr_detect(s, loss, n, a, 4, &e), 1);
+        assert_int_equal(tr_detect(s, acc, n, b, 4, &e), 1);
+        assert_int_equal(tr_detect(s, other, n, c, 4, &e), 1);
+        /* open intervals overlap */
+        if (!(a[0].start_step < b[0].end_step && b[0].start_step < a[0].end_step))
+            fail_msg("seed %d: loss [%lld, %lld] and accuracy [%lld, %lld] do not overlap", seed, a[0].start_step,
+                     a[0].end_step, b[0].start_step, b[0].end_step);
+        long long st[3] = {a[0].start_step, b[0].start_step, c[0].start_step};
+        long long en[3] = {a[0].end_step, b[0].end_step, c[0].end_step};
+        int g[3];
+        tr_group(st, en, 3, g);
+        assert_int_equal(g[0], 1);
+        assert_int_equal(g[1], 1);
+        assert_int_equal(g[2], 2);
+        assert_true(a[0].magnitude < 0 && b[0].magnitude > 0);
+    }
+}
+
+static void test_group(void **state)
+{
+    (void)state;
+    long long st[] = {30, 0, 20, 5, 100, 40};
+    long long en[] = {40, 10, 30, 15, 120, 41};
+    int g[6];
+    tr_group(st, en, 6, g);
+    /* [0,10] [5,15] overlap; [20,30] and [30,40] share only 30; [40,41]
+     * touches [30,40] at 40; [100,120] alone; numbered by earliest start */
+    int want[6] = {3, 1, 2, 1, 5, 4};
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(g[i], want[i]);
+    long long st2[] = {0, 2, 5};
+    long long en2[] = {10, 3, 12};
+    tr_group(st2, en2, 3, g); /* transitively: [2,3] inside [0,10], [5,12] overlaps it */
+    assert_int_equal(g[0], 1);
+    assert_int_equal(g[1], 1);
+    assert_int_equal(g[2], 1);
+    tr_group(NULL, NULL, 0, g);
+}
+
+/* memorisation then grokking in one series: both, in order */
+static void test_two_transitions(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_pythia(s);
+    for (int seed = 0; seed < SEEDS; seed++) {
+        struct sim_rng r = {9000ULL + (unsigned long long)seed};
+        sim_noise(&r, SIM_GAUSS, s, v, n, 0.02);
+        sim_add_sigmoid(s, v, n, 20500, 2000, 0.4);
+        sim_add_sigmoid(s, v, n, 90500, 3000, -0.8);
+        struct tr_transition t[8];
+        struct err e;
+        int k = tr_detect(s, v, n, t, 8, &e);
+        if (k != 2)
+            fail_msg("seed %d: %d transitions, expected 2", seed, k);
+        assert_true(t[0].peak_step == 20000 || t[0].peak_step == 21000 || t[0].peak_step == 22000);
+        assert_true(t[1].peak_step == 90000 || t[1].peak_step == 91000 || t[1].peak_step == 92000);
+        assert_true(fabs(t[0].magnitude - 0.4) < 0.08 && fabs(t[1].magnitude + 0.8) < 0.16);
+    }
+}
+
+/* a noiseless step: exact positions, the score a finite number over the
+ * threshold (the floors keep it from dividing by zero) */
+static void test_clean_step(void **state)
+{
+    (void)state;
+    long long s[40];
+    double v[40];
+    for (int i = 0; i < 40; i++) {
+        s[i] = 100LL * i;
+        v[i] = i < 20 ? 1.0 : 2.0;
+    }
+    struct tr_transition t[4];
+    struct err e;
+    assert_int_equal(tr_detect(s, v, 40, t, 4, &e), 1);
+    assert_int_equal(t[0].start_step, 1900);
+    assert_int_equal(t[0].peak_step, 2000);
+    assert_int_equal(t[0].end_step, 2000);
+    assert_true(fabs(t[0].magnitude - 1.0) < 1e-12);
+    assert_true(isfinite(t[0].score) && t[0].score >= TR_THRESHOLD);
+}
+
+/* a staircase of six steps with cap 3: the three strongest, by peak */
+static void test_cap(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_even(s, 140);
+    struct sim_rng r = {77};
+    sim_noise(&r, SIM_GAUSS, s, v, n, 0.01);
+    double heights[6] = {1, 3, 2, 6, 5, 4};
+    for (int j = 0; j < 6; j++)
+        sim_add_sigmoid(s, v, n, 10.0 * (20 * j + 15) + 5, 0, heights[j]);
+    struct tr_transition all[8], top[3];
+    struct err e;
+    assert_int_equal(tr_detect(s, v, n, all, 8, &e), 6);
+    assert_int_equal(tr_detect(s, v, n, top, 3, &e), 3);
+    /* the three largest (6, 5, 4: steps 4 and 5 and 6 of the stair), in
+     * peak order */
+    assert_int_equal(top[0].peak_step, all[3].peak_step);
+    assert_int_equal(top[1].peak_step, all[4].peak_step);
+    assert_int_equal(top[2].peak_step, all[5].peak_step);
+    for (int i = 0; i < 6; i++)
+        assert_true(fabs(all[i].magnitude - heights[i]) < 0.05);
+}
+
+/* Series without a transition: nothing, for every kind and schedule. */
+static void test_noise_only(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    long total = 0;
+    for (int sch = 0; sch < 3; sch++) {
+        int n = sch == 0 ? sim_pythia(s) : sch == 1 ? sim_toy(s, 3000, 100) : sim_toy(s, 6000, 100);
+        for (int k = 0; k < SIM_KIND_COUNT; k++) {
+            struct sim_rng r = {0x70000000ULL + 100003ULL * (unsigned long long)k + (unsigned long long)sch};
+            int hits = 0;
+            double worst = 0;
+            for (int i = 0; i < NOISE_SERIES; i++) {
+                struct tr_transition t[TR_MAX_PER_SERIES];
+                struct err e;
+                sim_noise(&r, (enum sim_kind)k, s, v, n, 1.0);
+                int got = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
+                assert_true(got >= 0);
+                hits += got;
+                double z;
+                assert_int_equal(tr_max_score(s, v, n, &z, &e), 0);
+                worst = z > worst ? z : worst;
+            }
+            total += NOISE_SERIES;
+            if (hits)
+                fail_msg("%s noise on %d points: %d transitions in %d series (largest score %.2f)",
+                         sim_kind_name[k], n, hits, NOISE_SERIES, worst);
+            printf("# %-6s %3d points: 0 transitions in %d series, largest score %.2f (threshold %.1f)\n",
+                   sim_kind_name[k], n, NOISE_SERIES, worst, TR_THRESHOLD);
+        }
+    }
+    printf("# %ld noise series, 0 transitions\n", total);
+}
+
+/* Too short to tell a change from noise: nothing, however clear. */
+static void test_short(void **state)
+{
+    (void)state;
+    long long s[TR_MIN_POINTS];
+    double v[TR_MIN_POINTS];
+    for (int n = 0; n < TR_MIN_POINTS; n++) {
+        for (int i = 0; i < n; i++) {
+            s[i] = 1LL << i;
+            v[i] = i < n / 2 ? 0.0 : 100.0;
+        }
+        struct tr_transition t[4];
+        struct err e;
+        assert_int_equal(tr_detect(s, v, n, t, 4, &e), 0);
+        double z = -1;
+        assert_int_equal(tr_max_score(s, v, n, &z, &e), 0);
+        assert_true(z == 0);
+    }
+}
+
+static void test_constant(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_pythia(s);
+    const double levels[] = {0.0, -3.25, 1e300, 5e-320};
+    for (size_t j = 0; j < sizeof levels / sizeof *levels; j++) {
+        for (int i = 0; i < n; i++)
+            v[i] = levels[j];
+        struct tr_transition t[4];
+        struct err e;
+        assert_int_equal(tr_detect(s, v, n, t, 4, &e), 0);
+    }
+}
+
+/* NaN and infinite values are skipped wherever they are, even in the
+ * middle of the change; the peak is a finite point's step. */
+static void test_nan_inf(void **state)
+{
+    (void)state;
+    long long s[SIM_MAX];
+    double v[SIM_MAX];
+    int n = sim_toy(s, 6000, 100);
+    struct sim_rng r = {4242};
+    sim_noise(&r, SIM_GAUSS, s, v, n, 0.02);
+    sim_add_sigmoid(s, v, n, 3000, 400, 0.96);
+    int i3000 = index_of(s, n, 3000);
+    v[i3000] = NAN;
+    v[i3000 + 1] = INFINITY;
+    v[3] = -INFINITY;
+    v[n - 1] = NAN;
+    struct tr_transition t[4];
+    struct err e;
+    assert_int_equal(tr_detect(s, v, n, t, 4, &e), 1);
+    assert_true(t[0].peak_step == 2900 || t[0].peak_step == 3200);
+    assert_true(fabs(t[0].magnitude - 0.96) < 0.2 * 0.96);
+    for (int i = 0; i < n; i++)
+        v[i] = NAN;
+    assert_int_equal(tr_detect(s, v, n, t, 4, &e), 0);
+    /* finite points fewer than TR_MIN_POINTS: nothing */
+    for (int i = 0; i < n; i++)
+        v[i] = i < TR_MIN_POINTS - 1 ? (i < 7 ? 0.0 : 1.0) : NAN;
+    assert_int_equal(tr_detect(s, v, n, t, 4, &e), 0);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    long long s[20];
+    double v[20];
+    for (int i = 0; i < 20; i++) {
+        s[i] = i;
+        v[i] = i;
+    }
+    struct tr_transition t[4];
+    struct err e;
+    s[7] = 6; /* equal to the one before */
+    err_clear(&e);
+    assert_int_equal(tr_detect(s, v, 20, t, 4, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "not strictly increasing"));
+    assert_non_null(strstr(e.msg, "point 7"));
+    s[7] = 7;
+    assert_int_equal(tr_detect(s, v, -1, t, 4, &e), ERR_INVALID);
+    assert_int_equal(tr_detect(s, v, 20, NULL, 4, &e), ERR_INVALID);
+    assert_int_equal(tr_detect(NULL, NULL, 5, t, 4, &e), ERR_INVALID);
+    assert_int_equal(tr_detect(s, v, 20, NULL, 0, NULL), 0); /* nothing asked for */
+    double z;
+    assert_int_equal(tr_max_score(s, v, -3, &z, NULL), ERR_INVALID);
+}
+
+/* The reference implementation's answers on its own series. */
+static void test_reference(void **state)
+{
+    (void)state;
+    json_error_t je;
+    json_t *doc = json_load_file("tests/golden/transitions/cases.json", 0, &je);
+    if (!doc)
+        fail_msg("tests/golden/transitions/cases.json: %s (line %d); run make golden", je.text, je.line);
+    json_t *cases = json_object_get(doc, "cases");
+    assert_true(json_array_size(cases) > 0);
+    size_t ci;
+    json_t *c;
+    int ntr = 0;
+    double maxrel = 0;
+    json_array_foreach(cases, ci, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        json_t *js = json_object_get(c, "steps"), *jv = json_object_get(c, "values");
+        int n = (int)json_array_size(js);
+        assert_int_equal(n, (int)json_array_size(jv));
+        long long *s = malloc(sizeof *s * (size_t)(n + 1));
+        double *v = malloc(sizeof *v * (size_t)(n + 1));
+        for (int i = 0; i < n; i++) {
+            s[i] = json_integer_value(json_array_get(js, (size_t)i));
+            json_t *x = json_array_get(jv, (size_t)i);
+            if (json_is_string(x)) /* JSON has no NaN or infinity */
+                v[i] = strcmp(json_string_value(x), "nan") == 0 ? NAN
+                       : strcmp(json_string_value(x), "inf") == 0 ? INFINITY : -INFINITY;
+            else
+                v[i] = json_number_value(x);
+        }
+        json_t *want = json_object_get(c, "transitions");
+        struct tr_transition t[TR_MAX_PER_SERIES];
+        struct err e;
+        int k = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
+        if (k != (int)json_array_size(want))
+            fail_msg("%s: %d transitions, the reference found %zu", name, k, json_array_size(want));
+        double z;
+        assert_int_equal(tr_max_score(s, v, n, &z, &e), 0);
+        double wz = json_number_value(json_object_get(c, "max_score"));
+        double rel = fabs(z - wz) / (fabs(wz) > 1e-300 ? fabs(wz) : 1.0);
+        if (rel > 1e-9)
+            fail_msg("%s: max score %.17g, reference %.17g", name, z, wz);
+        maxrel = rel > maxrel ? rel : maxrel;
+        for (int i = 0; i < k; i++) {
+            json_t *w = json_array_get(want, (size_t)i);
+            long long ws = json_integer_value(json_object_get(w, "start_step"));
+            long long wp = json_integer_value(json_object_get(w, "peak_step"));
+            long long we = json_integer_value(json_object_get(w, "end_step"));
+            double wm = json_number_value(json_object_get(w, "magnitude"));
+            double wsc = json_number_value(json_object_get(w, "score"));
+            if (t[i].start_step != ws || t[i].peak_step != wp || t[i].end_step != we)
+                fail_msg("%s #%d: steps %lld/%lld/%lld, reference %lld/%lld/%lld", name, i, t[i].start_step,
+                         t[i].peak_step, t[i].end_step, ws, wp, we);
+            double r1 = fabs(t[i].magnitude - wm) / fabs(wm), r2 = fabs(t[i].score - wsc) / fabs(wsc);
+            if (r1 > 1e-9 || r2 > 1e-9)
+                fail_msg("%s #%d: magnitude %.17g score %.17g, reference %.17g %.17g", name, i, t[i].magnitude,
+                         t[i].score, wm, wsc);
+            maxrel = r1 > maxrel ? r1 : maxrel;
+            maxrel = r2 > maxrel ? r2 : maxrel;
+            ntr++;
+        }
+        free(s);
+        free(v);
+    }
+    printf("# reference: %zu series, %d transitions, max relative difference %.2e\n", json_array_size(cases), ntr,
+           maxrel);
+    json_decref(doc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grokking_toy),   cmocka_unit_test(test_induction),
+        cmocka_unit_test(test_move_together),  cmocka_unit_test(test_group),
+        cmocka_unit_test(test_two_transitions), cmocka_unit_test(test_clean_step),
+        cmocka_unit_test(test_cap),            cmocka_unit_test(test_noise_only),
+        cmocka_unit_test(test_short),          cmocka_unit_test(test_constant),
+        cmocka_unit_test(test_nan_inf),        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_reference),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
