@@ -99,6 +99,11 @@ static int series_flush(struct series *s, long long run_id, struct sbuf *out, st
     for (int i = 0; i < k; i++) {
         if (!isfinite(t[i].magnitude) || !isfinite(t[i].score))
             continue; /* values near DBL_MAX overflowed: nothing a row can hold */
+        /* two changes of one series sharing a peak checkpoint (a series
+         * that steps on consecutive checkpoints): one row, the stronger */
+        if ((i > 0 && t[i - 1].peak_step == t[i].peak_step && t[i - 1].score >= t[i].score) ||
+            (i + 1 < k && t[i + 1].peak_step == t[i].peak_step && t[i + 1].score > t[i].score))
+            continue;
         if (sbuf_printf(out, "%lld\t%d\t%d\t%d\t%d\t%lld\t%lld\t%lld\t%.17g\t%.17g\t%s\n", run_id, s->metric,
                         s->layer, s->head, s->idx, t[i].start_step, t[i].peak_step, t[i].end_step,
                         t[i].magnitude, t[i].score, TR_METHOD) < 0)
@@ -142,6 +147,17 @@ static void rollback(struct db *db)
     }
 }
 
+/* Series whose index is not the same thing from one step to the next, so
+ * a change along the steps means nothing: an SGLD draw of the llc trace, an
+ * SAE latent (cold-started dictionaries number their latents afresh; a
+ * feature's life across steps is sae_match's lineage), a latent's match. */
+#define NOT_A_SERIES                                                                              \
+    "('llc','trace_loss'),('llc','chain_diverged_step'),"                                         \
+    "('sae','feature_density'),('sae','feature_mean_activation'),"                                \
+    "('sae_relu','feature_density'),('sae_relu','feature_mean_activation'),"                      \
+    "('sae_match','matched_prev'),('sae_match','match_similarity'),"                              \
+    "('sae_match','best_prev'),('sae_match','split_parent')"
+
 /* COPY the series out, detect, gather the rows to write.  The COPY is
  * always read to its end, so the connection is usable after a failure. */
 static int read_and_detect(struct db *db, long long run_id, const char *metric_filter, struct sbuf *out,
@@ -153,7 +169,9 @@ static int read_and_detect(struct db *db, long long run_id, const char *metric_f
                     /* in the primary key's order, so no sort; duplicates
                      * are few: a hashed NOT IN */
                     "COPY (SELECT m.metric_id, m.layer, m.head, m.idx, m.step, m.value"
-                    " FROM measurements m WHERE m.run_id = %lld%s AND m.step NOT IN"
+                    " FROM measurements m WHERE m.run_id = %lld%s AND m.metric_id NOT IN"
+                    " (SELECT id FROM metrics WHERE (item, name) IN (" NOT_A_SERIES "))"
+                    " AND m.step NOT IN"
                     " (SELECT step FROM checkpoints WHERE run_id = %lld AND duplicate_of IS NOT NULL)"
                     " ORDER BY m.metric_id, m.layer, m.head, m.idx, m.step) TO STDOUT",
                     run_id, metric_filter, run_id) < 0)
