@@ -69,10 +69,10 @@
  * TR_THRESHOLD comes from simulated series without a transition
  * (bench/transitions_bench --calibrate 10000: 70,000 series of each kind
  * over Pythia's schedule, three toy runs' and even ones of 20, 24 and 300
- * points).  Highest scores: white noise 6.0, Student-t with 3 degrees of
+ * points).  Highest scores: white noise 7.6, Student-t with 3 degrees of
  * freedom 8.2, slow drift (a random walk of 0.3 sigma steps under white
  * noise) 9.6, a 30-sigma spike 6.5, values rounded to whole sigmas 9.3, a
- * straight trend in steps 6.1, constants 0; harder than asked, Student-t
+ * straight trend in steps 8.0, constants 0; harder than asked, Student-t
  * with 2 degrees of freedom 13.2 and a pure random walk 14.0 (in a toy run
  * of 38 checkpoints; 8.1 in Pythia's): none at or above 14.
  * Sensitivity (white noise, 500 series, --sensitivity): a step of 12 sigma
