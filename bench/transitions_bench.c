@@ -111,7 +111,7 @@ static int schedule(int which, long long *s, const char **name)
     case 1: *name = "toy 3000/100"; return sim_toy(s, 3000, 100);
     case 2: *name = "toy 1000/20"; return sim_toy(s, 1000, 20);
     case 3: *name = "toy 6000/100"; return sim_toy(s, 6000, 100);
-    case 4: *name = "even 16"; return sim_even(s, 16);
+    case 4: *name = "even 20"; return sim_even(s, 20);
     case 5: *name = "even 24"; return sim_even(s, 24);
     case 6: *name = "even 300"; return sim_even(s, 300);
     default: return 0;

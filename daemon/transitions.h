@@ -25,8 +25,9 @@
  *     step 512 and even after it, toy runs likewise: counting checkpoints
  *     gives every measurement the same weight whatever its spacing (a
  *     log-then-linear step axis).  Steps serve to remove a linear drift in
- *     training time, u = v - mu * step (mu: the median slope between points
- *     a quarter of the series apart), and to report positions.
+ *     training time, u = v - mu * step (mu: the median slope between
+ *     neighbouring checkpoints, which a few steps cannot move), and to
+ *     report positions.
  *  3. Levels: L(a) = median of u over the TR_HALF points ending at a,
  *     R(b) = median over the TR_HALF points from b; a change over width
  *     w = b - a is D(a, b) = R(b) - L(a).  Two outliers cannot move a level.
@@ -43,40 +44,43 @@
  *     Widths: w <= (n - 20) / 4 (at least 1), so a transition touches at
  *     most a third of the windows of a width.
  *  5. Binary segmentation: in a segment, the window with the highest
- *     |D - c_w| / noise is the candidate.  It is scored again against the
+ *     excess / noise is the candidate, the excess being |D - c_w|, or |D|
+ *     when smaller (a flat stretch in a series full of rises, such as a
+ *     staircase, is no change).  It is scored again against the
  *     series without it: the windows of its width sharing no point with it
  *     nor with a transition already found, and the variogram of the pairs
  *     that do not either (its random-walk part kept at >= 1/4 of the whole
  *     series': leaving the largest excursion out makes a random walk look
  *     calmer; a candidate spanning more than a third of the series keeps
  *     the whole variogram).  It is a transition if that score reaches
- *     TR_THRESHOLD.  Its extent is the narrowest window around it (at most
- *     its width plus TR_HALF further each side) whose change is >= 90% of
- *     the largest same-signed change there; the segments left and right of
- *     the extent are searched next.
+ *     TR_THRESHOLD.  Around it (at most its width plus TR_HALF further on
+ *     either side), the window of the largest same-signed change gives the
+ *     two levels, L and R; the narrowest window with >= 90% of that change
+ *     is its extent, and the segments left and right of the extent are
+ *     searched next.
  *  6. Positions, from the running median of 3, m, as progress between the
- *     extent's levels, p = (m - L) / (R - L): peak_step is the first
- *     checkpoint with p >= 0.5 (the steepest point of a symmetric change);
- *     start_step the last checkpoint before it with p <= 0.1; end_step the
- *     first from the peak with p >= 0.9.  magnitude = median of the raw
- *     values over the TR_HALF points after the extent minus before it
- *     (signed, the metric's units); score = the score of step 5.
+ *     two levels, p = (m - L) / (R - L), over the points of their window:
+ *     peak_step is the first checkpoint with p >= 0.5 (the steepest point
+ *     of a symmetric change); start_step the last checkpoint before it with
+ *     p <= 0.1; end_step the first from the peak with p >= 0.9.  magnitude
+ *     = median of the raw values over the TR_HALF points of the right level
+ *     minus the left's (signed, the metric's units); score = step 5's.
  *
  * TR_THRESHOLD comes from simulated series without a transition
  * (bench/transitions_bench --calibrate 10000: 70,000 series of each kind
- * over Pythia's schedule, three toy runs' and even ones of 16, 24 and 300
- * points).  Highest scores: white noise 8.3, Student-t with 3 degrees of
- * freedom 8.6, slow drift (a random walk of 0.3 sigma steps under white
- * noise) 10.1, a 30-sigma spike 6.7, values rounded to whole sigmas 9.3,
- * a straight trend in steps 7.3, constants 0; harder than asked: Student-t
- * with 2 degrees of freedom 13.1, a pure random walk 15.1 (2 of 70,000 at
- * or above 14, both in series of <= 38 points; 9.7 in Pythia's).
+ * over Pythia's schedule, three toy runs' and even ones of 20, 24 and 300
+ * points).  Highest scores: white noise 7.6, Student-t with 3 degrees of
+ * freedom 8.2, slow drift (a random walk of 0.3 sigma steps under white
+ * noise) 9.6, a 30-sigma spike 6.5, values rounded to whole sigmas 9.3, a
+ * straight trend in steps 8.0, constants 0; harder than asked, Student-t
+ * with 2 degrees of freedom 13.2 and a pure random walk 14.0 (in a toy run
+ * of 38 checkpoints; 8.1 in Pythia's): none at or above 14.
  * Sensitivity (white noise, 500 series, --sensitivity): a step of 12 sigma
- * in Pythia's schedule is found in 81% of series, 16 sigma in all; a
- * sigmoid 4 checkpoints wide of 24 sigma in a toy run of 38 checkpoints in
- * 72%, 48 sigma in 99%.  Tolerances (tests/test_transitions.c): the peak is
- * one of the two checkpoints around the true centre, or the next;
- * [start, end] brackets the true 10%-90% span; magnitudes within 20%.
+ * in Pythia's schedule is found in 70% of series, 16 sigma in 99%, 24 in
+ * all; a sigmoid 4 checkpoints wide in a toy run of 38 checkpoints, 24
+ * sigma in 48%, 48 sigma in 95%.  Tolerances (tests/test_transitions.c):
+ * the peak is one of the two checkpoints around the true centre, or the
+ * next; [start, end] brackets the true 10%-90% span; magnitudes within 20%.
  *
  * Limits: a change spread over more than about a third of the series is
  * part of its trend, not a transition; a transition needs TR_HALF points
@@ -110,8 +114,8 @@ struct tr_transition {
 int tr_detect(const long long *steps, const double *values, int n, struct tr_transition *out,
               int cap, struct err *e) CK_WUR;
 
-/* The highest score of any window of the series (what the first step of
- * the segmentation compares with TR_THRESHOLD), 0 for a series too short:
+/* The score the series' first candidate gets (step 5: what is compared
+ * with TR_THRESHOLD before anything is found), 0 for a series too short:
  * for calibrating the threshold on series without transitions.  Errors as
  * tr_detect. */
 int tr_max_score(const long long *steps, const double *values, int n, double *score,
