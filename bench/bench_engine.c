@@ -48,6 +48,7 @@
 #include "../workers/model/gptneox.h"
 #include "../workers/model/kernels.h"
 #include "../workers/model/tensor.h"
+#include "bench_util.h"
 
 #define MAX_REPS 100
 
@@ -65,25 +66,9 @@ struct opts {
 
 /* ---- helpers ---- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Median of x (n); sorts x in place. */
-static double median(double *x, int n)
-{
-    qsort(x, (size_t)n, sizeof *x, cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 static double peak_rss_mib(void)
 {

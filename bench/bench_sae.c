@@ -28,22 +28,12 @@
 #include "../workers/battery/rng.h"
 #include "../workers/battery/sae.h"
 #include "../workers/model/blas.h"
+#include "bench_util.h"
 
 #define ROWS 16384
 #define MAX_REPS 200
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static float *random_floats(size_t n, uint64_t seed)
 {
