@@ -32,22 +32,16 @@ if ! psql -X -q -v ON_ERROR_STOP=1 -v run="$RUN" -f tests/lib/report_data.sql >"
     dl_finish
 fi
 
-# SAE lineages: into the real table; a stand-in with the columns the report
-# reads only when this schema has none yet
-if [ "$(dl_sql "SELECT to_regclass('feature_lineages') IS NULL")" = t ]; then
-    dl_sql "CREATE TABLE feature_lineages (run_id bigint NOT NULL, layer int NOT NULL, lineage bigint NOT NULL,
-            birth_step bigint NOT NULL, death_step bigint, last_step bigint NOT NULL, length int NOT NULL,
-            splits int NOT NULL DEFAULT 0)" >/dev/null
-    echo "# feature_lineages: stand-in table (no migration defines it in this schema)"
-fi
+# SAE lineages, into the table of schema/005_sae.sql
 # layer 2: 30 lineages, layer 3: 250 (over the cap of 200); every third alive
 out=$(dl_sql "WITH st AS (SELECT step, row_number() OVER (ORDER BY step) - 1 AS k FROM checkpoints c
               JOIN runs r ON r.id = c.run_id WHERE r.name = '$RUN' AND c.duplicate_of IS NULL),
          l AS (SELECT layer, i, (i * 13) % 120 AS b, CASE WHEN i % 3 = 0 THEN NULL ELSE (i * 13) % 120 + 5 + (i * 7) % 30 END AS d
                FROM (VALUES (2, 30), (3, 250)) v(layer, n), generate_series(0, n - 1) i)
-     INSERT INTO feature_lineages (run_id, layer, lineage, birth_step, death_step, last_step, length, splits)
-     SELECT r.id, l.layer, l.i, sb.step, sd.step, coalesce(sd.step, (SELECT max(step) FROM st)),
-            coalesce(l.d, 152) - l.b + 1, CASE WHEN l.i % 4 = 0 THEN 1 ELSE 0 END
+     INSERT INTO feature_lineages (run_id, layer, lineage, root_step, root_feature, birth_step, death_step,
+                                   last_step, length, splits, last_feature)
+     SELECT r.id, l.layer, l.i, sb.step, l.i, sb.step, sd.step, coalesce(sd.step, (SELECT max(step) FROM st)),
+            coalesce(l.d, 152) - l.b + 1, CASE WHEN l.i % 4 = 0 THEN 1 ELSE 0 END, l.i
      FROM l JOIN st sb ON sb.k = l.b LEFT JOIN st sd ON sd.k = l.d, runs r WHERE r.name = '$RUN'")
 dl_eq "lineages inserted" "" "$(echo "$out" | grep -i error)"
 
