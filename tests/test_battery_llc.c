@@ -48,6 +48,7 @@
 #include "../workers/model/gptneox.h"
 #include "../workers/train/task.h"
 #include "../workers/train/train.h"
+#include "lib/toy_config.h"
 
 #define FIXTURE "tests/golden/f32_parallel_rot025"
 #define GOLDEN "tests/golden/llc/trace.json"
@@ -329,26 +330,11 @@ static void test_nan_weight_refused(void **s)
 static void train_small(struct train_config *c, const char *out, struct task_config tc,
                         long steps, const long *ck, size_t nck)
 {
-    memset(c, 0, sizeof *c);
+    toy_config(c, out);
     c->task = tc;
-    c->layers = 1;
-    c->d_model = 32;
-    c->heads = 4;
-    c->d_mlp = 64;
-    c->rotary_pct = 0.25;
-    c->parallel_residual = 1;
-    c->lr = 3e-3;
-    c->weight_decay = 0.1;
-    c->beta1 = 0.9;
-    c->beta2 = 0.98;
-    c->eps = 1e-8;
-    c->warmup = 5;
-    c->init_std = 0.14;
-    c->seed = 1;
     c->steps = steps;
     c->checkpoints = ck;
     c->ncheckpoints = nck;
-    c->out = out;
     struct err e;
     if (train_run(c, &e) < 0)
         fail_msg("%s", err_str(&e));

@@ -38,6 +38,7 @@
 #include "../workers/model/gptneox.h"
 #include "../workers/train/task.h"
 #include "../workers/train/train.h"
+#include "lib/toy_config.h"
 
 /* ---- helpers ---- */
 
@@ -82,25 +83,6 @@ static void rm_run(const char *dir)
     assert_int_equal(system(cmd), 0);
 }
 
-static void base_config(struct train_config *c, const char *out)
-{
-    memset(c, 0, sizeof *c);
-    c->layers = 1;
-    c->d_model = 32;
-    c->heads = 4;
-    c->d_mlp = 64;
-    c->rotary_pct = 0.25;
-    c->parallel_residual = 1;
-    c->lr = 3e-3;
-    c->weight_decay = 0.1;
-    c->beta1 = 0.9;
-    c->beta2 = 0.98;
-    c->eps = 1e-8;
-    c->warmup = 5;
-    c->init_std = 0.14;
-    c->seed = 1;
-    c->out = out;
-}
 
 /* Train with c, then for every line of train_log.jsonl run `task` on that
  * step's checkpoint and compare the four logged metrics. */
@@ -165,7 +147,7 @@ static void test_modadd_matches_log(void **s)
     char dir[] = "/tmp/ckptd-task-XXXXXX";
     assert_non_null(mkdtemp(dir));
     struct train_config c;
-    base_config(&c, dir);
+    toy_config(&c, dir);
     c.task = (struct task_config){.kind = TASK_MODADD, .seed = 3, .p = 7, .train_frac = 0.6};
     c.steps = 60;
     long ck[3] = {0, 20, 60};
@@ -205,7 +187,7 @@ static void test_induction_matches_log(void **s)
     char dir[] = "/tmp/ckptd-task-XXXXXX";
     assert_non_null(mkdtemp(dir));
     struct train_config c;
-    base_config(&c, dir);
+    toy_config(&c, dir);
     c.layers = 2;
     c.task = (struct task_config){.kind = TASK_INDUCTION, .seed = 4, .vocab = 16, .seq_len = 16,
                                   .batch = 8};

@@ -36,6 +36,7 @@
 #include "../workers/train/adamw.h"
 #include "../workers/train/task.h"
 #include "../workers/train/train.h"
+#include "lib/toy_config.h"
 
 static void test_schedule(void **s)
 {
@@ -141,25 +142,6 @@ static void test_induction_data(void **s)
     task_free(t);
 }
 
-static void base_config(struct train_config *c, const char *out)
-{
-    memset(c, 0, sizeof *c);
-    c->layers = 1;
-    c->d_model = 32;
-    c->heads = 4;
-    c->d_mlp = 64;
-    c->rotary_pct = 0.25;
-    c->parallel_residual = 1;
-    c->lr = 3e-3;
-    c->weight_decay = 0.1;
-    c->beta1 = 0.9;
-    c->beta2 = 0.98;
-    c->eps = 1e-8;
-    c->warmup = 5;
-    c->init_std = 0.14;
-    c->seed = 1;
-    c->out = out;
-}
 
 static json_t *last_log_line(const char *dir)
 {
@@ -228,7 +210,7 @@ static void test_modadd_p7_learns(void **s)
     char dir[] = "/tmp/ckptd-train-XXXXXX";
     assert_non_null(mkdtemp(dir));
     struct train_config c;
-    base_config(&c, dir);
+    toy_config(&c, dir);
     c.task = (struct task_config){.kind = TASK_MODADD, .seed = 2, .p = 7, .train_frac = 0.6};
     c.steps = 200;
     long ck[2] = {0, 200};
@@ -259,7 +241,7 @@ static void test_modadd_groks(void **s)
     char dir[] = "/tmp/ckptd-train-XXXXXX";
     assert_non_null(mkdtemp(dir));
     struct train_config c;
-    base_config(&c, dir);
+    toy_config(&c, dir);
     c.task = (struct task_config){.kind = TASK_MODADD, .seed = 1, .p = 47, .train_frac = 0.4};
     c.d_model = 64;
     c.d_mlp = 256;
@@ -364,7 +346,7 @@ static int same_file(const char *a, const char *b)
 static void run_small(const char *dir, uint64_t seed)
 {
     struct train_config c;
-    base_config(&c, dir);
+    toy_config(&c, dir);
     c.layers = 2;
     c.task = (struct task_config){.kind = TASK_INDUCTION, .seed = seed, .vocab = 24,
                                   .seq_len = 16, .batch = 8};
@@ -410,7 +392,7 @@ static void test_bad_settings(void **s)
 {
     (void)s;
     struct train_config c;
-    base_config(&c, "/tmp/ckptd-never-written");
+    toy_config(&c, "/tmp/ckptd-never-written");
     c.task = (struct task_config){.kind = TASK_MODADD, .seed = 1, .p = 5, .train_frac = 0.5};
     c.heads = 3;
     c.steps = 1;
