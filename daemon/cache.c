@@ -206,32 +206,6 @@ static json_t *manifest_load(const struct cache *c, const char *key)
     return json_load_file(p, 0, NULL);
 }
 
-static int write_atomic(const char *path, const char *text, struct err *e)
-{
-    char tmp[PATH_MAX + 16];
-    if (pathf(tmp, sizeof tmp, e, "%s.tmp%d", path, (int)getpid()) < 0)
-        return ERR_INVALID;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            close(fd);
-            unlink(tmp);
-            return err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-    }
-    return 0;
-}
 
 static int manifest_save(const struct cache *c, const char *key, json_t *m, struct err *e)
 {
@@ -245,7 +219,7 @@ static int manifest_save(const struct cache *c, const char *key, json_t *m, stru
     char *text = json_dumps(m, JSON_INDENT(1) | JSON_SORT_KEYS);
     if (!text)
         return err_set(e, ERR_NOMEM, key, "out of memory");
-    rc = write_atomic(p, text, e);
+    rc = path_write_atomic(p, text, e);
     free(text);
     return rc;
 }

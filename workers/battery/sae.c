@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../../common/path.h"
 #include "../model/safetensors.h"
 #include "../train/adamw.h"
 #include "rng.h"
@@ -668,40 +669,6 @@ int sae_trainer_dead(const struct sae_trainer *tr, unsigned char *dead)
 
 /* ---- files ---- */
 
-/* Write `text` to path atomically: path.tmp, fsync, rename. */
-static int write_file_atomic(const char *path, const char *text, struct err *e)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return err_set(e, ERR_IO, path, "path too long");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return err_set(e, ERR_IO, tmp, "cannot create: %s", strerror(errno));
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int er = errno;
-            close(fd);
-            unlink(tmp);
-            return err_set(e, ERR_IO, tmp, "write failed: %s", strerror(er));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int er = errno;
-        unlink(tmp);
-        return err_set(e, ERR_IO, tmp, "fsync/close failed: %s", strerror(er));
-    }
-    if (rename(tmp, path) != 0) {
-        int er = errno;
-        unlink(tmp);
-        return err_set(e, ERR_IO, path, "rename failed: %s", strerror(er));
-    }
-    return 0;
-}
 
 int sae_save(const struct sae *s, const char *dir, const struct sae_meta *meta,
              const float *log_sparsity, struct err *e)
@@ -788,7 +755,7 @@ int sae_save(const struct sae *s, const char *dir, const struct sae_meta *meta,
     withnl[n + 1] = '\0';
     free(text);
     snprintf(path, sizeof path, "%s/%s", dir, SAE_CFG_FILE);
-    rc = write_file_atomic(path, withnl, e);
+    rc = path_write_atomic(path, withnl, e);
     free(withnl);
     return rc;
 }
