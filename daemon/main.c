@@ -2,6 +2,7 @@
  * ckptd - the scheduler daemon: runs, checkpoints, jobs, workers, results.
  * See README.md for the commands and daemon/README.md for the design.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
 #define ADD_RUN_MAX_PROBES 16 /* --probe files of one run (serve's argv has room for them) */
+#define ADD_RUN_MAX_SAE_SITES 16 /* --sae-site hooks of one run (likewise) */
 
 static const char usage[] =
     "usage: ckptd [--config FILE] [--db CONNINFO] [--log-level LEVEL] COMMAND [ARGS]\n"
@@ -40,7 +42,7 @@ static const char usage[] =
     "  add-run NAME --source URL --schedule pythia|refs|LIST [--items ITEM,...]\n"
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
-    "          [--seed N] [--max-attempts N] [--sae-warm-start]\n"
+    "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -92,13 +94,34 @@ static int cmd_migrate(struct daemon_config *cfg)
 
 static int source_is_hf(const char *source) { return strncmp(source, "hf://", 5) == 0; }
 
+/* Is name an SAE site's hook, blocks.L.hook_{resid_pre,attn_out,resid_mid,
+ * mlp_out,resid_post}?  Its layer into *layer.  (The worker checks the rest
+ * against the model: the layer's range, hook_resid_mid's existence.) */
+static int sae_site_ok(const char *name, long *layer)
+{
+    static const char *const kinds[] = {"hook_resid_pre", "hook_attn_out", "hook_resid_mid",
+                                        "hook_mlp_out", "hook_resid_post"};
+    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    *layer = strtol(name + 7, &end, 10);
+    if (errno || *layer > 32767 || *end != '.')
+        return 0;
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++)
+        if (strcmp(end + 1, kinds[k]) == 0)
+            return 1;
+    return 0;
+}
+
 static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
     const char *eval_text = NULL, *tokenizer = NULL;
     long long seed = -1, ctx = 0, eval_seqs = 0;
     int max_attempts = 5, sae_warm_start = 0;
-    json_t *probes = json_array();
+    json_t *probes = json_array(), *sae_sites = json_array();
+    long site_layers[ADD_RUN_MAX_SAE_SITES];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
             source = argv[++i];
@@ -122,12 +145,33 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             eval_seqs = atoll(argv[++i]);
         else if (strcmp(argv[i], "--sae-warm-start") == 0)
             sae_warm_start = 1;
-        else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
+        else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
+            const char *site = argv[++i];
+            const size_t ns = json_array_size(sae_sites);
+            long layer = -1;
+            const char *why = ns >= ADD_RUN_MAX_SAE_SITES ? "too many sites"
+                              : !sae_site_ok(site, &layer)
+                                  ? "a site is blocks.L.hook_resid_pre, hook_attn_out, "
+                                    "hook_resid_mid, hook_mlp_out or hook_resid_post"
+                                  : NULL;
+            for (size_t k = 0; !why && k < ns; k++)
+                if (site_layers[k] == layer)
+                    why = "one site per layer (rows are keyed by layer)";
+            if (why) {
+                fprintf(stderr, "ckptd add-run: cannot use SAE site '%s': %s\n", site, why);
+                json_decref(probes);
+                json_decref(sae_sites);
+                return EXIT_USAGE;
+            }
+            site_layers[ns] = layer;
+            json_array_append_new(sae_sites, json_string(site));
+        } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             char abs[PATH_MAX];
             if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(argv[++i], abs)) {
                 fprintf(stderr, "ckptd add-run: cannot use probe set '%s'%s\n", argv[i],
                         json_array_size(probes) >= ADD_RUN_MAX_PROBES ? ": too many" : "");
                 json_decref(probes);
+                json_decref(sae_sites);
                 return EXIT_USAGE;
             }
             json_array_append_new(probes, json_string(abs));
@@ -136,6 +180,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         else {
             fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", argv[i], usage);
             json_decref(probes);
+            json_decref(sae_sites);
             return EXIT_USAGE;
         }
     }
@@ -146,6 +191,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
                         "--eval-seqs are positive and need --eval-tokens or --eval-text (not "
                         "both); --tokenizer goes with --eval-text\n%s", usage);
         json_decref(probes);
+        json_decref(sae_sites);
         return EXIT_USAGE;
     }
     struct err e;
@@ -260,6 +306,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         json_object_set_new(opt, "seed", json_integer(seed));
     if (sae_warm_start) /* sae jobs wait for the previous checkpoint's and start from it */
         json_object_set_new(opt, "sae_warm_start", json_true());
+    if (json_array_size(sae_sites))
+        json_object_set(opt, "sae_sites", sae_sites);
     opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
     if (!(db = open_db(cfg)))
         goto out;
@@ -279,6 +327,7 @@ out:
     free(opt_text);
     json_decref(opt);
     json_decref(probes);
+    json_decref(sae_sites);
     free(items_copy);
     free(steps);
     registry_free(&reg);

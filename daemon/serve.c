@@ -32,7 +32,8 @@
 #include "supervise.h"
 
 #define MAX_SLOTS 256
-#define SERVE_MAX_PROBES 16 /* --probe files passed to a worker */
+#define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
+#define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
 
@@ -296,7 +297,7 @@ static void launch(struct server *s, struct slot *sl)
     }
     snprintf(threads, sizeof threads, "%d", nthreads);
     snprintf(tag, sizeof tag, "ck%lld-%d", c->checkpoint_id, (int)getpid());
-    const char *argv[24 + 2 * SERVE_MAX_PROBES];
+    const char *argv[24 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";
@@ -335,6 +336,13 @@ static void launch(struct server *s, struct slot *sl)
         if (json_is_string(json_array_get(probes, k))) {
             argv[a++] = "--probe";
             argv[a++] = json_string_value(json_array_get(probes, k));
+        }
+    /* the run's SAE sites, likewise borrowed */
+    json_t *sites = json_object_get(opt, "sae_sites");
+    for (size_t k = 0; k < json_array_size(sites) && k < SERVE_MAX_SAE_SITES; k++)
+        if (json_is_string(json_array_get(sites, k))) {
+            argv[a++] = "--sae-site";
+            argv[a++] = json_string_value(json_array_get(sites, k));
         }
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};

@@ -6,7 +6,10 @@
 # Python standard library, independently of the C reader) names W_enc
 # [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec as F32; a second run
 # with --prev-artifacts warm-starts (warm_start 1); `battery --json` marks
-# sae_relu opt-in.  Run from the repository root.
+# sae_relu opt-in; --sae-site (repeatable) puts one dictionary per site
+# (its cfg.json's hook_name) and the rows at each site's layer; a bad site
+# exits 1 naming it and prints no row, and sites are not checked when no
+# listed item trains an SAE.  Run from the repository root.
 set -u
 W=${CKPT_WORKER:-build/bin/ckpt-worker}
 TMP=$(mktemp -d /tmp/ckptd-cli-sae-XXXXXX)
@@ -62,6 +65,29 @@ d = {i["name"]: i for i in json.load(sys.stdin)["items"]}
 assert d["sae_relu"].get("opt_in") is True and "opt_in" not in d["sae"], d["sae"]
 assert d["sae"]["needs"] == ["eval_tokens", "artifacts", "prev_artifacts"], d["sae"]["needs"]
 ' && ok "battery --json: sae_relu opt-in, sae needs" || fail "battery --json"
+
+if "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a3" --sae-site blocks.0.hook_resid_pre \
+    --sae-site blocks.1.hook_mlp_out >"$TMP/rows3" 2>"$TMP/err" &&
+    [ "$(ls "$TMP/a3/sae" | tr '\n' ' ')" = "blocks.0.hook_resid_pre blocks.1.hook_mlp_out " ] &&
+    grep -q '"hook_name": "blocks.1.hook_mlp_out"' "$TMP/a3/sae/blocks.1.hook_mlp_out/cfg.json" &&
+    [ "$(awk -F'\t' '$3 == "fvu" { printf "%s ", $4 }' "$TMP/rows3")" = "0 1 " ]; then
+    ok "--sae-site twice: a dictionary per site, fvu at layers 0 and 1"
+else
+    fail "--sae-site: $(tail -1 "$TMP/err")"
+fi
+"$W" analyze "$TMP/ck" --items loss,sae --artifacts "$TMP/a4" --sae-site blocks.0.mlp.hook_post >"$TMP/out" 2>"$TMP/err"
+st=$?
+if [ "$st" -eq 1 ] && grep -q 'blocks.0.mlp.hook_post.*not an SAE site' "$TMP/err" && [ ! -s "$TMP/out" ]; then
+    ok "a bad site: exit 1, names it, no rows (not even loss's)"
+else
+    fail "bad site: exit $st, $(tail -1 "$TMP/err")"
+fi
+if "$W" analyze "$TMP/ck" --items loss --sae-site blocks.9.hook_resid_post >"$TMP/out" 2>"$TMP/err" &&
+    [ -s "$TMP/out" ] && grep -q "SAE sites unused" "$TMP/err"; then
+    ok "sites unused without an SAE item: a warning, the rows"
+else
+    fail "unused sites: $(tail -1 "$TMP/err")"
+fi
 
 [ "$fails" -eq 0 ] && echo "cli_sae: all passed" || echo "cli_sae: $fails failed"
 [ "$fails" -eq 0 ]

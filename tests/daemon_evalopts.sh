@@ -4,12 +4,15 @@
 # runs.options, and `ckptd serve` passes them to `ckpt-worker analyze`
 # (--ctx, --max-seqs, --probe), as the measurements show: loss_by_pos has
 # N-1 positions, the `loss` value equals the worker's own on the first K
-# sequences, and the user probe set's rows land with idx 0.  Bad
-# combinations exit 2 and write nothing.
+# sequences, and the user probe set's rows land with idx 0.  `--sae-site
+# HOOK` (repeatable) is stored as options.sae_sites and reaches the worker
+# (--sae-site): the sae rows land at each site's layer and each site's
+# dictionary is recorded in `artifacts`; a site the model lacks fails the
+# job with an error naming it.  Bad combinations exit 2 and write nothing.
 . tests/lib/daemon.sh
 dl_init evalopts 54357
 dl_migrate
-dl_config "$T/cfg.json"
+dl_config "$T/cfg.json" "\"artifact_dir\": \"$T/art\""
 dl_ckpts 2
 C=("$CKPTD" --config "$T/cfg.json")
 
@@ -35,6 +38,10 @@ bad "--ctx without --eval-tokens" x --source "file://$T/ck" --schedule 0 --ctx 1
 bad "--eval-seqs without --eval-tokens" x --source "file://$T/ck" --schedule 0 --eval-seqs 3
 bad "negative --ctx" x --source "file://$T/ck" --schedule 0 --eval-tokens "$T/eval.u16" --ctx -1
 bad "missing probe file" x --source "file://$T/ck" --schedule 0 --probe "$T/nonesuch.json"
+bad "an SAE site that is no site" x --source "file://$T/ck" --schedule 0 --sae-site blocks.0.attn.hook_pattern
+bad "two SAE sites of one layer" x --source "file://$T/ck" --schedule 0 \
+    --sae-site blocks.1.hook_mlp_out --sae-site blocks.1.hook_resid_post
+dl_grep "... saying why" "$T/bad.out" "one site per layer"
 dl_eq "nothing written" 0 "$(dl_sql "SELECT count(*) FROM runs")"
 
 out=$("${C[@]}" add-run ev --source "file://$T/ck/step{step}" --schedule 0,1 --items loss,probes \
@@ -62,6 +69,25 @@ fi
 if [ "$want" != "$all" ]; then dl_ok "10 of 12 sequences differ from all 12"; else dl_fail "--max-seqs changed nothing"; fi
 dl_eq "user probe rows, idx 0" "true 0" \
     "$(dl_sql "SELECT (count(*) > 0) || ' ' || max(idx) FROM series WHERE metric = 'user_acc'")"
+
+# SAE sites: two of them, and one the 2-layer model does not have
+out=$("${C[@]}" add-run sites --source "file://$T/ck/step{step}" --schedule 0 --items sae \
+    --sae-site blocks.0.hook_mlp_out --sae-site blocks.1.hook_attn_out 2>"$T/sites.err")
+dl_eq "add-run --sae-site" "run sites: 1 steps, 1 items; added 1 checkpoints and 1 jobs" "$out"
+dl_eq "sites stored" '["blocks.0.hook_mlp_out", "blocks.1.hook_attn_out"]' \
+    "$(dl_sql "SELECT options->'sae_sites' FROM runs WHERE name = 'sites'")"
+"${C[@]}" add-run nosite --source "file://$T/ck/step{step}" --schedule 0 --items sae \
+    --sae-site blocks.7.hook_resid_post --max-attempts 1 >/dev/null 2>&1
+dl_serve S --config "$T/cfg.json" serve --until-idle --node S
+dl_wait_exit "$S_PID" 120
+dl_eq "sae rows at the sites' layers" "0 1" \
+    "$(dl_sql "SELECT string_agg(layer::text, ' ' ORDER BY layer) FROM series s WHERE s.run = 'sites' AND s.item = 'sae' AND s.metric = 'fvu'")"
+dl_eq "one dictionary per site" "sae/blocks.0.hook_mlp_out/cfg.json sae/blocks.1.hook_attn_out/cfg.json" \
+    "$(dl_sql "SELECT string_agg(substring(a.path from 'sae/.*'), ' ' ORDER BY a.path) FROM artifacts a JOIN runs r ON r.id = a.run_id WHERE r.name = 'sites' AND a.path LIKE '%cfg.json'")"
+dl_eq "the missing site's job is dead" dead "$(dl_sql "SELECT state FROM job_list WHERE run = 'nosite'")"
+dl_sql "SELECT last_error FROM job_list WHERE run = 'nosite'" >"$T/nosite.err"
+dl_grep "... its error names the site" "$T/nosite.err" \
+    "blocks.7.hook_resid_post.*layer 7 is outside the model.s 2 layers"
 
 # --eval-text: tokenized once by the worker into the data directory, under a
 # name from the text's and tokenizer's contents; reused; errors are clear

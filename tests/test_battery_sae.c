@@ -25,6 +25,22 @@
  *   bad input       NaN activations fail the item with ERR_NUMERIC and leave
  *                   no file; no --artifacts fails with a message naming it;
  *                   fewer than 5 eval sequences fail.
+ *   sites           sae_sites_resolve: the default is blocks.1.hook_resid_post;
+ *                   a hook that is not d_model-wide, a layer out of range,
+ *                   hook_resid_mid in a parallel-residual model, two sites
+ *                   of one layer and a name that is no hook are refused.
+ *                   Zero-splicing at blocks.0.hook_resid_pre, at
+ *                   blocks.0.hook_mlp_out and at blocks.1.hook_attn_out
+ *                   gives exactly the loss of the model whose embedding, MLP
+ *                   output projection or attention output projection is
+ *                   zeroed (an independent way to remove the same term); an
+ *                   exact SAE at those sites and at hook_resid_mid of a
+ *                   sequential-residual model recovers the loss.  The item
+ *                   with sites blocks.0.hook_mlp_out and
+ *                   blocks.1.hook_attn_out writes each metric once per
+ *                   site's layer and one dictionary per site whose cfg.json
+ *                   names it; when the second site fails (NaN in layer 1)
+ *                   the first site's dictionary is gone too.
  */
 #include <dirent.h>
 #include <math.h>
@@ -257,8 +273,8 @@ static void test_splice(void **state)
     }
     assert_int_equal(sae_create(&zero, SAE_RELU, C, 2 * C, 0, &e), 0);
     struct sae_splice a, z;
-    if (sae_splice_eval(f.m, id, 1, f.tok, B, T, &a, &e) < 0 ||
-        sae_splice_eval(f.m, zero, 1, f.tok, B, T, &z, &e) < 0)
+    if (sae_splice_eval(f.m, id, HOOK_RESID_POST, 1, f.tok, B, T, &a, &e) < 0 ||
+        sae_splice_eval(f.m, zero, HOOK_RESID_POST, 1, f.tok, B, T, &z, &e) < 0)
         fail_msg("%s", err_str(&e));
     printf("identity: clean %.9f spliced %.9f zero %.9f recovered %.9f kl %.3g\n", a.ce_clean,
            a.ce_spliced, a.ce_zero, a.loss_recovered, a.kl_spliced);
@@ -272,7 +288,7 @@ static void test_splice(void **state)
     assert_true(a.ce_clean == z.ce_clean);
     assert_int_equal(gptneox_forward(f.m, f.tok, B, T, NULL, 0, &e), 0);
     assert_true(fabs(gptneox_loss(f.m, f.tok, B, T, NULL, NULL) - a.ce_clean) <= 1e-12);
-    assert_int_equal(sae_splice_eval(f.m, id, 2, f.tok, B, T, &a, &e), ERR_INVALID);
+    assert_int_equal(sae_splice_eval(f.m, id, HOOK_RESID_POST, 2, f.tok, B, T, &a, &e), ERR_INVALID);
     sae_free(id);
     sae_free(zero);
     fixture_free(&f);
@@ -437,6 +453,193 @@ static void test_bad_input(void **state)
     fixture_free(&f);
 }
 
+/* ---- sites ---- */
+
+static void test_sites_resolve(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_init(&f);
+    struct sae_site st[SAE_SITES_MAX];
+    struct err e;
+    assert_int_equal(sae_sites_resolve(&f.m->cfg, NULL, 0, st, &e), 1);
+    assert_string_equal(st[0].name, HOOK);
+    assert_int_equal(st[0].kind, HOOK_RESID_POST);
+    assert_int_equal(st[0].layer, 1);
+    const char *two[] = {"blocks.1.hook_attn_out", "blocks.0.hook_mlp_out"};
+    assert_int_equal(sae_sites_resolve(&f.m->cfg, two, 2, st, &e), 2);
+    assert_int_equal(st[0].kind, HOOK_ATTN_OUT);
+    assert_int_equal(st[0].layer, 1);
+    assert_int_equal(st[1].kind, HOOK_MLP_OUT);
+    assert_int_equal(st[1].layer, 0);
+    static const struct {
+        const char *names[2];
+        int n;
+        const char *says;
+    } bad[] = {
+        {{"blocks.0.attn.hook_pattern"}, 1, "not an SAE site"},
+        {{"blocks.0.mlp.hook_post"}, 1, "not an SAE site"},
+        {{"blocks.2.hook_resid_post"}, 1, "outside the model's 2 layers"},
+        {{"blocks.0.hook_resid_mid"}, 1, "no hook_resid_mid"},
+        {{"blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"}, 2, "one SAE site per layer"},
+        {{"resid_post"}, 1, "not a hook name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(sae_sites_resolve(&f.m->cfg, bad[i].names, bad[i].n, st, &e),
+                         ERR_INVALID);
+        printf("%s: %s\n", bad[i].names[bad[i].n - 1], err_str(&e));
+        assert_non_null(strstr(err_str(&e), bad[i].says));
+    }
+    fixture_free(&f);
+}
+
+/* The exact ReLU SAE of width 2C (W_enc = [I, -I], W_dec = [I; -I]). */
+static struct sae *exact_sae(int C)
+{
+    struct sae *id = NULL;
+    struct err e;
+    assert_int_equal(sae_create(&id, SAE_RELU, C, 2 * C, 0, &e), 0);
+    for (int j = 0; j < C; j++) {
+        id->W_enc[(size_t)j * 2 * C + j] = 1.0f;
+        id->W_enc[(size_t)j * 2 * C + C + j] = -1.0f;
+        id->W_dec[(size_t)j * C + j] = 1.0f;
+        id->W_dec[(size_t)(C + j) * C + j] = -1.0f;
+    }
+    return id;
+}
+
+static void test_splice_sites(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_init(&f);
+    const int C = 32, B = 3, T = f.T;
+    struct err e;
+    struct sae *id = exact_sae(C), *zero = NULL;
+    assert_int_equal(sae_create(&zero, SAE_RELU, C, 2 * C, 0, &e), 0);
+    struct gptneox_layer *L0 = &f.m->layers[0], *L1 = &f.m->layers[1];
+    /* each site, and the weights whose zeroing removes the same term */
+    struct {
+        enum hook_kind kind;
+        int layer;
+        float *w[2];
+        size_t n[2];
+    } sites[] = {
+        {HOOK_RESID_PRE, 0, {f.m->embed, NULL}, {(size_t)64 * C, 0}},
+        {HOOK_MLP_OUT, 0, {L0->proj_w, L0->proj_b}, {(size_t)C * f.m->cfg.d_mlp, (size_t)C}},
+        {HOOK_ATTN_OUT, 1, {L1->attn_w, L1->attn_b}, {(size_t)C * C, (size_t)C}},
+    };
+    for (size_t i = 0; i < sizeof sites / sizeof *sites; i++) {
+        struct sae_splice a, z;
+        if (sae_splice_eval(f.m, id, sites[i].kind, sites[i].layer, f.tok, B, T, &a, &e) < 0 ||
+            sae_splice_eval(f.m, zero, sites[i].kind, sites[i].layer, f.tok, B, T, &z, &e) < 0)
+            fail_msg("%s", err_str(&e));
+        float *keep[2] = {NULL, NULL};
+        for (int k = 0; k < 2; k++)
+            if (sites[i].w[k]) {
+                keep[k] = malloc(sites[i].n[k] * sizeof(float));
+                memcpy(keep[k], sites[i].w[k], sites[i].n[k] * sizeof(float));
+                memset(sites[i].w[k], 0, sites[i].n[k] * sizeof(float));
+            }
+        assert_int_equal(gptneox_forward(f.m, f.tok, B, T, NULL, 0, &e), 0);
+        const double removed = gptneox_loss(f.m, f.tok, B, T, NULL, NULL);
+        for (int k = 0; k < 2; k++)
+            if (keep[k]) {
+                memcpy(sites[i].w[k], keep[k], sites[i].n[k] * sizeof(float));
+                free(keep[k]);
+            }
+        printf("site %d.%d: clean %.9f zero %.9f (weights zeroed %.9f) exact recovered %.6f\n",
+               (int)sites[i].kind, sites[i].layer, a.ce_clean, z.ce_zero, removed,
+               a.loss_recovered);
+        assert_true(fabs(z.ce_zero - removed) <= 1e-12);
+        assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4); /* the site matters */
+        assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
+    }
+    /* hook_resid_mid exists in a sequential-residual model */
+    struct gptneox_config cfg = f.m->cfg;
+    cfg.parallel_residual = 0;
+    struct gptneox *seq = NULL;
+    assert_int_equal(gptneox_create(&seq, &cfg, &e), 0);
+    gptneox_init_random(seq, 43, 0.2f);
+    struct sae_splice a, z;
+    if (sae_splice_eval(seq, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e) < 0 ||
+        sae_splice_eval(seq, zero, HOOK_RESID_MID, 1, f.tok, B, T, &z, &e) < 0)
+        fail_msg("%s", err_str(&e));
+    assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
+    assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4);
+    assert_int_equal(sae_splice_eval(f.m, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e),
+                     ERR_INVALID);
+    gptneox_free(seq);
+    sae_free(id);
+    sae_free(zero);
+    fixture_free(&f);
+}
+
+static void test_item_sites(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_init(&f);
+    char art[128], dir[256], names[512];
+    snprintf(art, sizeof art, "%s/sites", tmpdir);
+    const char *two[] = {"blocks.0.hook_mlp_out", "blocks.1.hook_attn_out"};
+    struct battery_ctx c = ctx_of(&f, art, NULL);
+    c.sae_sites = two;
+    c.nsae_sites = 2;
+    size_t n;
+    struct grow *r = grows_run(&battery_item_sae, &c, &n);
+    for (size_t i = 0; i < battery_item_sae.nmetrics; i++) {
+        const char *mn = battery_item_sae.metrics[i].name;
+        size_t want = strcmp(mn, "density_histogram") == 0 ? SAE_DENSITY_BINS
+                      : strncmp(mn, "feature_", 8) == 0   ? 128
+                                                          : 1;
+        for (int layer = 0; layer < 2; layer++) {
+            size_t cnt = 0;
+            for (size_t j = 0; j < n; j++)
+                cnt += strcmp(r[j].metric, mn) == 0 && r[j].layer == layer && r[j].head == -1;
+            if (cnt != want)
+                fail_msg("%s layer %d: %zu rows, expected %zu", mn, layer, cnt, want);
+        }
+    }
+    assert_int_equal(n, 2 * (13 + SAE_DENSITY_BINS + 2 * 128));
+    snprintf(dir, sizeof dir, "%s/sae", art);
+    list_dir(dir, names, sizeof names);
+    assert_string_equal(names, "blocks.0.hook_mlp_out blocks.1.hook_attn_out");
+    for (int k = 0; k < 2; k++) {
+        snprintf(dir, sizeof dir, "%s/sae/%s/cfg.json", art, two[k]);
+        size_t len;
+        char *js = slurp(dir, &len);
+        char want[96];
+        snprintf(want, sizeof want, "\"hook_name\": \"%s\"", two[k]);
+        if (!strstr(js, want))
+            fail_msg("%s lacks %s", dir, want);
+        snprintf(want, sizeof want, "\"hook_layer\": %d", k);
+        if (!strstr(js, want))
+            fail_msg("%s lacks %s", dir, want);
+        free(js);
+    }
+    free(r);
+    /* the second site fails: no dictionary is left, the first's included */
+    snprintf(art, sizeof art, "%s/sites-fail", tmpdir);
+    const char *late[] = {"blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"};
+    c = ctx_of(&f, art, NULL);
+    c.sae_sites = late;
+    c.nsae_sites = 2;
+    f.m->layers[1].fc_b[3] = NAN;
+    struct rows rr;
+    rows_init(&rr);
+    struct err e;
+    assert_int_equal(battery_run_item(&battery_item_sae, &c, &rr, &e), ERR_NUMERIC);
+    printf("second site: %s\n", err_str(&e));
+    assert_non_null(strstr(err_str(&e), "blocks.1.hook_resid_post"));
+    assert_int_equal(rr.n, 0);
+    snprintf(dir, sizeof dir, "%s/sae", art);
+    list_dir(dir, names, sizeof names);
+    assert_string_equal(names, "");
+    rows_free(&rr);
+    fixture_free(&f);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -461,6 +664,9 @@ int main(void)
         cmocka_unit_test(test_warm_start),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_sites_resolve),
+        cmocka_unit_test(test_splice_sites),
+        cmocka_unit_test(test_item_sites),
     };
     return cmocka_run_group_tests_name("battery_sae", tests, setup, teardown);
 }

@@ -19,7 +19,7 @@
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
-    "                           [--artifacts DIR] [--prev-artifacts DIR]\n"
+    "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -48,7 +48,11 @@ static const char analyze_usage[] =
     "                       its training data when there is one\n"
     "  --artifacts DIR      where items that write files (sae) put them, below DIR/<item>/\n"
     "  --prev-artifacts DIR the previous checkpoint's artifact directory, for items that\n"
-    "                       read it (sae warm start, sae_match)\n";
+    "                       read it (sae warm start, sae_match)\n"
+    "  --sae-site HOOK      a site for sae and sae_relu, repeatable, one per layer:\n"
+    "                       blocks.L.hook_resid_pre, hook_attn_out, hook_resid_mid\n"
+    "                       (sequential-residual models), hook_mlp_out or\n"
+    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -138,9 +142,12 @@ int cmd_analyze(int argc, char **argv)
     const char *artifacts = NULL, *prev_artifacts = NULL;
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
-    int nprobe = 0;
-    if (!probe_paths) {
+    const char **sae_sites = calloc((size_t)argc, sizeof *sae_sites);
+    int nprobe = 0, nsae_sites = 0;
+    if (!probe_paths || !sae_sites) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
+        free(probe_paths);
+        free(sae_sites);
         return EXIT_INPUT;
     }
     for (int i = 1; i < argc; i++) {
@@ -159,22 +166,27 @@ int cmd_analyze(int argc, char **argv)
             prev_artifacts = argv[++i];
         } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             probe_paths[nprobe++] = argv[++i];
+        } else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
+            sae_sites[nsae_sites++] = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
                 fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
                 free(probe_paths);
+                free(sae_sites);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], INT32_MAX, &ctx_len) < 0 || ctx_len == 0) {
                 fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
                 free(probe_paths);
+                free(sae_sites);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--max-seqs") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], INT32_MAX, &max_seqs) < 0 || max_seqs == 0) {
                 fprintf(stderr, "ckpt-worker analyze: --max-seqs needs a positive integer\n");
                 free(probe_paths);
+                free(sae_sites);
                 return EXIT_USAGE;
             }
         } else if (argv[i][0] != '-' && !dir) {
@@ -183,12 +195,14 @@ int cmd_analyze(int argc, char **argv)
             fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", argv[i],
                     analyze_usage);
             free(probe_paths);
+            free(sae_sites);
             return EXIT_USAGE;
         }
     }
     if (!dir || !items_arg) {
         fputs(analyze_usage, stderr);
         free(probe_paths);
+        free(sae_sites);
         return EXIT_USAGE;
     }
     const struct battery_item **items = calloc(battery_count(), sizeof *items);
@@ -198,6 +212,7 @@ int cmd_analyze(int argc, char **argv)
         free(list);
         free(items);
         free(probe_paths);
+        free(sae_sites);
         return EXIT_USAGE;
     }
     free(list);
@@ -235,6 +250,20 @@ int cmd_analyze(int argc, char **argv)
     bctx.nprobe_sets = nprobe;
     bctx.artifacts_dir = artifacts;
     bctx.prev_artifacts_dir = prev_artifacts;
+    /* the sites too, when an item trains SAEs: a bad one prints no rows */
+    int uses_sites = 0;
+    for (size_t i = 0; i < nitems; i++)
+        uses_sites |= items[i] == &battery_item_sae || items[i] == &battery_item_sae_relu;
+    if (nsae_sites && !uses_sites)
+        log_warn("SAE sites unused", "count=%d reason=\"no item listed trains an SAE\"",
+                 nsae_sites);
+    if (nsae_sites && uses_sites) {
+        struct sae_site sites[SAE_SITES_MAX];
+        if (sae_sites_resolve(&m->cfg, sae_sites, nsae_sites, sites, &e) < 0)
+            goto fail;
+        bctx.sae_sites = sae_sites;
+        bctx.nsae_sites = nsae_sites;
+    }
     if (needs & (BATTERY_NEEDS(BATTERY_NEED_TASK) | BATTERY_NEEDS(BATTERY_NEED_TASK_OPTIONAL))) {
         bctx.task_path = task_arg ? task_arg : (task_found = find_task_json(dir));
         if (bctx.task_path)
@@ -289,5 +318,6 @@ out:
         probe_set_free(probe_sets[k]);
     free(probe_sets);
     free(probe_paths);
+    free(sae_sites);
     return status;
 }

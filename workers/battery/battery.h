@@ -84,6 +84,10 @@ struct battery_ctx {
      * (--prev-artifacts), or NULL. */
     const char *artifacts_dir;
     const char *prev_artifacts_dir;
+    /* SAE sites (--sae-site, hook names, in order), or NULL/0: the default
+     * (sae_sites_resolve) */
+    const char *const *sae_sites;
+    int nsae_sites;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -378,8 +382,9 @@ void modadd_proj_free(struct modadd_proj *q);
 /* sae v1 and sae_relu v1 (need eval_tokens, artifacts, prev_artifacts): a
  * sparse autoencoder (sae.h) trained on blocks.{n_layers/2}.hook_resid_post
  * of the eval set, TopK (sae) or ReLU + L1 (sae_relu), its metrics, and the
- * dictionary in SAELens's layout under ARTIFACTS/<item>/<hook>/; warm start
- * from PREV_ARTIFACTS/<item>/<hook>/ when it matches.  Rows (layer = the
+ * dictionary in SAELens's layout under ARTIFACTS/<item>/<hook>/, one per
+ * site (ctx.sae_sites); warm start from PREV_ARTIFACTS/<item>/<hook>/ when
+ * it matches.  Rows (layer = the
  * site's layer): fvu, explained_variance, l0, dead_fraction,
  * dense_fraction, ce_clean, ce_spliced, ce_zero_ablated, loss_recovered,
  * kl_spliced, density_histogram (idx bin), feature_density and
@@ -397,18 +402,41 @@ void modadd_proj_free(struct modadd_proj *q);
 extern const struct battery_item battery_item_sae;
 extern const struct battery_item battery_item_sae_relu;
 
-/* The splice metrics of an SAE s (raw activations) at
- * blocks.<layer>.hook_resid_post on tokens (B,T): mean next-token
- * cross-entropy clean, with the activation replaced by s's reconstruction
- * (a write hook), and zeroed; mean KL(clean || spliced) over positions; and
+#define SAE_SITES_MAX 64          /* sites of one item (one per layer) */
+
+/* An SAE site: a d_model-wide hook of a block. */
+struct sae_site {
+    enum hook_kind kind; /* HOOK_RESID_PRE, _ATTN_OUT, _RESID_MID, _MLP_OUT, _RESID_POST */
+    int layer;
+    char name[64];       /* blocks.L.hook_... */
+};
+/* Is (kind, layer) an SAE site of a model of cfg?  0, or ERR_INVALID saying
+ * why (another hook kind, a layer out of range, hook_resid_mid in a
+ * parallel-residual model, which has none). */
+int sae_site_check(const struct gptneox_config *cfg, enum hook_kind kind, int layer,
+                   struct err *e) CK_WUR;
+/* The sites named (n of them, hook names), checked, into out (room for
+ * SAE_SITES_MAX); with n = 0 the default, blocks.{n_layers/2}.hook_resid_post.
+ * Returns the number of sites, or ERR_INVALID: a name that is not a hook,
+ * not a site (sae_site_check), a second site of one layer, more than
+ * SAE_SITES_MAX. */
+int sae_sites_resolve(const struct gptneox_config *cfg, const char *const *names, int n,
+                      struct sae_site *out, struct err *e) CK_WUR;
+
+/* The splice metrics of an SAE s (raw activations) at the site (kind,
+ * layer) on tokens (B,T): mean next-token cross-entropy clean, with the
+ * activation replaced by s's reconstruction (a write hook), and zeroed;
+ * mean KL(clean || spliced) over positions; and
  * loss_recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
- * Errors: ERR_INVALID (layer, d_in or sizes), ERR_NOMEM, the forward's. */
+ * Errors: ERR_INVALID (not a site, d_in or sizes), ERR_NOMEM, the
+ * forward's. */
 struct sae;
 struct sae_splice {
     double ce_clean, ce_spliced, ce_zero, kl_spliced, loss_recovered;
 };
-int sae_splice_eval(struct gptneox *m, const struct sae *s, int layer, const int *tokens, int B,
-                    int T, struct sae_splice *out, struct err *e) CK_WUR;
+int sae_splice_eval(struct gptneox *m, const struct sae *s, enum hook_kind kind, int layer,
+                    const int *tokens, int B, int T, struct sae_splice *out,
+                    struct err *e) CK_WUR;
 /* Warm start: when PREV/<item>/<hook>/ holds a dictionary (sae_load) of
  * s's architecture, d_in, d_sae and k, copy it into s, biases multiplied by
  * `scale` (the training normalisation), and return 1; else leave s alone,

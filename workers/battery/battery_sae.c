@@ -1,11 +1,17 @@
 /* sae v1 and sae_relu v1: a sparse autoencoder per checkpoint, its quality
  * metrics, and the dictionary saved in SAELens's layout.
  *
- * Site: blocks.{n_layers/2}.hook_resid_post (the middle layer's residual
- * stream), `layer` of every row.  Activations are harvested there from the
- * eval set (BATTERY_LOSS_BATCH sequences per forward, stopping after that
- * layer; at most SAE_HARVEST_BYTES of them, whole sequences from the
- * first).  Sequence b is held out when b % 5 == 4 (as `probes` splits);
+ * Sites: the hooks of ctx.sae_sites (`ckpt-worker analyze --sae-site`,
+ * the run's sae_sites option), by default blocks.{n_layers/2}.hook_resid_post
+ * (the middle layer's residual stream).  A site is a d_model-wide hook of a
+ * block: hook_resid_pre, hook_attn_out, hook_resid_mid (sequential-residual
+ * models only), hook_mlp_out or hook_resid_post; at most one per layer,
+ * since every row carries the site's layer in `layer` and nothing else
+ * (sae_site_parse checks all of this before any work).  One dictionary is
+ * trained per site, each as below, in the order given.  Activations are
+ * harvested at the site from the eval set (BATTERY_LOSS_BATCH sequences per
+ * forward, stopping after that layer; at most SAE_HARVEST_BYTES of them,
+ * whole sequences from the first).  Sequence b is held out when b % 5 == 4 (as `probes` splits);
  * the rest train.
  *
  * Training (sae.h): sae is TopK (Gao et al. 2024, k = SAE_K, AuxK 1/32,
@@ -62,10 +68,11 @@
  *
  * Artifacts: ARTIFACTS/<item>/<hook>/{cfg.json, sae_weights.safetensors,
  * sparsity.safetensors} (sae.h).  They are written into a fresh
- * ARTIFACTS/<item>/.<hook>.tmp-XXXXXX directory once every number is
- * computed, then renamed into place (an earlier dictionary there is moved
- * aside first and removed after), so the directory is either whole or
- * absent; a failing item leaves no file.
+ * ARTIFACTS/<item>/.<hook>.tmp-XXXXXX directory once every number of the
+ * site is computed; when every site is done the directories are renamed
+ * into place (an earlier dictionary there is moved aside first and removed
+ * after), so each is either whole or absent; a failing item leaves no file,
+ * a failure in a later site removing the earlier sites' too.
  *
  * Cost: the harvesting forward, SAE_TRAIN_TOKENS tokens of training (about
  * 10 sgemm of 2 x batch x d_in x d_sae flops per step for TopK with dead
@@ -88,7 +95,9 @@
 
 #define SAE_SEED_SALT 0x5341452d73656564ull /* "SAE-seed" */
 
-#define SAE_LAYER_MEANING "the site: blocks.L.hook_resid_post, L = n_layers / 2"
+#define SAE_LAYER_MEANING                                                                   \
+    "the site's layer: blocks.L.<hook> of the run's sae_sites option (one site per layer); "  \
+    "by default blocks.L.hook_resid_post, L = n_layers / 2"
 
 static const struct metric_def sae_metrics[] = {
     {"fvu", "fraction",
@@ -165,15 +174,72 @@ static int splice_fn(void *ctx, struct hook_act *act, struct err *e)
     return sae_reconstruct(h->s, act->data, NULL, act->data, act->n / (size_t)h->s->d_in, e);
 }
 
-int sae_splice_eval(struct gptneox *m, const struct sae *s, int layer, const int *tokens, int B,
-                    int T, struct sae_splice *out, struct err *e)
+/* ---- sites ---- */
+
+int sae_site_check(const struct gptneox_config *cfg, enum hook_kind kind, int layer,
+                   struct err *e)
+{
+    char name[64];
+    if (hook_name(name, sizeof name, kind, layer < 0 ? 0 : layer) < 0)
+        snprintf(name, sizeof name, "hook kind %d", (int)kind);
+    if (kind != HOOK_RESID_PRE && kind != HOOK_ATTN_OUT && kind != HOOK_RESID_MID &&
+        kind != HOOK_MLP_OUT && kind != HOOK_RESID_POST)
+        return err_set(e, ERR_INVALID, name,
+                       "not an SAE site: a site is blocks.L.hook_resid_pre, hook_attn_out, "
+                       "hook_resid_mid, hook_mlp_out or hook_resid_post");
+    if (layer < 0 || layer >= cfg->n_layers)
+        return err_set(e, ERR_INVALID, name, "layer %d is outside the model's %d layers", layer,
+                       cfg->n_layers);
+    if (kind == HOOK_RESID_MID && cfg->parallel_residual)
+        return err_set(e, ERR_INVALID, name,
+                       "the model adds attention and MLP in parallel (use_parallel_residual): "
+                       "it has no hook_resid_mid");
+    return 0;
+}
+
+int sae_sites_resolve(const struct gptneox_config *cfg, const char *const *names, int n,
+                      struct sae_site *out, struct err *e)
+{
+    if (n <= 0) {
+        out[0].kind = HOOK_RESID_POST;
+        out[0].layer = cfg->n_layers / 2;
+        if (hook_name(out[0].name, sizeof out[0].name, HOOK_RESID_POST, out[0].layer) < 0)
+            return err_set(e, ERR_INVALID, NULL, "no hook name for layer %d", out[0].layer);
+        return 1;
+    }
+    if (n > SAE_SITES_MAX)
+        return err_set(e, ERR_INVALID, NULL, "%d SAE sites: at most %d", n, SAE_SITES_MAX);
+    for (int i = 0; i < n; i++) {
+        struct sae_site *st = &out[i];
+        int rc;
+        if (hook_parse(names[i], &st->kind, &st->layer) < 0)
+            return err_set(e, ERR_INVALID, names[i], "not a hook name (blocks.L.hook_resid_post, ...)");
+        if ((rc = sae_site_check(cfg, st->kind, st->layer, e)) < 0)
+            return rc;
+        if (hook_name(st->name, sizeof st->name, st->kind, st->layer) < 0)
+            return err_set(e, ERR_INVALID, names[i], "no hook name");
+        for (int k = 0; k < i; k++)
+            if (out[k].layer == st->layer)
+                return err_set(e, ERR_INVALID, names[i],
+                               "%s is of the same layer: one SAE site per layer, since rows are "
+                               "keyed by layer",
+                               out[k].name);
+    }
+    return n;
+}
+
+int sae_splice_eval(struct gptneox *m, const struct sae *s, enum hook_kind kind, int layer,
+                    const int *tokens, int B, int T, struct sae_splice *out, struct err *e)
 {
     const int V = m->cfg.vocab_size;
     memset(out, 0, sizeof *out);
-    if (layer < 0 || layer >= m->cfg.n_layers || s->d_in != m->cfg.d_model || B < 1 || T < 2)
+    int rc = sae_site_check(&m->cfg, kind, layer, e);
+    if (rc < 0)
+        return rc;
+    if (s->d_in != m->cfg.d_model || B < 1 || T < 2)
         return err_set(e, ERR_INVALID, "sae splice",
-                       "layer %d, d_in %d (model d_model %d), %d x %d tokens out of range", layer,
-                       s->d_in, m->cfg.d_model, B, T);
+                       "d_in %d (model d_model %d), %d x %d tokens out of range", s->d_in,
+                       m->cfg.d_model, B, T);
     size_t per = (size_t)T * V;
     int G = (int)(SAE_SPLICE_FLOATS / per);
     G = G < 1 ? 1 : G > B ? B : G;
@@ -186,10 +252,9 @@ int sae_splice_eval(struct gptneox *m, const struct sae *s, int layer, const int
                        V);
     }
     struct splice_hook sh = {s}, zh = {NULL};
-    struct gptneox_hook hs = {HOOK_RESID_POST, layer, splice_fn, &sh};
-    struct gptneox_hook hz = {HOOK_RESID_POST, layer, splice_fn, &zh};
+    struct gptneox_hook hs = {kind, layer, splice_fn, &sh};
+    struct gptneox_hook hz = {kind, layer, splice_fn, &zh};
     double ce[3] = {0, 0, 0}, kl = 0.0;
-    int rc = 0;
     for (int b0 = 0; b0 < B && rc == 0; b0 += G) {
         const int g = B - b0 < G ? B - b0 : G;
         const int *tok = tokens + (size_t)b0 * T;
@@ -377,19 +442,18 @@ struct sae_item_def {
     enum sae_arch arch;
 };
 
-static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
-                   const struct sae_item_def *def)
+/* One site: its rows into out, its dictionary staged in *staged (a fresh
+ * directory beside *final, both malloc'd; the caller renames or removes). */
+static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct err *e,
+                        const struct sae_item_def *def, const struct sae_site *site,
+                        char **staged, char **finalp)
 {
     struct gptneox *m = c->model;
     const struct gptneox_config *cfg = &m->cfg;
     const int T = c->eval_T, C = cfg->d_model, S = SAE_EXPANSION * cfg->d_model;
-    const int L = cfg->n_layers / 2;
-    int rc = battery_check_eval(c, e);
-    if (rc < 0)
-        return rc;
-    char hook[64];
-    if ((rc = hook_name(hook, sizeof hook, HOOK_RESID_POST, L)) < 0)
-        return err_set(e, rc, NULL, "no hook name for layer %d", L);
+    const int L = site->layer;
+    const char *hook = site->name;
+    int rc = 0, staged_ok = 0;
     /* whole sequences from the first, within the harvest budget */
     int B = c->eval_B;
     size_t cap = SAE_HARVEST_BYTES / ((size_t)T * C * sizeof(float));
@@ -430,7 +494,7 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
 
     /* harvest */
     struct harvest hv = {all};
-    struct gptneox_hook hk = {HOOK_RESID_POST, L, harvest_hook, &hv};
+    struct gptneox_hook hk = {site->kind, L, harvest_hook, &hv};
     size_t itr = 0, iho = 0;
     for (int b0 = 0; b0 < B; b0 += BATTERY_LOSS_BATCH) {
         const int nb = B - b0 < BATTERY_LOSS_BATCH ? B - b0 : BATTERY_LOSS_BATCH;
@@ -507,7 +571,7 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
     }
     const double fvu = se / var;
     struct sae_splice sp;
-    if ((rc = sae_splice_eval(m, s, L, tok_ho, nho_seq, T, &sp, e)) < 0)
+    if ((rc = sae_splice_eval(m, s, site->kind, L, tok_ho, nho_seq, T, &sp, e)) < 0)
         goto out;
 
     /* rows */
@@ -571,17 +635,21 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
         .seed = seed,
         .warm_start = warm,
     };
-    if ((rc = sae_save(s, stage, &meta, logsp, e)) < 0 ||
-        (rc = commit_dir(stage, final, art, hook, e)) < 0) {
+    if ((rc = sae_save(s, stage, &meta, logsp, e)) < 0) {
         remove_dir(stage);
         goto out;
     }
-    log_info("sae done", "item=%s site=%s warm_start=%d fvu=%.4f l0=%.1f loss_recovered=%.4f "
-             "dead=%d dir=%s",
+    log_info("sae site done", "item=%s site=%s warm_start=%d fvu=%.4f l0=%.1f "
+             "loss_recovered=%.4f dead=%d dir=%s",
              def->name, hook, warm, fvu, l0, sp.loss_recovered, ndead, log_quote(final));
+    *staged = stage;
+    *finalp = final;
+    staged_ok = 1;
 out:
-    free(final);
-    free(stage);
+    if (!staged_ok) {
+        free(final);
+        free(stage);
+    }
     free(art);
     sae_trainer_free(tr);
     sae_free(s);
@@ -594,6 +662,40 @@ out:
     free(xho);
     free(xtr);
     free(all);
+    return rc;
+}
+
+/* Every site (sae_sites_resolve) in turn; the dictionaries are renamed into
+ * place once all are staged, and a failure leaves none of them. */
+static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
+                   const struct sae_item_def *def)
+{
+    struct sae_site sites[SAE_SITES_MAX];
+    char *staged[SAE_SITES_MAX] = {0}, *final[SAE_SITES_MAX] = {0};
+    int rc = battery_check_eval(c, e);
+    if (rc < 0)
+        return rc;
+    const int n = sae_sites_resolve(&c->model->cfg, c->sae_sites, c->nsae_sites, sites, e);
+    if (n < 0)
+        return n;
+    int done = 0, committed = 0;
+    for (; done < n; done++)
+        if ((rc = sae_run_site(c, out, e, def, &sites[done], &staged[done], &final[done])) < 0)
+            break;
+    if (rc == 0) {
+        char art[4096];
+        snprintf(art, sizeof art, "%s/%s", c->artifacts_dir, def->name);
+        for (; committed < n; committed++)
+            if ((rc = commit_dir(staged[committed], final[committed], art,
+                                 sites[committed].name, e)) < 0)
+                break;
+    }
+    for (int i = 0; i < done; i++) {
+        if (rc < 0)
+            remove_dir(i < committed ? final[i] : staged[i]);
+        free(staged[i]);
+        free(final[i]);
+    }
     return rc;
 }
 

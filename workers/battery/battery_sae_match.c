@@ -49,7 +49,6 @@
 #include "../model/safetensors.h"
 #include "battery.h"
 
-#define SAE_SITES_MAX 256
 #define SAE_HOOK_MAX 128
 
 static const struct metric_def sae_match_metrics[] = {
