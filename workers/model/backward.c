@@ -363,28 +363,7 @@ static double crossentropy_backward(float *logits, const int *targets, int N, in
             memset(l, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float mx = -INFINITY;
-        for (int i = 0; i < V; i++)
-            mx = l[i] > mx ? l[i] : mx;
-        float lt = l[targets[n]] - mx;
-        for (int i = 0; i < V; i++)
-            l[i] -= mx;
-        vexp(l, l, (size_t)V);
-        float acc[16] = {0};
-        int i = 0;
-        for (; i + 16 <= V; i += 16)
-            for (int j = 0; j < 16; j++)
-                acc[j] += l[i + j];
-        double s = 0.0;
-        for (; i < V; i++)
-            s += l[i];
-        for (int j = 0; j < 16; j++)
-            s += acc[j];
-        total += log(s) - lt;
-        float k = (float)(scale / s);
-        for (i = 0; i < V; i++)
-            l[i] *= k;
-        l[targets[n]] -= scale;
+        total += xent_grad_row(l, V, targets[n], scale);
     }
     return total / count;
 }

@@ -194,6 +194,31 @@ KERNEL_CLONES void softmax_row(float *x, int n)
         x[i] *= inv;
 }
 
+KERNEL_CLONES double xent_grad_row(float *l, int V, int target, float scale)
+{
+    const float mx = max_row(l, V);
+    const float lt = l[target] - mx;
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= V; i += 16)
+        for (int j = 0; j < 16; j++) {
+            l[i + j] = exp_approx(l[i + j] - mx);
+            acc[j] += l[i + j];
+        }
+    double s = 0.0;
+    for (; i < V; i++) {
+        l[i] = exp_approx(l[i] - mx);
+        s += l[i];
+    }
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    const float k = (float)(scale / s);
+    for (i = 0; i < V; i++)
+        l[i] *= k;
+    l[target] -= scale;
+    return log(s) - lt;
+}
+
 void rotary_tables(float *cosv, float *sinv, int T, int rd, double base)
 {
     int half = rd / 2;

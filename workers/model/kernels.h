@@ -31,6 +31,11 @@ void gelu_tanh_forward(float *x, size_t n);
 /* x (n) <- exp(x - max) / sum, in place, one row. */
 void softmax_row(float *x, int n);
 
+/* Cross-entropy of one row of logits l (V) against `target`, returned
+ * (natural log), with l replaced by scale * (softmax(l) - onehot(target)):
+ * the row's gradient of a loss that weights it by `scale`. */
+double xent_grad_row(float *l, int V, int target, float scale);
+
 /* exp(x) for each element: out (n), inp (n); out may equal inp. */
 void vexp(float *out, const float *inp, size_t n);
 
