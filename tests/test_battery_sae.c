@@ -256,14 +256,11 @@ static void test_sae_relu_item(void **state)
 
 /* ---- splicing ---- */
 
-static void test_splice(void **state)
+/* The exact ReLU SAE of width 2C (W_enc = [I, -I], W_dec = [I; -I]). */
+static struct sae *exact_sae(int C)
 {
-    (void)state;
-    struct fixture f;
-    fixture_init(&f);
-    const int C = 32, B = 3, T = f.T;
+    struct sae *id = NULL;
     struct err e;
-    struct sae *id = NULL, *zero = NULL;
     assert_int_equal(sae_create(&id, SAE_RELU, C, 2 * C, 0, &e), 0);
     for (int j = 0; j < C; j++) {
         id->W_enc[(size_t)j * 2 * C + j] = 1.0f;
@@ -271,6 +268,17 @@ static void test_splice(void **state)
         id->W_dec[(size_t)j * C + j] = 1.0f;
         id->W_dec[(size_t)(C + j) * C + j] = -1.0f;
     }
+    return id;
+}
+
+static void test_splice(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_init(&f);
+    const int C = 32, B = 3, T = f.T;
+    struct err e;
+    struct sae *id = exact_sae(C), *zero = NULL;
     assert_int_equal(sae_create(&zero, SAE_RELU, C, 2 * C, 0, &e), 0);
     struct sae_splice a, z;
     if (sae_splice_eval(f.m, id, HOOK_RESID_POST, 1, f.tok, B, T, &a, &e) < 0 ||
@@ -491,21 +499,6 @@ static void test_sites_resolve(void **state)
         assert_non_null(strstr(err_str(&e), bad[i].says));
     }
     fixture_free(&f);
-}
-
-/* The exact ReLU SAE of width 2C (W_enc = [I, -I], W_dec = [I; -I]). */
-static struct sae *exact_sae(int C)
-{
-    struct sae *id = NULL;
-    struct err e;
-    assert_int_equal(sae_create(&id, SAE_RELU, C, 2 * C, 0, &e), 0);
-    for (int j = 0; j < C; j++) {
-        id->W_enc[(size_t)j * 2 * C + j] = 1.0f;
-        id->W_enc[(size_t)j * 2 * C + C + j] = -1.0f;
-        id->W_dec[(size_t)j * C + j] = 1.0f;
-        id->W_dec[(size_t)(C + j) * C + j] = -1.0f;
-    }
-    return id;
 }
 
 static void test_splice_sites(void **state)
