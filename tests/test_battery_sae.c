@@ -297,6 +297,58 @@ static void test_splice(void **state)
     assert_int_equal(gptneox_forward(f.m, f.tok, B, T, NULL, 0, &e), 0);
     assert_true(fabs(gptneox_loss(f.m, f.tok, B, T, NULL, NULL) - a.ce_clean) <= 1e-12);
     assert_int_equal(sae_splice_eval(f.m, id, HOOK_RESID_POST, 2, f.tok, B, T, &a, &e), ERR_INVALID);
+    /* other sites */
+    struct gptneox_layer *L0 = &f.m->layers[0], *L1 = &f.m->layers[1];
+    /* each site, and the weights whose zeroing removes the same term */
+    struct {
+        enum hook_kind kind;
+        int layer;
+        float *w[2];
+        size_t n[2];
+    } sites[] = {
+        {HOOK_RESID_PRE, 0, {f.m->embed, NULL}, {(size_t)64 * C, 0}},
+        {HOOK_MLP_OUT, 0, {L0->proj_w, L0->proj_b}, {(size_t)C * f.m->cfg.d_mlp, (size_t)C}},
+        {HOOK_ATTN_OUT, 1, {L1->attn_w, L1->attn_b}, {(size_t)C * C, (size_t)C}},
+    };
+    for (size_t i = 0; i < sizeof sites / sizeof *sites; i++) {
+        if (sae_splice_eval(f.m, id, sites[i].kind, sites[i].layer, f.tok, B, T, &a, &e) < 0 ||
+            sae_splice_eval(f.m, zero, sites[i].kind, sites[i].layer, f.tok, B, T, &z, &e) < 0)
+            fail_msg("%s", err_str(&e));
+        float *keep[2] = {NULL, NULL};
+        for (int k = 0; k < 2; k++)
+            if (sites[i].w[k]) {
+                keep[k] = malloc(sites[i].n[k] * sizeof(float));
+                memcpy(keep[k], sites[i].w[k], sites[i].n[k] * sizeof(float));
+                memset(sites[i].w[k], 0, sites[i].n[k] * sizeof(float));
+            }
+        assert_int_equal(gptneox_forward(f.m, f.tok, B, T, NULL, 0, &e), 0);
+        const double removed = gptneox_loss(f.m, f.tok, B, T, NULL, NULL);
+        for (int k = 0; k < 2; k++)
+            if (keep[k]) {
+                memcpy(sites[i].w[k], keep[k], sites[i].n[k] * sizeof(float));
+                free(keep[k]);
+            }
+        printf("site %d.%d: clean %.9f zero %.9f (weights zeroed %.9f) exact recovered %.6f\n",
+               (int)sites[i].kind, sites[i].layer, a.ce_clean, z.ce_zero, removed,
+               a.loss_recovered);
+        assert_true(fabs(z.ce_zero - removed) <= 1e-12);
+        assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4); /* the site matters */
+        assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
+    }
+    /* hook_resid_mid exists in a sequential-residual model */
+    struct gptneox_config cfg = f.m->cfg;
+    cfg.parallel_residual = 0;
+    struct gptneox *seq = NULL;
+    assert_int_equal(gptneox_create(&seq, &cfg, &e), 0);
+    gptneox_init_random(seq, 43, 0.2f);
+    if (sae_splice_eval(seq, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e) < 0 ||
+        sae_splice_eval(seq, zero, HOOK_RESID_MID, 1, f.tok, B, T, &z, &e) < 0)
+        fail_msg("%s", err_str(&e));
+    assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
+    assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4);
+    assert_int_equal(sae_splice_eval(f.m, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e),
+                     ERR_INVALID);
+    gptneox_free(seq);
     sae_free(id);
     sae_free(zero);
     fixture_free(&f);
@@ -501,73 +553,6 @@ static void test_sites_resolve(void **state)
     fixture_free(&f);
 }
 
-static void test_splice_sites(void **state)
-{
-    (void)state;
-    struct fixture f;
-    fixture_init(&f);
-    const int C = 32, B = 3, T = f.T;
-    struct err e;
-    struct sae *id = exact_sae(C), *zero = NULL;
-    assert_int_equal(sae_create(&zero, SAE_RELU, C, 2 * C, 0, &e), 0);
-    struct gptneox_layer *L0 = &f.m->layers[0], *L1 = &f.m->layers[1];
-    /* each site, and the weights whose zeroing removes the same term */
-    struct {
-        enum hook_kind kind;
-        int layer;
-        float *w[2];
-        size_t n[2];
-    } sites[] = {
-        {HOOK_RESID_PRE, 0, {f.m->embed, NULL}, {(size_t)64 * C, 0}},
-        {HOOK_MLP_OUT, 0, {L0->proj_w, L0->proj_b}, {(size_t)C * f.m->cfg.d_mlp, (size_t)C}},
-        {HOOK_ATTN_OUT, 1, {L1->attn_w, L1->attn_b}, {(size_t)C * C, (size_t)C}},
-    };
-    for (size_t i = 0; i < sizeof sites / sizeof *sites; i++) {
-        struct sae_splice a, z;
-        if (sae_splice_eval(f.m, id, sites[i].kind, sites[i].layer, f.tok, B, T, &a, &e) < 0 ||
-            sae_splice_eval(f.m, zero, sites[i].kind, sites[i].layer, f.tok, B, T, &z, &e) < 0)
-            fail_msg("%s", err_str(&e));
-        float *keep[2] = {NULL, NULL};
-        for (int k = 0; k < 2; k++)
-            if (sites[i].w[k]) {
-                keep[k] = malloc(sites[i].n[k] * sizeof(float));
-                memcpy(keep[k], sites[i].w[k], sites[i].n[k] * sizeof(float));
-                memset(sites[i].w[k], 0, sites[i].n[k] * sizeof(float));
-            }
-        assert_int_equal(gptneox_forward(f.m, f.tok, B, T, NULL, 0, &e), 0);
-        const double removed = gptneox_loss(f.m, f.tok, B, T, NULL, NULL);
-        for (int k = 0; k < 2; k++)
-            if (keep[k]) {
-                memcpy(sites[i].w[k], keep[k], sites[i].n[k] * sizeof(float));
-                free(keep[k]);
-            }
-        printf("site %d.%d: clean %.9f zero %.9f (weights zeroed %.9f) exact recovered %.6f\n",
-               (int)sites[i].kind, sites[i].layer, a.ce_clean, z.ce_zero, removed,
-               a.loss_recovered);
-        assert_true(fabs(z.ce_zero - removed) <= 1e-12);
-        assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4); /* the site matters */
-        assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
-    }
-    /* hook_resid_mid exists in a sequential-residual model */
-    struct gptneox_config cfg = f.m->cfg;
-    cfg.parallel_residual = 0;
-    struct gptneox *seq = NULL;
-    assert_int_equal(gptneox_create(&seq, &cfg, &e), 0);
-    gptneox_init_random(seq, 43, 0.2f);
-    struct sae_splice a, z;
-    if (sae_splice_eval(seq, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e) < 0 ||
-        sae_splice_eval(seq, zero, HOOK_RESID_MID, 1, f.tok, B, T, &z, &e) < 0)
-        fail_msg("%s", err_str(&e));
-    assert_true(fabs(a.loss_recovered - 1.0) <= 1e-4);
-    assert_true(fabs(z.ce_zero - a.ce_clean) > 1e-4);
-    assert_int_equal(sae_splice_eval(f.m, id, HOOK_RESID_MID, 1, f.tok, B, T, &a, &e),
-                     ERR_INVALID);
-    gptneox_free(seq);
-    sae_free(id);
-    sae_free(zero);
-    fixture_free(&f);
-}
-
 static void test_item_sites(void **state)
 {
     (void)state;
@@ -658,7 +643,6 @@ int main(void)
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_sites_resolve),
-        cmocka_unit_test(test_splice_sites),
         cmocka_unit_test(test_item_sites),
     };
     return cmocka_run_group_tests_name("battery_sae", tests, setup, teardown);
