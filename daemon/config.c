@@ -37,6 +37,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->fetch_backoff_base_s = 1;
     c->fetch_backoff_max_s = 60;
     c->healthz_max_age_s = 30;
+    c->db_statement_timeout_s = 600;
+    c->db_idle_in_transaction_timeout_s = 120;
 }
 
 void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o)
@@ -79,6 +81,11 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
     if (!(c->poll_s > 0) || !(c->worker_timeout_s > 0) || !(c->backoff_base_s >= 0) ||
         c->backoff_max_s < c->backoff_base_s || c->shutdown_grace_s < 0)
         return err_set(e, ERR_INVALID, "config", "timing settings must be positive");
+    if (!(c->db_statement_timeout_s >= 0) || !(c->db_idle_in_transaction_timeout_s >= 0) ||
+        c->db_statement_timeout_s > 86400 || c->db_idle_in_transaction_timeout_s > 86400)
+        return err_set(e, ERR_INVALID, "config",
+                       "db_statement_timeout_s and db_idle_in_transaction_timeout_s must be "
+                       "from 0 (none) to 86400");
     if (c->worker_threads < 0 || c->worker_memory_mb < 0 || c->worker_cpu_s < 0)
         return err_set(e, ERR_INVALID, "config", "worker limits must not be negative");
     if (c->cache_budget_gb < 0 || c->prefetch < 0 || c->prefetch > 1 || c->fetch_parallel < 1 ||
@@ -143,7 +150,9 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                     {"fetch_connect_timeout_s", &c.fetch_connect_timeout_s},
                     {"fetch_backoff_base_s", &c.fetch_backoff_base_s},
                     {"fetch_backoff_max_s", &c.fetch_backoff_max_s},
-                    {"healthz_max_age_s", &c.healthz_max_age_s}};
+                    {"healthz_max_age_s", &c.healthz_max_age_s},
+                    {"db_statement_timeout_s", &c.db_statement_timeout_s},
+                    {"db_idle_in_transaction_timeout_s", &c.db_idle_in_transaction_timeout_s}};
         int found = 0;
         for (size_t i = 0; i < sizeof strs / sizeof *strs && !found; i++)
             if (strcmp(key, strs[i].name) == 0) {

@@ -14,6 +14,9 @@
  *     "worker_cpu_s": 0,           // RLIMIT_CPU; 0: none
  *     "spool_dir": "./var/spool",  // worker output until ingested
  *     "lease_s": 60, "heartbeat_s": 10, "poll_s": 5,
+ *     "db_statement_timeout_s": 600,  // a statement waiting longer fails (0: never)
+ *     "db_idle_in_transaction_timeout_s": 120, // the server ends a session idle in a
+ *                                  // transaction this long, freeing its locks (0: never)
  *     "backoff_base_s": 5, "backoff_max_s": 600,
  *     "shutdown_grace_s": 30,
  *     "cache_dir": "./var/cache", // downloaded checkpoints (cache.h)
@@ -77,6 +80,7 @@ struct daemon_config {
     char metrics_listen[128];
     int metrics_allow_remote;
     double healthz_max_age_s;
+    double db_statement_timeout_s, db_idle_in_transaction_timeout_s;
     char artifact_dir[1024];
 };
 

@@ -9,6 +9,14 @@
 #include "../common/log.h"
 
 /* The reconnect backoff: 1 s doubling to this (db_set_backoff_max). */
+/* Session settings of every connection (db_set_timeouts): a statement that
+ * waits (a lock another node holds, a hung server) fails after
+ * statement_timeout, and the server ends a session left idle inside a
+ * transaction (a node stopped with SIGSTOP, or hung between statements)
+ * after idle_in_transaction_session_timeout, releasing its locks; both
+ * errors are the ordinary failed statement / lost connection. */
+#define DB_STATEMENT_TIMEOUT_MS 600000L
+#define DB_IDLE_TX_TIMEOUT_MS 120000L
 #define DB_BACKOFF_MAX_S 30.0
 
 struct db {
@@ -21,6 +29,7 @@ struct db {
     long reconnects;
     double last_ok;    /* monotonic seconds of the last answered statement */
     char last_error[256]; /* why the last connection attempt failed */
+    long statement_timeout_ms, idle_tx_timeout_ms; /* session settings; 0: none */
 };
 
 static double now_mono(void)
@@ -48,7 +57,22 @@ struct db *db_new(const char *conninfo)
     }
     db->backoff = 1.0;
     db->backoff_max = DB_BACKOFF_MAX_S;
+    db->statement_timeout_ms = DB_STATEMENT_TIMEOUT_MS;
+    db->idle_tx_timeout_ms = DB_IDLE_TX_TIMEOUT_MS;
     return db;
+}
+
+void db_set_timeouts(struct db *db, double statement_s, double idle_tx_s)
+{
+    db->statement_timeout_ms = statement_s > 0 ? (long)(statement_s * 1000 + 0.5) : 0;
+    db->idle_tx_timeout_ms = idle_tx_s > 0 ? (long)(idle_tx_s * 1000 + 0.5) : 0;
+    if (db->conn) { /* the next connection takes them */
+        char sql[160];
+        snprintf(sql, sizeof sql,
+                 "SET statement_timeout = %ld; SET idle_in_transaction_session_timeout = %ld",
+                 db->statement_timeout_ms, db->idle_tx_timeout_ms);
+        PQclear(PQexec(db->conn, sql));
+    }
 }
 
 void db_set_backoff_max(struct db *db, double seconds)
@@ -151,7 +175,15 @@ int db_ensure(struct db *db, struct err *e)
     }
     /* notices (e.g. "relation already exists, skipping") are not errors */
     PQsetNoticeProcessor(c, quiet_notice, NULL);
-    PGresult *r = PQexec(c, "SET application_name = 'ckptd'");
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SET application_name = 'ckptd'; SET statement_timeout = %ld;"
+             " SET idle_in_transaction_session_timeout = %ld",
+             db->statement_timeout_ms, db->idle_tx_timeout_ms);
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        log_warn("cannot set the session's timeouts", "error=%s",
+                 log_quote(PQresultErrorMessage(r)));
     PQclear(r);
     if (db->ever_connected) {
         db->reconnects++;

@@ -40,6 +40,10 @@ void db_free(struct db *db);
 /* Cap the reconnect backoff at `seconds` (1 to 30). */
 void db_set_backoff_max(struct db *db, double seconds);
 
+/* The session's statement_timeout and idle_in_transaction_session_timeout
+ * (seconds; 0: none), set on every connection; defaults 600 and 120. */
+void db_set_timeouts(struct db *db, double statement_s, double idle_tx_s);
+
 /* Connected now, or try to (unless the backoff says wait): 0 when the
  * connection is up, ERR_DB otherwise. */
 int db_ensure(struct db *db, struct err *e) CK_WUR;

@@ -68,6 +68,7 @@ static struct db *open_db(const struct daemon_config *cfg)
     struct db *db = db_new(cfg->database);
     if (!db)
         return NULL;
+    db_set_timeouts(db, cfg->db_statement_timeout_s, cfg->db_idle_in_transaction_timeout_s);
     if (db_connect_wait(db, 5.0, &e) < 0) {
         log_err("cannot connect to the database", &e);
         db_free(db);

@@ -31,7 +31,8 @@ int migrate_apply(struct db *db, int *applied, struct err *e)
      * database fail with a duplicate key in pg_type. */
     if (db_run(db, "BEGIN", 0, NULL, e) < 0)
         return ERR_DB;
-    if (db_run(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", 0, NULL, e) < 0 ||
+    if (db_run(db, "SET LOCAL statement_timeout = 0", 0, NULL, e) < 0 ||
+        db_run(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", 0, NULL, e) < 0 ||
         db_run(db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
                    " version int PRIMARY KEY, name text NOT NULL,"
                    " applied_at timestamptz NOT NULL DEFAULT now())", 0, NULL, e) < 0 ||
@@ -41,7 +42,11 @@ int migrate_apply(struct db *db, int *applied, struct err *e)
         const struct migration *m = &migrations[i];
         if (db_run(db, "BEGIN", 0, NULL, e) < 0)
             return ERR_DB;
-        int rc = db_run(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", 0, NULL, e);
+        /* a migration over a large table may take longer than the session's
+         * statement_timeout: none inside it */
+        int rc = db_run(db, "SET LOCAL statement_timeout = 0", 0, NULL, e);
+        if (rc == 0)
+            rc = db_run(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", 0, NULL, e);
         int v = rc < 0 ? rc : db_version(db, e);
         if (v < 0)
             goto fail;

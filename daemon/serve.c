@@ -491,6 +491,7 @@ static void reload(struct server *s, struct daemon_config *c)
     if (s->cfg.workers > MAX_SLOTS)
         s->cfg.workers = MAX_SLOTS;
     db_set_backoff_max(s->db, s->cfg.lease_s / 2);
+    db_set_timeouts(s->db, s->cfg.db_statement_timeout_s, s->cfg.db_idle_in_transaction_timeout_s);
     struct fetch_opts fo;
     daemon_config_fetch_opts(&s->cfg, &fo);
     fetcher_set_opts(s->fetcher, &fo);
@@ -964,6 +965,7 @@ int serve_run(const struct serve_opts *o)
         return ERR_NOMEM;
     /* back in time to renew: at least two connect attempts per lease */
     db_set_backoff_max(s->db, s->cfg.lease_s / 2);
+    db_set_timeouts(s->db, s->cfg.db_statement_timeout_s, s->cfg.db_idle_in_transaction_timeout_s);
     srand((unsigned)getpid() ^ (unsigned)mono_now());
 
     struct sigaction sa;
