@@ -172,16 +172,25 @@ static inline float max_row(const float *x, int n)
     return mx;
 }
 
-KERNEL_CLONES void softmax_row(float *x, int n)
+/* x[i] = exp(x[i] - mx) over the whole blocks of 16, summed into acc[16];
+ * returns where the blocks end (the caller finishes the row). */
+static inline __attribute__((always_inline)) int exp_blocks16(float *x, int n, float mx,
+                                                              float acc[16])
 {
-    float mx = max_row(x, n);
-    float acc[16] = {0};
     int i = 0;
     for (; i + 16 <= n; i += 16)
         for (int j = 0; j < 16; j++) {
             x[i + j] = exp_approx(x[i + j] - mx);
             acc[j] += x[i + j];
         }
+    return i;
+}
+
+KERNEL_CLONES void softmax_row(float *x, int n)
+{
+    float mx = max_row(x, n);
+    float acc[16] = {0};
+    int i = exp_blocks16(x, n, mx, acc);
     float s = 0.0f;
     for (; i < n; i++) {
         x[i] = exp_approx(x[i] - mx);
@@ -199,12 +208,7 @@ KERNEL_CLONES double xent_grad_row(float *l, int V, int target, float scale)
     const float mx = max_row(l, V);
     const float lt = l[target] - mx;
     float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= V; i += 16)
-        for (int j = 0; j < 16; j++) {
-            l[i + j] = exp_approx(l[i + j] - mx);
-            acc[j] += l[i + j];
-        }
+    int i = exp_blocks16(l, V, mx, acc);
     double s = 0.0;
     for (; i < V; i++) {
         l[i] = exp_approx(l[i] - mx);
