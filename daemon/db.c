@@ -140,6 +140,15 @@ void db_free(struct db *db)
     free(db);
 }
 
+void db_rollback(struct db *db)
+{
+    if (db->conn) {
+        PQclear(PQexec(db->conn, "ROLLBACK"));
+        if (PQstatus(db->conn) != CONNECTION_OK)
+            db_lost(db);
+    }
+}
+
 void db_lost(struct db *db)
 {
     if (db->conn) {

@@ -76,6 +76,10 @@ double db_last_ok(const struct db *db);
 /* Mark the connection as lost (after an error outside db_exec). */
 void db_lost(struct db *db);
 
+/* End the open transaction after a failure: ROLLBACK when connected, its
+ * result ignored; a connection that is gone is marked lost. */
+void db_rollback(struct db *db);
+
 /* Format a bigint array literal "{1,2,3}" for ANY($n) into buf. */
 void db_int_array(char *buf, size_t n, const long long *ids, int count);
 

@@ -137,16 +137,6 @@ static int parse_row(const char *p, int *f, long long *step, double *value)
     return 0;
 }
 
-static void rollback(struct db *db)
-{
-    if (db_conn(db)) {
-        PGresult *r = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(r);
-        if (PQstatus(db_conn(db)) != CONNECTION_OK)
-            db_lost(db);
-    }
-}
-
 /* Series whose index is not the same thing from one step to the next, so
  * a change along the steps means nothing: an SGLD draw of the llc trace, an
  * SAE latent (cold-started dictionaries number their latents afresh; a
@@ -319,7 +309,7 @@ int detect_run(struct db *db, long long run_id, const char *const *items, const 
     st->write_s = mono_s() - t1;
     goto out;
 fail:
-    rollback(db);
+    db_rollback(db);
     st->transitions = 0;
 out:
     free(names);

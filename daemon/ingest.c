@@ -77,14 +77,6 @@ int ingest_translate(const struct registry *reg, const struct claim *c, char *li
     return w;
 }
 
-static void rollback(struct db *db)
-{
-    if (db_conn(db)) {
-        PGresult *r = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(r);
-    }
-}
-
 /* A failed statement: a lost connection is ERR_DB (retry later); anything
  * the server refused (duplicate key, constraint) is a bad result: ERR_FORMAT. */
 static int classify(struct db *db)
@@ -258,7 +250,7 @@ fail:
         while ((r = PQgetResult(db_conn(db))))
             PQclear(r);
     }
-    rollback(db);
+    db_rollback(db);
     if (db_conn(db) && PQstatus(db_conn(db)) != CONNECTION_OK)
         db_lost(db);
 out:

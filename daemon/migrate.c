@@ -90,10 +90,7 @@ int migrate_apply(struct db *db, int *applied, struct err *e)
         *applied = n;
     return 0;
 fail:
-    if (db_conn(db)) {
-        PGresult *r = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(r);
-    }
+    db_rollback(db);
     return ERR_DB;
 }
 

@@ -122,10 +122,7 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
         goto rollback;
     goto out;
 rollback:
-    if (db_conn(db)) {
-        PGresult *x = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(x);
-    }
+    db_rollback(db);
 out:
     for (int i = 0; urls && i < nsteps; i++)
         free(urls[i]);
@@ -546,10 +543,7 @@ int queue_record_files(struct db *db, long long checkpoint_id, const struct hub_
         goto rollback;
     goto out;
 rollback:
-    if (db_conn(db)) {
-        PGresult *x = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(x);
-    }
+    db_rollback(db);
 out:
     free(names);
     free(shas);

@@ -1220,14 +1220,6 @@ static int load_checkpoints(struct page *pg, struct err *e)
     return 0;
 }
 
-static void rollback(struct db *db)
-{
-    if (db_conn(db)) {
-        PGresult *r = PQexec(db_conn(db), "ROLLBACK");
-        PQclear(r);
-    }
-}
-
 int report_write(struct db *db, const char *run, const char *dir, struct report_stats *st, struct err *e)
 {
     struct report_stats local;
@@ -1295,7 +1287,7 @@ out:
     if (rc < 0 && tmp[0])
         unlink(tmp); /* nothing half-written stays */
     if (in_tx)
-        rollback(db); /* read only: nothing to keep */
+        db_rollback(db); /* read only: nothing to keep */
     free(pg.ck);
     free(pg.tr);
     PQclear(pg.tr_res);
