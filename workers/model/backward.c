@@ -327,29 +327,6 @@ static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
     }
 }
 
-/* Inverse rotary on the q and k gradients in dqkv (B,T,NH,3,HS). */
-static void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, int T,
-                            int NH, int HS, int rd)
-{
-    int half = rd / 2;
-    if (half == 0)
-        return;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *c = cosv + (size_t)t * half;
-            const float *s = sinv + (size_t)t * half;
-            for (int h = 0; h < NH; h++)
-                for (int which = 0; which < 2; which++) {
-                    float *v = dqkv + (((size_t)b * T + t) * NH + h) * 3 * HS + (size_t)which * HS;
-                    for (int i = 0; i < half; i++) {
-                        float g1 = v[i], g2 = v[i + half];
-                        v[i] = g1 * c[i] + g2 * s[i];
-                        v[i + half] = g2 * c[i] - g1 * s[i];
-                    }
-                }
-        }
-}
-
 /* Cross-entropy forward and backward: logits (N,V) are replaced by
  * d loss / d logits for the mean over rows with target >= 0 (`count` of
  * them); other rows get 0.  Returns the mean loss. */

@@ -238,8 +238,11 @@ void rotary_tables(float *cosv, float *sinv, int T, int rd, double base)
     }
 }
 
-void rotary_forward(float *qkv, const float *cosv, const float *sinv, int B, int T,
-                    int NH, int HS, int rd)
+/* Rotate each (x_i, x_{i+half}) pair of q and k by the position's angle
+ * times dir (+1 or -1): dir -1 is the inverse rotation, which is the
+ * transpose, so it maps the rotated vectors' gradients to the inputs'. */
+static void rotary_apply(float *qkv, const float *cosv, const float *sinv, int B, int T, int NH,
+                         int HS, int rd, float dir)
 {
     int half = rd / 2;
     if (half == 0)
@@ -252,12 +255,24 @@ void rotary_forward(float *qkv, const float *cosv, const float *sinv, int B, int
                 for (int which = 0; which < 2; which++) { /* q, then k */
                     float *v = qkv + (((size_t)b * T + t) * NH + h) * 3 * HS + (size_t)which * HS;
                     for (int i = 0; i < half; i++) {
-                        float x1 = v[i], x2 = v[i + half];
-                        v[i] = x1 * c[i] - x2 * s[i];
-                        v[i + half] = x2 * c[i] + x1 * s[i];
+                        float x1 = v[i], x2 = v[i + half], si = dir * s[i];
+                        v[i] = x1 * c[i] - x2 * si;
+                        v[i + half] = x2 * c[i] + x1 * si;
                     }
                 }
         }
+}
+
+void rotary_forward(float *qkv, const float *cosv, const float *sinv, int B, int T,
+                    int NH, int HS, int rd)
+{
+    rotary_apply(qkv, cosv, sinv, B, T, NH, HS, rd, 1.0f);
+}
+
+void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, int T, int NH,
+                     int HS, int rd)
+{
+    rotary_apply(dqkv, cosv, sinv, B, T, NH, HS, rd, -1.0f);
 }
 
 void attention_pattern(float *pattern, const float *qkv, int B, int T, int NH, int HS)

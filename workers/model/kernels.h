@@ -47,6 +47,10 @@ void verf(float *out, const float *inp, size_t n);
  * tables for positions 0..T-1.  Rotate-half convention. */
 void rotary_forward(float *qkv, const float *cosv, const float *sinv, int B, int T,
                     int NH, int HS, int rd);
+/* Its backward: the gradients of the rotated q and k in dqkv (same layout)
+ * become those of the unrotated ones, in place (the inverse rotation). */
+void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, int T, int NH,
+                     int HS, int rd);
 
 /* Fill cos/sin tables (T, rd/2) for base `base`: angle(t,i) = t * base^(-2i/rd),
  * computed as float32 like PyTorch's inv_freq so results match. */
