@@ -61,6 +61,7 @@
 #include "../workers/model/gptneox.h"
 #include "../workers/model/safetensors.h"
 #include "lib/battery_golden.h"
+#include "lib/test_files.h"
 
 #define HOOK "blocks.1.hook_resid_post"
 
@@ -139,20 +140,6 @@ static void list_dir(const char *dir, char *out, size_t cap)
         free(ents[i]);
     }
     free(ents);
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
 }
 
 /* ---- rows and files ---- */
@@ -446,6 +433,8 @@ static void test_determinism(void **state)
         snprintf(p1, sizeof p1, "%s/sae/" HOOK "/%s", art[1], files[i]);
         size_t l0, l1;
         char *b0 = slurp(p0, &l0), *b1 = slurp(p1, &l1);
+        assert_non_null(b0);
+        assert_non_null(b1);
         assert_int_equal(l0, l1);
         assert_memory_equal(b0, b1, l0);
         free(b0);
@@ -587,6 +576,7 @@ static void test_item_sites(void **state)
         snprintf(dir, sizeof dir, "%s/sae/%s/cfg.json", art, two[k]);
         size_t len;
         char *js = slurp(dir, &len);
+        assert_non_null(js);
         char want[96];
         snprintf(want, sizeof want, "\"hook_name\": \"%s\"", two[k]);
         if (!strstr(js, want))

@@ -30,6 +30,7 @@
 
 #include "../workers/model/tokenizer.h"
 #include "../workers/model/unicode.h"
+#include "lib/test_files.h"
 
 #define CASES_DIR "tests/cases/tokenizer"
 #define GOLDEN "tests/golden/tokenizer_ref.json"
@@ -249,25 +250,6 @@ static int cmp_strp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
 /* An ok case: every line after "ok" is ["text", [ids]]. */
 static int check_encodings(struct tokenizer *tok, const char *name, char *lines)
 {
@@ -334,7 +316,7 @@ static void test_cases(void **state)
         char input[512], exp_path[512];
         snprintf(input, sizeof input, "%s/%s/input.json", CASES_DIR, names[i]);
         snprintf(exp_path, sizeof exp_path, "%s/%s/expected", CASES_DIR, names[i]);
-        char *expected = slurp(exp_path);
+        char *expected = slurp(exp_path, NULL);
         if (!expected)
             fail_msg("%s: no expected file", names[i]);
         struct tokenizer *tok = (struct tokenizer *)1;

@@ -36,47 +36,12 @@
 #include "workers/model/safetensors.h"
 #include "workers/model/tokens.h"
 #include "workers/model/torchzip.h"
+#include "tests/lib/test_files.h"
 
 #define CASES_DIR "tests/cases/torchzip"
 #define GOLD "tests/golden/torchzip"
 
 /* ---- helpers ---- */
-
-static char *xasprintf(const char *fmt, ...) CK_PRINTF(1, 2);
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-    va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    assert_true(n >= 0);
-    return s;
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 4096;
-            uint8_t *nb = realloc(buf, cap);
-            assert_non_null(nb);
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
 
 static void copy_file(const char *from, const char *to)
 {
