@@ -53,10 +53,12 @@ CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)
 MODEL_SRC := $(wildcard workers/model/*.c)
+TEXT_SRC := $(wildcard workers/text/*.c)
 BATTERY_SRC := $(wildcard workers/battery/*.c)
 TRAIN_SRC := $(wildcard workers/train/*.c)
-WORKER_LIB_SRC := $(MODEL_SRC) $(BATTERY_SRC) $(TRAIN_SRC)
-DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+WORKER_LIB_SRC := $(MODEL_SRC) $(TEXT_SRC) $(TRAIN_SRC) $(BATTERY_SRC)
+DAEMON_ROOMS := base plan fetch work store detect read ops
+DAEMON_LIB_SRC := $(foreach r,$(DAEMON_ROOMS),$(wildcard daemon/$(r)/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -68,8 +70,8 @@ WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
 LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
-# the metrics endpoint (daemon/metrics.c, libmicrohttpd) and systemd
-# notification (daemon/notify.c, libsystemd)
+# the metrics endpoint (daemon/ops/metrics.c, libmicrohttpd) and systemd
+# notification (daemon/ops/notify.c, libsystemd)
 OPS_CFLAGS := $(shell pkg-config --cflags libmicrohttpd libsystemd 2>/dev/null)
 LIBS_DAEMON += $(shell pkg-config --libs libmicrohttpd libsystemd 2>/dev/null || echo -lmicrohttpd -lsystemd)
 CFLAGS_ALL += $(OPS_CFLAGS)
@@ -120,7 +122,7 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 
 # The transition detector is pure: its test and benchmark link it alone (the
 # benchmark with the daemon library for its database path).
-$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/transitions.o $(BUILD)/obj/common/err.o
+$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/common/err.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
 

@@ -42,13 +42,13 @@
 
 #include <cblas.h>
 
-#include "../common/err.h"
-#include "../workers/model/blas.h"
-#include "../workers/model/config.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/kernels.h"
-#include "../workers/model/tensor.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "workers/model/blas.h"
+#include "workers/model/config.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/kernels.h"
+#include "workers/model/tensor.h"
 
 #define MAX_REPS 100
 

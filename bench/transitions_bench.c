@@ -1,5 +1,5 @@
 /*
- * transitions_bench - the transition detector (daemon/transitions.h):
+ * transitions_bench - the transition detector (daemon/detect/transitions.h):
  * its speed, the daemon's path around it, and the calibration of its
  * threshold.
  *
@@ -31,13 +31,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/err.h"
-#include "../daemon/db.h"
-#include "../daemon/detect.h"
-#include "../daemon/migrate.h"
-#include "../daemon/transitions.h"
-#include "../tests/lib/series_sim.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "daemon/base/db.h"
+#include "daemon/base/migrate.h"
+#include "daemon/detect/detect.h"
+#include "daemon/detect/transitions.h"
+#include "tests/lib/series_sim.h"
 
 
 

@@ -32,11 +32,11 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/backward.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/safetensors.h"
-#include "../workers/model/tensor.h"
-#include "../workers/model/tokens.h"
+#include "workers/model/backward.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/safetensors.h"
+#include "workers/model/tensor.h"
+#include "workers/text/tokens.h"
 
 #define MAXP 256
 

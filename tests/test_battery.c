@@ -31,13 +31,13 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/battery/probe_set.h"
-#include "../workers/battery/rng.h"
-#include "../workers/battery/rows.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/tokens.h"
-#include "lib/battery_golden.h"
+#include "tests/lib/battery_golden.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/probe_set.h"
+#include "workers/battery/rng.h"
+#include "workers/battery/rows.h"
+#include "workers/model/gptneox.h"
+#include "workers/text/tokens.h"
 
 /* ---- parsing rows back ---- */
 

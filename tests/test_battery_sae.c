@@ -56,12 +56,12 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/battery/sae.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/safetensors.h"
-#include "lib/battery_golden.h"
-#include "lib/test_files.h"
+#include "tests/lib/battery_golden.h"
+#include "tests/lib/test_files.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/sae.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/safetensors.h"
 
 #define HOOK "blocks.1.hook_resid_post"
 

@@ -28,11 +28,11 @@
 
 #include <cmocka.h>
 
-#include "../daemon/db.h"
-#include "../daemon/ingest.h"
-#include "../daemon/queue.h"
-#include "../daemon/registry.h"
-#include "../daemon/source.h"
+#include "daemon/base/db.h"
+#include "daemon/plan/registry.h"
+#include "daemon/plan/source.h"
+#include "daemon/store/ingest.h"
+#include "daemon/work/queue.h"
 
 #define CLAIMERS 8
 

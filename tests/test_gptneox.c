@@ -28,10 +28,10 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/gptneox.h"
-#include "../workers/model/safetensors.h"
-#include "../workers/model/tensor.h"
-#include "../workers/model/tokens.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/safetensors.h"
+#include "workers/model/tensor.h"
+#include "workers/text/tokens.h"
 
 #define GOLDEN_DIR "tests/golden"
 

@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/kernels.h"
+#include "workers/model/kernels.h"
 
 static void test_exp(void **state)
 {

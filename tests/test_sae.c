@@ -38,9 +38,9 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/rng.h"
-#include "../workers/battery/sae.h"
-#include "../workers/model/safetensors.h"
+#include "workers/battery/rng.h"
+#include "workers/battery/sae.h"
+#include "workers/model/safetensors.h"
 
 /* ---- helpers ---- */
 

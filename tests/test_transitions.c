@@ -1,5 +1,5 @@
 /*
- * test_transitions - the transition detector (daemon/transitions.h), pure:
+ * test_transitions - the transition detector (daemon/detect/transitions.h), pure:
  *
  *  - a grokking-like rise (0.02 -> 0.98, centre step 3000, 10%-90% over 400
  *    steps, noise sd 0.02) on a toy run's schedule, and an induction-like
@@ -36,8 +36,8 @@
 
 #include <cmocka.h>
 
-#include "../daemon/transitions.h"
-#include "lib/series_sim.h"
+#include "daemon/detect/transitions.h"
+#include "tests/lib/series_sim.h"
 
 #define SEEDS 50
 #define NOISE_SERIES 500

@@ -10,11 +10,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/log.h"
-#include "battery/battery.h"
-#include "cli.h"
-#include "model/gptneox.h"
-#include "model/tokens.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/cli.h"
+#include "workers/model/gptneox.h"
+#include "workers/text/tokens.h"
 
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"

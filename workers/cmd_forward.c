@@ -8,12 +8,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../common/log.h"
-#include "../common/path.h"
-#include "cli.h"
-#include "model/gptneox.h"
-#include "model/npy.h"
-#include "model/tokens.h"
+#include "common/log.h"
+#include "common/path.h"
+#include "workers/cli.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/npy.h"
+#include "workers/text/tokens.h"
 
 static const char forward_usage[] =
     "usage: ckpt-worker forward CKPT_DIR --tokens FILE.json [--npy OUTDIR] [--cache HOOK,...]\n"

@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/npy.h"
-#include "model/tokenizer.h"
-#include "model/tokens.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/model/npy.h"
+#include "workers/text/tokenizer.h"
+#include "workers/text/tokens.h"
 
 static const char tokenize_usage[] =
     "usage: ckpt-worker tokenize --tokenizer FILE [--in FILE|-] [--text STRING] [--out FILE]\n"

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/blas.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/model/blas.h"
 
 static const char usage[] =
     "usage: ckpt-worker [--threads N] [--log-level LEVEL] COMMAND [ARGS]\n"

@@ -39,9 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/path.h"
-#include "../../workers/battery/rng.h"
-#include "../../workers/model/safetensors.h"
+#include "common/path.h"
+#include "workers/battery/rng.h"
+#include "workers/model/safetensors.h"
 
 #define PLANT_STEPS 7
 #define PLANT_STEP(k) (1000LL * (k))

@@ -2,12 +2,12 @@
  * checks an item's rows against its declared metrics, and the default eval
  * set.  Adding an item: write battery_<name>.c defining its
  * `const struct battery_item`, declare it in battery.h, list it below. */
-#include "battery.h"
+#include "workers/battery/battery.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "rng.h"
+#include "workers/battery/rng.h"
 
 static const struct battery_item *const items[] = {
     &battery_item_loss,

@@ -33,10 +33,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../common/err.h"
-#include "../model/gptneox.h"
-#include "probe_set.h"
-#include "rows.h"
+#include "common/err.h"
+#include "workers/battery/probe_set.h"
+#include "workers/battery/rows.h"
+#include "workers/model/gptneox.h"
 
 /* What an item needs besides the checkpoint; bits of battery_item.needs. */
 enum battery_need {

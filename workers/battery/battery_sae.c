@@ -87,11 +87,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../../common/log.h"
-#include "../../common/path.h"
-#include "../model/kernels.h"
-#include "battery.h"
-#include "sae.h"
+#include "common/log.h"
+#include "common/path.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/sae.h"
+#include "workers/model/kernels.h"
 
 #define SAE_SEED_SALT 0x5341452d73656564ull /* "SAE-seed" */
 

@@ -45,9 +45,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../../common/log.h"
-#include "../model/safetensors.h"
-#include "battery.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/model/safetensors.h"
 
 #define SAE_HOOK_MAX 128
 

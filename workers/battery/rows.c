@@ -1,4 +1,4 @@
-#include "rows.h"
+#include "workers/battery/rows.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -31,7 +31,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 /* Longest text rows_format_value writes, with its NUL. */
 #define ROWS_VALUE_MAX 32

@@ -5,7 +5,7 @@
  * cblas_sgemm (or sgemv) over the whole batch; the loops here are
  * element-wise.  Sums that become numbers (losses, means) are taken in
  * double in a fixed order. */
-#include "sae.h"
+#include "workers/battery/sae.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -18,10 +18,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../../common/path.h"
-#include "../model/safetensors.h"
-#include "../train/adamw.h"
-#include "rng.h"
+#include "common/path.h"
+#include "workers/battery/rng.h"
+#include "workers/model/safetensors.h"
+#include "workers/train/adamw.h"
 
 const char *sae_arch_name(enum sae_arch a)
 {

@@ -83,7 +83,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 enum sae_arch {
     SAE_TOPK, /* SAELens "topk" */

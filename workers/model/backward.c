@@ -1,4 +1,4 @@
-#include "backward.h"
+#include "workers/model/backward.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "workers/model/kernels.h"
 
 /* Query rows per block in the attention backward (as ATT_BLOCK in kernels.c:
  * only the causal part of each block row is touched). */

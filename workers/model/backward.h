@@ -36,8 +36,8 @@
 
 #include <stddef.h>
 
-#include "../../common/err.h"
-#include "gptneox.h"
+#include "common/err.h"
+#include "workers/model/gptneox.h"
 
 struct gptneox_tape; /* opaque: the saved activations and backward scratch */
 

@@ -1,4 +1,4 @@
-#include "blas.h"
+#include "workers/model/blas.h"
 
 #include <cblas.h>
 #include <stdlib.h>

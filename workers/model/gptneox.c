@@ -1,4 +1,4 @@
-#include "gptneox.h"
+#include "workers/model/gptneox.h"
 
 #include <errno.h>
 #include <math.h>
@@ -8,11 +8,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../../common/log.h"
-#include "checkpoint.h"
-#include "kernels.h"
-#include "safetensors.h"
-#include "tensor.h"
+#include "common/log.h"
+#include "workers/model/checkpoint.h"
+#include "workers/model/kernels.h"
+#include "workers/model/safetensors.h"
+#include "workers/model/tensor.h"
 
 /* The activation arena of one forward.  Sizes grow to the largest (B,T)
  * seen and are reused; nothing is allocated per layer. */

@@ -32,9 +32,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../common/err.h"
-#include "config.h"
-#include "safetensors.h"
+#include "common/err.h"
+#include "workers/model/config.h"
+#include "workers/model/safetensors.h"
 
 /* Hook points. Per-layer kinds are named blocks.L.<suffix>. */
 enum hook_kind {

@@ -1,4 +1,4 @@
-#include "kernels.h"
+#include "workers/model/kernels.h"
 
 #include <cblas.h>
 #include <math.h>

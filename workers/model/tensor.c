@@ -7,7 +7,7 @@
  * set, the rest of the payload kept as far as it fits), which is also what
  * the F16C instructions do, so the vector and scalar paths agree bit for bit.
  */
-#include "tensor.h"
+#include "workers/model/tensor.h"
 
 #include <math.h>
 #include <string.h>

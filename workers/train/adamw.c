@@ -1,11 +1,11 @@
-#include "adamw.h"
+#include "workers/train/adamw.h"
 
 #include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/backward.h"
+#include "workers/model/backward.h"
 
 struct adamw {
     struct adamw_config cfg;

@@ -22,8 +22,8 @@
 
 #include <stddef.h>
 
-#include "../../common/err.h"
-#include "../model/gptneox.h"
+#include "common/err.h"
+#include "workers/model/gptneox.h"
 
 struct adamw_config {
     double lr;            /* the base rate; adamw_step takes the current one */

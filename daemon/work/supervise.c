@@ -1,0 +1,207 @@
+#include "daemon/work/supervise.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/path.h"
+
+double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void supervise_worker_path(const char *configured, char *out, size_t n)
+{
+    if (configured && *configured) {
+        snprintf(out, n, "%s", configured);
+        return;
+    }
+    char self[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len > 0) {
+        self[len] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = '\0';
+            char cand[PATH_MAX + 16];
+            snprintf(cand, sizeof cand, "%s/ckpt-worker", self);
+            if (access(cand, X_OK) == 0) {
+                snprintf(out, n, "%s", cand);
+                return;
+            }
+        }
+    }
+    snprintf(out, n, "ckpt-worker");
+}
+
+int supervise_start(struct worker *w, const char *const *argv, const char *spool_dir,
+                    const char *tag, const struct worker_limits *lim, struct err *e)
+{
+    memset(w, 0, sizeof *w);
+    if (path_mkdir_p(spool_dir, e) < 0)
+        return err_wrap(e, "spool directory");
+    snprintf(w->out_path, sizeof w->out_path, "%s/%s.rows", spool_dir, tag);
+    snprintf(w->err_path, sizeof w->err_path, "%s/%s.err", spool_dir, tag);
+    int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int errfd = open(w->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0 || errfd < 0) {
+        if (out >= 0)
+            close(out);
+        if (errfd >= 0)
+            close(errfd);
+        return err_set(e, ERR_IO, w->out_path, "cannot create spool file: %s", strerror(errno));
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(out);
+        close(errfd);
+        return err_set(e, ERR_CHILD, argv[0], "fork failed: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        /* a daemon killed outright takes its workers with it; their jobs
+         * return to the queue when the lease expires */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) /* it died before prctl took effect */
+            _exit(127);
+        dup2(out, 1);
+        dup2(errfd, 2);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (lim->memory_mb > 0) {
+            struct rlimit rl = {(rlim_t)lim->memory_mb << 20, (rlim_t)lim->memory_mb << 20};
+            setrlimit(RLIMIT_AS, &rl);
+        }
+        if (lim->cpu_s > 0) {
+            struct rlimit rl = {(rlim_t)lim->cpu_s, (rlim_t)lim->cpu_s + 5};
+            setrlimit(RLIMIT_CPU, &rl);
+        }
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "cannot execute %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid); /* also from the parent: no race with kill(-pid) */
+    close(out);
+    close(errfd);
+    w->pid = pid;
+    w->started = mono_now();
+    w->deadline = lim->timeout_s > 0 ? w->started + lim->timeout_s : 0;
+    return 0;
+}
+
+/* The last lines of the stderr file, joined with " | ", at most ~600 bytes. */
+static void stderr_tail(const struct worker *w, char *out, size_t n)
+{
+    out[0] = '\0';
+    FILE *f = fopen(w->err_path, "rb");
+    if (!f)
+        return;
+    char buf[601];
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    long from = size > 600 ? size - 600 : 0;
+    fseek(f, from, SEEK_SET);
+    size_t got = fread(buf, 1, 600, f);
+    fclose(f);
+    buf[got] = '\0';
+    char *p = buf;
+    if (from > 0) { /* start at a line boundary */
+        char *nl = strchr(p, '\n');
+        if (nl)
+            p = nl + 1;
+    }
+    size_t o = 0;
+    for (char *line = strtok(p, "\n"); line && o + 4 < n; line = strtok(NULL, "\n"))
+        o += (size_t)snprintf(out + o, n - o, "%s%s", o ? " | " : "", line);
+}
+
+static void describe_end(struct worker *w, int status)
+{
+    char tail[700];
+    stderr_tail(w, tail, sizeof tail);
+    w->ok = !w->timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (w->ok)
+        return;
+    if (w->timed_out)
+        snprintf(w->error, sizeof w->error, "worker timed out after %.0f s and was killed%s%s",
+                 w->seconds, tail[0] ? "; stderr: " : "", tail);
+    else if (WIFSIGNALED(status))
+        snprintf(w->error, sizeof w->error, "worker killed by signal %d (%s)%s%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), tail[0] ? "; stderr: " : "", tail);
+    else
+        snprintf(w->error, sizeof w->error, "worker exited with status %d%s%s", WEXITSTATUS(status),
+                 tail[0] ? "; stderr: " : "", tail);
+}
+
+int supervise_poll(struct worker *w)
+{
+    if (w->done)
+        return 1;
+    if (!w->pid)
+        return 1;
+    int status = 0;
+    pid_t r = waitpid(w->pid, &status, WNOHANG);
+    if (r == w->pid) {
+        w->seconds = mono_now() - w->started;
+        w->done = 1;
+        w->pid = 0;
+        describe_end(w, status);
+        return 1;
+    }
+    if (w->deadline > 0 && mono_now() > w->deadline) {
+        w->timed_out = 1;
+        kill(-w->pid, SIGKILL);
+        waitpid(w->pid, &status, 0);
+        w->seconds = mono_now() - w->started;
+        w->done = 1;
+        w->pid = 0;
+        describe_end(w, status);
+        return 1;
+    }
+    return 0;
+}
+
+void supervise_kill(struct worker *w)
+{
+    if (w->pid > 0 && !w->done) {
+        kill(-w->pid, SIGKILL);
+        int status;
+        waitpid(w->pid, &status, 0);
+        w->seconds = mono_now() - w->started;
+        w->done = 1;
+        w->pid = 0;
+        w->ok = 0;
+        snprintf(w->error, sizeof w->error, "worker killed by the daemon");
+    }
+}
+
+void supervise_cleanup(struct worker *w)
+{
+    if (w->out_path[0])
+        unlink(w->out_path);
+    if (w->err_path[0])
+        unlink(w->err_path);
+}
