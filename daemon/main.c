@@ -11,8 +11,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
+#include "common/version.h"
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"

@@ -28,6 +28,7 @@
 
 #include <cmocka.h>
 
+#include "common/version.h"
 #include "daemon/ops/config.h"
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/notify.h"

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/version.h"
 #include "workers/cli.h"
 #include "workers/model/blas.h"
 
@@ -48,7 +49,7 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("ckpt-worker 0.1.0\n");
+            printf("ckpt-worker %s\n", CKPTD_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             threads = atoi(argv[++i]);

@@ -12,9 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/fetch/hub.h"
-#include "daemon/work/supervise.h"
 
 #define MEMORY_MAX_DEFAULT (64u << 20)
 #define CURL_BUFFER (512 * 1024)

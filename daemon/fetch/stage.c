@@ -8,12 +8,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/sha256.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
 #include "daemon/plan/source.h"
-#include "daemon/work/supervise.h"
 
 enum st_phase {
     PH_START,

@@ -48,8 +48,6 @@
 
 #include "common/err.h"
 
-#define CKPTD_VERSION "0.1.0"
-
 struct daemon_config {
     char database[1024];
     char node[128];

@@ -11,8 +11,8 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/version.h"
 #include "daemon/base/db.h"
-#include "daemon/ops/config.h"
 
 #define CONTENT_TYPE_METRICS "text/plain; version=0.0.4; charset=utf-8"
 #define CONTENT_TYPE_TEXT "text/plain; charset=utf-8"

@@ -12,12 +12,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
+#include "common/version.h"
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
 #include "daemon/fetch/cache.h"
+#include "daemon/fetch/checkpoint_files.h"
 #include "daemon/fetch/fetch.h"
 #include "daemon/fetch/hub.h"
 #include "daemon/fetch/stage.h"
@@ -421,7 +424,7 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
         return;
     }
     long long dup = -1;
-    if (queue_record_files(s->db, sl->claim.checkpoint_id, stage_files(sl->stage), &dup, &e) < 0) {
+    if (checkpoint_files_record(s->db, sl->claim.checkpoint_id, stage_files(sl->stage), &dup, &e) < 0) {
         log_err("cannot record the checkpoint's files yet; will retry", &e);
         return; /* stays in SLOT_FETCH: the stage answers done again */
     }

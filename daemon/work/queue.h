@@ -108,18 +108,6 @@ int queue_retry(struct db *db, const char *run_or_job, struct err *e) CK_WUR;
 /* Jobs queued (due now or later) and running, over all runs. */
 int queue_counts(struct db *db, long *queued, long *running, struct err *e) CK_WUR;
 
-struct hub_files;
-
-/* A checkpoint's files are known (fetched or read in place): store them in
- * checkpoint_files, set checkpoints.size and .sha256 (the weights' sha256,
- * or for shards the sha256 of their sorted sha256s joined by commas), and
- * mark duplicates: among the run's checkpoints whose weight files have the
- * same sha256s, the earliest step is the original and every other one gets
- * duplicate_of = it.  One transaction, serialised per run.  *dup_step gets
- * the step this checkpoint repeats, or -1. */
-int queue_record_files(struct db *db, long long checkpoint_id, const struct hub_files *files,
-                       long long *dup_step, struct err *e) CK_WUR;
-
 /* Download progress of a checkpoint on this node (state fetching, done or
  * failed; total < 0: unknown; error may be NULL). */
 int queue_fetch_progress(struct db *db, long long checkpoint_id, const char *node, const char *state,

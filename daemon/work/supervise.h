@@ -63,7 +63,4 @@ void supervise_kill(struct worker *w);
 /* Remove the spool files. */
 void supervise_cleanup(struct worker *w);
 
-/* Seconds on the monotonic clock. */
-double mono_now(void);
-
 #endif

@@ -238,3 +238,51 @@ int tokens_read_file(const char *path, int ctx, int **tokens, int *B, int *T, st
         return err_set(e, ERR_INVALID, path, "context length %d: must be at least 1", ctx);
     return read_binary(path, w, ctx, tokens, B, T, e);
 }
+
+int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e)
+{
+    if (has_suffix(path, ".npy")) {
+        if (n > INT32_MAX)
+            return err_set(e, ERR_INVALID, path, "%zu ids are too many for one .npy", n);
+        int shape[1] = {(int)n};
+        return npy_write_i32(path, (const int32_t *)ids, 1, shape, e);
+    }
+    int w = has_suffix(path, ".u16") ? 2 : has_suffix(path, ".u32") ? 4 : 0;
+    if (w == 2)
+        for (size_t i = 0; i < n; i++)
+            if (ids[i] > 0xffff)
+                return err_set(e, ERR_INVALID, path,
+                               "token id %d (position %zu) does not fit in uint16: use .u32 or .npy",
+                               ids[i], i);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
+    int ok = 1;
+    if (w) {
+        unsigned char buf[4096];
+        size_t k = 0;
+        for (size_t i = 0; i < n && ok; i++) {
+            uint32_t v = (uint32_t)ids[i];
+            for (int b = 0; b < w; b++)
+                buf[k++] = (unsigned char)(v >> (8 * b));
+            if (k + 4 > sizeof buf || i + 1 == n) {
+                ok = fwrite(buf, 1, k, f) == k;
+                k = 0;
+            }
+        }
+    } else {
+        ok = fputc('[', f) != EOF;
+        for (size_t i = 0; i < n && ok; i++)
+            ok = fprintf(f, "%s%d", i ? ", " : "", ids[i]) > 0;
+        ok = ok && fputs("]\n", f) != EOF;
+    }
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
+        remove(tmp);
+        return rc;
+    }
+    return 0;
+}

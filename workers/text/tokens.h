@@ -1,5 +1,6 @@
 /*
- * tokens.h - token id sequences as the worker reads them.
+ * tokens.h - token id sequences as the worker reads and writes them: this
+ * module owns the token-file formats.
  *
  * A batch is B equal-length sequences of T ids, stored row-major (B,T) as
  * int.  tokens_read_json reads the JSON form used by `ckpt-worker forward`:
@@ -17,12 +18,18 @@
  * trailing partial sequence is dropped.  Ids are not checked against a
  * vocabulary here (the model does that).
  *
+ * tokens_write_file writes one stream of ids (`ckpt-worker tokenize`) as
+ * .u16, .u32, .npy (int32, 1-D) or .json (a flat list of ids).
+ *
  *     int *tok, B, T;
  *     if (tokens_read_file("pile_val.u16", 128, &tok, &B, &T, &e) < 0) ...
+ *     if (tokens_write_file("copy.u32", tok, (size_t)B * T, &e) < 0) ...
  *     free(tok);
  */
 #ifndef CKPTD_TOKENS_H
 #define CKPTD_TOKENS_H
+
+#include <stddef.h>
 
 #include "common/err.h"
 
@@ -40,5 +47,11 @@ int tokens_read_json(const char *path, int **tokens, int *B, int *T, struct err 
  * dimensions), ERR_INVALID (ctx < 1), ERR_NOMEM. */
 int tokens_read_file(const char *path, int ctx, int **tokens, int *B, int *T,
                      struct err *e) CK_WUR;
+
+/* Write the n ids to `path` in the format of its extension (.u16, .u32,
+ * .npy, otherwise a JSON list), atomically: a temporary file renamed over
+ * path, removed on failure.  ERR_INVALID (an id >= 65536 for .u16, too many
+ * ids for one .npy), ERR_IO (cannot create or write, naming the file). */
+int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e) CK_WUR;
 
 #endif
