@@ -3,8 +3,11 @@
 # Targets:
 #   make            build build/bin/ckptd and build/bin/ckpt-worker
 #   make check      install missing Debian packages (scripts/install-deps),
-#                   build, run every test (cmocka unit tests, golden and
-#                   malformed-input cases, integration tests)
+#                   check the include rules (check-layers), build, run every
+#                   test (cmocka unit tests, golden and malformed-input
+#                   cases, integration tests)
+#   make check-layers  the include rules alone (scripts/check-layers: rooms in
+#                   pipeline order, includes from the repository root)
 #   make bench      benchmarks, reported as ratios to baselines of the same run:
 #                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
@@ -82,7 +85,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check unit bench demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data
 .SECONDARY:
 all: $(BINS)
 
@@ -152,7 +155,12 @@ tokenizer-data:
 unit: $(BINS) $(TEST_BINS) tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
-check: deps
+# Rooms include only themselves, the rooms before them and common/ (the
+# folder READMEs); scripts/check-layers names any include against that.
+check-layers:
+	@scripts/check-layers
+
+check: deps check-layers
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 
