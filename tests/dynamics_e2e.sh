@@ -28,7 +28,7 @@
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 dl_init dynamics_e2e 54405
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 
 # ---- the toy runs (both at once, one thread each) ----
