@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "workers/battery/evalpass.h"
 #include "workers/battery/probe_set.h"
 #include "workers/battery/rows.h"
 #include "workers/model/gptneox.h"
@@ -88,6 +89,9 @@ struct battery_ctx {
      * (sae_sites_resolve) */
     const char *const *sae_sites;
     int nsae_sites;
+    /* The eval set's shared forward (evalpass.h), or NULL: an item that
+     * reads it then runs a pass of its own (battery_run_item). */
+    struct evalpass *pass;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -109,6 +113,11 @@ struct battery_item {
     /* 1: left out of a run's default battery (ckptd add-run without
      * --items); it runs when named.  "opt_in" in `battery --json`. */
     int opt_in;
+    /* The item's part of the eval set's shared forward, or NULL: adds a
+     * consumer named after the item to the pass (evalpass_add); run then
+     * takes the consumer's state from ctx->pass (evalpass_state).  Called
+     * with ctx->pass being that pass. */
+    int (*attach)(const struct battery_ctx *ctx, struct evalpass *p, struct err *e);
 };
 
 /* ---- the registry ---- */
@@ -137,6 +146,16 @@ const char *battery_need_name(enum battery_need k);
  * written. */
 int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
                      struct rows *out, struct err *e) CK_WUR;
+
+/* The shared eval forward for the items (n of them) that read it: when
+ * ctx has eval tokens and one of them has an attach function, a pass is
+ * created into ctx->pass and every such item whose needs are met attaches
+ * to it (an item whose attach fails is left out and will run a pass of
+ * its own, reporting the same error then).  ctx->pass stays NULL when no
+ * item reads it.  The pass runs when the first of them runs, or at
+ * evalpass_run; the caller frees it with evalpass_free.  Errors: ERR_NOMEM. */
+int battery_pass_prepare(struct battery_ctx *ctx, const struct battery_item *const *items,
+                         size_t n, struct err *e) CK_WUR;
 
 /* Check ctx's eval set for an item that runs the model on it: sequences of
  * at least 2 tokens, no longer than max_position_embeddings, every id in
@@ -248,15 +267,17 @@ void probes_labels(const int *tok, int T, const int *top, int K, int *prev, int 
  * only ids that occur.  Returns how many were found (<= K), or ERR_NOMEM. */
 int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
 
-/* lens v1 (needs eval_tokens): the logit lens, the final LayerNorm and the
+/* lens v2 (needs eval_tokens): the logit lens, the final LayerNorm and the
  * unembedding applied to each layer's residual stream.
  *   lens_loss, lens_kl, lens_top1_agreement   layer l: after block l
  *       (blocks.l.hook_resid_post), -1: the embedding (hook_embed)
- * The eval set is run LENS_BATCH_TOKENS tokens per forward (whole
- * sequences, at least one); lensed logits are computed LENS_GEMM_ROWS
- * (layer, token) rows per sgemm.  See battery_lens.c. */
-#define LENS_BATCH_TOKENS 1024
+ * The residual streams come from the eval set's shared forward
+ * (evalpass.h); the last layer is the forward's own logits.  Lensed logits
+ * are computed LENS_GEMM_ROWS (layer, token) rows per sgemm, one tile of
+ * LENS_VOCAB_TILE vocabulary entries at a time, and reduced in cache.  See
+ * battery_lens.c. */
 #define LENS_GEMM_ROWS 512
+#define LENS_VOCAB_TILE 2048
 extern const struct battery_item battery_item_lens;
 
 /* composition v1: Q-, K- and V-composition scores between every pair of
