@@ -20,6 +20,7 @@ static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
+    "                           [--full-sweep]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -52,7 +53,10 @@ static const char analyze_usage[] =
     "  --sae-site HOOK      a site for sae and sae_relu, repeatable, one per layer:\n"
     "                       blocks.L.hook_resid_pre, hook_attn_out, hook_resid_mid\n"
     "                       (sequential-residual models), hook_mlp_out or\n"
-    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n";
+    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n"
+    "  --full-sweep         this checkpoint is on the run's sparse skeleton: items with a\n"
+    "                       sparse exact part run it in full (ablation ablates every head\n"
+    "                       exactly, not only the top and a sample by its estimate)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -143,7 +147,7 @@ int cmd_analyze(int argc, char **argv)
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     const char **sae_sites = calloc((size_t)argc, sizeof *sae_sites);
-    int nprobe = 0, nsae_sites = 0;
+    int nprobe = 0, nsae_sites = 0, full_sweep = 0;
     if (!probe_paths || !sae_sites) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         free(probe_paths);
@@ -166,6 +170,8 @@ int cmd_analyze(int argc, char **argv)
             prev_artifacts = argv[++i];
         } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
             probe_paths[nprobe++] = argv[++i];
+        } else if (strcmp(argv[i], "--full-sweep") == 0) {
+            full_sweep = 1;
         } else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
             sae_sites[nsae_sites++] = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
@@ -224,7 +230,7 @@ int cmd_analyze(int argc, char **argv)
     struct gptneox *m = NULL;
     int *tokens = NULL, B = 0, T = 0, status = EXIT_INPUT;
     char eval_name[64], *task_found = NULL;
-    struct battery_ctx bctx = {.seed = seed};
+    struct battery_ctx bctx = {.seed = seed, .full_sweep = full_sweep};
     struct rows r;
     rows_init(&r);
     unsigned needs = 0;

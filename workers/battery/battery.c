@@ -17,6 +17,7 @@ static const struct battery_item *const items[] = {
     &battery_item_lens,
     &battery_item_composition,
     &battery_item_ablation,
+    &battery_item_ablation_exact,
     &battery_item_probes,
     &battery_item_task,
     &battery_item_sae,

@@ -92,6 +92,10 @@ struct battery_ctx {
     /* The eval set's shared forward (evalpass.h), or NULL: an item that
      * reads it then runs a pass of its own (battery_run_item). */
     struct evalpass *pass;
+    /* --full-sweep: this checkpoint is on the run's sparse skeleton, where
+     * items with a sparse exact part run it in full (ablation: every
+     * head ablated exactly). */
+    int full_sweep;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -307,18 +311,31 @@ extern const struct battery_item battery_item_composition;
 #define HEADS_BATCH 8 /* eval sequences per forward */
 extern const struct battery_item battery_item_heads;
 
-/* ablation v1 (needs eval_tokens): per head, the effect on the loss of
- * zero- and mean-ablating its hook_z slice, and direct logit attribution
- * of heads, MLPs, the embedding and the biases; on two token sets, idx 0
- * the first ABLATION_EVAL_SEQS eval sequences (every next-token
- * prediction) and idx 1 the first ABLATION_REP_SEQS repeated sequences
- * (predictions of R[1..L-1] in the second copy, the induction loss).
- * Ablated forwards resume at the ablated layer (gptneox_forward_from) with
- * variants stacked along the batch, up to ABLATION_TOKENS tokens per
- * forward.  See battery_ablation.c for the definitions. */
+/* ablation v2 (needs eval_tokens): per head, the effect on the loss of
+ * zero- and mean-ablating its hook_z slice, estimated for every head by
+ * attribution patching (one forward and one backward) and computed
+ * exactly for the ABLATION_TOP_K heads of largest |estimate|, the
+ * ABLATION_TOP_DLA of largest |dla_head| and a random sample of
+ * ABLATION_SAMPLE others (per token set and kind; every head when
+ * ctx.full_sweep), with the error of the estimate where both exist;
+ * and direct logit attribution of heads, MLPs, the embedding and the
+ * biases; on two token sets, idx 0 the first ABLATION_EVAL_SEQS eval
+ * sequences (every next-token prediction) and idx 1 the first
+ * ABLATION_REP_SEQS repeated sequences (predictions of R[1..L-1] in the
+ * second copy, the induction loss).  Ablated forwards resume at the
+ * ablated layer (gptneox_forward_from) with variants stacked along the
+ * batch, up to ABLATION_TOKENS tokens per forward; the clean run is taped
+ * in groups of sequences whose tape fits ABLATION_TAPE_BYTES.
+ * ablation_exact v1 (opt-in): every head exactly at every checkpoint, the
+ * rows of ablation v1.  See battery_ablation.c for the definitions. */
 #define ABLATION_EVAL_SEQS 4
 #define ABLATION_REP_SEQS 4
 #define ABLATION_TOKENS 1024
+#define ABLATION_TOP_K 6
+#define ABLATION_TOP_DLA 2
+#define ABLATION_SAMPLE 4
+#define ABLATION_TAPE_BYTES ((size_t)768 << 20)
+extern const struct battery_item battery_item_ablation_exact;
 extern const struct battery_item battery_item_ablation;
 
 /* task v1 (needs task): a toy training run's metrics recomputed from the
