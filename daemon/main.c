@@ -23,7 +23,9 @@
 #include "daemon/fetch/stage.h"
 #include "daemon/ops/config.h"
 #include "daemon/ops/serve.h"
+#include "daemon/plan/cost.h"
 #include "daemon/plan/evalset.h"
+#include "daemon/plan/forecast.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/report.h"
@@ -45,6 +47,7 @@ static const char usage[] =
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
+    "          [--sweep-every K]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -52,6 +55,12 @@ static const char usage[] =
     "                               /metrics and /healthz on HOST:PORT (loopback\n"
     "                               unless --metrics-allow-remote)\n"
     "  status [RUN]                 progress, failing jobs, what each node is doing\n"
+    "  plan RUN [--model-config FILE] [--nodes N] [--workers N] [--gflops R] [--json]\n"
+    "  plan --model-config FILE [--items ITEM,...] [--schedule S | --steps N]\n"
+    "       [--eval-tokens FILE] [--eval-seqs N] [--ctx N] [--sae-sites N]\n"
+    "       [--sweep-every K] [--nodes N] [--workers N] [--gflops R] [--json]\n"
+    "                               projected seconds per item, per checkpoint and per\n"
+    "                               series (daemon/plan/cost.h), of a run or before one\n"
     "  retry RUN|JOB_ID             re-queue dead jobs of a run, or one job\n"
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
@@ -121,7 +130,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
     const char *eval_text = NULL, *tokenizer = NULL;
-    long long seed = -1, ctx = 0, eval_seqs = 0;
+    long long seed = -1, ctx = 0, eval_seqs = 0, sweep_every = -1;
     int max_attempts = 5, sae_warm_start = 0;
     json_t *probes = json_array(), *sae_sites = json_array();
     long site_layers[ADD_RUN_MAX_SAE_SITES];
@@ -148,6 +157,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             eval_seqs = atoll(argv[++i]);
         else if (strcmp(argv[i], "--sae-warm-start") == 0)
             sae_warm_start = 1;
+        else if (strcmp(argv[i], "--sweep-every") == 0 && i + 1 < argc)
+            sweep_every = atoll(argv[++i]);
         else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
             const char *site = argv[++i];
             const size_t ns = json_array_size(sae_sites);
@@ -188,6 +199,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         }
     }
     if (!name || !source || !schedule || max_attempts < 1 || ctx < 0 || ctx > INT32_MAX ||
+        sweep_every < -1 || sweep_every > INT32_MAX ||
         eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval && !eval_text) ||
         (eval && eval_text) || (tokenizer && !eval_text)) {
         fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule; --ctx and "
@@ -311,6 +323,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         json_object_set_new(opt, "sae_warm_start", json_true());
     if (json_array_size(sae_sites))
         json_object_set(opt, "sae_sites", sae_sites);
+    if (sweep_every >= 0) /* full sweeps (ablation of every head) on this skeleton */
+        json_object_set_new(opt, "sweep_every", json_integer(sweep_every));
     opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
     if (!(db = open_db(cfg)))
         goto out;
@@ -381,6 +395,154 @@ static int cmd_status(struct daemon_config *cfg, int argc, char **argv)
         log_err("status failed", &e);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
+}
+
+/* The run's default battery as add-run picks it: not toy-task items, not
+ * opt-in ones, and only items whose dependency is there. */
+static int default_items(const struct registry *reg, const char **out, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < reg->nitems && n < cap; i++)
+        if (!reg->items[i].needs_task && !reg->items[i].opt_in &&
+            (!reg->items[i].depends_on[0] || registry_item(reg, reg->items[i].depends_on)))
+            out[n++] = reg->items[i].name;
+    return n;
+}
+
+static int cmd_plan(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *run = NULL, *model = NULL, *items_arg = NULL, *schedule = "pythia", *eval = NULL;
+    int nodes = 1, workers = 1, json = 0, steps = 0, status = EXIT_FAIL;
+    double gflops = cost_reference_gflops();
+    struct cost_run set = COST_RUN_DEFAULT;
+    long long seqs = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int used = 1; /* the option takes a value */
+        if (strcmp(a, "--json") == 0) {
+            json = 1;
+            used = 0;
+        } else if (a[0] != '-' && !run) {
+            run = a;
+            used = 0;
+        } else if (strcmp(a, "--model-config") == 0 && v)
+            model = v;
+        else if (strcmp(a, "--items") == 0 && v)
+            items_arg = v;
+        else if (strcmp(a, "--schedule") == 0 && v)
+            schedule = v;
+        else if (strcmp(a, "--eval-tokens") == 0 && v)
+            eval = v;
+        else if (strcmp(a, "--steps") == 0 && v)
+            steps = atoi(v);
+        else if (strcmp(a, "--eval-seqs") == 0 && v)
+            seqs = atoll(v);
+        else if (strcmp(a, "--ctx") == 0 && v)
+            set.ctx = atoi(v);
+        else if (strcmp(a, "--sae-sites") == 0 && v)
+            set.sae_sites = atoi(v);
+        else if (strcmp(a, "--sweep-every") == 0 && v)
+            set.sweep_every = atoi(v);
+        else if (strcmp(a, "--nodes") == 0 && v)
+            nodes = atoi(v);
+        else if (strcmp(a, "--workers") == 0 && v)
+            workers = atoi(v);
+        else if (strcmp(a, "--gflops") == 0 && v)
+            gflops = atof(v);
+        else {
+            fprintf(stderr, "ckptd plan: unexpected argument '%s'\n%s", a, usage);
+            return EXIT_USAGE;
+        }
+        i += used;
+    }
+    if ((!run && !model) || nodes < 1 || workers < 1 || !(gflops > 0) || steps < 0 ||
+        set.ctx < 1 || set.sae_sites < 1 || set.sweep_every < 0 || seqs < 0) {
+        fprintf(stderr, "ckptd plan: need RUN or --model-config; --nodes, --workers, --gflops, "
+                        "--ctx and --sae-sites are positive\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct forecast f;
+    struct db *db = NULL;
+    struct registry reg;
+    memset(&reg, 0, sizeof reg);
+    char *config = model ? forecast_read_file(model, &e) : NULL;
+    char *items_copy = NULL;
+    if (model && !config) {
+        log_err("cannot read the model config", &e);
+        return EXIT_USAGE;
+    }
+    if (run) {
+        if (!(db = open_db(cfg)))
+            goto out;
+        long long id = 0;
+        if (forecast_load(db, run, &f, &e) < 0 ||
+            (config && ((id = f.run_id), forecast_set_model(db, id, config, &e) < 0 ||
+                                             forecast_load(db, run, &f, &e) < 0))) {
+            log_err("cannot plan the run", &e);
+            goto out;
+        }
+        if (!f.has_shape) {
+            fprintf(stderr, "ckptd plan: the shape of %s's model is not known yet: give "
+                            "--model-config FILE (a checkpoint's config.json), or let a node "
+                            "stage one of its checkpoints\n", run);
+            goto out;
+        }
+    } else {
+        const char *names[FORECAST_ITEMS];
+        int n = 0;
+        if (items_arg) {
+            items_copy = strdup(items_arg);
+            char *save = NULL;
+            for (char *it = strtok_r(items_copy, ",", &save); it && n < FORECAST_ITEMS;
+                 it = strtok_r(NULL, ",", &save))
+                names[n++] = it;
+        } else {
+            char worker[1024];
+            supervise_worker_path(cfg->worker_path, worker, sizeof worker);
+            if (registry_from_worker(&reg, worker, &e) < 0) {
+                log_err("cannot read the battery from the worker (name --items)", &e);
+                goto out;
+            }
+            n = default_items(&reg, names, FORECAST_ITEMS);
+        }
+        if (!steps) {
+            long long *st = NULL;
+            if (schedule_parse(schedule, &st, &steps, &e) < 0) {
+                log_err("bad schedule", &e);
+                status = EXIT_USAGE;
+                goto out;
+            }
+            free(st);
+        }
+        if (eval) { /* the worker's ctx default is the run's here */
+            char opt[2048];
+            snprintf(opt, sizeof opt, "{\"eval_tokens\": \"%s\", \"ctx\": %d, \"eval_seqs\": %lld}",
+                     eval, set.ctx, seqs);
+            struct cost_run from;
+            if (forecast_run_settings(opt, &from, &e) < 0) {
+                log_err("cannot read the eval tokens", &e);
+                status = EXIT_USAGE;
+                goto out;
+            }
+            set.eval_seqs = from.eval_seqs;
+        } else if (seqs) {
+            set.eval_seqs = (int)seqs;
+        }
+        if (forecast_offline(&f, "(plan)", config, names, n, &set, steps, &e) < 0) {
+            log_err("cannot plan", &e);
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+    forecast_print(&f, nodes, workers, gflops, json, stdout);
+    status = 0;
+out:
+    free(items_copy);
+    free(config);
+    registry_free(&reg);
+    db_free(db);
+    return status;
 }
 
 static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
@@ -680,6 +842,8 @@ int main(int argc, char **argv)
         return cmd_serve(&cfg, config_path, sub_argc, sub_argv);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "plan") == 0)
+        return cmd_plan(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "retry") == 0)
         return cmd_retry(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "fetch") == 0)

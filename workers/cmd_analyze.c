@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
@@ -223,6 +224,7 @@ int cmd_analyze(int argc, char **argv)
     }
     free(list);
 
+    const double start = now_seconds(), cpu0 = cpu_now();
     /* A closed stdout is a write error (exit 1), not a silent SIGPIPE death. */
     signal(SIGPIPE, SIG_IGN);
     struct err e;
@@ -242,8 +244,10 @@ int cmd_analyze(int argc, char **argv)
         err_set(&e, ERR_NOMEM, NULL, "out of memory");
         goto fail;
     }
+    double load0 = now_seconds();
     if (gptneox_load(&m, dir, 0, &e) < 0)
         goto fail;
+    log_info("checkpoint loaded", "seconds=%.3f", now_seconds() - load0);
     bctx.model = m;
     /* probe sets are checked before any item runs: a bad file prints no rows */
     for (int k = 0; k < nprobe; k++)
@@ -302,27 +306,31 @@ int cmd_analyze(int argc, char **argv)
     if (battery_pass_prepare(&bctx, items, nitems, &e) < 0)
         goto fail;
     if (bctx.pass) {
-        double t0 = now_seconds(), fs, ff;
+        double t0 = now_seconds(), c0 = cpu_now(), fs, fc, ff;
         int nc, nf;
         if (evalpass_run(bctx.pass, &e) < 0)
             log_err("eval pass failed", &e); /* its items report it */
-        evalpass_totals(bctx.pass, &fs, &ff, &nc, &nf);
-        log_info("eval pass done", "consumers=%d forwards=%d seconds=%.3f forward_seconds=%.3f "
-                 "forward_flop=%.4g", nc, nf, now_seconds() - t0, fs, ff);
+        evalpass_totals(bctx.pass, &fs, &fc, &ff, &nc, &nf);
+        log_info("eval pass done", "consumers=%d forwards=%d seconds=%.3f cpu_seconds=%.3f "
+                 "forward_seconds=%.3f forward_cpu_seconds=%.3f forward_flop=%.4g", nc, nf,
+                 now_seconds() - t0, cpu_now() - c0, fs, fc, ff);
     }
     for (size_t i = 0; i < nitems; i++) {
-        double t0 = now_seconds(), f0 = m->forward_flop;
+        double t0 = now_seconds(), c0 = cpu_now(), f0 = m->forward_flop, pass_cpu;
         if (battery_run_item(items[i], &bctx, &r, &e) < 0 || rows_write(&r, stdout, &e) < 0)
             goto fail;
-        double in_pass = evalpass_own_seconds(bctx.pass, items[i]->name);
-        log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f pass_seconds=%.3f "
-                 "forward_flop=%.4g", items[i]->name, items[i]->version, r.n,
-                 now_seconds() - t0 + in_pass, in_pass, m->forward_flop - f0);
+        double in_pass = evalpass_own_seconds(bctx.pass, items[i]->name, &pass_cpu);
+        log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f cpu_seconds=%.3f "
+                 "pass_seconds=%.3f forward_flop=%.4g", items[i]->name, items[i]->version, r.n,
+                 now_seconds() - t0 + in_pass, cpu_now() - c0 + pass_cpu, in_pass,
+                 m->forward_flop - f0);
     }
     if (fflush(stdout) != 0 || ferror(stdout)) {
         err_set(&e, ERR_IO, "stdout", "write failed: %s", strerror(errno));
         goto fail;
     }
+    log_info("analyze done", "items=%zu seconds=%.3f cpu_seconds=%.3f", nitems,
+             now_seconds() - start, cpu_now() - cpu0);
     status = 0;
     goto out;
 fail:

@@ -27,6 +27,8 @@
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/node.h"
 #include "daemon/ops/notify.h"
+#include "daemon/plan/cost.h"
+#include "daemon/plan/forecast.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
@@ -252,6 +254,12 @@ static void launch(struct server *s, struct slot *sl)
     char eval[1024] = "";
     int rc = 0;
     snprintf(dir, sizeof dir, "%s", stage_dir(sl->stage));
+    /* the model's shape for the cost model, the first time one is staged */
+    if (forecast_note_model(s->db, c->run_id, dir, &e) < 0) {
+        log_debug("model shape not recorded", "run=%s error=%s", log_quote(c->run),
+                  log_quote(err_str(&e)));
+        err_clear(&e);
+    }
     for (int i = 0; rc == 0 && i < c->njobs; i++) {
         int v = registry_item_version(&s->reg, c->items[i]);
         if (v != c->versions[i])
@@ -329,6 +337,13 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = "--artifacts";
         argv[a++] = adir;
     }
+    /* the run's skeleton of full sweeps (cost.h): every sweep_every-th
+     * checkpoint and the last */
+    jv = json_object_get(opt, "sweep_every");
+    int every = json_is_integer(jv) ? (int)json_integer_value(jv) : COST_SWEEP_EVERY;
+    const int full_sweep = cost_on_skeleton(c->index, c->count, every);
+    if (full_sweep)
+        argv[a++] = "--full-sweep";
     if (pdir[0]) {
         argv[a++] = "--prev-artifacts";
         argv[a++] = pdir;
@@ -363,8 +378,8 @@ static void launch(struct server *s, struct slot *sl)
         return;
     }
     log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
-             " prev_step=%lld", log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s,
-             s->wait_dl * 1e3, c->prev_step);
+             " prev_step=%lld full_sweep=%d", log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts,
+             sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
     s->wait_dl_total += s->wait_dl;

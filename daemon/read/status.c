@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "daemon/base/db.h"
+#include "daemon/plan/cost.h"
+#include "daemon/plan/forecast.h"
 
 static void bar(FILE *out, double frac, int width)
 {
@@ -154,8 +156,31 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
         fprintf(out, "%s  ", PQgetvalue(r, i, 0));
         bar(out, total ? (double)done / total : 0, 30);
         fprintf(out, " %ld/%ld done, %ld running, %ld failed, %ld queued", done, total, running, dead, queued);
-        if (rate > 0)
+        /* the ETA of the cost model (plan/forecast.h), scaled by how the
+         * recent checkpoints compared with it; the recent rate without a
+         * shape */
+        struct forecast f;
+        double left = NAN, ratio = NAN;
+        if (forecast_load(db, PQgetvalue(r, i, 0), &f, NULL) == 0 && f.has_shape) {
+            left = forecast_eta(&f, cost_reference_gflops());
+            ratio = forecast_ratio(&f, cost_reference_gflops());
+        }
+        if (isfinite(left) && f.left == 0) {
+            /* nothing left */
+        } else if (isfinite(left)) {
+            char l[32];
+            duration(l, sizeof l, left);
+            if (f.running > 0)
+                fprintf(out, "; ETA %s", l);
+            else
+                fprintf(out, "; %s of work left (no worker on it)", l);
+            if (isfinite(ratio))
+                fprintf(out, " (cost model x%.2f measured)", ratio);
+            else
+                fprintf(out, " (cost model)");
+        } else if (rate > 0) {
             fprintf(out, "; %.1f checkpoints/h, ETA %s", rate, eta);
+        }
         fputc('\n', out);
     }
     PQclear(r);

@@ -285,8 +285,10 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};
     r = db_exec(db,
-        "SELECT c.run_id, c.step, c.url, r.name, r.options::text, r.source FROM checkpoints c"
-        " JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
+        "SELECT c.run_id, c.step, c.url, r.name, r.options::text, r.source,"
+        "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id AND o.step < c.step),"
+        "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id)"
+        " FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
     if (!r)
         return ERR_DB; /* the lease expires and the jobs return */
     if (PQntuples(r) != 1) { /* the run was deleted under us */
@@ -299,6 +301,8 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     snprintf(c->run, sizeof c->run, "%s", PQgetvalue(r, 0, 3));
     snprintf(c->options, sizeof c->options, "%s", PQgetvalue(r, 0, 4));
     snprintf(c->source, sizeof c->source, "%s", PQgetvalue(r, 0, 5));
+    c->index = atoi(PQgetvalue(r, 0, 6));
+    c->count = atoi(PQgetvalue(r, 0, 7));
     PQclear(r);
     return 1;
 }

@@ -43,6 +43,7 @@ struct claim {
     int versions[CLAIM_MAX_JOBS];
     int attempts;         /* highest attempt number among the jobs */
     long long prev_step;  /* the step whose artifacts the jobs read (--prev-artifacts), or -1 */
+    int index, count;     /* the checkpoint's place among the run's, in step order */
     char artifact_dir[1024]; /* the artifact root the worker wrote under (set by serve when
                                 an item needs artifacts), or "" */
 };

@@ -20,7 +20,7 @@ struct consumer {
     struct evalpass_consumer c;
     int failed;
     struct err err;
-    double own_s;
+    double own_s, own_cpu;
 };
 
 struct evalpass {
@@ -34,7 +34,7 @@ struct evalpass {
     int nhooks;
     int ran, rc;              /* evalpass_run's result, once ran */
     struct err err;           /* the forward's error */
-    double forward_s, forward_flop, hook_s;
+    double forward_s, forward_cpu, forward_flop, hook_s, hook_cpu;
     int forwards;
 };
 
@@ -78,13 +78,15 @@ static int tramp_fn(void *ctx, struct hook_act *act, struct err *e)
     struct consumer *c = &t->p->cons[t->ci];
     if (c->failed)
         return 0;
-    double t0 = mono_now();
+    double t0 = mono_now(), c0 = cpu_now();
     struct err mine;
     err_clear(&mine);
     int rc = t->hook.fn(t->hook.ctx, act, &mine);
-    double dt = mono_now() - t0;
+    double dt = mono_now() - t0, dc = cpu_now() - c0;
     c->own_s += dt;
+    c->own_cpu += dc;
     t->p->hook_s += dt;
+    t->p->hook_cpu += dc;
     if (rc < 0) {
         if (mine.code == ERR_OK)
             err_set(&mine, rc, act->name, "hook failed");
@@ -143,9 +145,10 @@ static void call_all(struct evalpass *p, int done, const struct evalpass_batch *
             continue;
         struct err mine;
         err_clear(&mine);
-        double t0 = mono_now();
+        double t0 = mono_now(), c0 = cpu_now();
         int rc = fn(c->c.state, b, &mine);
         c->own_s += mono_now() - t0;
+        c->own_cpu += cpu_now() - c0;
         if (rc < 0) {
             if (mine.code == ERR_OK)
                 err_set(&mine, rc, c->c.name, "failed on the eval pass");
@@ -180,11 +183,12 @@ int evalpass_run(struct evalpass *p, struct err *e)
         const int nb = p->B - b0 < EVALPASS_SEQS ? p->B - b0 : EVALPASS_SEQS;
         struct evalpass_batch b = {p->tokens + (size_t)b0 * p->T, b0, nb, p->T, NULL};
         call_all(p, 0, &b);
-        const double t0 = mono_now(), h0 = p->hook_s;
+        const double t0 = mono_now(), h0 = p->hook_s, c0 = cpu_now(), hc0 = p->hook_cpu;
         rc = logits ? gptneox_forward(p->m, b.tokens, nb, p->T, p->hooks, (size_t)p->nhooks, &p->err)
                     : gptneox_forward_until(p->m, b.tokens, nb, p->T, p->hooks, (size_t)p->nhooks,
                                             last, &p->err);
         p->forward_s += mono_now() - t0 - (p->hook_s - h0);
+        p->forward_cpu += cpu_now() - c0 - (p->hook_cpu - hc0);
         p->forwards++;
         if (rc < 0)
             break;
@@ -219,18 +223,19 @@ void *evalpass_state(const struct evalpass *p, const char *name, struct err *e)
     return c->c.state;
 }
 
-double evalpass_own_seconds(const struct evalpass *p, const char *name)
+double evalpass_own_seconds(const struct evalpass *p, const char *name, double *cpu)
 {
-    if (!p)
-        return 0.0;
-    int i = find(p, name);
+    int i = p ? find(p, name) : -1;
+    if (cpu)
+        *cpu = i < 0 ? 0.0 : p->cons[i].own_cpu;
     return i < 0 ? 0.0 : p->cons[i].own_s;
 }
 
-void evalpass_totals(const struct evalpass *p, double *forward_s, double *forward_flop,
-                     int *consumers, int *forwards)
+void evalpass_totals(const struct evalpass *p, double *forward_s, double *forward_cpu,
+                     double *forward_flop, int *consumers, int *forwards)
 {
     *forward_s = p->forward_s;
+    *forward_cpu = p->forward_cpu;
     *forward_flop = p->forward_flop;
     *consumers = p->ncons;
     *forwards = p->forwards;

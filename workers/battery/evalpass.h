@@ -94,13 +94,14 @@ int evalpass_has(const struct evalpass *p, const char *name);
 void *evalpass_state(const struct evalpass *p, const char *name, struct err *e);
 
 /* Seconds spent in the consumer's own functions and hooks (its share of
- * the pass beyond the forward), 0 when it was not added (or p is NULL). */
-double evalpass_own_seconds(const struct evalpass *p, const char *name);
+ * the pass beyond the forward), and the CPU seconds into *cpu (may be
+ * NULL); 0 when it was not added (or p is NULL). */
+double evalpass_own_seconds(const struct evalpass *p, const char *name, double *cpu);
 
-/* The whole pass: the forward's seconds (hooks excluded), its FLOPs, the
- * number of consumers and forwards. */
-void evalpass_totals(const struct evalpass *p, double *forward_s, double *forward_flop,
-                     int *consumers, int *forwards);
+/* The whole pass: the forward's seconds and CPU seconds (hooks excluded),
+ * its FLOPs, the number of consumers and forwards. */
+void evalpass_totals(const struct evalpass *p, double *forward_s, double *forward_cpu,
+                     double *forward_flop, int *consumers, int *forwards);
 
 void evalpass_free(struct evalpass *p);
 
