@@ -44,10 +44,12 @@
 
 #include "bench/bench_util.h"
 #include "common/err.h"
+#include "workers/model/attention.h"
 #include "workers/model/blas.h"
 #include "workers/model/config.h"
 #include "workers/model/gptneox.h"
 #include "workers/model/kernels.h"
+#include "workers/model/pool.h"
 #include "workers/model/tensor.h"
 
 #define MAX_REPS 100
@@ -265,8 +267,7 @@ enum phase {
     PH_LAYERNORM,
     PH_QKV,
     PH_ROTARY,
-    PH_ATTN_PATTERN,
-    PH_ATTN_Z,
+    PH_ATTENTION,
     PH_ATTN_OUT,
     PH_MLP_IN,
     PH_GELU,
@@ -277,8 +278,8 @@ enum phase {
 };
 
 static const char *const phase_names[PH_COUNT] = {
-    "embed",   "layernorm", "qkv",  "rotary",  "attn_pattern", "attn_z",
-    "attn_out", "mlp_in",   "gelu", "mlp_out", "residual",     "unembed",
+    "embed",  "layernorm", "qkv",     "rotary",   "attention", "attn_out",
+    "mlp_in", "gelu",      "mlp_out", "residual", "unembed",
 };
 
 static void add_inplace(float *x, const float *y, size_t n)
@@ -289,12 +290,12 @@ static void add_inplace(float *x, const float *y, size_t n)
 
 /* Buffers of one rebuilt forward at N = B*T rows. */
 struct phase_bufs {
-    float *x, *ln, *qkv, *pattern, *z, *attn_out, *h, *mlp_out, *logits, *cosv, *sinv;
+    float *x, *ln, *qkv, *att, *z, *attn_out, *h, *mlp_out, *logits, *cosv, *sinv;
 };
 
 static void phase_bufs_free(struct phase_bufs *p)
 {
-    float **f[] = {&p->x, &p->ln,      &p->qkv,    &p->pattern, &p->z,   &p->attn_out,
+    float **f[] = {&p->x, &p->ln,      &p->qkv,    &p->att,     &p->z,   &p->attn_out,
                    &p->h, &p->mlp_out, &p->logits, &p->cosv,    &p->sinv};
     for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
         free(*f[i]);
@@ -310,7 +311,7 @@ static int phase_bufs_alloc(struct phase_bufs *p, const struct gptneox_config *c
     p->x = alloc_floats(N * C);
     p->ln = alloc_floats(N * C);
     p->qkv = alloc_floats(N * 3 * C);
-    p->pattern = alloc_floats((size_t)B * c->n_heads * T * T);
+    p->att = alloc_floats((size_t)pool_threads() * attention_scratch_floats(T, c->d_head));
     p->z = alloc_floats(N * C);
     p->attn_out = alloc_floats(N * C);
     p->h = alloc_floats(N * (size_t)c->d_mlp);
@@ -318,7 +319,7 @@ static int phase_bufs_alloc(struct phase_bufs *p, const struct gptneox_config *c
     p->logits = alloc_floats(N * (size_t)c->vocab_size);
     p->cosv = alloc_floats((size_t)T * rd2);
     p->sinv = alloc_floats((size_t)T * rd2);
-    if (!p->x || !p->ln || !p->qkv || !p->pattern || !p->z || !p->attn_out || !p->h ||
+    if (!p->x || !p->ln || !p->qkv || !p->att || !p->z || !p->attn_out || !p->h ||
         !p->mlp_out || !p->logits || !p->cosv || !p->sinv) {
         phase_bufs_free(p);
         return -1;
@@ -350,10 +351,8 @@ static void phased_forward(const struct gptneox *m, struct phase_bufs *p, const 
         LAP(PH_QKV);
         rotary_forward(p->qkv, p->cosv, p->sinv, B, T, NH, HS, c->rotary_ndims);
         LAP(PH_ROTARY);
-        attention_pattern(p->pattern, p->qkv, B, T, NH, HS);
-        LAP(PH_ATTN_PATTERN);
-        attention_z(p->z, p->pattern, p->qkv, B, T, NH, HS);
-        LAP(PH_ATTN_Z);
+        attention_forward(p->z, NULL, p->qkv, p->att, B, T, NH, HS);
+        LAP(PH_ATTENTION);
         matmul_forward(p->attn_out, p->z, Ly->attn_w, Ly->attn_b, N, C, C);
         LAP(PH_ATTN_OUT);
         if (!c->parallel_residual) {
@@ -418,19 +417,18 @@ static int run_phases(const struct opts *o)
     /* FLOPs per phase, as gptneox_forward_flops counts them */
     const double N = (double)o->B * o->T, C = cfg.d_model, F = cfg.d_mlp, V = cfg.vocab_size;
     const double L = cfg.n_layers;
-    double att = 0.0;
-    for (int r0 = 0; r0 < o->T; r0 += 128) {
-        int r1 = r0 + 128 < o->T ? r0 + 128 : o->T;
-        att += 2.0 * (r1 - r0) * r1 * cfg.d_head;
+    double att = 0.0; /* both attention products, causal blocks as computed */
+    for (int r0 = 0; r0 < o->T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < o->T ? r0 + ATT_BLOCK : o->T;
+        att += 2.0 * 2.0 * (r1 - r0) * r1 * cfg.d_head;
     }
-    att *= (double)o->B * cfg.n_heads * L; /* one of the two attention products */
+    att *= (double)o->B * cfg.n_heads * L;
     double fl[PH_COUNT] = {0};
     fl[PH_QKV] = L * 2 * N * C * 3 * C;
     fl[PH_ATTN_OUT] = L * 2 * N * C * C;
     fl[PH_MLP_IN] = L * 2 * N * C * F;
     fl[PH_MLP_OUT] = L * 2 * N * F * C;
-    fl[PH_ATTN_PATTERN] = att;
-    fl[PH_ATTN_Z] = att;
+    fl[PH_ATTENTION] = att;
     fl[PH_UNEMBED] = 2 * N * C * V;
 
     /* the rebuilt forward must compute what the engine does */
