@@ -37,6 +37,7 @@
 #include "workers/model/gptneox.h"
 #include "workers/model/safetensors.h"
 #include "workers/model/tensor.h"
+#include "workers/train/adamw.h"
 #include "workers/text/tokens.h"
 
 #define GOLDEN_DIR "tests/golden"
@@ -677,6 +678,49 @@ static void test_load_faults(void **state)
     gptneox_free(m);
 }
 
+/* A read-only load maps the checkpoint read-only: the functions that write
+ * weights refuse it with a message instead of crashing in the mapping. */
+static void test_readonly_refused(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckptd-ro-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct gptneox *m = random_model(1, 0), *ro = NULL, *rw = NULL;
+    struct err e;
+    assert_int_equal(gptneox_save(m, dir, ST_F32, &e), 0);
+    assert_int_equal(gptneox_load(&ro, dir, 0, &e), 0);
+    assert_int_equal(ro->writable, 0);
+    float before = ro->layers[0].qkv_w[3];
+    assert_int_equal(gptneox_init_random(ro, 1, 0.1f), ERR_INVALID);
+    assert_true(ro->layers[0].qkv_w[3] == before);
+    assert_int_equal(gptneox_require_writable(ro, "train it", &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "read-only"));
+    assert_non_null(strstr(e.msg, "train it"));
+    assert_non_null(strstr(e.ctx, "model.safetensors"));
+    struct adamw *opt = NULL;
+    struct adamw_config ac = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8,
+                              .weight_decay = 0.0};
+    assert_int_equal(adamw_create(&opt, ro, &ac, &e), ERR_INVALID);
+    assert_null(opt);
+    assert_non_null(strstr(e.msg, "GPTNEOX_LOAD_WRITABLE"));
+    /* the writable load and a created model may be written */
+    assert_int_equal(gptneox_load(&rw, dir, GPTNEOX_LOAD_WRITABLE, &e), 0);
+    assert_int_equal(gptneox_require_writable(rw, "train it", &e), 0);
+    assert_int_equal(gptneox_init_random(rw, 1, 0.1f), 0);
+    assert_int_equal(gptneox_init_random(m, 1, 0.1f), 0);
+    assert_int_equal(adamw_create(&opt, rw, &ac, &e), 0);
+    adamw_free(opt);
+    char p[256];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    rmdir(dir);
+    gptneox_free(rw);
+    gptneox_free(ro);
+    gptneox_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -689,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_forward_from),
         cmocka_unit_test(test_hook_names),
         cmocka_unit_test(test_load_faults),
+        cmocka_unit_test(test_readonly_refused),
     };
     return cmocka_run_group_tests_name("gptneox", tests, NULL, NULL);
 }

@@ -534,8 +534,21 @@ static void fill(float *p, size_t n, uint64_t *s, float mean, float std)
         p[i] = mean + std * normal(s);
 }
 
-void gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
+int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e)
 {
+    if (m->writable)
+        return 0;
+    const char *path = m->st && st_set_nfiles(m->st) > 0 ? st_set_file_path(m->st, 0) : NULL;
+    return err_set(e, ERR_INVALID, path,
+                   "the model's weights are read-only (mapped from the checkpoint): load it "
+                   "with GPTNEOX_LOAD_WRITABLE to %s",
+                   what);
+}
+
+int gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
+{
+    if (gptneox_require_writable(m, "initialise it", NULL) < 0)
+        return ERR_INVALID;
     const struct gptneox_config *c = &m->cfg;
     size_t V = (size_t)c->vocab_size, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
     uint64_t s = seed;
@@ -559,6 +572,7 @@ void gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
     fill(m->lnf_b, C, &s, 0.0f, std / 10);
     if (m->unembed != m->embed)
         fill(m->unembed, V * C, &s, 0.0f, std);
+    return 0;
 }
 
 /* ---- forward ---- */

@@ -155,8 +155,15 @@ int gptneox_create(struct gptneox **out, const struct gptneox_config *cfg,
 
 /* Fill the weights with a seeded random init: N(0, std) for matrices and
  * embeddings, small random biases, LayerNorm weights 1 + N(0, std/10).
- * Requires a writable model. */
-void gptneox_init_random(struct gptneox *m, uint64_t seed, float std);
+ * Returns 0, or ERR_INVALID for a read-only model (nothing is written). */
+int gptneox_init_random(struct gptneox *m, uint64_t seed, float std);
+
+/* 0 if m's weights may be written (gptneox_create, GPTNEOX_LOAD_WRITABLE);
+ * else ERR_INVALID with a message saying so, `what` naming what the caller
+ * wanted to do ("train it").  Every function that writes weights checks
+ * this first: a read-only load maps the checkpoint file read-only, and a
+ * write there would crash the process. */
+int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e) CK_WUR;
 
 void gptneox_free(struct gptneox *m);
 
