@@ -180,11 +180,11 @@ static void test_series(void **state)
     assert_true(fabs(s.total_s - (143 * s.checkpoint_s + 11 * s.sweep_s)) <= 1e-9 * s.total_s);
     /* the shared forward: to the logits with loss or lens, once */
     double g1, g2, g3;
-    const char *logits[] = {"loss", "lens", "heads"}, *body[] = {"heads", "probes"};
-    const char *none[] = {"weights", "composition"};
+    const char *logits[] = {"loss", "lens", "probes"}, *body[] = {"sae", "probes"};
+    const char *none[] = {"weights", "composition", "heads"};
     (void)cost_pass_seconds(logits, 3, &sh, &run, 150.0, &g1);
     (void)cost_pass_seconds(body, 2, &sh, &run, 150.0, &g2);
-    assert_true(cost_pass_seconds(none, 2, &sh, &run, 150.0, &g3) == 0 && g3 == 0);
+    assert_true(cost_pass_seconds(none, 3, &sh, &run, 150.0, &g3) == 0 && g3 == 0);
     assert_true(fabs(g1 * 1e9 - cost_forward_flops(&sh, 16, 128, 1)) < 1);
     assert_true(fabs(g2 * 1e9 - cost_forward_flops(&sh, 16, 128, 0)) < 1);
     /* no sweeps */

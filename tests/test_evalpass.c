@@ -2,9 +2,11 @@
  * test_evalpass - the eval set's shared forward (workers/battery/evalpass.h)
  * and the items that read it.
  *
- *   same bytes     loss, heads, lens, probes and sae run on one shared pass
+ *   same bytes     loss, lens, probes and sae run on one shared pass
  *                  (battery_pass_prepare, as `analyze` does) print the
- *                  bytes each prints alone with a pass of its own
+ *                  bytes each prints alone with a pass of its own, heads
+ *                  beside them (its pattern hooks stay off the shared pass,
+ *                  whose readers keep the fused attention path)
  *   batches        a consumer sees every batch once, in order, with
  *                  EVALPASS_SEQS sequences (the last one shorter); logits
  *                  only when some consumer asks for them; the pass runs
@@ -14,9 +16,10 @@
  *                  batch; a failing batch function likewise
  *   forward fails  an id outside the vocabulary fails every consumer with
  *                  the forward's error
- *   add errors     a second consumer of a name, too many hooks, a layer out
- *                  of range, adding after the run: ERR_INVALID, the state
- *                  freed
+ *   add errors     a hook on the pattern (it would change every reader's
+ *                  path), a second consumer of a name, too many hooks, a
+ *                  layer out of range, adding after the run: ERR_INVALID,
+ *                  the state freed
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -280,12 +283,19 @@ static void test_add_errors(void **state)
                                   .last_layer = 0, .state = p, .state_free = probe_free};
     assert_int_equal(evalpass_add(ep, &c, &e), ERR_INVALID);
     assert_int_equal(freed, 3);
+    p = probe_new(&freed, -2, -1);
+    struct gptneox_hook pat = {HOOK_ATTN_PATTERN, -1, probe_hook, p};
+    struct evalpass_consumer cp = {.name = "pat", .hooks = &pat, .nhooks = 1, .last_layer = 0,
+                                   .state = p, .state_free = probe_free};
+    assert_int_equal(evalpass_add(ep, &cp, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "change the forward's path"));
+    assert_int_equal(freed, 4);
     assert_int_equal(evalpass_run(ep, &e), 0);
     assert_int_equal(add_probe(ep, "late", probe_new(&freed, -2, -1), 0, 0, &e), ERR_INVALID);
     assert_non_null(strstr(e.msg, "already run"));
-    assert_int_equal(freed, 4);
-    evalpass_free(ep);
     assert_int_equal(freed, 5);
+    evalpass_free(ep);
+    assert_int_equal(freed, 6);
     assert_true(evalpass_own_seconds(NULL, "x", NULL) == 0.0);
     free(tok);
     gptneox_free(m);

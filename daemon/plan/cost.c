@@ -218,7 +218,11 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
         return NL * 2 * N * C * V + 4 * N * V;
     if (strcmp(item, "heads") == 0) {
         const int L = rep_len(sh);
-        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + 8 * NL * NH * B * (double)T * T / 2;
+        /* the repeated sequences, and its own body forward of the eval set:
+         * its pattern hooks would move every other reader of the shared
+         * forward onto the materialised attention path */
+        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + body(sh, B, T) +
+               8 * NL * NH * B * (double)T * T / 2;
     }
     if (strcmp(item, "probes") == 0) {
         double pos = (double)B * (T - 1), ntr = fmin(0.8 * pos, PROBES_MAX_TRAIN);
@@ -281,7 +285,7 @@ int cost_item(const char *item, const struct cost_shape *sh, const struct cost_r
 static int pass_reader(const char *item)
 {
     static const char *const logits[] = {"loss", "lens"};
-    static const char *const body_only[] = {"heads", "probes", "sae", "sae_relu"};
+    static const char *const body_only[] = {"probes", "sae", "sae_relu"};
     for (size_t i = 0; i < sizeof logits / sizeof *logits; i++)
         if (strcmp(item, logits[i]) == 0)
             return 1;

@@ -26,9 +26,8 @@
  * R[0] is left out of both: nothing before it predicts it in either copy,
  * so the two losses differ only by what the first copy teaches.
  *
- * Cost: one full forward of the repeated sequences, and the eval set's
- * shared forward (evalpass.h; without the unembedding when no other item
- * needs it), HEADS_BATCH = EVALPASS_SEQS sequences at a time.  The
+ * Cost: one full forward of the repeated sequences and one forward of the
+ * eval set without the unembedding (HEADS_BATCH sequences at a time).  The
  * scores are accumulated inside attn.hook_pattern hooks, reading only the
  * diagonals they need; nothing is copied.  Sums are in double in a fixed
  * order, so the same inputs give the same bits. */
@@ -120,38 +119,6 @@ static int ent_hook(void *ctx, struct hook_act *act, struct err *e)
     return 0;
 }
 
-/* The eval pass's part: attention entropies per (layer, head). */
-struct heads_ent {
-    struct heads_acc a; /* only ent is used */
-};
-
-static void heads_ent_free(void *p)
-{
-    struct heads_ent *s = p;
-    if (s)
-        free(s->a.ent);
-    free(s);
-}
-
-static int heads_attach(const struct battery_ctx *c, struct evalpass *p, struct err *e)
-{
-    int rc = battery_check_eval(c, e);
-    if (rc < 0)
-        return rc;
-    const struct gptneox_config *cfg = &c->model->cfg;
-    struct heads_ent *s = calloc(1, sizeof *s);
-    if (!s || !(s->a.ent = calloc((size_t)cfg->n_layers * cfg->n_heads, sizeof(double)))) {
-        heads_ent_free(s);
-        return err_set(e, ERR_NOMEM, NULL, "out of memory");
-    }
-    s->a.NH = cfg->n_heads;
-    struct gptneox_hook he = {HOOK_ATTN_PATTERN, -1, ent_hook, &s->a};
-    struct evalpass_consumer k = {.name = "heads", .hooks = &he, .nhooks = 1,
-                                  .last_layer = cfg->n_layers - 1, .state = s,
-                                  .state_free = heads_ent_free};
-    return evalpass_add(p, &k, e);
-}
-
 static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
     struct gptneox *m = c->model;
@@ -159,9 +126,8 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
     const int NL = cfg->n_layers, NH = cfg->n_heads, V = cfg->vocab_size;
     const int EB = c->eval_B, ET = c->eval_T;
     int *rep = NULL, RB = 0, RT = 0, L = 0, rc;
-    const struct heads_ent *ent = evalpass_state(c->pass, "heads", e);
-    if (!ent)
-        return e ? e->code : ERR_INVALID;
+    if ((rc = battery_check_eval(c, e)) < 0)
+        return rc;
     float *tok_loss = NULL;
     int *targets = NULL;
     struct heads_acc a = {.NH = NH};
@@ -169,7 +135,7 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
     if ((rc = battery_repeated_tokens(&rep, &RB, &RT, &L, V, cfg->max_positions, c->seed, e)) < 0)
         return rc;
     a.L = L;
-    a.ind = calloc(3 * nlh, sizeof(double));
+    a.ind = calloc(4 * nlh, sizeof(double));
     targets = malloc((size_t)RB * RT * sizeof *targets);
     tok_loss = malloc((size_t)RB * RT * sizeof *tok_loss);
     if (!a.ind || !targets || !tok_loss) {
@@ -178,7 +144,7 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
     }
     a.prev = a.ind + nlh;
     a.dup = a.prev + nlh;
-    a.ent = ent->a.ent; /* the eval set's, from the pass */
+    a.ent = a.dup + nlh;
 
     /* the repeated sequences: scores and losses */
     struct gptneox_hook hr = {HOOK_ATTN_PATTERN, -1, rep_hook, &a};
@@ -201,6 +167,15 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
         }
     first /= (double)RB * (L - 1);
     second /= (double)RB * (L - 1);
+
+    /* the eval set: entropies */
+    struct gptneox_hook he = {HOOK_ATTN_PATTERN, -1, ent_hook, &a};
+    for (int b0 = 0; b0 < EB; b0 += HEADS_BATCH) {
+        int nb = EB - b0 < HEADS_BATCH ? EB - b0 : HEADS_BATCH;
+        if ((rc = gptneox_forward_until(m, c->eval_tokens + (size_t)b0 * ET, nb, ET, &he, 1,
+                                        NL - 1, e)) < 0)
+            goto out;
+    }
 
     const double n_ind = (double)RB * L, n_prev = (double)RB * (RT - 1);
     const double n_ent = (double)EB * (ET - 1);
@@ -232,5 +207,4 @@ const struct battery_item battery_item_heads = {
     .metrics = heads_metrics,
     .nmetrics = sizeof heads_metrics / sizeof *heads_metrics,
     .run = heads_run,
-    .attach = heads_attach,
 };

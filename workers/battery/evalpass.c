@@ -95,6 +95,16 @@ static int tramp_fn(void *ctx, struct hook_act *act, struct err *e)
     return 0;
 }
 
+/* The residual stream and the branch outputs: hooks there leave the
+ * forward's path as it is (a hook on the pattern, the scores, q/k/v or a
+ * LayerNorm's steps moves the layer onto another path, and every reader of
+ * the pass would see other rounding than its own forward gives). */
+static int hook_on_path(enum hook_kind k)
+{
+    return k == HOOK_EMBED || k == HOOK_RESID_PRE || k == HOOK_ATTN_OUT || k == HOOK_RESID_MID ||
+           k == HOOK_MLP_OUT || k == HOOK_RESID_POST;
+}
+
 int evalpass_add(struct evalpass *p, const struct evalpass_consumer *c, struct err *e)
 {
     int rc = 0;
@@ -109,6 +119,13 @@ int evalpass_add(struct evalpass *p, const struct evalpass_consumer *c, struct e
     else if (!c->needs_logits && (c->last_layer < 0 || c->last_layer >= p->m->cfg.n_layers))
         rc = err_set(e, ERR_INVALID, c->name, "layer %d is outside the model's %d layers",
                      c->last_layer, p->m->cfg.n_layers);
+    for (size_t i = 0; rc == 0 && i < c->nhooks; i++)
+        if (!hook_on_path(c->hooks[i].kind))
+            rc = err_set(e, ERR_INVALID, c->name,
+                         "a consumer of the eval pass reads the residual stream and branch "
+                         "outputs only, not hook kind %d (it would change the forward's path "
+                         "for every reader)",
+                         (int)c->hooks[i].kind);
     if (rc < 0) {
         if (c->state_free)
             c->state_free(c->state);

@@ -2,9 +2,9 @@
  * evalpass.h - the eval set's forward, run once per checkpoint and shared by
  * every item that reads it.
  *
- * loss, heads, lens, probes and the SAE harvest all need a forward of the
- * same eval set: its logits, its attention patterns, its residual streams.
- * Run separately, that is five passes over the eval set; shared, it is one.
+ * loss, lens, probes and the SAE harvest all need a forward of the same
+ * eval set: its logits and its residual streams.  Run separately, that is
+ * four passes over the eval set; shared, it is one.
  * An item that reads the pass registers a consumer before it runs: the
  * hooks it needs on the forward (read-only: a consumer never writes an
  * activation), whether it needs the logits, and a function called after
@@ -12,6 +12,13 @@
  * sequences per forward (memory is bounded by the batch, not the set),
  * with the union of the consumers' hooks, to the logits when a consumer
  * asks for them and otherwise only to the deepest layer asked for.
+ *
+ * Consumers read only the residual stream and the branch outputs
+ * (hook_embed, hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out):
+ * hooks elsewhere (the pattern, the scores, q/k/v, a LayerNorm's steps)
+ * switch a layer to another code path (the materialised attention instead
+ * of the fused kernel), whose rounding every reader of the pass would then
+ * see; `heads`, which reads patterns, runs a forward of its own.
  *
  * A consumer's failure (a hook or its batch function returning an error)
  * is its own: the consumer is dropped from the rest of the pass, its error
@@ -25,13 +32,13 @@
  *
  *     struct evalpass *p = NULL;
  *     if (evalpass_create(&p, m, tokens, B, T, &e) < 0) ...
- *     struct gptneox_hook h = {HOOK_ATTN_PATTERN, -1, my_hook, st};
- *     struct evalpass_consumer c = {.name = "heads", .hooks = &h, .nhooks = 1,
+ *     struct gptneox_hook h = {HOOK_RESID_POST, -1, my_hook, st};
+ *     struct evalpass_consumer c = {.name = "lens", .hooks = &h, .nhooks = 1,
  *                                   .last_layer = m->cfg.n_layers - 1,
  *                                   .done = my_batch_fn, .state = st, .state_free = free};
  *     if (evalpass_add(p, &c, &e) < 0) ...          // st is the pass's now
  *     if (evalpass_run(p, &e) < 0) ...               // the forward itself failed
- *     st = evalpass_state(p, "heads", &e);          // NULL: not added, or it failed (e says why)
+ *     st = evalpass_state(p, "lens", &e);           // NULL: not added, or it failed (e says why)
  *     evalpass_free(p);
  */
 #ifndef CKPTD_EVALPASS_H
@@ -75,8 +82,9 @@ int evalpass_create(struct evalpass **out, struct gptneox *m, const int *tokens,
 
 /* Register a consumer (before evalpass_run).  The pass takes its state
  * whatever the outcome: on error it is freed with c->state_free.  Errors:
- * ERR_INVALID (a second consumer of the name, too many consumers or
- * hooks, the pass already run). */
+ * ERR_INVALID (a hook off the residual stream and branch outputs, a second
+ * consumer of the name, too many consumers or hooks, the pass already
+ * run). */
 int evalpass_add(struct evalpass *p, const struct evalpass_consumer *c, struct err *e) CK_WUR;
 
 /* Run the pass (once: later calls return the first call's result).
