@@ -24,11 +24,11 @@
 # and the shared eval forward ("eval pass done"), the checkpoint's load, and
 # the whole worker process.  Once per preset (BENCH_SWEEP=0 skips it) the
 # `ablation` item runs again with --full-sweep, as on the skeleton
-# checkpoints ckptd marks (every 16th of the schedule and the last).
+# checkpoints ckptd marks (every 32nd of the schedule and the last).
 # The projection: `ckptd plan --model-config`'s item by item, against the
 # measurement, both as multiples of the shared eval forward; seconds at the
 # reference rate of cost.c (a quiet node) are x_fwd times that forward's
-# GFLOP over the rate.  The series: Pythia's 154 checkpoints, 11 of them
+# GFLOP over the rate.  The series: Pythia's 154 checkpoints, 6 of them
 # full sweeps.
 # BENCH_ALONE=1 also runs each item alone under the LD_PRELOAD shim
 # build/bench/blas_timer.so (BLAS share, sgemm rate), as before the items

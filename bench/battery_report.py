@@ -26,7 +26,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def skeleton(count, every=16):
+def skeleton(count, every=32):
     return sum(1 for i in range(count) if i % every == 0 or i == count - 1)
 
 

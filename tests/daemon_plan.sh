@@ -59,7 +59,7 @@ dl_grep "status when done: 3/3, no ETA" "$T/st2.out" '^pr .* 3/3 done, 0 running
 "$WORKER" analyze "$T/ck/step0" --items loss,lens >/dev/null 2>"$T/an.err" || dl_fail "analyze"
 "$CKPTD" plan --model-config "$T/ck/step0/config.json" --items loss,lens --steps 10 --json >"$T/off.json" 2>"$T/off.err"
 dl_eq "offline plan exit" 0 $?
-dl_eq "offline: 10 checkpoints, sweeps every 16 and the last" "10 2" \
+dl_eq "offline: 10 checkpoints, sweeps every 32 and the last" "10 2" \
     "$(python3 -c "import json; d = json.load(open('$T/off.json')); print(d['checkpoints'], d['sweeps'])")"
 dl_eq "offline: the eval forward's GFLOP is the worker's count" ok "$(python3 - "$T/an.err" "$T/off.json" <<'PY'
 import json, re, sys

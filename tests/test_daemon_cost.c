@@ -5,7 +5,8 @@
  *   shape        config.json's keys; intermediate_size defaults to 4 x
  *                hidden_size; a missing or bad key is named
  *   skeleton     Pythia's 154 checkpoints every 16: 0, 16, ..., 144 and
- *                153 (11); every 0: none; one checkpoint: itself
+ *                153 (11); by default (every 32) 6; every 0: none; one
+ *                checkpoint: itself
  *   flops        the forward's count by hand on a small shape (matrix
  *                products and causal blocks of 128 query rows)
  *   items        every item of the default battery is priced, an unknown
@@ -87,10 +88,11 @@ static void test_skeleton(void **state)
     (void)state;
     int want[11] = {0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 153}, k = 0;
     for (int i = 0; i < 154; i++)
-        if (cost_on_skeleton(i, 154, COST_SWEEP_EVERY))
+        if (cost_on_skeleton(i, 154, 16))
             assert_int_equal(i, want[k++]);
     assert_int_equal(k, 11);
     assert_int_equal(cost_skeleton_count(154, 16), 11);
+    assert_int_equal(cost_skeleton_count(154, COST_SWEEP_EVERY), 6);
     assert_int_equal(cost_skeleton_count(154, 0), 0);
     assert_int_equal(cost_skeleton_count(1, 16), 1);
     assert_int_equal(cost_skeleton_count(3, 2), 2);
@@ -169,7 +171,7 @@ static void test_series(void **state)
     struct cost_series s;
     cost_series(&sh, &run, items, 4, 154, 150.0, per, &s);
     assert_int_equal(s.checkpoints, 154);
-    assert_int_equal(s.sweeps, 11);
+    assert_int_equal(s.sweeps, 6);
     double sum = s.pass_s, sweep = s.pass_s;
     for (int i = 0; i < 4; i++) {
         sum += per[i].seconds;
@@ -177,7 +179,7 @@ static void test_series(void **state)
     }
     assert_true(fabs(sum - s.checkpoint_s) <= 1e-9 * sum);
     assert_true(fabs(sweep - s.sweep_s) <= 1e-9 * sweep);
-    assert_true(fabs(s.total_s - (143 * s.checkpoint_s + 11 * s.sweep_s)) <= 1e-9 * s.total_s);
+    assert_true(fabs(s.total_s - (148 * s.checkpoint_s + 6 * s.sweep_s)) <= 1e-9 * s.total_s);
     /* the shared forward: to the logits with loss or lens, once */
     double g1, g2, g3;
     const char *logits[] = {"loss", "lens", "probes"}, *body[] = {"sae", "probes"};
@@ -245,7 +247,7 @@ static void test_settings(void **state)
     struct cost_run def = COST_RUN_DEFAULT;
     assert_int_equal(forecast_offline(&fc, "x", cfg160, items, 2, &def, 154, &e), 0);
     assert_int_equal(fc.left, 154);
-    assert_int_equal(fc.left_sweeps, 11);
+    assert_int_equal(fc.left_sweeps, 6);
     double eta = forecast_eta(&fc, 150.0);
     struct cost_series s;
     cost_series(&fc.shape, &def, items, 2, 154, 150.0, NULL, &s);

@@ -42,7 +42,7 @@
 
 #include "common/err.h"
 
-#define COST_SWEEP_EVERY 16 /* default: a full sweep every 16th checkpoint, and the last */
+#define COST_SWEEP_EVERY 32 /* default: a full sweep every 32nd checkpoint, and the last */
 
 /* The model's shape, as config.json gives it. */
 struct cost_shape {

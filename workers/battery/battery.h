@@ -331,9 +331,9 @@ extern const struct battery_item battery_item_heads;
 #define ABLATION_EVAL_SEQS 4
 #define ABLATION_REP_SEQS 4
 #define ABLATION_TOKENS 1024
-#define ABLATION_TOP_K 6
-#define ABLATION_TOP_DLA 2
-#define ABLATION_SAMPLE 4
+#define ABLATION_TOP_K 5
+#define ABLATION_TOP_DLA 1
+#define ABLATION_SAMPLE 3
 #define ABLATION_TAPE_BYTES ((size_t)768 << 20)
 extern const struct battery_item battery_item_ablation_exact;
 extern const struct battery_item battery_item_ablation;
