@@ -85,7 +85,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data fuzz fuzz-build fuzz-bins
 .SECONDARY:
 all: $(BINS)
 
@@ -202,6 +202,36 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
 
+# ---- fuzzing: one libFuzzer harness per parser (fuzz/README.md) ----
+# `make fuzz` builds every harness with clang into build-fuzz/ (coverage,
+# ASan and UBSan in every object, UB fatal) and runs each FUZZ_S seconds from
+# its committed seed corpus fuzz/corpus/NAME (new inputs go to
+# build-fuzz/corpus/NAME, crashes to build-fuzz/crashes/NAME).
+FUZZ_CC ?= clang
+FUZZ_S ?= 10
+FUZZ_BUILD := build-fuzz
+FUZZ_WORKER := safetensors torchzip pickle model_config tokenizer tokenize npy tokens probe_set task sae
+FUZZ_DAEMON := hub daemon_config
+FUZZ_NAMES := $(FUZZ_WORKER) $(FUZZ_DAEMON)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 \
+		SANITIZE=fuzzer-no-link,address,undefined CFLAGS="-fno-sanitize-recover=all $(CFLAGS)" \
+		fuzz-bins
+
+fuzz: fuzz-build
+	@scripts/fuzz-run --build $(FUZZ_BUILD) --seconds $(FUZZ_S) $(FUZZ_NAMES)
+
+fuzz-bins: $(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_NAMES))
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_WORKER)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_WORKER)
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_DAEMON)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_DAEMON)
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
@@ -209,6 +239,6 @@ install: all
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

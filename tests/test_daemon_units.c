@@ -583,16 +583,33 @@ static void test_config(void **state)
     expect_config_error("{\"workerz\": 2}", ERR_FORMAT, "unknown setting \"workerz\"");
     expect_config_error("{\"lease_s\": 10, \"heartbeat_s\": 6}", ERR_INVALID, "heartbeat_s <= lease_s / 2");
     expect_config_error("{\"heartbeat_s\": 31}", ERR_INVALID, "heartbeat"); /* default lease 60 */
-    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID, "lease_s >= 1");
+    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID,
+                        "\"lease_s\" = 0.5 is out of range: allowed 1 to 31622400 seconds");
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");
     expect_config_error("{\"node\": 7}", ERR_FORMAT, "\"node\" must be a string");
     expect_config_error("{\"node\": \"\"}", ERR_INVALID, "node name");
-    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "positive");
-    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID, "positive"); /* > backoff_max_s */
-    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID, "negative");
+    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "\"poll_s\" = 0 is out of range: allowed more than 0 to");
+    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID,
+                        "backoff_max_s (600) must be at least backoff_base_s (700)");
+    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID,
+                        "\"worker_memory_mb\" = -1 is out of range: allowed 0 to 16777216 MB");
+    /* every numeric setting has a range, named with the setting; a value
+     * beyond an int is refused before it is narrowed to one */
+    expect_config_error("{\"workers\": 4294967297}", ERR_INVALID,
+                        "\"workers\" = 4294967297 is out of range: allowed 1 to 1024");
+    expect_config_error("{\"fetch_retries\": -5}", ERR_INVALID, "\"fetch_retries\" = -5 is out of range");
+    expect_config_error("{\"worker_cpu_s\": 99999999999}", ERR_INVALID, "\"worker_cpu_s\" = 99999999999");
+    expect_config_error("{\"lease_s\": 1e300}", ERR_INVALID, "\"lease_s\" = 1.0000000000000001e+300 is out");
+    expect_config_error("{\"worker_timeout_s\": 0}", ERR_INVALID, "\"worker_timeout_s\" = 0 is out of range");
+    expect_config_error("{\"cache_budget_gb\": -1}", ERR_INVALID, "\"cache_budget_gb\" = -1 is out of range");
+    expect_config_error("{\"prefetch\": 2}", ERR_INVALID, "\"prefetch\" = 2 is out of range: allowed 0 to 1");
+    expect_config_error("{\"fetch_parallel\": 0}", ERR_INVALID, "\"fetch_parallel\" = 0 is out of range");
+    expect_config_error("{\"db_statement_timeout_s\": 90000}", ERR_INVALID,
+                        "\"db_statement_timeout_s\" = 90000 is out of range: allowed 0 to 86400");
+    expect_config_error("{\"spool_dir\": \"\"}", ERR_INVALID, "spool_dir must not be empty");
     expect_config_error("{\"workers\": 2, \"workers\": 3}", ERR_FORMAT, "duplicate");
     expect_config_error("[1, 2]", ERR_FORMAT, "JSON object");
     expect_config_error("{\"workers\": 2", ERR_FORMAT, "cannot read config");

@@ -556,6 +556,20 @@ static void test_load_errors(void **state)
     snprintf(cmd, sizeof cmd, "cp %s/sae_weights.safetensors %s/", dir, bad);
     assert_int_equal(system(cmd), 0);
     expect_load_error(bad, ERR_MISMATCH, "W_enc");
+    /* sizes far beyond the weights (2^31 floats a matrix) are refused by
+     * the shape check before any memory is taken for them (found by
+     * fuzz/fuzz_sae.c: the dictionary used to be allocated first) */
+    put_cfg(bad, "{\"architecture\": \"topk\", \"activation_fn_str\": \"topk\", "
+                 "\"activation_fn_kwargs\": {\"k\": 5}, \"d_in\": 46341, \"d_sae\": 46340, "
+                 "\"apply_b_dec_to_input\": true}");
+    expect_load_error(bad, ERR_MISMATCH, "cfg.json implies [46341, 46340]");
+    put_cfg(bad, "{\"architecture\": \"topk\", \"activation_fn_str\": \"topk\", "
+                 "\"activation_fn_kwargs\": {\"k\": 4294967301}, \"d_in\": 12, \"d_sae\": 40, "
+                 "\"apply_b_dec_to_input\": true}");
+    expect_load_error(bad, ERR_FORMAT, "activation_fn_kwargs.k = 4294967301 is out of range");
+    put_cfg(bad, "{\"architecture\": \"standard\", \"activation_fn_str\": \"relu\", \"d_in\": 0, "
+                 "\"d_sae\": 40, \"apply_b_dec_to_input\": true}");
+    expect_load_error(bad, ERR_FORMAT, "\"d_in\" = 0 is out of range");
 }
 
 /* ---- bad input ---- */

@@ -230,6 +230,11 @@ int hub_parse_tree(const char *json, struct hub_files *out, struct err *e)
         long long size = json_is_integer(sz) ? (long long)json_integer_value(sz) : -1;
         if (json_is_integer(lsz))
             size = (long long)json_integer_value(lsz);
+        if ((json_is_integer(sz) && json_integer_value(sz) < 0) ||
+            (json_is_integer(lsz) && json_integer_value(lsz) < 0)) {
+            rc = err_set(e, ERR_FORMAT, "tree", "entry %zu (%.200s) has a negative size", i, path);
+            goto out;
+        }
         if (oid && strncmp(oid, "sha256:", 7) == 0)
             oid += 7;
         if ((rc = hub_files_add(out, path, size, oid && sha256_is_hex(oid) ? oid : "", e)) < 0) {

@@ -82,6 +82,13 @@ struct daemon_config {
     char artifact_dir[1024];
 };
 
+/* Upper bounds of the settings (daemon_config_check): a timeout beyond a
+ * year, a worker memory limit beyond 16 TB or a cache budget beyond 1 PB
+ * is a typo; the bounds keep later unit conversions from overflowing. */
+#define DAEMON_CONFIG_MAX_S (366.0 * 86400.0)
+#define DAEMON_CONFIG_MAX_MB (1L << 24)
+#define DAEMON_CONFIG_MAX_GB (1 << 20)
+
 struct fetch_opts;
 
 void daemon_config_defaults(struct daemon_config *c);
@@ -91,7 +98,11 @@ void daemon_config_defaults(struct daemon_config *c);
  * unchanged. */
 int daemon_config_load(struct daemon_config *c, const char *path, struct err *e) CK_WUR;
 
-/* Check ranges (workers >= 1, heartbeat < lease, ...). */
+/* Check every setting against its range (workers 1 to 1024, timeouts
+ * positive and at most DAEMON_CONFIG_MAX_S, ...) and the relations between
+ * them (heartbeat_s <= lease_s / 2, backoff_max_s >= backoff_base_s,
+ * healthz_max_age_s > heartbeat_s).  ERR_INVALID naming the setting, its
+ * value and the allowed range. */
 int daemon_config_check(const struct daemon_config *c, struct err *e) CK_WUR;
 
 /* The fetcher's settings from the config and the environment (HF_TOKEN,

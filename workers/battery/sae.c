@@ -776,7 +776,8 @@ static const char *cfg_str(json_t *cfg, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-/* Copy tensor `name` (F32, shape dims) of st into dst, checking values. */
+/* Check tensor `name` of st is F32 of shape dims; then, when dst is
+ * non-NULL, copy it into dst, checking its values. */
 static int load_tensor(const struct st_file *st, const char *path, const char *name, int ndim,
                        const int64_t *dims, float *dst, struct err *e)
 {
@@ -793,6 +794,8 @@ static int load_tensor(const struct st_file *st, const char *path, const char *n
         return err_set(e, ERR_MISMATCH, path, "tensor %s has shape [%lld%s], cfg.json implies [%lld%s%lld]",
                        name, t->ndim ? (long long)t->shape[0] : 0LL, t->ndim > 1 ? ", ..." : "",
                        (long long)dims[0], ndim > 1 ? ", " : "", ndim > 1 ? (long long)dims[1] : 0LL);
+    if (!dst)
+        return 0;
     memcpy(dst, t->data, t->nbytes);
     for (size_t i = 0; i < t->nelem; i++)
         if (!isfinite(dst[i]))
@@ -836,7 +839,14 @@ int sae_load(struct sae **out, const char *dir, int *hook_layer, struct err *e)
             rc = err_set(e, ERR_FORMAT, path, "a topk SAE needs activation_fn_kwargs.k");
             goto out;
         }
-        k = (int)json_integer_value(kv);
+        json_int_t kk = json_integer_value(kv);
+        if (kk < 1 || kk > INT32_MAX) {
+            rc = err_set(e, ERR_FORMAT, path,
+                         "activation_fn_kwargs.k = %lld is out of range: allowed 1 to d_sae",
+                         (long long)kk);
+            goto out;
+        }
+        k = (int)kk;
     } else if (strcmp(a, "standard") == 0 && strcmp(act, "relu") == 0) {
         arch = SAE_RELU;
     } else {
@@ -856,15 +866,27 @@ int sae_load(struct sae **out, const char *dir, int *hook_layer, struct err *e)
     }
     if ((rc = cfg_int(cfg, "d_in", path, &C, e)) < 0 || (rc = cfg_int(cfg, "d_sae", path, &S, e)) < 0)
         goto out;
+    if (C < 1 || S < 1) {
+        rc = err_set(e, ERR_FORMAT, path, "\"%s\" = %d is out of range: allowed 1 and up",
+                     C < 1 ? "d_in" : "d_sae", C < 1 ? C : S);
+        goto out;
+    }
     if (json_object_get(cfg, "hook_layer") && (rc = cfg_int(cfg, "hook_layer", path, &layer, e)) < 0)
+        goto out;
+    /* the sizes cfg.json claims are checked against the weights before
+     * memory is taken for them */
+    if ((rc = st_open(&st, wpath, e)) < 0)
+        goto out;
+    int64_t de[2] = {C, S}, dd[2] = {S, C}, dbe[1] = {S}, dbd[1] = {C};
+    if ((rc = load_tensor(st, wpath, "W_enc", 2, de, NULL, e)) < 0 ||
+        (rc = load_tensor(st, wpath, "W_dec", 2, dd, NULL, e)) < 0 ||
+        (rc = load_tensor(st, wpath, "b_enc", 1, dbe, NULL, e)) < 0 ||
+        (rc = load_tensor(st, wpath, "b_dec", 1, dbd, NULL, e)) < 0)
         goto out;
     if ((rc = sae_create(&s, arch, C, S, k, e)) < 0) {
         err_wrap(e, "%s", path);
         goto out;
     }
-    if ((rc = st_open(&st, wpath, e)) < 0)
-        goto out;
-    int64_t de[2] = {C, S}, dd[2] = {S, C}, dbe[1] = {S}, dbd[1] = {C};
     if ((rc = load_tensor(st, wpath, "W_enc", 2, de, s->W_enc, e)) < 0 ||
         (rc = load_tensor(st, wpath, "W_dec", 2, dd, s->W_dec, e)) < 0 ||
         (rc = load_tensor(st, wpath, "b_enc", 1, dbe, s->b_enc, e)) < 0 ||

@@ -916,7 +916,8 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
         case 't':
             if ((rc = pop_mark(c, &first, &n, op, e)) < 0)
                 return rc;
-            rc = push(c, new_tuple(c, c->stack + first, n), e);
+            /* an empty MARK on an empty stack: there is no stack array yet */
+            rc = push(c, new_tuple(c, n ? c->stack + first : NULL, n), e);
             break;
         case 0x85:
         case 0x86:
