@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common/json_err.h"
 #include "daemon/fetch/fetch.h"
 #include "daemon/fetch/hub.h"
 #include "daemon/ops/metrics.h"
@@ -174,9 +175,12 @@ int daemon_config_check(const struct daemon_config *c, struct err *e)
 int daemon_config_load(struct daemon_config *out, const char *path, struct err *e)
 {
     json_error_t je;
+    errno = 0;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, path, "cannot read config: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the config")
+                                   : err_set(e, ERR_FORMAT, path, "cannot read config: %s (line %d)",
+                                             je.text, je.line);
     struct daemon_config c = *out;
     int rc = 0;
     const char *key;

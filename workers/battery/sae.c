@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/json_err.h"
 #include "common/path.h"
 #include "workers/battery/rng.h"
 #include "workers/model/safetensors.h"
@@ -812,10 +813,13 @@ int sae_load(struct sae **out, const char *dir, int *hook_layer, struct err *e)
         snprintf(wpath, sizeof wpath, "%s/%s", dir, SAE_WEIGHTS_FILE) >= (int)sizeof wpath)
         return err_set(e, ERR_IO, dir, "path too long");
     json_error_t je;
+    errno = 0;
     json_t *cfg = json_load_file(path, 0, &je);
     if (!cfg) {
         if (access(path, F_OK) != 0)
             return err_set(e, ERR_NOTFOUND, path, "no such file");
+        if (json_err_nomem(&je))
+            return err_set(e, ERR_NOMEM, path, "out of memory reading the JSON");
         return err_set(e, ERR_FORMAT, path, "not JSON: %s (line %d)", je.text, je.line);
     }
     struct sae *s = NULL;

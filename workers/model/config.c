@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
+
 /* The size fields: config.json name, where in the struct, allowed range. */
 static const struct {
     const char *name;
@@ -148,10 +150,13 @@ int gptneox_config_parse(struct gptneox_config *cfg, const char *text, size_t le
     json_error_t je;
     int rc = 0;
     memset(cfg, 0, sizeof *cfg);
+    errno = 0;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, ctx, "config is not valid JSON: %s (line %d)",
-                       je.text, je.line);
+        return json_err_nomem(&je)
+                   ? err_set(e, ERR_NOMEM, ctx, "out of memory reading the config")
+                   : err_set(e, ERR_FORMAT, ctx, "config is not valid JSON: %s (line %d)", je.text,
+                             je.line);
     if (!json_is_object(root)) {
         rc = err_set(e, ERR_FORMAT, ctx, "config must be a JSON object");
         goto out;

@@ -22,6 +22,8 @@
 
 #include <jansson.h>
 
+#include "common/json_err.h"
+
 #define ST_META_KEY "__metadata__"
 #define ST_INDEX_NAME "model.safetensors.index.json"
 #define ST_SINGLE_NAME "model.safetensors"
@@ -319,8 +321,11 @@ static int parse_header(struct st_file *st, struct err *e)
     st->buf = map + 8 + hlen;
     st->buf_size = st->size - 8 - (size_t)hlen;
 
+    errno = 0;
     st->header = json_loadb((const char *)map + 8, (size_t)hlen,
                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!st->header && json_err_nomem(&jerr))
+        return err_set(e, ERR_NOMEM, st->path, "out of memory reading the header");
     if (!st->header && json_error_code(&jerr) == json_error_duplicate_key)
         return err_set(e, ERR_FORMAT, st->path, "duplicate tensor name in header: %s",
                        jerr.text);
@@ -565,10 +570,13 @@ static int open_shards(struct st_set *set, const char *dir, const char *ipath,
     json_t *val;
     int rc = 0;
 
+    errno = 0;
     root = json_load_file(ipath, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        rc = err_set(e, ERR_FORMAT, ipath, "not valid JSON: %s (line %d column %d)", jerr.text,
-                     jerr.line, jerr.column);
+        rc = json_err_nomem(&jerr)
+                 ? err_set(e, ERR_NOMEM, ipath, "out of memory reading the index")
+                 : err_set(e, ERR_FORMAT, ipath, "not valid JSON: %s (line %d column %d)",
+                           jerr.text, jerr.line, jerr.column);
         goto out;
     }
     json_t *wm = json_object_get(root, "weight_map");

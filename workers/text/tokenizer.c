@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
 #include "workers/text/unicode.h"
 
 /* ---- a byte-string -> int hash map (open addressing, keys in one arena) */
@@ -586,12 +587,15 @@ int tokenizer_load(struct tokenizer **out, const char *path, struct err *e)
     int rerr = ferror(f);
     fclose(f);
     json_error_t je;
+    errno = 0;
     json_t *root = rerr ? NULL : json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     free(buf);
     if (rerr)
         return err_set(e, ERR_IO, path, "read failed");
     if (!root)
-        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                                   : err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)",
+                                             je.text, je.line);
     int rc = 0;
     struct tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) {

@@ -12,13 +12,18 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/json_err.h"
+
 int tokens_read_json(const char *path, int **tokens, int *B, int *T, struct err *e)
 {
     json_error_t je;
     *tokens = NULL;
+    errno = 0;
     json_t *root = json_load_file(path, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                                   : err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)",
+                                             je.text, je.line);
     int rc = 0;
     size_t b = json_is_array(root) ? json_array_size(root) : 0;
     size_t t = b ? json_array_size(json_array_get(root, 0)) : 0;

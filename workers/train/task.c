@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
 #include "workers/model/kernels.h"
 
 #define EVAL_CHUNK 2048  /* sequences per evaluation forward */
@@ -397,13 +398,16 @@ int task_load_json(struct task **out, const char *path, struct err *e)
     FILE *f = fopen(path, "r");
     if (!f)
         return err_set(e, ERR_IO, path, "cannot open the task metadata: %s", strerror(errno));
+    errno = 0;
     json_t *o = json_loadf(f, 0, &je);
     fclose(f);
     struct task *t = NULL;
     int rc = 0;
     if (!o)
-        return err_set(e, ERR_INVALID, path, "task.json is not JSON: %s (line %d)", je.text,
-                       je.line);
+        return json_err_nomem(&je)
+                   ? err_set(e, ERR_NOMEM, path, "out of memory reading task.json")
+                   : err_set(e, ERR_INVALID, path, "task.json is not JSON: %s (line %d)", je.text,
+                             je.line);
     struct task_config c;
     memset(&c, 0, sizeof c);
     long long seed, v, T;
