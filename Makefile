@@ -135,7 +135,7 @@ $(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMO
 
 # Fault-injection tests route the project's allocations through
 # tests/lib/failalloc.c, which counts them and fails the one asked for.
-FAILALLOC_LDFLAGS := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free,--wrap=strdup,--wrap=strndup,--wrap=posix_memalign,--wrap=vasprintf,--wrap=getline,--wrap=open_memstream
+FAILALLOC_LDFLAGS := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free,--wrap=strdup,--wrap=strndup,--wrap=posix_memalign,--wrap=vasprintf,--wrap=getline,--wrap=__getdelim,--wrap=open_memstream
 $(BUILD)/tests/test_fault_alloc: $(BUILD)/obj/tests/test_fault_alloc.o $(BUILD)/obj/tests/lib/failalloc.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) $(FAILALLOC_LDFLAGS) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)

@@ -220,7 +220,7 @@ static void settle(struct server *s, struct slot *sl)
                 log_err("cache eviction failed", &e);
             return;
         }
-        if (rc == ERR_DB) {
+        if (rc == ERR_DB || rc == ERR_NOMEM) {
             log_err("cannot store results yet; will retry", &e);
             return;
         }

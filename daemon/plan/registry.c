@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/json_err.h"
 #include "daemon/base/db.h"
 
 static int cmp_metric(const void *a, const void *b)
@@ -40,9 +41,11 @@ int registry_parse(struct registry *r, const char *text, struct err *e)
 {
     memset(r, 0, sizeof *r);
     json_error_t je;
+    errno = 0;
     json_t *doc = json_loads(text, 0, &je);
     if (!doc)
-        return err_set(e, ERR_FORMAT, "battery", "worker's battery JSON is invalid: %s", je.text);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "battery", "out of memory reading the battery JSON")
+                                   : err_set(e, ERR_FORMAT, "battery", "worker's battery JSON is invalid: %s", je.text);
     json_t *items = json_object_get(doc, "items");
     int rc = 0;
     if (!json_is_array(items) || json_array_size(items) == 0) {

@@ -176,8 +176,11 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
             used = 0;
         }
     }
-    if (ferror(f)) {
-        rc = err_set(e, ERR_IO, rows_path, "read error");
+    /* getline also ends on ENOMEM: that is no end of the rows, and the
+     * rows are not to blame for it */
+    if (ferror(f) || !feof(f)) {
+        rc = errno == ENOMEM ? err_set(e, ERR_NOMEM, rows_path, "out of memory reading line %ld", lineno + 1)
+                             : err_set(e, ERR_IO, rows_path, "read error after line %ld", lineno);
         goto fail;
     }
     for (int i = 0; i < c->njobs; i++)
@@ -210,8 +213,10 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
             e->code = rc;
         goto fail;
     }
+    /* out of memory is no fault of the results: it stays ERR_NOMEM */
     if ((rc = artifacts_record(db, c->run_id, c->step, &arts, e)) < 0) {
-        rc = classify(db);
+        if (rc != ERR_NOMEM)
+            rc = classify(db);
         if (e)
             e->code = rc;
         goto fail;
@@ -220,7 +225,8 @@ int ingest_commit(struct db *db, const struct registry *reg, const char *node,
         if (strcmp(c->items[i], LINEAGE_ITEM) == 0 &&
             (rc = lineage_store(db, c->run_id, c->step, c->versions[i], c->prev_step, e)) < 0) {
             err_wrap(e, "feature lineages");
-            rc = classify(db);
+            if (rc != ERR_NOMEM)
+                rc = classify(db);
             if (e)
                 e->code = rc;
             goto fail;

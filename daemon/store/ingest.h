@@ -21,7 +21,8 @@
  *     long rows;
  *     int rc = ingest_commit(db, &reg, node, &claim, w.out_path, w.seconds, &rows, &e);
  *     // 0: stored; INGEST_LEASE_LOST: another node owns the jobs now, drop;
- *     // ERR_FORMAT: the rows are bad (fail the jobs); ERR_DB: try again later
+ *     // ERR_FORMAT: the rows are bad (fail the jobs); ERR_DB, ERR_NOMEM: try
+ *     // again later (nothing is stored, the jobs stay ours)
  */
 #ifndef CKPTD_INGEST_H
 #define CKPTD_INGEST_H

@@ -27,6 +27,7 @@ void *__real_realloc(void *p, size_t n);
 void __real_free(void *p);
 int __real_posix_memalign(void **out, size_t align, size_t n);
 ssize_t __real_getline(char **line, size_t *cap, FILE *f);
+ssize_t __real___getdelim(char **line, size_t *cap, int delim, FILE *f);
 FILE *__real_open_memstream(char **buf, size_t *len);
 
 void *__wrap_malloc(size_t n);
@@ -38,6 +39,7 @@ char *__wrap_strndup(const char *s, size_t n);
 int __wrap_posix_memalign(void **out, size_t align, size_t n);
 int __wrap_vasprintf(char **out, const char *fmt, va_list ap);
 ssize_t __wrap_getline(char **line, size_t *cap, FILE *f);
+ssize_t __wrap___getdelim(char **line, size_t *cap, int delim, FILE *f);
 FILE *__wrap_open_memstream(char **buf, size_t *len);
 
 static long fail_at; /* 0: none */
@@ -248,6 +250,15 @@ ssize_t __wrap_getline(char **line, size_t *cap_, FILE *f)
     if (refuse())
         return -1;
     return __real_getline(line, cap_, f);
+}
+
+/* glibc's optimised stdio.h turns getline into an inline call of
+ * __getdelim: both are wrapped. */
+ssize_t __wrap___getdelim(char **line, size_t *cap_, int delim, FILE *f)
+{
+    if (refuse())
+        return -1;
+    return __real___getdelim(line, cap_, delim, f);
 }
 
 FILE *__wrap_open_memstream(char **buf, size_t *len)

@@ -7,7 +7,8 @@
  *
  * A test program links tests/lib/failalloc.o with FAILALLOC_LDFLAGS (the
  * Makefile's -Wl,--wrap=malloc,...): every malloc, calloc, realloc,
- * strdup, strndup, posix_memalign, vasprintf, getline and open_memstream
+ * strdup, strndup, posix_memalign, vasprintf, getline (and the __getdelim
+ * glibc's optimised stdio.h turns it into) and open_memstream
  * the project's own code calls goes through this module, which counts it
  * and fails the armed one (errno ENOMEM).  jansson's allocations go
  * through it too once failalloc_jansson() has installed its allocators
