@@ -63,6 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     in_range("healthz_max_age_s", c.healthz_max_age_s, c.heartbeat_s, DAEMON_CONFIG_MAX_S);
     in_range("db_statement_timeout_s", c.db_statement_timeout_s, 0, 86400);
     in_range("db_idle_in_transaction_timeout_s", c.db_idle_in_transaction_timeout_s, 0, 86400);
+    in_range("disk_min_free_mb", (double)c.disk_min_free_mb, 0, DAEMON_CONFIG_MAX_MB);
     if (!memchr(c.node, 0, sizeof c.node) || !c.node[0] || !c.cache_dir[0] || !c.artifact_dir[0] ||
         !c.spool_dir[0])
         fuzz_fail("an empty or unterminated name or directory accepted");

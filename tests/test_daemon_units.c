@@ -610,6 +610,8 @@ static void test_config(void **state)
     expect_config_error("{\"db_statement_timeout_s\": 90000}", ERR_INVALID,
                         "\"db_statement_timeout_s\" = 90000 is out of range: allowed 0 to 86400");
     expect_config_error("{\"spool_dir\": \"\"}", ERR_INVALID, "spool_dir must not be empty");
+    expect_config_error("{\"disk_min_free_mb\": -1}", ERR_INVALID,
+                        "\"disk_min_free_mb\" = -1 is out of range: allowed 0 to 16777216 MB (0: no check)");
     expect_config_error("{\"workers\": 2, \"workers\": 3}", ERR_FORMAT, "duplicate");
     expect_config_error("[1, 2]", ERR_FORMAT, "JSON object");
     expect_config_error("{\"workers\": 2", ERR_FORMAT, "cannot read config");

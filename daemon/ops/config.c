@@ -42,6 +42,7 @@ void daemon_config_defaults(struct daemon_config *c)
     c->healthz_max_age_s = 30;
     c->db_statement_timeout_s = 600;
     c->db_idle_in_transaction_timeout_s = 120;
+    c->disk_min_free_mb = 64;
 }
 
 void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o)
@@ -110,6 +111,7 @@ static const struct {
     R(healthz_max_age_s, NUM_DOUBLE, 0, DAEMON_CONFIG_MAX_S, 1, "seconds"),
     R(db_statement_timeout_s, NUM_DOUBLE, 0, 86400, 0, "seconds (0: never)"),
     R(db_idle_in_transaction_timeout_s, NUM_DOUBLE, 0, 86400, 0, "seconds (0: never)"),
+    R(disk_min_free_mb, NUM_LONG, 0, DAEMON_CONFIG_MAX_MB, 0, "MB (0: no check)"),
 #undef R
 };
 
@@ -248,6 +250,7 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                        : strcmp(key, "worker_cpu_s") == 0          ? &c.worker_cpu_s
                        : strcmp(key, "fetch_low_speed_bytes") == 0 ? &c.fetch_low_speed_bytes
                        : strcmp(key, "fetch_low_speed_s") == 0     ? &c.fetch_low_speed_s
+                       : strcmp(key, "disk_min_free_mb") == 0      ? &c.disk_min_free_mb
                                                                    : NULL;
             int *ip = strcmp(key, "workers") == 0          ? &c.workers
                       : strcmp(key, "worker_threads") == 0 ? &c.worker_threads

@@ -32,6 +32,9 @@
  *     "healthz_max_age_s": 30      // /healthz is 503 when no database round trip succeeded for this long,
  *     "artifact_dir": "./var/artifacts" // files items write (SAE dictionaries), per run and
  *                                  // step; shared by every node of a cluster
+ *     "disk_min_free_mb": 64       // below this free on spool_dir, cache_dir or artifact_dir
+ *                                  // no new work is claimed and failures there cost no
+ *                                  // attempt (space.h); 0: no check
  *   }
  *
  * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
@@ -80,6 +83,7 @@ struct daemon_config {
     double healthz_max_age_s;
     double db_statement_timeout_s, db_idle_in_transaction_timeout_s;
     char artifact_dir[1024];
+    long disk_min_free_mb;
 };
 
 /* Upper bounds of the settings (daemon_config_check): a timeout beyond a

@@ -27,6 +27,7 @@
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/node.h"
 #include "daemon/ops/notify.h"
+#include "daemon/ops/space.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
@@ -96,6 +97,7 @@ struct server {
     double next_node_beat, next_queue_refresh;
     char host[256];
     char db_error[256];     /* why the database is not usable, for /healthz */
+    int disk_short;         /* a directory below disk_min_free_mb: no claims (space.h) */
 };
 
 static volatile sig_atomic_t got_term, got_hup;
@@ -194,6 +196,44 @@ static struct backoff backoff_of(const struct server *s)
 
 /* A worker ended: store its rows, or record its failure.  Leaves the slot
  * busy when the database is unreachable, to try again next tick. */
+/* Work that failed while a directory of this node is short of space failed
+ * for want of space, not by its own fault: its jobs go back without
+ * counting the attempt, their last_error saying why (space.h).  1 when
+ * that is what happened (the slot is freed once the database took it). */
+static int giveback_if_short(struct server *s, struct slot *sl, const char *error)
+{
+    char why[640], msg[2048];
+    struct err e;
+    if (!space_short(&s->cfg, why, sizeof why))
+        return 0;
+    snprintf(msg, sizeof msg, "given back, not counted as an attempt: %s; the attempt: %s", why, error);
+    if (queue_giveback(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, msg, &e) < 0) {
+        log_err("cannot give the jobs back yet; will retry", &e);
+        return 1;
+    }
+    log_warn("work failed for want of disk space: jobs given back, not counted as an attempt",
+             "run=%s step=%lld disk=%s error=%s", log_quote(sl->claim.run), sl->claim.step,
+             log_quote(why), log_quote(error));
+    slot_free(sl);
+    return 1;
+}
+
+/* No new work while a directory is short of space; said once when it
+ * starts and once when it ends.  1 while short. */
+static int disk_full(struct server *s, double now)
+{
+    char why[640];
+    int shortage = space_short(&s->cfg, why, sizeof why);
+    if (shortage && !s->disk_short)
+        log_warn("not claiming work: disk space low", "why=%s", log_quote(why));
+    else if (!shortage && s->disk_short)
+        log_info("disk space back: claiming work again", "min_free_mb=%ld", s->cfg.disk_min_free_mb);
+    s->disk_short = shortage;
+    if (shortage)
+        s->next_claim = now + s->cfg.poll_s;
+    return shortage;
+}
+
 static void settle(struct server *s, struct slot *sl)
 {
     struct err e;
@@ -231,6 +271,8 @@ static void settle(struct server *s, struct slot *sl)
             return;
         }
         snprintf(sl->w.error, sizeof sl->w.error, "results rejected: %s", err_str(&e));
+    } else if (giveback_if_short(s, sl, sl->w.error)) {
+        return;
     }
     if (queue_fail(s->db, s->cfg.node, c->job_ids, c->njobs, sl->w.error, &b, &e) < 0) {
         log_err("cannot record job failure yet; will retry", &e);
@@ -376,6 +418,8 @@ static void fail_unlaunched(struct server *s, struct slot *sl, const char *error
 {
     struct err e;
     struct backoff b = backoff_of(s);
+    if (giveback_if_short(s, sl, error))
+        return;
     if (queue_fail(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, error, &b, &e) < 0) {
         log_err("cannot record job failure yet; will retry", &e);
         return;
@@ -643,8 +687,10 @@ static void operate(struct server *s, double now)
  *   3. reap: workers that ended (or passed their deadline, killed)
  *   4. settle: store results of ended workers (COPY + done in one
  *      transaction) or record their failure; kept for later if the
- *      database is down; an analysed snapshot becomes evictable and the
- *      cache is trimmed to its budget
+ *      database is down (or memory short); an analysed snapshot becomes
+ *      evictable and the cache is trimmed to its budget.  A failure (of a
+ *      worker or a fetch) while a directory is short of space gives the
+ *      jobs back uncounted (space.h)
  *   4a. fetch: advance the staging of claimed checkpoints (stage.h); a
  *      staged one records its files and duplicates (checkpoint_files);
  *      a failed one fails its jobs with the reason; progress goes to the
@@ -658,8 +704,9 @@ static void operate(struct server *s, double now)
  *      database refuses them if the lease is gone (ingest.h)
  *   6. expire: every lease_s/2, return other nodes' expired leases
  *   7. claim: one checkpoint per worker to stage, plus (prefetch) one more
- *      per worker while it analyses, unless draining; draining releases
- *      the jobs of checkpoints not yet started at once
+ *      per worker while it analyses, unless draining or a directory is
+ *      below disk_min_free_mb; draining releases the jobs of checkpoints
+ *      not yet started at once
  *   8. drain: past the grace period, kill workers and give jobs back
  *   9. idle: with --until-idle, notice that nothing is queued or running
  *  10. operate: this node's row in `nodes` every heartbeat_s (node.h);
@@ -773,7 +820,7 @@ static void serve_tick(struct server *s)
         s->next_expire = now + s->cfg.lease_s / 2 * (0.75 + 0.5 * (rand() / (double)RAND_MAX));
     }
 
-    if (dbok && !s->stopping && now >= s->next_claim) { /* 7 */
+    if (dbok && !s->stopping && now >= s->next_claim && !disk_full(s, now)) { /* 7 */
         int exhausted = 0;
         /* with prefetch, each worker slot may have one checkpoint staging
          * or staged besides the one it analyses */

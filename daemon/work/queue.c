@@ -370,6 +370,21 @@ int queue_release(struct db *db, const char *node, const long long *ids, int n, 
     return rc;
 }
 
+int queue_giveback(struct db *db, const char *node, const long long *ids, int n, const char *why,
+                   struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24];
+    db_int_array(arr, sizeof arr, ids, n);
+    const char *p[3] = {arr, node, why};
+    int rc = db_run(db,
+        "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+        "   lease_owner = NULL, lease_expires = NULL, not_before = now(), last_error = $3"
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 3, p, e);
+    if (rc == 0)
+        rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+    return rc;
+}
+
 int queue_expire(struct db *db, const struct backoff *b, struct err *e)
 {
     char base[32], max[32];

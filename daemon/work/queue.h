@@ -96,6 +96,12 @@ int queue_fail(struct db *db, const char *node, const long long *ids, int n, con
 int queue_release(struct db *db, const char *node, const long long *ids, int n,
                   struct err *e) CK_WUR;
 
+/* Give jobs back without counting the attempt because this node could not
+ * do the work (its disk is full), with `why` as their last_error; they are
+ * due at once (another node may have room). */
+int queue_giveback(struct db *db, const char *node, const long long *ids, int n, const char *why,
+                   struct err *e) CK_WUR;
+
 /* Return every expired lease to the queue (or make it dead); returns the
  * number of jobs affected. */
 int queue_expire(struct db *db, const struct backoff *b, struct err *e) CK_WUR;
