@@ -17,6 +17,11 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
+#                   build-fuzz/) and run each FUZZ_S seconds from its seed
+#                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
+#                   make check runs each 3 s (tests/fuzz_smoke.sh)
+#   make fuzz-build the harnesses alone
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -27,6 +32,13 @@
 #   WERROR=1                            warnings are errors (CI sets it)
 #   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
 #   DEPS=0                              make check skips scripts/install-deps
+#   FUZZ_S=10  FUZZ_CC=clang            make fuzz: seconds per harness, compiler
+#
+# Fault injection (docs/robustness.md): tests/test_fault_alloc and
+# tests/test_daemon_fault_alloc link tests/lib/failalloc.o with
+# FAILALLOC_LDFLAGS (-Wl,--wrap=malloc,...) and sweep a failing allocation
+# over the loaders and the ingest path; tests/daemon_disk_full.sh fills
+# tmpfs mounts, tests/daemon_pg_maxconn.sh holds every PostgreSQL slot.
 
 CC ?= cc
 OPT ?= -O2
