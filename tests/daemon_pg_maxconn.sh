@@ -21,14 +21,14 @@ SLOTS=4
 {
     echo "max_connections = $SLOTS"
     echo "superuser_reserved_connections = 0"
-} >>"$T/pg/postgresql.conf"
+} >>"$("$ROOT/scripts/pg-local" where data)/postgresql.conf"
 "$ROOT/scripts/pg-local" restart >"$T/pg-restart.out" 2>&1 || { cat "$T/pg-restart.out"; exit 1; }
 
 N=10
 dl_ckpts $N
 RPC=$(dl_rows_per_ckpt weights)
 # workers slow enough that the session is ended while one runs
-dl_wrapper "$T/worker.sh" '[ -n "$DIR" ] && "$SLEEP" 0.8'
+dl_wrapper "$T/worker.sh" '[ -n "$DIR" ] && { touch "$T/inworker"; "$SLEEP" 0.8; }'
 dl_config "$T/cfg.json" '"lease_s": 30' '"heartbeat_s": 1' "\"worker_path\": \"$T/worker.sh\""
 "$CKPTD" --config "$T/cfg.json" add-run mc --source "file://$T/ck/step{step}" \
     --schedule "$(seq -s, 0 $((N - 1)))" --items weights --max-attempts 2 >/dev/null 2>"$T/add.err" ||
@@ -43,10 +43,10 @@ hold() {
     : >"$T/h$i.out"
     psql -X -q -t -A -v ON_ERROR_STOP=0 <"$f" >>"$T/h$i.out" 2>&1 &
     "$T/bin/sleep" 3600 >"$f" &
-    eval "HOLD_$i=$!"
+    eval "HOLD_$i=\"\${HOLD_$i:-} $!\""
     echo "SET application_name = 'holder$i'; SELECT 'holding $i';" >"$f"
 }
-release() { eval "kill \$HOLD_$1"; }
+release() { eval "kill \$HOLD_$1"; eval "HOLD_$1="; }
 holding() { grep -q "^holding $1\$" "$T/h$1.out"; }
 # q SQL: one query through holder 1, its output on stdout (markers around
 # it tell it apart; q runs in command substitutions, so they keep no state)
@@ -87,11 +87,16 @@ dl_grep "node B says why it cannot connect" "$T/B.log" 'too many clients'
 # ---- node A's session ended mid-run, its slot taken at once ----
 # A is stopped while its session is ended and the slot taken (by a new
 # holder, or by B), so it cannot win it back; then it goes on without one
-dl_wait "node A has a worker running" 20 q_ge "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_owner = 'A'" 1
+a_in_worker() { [ -e "$T/inworker" ] && pgrep -P "$A_PID" >/dev/null; }
+rm -f "$T/inworker"
+dl_wait "node A has a worker running" 20 a_in_worker
 kill -STOP "$A_PID"
 q "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'ckptd') t" >/dev/null
+# the freed slot is taken at once, by a new holder or by node B
+slot_taken() { holding 5 || full || { hold 5; false; }; }
 hold 5
-sleep 2 # the worker ends meanwhile
+dl_wait "the freed slot taken" 20 slot_taken
+sleep 1.5 # the worker ends meanwhile
 kill -CONT "$A_PID"
 dl_grep "node A noticed" "$T/A.log" 'msg="database connection lost"'
 locked_out() { [ "$(grep -c 'too many clients' "$T/A.log")" -ge 2 ]; }
