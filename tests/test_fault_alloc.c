@@ -8,6 +8,10 @@
  * they were (a leak would not); under SANITIZE=address LeakSanitizer and
  * ASan watch every run as well.
  *
+ * And an absurd size in a config (a billion layers, 4096 heads, a
+ * vocabulary beyond 2^24) is refused by gptneox_create naming the field and
+ * its range before a single allocation is made.
+ *
  * Operations: st_open and st_set_open (single and sharded safetensors),
  * torchzip_open and the sharded PyTorch set, gptneox_config_load,
  * gptneox_load (config and weights to a model), tokenizer_load with an
@@ -329,6 +333,45 @@ static void test_inputs(void **state)
     sweep("sae_load", op_sae, path, 0);
 }
 
+/* An absurd size in a config filled by hand is refused by gptneox_create,
+ * naming the field and its range, before a single allocation. */
+static void test_bounds_before_allocation(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *field;
+        size_t off;
+        int value;
+    } cases[] = {
+        {"\"num_hidden_layers\" = 1073741824 is out of range: allowed 1 to 1024",
+         offsetof(struct gptneox_config, n_layers), 1 << 30},
+        {"\"num_attention_heads\" = 4096 is out of range: allowed 1 to 1024",
+         offsetof(struct gptneox_config, n_heads), 4096},
+        {"\"vocab_size\" = 2147483647 is out of range: allowed 1 to 16777216",
+         offsetof(struct gptneox_config, vocab_size), 2147483647},
+        {"\"hidden_size\" = -64 is out of range", offsetof(struct gptneox_config, d_model), -64},
+        {"\"intermediate_size\" = 0 is out of range", offsetof(struct gptneox_config, d_mlp), 0},
+        {"\"max_position_embeddings\" = 1073741824 is out of range",
+         offsetof(struct gptneox_config, max_positions), 1 << 30},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct gptneox_config cfg;
+        assert_int_equal(gptneox_config_preset(&cfg, "tiny"), 0);
+        *(int *)((char *)&cfg + cases[i].off) = cases[i].value;
+        struct gptneox *m = NULL;
+        struct err e;
+        failalloc_arm(0, 1);
+        int rc = gptneox_create(&m, &cfg, &e);
+        long n = failalloc_count();
+        assert_int_equal(rc, ERR_FORMAT);
+        assert_null(m);
+        if (!strstr(e.msg, cases[i].field))
+            fail_msg("'%s' lacks '%s'", e.msg, cases[i].field);
+        if (n != 0)
+            fail_msg("%s: %ld allocations before the check", cases[i].field, n);
+    }
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -353,6 +396,7 @@ int main(void)
         cmocka_unit_test(test_checkpoints),
         cmocka_unit_test(test_tokenizers),
         cmocka_unit_test(test_inputs),
+        cmocka_unit_test(test_bounds_before_allocation),
     };
     return cmocka_run_group_tests_name("fault_alloc", tests, setup, teardown);
 }
