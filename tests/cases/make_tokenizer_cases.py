@@ -138,6 +138,12 @@ ERRORS = {
     "added_empty": (variant(added_tokens__1={"id": 20, "content": ""}), "format",
                     '"content" must be a non-empty string'),
     "unk_missing": (variant(model__unk_token="<unk>"), "format", 'unk_token "<unk>" is not in the vocabulary'),
+    # found by fuzz/fuzz_tokenizer.c: a 20-token file with an id of 4 million
+    # took a token table of 4 million entries
+    "vocab_sparse_ids": (variant(**{"model__vocab__!": 4444419}), "format",
+                         'id 4444419 (of "!") in a vocabulary of 25 tokens: ids must be nearly dense'),
+    "vocab_id_beyond_model": (variant(**{"model__vocab__!": 16777216}), "format",
+                              'id of "!" is not an integer in [0, 16777216)'),
 }
 
 

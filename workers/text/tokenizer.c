@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/json_err.h"
+#include "workers/model/config.h"
 #include "workers/text/unicode.h"
 
 /* ---- a byte-string -> int hash map (open addressing, keys in one arena) */
@@ -386,24 +387,38 @@ static int load_vocab(struct tokenizer *tok, json_t *model, json_t *added, const
     if (!json_is_object(vocab) || json_object_size(vocab) == 0)
         return err_set(e, ERR_FORMAT, path, "model.vocab: expected a non-empty object of token -> id");
     long long maxid = -1;
-    const char *key;
+    const char *key, *maxkey = "";
     json_t *v;
+    /* ids index the token table: beyond a model's largest vocabulary they
+     * cannot be model inputs, and a table mostly empty would be memory
+     * taken for nothing (a 20-token file with an id of 4 million) */
     json_object_foreach(vocab, key, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= 1 << 30)
-            return err_set(e, ERR_FORMAT, path, "model.vocab: id of \"%s\" is not an integer in [0, 2^30)",
-                           key);
-        if (json_integer_value(v) > maxid)
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= CONFIG_MAX_VOCAB)
+            return err_set(e, ERR_FORMAT, path,
+                           "model.vocab: id of \"%s\" is not an integer in [0, %d) (the largest vocabulary a "
+                           "model may have)", key, CONFIG_MAX_VOCAB);
+        if (json_integer_value(v) > maxid) {
             maxid = json_integer_value(v);
+            maxkey = key;
+        }
     }
     size_t na = json_array_size(added);
     for (size_t i = 0; i < na; i++) {
         json_t *id = json_object_get(json_array_get(added, i), "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= 1 << 30)
-            return err_set(e, ERR_FORMAT, path, "added_tokens[%zu]: \"id\" is not an integer in [0, 2^30)",
-                           i);
-        if (json_integer_value(id) > maxid)
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= CONFIG_MAX_VOCAB)
+            return err_set(e, ERR_FORMAT, path,
+                           "added_tokens[%zu]: \"id\" is not an integer in [0, %d) (the largest vocabulary "
+                           "a model may have)", i, CONFIG_MAX_VOCAB);
+        if (json_integer_value(id) > maxid) {
             maxid = json_integer_value(id);
+            maxkey = json_string_value(json_object_get(json_array_get(added, i), "content"));
+        }
     }
+    long long ntok = (long long)json_object_size(vocab) + (long long)na;
+    if (maxid >= 2 * ntok + 1024)
+        return err_set(e, ERR_FORMAT, path,
+                       "id %lld (of \"%.64s\") in a vocabulary of %lld tokens: ids must be nearly dense "
+                       "(below 2 x tokens + 1024)", maxid, maxkey ? maxkey : "?", ntok);
     tok->size = (int)maxid + 1;
     tok->tokens = calloc((size_t)tok->size, sizeof *tok->tokens);
     if (!tok->tokens)
