@@ -57,7 +57,7 @@ static int *smap_get(const struct smap *m, const char *k, size_t n)
         if (!s)
             return NULL;
         struct smap_ent *en = &m->ent[s - 1];
-        if (en->h == h && en->len == n && memcmp(m->keys + en->off, k, n) == 0)
+        if (en->h == h && en->len == n && (n == 0 || memcmp(m->keys + en->off, k, n) == 0))
             return &en->val;
     }
 }
@@ -104,7 +104,8 @@ static int smap_put(struct smap *m, const char *k, size_t n, int val)
         m->kcap = c;
     }
     uint64_t h = hash_bytes(k, n);
-    memcpy(m->keys + m->klen, k, n);
+    if (n) /* an empty first key: no key storage yet */
+        memcpy(m->keys + m->klen, k, n);
     m->ent[m->n] = (struct smap_ent){h, m->klen, (uint32_t)n, val};
     m->klen += n;
     size_t i = h & (m->cap - 1);
