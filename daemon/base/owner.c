@@ -105,7 +105,7 @@ static void bury(const char *dir, const char *path, const char *tag, int fd, own
         on_dead(dir, tag, arg);
     unlink(path);
     close(fd);
-    log_info("leftovers of a dead daemon removed", "dir=%s owner=%s", log_quote(dir), tag);
+    log_debug("leftovers of a dead daemon removed", "dir=%s owner=%s", log_quote(dir), tag);
 }
 
 /* Walk the lock files but `skip`: dead ones are buried, live ones passed
