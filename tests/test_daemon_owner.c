@@ -6,7 +6,8 @@
  * (ours) is still dead; a predecessor with our own tag is swept before we
  * take it; each live owner's text is read; close removes the lock; and
  * the spool sweep (supervise_spool_open) and the cache's partials
- * (cache_open_as) use it.
+ * (cache_open_as) use it; reservations are shared between processes; a
+ * snapshot whose stager died unanalysed becomes evictable.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -298,6 +299,55 @@ static void test_shared_reservations(void **state)
     close(down[1]);
 }
 
+/* A snapshot staged but never analysed is kept while the process that
+ * staged it lives, and evictable once it is dead (killed before its
+ * worker ran: nobody will analyse it). */
+static void test_dead_stager_evictable(void **state)
+{
+    (void)state;
+    struct err e;
+    char root[300], key[CACHE_KEY_MAX];
+    snprintf(root, sizeof root, "%s/evict", dir);
+    assert_int_equal(cache_key("file:///x/step{step}", "step1", key, sizeof key, &e), 0);
+    /* sha256("hello") */
+    const char *sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    int up[2];
+    assert_int_equal(pipe(up), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char p[600];
+        struct cache *c = cache_open_as(root, 0, "stager", NULL);
+        if (!c || cache_partial_path(c, "h", p, sizeof p, NULL) < 0)
+            _exit(1);
+        FILE *f = fopen(p, "w");
+        if (!f || fputs("hello", f) < 0 || fclose(f) != 0 || cache_put_blob(c, p, sha, NULL) < 0 ||
+            cache_snapshot_add(c, key, "f", 5, sha, NULL) < 0 ||
+            cache_snapshot_complete(c, key, NULL) < 0)
+            _exit(1);
+        char b = 1;
+        if (write(up[1], &b, 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    char b;
+    assert_int_equal(read(up[0], &b, 1), 1);
+    struct cache *c = cache_open_as(root, 1, "evictor", &e); /* a budget of one byte */
+    assert_non_null(c);
+    assert_int_equal(cache_evict(c, NULL, &e), 0);
+    assert_true(cache_has_blob(c, sha)); /* its stager lives */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    long long freed = 0;
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_int_equal(freed, 5);
+    assert_false(cache_has_blob(c, sha));
+    cache_close(c);
+    close(up[0]);
+    close(up[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -305,6 +355,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_live_and_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_and_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_reservations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_stager_evictable, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -219,6 +219,24 @@ int owner_each_live(struct owner *o, owner_live_fn fn, void *arg, owner_dead_fn 
     return rc < 0 ? rc : nlive;
 }
 
+int owner_alive(const struct owner *o, const char *tag)
+{
+    char path[PATH_MAX * 2];
+    if (strcmp(tag, o->tag) == 0)
+        return 1;
+    if (strchr(tag, '/') || tag[0] == '.')
+        return 0;
+    snprintf(path, sizeof path, "%s/%s" LOCK_SUFFIX, o->odir, tag);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    int rc = 0;
+    if (flock(fd, LOCK_SH | LOCK_NB) != 0)
+        rc = errno == EWOULDBLOCK ? 1 : -1;
+    close(fd); /* releases the shared lock if it was taken */
+    return rc;
+}
+
 int owner_write(struct owner *o, const char *text, struct err *e)
 {
     size_t len = strlen(text);

@@ -78,6 +78,11 @@ int owner_sweep(struct owner *o, owner_dead_fn on_dead, void *arg, struct err *e
 int owner_each_live(struct owner *o, owner_live_fn fn, void *arg, owner_dead_fn on_dead,
                     void *dead_arg, struct err *e) CK_WUR;
 
+/* Whether the owner `tag` of o's directory lives: 1 (its lock is held,
+ * or it is o), 0 (no lock file, or nobody holds it), negative when flock
+ * cannot tell.  Nothing is taken or removed. */
+int owner_alive(const struct owner *o, const char *tag);
+
 /* Replace our lock file's text (at most 255 bytes). */
 int owner_write(struct owner *o, const char *text, struct err *e) CK_WUR;
 

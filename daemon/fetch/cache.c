@@ -268,6 +268,25 @@ static json_t *manifest_new(const char *key)
                      "last_used", (json_int_t)time(NULL), "files");
 }
 
+/* The process working on a snapshot: while it lives, a snapshot it has not
+ * analysed is kept; once it is dead, the snapshot is evictable. */
+static void manifest_set_owner(const struct cache *c, json_t *m)
+{
+    json_object_set_new(m, "owner", json_string(owner_tag(c->owner)));
+}
+
+/* An unpinned snapshot may go when analysed, or when whoever staged it is
+ * dead (a daemon killed before it was analysed: nobody will), or, left
+ * incomplete without an owner, after STALE_INCOMPLETE_S. */
+static int manifest_evictable(const struct cache *c, json_t *m, long long last_used)
+{
+    const char *ow = json_string_value(json_object_get(m, "owner"));
+    int dead = ow && owner_alive(c->owner, ow) == 0;
+    if (json_is_true(json_object_get(m, "complete")))
+        return json_is_true(json_object_get(m, "analysed")) || dead;
+    return dead || time(NULL) - last_used > STALE_INCOMPLETE_S;
+}
+
 int cache_lookup(struct cache *c, const char *key, struct hub_files *files, struct err *e)
 {
     if (!key_ok(key))
@@ -377,6 +396,7 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
         json_array_append_new(fs, entry);
     json_object_set_new(m, "complete", json_false());
     json_object_set_new(m, "last_used", json_integer((json_int_t)time(NULL)));
+    manifest_set_owner(c, m);
     rc = manifest_save(c, key, m, e);
     json_decref(m);
     if (rc == 0) {
@@ -410,6 +430,8 @@ static int manifest_set(struct cache *c, const char *key, const char *field, str
     else {
         json_object_set_new(m, field, json_true());
         json_object_set_new(m, "last_used", json_integer((json_int_t)time(NULL)));
+        if (strcmp(field, "complete") == 0)
+            manifest_set_owner(c, m);
         rc = manifest_save(c, key, m, e);
     }
     json_decref(m);
@@ -628,11 +650,8 @@ static int evict_locked(struct cache *c, long long target, struct evicted *out, 
                 continue;
             ns++;
             s->last_used = (long long)json_integer_value(json_object_get(s->m, "last_used"));
-            int complete = json_is_true(json_object_get(s->m, "complete"));
-            int analysed = json_is_true(json_object_get(s->m, "analysed"));
             int pin = pinned(c, s->key);
-            s->evictable = (complete ? analysed : time(NULL) - s->last_used > STALE_INCOMPLETE_S) &&
-                           !pin;
+            s->evictable = !pin && manifest_evictable(c, s->m, s->last_used);
             out->pinned_elsewhere += pin && !pinned_here(c, s->key);
             json_t *f;
             size_t i;

@@ -9,8 +9,9 @@
  *                                  reads (<slug>: the source, readable, plus
  *                                  12 hex digits of its sha256)
  *   manifests/<slug>/<rev>.json    a snapshot's files (name, size, sha256),
- *                                  whether it is complete and analysed, and
- *                                  when it was last used: the LRU index
+ *                                  whether it is complete and analysed, the
+ *                                  owner tag of the process that staged it,
+ *                                  and when it was last used: the LRU index
  *   partial/<tag>.<name>.part      downloads in progress (resumed with Range
  *                                  by the same process); <tag> is the owner's
  *   pins/<slug>/<rev>.lock         held with flock(LOCK_SH) while pinned
@@ -25,9 +26,12 @@
  * so no file in blobs/ ever differs from its name.  A snapshot's manifest
  * lists a blob before the snapshot links it, so eviction never removes a
  * blob a snapshot (complete or not) refers to.  Eviction, when blobs use
- * more than the budget, removes unpinned snapshots that were analysed (and
- * incomplete leftovers older than an hour), least recently used first, and
- * then the blobs no remaining manifest names.  It runs after a checkpoint
+ * more than the budget, removes unpinned snapshots that were analysed, or
+ * whose stager (the manifest's "owner", a process tag) is dead — a daemon
+ * killed before its worker ran: nobody will analyse them —, and incomplete
+ * leftovers without an owner older than an hour, least recently used
+ * first, and then the blobs no remaining manifest names.  (A snapshot
+ * `ckptd fetch` brought in is therefore evictable once it has exited.)  It runs after a checkpoint
  * was analysed (cache_evict) and, before a download starts, to make room
  * for the bytes it will write (cache_reserve): blobs plus the partials of
  * downloads in progress never exceed the budget, whatever the number of
