@@ -7,7 +7,7 @@
  * take it; each live owner's text is read; close removes the lock; and
  * the spool sweep (supervise_spool_open) and the cache's partials
  * (cache_open_as) use it; reservations are shared between processes; a
- * snapshot whose stager died unanalysed becomes evictable.
+ * snapshot whose stager died or gave it up unanalysed becomes evictable.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -301,7 +301,7 @@ static void test_shared_reservations(void **state)
 
 /* A snapshot staged but never analysed is kept while the process that
  * staged it lives, and evictable once it is dead (killed before its
- * worker ran: nobody will analyse it). */
+ * worker ran: nobody will analyse it) or has unpinned it. */
 static void test_dead_stager_evictable(void **state)
 {
     (void)state;
@@ -340,6 +340,25 @@ static void test_dead_stager_evictable(void **state)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     long long freed = 0;
+    assert_int_equal(cache_evict(c, &freed, &e), 0);
+    assert_int_equal(freed, 5);
+    assert_false(cache_has_blob(c, sha));
+
+    /* our own snapshot: kept while pinned, released (evictable) by the
+     * last unpin when it was not analysed, though we live */
+    char p[600];
+    assert_int_equal(cache_pin(c, key, &e), 0);
+    assert_int_equal(cache_partial_path(c, "h", p, sizeof p, &e), 0);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("hello", f);
+    fclose(f);
+    assert_int_equal(cache_put_blob(c, p, sha, &e), 0);
+    assert_int_equal(cache_snapshot_add(c, key, "f", 5, sha, &e), 0);
+    assert_int_equal(cache_snapshot_complete(c, key, &e), 0);
+    assert_int_equal(cache_evict(c, NULL, &e), 0);
+    assert_true(cache_has_blob(c, sha)); /* pinned */
+    cache_unpin(c, key);
     assert_int_equal(cache_evict(c, &freed, &e), 0);
     assert_int_equal(freed, 5);
     assert_false(cache_has_blob(c, sha));

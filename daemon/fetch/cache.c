@@ -275,16 +275,17 @@ static void manifest_set_owner(const struct cache *c, json_t *m)
     json_object_set_new(m, "owner", json_string(owner_tag(c->owner)));
 }
 
-/* An unpinned snapshot may go when analysed, or when whoever staged it is
+/* An unpinned snapshot may go when analysed, when whoever staged it gave
+ * it up unanalysed (released: a lost lease, a failure, a shutdown) or is
  * dead (a daemon killed before it was analysed: nobody will), or, left
  * incomplete without an owner, after STALE_INCOMPLETE_S. */
 static int manifest_evictable(const struct cache *c, json_t *m, long long last_used)
 {
     const char *ow = json_string_value(json_object_get(m, "owner"));
-    int dead = ow && owner_alive(c->owner, ow) == 0;
+    int gone = json_is_true(json_object_get(m, "released")) || (ow && owner_alive(c->owner, ow) == 0);
     if (json_is_true(json_object_get(m, "complete")))
-        return json_is_true(json_object_get(m, "analysed")) || dead;
-    return dead || time(NULL) - last_used > STALE_INCOMPLETE_S;
+        return json_is_true(json_object_get(m, "analysed")) || gone;
+    return gone || time(NULL) - last_used > STALE_INCOMPLETE_S;
 }
 
 int cache_lookup(struct cache *c, const char *key, struct hub_files *files, struct err *e)
@@ -495,6 +496,23 @@ int cache_pin(struct cache *c, const char *key, struct err *e)
     return 0;
 }
 
+/* Our snapshot given up before it was analysed: evictable from now on. */
+static void release_unanalysed(struct cache *c, const char *key)
+{
+    int lk = lock_cache(c, NULL);
+    if (lk < 0)
+        return;
+    json_t *m = manifest_load(c, key);
+    const char *ow = json_string_value(json_object_get(m, "owner"));
+    if (m && !json_is_true(json_object_get(m, "analysed")) && ow && strcmp(ow, owner_tag(c->owner)) == 0) {
+        json_object_set_new(m, "released", json_true());
+        if (manifest_save(c, key, m, NULL) < 0)
+            log_warn("cache: snapshot not released", "snapshot=%s", key);
+    }
+    json_decref(m);
+    unlock_cache(lk);
+}
+
 void cache_unpin(struct cache *c, const char *key)
 {
     for (int i = 0; c && i < CACHE_PINS_MAX; i++)
@@ -503,6 +521,7 @@ void cache_unpin(struct cache *c, const char *key)
                 close(c->pins[i].fd);
                 c->pins[i].fd = -1;
                 c->pins[i].key[0] = '\0';
+                release_unanalysed(c, key);
             }
             return;
         }

@@ -26,12 +26,14 @@
  * so no file in blobs/ ever differs from its name.  A snapshot's manifest
  * lists a blob before the snapshot links it, so eviction never removes a
  * blob a snapshot (complete or not) refers to.  Eviction, when blobs use
- * more than the budget, removes unpinned snapshots that were analysed, or
- * whose stager (the manifest's "owner", a process tag) is dead — a daemon
- * killed before its worker ran: nobody will analyse them —, and incomplete
- * leftovers without an owner older than an hour, least recently used
- * first, and then the blobs no remaining manifest names.  (A snapshot
- * `ckptd fetch` brought in is therefore evictable once it has exited.)  It runs after a checkpoint
+ * more than the budget, removes unpinned snapshots that were analysed,
+ * that their stager (the manifest's "owner", a process tag) gave up
+ * unanalysed ("released" at its last unpin: a lost lease, a failure, a
+ * shutdown) or whose stager is dead (a daemon killed before its worker
+ * ran): nobody will analyse them; and incomplete leftovers without an
+ * owner older than an hour; least recently used first, and then the blobs
+ * no remaining manifest names.  (A snapshot `ckptd fetch` brought in is
+ * therefore evictable once it has exited.)  It runs after a checkpoint
  * was analysed (cache_evict) and, before a download starts, to make room
  * for the bytes it will write (cache_reserve): blobs plus the partials of
  * downloads in progress never exceed the budget, whatever the number of
@@ -121,7 +123,9 @@ int cache_snapshot_complete(struct cache *c, const char *key, struct err *e) CK_
 int cache_mark_analysed(struct cache *c, const char *key, struct err *e) CK_WUR;
 
 /* Pin a snapshot against eviction, by this process (counted) and, through
- * flock, against other processes sharing the cache. */
+ * flock, against other processes sharing the cache.  The last unpin of a
+ * snapshot this process staged and did not mark analysed releases it
+ * (evictable). */
 int cache_pin(struct cache *c, const char *key, struct err *e) CK_WUR;
 void cache_unpin(struct cache *c, const char *key);
 
