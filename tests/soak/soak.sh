@@ -16,7 +16,8 @@
 #
 # The run: SOAK_STEPS (1000) checkpoints of the `tiny` preset, step s being
 # step 0's weights with one float changed (so each has its own sha256), as
-# an hf:// repository; items loss,weights; max_attempts 50.
+# an hf:// repository; items loss,weights on an eval set of 8 x 16 tokens
+# (90 rows a checkpoint); max_attempts 50.
 #
 # Every 5-15 s (uniform, from SOAK_SEED) one fault, the kinds taken in
 # shuffled rounds so each comes up as often as the others:
@@ -27,7 +28,7 @@
 #   net_cut      a node's link down for 2-12 s (its leases may expire)
 #   http_503     both proxies answer 503 to everything for 2-12 s
 # Faults stop when every job is done or after SOAK_FAULT_S (420) seconds;
-# the run must then finish within SOAK_FINISH_S (240).  The nodes are
+# the run must then finish within SOAK_FINISH_S (300).  The nodes are
 # stopped with SIGTERM.
 #
 # Asserted at the end: every job done, none dead; each job's rows exactly
@@ -49,7 +50,7 @@ cd "$(dirname "$0")/../.." || exit 1
 STEPS=${SOAK_STEPS:-1000}
 SEED=${SOAK_SEED:-$$}
 FAULT_S=${SOAK_FAULT_S:-420}
-FINISH_S=${SOAK_FINISH_S:-240}
+FINISH_S=${SOAK_FINISH_S:-300}
 ITEMS=loss,weights
 BUDGET_MB=16
 LEASE=10
@@ -174,10 +175,16 @@ proxy hubproxy $HUB_PROXY $HUB_PORT
 proxy cdnproxy $CDN_PROXY $CDN_PORT
 ENDPOINT=http://${ADDR[http]}:$HUB_PROXY
 
-# ---- the run, held back until every node serves
-RPC=$("$WORKER" --threads 1 analyze "$T/series/step0" --items $ITEMS 2>/dev/null | wc -l | tr -d ' ')
+# ---- the run, held back until every node serves; a short eval set keeps
+# the loss item to 17 rows (and the series the detector reads after each
+# checkpoint to 90)
+/usr/bin/python3 -c 'import json; print(json.dumps([[(7 * b + 13 * t) % 512 for t in range(16)] for b in range(8)]))' \
+    >"$T/eval.json"
+RPC=$("$WORKER" --threads 1 analyze "$T/series/step0" --items $ITEMS --eval-tokens "$T/eval.json" 2>/dev/null |
+    wc -l | tr -d ' ')
 ip netns exec "$NS-db" "$CKPTD" add-run soak --source "hf://$H_HUB_REPO" --schedule "0:$((STEPS - 1)):1" \
-    --items $ITEMS --max-attempts 50 >"$T/add.out" 2>&1 || { echo "FAIL: add-run"; cat "$T/add.out"; exit 1; }
+    --items $ITEMS --eval-tokens "$T/eval.json" --max-attempts 50 >"$T/add.out" 2>&1 ||
+    { echo "FAIL: add-run"; cat "$T/add.out"; exit 1; }
 NJOBS=$(dl_sql "SELECT count(*) FROM jobs")
 dl_sql "UPDATE jobs SET not_before = now() + interval '1 hour'" >/dev/null
 
@@ -425,6 +432,17 @@ echo "# logged: checkpoint done $(count_logs "checkpoint done"), partly done $(c
     "partial sweeps $(count_logs "cache: partial downloads of a dead daemon removed")," \
     "evictions $(count_logs "cache: evicted")"
 echo "# incarnations: $(for h in $NODES; do printf '%s=%s ' "$h" "${INC[$h]}"; done)"
+# transition detection after each checkpoint: its cost as the series grow
+cat "$T"/n?.*.log | grep 'msg="transitions detected"' |
+    sed -E 's/.* step=([0-9]+) .* points=([0-9]+) .* read_ms=([0-9.]+) write_ms=([0-9.]+).*/\1 \2 \3 \4/' |
+    sort -n >"$T/detect.samples"
+for r in "0 99" "$((STEPS / 2 - 50)) $((STEPS / 2 + 49))" "$((STEPS - 100)) $((STEPS - 1))"; do
+    set -- $r
+    awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b { print $3 + $4, $2 }' "$T/detect.samples" | sort -g |
+        awk -v a="$1" -v b="$2" '{ t[NR] = $1; p += $2 }
+            END { if (NR) printf "# detection after steps %d-%d: %d runs, median %.1f ms, %.0f points read each\n",
+                  a, b, NR, t[int((NR + 1) / 2)], p / NR }'
+done
 echo "# rss (node.incarnation, life s, first kB, at one minute kB, peak kB):"
 sed 's/^/#   /' "$T/rss.table"
 dl_finish
