@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "workers/battery/battery.h"
@@ -20,6 +21,8 @@ static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
+    "                           [--sae DIR]... [--model-name NAME] [--run NAME] [--step N]\n"
+    "                           [--revision REV]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -52,7 +55,17 @@ static const char analyze_usage[] =
     "  --sae-site HOOK      a site for sae and sae_relu, repeatable, one per layer:\n"
     "                       blocks.L.hook_resid_pre, hook_attn_out, hook_resid_mid\n"
     "                       (sequential-residual models), hook_mlp_out or\n"
-    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n";
+    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n"
+    "  --sae DIR            a fixed SAE dictionary for sae_fixed, repeatable: a SAELens\n"
+    "                       directory (cfg.json, sae_weights.safetensors) or a sparsify\n"
+    "                       hookpoint folder (cfg.json, sae.safetensors)\n"
+    "  --model-name NAME    the model's TransformerLens name, recorded in SAE files\n"
+    "                       (default: CKPT_DIR's parent's name when CKPT_DIR is stepN,\n"
+    "                       else CKPT_DIR's name)\n"
+    "  --run NAME           the run, recorded in SAE files\n"
+    "  --step N             the checkpoint's training step (default: N of a CKPT_DIR\n"
+    "                       named stepN), recorded as checkpoint_value in SAE files\n"
+    "  --revision REV       a revision that is not a step, recorded instead\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -136,6 +149,51 @@ static char *find_task_json(const char *dir)
     return NULL;
 }
 
+/* Is name "stepN"?  N into *step. */
+static int step_dir_name(const char *name, long long *step)
+{
+    uint64_t v;
+    if (strncmp(name, "step", 4) != 0 || parse_uint(name + 4, INT64_MAX, &v) < 0)
+        return 0;
+    *step = (long long)v;
+    return 1;
+}
+
+/* What is not given of the provenance, from the checkpoint directory's
+ * path: .../NAME/stepN gives model NAME and step N, .../NAME model NAME.
+ * buf (n bytes) holds the model name when guessed. */
+static void provenance_defaults(struct battery_provenance *p, const char *dir, char *buf, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        path[--len] = '\0';
+    char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    long long step;
+    int is_step = step_dir_name(base, &step);
+    if (p->step < 0 && !p->revision && is_step)
+        p->step = step;
+    if (p->model_name)
+        return;
+    const char *name = base;
+    if (is_step) {
+        if (base == path) { /* "stepN" alone: the current directory's name */
+            if (!getcwd(path, sizeof path))
+                return;
+            name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        } else {
+            base[-1] = '\0';
+            name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        }
+    }
+    if (name[0] && strcmp(name, ".") != 0 && strcmp(name, "..") != 0) {
+        snprintf(buf, n, "%s", name);
+        p->model_name = buf;
+    }
+}
+
 int cmd_analyze(int argc, char **argv)
 {
     const char *dir = NULL, *items_arg = NULL, *eval_path = NULL, *task_arg = NULL;
@@ -143,11 +201,15 @@ int cmd_analyze(int argc, char **argv)
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     const char **sae_sites = calloc((size_t)argc, sizeof *sae_sites);
-    int nprobe = 0, nsae_sites = 0;
-    if (!probe_paths || !sae_sites) {
+    const char **sae_dirs = calloc((size_t)argc, sizeof *sae_dirs);
+    int nprobe = 0, nsae_sites = 0, nsae_dirs = 0;
+    struct battery_provenance prov = {NULL, NULL, -1, NULL};
+    char model_guess[256];
+    if (!probe_paths || !sae_sites || !sae_dirs) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         free(probe_paths);
         free(sae_sites);
+        free(sae_dirs);
         return EXIT_INPUT;
     }
     for (int i = 1; i < argc; i++) {
@@ -168,11 +230,30 @@ int cmd_analyze(int argc, char **argv)
             probe_paths[nprobe++] = argv[++i];
         } else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
             sae_sites[nsae_sites++] = argv[++i];
+        } else if (strcmp(argv[i], "--sae") == 0 && i + 1 < argc) {
+            sae_dirs[nsae_dirs++] = argv[++i];
+        } else if (strcmp(argv[i], "--model-name") == 0 && i + 1 < argc) {
+            prov.model_name = argv[++i];
+        } else if (strcmp(argv[i], "--run") == 0 && i + 1 < argc) {
+            prov.run = argv[++i];
+        } else if (strcmp(argv[i], "--revision") == 0 && i + 1 < argc) {
+            prov.revision = argv[++i];
+        } else if (strcmp(argv[i], "--step") == 0 && i + 1 < argc) {
+            uint64_t st;
+            if (parse_uint(argv[++i], INT64_MAX, &st) < 0) {
+                fprintf(stderr, "ckpt-worker analyze: --step needs a non-negative integer\n");
+                free(probe_paths);
+                free(sae_sites);
+                free(sae_dirs);
+                return EXIT_USAGE;
+            }
+            prov.step = (long long)st;
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
                 fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(sae_dirs);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
@@ -180,6 +261,7 @@ int cmd_analyze(int argc, char **argv)
                 fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(sae_dirs);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--max-seqs") == 0 && i + 1 < argc) {
@@ -187,6 +269,7 @@ int cmd_analyze(int argc, char **argv)
                 fprintf(stderr, "ckpt-worker analyze: --max-seqs needs a positive integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(sae_dirs);
                 return EXIT_USAGE;
             }
         } else if (argv[i][0] != '-' && !dir) {
@@ -196,6 +279,7 @@ int cmd_analyze(int argc, char **argv)
                     analyze_usage);
             free(probe_paths);
             free(sae_sites);
+            free(sae_dirs);
             return EXIT_USAGE;
         }
     }
@@ -203,6 +287,7 @@ int cmd_analyze(int argc, char **argv)
         fputs(analyze_usage, stderr);
         free(probe_paths);
         free(sae_sites);
+        free(sae_dirs);
         return EXIT_USAGE;
     }
     const struct battery_item **items = calloc(battery_count(), sizeof *items);
@@ -213,6 +298,7 @@ int cmd_analyze(int argc, char **argv)
         free(items);
         free(probe_paths);
         free(sae_sites);
+        free(sae_dirs);
         return EXIT_USAGE;
     }
     free(list);
@@ -264,6 +350,19 @@ int cmd_analyze(int argc, char **argv)
         bctx.sae_sites = sae_sites;
         bctx.nsae_sites = nsae_sites;
     }
+    /* fixed dictionaries, and where the checkpoint comes from (SAE files) */
+    if (nsae_dirs > SAE_FIXED_MAX) {
+        err_set(&e, ERR_INVALID, NULL, "%d --sae dictionaries: at most %d", nsae_dirs,
+                SAE_FIXED_MAX);
+        goto fail;
+    }
+    if (nsae_dirs && !(needs & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)))
+        log_warn("SAE dictionaries unused", "count=%d reason=\"no item listed reads them\"",
+                 nsae_dirs);
+    bctx.sae_fixed_dirs = sae_dirs;
+    bctx.nsae_fixed = nsae_dirs;
+    provenance_defaults(&prov, dir, model_guess, sizeof model_guess);
+    bctx.provenance = &prov;
     if (needs & (BATTERY_NEEDS(BATTERY_NEED_TASK) | BATTERY_NEEDS(BATTERY_NEED_TASK_OPTIONAL))) {
         bctx.task_path = task_arg ? task_arg : (task_found = find_task_json(dir));
         if (bctx.task_path)
@@ -319,5 +418,6 @@ out:
     free(probe_sets);
     free(probe_paths);
     free(sae_sites);
+    free(sae_dirs);
     return status;
 }
