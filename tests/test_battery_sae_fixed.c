@@ -551,6 +551,11 @@ static int mode_series(const char *root)
     }
     for (int z = 0; z < NZOO; z++)
         free(dirs[z]);
+    snprintf(path, sizeof path, "%s/ck", root);
+    if (path_mkdir_p(path, &e) < 0) {
+        fprintf(stderr, "%s\n", err_str(&e));
+        return 1;
+    }
     for (int k = 0; k < PLANT_NSTEPS; k++) {
         struct gptneox *m = plant_model(k);
         snprintf(path, sizeof path, "%s/ck/step%lld", root, plant_steps[k]);
