@@ -39,8 +39,9 @@
  *
  * Cost: one forward of the eval set up to the deepest hook, every
  * dictionary encoding and decoding its activations inside its read hook
- * (SAE_RECON_ROWS rows per sgemm), then three forwards of the eval set per
- * dictionary for the splice.  The variance is accumulated about the first
+ * (SAE_RECON_ROWS rows per sgemm, in one scratch sized for the widest
+ * dictionary: the hooks run one at a time), then three forwards of the
+ * eval set per dictionary for the splice.  The variance is accumulated about the first
  * token (shifted sums in double), so nothing is kept across batches but
  * the per-latent counts and sums. */
 #include <math.h>
@@ -108,7 +109,7 @@ struct fixed_dict {
     double *sx;         /* (D) sum of x - shift */
     double sxx;         /* sum ||x - shift||^2 */
     size_t n;           /* tokens seen */
-    float *xc, *z, *xh; /* scratch: (R, D), (R, S), (R, D) */
+    float *xc, *z, *xh; /* scratch shared by all: (R, D), (R, S), (R, D) of the widest */
 };
 
 static void fixed_free(struct fixed_dict *d)
@@ -118,9 +119,6 @@ static void fixed_free(struct fixed_dict *d)
     free(d->sum);
     free(d->shift);
     free(d->sx);
-    free(d->xc);
-    free(d->z);
-    free(d->xh);
     memset(d, 0, sizeof *d);
 }
 
@@ -195,15 +193,12 @@ static int fixed_open(struct fixed_dict *d, const char *dir, const struct gptneo
         log_warn("sae_fixed dictionary of another model",
                  "dir=%s dictionary_model=%s run_model=%s", log_quote(dir),
                  log_quote(d->info.model_name), log_quote(run_model));
-    const size_t D = (size_t)d->s->d_in, S = (size_t)d->s->d_sae, R = SAE_RECON_ROWS;
+    const size_t D = (size_t)d->s->d_in, S = (size_t)d->s->d_sae;
     d->count = calloc(S, sizeof *d->count);
     d->sum = calloc(S, sizeof *d->sum);
     d->shift = calloc(D, sizeof *d->shift);
     d->sx = calloc(D, sizeof *d->sx);
-    d->xc = malloc(R * D * sizeof *d->xc);
-    d->z = malloc(R * S * sizeof *d->z);
-    d->xh = malloc(R * D * sizeof *d->xh);
-    if (!d->count || !d->sum || !d->shift || !d->sx || !d->xc || !d->z || !d->xh)
+    if (!d->count || !d->sum || !d->shift || !d->sx)
         return err_set(e, ERR_NOMEM, dir, "out of memory for a %zu x %zu dictionary's statistics",
                        D, S);
     return 0;
@@ -216,6 +211,7 @@ static int fixed_run(const struct battery_ctx *c, struct rows *out, struct err *
     struct fixed_dict dicts[SAE_FIXED_MAX];
     struct gptneox_hook hooks[SAE_FIXED_MAX];
     int opened = 0, rc = battery_check_eval(c, e);
+    float *xc = NULL, *zb = NULL, *xh = NULL; /* the hooks run one at a time: one scratch */
     memset(dicts, 0, sizeof dicts);
     if (rc < 0)
         return rc;
@@ -231,6 +227,24 @@ static int fixed_run(const struct battery_ctx *c, struct rows *out, struct err *
         }
         hooks[opened] = (struct gptneox_hook){d->kind, d->layer, stats_hook, d};
         last = d->layer > last ? d->layer : last;
+    }
+    size_t maxD = 1, maxS = 1;
+    for (int k = 0; k < nd; k++) {
+        maxD = (size_t)dicts[k].s->d_in > maxD ? (size_t)dicts[k].s->d_in : maxD;
+        maxS = (size_t)dicts[k].s->d_sae > maxS ? (size_t)dicts[k].s->d_sae : maxS;
+    }
+    xc = malloc(SAE_RECON_ROWS * maxD * sizeof *xc);
+    zb = malloc(SAE_RECON_ROWS * maxS * sizeof *zb);
+    xh = malloc(SAE_RECON_ROWS * maxD * sizeof *xh);
+    if (!xc || !zb || !xh) {
+        rc = err_set(e, ERR_NOMEM, NULL, "out of memory for %d rows of %zu latents",
+                     SAE_RECON_ROWS, maxS);
+        goto out;
+    }
+    for (int k = 0; k < nd; k++) {
+        dicts[k].xc = xc;
+        dicts[k].z = zb;
+        dicts[k].xh = xh;
     }
     /* one forward of the eval set up to the deepest hook, every dictionary
      * reading its hook */
@@ -286,6 +300,9 @@ static int fixed_run(const struct battery_ctx *c, struct rows *out, struct err *
 out:
     for (int k = 0; k < opened; k++)
         fixed_free(&dicts[k]);
+    free(xc);
+    free(zb);
+    free(xh);
     return rc;
 }
 
