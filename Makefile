@@ -22,6 +22,9 @@
 #                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
 #                   make check runs each 3 s (tests/fuzz_smoke.sh)
 #   make fuzz-build the harnesses alone
+#   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
+#                   checkpoints over HTTP while faults are injected every 5-15 s
+#                   (tests/soak/soak.sh; needs root for network namespaces)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -97,7 +100,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data fuzz fuzz-build fuzz-bins
+.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data fuzz fuzz-build fuzz-bins
 .SECONDARY:
 all: $(BINS)
 
@@ -203,6 +206,10 @@ endif
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
 
+# The soak test: bounded to about 10 minutes; prints the faults and the figures.
+soak: $(BINS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker tests/soak/soak.sh
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo
@@ -224,6 +231,8 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/sae_version_ref.py
+	/usr/bin/python3 tests/cases/make_sae_cases.py
 
 # ---- fuzzing: one libFuzzer harness per parser (fuzz/README.md) ----
 # `make fuzz` builds every harness with clang into build-fuzz/ (coverage,

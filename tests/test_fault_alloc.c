@@ -40,6 +40,7 @@
 #include "tests/lib/test_files.h"
 #include "workers/battery/probe_set.h"
 #include "workers/battery/sae.h"
+#include "workers/battery/sae_file.h"
 #include "workers/model/config.h"
 #include "workers/model/gptneox.h"
 #include "workers/model/npy.h"
