@@ -1,10 +1,10 @@
 /*
  * fuzz_sae.c - sae_load (workers/battery/sae.c) with an arbitrary cfg.json
- * beside a fixed, valid sae_weights.safetensors (d_in 4, d_sae 8, written
- * once with st_write).
+ * beside a fixed, valid sae_weights.safetensors (d_in 4, d_sae 6, written
+ * once with st_write, the sizes of tests/cases/sae).
  *
  * Checked beyond "no crash": the error contract on failure; on success the
- * dictionary has d_in 4 and d_sae 8 (what the weights hold: a cfg.json
+ * dictionary has d_in 4 and d_sae 6 (what the weights hold: a cfg.json
  * claiming other sizes must be refused, before memory is taken for them),
  * a TopK k in [1, d_sae], the SAELens format (there is no sparsify file),
  * every weight finite.
@@ -22,7 +22,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define DIN 4
-#define DSAE 8
+#define DSAE 6
 
 static float w_enc[DIN * DSAE], w_dec[DSAE * DIN], b_enc[DSAE], b_dec[DIN];
 

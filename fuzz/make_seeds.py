@@ -188,7 +188,13 @@ def main(argv):
     put(d, "unknown_task", json.dumps({"task": "sorting", "seed": 1, "vocab_size": 4, "seq_len": 3}))
 
     d = reset("sae")
-    base = {"architecture": "topk", "d_in": 4, "d_sae": 8, "dtype": "float32", "device": "cpu",
+    # the cfg.json of every SAELens case of tests/cases/sae (d_in 4, d_sae 6,
+    # the harness's weights)
+    for c in sorted(os.listdir("tests/cases/sae")):
+        p = os.path.join("tests/cases/sae", c, "sae", "cfg.json")
+        if os.path.isfile(p):
+            shutil.copy(p, os.path.join(d, "case_" + c))
+    base = {"architecture": "topk", "d_in": 4, "d_sae": 6, "dtype": "float32", "device": "cpu",
             "model_name": "gpt-neox", "hook_name": "blocks.0.hook_resid_post", "hook_layer": 0,
             "hook_head_index": None, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 2},
             "apply_b_dec_to_input": True, "finetuning_scaling_factor": False,
