@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/args.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
@@ -79,6 +80,22 @@ static struct db *open_db(const struct daemon_config *cfg)
     return db;
 }
 
+/* A command without options: between min and max (0 or 1) words, the
+ * word into *word; -1 on an option or a word too many or too few. */
+static int only_words(int argc, char **argv, const char **word, int min, int max)
+{
+    static const struct option none[] = {{NULL, 0, NULL, 0}};
+    struct args c;
+    int n = 0;
+    args_start(&c, argc, argv, "", none);
+    for (int k; (k = args_next(&c)) != ARGS_END; n++) {
+        if (k != ARGS_WORD || n >= max)
+            return -1;
+        *word = c.arg;
+    }
+    return n < min ? -1 : 0;
+}
+
 static int cmd_migrate(struct daemon_config *cfg)
 {
     struct err e;
@@ -125,31 +142,51 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     int max_attempts = 5, sae_warm_start = 0;
     json_t *probes = json_array(), *sae_sites = json_array();
     long site_layers[ADD_RUN_MAX_SAE_SITES];
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
-            source = argv[++i];
-        else if (strcmp(argv[i], "--schedule") == 0 && i + 1 < argc)
-            schedule = argv[++i];
-        else if (strcmp(argv[i], "--items") == 0 && i + 1 < argc)
-            items_arg = argv[++i];
-        else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc)
-            eval = argv[++i];
-        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc)
-            seed = atoll(argv[++i]);
-        else if (strcmp(argv[i], "--max-attempts") == 0 && i + 1 < argc)
-            max_attempts = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--eval-text") == 0 && i + 1 < argc)
-            eval_text = argv[++i];
-        else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc)
-            tokenizer = argv[++i];
-        else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc)
-            ctx = atoll(argv[++i]);
-        else if (strcmp(argv[i], "--eval-seqs") == 0 && i + 1 < argc)
-            eval_seqs = atoll(argv[++i]);
-        else if (strcmp(argv[i], "--sae-warm-start") == 0)
+    enum { O_SOURCE = 256, O_SCHEDULE, O_ITEMS, O_EVAL_TOKENS, O_SEED, O_MAX_ATTEMPTS, O_EVAL_TEXT,
+           O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE };
+    static const struct option opts[] = {
+        {"source", required_argument, NULL, O_SOURCE},
+        {"schedule", required_argument, NULL, O_SCHEDULE},
+        {"items", required_argument, NULL, O_ITEMS},
+        {"eval-tokens", required_argument, NULL, O_EVAL_TOKENS},
+        {"seed", required_argument, NULL, O_SEED},
+        {"max-attempts", required_argument, NULL, O_MAX_ATTEMPTS},
+        {"eval-text", required_argument, NULL, O_EVAL_TEXT},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
+        {"ctx", required_argument, NULL, O_CTX},
+        {"eval-seqs", required_argument, NULL, O_EVAL_SEQS},
+        {"sae-warm-start", no_argument, NULL, O_SAE_WARM_START},
+        {"sae-site", required_argument, NULL, O_SAE_SITE},
+        {"probe", required_argument, NULL, O_PROBE},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_SOURCE)
+            source = c.arg;
+        else if (k == O_SCHEDULE)
+            schedule = c.arg;
+        else if (k == O_ITEMS)
+            items_arg = c.arg;
+        else if (k == O_EVAL_TOKENS)
+            eval = c.arg;
+        else if (k == O_SEED)
+            seed = atoll(c.arg);
+        else if (k == O_MAX_ATTEMPTS)
+            max_attempts = atoi(c.arg);
+        else if (k == O_EVAL_TEXT)
+            eval_text = c.arg;
+        else if (k == O_TOKENIZER)
+            tokenizer = c.arg;
+        else if (k == O_CTX)
+            ctx = atoll(c.arg);
+        else if (k == O_EVAL_SEQS)
+            eval_seqs = atoll(c.arg);
+        else if (k == O_SAE_WARM_START)
             sae_warm_start = 1;
-        else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
-            const char *site = argv[++i];
+        else if (k == O_SAE_SITE) {
+            const char *site = c.arg;
             const size_t ns = json_array_size(sae_sites);
             long layer = -1;
             const char *why = ns >= ADD_RUN_MAX_SAE_SITES ? "too many sites"
@@ -157,8 +194,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
                                   ? "a site is blocks.L.hook_resid_pre, hook_attn_out, "
                                     "hook_resid_mid, hook_mlp_out or hook_resid_post"
                                   : NULL;
-            for (size_t k = 0; !why && k < ns; k++)
-                if (site_layers[k] == layer)
+            for (size_t k2 = 0; !why && k2 < ns; k2++)
+                if (site_layers[k2] == layer)
                     why = "one site per layer (rows are keyed by layer)";
             if (why) {
                 fprintf(stderr, "ckptd add-run: cannot use SAE site '%s': %s\n", site, why);
@@ -168,20 +205,20 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             }
             site_layers[ns] = layer;
             json_array_append_new(sae_sites, json_string(site));
-        } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
+        } else if (k == O_PROBE) {
             char abs[PATH_MAX];
-            if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(argv[++i], abs)) {
-                fprintf(stderr, "ckptd add-run: cannot use probe set '%s'%s\n", argv[i],
+            if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(c.arg, abs)) {
+                fprintf(stderr, "ckptd add-run: cannot use probe set '%s'%s\n", c.arg,
                         json_array_size(probes) >= ADD_RUN_MAX_PROBES ? ": too many" : "");
                 json_decref(probes);
                 json_decref(sae_sites);
                 return EXIT_USAGE;
             }
             json_array_append_new(probes, json_string(abs));
-        } else if (argv[i][0] != '-' && !name)
-            name = argv[i];
+        } else if (k == ARGS_WORD && !name)
+            name = c.arg;
         else {
-            fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", c.word, usage);
             json_decref(probes);
             json_decref(sae_sites);
             return EXIT_USAGE;
@@ -341,19 +378,30 @@ out:
 static int cmd_serve(struct daemon_config *cfg, const char *config_path, int argc, char **argv)
 {
     int until_idle = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc)
-            cfg->workers = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--until-idle") == 0)
+    enum { O_WORKERS = 256, O_UNTIL_IDLE, O_NODE, O_METRICS, O_METRICS_ALLOW_REMOTE };
+    static const struct option opts[] = {
+        {"workers", required_argument, NULL, O_WORKERS},
+        {"until-idle", no_argument, NULL, O_UNTIL_IDLE},
+        {"node", required_argument, NULL, O_NODE},
+        {"metrics", required_argument, NULL, O_METRICS},
+        {"metrics-allow-remote", no_argument, NULL, O_METRICS_ALLOW_REMOTE},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_WORKERS)
+            cfg->workers = atoi(c.arg);
+        else if (k == O_UNTIL_IDLE)
             until_idle = 1;
-        else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc)
-            snprintf(cfg->node, sizeof cfg->node, "%s", argv[++i]);
-        else if (strcmp(argv[i], "--metrics") == 0 && i + 1 < argc)
-            snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", argv[++i]);
-        else if (strcmp(argv[i], "--metrics-allow-remote") == 0)
+        else if (k == O_NODE)
+            snprintf(cfg->node, sizeof cfg->node, "%s", c.arg);
+        else if (k == O_METRICS)
+            snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", c.arg);
+        else if (k == O_METRICS_ALLOW_REMOTE)
             cfg->metrics_allow_remote = 1;
         else {
-            fprintf(stderr, "ckptd serve: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd serve: unexpected argument '%s'\n%s", c.word, usage);
             return EXIT_USAGE;
         }
     }
@@ -368,7 +416,8 @@ static int cmd_serve(struct daemon_config *cfg, const char *config_path, int arg
 
 static int cmd_status(struct daemon_config *cfg, int argc, char **argv)
 {
-    if (argc > 2 || (argc == 2 && argv[1][0] == '-')) {
+    const char *run = NULL;
+    if (only_words(argc, argv, &run, 0, 1) < 0) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }
@@ -376,7 +425,7 @@ static int cmd_status(struct daemon_config *cfg, int argc, char **argv)
     struct db *db = open_db(cfg);
     if (!db)
         return EXIT_FAIL;
-    int rc = status_print(db, argc == 2 ? argv[1] : NULL, stdout, &e);
+    int rc = status_print(db, run, stdout, &e);
     if (rc < 0)
         log_err("status failed", &e);
     db_free(db);
@@ -385,7 +434,8 @@ static int cmd_status(struct daemon_config *cfg, int argc, char **argv)
 
 static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
 {
-    if (argc != 2) {
+    const char *what = NULL;
+    if (only_words(argc, argv, &what, 1, 1) < 0) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }
@@ -393,7 +443,7 @@ static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
     struct db *db = open_db(cfg);
     if (!db)
         return EXIT_FAIL;
-    int n = queue_retry(db, argv[1], &e);
+    int n = queue_retry(db, what, &e);
     if (n < 0)
         log_err("retry failed", &e);
     else
@@ -439,18 +489,26 @@ static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *source = NULL, *to = NULL;
     long long step = -1;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--step") == 0 && i + 1 < argc) {
+    enum { O_STEP = 256, O_TO };
+    static const struct option opts[] = {
+        {"step", required_argument, NULL, O_STEP},
+        {"to", required_argument, NULL, O_TO},
+        {NULL, 0, NULL, 0},
+    };
+    struct args cl;
+    args_start(&cl, argc, argv, "", opts);
+    for (int k; (k = args_next(&cl)) != ARGS_END;) {
+        if (k == O_STEP) {
             char *end;
-            step = strtoll(argv[++i], &end, 10);
-            if (*end || end == argv[i] || step < 0)
+            step = strtoll(cl.arg, &end, 10);
+            if (*end || end == cl.arg || step < 0)
                 step = -2;
-        } else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
-            to = argv[++i];
-        else if (argv[i][0] != '-' && !source)
-            source = argv[i];
+        } else if (k == O_TO)
+            to = cl.arg;
+        else if (k == ARGS_WORD && !source)
+            source = cl.arg;
         else {
-            fprintf(stderr, "ckptd fetch: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd fetch: unexpected argument '%s'\n%s", cl.word, usage);
             return EXIT_USAGE;
         }
     }
@@ -529,13 +587,16 @@ out:
 static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *run = NULL, *out = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
-            out = argv[++i];
-        else if (argv[i][0] != '-' && !run)
-            run = argv[i];
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == 'o')
+            out = c.arg;
+        else if (k == ARGS_WORD && !run)
+            run = c.arg;
         else {
-            fprintf(stderr, "ckptd report: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd report: unexpected argument '%s'\n%s", c.word, usage);
             return EXIT_USAGE;
         }
     }
@@ -574,19 +635,27 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
     struct detect_list_opts o = {NULL, 0, 0};
     const char *run = NULL;
-    for (int i = 1; i < argc; i++) {
+    enum { O_METRIC = 256, O_MIN_SCORE, O_JSON };
+    static const struct option opts[] = {
+        {"metric", required_argument, NULL, O_METRIC},
+        {"min-score", required_argument, NULL, O_MIN_SCORE},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
         char *end = NULL;
-        if (strcmp(argv[i], "--metric") == 0 && i + 1 < argc)
-            o.metric = argv[++i];
-        else if (strcmp(argv[i], "--min-score") == 0 && i + 1 < argc &&
-                 (o.min_score = strtod(argv[i + 1], &end), end != argv[i + 1] && !*end))
-            i++;
-        else if (strcmp(argv[i], "--json") == 0)
+        if (k == O_METRIC)
+            o.metric = c.arg;
+        else if (k == O_MIN_SCORE && (o.min_score = strtod(c.arg, &end), end != c.arg && !*end))
+            ;
+        else if (k == O_JSON)
             o.json = 1;
-        else if (argv[i][0] != '-' && !run)
-            run = argv[i];
+        else if (k == ARGS_WORD && !run)
+            run = c.arg;
         else {
-            fprintf(stderr, "ckptd transitions: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd transitions: unexpected argument '%s'\n%s", c.word, usage);
             return EXIT_USAGE;
         }
     }
@@ -607,7 +676,8 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 
 static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
 {
-    if (argc != 2 || argv[1][0] == '-') {
+    const char *run = NULL;
+    if (only_words(argc, argv, &run, 1, 1) < 0) {
         fprintf(stderr, "ckptd detect: need RUN\n%s", usage);
         return EXIT_USAGE;
     }
@@ -618,11 +688,11 @@ static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
         return EXIT_FAIL;
     int rc = migrate_check(db, &e);
     if (rc == 0)
-        rc = detect_run_named(db, argv[1], &st, &e);
+        rc = detect_run_named(db, run, &st, &e);
     if (rc < 0)
         log_err("transition detection failed", &e);
     else
-        printf("run %s: %ld series, %ld points, %ld transitions (%.3f s)\n", argv[1], st.series, st.points,
+        printf("run %s: %ld series, %ld points, %ld transitions (%.3f s)\n", run, st.series, st.points,
                st.transitions, st.read_s + st.write_s);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
@@ -634,31 +704,44 @@ int main(int argc, char **argv)
     daemon_config_defaults(&cfg);
     log_set_component("ckptd");
     const char *config_path = NULL, *dbarg = NULL;
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    enum { O_VERSION = 256, O_CONFIG, O_DB, O_LOG_LEVEL };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, O_VERSION},
+        {"config", required_argument, NULL, O_CONFIG},
+        {"db", required_argument, NULL, O_DB},
+        {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    int i = 0; /* the command's index in argv */
+    args_start(&c, argc, argv, "h", opts);
+    for (int k; !i && (k = args_next(&c)) != ARGS_END;) {
+        if (k == 'h') {
             fputs(usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
+        } else if (k == O_VERSION) {
             printf("ckptd %s\n", CKPTD_VERSION);
             return 0;
-        } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-            config_path = argv[++i];
-        } else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) {
-            dbarg = argv[++i];
-        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
-            int l = log_level_parse(argv[++i]);
+        } else if (k == O_CONFIG) {
+            config_path = c.arg;
+        } else if (k == O_DB) {
+            dbarg = c.arg;
+        } else if (k == O_LOG_LEVEL) {
+            int l = log_level_parse(c.arg);
             if (l < 0) {
-                fprintf(stderr, "ckptd: unknown log level '%s'\n", argv[i]);
+                fprintf(stderr, "ckptd: unknown log level '%s'\n", c.arg);
                 return EXIT_USAGE;
             }
             log_set_level((enum log_level)l);
+        } else if (k == ARGS_WORD) {
+            i = args_index(&c) - 1;
         } else {
-            fprintf(stderr, "ckptd: unknown option '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckptd: unknown option '%s'\n%s", c.word, usage);
             return EXIT_USAGE;
         }
     }
-    if (i >= argc) {
+    if (!i) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
@@ -150,50 +151,65 @@ int cmd_analyze(int argc, char **argv)
         free(sae_sites);
         return EXIT_INPUT;
     }
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_ITEMS, O_EVAL_TOKENS, O_TASK, O_ARTIFACTS, O_PREV_ARTIFACTS, O_PROBE,
+           O_SAE_SITE, O_SEED, O_CTX, O_MAX_SEQS };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"items", required_argument, NULL, O_ITEMS},
+        {"eval-tokens", required_argument, NULL, O_EVAL_TOKENS},
+        {"task", required_argument, NULL, O_TASK},
+        {"artifacts", required_argument, NULL, O_ARTIFACTS},
+        {"prev-artifacts", required_argument, NULL, O_PREV_ARTIFACTS},
+        {"probe", required_argument, NULL, O_PROBE},
+        {"sae-site", required_argument, NULL, O_SAE_SITE},
+        {"seed", required_argument, NULL, O_SEED},
+        {"ctx", required_argument, NULL, O_CTX},
+        {"max-seqs", required_argument, NULL, O_MAX_SEQS},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        const char *why = NULL;
+        if (k == O_HELP) {
             fputs(analyze_usage, stdout);
+            free(probe_paths);
+            free(sae_sites);
             return 0;
-        } else if (strcmp(argv[i], "--items") == 0 && i + 1 < argc) {
-            items_arg = argv[++i];
-        } else if (strcmp(argv[i], "--eval-tokens") == 0 && i + 1 < argc) {
-            eval_path = argv[++i];
-        } else if (strcmp(argv[i], "--task") == 0 && i + 1 < argc) {
-            task_arg = argv[++i];
-        } else if (strcmp(argv[i], "--artifacts") == 0 && i + 1 < argc) {
-            artifacts = argv[++i];
-        } else if (strcmp(argv[i], "--prev-artifacts") == 0 && i + 1 < argc) {
-            prev_artifacts = argv[++i];
-        } else if (strcmp(argv[i], "--probe") == 0 && i + 1 < argc) {
-            probe_paths[nprobe++] = argv[++i];
-        } else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
-            sae_sites[nsae_sites++] = argv[++i];
-        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
-            if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
-                fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
-                free(probe_paths);
-                free(sae_sites);
-                return EXIT_USAGE;
-            }
-        } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
-            if (parse_uint(argv[++i], INT32_MAX, &ctx_len) < 0 || ctx_len == 0) {
-                fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
-                free(probe_paths);
-                free(sae_sites);
-                return EXIT_USAGE;
-            }
-        } else if (strcmp(argv[i], "--max-seqs") == 0 && i + 1 < argc) {
-            if (parse_uint(argv[++i], INT32_MAX, &max_seqs) < 0 || max_seqs == 0) {
-                fprintf(stderr, "ckpt-worker analyze: --max-seqs needs a positive integer\n");
-                free(probe_paths);
-                free(sae_sites);
-                return EXIT_USAGE;
-            }
-        } else if (argv[i][0] != '-' && !dir) {
-            dir = argv[i];
+        } else if (k == O_ITEMS) {
+            items_arg = c.arg;
+        } else if (k == O_EVAL_TOKENS) {
+            eval_path = c.arg;
+        } else if (k == O_TASK) {
+            task_arg = c.arg;
+        } else if (k == O_ARTIFACTS) {
+            artifacts = c.arg;
+        } else if (k == O_PREV_ARTIFACTS) {
+            prev_artifacts = c.arg;
+        } else if (k == O_PROBE) {
+            probe_paths[nprobe++] = c.arg;
+        } else if (k == O_SAE_SITE) {
+            sae_sites[nsae_sites++] = c.arg;
+        } else if (k == O_SEED) {
+            if (parse_uint(c.arg, UINT64_MAX, &seed) < 0)
+                why = "--seed needs a non-negative integer";
+        } else if (k == O_CTX) {
+            if (parse_uint(c.arg, INT32_MAX, &ctx_len) < 0 || ctx_len == 0)
+                why = "--ctx needs a positive integer";
+        } else if (k == O_MAX_SEQS) {
+            if (parse_uint(c.arg, INT32_MAX, &max_seqs) < 0 || max_seqs == 0)
+                why = "--max-seqs needs a positive integer";
+        } else if (k == ARGS_WORD && !dir) {
+            dir = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", argv[i],
+            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", c.word,
                     analyze_usage);
+            free(probe_paths);
+            free(sae_sites);
+            return EXIT_USAGE;
+        }
+        if (why) {
+            fprintf(stderr, "ckpt-worker analyze: %s\n", why);
             free(probe_paths);
             free(sae_sites);
             return EXIT_USAGE;

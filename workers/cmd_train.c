@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/cli.h"
 #include "workers/train/train.h"
@@ -97,54 +98,61 @@ int cmd_train(int argc, char **argv)
     int sequential = -1;
     size_t nck = 0;
     int have_list = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        struct { const char *name; long *l; double *d; } nums[] = {
-            {"--seed", &seed, NULL},         {"--steps", &steps, NULL},
-            {"--warmup", &warmup, NULL},     {"--layers", &layers, NULL},
-            {"--d-model", &dm, NULL},        {"--heads", &heads, NULL},
-            {"--d-mlp", &dmlp, NULL},        {"--p", &p, NULL},
-            {"--vocab", &vocab, NULL},       {"--seq-len", &seq_len, NULL},
-            {"--batch", &batch, NULL},       {"--ckpt-every", &every, NULL},
-            {"--span-min", &span_min, NULL}, {"--span-max", &span_max, NULL},
-            {"--log-every", &log_every, NULL}, {"--lr", NULL, &lr},
-            {"--wd", NULL, &wd},             {"--beta1", NULL, &beta1},
-            {"--beta2", NULL, &beta2},       {"--init-std", NULL, &std},
-            {"--train-frac", NULL, &train_frac}, {"--rotary-pct", NULL, &rot},
-        };
-        int matched = 0;
-        for (size_t k = 0; k < sizeof nums / sizeof *nums && !matched; k++) {
-            if (strcmp(a, nums[k].name) != 0)
-                continue;
-            matched = 1;
-            if (!v)
-                return bad(a, "");
-            if (nums[k].l ? num_long(v, nums[k].l) < 0 : num_double(v, nums[k].d) < 0)
-                return bad(a, v);
-            i++;
-        }
-        if (matched)
-            continue;
-        if (strcmp(a, "--help") == 0) {
+    /* the numeric options: their val is O_NUM + their index here */
+    const struct { const char *name; long *l; double *d; } nums[] = {
+        {"seed", &seed, NULL},         {"steps", &steps, NULL},
+        {"warmup", &warmup, NULL},     {"layers", &layers, NULL},
+        {"d-model", &dm, NULL},        {"heads", &heads, NULL},
+        {"d-mlp", &dmlp, NULL},        {"p", &p, NULL},
+        {"vocab", &vocab, NULL},       {"seq-len", &seq_len, NULL},
+        {"batch", &batch, NULL},       {"ckpt-every", &every, NULL},
+        {"span-min", &span_min, NULL}, {"span-max", &span_max, NULL},
+        {"log-every", &log_every, NULL}, {"lr", NULL, &lr},
+        {"wd", NULL, &wd},             {"beta1", NULL, &beta1},
+        {"beta2", NULL, &beta2},       {"init-std", NULL, &std},
+        {"train-frac", NULL, &train_frac}, {"rotary-pct", NULL, &rot},
+    };
+    enum { O_HELP = 256, O_TASK, O_OUT, O_SEQUENTIAL, O_PARALLEL, O_CHECKPOINTS, O_NUM };
+    enum { NNUM = sizeof nums / sizeof *nums };
+    struct option opts[6 + NNUM + 1] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"task", required_argument, NULL, O_TASK},
+        {"out", required_argument, NULL, O_OUT},
+        {"sequential", no_argument, NULL, O_SEQUENTIAL},
+        {"parallel", no_argument, NULL, O_PARALLEL},
+        {"checkpoints", required_argument, NULL, O_CHECKPOINTS},
+    };
+    for (int k = 0; k < NNUM; k++)
+        opts[6 + k] = (struct option){nums[k].name, required_argument, NULL, O_NUM + k};
+    struct args cl;
+    args_start(&cl, argc, argv, "", opts);
+    for (int k; (k = args_next(&cl)) != ARGS_END;) {
+        if (k >= O_NUM) {
+            const char *v = cl.arg;
+            if (nums[k - O_NUM].l ? num_long(v, nums[k - O_NUM].l) < 0 : num_double(v, nums[k - O_NUM].d) < 0)
+                return bad(cl.word, v);
+        } else if (k == ARGS_MISSING && cl.opt >= O_NUM) {
+            return bad(cl.word, "");
+        } else if (k == O_HELP) {
             fputs(train_usage, stdout);
             return 0;
-        } else if (strcmp(a, "--task") == 0 && v) {
-            task = argv[++i];
-        } else if (strcmp(a, "--out") == 0 && v) {
-            c.out = argv[++i];
-        } else if (strcmp(a, "--sequential") == 0) {
+        } else if (k == O_TASK) {
+            task = cl.arg;
+        } else if (k == O_OUT) {
+            c.out = cl.arg;
+        } else if (k == O_SEQUENTIAL) {
             sequential = 1;
-        } else if (strcmp(a, "--parallel") == 0) {
+        } else if (k == O_PARALLEL) {
             sequential = 0;
-        } else if (strcmp(a, "--checkpoints") == 0 && v) {
-            if (parse_list(argv[++i], ckpts, MAX_CKPTS, &nck) < 0) {
+        } else if (k == O_CHECKPOINTS) {
+            if (parse_list(cl.arg, ckpts, MAX_CKPTS, &nck) < 0) {
                 fprintf(stderr, "ckpt-worker train: --checkpoints needs comma-separated steps "
-                                "(at most %d), got '%s'\n", MAX_CKPTS, argv[i]);
+                                "(at most %d), got '%s'\n", MAX_CKPTS, cl.arg);
                 return EXIT_USAGE;
             }
             have_list = 1;
         } else {
-            fprintf(stderr, "ckpt-worker train: unexpected argument '%s'\n%s", a, train_usage);
+            fprintf(stderr, "ckpt-worker train: unexpected argument '%s'\n%s", cl.word, train_usage);
             return EXIT_USAGE;
         }
     }
