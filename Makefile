@@ -123,6 +123,12 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
+# test_plan compares the daemon's SAE site check with the worker's: it
+# links both libraries (they share no symbol).
+$(BUILD)/tests/test_plan: $(BUILD)/obj/tests/test_plan.o $(DAEMON_LIB_OBJ) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(LIBS_WORKER) $(CMOCKA_LIBS)
+
 # The transition detector is pure: its test and benchmark link it alone (the
 # benchmark with the daemon library for its database path).
 $(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/common/err.o

@@ -2,10 +2,7 @@
  * ckptd - the scheduler daemon: runs, checkpoints, jobs, workers, results.
  * See README.md for the commands and daemon/README.md for the design.
  */
-#include <errno.h>
-#include <jansson.h>
 #include <limits.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +21,7 @@
 #include "daemon/fetch/stage.h"
 #include "daemon/ops/config.h"
 #include "daemon/ops/serve.h"
-#include "daemon/plan/evalset.h"
+#include "daemon/plan/plan.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/report.h"
@@ -34,8 +31,6 @@
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
-#define ADD_RUN_MAX_PROBES 16 /* --probe files of one run (serve's argv has room for them) */
-#define ADD_RUN_MAX_SAE_SITES 16 /* --sae-site hooks of one run (likewise) */
 
 static const char usage[] =
     "usage: ckptd [--config FILE] [--db CONNINFO] [--log-level LEVEL] COMMAND [ARGS]\n"
@@ -114,34 +109,21 @@ static int cmd_migrate(struct daemon_config *cfg)
 
 static int source_is_hf(const char *source) { return strncmp(source, "hf://", 5) == 0; }
 
-/* Is name an SAE site's hook, blocks.L.hook_{resid_pre,attn_out,resid_mid,
- * mlp_out,resid_post}?  Its layer into *layer.  (The worker checks the rest
- * against the model: the layer's range, hook_resid_mid's existence.) */
-static int sae_site_ok(const char *name, long *layer)
+/* The steps of the hub's branches of source (a `refs` schedule). */
+static int discover_steps(struct daemon_config *cfg, const char *source, long long **refs, int *nrefs,
+                          struct err *e)
 {
-    static const char *const kinds[] = {"hook_resid_pre", "hook_attn_out", "hook_resid_mid",
-                                        "hook_mlp_out", "hook_resid_post"};
-    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
-        return 0;
-    char *end = NULL;
-    errno = 0;
-    *layer = strtol(name + 7, &end, 10);
-    if (errno || *layer > 32767 || *end != '.')
-        return 0;
-    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++)
-        if (strcmp(end + 1, kinds[k]) == 0)
-            return 1;
-    return 0;
+    struct fetch_opts fo;
+    daemon_config_fetch_opts(cfg, &fo);
+    struct fetcher *f = fetcher_new(&fo, e);
+    int rc = f ? stage_discover_steps(f, source, daemon_offline(), refs, nrefs, e) : ERR_NET;
+    fetcher_free(f);
+    return rc;
 }
 
-static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
+/* add-run's arguments into p; EXIT_USAGE after saying what is wrong. */
+static int add_run_args(struct plan *p, int argc, char **argv)
 {
-    const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
-    const char *eval_text = NULL, *tokenizer = NULL;
-    long long seed = -1, ctx = 0, eval_seqs = 0;
-    int max_attempts = 5, sae_warm_start = 0;
-    json_t *probes = json_array(), *sae_sites = json_array();
-    long site_layers[ADD_RUN_MAX_SAE_SITES];
     enum { O_SOURCE = 256, O_SCHEDULE, O_ITEMS, O_EVAL_TOKENS, O_SEED, O_MAX_ATTEMPTS, O_EVAL_TEXT,
            O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE };
     static const struct option opts[] = {
@@ -160,217 +142,137 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         {"probe", required_argument, NULL, O_PROBE},
         {NULL, 0, NULL, 0},
     };
+    struct err e;
     struct args c;
     args_start(&c, argc, argv, "", opts);
     for (int k; (k = args_next(&c)) != ARGS_END;) {
+        int rc = 0;
         if (k == O_SOURCE)
-            source = c.arg;
+            p->source = c.arg;
         else if (k == O_SCHEDULE)
-            schedule = c.arg;
+            p->schedule = c.arg;
         else if (k == O_ITEMS)
-            items_arg = c.arg;
+            p->items_arg = c.arg;
         else if (k == O_EVAL_TOKENS)
-            eval = c.arg;
+            p->eval_tokens = c.arg;
         else if (k == O_SEED)
-            seed = atoll(c.arg);
+            p->seed = atoll(c.arg);
         else if (k == O_MAX_ATTEMPTS)
-            max_attempts = atoi(c.arg);
+            p->max_attempts = atoi(c.arg);
         else if (k == O_EVAL_TEXT)
-            eval_text = c.arg;
+            p->eval_text = c.arg;
         else if (k == O_TOKENIZER)
-            tokenizer = c.arg;
+            p->tokenizer = c.arg;
         else if (k == O_CTX)
-            ctx = atoll(c.arg);
+            p->ctx = atoll(c.arg);
         else if (k == O_EVAL_SEQS)
-            eval_seqs = atoll(c.arg);
+            p->eval_seqs = atoll(c.arg);
         else if (k == O_SAE_WARM_START)
-            sae_warm_start = 1;
-        else if (k == O_SAE_SITE) {
-            const char *site = c.arg;
-            const size_t ns = json_array_size(sae_sites);
-            long layer = -1;
-            const char *why = ns >= ADD_RUN_MAX_SAE_SITES ? "too many sites"
-                              : !sae_site_ok(site, &layer)
-                                  ? "a site is blocks.L.hook_resid_pre, hook_attn_out, "
-                                    "hook_resid_mid, hook_mlp_out or hook_resid_post"
-                                  : NULL;
-            for (size_t k2 = 0; !why && k2 < ns; k2++)
-                if (site_layers[k2] == layer)
-                    why = "one site per layer (rows are keyed by layer)";
-            if (why) {
-                fprintf(stderr, "ckptd add-run: cannot use SAE site '%s': %s\n", site, why);
-                json_decref(probes);
-                json_decref(sae_sites);
-                return EXIT_USAGE;
-            }
-            site_layers[ns] = layer;
-            json_array_append_new(sae_sites, json_string(site));
-        } else if (k == O_PROBE) {
-            char abs[PATH_MAX];
-            if (json_array_size(probes) >= ADD_RUN_MAX_PROBES || !realpath(c.arg, abs)) {
-                fprintf(stderr, "ckptd add-run: cannot use probe set '%s'%s\n", c.arg,
-                        json_array_size(probes) >= ADD_RUN_MAX_PROBES ? ": too many" : "");
-                json_decref(probes);
-                json_decref(sae_sites);
-                return EXIT_USAGE;
-            }
-            json_array_append_new(probes, json_string(abs));
-        } else if (k == ARGS_WORD && !name)
-            name = c.arg;
+            p->sae_warm_start = 1;
+        else if (k == O_SAE_SITE)
+            rc = plan_add_sae_site(p, c.arg, &e);
+        else if (k == O_PROBE)
+            rc = plan_add_probe(p, c.arg, &e);
+        else if (k == ARGS_WORD && !p->name)
+            p->name = c.arg;
         else {
             fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", c.word, usage);
-            json_decref(probes);
-            json_decref(sae_sites);
+            return EXIT_USAGE;
+        }
+        if (rc < 0) {
+            fprintf(stderr, "ckptd add-run: %s\n", e.msg);
             return EXIT_USAGE;
         }
     }
-    if (!name || !source || !schedule || max_attempts < 1 || ctx < 0 || ctx > INT32_MAX ||
-        eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval && !eval_text) ||
-        (eval && eval_text) || (tokenizer && !eval_text)) {
-        fprintf(stderr, "ckptd add-run: need NAME, --source and --schedule; --ctx and "
-                        "--eval-seqs are positive and need --eval-tokens or --eval-text (not "
-                        "both); --tokenizer goes with --eval-text\n%s", usage);
-        json_decref(probes);
-        json_decref(sae_sites);
+    if (plan_check_args(p, &e) < 0) {
+        fprintf(stderr, "ckptd add-run: %s\n%s", e.msg, usage);
         return EXIT_USAGE;
     }
+    return 0;
+}
+
+/* What the run is: its steps, items and eval set; 0 or the exit status
+ * after saying what is wrong.  reg gets the worker's battery. */
+static int add_run_plan(struct daemon_config *cfg, struct plan *p, struct registry *reg)
+{
     struct err e;
-    long long *steps = NULL;
-    int nsteps = 0, status = EXIT_FAIL;
-    struct registry reg;
-    memset(&reg, 0, sizeof reg);
-    struct db *db = NULL;
-    struct queue_item items[64];
-    int nitems = 0;
-    char *items_copy = NULL, abs_eval[PATH_MAX];
-    json_t *opt = json_object();
-    char *opt_text = NULL;
-    long long probe_step = 0; /* the schedule's syntax, before asking the hub */
-    if (source_check(source, &e) < 0 || schedule_parse_refs(schedule, &probe_step, 1, &steps, &nsteps, &e) < 0) {
+    long long *refs = NULL;
+    int nrefs = 0, rc;
+    if (plan_check_source(p, &e) < 0) {
         log_err("bad run", &e);
-        status = EXIT_USAGE;
-        goto out;
+        return EXIT_USAGE;
     }
-    free(steps);
-    steps = NULL;
-    if (schedule_uses_refs(schedule)) { /* steps from the hub's branches */
-        long long *refs = NULL;
-        int nrefs = 0;
-        struct fetch_opts fo;
-        daemon_config_fetch_opts(cfg, &fo);
-        struct fetcher *f = fetcher_new(&fo, &e);
-        int drc = f ? stage_discover_steps(f, source, daemon_offline(), &refs, &nrefs, &e) : ERR_NET;
-        fetcher_free(f);
-        if (drc == 0)
-            drc = schedule_parse_refs(schedule, refs, nrefs, &steps, &nsteps, &e);
-        free(refs);
-        if (drc < 0) {
-            log_err("cannot discover the run's steps", &e);
-            status = drc == ERR_INVALID && !source_is_hf(source) ? EXIT_USAGE : EXIT_FAIL;
-            goto out;
-        }
-    } else if (schedule_parse(schedule, &steps, &nsteps, &e) < 0) {
+    const int from_refs = plan_needs_refs(p);
+    rc = from_refs ? discover_steps(cfg, p->source, &refs, &nrefs, &e) : 0;
+    if (rc == 0)
+        rc = plan_set_steps(p, refs, nrefs, &e);
+    free(refs);
+    if (rc < 0 && from_refs) {
+        log_err("cannot discover the run's steps", &e);
+        return rc == ERR_INVALID && !source_is_hf(p->source) ? EXIT_USAGE : EXIT_FAIL;
+    }
+    if (rc < 0) {
         log_err("bad run", &e);
-        status = EXIT_USAGE;
-        goto out;
+        return EXIT_USAGE;
     }
     char worker[1024];
     supervise_worker_path(cfg->worker_path, worker, sizeof worker);
-    if (registry_from_worker(&reg, worker, &e) < 0) {
+    if (registry_from_worker(reg, worker, &e) < 0) {
         log_err("cannot read the battery from the worker", &e);
+        return EXIT_FAIL;
+    }
+    if (plan_choose_items(p, reg, &e) < 0) {
+        fprintf(stderr, "ckptd add-run: %s\n", e.msg);
+        return EXIT_USAGE;
+    }
+    if ((rc = plan_tokenize_eval(p, worker, &e)) < 0) {
+        log_err("cannot tokenize the eval text", &e);
+        return rc == ERR_CHILD ? EXIT_FAIL : EXIT_USAGE;
+    }
+    if (plan_find_eval(p, &e) < 0) {
+        fprintf(stderr, "ckptd add-run: %s\n", e.msg);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
+{
+    struct err e;
+    struct plan p;
+    struct registry reg;
+    struct db *db = NULL;
+    char *options = NULL;
+    struct queue_item items[PLAN_MAX_ITEMS];
+    memset(&reg, 0, sizeof reg);
+    plan_init(&p);
+    int status = add_run_args(&p, argc, argv);
+    if (status == 0)
+        status = add_run_plan(cfg, &p, &reg);
+    if (status != 0)
         goto out;
-    }
-    if (items_arg) {
-        items_copy = strdup(items_arg);
-        char *save = NULL;
-        for (char *it = strtok_r(items_copy, ",", &save); it && nitems < 64; it = strtok_r(NULL, ",", &save)) {
-            int v = registry_item_version(&reg, it);
-            if (v < 0) {
-                fprintf(stderr, "ckptd add-run: the battery has no item '%s'\n", it);
-                status = EXIT_USAGE;
-                goto out;
-            }
-            items[nitems++] = (struct queue_item){it, v};
-        }
-    } else {
-        /* the whole battery but the items for toy runs' tasks, which only a
-         * run from `ckpt-worker train` can answer (name them with --items),
-         * opt-in items (sae_relu) and items whose dependency the battery lacks */
-        for (int i = 0; i < reg.nitems && nitems < 64; i++)
-            if (!reg.items[i].needs_task && !reg.items[i].opt_in &&
-                (!reg.items[i].depends_on[0] || registry_item(&reg, reg.items[i].depends_on)))
-                items[nitems++] = (struct queue_item){reg.items[i].name, reg.items[i].version};
-    }
-    /* an item reads the artifacts of the item it depends on: both or neither */
-    for (int i = 0; i < nitems; i++) {
-        const char *dep = registry_item(&reg, items[i].name)->depends_on;
-        int found = !dep[0];
-        for (int k = 0; k < nitems && !found; k++)
-            found = strcmp(items[k].name, dep) == 0;
-        if (!found) {
-            fprintf(stderr, "ckptd add-run: item '%s' reads what '%s' writes: add '%s' to --items\n",
-                    items[i].name, dep, dep);
-            status = EXIT_USAGE;
-            goto out;
-        }
-    }
-    char tok_default[PATH_MAX], tok_path[PATH_MAX];
-    if (eval_text) {
-        if (!tokenizer) {
-            snprintf(tok_default, sizeof tok_default, "%s/20B_tokenizer.json", evalset_data_dir());
-            tokenizer = tok_default;
-        }
-        if (evalset_tokenize(worker, eval_text, tokenizer, evalset_data_dir(), tok_path,
-                             sizeof tok_path, &e) < 0) {
-            log_err("cannot tokenize the eval text", &e);
-            status = e.code == ERR_CHILD ? EXIT_FAIL : EXIT_USAGE;
-            goto out;
-        }
-        eval = tok_path;
-    }
-    if (eval) {
-        if (!realpath(eval, abs_eval)) {
-            fprintf(stderr, "ckptd add-run: cannot find eval tokens '%s'\n", eval);
-            status = EXIT_USAGE;
-            goto out;
-        }
-        json_object_set_new(opt, "eval_tokens", json_string(abs_eval));
-        if (ctx)
-            json_object_set_new(opt, "ctx", json_integer(ctx));
-        if (eval_seqs)
-            json_object_set_new(opt, "eval_seqs", json_integer(eval_seqs));
-    }
-    if (json_array_size(probes))
-        json_object_set(opt, "probes", probes);
-    if (seed >= 0)
-        json_object_set_new(opt, "seed", json_integer(seed));
-    if (sae_warm_start) /* sae jobs wait for the previous checkpoint's and start from it */
-        json_object_set_new(opt, "sae_warm_start", json_true());
-    if (json_array_size(sae_sites))
-        json_object_set(opt, "sae_sites", sae_sites);
-    opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
-    if (!(db = open_db(cfg)))
+    status = EXIT_FAIL;
+    if (!(options = plan_options_json(&p)) || !(db = open_db(cfg)))
         goto out;
     if (migrate_check(db, &e) < 0 || registry_sync(&reg, db, &e) < 0) {
         log_err("database not ready", &e);
         goto out;
     }
+    for (int i = 0; i < p.nitems; i++)
+        items[i] = (struct queue_item){p.items[i].name, p.items[i].version};
     long nc = 0, nj = 0;
-    if (queue_add_run(db, name, source, schedule, steps, nsteps, items, nitems, opt_text,
-                      max_attempts, &nc, &nj, &e) < 0) {
+    if (queue_add_run(db, p.name, p.source, p.schedule, p.steps, p.nsteps, items, p.nitems, options,
+                      p.max_attempts, &nc, &nj, &e) < 0) {
         log_err("cannot add run", &e);
         goto out;
     }
-    printf("run %s: %d steps, %d items; added %ld checkpoints and %ld jobs\n", name, nsteps, nitems, nc, nj);
+    printf("run %s: %d steps, %d items; added %ld checkpoints and %ld jobs\n", p.name, p.nsteps, p.nitems,
+           nc, nj);
     status = 0;
 out:
-    free(opt_text);
-    json_decref(opt);
-    json_decref(probes);
-    json_decref(sae_sites);
-    free(items_copy);
-    free(steps);
+    free(options);
     registry_free(&reg);
+    plan_free(&p);
     db_free(db);
     return status;
 }

@@ -61,8 +61,8 @@ int hook_parse(const char *name, enum hook_kind *k, int *layer)
         *layer = -1;
         return 0;
     }
-    if (strncmp(name, "blocks.", 7) != 0)
-        return ERR_NOTFOUND;
+    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
+        return ERR_NOTFOUND; /* the layer in digits: no sign, no blank */
     char *end = NULL;
     long l = strtol(name + 7, &end, 10);
     if (end == name + 7 || *end != '.' || l < 0 || l > 100000)
