@@ -585,6 +585,10 @@ static void test_config(void **state)
     expect_config_error("{\"heartbeat_s\": 31}", ERR_INVALID, "heartbeat"); /* default lease 60 */
     expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID, "lease_s >= 1");
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
+    /* serve keeps two slots per worker for 256 workers: the config says so
+     * rather than serve cutting the count silently */
+    expect_config_error("{\"workers\": 257}", ERR_INVALID, "workers must be between 1 and 256 (got 257)");
+    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "between 1 and 256");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");

@@ -72,8 +72,9 @@ int daemon_offline(void)
 
 int daemon_config_check(const struct daemon_config *c, struct err *e)
 {
-    if (c->workers < 1 || c->workers > 1024)
-        return err_set(e, ERR_INVALID, "config", "workers must be between 1 and 1024");
+    if (c->workers < 1 || c->workers > DAEMON_MAX_WORKERS)
+        return err_set(e, ERR_INVALID, "config", "workers must be between 1 and %d (got %d)",
+                       DAEMON_MAX_WORKERS, c->workers);
     if (!(c->lease_s >= 1) || !(c->heartbeat_s > 0) || c->heartbeat_s * 2 > c->lease_s)
         return err_set(e, ERR_INVALID, "config",
                        "need lease_s >= 1 and heartbeat_s <= lease_s / 2 (lease %g, heartbeat %g)",
