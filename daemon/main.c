@@ -2,6 +2,7 @@
  * ckptd - the scheduler daemon: runs, checkpoints, jobs, workers, results.
  * See README.md for the commands and daemon/README.md for the design.
  */
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/args.h"
+#include "common/atomic_file.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
@@ -357,34 +359,28 @@ static int cmd_retry(struct daemon_config *cfg, int argc, char **argv)
 /* Put a cached file at dest: a hard link, else a copy. */
 static int place_copy(const char *src, const char *dest, struct err *e)
 {
-    char tmp[4300], real[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%.4200s.tmp", dest);
-    unlink(tmp);
+    char real[PATH_MAX];
     if (!realpath(src, real)) /* the snapshot's symlink: link its blob */
         return err_set(e, ERR_IO, src, "not in the cache");
-    src = real;
-    if (link(src, tmp) != 0) {
-        FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
-        char buf[1 << 16];
-        size_t n;
-        int bad = !in || !out;
-        while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0)
-            bad = fwrite(buf, 1, n, out) != n;
-        bad |= in && ferror(in);
-        if (in)
-            fclose(in);
-        if (out && fclose(out) != 0)
-            bad = 1;
-        if (bad) {
-            unlink(tmp);
-            return err_set(e, ERR_IO, dest, "cannot copy from the cache");
-        }
-    }
-    if (rename(tmp, dest) != 0) {
-        unlink(tmp);
-        return err_set(e, ERR_IO, dest, "cannot place the file");
-    }
-    return 0;
+    if (atomic_file_link(real, dest, 0, NULL) == 0)
+        return 0;
+    struct atomic_file af;
+    FILE *in = fopen(real, "rb");
+    if (!in)
+        return err_set(e, ERR_IO, real, "cannot open: %s", strerror(errno));
+    int rc = atomic_file_open(&af, dest, e);
+    char buf[1 << 16];
+    size_t n;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, af.f) != n)
+            rc = err_set(e, ERR_IO, dest, "cannot copy from the cache: %s", strerror(errno));
+    if (rc == 0 && ferror(in))
+        rc = err_set(e, ERR_IO, real, "cannot read: %s", strerror(errno));
+    fclose(in);
+    if (rc == 0)
+        return atomic_file_commit(&af, e);
+    atomic_file_abort(&af);
+    return rc;
 }
 
 static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)

@@ -25,6 +25,7 @@
  *   bad input     NaN activations: ERR_NUMERIC from the scale and the trainer.
  */
 #include <jansson.h>
+#include <glob.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -502,6 +503,10 @@ static void test_files(void **state)
         /* no temporary file is left */
         snprintf(path, sizeof path, "%s/cfg.json.tmp", dir);
         assert_int_not_equal(access(path, F_OK), 0);
+        snprintf(path, sizeof path, "%s/*.tmp*", dir); /* common/atomic_file.h's names */
+        glob_t g;
+        assert_int_equal(glob(path, 0, NULL, &g), GLOB_NOMATCH);
+        globfree(&g);
         sae_free(s);
     }
     json_decref(ref);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "daemon/base/db.h"
@@ -1231,7 +1232,8 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     pg.db = db;
     pg.st = st;
     pg.budget = REPORT_HEAT_BUDGET;
-    char path[4200], tmp[4300] = "";
+    char path[4200];
+    struct atomic_file af = {0};
     PGresult *runr = NULL;
     int rc, in_tx = 0;
     if (db_ensure(db, e) < 0)
@@ -1258,34 +1260,19 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     if ((rc = path_mkdir_p(dir, e)) < 0)
         goto out;
     snprintf(path, sizeof path, "%s/index.html", dir);
-    snprintf(tmp, sizeof tmp, "%s/.index.html.%ld.tmp", dir, (long)getpid());
-    if (!(pg.f = fopen(tmp, "w"))) {
-        rc = err_set(e, ERR_IO, tmp, "cannot create: %s", strerror(errno));
+    if ((rc = atomic_file_open(&af, path, e)) < 0)
         goto out;
-    }
+    pg.f = af.f;
     if ((rc = write_page(&pg, runr, e)) < 0)
         goto out;
-    if (fflush(pg.f) != 0 || ferror(pg.f) || fsync(fileno(pg.f)) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
+    if (fflush(pg.f) != 0 || ferror(pg.f)) {
+        rc = err_set(e, ERR_IO, af.tmp, "cannot write: %s", strerror(errno));
         goto out;
     }
     st->bytes = ftell(pg.f);
-    FILE *f = pg.f;
-    pg.f = NULL;
-    if (fclose(f) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "cannot rename %s into place: %s", tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
+    rc = atomic_file_commit(&af, e);
 out:
-    if (pg.f)
-        fclose(pg.f);
-    if (rc < 0 && tmp[0])
-        unlink(tmp); /* nothing half-written stays */
+    atomic_file_abort(&af); /* nothing half-written stays; after a commit, nothing to do */
     if (in_tx)
         db_rollback(db); /* read only: nothing to keep */
     free(pg.ck);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/atomic_file.h"
 #include "workers/model/kernels.h"
 
 #define EVAL_CHUNK 2048  /* sequences per evaluation forward */
@@ -317,14 +318,13 @@ int task_write_json(const struct task *t, const char *path, json_t *extra, struc
     json_object_set_new(o, "metrics", names);
     if (extra)
         json_object_update(o, extra);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (json_dump_file(o, tmp, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        remove(tmp);
-    } else if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
-        remove(tmp);
+    struct atomic_file af;
+    if ((rc = atomic_file_open(&af, path, e)) == 0 &&
+        json_dumpf(o, af.f, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
+        rc = err_set(e, ERR_IO, af.tmp, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
+    } else if (rc == 0) {
+        rc = atomic_file_commit(&af, e);
     }
     json_decref(o);
     return rc;
