@@ -207,6 +207,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/rng_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 static const struct battery_item *const items[] = {
     &battery_item_loss,

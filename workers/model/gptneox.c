@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "common/log.h"
+#include "common/rng.h"
 #include "workers/model/checkpoint.h"
 #include "workers/model/kernels.h"
 #include "workers/model/safetensors.h"
@@ -467,26 +468,11 @@ out:
     return rc;
 }
 
-/* splitmix64 and Box-Muller: a deterministic normal stream. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float normal(uint64_t *s)
-{
-    double u1 = ((splitmix(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (splitmix(s) >> 11) / 9007199254740992.0;
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
+/* n draws of N(mean, std^2) from the normal stream of common/rng.h. */
 static void fill(float *p, size_t n, uint64_t *s, float mean, float std)
 {
     for (size_t i = 0; p && i < n; i++)
-        p[i] = mean + std * normal(s);
+        p[i] = mean + std * (float)rng_normal(s);
 }
 
 void gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
