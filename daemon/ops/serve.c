@@ -376,7 +376,7 @@ static void launch(struct server *s, struct slot *sl)
         return;
     }
     log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
-             " prev_step=%lld", log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s,
+             " prev_step=%lld", log_quote(c->run), c->step, items, (int)sl->w.proc.pid, c->attempts, sl->fetch_s,
              s->wait_dl * 1e3, c->prev_step);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
@@ -534,7 +534,7 @@ static char *activity_json(struct server *s, double now)
                             : sl->phase == SLOT_READY ? "staged"
                             : sl->ended ? "storing"
                                         : "analysing";
-        double since = sl->phase == SLOT_RUN && sl->w.started > 0 ? sl->w.started : sl->fetch_started;
+        double since = sl->phase == SLOT_RUN && sl->w.proc.started > 0 ? sl->w.proc.started : sl->fetch_started;
         json_t *jobs = json_array(), *items = json_array();
         for (int k = 0; k < c->njobs; k++) {
             json_array_append_new(jobs, json_integer(c->job_ids[k]));
@@ -546,8 +546,8 @@ static char *activity_json(struct server *s, double now)
                               round((now - since) * 1000) / 1000);
         if (!o)
             continue;
-        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.pid > 0)
-            json_object_set_new(o, "pid", json_integer(sl->w.pid));
+        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.proc.pid > 0)
+            json_object_set_new(o, "pid", json_integer(sl->w.proc.pid));
         if (sl->phase == SLOT_FETCH && sl->stage) {
             long long done = 0, total = -1;
             double rate = 0;
