@@ -383,10 +383,9 @@ static int place_copy(const char *src, const char *dest, struct err *e)
     return rc;
 }
 
-static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
+/* fetch's arguments; EXIT_USAGE after saying what is wrong. */
+static int fetch_args(int argc, char **argv, const char **source, long long *step, const char **to)
 {
-    const char *source = NULL, *to = NULL;
-    long long step = -1;
     enum { O_STEP = 256, O_TO };
     static const struct option opts[] = {
         {"step", required_argument, NULL, O_STEP},
@@ -394,82 +393,104 @@ static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct args cl;
+    *source = *to = NULL;
+    *step = -1;
     args_start(&cl, argc, argv, "", opts);
     for (int k; (k = args_next(&cl)) != ARGS_END;) {
         if (k == O_STEP) {
             char *end;
-            step = strtoll(cl.arg, &end, 10);
-            if (*end || end == cl.arg || step < 0)
-                step = -2;
+            *step = strtoll(cl.arg, &end, 10);
+            if (*end || end == cl.arg || *step < 0)
+                *step = -2;
         } else if (k == O_TO)
-            to = cl.arg;
-        else if (k == ARGS_WORD && !source)
-            source = cl.arg;
+            *to = cl.arg;
+        else if (k == ARGS_WORD && !*source)
+            *source = cl.arg;
         else {
             fprintf(stderr, "ckptd fetch: unexpected argument '%s'\n%s", cl.word, usage);
             return EXIT_USAGE;
         }
     }
-    if (!source || step < 0) {
+    if (!*source || *step < 0) {
         fprintf(stderr, "ckptd fetch: need SOURCE and --step N (a step number)\n%s", usage);
         return EXIT_USAGE;
     }
+    return 0;
+}
+
+/* Run the transfers until the stage is done (1) or failed (<0), logging
+ * the progress every 5 s. */
+static int fetch_wait(struct fetcher *f, struct stage *st, struct err *e)
+{
+    int rc;
+    double last_log = mono_now();
+    while ((rc = stage_poll(st, e)) == 0) {
+        fetcher_run(f, NULL, 0, 500);
+        if (mono_now() - last_log >= 5) {
+            long long done, total;
+            double rate;
+            stage_progress(st, &done, &total, &rate);
+            log_info("download progress", "bytes=%lld total=%lld bytes_per_s=%.0f eta_s=%.0f", done, total, rate,
+                     rate > 0 && total >= 0 ? (double)(total - done) / rate : -1.0);
+            last_log = mono_now();
+        }
+    }
+    return rc;
+}
+
+/* The staged file `name` at DIR/name, its folders made. */
+static int fetch_place(const struct stage *st, const char *dir, const char *name, struct err *e)
+{
+    char src[4200], dest[4200];
+    snprintf(src, sizeof src, "%s/%s", stage_dir(st), name);
+    snprintf(dest, sizeof dest, "%s/%s", dir, name);
+    char *slash = strrchr(dest, '/');
+    *slash = '\0';
+    int rc = path_mkdir_p(dest, e);
+    *slash = '/';
+    return rc < 0 ? rc : place_copy(src, dest, e);
+}
+
+static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *source, *to;
+    long long step;
+    int status = fetch_args(argc, argv, &source, &step, &to), rc;
+    if (status != 0)
+        return status;
     struct err e;
     err_clear(&e);
+    if (source_check(source, &e) < 0) {
+        log_err("bad source", &e);
+        return EXIT_USAGE;
+    }
     struct fetch_opts fo;
     daemon_config_fetch_opts(cfg, &fo);
     struct fetcher *f = NULL;
     struct cache *c = NULL;
     struct stage *st = NULL;
-    int status = EXIT_FAIL, rc;
-    if (source_check(source, &e) < 0) {
-        log_err("bad source", &e);
-        return EXIT_USAGE;
-    }
+    status = EXIT_FAIL;
     if (!(f = fetcher_new(&fo, &e)) ||
         !(c = cache_open(cfg->cache_dir, (long long)(cfg->cache_budget_gb * (1LL << 30)), &e)) ||
         !(st = stage_new(f, c, source, step, daemon_offline(), &e))) {
         log_err("fetch failed", &e);
         goto out;
     }
-    double t0 = mono_now(), next_log = t0 + 5;
-    while ((rc = stage_poll(st, &e)) == 0) {
-        fetcher_run(f, NULL, 0, 500);
-        if (mono_now() >= next_log) {
-            long long done, total;
-            double rate;
-            stage_progress(st, &done, &total, &rate);
-            log_info("download progress", "bytes=%lld total=%lld bytes_per_s=%.0f eta_s=%.0f", done, total, rate,
-                     rate > 0 && total >= 0 ? (double)(total - done) / rate : -1.0);
-            next_log = mono_now() + 5;
-        }
-    }
+    double t0 = mono_now();
+    rc = fetch_wait(f, st, &e);
     double secs = mono_now() - t0;
-    if (rc < 0) {
+    if (rc < 0 || (to && path_mkdir_p(to, &e) < 0)) {
         fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
         goto out;
     }
     const struct hub_files *fs = stage_files(st);
     long long total = 0, down = stage_downloaded(st);
-    if (to && path_mkdir_p(to, &e) < 0) {
-        fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
-        goto out;
-    }
     for (int i = 0; i < fs->n; i++) {
         printf("%-40s %14lld  %s\n", fs->f[i].name, fs->f[i].size, fs->f[i].sha256);
         total += fs->f[i].size;
-        if (to) {
-            char src[4200], dest[4200];
-            snprintf(src, sizeof src, "%s/%s", stage_dir(st), fs->f[i].name);
-            snprintf(dest, sizeof dest, "%s/%s", to, fs->f[i].name);
-            char *slash = strrchr(dest, '/');
-            *slash = '\0';
-            int prc = path_mkdir_p(dest, &e);
-            *slash = '/';
-            if (prc < 0 || place_copy(src, dest, &e) < 0) {
-                fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
-                goto out;
-            }
+        if (to && fetch_place(st, to, fs->f[i].name, &e) < 0) {
+            fprintf(stderr, "ckptd fetch: %s\n", err_str(&e));
+            goto out;
         }
     }
     printf("%d files, %lld bytes in %s; downloaded %lld bytes in %.3f s (%.1f MB/s)\n", fs->n, total,
