@@ -117,9 +117,17 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-# Tests of the daemon (tests/test_daemon_*.c) link the daemon library; the
-# rest link the worker library.
+# Tests of the daemon (tests/test_daemon_*.c and DAEMON_UNIT_TESTS below)
+# link the daemon library; the rest link the worker library.
 $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
+
+# The daemon modules' own tests (tests/test_<module>.c) link the daemon
+# library too; the PostgreSQL-backed ones start a server of their own
+# (tests/lib/pg_fixture.h).
+DAEMON_UNIT_TESTS := supervise stage detect status node evalset migrate serve
+$(addprefix $(BUILD)/tests/test_,$(DAEMON_UNIT_TESTS)): $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
