@@ -33,8 +33,8 @@
 
 static int dir_setup(void **state)
 {
-    char *d = strdup("/tmp/ckptd_test_atomic_XXXXXX");
-    if (!d || !mkdtemp(d))
+    char *d = malloc(64);
+    if (!d || scratch_make(d, 64, "ckptd_test_atomic_") < 0)
         return -1;
     *state = d;
     return 0;
@@ -42,22 +42,9 @@ static int dir_setup(void **state)
 
 static int dir_teardown(void **state)
 {
-    char *d = *state;
-    DIR *dd = opendir(d);
-    struct dirent *de;
-    while (dd && (de = readdir(dd))) {
-        if (de->d_name[0] == '.')
-            continue;
-        char *p = xasprintf("%s/%s", d, de->d_name);
-        if (unlink(p) != 0)
-            rmdir(p);
-        free(p);
-    }
-    if (dd)
-        closedir(dd);
-    rmdir(d);
-    free(d);
-    return 0;
+    int rc = scratch_remove(*state);
+    free(*state);
+    return rc;
 }
 
 /* The names in dir, sorted, joined by spaces. */

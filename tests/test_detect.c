@@ -47,24 +47,6 @@ static const char battery_json[] =
     " {\"name\": \"llc\", \"version\": 1, \"metrics\": [{\"name\": \"trace_loss\"}]}"
     "]}";
 
-static long long num(const char *sql)
-{
-    struct err e;
-    PGresult *r = db_exec(db, sql, 0, NULL, &e);
-    if (!r)
-        fail_msg("%s: %s", sql, err_str(&e));
-    long long v = PQgetisnull(r, 0, 0) ? -999 : atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return v;
-}
-
-static void run(const char *sql)
-{
-    struct err e;
-    if (db_run(db, sql, 0, NULL, &e) < 0)
-        fail_msg("%s: %s", sql, err_str(&e));
-}
-
 /* Insert one series: metric (item, name), layer, head, idx, values per step. */
 static void put_series(const char *item, int version, const char *metric, int layer, int head, int idx,
                        const long long *s, const double *v, int n)
@@ -75,7 +57,7 @@ static void put_series(const char *item, int version, const char *metric, int la
         char sql[256];
         snprintf(sql, sizeof sql, "INSERT INTO measurements VALUES (%lld, %lld, %d, %d, %d, %d, %.17g)", run_id,
                  s[i], id, layer, head, idx, v[i]);
-        run(sql);
+        pg_run(db, sql);
     }
 }
 
@@ -85,7 +67,7 @@ static int series_transitions(const char *metric, int head)
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM transitions t JOIN metrics m ON m.id = t.metric_id WHERE m.name = '%s'"
              " AND t.head = %d", metric, head);
-    return (int)num(sql);
+    return (int)pg_num(db, sql);
 }
 
 static void test_run_and_again(void **state)
@@ -101,16 +83,16 @@ static void test_run_and_again(void **state)
     assert_int_equal(series_transitions("induction_score", 1), 0);
     assert_int_equal(series_transitions("trace_loss", -1), 0);
     assert_int_equal(st.transitions, 2);
-    long long peak = num("SELECT t.peak_step FROM transitions t JOIN metrics m ON m.id = t.metric_id"
+    long long peak = pg_num(db, "SELECT t.peak_step FROM transitions t JOIN metrics m ON m.id = t.metric_id"
                          " WHERE m.name = 'loss'");
     assert_true(peak >= 37000 && peak <= 43000);
-    double mag = (double)num("SELECT round(t.magnitude * 1000) FROM transitions t JOIN metrics m"
+    double mag = (double)pg_num(db, "SELECT round(t.magnitude * 1000) FROM transitions t JOIN metrics m"
                              " ON m.id = t.metric_id WHERE m.name = 'loss'") / 1000;
     assert_true(mag < -2.4 && mag > -3.6);
-    assert_true(num("SELECT count(*) FROM transitions t JOIN metrics m ON m.id = t.metric_id"
+    assert_true(pg_num(db, "SELECT count(*) FROM transitions t JOIN metrics m ON m.id = t.metric_id"
                     " WHERE m.name = 'induction_score' AND t.magnitude > 0.5 AND t.method = 'ramp-v1'") == 1);
     /* again: the same rows, replaced */
-    long long first = num("SELECT min(id) FROM transitions");
+    long long first = pg_num(db, "SELECT min(id) FROM transitions");
     char before[1024];
     PGresult *r = db_exec(db, "SELECT string_agg(metric_id || ':' || head || ':' || peak_step || ':' || score, ','"
                               " ORDER BY metric_id, head) FROM transitions", 0, NULL, &e);
@@ -121,7 +103,7 @@ static void test_run_and_again(void **state)
                     " ORDER BY metric_id, head) FROM transitions", 0, NULL, &e);
     assert_string_equal(PQgetvalue(r, 0, 0), before);
     PQclear(r);
-    assert_true(num("SELECT min(id) FROM transitions") > first);
+    assert_true(pg_num(db, "SELECT min(id) FROM transitions") > first);
 }
 
 static void test_items(void **state)
@@ -130,13 +112,13 @@ static void test_items(void **state)
     struct err e;
     struct detect_stats st;
     assert_int_equal(detect_run_named(db, "sim", &st, &e), 0);
-    long long loss_id = num("SELECT t.id FROM transitions t JOIN metrics m ON m.id = t.metric_id WHERE m.name = 'loss'");
+    long long loss_id = pg_num(db, "SELECT t.id FROM transitions t JOIN metrics m ON m.id = t.metric_id WHERE m.name = 'loss'");
     const char *items[] = {"heads"};
     int versions[] = {1};
     assert_int_equal(detect_run(db, run_id, items, versions, 1, &st, &e), 0);
     assert_int_equal(st.series, 2);
     /* loss's row is the same row: untouched */
-    assert_int_equal(num("SELECT t.id FROM transitions t JOIN metrics m ON m.id = t.metric_id WHERE m.name = 'loss'"),
+    assert_int_equal(pg_num(db, "SELECT t.id FROM transitions t JOIN metrics m ON m.id = t.metric_id WHERE m.name = 'loss'"),
                      loss_id);
     assert_int_equal(series_transitions("induction_score", 0), 1);
 }
@@ -227,7 +209,7 @@ static int setup(void **state)
         return -1;
     }
     free(steps);
-    run_id = num("SELECT id FROM runs WHERE name = 'sim'");
+    run_id = pg_num(db, "SELECT id FROM runs WHERE name = 'sim'");
     long long s[SIM_MAX];
     double v[SIM_MAX];
     struct sim_rng r = {7};
@@ -249,7 +231,7 @@ static int setup(void **state)
     char sql[256];
     snprintf(sql, sizeof sql, "UPDATE checkpoints SET duplicate_of = (SELECT id FROM checkpoints WHERE run_id = %lld"
              " AND step = %lld) WHERE run_id = %lld AND step = %lld", run_id, s[99], run_id, s[100]);
-    run(sql);
+    pg_run(db, sql);
     return 0;
 }
 

@@ -32,14 +32,6 @@
 
 static char dir[64];
 
-static void put(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* A stand-in worker DIR/name: appends its arguments to DIR/calls, then
  * copies --in to --out, or (fail_status > 0) complains on stderr and exits
  * with fail_status. */
@@ -54,7 +46,7 @@ static char *make_worker(const char *name, int fail_status)
                            "[ %d = 0 ] || { echo 'tokenizer broken' >&2; exit %d; }\n"
                            "cat \"$in\" > \"$out\"\n",
                            dir, fail_status, fail_status);
-    put(p, body);
+    put_text(p, body);
     free(body);
     assert_int_equal(chmod(p, 0755), 0);
     return p;
@@ -89,8 +81,8 @@ static void test_tokenize_once(void **state)
     struct err e;
     char *worker = make_worker("worker", 0), *text = xasprintf("%s/text.txt", dir);
     char *tok = xasprintf("%s/tok.json", dir), *data = xasprintf("%s/data", dir);
-    put(text, "hello world\n");
-    put(tok, "{\"model\": {}}");
+    put_text(text, "hello world\n");
+    put_text(tok, "{\"model\": {}}");
     char out[PATH_MAX], key[17], want[PATH_MAX + 64], real[PATH_MAX];
     assert_int_equal(evalset_tokenize(worker, text, tok, data, out, sizeof out, &e), 0);
     expected_key(tok, text, key);
@@ -112,10 +104,10 @@ static void test_tokenize_once(void **state)
     assert_string_equal(out2, out);
     assert_int_equal(calls(), 1);
     /* another text, another tokenizer: other files */
-    put(text, "hello world!\n");
+    put_text(text, "hello world!\n");
     assert_int_equal(evalset_tokenize(worker, text, tok, data, out2, sizeof out2, &e), 0);
     assert_string_not_equal(out2, out);
-    put(tok, "{\"model\": {\"x\": 1}}");
+    put_text(tok, "{\"model\": {\"x\": 1}}");
     char out3[PATH_MAX];
     assert_int_equal(evalset_tokenize(worker, text, tok, data, out3, sizeof out3, &e), 0);
     assert_string_not_equal(out3, out2);
@@ -136,8 +128,8 @@ static void test_failures(void **state)
     struct err e;
     char *bad = make_worker("bad-worker", 3), *text = xasprintf("%s/t2.txt", dir);
     char *tok = xasprintf("%s/tok2.json", dir), *data = xasprintf("%s/data2", dir);
-    put(text, "some text");
-    put(tok, "{}");
+    put_text(text, "some text");
+    put_text(tok, "{}");
     char out[PATH_MAX];
     int before = calls();
     err_clear(&e);
@@ -185,17 +177,13 @@ static void test_data_dir(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/ckptd_test_evalset_XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
+    return scratch_make(dir, sizeof dir, "ckptd_test_evalset_");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char *cmd = xasprintf("rm -rf '%s'", dir);
-    int rc = system(cmd);
-    free(cmd);
-    return rc == 0 ? 0 : -1;
+    return scratch_remove(dir);
 }
 
 int main(void)

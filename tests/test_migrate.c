@@ -32,32 +32,14 @@
 
 static struct db *db;
 
-static long long num(const char *sql)
-{
-    struct err e;
-    PGresult *r = db_exec(db, sql, 0, NULL, &e);
-    if (!r)
-        fail_msg("%s: %s", sql, err_str(&e));
-    long long v = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return v;
-}
-
-static void run(const char *sql)
-{
-    struct err e;
-    if (db_run(db, sql, 0, NULL, &e) < 0)
-        fail_msg("%s: %s", sql, err_str(&e));
-}
-
 static int latest(void) { return migrations[migrations_count - 1].version; }
 
 /* Drop everything the migrations made. */
 static void wipe(void)
 {
-    run("DROP SCHEMA public CASCADE");
-    run("CREATE SCHEMA public");
-    run("GRANT ALL ON SCHEMA public TO public");
+    pg_run(db, "DROP SCHEMA public CASCADE");
+    pg_run(db, "CREATE SCHEMA public");
+    pg_run(db, "GRANT ALL ON SCHEMA public TO public");
 }
 
 static void test_fresh_and_again(void **state)
@@ -71,27 +53,27 @@ static void test_fresh_and_again(void **state)
     int applied = -1;
     assert_int_equal(migrate_apply(db, &applied, &e), 0);
     assert_int_equal(applied, migrations_count);
-    assert_int_equal(num("SELECT count(*) FROM schema_migrations"), migrations_count);
-    assert_int_equal(num("SELECT max(version) FROM schema_migrations"), latest());
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), migrations_count);
+    assert_int_equal(pg_num(db, "SELECT max(version) FROM schema_migrations"), latest());
     char sql[256];
     for (int i = 0; i < migrations_count; i++) {
         snprintf(sql, sizeof sql, "SELECT count(*) FROM schema_migrations WHERE version = %d AND name = '%s'",
                  migrations[i].version, migrations[i].name);
-        assert_int_equal(num(sql), 1);
+        assert_int_equal(pg_num(db, sql), 1);
     }
     static const char *const rels[] = {"runs", "checkpoints", "jobs", "metrics", "measurements", "transitions",
                                        "nodes", "battery_items", "series", "run_progress"};
     for (size_t i = 0; i < sizeof rels / sizeof *rels; i++) {
         snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_class WHERE relname = '%s'", rels[i]);
-        if (num(sql) != 1)
+        if (pg_num(db, sql) != 1)
             fail_msg("no relation %s after migrating", rels[i]);
     }
     assert_int_equal(migrate_check(db, &e), 0);
-    long long at = num("SELECT extract(epoch FROM max(applied_at)) * 1e6 FROM schema_migrations");
+    long long at = pg_num(db, "SELECT extract(epoch FROM max(applied_at)) * 1e6 FROM schema_migrations");
     assert_int_equal(migrate_apply(db, &applied, &e), 0);
     assert_int_equal(applied, 0);
-    assert_int_equal(num("SELECT count(*) FROM schema_migrations"), migrations_count);
-    assert_int_equal(num("SELECT extract(epoch FROM max(applied_at)) * 1e6 FROM schema_migrations"), at);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), migrations_count);
+    assert_int_equal(pg_num(db, "SELECT extract(epoch FROM max(applied_at)) * 1e6 FROM schema_migrations"), at);
 }
 
 static void test_partial(void **state)
@@ -104,7 +86,7 @@ static void test_partial(void **state)
     assert_int_equal(migrate_apply(db, &applied, &e), 0);
     char sql[128];
     snprintf(sql, sizeof sql, "DELETE FROM schema_migrations WHERE version = %d", latest());
-    run(sql);
+    pg_run(db, sql);
     err_clear(&e);
     assert_int_equal(migrate_check(db, &e), ERR_DB);
     assert_non_null(strstr(e.msg, "run 'ckptd migrate'"));
@@ -115,7 +97,7 @@ static void test_partial(void **state)
         assert_int_equal(applied, 1);
         assert_int_equal(migrate_check(db, &e), 0);
     } else {
-        assert_int_equal(num("SELECT count(*) FROM schema_migrations"), migrations_count - 1);
+        assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), migrations_count - 1);
     }
 }
 
@@ -129,7 +111,7 @@ static void test_newer(void **state)
     char sql[160];
     snprintf(sql, sizeof sql, "INSERT INTO schema_migrations (version, name) VALUES (%d, 'from_the_future')",
              latest() + 1);
-    run(sql);
+    pg_run(db, sql);
     err_clear(&e);
     assert_int_equal(migrate_check(db, &e), ERR_DB);
     assert_non_null(strstr(e.msg, "newer than this ckptd knows"));
@@ -139,9 +121,9 @@ static void test_newer(void **state)
     err_clear(&e);
     assert_int_equal(migrate_apply(db, &applied, &e), ERR_DB);
     assert_non_null(strstr(e.msg, "upgrade ckptd"));
-    assert_int_equal(num("SELECT count(*) FROM schema_migrations"), migrations_count + 1);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), migrations_count + 1);
     /* the connection is usable after the refusal (no transaction left open) */
-    assert_int_equal(num("SELECT 1"), 1);
+    assert_int_equal(pg_num(db, "SELECT 1"), 1);
 }
 
 static void test_broken(void **state)
@@ -151,16 +133,16 @@ static void test_broken(void **state)
     /* the first migration on a database where one of its tables already
      * exists as something else: the migration fails and leaves nothing */
     wipe();
-    run("CREATE TABLE runs (x int)");
+    pg_run(db, "CREATE TABLE runs (x int)");
     err_clear(&e);
     int applied = -1;
     assert_int_equal(migrate_apply(db, &applied, &e), ERR_DB);
     char want[64];
     snprintf(want, sizeof want, "migration %03d_%s failed", migrations[0].version, migrations[0].name);
     assert_non_null(strstr(e.msg, want));
-    assert_int_equal(num("SELECT count(*) FROM schema_migrations"), 0);
-    assert_int_equal(num("SELECT count(*) FROM pg_class WHERE relname = 'jobs'"), 0);
-    assert_int_equal(num("SELECT 1"), 1);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), 0);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM pg_class WHERE relname = 'jobs'"), 0);
+    assert_int_equal(pg_num(db, "SELECT 1"), 1);
 }
 
 static void test_racing(void **state)
@@ -182,7 +164,7 @@ static void test_racing(void **state)
         waitpid(kids[k], &st, 0);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
-    assert_int_equal(num("SELECT count(*) FROM schema_migrations"), migrations_count);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM schema_migrations"), migrations_count);
     struct err e;
     assert_int_equal(migrate_check(db, &e), 0);
 }

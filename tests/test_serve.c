@@ -40,39 +40,13 @@ static struct db *db;
 static char dir[64];
 static char worker[128];
 
-static long long num(const char *sql)
-{
-    struct err e;
-    PGresult *r = db_exec(db, sql, 0, NULL, &e);
-    if (!r)
-        fail_msg("%s: %s", sql, err_str(&e));
-    long long v = PQgetisnull(r, 0, 0) ? -999 : atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return v;
-}
-
-static void run(const char *sql)
-{
-    struct err e;
-    if (db_run(db, sql, 0, NULL, &e) < 0)
-        fail_msg("%s: %s", sql, err_str(&e));
-}
-
-static void put(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* The stand-in worker: its battery is one item (`loss` v1, metric loss);
  * analyze prints loss = 1000 + the step of its directory, except for step
  * 3, which fails on stderr. */
 static void make_worker(void)
 {
     snprintf(worker, sizeof worker, "%s/worker", dir);
-    put(worker,
+    put_text(worker,
         "#!/bin/sh\n"
         "for a; do [ \"$a\" = battery ] && {\n"
         "  echo '{\"items\": [{\"name\": \"loss\", \"version\": 1, \"metrics\": [{\"name\": \"loss\"}]}]}'; exit 0; }; done\n"
@@ -90,12 +64,12 @@ static void make_checkpoints(void)
         char *cmd = xasprintf("mkdir -p '%s'", d);
         assert_int_equal(system(cmd), 0);
         char *p = xasprintf("%s/config.json", d);
-        put(p, "{}");
+        put_text(p, "{}");
         free(p);
         p = xasprintf("%s/model.safetensors", d);
         char w[32];
         snprintf(w, sizeof w, "weights of step %d", s); /* equal files would be duplicates */
-        put(p, w);
+        put_text(p, w);
         free(p);
         free(cmd);
         free(d);
@@ -146,23 +120,23 @@ static void check_run(const char *name, const char *node)
     /* steps 0, 1, 2, 4: one row each, the worker's value */
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM series WHERE run = '%s' AND metric = 'loss' AND value = 1000 + step", name);
-    assert_int_equal(num(sql), 4);
+    assert_int_equal(pg_num(db, sql), 4);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM measurements m JOIN runs r ON r.id = m.run_id WHERE r.name = '%s'",
              name);
-    assert_int_equal(num(sql), 4);
+    assert_int_equal(pg_num(db, sql), 4);
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM job_list j JOIN jobs x ON x.id = j.id WHERE j.run = '%s' AND j.state = 'done'"
              " AND x.done_by = '%s'", name, node);
-    assert_int_equal(num(sql), 4);
+    assert_int_equal(pg_num(db, sql), 4);
     /* step 3: dead after its two attempts, the worker's stderr kept */
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM job_list WHERE run = '%s' AND step = 3 AND state = 'dead' AND attempts = 2"
              " AND last_error LIKE 'worker exited with status 1; stderr: %%checkpoint 3 is cursed%%'", name);
-    assert_int_equal(num(sql), 1);
-    assert_int_equal(num("SELECT count(*) FROM jobs WHERE state IN ('running', 'queued')"), 0);
-    assert_int_equal(num("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL"), 0);
+    assert_int_equal(pg_num(db, sql), 1);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM jobs WHERE state IN ('running', 'queued')"), 0);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL"), 0);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM nodes WHERE node = '%s' AND stopped_at IS NOT NULL", node);
-    assert_int_equal(num(sql), 1);
+    assert_int_equal(pg_num(db, sql), 1);
     /* the spool holds nothing once the rows are stored */
     char *cmd = xasprintf("ls -A '%s/spool' | wc -l", dir);
     FILE *p = popen(cmd, "r");
@@ -187,7 +161,7 @@ static void test_until_idle(void **state)
 static void test_prefetch(void **state)
 {
     (void)state;
-    run("TRUNCATE runs, checkpoints, jobs, measurements, transitions, artifacts, checkpoint_files, fetches CASCADE");
+    pg_run(db, "TRUNCATE runs, checkpoints, jobs, measurements, transitions, artifacts, checkpoint_files, fetches CASCADE");
     add_run("two");
     struct daemon_config c;
     config(&c, "node-b", 2, 1);
@@ -195,7 +169,7 @@ static void test_prefetch(void **state)
     assert_int_equal(serve_run(&o), 0);
     check_run("two", "node-b");
     /* each checkpoint's files recorded once */
-    assert_int_equal(num("SELECT count(*) FROM checkpoint_files"), 5 * 2);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM checkpoint_files"), 5 * 2);
 }
 
 static void test_start_failures(void **state)
@@ -203,8 +177,8 @@ static void test_start_failures(void **state)
     (void)state;
     struct daemon_config c;
     /* a database that exists but was never migrated */
-    run("DROP DATABASE IF EXISTS bare");
-    run("CREATE DATABASE bare");
+    pg_run(db, "DROP DATABASE IF EXISTS bare");
+    pg_run(db, "CREATE DATABASE bare");
     config(&c, "node-c", 1, 0);
     char *conn = xasprintf("%s", pg_fixture_conn());
     char *at = strstr(conn, "dbname=ckptd");
@@ -221,14 +195,13 @@ static void test_start_failures(void **state)
     config(&c, "node-c", 1, 0);
     snprintf(c.artifact_dir, sizeof c.artifact_dir, "%s/worker/art", dir);
     assert_int_equal(serve_run(&o), ERR_IO);
-    assert_int_equal(num("SELECT count(*) FROM nodes WHERE node = 'node-c'"), 0);
+    assert_int_equal(pg_num(db, "SELECT count(*) FROM nodes WHERE node = 'node-c'"), 0);
 }
 
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/ckptd_test_serve_XXXXXX");
-    if (!mkdtemp(dir))
+    if (scratch_make(dir, sizeof dir, "ckptd_test_serve_") < 0)
         return -1;
     make_worker();
     make_checkpoints();
@@ -239,10 +212,7 @@ static int teardown(void **state)
 {
     (void)state;
     pg_fixture_stop(db);
-    char *cmd = xasprintf("rm -rf '%s'", dir);
-    int rc = system(cmd);
-    free(cmd);
-    return rc == 0 ? 0 : -1;
+    return scratch_remove(dir);
 }
 
 int main(void)

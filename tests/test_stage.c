@@ -42,10 +42,7 @@ static void put(const char *path, const char *text)
     char *cmd = xasprintf("mkdir -p \"$(dirname '%s')\"", path);
     assert_int_equal(system(cmd), 0);
     free(cmd);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    put_text(path, text);
 }
 
 static void sha256sum(const char *path, char out[65])
@@ -250,8 +247,7 @@ static int setup(void **state)
 {
     (void)state;
     struct err e;
-    snprintf(dir, sizeof dir, "/tmp/ckptd_test_stage_XXXXXX");
-    if (!mkdtemp(dir))
+    if (scratch_make(dir, sizeof dir, "ckptd_test_stage_") < 0)
         return -1;
     struct daemon_config cfg;
     daemon_config_defaults(&cfg);
@@ -271,10 +267,7 @@ static int teardown(void **state)
     (void)state;
     cache_close(cache);
     fetcher_free(fetcher);
-    char *cmd = xasprintf("rm -rf '%s'", dir);
-    int rc = system(cmd);
-    free(cmd);
-    return rc == 0 ? 0 : -1;
+    return scratch_remove(dir);
 }
 
 int main(void)

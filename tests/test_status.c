@@ -39,13 +39,6 @@ static const char battery_json[] =
     " {\"name\": \"weights\", \"version\": 1, \"metrics\": [{\"name\": \"frobenius_norm\"}]}"
     "]}";
 
-static void run(const char *sql)
-{
-    struct err e;
-    if (db_run(db, sql, 0, NULL, &e) < 0)
-        fail_msg("%s: %s", sql, err_str(&e));
-}
-
 static void add_run(const char *name, const char *schedule)
 {
     static const struct queue_item items[2] = {{"loss", 1}, {"weights", 1}};
@@ -104,25 +97,25 @@ static void test_states(void **state)
     add_run("r1", "0,1,2,3,4");
     add_run("r2", "0,1");
     /* step 0 and 1 done, 30 minutes apart; 2 running on n1; 3 dead; 4 retrying */
-    run("UPDATE jobs j SET state = 'done', finished_at = now() - interval '30 minutes', attempts = 1"
+    pg_run(db, "UPDATE jobs j SET state = 'done', finished_at = now() - interval '30 minutes', attempts = 1"
         " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id AND r.name = 'r1' AND c.step = 0");
-    run("UPDATE jobs j SET state = 'done', finished_at = now(), attempts = 1"
+    pg_run(db, "UPDATE jobs j SET state = 'done', finished_at = now(), attempts = 1"
         " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id AND r.name = 'r1' AND c.step = 1");
-    run("UPDATE jobs j SET state = 'running', lease_owner = 'n1', lease_expires = now() + interval '50 seconds',"
+    pg_run(db, "UPDATE jobs j SET state = 'running', lease_owner = 'n1', lease_expires = now() + interval '50 seconds',"
         "   started_at = now() - interval '20 seconds', attempts = 1"
         " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id AND r.name = 'r1' AND c.step = 2");
-    run("UPDATE jobs j SET state = 'dead', attempts = 5, last_error = 'worker exited with status 1; stderr: boom'"
+    pg_run(db, "UPDATE jobs j SET state = 'dead', attempts = 5, last_error = 'worker exited with status 1; stderr: boom'"
         " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id AND r.name = 'r1' AND c.step = 3"
         "   AND j.item = 'loss'");
-    run("UPDATE jobs j SET attempts = 2, last_error = 'fetch failed: GET x: 503',"
+    pg_run(db, "UPDATE jobs j SET attempts = 2, last_error = 'fetch failed: GET x: 503',"
         "   not_before = now() + interval '90 seconds'"
         " FROM checkpoints c, runs r WHERE j.checkpoint_id = c.id AND c.run_id = r.id AND r.name = 'r1' AND c.step = 4"
         "   AND j.item = 'weights'");
     /* a download of r1's step 2 in progress, r2's step 1 a duplicate of its step 0 */
-    run("INSERT INTO fetches (checkpoint_id, node, state, bytes_done, bytes_total, bytes_per_s)"
+    pg_run(db, "INSERT INTO fetches (checkpoint_id, node, state, bytes_done, bytes_total, bytes_per_s)"
         " SELECT c.id, 'n1', 'fetching', 1000000, 4000000, 1000000 FROM checkpoints c JOIN runs r ON r.id = c.run_id"
         " WHERE r.name = 'r1' AND c.step = 2");
-    run("UPDATE checkpoints c SET duplicate_of = (SELECT o.id FROM checkpoints o WHERE o.run_id = c.run_id AND o.step = 0)"
+    pg_run(db, "UPDATE checkpoints c SET duplicate_of = (SELECT o.id FROM checkpoints o WHERE o.run_id = c.run_id AND o.step = 0)"
         " FROM runs r WHERE c.run_id = r.id AND r.name = 'r2' AND c.step = 1");
     /* three nodes: n1 works on r1's step 2; n2 went silent an hour ago; n3 stopped */
     PGresult *ids = db_exec(db, "SELECT string_agg(j.id::text, ',' ORDER BY j.id) FROM jobs j JOIN checkpoints c"
@@ -141,7 +134,7 @@ static void test_states(void **state)
     assert_int_equal(node_heartbeat(db, &n2, "[]", "{}", &e), 0);
     assert_int_equal(node_heartbeat(db, &n3, "[]", "{}", &e), 0);
     assert_int_equal(node_stopped(db, "n3", 333, &e), 0);
-    run("UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE node = 'n2'");
+    pg_run(db, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE node = 'n2'");
 
     char *s = status(NULL);
     /* 2 done in the last hour, 30 minutes apart: 4/h; 2 left (not the dead one): 30 minutes.

@@ -169,6 +169,41 @@ static void order_by_dependencies(struct claim *c, char deps[][64])
     }
 }
 
+/* The claimed jobs (the claim statement's rows, at most CLAIM_MAX_JOBS)
+ * into c, in the order the worker runs them. */
+static void claim_jobs(struct claim *c, PGresult *r)
+{
+    const int n = PQntuples(r);
+    /* the previous checkpoint's artifacts: passed when every job that
+     * reads them found them done there, at the same step (job_prev_step) */
+    int readers = 0, found = 0;
+    c->prev_step = -1;
+    char deps[CLAIM_MAX_JOBS][64];
+    for (int i = 0; i < n; i++) {
+        c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
+        snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
+        c->versions[i] = atoi(PQgetvalue(r, i, 2));
+        int a = atoi(PQgetvalue(r, i, 3));
+        c->attempts = a > c->attempts ? a : c->attempts;
+        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
+        if (PQgetisnull(r, i, 6))
+            continue;
+        readers++;
+        if (PQgetisnull(r, i, 7))
+            continue;
+        long long ps = atoll(PQgetvalue(r, i, 7));
+        if (found++ == 0)
+            c->prev_step = ps;
+        else if (ps != c->prev_step)
+            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
+    }
+    if (found != readers)
+        c->prev_step = -1;
+    c->njobs = n;
+    c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
+    order_by_dependencies(c, deps);
+}
+
 /* Undo a claim of the jobs in r (column 0: their ids): queued again, the
  * attempt not counted, as queue_release does.  A failure is only logged:
  * the lease expires and the jobs return anyway. */
@@ -285,35 +320,9 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         give_back(db, node, r);
         goto out;
     }
-    /* the previous checkpoint's artifacts: passed when every job that
-     * reads them found them done there, at the same step (job_prev_step) */
-    int readers = 0, found = 0;
-    c->prev_step = -1;
-    char deps[CLAIM_MAX_JOBS][64];
-    for (int i = 0; i < n; i++) {
-        c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
-        snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
-        c->versions[i] = atoi(PQgetvalue(r, i, 2));
-        int a = atoi(PQgetvalue(r, i, 3));
-        c->attempts = a > c->attempts ? a : c->attempts;
-        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
-        if (PQgetisnull(r, i, 6))
-            continue;
-        readers++;
-        if (PQgetisnull(r, i, 7))
-            continue;
-        long long ps = atoll(PQgetvalue(r, i, 7));
-        if (found++ == 0)
-            c->prev_step = ps;
-        else if (ps != c->prev_step)
-            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
-    }
-    if (found != readers)
-        c->prev_step = -1;
-    c->njobs = n;
-    c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
+    claim_jobs(c, r);
     PQclear(r);
-    order_by_dependencies(c, deps);
+    r = NULL;
     char ck[32];
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};

@@ -78,6 +78,29 @@ static inline struct db *pg_fixture_start(int migrated)
     return db;
 }
 
+/* One value (the first column of the first row; -999 for NULL) of a
+ * query on db; fails the test on an error. */
+static inline long long pg_num(struct db *db, const char *sql)
+{
+    struct err e;
+    PGresult *r = db_exec(db, sql, 0, NULL, &e);
+    if (!r)
+        fail_msg("%s: %s", sql, err_str(&e));
+    if (PQntuples(r) < 1)
+        fail_msg("%s: no row", sql);
+    long long v = PQgetisnull(r, 0, 0) ? -999 : atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+/* Run a statement on db; fails the test on an error. */
+static inline void pg_run(struct db *db, const char *sql)
+{
+    struct err e;
+    if (db_run(db, sql, 0, NULL, &e) < 0)
+        fail_msg("%s: %s", sql, err_str(&e));
+}
+
 /* Free db and destroy the server with everything it wrote. */
 static inline void pg_fixture_stop(struct db *db)
 {
