@@ -137,8 +137,8 @@ static void check_run(const char *name, const char *node)
     assert_int_equal(pg_num(db, "SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL"), 0);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM nodes WHERE node = '%s' AND stopped_at IS NOT NULL", node);
     assert_int_equal(pg_num(db, sql), 1);
-    /* the spool holds nothing once the rows are stored */
-    char *cmd = xasprintf("ls -A '%s/spool' | wc -l", dir);
+    /* the spool holds no file once the rows are stored and the node stopped */
+    char *cmd = xasprintf("find '%s/spool' -type f | wc -l", dir);
     FILE *p = popen(cmd, "r");
     char line[32] = "";
     assert_non_null(fgets(line, sizeof line, p));
