@@ -142,35 +142,69 @@ void child_describe(const struct child *c, char *out, size_t n)
         snprintf(out, n, "exited with status %d", WEXITSTATUS(c->status));
 }
 
+/* A growing buffer a pipe is read into. */
+struct sink {
+    int fd;       /* -1 once at its end */
+    char *buf;
+    size_t len, cap;
+};
+
+/* Read what fd has now into k; 0, or -1 out of memory or on a read error. */
+static int sink_read(struct sink *k)
+{
+    if (k->len + 1 >= k->cap) {
+        char *nb = realloc(k->buf, k->cap * 2);
+        if (!nb)
+            return -1;
+        k->buf = nb;
+        k->cap *= 2;
+    }
+    ssize_t got = read(k->fd, k->buf + k->len, k->cap - k->len - 1);
+    if (got < 0 && errno == EINTR)
+        return 0;
+    if (got <= 0) {
+        close(k->fd);
+        k->fd = -1;
+        return got < 0 ? -1 : 0;
+    }
+    k->len += (size_t)got;
+    return 0;
+}
+
 int child_capture(const char *const *argv, double timeout_s, struct child *c, char **out,
-                  size_t *len, struct err *e)
+                  size_t *len, char **err_out, struct err *e)
 {
     *out = NULL;
     *len = 0;
-    int fd[2];
-    if (pipe2(fd, O_CLOEXEC) != 0)
-        return err_set(e, ERR_IO, argv[0], "pipe failed: %s", strerror(errno));
-    struct child_opts o = {.in_fd = -1, .out_fd = fd[1], .err_fd = -1, .timeout_s = timeout_s};
-    int rc = child_spawn(c, argv, &o, e);
-    close(fd[1]);
-    if (rc < 0) {
-        close(fd[0]);
+    if (err_out)
+        *err_out = NULL;
+    struct sink k[2] = {{-1, NULL, 0, 1 << 16}, {-1, NULL, 0, 1 << 12}};
+    int pout[2] = {-1, -1}, perr[2] = {-1, -1}, rc = 0;
+    if (pipe2(pout, O_CLOEXEC) != 0 || (err_out && pipe2(perr, O_CLOEXEC) != 0)) {
+        rc = err_set(e, ERR_IO, argv[0], "pipe failed: %s", strerror(errno));
+        for (int i = 0; i < 2; i++) {
+            if (pout[i] >= 0)
+                close(pout[i]);
+        }
         return rc;
     }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    if (!buf)
-        rc = err_set(e, ERR_NOMEM, argv[0], "out of memory");
-    while (rc == 0) {
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                rc = err_set(e, ERR_NOMEM, argv[0], "out of memory");
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
+    struct child_opts o = {.in_fd = -1, .out_fd = pout[1], .err_fd = perr[1], .timeout_s = timeout_s};
+    rc = child_spawn(c, argv, &o, e);
+    close(pout[1]);
+    if (perr[1] >= 0)
+        close(perr[1]);
+    k[0].fd = pout[0];
+    k[1].fd = perr[0];
+    if (rc < 0) {
+        for (int i = 0; i < 2; i++)
+            if (k[i].fd >= 0)
+                close(k[i].fd);
+        return rc;
+    }
+    for (int i = 0; i < 2 && rc == 0; i++)
+        if (k[i].fd >= 0 && !(k[i].buf = malloc(k[i].cap)))
+            rc = err_set(e, ERR_NOMEM, argv[0], "out of memory");
+    while (rc == 0 && (k[0].fd >= 0 || k[1].fd >= 0)) {
         int wait_ms = -1;
         if (c->deadline > 0) {
             double left = c->deadline - mono_now();
@@ -180,40 +214,42 @@ int child_capture(const char *const *argv, double timeout_s, struct child *c, ch
             }
             wait_ms = (int)(left * 1000) + 1;
         }
-        struct pollfd p = {fd[0], POLLIN, 0};
-        int pr = poll(&p, 1, wait_ms);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr == 0)
-            continue; /* the deadline, checked above */
-        ssize_t got = read(fd[0], buf + n, cap - n - 1);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0)
-            rc = err_set(e, ERR_IO, argv[0], "cannot read its output: %s", strerror(errno));
-        if (got <= 0)
-            break;
-        n += (size_t)got;
+        struct pollfd p[2];
+        int np = 0, which[2];
+        for (int i = 0; i < 2; i++)
+            if (k[i].fd >= 0) {
+                p[np] = (struct pollfd){k[i].fd, POLLIN, 0};
+                which[np++] = i;
+            }
+        int pr = poll(p, (nfds_t)np, wait_ms);
+        if (pr <= 0)
+            continue; /* EINTR, or the deadline: checked above */
+        for (int j = 0; j < np && rc == 0; j++)
+            if (p[j].revents && sink_read(&k[which[j]]) < 0)
+                rc = err_set(e, ERR_IO, argv[0], "cannot read its output: %s", strerror(errno));
     }
-    close(fd[0]);
+    for (int i = 0; i < 2; i++)
+        if (k[i].fd >= 0)
+            close(k[i].fd);
+    if (rc == 0 && !c->timed_out)
+        child_wait(c); /* its output closed: it is ending (or past its deadline: killed) */
     if (rc < 0 || c->timed_out) {
         int timed_out = c->timed_out;
         child_kill(c);
         c->timed_out = timed_out;
-        free(buf);
         if (rc == 0)
             rc = err_set(e, ERR_CHILD, argv[0], "'%s' timed out after %.0f s and was killed", argv[0],
                          timeout_s);
+        free(k[0].buf);
+        free(k[1].buf);
         return rc;
     }
-    child_wait(c); /* stdout closed: it is ending (or past its deadline: killed) */
-    if (c->timed_out) {
-        free(buf);
-        return err_set(e, ERR_CHILD, argv[0], "'%s' timed out after %.0f s and was killed", argv[0],
-                       timeout_s);
+    k[0].buf[k[0].len] = '\0';
+    *out = k[0].buf;
+    *len = k[0].len;
+    if (err_out) {
+        k[1].buf[k[1].len] = '\0';
+        *err_out = k[1].buf;
     }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
     return 0;
 }

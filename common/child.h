@@ -73,11 +73,12 @@ void child_describe(const struct child *c, char *out, size_t n);
 
 /* The pipe-and-wait of a program whose output is wanted: run argv with
  * stdout into a buffer (NUL-terminated, *out malloc'ed, caller frees,
- * *len bytes before the NUL) and stderr this process's, until it ends or
+ * *len bytes before the NUL) and stderr into another (*err_out, likewise)
+ * or, with err_out NULL, this process's stderr, until it ends or
  * timeout_s passes (<= 0: no deadline).  0 once it ended, whatever its
  * status (in c: check child_ok); ERR_CHILD when it could not be started
- * or ran past the deadline (killed; *out NULL), ERR_NOMEM, ERR_IO. */
+ * or ran past the deadline (killed; the buffers NULL), ERR_NOMEM, ERR_IO. */
 int child_capture(const char *const *argv, double timeout_s, struct child *c, char **out,
-                  size_t *len, struct err *e) CK_WUR;
+                  size_t *len, char **err_out, struct err *e) CK_WUR;
 
 #endif

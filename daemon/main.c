@@ -43,6 +43,7 @@ static const char usage[] =
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
+    "          [--sae DIR]... [--model-name NAME]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -127,7 +128,7 @@ static int discover_steps(struct daemon_config *cfg, const char *source, long lo
 static int add_run_args(struct plan *p, int argc, char **argv)
 {
     enum { O_SOURCE = 256, O_SCHEDULE, O_ITEMS, O_EVAL_TOKENS, O_SEED, O_MAX_ATTEMPTS, O_EVAL_TEXT,
-           O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE };
+           O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE, O_SAE, O_MODEL_NAME };
     static const struct option opts[] = {
         {"source", required_argument, NULL, O_SOURCE},
         {"schedule", required_argument, NULL, O_SCHEDULE},
@@ -142,6 +143,8 @@ static int add_run_args(struct plan *p, int argc, char **argv)
         {"sae-warm-start", no_argument, NULL, O_SAE_WARM_START},
         {"sae-site", required_argument, NULL, O_SAE_SITE},
         {"probe", required_argument, NULL, O_PROBE},
+        {"sae", required_argument, NULL, O_SAE},
+        {"model-name", required_argument, NULL, O_MODEL_NAME},
         {NULL, 0, NULL, 0},
     };
     struct err e;
@@ -175,6 +178,10 @@ static int add_run_args(struct plan *p, int argc, char **argv)
             rc = plan_add_sae_site(p, c.arg, &e);
         else if (k == O_PROBE)
             rc = plan_add_probe(p, c.arg, &e);
+        else if (k == O_SAE)
+            rc = plan_add_sae_dict(p, c.arg, &e);
+        else if (k == O_MODEL_NAME)
+            p->model_name = c.arg;
         else if (k == ARGS_WORD && !p->name)
             p->name = c.arg;
         else {
@@ -227,6 +234,10 @@ static int add_run_plan(struct daemon_config *cfg, struct plan *p, struct regist
         fprintf(stderr, "ckptd add-run: %s\n", e.msg);
         return EXIT_USAGE;
     }
+    if ((rc = plan_check_sae_dicts(p, worker, &e)) < 0) {
+        log_err("bad SAE dictionary", &e);
+        return rc == ERR_INVALID ? EXIT_USAGE : EXIT_FAIL;
+    }
     if ((rc = plan_tokenize_eval(p, worker, &e)) < 0) {
         log_err("cannot tokenize the eval text", &e);
         return rc == ERR_CHILD ? EXIT_FAIL : EXIT_USAGE;
@@ -254,7 +265,15 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     if (status != 0)
         goto out;
     status = EXIT_FAIL;
-    if (!(options = plan_options_json(&p)) || !(db = open_db(cfg)))
+    if (!(options = plan_options_json(&p)))
+        goto out;
+    if (strlen(options) >= CLAIM_OPTIONS_MAX) { /* a worker's claim carries them */
+        fprintf(stderr, "ckptd add-run: the run's options take %zu bytes, more than %d\n", strlen(options),
+                CLAIM_OPTIONS_MAX - 1);
+        status = EXIT_USAGE;
+        goto out;
+    }
+    if (!(db = open_db(cfg)))
         goto out;
     if (migrate_check(db, &e) < 0 || registry_sync(&reg, db, &e) < 0) {
         log_err("database not ready", &e);

@@ -9,7 +9,8 @@
  *   fds       stdout and stderr go where asked; stdin is /dev/null
  *   limits    RLIMIT_AS and RLIMIT_CPU are set as asked
  *   exec      a program that cannot be run exits 127 saying why
- *   capture   child_capture returns the output, waits for the end, and
+ *   capture   child_capture returns the output (and stderr, read at the same
+ *             time, when asked), waits for the end, and
  *             kills a child that keeps its stdout open past the deadline
  */
 #include <fcntl.h>
@@ -187,22 +188,32 @@ static void test_capture(void **state)
     char *out = NULL;
     size_t len = 0;
     const char *hello[] = {"/bin/sh", "-c", "printf 'hello\\nworld'; exit 4", NULL};
-    assert_int_equal(child_capture(hello, 10, &c, &out, &len, &e), 0);
+    assert_int_equal(child_capture(hello, 10, &c, &out, &len, NULL, &e), 0);
     assert_int_equal(len, 11);
     assert_string_equal(out, "hello\nworld");
     assert_true(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 4);
     free(out);
     /* more than the first buffer */
     const char *big[] = {"/bin/sh", "-c", "head -c 300000 /dev/zero", NULL};
-    assert_int_equal(child_capture(big, 0, &c, &out, &len, &e), 0);
+    assert_int_equal(child_capture(big, 0, &c, &out, &len, NULL, &e), 0);
     assert_int_equal(len, 300000);
     assert_true(child_ok(&c));
+    free(out);
+    /* stderr too, read alongside (a full stderr pipe cannot stall stdout) */
+    const char *both[] = {"/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; echo out; echo 'level=error' >&2", NULL};
+    char *err_text = NULL;
+    assert_int_equal(child_capture(both, 10, &c, &out, &len, &err_text, &e), 0);
+    assert_string_equal(out, "out\n");
+    assert_non_null(err_text);
+    assert_int_equal(strlen(err_text), 100000 + strlen("level=error\n"));
+    assert_string_equal(err_text + 100000, "level=error\n");
+    free(err_text);
     free(out);
     /* silent and stuck, or talking and stuck: killed at the deadline */
     const char *stuck[] = {"/bin/sh", "-c", "echo partial; exec sleep 20", NULL};
     double t0 = mono_now();
     err_clear(&e);
-    assert_int_equal(child_capture(stuck, 0.3, &c, &out, &len, &e), ERR_CHILD);
+    assert_int_equal(child_capture(stuck, 0.3, &c, &out, &len, NULL, &e), ERR_CHILD);
     assert_null(out);
     assert_true(mono_now() - t0 < 10);
     assert_non_null(strstr(e.msg, "timed out"));
@@ -210,7 +221,7 @@ static void test_capture(void **state)
     /* stdout closed but the process lingers: child_wait's deadline */
     const char *lingers[] = {"/bin/sh", "-c", "exec >&-; exec sleep 20", NULL};
     t0 = mono_now();
-    assert_int_equal(child_capture(lingers, 0.3, &c, &out, &len, &e), ERR_CHILD);
+    assert_int_equal(child_capture(lingers, 0.3, &c, &out, &len, NULL, &e), ERR_CHILD);
     assert_true(mono_now() - t0 < 10);
 }
 

@@ -13,7 +13,8 @@
  *   args      plan_check_args: every rule of the combination
  *   steps     plan_check_source and plan_set_steps, lists and refs
  *   items     plan_choose_items on a parsed battery: the default set, an
- *             explicit list, unknown items, missing dependencies
+ *             explicit list, unknown items, missing dependencies, fixed
+ *             dictionaries and the sae_fixed item
  *   options   plan_find_eval and plan_options_json, byte for byte
  */
 #include <limits.h>
@@ -237,7 +238,8 @@ static const char battery_json[] =
     " {\"name\": \"sae\", \"version\": 3, \"needs\": [\"artifacts\"], \"metrics\": [{\"name\": \"fvu\"}]},"
     " {\"name\": \"sae_relu\", \"version\": 1, \"opt_in\": true, \"metrics\": [{\"name\": \"fvu\"}]},"
     " {\"name\": \"sae_match\", \"version\": 1, \"depends_on\": \"sae\", \"metrics\": [{\"name\": \"m\"}]},"
-    " {\"name\": \"orphan\", \"version\": 1, \"depends_on\": \"gone\", \"metrics\": [{\"name\": \"o\"}]}"
+    " {\"name\": \"orphan\", \"version\": 1, \"depends_on\": \"gone\", \"metrics\": [{\"name\": \"o\"}]},"
+    " {\"name\": \"sae_fixed\", \"version\": 1, \"opt_in\": true, \"metrics\": [{\"name\": \"fvu\"}]}"
     "]}";
 
 static void expect_items(const struct plan *p, const char *want)
@@ -273,6 +275,22 @@ static void test_items(void **state)
     p.items_arg = "sae_match,sae";
     assert_int_equal(plan_choose_items(&p, &reg, &e), 0);
     expect_items(&p, "sae_match:1,sae:3");
+    /* fixed dictionaries: sae_fixed joins the default items; with --items,
+     * both or neither */
+    p.items_arg = "sae_fixed";
+    assert_int_equal(plan_choose_items(&p, &reg, &e), ERR_INVALID);
+    assert_string_equal(e.msg, "item sae_fixed follows fixed dictionaries: give --sae DIR");
+    assert_int_equal(plan_add_sae_dict(&p, "tests", &e), 0);
+    assert_int_equal(plan_choose_items(&p, &reg, &e), 0);
+    expect_items(&p, "sae_fixed:1");
+    p.items_arg = "loss";
+    assert_int_equal(plan_choose_items(&p, &reg, &e), ERR_INVALID);
+    assert_string_equal(e.msg, "--sae is read by the item sae_fixed: add it to --items");
+    p.items_arg = NULL;
+    assert_int_equal(plan_choose_items(&p, &reg, &e), 0);
+    expect_items(&p, "loss:2,heads:1,sae:3,sae_match:1,sae_fixed:1");
+    assert_int_equal(plan_add_sae_dict(&p, "tests/no-such-dictionary", &e), ERR_INVALID);
+    assert_string_equal(e.msg, "cannot use SAE dictionary 'tests/no-such-dictionary': no such directory");
     plan_free(&p);
     registry_free(&reg);
 }

@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "daemon/plan/evalset.h"
+#include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 
 void plan_init(struct plan *p)
@@ -25,6 +27,8 @@ void plan_free(struct plan *p)
         free(p->probes[i]);
     for (int i = 0; i < p->nsae_sites; i++)
         free(p->sae_sites[i]);
+    for (int i = 0; i < p->nsae_dicts; i++)
+        free(p->sae_dicts[i]);
     free(p->steps);
     plan_init(p);
 }
@@ -74,6 +78,18 @@ int plan_add_probe(struct plan *p, const char *path, struct err *e)
     if (!(p->probes[p->nprobes] = strdup(abs)))
         return err_set(e, ERR_NOMEM, path, "out of memory");
     p->nprobes++;
+    return 0;
+}
+
+int plan_add_sae_dict(struct plan *p, const char *dir, struct err *e)
+{
+    char abs[PATH_MAX];
+    if (p->nsae_dicts >= PLAN_MAX_SAE_DICTS || !realpath(dir, abs))
+        return err_set(e, ERR_INVALID, NULL, "cannot use SAE dictionary '%s'%s", dir,
+                       p->nsae_dicts >= PLAN_MAX_SAE_DICTS ? ": too many" : ": no such directory");
+    if (!(p->sae_dicts[p->nsae_dicts] = strdup(abs)))
+        return err_set(e, ERR_NOMEM, dir, "out of memory");
+    p->nsae_dicts++;
     return 0;
 }
 
@@ -172,6 +188,34 @@ int plan_choose_items(struct plan *p, const struct registry *reg, struct err *e)
             return rc;
         }
     }
+    /* --sae is what sae_fixed reads: alone it adds the (opt-in) item to the
+     * default battery; with --items, both or neither */
+    const int has_fixed = has_item(p, "sae_fixed");
+    if (p->nsae_dicts && !has_fixed) {
+        const struct reg_item *ri = registry_item(reg, "sae_fixed");
+        if (p->items_arg || !ri || p->nitems >= PLAN_MAX_ITEMS) {
+            p->nitems = 0;
+            return err_set(e, ERR_INVALID, NULL, "--sae is read by the item sae_fixed: %s",
+                           !ri ? "the worker has none" : "add it to --items");
+        }
+        add_item(p, ri);
+    }
+    if (has_fixed && !p->nsae_dicts) {
+        p->nitems = 0;
+        return err_set(e, ERR_INVALID, NULL, "item sae_fixed follows fixed dictionaries: give --sae DIR");
+    }
+    return 0;
+}
+
+int plan_check_sae_dicts(const struct plan *p, const char *worker, struct err *e)
+{
+    for (int k = 0; k < p->nsae_dicts; k++) {
+        char hook[128];
+        int rc = sae_opts_check_dict(worker, p->sae_dicts[k], hook, sizeof hook, e);
+        if (rc < 0)
+            return rc;
+        log_info("sae dictionary", "index=%d dir=%s hook=%s", k, log_quote(p->sae_dicts[k]), hook);
+    }
     return 0;
 }
 
@@ -207,9 +251,9 @@ int plan_find_eval(struct plan *p, struct err *e)
 
 char *plan_options_json(const struct plan *p)
 {
-    json_t *opt = json_object(), *probes = json_array(), *sites = json_array();
+    json_t *opt = json_object(), *probes = json_array(), *sites = json_array(), *dicts = json_array();
     char *text = NULL;
-    if (!opt || !probes || !sites)
+    if (!opt || !probes || !sites || !dicts)
         goto out;
     if (p->eval_path[0]) {
         json_object_set_new(opt, "eval_tokens", json_string(p->eval_path));
@@ -230,8 +274,15 @@ char *plan_options_json(const struct plan *p)
         json_array_append_new(sites, json_string(p->sae_sites[i]));
     if (p->nsae_sites)
         json_object_set(opt, "sae_sites", sites);
+    for (int i = 0; i < p->nsae_dicts; i++)
+        json_array_append_new(dicts, json_string(p->sae_dicts[i]));
+    if (p->nsae_dicts)
+        json_object_set(opt, "sae_fixed", dicts);
+    if (p->model_name)
+        json_object_set_new(opt, "model_name", json_string(p->model_name));
     text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
 out:
+    json_decref(dicts);
     json_decref(sites);
     json_decref(probes);
     json_decref(opt);

@@ -39,6 +39,7 @@
 #define PLAN_MAX_ITEMS 64     /* the items of one run (the jobs one claim can take) */
 #define PLAN_MAX_PROBES 16    /* --probe files of one run (a worker's argv has room for them) */
 #define PLAN_MAX_SAE_SITES 16 /* --sae-site hooks of one run (likewise) */
+#define PLAN_MAX_SAE_DICTS 16 /* --sae dictionaries of one run (the worker's SAE_FIXED_MAX) */
 #define PLAN_SITE_MAX_LAYER 32767
 
 struct plan_item {
@@ -62,6 +63,9 @@ struct plan {
     int nsae_sites;
     char *sae_sites[PLAN_MAX_SAE_SITES];  /* hook names, owned */
     long sae_site_layers[PLAN_MAX_SAE_SITES];
+    int nsae_dicts;
+    char *sae_dicts[PLAN_MAX_SAE_DICTS]; /* fixed dictionaries for sae_fixed, absolute, owned */
+    const char *model_name;  /* recorded in SAE files; NULL: from the source (sae_opts.h) */
     /* what the run is, once resolved */
     long long *steps;        /* owned */
     int nsteps;
@@ -92,6 +96,12 @@ int plan_add_sae_site(struct plan *p, const char *site, struct err *e) CK_WUR;
  * message reads "cannot use probe set 'PATH'[: too many]". */
 int plan_add_probe(struct plan *p, const char *path, struct err *e) CK_WUR;
 
+/* Add a fixed dictionary (a directory) for sae_fixed, made absolute.
+ * ERR_INVALID, the plan unchanged, when it cannot be found or there are
+ * PLAN_MAX_SAE_DICTS already; the message reads "cannot use SAE dictionary
+ * 'DIR': no such directory|too many". */
+int plan_add_sae_dict(struct plan *p, const char *dir, struct err *e) CK_WUR;
+
 /* The arguments together: a name, a source, a schedule, at least one
  * attempt; ctx and eval_seqs in [0, INT32_MAX] and only with an eval set;
  * eval_tokens or eval_text, not both; a tokenizer only with eval_text.
@@ -115,9 +125,18 @@ int plan_set_steps(struct plan *p, const long long *refs, int nrefs, struct err 
  * items for toy runs' tasks, opt-in items and items whose dependency the
  * battery lacks.  Then every item's dependency must be among them (an item
  * reads the artifacts of the one it depends on).  At most PLAN_MAX_ITEMS.
- * ERR_INVALID: "the battery has no item 'x'", "item 'a' reads what 'b'
- * writes: add 'b' to --items". */
+ * Fixed dictionaries (plan_add_sae_dict) are what sae_fixed reads: without
+ * items_arg they add it (opt-in) to the default items; with items_arg
+ * both or neither.  ERR_INVALID: "the battery has no item 'x'", "item 'a'
+ * reads what 'b' writes: add 'b' to --items", "--sae is read by the item
+ * sae_fixed: the worker has none|add it to --items", "item sae_fixed
+ * follows fixed dictionaries: give --sae DIR". */
 int plan_choose_items(struct plan *p, const struct registry *reg, struct err *e) CK_WUR;
+
+/* Each fixed dictionary read now by the worker's own reader
+ * (sae_opts_check_dict), its hook logged.  Its errors: ERR_INVALID (the
+ * worker cannot read it), ERR_CHILD. */
+int plan_check_sae_dicts(const struct plan *p, const char *worker, struct err *e) CK_WUR;
 
 /* With eval_text: tokenize it with the worker (evalset_tokenize, in the
  * data directory, once per text and tokenizer) into p->eval_path.
@@ -131,8 +150,8 @@ int plan_tokenize_eval(struct plan *p, const char *worker, struct err *e) CK_WUR
 int plan_find_eval(struct plan *p, struct err *e) CK_WUR;
 
 /* The run's options, compact JSON with sorted keys: eval_tokens (with ctx
- * and eval_seqs when set), probes, seed, sae_warm_start, sae_sites, each
- * only when given.  The caller frees it; NULL when out of memory. */
+ * and eval_seqs when set), probes, seed, sae_warm_start, sae_sites,
+ * sae_fixed (the dictionaries), model_name, each only when given.  The caller frees it; NULL when out of memory. */
 char *plan_options_json(const struct plan *p);
 
 #endif

@@ -120,7 +120,7 @@ int registry_from_worker_within(struct registry *r, const char *worker, double t
     struct child c;
     char *out = NULL;
     size_t len = 0;
-    int rc = child_capture(argv, timeout_s, &c, &out, &len, e);
+    int rc = child_capture(argv, timeout_s, &c, &out, &len, NULL, e);
     if (rc < 0)
         return rc == ERR_CHILD ? err_wrap(e, "the battery from the worker") : rc;
     if (!child_ok(&c)) {
