@@ -308,57 +308,128 @@ static void settle(struct server *s, struct slot *sl)
     slot_free(sl);
 }
 
+/* The claimed items as the worker's --items list; ERR_UNSUPPORTED when the
+ * worker offers an item at another version than the one queued. */
+static int claim_items(const struct server *s, const struct claim *c, char *items, size_t n, struct err *e)
+{
+    int rc = 0;
+    items[0] = '\0';
+    for (int i = 0; rc == 0 && i < c->njobs; i++) {
+        int v = registry_item_version(&s->reg, c->items[i]);
+        if (v != c->versions[i])
+            rc = err_set(e, ERR_UNSUPPORTED, c->items[i],
+                         v < 0 ? "the worker has no battery item %s (version %d)"
+                               : "the worker offers %s version %d, not the one queued",
+                         c->items[i], v < 0 ? c->versions[i] : v);
+        size_t len = strlen(items);
+        snprintf(items + len, n - len, "%s%s", i ? "," : "", c->items[i]);
+    }
+    return rc;
+}
+
+/* Artifacts: this step's directory into adir, its claimed items' parts
+ * emptied, when an item needs it; the previous step's into pdir when the
+ * jobs read it ("" otherwise; ARTIFACT_PATH_MAX bytes each). */
+static int claim_artifacts(const struct server *s, struct claim *c, char *adir, char *pdir, struct err *e)
+{
+    const char *art_items[CLAIM_MAX_JOBS];
+    int nart = 0, rc = 0;
+    adir[0] = pdir[0] = '\0';
+    for (int i = 0; i < c->njobs; i++) {
+        const struct reg_item *ri = registry_item(&s->reg, c->items[i]);
+        if (ri && ri->needs_artifacts)
+            art_items[nart++] = c->items[i];
+    }
+    if (nart > 0 && (rc = artifacts_prepare(s->artifact_root, c->run, c->step, art_items, nart, adir,
+                                            ARTIFACT_PATH_MAX, e)) == 0)
+        snprintf(c->artifact_dir, sizeof c->artifact_dir, "%s", s->artifact_root);
+    if (rc == 0 && c->prev_step >= 0)
+        rc = artifacts_step_dir(pdir, ARTIFACT_PATH_MAX, s->artifact_root, c->run, c->prev_step, e);
+    return rc;
+}
+
+/* The text of a worker's run options (runs.options), alive until it starts. */
+struct run_argv {
+    char eval[1024], seed[32], ctx[24], seqs[24], model[256], step[32];
+};
+
+/* The eval set's options of opt into argv from a; the new a. */
+static int eval_argv(json_t *opt, struct run_argv *ra, const char **argv, int a)
+{
+    json_t *jv = json_object_get(opt, "eval_tokens");
+    snprintf(ra->eval, sizeof ra->eval, "%s", json_is_string(jv) ? json_string_value(jv) : "");
+    const struct {
+        const char *key, *flag;
+        char *buf;
+        size_t n;
+        int with_eval; /* only with an eval set */
+    } nums[] = {{"seed", "--seed", ra->seed, sizeof ra->seed, 0},
+                {"ctx", "--ctx", ra->ctx, sizeof ra->ctx, 1},
+                {"eval_seqs", "--max-seqs", ra->seqs, sizeof ra->seqs, 1}};
+    if (ra->eval[0]) {
+        argv[a++] = "--eval-tokens";
+        argv[a++] = ra->eval;
+    }
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
+        jv = json_object_get(opt, nums[i].key);
+        if (!json_is_integer(jv) || (nums[i].with_eval && !ra->eval[0]))
+            continue;
+        snprintf(nums[i].buf, nums[i].n, "%lld", (long long)json_integer_value(jv));
+        argv[a++] = nums[i].flag;
+        argv[a++] = nums[i].buf;
+    }
+    return a;
+}
+
+/* The run's probe sets, SAE sites, fixed dictionaries (strings borrowed
+ * from opt, freed after the spawn) and the provenance of the SAE files its
+ * jobs write (sae_opts.h) into argv from a; the new a. */
+static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *ra, const char **argv, int a)
+{
+    const struct {
+        const char *key, *flag;
+        size_t max;
+    } lists[] = {{"probes", "--probe", SERVE_MAX_PROBES},
+                 {"sae_sites", "--sae-site", SERVE_MAX_SAE_SITES},
+                 {"sae_fixed", "--sae", SERVE_MAX_SAE_DICTS}};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
+        json_t *l = json_object_get(opt, lists[i].key);
+        for (size_t k = 0; k < json_array_size(l) && k < lists[i].max; k++)
+            if (json_is_string(json_array_get(l, k))) {
+                argv[a++] = lists[i].flag;
+                argv[a++] = json_string_value(json_array_get(l, k));
+            }
+    }
+    json_t *jv = json_object_get(opt, "model_name");
+    if (json_is_string(jv))
+        snprintf(ra->model, sizeof ra->model, "%s", json_string_value(jv));
+    else
+        sae_opts_model_name(c->source, c->run, ra->model, sizeof ra->model);
+    snprintf(ra->step, sizeof ra->step, "%lld", c->step);
+    argv[a++] = "--model-name";
+    argv[a++] = ra->model;
+    argv[a++] = "--run";
+    argv[a++] = c->run;
+    argv[a++] = "--step";
+    argv[a++] = ra->step;
+    return a;
+}
+
 /* Start the worker for a fresh claim; on failure the jobs fail now. */
 static void launch(struct server *s, struct slot *sl)
 {
     struct err e;
     err_clear(&e);
     struct claim *c = &sl->claim;
-    char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[OWNER_TAG_MAX + 32], seed[32] = "";
-    char status[2048];
-    char eval[1024] = "";
-    int rc = 0;
+    char dir[2048], items[CLAIM_MAX_JOBS * 65], threads[16], tag[OWNER_TAG_MAX + 32], status[2048];
+    char adir[ARTIFACT_PATH_MAX], pdir[ARTIFACT_PATH_MAX];
+    struct run_argv ra;
     snprintf(dir, sizeof dir, "%s", stage_dir(sl->stage));
-    for (int i = 0; rc == 0 && i < c->njobs; i++) {
-        int v = registry_item_version(&s->reg, c->items[i]);
-        if (v != c->versions[i])
-            rc = err_set(&e, ERR_UNSUPPORTED, c->items[i],
-                         v < 0 ? "the worker has no battery item %s (version %d)"
-                               : "the worker offers %s version %d, not the one queued",
-                         c->items[i], v < 0 ? c->versions[i] : v);
-        size_t len = strlen(items);
-        snprintf(items + len, sizeof items - len, "%s%s", i ? "," : "", c->items[i]);
-    }
-    /* artifacts: this step's directory, its claimed items' parts emptied,
-     * when an item needs it; the previous step's when the jobs read it */
-    char adir[ARTIFACT_PATH_MAX] = "", pdir[ARTIFACT_PATH_MAX] = "";
-    const char *art_items[CLAIM_MAX_JOBS];
-    int nart = 0;
-    for (int i = 0; i < c->njobs; i++) {
-        const struct reg_item *ri = registry_item(&s->reg, c->items[i]);
-        if (ri && ri->needs_artifacts)
-            art_items[nart++] = c->items[i];
-    }
-    if (rc == 0 && nart > 0 &&
-        (rc = artifacts_prepare(s->artifact_root, c->run, c->step, art_items, nart, adir,
-                                sizeof adir, &e)) == 0)
-        snprintf(c->artifact_dir, sizeof c->artifact_dir, "%s", s->artifact_root);
-    if (rc == 0 && c->prev_step >= 0)
-        rc = artifacts_step_dir(pdir, sizeof pdir, s->artifact_root, c->run, c->prev_step, &e);
-    json_t *opt = json_loads(c->options, 0, NULL);
-    json_t *jv = json_object_get(opt, "eval_tokens");
-    if (json_is_string(jv))
-        snprintf(eval, sizeof eval, "%s", json_string_value(jv));
-    jv = json_object_get(opt, "seed");
-    if (json_is_integer(jv))
-        snprintf(seed, sizeof seed, "%lld", (long long)json_integer_value(jv));
-    char ctxs[24] = "", seqs[24] = "";
-    jv = json_object_get(opt, "ctx");
-    if (json_is_integer(jv))
-        snprintf(ctxs, sizeof ctxs, "%lld", (long long)json_integer_value(jv));
-    jv = json_object_get(opt, "eval_seqs");
-    if (json_is_integer(jv))
-        snprintf(seqs, sizeof seqs, "%lld", (long long)json_integer_value(jv));
+    int rc = claim_items(s, c, items, sizeof items, &e);
+    if (rc == 0)
+        rc = claim_artifacts(s, c, adir, pdir, &e);
+    else
+        adir[0] = pdir[0] = '\0';
     int nthreads = s->cfg.worker_threads;
     if (nthreads <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -379,22 +450,8 @@ static void launch(struct server *s, struct slot *sl)
     argv[a++] = items;
     argv[a++] = "--status";
     argv[a++] = status;
-    if (eval[0]) {
-        argv[a++] = "--eval-tokens";
-        argv[a++] = eval;
-    }
-    if (seed[0]) {
-        argv[a++] = "--seed";
-        argv[a++] = seed;
-    }
-    if (eval[0] && ctxs[0]) {
-        argv[a++] = "--ctx";
-        argv[a++] = ctxs;
-    }
-    if (eval[0] && seqs[0]) {
-        argv[a++] = "--max-seqs";
-        argv[a++] = seqs;
-    }
+    json_t *opt = json_loads(c->options, 0, NULL);
+    a = eval_argv(opt, &ra, argv, a);
     if (adir[0]) {
         argv[a++] = "--artifacts";
         argv[a++] = adir;
@@ -403,41 +460,7 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = "--prev-artifacts";
         argv[a++] = pdir;
     }
-    /* the run's probe sets; strings borrowed from opt, freed after the spawn */
-    json_t *probes = json_object_get(opt, "probes");
-    for (size_t k = 0; k < json_array_size(probes) && k < SERVE_MAX_PROBES; k++)
-        if (json_is_string(json_array_get(probes, k))) {
-            argv[a++] = "--probe";
-            argv[a++] = json_string_value(json_array_get(probes, k));
-        }
-    /* the run's SAE sites, likewise borrowed */
-    json_t *sites = json_object_get(opt, "sae_sites");
-    for (size_t k = 0; k < json_array_size(sites) && k < SERVE_MAX_SAE_SITES; k++)
-        if (json_is_string(json_array_get(sites, k))) {
-            argv[a++] = "--sae-site";
-            argv[a++] = json_string_value(json_array_get(sites, k));
-        }
-    /* the fixed dictionaries of sae_fixed, likewise borrowed */
-    json_t *dicts = json_object_get(opt, "sae_fixed");
-    for (size_t k = 0; k < json_array_size(dicts) && k < SERVE_MAX_SAE_DICTS; k++)
-        if (json_is_string(json_array_get(dicts, k))) {
-            argv[a++] = "--sae";
-            argv[a++] = json_string_value(json_array_get(dicts, k));
-        }
-    /* provenance for the SAE files the jobs write (sae_opts.h) */
-    char model[256], stepbuf[32];
-    jv = json_object_get(opt, "model_name");
-    if (json_is_string(jv))
-        snprintf(model, sizeof model, "%s", json_string_value(jv));
-    else
-        sae_opts_model_name(c->source, c->run, model, sizeof model);
-    snprintf(stepbuf, sizeof stepbuf, "%lld", c->step);
-    argv[a++] = "--model-name";
-    argv[a++] = model;
-    argv[a++] = "--run";
-    argv[a++] = c->run;
-    argv[a++] = "--step";
-    argv[a++] = stepbuf;
+    a = run_extras_argv(c, opt, &ra, argv, a);
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
     double t0 = mono_now();
