@@ -9,6 +9,7 @@
 
 #include "workers/model/attention.h"
 #include "workers/model/kernels.h"
+#include "workers/model/pool.h"
 #include "workers/model/tape.h"
 
 /* ---- parameters ---- */
@@ -154,16 +155,24 @@ static void colsum_add(float *db, const float *d, int N, int M)
     }
 }
 
-/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks. */
-static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks,
+ * blocks of them on the model's threads. */
+struct gelu_bjob {
+    float *dh;
+    const float *x;
+    int tanh_form;
+};
+
+static void gelu_backward_part(const void *ctx, size_t lo, size_t hi)
 {
+    const struct gelu_bjob *j = ctx;
     enum { CH = 256 };
     float a[CH], b[CH];
-    for (size_t i0 = 0; i0 < n; i0 += CH) {
-        size_t m = n - i0 < CH ? n - i0 : CH;
-        const float *xi = x + i0;
-        float *d = dh + i0;
-        if (!tanh_form) {
+    for (size_t i0 = lo; i0 < hi; i0 += CH) {
+        size_t m = hi - i0 < CH ? hi - i0 : CH;
+        const float *xi = j->x + i0;
+        float *d = j->dh + i0;
+        if (!j->tanh_form) {
             for (size_t i = 0; i < m; i++) {
                 a[i] = xi[i] * 0.70710678118654752f;
                 b[i] = -0.5f * xi[i] * xi[i];
@@ -187,6 +196,12 @@ static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
             }
         }
     }
+}
+
+static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+{
+    struct gelu_bjob j = {dh, x, tanh_form};
+    pool_rows(n, 1, gelu_backward_part, &j);
 }
 
 double gptneox_xent_dlogits(float *dlogits, const float *logits, const int *targets, int N,

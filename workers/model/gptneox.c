@@ -1065,7 +1065,7 @@ static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, in
         return rc;
     /* MLP: on the layer's input (parallel) or after the attention (sequential) */
     if (!c->parallel_residual) {
-        add_inplace(x, fb->attn_out, NC);
+        vadd(x, fb->attn_out, NULL, NC);
         if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_MID, l, x, B, T, 0, e)) < 0)
             return rc;
         if (lb.x_mid)
@@ -1097,10 +1097,25 @@ static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, in
     matmul_forward(fb->mlp_out, h, L->proj_w, L->proj_b, N, F, C);
     if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_OUT, l, fb->mlp_out, B, T, 0, e)) < 0)
         return rc;
-    if (c->parallel_residual)
-        add_inplace(x, fb->attn_out, NC);
-    add_inplace(x, fb->mlp_out, NC);
+    /* parallel: x = (x + attn_out) + mlp_out; sequential: x += mlp_out */
+    vadd(x, c->parallel_residual ? fb->attn_out : fb->mlp_out,
+         c->parallel_residual ? fb->mlp_out : NULL, NC);
     return hooks_call(m, hooks, nh, HOOK_RESID_POST, l, x, B, T, 0, e);
+}
+
+struct embed_job {
+    float *x;
+    const float *embed;
+    const int *tokens;
+    int C;
+};
+
+static void embed_rows(const void *ctx, size_t lo, size_t hi)
+{
+    const struct embed_job *j = ctx;
+    for (size_t n = lo; n < hi; n++)
+        memcpy(j->x + n * j->C, j->embed + (size_t)j->tokens[n] * j->C,
+               (size_t)j->C * sizeof(float));
 }
 
 /* The forward from tokens (resid NULL, first_layer 0) or resumed at
@@ -1157,9 +1172,8 @@ static int forward_impl(struct gptneox *m, struct gptneox_tape *tape, const int 
     if (resid) {
         memcpy(fb.x, resid, (size_t)N * C * sizeof(float));
     } else {
-        for (int n = 0; n < N; n++)
-            memcpy(fb.x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
-                   (size_t)C * sizeof(float));
+        struct embed_job ej = {fb.x, m->embed, tokens, C};
+        pool_rows((size_t)N, (size_t)C, embed_rows, &ej);
         if ((rc = hooks_call(m, hooks, nh, HOOK_EMBED, -1, fb.x, B, T, 0, e)) < 0)
             goto out;
     }
@@ -1265,11 +1279,6 @@ double gptneox_forward_flops(const struct gptneox_config *c, int B, int T)
 {
     double N = (double)B * T, C = c->d_model, F = c->d_mlp, V = c->vocab_size;
     double per_layer = 2 * N * C * 3 * C + 2 * N * C * C + 2 * N * C * F + 2 * N * F * C;
-    double att = 0.0; /* causal blocks as attention.c computes them */
-    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-        att += 2.0 * 2.0 * (r1 - r0) * r1 * c->d_head;
-    }
-    att *= (double)B * c->n_heads;
+    double att = attention_flops(B, T, c->n_heads, c->d_head);
     return c->n_layers * (per_layer + att) + 2 * N * C * V;
 }

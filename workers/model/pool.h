@@ -23,6 +23,8 @@
 #ifndef CKPTD_POOL_H
 #define CKPTD_POOL_H
 
+#include <stddef.h>
+
 /* A task: index i in [0, n), run by thread tid in [0, pool_threads()). */
 typedef void (*pool_task_fn)(void *ctx, int i, int tid);
 
@@ -39,5 +41,12 @@ void pool_for(int n, pool_task_fn fn, void *ctx, int blas);
 /* [*lo, *hi): the part of [0, total) that task i of n covers, in whole
  * multiples of `align` except the last. */
 void pool_split(int total, int n, int i, int align, int *lo, int *hi);
+
+/* fn(ctx, lo, hi) over [0, n) in chunks on the pool's threads, for loops
+ * whose rows are independent (element-wise kernels); `cost` is the work of
+ * one row (elements touched).  Small loops (n * cost below a few ten
+ * thousand) run inline: waking threads would cost more. */
+typedef void (*pool_rows_fn)(const void *ctx, size_t lo, size_t hi);
+void pool_rows(size_t n, size_t cost, pool_rows_fn fn, const void *ctx);
 
 #endif
