@@ -120,16 +120,20 @@ void pool_for(int n, pool_task_fn fn, void *ctx, int blas)
     if (n <= 0)
         return;
     int workers = want > 1 && n > 1 ? start_workers(want) : 0;
-    if (workers == 0) {
-        for (int i = 0; i < n; i++)
-            fn(ctx, i, 0);
-        return;
-    }
+    /* tasks call BLAS single-threaded however many threads run them, so
+     * their results do not depend on the thread count */
     int blas_threads = 0;
     if (blas) {
         blas_threads = openblas_get_num_threads();
         if (blas_threads > 1)
             openblas_set_num_threads(1);
+    }
+    if (workers == 0) {
+        for (int i = 0; i < n; i++)
+            fn(ctx, i, 0);
+        if (blas && blas_threads > 1)
+            openblas_set_num_threads(blas_threads);
+        return;
     }
     P.n = n;
     P.fn = fn;

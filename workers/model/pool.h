@@ -8,7 +8,9 @@
  * runs more threads than the user asked for: while a parallel loop whose
  * tasks call BLAS runs, OpenBLAS is set to one thread (Debian's pthread
  * OpenBLAS 0.3.21 has no per-thread setting; the model's threads are the
- * only callers), and its count is restored afterwards.  Tasks are handed
+ * only callers), and its count is restored afterwards; also when the loop
+ * runs inline, so what the tasks compute does not depend on the number of
+ * threads.  Tasks are handed
  * out in index order from a shared counter, so callers list expensive
  * tasks first; each task must write only its own outputs, so results do
  * not depend on which thread ran what.
