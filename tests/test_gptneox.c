@@ -680,9 +680,10 @@ static void test_load_faults(void **state)
     gptneox_free(m);
 }
 
-/* The model's own threads (attention tasks, element-wise blocks) do not
- * change a bit of the logits.  (OpenBLAS stays on one thread: with some
- * of its kernel families a threaded sgemm rounds differently.) */
+/* Threads do not change a bit of the logits: every product is split into
+ * single-threaded sgemm on blocks of rows or columns, every element-wise
+ * loop into blocks of rows.  (OpenBLAS's own threaded sgemm rounds
+ * differently for some kernel families; the model does not use it.) */
 static void test_threads_bitwise(void **state)
 {
     (void)state;
@@ -701,7 +702,7 @@ static void test_threads_bitwise(void **state)
     blas_set_threads(1);
     assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
     memcpy(one, gptneox_logits(m), n * sizeof(float));
-    pool_set_threads(2);
+    blas_set_threads(2);
     assert_int_equal(pool_threads(), 2);
     assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
     assert_memory_equal(one, gptneox_logits(m), n * sizeof(float));

@@ -980,9 +980,8 @@ static int attn_forward(struct gptneox *m, const struct fwd_bufs *fb, struct tap
             const float *bias = L->qkv_b ? L->qkv_b + (size_t)h * 3 * HS : NULL;
             for (int n = 0; n < N && bias; n++)
                 memcpy(out + (size_t)n * 3 * C, bias, 3 * (size_t)HS * sizeof(float));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, 3 * HS, C, 1.0f,
-                        lb->ln1 + (size_t)h * C, NH * C, L->qkv_w + (size_t)h * 3 * HS * C, C,
-                        bias ? 1.0f : 0.0f, out, 3 * C);
+            sgemm_par(0, 1, N, 3 * HS, C, 1.0f, lb->ln1 + (size_t)h * C, NH * C,
+                      L->qkv_w + (size_t)h * 3 * HS * C, C, bias ? 1.0f : 0.0f, out, 3 * C);
         }
     } else {
         if ((rc = ln_forward(m, &ln1, lb->ln1, lb->mean1, lb->rstd1, lb->scale1, lb->ln1n, fb->x,
@@ -1023,9 +1022,8 @@ static int attn_forward(struct gptneox *m, const struct fwd_bufs *fb, struct tap
         /* result[:, h] = z[:, h] W_O[:, h]^T; attn_out = sum over heads + b_O */
         float *res = fb->hbuf;
         for (int h = 0; h < NH; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, HS, 1.0f,
-                        lb->z + (size_t)h * HS, C, L->attn_w + (size_t)h * HS, C, 0.0f,
-                        res + (size_t)h * C, NH * C);
+            sgemm_par(0, 1, N, C, HS, 1.0f, lb->z + (size_t)h * HS, C, L->attn_w + (size_t)h * HS,
+                      C, 0.0f, res + (size_t)h * C, NH * C);
         if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_RESULT, l, res, B, T, 0, e)) < 0)
             return rc;
         for (int n = 0; n < N; n++) {

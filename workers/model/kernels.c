@@ -8,6 +8,59 @@
 #include "workers/model/pool.h"
 #include "workers/model/vmath.h"
 
+/* Blocks of sgemm_par start at multiples of this many rows (columns): a
+ * multiple of every register tile OpenBLAS's kernels use, so each output
+ * element falls in the same tile, and is summed in the same order, as in
+ * one sgemm over the whole matrix. */
+#define SGEMM_ALIGN 192
+
+struct sgemm_job {
+    int ta, tb, M, N, K, lda, ldb, ldc, by_rows, parts;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+};
+
+static void sgemm_task(void *vctx, int i, int tid)
+{
+    (void)tid;
+    const struct sgemm_job *j = vctx;
+    int lo, hi;
+    if (j->by_rows) {
+        pool_split(j->M, j->parts, i, SGEMM_ALIGN, &lo, &hi);
+        if (lo < hi)
+            cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans,
+                        j->tb ? CblasTrans : CblasNoTrans, hi - lo, j->N, j->K, j->alpha,
+                        j->A + (j->ta ? (size_t)lo : (size_t)lo * j->lda), j->lda, j->B, j->ldb,
+                        j->beta, j->C + (size_t)lo * j->ldc, j->ldc);
+    } else {
+        pool_split(j->N, j->parts, i, SGEMM_ALIGN, &lo, &hi);
+        if (lo < hi)
+            cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans,
+                        j->tb ? CblasTrans : CblasNoTrans, j->M, hi - lo, j->K, j->alpha, j->A,
+                        j->lda, j->B + (j->tb ? (size_t)lo * j->ldb : (size_t)lo), j->ldb,
+                        j->beta, j->C + lo, j->ldc);
+    }
+}
+
+void sgemm_par(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    const int th = pool_threads();
+    const int by_rows = M >= N;
+    const int len = by_rows ? M : N;
+    /* one block per thread: equal work, and every block large */
+    int parts = th < (len + SGEMM_ALIGN - 1) / SGEMM_ALIGN ? th
+                                                           : (len + SGEMM_ALIGN - 1) / SGEMM_ALIGN;
+    if ((double)M * N * K < 1e6)
+        parts = 1; /* too small to share */
+    struct sgemm_job j = {transa, transb, M, N, K, lda, ldb, ldc, by_rows, parts < 1 ? 1 : parts,
+                          alpha, beta, A, B, C};
+    pool_for(j.parts, sgemm_task, &j, 1);
+}
+
 struct bias_job {
     float *out;
     const float *b;
@@ -30,8 +83,7 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
         pool_rows((size_t)N, (size_t)M, bias_rows, &j);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.0f, inp, K, w, K,
-                beta, out, M);
+    sgemm_par(0, 1, N, M, K, 1.0f, inp, K, w, K, beta, out, M);
 }
 
 struct ln_job {

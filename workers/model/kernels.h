@@ -16,7 +16,16 @@
 
 #include <stddef.h>
 
-/* out (N,M) = inp (N,K) @ w(M,K)^T + b (M); b may be NULL. One sgemm. */
+/* cblas_sgemm (row-major) with the work split over the model's threads
+ * (pool.h): blocks of C's rows, or of its columns when C is wider than
+ * tall, each one single-threaded sgemm.  A block's products run over the
+ * whole K as one sgemm would, so the numbers are those of one thread,
+ * whatever the thread count; OpenBLAS's own threads are not used.  Must
+ * not be called from a pool task. */
+void sgemm_par(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* out (N,M) = inp (N,K) @ w(M,K)^T + b (M); b may be NULL. One sgemm_par. */
 void matmul_forward(float *out, const float *inp, const float *w, const float *b,
                     int N, int K, int M);
 
