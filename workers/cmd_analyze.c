@@ -14,12 +14,14 @@
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
 #include "workers/model/gptneox.h"
+#include "workers/text/tokenizer.h"
 #include "workers/text/tokens.h"
 
 static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
+    "                           [--pairs FILE]... [--tokenizer FILE]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -52,7 +54,11 @@ static const char analyze_usage[] =
     "  --sae-site HOOK      a site for sae and sae_relu, repeatable, one per layer:\n"
     "                       blocks.L.hook_resid_pre, hook_attn_out, hook_resid_mid\n"
     "                       (sequential-residual models), hook_mlp_out or\n"
-    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n";
+    "                       hook_resid_post (default: blocks.{n_layers/2}.hook_resid_post)\n"
+    "  --pairs FILE         a prompt-pair set (JSON, see docs/patching.md), repeatable;\n"
+    "                       the patching items write its rows with idx = its position in\n"
+    "                       the --pairs list + 1 (idx 0: the built-in induction pairs)\n"
+    "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -143,11 +149,13 @@ int cmd_analyze(int argc, char **argv)
     uint64_t seed = 0, ctx_len = 0, max_seqs = 0;
     const char **probe_paths = calloc((size_t)argc, sizeof *probe_paths);
     const char **sae_sites = calloc((size_t)argc, sizeof *sae_sites);
-    int nprobe = 0, nsae_sites = 0;
-    if (!probe_paths || !sae_sites) {
+    const char **pair_paths = calloc((size_t)argc, sizeof *pair_paths), *tok_path = NULL;
+    int nprobe = 0, nsae_sites = 0, npairs = 0;
+    if (!probe_paths || !sae_sites || !pair_paths) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         free(probe_paths);
         free(sae_sites);
+        free(pair_paths);
         return EXIT_INPUT;
     }
     for (int i = 1; i < argc; i++) {
@@ -168,11 +176,16 @@ int cmd_analyze(int argc, char **argv)
             probe_paths[nprobe++] = argv[++i];
         } else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
             sae_sites[nsae_sites++] = argv[++i];
+        } else if (strcmp(argv[i], "--pairs") == 0 && i + 1 < argc) {
+            pair_paths[npairs++] = argv[++i];
+        } else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) {
+            tok_path = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             if (parse_uint(argv[++i], UINT64_MAX, &seed) < 0) {
                 fprintf(stderr, "ckpt-worker analyze: --seed needs a non-negative integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(pair_paths);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
@@ -180,6 +193,7 @@ int cmd_analyze(int argc, char **argv)
                 fprintf(stderr, "ckpt-worker analyze: --ctx needs a positive integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(pair_paths);
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--max-seqs") == 0 && i + 1 < argc) {
@@ -187,6 +201,7 @@ int cmd_analyze(int argc, char **argv)
                 fprintf(stderr, "ckpt-worker analyze: --max-seqs needs a positive integer\n");
                 free(probe_paths);
                 free(sae_sites);
+                free(pair_paths);
                 return EXIT_USAGE;
             }
         } else if (argv[i][0] != '-' && !dir) {
@@ -196,6 +211,7 @@ int cmd_analyze(int argc, char **argv)
                     analyze_usage);
             free(probe_paths);
             free(sae_sites);
+            free(pair_paths);
             return EXIT_USAGE;
         }
     }
@@ -203,6 +219,7 @@ int cmd_analyze(int argc, char **argv)
         fputs(analyze_usage, stderr);
         free(probe_paths);
         free(sae_sites);
+        free(pair_paths);
         return EXIT_USAGE;
     }
     const struct battery_item **items = calloc(battery_count(), sizeof *items);
@@ -213,6 +230,7 @@ int cmd_analyze(int argc, char **argv)
         free(items);
         free(probe_paths);
         free(sae_sites);
+        free(pair_paths);
         return EXIT_USAGE;
     }
     free(list);
@@ -232,7 +250,9 @@ int cmd_analyze(int argc, char **argv)
         needs |= items[i]->needs;
 
     struct probe_set **probe_sets = calloc((size_t)nprobe + 1, sizeof *probe_sets);
-    if (!probe_sets) {
+    struct pair_set **pair_sets = calloc((size_t)npairs + 1, sizeof *pair_sets);
+    struct tokenizer *tok = NULL;
+    if (!probe_sets || !pair_sets) {
         err_set(&e, ERR_NOMEM, NULL, "out of memory");
         goto fail;
     }
@@ -248,6 +268,17 @@ int cmd_analyze(int argc, char **argv)
         log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", nprobe);
     bctx.probe_sets = (const struct probe_set *const *)probe_sets;
     bctx.nprobe_sets = nprobe;
+    /* pair sets likewise: a bad file prints no rows */
+    if (tok_path && npairs && tokenizer_load(&tok, tok_path, &e) < 0)
+        goto fail;
+    for (int k = 0; k < npairs; k++)
+        if (pair_set_load(&pair_sets[k], pair_paths[k], tok, &e) < 0 ||
+            pair_set_check(pair_sets[k], &m->cfg, &e) < 0)
+            goto fail;
+    if (npairs && !(needs & BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS)))
+        log_warn("pair sets unused", "count=%d reason=\"no item listed reads them\"", npairs);
+    bctx.pair_sets = (const struct pair_set *const *)pair_sets;
+    bctx.npair_sets = npairs;
     bctx.artifacts_dir = artifacts;
     bctx.prev_artifacts_dir = prev_artifacts;
     /* the sites too, when an item trains SAEs: a bad one prints no rows */
@@ -317,6 +348,11 @@ out:
     for (int k = 0; probe_sets && k < nprobe; k++)
         probe_set_free(probe_sets[k]);
     free(probe_sets);
+    for (int k = 0; pair_sets && k < npairs; k++)
+        pair_set_free(pair_sets[k]);
+    free(pair_sets);
+    tokenizer_free(tok);
+    free(pair_paths);
     free(probe_paths);
     free(sae_sites);
     return status;

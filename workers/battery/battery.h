@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "workers/battery/pair_set.h"
 #include "workers/battery/probe_set.h"
 #include "workers/battery/rows.h"
 #include "workers/model/gptneox.h"
@@ -53,6 +54,8 @@ enum battery_need {
                                  DIR) when given; see battery_item.depends_on */
     BATTERY_NEED_TASK_OPTIONAL, /* "task_optional": reads ctx.task_path when a toy run's
                                  task.json is found; the item runs without it */
+    BATTERY_NEED_PAIR_SETS,   /* "pair_sets": reads ctx.pair_sets (--pairs) when given;
+                                 optional, the item has a built-in set */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -88,6 +91,9 @@ struct battery_ctx {
      * (sae_sites_resolve) */
     const char *const *sae_sites;
     int nsae_sites;
+    /* prompt-pair sets (--pairs, in order; pair_set.h), or NULL/0 */
+    const struct pair_set *const *pair_sets;
+    int npair_sets;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -464,5 +470,16 @@ extern const struct battery_item battery_item_sae_match;
 int sae_match_dicts(const float *cur, int n, const float *prev, int m, int d, double threshold,
                     int *matched, int *best_prev, int *split_parent, float *sim, int *n_died,
                     struct err *e) CK_WUR;
+
+/* patching v1, attribution v1, path_patching v1, circuit v1: activation,
+ * attribution and path patching on prompt pairs and the circuit they
+ * outline, per pair set (idx 0 the built-in induction pairs, k the k-th
+ * --pairs set).  battery_patching.h has what they share; the metrics are
+ * defined in battery_patching.c, battery_patching_atp.c,
+ * battery_patching_path.c and battery_patching_circuit.c. */
+extern const struct battery_item battery_item_patching;
+extern const struct battery_item battery_item_attribution;
+extern const struct battery_item battery_item_path_patching;
+extern const struct battery_item battery_item_circuit;
 
 #endif
