@@ -445,24 +445,55 @@ static json_t *canonical_json(const struct pair_set *ps)
     return doc;
 }
 
+/* Append text to a growing buffer; -1 when out of memory. */
+static int buf_add(char **buf, size_t *len, size_t *cap, const char *text)
+{
+    size_t n = strlen(text);
+    if (*len + n + 1 > *cap) {
+        size_t c = (*cap ? *cap : 4096);
+        while (c < *len + n + 1)
+            c *= 2;
+        char *b = realloc(*buf, c);
+        if (!b)
+            return -1;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, text, n + 1);
+    *len += n;
+    return 0;
+}
+
 int pair_set_write(const struct pair_set *ps, const char *path, struct err *e)
 {
-    json_t *doc = canonical_json(ps);
-    /* one pair per line: readable and diff-friendly without being huge */
-    char *text = doc ? json_dumps(doc, JSON_INDENT(1) | JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(doc);
-    if (!text)
-        return err_set(e, ERR_NOMEM, path, "out of memory");
-    size_t n = strlen(text);
-    char *withnl = realloc(text, n + 2);
-    if (!withnl) {
-        free(text);
-        return err_set(e, ERR_NOMEM, path, "out of memory");
+    /* the canonical JSON, one pair per line: readable, diff-friendly */
+    json_t *doc = canonical_json(ps), *pairs = doc ? json_object_get(doc, "pairs") : NULL;
+    char *buf = NULL, *piece = NULL;
+    size_t len = 0, cap = 0;
+    int ok = doc != NULL;
+    if (ok) {
+        json_incref(pairs);
+        json_object_del(doc, "pairs");
+        piece = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        ok = piece && piece[strlen(piece) - 1] == '}';
+        if (ok) {
+            piece[strlen(piece) - 1] = '\0'; /* reopened for "pairs" */
+            ok = buf_add(&buf, &len, &cap, piece) == 0 &&
+                 buf_add(&buf, &len, &cap, ",\n \"pairs\":[\n") == 0;
+        }
+        free(piece);
     }
-    withnl[n] = '\n';
-    withnl[n + 1] = '\0';
-    int rc = path_write_atomic(path, withnl, e);
-    free(withnl);
+    for (size_t b = 0; ok && b < json_array_size(pairs); b++) {
+        piece = json_dumps(json_array_get(pairs, b), JSON_COMPACT | JSON_PRESERVE_ORDER);
+        ok = piece && buf_add(&buf, &len, &cap, "  ") == 0 && buf_add(&buf, &len, &cap, piece) == 0 &&
+             buf_add(&buf, &len, &cap, b + 1 < json_array_size(pairs) ? ",\n" : "\n") == 0;
+        free(piece);
+    }
+    ok = ok && buf_add(&buf, &len, &cap, " ]}\n") == 0;
+    json_decref(pairs);
+    json_decref(doc);
+    int rc = ok ? path_write_atomic(path, buf, e) : err_set(e, ERR_NOMEM, path, "out of memory");
+    free(buf);
     return rc;
 }
 
