@@ -205,21 +205,27 @@ static void test_induction_builtin(void **state)
     const int L = 16, T = 32;
     assert_int_equal(ps->T, T);
     assert_int_equal(ps->B, PAIR_IND_PAIRS);
-    assert_int_equal(ps->npos, 2);
-    assert_int_equal(ps->pos[0], L);
-    assert_int_equal(ps->pos[1], T - 1);
+    assert_int_equal(ps->npos, 3);
+    assert_int_equal(ps->pos[0], L - 1);
+    assert_int_equal(ps->pos[1], L);
+    assert_int_equal(ps->pos[2], T - 1);
     for (int b = 0; b < ps->B; b++) {
         const int *c = ps->clean + b * T, *k = ps->corrupted + b * T;
         assert_int_equal(c[0], PAIR_IND_BOS);
-        for (int j = 0; j + 1 < L; j++) { /* the second copy repeats R, in both */
+        for (int j = 0; j + 1 < L; j++) /* the second copy repeats R */
             assert_int_equal(c[1 + L + j], c[1 + j]);
-            assert_int_equal(k[1 + L + j], c[1 + j]);
-        }
         for (int i = 1; i <= L; i++)
-            for (int j = 1; j <= L; j++)
-                assert_int_not_equal(c[i], k[j]); /* R and R' disjoint */
+            for (int j = 1; j < i; j++)
+                assert_int_not_equal(c[i], c[j]); /* R: distinct ids */
+        for (int t = 0; t < T; t++) /* only R[L-2] of the first copy is corrupted */
+            if (t != L - 1)
+                assert_int_equal(k[t], c[t]);
         assert_int_equal(ps->ans[b], c[L]);
-        assert_int_equal(ps->wrong[b], k[L]);
+        for (int t = 0; t < T; t++) { /* Z and W are in no clean prompt; W in neither */
+            assert_int_not_equal(c[t], k[L - 1]);
+            assert_int_not_equal(c[t], ps->wrong[b]);
+            assert_int_not_equal(k[t], ps->wrong[b]);
+        }
     }
     struct pair_set *again = NULL;
     assert_int_equal(pair_set_induction(&again, 256, 33, PAIR_IND_PAIRS, 0, 7, &e), 0);

@@ -13,21 +13,23 @@
  * and every direct path, both directions, within the same tolerance.
  *
  * On the hand-built induction circuit (workers/model/circuits.h; the
- * built-in pairs corrupt the first copy, so only an induction mechanism
- * separates the answer from the wrong answer):
+ * built-in pairs corrupt the token before the answer in the first copy,
+ * so only an induction mechanism separates the answer from the wrong one):
  *   - the baselines: clean LD ~ 30 logits, corrupted ~ 0;
- *   - denoising the induction head 1.0 restores the behaviour (> 0.95, at
- *     every position and at the positions of interest); noising it or the
- *     previous-token head 0.0 removes it (< 0.05); the uniform heads 0.1
- *     and 1.1 restore nothing (|.| < 0.02) and remove nothing (> 0.98);
- *   - the residual stream entering layer 1 at the key position L restores
- *     it (> 0.95); the embedding of R[L-2] at L-1 alone makes the model
- *     copy the corrupted token (< -0.95);
+ *   - denoising the induction head 1.0 or the previous-token head 0.0
+ *     restores the behaviour (> 0.95, at every position and at the
+ *     positions of interest); noising either removes it (< 0.05); the
+ *     uniform heads 0.1 and 1.1 restore nothing (|.| < 0.02) and remove
+ *     nothing (> 0.98);
+ *   - the residual stream at the corrupted position L-1 restores it at
+ *     layer 0 (> 0.95) and not at layer 1 (|.| < 0.02): the previous-token
+ *     head has moved the token to L, where layer 1's stream restores it
+ *     (> 0.95); the embedding at L, the same in both prompts, does nothing;
  *   - path patching: the previous-token head reaches the logits only
- *     through the induction head: noising the path 0.0 -> 1.0 removes the
- *     behaviour (< 0.05) while the direct path 0.0 -> logits changes
- *     nothing (> 0.98; denoising: < 0.02 in size); 0.0 -> 1.1 and the
- *     uniform head 0.1 -> 1.0 change nothing;
+ *     through the induction head: the path 0.0 -> 1.0 carries the whole
+ *     effect (noising < 0.05, denoising > 0.95) while the direct path
+ *     0.0 -> logits carries none (noising > 0.98, denoising < 0.02 in
+ *     size); 0.0 -> 1.1 and the uniform head 0.1 -> 1.0 change nothing;
  *   - the circuit is {0.0, 1.0}.
  * The circuit item on score files written by hand: size, members, Jaccard,
  * added, removed; an absent behaviour (gap below CIRCUIT_MIN_GAP) gives the
@@ -212,9 +214,10 @@ static void test_induction_circuit(void **state)
     const char *den[2] = {"head_denoise", "head_denoise_poi"};
     const char *noi[2] = {"head_noise", "head_noise_poi"};
     for (int k = 0; k < 2; k++) {
-        assert_true(get(g, n, den[k], 1, 0, 0) > 0.95);  /* the induction head restores it */
-        assert_true(get(g, n, noi[k], 1, 0, 0) < 0.05);  /* and is needed */
-        assert_true(get(g, n, noi[k], 0, 0, 0) < 0.05);  /* so is the previous-token head */
+        for (int l = 0; l < 2; l++) { /* the induction and the previous-token head */
+            assert_true(get(g, n, den[k], l, 0, 0) > 0.95); /* restore it */
+            assert_true(get(g, n, noi[k], l, 0, 0) < 0.05); /* and are needed */
+        }
         for (int l = 0; l < 2; l++) {                    /* the uniform heads do nothing */
             assert_true(fabs(get(g, n, den[k], l, 1, 0)) < 0.02);
             assert_true(get(g, n, noi[k], l, 1, 0) > 0.98);
@@ -222,7 +225,11 @@ static void test_induction_circuit(void **state)
     }
     const int L = PAIR_IND_LEN;
     assert_true(get(g, n, "resid_denoise", 1, L, 0) > 0.95);
-    assert_true(get(g, n, "resid_denoise", 0, L - 1, 0) < -0.95);
+    assert_true(get(g, n, "resid_denoise", 0, L - 1, 0) > 0.95);
+    /* by layer 1 the corrupted token has moved on to L: L-1 no longer matters */
+    assert_true(fabs(get(g, n, "resid_denoise", 1, L - 1, 0)) < 0.02);
+    assert_true(fabs(get(g, n, "resid_denoise", 0, L, 0)) < 1e-6);
+    assert_true(get(g, n, "resid_noise", 0, L - 1, 0) < 0.05);
     for (int t = L + 1; t < 2 * L - 1; t++) /* the second copy is the same in both prompts */
         assert_true(fabs(get(g, n, "resid_denoise", 1, t, 0)) < 1e-6);
     free(g);
@@ -259,9 +266,8 @@ static void test_path_circuit(void **state)
     assert_true(PN(PATCH_NOISE, 0, 2) > 0.98); /* direct path to the logits */
     assert_true(PN(PATCH_NOISE, 0, 1) > 0.98); /* through the uniform head 1.1 */
     assert_true(PN(PATCH_NOISE, 1, 0) > 0.98); /* the uniform head 0.1 */
-    /* denoising: the clean previous token at the key makes the induction
-     * head copy the corrupted first copy's token: the wrong answer */
-    assert_true(PN(PATCH_DENOISE, 0, 0) < -0.95);
+    /* denoising: the clean previous token at the key is all it takes */
+    assert_true(PN(PATCH_DENOISE, 0, 0) > 0.95);
     assert_true(fabs(PN(PATCH_DENOISE, 0, 2)) < 0.02);
     assert_true(fabs(PN(PATCH_DENOISE, 1, 0)) < 0.02);
     printf("induction circuit paths (noise): 0.0->1.0 %.4f, 0.0->logits %.4f\n",

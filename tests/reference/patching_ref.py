@@ -73,9 +73,9 @@ def induction_pairs(V, max_pos, seed, npairs=8):
     L = min(16, max_pos // 2, (V - 1) // 2)
     r = SplitMix(seed ^ IND_SALT)
 
-    def draw(avoid):
+    def draw(n, avoid):
         out = []
-        while len(out) < L:
+        while len(out) < n:
             t = r.below(V)
             if t != 0 and t not in out and t not in avoid:
                 out.append(t)
@@ -83,14 +83,17 @@ def induction_pairs(V, max_pos, seed, npairs=8):
 
     clean, corr, ans, wrong = [], [], [], []
     for _ in range(npairs):
-        R_ = draw([])
-        Rp = draw(R_)
-        clean.append([0] + R_ + R_[:L - 1])
-        corr.append([0] + Rp + R_[:L - 1])
+        R_ = draw(L, [])
+        Z, W_ = draw(2, R_)
+        c = [0] + R_ + R_[:L - 1]
+        k = list(c)
+        k[L - 1] = Z
+        clean.append(c)
+        corr.append(k)
         ans.append([R_[L - 1]])
-        wrong.append([Rp[L - 1]])
+        wrong.append([W_])
     return {"clean": clean, "corrupted": corr, "answer": ans, "wrong": wrong,
-            "positions": [L, 2 * L - 1]}
+            "positions": [L - 1, L, 2 * L - 1]}
 
 
 def run(cfg, W, tok, start=0, x0=None, z_hook=None, x_hook=None, grad=False):

@@ -632,7 +632,7 @@ int pair_set_induction(struct pair_set **out, int V, int max_positions, int npai
     int *clean = malloc((size_t)B * T * sizeof *clean);
     int *corr = malloc((size_t)B * T * sizeof *corr);
     int *ans = malloc((size_t)B * sizeof *ans), *wrong = malloc((size_t)B * sizeof *wrong);
-    int *r = malloc((size_t)2 * L * sizeof *r);
+    int *r = malloc(((size_t)L + 2) * sizeof *r);
     int rc;
     if (!clean || !corr || !ans || !wrong || !r) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory for induction pairs");
@@ -641,23 +641,24 @@ int pair_set_induction(struct pair_set **out, int V, int max_positions, int npai
     uint64_t s = seed ^ PAIR_IND_SALT;
     for (int b = 0; b < B; b++) {
         int *c = clean + (size_t)b * T, *k = corr + (size_t)b * T;
-        draw_distinct(r, L, NULL, 0, V, &s);         /* R */
-        draw_distinct(r + L, L, r, L, V, &s);        /* R', disjoint from R */
-        c[0] = k[0] = PAIR_IND_BOS;
-        for (int j = 0; j < L; j++) {
+        draw_distinct(r, L, NULL, 0, V, &s);     /* R */
+        draw_distinct(r + L, 2, r, L, V, &s);    /* Z, W: outside R */
+        c[0] = PAIR_IND_BOS;
+        for (int j = 0; j < L; j++)
             c[1 + j] = r[j];
-            k[1 + j] = r[L + j];
-        }
         for (int j = 0; j + 1 < L; j++)
-            c[1 + L + j] = k[1 + L + j] = r[j];
+            c[1 + L + j] = r[j];
+        memcpy(k, c, (size_t)T * sizeof *k);
+        k[L - 1] = r[L];                         /* R[L-2] -> Z */
         ans[b] = r[L - 1];
-        wrong[b] = r[2 * L - 1];
+        wrong[b] = r[L + 1];
     }
-    int pos[2] = {L, T - 1};
-    char desc[160];
-    snprintf(desc, sizeof desc, "induction: [BOS, R, R[0..L-2]] with L = %d, the first copy "
-             "corrupted; answer R[L-1], wrong R'[L-1]; seed %llu", L, (unsigned long long)seed);
-    rc = pair_set_from_arrays(out, "induction", desc, B, T, clean, corr, ans, wrong, pos, 2, e);
+    int pos[3] = {L - 1, L, T - 1};
+    char desc[200];
+    snprintf(desc, sizeof desc, "induction: [BOS, R, R[0..L-2]] with L = %d; corrupted: the "
+             "first copy's R[L-2] replaced by Z; answer R[L-1], wrong W (in neither); seed %llu",
+             L, (unsigned long long)seed);
+    rc = pair_set_from_arrays(out, "induction", desc, B, T, clean, corr, ans, wrong, pos, 3, e);
 out:
     free(r);
     free(wrong);

@@ -96,14 +96,19 @@ int pair_set_from_lists(struct pair_set **out, const char *name, const char *des
                         int npos, struct err *e) CK_WUR;
 
 /* Induction pairs (the built-in set of the patching items: PAIR_IND_PAIRS
- * pairs, len 0) for a model of vocabulary V and max_positions.  Clean: [BOS, R, R[0..L-2]]
- * with R of L distinct ids from [1, V); corrupted: the same with the first
- * copy R replaced by R', L ids from [1, V) disjoint from R; T = 2L.  At the
- * last position (holding R[L-2]) an induction head predicts R[L-1]: the
- * answer; the wrong answer is R'[L-1].  Positions of interest: L (where
- * R[L-1] follows R[L-2] in the first copy: the key the induction head
- * looks for) and T-1.  L = min(len or PAIR_IND_LEN, max_positions/2, (V-1)/2),
- * ids by rng_below from a splitmix64 state seed ^ PAIR_IND_SALT.
+ * pairs, len 0) for a model of vocabulary V and max_positions.  Clean:
+ * [BOS, R, R[0..L-2]] with R of L distinct ids from [1, V), T = 2L; at the
+ * last position (holding R[L-2]) an induction head finds R[L-2] in the
+ * first copy and predicts what followed it, R[L-1]: the answer.
+ * Corrupted: the same with the first copy's R[L-2] (position L-1)
+ * replaced by Z, so the induction head finds no match; a head that copies
+ * from a fixed offset still predicts R[L-1] in both, so only a mechanism
+ * that matches content separates the two.  The wrong answer is W, a token
+ * in neither prompt (Z and W are distinct ids from [1, V) outside R).
+ * Positions of interest: L-1 (the corrupted token), L (the key the
+ * induction head looks for) and T-1.  L = min(len or PAIR_IND_LEN,
+ * max_positions/2, (V-1)/2), ids by rng_below from a splitmix64 state
+ * seed ^ PAIR_IND_SALT, pair by pair: R, then Z, then W.
  * ERR_INVALID when L < 2 (V < 5 or max_positions < 4), ERR_NOMEM. */
 #define PAIR_IND_PAIRS 8
 #define PAIR_IND_LEN 16
