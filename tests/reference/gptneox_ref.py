@@ -207,9 +207,13 @@ def rotary_base(cfg):
                    cfg.get("rope_parameters", {}).get("rope_theta")))
 
 
-def forward(cfg, W, tokens, dtype=torch.float32, record=True):
+def forward(cfg, W, tokens, dtype=torch.float32, record=True, keep_graph=False):
     """W: dict name -> tensor (already upcast to float32 from its storage
-    dtype).  tokens: LongTensor [B,T].  Returns (logits, loss, hooks)."""
+    dtype).  tokens: LongTensor [B,T].  Returns (logits, loss, hooks).
+    keep_graph: hooks[name] is the tensor of the graph itself (retain_grad
+    set), so hooks[name].grad holds d metric / d activation after a
+    backward; several names may share one tensor (resid_post of layer l is
+    resid_pre of layer l+1)."""
     C = cfg["hidden_size"]
     NH = cfg["num_attention_heads"]
     HS = C // NH
@@ -223,7 +227,10 @@ def forward(cfg, W, tokens, dtype=torch.float32, record=True):
     hooks = {}
 
     def rec(name, t):
-        if record:
+        if keep_graph:
+            t.retain_grad()
+            hooks[name] = t
+        elif record:
             hooks[name] = t.detach().clone()
 
     cos, sin = rotary_tables(T, rd, base, dtype)

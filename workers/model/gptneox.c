@@ -12,6 +12,7 @@
 #include "workers/model/checkpoint.h"
 #include "workers/model/kernels.h"
 #include "workers/model/safetensors.h"
+#include "workers/model/tape.h"
 #include "workers/model/tensor.h"
 
 /* The activation arena of one forward.  Sizes grow to the largest (B,T)
@@ -552,8 +553,16 @@ static int arena_prepare(struct gptneox *m, int B, int T, int full, struct err *
     return 0;
 }
 
-static int call_hooks(struct gptneox *m, const struct gptneox_hook *hooks, size_t nh,
-                      enum hook_kind k, int layer, float *data, int B, int T, struct err *e)
+int hooks_want(const struct gptneox_hook *hooks, size_t nh, enum hook_kind k, int layer)
+{
+    for (size_t i = 0; i < nh; i++)
+        if (hooks[i].kind == k && (hooks[i].layer < 0 || hooks[i].layer == layer))
+            return 1;
+    return 0;
+}
+
+int hooks_call(const struct gptneox *m, const struct gptneox_hook *hooks, size_t nh,
+               enum hook_kind k, int layer, float *data, int B, int T, int grad, struct err *e)
 {
     for (size_t i = 0; i < nh; i++) {
         if (hooks[i].kind != k || (hooks[i].layer >= 0 && hooks[i].layer != layer))
@@ -567,13 +576,14 @@ static int call_hooks(struct gptneox *m, const struct gptneox_hook *hooks, size_
         act.n = 1;
         for (int d = 0; d < act.ndim; d++)
             act.n *= (size_t)act.shape[d];
+        act.grad = grad;
         if (hook_name(name, sizeof name, k, layer) < 0)
             return err_set(e, ERR_INVALID, NULL, "bad hook");
         act.name = name;
         int rc = hooks[i].fn(hooks[i].ctx, &act, e);
         if (rc < 0) {
             if (e && e->code == ERR_OK)
-                err_set(e, rc, name, "hook failed");
+                err_set(e, rc, name, "%s hook failed", grad ? "gradient" : "forward");
             return rc;
         }
     }
@@ -586,15 +596,120 @@ static void add_inplace(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-/* The forward from tokens (resid NULL, first_layer 0) or resumed at
- * blocks.<first_layer>.hook_resid_pre from the residual `resid` (B,T,C). */
-static int forward_impl(struct gptneox *m, const int *tokens, const float *resid,
-                        int first_layer, int B, int T, const struct gptneox_hook *hooks,
-                        size_t nh, int last_layer, struct err *e)
+/* Where one forward keeps its activations.  Without a tape every layer
+ * reuses the model's arena; with one, each layer writes the activations
+ * the backward reads into its own tape buffers. */
+struct fwd_bufs {
+    float *x;              /* (B,T,C) residual stream, updated in place */
+    float *attn_out;       /* (B,T,C) */
+    float *mlp_out;        /* (B,T,C) */
+    float *cosv, *sinv;    /* (T,RD/2) */
+    float *lnf;            /* (B,T,C) final LayerNorm output */
+    float *meanf, *rstdf;  /* (B,T) or NULL */
+    float *logits;         /* (B,T,V) or NULL when the forward stops early */
+    struct gptneox_acts *a;    /* the arena (no tape) */
+    struct gptneox_tape *tape; /* or the tape */
+};
+
+/* One layer's buffers: the arena's, or tape layer l's. */
+struct layer_bufs {
+    float *ln1, *mean1, *rstd1, *qkv, *pattern, *z, *ln2, *mean2, *rstd2, *hpre, *h;
+};
+
+static void layer_bufs_get(struct layer_bufs *lb, const struct fwd_bufs *fb, int l)
+{
+    if (fb->tape) {
+        const struct tape_layer *y = &fb->tape->layers[l];
+        *lb = (struct layer_bufs){y->ln1, y->mean1, y->rstd1, y->qkv, y->pattern, y->z,
+                                  y->ln2, y->mean2, y->rstd2, y->hpre, y->h};
+    } else {
+        const struct gptneox_acts *a = fb->a;
+        *lb = (struct layer_bufs){a->ln, NULL, NULL, a->qkv, a->pattern, a->z,
+                                  a->ln2, NULL, NULL, a->h, a->h};
+    }
+}
+
+/* Layer l on the residual fb->x (B,T,C), hooks from hook_resid_pre to
+ * hook_resid_post. */
+static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, int B, int T,
+                         const struct gptneox_hook *hooks, size_t nh, struct err *e)
 {
     const struct gptneox_config *c = &m->cfg;
-    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, V = c->vocab_size;
+    const struct gptneox_layer *L = &m->layers[l];
+    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, N = B * T;
+    const size_t NC = (size_t)N * C;
+    const float eps = (float)c->layer_norm_eps;
+    struct tape_layer *y = fb->tape ? &fb->tape->layers[l] : NULL;
+    struct layer_bufs lb;
+    float *x = fb->x;
+    int rc;
+    layer_bufs_get(&lb, fb, l);
+
+    if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_PRE, l, x, B, T, 0, e)) < 0)
+        return rc;
+    if (y)
+        memcpy(y->x_in, x, NC * sizeof(float));
+    /* attention */
+    layernorm_forward_stats(lb.ln1, lb.mean1, lb.rstd1, x, L->ln1_w, L->ln1_b, N, C, eps);
+    matmul_forward(lb.qkv, lb.ln1, L->qkv_w, L->qkv_b, N, C, 3 * C);
+    rotary_forward(lb.qkv, fb->cosv, fb->sinv, B, T, NH, HS, c->rotary_ndims);
+    attention_pattern(lb.pattern, lb.qkv, B, T, NH, HS);
+    if (hooks_want(hooks, nh, HOOK_ATTN_PATTERN, l)) {
+        /* what a hook writes anywhere in the pattern reaches z */
+        if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_PATTERN, l, lb.pattern, B, T, 0, e)) < 0)
+            return rc;
+        attention_z_all(lb.z, lb.pattern, lb.qkv, B, T, NH, HS);
+        if (y)
+            y->pattern_all = 1;
+    } else {
+        attention_z(lb.z, lb.pattern, lb.qkv, B, T, NH, HS);
+        if (y)
+            y->pattern_all = 0;
+    }
+    if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_Z, l, lb.z, B, T, 0, e)) < 0)
+        return rc;
+    matmul_forward(fb->attn_out, lb.z, L->attn_w, L->attn_b, N, C, C);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_OUT, l, fb->attn_out, B, T, 0, e)) < 0)
+        return rc;
+    /* MLP: on the layer's input (parallel) or after the attention (sequential) */
+    if (!c->parallel_residual) {
+        add_inplace(x, fb->attn_out, NC);
+        if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_MID, l, x, B, T, 0, e)) < 0)
+            return rc;
+        if (y)
+            memcpy(y->x_mid, x, NC * sizeof(float));
+    }
+    layernorm_forward_stats(lb.ln2, lb.mean2, lb.rstd2, x, L->ln2_w, L->ln2_b, N, C, eps);
+    matmul_forward(lb.hpre, lb.ln2, L->fc_w, L->fc_b, N, C, F);
+    if (lb.h != lb.hpre)
+        memcpy(lb.h, lb.hpre, (size_t)N * F * sizeof(float));
+    if (c->act == ACT_GELU)
+        gelu_forward(lb.h, (size_t)N * F);
+    else
+        gelu_tanh_forward(lb.h, (size_t)N * F);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_POST, l, lb.h, B, T, 0, e)) < 0)
+        return rc;
+    matmul_forward(fb->mlp_out, lb.h, L->proj_w, L->proj_b, N, F, C);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_OUT, l, fb->mlp_out, B, T, 0, e)) < 0)
+        return rc;
+    if (c->parallel_residual)
+        add_inplace(x, fb->attn_out, NC);
+    add_inplace(x, fb->mlp_out, NC);
+    return hooks_call(m, hooks, nh, HOOK_RESID_POST, l, x, B, T, 0, e);
+}
+
+/* The forward from tokens (resid NULL, first_layer 0) or resumed at
+ * blocks.<first_layer>.hook_resid_pre from the residual `resid` (B,T,C);
+ * into the model's arena, or into `tape` (then from tokens, to the logits). */
+static int forward_impl(struct gptneox *m, struct gptneox_tape *tape, const int *tokens,
+                        const float *resid, int first_layer, int B, int T,
+                        const struct gptneox_hook *hooks, size_t nh, int last_layer,
+                        struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    const int C = c->d_model, V = c->vocab_size;
     const int full = last_layer >= c->n_layers - 1 && last_layer == INT32_MAX;
+    struct fwd_bufs fb;
     int rc;
     if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 26))
         return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
@@ -602,22 +717,35 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
         if (tokens[i] < 0 || tokens[i] >= V)
             return err_set(e, ERR_INVALID, NULL, "token %d at position %zu is outside the vocabulary [0, %d)",
                            tokens[i], i, V);
-    m->acts->has_logits = 0;
-    if ((rc = arena_prepare(m, B, T, full, e)) < 0)
-        return rc;
-    struct gptneox_acts *a = m->acts;
-    a->B = B;
-    a->T = T;
+    memset(&fb, 0, sizeof fb);
+    if (tape) {
+        tape->has_logits = 0;
+        tape->forward_done = 0;
+        if ((rc = tape_prepare(tape, c, B, T, e)) < 0)
+            return rc;
+        memcpy(tape->tokens, tokens, (size_t)B * T * sizeof *tokens);
+        fb = (struct fwd_bufs){tape->x, tape->attn_out, tape->mlp_out, tape->cosv, tape->sinv,
+                               tape->lnf, tape->meanf, tape->rstdf, tape->logits, NULL, tape};
+    } else {
+        struct gptneox_acts *a = m->acts;
+        a->has_logits = 0;
+        if ((rc = arena_prepare(m, B, T, full, e)) < 0)
+            return rc;
+        a->B = B;
+        a->T = T;
+        fb = (struct fwd_bufs){a->x, a->attn_out, a->mlp_out, a->cosv, a->sinv,
+                               a->ln, NULL, NULL, full ? a->logits : NULL, a, NULL};
+    }
     const int N = B * T;
     const float eps = (float)c->layer_norm_eps;
 
     if (resid) {
-        memcpy(a->x, resid, (size_t)N * C * sizeof(float));
+        memcpy(fb.x, resid, (size_t)N * C * sizeof(float));
     } else {
         for (int n = 0; n < N; n++)
-            memcpy(a->x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
+            memcpy(fb.x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
                    (size_t)C * sizeof(float));
-        if ((rc = call_hooks(m, hooks, nh, HOOK_EMBED, -1, a->x, B, T, e)) < 0)
+        if ((rc = hooks_call(m, hooks, nh, HOOK_EMBED, -1, fb.x, B, T, 0, e)) < 0)
             return rc;
     }
 
@@ -625,61 +753,36 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
     const double unembed_flop = 2.0 * N * C * V;
     const double layer_flop = (gptneox_forward_flops(c, B, T) - unembed_flop) / c->n_layers;
     for (int l = first_layer; l <= stop; l++) {
-        const struct gptneox_layer *L = &m->layers[l];
-        if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_PRE, l, a->x, B, T, e)) < 0)
+        if ((rc = layer_forward(m, &fb, l, B, T, hooks, nh, e)) < 0)
             return rc;
-        /* attention */
-        layernorm_forward(a->ln, a->x, L->ln1_w, L->ln1_b, N, C, eps);
-        matmul_forward(a->qkv, a->ln, L->qkv_w, L->qkv_b, N, C, 3 * C);
-        rotary_forward(a->qkv, a->cosv, a->sinv, B, T, NH, HS, c->rotary_ndims);
-        attention_pattern(a->pattern, a->qkv, B, T, NH, HS);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_PATTERN, l, a->pattern, B, T, e)) < 0)
-            return rc;
-        attention_z(a->z, a->pattern, a->qkv, B, T, NH, HS);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_Z, l, a->z, B, T, e)) < 0)
-            return rc;
-        matmul_forward(a->attn_out, a->z, L->attn_w, L->attn_b, N, C, C);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_OUT, l, a->attn_out, B, T, e)) < 0)
-            return rc;
-        /* MLP: on the layer's input (parallel) or after the attention (sequential) */
-        if (!c->parallel_residual) {
-            add_inplace(a->x, a->attn_out, (size_t)N * C);
-            if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_MID, l, a->x, B, T, e)) < 0)
-                return rc;
-        }
-        layernorm_forward(a->ln2, a->x, L->ln2_w, L->ln2_b, N, C, eps);
-        matmul_forward(a->h, a->ln2, L->fc_w, L->fc_b, N, C, F);
-        if (c->act == ACT_GELU)
-            gelu_forward(a->h, (size_t)N * F);
-        else
-            gelu_tanh_forward(a->h, (size_t)N * F);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_MLP_POST, l, a->h, B, T, e)) < 0)
-            return rc;
-        matmul_forward(a->mlp_out, a->h, L->proj_w, L->proj_b, N, F, C);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_MLP_OUT, l, a->mlp_out, B, T, e)) < 0)
-            return rc;
-        if (c->parallel_residual)
-            add_inplace(a->x, a->attn_out, (size_t)N * C);
-        add_inplace(a->x, a->mlp_out, (size_t)N * C);
         m->forward_flop += layer_flop;
-        if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_POST, l, a->x, B, T, e)) < 0)
-            return rc;
     }
     if (!full)
         return 0;
-    layernorm_forward(a->ln, a->x, m->lnf_w, m->lnf_b, N, C, eps);
-    if ((rc = call_hooks(m, hooks, nh, HOOK_LN_FINAL, -1, a->ln, B, T, e)) < 0)
+    if (tape)
+        memcpy(tape->x_fin, fb.x, (size_t)N * C * sizeof(float));
+    layernorm_forward_stats(fb.lnf, fb.meanf, fb.rstdf, fb.x, m->lnf_w, m->lnf_b, N, C, eps);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_LN_FINAL, -1, fb.lnf, B, T, 0, e)) < 0)
         return rc;
-    matmul_forward(a->logits, a->ln, m->unembed, NULL, N, C, V);
+    matmul_forward(fb.logits, fb.lnf, m->unembed, NULL, N, C, V);
     m->forward_flop += unembed_flop;
-    a->has_logits = 1;
+    if (tape)
+        tape->has_logits = tape->forward_done = 1;
+    else
+        m->acts->has_logits = 1;
     return 0;
+}
+
+int gptneox_forward_taped(struct gptneox *m, struct gptneox_tape *t, const int *tokens, int B,
+                          int T, const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
+{
+    return forward_impl(m, t, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
 }
 
 int gptneox_forward(struct gptneox *m, const int *tokens, int B, int T,
                     const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
 {
-    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
+    return forward_impl(m, NULL, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
 }
 
 int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
@@ -689,7 +792,7 @@ int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
     if (last_layer < 0 || last_layer >= m->cfg.n_layers)
         return err_set(e, ERR_INVALID, NULL, "layer %d is outside [0, %d)", last_layer,
                        m->cfg.n_layers);
-    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, last_layer, e);
+    return forward_impl(m, NULL, tokens, NULL, 0, B, T, hooks, nhooks, last_layer, e);
 }
 
 int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B, int T,
@@ -704,7 +807,7 @@ int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B
     if ((flags & GPTNEOX_FWD_NO_LOGITS) && layer == nl)
         return err_set(e, ERR_INVALID, NULL,
                        "resuming after the last layer without logits computes nothing");
-    return forward_impl(m, NULL, resid, layer, B, T, hooks, nhooks,
+    return forward_impl(m, NULL, NULL, resid, layer, B, T, hooks, nhooks,
                         (flags & GPTNEOX_FWD_NO_LOGITS) ? nl - 1 : INT32_MAX, e);
 }
 
@@ -742,9 +845,9 @@ double gptneox_forward_flops(const struct gptneox_config *c, int B, int T)
 {
     double N = (double)B * T, C = c->d_model, F = c->d_mlp, V = c->vocab_size;
     double per_layer = 2 * N * C * 3 * C + 2 * N * C * C + 2 * N * C * F + 2 * N * F * C;
-    double att = 0.0; /* causal blocks as kernels.c computes them (block 128) */
-    for (int r0 = 0; r0 < T; r0 += 128) {
-        int r1 = r0 + 128 < T ? r0 + 128 : T;
+    double att = 0.0; /* causal blocks as kernels.c computes them */
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
         att += 2.0 * 2.0 * (r1 - r0) * r1 * c->d_head;
     }
     att *= (double)B * c->n_heads;

@@ -25,6 +25,19 @@
  *     if (gptneox_forward(m, tokens, B, T, &h, 1, &e) < 0) ...
  *     const float *logits = gptneox_logits(m);   // (B,T,V), until next forward
  *     gptneox_free(m);
+ *
+ * Activation patching without recomputing the layers before the patch:
+ * cache blocks.L.hook_resid_pre of the corrupted run and the clean run's
+ * z, then resume at layer L with a hook that writes the clean z of one
+ * head (blocks < L are not run again):
+ *
+ *     struct gptneox_hook keep = {HOOK_RESID_PRE, L, copy_fn, resid_corrupt};
+ *     if (gptneox_forward(m, corrupt, B, T, &keep, 1, &e) < 0) ...
+ *     struct gptneox_hook patch = {HOOK_ATTN_Z, L, put_head_fn, &clean_z_head};
+ *     if (gptneox_forward_from(m, L, resid_corrupt, B, T, &patch, 1, 0, &e) < 0) ...
+ *     metric(gptneox_logits(m));
+ *
+ * Gradients at the hook points (attribution patching) are in backward.h.
  */
 #ifndef CKPTD_GPTNEOX_H
 #define CKPTD_GPTNEOX_H
@@ -60,6 +73,8 @@ struct hook_act {
     int ndim;
     int shape[4];
     size_t n;           /* number of elements */
+    int grad;           /* 0: the activation (forward); 1: d metric / d activation
+                         * (a gradient hook of gptneox_backward, backward.h) */
 };
 
 /* A hook returns 0, or a negative code (filling e) to abort the forward. */

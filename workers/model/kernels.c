@@ -17,11 +17,6 @@
 #define KERNEL_CLONES
 #endif
 
-/* Query rows per block in causal attention: scores for a block are computed
- * against keys [0, block end) only, halving the work at long contexts while
- * keeping every sgemm large. */
-#define ATT_BLOCK 128
-
 void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N,
                     int K, int M)
 {
@@ -35,8 +30,9 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
                 beta, out, M);
 }
 
-KERNEL_CLONES void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
-                       int N, int C, float eps)
+KERNEL_CLONES void layernorm_forward_stats(float *out, float *mean, float *rstd,
+                                           const float *inp, const float *w, const float *b,
+                                           int N, int C, float eps)
 {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -44,16 +40,26 @@ KERNEL_CLONES void layernorm_forward(float *out, const float *inp, const float *
         double s = 0.0;
         for (int i = 0; i < C; i++)
             s += x[i];
-        float mean = (float)(s / C);
+        float mu = (float)(s / C);
         double v = 0.0;
         for (int i = 0; i < C; i++) {
-            float d = x[i] - mean;
+            float d = x[i] - mu;
             v += (double)d * d;
         }
-        float rstd = (float)(1.0 / sqrt(v / C + eps));
+        float rs = (float)(1.0 / sqrt(v / C + eps));
+        if (mean) {
+            mean[n] = mu;
+            rstd[n] = rs;
+        }
         for (int i = 0; i < C; i++)
-            o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            o[i] = (x[i] - mu) * rs * w[i] + b[i];
     }
+}
+
+void layernorm_forward(float *out, const float *inp, const float *w, const float *b, int N,
+                       int C, float eps)
+{
+    layernorm_forward_stats(out, NULL, NULL, inp, w, b, N, C, eps);
 }
 
 /* exp(x) in float: x = k ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
@@ -313,6 +319,19 @@ void attention_z(float *z, const float *pattern, const float *qkv, int B, int T,
                             z + ((size_t)b * T + r0) * C + (size_t)h * HS, C);
             }
         }
+}
+
+void attention_z_all(float *z, const float *pattern, const float *qkv, int B, int T, int NH,
+                     int HS)
+{
+    const int ld = 3 * NH * HS;
+    const int C = NH * HS;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f,
+                        pattern + ((size_t)b * NH + h) * T * T, T,
+                        qkv + (size_t)b * T * ld + (size_t)h * 3 * HS + 2 * HS, ld, 0.0f,
+                        z + (size_t)b * T * C + (size_t)h * HS, C);
 }
 
 double crossentropy_forward(float *losses, const float *logits, const int *targets, int N,

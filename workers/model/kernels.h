@@ -14,6 +14,11 @@
 
 #include <stddef.h>
 
+/* Query rows per block in causal attention (forward and backward): scores
+ * for a block are computed against keys [0, block end) only, halving the
+ * work at long contexts while keeping every sgemm large. */
+#define ATT_BLOCK 128
+
 /* out (N,M) = inp (N,K) @ w(M,K)^T + b (M); b may be NULL. One sgemm. */
 void matmul_forward(float *out, const float *inp, const float *w, const float *b,
                     int N, int K, int M);
@@ -22,6 +27,11 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
  * out may equal inp. */
 void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
                        int N, int C, float eps);
+
+/* layernorm_forward that also stores each row's mean (N) and 1/sqrt(var + eps)
+ * (N) when those are not NULL; the same arithmetic, so the same output. */
+void layernorm_forward_stats(float *out, float *mean, float *rstd, const float *inp,
+                             const float *w, const float *b, int N, int C, float eps);
 
 /* x (n) <- 0.5 x (1 + erf(x / sqrt 2)), in place (exact-erf GELU). */
 void gelu_forward(float *x, size_t n);
@@ -66,6 +76,11 @@ void attention_pattern(float *pattern, const float *qkv, int B, int T, int NH, i
  * Uses only the causal part of pattern. */
 void attention_z(float *z, const float *pattern, const float *qkv, int B, int T,
                  int NH, int HS);
+
+/* attention_z over every key: z = pattern @ v with the whole (T,T) pattern,
+ * for a pattern a hook may have written above the diagonal. */
+void attention_z_all(float *z, const float *pattern, const float *qkv, int B, int T, int NH,
+                     int HS);
 
 /* Cross-entropy per row: losses (N) = -log softmax(logits (N,V))[target (N)].
  * Rows with target < 0 get 0. Returns the mean over rows with target >= 0. */
