@@ -12,6 +12,10 @@
  * logit differences; and the path matrix of every (sender, receiver) pair
  * and every direct path, both directions, within the same tolerance.
  *
+ * `attribution` against autograd's gradients in the same reference, within
+ * the same tolerance (the error rows against the reference's exact
+ * scores).
+ *
  * On the hand-built induction circuit (workers/model/circuits.h; the
  * built-in pairs corrupt the token before the answer in the first copy,
  * so only an induction mechanism separates the answer from the wrong one):
@@ -30,6 +34,11 @@
  *     effect (noising < 0.05, denoising > 0.95) while the direct path
  *     0.0 -> logits carries none (noising > 0.98, denoising < 0.02 in
  *     size); 0.0 -> 1.1 and the uniform head 0.1 -> 1.0 change nothing;
+ *   - attribution estimates the induction head (within 0.05 of 1) but not
+ *     the previous-token head (|.| < 0.05, exact 1: the induction head's
+ *     saturated pattern hides it), and says so (atp_error_max_abs > 0.9);
+ *     path_patching, ranking by both, still picks 0.0 and 1.0 first and
+ *     finds the path;
  *   - the circuit is {0.0, 1.0}.
  * The circuit item on score files written by hand: size, members, Jaccard,
  * added, removed; an absent behaviour (gap below CIRCUIT_MIN_GAP) gives the
@@ -120,7 +129,7 @@ static void check_path_golden(struct gptneox *m, const struct pair_set *ps, cons
         heads[i] = i;
     struct patch_base pb;
     struct err e;
-    if (patch_base_run(&pb, m, ps, &e) < 0)
+    if (patch_base_run(&pb, m, ps, 0, &e) < 0)
         fail_msg("%s", err_str(&e));
     const char *dirs[2] = {"denoise", "noise"};
     double worst = 0;
@@ -160,6 +169,7 @@ static void test_reference(void **state)
         char *pairs = xasprintf("tests/golden/patching/pairs_%s.json", fixtures[i]);
         char *golden = xasprintf("tests/golden/patching/%s_patching.json", fixtures[i]);
         char *pgold = xasprintf("tests/golden/patching/%s_path.json", fixtures[i]);
+        char *agold = xasprintf("tests/golden/patching/%s_attribution.json", fixtures[i]);
         char *art = tmpdir();
         struct gptneox *m = load_model(dir);
         struct pair_set *ps = NULL;
@@ -169,9 +179,14 @@ static void test_reference(void **state)
         const struct pair_set *sets[1] = {ps};
         struct battery_ctx c = {.model = m, .seed = 0, .pair_sets = sets, .npair_sets = 1,
                                 .artifacts_dir = art};
-        size_t n = 0, n2 = 0;
+        size_t n = 0, n2 = 0, na = 0;
         struct grow *g = grows_run(&battery_item_patching, &c, &n);
         grows_compare_golden(g, n, golden, tol);
+        /* attribution: the estimates against autograd's, the errors against
+         * the reference's exact scores */
+        struct grow *ga = grows_run(&battery_item_attribution, &c, &na);
+        grows_compare_golden(ga, na, agold, tol);
+        free(ga);
         /* the same inputs, the same bytes */
         struct grow *g2 = grows_run(&battery_item_patching, &c, &n2);
         assert_int_equal(n, n2);
@@ -190,6 +205,7 @@ static void test_reference(void **state)
         gptneox_free(m);
         rm_rf(art);
         free(art);
+        free(agold);
         free(pgold);
         free(golden);
         free(pairs);
@@ -233,6 +249,23 @@ static void test_induction_circuit(void **state)
     for (int t = L + 1; t < 2 * L - 1; t++) /* the second copy is the same in both prompts */
         assert_true(fabs(get(g, n, "resid_denoise", 1, t, 0)) < 1e-6);
     free(g);
+    /* attribution: right where the path to the logits is linear, blind
+     * where a saturated pattern lies on it (the induction head's keys) */
+    g = grows_run(&battery_item_attribution, &c, &n);
+    assert_true(fabs(get(g, n, "atp_head_denoise", 1, 0, 0) - 1) < 0.05);
+    assert_true(fabs(get(g, n, "atp_head_denoise", 0, 0, 0)) < 0.05);
+    assert_true(get(g, n, "atp_error_max_abs", -1, PATCH_FAM_HEAD_DENOISE, 0) > 0.9);
+    printf("induction circuit attribution: 1.0 %.4f, 0.0 %.4g (exact 1 and 1)\n",
+           get(g, n, "atp_head_denoise", 1, 0, 0), get(g, n, "atp_head_denoise", 0, 0, 0));
+    free(g);
+    /* path patching picks its heads from both and finds the path */
+    g = grows_run(&battery_item_path_patching, &c, &n);
+    assert_true(get(g, n, "path_noise", 1, 0, 0 * 4 + 0) < 0.05);     /* 0.0 -> 1.0 */
+    assert_true(get(g, n, "path_noise", -1, -1, 0 * 4 + 0) > 0.98);  /* 0.0 -> logits */
+    assert_true(get(g, n, "path_denoise", 1, 0, 0 * 4 + 0) > 0.95);
+    assert_true(get(g, n, "path_component", 1, 0, 0) <= 1); /* ranked first or second */
+    assert_true(get(g, n, "path_component", 0, 0, 0) <= 1);
+    free(g);
     /* the circuit item reads what patching left */
     g = grows_run(&battery_item_circuit, &c, &n);
     assert_true(get(g, n, "circuit_size", -1, -1, 0) == 2);
@@ -255,7 +288,7 @@ static void test_path_circuit(void **state)
     struct err e;
     assert_int_equal(pair_set_induction(&ps, 256, 33, PAIR_IND_PAIRS, 0, 5, &e), 0);
     struct patch_base pb;
-    assert_int_equal(patch_base_run(&pb, m, ps, &e), 0);
+    assert_int_equal(patch_base_run(&pb, m, ps, 0, &e), 0);
     const int snd[2] = {0, 1}, rcv[2] = {2, 3}; /* 0.0, 0.1 -> 1.0, 1.1 */
     double res[2][2 * 3];
     for (int d = 0; d < 2; d++)

@@ -23,7 +23,7 @@ static const struct battery_item *const items[] = {
     &battery_item_sae_match,
     &battery_item_llc,
     &battery_item_patching,
-    //ATTRIB     &battery_item_attribution,battery_item_attribution,
+    &battery_item_attribution,
     &battery_item_path_patching,
     &battery_item_circuit,
 };

@@ -58,7 +58,7 @@ const char *patch_family_name(enum patch_family f)
 
 int patch_family_is_head(enum patch_family f) { return f <= PATCH_FAM_HEAD_NOISE_POI; }
 
-static size_t family_len(const struct patch_scores *s, int f)
+size_t patch_family_len(const struct patch_scores *s, enum patch_family f)
 {
     return (size_t)s->NL * (patch_family_is_head((enum patch_family)f) ? s->NH : s->T);
 }
@@ -73,7 +73,7 @@ void patch_scores_free(struct patch_scores *s)
 static int scores_alloc(struct patch_scores *s, struct err *e)
 {
     for (int f = 0; f < PATCH_FAM_COUNT; f++) {
-        size_t n = family_len(s, f);
+        size_t n = patch_family_len(s, (enum patch_family)f);
         if (!(s->v[f] = malloc((n ? n : 1) * sizeof *s->v[f]))) {
             patch_scores_free(s);
             return err_set(e, ERR_NOMEM, NULL, "out of memory for patching scores");
@@ -116,7 +116,7 @@ int patch_scores_write(const struct patch_scores *s, const char *dir, const char
                             num(s->ld_corrupted));
     for (int f = 0; doc && f < PATCH_FAM_COUNT; f++) {
         json_t *a = json_array();
-        for (size_t i = 0; a && i < family_len(s, f); i++)
+        for (size_t i = 0; a && i < patch_family_len(s, (enum patch_family)f); i++)
             if (json_array_append_new(a, num(s->v[f][i])) != 0) {
                 json_decref(a);
                 a = NULL;
@@ -171,12 +171,12 @@ int patch_scores_read(struct patch_scores *s, const char *dir, const char *item,
         goto out;
     for (int fam = 0; fam < PATCH_FAM_COUNT && rc == 0; fam++) {
         json_t *a = json_object_get(doc, family_names[fam]);
-        if (!json_is_array(a) || json_array_size(a) != family_len(s, fam)) {
+        if (!json_is_array(a) || json_array_size(a) != patch_family_len(s, (enum patch_family)fam)) {
             rc = err_set(e, ERR_FORMAT, path, "\"%s\" is not a list of %zu scores",
-                         family_names[fam], family_len(s, fam));
+                         family_names[fam], patch_family_len(s, (enum patch_family)fam));
             break;
         }
-        for (size_t i = 0; i < family_len(s, fam); i++) {
+        for (size_t i = 0; i < patch_family_len(s, (enum patch_family)fam); i++) {
             json_t *x = json_array_get(a, i);
             s->v[fam][i] = json_is_number(x) ? json_number_value(x) : NAN;
         }
@@ -254,14 +254,14 @@ static int exact_scores(struct patch_base *pb, struct patch_scores *s, double *l
             rc = patch_resid(pb, dir, ld, e);
         else
             rc = patch_heads(pb, dir, f >= PATCH_FAM_HEAD_DENOISE_POI, ld, e);
-        for (size_t i = 0; rc == 0 && i < family_len(s, f); i++)
+        for (size_t i = 0; rc == 0 && i < patch_family_len(s, (enum patch_family)f); i++)
             s->v[f][i] = patch_normalise(pb, ld[i]);
     }
     return rc;
 }
 
-static int emit_scores(const struct patch_scores *s, const char *prefix, struct rows *out,
-                       struct err *e)
+int patch_scores_emit(const struct patch_scores *s, const char *prefix, struct rows *out,
+                      struct err *e)
 {
     char metric[64];
     int rc = 0;
@@ -294,7 +294,7 @@ static int patching_run(const struct battery_ctx *c, struct rows *out, struct er
         const struct pair_set *ps = sets[k];
         double f0 = m->forward_flop;
         cur = ps->name;
-        if ((rc = patch_base_run(&pb, m, ps, e)) < 0 ||
+        if ((rc = patch_base_run(&pb, m, ps, 0, e)) < 0 ||
             (rc = patch_scores_init(&s, k, ps, cfg->n_layers, cfg->n_heads, e)) < 0)
             goto out;
         size_t nld = (size_t)cfg->n_layers * (ps->T > cfg->n_heads ? ps->T : cfg->n_heads);
@@ -310,7 +310,7 @@ static int patching_run(const struct battery_ctx *c, struct rows *out, struct er
                  (m->forward_flop - f0) / patch_forward_unit(&pb));
         if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, s.ld_clean, e)) < 0 ||
             (rc = rows_add(out, "corrupted_logit_diff", -1, -1, k, s.ld_corrupted, e)) < 0 ||
-            (rc = emit_scores(&s, "", out, e)) < 0 ||
+            (rc = patch_scores_emit(&s, "", out, e)) < 0 ||
             (rc = patch_scores_write(&s, c->artifacts_dir, "patching", e)) < 0)
             goto out;
         patch_scores_free(&s);

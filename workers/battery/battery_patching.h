@@ -58,6 +58,14 @@ struct patch_scores {
     double *v[PATCH_FAM_COUNT]; /* normalised scores; NaN where unknown */
 };
 
+/* Values of family f: NL*NH or NL*T. */
+size_t patch_family_len(const struct patch_scores *s, enum patch_family f);
+
+/* Rows <prefix><family> of every family: layer L, head = the head (head
+ * families) or the position (resid), idx = the set.  ERR_NOMEM. */
+int patch_scores_emit(const struct patch_scores *s, const char *prefix, struct rows *out,
+                      struct err *e) CK_WUR;
+
 /* Empty scores for a set (every value NaN).  ERR_NOMEM. */
 int patch_scores_init(struct patch_scores *s, int set, const struct pair_set *ps, int NL, int NH,
                       struct err *e) CK_WUR;

@@ -118,7 +118,7 @@ static int path_set(const struct battery_ctx *c, const struct pair_set *ps, int 
         goto out;
     int K = pick_heads(&exact, &atp, top);
     double f0 = m->forward_flop;
-    if ((rc = patch_base_run(&pb, m, ps, e)) < 0)
+    if ((rc = patch_base_run(&pb, m, ps, 0, e)) < 0)
         goto out;
     if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, pb.ld[0], e)) < 0 ||
         (rc = rows_add(out, "corrupted_logit_diff", -1, -1, k, pb.ld[1], e)) < 0)

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers/model/backward.h"
+
 /* ---- the logit difference ---- */
 
 double patch_ld_row(const struct patch_base *pb, const float *x, int b)
@@ -66,11 +68,69 @@ static int base_hook(void *ctx, struct hook_act *act, struct err *e)
     return 0;
 }
 
+/* one run's forward (grad 0) or backward (grad 1) on a tape: run r */
+struct run_hook {
+    struct patch_base *pb;
+    int r;
+};
+
+static int run_hook(void *ctx, struct hook_act *act, struct err *e)
+{
+    (void)e;
+    struct run_hook *rh = ctx;
+    struct patch_base *pb = rh->pb;
+    const size_t NC = (size_t)pb->N * pb->C;
+    float *dst = NULL;
+    if (act->kind == HOOK_RESID_PRE)
+        dst = (act->grad ? pb->gresid : pb->resid)[rh->r] + (size_t)act->layer * NC;
+    else if (act->kind == HOOK_ATTN_Z)
+        dst = (act->grad ? pb->gz : pb->z)[rh->r] + (size_t)act->layer * NC;
+    else if (act->kind == HOOK_RESID_POST && !act->grad)
+        dst = pb->resid[rh->r] + (size_t)pb->NL * NC;
+    if (dst)
+        memcpy(dst, act->data, NC * sizeof(float));
+    return 0;
+}
+
+/* Both runs taped, each differentiated from d (mean LD) / d logits. */
+static int base_grads(struct patch_base *pb, const struct pair_set *ps, struct err *e)
+{
+    const int V = pb->m->cfg.vocab_size, T = pb->T;
+    struct gptneox_tape *tape = NULL;
+    int rc = gptneox_tape_create(&tape, e);
+    for (int r = 0; r < 2 && rc == 0; r++) {
+        struct run_hook rh = {pb, r};
+        struct gptneox_hook fh[3] = {{HOOK_RESID_PRE, -1, run_hook, &rh},
+                                     {HOOK_ATTN_Z, -1, run_hook, &rh},
+                                     {HOOK_RESID_POST, pb->NL - 1, run_hook, &rh}};
+        if ((rc = gptneox_tape_forward(pb->m, tape, r == 0 ? ps->clean : ps->corrupted, pb->B, T,
+                                       fh, 3, e)) < 0)
+            break;
+        float *d = gptneox_tape_dlogits(tape);
+        memset(d, 0, (size_t)pb->N * V * sizeof *d);
+        for (int b = 0; b < pb->B; b++) {
+            float *row = d + ((size_t)b * T + T - 1) * V;
+            int na = ps->ans_off[b + 1] - ps->ans_off[b], nw = ps->wrong_off[b + 1] - ps->wrong_off[b];
+            for (int a = ps->ans_off[b]; a < ps->ans_off[b + 1]; a++)
+                row[ps->ans[a]] += (float)(1.0 / ((double)pb->B * na));
+            for (int w = ps->wrong_off[b]; w < ps->wrong_off[b + 1]; w++)
+                row[ps->wrong[w]] -= (float)(1.0 / ((double)pb->B * nw));
+        }
+        struct gptneox_hook gh[2] = {{HOOK_RESID_PRE, -1, run_hook, &rh},
+                                     {HOOK_ATTN_Z, -1, run_hook, &rh}};
+        rc = gptneox_backward(pb->m, tape, d, gh, 2, NULL, e);
+    }
+    gptneox_tape_free(tape);
+    return rc;
+}
+
 void patch_base_free(struct patch_base *pb)
 {
     for (int r = 0; r < 2; r++) {
         free(pb->resid[r]);
         free(pb->z[r]);
+        free(pb->gresid[r]);
+        free(pb->gz[r]);
         free(pb->ld_pair[r]);
     }
     free(pb->dir);
@@ -80,7 +140,7 @@ void patch_base_free(struct patch_base *pb)
 }
 
 int patch_base_run(struct patch_base *pb, struct gptneox *m, const struct pair_set *ps,
-                   struct err *e)
+                   unsigned flags, struct err *e)
 {
     memset(pb, 0, sizeof *pb);
     const struct gptneox_config *cfg = &m->cfg;
@@ -104,12 +164,18 @@ int patch_base_run(struct patch_base *pb, struct gptneox *m, const struct pair_s
         pb->resid[r] = malloc((size_t)(pb->NL + 1) * NC * sizeof(float));
         pb->z[r] = malloc((size_t)pb->NL * NC * sizeof(float));
         pb->ld_pair[r] = malloc((size_t)pb->B * sizeof(double));
+        if (flags & PATCH_BASE_GRADS) {
+            pb->gresid[r] = malloc((size_t)pb->NL * NC * sizeof(float));
+            pb->gz[r] = malloc((size_t)pb->NL * NC * sizeof(float));
+        }
     }
+    int grads_ok = !(flags & PATCH_BASE_GRADS) ||
+                   (pb->gresid[0] && pb->gresid[1] && pb->gz[0] && pb->gz[1]);
     pb->dir = calloc((size_t)pb->B * pb->C, sizeof *pb->dir);
     pb->stack = malloc((size_t)pb->max_var * NC * sizeof *pb->stack);
     pb->out_ld = malloc((size_t)pb->max_var * pb->B * sizeof *pb->out_ld);
     if (!tok || !pb->resid[0] || !pb->resid[1] || !pb->z[0] || !pb->z[1] || !pb->ld_pair[0] ||
-        !pb->ld_pair[1] || !pb->dir || !pb->stack || !pb->out_ld) {
+        !pb->ld_pair[1] || !pb->dir || !pb->stack || !pb->out_ld || !grads_ok) {
         rc = err_set(e, ERR_NOMEM, ps->name, "out of memory for the patching caches (%d pairs "
                      "of %d tokens)", pb->B, pb->T);
         goto out;
@@ -140,7 +206,11 @@ int patch_base_run(struct patch_base *pb, struct gptneox *m, const struct pair_s
     struct gptneox_hook h[3] = {{HOOK_RESID_PRE, -1, base_hook, &bh},
                                 {HOOK_ATTN_Z, -1, base_hook, &bh},
                                 {HOOK_RESID_POST, pb->NL - 1, base_hook, &bh}};
-    if ((rc = gptneox_forward_until(m, tok, 2 * pb->B, pb->T, h, 3, pb->NL - 1, e)) < 0)
+    if (flags & PATCH_BASE_GRADS)
+        rc = base_grads(pb, ps, e);
+    else
+        rc = gptneox_forward_until(m, tok, 2 * pb->B, pb->T, h, 3, pb->NL - 1, e);
+    if (rc < 0)
         goto out;
     for (int r = 0; r < 2; r++) {
         double sum = 0;
@@ -463,4 +533,53 @@ out:
     free(bs);
     free(si);
     return rc;
+}
+
+/* ---- attribution patching ---- */
+
+int patch_atp(const struct patch_base *pb, enum patch_dir dir, double *resid, double *head,
+              double *head_poi, struct err *e)
+{
+    const int base = dir == PATCH_DENOISE ? 1 : 0, src = 1 - base;
+    if (!pb->gresid[base] || !pb->gz[base])
+        return err_set(e, ERR_INVALID, NULL, "attribution patching needs a base run with "
+                       "gradients (PATCH_BASE_GRADS)");
+    const size_t NC = (size_t)pb->N * pb->C, C = (size_t)pb->C, HS = (size_t)pb->HS;
+    const struct pair_set *ps = pb->ps;
+    for (int l = 0; l < pb->NL; l++) {
+        const size_t o = (size_t)l * NC;
+        /* per row: (a_src - a_base) . g, by head for z */
+        for (int t = 0; resid && t < pb->T; t++) {
+            double s = 0;
+            for (int b = 0; b < pb->B; b++) {
+                size_t r = o + ((size_t)b * pb->T + t) * C;
+                const float *as = pb->resid[src] + r, *ab = pb->resid[base] + r;
+                const float *g = pb->gresid[base] + r;
+                for (size_t c = 0; c < C; c++)
+                    s += ((double)as[c] - ab[c]) * g[c];
+            }
+            resid[(size_t)l * pb->T + t] = pb->ld[base] + s;
+        }
+        for (int h = 0; (head || head_poi) && h < pb->NH; h++) {
+            double all = 0, poi = 0;
+            for (int b = 0; b < pb->B; b++)
+                for (int t = 0, k = 0; t < pb->T; t++) {
+                    size_t r = o + ((size_t)b * pb->T + t) * C + (size_t)h * HS;
+                    const float *as = pb->z[src] + r, *ab = pb->z[base] + r, *g = pb->gz[base] + r;
+                    double s = 0;
+                    for (size_t c = 0; c < HS; c++)
+                        s += ((double)as[c] - ab[c]) * g[c];
+                    all += s;
+                    while (k < ps->npos && ps->pos[k] < t)
+                        k++;
+                    if (k < ps->npos && ps->pos[k] == t)
+                        poi += s;
+                }
+            if (head)
+                head[(size_t)l * pb->NH + h] = pb->ld[base] + all;
+            if (head_poi)
+                head_poi[(size_t)l * pb->NH + h] = pb->ld[base] + poi;
+        }
+    }
+    return 0;
 }

@@ -68,6 +68,9 @@ struct patch_base {
     float *resid[2];            /* (NL+1, N, C) hook_resid_pre of each block; [NL] the
                                    final residual (the last hook_resid_post) */
     float *z[2];                /* (NL, N, C) hook_z, head h at columns h*HS .. */
+    float *gresid[2], *gz[2];   /* with PATCH_BASE_GRADS: d LD / d resid and d LD / d z of
+                                   each run, shaped as resid[r] (first NL) and z[r];
+                                   else NULL */
     float *dir;                 /* (B, C) mean W_U[answers] - mean W_U[wrong] per pair */
     double *ld_pair[2];         /* (B) LD of each pair in each run */
     double ld[2];               /* the set's mean LD: [0] clean, [1] corrupted */
@@ -79,11 +82,16 @@ struct patch_base {
 };
 
 /* Run the clean and corrupted prompts of ps (checked against the model
- * with pair_set_check) and keep what the patched runs start from.  On
- * failure pb holds nothing (patch_base_free is still safe).  Errors:
- * ERR_INVALID (the set does not fit the model), ERR_NOMEM, the forward's. */
+ * with pair_set_check) and keep what the patched runs start from: one
+ * forward of both prompts stacked.  With PATCH_BASE_GRADS, each prompt's
+ * run is a taped forward followed by a backward from d LD / d logits (no
+ * parameter gradients), keeping the gradients at every hook_resid_pre and
+ * hook_z as well: one forward and one backward per run.  On failure pb
+ * holds nothing (patch_base_free is still safe).  Errors: ERR_INVALID (the
+ * set does not fit the model), ERR_NOMEM, the forward's and backward's. */
+#define PATCH_BASE_GRADS 1u
 int patch_base_run(struct patch_base *pb, struct gptneox *m, const struct pair_set *ps,
-                   struct err *e) CK_WUR;
+                   unsigned flags, struct err *e) CK_WUR;
 
 void patch_base_free(struct patch_base *pb);
 
@@ -111,6 +119,16 @@ int patch_heads(struct patch_base *pb, enum patch_dir dir, int poi_only, double 
  * range, ERR_NOMEM, the forward's. */
 int patch_path(struct patch_base *pb, enum patch_dir dir, const int *senders, int nsend,
                const int *receivers, int nrecv, double *out, struct err *e) CK_WUR;
+
+/* Attribution patching (Nanda 2023, "Attribution Patching"; Syed et al.
+ * 2023): the first-order estimate of each patched LD from the base run's
+ * gradient, LD_base + sum over the component's entries of
+ * (a_source - a_base) * d LD / d a at the base run, for every component at
+ * once: resid (NL, T) as patch_resid, head and head_poi (NL, NH) as
+ * patch_heads (any may be NULL).  Needs a base run with PATCH_BASE_GRADS
+ * (ERR_INVALID otherwise).  Sums in double. */
+int patch_atp(const struct patch_base *pb, enum patch_dir dir, double *resid, double *head,
+              double *head_poi, struct err *e) CK_WUR;
 
 /* Forward FLOPs of one full forward of the set's B prompts (the unit of
  * the cost the items log: forward-equivalents). */
