@@ -94,7 +94,6 @@ trap cl_cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 T=$(mktemp -d /tmp/ckc-XXXXXX) || exit 1
-chmod 755 "$T" # the database runs as postgres when we are root
 export CKPTD_LOG=info
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGPASSWORD
 mkdir -p "$T/bin"
@@ -122,7 +121,7 @@ export CKPTD_VAR=$T/db PGLOCAL_PORT=$PGPORT_NS
 if ! ip netns exec "$NS-db" env PGLOCAL_LISTEN="${ADDR[db]}" PGLOCAL_TRUST=10.213.0.0/24 \
     "$ROOT/scripts/pg-local" start >"$T/pg-start.out" 2>&1; then
     echo "FAIL: pg-local start in $NS-db"
-    cat "$T/pg-start.out" "$T/db/pg.log" 2>/dev/null | tail -n 20
+    cat "$T/pg-start.out" "$("$ROOT/scripts/pg-local" where log)" 2>/dev/null | tail -n 20
     exit 1
 fi
 eval "$("$ROOT/scripts/pg-local" env)" # this script's queries: the unix socket
