@@ -17,6 +17,7 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/patching_bench.sh (the patching items in forward-equivalents)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -179,6 +180,7 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/patching_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -201,11 +203,13 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/patching_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	cp -r pairs $(DESTDIR)$(PREFIX)/share/ckptd/
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:

@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
 
@@ -292,7 +293,7 @@ static int patching_run(const struct battery_ctx *c, struct rows *out, struct er
         goto out;
     for (int k = 0; k < nsets; k++) {
         const struct pair_set *ps = sets[k];
-        double f0 = m->forward_flop;
+        double f0 = m->forward_flop, t0 = mono_now();
         cur = ps->name;
         if ((rc = patch_base_run(&pb, m, ps, 0, e)) < 0 ||
             (rc = patch_scores_init(&s, k, ps, cfg->n_layers, cfg->n_heads, e)) < 0)
@@ -305,9 +306,11 @@ static int patching_run(const struct battery_ctx *c, struct rows *out, struct er
         }
         if ((rc = exact_scores(&pb, &s, ld, e)) < 0)
             goto out;
-        log_info("patching cost", "set=%d name=%s pairs=%d T=%d forward_equivalents=%.1f", k,
-                 log_quote(ps->name), ps->B, ps->T,
-                 (m->forward_flop - f0) / patch_forward_unit(&pb));
+        log_info("patching cost",
+                 "set=%d name=%s pairs=%d T=%d components=%d forward_equivalents=%.1f seconds=%.3f",
+                 k, log_quote(ps->name), ps->B, ps->T,
+                 2 * cfg->n_layers * (ps->T + 2 * cfg->n_heads),
+                 (m->forward_flop - f0) / patch_forward_unit(&pb), mono_now() - t0);
         if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, s.ld_clean, e)) < 0 ||
             (rc = rows_add(out, "corrupted_logit_diff", -1, -1, k, s.ld_corrupted, e)) < 0 ||
             (rc = patch_scores_emit(&s, "", out, e)) < 0 ||

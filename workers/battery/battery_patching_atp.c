@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "workers/battery/battery_patching.h"
 
@@ -134,7 +135,7 @@ static int atp_set(const struct battery_ctx *c, const struct pair_set *ps, int k
     struct patch_base pb = {0};
     struct patch_scores s = {0}, ex = {0};
     double *resid = NULL, *head = NULL, *poi = NULL;
-    double f0 = m->forward_flop;
+    double f0 = m->forward_flop, t0 = mono_now();
     int rc;
     if ((rc = patch_base_run(&pb, m, ps, PATCH_BASE_GRADS, e)) < 0 ||
         (rc = patch_scores_init(&s, k, ps, NL, NH, e)) < 0)
@@ -158,8 +159,10 @@ static int atp_set(const struct battery_ctx *c, const struct pair_set *ps, int k
             for (size_t i = 0; i < patch_family_len(&s, (enum patch_family)fams[j]); i++)
                 s.v[fams[j]][i] = patch_normalise(&pb, src[j][i]);
     }
-    log_info("attribution cost", "set=%d name=%s forward_flop_equivalents=%.1f backward_passes=2",
-             k, log_quote(ps->name), (m->forward_flop - f0) / patch_forward_unit(&pb));
+    log_info("attribution cost",
+             "set=%d name=%s pairs=%d T=%d forward_equivalents=%.1f backward_passes=2 seconds=%.3f",
+             k, log_quote(ps->name), ps->B, ps->T, (m->forward_flop - f0) / patch_forward_unit(&pb),
+             mono_now() - t0);
     if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, pb.ld[0], e)) < 0 ||
         (rc = rows_add(out, "corrupted_logit_diff", -1, -1, k, pb.ld[1], e)) < 0 ||
         (rc = patch_scores_emit(&s, "atp_", out, e)) < 0)

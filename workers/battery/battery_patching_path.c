@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "workers/battery/battery_patching.h"
 
@@ -117,7 +118,7 @@ static int path_set(const struct battery_ctx *c, const struct pair_set *ps, int 
         (rc = read_scores(&atp, c, "attribution", k, ps, e)) < 0)
         goto out;
     int K = pick_heads(&exact, &atp, top);
-    double f0 = m->forward_flop;
+    double f0 = m->forward_flop, t0 = mono_now();
     if ((rc = patch_base_run(&pb, m, ps, 0, e)) < 0)
         goto out;
     if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, pb.ld[0], e)) < 0 ||
@@ -126,6 +127,7 @@ static int path_set(const struct battery_ctx *c, const struct pair_set *ps, int 
     for (int i = 0; i < K; i++)
         if ((rc = rows_add(out, "path_component", top[i] / NH, top[i] % NH, k, i, e)) < 0)
             goto out;
+    int npaths = 0;
     for (int d = 0; d < PATCH_DIR_COUNT; d++) {
         if ((rc = patch_path(&pb, (enum patch_dir)d, top, K, top, K, res, e)) < 0)
             goto out;
@@ -137,12 +139,16 @@ static int path_set(const struct battery_ctx *c, const struct pair_set *ps, int 
                     continue; /* not a path: the receiver is not in a later layer */
                 rc = rows_add(out, names[d], direct ? -1 : top[r] / NH, direct ? -1 : top[r] % NH,
                               k * n + top[s], patch_normalise(&pb, v), e);
+                npaths++;
                 if (rc < 0)
                     goto out;
             }
     }
-    log_info("path patching cost", "set=%d name=%s heads=%d forward_equivalents=%.1f", k,
-             log_quote(ps->name), K, (m->forward_flop - f0) / patch_forward_unit(&pb));
+    log_info("path patching cost",
+             "set=%d name=%s pairs=%d T=%d heads=%d components=%d forward_equivalents=%.1f "
+             "seconds=%.3f", k, log_quote(ps->name), ps->B, ps->T, K, npaths,
+             (m->forward_flop - f0) / patch_forward_unit(&pb),
+             mono_now() - t0);
 out:
     patch_base_free(&pb);
     patch_scores_free(&atp);
