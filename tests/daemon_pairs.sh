@@ -11,7 +11,7 @@
 # missing file, --tokenizer without a use, and `circuit` without
 # `patching` exit 2 and write nothing.
 . tests/lib/daemon.sh
-dl_init pairs 54420
+dl_init pairs 54425
 dl_migrate
 dl_config "$T/cfg.json" "\"artifact_dir\": \"$T/art\""
 dl_ckpts 2

@@ -453,10 +453,9 @@ int patch_path(struct patch_base *pb, enum patch_dir dir, const int *senders, in
     int rc = 0, *si = malloc(((size_t)nsend + 1) * sizeof *si);
     int *bs = malloc(((size_t)nsend * nrecv + 1) * sizeof *bs);
     int *br = malloc(((size_t)nsend * nrecv + 1) * sizeof *br);
-    double *dx = malloc((size_t)C * sizeof *dx);
     float *xrow = malloc((size_t)C * sizeof *xrow);
     pp.rec = malloc(((size_t)nsend * nrecv * pb->N * HS + 1) * sizeof *pp.rec);
-    if (!si || !bs || !br || !dx || !xrow || !pp.rec) {
+    if (!si || !bs || !br || !xrow || !pp.rec) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory for path patching");
         goto out;
     }
@@ -528,7 +527,6 @@ int patch_path(struct patch_base *pb, enum patch_dir dir, const int *senders, in
 out:
     free(pp.rec);
     free(xrow);
-    free(dx);
     free(br);
     free(bs);
     free(si);
