@@ -17,6 +17,7 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/patching_bench.sh (the patching items in forward-equivalents)
 #   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
 #                   checkpoints over HTTP while faults are injected every 5-15 s
 #                   (tests/soak/soak.sh; needs root for network namespaces)
@@ -101,6 +102,8 @@ $(BUILD)/obj/%.o: %.c
 # floating-point traps or errno from libm).
 $(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 $(BUILD)/obj/workers/model/backward.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/attention.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/tensor.o: CFLAGS_ALL += -O3
 $(BUILD)/obj/workers/train/adamw.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 
 $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
@@ -182,6 +185,7 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/patching_bench.sh
 
 # The soak test: bounded to about 10 minutes; prints the faults and the figures.
 soak: $(BINS)
@@ -210,11 +214,13 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/llc_ref.py
 	/usr/bin/python3 tests/reference/sae_version_ref.py
 	/usr/bin/python3 tests/cases/make_sae_cases.py
+	/usr/bin/python3 tests/reference/patching_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	cp -r pairs $(DESTDIR)$(PREFIX)/share/ckptd/
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:

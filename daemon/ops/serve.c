@@ -39,6 +39,7 @@
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
 #define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
+#define SERVE_MAX_PAIRS 16     /* --pairs files passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
 
@@ -355,7 +356,8 @@ static void launch(struct server *s, struct slot *sl)
     snprintf(threads, sizeof threads, "%d", nthreads);
     snprintf(tag, sizeof tag, "%s.ck%lld", owner_tag(s->spool), c->checkpoint_id);
     supervise_status_path(status, sizeof status, s->cfg.spool_dir, tag);
-    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS];
+    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS +
+                     2 * SERVE_MAX_PAIRS];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";
@@ -425,6 +427,13 @@ static void launch(struct server *s, struct slot *sl)
     argv[a++] = c->run;
     argv[a++] = "--step";
     argv[a++] = stepbuf;
+    /* the run's pair sets, likewise borrowed */
+    json_t *pairs = json_object_get(opt, "pairs");
+    for (size_t k = 0; k < json_array_size(pairs) && k < SERVE_MAX_PAIRS; k++)
+        if (json_is_string(json_array_get(pairs, k))) {
+            argv[a++] = "--pairs";
+            argv[a++] = json_string_value(json_array_get(pairs, k));
+        }
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
     double t0 = mono_now();
