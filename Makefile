@@ -17,6 +17,10 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/patching_bench.sh (the patching items in forward-equivalents)
+#   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
+#                   checkpoints over HTTP while faults are injected every 5-15 s
+#                   (tests/soak/soak.sh; needs root for network namespaces)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -85,7 +89,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data
 .SECONDARY:
 all: $(BINS)
 
@@ -183,6 +187,11 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/patching_bench.sh
+
+# The soak test: bounded to about 10 minutes; prints the faults and the figures.
+soak: $(BINS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker tests/soak/soak.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -205,11 +214,15 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/sae_version_ref.py
+	/usr/bin/python3 tests/cases/make_sae_cases.py
+	/usr/bin/python3 tests/reference/patching_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	cp -r pairs $(DESTDIR)$(PREFIX)/share/ckptd/
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:

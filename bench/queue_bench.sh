@@ -52,7 +52,6 @@ PY=$(command -v python3) || die "python3 not found"
 mkdir -p "$OUT"
 
 T=$(mktemp -d /tmp/ckb-XXXXXX) || exit 1
-chmod 755 "$T"
 export CKPTD_VAR=$T PGLOCAL_PORT=54360
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE
 DAEMON=

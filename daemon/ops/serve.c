@@ -28,6 +28,7 @@
 #include "daemon/ops/node.h"
 #include "daemon/ops/notify.h"
 #include "daemon/plan/registry.h"
+#include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
 #include "daemon/store/ingest.h"
@@ -36,7 +37,9 @@
 
 #define MAX_SLOTS 256
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
+#define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
+#define SERVE_MAX_PAIRS 16     /* --pairs files passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
 
@@ -75,6 +78,7 @@ struct server {
     struct slot slots[NSLOTS];
     struct fetcher *fetcher;
     struct cache *cache;
+    struct owner *spool;    /* our tag on spool files; dead daemons' files swept at start */
     int offline;            /* HF_HUB_OFFLINE */
     double last_tick;
     double wait_dl, wait_dl_total, wait_dl_after_first; /* a worker idle while a download runs */
@@ -192,46 +196,96 @@ static struct backoff backoff_of(const struct server *s)
     return b;
 }
 
-/* A worker ended: store its rows, or record its failure.  Leaves the slot
- * busy when the database is unreachable, to try again next tick. */
+/* The claim reduced to its jobs that are done (for detection). */
+static void claim_done_part(const struct claim *c, const struct item_outcome *out, struct claim *d)
+{
+    *d = *c;
+    d->njobs = 0;
+    for (int i = 0; i < c->njobs; i++)
+        if (out[i].state == ITEM_DONE) {
+            d->job_ids[d->njobs] = c->job_ids[i];
+            d->versions[d->njobs] = c->versions[i];
+            memcpy(d->items[d->njobs++], c->items[i], sizeof c->items[i]);
+        }
+}
+
+/* Log what ingest_settle did: "checkpoint done" when every job is,
+ * "checkpoint failed" when none is, else "checkpoint partly done"; one
+ * "item failed" line per failed job. */
+static void log_settled(const struct slot *sl, const struct item_outcome *out,
+                        const struct ingest_result *res, double ingest_ms)
+{
+    const struct claim *c = &sl->claim;
+    const char *first = NULL;
+    for (int i = 0; i < c->njobs; i++)
+        if (out[i].state != ITEM_DONE) {
+            first = first ? first : out[i].error;
+            log_warn("item failed", "run=%s step=%lld item=%s attempt=%d error=%s", log_quote(c->run),
+                     c->step, c->items[i], c->attempts, log_quote(out[i].error));
+        }
+    if (res->skipped > 0)
+        log_info("rows of unfinished items not stored", "run=%s step=%lld rows=%ld", log_quote(c->run),
+                 c->step, res->skipped);
+    if (res->failed == 0)
+        log_info("checkpoint done", "run=%s step=%lld jobs=%d rows=%ld worker_s=%.3f claim_ms=%.2f"
+                 " spawn_ms=%.2f ingest_ms=%.2f", log_quote(c->run), c->step, c->njobs, res->rows,
+                 sl->w.seconds, sl->claim_ms, sl->spawn_ms, ingest_ms);
+    else if (res->done == 0)
+        log_warn("checkpoint failed", "run=%s step=%lld attempt=%d error=%s", log_quote(c->run), c->step,
+                 c->attempts, log_quote(first));
+    else
+        log_warn("checkpoint partly done", "run=%s step=%lld attempt=%d jobs_done=%d jobs_failed=%d rows=%ld"
+                 " worker_s=%.3f", log_quote(c->run), c->step, c->attempts, res->done, res->failed,
+                 res->rows, sl->w.seconds);
+}
+
+/* A worker ended: store the rows of its items that finished and record
+ * the failure of the others (ingest_settle), or of every job when the
+ * server refused the rows.  Leaves the slot busy when the database is
+ * unreachable, to try again next tick. */
 static void settle(struct server *s, struct slot *sl)
 {
     struct err e;
     err_clear(&e);
     struct claim *c = &sl->claim;
     struct backoff b = backoff_of(s);
+    struct item_outcome out[CLAIM_MAX_JOBS];
+    struct ingest_result res;
     if (!s->ready)
         return;
-    if (sl->w.ok) {
-        long rows = 0;
-        double t0 = mono_now();
-        int rc = ingest_commit(s->db, &s->reg, s->cfg.node, c, sl->w.out_path, sl->w.seconds, &rows, &e);
-        if (rc == 0) {
-            s->jobs_done += c->njobs;
-            if (s->cache && stage_key(sl->stage)[0] && cache_mark_analysed(s->cache, stage_key(sl->stage), &e) < 0)
-                log_err("cache: cannot mark the snapshot analysed", &e);
-            log_info("checkpoint done", "run=%s step=%lld jobs=%d rows=%ld worker_s=%.3f claim_ms=%.2f"
-                     " spawn_ms=%.2f ingest_ms=%.2f", log_quote(c->run), c->step, c->njobs, rows,
-                     sl->w.seconds, sl->claim_ms, sl->spawn_ms, (mono_now() - t0) * 1e3);
-            detect_after_ingest(s->db, c); /* logs its own failure; the rows are stored */
-            slot_free(sl);
-            long long freed = 0;
-            if (s->cache && cache_evict(s->cache, &freed, &e) < 0)
-                log_err("cache eviction failed", &e);
-            return;
-        }
-        if (rc == ERR_DB) {
-            log_err("cannot store results yet; will retry", &e);
-            return;
-        }
-        if (rc == INGEST_LEASE_LOST) {
-            s->leases_lost++;
-            log_err("results dropped", &e);
-            slot_free(sl);
-            return;
-        }
-        snprintf(sl->w.error, sizeof sl->w.error, "results rejected: %s", err_str(&e));
+    supervise_outcomes(&sl->w, (const char (*)[64])c->items, c->versions, c->njobs, out);
+    double t0 = mono_now();
+    int rc = ingest_settle(s->db, &s->reg, s->cfg.node, c, sl->w.out_path, sl->w.seconds, out, &b,
+                           &res, &e);
+    if (rc == ERR_DB) {
+        log_err("cannot store results yet; will retry", &e);
+        return;
     }
+    if (rc == INGEST_LEASE_LOST) {
+        s->leases_lost++;
+        log_err("results dropped", &e);
+        slot_free(sl);
+        return;
+    }
+    if (rc == 0) {
+        s->jobs_done += res.done;
+        s->jobs_failed += res.failed;
+        log_settled(sl, out, &res, (mono_now() - t0) * 1e3);
+        /* analysed either way: a retry finds it in the cache while it is recent */
+        if (s->cache && stage_key(sl->stage)[0] && cache_mark_analysed(s->cache, stage_key(sl->stage), &e) < 0)
+            log_err("cache: cannot mark the snapshot analysed", &e);
+        if (res.done > 0) {
+            struct claim done;
+            claim_done_part(c, out, &done);
+            detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
+        }
+        slot_free(sl);
+        long long freed = 0;
+        if (s->cache && cache_evict(s->cache, &freed, &e) < 0)
+            log_err("cache eviction failed", &e);
+        return;
+    }
+    snprintf(sl->w.error, sizeof sl->w.error, "results rejected: %s", err_str(&e));
     if (queue_fail(s->db, s->cfg.node, c->job_ids, c->njobs, sl->w.error, &b, &e) < 0) {
         log_err("cannot record job failure yet; will retry", &e);
         return;
@@ -248,7 +302,8 @@ static void launch(struct server *s, struct slot *sl)
     struct err e;
     err_clear(&e);
     struct claim *c = &sl->claim;
-    char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[64], seed[32] = "";
+    char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[OWNER_TAG_MAX + 32], seed[32] = "";
+    char status[2048];
     char eval[1024] = "";
     int rc = 0;
     snprintf(dir, sizeof dir, "%s", stage_dir(sl->stage));
@@ -299,8 +354,10 @@ static void launch(struct server *s, struct slot *sl)
         nthreads = nthreads < 1 ? 1 : nthreads;
     }
     snprintf(threads, sizeof threads, "%d", nthreads);
-    snprintf(tag, sizeof tag, "ck%lld-%d", c->checkpoint_id, (int)getpid());
-    const char *argv[24 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES];
+    snprintf(tag, sizeof tag, "%s.ck%lld", owner_tag(s->spool), c->checkpoint_id);
+    supervise_status_path(status, sizeof status, s->cfg.spool_dir, tag);
+    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS +
+                     2 * SERVE_MAX_PAIRS];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";
@@ -309,6 +366,8 @@ static void launch(struct server *s, struct slot *sl)
     argv[a++] = dir;
     argv[a++] = "--items";
     argv[a++] = items;
+    argv[a++] = "--status";
+    argv[a++] = status;
     if (eval[0]) {
         argv[a++] = "--eval-tokens";
         argv[a++] = eval;
@@ -346,6 +405,34 @@ static void launch(struct server *s, struct slot *sl)
         if (json_is_string(json_array_get(sites, k))) {
             argv[a++] = "--sae-site";
             argv[a++] = json_string_value(json_array_get(sites, k));
+        }
+    /* the fixed dictionaries of sae_fixed, likewise borrowed */
+    json_t *dicts = json_object_get(opt, "sae_fixed");
+    for (size_t k = 0; k < json_array_size(dicts) && k < SERVE_MAX_SAE_DICTS; k++)
+        if (json_is_string(json_array_get(dicts, k))) {
+            argv[a++] = "--sae";
+            argv[a++] = json_string_value(json_array_get(dicts, k));
+        }
+    /* provenance for the SAE files the jobs write (sae_opts.h) */
+    char model[256], stepbuf[32];
+    jv = json_object_get(opt, "model_name");
+    if (json_is_string(jv))
+        snprintf(model, sizeof model, "%s", json_string_value(jv));
+    else
+        sae_opts_model_name(c->source, c->run, model, sizeof model);
+    snprintf(stepbuf, sizeof stepbuf, "%lld", c->step);
+    argv[a++] = "--model-name";
+    argv[a++] = model;
+    argv[a++] = "--run";
+    argv[a++] = c->run;
+    argv[a++] = "--step";
+    argv[a++] = stepbuf;
+    /* the run's pair sets, likewise borrowed */
+    json_t *pairs = json_object_get(opt, "pairs");
+    for (size_t k = 0; k < json_array_size(pairs) && k < SERVE_MAX_PAIRS; k++)
+        if (json_is_string(json_array_get(pairs, k))) {
+            argv[a++] = "--pairs";
+            argv[a++] = json_string_value(json_array_get(pairs, k));
         }
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
@@ -943,10 +1030,14 @@ int serve_run(const struct serve_opts *o)
     struct fetch_opts fo;
     daemon_config_fetch_opts(&s->cfg, &fo);
     s->offline = daemon_offline();
+    /* the cache and the spool: the leftovers of dead daemons go first */
     if (!(s->fetcher = fetcher_new(&fo, &e)) ||
-        !(s->cache = cache_open(s->cfg.cache_dir, (long long)(s->cfg.cache_budget_gb * (1LL << 30)), &e))) {
-        log_err("cannot set up downloads", &e);
+        !(s->cache = cache_open_as(s->cfg.cache_dir, (long long)(s->cfg.cache_budget_gb * (1LL << 30)),
+                                   s->cfg.node, &e)) ||
+        !(s->spool = supervise_spool_open(s->cfg.spool_dir, s->cfg.node, &e))) {
+        log_err("cannot set up downloads and the spool", &e);
         fetcher_free(s->fetcher);
+        cache_close(s->cache);
         registry_free(&s->reg);
         return ERR_IO;
     }
@@ -959,6 +1050,7 @@ int serve_run(const struct serve_opts *o)
         log_err("cannot set up the artifact directory", &e);
         fetcher_free(s->fetcher);
         cache_close(s->cache);
+        owner_close(s->spool);
         registry_free(&s->reg);
         return ERR_IO;
     }
@@ -981,6 +1073,9 @@ int serve_run(const struct serve_opts *o)
     signal(SIGPIPE, SIG_IGN);
 
     if (db_connect_wait(s->db, 10.0, &e) == 0 && ensure_ready(s) == -2) {
+        fetcher_free(s->fetcher);
+        cache_close(s->cache);
+        owner_close(s->spool);
         registry_free(&s->reg);
         db_free(s->db);
         return ERR_DB;
@@ -990,6 +1085,7 @@ int serve_run(const struct serve_opts *o)
             log_err("cannot serve metrics", &e);
             fetcher_free(s->fetcher);
             cache_close(s->cache);
+            owner_close(s->spool);
             registry_free(&s->reg);
             db_free(s->db);
             return ERR_IO;
@@ -1030,6 +1126,7 @@ int serve_run(const struct serve_opts *o)
     metrics_free(&s->m);
     fetcher_free(s->fetcher);
     cache_close(s->cache);
+    owner_close(s->spool);
     signal(SIGCHLD, SIG_DFL);
     if (chld_pipe[0] >= 0) {
         close(chld_pipe[0]);

@@ -50,6 +50,8 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
         return err_wrap(e, "spool directory");
     snprintf(w->out_path, sizeof w->out_path, "%s/%s.rows", spool_dir, tag);
     snprintf(w->err_path, sizeof w->err_path, "%s/%s.err", spool_dir, tag);
+    supervise_status_path(w->status_path, sizeof w->status_path, spool_dir, tag);
+    unlink(w->status_path); /* only the new worker's outcomes count */
     int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int errfd = open(w->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (out < 0 || errfd < 0) {
@@ -140,14 +142,13 @@ static void describe_end(struct worker *w, int status)
     if (w->ok)
         return;
     if (w->timed_out)
-        snprintf(w->error, sizeof w->error, "worker timed out after %.0f s and was killed%s%s",
-                 w->seconds, tail[0] ? "; stderr: " : "", tail);
+        snprintf(w->how, sizeof w->how, "worker timed out after %.0f s and was killed", w->seconds);
     else if (WIFSIGNALED(status))
-        snprintf(w->error, sizeof w->error, "worker killed by signal %d (%s)%s%s", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)), tail[0] ? "; stderr: " : "", tail);
+        snprintf(w->how, sizeof w->how, "worker killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
     else
-        snprintf(w->error, sizeof w->error, "worker exited with status %d%s%s", WEXITSTATUS(status),
-                 tail[0] ? "; stderr: " : "", tail);
+        snprintf(w->how, sizeof w->how, "worker exited with status %d", WEXITSTATUS(status));
+    snprintf(w->error, sizeof w->error, "%s%s%s", w->how, tail[0] ? "; stderr: " : "", tail);
 }
 
 int supervise_poll(struct worker *w)
@@ -188,7 +189,8 @@ void supervise_kill(struct worker *w)
         w->done = 1;
         w->pid = 0;
         w->ok = 0;
-        snprintf(w->error, sizeof w->error, "worker killed by the daemon");
+        snprintf(w->how, sizeof w->how, "worker killed by the daemon");
+        snprintf(w->error, sizeof w->error, "%s", w->how);
     }
 }
 
@@ -198,4 +200,106 @@ void supervise_cleanup(struct worker *w)
         unlink(w->out_path);
     if (w->err_path[0])
         unlink(w->err_path);
+    if (w->status_path[0])
+        unlink(w->status_path);
+}
+
+/* ---- the spool and item outcomes ---- */
+
+static void remove_spool_files(const char *dir, const char *tag, void *arg)
+{
+    (void)arg;
+    int n = owner_remove_tagged(dir, tag);
+    if (n > 0)
+        log_info("spool files of a dead daemon removed", "owner=%s files=%d", tag, n);
+}
+
+struct owner *supervise_spool_open(const char *spool_dir, const char *node, struct err *e)
+{
+    if (path_mkdir_p(spool_dir, e) < 0) {
+        err_wrap(e, "spool directory");
+        return NULL;
+    }
+    return owner_open(spool_dir, node, remove_spool_files, NULL, e);
+}
+
+void supervise_status_path(char *out, size_t n, const char *spool_dir, const char *tag)
+{
+    snprintf(out, n, "%s/%s.status", spool_dir, tag);
+}
+
+/* The first line of a status file, the format this daemon reads. */
+#define STATUS_MAGIC "ckpt-worker-status\t1"
+
+/* Split a status line at tabs into at most 4 fields (the last keeps its
+ * tabs); returns how many. */
+static int status_fields(char *line, char **f)
+{
+    int n = 0;
+    f[n++] = line;
+    for (char *p = line; *p && n < 4; p++)
+        if (*p == '\t') {
+            *p = '\0';
+            f[n++] = p + 1;
+        }
+    return n;
+}
+
+/* `how` the worker ended, then `what` of the item, then its stderr tail. */
+static void unfinished_error(const struct worker *w, const char *what, const char *item,
+                             int version, char *out, size_t n)
+{
+    const char *tail = strstr(w->error, "; stderr: ");
+    snprintf(out, n, "%s %s item %s v%d%s", w->how[0] ? w->how : "worker ended", what, item,
+             version, tail ? tail : "");
+}
+
+void supervise_outcomes(const struct worker *w, const char (*items)[64], const int *versions,
+                        int n, struct item_outcome *out)
+{
+    enum { SEEN_NONE, SEEN_STARTED, SEEN_END } seen[64] = {SEEN_NONE};
+    char line[2048], *f[4];
+    int speaks = 0;
+    for (int i = 0; i < n; i++) {
+        out[i].state = w->ok ? ITEM_DONE : ITEM_FAILED;
+        out[i].rows = -1;
+        snprintf(out[i].error, sizeof out[i].error, "%s", w->error);
+    }
+    FILE *sf = w->status_path[0] ? fopen(w->status_path, "r") : NULL;
+    if (sf && fgets(line, sizeof line, sf)) {
+        line[strcspn(line, "\n")] = '\0';
+        speaks = strcmp(line, STATUS_MAGIC) == 0;
+    }
+    while (speaks && fgets(line, sizeof line, sf)) {
+        if (!strchr(line, '\n'))
+            break; /* cut: the worker died writing it */
+        line[strcspn(line, "\n")] = '\0';
+        int nf = status_fields(line, f), i;
+        if (nf < 3)
+            continue;
+        for (i = 0; i < n && i < 64; i++)
+            if (strcmp(items[i], f[1]) == 0 && versions[i] == atoi(f[2]))
+                break;
+        if (i == n || i == 64 || seen[i] == SEEN_END)
+            continue;
+        if (strcmp(f[0], "started") == 0) {
+            seen[i] = SEEN_STARTED;
+        } else if (strcmp(f[0], "done") == 0 && nf == 4) {
+            seen[i] = SEEN_END;
+            out[i].state = ITEM_DONE;
+            out[i].rows = atol(f[3]);
+            out[i].error[0] = '\0';
+        } else if (strcmp(f[0], "failed") == 0) {
+            seen[i] = SEEN_END;
+            out[i].state = ITEM_FAILED;
+            snprintf(out[i].error, sizeof out[i].error, "%s%s%s", w->ok ? "" : w->how,
+                     w->ok ? "" : "; ", nf == 4 ? f[3] : "unknown error");
+        }
+    }
+    if (sf)
+        fclose(sf);
+    for (int i = 0; speaks && !w->ok && i < n && i < 64; i++)
+        if (seen[i] != SEEN_END)
+            unfinished_error(w, seen[i] == SEEN_STARTED ? "while running" : "before starting",
+                             items[i], versions[i], out[i].error, sizeof out[i].error);
 }
