@@ -118,11 +118,17 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
-# The transition detector is pure: its test and benchmark link it alone (the
+# The transition detectors (level-v2 and the former ramp-v1) are pure: their
+# test and the tool that runs them on JSON series link them alone (the
 # benchmark with the daemon library for its database path).
-$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/transitions.o $(BUILD)/obj/common/err.o
+TR_OBJ := $(BUILD)/obj/daemon/transitions.o $(BUILD)/obj/daemon/transitions_v1.o $(BUILD)/obj/common/err.o
+$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(TR_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
+
+$(BUILD)/bench/transitions_series: $(BUILD)/obj/bench/transitions_series.o $(TR_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm
 
 $(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)

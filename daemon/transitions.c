@@ -7,25 +7,34 @@
 
 #define H TR_HALF
 
-/* Settings of ramp-v1 besides those in the header (changing any changes
+/* Settings of level-v2 besides those in the header (changing any changes
  * the numbers: bump TR_METHOD). */
-#define VARIO_KMAX 8     /* variogram lags used, at most ... */
-#define VARIO_DIV 8      /* ... and at most n / VARIO_DIV (at least 2) */
-#define MED_VAR 0.287    /* Var(median of 5 iid normals) / sigma^2 */
-#define RW_EXTRA 2.4     /* a random walk's extra width between two 5-point levels: 2(H-1)(2H-1)/(6H) */
-#define SEP 1.5          /* no change below SEP x the 1%-99% spread of the residuals scores TR_THRESHOLD */
-#define SEP_Q 0.01
-#define MIN_REL 0.01     /* nor one below 1% of the smoothed series' range */
-#define BFRAC 0.25       /* a candidate's own noise keeps at least this share of the series' random walk */
-#define MIN_REF 8        /* clean reference windows needed to judge a candidate on them alone */
-#define EXTENT_FRAC 0.9  /* an extent holds this share of the largest change around its core */
+#define SPIKE_NB 2         /* neighbours on each side that give a spike's baseline */
+#define SPIKE_WIN 10       /* differences on each side that give its local noise */
+#define SPIKE_MASK 5.0     /* an outlier's excursion is at least this many local noise scales ... */
+#define SPIKE_RET 0.5      /* ... its two sides differ by at most this share of it ... */
+#define SPIKE_MIN_REL 0.02 /* ... and it is at least this share of the series' range */
+#define SPIKE_K 8.0        /* an outlier of at least this many noise scales is a spike event */
+#define TRIM_KEEP 0.9      /* scales: the RMS distance from the median of the nearest 90% ... */
+#define TRIM_CORR 1.2678   /* ... times this: 1 / sqrt(E[Z^2 | |Z| < z_0.95]) for normal Z */
+#define LOC 5              /* a first difference is centred on the median of 2 LOC + 1 around it */
+#define MED_VAR 0.4487     /* Var(median of 3 iid normals) / sigma^2 */
+#define RW_EXTRA 1.111     /* a random walk's extra width between two 3-point levels: (H-1)(2H-1)/(3H) */
+#define RES_KEEP 0.9       /* the RMS of the smallest 90% of the residuals from a running median ... */
+#define RES_MUL 1.4        /* ... times this is a floor of the point noise (quantised values) */
+#define MIN_REL 0.01       /* no change below 1% of the smoothed series' range is reported */
+#define PREC_REL 1e-6      /* nor one below this share of the values' magnitude (float32 metrics) */
+#define MIN_REF 8          /* pairs or windows needed to estimate a scale from them */
+#define EXTENT_FRAC 0.9    /* an extent holds this share of the largest change around its core */
+#define FLAT 0.34          /* a stage's level moves by at most this share of either step beside it */
 
-#if TR_HALF != 5
-#error "MED_VAR and RW_EXTRA are computed for TR_HALF 5"
+#if TR_HALF != 3
+#error "MED_VAR and RW_EXTRA are computed for TR_HALF 3"
 #endif
 
-/* One series being examined: the finite points, their detrended values,
- * the levels on either side of every point and the noise per width. */
+/* One series being examined.  The finite points that are not spikes, in
+ * order: their steps, raw and detrended values, the levels on either side
+ * of every point and the noise model. */
 struct scan {
     int n;
     long long *s;    /* steps (n) */
@@ -33,14 +42,17 @@ struct scan {
     double *u;       /* v - mu * (step - s[0]) (n) */
     double *m;       /* u smoothed by a running median of 3 (n) */
     double *lv, *rv; /* L(a), R(b) of u (n; valid where the window fits) */
-    double *c, *sc;  /* centre and scale of D over width w (wmax + 1) */
+    double *c, *sc; /* centre and scale of D per width, for the current exclusions (wmax + 1) */
     int wmax;
     double A, B;     /* white-noise and random-walk parts of the variogram */
-    double floor;    /* no scale below this */
+    double rho;      /* B / (A + B) of the last noise_widths: the random walk's share */
+    double best_rho; /* rho of the best score scan_segments saw */
+    double pfloor;   /* no point-noise scale below this */
+    double minchg;   /* no change below this is reported */
     int *cov, *cum;  /* points inside accepted transitions (n), prefix sums (n + 1) */
     double *tmp;     /* scratch (2n) */
     int nfound, capfound;
-    struct tr_transition *found;
+    struct tr_event *found;
 };
 
 static void swapd(double *a, double *b)
@@ -57,7 +69,7 @@ static double select_k(double *a, int n, int k)
     int lo = 0, hi = n - 1;
     while (hi > lo) {
         int mid = lo + (hi - lo) / 2;
-        if (a[mid] < a[lo]) /* median of three as the pivot */
+        if (a[mid] < a[lo])
             swapd(&a[mid], &a[lo]);
         if (a[hi] < a[lo])
             swapd(&a[hi], &a[lo]);
@@ -110,40 +122,139 @@ static double med3(double a, double b, double c)
     return a > b ? a : b;
 }
 
-/* Median of the 5 values x[0..5) in six comparisons: the smaller of two
- * sorted pairs' minima cannot be the median; drop it twice, then the
- * median is the smaller of the two remaining candidates. */
-static double med5(const double *x)
+/* Median of up to 2 LOC + 1 values, copied (x is left alone). */
+static double median_small(const double *x, int k)
 {
-    double a = x[0], b = x[1], c = x[2], d = x[3], e = x[4];
-    if (a > b)
-        swapd(&a, &b);
-    if (c > d)
-        swapd(&c, &d);
-    if (a > c) { /* pairs (a<b), (c<d) with a < c: a is out */
-        swapd(&a, &c);
-        swapd(&b, &d);
-    }
-    if (e < b)
-        swapd(&b, &e);
-    if (b > c) { /* pairs (b<e), (c<d) with b < c: b is out */
-        swapd(&b, &c);
-        swapd(&d, &e);
-    }
-    return c < e ? c : e;
+    double t[2 * LOC + 1];
+    memcpy(t, x, sizeof *t * (size_t)k);
+    return median_inplace(t, k);
 }
 
-/* Robust scale of x[0..k) around its median (returned in *centre):
- * 1.4826 MAD, sigma for normal data.  x is overwritten. */
+/* Robust scale of x[0..k) around its median (returned in *centre): the
+ * root mean square of the distances from the median, over the smallest
+ * TRIM_KEEP of them, times TRIM_CORR, so that it is sigma for normal data
+ * (about twice as efficient as the MAD, and a tenth of outliers cannot
+ * move it much).  x is overwritten. */
 static double robust_scale(double *x, int k, double *centre)
 {
     double c = median_inplace(x, k);
     for (int j = 0; j < k; j++)
         x[j] = fabs(x[j] - c);
     *centre = c;
-    return 1.4826 * median_inplace(x, k);
+    int keep = (int)(TRIM_KEEP * k + 0.5);
+    if (keep < 1)
+        keep = 1;
+    if (keep < k)
+        (void)select_k(x, k, keep - 1);
+    double ss = 0;
+    for (int j = 0; j < keep; j++)
+        ss += x[j] * x[j];
+    return TRIM_CORR * sqrt(ss / keep);
 }
 
+/* ---- spikes ---- */
+
+/* A one- or two-point excursion that qualified: points i..i+k-1. */
+struct cand {
+    int i, k;
+    double score, noise;
+};
+
+static int by_cand_score(const void *x, const void *y)
+{
+    const struct cand *a = x, *b = y;
+    if (a->score != b->score)
+        return (a->score < b->score) - (a->score > b->score);
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* The outliers and spikes of the finite series (s, v, n), detrended
+ * values u: one or two consecutive points i..i+k-1 (not the first or last
+ * point) that leave the level of their neighbours and come back.
+ * Baseline: the median of the SPIKE_NB points on each side (at least one
+ * on each); excursion: the smaller distance of its points from the
+ * baseline, all on one side; noise: the robust scale of the differences
+ * u[j+1] - u[j] within SPIKE_WIN points either side that involve none of
+ * its points, about their median, over sqrt 2 (at least floor).  An
+ * excursion of at least SPIKE_MASK noise scales and SPIKE_MIN_REL of the
+ * range, whose sides differ by at most SPIKE_RET of it, is an outlier;
+ * taken by score, a point at most once, it is masked (mask[j] = 1), and
+ * at SPIKE_K noise scales or more it is also a spike event (into ev, at
+ * most cap, the highest scores).  cand is scratch for 2n candidates, tmp
+ * for 2 SPIKE_WIN values.  Returns the number of spike events. */
+static int find_spikes(const long long *s, const double *v, const double *u, int n, double floor,
+                       double range, unsigned char *mask, struct cand *cand, double *tmp,
+                       struct tr_event *ev, int cap)
+{
+    int nc = 0;
+    for (int i = 1; i + 1 < n; i++)
+        for (int k = 1; k <= 2 && i + k < n; k++) {
+            double left[SPIKE_NB], right[SPIKE_NB], nbv[2 * SPIKE_NB];
+            int nl = 0, nr = 0;
+            for (int j = i - 1; j >= 0 && nl < SPIKE_NB; j--)
+                left[nl++] = u[j];
+            for (int j = i + k; j < n && nr < SPIKE_NB; j++)
+                right[nr++] = u[j];
+            memcpy(nbv, left, sizeof *nbv * (size_t)nl);
+            memcpy(nbv + nl, right, sizeof *nbv * (size_t)nr);
+            double base = median_small(nbv, nl + nr);
+            double e0 = u[i] - base, emin = fabs(e0);
+            int same = 1;
+            for (int j = i + 1; j < i + k; j++) {
+                double ej = u[j] - base;
+                same &= (ej > 0) == (e0 > 0) && ej != 0;
+                emin = fabs(ej) < emin ? fabs(ej) : emin;
+            }
+            if (!same || !(emin > 0) || emin < SPIKE_MIN_REL * range)
+                continue;
+            if (fabs(median_small(left, nl) - median_small(right, nr)) > SPIKE_RET * emin)
+                continue;
+            int nd = 0;
+            for (int j = i - SPIKE_WIN; j + 1 < i; j++)
+                if (j >= 0)
+                    tmp[nd++] = u[j + 1] - u[j];
+            for (int j = i + k; j < i + k - 1 + SPIKE_WIN && j + 1 < n; j++)
+                tmp[nd++] = u[j + 1] - u[j];
+            double noise = 0, c;
+            if (nd >= 4)
+                noise = robust_scale(tmp, nd, &c) / sqrt(2.0);
+            noise = noise > floor ? noise : floor;
+            if (emin >= SPIKE_MASK * noise)
+                cand[nc++] = (struct cand){i, k, emin / noise, noise};
+        }
+    qsort(cand, (size_t)nc, sizeof *cand, by_cand_score);
+    int out = 0;
+    for (int c = 0; c < nc; c++) {
+        int i = cand[c].i, k = cand[c].k, clash = 0;
+        for (int j = i; j < i + k; j++)
+            clash |= mask[j];
+        if (clash)
+            continue;
+        for (int j = i; j < i + k; j++)
+            mask[j] = 1;
+        if (cand[c].score < SPIKE_K || out >= cap)
+            continue;
+        /* magnitude in raw units: the farthest point from the raw baseline */
+        double nbv[2 * SPIKE_NB];
+        int nn = 0;
+        for (int j = i - 1; j >= 0 && j >= i - SPIKE_NB; j--)
+            nbv[nn++] = v[j];
+        for (int j = i + k; j < n && j < i + k + SPIKE_NB; j++)
+            nbv[nn++] = v[j];
+        double base = median_small(nbv, nn);
+        int peak = i;
+        for (int j = i + 1; j < i + k; j++)
+            if (fabs(v[j] - base) > fabs(v[peak] - base))
+                peak = j;
+        ev[out++] = (struct tr_event){.kind = TR_KIND_SPIKE, .start_step = s[i], .peak_step = s[peak],
+                                      .end_step = s[i + k - 1], .magnitude = v[peak] - base,
+                                      .score = cand[c].score, .p_value = NAN, .noise = cand[c].noise,
+                                      .before = base, .after = v[peak]};
+    }
+    return out;
+}
+
+/* ---- levels and noise ---- */
 
 /* Is any of the points [p0, p1] inside [x0, x1] or an accepted transition? */
 static int touches(const struct scan *sc, int p0, int p1, int x0, int x1)
@@ -151,116 +262,140 @@ static int touches(const struct scan *sc, int p0, int p1, int x0, int x1)
     return (p1 >= x0 && p0 <= x1) || sc->cum[p1 + 1] - sc->cum[p0] > 0;
 }
 
-/* The variogram of u, g(k) = scale^2 of u[i+k] - u[i] for k = 1..kmax,
- * over the pairs whose span touches neither [x0, x1] nor an accepted
- * transition, fitted by least squares as A + B k: white noise of variance
- * A/2 and a random walk of variance B per checkpoint, A, B >= 0
- * (Matheron's variogram with a robust scale).  Lags with fewer than
- * MIN_REF pairs are left out; with fewer than two lags, returns -1 and
- * leaves *A, *B alone. */
+/* White noise of variance A/2 and a random walk of variance B per
+ * checkpoint, from the differences that touch neither [x0, x1] nor an
+ * accepted transition: s1 the robust scale of the first differences
+ * u[i+1] - u[i], each less the median of the (up to) 2 LOC + 1 first
+ * differences around it (a smooth trend's slope, which changes along a
+ * training curve, is no noise); s2 that of the second differences
+ * u[i+2] - 2 u[i+1] + u[i] about their median.  For white noise plus a
+ * random walk s1^2 = A + B and s2^2 = 3 A + 2 B, so A = s2^2 - 2 s1^2 and
+ * B = 3 s1^2 - s2^2, each clipped at 0 (then the other takes all of s1^2).
+ * With fewer than MIN_REF clean differences of either kind, returns -1
+ * and leaves *A, *B alone. */
 static int vario_fit(struct scan *sc, int x0, int x1, double *A, double *B)
 {
-    int n = sc->n;
-    int kmax = n / VARIO_DIV < VARIO_KMAX ? n / VARIO_DIV : VARIO_KMAX;
-    if (kmax < 2)
-        kmax = 2;
-    double sk = 0, sg = 0, skk = 0, skg = 0;
-    int used = 0;
-    for (int k = 1; k <= kmax; k++) {
-        int cnt = 0;
-        for (int i = 0; i + k < n; i++)
-            if (!touches(sc, i, i + k, x0, x1))
-                sc->tmp[cnt++] = sc->u[i + k] - sc->u[i];
-        if (cnt < MIN_REF)
+    int n = sc->n, k1 = 0, k2 = 0;
+    double *d = sc->tmp, *t = sc->tmp + n;
+    for (int i = 0; i + 1 < n; i++)
+        d[i] = sc->u[i + 1] - sc->u[i];
+    for (int i = 0; i + 1 < n; i++) {
+        if (touches(sc, i, i + 1, x0, x1))
             continue;
-        double c, s = robust_scale(sc->tmp, cnt, &c);
-        double g = s * s;
-        used++;
-        sk += k;
-        sg += g;
-        skk += (double)k * k;
-        skg += k * g;
+        double loc[2 * LOC + 1];
+        int nl = 0;
+        for (int j = i - LOC; j <= i + LOC; j++)
+            if (j >= 0 && j + 1 < n)
+                loc[nl++] = d[j];
+        t[k1++] = d[i] - median_small(loc, nl);
     }
-    if (used < 2)
+    if (k1 < MIN_REF)
         return -1;
-    double b = (used * skg - sk * sg) / (used * skk - sk * sk);
-    double a = (sg - b * sk) / used;
-    if (b < 0) {
-        b = 0;
-        a = sg / used;
-    } else if (a < 0) {
+    double c, s1 = robust_scale(t, k1, &c);
+    for (int i = 0; i + 2 < n; i++)
+        if (!touches(sc, i, i + 2, x0, x1))
+            t[k2++] = d[i + 1] - d[i];
+    if (k2 < MIN_REF)
+        return -1;
+    double s2 = robust_scale(t, k2, &c);
+    double a = s2 * s2 - 2 * s1 * s1, b = 3 * s1 * s1 - s2 * s2;
+    if (a < 0) {
         a = 0;
-        b = skg / skk;
+        b = s1 * s1;
+    } else if (b < 0) {
+        b = 0;
+        a = s1 * s1;
     }
     *A = a;
     *B = b;
     return 0;
 }
 
-/* Detrend, levels, the smoothed series, the noise model and the noise of
- * a change per width. */
-static void scan_prepare(struct scan *sc)
+/* The noise of a change over each width w (1 .. n - 2H + 1), for the
+ * series without the points [x0, x1] and the accepted transitions: sc->c[w]
+ * the median of the clean windows' D (what the series does anyway over w
+ * checkpoints; 0 with fewer than MIN_REF of them, or w > wmax) and sc->sc[w]
+ * the largest of their robust scale, the variogram model sqrt(MED_VAR A + B (w + RW_EXTRA))
+ * and the floor sqrt(MED_VAR * 2) pfloor. */
+static void noise_widths(struct scan *sc, int x0, int x1)
 {
     int n = sc->n;
-    double *tmp = sc->tmp;
-    /* drift per step of training: the median slope between neighbours (a
-     * transition is one or a few of them; what noise leaves in it is a
-     * line in the checkpoint index where steps are even, which the centre
-     * c_w of every width takes out) */
-    for (int i = 0; i + 1 < n; i++)
-        tmp[i] = (sc->v[i + 1] - sc->v[i]) / (double)(sc->s[i + 1] - sc->s[i]);
-    double mu = median_inplace(tmp, n - 1);
-    if (!isfinite(mu))
-        mu = 0;
-    double big = 0;
-    for (int i = 0; i < n; i++) {
-        sc->u[i] = sc->v[i] - mu * (double)(sc->s[i] - sc->s[0]);
-        if (fabs(sc->u[i]) > big)
-            big = fabs(sc->u[i]);
-    }
-    for (int i = 0; i < n; i++)
-        sc->m[i] = i == 0 || i == n - 1 ? sc->u[i] : med3(sc->u[i - 1], sc->u[i], sc->u[i + 1]);
-    for (int i = 0; i < n; i++) {
-        sc->lv[i] = i >= H - 1 ? med5(sc->u + i - H + 1) : NAN;
-        sc->rv[i] = i + H <= n ? med5(sc->u + i) : NAN;
-    }
-    sc->A = sc->B = 0;
-    (void)vario_fit(sc, n, n, &sc->A, &sc->B);
-    /* floors: no change below SEP x the 1%-99% spread of the residuals
-     * from the smoothed series reaches the threshold (values quantised
-     * near the noise, where a median level jumps a whole quantum), nor
-     * one below MIN_REL of the smoothed range (an accuracy of 1.0 that
-     * dips by one example now and then), nor anything in a constant series */
-    int nr = 0;
-    for (int i = 1; i + 1 < n; i++)
-        tmp[nr++] = sc->u[i] - sc->m[i];
-    int qlo = (int)(SEP_Q * (nr - 1) + 0.5), qhi = nr - 1 - qlo;
-    double rhi = select_k(tmp, nr, qhi), rlo = select_k(tmp, qhi, qlo);
-    double mlo = sc->m[0], mhi = sc->m[0];
-    for (int i = 1; i < n; i++) {
-        mlo = sc->m[i] < mlo ? sc->m[i] : mlo;
-        mhi = sc->m[i] > mhi ? sc->m[i] : mhi;
-    }
-    double fl = 1e-9 * big + DBL_MIN;
-    if (SEP * (rhi - rlo) / TR_THRESHOLD > fl)
-        fl = SEP * (rhi - rlo) / TR_THRESHOLD;
-    if (MIN_REL * (mhi - mlo) / TR_THRESHOLD > fl)
-        fl = MIN_REL * (mhi - mlo) / TR_THRESHOLD;
-    sc->floor = fl;
-    /* widths: a transition may touch at most a third of the windows */
-    sc->wmax = (n - 5 * H + 5) / 4;
-    if (sc->wmax < 1)
-        sc->wmax = 1;
-    for (int w = 1; w <= sc->wmax; w++) {
+    double A = sc->A, B = sc->B;
+    (void)vario_fit(sc, x0, x1, &A, &B);
+    double fl = sqrt(2.0 * MED_VAR) * sc->pfloor;
+    if (A < 2.0 * sc->pfloor * sc->pfloor)
+        A = 2.0 * sc->pfloor * sc->pfloor;
+    sc->rho = A + B > 0 ? B / (A + B) : 0;
+    for (int w = 1; w <= n - 2 * H + 1; w++) {
         int k = 0;
-        for (int i = H - 1; i + w + H <= n; i++)
-            tmp[k++] = sc->rv[i + w] - sc->lv[i];
-        double centre, s = robust_scale(tmp, k, &centre);
-        double model = sqrt(MED_VAR * sc->A + sc->B * (w + RW_EXTRA));
+        for (int i = H - 1; w <= sc->wmax && i + w + H <= n; i++)
+            if (!touches(sc, i - H + 1, i + w + H - 1, x0, x1))
+                sc->tmp[k++] = sc->rv[i + w] - sc->lv[i];
+        double centre = 0, s = 0;
+        if (k >= MIN_REF)
+            s = robust_scale(sc->tmp, k, &centre);
+        double model = sqrt(MED_VAR * A + B * (w + RW_EXTRA));
         s = model > s ? model : s;
         sc->c[w] = centre;
         sc->sc[w] = s > fl ? s : fl;
     }
+}
+
+/* The floor of the point noise: RES_MUL times the root mean square of the
+ * smallest RES_KEEP of the residuals |u - m| from the running median of 3
+ * (0.84 sigma for white Gaussian noise; the largest tenth, where spikes
+ * are, left out), and at least PREC_REL of the values' magnitude.  It
+ * holds where values are quantised so finely that most differences are 0
+ * and a MAD collapses.  sc->u, sc->m and sc->v of sc->n points are read;
+ * sc->tmp is overwritten. */
+static double point_floor(struct scan *sc)
+{
+    int n = sc->n, nr = 0;
+    double big = 0, *tmp = sc->tmp;
+    for (int i = 0; i < n; i++)
+        big = fabs(sc->v[i]) > big ? fabs(sc->v[i]) : big;
+    double pf = PREC_REL * big + DBL_MIN;
+    for (int i = 1; i + 1 < n; i++)
+        tmp[nr++] = fabs(sc->u[i] - sc->m[i]);
+    int k = (int)(RES_KEEP * nr);
+    if (k < 1)
+        return pf;
+    (void)select_k(tmp, nr, k - 1);
+    double ss = 0;
+    for (int i = 0; i < k; i++)
+        ss += tmp[i] * tmp[i];
+    double fl = RES_MUL * sqrt(ss / k);
+    return fl > pf ? fl : pf;
+}
+
+/* Detrend, spikes left out already; levels, the smoothed series, the
+ * floors and the noise of the whole series. */
+static void scan_prepare(struct scan *sc)
+{
+    int n = sc->n;
+    for (int i = 0; i < n; i++)
+        sc->m[i] = i == 0 || i == n - 1 ? sc->u[i] : med3(sc->u[i - 1], sc->u[i], sc->u[i + 1]);
+    for (int i = 0; i < n; i++) {
+        sc->lv[i] = i >= H - 1 ? med3(sc->u[i - 2], sc->u[i - 1], sc->u[i]) : NAN;
+        sc->rv[i] = i + H <= n ? med3(sc->u[i], sc->u[i + 1], sc->u[i + 2]) : NAN;
+    }
+    /* floors: of the point noise (point_floor); no change below MIN_REL
+     * of the smoothed range counts, nor one below PREC_REL of the values */
+    double mlo = sc->m[0], mhi = sc->m[0], big = 0;
+    for (int i = 0; i < n; i++) {
+        mlo = sc->m[i] < mlo ? sc->m[i] : mlo;
+        mhi = sc->m[i] > mhi ? sc->m[i] : mhi;
+        big = fabs(sc->v[i]) > big ? fabs(sc->v[i]) : big;
+    }
+    sc->pfloor = point_floor(sc);
+    sc->minchg = MIN_REL * (mhi - mlo);
+    if (sc->minchg < PREC_REL * big)
+        sc->minchg = PREC_REL * big;
+    sc->wmax = (n - 2 * H + 1) / 4;
+    if (sc->wmax < 1)
+        sc->wmax = 1;
+    sc->A = sc->B = 0;
+    (void)vario_fit(sc, n, n, &sc->A, &sc->B);
 }
 
 /* The change of a window beyond what the series does anyway: D less the
@@ -272,44 +407,81 @@ static double excess(double d, double c)
     return fabs(d - c) < fabs(d) ? fabs(d - c) : fabs(d);
 }
 
-/* D(a, b) against every window of its width. */
-static double zscore(const struct scan *sc, int a, int b)
+/* ---- calibration ---- */
+
+/* The null distribution of the score of a series' first candidate (what
+ * tr_max_score returns), given the number of points n and the random
+ * walk's share rho of the noise model it was scored against, as a Gumbel
+ * law P(score <= z) = exp(-exp(-(z - mu) / beta)): per length, series of
+ * white noise plus a random walk whose share of the first differences'
+ * variance is drawn from 0 to 1, binned by the rho they were scored with;
+ * per bin its median rho and the law through its 90% and 99% quantiles
+ * (bench/transitions_bench --calibrate-table, transitions_null.inc).
+ * Between rows mu and beta are interpolated linearly in rho and in log n;
+ * beyond the table, held at its edges. */
+struct null_row {
+    int n;
+    double rho, mu, beta;
+};
+
+static const struct null_row null_table[] = {
+#include "transitions_null.inc"
+};
+
+#define NULL_ROWS ((int)(sizeof null_table / sizeof *null_table))
+
+/* mu and beta of the rows of length null_table[r0].n at rho. */
+static void null_at_rho(int r0, double rho, double *mu, double *beta)
 {
-    int w = b - a;
-    return excess(sc->rv[b] - sc->lv[a], sc->c[w]) / sc->sc[w];
+    int r1 = r0;
+    while (r1 + 1 < NULL_ROWS && null_table[r1 + 1].n == null_table[r0].n)
+        r1++;
+    int k = r0;
+    while (k < r1 && null_table[k + 1].rho <= rho)
+        k++;
+    if (k == r1 || rho <= null_table[k].rho) {
+        *mu = null_table[k].mu;
+        *beta = null_table[k].beta;
+        return;
+    }
+    double t = (rho - null_table[k].rho) / (null_table[k + 1].rho - null_table[k].rho);
+    *mu = null_table[k].mu + t * (null_table[k + 1].mu - null_table[k].mu);
+    *beta = null_table[k].beta + t * (null_table[k + 1].beta - null_table[k].beta);
 }
 
-/* D(a, b) against the noise of the series without it: the windows of its
- * width that share no point with it nor with an accepted transition (with
- * fewer than MIN_REF of them, none), and the variogram of the pairs that
- * do not either, whose random-walk part stays at least BFRAC of the whole
- * series' (leaving the largest excursion out makes a random walk look
- * calmer than it is); for a candidate spanning more than a third of the
- * series, the whole series' variogram. */
-static double rescore(struct scan *sc, int a, int b)
+double tr_p_value(double z, int n, double rho)
 {
-    int n = sc->n, w = b - a, k = 0;
-    int x0 = a - H + 1, x1 = b + H - 1;
-    for (int i = H - 1; i + w + H <= n; i++)
-        if (!touches(sc, i - H + 1, i + w + H - 1, x0, x1))
-            sc->tmp[k++] = sc->rv[i + w] - sc->lv[i];
-    double c = sc->c[w], s = 0;
-    if (k >= MIN_REF)
-        s = robust_scale(sc->tmp, k, &c);
-    double A = sc->A, B = sc->B;
-    if (3 * (x1 - x0 + 1) <= n && vario_fit(sc, x0, x1, &A, &B) == 0 && B < BFRAC * sc->B)
-        B = BFRAC * sc->B;
-    double model = sqrt(MED_VAR * A + B * (w + RW_EXTRA));
-    s = model > s ? model : s;
-    s = sc->floor > s ? sc->floor : s;
-    return excess(sc->rv[b] - sc->lv[a], c) / s;
+    /* the first rows of the lengths at or below n and above it */
+    int lo = 0, hi = -1;
+    for (int r = 0; r < NULL_ROWS; r++) {
+        if (null_table[r].n <= n && (r == 0 || null_table[r].n != null_table[r - 1].n))
+            lo = r;
+        if (null_table[r].n > n && hi < 0)
+            hi = r;
+    }
+    double mu, beta;
+    null_at_rho(lo, rho, &mu, &beta);
+    if (hi >= 0 && null_table[lo].n < n) {
+        double mu1, beta1;
+        null_at_rho(hi, rho, &mu1, &beta1);
+        double t = (log((double)n) - log((double)null_table[lo].n)) /
+                   (log((double)null_table[hi].n) - log((double)null_table[lo].n));
+        mu += t * (mu1 - mu);
+        beta += t * (beta1 - beta);
+    }
+    double x = (z - mu) / beta;
+    /* 1 - exp(-exp(-x)), without cancellation in the tail */
+    double p = -expm1(-exp(-x));
+    return p < TR_P_MIN ? TR_P_MIN : p;
 }
 
-static int record(struct scan *sc, const struct tr_transition *t)
+/* ---- segmentation ---- */
+
+static int record(struct scan *sc, const struct tr_event *t)
 {
     if (sc->nfound == sc->capfound) {
         int cap = sc->capfound ? 2 * sc->capfound : 8;
-        struct tr_transition *f = realloc(sc->found, (size_t)cap * sizeof *f);
+        struct tr_event *f = realloc(sc->found, (size_t)cap * sizeof *f);
         if (!f)
             return ERR_NOMEM;
         sc->found = f;
@@ -319,54 +491,18 @@ static int record(struct scan *sc, const struct tr_transition *t)
     return 0;
 }
 
-/* The transition whose core is the window (ba, bb) in the segment
- * [lo, hi].  Around the core, at most its width plus H further on either
- * side, the window of the largest same-signed change gives the two levels
- * (0% and 100% of the change) and the points searched for positions,
- * *first..*last; the narrowest window with EXTENT_FRAC of that change,
- * (*ea, *eb), is where the segment splits.  Returns 0, or 1 when the
- * change has no level to cross (a pause in a drift). */
-static int locate(const struct scan *sc, int lo, int hi, int ba, int bb, int *ea_out, int *eb_out,
-                  int *first_out, int *last_out, struct tr_transition *t)
+/* Positions of a change from the level L(ma) to R(mb): progress of the
+ * smoothed series from one to the other over the points ma-H+1 .. mb+H-1.
+ * peak: the first point after ma-H+1 with p >= 0.5; start: the last one
+ * before the peak with p <= 0.1; end: the first from the peak with p >=
+ * 0.9.  magnitude: median of the raw values of R(mb)'s points less L(ma)'s.
+ * Returns 1 when the two levels do not differ in the direction sgn. */
+static int positions(const struct scan *sc, int ma, int mb, double sgn, struct tr_event *t)
 {
-    double sgn = sc->rv[bb] - sc->lv[ba] - sc->c[bb - ba] >= 0 ? 1.0 : -1.0;
-    int reach = bb - ba + H;
-    int alo = lo + H - 1 > ba - reach ? lo + H - 1 : ba - reach;
-    int bhi = hi - H + 1 < bb + reach ? hi - H + 1 : bb + reach;
-    double dmax = -INFINITY;
-    int ma = ba, mb = bb;
-    for (int a = alo; a <= ba; a++)
-        for (int b = bb; b <= bhi; b++) {
-            double d = sgn * (sc->rv[b] - sc->lv[a]);
-            if (d > dmax) {
-                dmax = d;
-                ma = a;
-                mb = b;
-            }
-        }
-    int ea = ba, eb = bb;
-    double ed = sgn * (sc->rv[bb] - sc->lv[ba]);
-    for (int a = alo; a <= ba; a++)
-        for (int b = bb; b <= bhi; b++) {
-            double d = sgn * (sc->rv[b] - sc->lv[a]);
-            if (d < EXTENT_FRAC * dmax)
-                continue;
-            int w = b - a, ew = eb - ea;
-            if (ed < EXTENT_FRAC * dmax || w < ew || (w == ew && d > ed)) {
-                ea = a;
-                eb = b;
-                ed = d;
-            }
-        }
-    *ea_out = ea;
-    *eb_out = eb;
     double l0 = sc->lv[ma], span = sc->rv[mb] - l0;
     if (!(sgn * span > 0))
         return 1;
-    /* positions: progress of the smoothed series from one level to the other */
     int first = ma - H + 1, last = mb + H - 1, peak = mb;
-    *first_out = first;
-    *last_out = last;
     for (int i = first + 1; i <= last; i++)
         if ((sc->m[i] - l0) / span >= 0.5) {
             peak = i;
@@ -384,23 +520,114 @@ static int locate(const struct scan *sc, int lo, int hi, int ba, int bb, int *ea
             end = i;
             break;
         }
+    t->kind = TR_KIND_TRANSITION;
     t->start_step = sc->s[start];
     t->peak_step = sc->s[peak];
     t->end_step = sc->s[end];
-    t->magnitude = med5(sc->v + mb) - med5(sc->v + ma - H + 1);
+    t->before = med3(sc->v[ma - 2], sc->v[ma - 1], sc->v[ma]);
+    t->after = med3(sc->v[mb], sc->v[mb + 1], sc->v[mb + 2]);
+    t->magnitude = t->after - t->before;
     return 0;
 }
 
-/* Binary segmentation, iteratively over a stack of segments [lo, hi]:
- * in each, the window with the highest score against all windows is the
- * candidate; rescored against the clean windows, it is a transition if
- * that reaches threshold, and the parts either side of its extent are
- * searched next.  *best (if non-NULL) gets the highest rescored score.
- * Returns 0 or ERR_NOMEM. */
-static int scan_segments(struct scan *sc, double threshold, double *best)
+/* Score of the change from L(a) to R(b) against the current noise, with
+ * its calibrated p-value; the noise per width must be current. */
+static double score_of(const struct scan *sc, int a, int b, double *noise)
+{
+    int w = b - a;
+    *noise = sc->sc[w];
+    return excess(sc->rv[b] - sc->lv[a], sc->c[w]) / sc->sc[w];
+}
+
+/* Record the change from L(ma) to R(mb) (a transition whose two levels
+ * are known; zc the score of the test that found it, nc its noise scale),
+ * after looking
+ * inside it for a stage: a level held by the H
+ * points k..k+H-1 strictly between the two levels, moving by at most FLAT
+ * of either step beside it, with both steps significant on their own.
+ * The best such stage (the largest smaller score of the two) splits the
+ * change in two, each examined again the same way.  Returns 0 or
+ * ERR_NOMEM. */
+static int record_change(struct scan *sc, int ma, int mb, double sgn, double zc, double nc, int depth)
+{
+    int bk = -1;
+    double bz = 0;
+    for (int k = ma + 1; depth < 4 && k + H - 1 <= mb - 1; k++) {
+        double lev = sc->rv[k];
+        double d1 = sgn * (lev - sc->lv[ma]), d2 = sgn * (sc->rv[mb] - lev);
+        if (!(d1 > 0 && d2 > 0) || d1 < sc->minchg || d2 < sc->minchg)
+            continue;
+        double lo = sc->u[k], hi = sc->u[k];
+        for (int j = k + 1; j < k + H; j++) {
+            lo = sc->u[j] < lo ? sc->u[j] : lo;
+            hi = sc->u[j] > hi ? sc->u[j] : hi;
+        }
+        if (hi - lo > FLAT * (d1 < d2 ? d1 : d2))
+            continue;
+        double n1, n2;
+        double z1 = score_of(sc, ma, k, &n1), z2 = score_of(sc, k + H - 1, mb, &n2);
+        double z = z1 < z2 ? z1 : z2;
+        if (tr_p_value(z, sc->n, sc->rho) <= TR_P_MAX && z > bz) {
+            bz = z;
+            bk = k;
+        }
+    }
+    if (bk >= 0) {
+        double n1, n2;
+        double z1 = score_of(sc, ma, bk, &n1), z2 = score_of(sc, bk + H - 1, mb, &n2);
+        int rc = record_change(sc, ma, bk, sgn, z1, n1, depth + 1);
+        return rc < 0 ? rc : record_change(sc, bk + H - 1, mb, sgn, z2, n2, depth + 1);
+    }
+    struct tr_event t;
+    if (sgn * (sc->rv[mb] - sc->lv[ma]) < sc->minchg || positions(sc, ma, mb, sgn, &t))
+        return 0;
+    double noise, z = score_of(sc, ma, mb, &noise);
+    /* the score of the test that admitted it, or of its own two levels if
+     * higher, with the noise scale it divided by */
+    if (zc > z) {
+        z = zc;
+        noise = nc;
+    }
+    t.score = z;
+    t.noise = noise;
+    t.p_value = tr_p_value(z, sc->n, sc->rho);
+    return record(sc, &t);
+}
+
+/* The best window of the segment [lo, hi] against the current noise:
+ * (*ba, *bb), its score returned (0 when the segment has no window). */
+static double best_window(const struct scan *sc, int lo, int hi, int *ba, int *bb)
+{
+    double bz = 0;
+    *ba = *bb = -1;
+    for (int a = lo + H - 1; a + H <= hi; a++) {
+        int bmax = a + sc->wmax < hi - H + 1 ? a + sc->wmax : hi - H + 1;
+        for (int b = a + 1; b <= bmax; b++) {
+            double z = excess(sc->rv[b] - sc->lv[a], sc->c[b - a]) / sc->sc[b - a];
+            if (z > bz) {
+                bz = z;
+                *ba = a;
+                *bb = b;
+            }
+        }
+    }
+    return bz;
+}
+
+/* Binary segmentation over a stack of segments [lo, hi]: in each, the
+ * window with the highest score against the series' noise (without the
+ * transitions found so far) is the candidate; it is scored again against
+ * the noise without its own points, and is a transition when that
+ * score's calibrated p-value is at most p_max and its change at least
+ * minchg.  Around it, at most its width plus H further on either side,
+ * the window of the largest same-signed change gives the two levels; the
+ * narrowest window with EXTENT_FRAC of that change is its extent, and the
+ * segments either side of the extent are searched next.  *best (if
+ * non-NULL) gets the highest such score.  Returns 0 or ERR_NOMEM. */
+static int scan_segments(struct scan *sc, double p_max, double *best)
 {
     int n = sc->n;
-    int *stack = malloc(sizeof(int) * 2 * (size_t)(n + 1)); /* a split leaves two: <= n live */
+    int *stack = malloc(sizeof(int) * 2 * (size_t)(n + 1));
     if (!stack)
         return ERR_NOMEM;
     int top = 0, rc = 0;
@@ -408,40 +635,59 @@ static int scan_segments(struct scan *sc, double threshold, double *best)
     stack[top++] = n - 1;
     while (top > 0 && rc == 0) {
         int hi = stack[--top], lo = stack[--top];
-        if (hi - lo + 1 < 2 * H)
+        if (hi - lo + 1 < 2 * H + 1)
             continue;
-        int ba = -1, bb = -1;
-        double bz = 0;
-        for (int a = lo + H - 1; a + H <= hi; a++) {
-            int bmax = a + sc->wmax < hi - H + 1 ? a + sc->wmax : hi - H + 1;
-            for (int b = a + 1; b <= bmax; b++) {
-                double z = zscore(sc, a, b);
-                if (z > bz) {
-                    bz = z;
-                    ba = a;
-                    bb = b;
+        noise_widths(sc, n, n); /* the series without the accepted transitions */
+        int ba, bb;
+        if (best_window(sc, lo, hi, &ba, &bb) <= 0)
+            continue;
+        noise_widths(sc, ba - H + 1, bb + H - 1); /* ... and without the candidate */
+        double noise, z = score_of(sc, ba, bb, &noise);
+        if (best && z > *best) {
+            *best = z;
+            sc->best_rho = sc->rho;
+        }
+        if (!(tr_p_value(z, n, sc->rho) <= p_max))
+            continue;
+        double sgn = sc->rv[bb] - sc->lv[ba] - sc->c[bb - ba] >= 0 ? 1.0 : -1.0;
+        int reach = bb - ba + H;
+        int alo = lo + H - 1 > ba - reach ? lo + H - 1 : ba - reach;
+        int bhi = hi - H + 1 < bb + reach ? hi - H + 1 : bb + reach;
+        double dmax = -INFINITY;
+        int ma = ba, mb = bb;
+        for (int a = alo; a <= ba; a++)
+            for (int b = bb; b <= bhi; b++) {
+                double d = sgn * (sc->rv[b] - sc->lv[a]);
+                if (d > dmax) {
+                    dmax = d;
+                    ma = a;
+                    mb = b;
                 }
             }
-        }
-        if (ba < 0)
-            continue;
-        bz = rescore(sc, ba, bb);
-        if (best && bz > *best)
-            *best = bz;
-        if (!(bz >= threshold))
-            continue;
-        struct tr_transition t;
-        int ea, eb, first, last;
-        if (locate(sc, lo, hi, ba, bb, &ea, &eb, &first, &last, &t)) { /* nothing to record: split at the core */
-            ea = ba;
-            eb = bb;
-        } else {
-            t.score = bz;
-            rc = record(sc, &t);
-            for (int i = first; i <= last; i++)
-                sc->cov[i] = 1;
-            for (int i = 0; i < n; i++)
-                sc->cum[i + 1] = sc->cum[i] + sc->cov[i];
+        int ea = ba, eb = bb;
+        double ed = sgn * (sc->rv[bb] - sc->lv[ba]);
+        for (int a = alo; a <= ba; a++)
+            for (int b = bb; b <= bhi; b++) {
+                double d = sgn * (sc->rv[b] - sc->lv[a]);
+                if (d < EXTENT_FRAC * dmax)
+                    continue;
+                int w = b - a, ew = eb - ea;
+                if (ed < EXTENT_FRAC * dmax || w < ew || (w == ew && d > ed)) {
+                    ea = a;
+                    eb = b;
+                    ed = d;
+                }
+            }
+        if (dmax >= sc->minchg) {
+            /* scored against the noise without it: still current */
+            int before = sc->nfound;
+            rc = record_change(sc, ma, mb, sgn, z, noise, 0);
+            if (rc == 0 && sc->nfound > before) {
+                for (int i = ma - H + 1; i <= mb + H - 1; i++)
+                    sc->cov[i] = 1;
+                for (int i = 0; i < n; i++)
+                    sc->cum[i + 1] = sc->cum[i] + sc->cov[i];
+            }
         }
         stack[top++] = lo;
         stack[top++] = ea;
@@ -454,23 +700,27 @@ static int scan_segments(struct scan *sc, double threshold, double *best)
 
 static int by_score_desc(const void *x, const void *y)
 {
-    const struct tr_transition *a = x, *b = y;
+    const struct tr_event *a = x, *b = y;
     return (a->score < b->score) - (a->score > b->score);
 }
 
 static int by_peak(const void *x, const void *y)
 {
-    const struct tr_transition *a = x, *b = y;
-    return (a->peak_step > b->peak_step) - (a->peak_step < b->peak_step);
+    const struct tr_event *a = x, *b = y;
+    if (a->peak_step != b->peak_step)
+        return (a->peak_step > b->peak_step) - (a->peak_step < b->peak_step);
+    return (int)a->kind - (int)b->kind;
 }
 
-/* Check the arguments, keep the finite points and prepare the scan.
- * Returns 1 when prepared (scan_free after), 0 when the series is too
- * short, or a negative code. */
+/* Check the arguments, keep the finite points, find the spikes (into
+ * spikes, *nspikes of them) and prepare the scan of the rest.  Returns 1
+ * when prepared (scan_free after), 0 when too few points are left for
+ * transitions (spikes may still have been found), or a negative code. */
 static int scan_open(struct scan *sc, const long long *steps, const double *values, int n,
-                     struct err *e)
+                     struct tr_event *spikes, int *nspikes, struct err *e)
 {
     memset(sc, 0, sizeof *sc);
+    *nspikes = 0;
     if (n < 0 || (n > 0 && (!steps || !values)))
         return err_set(e, ERR_INVALID, "transitions", "bad arguments (n %d)", n);
     for (int i = 1; i < n; i++)
@@ -483,13 +733,16 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
         nf += isfinite(values[i]) != 0;
     if (nf < TR_MIN_POINTS)
         return 0;
-    sc->n = nf;
     size_t nd = (size_t)nf; /* one block: v u m lv rv tmp(2n) c sc, then the steps */
     double *block = malloc(sizeof(double) * (7 * nd + 2 * (nd + 1)) + sizeof(long long) * nd);
     sc->cov = calloc(2 * nd + 1, sizeof(int));
-    if (!block || !sc->cov) {
+    unsigned char *mask = calloc(nd, 1);
+    struct cand *cand = malloc(sizeof *cand * 2 * nd);
+    if (!block || !sc->cov || !mask || !cand) {
         free(block);
         free(sc->cov);
+        free(mask);
+        free(cand);
         sc->cov = NULL;
         return err_set(e, ERR_NOMEM, "transitions", "out of memory (%d points)", nf);
     }
@@ -508,6 +761,47 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
             sc->s[k] = steps[i];
             sc->v[k++] = values[i];
         }
+    /* drift per step of training: the median slope between neighbours */
+    double *tmp = sc->tmp;
+    for (int i = 0; i + 1 < nf; i++)
+        tmp[i] = (sc->v[i + 1] - sc->v[i]) / (double)(sc->s[i + 1] - sc->s[i]);
+    double mu = median_inplace(tmp, nf - 1);
+    if (!isfinite(mu))
+        mu = 0;
+    double big = 0;
+    for (int i = 0; i < nf; i++) {
+        sc->u[i] = sc->v[i] - mu * (double)(sc->s[i] - sc->s[0]);
+        big = fabs(sc->v[i]) > big ? fabs(sc->v[i]) : big;
+    }
+    /* spikes, on the detrended values; the range from the running median
+     * of 3 (which a one-point spike cannot move), the floor of the local
+     * noise the point-noise floor of the whole series */
+    double lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < nf; i++) {
+        double mi = i == 0 || i == nf - 1 ? sc->u[i] : med3(sc->u[i - 1], sc->u[i], sc->u[i + 1]);
+        lo = mi < lo ? mi : lo;
+        hi = mi > hi ? mi : hi;
+        sc->m[i] = mi;
+    }
+    sc->n = nf;
+    double pf = point_floor(sc);
+    *nspikes = find_spikes(sc->s, sc->v, sc->u, nf, pf, hi - lo, mask, cand, tmp, spikes, TR_MAX_SPIKES);
+    free(cand);
+    int k = 0;
+    for (int i = 0; i < nf; i++)
+        if (!mask[i]) {
+            sc->s[k] = sc->s[i];
+            sc->v[k] = sc->v[i];
+            sc->u[k++] = sc->u[i];
+        }
+    free(mask);
+    sc->n = k;
+    if (k < TR_MIN_POINTS) {
+        free(block);
+        free(sc->cov);
+        memset(sc, 0, sizeof *sc);
+        return 0;
+    }
     scan_prepare(sc);
     return 1;
 }
@@ -520,40 +814,53 @@ static void scan_free(struct scan *sc)
     memset(sc, 0, sizeof *sc);
 }
 
-int tr_detect(const long long *steps, const double *values, int n, struct tr_transition *out,
-              int cap, struct err *e)
+int tr_detect(const long long *steps, const double *values, int n, struct tr_event *out, int cap,
+              struct err *e)
 {
     if (cap < 0 || (cap > 0 && !out))
         return err_set(e, ERR_INVALID, "transitions", "bad arguments (cap %d)", cap);
     struct scan sc;
-    int rc = scan_open(&sc, steps, values, n, e);
-    if (rc <= 0)
+    struct tr_event spikes[TR_MAX_SPIKES];
+    int nsp = 0;
+    int rc = scan_open(&sc, steps, values, n, spikes, &nsp, e);
+    if (rc < 0)
         return rc;
-    if (cap > 0 && scan_segments(&sc, TR_THRESHOLD, NULL) < 0) {
+    if (rc > 0 && scan_segments(&sc, TR_P_MAX, NULL) < 0) {
         scan_free(&sc);
         return err_set(e, ERR_NOMEM, "transitions", "out of memory (%d points)", n);
     }
-    int k = sc.nfound;
-    if (k > cap) {
-        qsort(sc.found, (size_t)k, sizeof *sc.found, by_score_desc);
-        k = cap;
-    }
-    if (k > 0) {
-        qsort(sc.found, (size_t)k, sizeof *sc.found, by_peak);
-        memcpy(out, sc.found, (size_t)k * sizeof *out);
-    }
-    scan_free(&sc);
+    /* transitions first, the strongest kept within the cap, then spikes */
+    int nt = sc.nfound;
+    if (nt > 1)
+        qsort(sc.found, (size_t)nt, sizeof *sc.found, by_score_desc);
+    int k = 0;
+    for (int i = 0; i < nt && k < cap; i++)
+        out[k++] = sc.found[i];
+    qsort(spikes, (size_t)nsp, sizeof *spikes, by_score_desc);
+    for (int i = 0; i < nsp && k < cap; i++)
+        out[k++] = spikes[i];
+    if (k > 1)
+        qsort(out, (size_t)k, sizeof *out, by_peak);
+    if (rc > 0)
+        scan_free(&sc);
     return k;
 }
 
-int tr_max_score(const long long *steps, const double *values, int n, double *score, struct err *e)
+int tr_max_score(const long long *steps, const double *values, int n, double *score, double *rho,
+                 struct err *e)
 {
     *score = 0;
+    if (rho)
+        *rho = 0;
     struct scan sc;
-    int rc = scan_open(&sc, steps, values, n, e);
+    struct tr_event spikes[TR_MAX_SPIKES];
+    int nsp;
+    int rc = scan_open(&sc, steps, values, n, spikes, &nsp, e);
     if (rc <= 0)
         return rc;
-    rc = scan_segments(&sc, INFINITY, score);
+    rc = scan_segments(&sc, 0.0, score);
+    if (rho)
+        *rho = sc.best_rho;
     scan_free(&sc);
     return rc < 0 ? err_set(e, ERR_NOMEM, "transitions", "out of memory (%d points)", n) : 0;
 }
