@@ -175,7 +175,7 @@ static int calibrate(int reps)
  * were scored with (the bins' edges in EDGES); per bin with at least 400
  * series, its median rho and a Gumbel law through its 90% and 99%
  * quantiles (-ln(-ln q) = 2.2504 and 4.6001), checked at 99.9%. */
-static int calibrate_table(int reps)
+static int calibrate_table(int reps, int white)
 {
     static const int lens[] = {20, 24, 28, 32, 38, 45, 54, 64, 76, 90, 108, 128, 154, 180, 215, 256, 300, 400};
     static const double rhos[] = {0, 0, 0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0};
@@ -201,7 +201,7 @@ static int calibrate_table(int reps)
         struct sim_rng r = {0x7ab1e000ULL + (unsigned long long)n};
         for (int k = 0; k < reps; k++) {
             struct err e;
-            double rho = rhos[k % NR], sd = rho < 1 ? 1.0 : 0.0;
+            double rho = white ? 0.0 : rhos[k % NR], sd = rho < 1 ? 1.0 : 0.0;
             double tau = rho < 1 ? sqrt(2.0 * rho / (1.0 - rho)) : 1.0, walk = 0;
             for (int i = 0; i < n; i++) {
                 walk += tau * sim_gauss(&r);
@@ -295,7 +295,7 @@ int bench_db(const char *conninfo, int nseries, int reps);
 
 int main(int argc, char **argv)
 {
-    int nseries = 10000, reps = 5, cal = 0, sens = 0, table = 0;
+    int nseries = 10000, reps = 5, cal = 0, sens = 0, table = 0, white = 0;
     const char *db = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--series") == 0 && i + 1 < argc)
@@ -306,6 +306,8 @@ int main(int argc, char **argv)
             cal = atoi(argv[++i]);
         else if (strcmp(argv[i], "--calibrate-table") == 0 && i + 1 < argc)
             table = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--white") == 0)
+            white = 1;
         else if (strcmp(argv[i], "--sensitivity") == 0 && i + 1 < argc)
             sens = atoi(argv[++i]);
         else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
@@ -321,7 +323,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (table)
-        return calibrate_table(table);
+        return calibrate_table(table, white);
     if (cal)
         return calibrate(cal);
     if (sens)

@@ -41,9 +41,10 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
                end and a loss drop at the decay
   spike        induction with the rate multiplied by 30 for one step (700):
                a loss spike that recovers
-  noise-only   windows of 40-60 checkpoints from the converged tails of
-               grok-spiky (steps 1500-3000) and of induction runs trained
-               to 3000 steps (1000-3000): nothing changes but noise, slow
+  noise-only   windows from the converged tails: grok-spiky's steps
+               1500-2950 every 50 (30 checkpoints) and four windows of 50
+               checkpoints, every 10 steps, of the induction runs' steps
+               1000-3000 (trained to 3000): nothing changes but noise, slow
                drift and spikes
   constant     runs whose rate is 1e-9: every metric constant to float32
                precision
@@ -80,9 +81,11 @@ the next 2 checkpoint intervals; K the run's even checkpoint spacing.
   (at least 4 differences, else the whole series').  The goals count the
   labelled transitions whose size is at least 5x that scatter.
 
-  spikes: a checkpoint whose value is farther than 5 scatters from y~
-      at its step, where y~ at the checkpoints either side agrees with y~
-      at its step within 1 scatter (the curve came back).
+  spikes: a checkpoint of the evenly spaced part whose value is farther
+      from y~ at its step than 5 scatters, 5 quanta (the smallest nonzero
+      difference between checkpoints: 1/N for an accuracy over N
+      examples) and 2% of y~'s range, where y~ at the checkpoints either
+      side differs by at most a quarter of that (the curve came back).
 
 SCORING.  A detected transition matches a labelled one of its series when
 they have the same sign and t* lies within [start - 1 checkpoint, end + 1
@@ -234,12 +237,27 @@ class Dense:
     """A run's dense log: y~ per metric, levels and crossings."""
 
     def __init__(self, run):
-        self.steps = run["dense"]["steps"]
+        self.steps = st = run["dense"]["steps"]
+        ck = run["series"][0]["steps"]
+        # the evaluations within half the checkpoint interval around each
+        # (the log-spaced start: hardly more than itself)
+        win = []
+        j = 0
+        for i, t in enumerate(st):
+            while j + 1 < len(ck) - 1 and ck[j + 1] <= t:
+                j += 1
+            h = (ck[j + 1] - ck[j]) / 2 if j + 1 < len(ck) else (ck[-1] - ck[-2]) / 2
+            lo, hi = i, i
+            while lo > 0 and st[lo - 1] >= t - h:
+                lo -= 1
+            while hi + 1 < len(st) and st[hi + 1] <= t + h:
+                hi += 1
+            win.append((lo, hi + 1))
         self.sm = {}
         for m, ys in run["dense"].items():
             if m == "steps":
                 continue
-            self.sm[m] = [median(ys[max(0, i - 2):i + 3]) for i in range(len(ys))]
+            self.sm[m] = [median(ys[a:b]) for a, b in win]
 
     def at(self, m, step):
         """y~ at the dense step nearest to step"""
@@ -372,12 +390,26 @@ def scatter_before(steps, values, t):
     return mad_scale(d)
 
 
+def quantum(values):
+    """the smallest nonzero difference between consecutive values"""
+    d = [abs(b - a) for a, b in zip(values, values[1:]) if b != a]
+    return min(d) if d else 0.0
+
+
 def spike_labels(dn, m, steps, values, scat):
+    """checkpoints of the evenly spaced part whose value leaves y~ by more
+    than 5 scatters, 5 quanta and 2% of y~'s range, where y~ at the
+    checkpoints either side differs by at most a quarter of that excursion
+    (the curve came back)"""
+    ys = [dn.at(m, x) for x in steps]
+    rng = max(ys) - min(ys)
+    scat = max(scat, quantum(values))
     out = []
     for i in range(1, len(steps) - 1):
-        y = dn.at(m, steps[i])
-        if scat > 0 and abs(values[i] - y) > 5 * scat and \
-                abs(dn.at(m, steps[i - 1]) - y) <= scat and abs(dn.at(m, steps[i + 1]) - y) <= scat:
+        if steps[i] - steps[i - 1] != steps[i + 1] - steps[i]:
+            continue
+        ex = abs(values[i] - ys[i])
+        if ex > 5 * scat and ex > 0.02 * rng and abs(ys[i - 1] - ys[i + 1]) <= 0.25 * ex:
             out.append(steps[i])
     return out
 
@@ -412,7 +444,7 @@ def bench_series(runs):
                 out.append((sid, run, s, "labelled"))
             # converged tails: windows of checkpoints from the dense log
             if kind == "grok-spiky":
-                grid, size = list(range(1500, 3000, 25)), 30
+                grid, size = list(range(1500, 3000, 50)), 30
             elif kind == "induction":
                 grid, size = list(range(1000, 3000, 10)), 50
             else:
@@ -427,9 +459,11 @@ def bench_series(runs):
 
 
 def certify_noise(dn, m, steps, values):
-    """max over checkpoint pairs at most n/3 apart of |y~ change| / scatter"""
+    """max over checkpoint pairs at most n/3 apart of |y~ change| / scatter
+    (the scatter at least 1% of the window's range of values)"""
     scat = scatter_before(steps, values, steps[-1] + 1)
     ys = [dn.at(m, x) for x in steps]
+    scat = max(scat, 0.01 * (max(ys) - min(ys)))
     w = max(1, len(steps) // 3)
     big = 0.0
     for i in range(len(ys)):
@@ -571,7 +605,8 @@ def evaluate(a):
                 scat = scatter_before(steps, values, steps[-1] + 1)
                 for sp in spike_labels(dn, m, steps, values, scat):
                     t["spikes"] += 1
-                    t["spike_as_spike"] += any(e["kind"] == "spike" and e["peak_step"] == sp for e in d["events"])
+                    t["spike_as_spike"] += any(e["kind"] == "spike" and e["start_step"] <= sp <= e["end_step"]
+                                               for e in d["events"])
                     t["spike_as_tr"] += any(c == "false" and e["start_step"] <= sp <= e["end_step"]
                                             for c, e in classes)
     print_table(T)

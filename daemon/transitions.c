@@ -9,19 +9,18 @@
 
 /* Settings of level-v2 besides those in the header (changing any changes
  * the numbers: bump TR_METHOD). */
+#define SPIKE_LEN 2        /* an outlier is at most this many consecutive checkpoints */
 #define SPIKE_NB 2         /* neighbours on each side that give a spike's baseline */
 #define SPIKE_WIN 10       /* differences on each side that give its local noise */
 #define SPIKE_MASK 5.0     /* an outlier's excursion is at least this many local noise scales ... */
 #define SPIKE_RET 0.5      /* ... its two sides differ by at most this share of it ... */
 #define SPIKE_MIN_REL 0.02 /* ... and it is at least this share of the series' range */
 #define SPIKE_K 8.0        /* an outlier of at least this many noise scales is a spike event */
-#define TRIM_KEEP 0.9      /* scales: the RMS distance from the median of the nearest 90% ... */
-#define TRIM_CORR 1.2678   /* ... times this: 1 / sqrt(E[Z^2 | |Z| < z_0.95]) for normal Z */
-#define LOC 5              /* a first difference is centred on the median of 2 LOC + 1 around it */
+#define TRIM_KEEP 0.8      /* noise scales: the RMS distance from the median of the nearest 80% ... */
+#define TRIM_CORR 1.5128   /* ... times this: 1 / sqrt(E[Z^2 | |Z| < z_0.9]) for normal Z */
 #define MED_VAR 0.4487     /* Var(median of 3 iid normals) / sigma^2 */
 #define RW_EXTRA 1.111     /* a random walk's extra width between two 3-point levels: (H-1)(2H-1)/(3H) */
-#define RES_KEEP 0.9       /* the RMS of the smallest 90% of the residuals from a running median ... */
-#define RES_MUL 1.4        /* ... times this is a floor of the point noise (quantised values) */
+#define DRIFT_Z 3.0        /* a drift is taken out when its slope is this many standard errors from 0 */
 #define MIN_REL 0.01       /* no change below 1% of the smoothed series' range is reported */
 #define PREC_REL 1e-6      /* nor one below this share of the values' magnitude (float32 metrics) */
 #define MIN_REF 8          /* pairs or windows needed to estimate a scale from them */
@@ -122,20 +121,33 @@ static double med3(double a, double b, double c)
     return a > b ? a : b;
 }
 
-/* Median of up to 2 LOC + 1 values, copied (x is left alone). */
+/* Median of up to 2 SPIKE_NB values, copied (x is left alone). */
 static double median_small(const double *x, int k)
 {
-    double t[2 * LOC + 1];
+    double t[2 * SPIKE_NB];
     memcpy(t, x, sizeof *t * (size_t)k);
     return median_inplace(t, k);
 }
 
-/* Robust scale of x[0..k) around its median (returned in *centre): the
- * root mean square of the distances from the median, over the smallest
- * TRIM_KEEP of them, times TRIM_CORR, so that it is sigma for normal data
- * (about twice as efficient as the MAD, and a tenth of outliers cannot
- * move it much).  x is overwritten. */
-static double robust_scale(double *x, int k, double *centre)
+/* Scale of x[0..k) around its median (returned in *centre), sigma for
+ * normal data, by 1.4826 times the median absolute deviation: half of x
+ * may be anything (a series' windows straddling its transitions).  x is
+ * overwritten. */
+static double mad_scale(double *x, int k, double *centre)
+{
+    double c = median_inplace(x, k);
+    for (int j = 0; j < k; j++)
+        x[j] = fabs(x[j] - c);
+    *centre = c;
+    return 1.4826 * median_inplace(x, k);
+}
+
+/* Scale of x[0..k) around its median (returned in *centre), sigma for
+ * normal data, by the root mean square of the distances from the median
+ * over the nearest TRIM_KEEP of them, times TRIM_CORR: about twice as
+ * efficient as the MAD, for differences of which only a few straddle a
+ * transition.  x is overwritten. */
+static double trimmed_scale(double *x, int k, double *centre)
 {
     double c = median_inplace(x, k);
     for (int j = 0; j < k; j++)
@@ -154,102 +166,143 @@ static double robust_scale(double *x, int k, double *centre)
 
 /* ---- spikes ---- */
 
-/* A one- or two-point excursion that qualified: points i..i+k-1. */
+/* An outlier masked by find_spikes: its score and the noise it was
+ * judged against. */
 struct cand {
-    int i, k;
     double score, noise;
 };
 
-static int by_cand_score(const void *x, const void *y)
+/* Median of the raw values of up to SPIKE_NB unmasked points on each side
+ * of the run [i0, i1] (at least one each side is there). */
+static double run_baseline(const double *v, const unsigned char *mask, int n, int i0, int i1)
 {
-    const struct cand *a = x, *b = y;
-    if (a->score != b->score)
-        return (a->score < b->score) - (a->score > b->score);
-    return (a->i > b->i) - (a->i < b->i);
+    double nb[2 * SPIKE_NB];
+    int k = 0;
+    for (int j = i0 - 1, c = 0; j >= 0 && c < SPIKE_NB; j--)
+        if (!mask[j]) {
+            nb[k++] = v[j];
+            c++;
+        }
+    for (int j = i1 + 1, c = 0; j < n && c < SPIKE_NB; j++)
+        if (!mask[j]) {
+            nb[k++] = v[j];
+            c++;
+        }
+    return median_small(nb, k);
 }
 
-/* The outliers and spikes of the finite series (s, v, n), detrended
- * values u: one or two consecutive points i..i+k-1 (not the first or last
- * point) that leave the level of their neighbours and come back.
- * Baseline: the median of the SPIKE_NB points on each side (at least one
- * on each); excursion: the smaller distance of its points from the
- * baseline, all on one side; noise: the robust scale of the differences
- * u[j+1] - u[j] within SPIKE_WIN points either side that involve none of
- * its points, about their median, over sqrt 2 (at least floor).  An
- * excursion of at least SPIKE_MASK noise scales and SPIKE_MIN_REL of the
- * range, whose sides differ by at most SPIKE_RET of it, is an outlier;
- * taken by score, a point at most once, it is masked (mask[j] = 1), and
- * at SPIKE_K noise scales or more it is also a spike event (into ev, at
- * most cap, the highest scores).  cand is scratch for 2n candidates, tmp
- * for 2 SPIKE_WIN values.  Returns the number of spike events. */
+/* The outliers and spikes of the finite series (s, v, n), detrended values
+ * u.  Repeatedly, over the points not masked yet (idx), an excursion is
+ * one to SPIKE_LEN consecutive of them, not the first or the last, that
+ * leaves the level of its neighbours and comes back.  Baseline: the
+ * median of the SPIKE_NB points on each side; excursion: the smaller
+ * distance of its points from the baseline, all on one side; noise: the
+ * MAD scale of the differences between consecutive points within
+ * SPIKE_WIN either side that involve none of its points, over sqrt 2 (at
+ * least floor).  An excursion of at least SPIKE_MASK noise scales and
+ * SPIKE_MIN_REL of the range, whose two sides' medians differ by at most
+ * SPIKE_RET of it, is an outlier; the highest scoring one is masked
+ * (mask[j] = 1, info[j] its score and noise) and the search repeats, until
+ * none is left or a quarter of the points are masked.  So a spike is
+ * masked first and the point it left behind on its way back, judged
+ * against the points around both, next.  Runs of consecutive masked
+ * points are the events: with an outlier of SPIKE_K noise scales or more
+ * in it, a run is a spike (into ev, at most cap, the highest scores; start
+ * and end its first and last point, peak the farthest from the raw
+ * baseline around it).  idx is scratch for n ints, tmp for 2 SPIKE_WIN
+ * values.  Returns the number of spike events. */
 static int find_spikes(const long long *s, const double *v, const double *u, int n, double floor,
-                       double range, unsigned char *mask, struct cand *cand, double *tmp,
+                       double range, unsigned char *mask, struct cand *info, int *idx, double *tmp,
                        struct tr_event *ev, int cap)
 {
-    int nc = 0;
-    for (int i = 1; i + 1 < n; i++)
-        for (int k = 1; k <= 2 && i + k < n; k++) {
-            double left[SPIKE_NB], right[SPIKE_NB], nbv[2 * SPIKE_NB];
-            int nl = 0, nr = 0;
-            for (int j = i - 1; j >= 0 && nl < SPIKE_NB; j--)
-                left[nl++] = u[j];
-            for (int j = i + k; j < n && nr < SPIKE_NB; j++)
-                right[nr++] = u[j];
-            memcpy(nbv, left, sizeof *nbv * (size_t)nl);
-            memcpy(nbv + nl, right, sizeof *nbv * (size_t)nr);
-            double base = median_small(nbv, nl + nr);
-            double e0 = u[i] - base, emin = fabs(e0);
-            int same = 1;
-            for (int j = i + 1; j < i + k; j++) {
-                double ej = u[j] - base;
-                same &= (ej > 0) == (e0 > 0) && ej != 0;
-                emin = fabs(ej) < emin ? fabs(ej) : emin;
+    int masked = 0;
+    while (4 * masked < n) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (!mask[i])
+                idx[m++] = i;
+        int bj = -1, bk = 0;
+        double bs = 0, bn = 0;
+        for (int j = 1; j + 1 < m; j++)
+            for (int k = 1; k <= SPIKE_LEN && j + k < m; k++) {
+                double left[SPIKE_NB], right[SPIKE_NB], nbv[2 * SPIKE_NB];
+                int nl = 0, nr = 0;
+                for (int q = j - 1; q >= 0 && nl < SPIKE_NB; q--)
+                    left[nl++] = u[idx[q]];
+                for (int q = j + k; q < m && nr < SPIKE_NB; q++)
+                    right[nr++] = u[idx[q]];
+                memcpy(nbv, left, sizeof *nbv * (size_t)nl);
+                memcpy(nbv + nl, right, sizeof *nbv * (size_t)nr);
+                double base = median_small(nbv, nl + nr);
+                double e0 = u[idx[j]] - base, emin = fabs(e0);
+                int same = 1;
+                for (int q = j + 1; q < j + k; q++) {
+                    double eq = u[idx[q]] - base;
+                    same &= (eq > 0) == (e0 > 0) && eq != 0;
+                    emin = fabs(eq) < emin ? fabs(eq) : emin;
+                }
+                if (!same || !(emin > 0) || emin < SPIKE_MIN_REL * range)
+                    continue;
+                if (fabs(median_small(left, nl) - median_small(right, nr)) > SPIKE_RET * emin)
+                    continue;
+                int nd = 0;
+                for (int q = j - SPIKE_WIN; q + 1 < j; q++)
+                    if (q >= 0)
+                        tmp[nd++] = u[idx[q + 1]] - u[idx[q]];
+                for (int q = j + k; q < j + k - 1 + SPIKE_WIN && q + 1 < m; q++)
+                    tmp[nd++] = u[idx[q + 1]] - u[idx[q]];
+                double noise = 0, c;
+                if (nd >= 4)
+                    noise = mad_scale(tmp, nd, &c) / sqrt(2.0);
+                noise = noise > floor ? noise : floor;
+                double score = emin / noise;
+                if (score >= SPIKE_MASK && score > bs) {
+                    bs = score;
+                    bn = noise;
+                    bj = j;
+                    bk = k;
+                }
             }
-            if (!same || !(emin > 0) || emin < SPIKE_MIN_REL * range)
-                continue;
-            if (fabs(median_small(left, nl) - median_small(right, nr)) > SPIKE_RET * emin)
-                continue;
-            int nd = 0;
-            for (int j = i - SPIKE_WIN; j + 1 < i; j++)
-                if (j >= 0)
-                    tmp[nd++] = u[j + 1] - u[j];
-            for (int j = i + k; j < i + k - 1 + SPIKE_WIN && j + 1 < n; j++)
-                tmp[nd++] = u[j + 1] - u[j];
-            double noise = 0, c;
-            if (nd >= 4)
-                noise = robust_scale(tmp, nd, &c) / sqrt(2.0);
-            noise = noise > floor ? noise : floor;
-            if (emin >= SPIKE_MASK * noise)
-                cand[nc++] = (struct cand){i, k, emin / noise, noise};
+        if (bj < 0)
+            break;
+        for (int q = bj; q < bj + bk; q++) {
+            mask[idx[q]] = 1;
+            info[idx[q]] = (struct cand){bs, bn};
+            masked++;
         }
-    qsort(cand, (size_t)nc, sizeof *cand, by_cand_score);
+    }
+    /* the runs of masked points: spikes where one scored SPIKE_K or more */
     int out = 0;
-    for (int c = 0; c < nc; c++) {
-        int i = cand[c].i, k = cand[c].k, clash = 0;
-        for (int j = i; j < i + k; j++)
-            clash |= mask[j];
-        if (clash)
+    for (int i0 = 0; i0 < n;) {
+        if (!mask[i0]) {
+            i0++;
             continue;
-        for (int j = i; j < i + k; j++)
-            mask[j] = 1;
-        if (cand[c].score < SPIKE_K || out >= cap)
-            continue;
-        /* magnitude in raw units: the farthest point from the raw baseline */
-        double nbv[2 * SPIKE_NB];
-        int nn = 0;
-        for (int j = i - 1; j >= 0 && j >= i - SPIKE_NB; j--)
-            nbv[nn++] = v[j];
-        for (int j = i + k; j < n && j < i + k + SPIKE_NB; j++)
-            nbv[nn++] = v[j];
-        double base = median_small(nbv, nn);
-        int peak = i;
-        for (int j = i + 1; j < i + k; j++)
-            if (fabs(v[j] - base) > fabs(v[peak] - base))
-                peak = j;
-        ev[out++] = (struct tr_event){.kind = TR_KIND_SPIKE, .start_step = s[i], .peak_step = s[peak],
-                                      .end_step = s[i + k - 1], .magnitude = v[peak] - base,
-                                      .score = cand[c].score, .p_value = NAN, .noise = cand[c].noise,
-                                      .before = base, .after = v[peak]};
+        }
+        int i1 = i0, top = i0;
+        while (i1 + 1 < n && mask[i1 + 1])
+            i1++;
+        for (int j = i0; j <= i1; j++)
+            top = info[j].score > info[top].score ? j : top;
+        if (info[top].score >= SPIKE_K) {
+            double base = run_baseline(v, mask, n, i0, i1);
+            int peak = i0;
+            for (int j = i0 + 1; j <= i1; j++)
+                if (fabs(v[j] - base) > fabs(v[peak] - base))
+                    peak = j;
+            struct tr_event e = {.kind = TR_KIND_SPIKE, .start_step = s[i0], .peak_step = s[peak],
+                                 .end_step = s[i1], .magnitude = v[peak] - base, .score = info[top].score,
+                                 .p_value = NAN, .noise = info[top].noise, .before = base, .after = v[peak]};
+            /* keep the cap highest, by insertion */
+            if (out < cap || ev[out - 1].score < e.score) {
+                int at = out < cap ? out++ : cap - 1;
+                while (at > 0 && ev[at - 1].score < e.score) {
+                    ev[at] = ev[at - 1];
+                    at--;
+                }
+                ev[at] = e;
+            }
+        }
+        i0 = i1 + 1;
     }
     return out;
 }
@@ -264,40 +317,33 @@ static int touches(const struct scan *sc, int p0, int p1, int x0, int x1)
 
 /* White noise of variance A/2 and a random walk of variance B per
  * checkpoint, from the differences that touch neither [x0, x1] nor an
- * accepted transition: s1 the robust scale of the first differences
- * u[i+1] - u[i], each less the median of the (up to) 2 LOC + 1 first
- * differences around it (a smooth trend's slope, which changes along a
- * training curve, is no noise); s2 that of the second differences
- * u[i+2] - 2 u[i+1] + u[i] about their median.  For white noise plus a
- * random walk s1^2 = A + B and s2^2 = 3 A + 2 B, so A = s2^2 - 2 s1^2 and
- * B = 3 s1^2 - s2^2, each clipped at 0 (then the other takes all of s1^2).
- * With fewer than MIN_REF clean differences of either kind, returns -1
- * and leaves *A, *B alone. */
+ * accepted transition: s1 the trimmed scale of the first differences
+ * u[i+1] - u[i], s2 that of the second differences u[i+2] - 2 u[i+1] +
+ * u[i], each about its median.  For white noise plus a random walk
+ * s1^2 = A + B and s2^2 = 3 A + 2 B, so A = s2^2 - 2 s1^2 and
+ * B = 3 s1^2 - s2^2, each clipped at 0 (then the other is s1^2).  A
+ * smooth trend whose slope changes adds to s1, not s2: it counts as a
+ * random walk, so a slow bend is judged against itself and is no
+ * transition.  With fewer than MIN_REF clean differences of either kind,
+ * returns -1 and leaves *A, *B alone. */
 static int vario_fit(struct scan *sc, int x0, int x1, double *A, double *B)
 {
     int n = sc->n, k1 = 0, k2 = 0;
     double *d = sc->tmp, *t = sc->tmp + n;
     for (int i = 0; i + 1 < n; i++)
         d[i] = sc->u[i + 1] - sc->u[i];
-    for (int i = 0; i + 1 < n; i++) {
-        if (touches(sc, i, i + 1, x0, x1))
-            continue;
-        double loc[2 * LOC + 1];
-        int nl = 0;
-        for (int j = i - LOC; j <= i + LOC; j++)
-            if (j >= 0 && j + 1 < n)
-                loc[nl++] = d[j];
-        t[k1++] = d[i] - median_small(loc, nl);
-    }
+    for (int i = 0; i + 1 < n; i++)
+        if (!touches(sc, i, i + 1, x0, x1))
+            t[k1++] = d[i];
     if (k1 < MIN_REF)
         return -1;
-    double c, s1 = robust_scale(t, k1, &c);
+    double c, s1 = trimmed_scale(t, k1, &c);
     for (int i = 0; i + 2 < n; i++)
         if (!touches(sc, i, i + 2, x0, x1))
             t[k2++] = d[i + 1] - d[i];
     if (k2 < MIN_REF)
         return -1;
-    double s2 = robust_scale(t, k2, &c);
+    double s2 = trimmed_scale(t, k2, &c);
     double a = s2 * s2 - 2 * s1 * s1, b = 3 * s1 * s1 - s2 * s2;
     if (a < 0) {
         a = 0;
@@ -313,9 +359,9 @@ static int vario_fit(struct scan *sc, int x0, int x1, double *A, double *B)
 
 /* The noise of a change over each width w (1 .. n - 2H + 1), for the
  * series without the points [x0, x1] and the accepted transitions: sc->c[w]
- * the median of the clean windows' D (what the series does anyway over w
- * checkpoints; 0 with fewer than MIN_REF of them, or w > wmax) and sc->sc[w]
- * the largest of their robust scale, the variogram model sqrt(MED_VAR A + B (w + RW_EXTRA))
+ * the median of all windows' D (what the series does anyway over w
+ * checkpoints; 0 for w > wmax) and sc->sc[w] the largest of the MAD scale
+ * of the clean windows' D (with at least MIN_REF of them), the variogram model sqrt(MED_VAR A + B (w + RW_EXTRA))
  * and the floor sqrt(MED_VAR * 2) pfloor. */
 static void noise_widths(struct scan *sc, int x0, int x1)
 {
@@ -328,12 +374,19 @@ static void noise_widths(struct scan *sc, int x0, int x1)
     sc->rho = A + B > 0 ? B / (A + B) : 0;
     for (int w = 1; w <= n - 2 * H + 1; w++) {
         int k = 0;
+        double centre = 0, s = 0;
+        for (int i = H - 1; w <= sc->wmax && i + w + H <= n; i++)
+            sc->tmp[k++] = sc->rv[i + w] - sc->lv[i];
+        if (k > 0)
+            centre = median_inplace(sc->tmp, k);
+        k = 0;
         for (int i = H - 1; w <= sc->wmax && i + w + H <= n; i++)
             if (!touches(sc, i - H + 1, i + w + H - 1, x0, x1))
                 sc->tmp[k++] = sc->rv[i + w] - sc->lv[i];
-        double centre = 0, s = 0;
-        if (k >= MIN_REF)
-            s = robust_scale(sc->tmp, k, &centre);
+        if (k >= MIN_REF) {
+            double c;
+            s = mad_scale(sc->tmp, k, &c);
+        }
         double model = sqrt(MED_VAR * A + B * (w + RW_EXTRA));
         s = model > s ? model : s;
         sc->c[w] = centre;
@@ -341,31 +394,23 @@ static void noise_widths(struct scan *sc, int x0, int x1)
     }
 }
 
-/* The floor of the point noise: RES_MUL times the root mean square of the
- * smallest RES_KEEP of the residuals |u - m| from the running median of 3
- * (0.84 sigma for white Gaussian noise; the largest tenth, where spikes
- * are, left out), and at least PREC_REL of the values' magnitude.  It
- * holds where values are quantised so finely that most differences are 0
- * and a MAD collapses.  sc->u, sc->m and sc->v of sc->n points are read;
- * sc->tmp is overwritten. */
-static double point_floor(struct scan *sc)
+/* The floor of the point noise: half the smallest nonzero difference
+ * between consecutive values (a quantum: an accuracy over N examples moves
+ * by 1/N), and PREC_REL of the values' magnitude.  Where values are
+ * quantised so finely that most differences are 0 and a scale collapses,
+ * no change of a quantum or two is beyond the noise.  sc->v of sc->n
+ * points is read. */
+static double point_floor(const struct scan *sc)
 {
-    int n = sc->n, nr = 0;
-    double big = 0, *tmp = sc->tmp;
-    for (int i = 0; i < n; i++)
+    int n = sc->n;
+    double big = 0, q = INFINITY;
+    for (int i = 0; i < n; i++) {
         big = fabs(sc->v[i]) > big ? fabs(sc->v[i]) : big;
+        double d = i + 1 < n ? fabs(sc->v[i + 1] - sc->v[i]) : 0;
+        q = d > 0 && d < q ? d : q;
+    }
     double pf = PREC_REL * big + DBL_MIN;
-    for (int i = 1; i + 1 < n; i++)
-        tmp[nr++] = fabs(sc->u[i] - sc->m[i]);
-    int k = (int)(RES_KEEP * nr);
-    if (k < 1)
-        return pf;
-    (void)select_k(tmp, nr, k - 1);
-    double ss = 0;
-    for (int i = 0; i < k; i++)
-        ss += tmp[i] * tmp[i];
-    double fl = RES_MUL * sqrt(ss / k);
-    return fl > pf ? fl : pf;
+    return isfinite(q) && q / 2 > pf ? q / 2 : pf;
 }
 
 /* Detrend, spikes left out already; levels, the smoothed series, the
@@ -737,12 +782,14 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
     double *block = malloc(sizeof(double) * (7 * nd + 2 * (nd + 1)) + sizeof(long long) * nd);
     sc->cov = calloc(2 * nd + 1, sizeof(int));
     unsigned char *mask = calloc(nd, 1);
-    struct cand *cand = malloc(sizeof *cand * 2 * nd);
-    if (!block || !sc->cov || !mask || !cand) {
+    struct cand *info = malloc(sizeof *info * nd);
+    int *idx = malloc(sizeof *idx * nd);
+    if (!block || !sc->cov || !mask || !info || !idx) {
         free(block);
         free(sc->cov);
         free(mask);
-        free(cand);
+        free(info);
+        free(idx);
         sc->cov = NULL;
         return err_set(e, ERR_NOMEM, "transitions", "out of memory (%d points)", nf);
     }
@@ -761,12 +808,14 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
             sc->s[k] = steps[i];
             sc->v[k++] = values[i];
         }
-    /* drift per step of training: the median slope between neighbours */
+    /* drift per step of training: the median slope between neighbours,
+     * when it is at least DRIFT_Z standard errors from 0 (else noise
+     * alone would tilt the series) */
     double *tmp = sc->tmp;
     for (int i = 0; i + 1 < nf; i++)
         tmp[i] = (sc->v[i + 1] - sc->v[i]) / (double)(sc->s[i + 1] - sc->s[i]);
-    double mu = median_inplace(tmp, nf - 1);
-    if (!isfinite(mu))
+    double mu, se = mad_scale(tmp, nf - 1, &mu) * 1.2533 / sqrt((double)(nf - 1));
+    if (!isfinite(mu) || !(fabs(mu) >= DRIFT_Z * se))
         mu = 0;
     double big = 0;
     for (int i = 0; i < nf; i++) {
@@ -785,8 +834,9 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
     }
     sc->n = nf;
     double pf = point_floor(sc);
-    *nspikes = find_spikes(sc->s, sc->v, sc->u, nf, pf, hi - lo, mask, cand, tmp, spikes, TR_MAX_SPIKES);
-    free(cand);
+    *nspikes = find_spikes(sc->s, sc->v, sc->u, nf, pf, hi - lo, mask, info, idx, tmp, spikes, TR_MAX_SPIKES);
+    free(info);
+    free(idx);
     int k = 0;
     for (int i = 0; i < nf; i++)
         if (!mask[i]) {

@@ -17,90 +17,127 @@
  * METHOD (TR_METHOD, "level-v2"; the method before it, "ramp-v1", is
  * transitions_v1.h).  Moving-window level comparisons (MOSUM: Eichinger &
  * Kirch 2018, Bernoulli 24(1)) in binary segmentation (Vostrikova 1981;
- * Fryzlewicz 2014, Ann. Statist. 42(6)), robust scales (MAD), noise as
- * white noise plus a random walk from the series' own variogram (the
- * point of DeCAFS, Romano et al. 2022, JASA 118(541), that a drift is not
- * a change), and a threshold on a p-value calibrated by simulation:
+ * Fryzlewicz 2014, Ann. Statist. 42(6)), robust scales, noise as white
+ * noise plus a random walk (the point of DeCAFS, Romano et al. 2022, JASA
+ * 118(541), that a drift is not a change), outliers taken out first, and
+ * a threshold on a p-value calibrated by simulation.  Medians of an even
+ * count are the lower middle value plus half the distance to the upper.
  *
- *  1. Points whose value is NaN or infinite are dropped; fewer than
- *     TR_MIN_POINTS left: nothing.  Coordinate: the checkpoint index
- *     (Pythia's log-then-linear schedule weighs every checkpoint alike).
- *     A linear drift in training steps is taken out: u = v - mu * step,
- *     mu the median slope between neighbouring checkpoints.
- *  2. Spikes first.  One or two consecutive points (never the first or
- *     the last) are a spike when, against the median of the 2 points on
- *     each side (the baseline), all of them lie on one side, the smaller
- *     distance (the excursion) is at least 6 local noise scales and 2% of
- *     the range of the series' running median of 3, and the medians of
- *     the two sides differ by at most half the excursion (it came back).
- *     Local noise: 1.4826 MAD of the differences u[j+1] - u[j] within 8
- *     points either side that do not involve the spike, over sqrt 2.
- *     Candidates are taken by score, each point once.  A spike is an
- *     event (kind TR_KIND_SPIKE: start and end its first and last point,
- *     peak the farthest, magnitude that point's raw value less the raw
- *     baseline, score the excursion over the local noise), and its points
- *     are left out of everything that follows: no level median and no
- *     noise estimate sees them.
- *  3. Levels, on the points left: L(a) = median of the TR_HALF (3) points
- *     ending at a, R(b) = median of the 3 from b; a change over w = b - a
- *     checkpoints is D(a, b) = R(b) - L(a).
+ *  1. Points whose value is NaN or infinite are dropped; with fewer than
+ *     TR_MIN_POINTS left nothing is reported.  Coordinate: the checkpoint
+ *     index (Pythia's log-then-linear schedule weighs every checkpoint
+ *     alike).  Drift: mu, the median of the slopes (v[i+1] - v[i]) /
+ *     (s[i+1] - s[i]) between neighbours, is taken out, u = v - mu (s -
+ *     s[0]), when |mu| >= 3 x its standard error (1.2533 x the MAD scale
+ *     of those slopes / sqrt(their count)); else u = v.
+ *  2. Outliers and spikes.  Scales: the MAD scale of x is 1.4826 x the
+ *     median of |x - median(x)|.  The point-noise floor f is half the
+ *     smallest nonzero |v[i+1] - v[i]| (a quantum: an accuracy over N
+ *     examples moves by 1/N), and at least 1e-6 x max |v|.  The range r is
+ *     max - min of the running median of 3 of u (its end points: u).
+ *     Repeat, over the points not masked yet (in order, idx): for every
+ *     run of 1 or 2 consecutive ones, neither the first nor the last, let
+ *     the baseline be the median of the (up to) 2 on each side, the
+ *     excursion e the smaller distance of its points from the baseline
+ *     (all on one side of it), the noise the MAD scale of the differences
+ *     between consecutive points among the (up to) 10 on each side that
+ *     involve none of its points, over sqrt 2 (f when fewer than 4 or
+ *     below f); it qualifies when e >= 2% of r, the medians of its two
+ *     sides differ by at most e/2, and e >= 5 noise scales.  The one with
+ *     the highest score e / noise (the first at a tie, shorter first) is
+ *     masked.  Until none qualifies or a quarter of the points are masked.
+ *     Runs of consecutive masked points are events: a run holding one of
+ *     8 noise scales or more is a spike (kind TR_KIND_SPIKE; start and end
+ *     its first and last point, peak the one farthest from the baseline
+ *     (the median of the raw values of the 2 unmasked points on each
+ *     side), magnitude that point's raw value less the baseline, score
+ *     and noise those of its highest outlier).  Masked points are left
+ *     out of everything that follows: no level and no noise sees them.
+ *  3. Levels, on the n points left: L(a) = median of u[a-2..a], R(b) =
+ *     median of u[b..b+2]; a change over w = b - a checkpoints is D(a, b) =
+ *     R(b) - L(a), windows w = 1 .. wmax = max(1, (n - 5) / 4).  m is the
+ *     running median of 3 of u (m = u at the ends).
  *  4. Noise of a change over w checkpoints, for the series without the
- *     transitions found so far (and, when a candidate is scored, without
- *     its own points): the largest of
- *       - the robust scale of D over the clean windows of that width
- *         (used with at least 8 windows; their median c_w is what the
- *         series does anyway over w checkpoints),
- *       - the variogram model sqrt(0.4487 A + B (w + 1.111)), where A + B k
- *         is the least-squares fit to the squared robust scales of
- *         u[i+k] - u[i] over clean pairs, k = 1..min(8, n/8) (white noise
- *         of variance A/2, a random walk of B per checkpoint; 0.4487 is the
- *         variance of a median of 3 normals, 1.111 = (H-1)(2H-1)/(3H) the
- *         extra width a random walk adds between two 3-point levels),
- *       - the point-noise floor: the 2%-98% spread of the residuals from
- *         the running median of 3 over 6 (values quantised so finely
- *         that most differences are 0), and 1e-6 of the values' magnitude.
- *     Because spikes are gone and found transitions are left out, neither
- *     inflates the noise another change is judged against: a staged
- *     transition's second step is scored against the noise, not against
- *     the first step.
- *  5. Binary segmentation.  In a segment, the window (a, b), w <= (n - 5) / 4,
- *     with the highest excess / noise is the candidate (excess: |D - c_w|,
- *     or |D| if smaller, so a flat stretch in a staircase is no change).
- *     Scored again against the noise without its own points, it is a
- *     transition when that score's calibrated p-value is at most TR_P_MAX
- *     and its change is at least 1% of the range of the running median
- *     of 3.  Around it (its width plus 3 further on either side) the
- *     window of the largest same-signed change gives the two levels; the
- *     narrowest window with 90% of that change is its extent, and the
- *     segments either side are searched next.
- *  6. Stages: between the two levels, a level held by 3 consecutive points
- *     (their spread at most 0.34 of each step beside it), with the step on
- *     each side significant on its own (p-value at most TR_P_MAX), splits
- *     the transition into two, each looked into again the same way.
- *  7. Positions, from the running median of 3, m, as progress between the
- *     two levels, p = (m - L) / (R - L): peak_step the first checkpoint
- *     with p >= 0.5; start_step the last before it with p <= 0.1;
- *     end_step the first from the peak with p >= 0.9.  magnitude = median
- *     of the raw values of the right level's 3 points less the left's.
+ *     points of the transitions found so far and without a set of points
+ *     X (nothing, or the candidate's): the largest of
+ *       - the MAD scale of D over the windows of that width that touch
+ *         neither (used with at least 8 of them, w <= wmax);
+ *       - the model sqrt(0.4487 A + B (w + 1.111)), from the trimmed
+ *         scales s1 of the first differences u[i+1] - u[i] and s2 of the
+ *         second differences u[i+2] - 2u[i+1] + u[i] that touch neither
+ *         (at least 8 each, else the whole series' model): A = s2^2 -
+ *         2 s1^2, B = 3 s1^2 - s2^2, for white noise of variance A/2 and
+ *         a random walk of B per checkpoint; when one is negative it is 0
+ *         and the other s1^2; A is at least 2 f^2.  The trimmed scale of
+ *         x is 1.5128 x the root mean square of the round(0.8 k) smallest
+ *         |x - median(x)| (sigma for normal data, twice as efficient as
+ *         the MAD).  0.4487 is the variance of a median of 3 normals,
+ *         1.111 = (H-1)(2H-1)/(3H) the width a random walk adds between
+ *         two 3-point levels.  A smooth trend whose slope changes counts
+ *         as a random walk: a slow bend is judged against itself;
+ *       - sqrt(0.8974) f.
+ *     c_w, the median of D over all windows of width w (0 beyond wmax),
+ *     is what the series does anyway over w checkpoints; the excess of a
+ *     window is |D - c_w|, or |D| when smaller (a flat stretch of a
+ *     staircase is no change); its score is excess / noise.  rho = B / (A
+ *     + B), the random walk's share, goes with the score.
+ *  5. Binary segmentation, a stack of segments from [0, n-1], each of at
+ *     least 7 points.  In a segment, the window (a, b) with the highest
+ *     score against the noise without X (the first at a tie, by a then
+ *     b) is the candidate; scored again with X its points a-2 .. b+2, it
+ *     is accepted when tr_p_value(score, n, rho) <= TR_P_MAX.  Its sign is
+ *     that of D - c_w.  Around it, a from max(lo+2, a-reach) to a and b
+ *     to min(hi-2, b+reach), reach = b - a + 3, the window (ma, mb) of the
+ *     largest signed change gives the two levels, and the narrowest window
+ *     with at least 90% of that change (the larger change at a tie of
+ *     width) is the extent (ea, eb): the segments [lo, ea] and [eb, hi]
+ *     are searched next (also when nothing is recorded).  A change is
+ *     recorded (step 6) when its signed change R(mb) - L(ma) is at least
+ *     1% of r's counterpart over the points left (the range of m) and
+ *     1e-6 max |v|; its points ma-2 .. mb+2 then join the transitions
+ *     found.
+ *  6. Stages: for k from ma+1 while k+2 <= mb-1, the level R(k) between
+ *     the two is a stage when both steps, L(ma) -> R(k) and R(k) -> R(mb)
+ *     (scored as the window (k+2, mb)), go the change's way by at least
+ *     the smallest change, u[k..k+2] spans at most 0.34 of the smaller
+ *     step, and the smaller of the two steps' scores has a p-value at most
+ *     TR_P_MAX; the stage with the highest such score (the first at a
+ *     tie) splits the change into (ma, k) and (k+2, mb), each looked into
+ *     again (4 levels deep at most).  A change not split is a transition
+ *     with the score of the test that admitted it or of its own two
+ *     levels (ma, mb), whichever is higher (and that one's noise), and its
+ *     p-value.
+ *  7. Positions, from m as progress between the two levels, p = (m -
+ *     L(ma)) / (R(mb) - L(ma)), over the points ma-2 .. mb+2: peak_step
+ *     the first after ma-2 with p >= 0.5 (else mb); start_step the last
+ *     before the peak with p <= 0.1 (else ma-2); end_step the first from
+ *     the peak with p >= 0.9 (else mb+2).  before / after: the medians of
+ *     the raw values of L(ma)'s and R(mb)'s points; magnitude their
+ *     difference.
  *
- * CALIBRATION.  The score of a series' first candidate (step 5, what
- * tr_max_score returns) was simulated on 20,000 series of white Gaussian
- * noise for each of 20 lengths from 20 to 1000 points
- * (bench/transitions_bench --calibrate-table 20000, written to
- * transitions_null.inc); its upper tail is a Gumbel law whose location and
- * scale, fitted to the 90% and 99% quantiles, are interpolated in log n.
- * tr_p_value(score, n) is the probability that a series of n points
- * without a transition has a first candidate scoring at least that much:
- * the false-positive rate of the series' noise model at that score.  It
- * is the same for every noise level (scores are in units of the series'
- * own noise) and conservative for the later, shorter segments (fewer
- * windows to choose from).  [figures: see the end of this comment]
+ * CALIBRATION.  tr_p_value(z, n, rho) is the probability that a series of
+ * n points without a transition, whose noise is white plus a random walk,
+ * has a first candidate (tr_max_score) scoring z or more when scored with
+ * that rho: the false-positive rate of the test at that score.  Table
+ * (transitions_null.inc, from bench/transitions_bench --calibrate-table
+ * 6000): for 18 lengths from 20 to 400 points, 6000 series each of white
+ * noise plus a random walk whose share of the first differences' variance
+ * is 0 for a quarter of them and spread from 0.02 to 1 for the rest; their
+ * scores binned by the rho they were scored with; per bin of at least 400
+ * series its median rho and a Gumbel law P(score <= z) = exp(-exp(-(z -
+ * mu) / beta)) through its 90% and 99% quantiles.  Between rows, mu and
+ * beta are interpolated linearly in rho and in log n, and held beyond the
+ * table.  It is the same for every noise level (scores are in units of the
+ * series' own noise) and conservative for the later, shorter segments
+ * (fewer windows to choose from).  [figures: see the end of this comment]
  *
  * Limits: a change spread over more than about a third of the series is
  * part of its trend; a transition needs 3 points on either side; a spike
  * at the first or last checkpoint cannot be told from a change; a series
  * is judged on its own noise, so a change that is small for a noisy
- * series is missed however large it would be elsewhere.
+ * series is missed however large it would be elsewhere; scores of series
+ * of 20 to 40 points are calibrated on a few thousand series, so their
+ * p-values below 1e-4 are extrapolations of the Gumbel law.
  */
 #ifndef CKPTD_TRANSITIONS_H
 #define CKPTD_TRANSITIONS_H
