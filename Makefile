@@ -11,6 +11,8 @@
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/transitions_bench.sh (transition detection, alone and with the database)
+#                   bench/transitions_realbench.py eval (the detector's precision and recall on
+#                   the labelled real training series of bench/data/transitions)
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
@@ -153,7 +155,7 @@ tokenizer-data:
 	@scripts/fetch-tokenizer
 
 # Unit tests run from the repository root so they find tests/ data.
-unit: $(BINS) $(TEST_BINS) tokenizer-data
+unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
 check: deps
@@ -175,6 +177,8 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/transitions_bench.sh
+	@bench/transitions_realbench.py eval
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -194,6 +198,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/transitions_ref.py
+	/usr/bin/python3 tests/reference/transitions_v2_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py

@@ -3,7 +3,7 @@
  * JSON, for the benchmark of real training series
  * (bench/transitions_realbench.py) and its test.
  *
- *   transitions_series FILE [--method level-v2|ramp-v1|both]
+ *   transitions_series FILE [--method level-v2|ramp-v1|both] [--p-max P]
  *
  * FILE: {"series": [{"id": ID, "steps": [...], "values": [...]}, ...]}
  * (values may be null: not finite), or a benchmark file whose runs hold
@@ -15,6 +15,7 @@
  *                "end_step", "magnitude", "score", "p_value", "noise",
  *                "before", "after"}, ...]}
  *
+ * --p-max P: level-v2 with that false-positive rate instead of TR_P_MAX.
  * Exit 1 naming the series on malformed input.
  */
 #include <jansson.h>
@@ -60,6 +61,8 @@ static void put_num(const char *key, double x, int comma)
         printf("\"%s\":null%s", key, comma ? "," : "");
 }
 
+static double p_max = TR_P_MAX;
+
 static int one(const char *id, json_t *js, json_t *jv, int v2, int v1)
 {
     long long *s = NULL;
@@ -71,7 +74,7 @@ static int one(const char *id, json_t *js, json_t *jv, int v2, int v1)
     if (v2) {
         struct tr_event ev[TR_MAX_PER_SERIES];
         double z = 0, rho = 0;
-        int k = tr_detect(s, v, n, ev, TR_MAX_PER_SERIES, &e);
+        int k = tr_detect_p(s, v, n, p_max, ev, TR_MAX_PER_SERIES, &e);
         if (k < 0 || tr_max_score(s, v, n, &z, &rho, &e) < 0) {
             fprintf(stderr, "transitions_series: %s: %s\n", id, err_str(&e));
             goto out;
@@ -124,6 +127,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--method") == 0 && i + 1 < argc)
             method = argv[++i];
+        else if (strcmp(argv[i], "--p-max") == 0 && i + 1 < argc)
+            p_max = atof(argv[++i]);
         else if (!file && argv[i][0] != '-')
             file = argv[i];
         else
@@ -132,7 +137,7 @@ int main(int argc, char **argv)
     int v2 = strcmp(method, "level-v2") == 0 || strcmp(method, "both") == 0;
     int v1 = strcmp(method, "ramp-v1") == 0 || strcmp(method, "both") == 0;
     if (!file || !(v1 || v2)) {
-        fprintf(stderr, "usage: transitions_series FILE [--method level-v2|ramp-v1|both]\n");
+        fprintf(stderr, "usage: transitions_series FILE [--method level-v2|ramp-v1|both] [--p-max P]\n");
         return 2;
     }
     json_error_t je;

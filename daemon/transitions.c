@@ -15,12 +15,14 @@
 #define SPIKE_MASK 5.0     /* an outlier's excursion is at least this many local noise scales ... */
 #define SPIKE_RET 0.5      /* ... its two sides differ by at most this share of it ... */
 #define SPIKE_MIN_REL 0.02 /* ... and it is at least this share of the series' range */
-#define SPIKE_K 8.0        /* an outlier of at least this many noise scales is a spike event */
+#define SPIKE_GLOBAL 1.0   /* the local noise is at least this share of the whole series' */
+#define SPIKE_K 7.0        /* an outlier of at least this many noise scales is a spike event */
 #define TRIM_KEEP 0.8      /* noise scales: the RMS distance from the median of the nearest 80% ... */
 #define TRIM_CORR 1.5128   /* ... times this: 1 / sqrt(E[Z^2 | |Z| < z_0.9]) for normal Z */
 #define MED_VAR 0.4487     /* Var(median of 3 iid normals) / sigma^2 */
 #define RW_EXTRA 1.111     /* a random walk's extra width between two 3-point levels: (H-1)(2H-1)/(3H) */
 #define DRIFT_Z 3.0        /* a drift is taken out when its slope is this many standard errors from 0 */
+#define QUANT_REL 0.1      /* a quantum is at most this share of the values' range */
 #define MIN_REL 0.01       /* no change below 1% of the smoothed series' range is reported */
 #define PREC_REL 1e-6      /* nor one below this share of the values' magnitude (float32 metrics) */
 #define MIN_REF 8          /* pairs or windows needed to estimate a scale from them */
@@ -45,6 +47,7 @@ struct scan {
     int wmax;
     double A, B;     /* white-noise and random-walk parts of the variogram */
     double rho;      /* B / (A + B) of the last noise_widths: the random walk's share */
+    double p_max;    /* the false-positive rate a transition may have */
     double best_rho; /* rho of the best score scan_segments saw */
     double pfloor;   /* no point-noise scale below this */
     double minchg;   /* no change below this is reported */
@@ -199,7 +202,8 @@ static double run_baseline(const double *v, const unsigned char *mask, int n, in
  * distance of its points from the baseline, all on one side; noise: the
  * MAD scale of the differences between consecutive points within
  * SPIKE_WIN either side that involve none of its points, over sqrt 2 (at
- * least floor).  An excursion of at least SPIKE_MASK noise scales and
+ * least floor, and SPIKE_GLOBAL times that scale of all the differences
+ * between consecutive points not masked).  An excursion of at least SPIKE_MASK noise scales and
  * SPIKE_MIN_REL of the range, whose two sides' medians differ by at most
  * SPIKE_RET of it, is an outlier; the highest scoring one is masked
  * (mask[j] = 1, info[j] its score and noise) and the search repeats, until
@@ -210,10 +214,10 @@ static double run_baseline(const double *v, const unsigned char *mask, int n, in
  * in it, a run is a spike (into ev, at most cap, the highest scores; start
  * and end its first and last point, peak the farthest from the raw
  * baseline around it).  idx is scratch for n ints, tmp for 2 SPIKE_WIN
- * values.  Returns the number of spike events. */
+ * values, gtmp for n.  Returns the number of spike events. */
 static int find_spikes(const long long *s, const double *v, const double *u, int n, double floor,
                        double range, unsigned char *mask, struct cand *info, int *idx, double *tmp,
-                       struct tr_event *ev, int cap)
+                       double *gtmp, struct tr_event *ev, int cap)
 {
     int masked = 0;
     while (4 * masked < n) {
@@ -221,6 +225,12 @@ static int find_spikes(const long long *s, const double *v, const double *u, int
         for (int i = 0; i < n; i++)
             if (!mask[i])
                 idx[m++] = i;
+        /* half the noise of all the differences: a floor under the local
+         * noise, which a few differences estimate poorly */
+        for (int q = 0; q + 1 < m; q++)
+            gtmp[q] = u[idx[q + 1]] - u[idx[q]];
+        double gc, global = m > 4 ? SPIKE_GLOBAL * mad_scale(gtmp, m - 1, &gc) / sqrt(2.0) : 0;
+        double fl = global > floor ? global : floor;
         int bj = -1, bk = 0;
         double bs = 0, bn = 0;
         for (int j = 1; j + 1 < m; j++)
@@ -245,6 +255,14 @@ static int find_spikes(const long long *s, const double *v, const double *u, int
                     continue;
                 if (fabs(median_small(left, nl) - median_small(right, nr)) > SPIKE_RET * emin)
                     continue;
+                /* and the baseline is the level around (two spikes side by
+                 * side make the points between them no excursion) */
+                int nc = 0;
+                for (int q = j - SPIKE_WIN; q < j + k + SPIKE_WIN; q++)
+                    if (q >= 0 && q < m && (q < j || q >= j + k))
+                        tmp[nc++] = u[idx[q]];
+                if (fabs(median_inplace(tmp, nc) - base) > SPIKE_RET * emin)
+                    continue;
                 int nd = 0;
                 for (int q = j - SPIKE_WIN; q + 1 < j; q++)
                     if (q >= 0)
@@ -254,7 +272,7 @@ static int find_spikes(const long long *s, const double *v, const double *u, int
                 double noise = 0, c;
                 if (nd >= 4)
                     noise = mad_scale(tmp, nd, &c) / sqrt(2.0);
-                noise = noise > floor ? noise : floor;
+                noise = noise > fl ? noise : fl;
                 double score = emin / noise;
                 if (score >= SPIKE_MASK && score > bs) {
                     bs = score;
@@ -394,23 +412,26 @@ static void noise_widths(struct scan *sc, int x0, int x1)
     }
 }
 
-/* The floor of the point noise: half the smallest nonzero difference
- * between consecutive values (a quantum: an accuracy over N examples moves
- * by 1/N), and PREC_REL of the values' magnitude.  Where values are
+/* The floor of the point noise: half the quantum, the smallest nonzero
+ * difference between consecutive values when it is at most QUANT_REL of
+ * their range (an accuracy over N examples moves by 1/N; a clean jump is
+ * no quantum), and PREC_REL of the values' magnitude.  Where values are
  * quantised so finely that most differences are 0 and a scale collapses,
  * no change of a quantum or two is beyond the noise.  sc->v of sc->n
  * points is read. */
 static double point_floor(const struct scan *sc)
 {
     int n = sc->n;
-    double big = 0, q = INFINITY;
+    double big = 0, q = INFINITY, lo = sc->v[0], hi = sc->v[0];
     for (int i = 0; i < n; i++) {
         big = fabs(sc->v[i]) > big ? fabs(sc->v[i]) : big;
+        lo = sc->v[i] < lo ? sc->v[i] : lo;
+        hi = sc->v[i] > hi ? sc->v[i] : hi;
         double d = i + 1 < n ? fabs(sc->v[i + 1] - sc->v[i]) : 0;
         q = d > 0 && d < q ? d : q;
     }
     double pf = PREC_REL * big + DBL_MIN;
-    return isfinite(q) && q / 2 > pf ? q / 2 : pf;
+    return q <= QUANT_REL * (hi - lo) && q / 2 > pf ? q / 2 : pf;
 }
 
 /* Detrend, spikes left out already; levels, the smoothed series, the
@@ -612,7 +633,7 @@ static int record_change(struct scan *sc, int ma, int mb, double sgn, double zc,
         double n1, n2;
         double z1 = score_of(sc, ma, k, &n1), z2 = score_of(sc, k + H - 1, mb, &n2);
         double z = z1 < z2 ? z1 : z2;
-        if (tr_p_value(z, sc->n, sc->rho) <= TR_P_MAX && z > bz) {
+        if (tr_p_value(z, sc->n, sc->rho) <= sc->p_max && z > bz) {
             bz = z;
             bk = k;
         }
@@ -666,8 +687,9 @@ static double best_window(const struct scan *sc, int lo, int hi, int *ba, int *b
  * score's calibrated p-value is at most p_max and its change at least
  * minchg.  Around it, at most its width plus H further on either side,
  * the window of the largest same-signed change gives the two levels; the
- * narrowest window with EXTENT_FRAC of that change is its extent, and the
- * segments either side of the extent are searched next.  *best (if
+ * narrowest window with EXTENT_FRAC of that change is its extent.  The
+ * segments either side of the two levels' window are searched next when
+ * a transition was recorded, else either side of the extent.  *best (if
  * non-NULL) gets the highest such score.  Returns 0 or ERR_NOMEM. */
 static int scan_segments(struct scan *sc, double p_max, double *best)
 {
@@ -694,7 +716,9 @@ static int scan_segments(struct scan *sc, double p_max, double *best)
         }
         if (!(tr_p_value(z, n, sc->rho) <= p_max))
             continue;
-        double sgn = sc->rv[bb] - sc->lv[ba] - sc->c[bb - ba] >= 0 ? 1.0 : -1.0;
+        /* the sign of what made the excess: D - c_w, or D when smaller */
+        double dd = sc->rv[bb] - sc->lv[ba], dc = dd - sc->c[bb - ba];
+        double sgn = (fabs(dc) < fabs(dd) ? dc : dd) >= 0 ? 1.0 : -1.0;
         int reach = bb - ba + H;
         int alo = lo + H - 1 > ba - reach ? lo + H - 1 : ba - reach;
         int bhi = hi - H + 1 < bb + reach ? hi - H + 1 : bb + reach;
@@ -732,6 +756,10 @@ static int scan_segments(struct scan *sc, double p_max, double *best)
                     sc->cov[i] = 1;
                 for (int i = 0; i < n; i++)
                     sc->cum[i + 1] = sc->cum[i] + sc->cov[i];
+                /* recorded: the segments start from its two levels, so
+                 * the slow ends of a sigmoid are not found again */
+                ea = ma;
+                eb = mb;
             }
         }
         stack[top++] = lo;
@@ -834,7 +862,8 @@ static int scan_open(struct scan *sc, const long long *steps, const double *valu
     }
     sc->n = nf;
     double pf = point_floor(sc);
-    *nspikes = find_spikes(sc->s, sc->v, sc->u, nf, pf, hi - lo, mask, info, idx, tmp, spikes, TR_MAX_SPIKES);
+    *nspikes = find_spikes(sc->s, sc->v, sc->u, nf, pf, hi - lo, mask, info, idx, tmp, tmp + 2 * SPIKE_WIN,
+                           spikes, TR_MAX_SPIKES);
     free(info);
     free(idx);
     int k = 0;
@@ -867,15 +896,22 @@ static void scan_free(struct scan *sc)
 int tr_detect(const long long *steps, const double *values, int n, struct tr_event *out, int cap,
               struct err *e)
 {
-    if (cap < 0 || (cap > 0 && !out))
-        return err_set(e, ERR_INVALID, "transitions", "bad arguments (cap %d)", cap);
+    return tr_detect_p(steps, values, n, TR_P_MAX, out, cap, e);
+}
+
+int tr_detect_p(const long long *steps, const double *values, int n, double p_max, struct tr_event *out,
+                int cap, struct err *e)
+{
+    if (cap < 0 || (cap > 0 && !out) || !(p_max >= 0 && p_max <= 1))
+        return err_set(e, ERR_INVALID, "transitions", "bad arguments (cap %d, p_max %g)", cap, p_max);
     struct scan sc;
     struct tr_event spikes[TR_MAX_SPIKES];
     int nsp = 0;
     int rc = scan_open(&sc, steps, values, n, spikes, &nsp, e);
     if (rc < 0)
         return rc;
-    if (rc > 0 && scan_segments(&sc, TR_P_MAX, NULL) < 0) {
+    sc.p_max = p_max;
+    if (rc > 0 && scan_segments(&sc, p_max, NULL) < 0) {
         scan_free(&sc);
         return err_set(e, ERR_NOMEM, "transitions", "out of memory (%d points)", n);
     }

@@ -32,8 +32,9 @@
  *     of those slopes / sqrt(their count)); else u = v.
  *  2. Outliers and spikes.  Scales: the MAD scale of x is 1.4826 x the
  *     median of |x - median(x)|.  The point-noise floor f is half the
- *     smallest nonzero |v[i+1] - v[i]| (a quantum: an accuracy over N
- *     examples moves by 1/N), and at least 1e-6 x max |v|.  The range r is
+ *     quantum q, the smallest nonzero |v[i+1] - v[i]| (an accuracy over N
+ *     examples moves by 1/N), when q is at most a tenth of max v - min v
+ *     (a clean jump is no quantum), and at least 1e-6 max |v| + DBL_MIN.  The range r is
  *     max - min of the running median of 3 of u (its end points: u).
  *     Repeat, over the points not masked yet (in order, idx): for every
  *     run of 1 or 2 consecutive ones, neither the first nor the last, let
@@ -41,8 +42,10 @@
  *     excursion e the smaller distance of its points from the baseline
  *     (all on one side of it), the noise the MAD scale of the differences
  *     between consecutive points among the (up to) 10 on each side that
- *     involve none of its points, over sqrt 2 (f when fewer than 4 or
- *     below f); it qualifies when e >= 2% of r, the medians of its two
+ *     involve none of its points, over sqrt 2 (when fewer than 4, 0),
+ *     at least f and half the MAD scale of all the differences between
+ *     consecutive points not masked over sqrt 2 (more than 4 points); it
+ *     qualifies when e >= 2% of r, the medians of its two
  *     sides differ by at most e/2, and e >= 5 noise scales.  The one with
  *     the highest score e / noise (the first at a tie, shorter first) is
  *     masked.  Until none qualifies or a quarter of the points are masked.
@@ -86,16 +89,16 @@
  *     score against the noise without X (the first at a tie, by a then
  *     b) is the candidate; scored again with X its points a-2 .. b+2, it
  *     is accepted when tr_p_value(score, n, rho) <= TR_P_MAX.  Its sign is
- *     that of D - c_w.  Around it, a from max(lo+2, a-reach) to a and b
+ *     that of D - c_w, or of D when |D| is the smaller (the excess's).  Around it, a from max(lo+2, a-reach) to a and b
  *     to min(hi-2, b+reach), reach = b - a + 3, the window (ma, mb) of the
  *     largest signed change gives the two levels, and the narrowest window
  *     with at least 90% of that change (the larger change at a tie of
- *     width) is the extent (ea, eb): the segments [lo, ea] and [eb, hi]
- *     are searched next (also when nothing is recorded).  A change is
- *     recorded (step 6) when its signed change R(mb) - L(ma) is at least
- *     1% of r's counterpart over the points left (the range of m) and
+ *     width) is the extent (ea, eb).  A change is recorded (step 6) when
+ *     its signed change R(mb) - L(ma) is at least 1% of the range of m and
  *     1e-6 max |v|; its points ma-2 .. mb+2 then join the transitions
- *     found.
+ *     found, and the segments [lo, ma] and [mb, hi] are searched next
+ *     (the slow ends of a sigmoid are not found again); when nothing is
+ *     recorded, [lo, ea] and [eb, hi].
  *  6. Stages: for k from ma+1 while k+2 <= mb-1, the level R(k) between
  *     the two is a stage when both steps, L(ma) -> R(k) and R(k) -> R(mb)
  *     (scored as the window (k+2, mb)), go the change's way by at least
@@ -180,6 +183,12 @@ struct tr_event {
  * is then untouched.  Allocates only scratch space, freed before return. */
 int tr_detect(const long long *steps, const double *values, int n, struct tr_event *out, int cap,
               struct err *e) CK_WUR;
+
+/* tr_detect with another false-positive rate than TR_P_MAX (in [0, 1]):
+ * for weighing weaker evidence, as bench/transitions_realbench.py does
+ * with groups of metrics.  Errors as tr_detect. */
+int tr_detect_p(const long long *steps, const double *values, int n, double p_max, struct tr_event *out,
+                int cap, struct err *e) CK_WUR;
 
 /* The score of the series' first candidate (step 5: what is tested before
  * anything is found), 0 for a series too short, and (rho, may be NULL) the

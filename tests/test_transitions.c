@@ -223,7 +223,7 @@ static void check_stages(int hold)
     long long s[SIM_MAX];
     double v[SIM_MAX];
     int n = sim_toy(s, 6000, 100);
-    double c1 = 2500, c2 = c1 + 100.0 * (hold + 3);
+    double c1 = 2500, c2 = c1 + 100.0 * (hold + 1);
     for (int seed = 0; seed < SEEDS; seed++) {
         struct sim_rng r = {6000ULL + (unsigned long long)seed};
         sim_noise(&r, SIM_GAUSS, s, v, n, 0.05);
@@ -397,7 +397,7 @@ static void test_noise_only(void **state)
     double v[SIM_MAX];
     long total = 0;
     for (int k = 0; k < SIM_KIND_COUNT; k++) {
-        int hits = 0, spiked = 0;
+        int hits = 0, spiked = 0, at_end = 0;
         double worst = 0;
         for (int sch = 0; sch < 3; sch++) {
             int n = sch == 0 ? sim_pythia(s) : sch == 1 ? sim_toy(s, 3000, 100) : sim_toy(s, 6000, 100);
@@ -410,6 +410,8 @@ static void test_noise_only(void **state)
                 assert_true(got >= 0);
                 hits += count_kind(t, got, TR_KIND_TRANSITION) > 0;
                 spiked += count_kind(t, got, TR_KIND_SPIKE) > 0;
+                /* an outlier at the first or last point cannot be told from a change */
+                at_end += k == SIM_SPIKE && (v[0] > 20 || v[n - 1] > 20);
                 double z;
                 assert_int_equal(tr_max_score(s, v, n, &z, NULL, &e), 0);
                 worst = z > worst ? z : worst;
@@ -421,8 +423,9 @@ static void test_noise_only(void **state)
         if (hits > NOISE_BOUND[k])
             fail_msg("%s noise: %d series with a transition, at most %d allowed", sim_kind_name[k], hits,
                      NOISE_BOUND[k]);
-        if (k == SIM_SPIKE && spiked != 3 * NOISE_SERIES)
-            fail_msg("spike noise: the outlier is a spike in %d of %d series", spiked, 3 * NOISE_SERIES);
+        if (k == SIM_SPIKE && spiked != 3 * NOISE_SERIES - at_end)
+            fail_msg("spike noise: the outlier is a spike in %d of %d series (%d at an end)", spiked,
+                     3 * NOISE_SERIES, at_end);
     }
     printf("# %ld noise series\n", total);
 }
@@ -484,7 +487,8 @@ static void test_p_value(void **state)
                     fail_msg("p(%g, n %d, rho %g) = %g after %g", z, lens[a], rhos[b], p, last);
                 last = p;
             }
-            assert_true(last == TR_P_MIN);
+            assert_true(last < 1e-9);
+            assert_true(tr_p_value(1e4, lens[a], rhos[b]) == TR_P_MIN);
             assert_true(tr_p_value(0, lens[a], rhos[b]) > 0.5);
         }
 }

@@ -133,6 +133,8 @@ class Detector:
         while 4 * masked < n:
             idx = [i for i in range(n) if not mask[i]]
             M = len(idx)
+            g = 1.0 * mad_scale([u[idx[q + 1]] - u[idx[q]] for q in range(M - 1)])[0] / math.sqrt(2) if M > 4 else 0.0
+            fl = max(g, f)
             best = None
             for j in range(1, M - 1):
                 for k in (1, 2):
@@ -149,10 +151,13 @@ class Detector:
                         continue
                     if abs(median(left) - median(right)) > 0.5 * e:
                         continue
+                    ctx = [u[idx[q]] for q in range(max(0, j - 10), min(M, j + k + 10)) if q < j or q >= j + k]
+                    if abs(median(ctx) - base) > 0.5 * e:
+                        continue
                     d = [u[idx[q + 1]] - u[idx[q]] for q in range(max(0, j - 10), j - 1)]
                     d += [u[idx[q + 1]] - u[idx[q]] for q in range(j + k, min(M - 1, j + k - 1 + 10))]
                     ns = mad_scale(d)[0] / math.sqrt(2) if len(d) >= 4 else 0.0
-                    ns = max(ns, f)
+                    ns = max(ns, fl)
                     sc_ = e / ns
                     if sc_ >= 5.0 and (best is None or sc_ > best[0]):
                         best = (sc_, ns, j, k)
@@ -173,7 +178,7 @@ class Detector:
             while i1 + 1 < n and mask[i1 + 1]:
                 i1 += 1
             top = max(range(i, i1 + 1), key=lambda q: (score[q], -q))
-            if score[top] >= 8.0:
+            if score[top] >= 7.0:
                 nb = [v[q] for q in range(i - 1, -1, -1) if not mask[q]][:2]
                 nb += [v[q] for q in range(i1 + 1, n) if not mask[q]][:2]
                 base = median(nb)
@@ -197,7 +202,9 @@ class Detector:
     def floor(v):
         q = [abs(b - a) for a, b in zip(v, v[1:]) if abs(b - a) > 0]
         pf = 1e-6 * max(abs(x) for x in v) + DBL_MIN
-        return q and min(q) / 2 > pf and min(q) / 2 or pf
+        if q and min(q) <= 0.1 * (max(v) - min(v)) and min(q) / 2 > pf:
+            return min(q) / 2
+        return pf
 
     # step 3
     def levels(self):
@@ -335,7 +342,8 @@ class Detector:
             if not p_value(z, n, self.rho) <= p_max:
                 continue
             w = bb - ba
-            sgn = 1.0 if self.R[bb] - self.L[ba] - self.c[w] >= 0 else -1.0
+            D = self.R[bb] - self.L[ba]
+            sgn = 1.0 if (D - self.c[w] if abs(D - self.c[w]) < abs(D) else D) >= 0 else -1.0
             reach = w + 3
             alo, bhi = max(lo + 2, ba - reach), min(hi - 2, bb + reach)
             dmax, ma, mb = -math.inf, ba, bb
@@ -359,6 +367,7 @@ class Detector:
                 if len(found) > before:
                     for i in range(ma - 2, mb + 3):
                         self.cov[i] = True
+                    ea, eb = ma, mb
             stack.append((lo, ea))
             stack.append((eb, hi))
         return found, best
@@ -418,7 +427,7 @@ def cases():
     add("grokking among loss spikes, toy 3000/100", T3, spiky)
     staged = 3.5 + sigmoid(T6, 2500, 100, -1.5) + sigmoid(T6, 3100, 100, -1.9) + 0.05 * rng.standard_normal(len(T6))
     add("two stages, toy 6000/100", T6, staged)
-    staged3 = 3.5 + sigmoid(T6, 2500, 100, -1.5) + sigmoid(T6, 2800, 100, -1.9) + 0.05 * rng.standard_normal(len(T6))
+    staged3 = 3.5 + sigmoid(T6, 2500, 100, -1.5) + sigmoid(T6, 2900, 100, -1.9) + 0.05 * rng.standard_normal(len(T6))
     add("two stages a level of 3 apart, toy 6000/100", T6, staged3)
     add("two transitions, pythia", P,
         sigmoid(P, 20500, 2000, 0.4) + sigmoid(P, 90500, 3000, -0.8) + 0.02 * rng.standard_normal(len(P)))
