@@ -38,7 +38,7 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
   induction    the induction task's default (2 layers, 1000 steps): the
                in-context loss falls when induction heads form (~400)
   lr-schedule  induction with a 100-step warm-up and the rate decayed
-               linearly to 10% over steps 600-650: a kink at the warm-up's
+               linearly to 10% over steps 800-850: a kink at the warm-up's
                end and a loss drop at the decay
   spike        induction with the rate multiplied by 30 for one step (700):
                a loss spike that recovers
@@ -72,8 +72,10 @@ the next 2 checkpoint intervals; K the run's even checkpoint spacing.
       falls from that maximum to level(E); icl_acc rises from level over
       [16, Ti / 2] to level(E); loss (every position) falls from its
       level at [Ti - 2K, Ti - K] to level(Ti + 2K, Ti + 4K).
-  lr decay (lr-schedule): loss and icl_loss fall from level(D - 3K, D) to
-      level(D + 150, D + 150 + 3K), D the decay's start.
+  lr decay (lr-schedule): loss, icl_loss, acc and icl_acc move from
+      level(D - 3K, D) to level(D + 150, D + 150 + 3K), D the decay's start,
+      when they move the expected way and no other labelled change of the
+      metric is under way in [D - 3K, D].
 
   Every labelled transition has a truth step t* = cross(mid, dir, start of
   its window), mid half-way between its two levels; its size |after -
@@ -129,7 +131,7 @@ RUNS = [
     ("grok-spiky", "grok", MODADD + ["--steps", "3000"], 5, "task", [1, 2, 3]),
     ("grok-lit", "lit", LIT, 20, "task", [1]),
     ("induction", "ind", INDUCTION + ["--steps", "3000", "--checkpoints", None], 5, "heads", [1, 2, 3]),
-    ("lr-schedule", "sched", INDUCTION + ["--steps", "1200", "--warmup", "100", "--decay-start", "600",
+    ("lr-schedule", "sched", INDUCTION + ["--steps", "1200", "--warmup", "100", "--decay-start", "800",
                                           "--decay-steps", "50", "--decay-to", "0.1"], 5, "", [1, 2]),
     ("spike", "spike", INDUCTION + ["--steps", "1000", "--lr-spike", "715:30"], 5, "", [1, 2]),
     ("constant", "frozen-ma", MODADD + ["--steps", "400", "--lr", "1e-9", "--ckpt-every", "10"], 10, "", [1]),
@@ -378,7 +380,10 @@ def truth(run):
         D = int(args[args.index("--decay-start") + 1])
         for m, up in (("loss", False), ("icl_loss", False), ("acc", True), ("icl_acc", True)):
             pre, post = dn.level(m, D - 3 * K, D), dn.level(m, D + 150, D + 150 + 3 * K)
-            if (post - pre > 0) == up:
+            # only where the level before the decay is the metric's own (no
+            # other labelled change still under way)
+            busy = any(lb["metric"] == m and lb["a"] <= D and D - 3 * K <= lb["b"] for lb in out)
+            if (post - pre > 0) == up and not busy:
                 lb = label(dn, m, ck, up, D, D + 150 + K, "lr decay", pre, post)
                 if lb:
                     out.append(lb)

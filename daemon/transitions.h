@@ -34,35 +34,41 @@
  *     median of |x - median(x)|.  The point-noise floor f is half the
  *     quantum q, the smallest nonzero |v[i+1] - v[i]| (an accuracy over N
  *     examples moves by 1/N), when q is at most a tenth of max v - min v
- *     (a clean jump is no quantum), and at least 1e-6 max |v| + DBL_MIN.  The range r is
- *     max - min of the running median of 3 of u (its end points: u).
- *     Repeat, over the points not masked yet (in order, idx): for every
- *     run of 1 or 2 consecutive ones, neither the first nor the last, let
- *     the baseline be the median of the (up to) 2 on each side, the
- *     excursion e the smaller distance of its points from the baseline
- *     (all on one side of it), the noise the MAD scale of the differences
- *     between consecutive points among the (up to) 10 on each side that
- *     involve none of its points, over sqrt 2 (when fewer than 4, 0),
- *     at least f and half the MAD scale of all the differences between
- *     consecutive points not masked over sqrt 2 (more than 4 points); it
- *     qualifies when e >= 2% of r, the medians of its two
- *     sides differ by at most e/2, and e >= 5 noise scales.  The one with
- *     the highest score e / noise (the first at a tie, shorter first) is
- *     masked.  Until none qualifies or a quarter of the points are masked.
- *     Runs of consecutive masked points are events: a run holding one of
- *     8 noise scales or more is a spike (kind TR_KIND_SPIKE; start and end
- *     its first and last point, peak the one farthest from the baseline
- *     (the median of the raw values of the 2 unmasked points on each
- *     side), magnitude that point's raw value less the baseline, score
- *     and noise those of its highest outlier).  Masked points are left
- *     out of everything that follows: no level and no noise sees them.
+ *     (a clean jump is no quantum), and at least 1e-6 max |v| + DBL_MIN.
+ *     The range r is max - min of the running median of 3 of u (its end
+ *     points: u).  Repeat, over the points not masked yet (in order): let
+ *     g be the MAD scale of all their consecutive differences over sqrt 2
+ *     (0 for 4 points or fewer); for every run of 1 or 2 consecutive
+ *     ones, neither the first nor the last, let the baseline be the
+ *     median of the (up to) 2 on each side, the excursion e the smaller
+ *     distance of its points from the baseline (all on one side of it),
+ *     the noise the MAD scale of the differences between consecutive
+ *     points among the (up to) 10 on each side that involve none of its
+ *     points, over sqrt 2 (0 with fewer than 4), at least g and f.  It
+ *     qualifies when e > 0, e >= 2% of r, the medians of its two sides
+ *     differ by at most e/2, the median of the (up to) 10 on each side
+ *     differs from the baseline by at most e/2 (the baseline is the level
+ *     there: the points between two spikes are no excursion), and e >= 5
+ *     noise scales.  The one with the highest score e / noise (the first
+ *     at a tie, the shorter first) is masked, until none qualifies or a
+ *     quarter of the points are masked: a spike goes first, the point it
+ *     left behind on its way back next.  Runs of consecutive masked points
+ *     are events: a run holding an outlier of 7 noise scales or more (5
+ *     scatters of the first differences) is a spike (kind TR_KIND_SPIKE;
+ *     start and end its first and last point, peak the one farthest from
+ *     the baseline (the median of the raw values of the 2 unmasked points
+ *     on each side), magnitude that point's raw value less the baseline,
+ *     score and noise those of its highest outlier).  Masked points are
+ *     left out of everything that follows: no level and no noise sees
+ *     them.
  *  3. Levels, on the n points left: L(a) = median of u[a-2..a], R(b) =
  *     median of u[b..b+2]; a change over w = b - a checkpoints is D(a, b) =
  *     R(b) - L(a), windows w = 1 .. wmax = max(1, (n - 5) / 4).  m is the
  *     running median of 3 of u (m = u at the ends).
  *  4. Noise of a change over w checkpoints, for the series without the
  *     points of the transitions found so far and without a set of points
- *     X (nothing, or the candidate's): the largest of
+ *     X (nothing, or the candidate's), f now of the points left: the
+ *     largest of
  *       - the MAD scale of D over the windows of that width that touch
  *         neither (used with at least 8 of them, w <= wmax);
  *       - the model sqrt(0.4487 A + B (w + 1.111)), from the trimmed

@@ -9,7 +9,7 @@
  *  - a 1-layer model on modular addition with p = 7 reaches 100% training
  *    accuracy in 200 full-batch steps (read back from train_log.jsonl).
  *  - with the modular-addition defaults (p = 47) the model memorises, then
- *    groks within 1500 steps: train accuracy reaches 0.99 by step 300
+ *    groks within 2000 steps: train accuracy reaches 0.99 by step 300
  *    while test accuracy is still < 0.6; from some step at least twice as
  *    late, test accuracy is > 0.95 at 80% or more of the checkpoints (at
  *    least 4).  Invariants only: where a one-checkpoint loss spike falls,
@@ -235,7 +235,8 @@ static void test_modadd_p7_learns(void **s)
 
 /* Grokking in a reduced but genuine form: the modular-addition defaults
  * (p 47, 40% train, 1 layer, d_model 64, sequential, lr 2e-3, wd 2) for
- * 1500 steps at one BLAS thread, a checkpoint every 50 steps.  Asserted,
+ * 2000 steps at one BLAS thread, a checkpoint every 50 steps (grokking
+ * ends by step 900-1200 under the kernels tried, so there is room).  Asserted,
  * as invariants of the dynamics rather than of one trajectory (other CPUs'
  * kernels move the steps and the loss spikes of Adam at this rate):
  *  - memorised early: train accuracy >= 0.99 at some checkpoint <= 300,
@@ -258,8 +259,8 @@ static void test_modadd_groks(void **s)
     c.weight_decay = 2.0;
     c.warmup = 10;
     c.init_std = 0.8 / sqrt(64.0);
-    c.steps = 1500;
-    enum { NCK = 31 };
+    c.steps = 2000;
+    enum { NCK = 41 };
     long ck[NCK];
     for (int i = 0; i < NCK; i++)
         ck[i] = 50L * i;
