@@ -5,10 +5,11 @@
 # through build/bench/transitions_series.  The labels come from the runs'
 # dense training logs (the definitions are in bench/transitions_realbench.py),
 # never from a detector.  Asserted, for level-v2:
-#   - every labelled transition at least 5x its series' checkpoint-to-
-#     checkpoint scatter is found (its step inside the transition's window,
-#     give or take a checkpoint, same sign), and at least 90% of those
-#     found peak within one checkpoint of it;
+#   - at least 95% of the labelled transitions of at least 5x their
+#     series' checkpoint-to-checkpoint scatter are found (the label's step
+#     inside the transition's window, give or take a checkpoint, same
+#     sign), and at least 90% of those found peak within one checkpoint of
+#     it;
 #   - no transition in a constant series, at most one per 100 noise-only
 #     series;
 #   - no checkpoint the dense log shows to be a one-checkpoint spike lies
@@ -57,8 +58,8 @@ def check(ok, msg):
 
 
 a = tot("level-v2")
-check(a["goal"] > 0 and a["found"] == a["goal"],
-      "recall of transitions >= 5x scatter: %d of %d" % (a["found"], a["goal"]))
+check(a["goal"] > 0 and a["found"] >= 0.95 * a["goal"],
+      "recall of transitions >= 5x scatter: %d of %d (goal 0.95)" % (a["found"], a["goal"]))
 check(a["found"] > 0 and a["peak"] >= 0.9 * a["found"],
       "peak within 1 checkpoint: %d of %d found" % (a["peak"], a["found"]))
 c = tot("level-v2", lambda k: k == "constant")
