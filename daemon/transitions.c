@@ -11,9 +11,9 @@
  * the numbers: bump TR_METHOD). */
 #define SPIKE_LEN 2        /* an outlier is at most this many consecutive checkpoints */
 #define SPIKE_NB 2         /* neighbours on each side that give a spike's baseline */
-#define SPIKE_WIN 10       /* differences on each side that give its local noise */
+#define SPIKE_WIN 10       /* points on each side that give its local noise and level */
 #define SPIKE_MASK 5.0     /* an outlier's excursion is at least this many local noise scales ... */
-#define SPIKE_RET 0.5      /* ... its two sides differ by at most this share of it ... */
+#define SPIKE_RET 0.5      /* ... its sides (and its baseline and the level around) differ by at most this share ... */
 #define SPIKE_MIN_REL 0.02 /* ... and it is at least this share of the series' range */
 #define SPIKE_GLOBAL 1.0   /* the local noise is at least this share of the whole series' */
 #define SPIKE_K 7.0        /* an outlier of at least this many noise scales is a spike event */
@@ -43,9 +43,9 @@ struct scan {
     double *u;       /* v - mu * (step - s[0]) (n) */
     double *m;       /* u smoothed by a running median of 3 (n) */
     double *lv, *rv; /* L(a), R(b) of u (n; valid where the window fits) */
-    double *c, *sc; /* centre and scale of D per width, for the current exclusions (wmax + 1) */
+    double *c, *sc;  /* centre and scale of D per width w = 1 .. n - 5, for the current exclusions (n + 1) */
     int wmax;
-    double A, B;     /* white-noise and random-walk parts of the variogram */
+    double A, B;     /* white-noise and random-walk parts of the noise model, whole series */
     double rho;      /* B / (A + B) of the last noise_widths: the random walk's share */
     double p_max;    /* the false-positive rate a transition may have */
     double best_rho; /* rho of the best score scan_segments saw */

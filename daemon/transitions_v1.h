@@ -1,13 +1,14 @@
 /*
  * transitions_v1.h - the first transition detector, "ramp-v1", kept so
  * that the rows it wrote keep a stated meaning and so that the benchmark
- * (bench/transitions_realbench) can compare it with the current method
- * (transitions.h).  The daemon no longer runs it.  Phase transitions in
- * one series: where a metric changes abruptly (a grokking jump, the induction-head loss drop), found robustly
- * on uneven step schedules, in noise, past outliers and slow drift.
+ * (bench/transitions_realbench.py) can compare it with the current method
+ * (transitions.h); the daemon no longer runs it, and its code is frozen.
+ * Phase transitions in one series: where a metric changes abruptly (a
+ * grokking jump, the induction-head loss drop), found robustly on uneven
+ * step schedules, in noise, past outliers and slow drift.
  *
  * Pure: a series in (steps strictly increasing, values), transitions out.
- * No database, no global state; the daemon's caller is detect.h.
+ * No database, no global state.
  *
  *     struct tr1_transition t[TR1_MAX_PER_SERIES];
  *     int n = tr1_detect(steps, values, npoints, t, TR1_MAX_PER_SERIES, &e);
@@ -69,10 +70,10 @@
  *     = median of the raw values over the TR1_HALF points of the right level
  *     minus the left's (signed, the metric's units); score = step 5's.
  *
- * TR1_THRESHOLD comes from simulated series without a transition
- * (bench/transitions_bench --calibrate 10000: 70,000 series of each kind
- * over Pythia's schedule, three toy runs' and even ones of 20, 24 and 300
- * points).  Highest scores: white noise 7.6, Student-t with 3 degrees of
+ * TR1_THRESHOLD came from simulated series without a transition (the
+ * benchmark program of its time, bench/transitions_bench --calibrate
+ * 10000: 70,000 series of each kind over Pythia's schedule, three toy
+ * runs' and even ones of 20, 24 and 300 points).  Highest scores: white noise 7.6, Student-t with 3 degrees of
  * freedom 8.2, slow drift (a random walk of 0.3 sigma steps under white
  * noise) 9.6, a 30-sigma spike 6.5, values rounded to whole sigmas 9.3, a
  * straight trend in steps 8.0, constants 0; harder than asked, Student-t
