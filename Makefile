@@ -3,8 +3,11 @@
 # Targets:
 #   make            build build/bin/ckptd and build/bin/ckpt-worker
 #   make check      install missing Debian packages (scripts/install-deps),
-#                   build, run every test (cmocka unit tests, golden and
-#                   malformed-input cases, integration tests)
+#                   check the include rules (check-layers), build, run every
+#                   test (cmocka unit tests, golden and malformed-input
+#                   cases, integration tests)
+#   make check-layers  the include rules alone (scripts/check-layers: rooms in
+#                   pipeline order, includes from the repository root)
 #   make bench      benchmarks, reported as ratios to baselines of the same run:
 #                   bench/run (engine vs sgemm and PyTorch), bench/queue_bench.sh
 #                   (ingest vs psql \copy, claims/s, scheduler overhead),
@@ -16,6 +19,10 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/patching_bench.sh (the patching items in forward-equivalents)
+#   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
+#                   checkpoints over HTTP while faults are injected every 5-15 s
+#                   (tests/soak/soak.sh; needs root for network namespaces)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -55,10 +62,12 @@ CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)
 MODEL_SRC := $(wildcard workers/model/*.c)
+TEXT_SRC := $(wildcard workers/text/*.c)
 BATTERY_SRC := $(wildcard workers/battery/*.c)
 TRAIN_SRC := $(wildcard workers/train/*.c)
-WORKER_LIB_SRC := $(MODEL_SRC) $(BATTERY_SRC) $(TRAIN_SRC)
-DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+WORKER_LIB_SRC := $(MODEL_SRC) $(TEXT_SRC) $(TRAIN_SRC) $(BATTERY_SRC)
+DAEMON_ROOMS := base plan fetch work store detect read ops
+DAEMON_LIB_SRC := $(foreach r,$(DAEMON_ROOMS),$(wildcard daemon/$(r)/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -70,8 +79,8 @@ WORKER_MAIN := $(wildcard workers/*.c)
 DAEMON_MAIN := daemon/main.c
 DAEMON_LIB_OBJ := $(call obj,$(DAEMON_LIB_SRC)) $(BUILD)/obj/gen/schema_sql.o
 LIBS_DAEMON := -lpq -ljansson -lcurl -lcrypto -lm
-# the metrics endpoint (daemon/metrics.c, libmicrohttpd) and systemd
-# notification (daemon/notify.c, libsystemd)
+# the metrics endpoint (daemon/ops/metrics.c, libmicrohttpd) and systemd
+# notification (daemon/ops/notify.c, libsystemd)
 OPS_CFLAGS := $(shell pkg-config --cflags libmicrohttpd libsystemd 2>/dev/null)
 LIBS_DAEMON += $(shell pkg-config --libs libmicrohttpd libsystemd 2>/dev/null || echo -lmicrohttpd -lsystemd)
 CFLAGS_ALL += $(OPS_CFLAGS)
@@ -82,7 +91,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check unit bench demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data
 .SECONDARY:
 all: $(BINS)
 
@@ -95,6 +104,8 @@ $(BUILD)/obj/%.o: %.c
 # floating-point traps or errno from libm).
 $(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 $(BUILD)/obj/workers/model/backward.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/attention.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/tensor.o: CFLAGS_ALL += -O3
 $(BUILD)/obj/workers/train/adamw.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 
 $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
@@ -123,7 +134,7 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 # The transition detectors (level-v2 and the former ramp-v1) are pure: their
 # test and the tool that runs them on JSON series link them alone (the
 # benchmark with the daemon library for its database path).
-TR_OBJ := $(BUILD)/obj/daemon/transitions.o $(BUILD)/obj/daemon/transitions_v1.o $(BUILD)/obj/common/err.o
+TR_OBJ := $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/daemon/detect/transitions_v1.o $(BUILD)/obj/common/err.o
 $(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(TR_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
@@ -158,7 +169,12 @@ tokenizer-data:
 unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
-check: deps
+# Rooms include only themselves, the rooms before them and common/ (the
+# folder READMEs); scripts/check-layers names any include against that.
+check-layers:
+	@scripts/check-layers
+
+check: deps check-layers
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 
@@ -179,6 +195,11 @@ endif
 	@bench/llc_bench.sh
 	@bench/transitions_bench.sh
 	@bench/transitions_realbench.py eval
+	@bench/patching_bench.sh
+
+# The soak test: bounded to about 10 minutes; prints the faults and the figures.
+soak: $(BINS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker tests/soak/soak.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -202,11 +223,15 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/sae_version_ref.py
+	/usr/bin/python3 tests/cases/make_sae_cases.py
+	/usr/bin/python3 tests/reference/patching_ref.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	cp -r pairs $(DESTDIR)$(PREFIX)/share/ckptd/
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:

@@ -29,13 +29,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/err.h"
-#include "../workers/battery/battery.h"
-#include "../workers/model/backward.h"
-#include "../workers/model/blas.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/train/task.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "workers/battery/battery.h"
+#include "workers/model/backward.h"
+#include "workers/model/blas.h"
+#include "workers/model/gptneox.h"
+#include "workers/train/task.h"
 
 #define MAX_REPS 20
 

@@ -24,11 +24,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/err.h"
-#include "../workers/battery/rng.h"
-#include "../workers/battery/sae.h"
-#include "../workers/model/blas.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "workers/battery/rng.h"
+#include "workers/battery/sae.h"
+#include "workers/model/blas.h"
 
 #define ROWS 16384
 #define MAX_REPS 200

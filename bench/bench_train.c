@@ -18,12 +18,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/err.h"
-#include "../workers/model/backward.h"
-#include "../workers/model/blas.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/train/adamw.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "workers/model/backward.h"
+#include "workers/model/blas.h"
+#include "workers/model/gptneox.h"
+#include "workers/train/adamw.h"
 
 #define MAX_REPS 50
 

@@ -123,6 +123,17 @@ def main():
           f"| cat > /dev/null {fmt(cat and cat*1e3, 1)} ms | {fmt(ratio(load['load_seconds'], cat), 2)} |")
         p(f"| same | {load['load_seconds']*1e3:,.1f} ms | read(2) in-process "
           f"{load['read_seconds']*1e3:,.1f} ms ({load['read_gbps']:.1f} GB/s) | {load['load_over_read']:.2f} |")
+        if "check_seconds" in load:
+            p(f"| read-only load, its parts: map the file and touch each page | "
+              f"{load['map_touch_seconds']*1e3:,.1f} ms | | |")
+            p(f"| finiteness check of every weight (vectorised, one pass) | "
+              f"{load['check_seconds']*1e3:,.1f} ms | as a plain isfinite loop (before) "
+              f"{load['check_scalar_seconds']*1e3:,.1f} ms | "
+              f"{fmt(ratio(load['check_seconds'], load['check_scalar_seconds']), 2)} |")
+            if cat:
+                before = load['load_seconds'] - load['check_seconds'] + load['check_scalar_seconds']
+                p(f"| load read-only with the plain check (before; estimated from the parts) | "
+                  f"{before*1e3:,.1f} ms | cat > /dev/null {cat*1e3:,.1f} ms | {before/cat:.2f} |")
         p(f"| load writable (weights copied) | {load['load_writable_seconds']*1e3:,.1f} ms "
           f"| read(2) into a new buffer {load['read_fresh_seconds']*1e3:,.1f} ms "
           f"| {load['load_writable_over_read_fresh']:.2f} |")

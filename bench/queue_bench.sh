@@ -10,7 +10,7 @@
 #     BENCH_INGEST_ROWS rows (default 2,000,000) of one registered metric.
 #     The table is emptied and checkpointed before each load.
 #  2. claims/s with 1, 4 and 16 concurrent claimers (pgbench), using the two
-#     statements of queue_claim() extracted from daemon/queue.c at run time
+#     statements of queue_claim() extracted from daemon/work/queue.c at run time
 #     (so they cannot drift), on a queue of 20,000 one-job checkpoints;
 #     BENCH_CLAIMS claims per measurement (default 6000), the queue re-queued
 #     and vacuumed before each.  Baseline: bare single-row UPDATE ...
@@ -52,7 +52,6 @@ PY=$(command -v python3) || die "python3 not found"
 mkdir -p "$OUT"
 
 T=$(mktemp -d /tmp/ckb-XXXXXX) || exit 1
-chmod 755 "$T"
 export CKPTD_VAR=$T PGLOCAL_PORT=54360
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE
 DAEMON=
@@ -152,7 +151,7 @@ rm -f "$T/rows.txt" "$T/rows.copy"
 
 # ---------------------------------------------------------------- 2. claims
 say "claims: queue of $QUEUE one-job checkpoints, $CLAIMS claims per measurement"
-"$PY" - "$ROOT/daemon/queue.c" "$T/claim.sql" <<'EOF' || die "cannot extract queue_claim's SQL from daemon/queue.c"
+"$PY" - "$ROOT/daemon/work/queue.c" "$T/claim.sql" <<'EOF' || die "cannot extract queue_claim's SQL from daemon/work/queue.c"
 # The statements of queue_claim(): every db_exec(db, "..." "...", ...) in
 # its body, string literals joined.  $1/$2 become pgbench variables.
 import re, sys

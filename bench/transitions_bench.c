@@ -1,5 +1,5 @@
 /*
- * transitions_bench - the transition detector (daemon/transitions.h):
+ * transitions_bench - the transition detector (daemon/detect/transitions.h):
  * its speed, the daemon's path around it, and the calibration of its
  * threshold.
  *
@@ -18,7 +18,7 @@
  *       (tr_max_score) on N series of white noise plus a random walk for
  *       each length of the table, by the random walk's share it was scored
  *       with: quantiles and the Gumbel law fitted to them, written as
- *       daemon/transitions_null.inc (to stdout; the table is on stderr)
+ *       daemon/detect/transitions_null.inc (to stdout; the table is on stderr)
  *   transitions_bench --calibrate N
  *       N simulated series without a transition per kind of noise and
  *       schedule: the highest first-candidate score, how many series
@@ -38,13 +38,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/err.h"
-#include "../daemon/db.h"
-#include "../daemon/detect.h"
-#include "../daemon/migrate.h"
-#include "../daemon/transitions.h"
-#include "../tests/lib/series_sim.h"
-#include "bench_util.h"
+#include "bench/bench_util.h"
+#include "common/err.h"
+#include "daemon/base/db.h"
+#include "daemon/base/migrate.h"
+#include "daemon/detect/detect.h"
+#include "daemon/detect/transitions.h"
+#include "tests/lib/series_sim.h"
 
 
 
@@ -190,7 +190,7 @@ static int calibrate_table(int reps, int white)
     }
     fprintf(stderr, "| points | rho bin | series | median rho | q90 | q99 | q99.9 | mu | beta | Gumbel p at q99.9 |\n"
                     "|---|---|---|---|---|---|---|---|---|---|\n");
-    printf("/* daemon/transitions_null.inc: {points, rho, mu, beta}, the Gumbel law of the\n"
+    printf("/* daemon/detect/transitions_null.inc: {points, rho, mu, beta}, the Gumbel law of the\n"
            " * first-candidate score on white noise plus a random walk of share rho,\n"
            " * %d series per length; written by\n"
            " * build/bench/transitions_bench --calibrate-table %d */\n", reps, reps);

@@ -19,7 +19,6 @@ REPS=${BENCH_REPS:-5}
 SERIES=${BENCH_TR_SERIES:-10000}
 [ -x "$BIN" ] || { echo "transitions_bench.sh: $BIN is missing; run make bench" >&2; exit 1; }
 T=$(mktemp -d /tmp/ckb-XXXXXX) || exit 1
-chmod 755 "$T"
 export CKPTD_VAR=$T PGLOCAL_PORT=54374
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE
 trap '"$ROOT/scripts/pg-local" destroy >/dev/null 2>&1; rm -rf "$T"' EXIT

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """transitions_realbench.py - a labelled benchmark of real training series
-for the transition detector (daemon/transitions.h), and its table.
+for the transition detector (daemon/detect/transitions.h), and its table.
 
     bench/transitions_realbench.py gen  [--coretypes Haswell,SkylakeX,Sandybridge]
                                         [--kinds K,...] [--jobs 2] [--data DIR] [--work DIR]

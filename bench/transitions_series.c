@@ -24,9 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/err.h"
-#include "../daemon/transitions.h"
-#include "../daemon/transitions_v1.h"
+#include "common/err.h"
+#include "daemon/detect/transitions.h"
+#include "daemon/detect/transitions_v1.h"
 
 static int read_series(json_t *js, json_t *jv, long long **s, double **v, int *n, const char *id)
 {

@@ -14,7 +14,7 @@
 #ifndef CKPTD_LOG_H
 #define CKPTD_LOG_H
 
-#include "err.h"
+#include "common/err.h"
 
 enum log_level {
     LOG_DEBUG,

@@ -7,7 +7,7 @@
 #ifndef CKPTD_PATH_H
 #define CKPTD_PATH_H
 
-#include "err.h"
+#include "common/err.h"
 
 /* Create a directory and its missing parents (mode 0777 & umask). An
  * existing directory is success. ERR_IO names the part that failed. */

@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 
-#include "err.h"
+#include "common/err.h"
 
 #define SHA256_HEX 65 /* 64 hex digits and a NUL */
 

@@ -98,3 +98,11 @@ SELECT metric, layer, head, idx, start_step, end_step, baseline, peak_value, rou
 FROM spikes
 WHERE run = :'run'
 ORDER BY peak_step, metric;
+
+-- 12. When was each feature of a released SAE born?  A fixed dictionary
+--     (add-run --sae DIR, item sae_fixed) at every checkpoint: the first
+--     step each feature's density exceeds 0.001 (docs/sae.md).
+SELECT dictionary, feature, birth_step, density_at_birth, last_density
+FROM sae_fixed_feature_birth
+WHERE run = :'run'
+ORDER BY dictionary, birth_step NULLS LAST, feature;

@@ -22,7 +22,7 @@
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 dl_init metrics 54385
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 MPORT=18462
 MURL=http://127.0.0.1:$MPORT

@@ -16,7 +16,7 @@
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 dl_init status 54387
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 CKPT_WORKER=$WORKER scripts/make-fixture-series "$T/hubck" --steps 0 >"$T/fixture.out" 2>&1 ||
     { cat "$T/fixture.out"; exit 1; }

@@ -35,7 +35,7 @@
 . tests/lib/hub.sh
 CORE=${DYN_CORETYPE:-Haswell}
 dl_init "dynamics_e2e_$CORE" 54405
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 export OPENBLAS_CORETYPE=$CORE
 dl_eq "OpenBLAS runs the $CORE kernels" "$CORE" \

@@ -21,7 +21,7 @@
 . tests/lib/hub.sh
 dl_init fetch_budget 54361
 SAMPLER=""
-trap '[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null; hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 TOKEN=hf_budget_$$
 G=tests/golden/torchzip

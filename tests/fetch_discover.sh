@@ -13,7 +13,7 @@
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 dl_init fetch_discover 54360
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 TOKEN=hf_discover_$$
 CKPT_WORKER=$WORKER scripts/make-fixture-series "$T/hubck" --steps 0,1,2,4 >"$T/fixture.out" 2>&1 ||

@@ -14,7 +14,7 @@
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 dl_init fetch_serve 54350
-trap 'hub_stop_all; dl_cleanup' EXIT
+trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 TOKEN=hf_serve_secret_$$
 CKPT_WORKER=$WORKER scripts/make-fixture-series "$T/hubck" --steps 0,1,2,4,8 --dup 1=0 --sharded 2 \

@@ -23,7 +23,7 @@ for f in build/bin/ckpt-worker /usr/sbin/nginx; do
 done
 command -v curl >/dev/null || { echo "FAIL: curl missing (scripts/install-deps)"; exit 1; }
 
-T=$(mktemp -d /tmp/ckhub-XXXXXX) || exit 1
+T=$(mktemp -d "/tmp/ckhub XXXXXX") || exit 1 # a space: hub-serve quotes its paths
 cleanup() {
     local rc=$?
     hub_stop_all

@@ -21,10 +21,10 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/backward.h"
-#include "../workers/model/safetensors.h"
-#include "../workers/model/tensor.h"
-#include "../workers/train/adamw.h"
+#include "workers/model/backward.h"
+#include "workers/model/safetensors.h"
+#include "workers/model/tensor.h"
+#include "workers/train/adamw.h"
 
 static float *get(const struct st_file *f, const char *name, size_t n)
 {

@@ -44,10 +44,10 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/battery/rng.h"
-#include "lib/battery_golden.h"
-#include "lib/sae_plant.h"
+#include "tests/lib/battery_golden.h"
+#include "tests/lib/sae_plant.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/rng.h"
 
 static char tmp[64];
 

@@ -33,12 +33,12 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/battery/rows.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/train/task.h"
-#include "../workers/train/train.h"
-#include "lib/toy_config.h"
+#include "tests/lib/toy_config.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/rows.h"
+#include "workers/model/gptneox.h"
+#include "workers/train/task.h"
+#include "workers/train/train.h"
 
 /* ---- helpers ---- */
 

@@ -32,9 +32,9 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/model/gptneox.h"
-#include "lib/battery_golden.h"
+#include "tests/lib/battery_golden.h"
+#include "workers/battery/battery.h"
+#include "workers/model/gptneox.h"
 
 static void test_composition_golden(void **state)
 {

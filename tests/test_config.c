@@ -20,8 +20,8 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/config.h"
-#include "../workers/model/gptneox.h"
+#include "workers/model/config.h"
+#include "workers/model/gptneox.h"
 
 #define CASES "tests/cases/config"
 

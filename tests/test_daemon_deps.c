@@ -54,14 +54,14 @@
 
 #include <cmocka.h>
 
-#include "../common/path.h"
-#include "../daemon/artifacts.h"
-#include "../daemon/db.h"
-#include "../daemon/ingest.h"
-#include "../daemon/lineage.h"
-#include "../daemon/queue.h"
-#include "../daemon/registry.h"
-#include "../daemon/source.h"
+#include "common/path.h"
+#include "daemon/base/db.h"
+#include "daemon/plan/registry.h"
+#include "daemon/plan/source.h"
+#include "daemon/store/artifacts.h"
+#include "daemon/store/ingest.h"
+#include "daemon/store/lineage.h"
+#include "daemon/work/queue.h"
 
 static const char battery_json[] =
     "{\"items\": ["

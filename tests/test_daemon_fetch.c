@@ -19,10 +19,10 @@
 
 #include <cmocka.h>
 
-#include "../common/sha256.h"
-#include "../daemon/cache.h"
-#include "../daemon/fetch.h"
-#include "../daemon/hub.h"
+#include "common/sha256.h"
+#include "daemon/fetch/cache.h"
+#include "daemon/fetch/fetch.h"
+#include "daemon/fetch/hub.h"
 
 static void test_sha256_vectors(void **state)
 {

@@ -28,9 +28,10 @@
 
 #include <cmocka.h>
 
-#include "../daemon/config.h"
-#include "../daemon/metrics.h"
-#include "../daemon/notify.h"
+#include "common/version.h"
+#include "daemon/ops/config.h"
+#include "daemon/ops/metrics.h"
+#include "daemon/ops/notify.h"
 
 #define TEST_PORT 18479
 

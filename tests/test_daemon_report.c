@@ -1,5 +1,5 @@
 /*
- * test_daemon_report - the pure pieces of `ckptd report` (daemon/report.h),
+ * test_daemon_report - the pure pieces of `ckptd report` (daemon/read/report.h),
  * no database needed: the log-step axis (report_axis_init/_x) against its
  * definition computed here, HTML escaping, the heatmap colour ramp (its
  * anchors, clamping, NaN, and a luminance that rises with the value), nice
@@ -18,8 +18,8 @@
 
 #include <cmocka.h>
 
-#include "../daemon/report.h"
-#include "../daemon/source.h"
+#include "daemon/plan/source.h"
+#include "daemon/read/report.h"
 
 /* ---- the axis ---- */
 

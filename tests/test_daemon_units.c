@@ -4,7 +4,8 @@
  * source_local_path, source_check), the battery registry (registry_parse,
  * registry_metric_id, registry_item_version, registry_from_worker when
  * CKPT_WORKER names the real worker), the translation of worker rows into
- * measurement rows (ingest_translate), the config file
+ * measurement rows (ingest_translate), the item outcomes read from a
+ * worker's status file (supervise_outcomes), the config file
  * (daemon_config_load, daemon_config_check), db_int_array and the
  * reconnect backoff's cap (db_set_backoff_max, against a socket that is
  * not there).
@@ -20,12 +21,85 @@
 
 #include <cmocka.h>
 
-#include "../daemon/config.h"
-#include "../daemon/db.h"
-#include "../daemon/ingest.h"
-#include "../daemon/queue.h"
-#include "../daemon/registry.h"
-#include "../daemon/source.h"
+#include "daemon/base/db.h"
+#include "daemon/ops/config.h"
+#include "daemon/plan/registry.h"
+#include "daemon/plan/source.h"
+#include "daemon/store/ingest.h"
+#include "daemon/work/queue.h"
+#include "daemon/work/supervise.h"
+
+/* ---- supervise_outcomes ---- */
+
+static const char items3[4][64] = {"loss", "weights", "heads", "lens"};
+static const int versions3[4] = {2, 2, 1, 1};
+
+/* A worker that ended as `ok`/`how` with stderr "boom", whose status file
+ * holds `status` (NULL: no file). */
+static void ended_worker(struct worker *w, int ok, const char *how, const char *status)
+{
+    memset(w, 0, sizeof *w);
+    snprintf(w->status_path, sizeof w->status_path, "/tmp/ckptd-status-%d", (int)getpid());
+    unlink(w->status_path);
+    if (status) {
+        FILE *f = fopen(w->status_path, "w");
+        assert_non_null(f);
+        fputs(status, f);
+        fclose(f);
+    }
+    w->done = 1;
+    w->ok = ok;
+    if (!ok) {
+        snprintf(w->how, sizeof w->how, "%s", how);
+        snprintf(w->error, sizeof w->error, "%s; stderr: boom", how);
+    }
+}
+
+static void test_outcomes(void **state)
+{
+    (void)state;
+    struct worker w;
+    struct item_outcome out[4];
+    /* killed after loss was done, while heads ran; weights failed on its own */
+    ended_worker(&w, 0, "worker killed by signal 9 (Killed)",
+                 "ckpt-worker-status\t1\nstarted\tloss\t2\ndone\tloss\t2\t129\n"
+                 "started\tweights\t2\nfailed\tweights\t2\titem weights v2: bad\tthing\n"
+                 "started\theads\t1\ndone\tlens\t9\t5\n" /* another version: not ours */
+                 "done\theads\t1\t3"); /* cut: not written whole */
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_int_equal(out[0].state, ITEM_DONE);
+    assert_int_equal(out[0].rows, 129);
+    assert_int_equal(out[1].state, ITEM_FAILED);
+    assert_string_equal(out[1].error, "worker killed by signal 9 (Killed); item weights v2: bad\tthing");
+    assert_int_equal(out[2].state, ITEM_FAILED);
+    assert_string_equal(out[2].error, "worker killed by signal 9 (Killed) while running item heads v1; stderr: boom");
+    assert_int_equal(out[3].state, ITEM_FAILED);
+    assert_string_equal(out[3].error, "worker killed by signal 9 (Killed) before starting item lens v1; stderr: boom");
+
+    /* exit 0: everything not reported failed is done (a worker that
+     * writes no status file: all of it) */
+    ended_worker(&w, 1, NULL, "ckpt-worker-status\t1\ndone\tloss\t2\t7\n");
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_true(out[0].state == ITEM_DONE && out[0].rows == 7);
+    assert_true(out[1].state == ITEM_DONE && out[1].rows == -1);
+    ended_worker(&w, 1, NULL, NULL);
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    for (int i = 0; i < 4; i++)
+        assert_true(out[i].state == ITEM_DONE && out[i].rows == -1);
+
+    /* no status file, or not this format: how the worker ended, for all */
+    ended_worker(&w, 0, "worker exited with status 1", NULL);
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(out[i].state, ITEM_FAILED);
+        assert_string_equal(out[i].error, "worker exited with status 1; stderr: boom");
+    }
+    ended_worker(&w, 0, "worker exited with status 1", "ckpt-worker-status\t2\ndone\tloss\t2\t1\n");
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_int_equal(out[0].state, ITEM_FAILED);
+    assert_string_equal(out[0].error, "worker exited with status 1; stderr: boom");
+    unlink(w.status_path);
+}
 
 /* ---- schedule_parse ---- */
 
@@ -680,6 +754,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ingest_good_rows, setup_ingest, teardown_ingest),
         cmocka_unit_test_setup_teardown(test_ingest_nan_inf, setup_ingest, teardown_ingest),
         cmocka_unit_test_setup_teardown(test_ingest_bad_rows, setup_ingest, teardown_ingest),
+        cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_db_int_array),
         cmocka_unit_test(test_db_text_array),

@@ -34,10 +34,10 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/model/circuits.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/kernels.h"
+#include "workers/battery/battery.h"
+#include "workers/model/circuits.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/kernels.h"
 
 #define REF_TOL 1e-5
 

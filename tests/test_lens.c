@@ -28,11 +28,11 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/battery.h"
-#include "../workers/battery/rng.h"
-#include "../workers/model/gptneox.h"
-#include "../workers/model/tokens.h"
-#include "lib/battery_golden.h"
+#include "tests/lib/battery_golden.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/rng.h"
+#include "workers/model/gptneox.h"
+#include "workers/text/tokens.h"
 
 static void test_lens_golden(void **state)
 {

@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/npy.h"
+#include "workers/model/npy.h"
 
 static void test_roundtrip(void **state)
 {

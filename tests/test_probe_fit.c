@@ -34,9 +34,9 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/probe_fit.h"
-#include "../workers/battery/rng.h"
-#include "../workers/model/npy.h"
+#include "workers/battery/probe_fit.h"
+#include "workers/battery/rng.h"
+#include "workers/model/npy.h"
 
 #define GOLD "tests/golden/probe/"
 

@@ -45,7 +45,7 @@
 
 #include <cmocka.h>
 
-#include "../workers/battery/sgld.h"
+#include "workers/battery/sgld.h"
 
 #define D 10
 

@@ -28,9 +28,9 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/tokenizer.h"
-#include "../workers/model/unicode.h"
-#include "lib/test_files.h"
+#include "tests/lib/test_files.h"
+#include "workers/text/tokenizer.h"
+#include "workers/text/unicode.h"
 
 #define CASES_DIR "tests/cases/tokenizer"
 #define GOLDEN "tests/golden/tokenizer_ref.json"

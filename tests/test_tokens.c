@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "../workers/model/npy.h"
-#include "../workers/model/tokens.h"
+#include "workers/model/npy.h"
+#include "workers/text/tokens.h"
 
 static char tmpdir[64];
 

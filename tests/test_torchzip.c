@@ -31,12 +31,12 @@
 
 #include <zip.h>
 
+#include "tests/lib/test_files.h"
 #include "workers/model/checkpoint.h"
 #include "workers/model/gptneox.h"
 #include "workers/model/safetensors.h"
-#include "workers/model/tokens.h"
 #include "workers/model/torchzip.h"
-#include "tests/lib/test_files.h"
+#include "workers/text/tokens.h"
 
 #define CASES_DIR "tests/cases/torchzip"
 #define GOLD "tests/golden/torchzip"

@@ -34,12 +34,12 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "../workers/model/backward.h"
-#include "../workers/model/blas.h"
-#include "../workers/train/adamw.h"
-#include "../workers/train/task.h"
-#include "../workers/train/train.h"
-#include "lib/toy_config.h"
+#include "tests/lib/toy_config.h"
+#include "workers/model/backward.h"
+#include "workers/model/blas.h"
+#include "workers/train/adamw.h"
+#include "workers/train/task.h"
+#include "workers/train/train.h"
 
 static void test_schedule(void **s)
 {

@@ -1,5 +1,5 @@
 /*
- * test_transitions - the transition detector level-v2 (daemon/transitions.h),
+ * test_transitions - the transition detector level-v2 (daemon/detect/transitions.h),
  * pure, and the former ramp-v1 (transitions_v1.h) against its goldens:
  *
  *  - a grokking-like rise (0.02 -> 0.98, centre step 3000, 10%-90% over 400
@@ -46,9 +46,9 @@
 
 #include <cmocka.h>
 
-#include "../daemon/transitions.h"
-#include "../daemon/transitions_v1.h"
-#include "lib/series_sim.h"
+#include "daemon/detect/transitions.h"
+#include "daemon/detect/transitions_v1.h"
+#include "tests/lib/series_sim.h"
 
 #define SEEDS 50
 #define NOISE_SERIES 500

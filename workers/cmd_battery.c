@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "battery/battery.h"
-#include "cli.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/cli.h"
 
 static const char battery_usage[] =
     "usage: ckpt-worker battery [--json]\n"

@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/circuits.h"
-#include "model/gptneox.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/model/circuits.h"
+#include "workers/model/gptneox.h"
 
 static const char init_usage[] =
     "usage: ckpt-worker init CKPT_DIR [--preset NAME] [--seed N] [--std X] [--dtype f32|f16|bf16]\n"

@@ -3,12 +3,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/checkpoint.h"
-#include "model/config.h"
-#include "model/gptneox.h"
-#include "model/safetensors.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/model/checkpoint.h"
+#include "workers/model/config.h"
+#include "workers/model/gptneox.h"
+#include "workers/model/safetensors.h"
 
 static const char inspect_usage[] =
     "usage: ckpt-worker inspect CKPT_DIR\n"

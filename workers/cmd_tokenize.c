@@ -1,5 +1,5 @@
 /* ckpt-worker tokenize / detokenize: text to token ids and back with a
- * HuggingFace tokenizer.json (model/tokenizer.h). */
+ * HuggingFace tokenizer.json (workers/text/tokenizer.h). */
 #include <errno.h>
 #include <jansson.h>
 #include <stdint.h>
@@ -9,11 +9,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/npy.h"
-#include "model/tokenizer.h"
-#include "model/tokens.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/text/tokenizer.h"
+#include "workers/text/tokens.h"
 
 static const char tokenize_usage[] =
     "usage: ckpt-worker tokenize --tokenizer FILE [--in FILE|-] [--text STRING] [--out FILE]\n"
@@ -89,55 +88,6 @@ static int read_input(const char *path, char **buf, size_t *len, struct err *e)
     return rc;
 }
 
-/* Write ids to `path` in the format of its extension, atomically. */
-static int write_ids(const char *path, const int *ids, size_t n, struct err *e)
-{
-    if (has_suffix(path, ".npy")) {
-        if (n > INT32_MAX)
-            return err_set(e, ERR_INVALID, path, "%zu ids are too many for one .npy", n);
-        int shape[1] = {(int)n};
-        return npy_write_i32(path, (const int32_t *)ids, 1, shape, e);
-    }
-    int w = has_suffix(path, ".u16") ? 2 : has_suffix(path, ".u32") ? 4 : 0;
-    if (w == 2)
-        for (size_t i = 0; i < n; i++)
-            if (ids[i] > 0xffff)
-                return err_set(e, ERR_INVALID, path,
-                               "token id %d (position %zu) does not fit in uint16: use .u32 or .npy",
-                               ids[i], i);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
-    int ok = 1;
-    if (w) {
-        unsigned char buf[4096];
-        size_t k = 0;
-        for (size_t i = 0; i < n && ok; i++) {
-            uint32_t v = (uint32_t)ids[i];
-            for (int b = 0; b < w; b++)
-                buf[k++] = (unsigned char)(v >> (8 * b));
-            if (k + 4 > sizeof buf || i + 1 == n) {
-                ok = fwrite(buf, 1, k, f) == k;
-                k = 0;
-            }
-        }
-    } else {
-        ok = fputc('[', f) != EOF;
-        for (size_t i = 0; i < n && ok; i++)
-            ok = fprintf(f, "%s%d", i ? ", " : "", ids[i]) > 0;
-        ok = ok && fputs("]\n", f) != EOF;
-    }
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-        remove(tmp);
-        return rc;
-    }
-    return 0;
-}
-
 int cmd_tokenize(int argc, char **argv)
 {
     const char *tok_path = NULL, *in = NULL, *out = NULL, *text_arg = NULL;
@@ -194,7 +144,7 @@ int cmd_tokenize(int argc, char **argv)
     log_debug("tokenized", "bytes=%zu ids=%zu seconds=%.3f ids_per_s=%.0f", len, n, s,
               s > 0 ? (double)n / s : 0.0);
     if (out) {
-        if (write_ids(out, ids, n, &e) < 0)
+        if (tokens_write_file(out, ids, n, &e) < 0)
             goto fail;
     } else {
         for (size_t i = 0; i < n; i++)

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "train/train.h"
+#include "common/log.h"
+#include "workers/cli.h"
+#include "workers/train/train.h"
 
 #define MAX_CKPTS 4096
 

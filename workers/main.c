@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
-#include "cli.h"
-#include "model/blas.h"
+#include "common/log.h"
+#include "common/version.h"
+#include "workers/cli.h"
+#include "workers/model/blas.h"
 
 static const char usage[] =
     "usage: ckpt-worker [--threads N] [--log-level LEVEL] COMMAND [ARGS]\n"
@@ -28,6 +29,11 @@ static const char usage[] =
     "                              token ids to text\n"
     "  train --task modular-addition|induction --out DIR [--steps N] ...\n"
     "                              train a toy GPT-NeoX, write its checkpoint series\n"
+    "  sae DIR [--json] [--encode FILE.npy --out OUTDIR]\n"
+    "                              read an SAE dictionary (SAELens, sparsify): what it is,\n"
+    "                              its codes and reconstructions of activations\n"
+    "  pairs check FILE | make induction|ioi|greater-than --out FILE\n"
+    "                              check a prompt-pair set, or make a shipped one\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -48,7 +54,7 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("ckpt-worker 0.1.0\n");
+            printf("ckpt-worker %s\n", CKPTD_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             threads = atoi(argv[++i]);
@@ -86,6 +92,8 @@ int main(int argc, char **argv)
         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize},
         {"train", cmd_train},
+        {"sae", cmd_sae},
+        {"pairs", cmd_pairs},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

@@ -3,7 +3,7 @@
 
 Each case is a directory with `input.json` and `expected`.  `expected` is
 either `ok` followed by lines `["text", [ids...]]` (the ids worked out by
-hand from the rules in workers/model/tokenizer.h), or one line: the
+hand from the rules in workers/text/tokenizer.h), or one line: the
 err_code_name of the load error, a TAB, and a substring of its message.
 tests/test_tokenizer.c walks the directory.
 

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../workers/battery/battery.h"
+#include "workers/battery/battery.h"
 
 struct grow {
     char metric[40];

@@ -1,9 +1,9 @@
 # tests/lib/daemon.sh - helpers for the integration tests of ckptd
 # (tests/daemon_*.sh), sourced by bash scripts run from the repository root.
 #
-# Each test gets its own temporary directory (short: the server's unix
-# socket path must stay under ~100 characters), its own throwaway PostgreSQL
-# from scripts/pg-local in it, and a trap that stops every daemon and worker
+# Each test gets its own temporary directory, its own throwaway PostgreSQL
+# from scripts/pg-local for it (CKPTD_VAR=$T: in it, or under
+# /var/tmp/ckptd-pg when run as root), and a trap that stops every daemon and worker
 # it started and destroys the database, whatever happens.
 #
 #     . tests/lib/daemon.sh
@@ -64,8 +64,7 @@ dl_init() {
             exit 1
         fi
     done
-    T=$(mktemp -d /tmp/ckd-XXXXXX) || exit 1
-    chmod 755 "$T" # the server runs as postgres when we are root
+    T=$(mktemp -d /tmp/ckd-XXXXXX) || exit 1 # mode 700: pg-local copes
     export CKPTD_VAR=$T PGLOCAL_PORT=$2 CKPTD_LOG=info
     unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGPASSWORD
     trap dl_cleanup EXIT
@@ -75,7 +74,7 @@ dl_init() {
     ln -s "$(command -v sleep)" "$T/bin/sleep"
     if ! "$ROOT/scripts/pg-local" start >"$T/pg-start.out" 2>&1; then
         echo "FAIL: pg-local start"
-        cat "$T/pg-start.out" "$T/pg.log" 2>/dev/null | tail -n 20
+        cat "$T/pg-start.out" "$("$ROOT/scripts/pg-local" where log)" 2>/dev/null | tail -n 20
         exit 1
     fi
     eval "$("$ROOT/scripts/pg-local" env)"

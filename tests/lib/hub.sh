@@ -18,7 +18,7 @@
 
 # shellcheck shell=bash
 HUB_ROOT=${HUB_ROOT:-$(pwd)}
-HUB_STATES=""
+HUB_STATES=() # state directories (paths may hold spaces)
 HUB_PROXY_PIDS=""
 
 # hub_start PREFIX SDIR ARGS...: scripts/hub-serve start --state SDIR ARGS;
@@ -32,7 +32,7 @@ hub_start() {
         sed 's/^/    | /' "$sdir.start.err" >&2
         return 1
     fi
-    HUB_STATES="$HUB_STATES $sdir"
+    HUB_STATES+=("$sdir")
     eval "$(printf '%s\n' "$out" | grep -E '^[A-Z_]+=' | sed "s/^/${prefix}_/")"
 }
 
@@ -75,9 +75,9 @@ hub_log_lines() {
 # hub_stop SDIR: stop one server started by hub_start
 hub_stop() {
     "$HUB_ROOT/scripts/hub-serve" stop --state "$1" >/dev/null 2>&1
-    local s rest=""
-    for s in $HUB_STATES; do [ "$s" = "$1" ] || rest="$rest $s"; done
-    HUB_STATES=$rest
+    local s rest=()
+    for s in "${HUB_STATES[@]}"; do [ "$s" = "$1" ] || rest+=("$s"); done
+    HUB_STATES=("${rest[@]}")
 }
 
 hub_stop_all() {
@@ -85,10 +85,10 @@ hub_stop_all() {
     for p in $HUB_PROXY_PIDS; do
         kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
-    for s in $HUB_STATES; do
+    for s in "${HUB_STATES[@]}"; do
         "$HUB_ROOT/scripts/hub-serve" stop --state "$s" >/dev/null 2>&1
     done
     HUB_PROXY_PIDS=""
-    HUB_STATES=""
+    HUB_STATES=()
     return 0
 }

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 /* A malloc'd formatted string; fails the test when out of memory. */
 static inline char *xasprintf(const char *fmt, ...) CK_PRINTF(1, 2);

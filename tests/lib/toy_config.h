@@ -9,7 +9,7 @@
 
 #include <string.h>
 
-#include "../../workers/train/train.h"
+#include "workers/train/train.h"
 
 static inline void toy_config(struct train_config *c, const char *out)
 {

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """transitions_ref.py - an independent implementation of the transition
-detector "ramp-v1" as daemon/transitions.h describes it, in plain Python
+detector "ramp-v1" as daemon/detect/transitions.h describes it, in plain Python
 (numpy only draws the series), and the golden cases it answers:
 tests/golden/transitions/cases.json.
 

@@ -1,11 +1,11 @@
 #!/usr/bin/python3
 """transitions_v2_ref.py - an independent implementation of the transition
-detector "level-v2" as daemon/transitions.h describes it (METHOD, steps 1
+detector "level-v2" as daemon/detect/transitions.h describes it (METHOD, steps 1
 to 7, and CALIBRATION), in plain Python (numpy only draws the series), and
 the golden cases it answers: tests/golden/transitions/cases_v2.json.
 
 The null table is data, not method: it is read from
-daemon/transitions_null.inc, as the C detector compiles it in.
+daemon/detect/transitions_null.inc, as the C detector compiles it in.
 
 tests/test_transitions.c runs the C detector on the same series and wants
 the same events: kind, start, peak and end steps exactly; magnitude,

@@ -50,9 +50,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/log.h"
-#include "../model/kernels.h"
-#include "battery.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/model/kernels.h"
 
 #define ABLATION_LOGIT_ROWS 256 /* scored rows unembedded at once */
 

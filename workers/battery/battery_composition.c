@@ -70,8 +70,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "battery.h"
-#include "rng.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/rng.h"
 
 #define COMPOSITION_SEED 0x636f6d706f736521ull /* "compose!" */
 

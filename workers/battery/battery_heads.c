@@ -35,8 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/kernels.h"
-#include "battery.h"
+#include "workers/battery/battery.h"
+#include "workers/model/kernels.h"
 
 static const char head_layer[] = "layer of the head";
 static const char head_head[] = "head index within the layer";

@@ -39,8 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/kernels.h"
-#include "battery.h"
+#include "workers/battery/battery.h"
+#include "workers/model/kernels.h"
 
 #define LENS_LAYER_MEANING \
     "layer l: the residual stream after block l (blocks.l.hook_resid_post); -1: the " \

@@ -38,13 +38,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/log.h"
-#include "../model/backward.h"
-#include "../model/blas.h"
-#include "../model/tensor.h"
-#include "../train/task.h"
-#include "battery.h"
-#include "sgld.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/sgld.h"
+#include "workers/model/backward.h"
+#include "workers/model/blas.h"
+#include "workers/model/tensor.h"
+#include "workers/train/task.h"
 
 static const struct metric_def llc_metrics[] = {
     {"llc", "dimensionless", "local learning coefficient at the checkpoint's weights by SGLD "

@@ -34,7 +34,7 @@
  * the same numbers as in version 1. */
 #include <stdlib.h>
 
-#include "battery.h"
+#include "workers/battery/battery.h"
 
 static const struct metric_def loss_metrics[] = {
     {"loss", "nats",

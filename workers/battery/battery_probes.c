@@ -39,10 +39,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/log.h"
-#include "battery.h"
-#include "probe_fit.h"
-#include "rng.h"
+#include "common/log.h"
+#include "workers/battery/battery.h"
+#include "workers/battery/probe_fit.h"
+#include "workers/battery/rng.h"
 
 #define PROBES_SAMPLE_SEED 0x70726f6265730000ull
 #define PROBES_SHUFFLE_SEED 0x73687566666c6500ull

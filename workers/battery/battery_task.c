@@ -54,10 +54,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/backward.h"
-#include "../model/kernels.h"
-#include "../train/task.h"
-#include "battery.h"
+#include "workers/battery/battery.h"
+#include "workers/model/backward.h"
+#include "workers/model/kernels.h"
+#include "workers/train/task.h"
 
 #define GRID_CHUNK 2048 /* sequences per forward over the p^2 grid */
 

@@ -40,7 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "battery.h"
+#include "workers/battery/battery.h"
 
 /* LAPACK as OpenBLAS exports it (Fortran calling convention: everything
  * by reference, column-major, the lengths of character arguments last). */

@@ -7,14 +7,14 @@
  * iteration 1/|g|_2 when the gradient is longer than 1).  A pair (s, y) is
  * kept only when s.y > 1e-10 |s| |y|, so the implicit Hessian stays
  * positive definite. */
-#include "probe_fit.h"
+#include "workers/battery/probe_fit.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rng.h"
+#include "workers/battery/rng.h"
 
 /* LAPACK (exported by libopenblas); the trailing length is gfortran's hidden
  * CHARACTER length argument. */

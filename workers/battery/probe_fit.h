@@ -42,7 +42,7 @@
 
 #include <stdint.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 #define PROBE_LOGREG_LAMBDA 1e-3 /* L2 strength of the softmax probe */
 #define PROBE_RIDGE_LAMBDA 1e-3  /* L2 strength of the ridge probe */

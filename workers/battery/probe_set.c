@@ -1,5 +1,5 @@
 /* User probe datasets: the JSON format and its validation (probe_set.h). */
-#include "probe_set.h"
+#include "workers/battery/probe_set.h"
 
 #include <errno.h>
 #include <inttypes.h>

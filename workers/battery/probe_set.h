@@ -36,8 +36,8 @@
 #ifndef CKPTD_BATTERY_PROBE_SET_H
 #define CKPTD_BATTERY_PROBE_SET_H
 
-#include "../../common/err.h"
-#include "../model/config.h"
+#include "common/err.h"
+#include "workers/model/config.h"
 
 #define PROBE_SET_HOLDOUT_EVERY 5 /* sequence i is held out when i % 5 == 4 */
 #define PROBE_SET_MIN_PER_CLASS 4

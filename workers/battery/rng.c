@@ -1,4 +1,4 @@
-#include "rng.h"
+#include "workers/battery/rng.h"
 
 uint64_t rng_next(uint64_t *state)
 {

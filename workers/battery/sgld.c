@@ -1,14 +1,14 @@
 /* SGLD estimate of the local learning coefficient; the definitions, the
  * random streams and the exact update are in sgld.h. */
-#include "sgld.h"
+#include "workers/battery/sgld.h"
 
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../common/log.h"
-#include "rng.h"
+#include "common/log.h"
+#include "workers/battery/rng.h"
 
 #define SGLD_MAX_THREADS 64
 

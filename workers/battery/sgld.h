@@ -83,7 +83,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 #define SGLD_SALT 0x53474c44534c4c43ull       /* "SGLDSLLC" */
 #define SGLD_BATCH_SALT 0x4d494e4942415443ull /* "MINIBATC" */

@@ -1,12 +1,12 @@
 /*
  * checkpoint.c - pick a checkpoint directory's format and open it.
  */
-#include "checkpoint.h"
+#include "workers/model/checkpoint.h"
 
 #include <stdio.h>
 #include <sys/stat.h>
 
-#include "torchzip.h"
+#include "workers/model/torchzip.h"
 
 static int present(const char *dir, const char *name)
 {

@@ -16,8 +16,8 @@
 #ifndef CKPTD_CHECKPOINT_H
 #define CKPTD_CHECKPOINT_H
 
-#include "../../common/err.h"
-#include "safetensors.h"
+#include "common/err.h"
+#include "workers/model/safetensors.h"
 
 /* Which format checkpoint_open reads in a directory. */
 enum checkpoint_format {

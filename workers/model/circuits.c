@@ -15,7 +15,7 @@
  *
  * Query_key_value rows are (head, q/k/v, head dim); attention.dense is
  * (out, in) with in = head * HS + head dim (gptneox.h). */
-#include "circuits.h"
+#include "workers/model/circuits.h"
 
 #include <math.h>
 #include <string.h>

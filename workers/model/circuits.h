@@ -43,8 +43,8 @@
 #ifndef CKPTD_CIRCUITS_H
 #define CKPTD_CIRCUITS_H
 
-#include "../../common/err.h"
-#include "gptneox.h"
+#include "common/err.h"
+#include "workers/model/gptneox.h"
 
 /* Build the model called `name` ("prev-token-circuit", "induction-circuit")
  * into *out (writable; the caller frees it with gptneox_free).  ERR_NOTFOUND

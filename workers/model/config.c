@@ -1,4 +1,4 @@
-#include "config.h"
+#include "workers/model/config.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -18,7 +18,7 @@
 
 #include <stddef.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 enum gptneox_act {
     ACT_GELU,       /* exact erf GELU ("gelu") */

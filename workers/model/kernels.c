@@ -1,26 +1,11 @@
-#include "kernels.h"
+#include "workers/model/kernels.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-/* The element-wise loops are compiled for several instruction sets and the
- * best one the CPU has is chosen when the program loads (GCC function
- * multi-versioning): AVX-512 and AVX2 make them 4-10x faster than the
- * x86-64 baseline, and the binary still runs everywhere. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
-/* (a build already targeting AVX-512, e.g. -march=native, needs no clones,
- * and clones for lesser targets could not inline the helpers below) */
-#define KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define KERNEL_CLONES
-#endif
-
-/* Query rows per block in causal attention: scores for a block are computed
- * against keys [0, block end) only, halving the work at long contexts while
- * keeping every sgemm large. */
-#define ATT_BLOCK 128
+#include "workers/model/vmath.h"
 
 void matmul_forward(float *out, const float *inp, const float *w, const float *b, int N,
                     int K, int M)
@@ -35,8 +20,9 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
                 beta, out, M);
 }
 
-KERNEL_CLONES void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
-                       int N, int C, float eps)
+KERNEL_CLONES void layernorm_forward_stats(float *out, float *mean, float *rstd,
+                                           const float *inp, const float *w, const float *b,
+                                           int N, int C, float eps)
 {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -44,66 +30,69 @@ KERNEL_CLONES void layernorm_forward(float *out, const float *inp, const float *
         double s = 0.0;
         for (int i = 0; i < C; i++)
             s += x[i];
-        float mean = (float)(s / C);
+        float mu = (float)(s / C);
         double v = 0.0;
         for (int i = 0; i < C; i++) {
-            float d = x[i] - mean;
+            float d = x[i] - mu;
             v += (double)d * d;
         }
-        float rstd = (float)(1.0 / sqrt(v / C + eps));
+        float rs = (float)(1.0 / sqrt(v / C + eps));
+        if (mean)
+            mean[n] = mu;
+        if (rstd)
+            rstd[n] = rs;
         for (int i = 0; i < C; i++)
-            o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            o[i] = (x[i] - mu) * rs * w[i] + b[i];
     }
 }
 
-/* exp(x) in float: x = k ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
- * Taylor polynomial (relative error < 1e-8 before rounding), 2^k by building
- * the exponent bits.  Branch-free so loops over it vectorise.  Inputs below
- * -87.3 give ~1e-38 rather than 0, harmless in softmax sums. */
-static inline float exp_approx(float x)
+KERNEL_CLONES void layernorm_scale(float *mean, float *scale, float *rstd, const float *inp,
+                                   int N, int C, float eps)
 {
-    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: rounds to integer */
-    float kf = x * 1.44269504088896341f + shifter;
-    int32_t ki;
-    memcpy(&ki, &kf, sizeof ki);
-    ki -= 0x4b400000;
-    kf -= shifter;
-    float r = x - kf * 0.693145751953125f; /* ln2 split in two for accuracy */
-    r = r - kf * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = (ki + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double s = 0.0;
+        for (int i = 0; i < C; i++)
+            s += x[i];
+        float mu = (float)(s / C);
+        double v = 0.0;
+        for (int i = 0; i < C; i++) {
+            float d = x[i] - mu;
+            v += (double)d * d;
+        }
+        double sd = sqrt(v / C + eps);
+        mean[n] = mu;
+        scale[n] = (float)sd;
+        if (rstd)
+            rstd[n] = (float)(1.0 / sd);
+    }
 }
 
-/* erf(x) from the Chebyshev-fitted erfc of Numerical Recipes (fractional
- * error < 1.2e-7): erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2). */
-static inline float erf_approx(float x)
+KERNEL_CLONES void layernorm_normalize(float *out, const float *inp, const float *mean,
+                                       const float *scale, int N, int C)
 {
-    float z = fabsf(x);
-    float t = 1.0f / (1.0f + 0.5f * z);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    float erfc = t * exp_approx(-z * z + p);
-    float r = 1.0f - erfc;
-    return x < 0.0f ? -r : r;
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        const float mu = mean[n], sc = scale[n];
+        for (int i = 0; i < C; i++)
+            o[i] = (x[i] - mu) / sc;
+    }
+}
+
+KERNEL_CLONES void layernorm_affine(float *x, const float *w, const float *b, int N, int C)
+{
+    for (int n = 0; n < N; n++) {
+        float *o = x + (size_t)n * C;
+        for (int i = 0; i < C; i++)
+            o[i] = o[i] * w[i] + b[i];
+    }
+}
+
+void layernorm_forward(float *out, const float *inp, const float *w, const float *b, int N,
+                       int C, float eps)
+{
+    layernorm_forward_stats(out, NULL, NULL, inp, w, b, N, C, eps);
 }
 
 KERNEL_CLONES void vexp(float *out, const float *inp, size_t n)
@@ -151,39 +140,6 @@ KERNEL_CLONES static double sum_exp_shifted(const float *x, int n, float shift)
     for (int j = 0; j < 8; j++)
         s += acc[j];
     return s;
-}
-
-/* Reductions keep 16 partial results so the loops vectorise without
- * reassociation flags (the order of a float sum is fixed by the code). */
-static inline float max_row(const float *x, int n)
-{
-    float acc[16];
-    for (int j = 0; j < 16; j++)
-        acc[j] = -INFINITY;
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++)
-            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
-    float mx = -INFINITY;
-    for (; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    for (int j = 0; j < 16; j++)
-        mx = acc[j] > mx ? acc[j] : mx;
-    return mx;
-}
-
-/* x[i] = exp(x[i] - mx) over the whole blocks of 16, summed into acc[16];
- * returns where the blocks end (the caller finishes the row). */
-static inline __attribute__((always_inline)) int exp_blocks16(float *x, int n, float mx,
-                                                              float acc[16])
-{
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) {
-            x[i + j] = exp_approx(x[i + j] - mx);
-            acc[j] += x[i + j];
-        }
-    return i;
 }
 
 KERNEL_CLONES void softmax_row(float *x, int n)
@@ -273,46 +229,6 @@ void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, i
                      int HS, int rd)
 {
     rotary_apply(dqkv, cosv, sinv, B, T, NH, HS, rd, -1.0f);
-}
-
-void attention_pattern(float *pattern, const float *qkv, int B, int T, int NH, int HS)
-{
-    const int ld = 3 * NH * HS;
-    const float scale = 1.0f / sqrtf((float)HS);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
-            const float *k = q + HS;
-            float *p = pattern + ((size_t)b * NH + h) * T * T;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, HS, scale,
-                            q + (size_t)r0 * ld, ld, k, ld, 0.0f, p + (size_t)r0 * T, T);
-                for (int i = r0; i < r1; i++) {
-                    float *row = p + (size_t)i * T;
-                    softmax_row(row, i + 1);
-                    memset(row + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
-                }
-            }
-        }
-}
-
-void attention_z(float *z, const float *pattern, const float *qkv, int B, int T, int NH,
-                 int HS)
-{
-    const int ld = 3 * NH * HS;
-    const int C = NH * HS;
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *v = qkv + (size_t)b * T * ld + (size_t)h * 3 * HS + 2 * HS;
-            const float *p = pattern + ((size_t)b * NH + h) * T * T;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, HS, r1, 1.0f,
-                            p + (size_t)r0 * T, T, v, ld, 0.0f,
-                            z + ((size_t)b * T + r0) * C + (size_t)h * HS, C);
-            }
-        }
 }
 
 double crossentropy_forward(float *losses, const float *logits, const int *targets, int N,

@@ -23,6 +23,21 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
                        int N, int C, float eps);
 
+/* layernorm_forward that also stores each row's mean (N) and 1/sqrt(var + eps)
+ * (N) when those are not NULL; the same arithmetic, so the same output. */
+void layernorm_forward_stats(float *out, float *mean, float *rstd, const float *inp,
+                             const float *w, const float *b, int N, int C, float eps);
+
+/* The steps of a LayerNorm whose hook points are hooked (TransformerLens's
+ * order): mean (N), scale (N) = sqrt(biased var + eps) and rstd (N) =
+ * 1/scale (may be NULL) of inp (N,C); out (N,C) = (inp - mean) / scale;
+ * x (N,C) <- x * w (C) + b (C) in place.  Statistics as layernorm_forward's. */
+void layernorm_scale(float *mean, float *scale, float *rstd, const float *inp, int N, int C,
+                     float eps);
+void layernorm_normalize(float *out, const float *inp, const float *mean, const float *scale,
+                         int N, int C);
+void layernorm_affine(float *x, const float *w, const float *b, int N, int C);
+
 /* x (n) <- 0.5 x (1 + erf(x / sqrt 2)), in place (exact-erf GELU). */
 void gelu_forward(float *x, size_t n);
 /* x (n) <- tanh-approximated GELU ("gelu_new"), in place. */
@@ -55,17 +70,6 @@ void rotary_backward(float *dqkv, const float *cosv, const float *sinv, int B, i
 /* Fill cos/sin tables (T, rd/2) for base `base`: angle(t,i) = t * base^(-2i/rd),
  * computed as float32 like PyTorch's inv_freq so results match. */
 void rotary_tables(float *cosv, float *sinv, int T, int rd, double base);
-
-/* Causal multi-head attention.
- * pattern (B,NH,T,T) receives softmax(q k^T / sqrt(HS)) with zeros above the
- * diagonal; qkv (B,T,NH,3,HS) after rotary.  Scores are computed in blocks
- * of query rows against only the keys they may see. */
-void attention_pattern(float *pattern, const float *qkv, int B, int T, int NH, int HS);
-
-/* z (B,T,NH,HS) = pattern (B,NH,T,T) @ v, v taken from qkv (B,T,NH,3,HS).
- * Uses only the causal part of pattern. */
-void attention_z(float *z, const float *pattern, const float *qkv, int B, int T,
-                 int NH, int HS);
 
 /* Cross-entropy per row: losses (N) = -log softmax(logits (N,V))[target (N)].
  * Rows with target < 0 get 0. Returns the mean over rows with target >= 0. */

@@ -1,4 +1,4 @@
-#include "npy.h"
+#include "workers/model/npy.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 #define NPY_MAX_DIMS 8
 

@@ -7,7 +7,7 @@
  * out.  The parsed JSON is kept: tensor names and metadata strings are
  * borrowed from it, so they live exactly as long as the st_file.
  */
-#include "safetensors.h"
+#include "workers/model/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../common/err.h"
+#include "common/err.h"
 
 /* Bound on the JSON header, as the format's reference implementation. */
 #define ST_MAX_HEADER (100u * 1024u * 1024u)

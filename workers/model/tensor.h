@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "safetensors.h"
+#include "workers/model/safetensors.h"
 
 /* out (n) F32, src (n) of dtype F32/F16/BF16. Returns 0, or ERR_UNSUPPORTED
  * for any other dtype (out untouched). */

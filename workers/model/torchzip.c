@@ -12,7 +12,7 @@
  * the result (tensor names point into it); the arena, the mapping and any
  * record read into memory are released together by st_free.
  */
-#include "torchzip.h"
+#include "workers/model/torchzip.h"
 
 #include <errno.h>
 #include <limits.h>

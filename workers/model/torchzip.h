@@ -42,8 +42,8 @@
 #ifndef CKPTD_TORCHZIP_H
 #define CKPTD_TORCHZIP_H
 
-#include "../../common/err.h"
-#include "safetensors.h"
+#include "common/err.h"
+#include "workers/model/safetensors.h"
 
 #define TZ_SINGLE_NAME "pytorch_model.bin"
 #define TZ_INDEX_NAME "pytorch_model.bin.index.json"

@@ -1,4 +1,4 @@
-#include "task.h"
+#include "workers/train/task.h"
 
 #include <errno.h>
 #include <math.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/kernels.h"
+#include "workers/model/kernels.h"
 
 #define EVAL_CHUNK 2048  /* sequences per evaluation forward */
 #define INDUCTION_EVAL 256

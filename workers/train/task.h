@@ -35,8 +35,8 @@
 
 #include <jansson.h>
 
-#include "../../common/err.h"
-#include "../model/gptneox.h"
+#include "common/err.h"
+#include "workers/model/gptneox.h"
 
 enum task_kind {
     TASK_MODADD,     /* "modular-addition" */

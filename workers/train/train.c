@@ -1,4 +1,4 @@
-#include "train.h"
+#include "workers/train/train.h"
 
 #include <errno.h>
 #include <math.h>
@@ -6,9 +6,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "../../common/path.h"
-#include "../model/backward.h"
-#include "adamw.h"
+#include "common/path.h"
+#include "workers/model/backward.h"
+#include "workers/train/adamw.h"
 
 static long nice_every(long steps)
 {

@@ -25,8 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "../../common/err.h"
-#include "task.h"
+#include "common/err.h"
+#include "workers/train/task.h"
 
 struct train_config {
     struct task_config task;

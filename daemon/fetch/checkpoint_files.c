@@ -1,0 +1,119 @@
+#include "daemon/fetch/checkpoint_files.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/sha256.h"
+#include "daemon/base/db.h"
+#include "daemon/fetch/hub.h"
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct hub_files *files,
+                            long long *dup_step, struct err *e)
+{
+    const char **names = NULL, **shas = NULL;
+    char *names_arr = NULL, *shas_arr = NULL, *sizes_arr = NULL, *wlist = NULL;
+    long long *sizes = NULL, total = 0;
+    int rc = 0, nw = 0;
+    *dup_step = -1;
+    int n = files->n;
+    names = calloc((size_t)n + 1, sizeof *names);
+    shas = calloc((size_t)n + 1, sizeof *shas);
+    sizes = calloc((size_t)n + 1, sizeof *sizes);
+    sizes_arr = malloc((size_t)n * 24 + 16);
+    wlist = malloc((size_t)n * 66 + 1);
+    if (!names || !shas || !sizes || !sizes_arr || !wlist) {
+        rc = err_set(e, ERR_NOMEM, "checkpoint files", "out of memory");
+        goto out;
+    }
+    const char **wsha = calloc((size_t)n + 1, sizeof *wsha);
+    if (!wsha) {
+        rc = err_set(e, ERR_NOMEM, "checkpoint files", "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        names[i] = files->f[i].name;
+        shas[i] = files->f[i].sha256;
+        sizes[i] = files->f[i].size;
+        total += files->f[i].size;
+        if (hub_is_weights(files->f[i].name))
+            wsha[nw++] = files->f[i].sha256;
+    }
+    qsort(wsha, (size_t)nw, sizeof *wsha, cmp_str);
+    size_t o = 0;
+    for (int i = 0; i < nw; i++)
+        o += (size_t)sprintf(wlist + o, "%s%s", i ? "," : "", wsha[i]);
+    wlist[o] = '\0';
+    free(wsha);
+    char wsha256[SHA256_HEX] = "";
+    if (nw == 1)
+        snprintf(wsha256, sizeof wsha256, "%s", wlist);
+    else if (nw > 1) {
+        struct sha256 h;
+        if ((rc = sha256_init(&h, e)) < 0)
+            goto out;
+        sha256_update(&h, wlist, o);
+        sha256_final(&h, wsha256);
+    }
+    db_int_array(sizes_arr, (size_t)n * 24 + 16, sizes, n);
+    names_arr = db_text_array(names, n);
+    shas_arr = db_text_array(shas, n);
+    if (!names_arr || !shas_arr) {
+        rc = err_set(e, ERR_NOMEM, "checkpoint files", "out of memory");
+        goto out;
+    }
+    char id[32], tot[32];
+    snprintf(id, sizeof id, "%lld", checkpoint_id);
+    snprintf(tot, sizeof tot, "%lld", total);
+    const char *p1[1] = {id};
+    const char *p2[4] = {id, names_arr, sizes_arr, shas_arr};
+    const char *p3[3] = {id, tot, wsha256};
+    PGresult *r;
+    if ((rc = db_run(db, "BEGIN", 0, NULL, e)) < 0)
+        goto out;
+    /* one run at a time: two nodes recording equal weights see each other */
+    if ((rc = db_run(db, "SELECT pg_advisory_xact_lock(8315, run_id::int) FROM checkpoints WHERE id = $1",
+                     1, p1, e)) < 0 ||
+        (rc = db_run(db, "DELETE FROM checkpoint_files WHERE checkpoint_id = $1", 1, p1, e)) < 0 ||
+        (rc = db_run(db,
+            "INSERT INTO checkpoint_files (checkpoint_id, name, size, sha256)"
+            " SELECT $1, x.name, x.size, x.sha FROM unnest($2::text[], $3::bigint[], $4::text[]) AS x(name, size, sha)",
+            4, p2, e)) < 0 ||
+        (rc = db_run(db, "UPDATE checkpoints SET size = $2, sha256 = nullif($3, '') WHERE id = $1", 3, p3, e)) < 0 ||
+        (rc = db_run(db,
+            "WITH w AS (SELECT weights FROM checkpoint_weights WHERE checkpoint_id = $1),"
+            " same AS (SELECT c.id, c.step FROM checkpoints c JOIN checkpoint_weights cw ON cw.checkpoint_id = c.id"
+            "   JOIN w ON cw.weights = w.weights"
+            "   WHERE c.run_id = (SELECT run_id FROM checkpoints WHERE id = $1)),"
+            " canon AS (SELECT id FROM same ORDER BY step LIMIT 1)"
+            " UPDATE checkpoints c SET duplicate_of = CASE WHEN c.id = canon.id THEN NULL ELSE canon.id END"
+            " FROM canon WHERE c.id IN (SELECT id FROM same)"
+            "   AND c.duplicate_of IS DISTINCT FROM CASE WHEN c.id = canon.id THEN NULL ELSE canon.id END",
+            1, p1, e)) < 0)
+        goto rollback;
+    r = db_exec(db, "SELECT o.step FROM checkpoints c JOIN checkpoints o ON o.id = c.duplicate_of WHERE c.id = $1",
+                1, p1, e);
+    if (!r) {
+        rc = ERR_DB;
+        goto rollback;
+    }
+    if (PQntuples(r) == 1)
+        *dup_step = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if ((rc = db_run(db, "COMMIT", 0, NULL, e)) < 0)
+        goto rollback;
+    goto out;
+rollback:
+    db_rollback(db);
+out:
+    free(names);
+    free(shas);
+    free(sizes);
+    free(sizes_arr);
+    free(wlist);
+    free(names_arr);
+    free(shas_arr);
+    return rc;
+}

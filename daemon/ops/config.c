@@ -1,0 +1,218 @@
+#include "daemon/ops/config.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "daemon/fetch/fetch.h"
+#include "daemon/fetch/hub.h"
+#include "daemon/ops/metrics.h"
+
+void daemon_config_defaults(struct daemon_config *c)
+{
+    memset(c, 0, sizeof *c);
+    char host[64] = "node";
+    gethostname(host, sizeof host - 1);
+    snprintf(c->node, sizeof c->node, "%s:%d", host, (int)getpid());
+    c->workers = 1;
+    c->worker_timeout_s = 3600;
+    snprintf(c->spool_dir, sizeof c->spool_dir, "./var/spool");
+    c->lease_s = 60;
+    c->heartbeat_s = 10;
+    c->poll_s = 5;
+    c->backoff_base_s = 5;
+    c->backoff_max_s = 600;
+    c->shutdown_grace_s = 30;
+    snprintf(c->cache_dir, sizeof c->cache_dir, "./var/cache");
+    snprintf(c->artifact_dir, sizeof c->artifact_dir, "./var/artifacts");
+    c->prefetch = 1;
+    c->fetch_parallel = 4;
+    c->fetch_low_speed_bytes = 1024;
+    c->fetch_low_speed_s = 30;
+    c->fetch_connect_timeout_s = 15;
+    c->fetch_retries = 5;
+    c->fetch_backoff_base_s = 1;
+    c->fetch_backoff_max_s = 60;
+    c->healthz_max_age_s = 30;
+    c->db_statement_timeout_s = 600;
+    c->db_idle_in_transaction_timeout_s = 120;
+}
+
+void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o)
+{
+    fetch_opts_defaults(o);
+    o->parallel = c->fetch_parallel;
+    o->low_speed_bytes = c->fetch_low_speed_bytes;
+    o->low_speed_s = c->fetch_low_speed_s;
+    o->connect_timeout_s = (long)(c->fetch_connect_timeout_s + 0.5);
+    o->retries = c->fetch_retries;
+    o->backoff_base_s = c->fetch_backoff_base_s;
+    o->backoff_max_s = c->fetch_backoff_max_s;
+    const char *tok = getenv("HF_TOKEN");
+    const char *ep = getenv("HF_ENDPOINT");
+    if (!ep || !*ep)
+        ep = HUB_DEFAULT_ENDPOINT;
+    if (tok && *tok && strlen(tok) < sizeof o->token &&
+        hub_url_origin(ep, o->token_origin, sizeof o->token_origin, NULL) == 0)
+        snprintf(o->token, sizeof o->token, "%s", tok);
+    const char *ca = c->ca_file[0] ? c->ca_file : getenv("CKPTD_CA_BUNDLE");
+    if (ca && *ca)
+        snprintf(o->ca_file, sizeof o->ca_file, "%s", ca);
+}
+
+int daemon_offline(void)
+{
+    const char *v = getenv("HF_HUB_OFFLINE");
+    return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0 ||
+                 strcasecmp(v, "on") == 0);
+}
+
+int daemon_config_check(const struct daemon_config *c, struct err *e)
+{
+    if (c->workers < 1 || c->workers > 1024)
+        return err_set(e, ERR_INVALID, "config", "workers must be between 1 and 1024");
+    if (!(c->lease_s >= 1) || !(c->heartbeat_s > 0) || c->heartbeat_s * 2 > c->lease_s)
+        return err_set(e, ERR_INVALID, "config",
+                       "need lease_s >= 1 and heartbeat_s <= lease_s / 2 (lease %g, heartbeat %g)",
+                       c->lease_s, c->heartbeat_s);
+    if (!(c->poll_s > 0) || !(c->worker_timeout_s > 0) || !(c->backoff_base_s >= 0) ||
+        c->backoff_max_s < c->backoff_base_s || c->shutdown_grace_s < 0)
+        return err_set(e, ERR_INVALID, "config", "timing settings must be positive");
+    if (!(c->db_statement_timeout_s >= 0) || !(c->db_idle_in_transaction_timeout_s >= 0) ||
+        c->db_statement_timeout_s > 86400 || c->db_idle_in_transaction_timeout_s > 86400)
+        return err_set(e, ERR_INVALID, "config",
+                       "db_statement_timeout_s and db_idle_in_transaction_timeout_s must be "
+                       "from 0 (none) to 86400");
+    if (c->worker_threads < 0 || c->worker_memory_mb < 0 || c->worker_cpu_s < 0)
+        return err_set(e, ERR_INVALID, "config", "worker limits must not be negative");
+    if (c->cache_budget_gb < 0 || c->prefetch < 0 || c->prefetch > 1 || c->fetch_parallel < 1 ||
+        c->fetch_parallel > 256 || c->fetch_low_speed_bytes < 0 || c->fetch_low_speed_s < 0 ||
+        !(c->fetch_connect_timeout_s > 0) || c->fetch_retries < 0 || c->fetch_retries > 100 ||
+        !(c->fetch_backoff_base_s >= 0) || c->fetch_backoff_max_s < c->fetch_backoff_base_s)
+        return err_set(e, ERR_INVALID, "config",
+                       "fetch settings out of range (cache_budget_gb >= 0, prefetch 0 or 1, fetch_parallel"
+                       " 1..256, fetch_retries 0..100, fetch_backoff_max_s >= fetch_backoff_base_s)");
+    if (c->ca_file[0] && access(c->ca_file, R_OK) != 0)
+        return err_set(e, ERR_INVALID, "config", "ca_file %s cannot be read", c->ca_file);
+    if (!c->cache_dir[0])
+        return err_set(e, ERR_INVALID, "config", "cache_dir must not be empty");
+    if (!c->artifact_dir[0])
+        return err_set(e, ERR_INVALID, "config", "artifact_dir must not be empty");
+    if (!c->node[0])
+        return err_set(e, ERR_INVALID, "config", "node name must not be empty");
+    if (!(c->healthz_max_age_s > c->heartbeat_s))
+        return err_set(e, ERR_INVALID, "config",
+                       "healthz_max_age_s must be more than heartbeat_s (%g, heartbeat %g): the node proves"
+                       " the database once per heartbeat", c->healthz_max_age_s, c->heartbeat_s);
+    if (c->metrics_listen[0] && metrics_parse_listen(c->metrics_listen, c->metrics_allow_remote, NULL, NULL, e) < 0)
+        return e ? e->code : ERR_INVALID;
+    return 0;
+}
+
+int daemon_config_load(struct daemon_config *out, const char *path, struct err *e)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return err_set(e, ERR_FORMAT, path, "cannot read config: %s (line %d)", je.text, je.line);
+    struct daemon_config c = *out;
+    int rc = 0;
+    const char *key;
+    json_t *v;
+    if (!json_is_object(root)) {
+        rc = err_set(e, ERR_FORMAT, path, "config must be a JSON object");
+        goto out;
+    }
+    json_object_foreach(root, key, v) {
+        struct {
+            const char *name;
+            char *s;
+            size_t n;
+        } strs[] = {{"database", c.database, sizeof c.database},
+                    {"node", c.node, sizeof c.node},
+                    {"worker_path", c.worker_path, sizeof c.worker_path},
+                    {"spool_dir", c.spool_dir, sizeof c.spool_dir},
+                    {"cache_dir", c.cache_dir, sizeof c.cache_dir},
+                    {"ca_file", c.ca_file, sizeof c.ca_file},
+                    {"metrics_listen", c.metrics_listen, sizeof c.metrics_listen},
+                    {"artifact_dir", c.artifact_dir, sizeof c.artifact_dir}};
+        struct {
+            const char *name;
+            double *d;
+        } nums[] = {{"worker_timeout_s", &c.worker_timeout_s}, {"lease_s", &c.lease_s},
+                    {"heartbeat_s", &c.heartbeat_s},           {"poll_s", &c.poll_s},
+                    {"backoff_base_s", &c.backoff_base_s},     {"backoff_max_s", &c.backoff_max_s},
+                    {"shutdown_grace_s", &c.shutdown_grace_s},
+                    {"cache_budget_gb", &c.cache_budget_gb},
+                    {"fetch_connect_timeout_s", &c.fetch_connect_timeout_s},
+                    {"fetch_backoff_base_s", &c.fetch_backoff_base_s},
+                    {"fetch_backoff_max_s", &c.fetch_backoff_max_s},
+                    {"healthz_max_age_s", &c.healthz_max_age_s},
+                    {"db_statement_timeout_s", &c.db_statement_timeout_s},
+                    {"db_idle_in_transaction_timeout_s", &c.db_idle_in_transaction_timeout_s}};
+        int found = 0;
+        for (size_t i = 0; i < sizeof strs / sizeof *strs && !found; i++)
+            if (strcmp(key, strs[i].name) == 0) {
+                if (!json_is_string(v) || strlen(json_string_value(v)) >= strs[i].n) {
+                    rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be a string", key);
+                    goto out;
+                }
+                snprintf(strs[i].s, strs[i].n, "%s", json_string_value(v));
+                found = 1;
+            }
+        for (size_t i = 0; i < sizeof nums / sizeof *nums && !found; i++)
+            if (strcmp(key, nums[i].name) == 0) {
+                if (!json_is_number(v)) {
+                    rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be a number", key);
+                    goto out;
+                }
+                *nums[i].d = json_number_value(v);
+                found = 1;
+            }
+        if (!found && strcmp(key, "metrics_allow_remote") == 0) {
+            if (!json_is_boolean(v)) {
+                rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be true or false", key);
+                goto out;
+            }
+            c.metrics_allow_remote = json_is_true(v);
+            found = 1;
+        }
+        if (!found) {
+            long *lp = strcmp(key, "worker_memory_mb") == 0        ? &c.worker_memory_mb
+                       : strcmp(key, "worker_cpu_s") == 0          ? &c.worker_cpu_s
+                       : strcmp(key, "fetch_low_speed_bytes") == 0 ? &c.fetch_low_speed_bytes
+                       : strcmp(key, "fetch_low_speed_s") == 0     ? &c.fetch_low_speed_s
+                                                                   : NULL;
+            int *ip = strcmp(key, "workers") == 0          ? &c.workers
+                      : strcmp(key, "worker_threads") == 0 ? &c.worker_threads
+                      : strcmp(key, "prefetch") == 0       ? &c.prefetch
+                      : strcmp(key, "fetch_parallel") == 0 ? &c.fetch_parallel
+                      : strcmp(key, "fetch_retries") == 0  ? &c.fetch_retries
+                                                           : NULL;
+            if (!lp && !ip) {
+                rc = err_set(e, ERR_FORMAT, path, "unknown setting \"%s\"", key);
+                goto out;
+            }
+            if (!json_is_integer(v)) {
+                rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be an integer", key);
+                goto out;
+            }
+            if (lp)
+                *lp = (long)json_integer_value(v);
+            else
+                *ip = (int)json_integer_value(v);
+        }
+    }
+    if ((rc = daemon_config_check(&c, e)) < 0) {
+        if (e)
+            snprintf(e->ctx, sizeof e->ctx, "%s", path);
+        goto out;
+    }
+    *out = c;
+out:
+    json_decref(root);
+    return rc;
+}
