@@ -154,12 +154,16 @@ no_spike_peaks(g, grok, "grok")
 ind = json.load(open(f"{T}/ind.json"))
 i = run("induction", "induction")
 _, ti = check(i, ind, "icl_loss", "induction")
+# some layer-1 head's induction score rises with the in-context loss's fall
+# (which head forms first, and whether another rises earlier, varies)
 h = [t for t in ind if t["metric"] == "induction_score" and t["layer"] == 1 and t["kind"] == "transition"
      and t["magnitude"] > 0]
-h = max(h, key=lambda t: t["score"]) if h else None
-say(ti is not None and h is not None and h["start_step"] <= ti["end_step"] and ti["start_step"] <= h["end_step"],
-    f"induction: layer-1 head {h and h['head']} induction score rises at {h and h['peak_step']} "
-    f"(window {h and h['start_step']}-{h and h['end_step']}), overlapping icl_loss's")
+hov = [t for t in h if ti is not None and t["start_step"] <= ti["end_step"] and ti["start_step"] <= t["end_step"]]
+hb = max(hov or h, key=lambda t: t["score"]) if h else None
+say(bool(hov),
+    f"induction: layer-1 head {hb and hb['head']} induction score rises at {hb and hb['peak_step']} "
+    f"(window {hb and hb['start_step']}-{hb and hb['end_step']}), overlapping icl_loss's "
+    f"({len(hov)} of {len(h)} rising layer-1 heads' transitions overlap)")
 no_spike_peaks(i, ind, "induction")
 PY
 cat "$T/check.out"

@@ -491,7 +491,7 @@ struct null_row {
 };
 
 static const struct null_row null_table[] = {
-include "daemon/detect/transitions_null.inc"
+#include "daemon/detect/transitions_null.inc"
 };
 
 #define NULL_ROWS ((int)(sizeof null_table / sizeof *null_table))

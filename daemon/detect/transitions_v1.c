@@ -1,4 +1,4 @@
-include "daemon/detect/transitions_v1.h"
+#include "daemon/detect/transitions_v1.h"
 
 #include <float.h>
 #include <math.h>
