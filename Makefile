@@ -14,6 +14,8 @@
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/transitions_bench.sh (transition detection, alone and with the database)
+#                   bench/transitions_realbench.py eval (the detector's precision and recall on
+#                   the labelled real training series of bench/data/transitions)
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
@@ -131,11 +133,17 @@ $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
-# The transition detector is pure: its test and benchmark link it alone (the
+# The transition detectors (level-v2 and the former ramp-v1) are pure: their
+# test and the tool that runs them on JSON series link them alone (the
 # benchmark with the daemon library for its database path).
-$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/common/err.o
+TR_OBJ := $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/daemon/detect/transitions_v1.o $(BUILD)/obj/common/err.o
+$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(TR_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
+
+$(BUILD)/bench/transitions_series: $(BUILD)/obj/bench/transitions_series.o $(TR_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm
 
 $(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -160,7 +168,7 @@ tokenizer-data:
 	@scripts/fetch-tokenizer
 
 # Unit tests run from the repository root so they find tests/ data.
-unit: $(BINS) $(TEST_BINS) tokenizer-data
+unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
 # Rooms include only themselves, the rooms before them and common/ (the
@@ -187,6 +195,8 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/transitions_bench.sh
+	@bench/transitions_realbench.py eval
 	@bench/patching_bench.sh
 
 # The soak test: bounded to about 10 minutes; prints the faults and the figures.
@@ -211,6 +221,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/transitions_ref.py
+	/usr/bin/python3 tests/reference/transitions_v2_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py

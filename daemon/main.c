@@ -62,8 +62,9 @@ static const char usage[] =
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
     "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
-    "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
-    "                               a run's transitions by peak step, grouped\n"
+    "  transitions RUN [--metric NAME] [--min-score X] [--kind transition|spike]\n"
+    "                  [--method NAME|all] [--json]\n"
+    "                               a run's transitions and spikes by peak step, grouped\n"
     "  detect RUN                   find the transitions of every series of a run again\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
@@ -671,7 +672,7 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 
 static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
-    struct detect_list_opts o = {NULL, 0, 0};
+    struct detect_list_opts o = {NULL, 0, 0, NULL, NULL};
     const char *run = NULL;
     for (int i = 1; i < argc; i++) {
         char *end = NULL;
@@ -682,6 +683,11 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             i++;
         else if (strcmp(argv[i], "--json") == 0)
             o.json = 1;
+        else if (strcmp(argv[i], "--method") == 0 && i + 1 < argc)
+            o.method = argv[++i];
+        else if (strcmp(argv[i], "--kind") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "transition") == 0 || strcmp(argv[i + 1], "spike") == 0))
+            o.kind = argv[++i];
         else if (argv[i][0] != '-' && !run)
             run = argv[i];
         else {
@@ -721,8 +727,8 @@ static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
     if (rc < 0)
         log_err("transition detection failed", &e);
     else
-        printf("run %s: %ld series, %ld points, %ld transitions (%.3f s)\n", argv[1], st.series, st.points,
-               st.transitions, st.read_s + st.write_s);
+        printf("run %s: %ld series, %ld points, %ld transitions, %ld spikes (%.3f s)\n", argv[1], st.series,
+               st.points, st.transitions, st.spikes, st.read_s + st.write_s);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }

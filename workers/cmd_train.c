@@ -35,6 +35,12 @@ static const char train_usage[] =
     "  --checkpoints LIST  steps to save, comma-separated, increasing (overrides the schedule)\n"
     "  --ckpt-every K      spacing of the even part of the schedule (default ~steps/32)\n"
     "  --log-every N       progress line every N steps (default steps/20)\n"
+    "  --eval-every N      also evaluate every N steps into DIR/eval_log.jsonl (the dense\n"
+    "                      curve; default 0: none)\n"
+    "  --decay-start S --decay-steps K --decay-to F\n"
+    "                      from step S the rate falls linearly over K steps (0: at once)\n"
+    "                      to F x lr and stays there (default: no decay)\n"
+    "  --lr-spike STEP:F   multiply the rate by F for optimiser step STEP (a loss spike)\n"
     "modular-addition: --p N (47)  --train-frac X (0.4); full batch\n"
     "induction:        --vocab N (256)  --seq-len N (32)  --batch N (64)\n"
     "                  --span-min N --span-max N  repeated span length (seq-len/4 and\n"
@@ -92,7 +98,9 @@ int cmd_train(int argc, char **argv)
     const char *task = NULL;
     long seed = 1, steps = -1, warmup = 10, layers = -1, dm = -1, heads = -1, dmlp = -1;
     long p = 47, vocab = 256, seq_len = 32, batch = 64, every = 0, log_every = -1;
-    long span_min = 0, span_max = 0;
+    long span_min = 0, span_max = 0, eval_every = 0, decay_start = 0, decay_steps = 0;
+    long spike_step = 0;
+    double spike_factor = 1, decay_to = 1;
     double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.4, rot = -1;
     int sequential = -1;
     size_t nck = 0;
@@ -108,6 +116,8 @@ int cmd_train(int argc, char **argv)
             {"--batch", &batch, NULL},       {"--ckpt-every", &every, NULL},
             {"--span-min", &span_min, NULL}, {"--span-max", &span_max, NULL},
             {"--log-every", &log_every, NULL}, {"--lr", NULL, &lr},
+            {"--eval-every", &eval_every, NULL}, {"--decay-start", &decay_start, NULL},
+            {"--decay-steps", &decay_steps, NULL}, {"--decay-to", NULL, &decay_to},
             {"--wd", NULL, &wd},             {"--beta1", NULL, &beta1},
             {"--beta2", NULL, &beta2},       {"--init-std", NULL, &std},
             {"--train-frac", NULL, &train_frac}, {"--rotary-pct", NULL, &rot},
@@ -132,6 +142,15 @@ int cmd_train(int argc, char **argv)
             task = argv[++i];
         } else if (strcmp(a, "--out") == 0 && v) {
             c.out = argv[++i];
+        } else if (strcmp(a, "--lr-spike") == 0 && v) {
+            char *end = NULL;
+            errno = 0;
+            spike_step = strtol(argv[++i], &end, 10);
+            if (errno || end == argv[i] || *end != ':' || num_double(end + 1, &spike_factor) < 0) {
+                fprintf(stderr, "ckpt-worker train: --lr-spike needs STEP:FACTOR, got '%s'\n",
+                        argv[i]);
+                return EXIT_USAGE;
+            }
         } else if (strcmp(a, "--sequential") == 0) {
             sequential = 1;
         } else if (strcmp(a, "--parallel") == 0) {
@@ -225,6 +244,12 @@ int cmd_train(int argc, char **argv)
     c.beta2 = beta2;
     c.eps = 1e-8;
     c.warmup = warmup;
+    c.decay_start = decay_start;
+    c.decay_steps = decay_steps;
+    c.decay_to = decay_to;
+    c.spike_step = spike_step;
+    c.spike_factor = spike_factor;
+    c.eval_every = eval_every;
     c.init_std = std;
     c.seed = (uint64_t)seed;
     c.checkpoints = ckpts;
