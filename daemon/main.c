@@ -24,6 +24,7 @@
 #include "daemon/ops/config.h"
 #include "daemon/ops/serve.h"
 #include "daemon/plan/plan.h"
+#include "daemon/plan/evalset.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/report.h"
@@ -44,6 +45,7 @@ static const char usage[] =
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
     "          [--sae DIR]... [--model-name NAME]\n"
+    "          [--pairs FILE]...\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -55,8 +57,9 @@ static const char usage[] =
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
     "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
-    "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
-    "                               a run's transitions by peak step, grouped\n"
+    "  transitions RUN [--metric NAME] [--min-score X] [--kind transition|spike]\n"
+    "                  [--method NAME|all] [--json]\n"
+    "                               a run's transitions and spikes by peak step, grouped\n"
     "  detect RUN                   find the transitions of every series of a run again\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
@@ -128,7 +131,7 @@ static int discover_steps(struct daemon_config *cfg, const char *source, long lo
 static int add_run_args(struct plan *p, int argc, char **argv)
 {
     enum { O_SOURCE = 256, O_SCHEDULE, O_ITEMS, O_EVAL_TOKENS, O_SEED, O_MAX_ATTEMPTS, O_EVAL_TEXT,
-           O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE, O_SAE, O_MODEL_NAME };
+           O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE, O_SAE, O_MODEL_NAME, O_PAIRS };
     static const struct option opts[] = {
         {"source", required_argument, NULL, O_SOURCE},
         {"schedule", required_argument, NULL, O_SCHEDULE},
@@ -145,6 +148,7 @@ static int add_run_args(struct plan *p, int argc, char **argv)
         {"probe", required_argument, NULL, O_PROBE},
         {"sae", required_argument, NULL, O_SAE},
         {"model-name", required_argument, NULL, O_MODEL_NAME},
+        {"pairs", required_argument, NULL, O_PAIRS},
         {NULL, 0, NULL, 0},
     };
     struct err e;
@@ -182,6 +186,8 @@ static int add_run_args(struct plan *p, int argc, char **argv)
             rc = plan_add_sae_dict(p, c.arg, &e);
         else if (k == O_MODEL_NAME)
             p->model_name = c.arg;
+        else if (k == O_PAIRS)
+            rc = plan_add_pairs(p, c.arg, &e);
         else if (k == ARGS_WORD && !p->name)
             p->name = c.arg;
         else {
@@ -237,6 +243,11 @@ static int add_run_plan(struct daemon_config *cfg, struct plan *p, struct regist
     if ((rc = plan_check_sae_dicts(p, worker, &e)) < 0) {
         log_err("bad SAE dictionary", &e);
         return rc == ERR_INVALID ? EXIT_USAGE : EXIT_FAIL;
+    }
+    /* pair sets: checked, tokenized and pinned before anything is stored */
+    if ((rc = plan_prepare_pairs(p, worker, &e)) < 0) {
+        log_err("cannot use the pair set", &e);
+        return rc == ERR_CHILD ? EXIT_USAGE : EXIT_FAIL;
     }
     if ((rc = plan_tokenize_eval(p, worker, &e)) < 0) {
         log_err("cannot tokenize the eval text", &e);
@@ -571,13 +582,15 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 
 static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
-    struct detect_list_opts o = {NULL, 0, 0};
+    struct detect_list_opts o = {NULL, 0, 0, NULL, NULL};
     const char *run = NULL;
-    enum { O_METRIC = 256, O_MIN_SCORE, O_JSON };
+    enum { O_METRIC = 256, O_MIN_SCORE, O_JSON, O_METHOD, O_KIND };
     static const struct option opts[] = {
         {"metric", required_argument, NULL, O_METRIC},
         {"min-score", required_argument, NULL, O_MIN_SCORE},
         {"json", no_argument, NULL, O_JSON},
+        {"method", required_argument, NULL, O_METHOD},
+        {"kind", required_argument, NULL, O_KIND},
         {NULL, 0, NULL, 0},
     };
     struct args c;
@@ -590,6 +603,10 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             ;
         else if (k == O_JSON)
             o.json = 1;
+        else if (k == O_METHOD)
+            o.method = c.arg;
+        else if (k == O_KIND && (strcmp(c.arg, "transition") == 0 || strcmp(c.arg, "spike") == 0))
+            o.kind = c.arg;
         else if (k == ARGS_WORD && !run)
             run = c.arg;
         else {
@@ -630,8 +647,8 @@ static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
     if (rc < 0)
         log_err("transition detection failed", &e);
     else
-        printf("run %s: %ld series, %ld points, %ld transitions (%.3f s)\n", run, st.series, st.points,
-               st.transitions, st.read_s + st.write_s);
+        printf("run %s: %ld series, %ld points, %ld transitions, %ld spikes (%.3f s)\n", run, st.series,
+               st.points, st.transitions, st.spikes, st.read_s + st.write_s);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }

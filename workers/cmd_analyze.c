@@ -16,6 +16,7 @@
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
 #include "workers/model/gptneox.h"
+#include "workers/text/tokenizer.h"
 #include "workers/text/tokens.h"
 
 static const char analyze_usage[] =
@@ -23,7 +24,8 @@ static const char analyze_usage[] =
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
     "                           [--sae DIR]... [--model-name NAME] [--run NAME] [--step N]\n"
-    "                           [--revision REV] [--status FILE]\n"
+    "                           [--revision REV] [--status FILE] [--pairs FILE]...\n"
+    "                           [--tokenizer FILE]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -74,7 +76,11 @@ static const char analyze_usage[] =
     "  --run NAME           the run, recorded in SAE files\n"
     "  --step N             the checkpoint's training step (default: N of a CKPT_DIR\n"
     "                       named stepN), recorded as checkpoint_value in SAE files\n"
-    "  --revision REV       a revision that is not a step, recorded instead\n";
+    "  --revision REV       a revision that is not a step, recorded instead\n"
+    "  --pairs FILE         a prompt-pair set (JSON, see docs/patching.md), repeatable;\n"
+    "                       the patching items write its rows with idx = its position in\n"
+    "                       the --pairs list + 1 (idx 0: the built-in induction pairs)\n"
+    "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -216,6 +222,9 @@ struct analyze_args {
     int nsae_dirs;
     struct battery_provenance prov; /* recorded in SAE files */
     char model_guess[256];          /* prov.model_name when guessed from the path */
+    const char **pair_paths;  /* (npairs) */
+    int npairs;
+    const char *tokenizer;    /* for pair sets given as text, or NULL */
     const struct battery_item **items; /* (nitems), in the order asked for */
     size_t nitems;
 };
@@ -225,6 +234,7 @@ static void args_free(struct analyze_args *a)
     free(a->probe_paths);
     free(a->sae_sites);
     free(a->sae_dirs);
+    free(a->pair_paths);
     free(a->items);
 }
 
@@ -248,14 +258,15 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
     a->probe_paths = calloc((size_t)argc, sizeof *a->probe_paths);
     a->sae_sites = calloc((size_t)argc, sizeof *a->sae_sites);
     a->sae_dirs = calloc((size_t)argc, sizeof *a->sae_dirs);
+    a->pair_paths = calloc((size_t)argc, sizeof *a->pair_paths);
     a->items = calloc(battery_count(), sizeof *a->items);
     a->prov.step = -1;
-    if (!a->probe_paths || !a->sae_sites || !a->sae_dirs || !a->items) {
+    if (!a->probe_paths || !a->sae_sites || !a->sae_dirs || !a->pair_paths || !a->items) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         return EXIT_USAGE;
     }
     enum { O_HELP = 256, O_ITEMS, O_EVAL_TOKENS, O_TASK, O_ARTIFACTS, O_PREV_ARTIFACTS, O_STATUS, O_PROBE,
-           O_SAE_SITE, O_SAE, O_MODEL_NAME, O_RUN, O_REVISION, O_STEP, O_SEED, O_CTX, O_MAX_SEQS };
+           O_SAE_SITE, O_SAE, O_MODEL_NAME, O_RUN, O_REVISION, O_STEP, O_SEED, O_CTX, O_MAX_SEQS, O_PAIRS, O_TOKENIZER };
     static const struct option opts[] = {
         {"help", no_argument, NULL, O_HELP},
         {"items", required_argument, NULL, O_ITEMS},
@@ -274,6 +285,8 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
         {"seed", required_argument, NULL, O_SEED},
         {"ctx", required_argument, NULL, O_CTX},
         {"max-seqs", required_argument, NULL, O_MAX_SEQS},
+        {"pairs", required_argument, NULL, O_PAIRS},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
         {NULL, 0, NULL, 0},
     };
     struct args c;
@@ -313,6 +326,10 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
             if (parse_number("--step", c.arg, INT64_MAX, 0, &st))
                 return EXIT_USAGE;
             a->prov.step = (long long)st;
+        } else if (k == O_PAIRS) {
+            a->pair_paths[a->npairs++] = c.arg;
+        } else if (k == O_TOKENIZER) {
+            a->tokenizer = c.arg;
         } else if (k == O_SEED) {
             if (parse_number("--seed", c.arg, UINT64_MAX, 0, &a->seed))
                 return EXIT_USAGE;
@@ -347,6 +364,8 @@ struct analyze_inputs {
     char *task_found;              /* task.json found next to the checkpoint */
     struct probe_set **probe_sets; /* (nprobe) */
     int nprobe;
+    struct pair_set **pair_sets;   /* (npairs) */
+    int npairs;
     struct battery_ctx bctx;       /* borrows all of the above */
 };
 
@@ -358,6 +377,9 @@ static void inputs_free(struct analyze_inputs *in)
     for (int k = 0; in->probe_sets && k < in->nprobe; k++)
         probe_set_free(in->probe_sets[k]);
     free(in->probe_sets);
+    for (int k = 0; in->pair_sets && k < in->npairs; k++)
+        pair_set_free(in->pair_sets[k]);
+    free(in->pair_sets);
     memset(in, 0, sizeof *in);
 }
 
@@ -384,6 +406,32 @@ static int load_probe_sets(const struct analyze_args *a, struct analyze_inputs *
         log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", a->nprobe);
     in->bctx.probe_sets = (const struct probe_set *const *)in->probe_sets;
     in->bctx.nprobe_sets = a->nprobe;
+    return 0;
+}
+
+/* Pair sets likewise (texts tokenized with --tokenizer): a bad file prints
+ * no rows. */
+static int load_pair_sets(const struct analyze_args *a, struct analyze_inputs *in, struct err *e)
+{
+    struct tokenizer *tok = NULL;
+    int rc = 0;
+    in->pair_sets = calloc((size_t)a->npairs + 1, sizeof *in->pair_sets);
+    if (!in->pair_sets)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    in->npairs = a->npairs;
+    if (a->tokenizer && a->npairs && tokenizer_load(&tok, a->tokenizer, e) < 0)
+        return e ? e->code : ERR_INVALID;
+    for (int k = 0; k < a->npairs && rc == 0; k++)
+        if (pair_set_load(&in->pair_sets[k], a->pair_paths[k], tok, e) < 0 ||
+            pair_set_check(in->pair_sets[k], &in->model->cfg, e) < 0)
+            rc = e ? e->code : ERR_INVALID;
+    tokenizer_free(tok);
+    if (rc < 0)
+        return rc;
+    if (a->npairs && !(items_needs(a) & BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS)))
+        log_warn("pair sets unused", "count=%d reason=\"no item listed reads them\"", a->npairs);
+    in->bctx.pair_sets = (const struct pair_set *const *)in->pair_sets;
+    in->bctx.npair_sets = a->npairs;
     return 0;
 }
 
@@ -464,6 +512,8 @@ static int load_inputs(const struct analyze_args *a, struct analyze_inputs *in, 
         return e ? e->code : ERR_INVALID;
     in->bctx.model = in->model;
     int rc = load_probe_sets(a, in, e);
+    if (rc == 0)
+        rc = load_pair_sets(a, in, e);
     if (rc == 0)
         rc = check_sae_sites(a, in, e);
     if (rc == 0)

@@ -24,12 +24,19 @@ static const char forward_usage[] =
     "  --npy OUTDIR      write OUTDIR/logits.npy (float32 [B,T,V]) and one\n"
     "                    OUTDIR/<hook name>.npy per cached hook\n"
     "  --cache HOOK,...  hook names to cache (needs --npy); shell-style globs\n"
-    "                    such as 'blocks.*.hook_resid_post' are allowed.  Names:\n"
-    "                    hook_embed, blocks.L.hook_resid_pre, blocks.L.attn.hook_pattern,\n"
-    "                    blocks.L.attn.hook_z, blocks.L.hook_attn_out,\n"
-    "                    blocks.L.hook_resid_mid (sequential residual only),\n"
-    "                    blocks.L.mlp.hook_post, blocks.L.hook_mlp_out,\n"
-    "                    blocks.L.hook_resid_post, ln_final.hook_normalized\n";
+    "                    such as 'blocks.*.hook_resid_post' are allowed.  Names\n"
+    "                    (TransformerLens's, from_pretrained_no_processing):\n"
+    "                    hook_embed, ln_final.hook_scale, ln_final.hook_normalized,\n"
+    "                    and blocks.L. followed by: hook_resid_pre, ln1.hook_scale,\n"
+    "                    ln1.hook_normalized, attn.hook_q, attn.hook_k, attn.hook_v,\n"
+    "                    attn.hook_rot_q, attn.hook_rot_k, attn.hook_attn_scores,\n"
+    "                    attn.hook_pattern, attn.hook_z, attn.hook_result,\n"
+    "                    hook_attn_out, hook_resid_mid (sequential residual only),\n"
+    "                    hook_mlp_in, ln2.hook_scale, ln2.hook_normalized,\n"
+    "                    mlp.hook_pre, mlp.hook_post, hook_mlp_out, hook_resid_post;\n"
+    "                    hook_attn_in only by its exact name (it gives that layer's\n"
+    "                    ln1 a head axis, as use_attn_in does).  docs/hooks.md\n"
+    "                    has shapes and conventions.\n";
 
 struct cached {
     char name[64];
@@ -66,6 +73,9 @@ static int add_matches(const struct gptneox_config *cfg, const char *pattern,
             char name[64];
             if (hook_name(name, sizeof name, (enum hook_kind)k, layer) < 0 ||
                 fnmatch(pattern, name, 0) != 0)
+                continue;
+            /* a glob never switches a layer to one LayerNorm per head */
+            if (k == HOOK_ATTN_IN && strcmp(pattern, name) != 0)
                 continue;
             matched = 1;
             int dup = 0;

@@ -36,6 +36,12 @@ static const char train_usage[] =
     "  --checkpoints LIST  steps to save, comma-separated, increasing (overrides the schedule)\n"
     "  --ckpt-every K      spacing of the even part of the schedule (default ~steps/32)\n"
     "  --log-every N       progress line every N steps (default steps/20)\n"
+    "  --eval-every N      also evaluate every N steps into DIR/eval_log.jsonl (the dense\n"
+    "                      curve; default 0: none)\n"
+    "  --decay-start S --decay-steps K --decay-to F\n"
+    "                      from step S the rate falls linearly over K steps (0: at once)\n"
+    "                      to F x lr and stays there (default: no decay)\n"
+    "  --lr-spike STEP:F   multiply the rate by F for optimiser step STEP (a loss spike)\n"
     "modular-addition: --p N (47)  --train-frac X (0.4); full batch\n"
     "induction:        --vocab N (256)  --seq-len N (32)  --batch N (64)\n"
     "                  --span-min N --span-max N  repeated span length (seq-len/4 and\n"
@@ -89,8 +95,8 @@ static int parse_list(const char *s, long *out, size_t cap, size_t *n)
 struct train_args {
     const char *task, *out;
     long seed, steps, warmup, layers, dm, heads, dmlp, p, vocab, seq_len, batch, every, log_every;
-    long span_min, span_max;
-    double lr, wd, beta1, beta2, std, train_frac, rot;
+    long span_min, span_max, eval_every, decay_start, decay_steps, spike_step;
+    double lr, wd, beta1, beta2, std, train_frac, rot, decay_to, spike_factor;
     int sequential;  /* -1: the task's default */
     size_t nck;      /* --checkpoints, into the caller's list */
     int have_list;
@@ -103,7 +109,7 @@ static int train_args(struct train_args *a, long *ckpts, int argc, char **argv)
     *a = (struct train_args){.seed = 1, .steps = -1, .warmup = 10, .layers = -1, .dm = -1, .heads = -1,
                              .dmlp = -1, .p = 47, .vocab = 256, .seq_len = 32, .batch = 64, .log_every = -1,
                              .lr = -1, .wd = -1, .beta1 = 0.9, .beta2 = 0.98, .std = -1, .train_frac = 0.4,
-                             .rot = -1, .sequential = -1};
+                             .rot = -1, .sequential = -1, .decay_to = 1, .spike_factor = 1};
     /* the numeric options: their val is O_NUM + their index here */
     const struct { const char *name; long *l; double *d; } nums[] = {
         {"seed", &a->seed, NULL},         {"steps", &a->steps, NULL},
@@ -114,22 +120,25 @@ static int train_args(struct train_args *a, long *ckpts, int argc, char **argv)
         {"batch", &a->batch, NULL},       {"ckpt-every", &a->every, NULL},
         {"span-min", &a->span_min, NULL}, {"span-max", &a->span_max, NULL},
         {"log-every", &a->log_every, NULL}, {"lr", NULL, &a->lr},
+        {"eval-every", &a->eval_every, NULL}, {"decay-start", &a->decay_start, NULL},
+        {"decay-steps", &a->decay_steps, NULL}, {"decay-to", NULL, &a->decay_to},
         {"wd", NULL, &a->wd},             {"beta1", NULL, &a->beta1},
         {"beta2", NULL, &a->beta2},       {"init-std", NULL, &a->std},
         {"train-frac", NULL, &a->train_frac}, {"rotary-pct", NULL, &a->rot},
     };
-    enum { O_HELP = 256, O_TASK, O_OUT, O_SEQUENTIAL, O_PARALLEL, O_CHECKPOINTS, O_NUM };
+    enum { O_HELP = 256, O_TASK, O_OUT, O_SEQUENTIAL, O_PARALLEL, O_CHECKPOINTS, O_LR_SPIKE, O_NUM };
     enum { NNUM = sizeof nums / sizeof *nums };
-    struct option opts[6 + NNUM + 1] = {
+    struct option opts[7 + NNUM + 1] = {
         {"help", no_argument, NULL, O_HELP},
         {"task", required_argument, NULL, O_TASK},
         {"out", required_argument, NULL, O_OUT},
         {"sequential", no_argument, NULL, O_SEQUENTIAL},
         {"parallel", no_argument, NULL, O_PARALLEL},
         {"checkpoints", required_argument, NULL, O_CHECKPOINTS},
+        {"lr-spike", required_argument, NULL, O_LR_SPIKE},
     };
     for (int k = 0; k < NNUM; k++)
-        opts[6 + k] = (struct option){nums[k].name, required_argument, NULL, O_NUM + k};
+        opts[7 + k] = (struct option){nums[k].name, required_argument, NULL, O_NUM + k};
     struct args cl;
     args_start(&cl, argc, argv, "", opts);
     for (int k; (k = args_next(&cl)) != ARGS_END;) {
@@ -146,6 +155,14 @@ static int train_args(struct train_args *a, long *ckpts, int argc, char **argv)
             a->task = cl.arg;
         } else if (k == O_OUT) {
             a->out = cl.arg;
+        } else if (k == O_LR_SPIKE) {
+            char *end = NULL;
+            errno = 0;
+            a->spike_step = strtol(cl.arg, &end, 10);
+            if (errno || end == cl.arg || *end != ':' || num_double(end + 1, &a->spike_factor) < 0) {
+                fprintf(stderr, "ckpt-worker train: --lr-spike needs STEP:FACTOR, got '%s'\n", cl.arg);
+                return EXIT_USAGE;
+            }
         } else if (k == O_SEQUENTIAL) {
             a->sequential = 1;
         } else if (k == O_PARALLEL) {
@@ -246,6 +263,12 @@ static int train_config(struct train_config *c, struct train_args *a, enum task_
     c->beta2 = a->beta2;
     c->eps = 1e-8;
     c->warmup = a->warmup;
+    c->decay_start = a->decay_start;
+    c->decay_steps = a->decay_steps;
+    c->decay_to = a->decay_to;
+    c->spike_step = a->spike_step;
+    c->spike_factor = a->spike_factor;
+    c->eval_every = a->eval_every;
     c->init_std = a->std;
     c->seed = (uint64_t)a->seed;
     c->checkpoints = ckpts;

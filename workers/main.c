@@ -33,6 +33,8 @@ static const char usage[] =
     "  sae DIR [--json] [--encode FILE.npy --out OUTDIR]\n"
     "                              read an SAE dictionary (SAELens, sparsify): what it is,\n"
     "                              its codes and reconstructions of activations\n"
+    "  pairs check FILE | make induction|ioi|greater-than --out FILE\n"
+    "                              check a prompt-pair set, or make a shipped one\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -104,6 +106,7 @@ int main(int argc, char **argv)
         {"detokenize", cmd_detokenize},
         {"train", cmd_train},
         {"sae", cmd_sae},
+        {"pairs", cmd_pairs},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

@@ -39,6 +39,7 @@
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
 #define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
+#define SERVE_MAX_PAIRS 16     /* --pairs files passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
 
@@ -381,7 +382,7 @@ static int eval_argv(json_t *opt, struct run_argv *ra, const char **argv, int a)
     return a;
 }
 
-/* The run's probe sets, SAE sites, fixed dictionaries (strings borrowed
+/* The run's probe sets, SAE sites, fixed dictionaries, pair sets (strings borrowed
  * from opt, freed after the spawn) and the provenance of the SAE files its
  * jobs write (sae_opts.h) into argv from a; the new a. */
 static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *ra, const char **argv, int a)
@@ -391,7 +392,8 @@ static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *
         size_t max;
     } lists[] = {{"probes", "--probe", SERVE_MAX_PROBES},
                  {"sae_sites", "--sae-site", SERVE_MAX_SAE_SITES},
-                 {"sae_fixed", "--sae", SERVE_MAX_SAE_DICTS}};
+                 {"sae_fixed", "--sae", SERVE_MAX_SAE_DICTS},
+                 {"pairs", "--pairs", SERVE_MAX_PAIRS}};
     for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
         json_t *l = json_object_get(opt, lists[i].key);
         for (size_t k = 0; k < json_array_size(l) && k < lists[i].max; k++)
@@ -439,7 +441,8 @@ static void launch(struct server *s, struct slot *sl)
     snprintf(threads, sizeof threads, "%d", nthreads);
     snprintf(tag, sizeof tag, "%s.ck%lld", owner_tag(s->spool), c->checkpoint_id);
     supervise_status_path(status, sizeof status, s->cfg.spool_dir, tag);
-    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS];
+    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS +
+                     2 * SERVE_MAX_PAIRS];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";

@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "daemon/plan/evalset.h"
+#include "daemon/plan/pairset.h"
 #include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 
@@ -29,6 +31,8 @@ void plan_free(struct plan *p)
         free(p->sae_sites[i]);
     for (int i = 0; i < p->nsae_dicts; i++)
         free(p->sae_dicts[i]);
+    for (int i = 0; i < p->npairs; i++)
+        free(p->pairs[i]);
     free(p->steps);
     plan_init(p);
 }
@@ -93,17 +97,47 @@ int plan_add_sae_dict(struct plan *p, const char *dir, struct err *e)
     return 0;
 }
 
+int plan_add_pairs(struct plan *p, const char *path, struct err *e)
+{
+    char abs[PATH_MAX];
+    if (p->npairs >= PLAN_MAX_PAIRS || !realpath(path, abs))
+        return err_set(e, ERR_INVALID, NULL, "cannot use pair set '%s'%s", path,
+                       p->npairs >= PLAN_MAX_PAIRS ? ": too many" : "");
+    if (!(p->pairs[p->npairs] = strdup(abs)))
+        return err_set(e, ERR_NOMEM, path, "out of memory");
+    p->npairs++;
+    return 0;
+}
+
+int plan_prepare_pairs(struct plan *p, const char *worker, struct err *e)
+{
+    char tok_default[PATH_MAX];
+    snprintf(tok_default, sizeof tok_default, "%s/20B_tokenizer.json", evalset_data_dir());
+    const char *tok = p->tokenizer ? p->tokenizer : access(tok_default, R_OK) == 0 ? tok_default : NULL;
+    for (int k = 0; k < p->npairs; k++) {
+        char pinned[PATH_MAX], *copy;
+        int rc = pairset_prepare(worker, p->pairs[k], tok, evalset_data_dir(), pinned, sizeof pinned, e);
+        if (rc < 0)
+            return rc;
+        if (!(copy = strdup(pinned)))
+            return err_set(e, ERR_NOMEM, pinned, "out of memory");
+        free(p->pairs[k]);
+        p->pairs[k] = copy;
+    }
+    return 0;
+}
+
 int plan_check_args(const struct plan *p, struct err *e)
 {
     const int has_eval = p->eval_tokens || p->eval_text;
     if (!p->name || !p->source || !p->schedule || p->max_attempts < 1 || p->ctx < 0 ||
         p->ctx > INT32_MAX || p->eval_seqs < 0 || p->eval_seqs > INT32_MAX ||
         ((p->ctx || p->eval_seqs) && !has_eval) || (p->eval_tokens && p->eval_text) ||
-        (p->tokenizer && !p->eval_text))
+        (p->tokenizer && !p->eval_text && !p->npairs))
         return err_set(e, ERR_INVALID, NULL,
                        "need NAME, --source and --schedule; --ctx and --eval-seqs are positive "
                        "and need --eval-tokens or --eval-text (not both); --tokenizer goes with "
-                       "--eval-text");
+                       "--eval-text or --pairs");
     return 0;
 }
 
@@ -252,8 +286,9 @@ int plan_find_eval(struct plan *p, struct err *e)
 char *plan_options_json(const struct plan *p)
 {
     json_t *opt = json_object(), *probes = json_array(), *sites = json_array(), *dicts = json_array();
+    json_t *pairs = json_array();
     char *text = NULL;
-    if (!opt || !probes || !sites || !dicts)
+    if (!opt || !probes || !sites || !dicts || !pairs)
         goto out;
     if (p->eval_path[0]) {
         json_object_set_new(opt, "eval_tokens", json_string(p->eval_path));
@@ -280,8 +315,13 @@ char *plan_options_json(const struct plan *p)
         json_object_set(opt, "sae_fixed", dicts);
     if (p->model_name)
         json_object_set_new(opt, "model_name", json_string(p->model_name));
+    for (int i = 0; i < p->npairs; i++)
+        json_array_append_new(pairs, json_string(p->pairs[i]));
+    if (p->npairs)
+        json_object_set(opt, "pairs", pairs);
     text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
 out:
+    json_decref(pairs);
     json_decref(dicts);
     json_decref(sites);
     json_decref(probes);

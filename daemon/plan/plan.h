@@ -40,6 +40,7 @@
 #define PLAN_MAX_PROBES 16    /* --probe files of one run (a worker's argv has room for them) */
 #define PLAN_MAX_SAE_SITES 16 /* --sae-site hooks of one run (likewise) */
 #define PLAN_MAX_SAE_DICTS 16 /* --sae dictionaries of one run (the worker's SAE_FIXED_MAX) */
+#define PLAN_MAX_PAIRS 16     /* --pairs files of one run (a worker's argv has room for them) */
 #define PLAN_SITE_MAX_LAYER 32767
 
 struct plan_item {
@@ -66,6 +67,8 @@ struct plan {
     int nsae_dicts;
     char *sae_dicts[PLAN_MAX_SAE_DICTS]; /* fixed dictionaries for sae_fixed, absolute, owned */
     const char *model_name;  /* recorded in SAE files; NULL: from the source (sae_opts.h) */
+    int npairs;
+    char *pairs[PLAN_MAX_PAIRS]; /* prompt-pair sets: absolute, then pinned copies (owned) */
     /* what the run is, once resolved */
     long long *steps;        /* owned */
     int nsteps;
@@ -137,6 +140,17 @@ int plan_choose_items(struct plan *p, const struct registry *reg, struct err *e)
  * (sae_opts_check_dict), its hook logged.  Its errors: ERR_INVALID (the
  * worker cannot read it), ERR_CHILD. */
 int plan_check_sae_dicts(const struct plan *p, const char *worker, struct err *e) CK_WUR;
+
+/* Add a prompt-pair set file (absolute path).  ERR_INVALID when it cannot
+ * be found or there are PLAN_MAX_PAIRS already. */
+int plan_add_pairs(struct plan *p, const char *path, struct err *e) CK_WUR;
+
+/* Each pair set checked by the worker, its texts tokenized (with
+ * p->tokenizer, or DATA_DIR/20B_tokenizer.json when it exists) and pinned
+ * as a copy in the data directory (pairset_prepare); p->pairs then name
+ * the copies.  Errors: pairset_prepare's (ERR_CHILD: the worker refused
+ * the file). */
+int plan_prepare_pairs(struct plan *p, const char *worker, struct err *e) CK_WUR;
 
 /* With eval_text: tokenize it with the worker (evalset_tokenize, in the
  * data directory, once per text and tokenizer) into p->eval_path.

@@ -20,6 +20,9 @@ int adamw_create(struct adamw **out, const struct gptneox *m, const struct adamw
                  struct err *e)
 {
     *out = NULL;
+    int rc = gptneox_require_writable(m, "train it", e);
+    if (rc < 0)
+        return rc;
     if (!(cfg->lr >= 0) || !(cfg->beta1 >= 0 && cfg->beta1 < 1) ||
         !(cfg->beta2 >= 0 && cfg->beta2 < 1) || !(cfg->eps > 0) || !(cfg->weight_decay >= 0))
         return err_set(e, ERR_INVALID, NULL,
