@@ -47,6 +47,20 @@ count=$(ls "$TMP/npy" | wc -l)
 n=$((n + 1))
 if [ "$count" -eq 6 ] && head -c 6 "$TMP/npy/logits.npy" | grep -q NUMPY; then echo "ok: npy files ($count)"; else
     echo "FAIL: expected 6 npy files, got $count"; fails=$((fails + 1)); fi
+# every hook point of a layer by a glob (hook_attn_in only by its name:
+# then that layer's ln1 hooks have a head axis)
+expect 0 "mean loss" -- "$W" forward "$G/f32_sequential_rot100" --tokens "$G/f32_sequential_rot100/tokens.json" \
+    --npy "$TMP/npy2" --cache 'blocks.0.*,blocks.1.hook_attn_in,blocks.1.ln1.hook_scale'
+count=$(ls "$TMP/npy2" | wc -l)
+n=$((n + 1))
+if [ "$count" -eq 24 ] && [ ! -e "$TMP/npy2/blocks.0.hook_attn_in.npy" ] &&
+    head -c 128 "$TMP/npy2/blocks.0.ln1.hook_scale.npy" | grep -q "(1, 16, 1)" &&
+    head -c 128 "$TMP/npy2/blocks.1.ln1.hook_scale.npy" | grep -q "(1, 16, 4, 1)" &&
+    head -c 128 "$TMP/npy2/blocks.0.attn.hook_attn_scores.npy" | grep -q "(1, 4, 16, 16)"; then
+    echo "ok: TransformerLens hook points ($count files)"
+else
+    echo "FAIL: TransformerLens hook points: $count files"; ls "$TMP/npy2"; fails=$((fails + 1))
+fi
 expect 1 "no hook point of this model matches" -- "$W" forward "$G/f32_parallel_rot025" \
     --tokens "$G/f32_parallel_rot025/tokens.json" --npy "$TMP/x" --cache 'blocks.9.*'
 expect 1 "hook_resid_mid" -- "$W" forward "$G/f32_parallel_rot025" \

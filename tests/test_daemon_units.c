@@ -3,9 +3,10 @@
  * step schedules (schedule_parse), sources (source_checkpoint_url,
  * source_local_path, source_check), the battery registry (registry_parse,
  * registry_metric_id, registry_item_version, registry_from_worker when
- * CKPT_WORKER names the real worker), the translation of worker rows into
- * measurement rows (ingest_translate), the item outcomes read from a
- * worker's status file (supervise_outcomes), the config file
+ * CKPT_WORKER names the real worker, and its deadline with a worker that
+ * hangs), the translation of worker rows into measurement rows
+ * (ingest_translate), the item outcomes read from a worker's status file
+ * (supervise_outcomes), the config file
  * (daemon_config_load, daemon_config_check), db_int_array and the
  * reconnect backoff's cap (db_set_backoff_max, against a socket that is
  * not there).
@@ -17,10 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "common/clock.h"
 #include "daemon/base/db.h"
 #include "daemon/ops/config.h"
 #include "daemon/plan/registry.h"
@@ -452,6 +455,48 @@ static void test_registry_from_worker(void **state)
     registry_free(&r);
 }
 
+/* A worker that hangs instead of answering `battery --json` is killed at
+ * the deadline: the daemon's start or add-run fails instead of waiting
+ * for ever.  One that prints garbage, or fails, says so. */
+static void test_registry_worker_deadline(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckptd_test_registry_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/w", dir);
+    struct registry r;
+    struct err e;
+    static const char *const scripts[] = {
+        "#!/bin/sh\necho '{\"items\": ['\nexec sleep 30\n",
+        "#!/bin/sh\necho 'not json'\n",
+        "#!/bin/sh\necho 'broken' >&2\nexit 3\n",
+    };
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(scripts[i], f);
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+        err_clear(&e);
+        double t0 = mono_now();
+        int rc = registry_from_worker_within(&r, path, 0.5, &e);
+        assert_true(mono_now() - t0 < 10);
+        assert_int_equal(r.nitems, 0);
+        if (i == 0) {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "timed out"));
+        } else if (i == 1) {
+            assert_int_equal(rc, ERR_FORMAT);
+        } else {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "exited with status 3"));
+        }
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- ingest_translate ---- */
 
 struct fixture {
@@ -660,6 +705,10 @@ static void test_config(void **state)
     expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID,
                         "\"lease_s\" = 0.5 is out of range: allowed 1 to 31622400 seconds");
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
+    /* serve keeps two slots per worker for 256 workers: the config says so
+     * rather than serve cutting the count silently */
+    expect_config_error("{\"workers\": 257}", ERR_INVALID, "workers must be between 1 and 256 (got 257)");
+    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "between 1 and 256");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");
@@ -767,6 +816,7 @@ int main(void)
         cmocka_unit_test(test_source_checkpoint_url),
         cmocka_unit_test(test_source_local_path),
         cmocka_unit_test(test_registry_parse),
+        cmocka_unit_test(test_registry_worker_deadline),
         cmocka_unit_test(test_registry_default_battery),
         cmocka_unit_test(test_registry_errors),
         cmocka_unit_test(test_registry_from_worker),

@@ -22,5 +22,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sae(int argc, char **argv);
+int cmd_pairs(int argc, char **argv);
 
 #endif

@@ -11,10 +11,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
 #include "workers/model/gptneox.h"
+#include "workers/text/tokenizer.h"
 #include "workers/text/tokens.h"
 
 static const char analyze_usage[] =
@@ -22,7 +24,8 @@ static const char analyze_usage[] =
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
     "                           [--sae DIR]... [--model-name NAME] [--run NAME] [--step N]\n"
-    "                           [--revision REV] [--status FILE]\n"
+    "                           [--revision REV] [--status FILE] [--pairs FILE]...\n"
+    "                           [--tokenizer FILE]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -73,7 +76,11 @@ static const char analyze_usage[] =
     "  --run NAME           the run, recorded in SAE files\n"
     "  --step N             the checkpoint's training step (default: N of a CKPT_DIR\n"
     "                       named stepN), recorded as checkpoint_value in SAE files\n"
-    "  --revision REV       a revision that is not a step, recorded instead\n";
+    "  --revision REV       a revision that is not a step, recorded instead\n"
+    "  --pairs FILE         a prompt-pair set (JSON, see docs/patching.md), repeatable;\n"
+    "                       the patching items write its rows with idx = its position in\n"
+    "                       the --pairs list + 1 (idx 0: the built-in induction pairs)\n"
+    "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -215,6 +222,9 @@ struct analyze_args {
     int nsae_dirs;
     struct battery_provenance prov; /* recorded in SAE files */
     char model_guess[256];          /* prov.model_name when guessed from the path */
+    const char **pair_paths;  /* (npairs) */
+    int npairs;
+    const char *tokenizer;    /* for pair sets given as text, or NULL */
     const struct battery_item **items; /* (nitems), in the order asked for */
     size_t nitems;
 };
@@ -224,6 +234,7 @@ static void args_free(struct analyze_args *a)
     free(a->probe_paths);
     free(a->sae_sites);
     free(a->sae_dirs);
+    free(a->pair_paths);
     free(a->items);
 }
 
@@ -247,69 +258,91 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
     a->probe_paths = calloc((size_t)argc, sizeof *a->probe_paths);
     a->sae_sites = calloc((size_t)argc, sizeof *a->sae_sites);
     a->sae_dirs = calloc((size_t)argc, sizeof *a->sae_dirs);
+    a->pair_paths = calloc((size_t)argc, sizeof *a->pair_paths);
     a->items = calloc(battery_count(), sizeof *a->items);
     a->prov.step = -1;
-    if (!a->probe_paths || !a->sae_sites || !a->sae_dirs || !a->items) {
+    if (!a->probe_paths || !a->sae_sites || !a->sae_dirs || !a->pair_paths || !a->items) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         return EXIT_USAGE;
     }
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0;
-        if (strcmp(arg, "--help") == 0) {
+    enum { O_HELP = 256, O_ITEMS, O_EVAL_TOKENS, O_TASK, O_ARTIFACTS, O_PREV_ARTIFACTS, O_STATUS, O_PROBE,
+           O_SAE_SITE, O_SAE, O_MODEL_NAME, O_RUN, O_REVISION, O_STEP, O_SEED, O_CTX, O_MAX_SEQS, O_PAIRS, O_TOKENIZER };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"items", required_argument, NULL, O_ITEMS},
+        {"eval-tokens", required_argument, NULL, O_EVAL_TOKENS},
+        {"task", required_argument, NULL, O_TASK},
+        {"artifacts", required_argument, NULL, O_ARTIFACTS},
+        {"prev-artifacts", required_argument, NULL, O_PREV_ARTIFACTS},
+        {"status", required_argument, NULL, O_STATUS},
+        {"probe", required_argument, NULL, O_PROBE},
+        {"sae-site", required_argument, NULL, O_SAE_SITE},
+        {"sae", required_argument, NULL, O_SAE},
+        {"model-name", required_argument, NULL, O_MODEL_NAME},
+        {"run", required_argument, NULL, O_RUN},
+        {"revision", required_argument, NULL, O_REVISION},
+        {"step", required_argument, NULL, O_STEP},
+        {"seed", required_argument, NULL, O_SEED},
+        {"ctx", required_argument, NULL, O_CTX},
+        {"max-seqs", required_argument, NULL, O_MAX_SEQS},
+        {"pairs", required_argument, NULL, O_PAIRS},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(analyze_usage, stdout);
             return -1;
-        } else if (arg[0] != '-' && !a->dir) {
-            a->dir = arg;
-            continue;
-        } else if (!val) {
-            rc = EXIT_USAGE;
-        } else if (strcmp(arg, "--items") == 0) {
-            a->items_arg = val;
-        } else if (strcmp(arg, "--eval-tokens") == 0) {
-            a->eval_path = val;
-        } else if (strcmp(arg, "--task") == 0) {
-            a->task_arg = val;
-        } else if (strcmp(arg, "--artifacts") == 0) {
-            a->artifacts = val;
-        } else if (strcmp(arg, "--prev-artifacts") == 0) {
-            a->prev_artifacts = val;
-        } else if (strcmp(arg, "--status") == 0) {
-            a->status_path = val;
-        } else if (strcmp(arg, "--probe") == 0) {
-            a->probe_paths[a->nprobe++] = val;
-        } else if (strcmp(arg, "--sae-site") == 0) {
-            a->sae_sites[a->nsae_sites++] = val;
-        } else if (strcmp(arg, "--sae") == 0) {
-            a->sae_dirs[a->nsae_dirs++] = val;
-        } else if (strcmp(arg, "--model-name") == 0) {
-            a->prov.model_name = val;
-        } else if (strcmp(arg, "--run") == 0) {
-            a->prov.run = val;
-        } else if (strcmp(arg, "--revision") == 0) {
-            a->prov.revision = val;
-        } else if (strcmp(arg, "--step") == 0) {
+        } else if (k == ARGS_WORD && !a->dir) {
+            a->dir = c.arg;
+        } else if (k == O_ITEMS) {
+            a->items_arg = c.arg;
+        } else if (k == O_EVAL_TOKENS) {
+            a->eval_path = c.arg;
+        } else if (k == O_TASK) {
+            a->task_arg = c.arg;
+        } else if (k == O_ARTIFACTS) {
+            a->artifacts = c.arg;
+        } else if (k == O_PREV_ARTIFACTS) {
+            a->prev_artifacts = c.arg;
+        } else if (k == O_STATUS) {
+            a->status_path = c.arg;
+        } else if (k == O_PROBE) {
+            a->probe_paths[a->nprobe++] = c.arg;
+        } else if (k == O_SAE_SITE) {
+            a->sae_sites[a->nsae_sites++] = c.arg;
+        } else if (k == O_SAE) {
+            a->sae_dirs[a->nsae_dirs++] = c.arg;
+        } else if (k == O_MODEL_NAME) {
+            a->prov.model_name = c.arg;
+        } else if (k == O_RUN) {
+            a->prov.run = c.arg;
+        } else if (k == O_REVISION) {
+            a->prov.revision = c.arg;
+        } else if (k == O_STEP) {
             uint64_t st;
-            if (parse_number(arg, val, INT64_MAX, 0, &st))
+            if (parse_number("--step", c.arg, INT64_MAX, 0, &st))
                 return EXIT_USAGE;
             a->prov.step = (long long)st;
-        } else if (strcmp(arg, "--seed") == 0) {
-            if (parse_number(arg, val, UINT64_MAX, 0, &a->seed))
+        } else if (k == O_PAIRS) {
+            a->pair_paths[a->npairs++] = c.arg;
+        } else if (k == O_TOKENIZER) {
+            a->tokenizer = c.arg;
+        } else if (k == O_SEED) {
+            if (parse_number("--seed", c.arg, UINT64_MAX, 0, &a->seed))
                 return EXIT_USAGE;
-        } else if (strcmp(arg, "--ctx") == 0) {
-            if (parse_number(arg, val, INT32_MAX, 1, &a->ctx_len))
+        } else if (k == O_CTX) {
+            if (parse_number("--ctx", c.arg, INT32_MAX, 1, &a->ctx_len))
                 return EXIT_USAGE;
-        } else if (strcmp(arg, "--max-seqs") == 0) {
-            if (parse_number(arg, val, INT32_MAX, 1, &a->max_seqs))
+        } else if (k == O_MAX_SEQS) {
+            if (parse_number("--max-seqs", c.arg, INT32_MAX, 1, &a->max_seqs))
                 return EXIT_USAGE;
         } else {
-            rc = EXIT_USAGE;
+            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", c.word, analyze_usage);
+            return EXIT_USAGE;
         }
-        if (rc) {
-            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", arg, analyze_usage);
-            return rc;
-        }
-        i++;
     }
     if (!a->dir || !a->items_arg) {
         fputs(analyze_usage, stderr);
@@ -331,6 +364,8 @@ struct analyze_inputs {
     char *task_found;              /* task.json found next to the checkpoint */
     struct probe_set **probe_sets; /* (nprobe) */
     int nprobe;
+    struct pair_set **pair_sets;   /* (npairs) */
+    int npairs;
     struct battery_ctx bctx;       /* borrows all of the above */
 };
 
@@ -342,6 +377,9 @@ static void inputs_free(struct analyze_inputs *in)
     for (int k = 0; in->probe_sets && k < in->nprobe; k++)
         probe_set_free(in->probe_sets[k]);
     free(in->probe_sets);
+    for (int k = 0; in->pair_sets && k < in->npairs; k++)
+        pair_set_free(in->pair_sets[k]);
+    free(in->pair_sets);
     memset(in, 0, sizeof *in);
 }
 
@@ -368,6 +406,32 @@ static int load_probe_sets(const struct analyze_args *a, struct analyze_inputs *
         log_warn("probe sets unused", "count=%d reason=\"no item listed reads them\"", a->nprobe);
     in->bctx.probe_sets = (const struct probe_set *const *)in->probe_sets;
     in->bctx.nprobe_sets = a->nprobe;
+    return 0;
+}
+
+/* Pair sets likewise (texts tokenized with --tokenizer): a bad file prints
+ * no rows. */
+static int load_pair_sets(const struct analyze_args *a, struct analyze_inputs *in, struct err *e)
+{
+    struct tokenizer *tok = NULL;
+    int rc = 0;
+    in->pair_sets = calloc((size_t)a->npairs + 1, sizeof *in->pair_sets);
+    if (!in->pair_sets)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    in->npairs = a->npairs;
+    if (a->tokenizer && a->npairs && tokenizer_load(&tok, a->tokenizer, e) < 0)
+        return e ? e->code : ERR_INVALID;
+    for (int k = 0; k < a->npairs && rc == 0; k++)
+        if (pair_set_load(&in->pair_sets[k], a->pair_paths[k], tok, e) < 0 ||
+            pair_set_check(in->pair_sets[k], &in->model->cfg, e) < 0)
+            rc = e ? e->code : ERR_INVALID;
+    tokenizer_free(tok);
+    if (rc < 0)
+        return rc;
+    if (a->npairs && !(items_needs(a) & BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS)))
+        log_warn("pair sets unused", "count=%d reason=\"no item listed reads them\"", a->npairs);
+    in->bctx.pair_sets = (const struct pair_set *const *)in->pair_sets;
+    in->bctx.npair_sets = a->npairs;
     return 0;
 }
 
@@ -448,6 +512,8 @@ static int load_inputs(const struct analyze_args *a, struct analyze_inputs *in, 
         return e ? e->code : ERR_INVALID;
     in->bctx.model = in->model;
     int rc = load_probe_sets(a, in, e);
+    if (rc == 0)
+        rc = load_pair_sets(a, in, e);
     if (rc == 0)
         rc = check_sae_sites(a, in, e);
     if (rc == 0)

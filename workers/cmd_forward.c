@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "workers/cli.h"
@@ -23,12 +24,19 @@ static const char forward_usage[] =
     "  --npy OUTDIR      write OUTDIR/logits.npy (float32 [B,T,V]) and one\n"
     "                    OUTDIR/<hook name>.npy per cached hook\n"
     "  --cache HOOK,...  hook names to cache (needs --npy); shell-style globs\n"
-    "                    such as 'blocks.*.hook_resid_post' are allowed.  Names:\n"
-    "                    hook_embed, blocks.L.hook_resid_pre, blocks.L.attn.hook_pattern,\n"
-    "                    blocks.L.attn.hook_z, blocks.L.hook_attn_out,\n"
-    "                    blocks.L.hook_resid_mid (sequential residual only),\n"
-    "                    blocks.L.mlp.hook_post, blocks.L.hook_mlp_out,\n"
-    "                    blocks.L.hook_resid_post, ln_final.hook_normalized\n";
+    "                    such as 'blocks.*.hook_resid_post' are allowed.  Names\n"
+    "                    (TransformerLens's, from_pretrained_no_processing):\n"
+    "                    hook_embed, ln_final.hook_scale, ln_final.hook_normalized,\n"
+    "                    and blocks.L. followed by: hook_resid_pre, ln1.hook_scale,\n"
+    "                    ln1.hook_normalized, attn.hook_q, attn.hook_k, attn.hook_v,\n"
+    "                    attn.hook_rot_q, attn.hook_rot_k, attn.hook_attn_scores,\n"
+    "                    attn.hook_pattern, attn.hook_z, attn.hook_result,\n"
+    "                    hook_attn_out, hook_resid_mid (sequential residual only),\n"
+    "                    hook_mlp_in, ln2.hook_scale, ln2.hook_normalized,\n"
+    "                    mlp.hook_pre, mlp.hook_post, hook_mlp_out, hook_resid_post;\n"
+    "                    hook_attn_in only by its exact name (it gives that layer's\n"
+    "                    ln1 a head axis, as use_attn_in does).  docs/hooks.md\n"
+    "                    has shapes and conventions.\n";
 
 struct cached {
     char name[64];
@@ -66,6 +74,9 @@ static int add_matches(const struct gptneox_config *cfg, const char *pattern,
             if (hook_name(name, sizeof name, (enum hook_kind)k, layer) < 0 ||
                 fnmatch(pattern, name, 0) != 0)
                 continue;
+            /* a glob never switches a layer to one LayerNorm per head */
+            if (k == HOOK_ATTN_IN && strcmp(pattern, name) != 0)
+                continue;
             matched = 1;
             int dup = 0;
             for (size_t i = 0; i < *n; i++)
@@ -95,20 +106,30 @@ static int add_matches(const struct gptneox_config *cfg, const char *pattern,
 int cmd_forward(int argc, char **argv)
 {
     const char *dir = NULL, *tok_path = NULL, *npy_dir = NULL, *cache_arg = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_TOKENS, O_NPY, O_CACHE };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"tokens", required_argument, NULL, O_TOKENS},
+        {"npy", required_argument, NULL, O_NPY},
+        {"cache", required_argument, NULL, O_CACHE},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(forward_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
-            tok_path = argv[++i];
-        } else if (strcmp(argv[i], "--npy") == 0 && i + 1 < argc) {
-            npy_dir = argv[++i];
-        } else if (strcmp(argv[i], "--cache") == 0 && i + 1 < argc) {
-            cache_arg = argv[++i];
-        } else if (argv[i][0] != '-' && !dir) {
-            dir = argv[i];
+        } else if (k == O_TOKENS) {
+            tok_path = c.arg;
+        } else if (k == O_NPY) {
+            npy_dir = c.arg;
+        } else if (k == O_CACHE) {
+            cache_arg = c.arg;
+        } else if (k == ARGS_WORD && !dir) {
+            dir = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker forward: unexpected argument '%s'\n%s", argv[i], forward_usage);
+            fprintf(stderr, "ckpt-worker forward: unexpected argument '%s'\n%s", c.word, forward_usage);
             return EXIT_USAGE;
         }
     }

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/sha256.h"
@@ -339,9 +340,7 @@ int cache_put_blob(struct cache *c, const char *path, const char *sha256, struct
         unlink(path);
         return 0;
     }
-    if (rename(path, p) != 0)
-        return err_set(e, ERR_IO, p, "cannot move %s into the cache: %s", path, strerror(errno));
-    return 0;
+    return atomic_file_place(path, p, e);
 }
 
 int cache_link_blob(struct cache *c, const char *path, const char *sha256, struct err *e)
@@ -352,21 +351,23 @@ int cache_link_blob(struct cache *c, const char *path, const char *sha256, struc
     if (cache_has_blob(c, sha256))
         return 0;
     blob_path(c, sha256, p, sizeof p);
+    /* a hard link, else (another file system) a symbolic one, made under
+     * this daemon's name in partial/ (a crash leaves it to the sweep of
+     * dead owners' files), then put in place */
     snprintf(tmp, sizeof tmp, "%s/partial/%s.link-%s", c->root, owner_tag(c->owner), sha256);
     unlink(tmp);
     if (link(path, tmp) != 0 && symlink(path, tmp) != 0)
         return err_set(e, ERR_IO, path, "cannot link into the cache: %s", strerror(errno));
-    if (rename(tmp, p) != 0) {
+    int rc = atomic_file_place(tmp, p, e);
+    if (rc < 0)
         unlink(tmp);
-        return err_set(e, ERR_IO, p, "cannot link into the cache: %s", strerror(errno));
-    }
-    return 0;
+    return rc;
 }
 
 int cache_snapshot_add(struct cache *c, const char *key, const char *name, long long size,
                        const char *sha256, struct err *e)
 {
-    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX], tmp[PATH_MAX * 2 + 16];
+    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX];
     int rc = cache_snapshot_dir(c, key, snap, sizeof snap, e);
     if (rc < 0)
         return rc;
@@ -406,12 +407,8 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
         snprintf(parent, sizeof parent, "%s", link_path);
         *strrchr(parent, '/') = '\0';
         blob_path(c, sha256, target, sizeof target);
-        snprintf(tmp, sizeof tmp, "%s.tmp%d", link_path, (int)getpid());
-        unlink(tmp);
-        if ((rc = path_mkdir_p(parent, e)) == 0 && (symlink(target, tmp) != 0 || rename(tmp, link_path) != 0)) {
-            unlink(tmp);
-            rc = err_set(e, ERR_IO, link_path, "cannot link the snapshot file: %s", strerror(errno));
-        }
+        if ((rc = path_mkdir_p(parent, e)) == 0 && (rc = atomic_file_link(target, link_path, 1, e)) < 0)
+            err_wrap(e, "cannot link the snapshot file");
     }
     unlock_cache(lk);
     return rc;

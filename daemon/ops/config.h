@@ -6,7 +6,7 @@
  *   {
  *     "database": "host=/var/run/postgresql dbname=ckptd",
  *     "node": "gpu07",             // lease owner name; default host:pid
- *     "workers": 2,                // ckpt-worker processes at once
+ *     "workers": 2,                // ckpt-worker processes at once (1..256)
  *     "worker_path": "",           // default: beside ckptd, then PATH
  *     "worker_threads": 0,         // BLAS threads per worker; 0: cores / workers
  *     "worker_timeout_s": 3600,    // wall clock per checkpoint
@@ -50,6 +50,10 @@
 #define CKPTD_DAEMON_CONFIG_H
 
 #include "common/err.h"
+
+/* The most workers one node runs (serve keeps a worker slot and a
+ * prefetch slot for each): "workers" and --workers go up to this. */
+#define DAEMON_MAX_WORKERS 256
 
 struct daemon_config {
     char database[1024];

@@ -26,7 +26,7 @@ Semantics implemented (all float32):
     parallel:   x = x + attn_out + mlp(LN2(x))
     sequential: x_mid = x + attn_out; x = x_mid + mlp(LN2(x_mid))
     mlp(u) = gelu_erf(u @ Win^T + bin) @ Wout^T + bout     (post = gelu output)
-  ln_f = LayerNorm_final(x)                                -> ln_final.hook_normalized
+  ln_f = LayerNorm_final(x)         (hook_scale, hook_normalized before w, b)
   logits = ln_f @ embed_out^T (no bias)
   loss[b] = mean_{t<T-1} CE(logits[b,t], tokens[b,t+1])
 
@@ -162,6 +162,20 @@ def layer_norm(x, w, b, eps):
     return xc / torch.sqrt(var + eps) * w + b
 
 
+def layer_norm_hooked(x, w, b, eps, rec, prefix):
+    """layer_norm with TransformerLens's hook points (>= 3.0): hook_scale
+    = sqrt(biased var + eps) [..,1], hook_normalized = (x - mean) / scale,
+    before the weight and bias.  The same arithmetic as layer_norm."""
+    mean = x.mean(dim=-1, keepdim=True)
+    xc = x - mean
+    var = (xc * xc).mean(dim=-1, keepdim=True)
+    sc = torch.sqrt(var + eps)
+    rec(prefix + "hook_scale", sc)
+    n = xc / sc
+    rec(prefix + "hook_normalized", n)
+    return n * w + b
+
+
 def gelu_erf(x):
     return 0.5 * x * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
 
@@ -207,9 +221,20 @@ def rotary_base(cfg):
                    cfg.get("rope_parameters", {}).get("rope_theta")))
 
 
-def forward(cfg, W, tokens, dtype=torch.float32, record=True):
+def forward(cfg, W, tokens, dtype=torch.float32, record=True, keep_graph=False,
+            attn_in=None):
     """W: dict name -> tensor (already upcast to float32 from its storage
-    dtype).  tokens: LongTensor [B,T].  Returns (logits, loss, hooks)."""
+    dtype).  tokens: LongTensor [B,T].  Returns (logits, loss, hooks).
+    keep_graph: hooks[name] is the tensor of the graph itself (retain_grad
+    set), so hooks[name].grad holds d metric / d activation after a
+    backward; several names may share one tensor (resid_post of layer l is
+    resid_pre of layer l+1).  It also computes the attention output as the
+    sum of the per-head results and the MLP from a copy of its input, so
+    hook_result and hook_mlp_in are points of the graph.  attn_in (default:
+    keep_graph) runs each head's LayerNorm on its own copy of the residual,
+    as TransformerLens does with use_attn_in."""
+    if attn_in is None:
+        attn_in = keep_graph
     C = cfg["hidden_size"]
     NH = cfg["num_attention_heads"]
     HS = C // NH
@@ -223,7 +248,12 @@ def forward(cfg, W, tokens, dtype=torch.float32, record=True):
     hooks = {}
 
     def rec(name, t):
-        if record:
+        if not record:
+            return
+        if keep_graph:
+            t.retain_grad()
+            hooks[name] = t
+        elif record:
             hooks[name] = t.detach().clone()
 
     cos, sin = rotary_tables(T, rd, base, dtype)
@@ -234,48 +264,83 @@ def forward(cfg, W, tokens, dtype=torch.float32, record=True):
     rec("hook_embed", x)
     for l in range(L):
         p = "gpt_neox.layers.%d." % l
-        rec("blocks.%d.hook_resid_pre" % l, x)
-        ln1 = layer_norm(x, W[p + "input_layernorm.weight"],
-                         W[p + "input_layernorm.bias"], eps)
-        qkv = ln1 @ W[p + "attention.query_key_value.weight"].t() \
-            + W[p + "attention.query_key_value.bias"]
-        qkv = qkv.view(B, T, NH, 3 * HS).permute(0, 2, 1, 3)   # [B,NH,T,3HS]
-        q = qkv[..., 0:HS]
+        b_ = "blocks.%d." % l
+        rec(b_ + "hook_resid_pre", x)
+        Wqkv = W[p + "attention.query_key_value.weight"]
+        bqkv = W[p + "attention.query_key_value.bias"]
+        if attn_in:
+            # TransformerLens's use_attn_in: each head reads its own copy of
+            # the residual through its own LayerNorm (ln1 hooks [B,T,NH,..])
+            ain = x[:, :, None, :].expand(B, T, NH, C).clone()
+            rec(b_ + "hook_attn_in", ain)
+            ln1 = layer_norm_hooked(ain, W[p + "input_layernorm.weight"],
+                                    W[p + "input_layernorm.bias"], eps, rec, b_ + "ln1.")
+            qkv = torch.einsum("bthc,hjc->bthj", ln1, Wqkv.view(NH, 3 * HS, C)) \
+                + bqkv.view(NH, 3 * HS)
+        else:
+            if record:
+                rec(b_ + "hook_attn_in", x[:, :, None, :].expand(B, T, NH, C))
+            ln1 = layer_norm_hooked(x, W[p + "input_layernorm.weight"],
+                                    W[p + "input_layernorm.bias"], eps, rec, b_ + "ln1.")
+            qkv = (ln1 @ Wqkv.t() + bqkv).view(B, T, NH, 3 * HS)
+        q = qkv[..., 0:HS]                                        # [B,T,NH,HS]
         k = qkv[..., HS:2 * HS]
         v = qkv[..., 2 * HS:3 * HS]
-        q = apply_rotary(q, cos, sin, rd)
-        k = apply_rotary(k, cos, sin, rd)
+        rec(b_ + "attn.hook_q", q)
+        rec(b_ + "attn.hook_k", k)
+        rec(b_ + "attn.hook_v", v)
+        q = apply_rotary(q, cos[:, None, :], sin[:, None, :], rd)
+        k = apply_rotary(k, cos[:, None, :], sin[:, None, :], rd)
+        rec(b_ + "attn.hook_rot_q", q)
+        rec(b_ + "attn.hook_rot_k", k)
+        q = q.permute(0, 2, 1, 3)                                 # [B,NH,T,HS]
+        k = k.permute(0, 2, 1, 3)
+        v = v.permute(0, 2, 1, 3)
         scores = (q @ k.transpose(-1, -2)) * scale               # [B,NH,T,T]
         scores = scores.masked_fill(~causal, float("-inf"))
+        rec(b_ + "attn.hook_attn_scores", scores)
         pattern = softmax_lastdim(scores)
-        rec("blocks.%d.attn.hook_pattern" % l, pattern)
+        rec(b_ + "attn.hook_pattern", pattern)
         z = (pattern @ v).permute(0, 2, 1, 3).contiguous()       # [B,T,NH,HS]
-        rec("blocks.%d.attn.hook_z" % l, z)
-        attn_out = z.reshape(B, T, C) @ W[p + "attention.dense.weight"].t() \
-            + W[p + "attention.dense.bias"]
-        rec("blocks.%d.hook_attn_out" % l, attn_out)
+        rec(b_ + "attn.hook_z", z)
+        Wd = W[p + "attention.dense.weight"]                     # [C, NH*HS]
+        if keep_graph:
+            # TransformerLens's use_attn_result: the per-head outputs, summed
+            res = torch.einsum("bthd,chd->bthc", z, Wd.view(C, NH, HS))
+            rec(b_ + "attn.hook_result", res)
+            attn_out = res.sum(dim=2) + W[p + "attention.dense.bias"]
+        else:
+            if record:
+                # per-head output without the bias: z[:, :, h] @ W_O[:, h]^T
+                rec(b_ + "attn.hook_result", torch.einsum("bthd,chd->bthc", z,
+                                                          Wd.view(C, NH, HS)))
+            attn_out = z.reshape(B, T, C) @ Wd.t() + W[p + "attention.dense.bias"]
+        rec(b_ + "hook_attn_out", attn_out)
         if par:
             mlp_in = x
         else:
             x = x + attn_out
-            rec("blocks.%d.hook_resid_mid" % l, x)
+            rec(b_ + "hook_resid_mid", x)
             mlp_in = x
-        ln2 = layer_norm(mlp_in, W[p + "post_attention_layernorm.weight"],
-                         W[p + "post_attention_layernorm.bias"], eps)
-        h = gelu_erf(ln2 @ W[p + "mlp.dense_h_to_4h.weight"].t()
-                     + W[p + "mlp.dense_h_to_4h.bias"])
-        rec("blocks.%d.mlp.hook_post" % l, h)
+        if keep_graph:
+            mlp_in = mlp_in.clone()          # TransformerLens's use_hook_mlp_in
+        rec(b_ + "hook_mlp_in", mlp_in)
+        ln2 = layer_norm_hooked(mlp_in, W[p + "post_attention_layernorm.weight"],
+                                W[p + "post_attention_layernorm.bias"], eps, rec, b_ + "ln2.")
+        pre = ln2 @ W[p + "mlp.dense_h_to_4h.weight"].t() + W[p + "mlp.dense_h_to_4h.bias"]
+        rec(b_ + "mlp.hook_pre", pre)
+        h = gelu_erf(pre)
+        rec(b_ + "mlp.hook_post", h)
         mlp_out = h @ W[p + "mlp.dense_4h_to_h.weight"].t() \
             + W[p + "mlp.dense_4h_to_h.bias"]
-        rec("blocks.%d.hook_mlp_out" % l, mlp_out)
+        rec(b_ + "hook_mlp_out", mlp_out)
         if par:
             x = x + attn_out + mlp_out
         else:
             x = x + mlp_out
-        rec("blocks.%d.hook_resid_post" % l, x)
-    lnf = layer_norm(x, W["gpt_neox.final_layer_norm.weight"],
-                     W["gpt_neox.final_layer_norm.bias"], eps)
-    rec("ln_final.hook_normalized", lnf)
+        rec(b_ + "hook_resid_post", x)
+    lnf = layer_norm_hooked(x, W["gpt_neox.final_layer_norm.weight"],
+                            W["gpt_neox.final_layer_norm.bias"], eps, rec, "ln_final.")
     logits = lnf @ W["embed_out.weight"].t()                     # [B,T,V]
     # per-sequence loss
     lp = logits[:, :-1, :] - torch.logsumexp(logits[:, :-1, :], dim=-1, keepdim=True)
@@ -484,14 +549,27 @@ def round_to(W, st_dtype):
     return out
 
 
+# Hook points of the first golden set; the others (TransformerLens's full
+# set) are stored only in the fixtures made with tl_hooks=True, to keep the
+# files small.  hook_attn_in is never stored: it is hook_resid_pre repeated
+# per head.
+HOOKS_BASIC = {"hook_embed", "hook_resid_pre", "attn.hook_pattern", "attn.hook_z",
+               "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+               "hook_resid_post", "ln_final.hook_normalized"}
+
 HOOK_ORDER_LAYER = ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z",
                     "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
-                    "hook_mlp_out", "hook_resid_post"]
+                    "hook_mlp_out", "hook_resid_post",
+                    "hook_attn_in", "ln1.hook_scale", "ln1.hook_normalized",
+                    "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                    "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores",
+                    "attn.hook_result", "hook_mlp_in", "ln2.hook_scale",
+                    "ln2.hook_normalized", "mlp.hook_pre"]
 
 
 def fixture(name, *, C=64, NH=4, L=2, F_=256, V=96, rot_pct=0.25, base=10000,
             parallel=True, B=2, T=12, st_dtype="F32", seed=0, qk_scale=1.0,
-            sharded=False, newer=False):
+            sharded=False, newer=False, tl_hooks=False):
     out_dir = os.path.join(GOLDEN_DIR, name)
     os.makedirs(out_dir, exist_ok=True)
     for fn in os.listdir(out_dir):           # drop stale files from old runs
@@ -566,18 +644,31 @@ def fixture(name, *, C=64, NH=4, L=2, F_=256, V=96, rot_pct=0.25, base=10000,
 
     # --- golden -----------------------------------------------------------
     gold = {"logits": (logits.numpy(), "F32"), "loss": (loss.numpy(), "F32")}
+
+    def stored(name):
+        short = name.split(".", 2)[2] if name.startswith("blocks.") else name
+        return short != "hook_attn_in" and (tl_hooks or short in HOOKS_BASIC)
+
     for k, v in hooks.items():
-        gold[k] = (v.numpy(), "F32")
+        if stored(k):
+            gold[k] = (v.numpy(), "F32")
     # shape sanity
     HS = C // NH
     expect = {"hook_embed": [B, T, C], "ln_final.hook_normalized": [B, T, C],
               "logits": [B, T, V], "loss": [B]}
+    if tl_hooks:
+        expect["ln_final.hook_scale"] = [B, T, 1]
     for l in range(L):
         for h in HOOK_ORDER_LAYER:
-            if h == "hook_resid_mid" and parallel:
+            if (h == "hook_resid_mid" and parallel) or not stored("blocks.0." + h):
                 continue
-            shp = {"attn.hook_pattern": [B, NH, T, T], "attn.hook_z": [B, T, NH, HS],
-                   "mlp.hook_post": [B, T, F_]}.get(h, [B, T, C])
+            shp = {"attn.hook_pattern": [B, NH, T, T], "attn.hook_attn_scores": [B, NH, T, T],
+                   "attn.hook_z": [B, T, NH, HS], "attn.hook_q": [B, T, NH, HS],
+                   "attn.hook_k": [B, T, NH, HS], "attn.hook_v": [B, T, NH, HS],
+                   "attn.hook_rot_q": [B, T, NH, HS], "attn.hook_rot_k": [B, T, NH, HS],
+                   "attn.hook_result": [B, T, NH, C], "hook_attn_in": [B, T, NH, C],
+                   "ln1.hook_scale": [B, T, 1], "ln2.hook_scale": [B, T, 1],
+                   "mlp.hook_post": [B, T, F_], "mlp.hook_pre": [B, T, F_]}.get(h, [B, T, C])
             expect["blocks.%d.%s" % (l, h)] = shp
     assert {k: list(v[0].shape) for k, v in gold.items()} == expect
     write_safetensors(os.path.join(out_dir, "golden.safetensors"), gold,
@@ -619,15 +710,15 @@ def main():
     assert list(bf16_bits_to_f32(f32_to_bf16_bits(t))) == [1.0, 1.0 + 2 ** -6, -1.0]
     print("unit self-checks passed (layer_norm, gelu, rotary, bf16 rounding)")
 
-    fixture("f32_parallel_rot025", seed=1)
+    fixture("f32_parallel_rot025", seed=1, tl_hooks=True)
     # F=128 (!= 4C) keeps the 3-layer fixture under ~600 KB and checks the
     # engine reads intermediate_size instead of assuming 4*hidden.
     fixture("f32_sequential_rot100", rot_pct=1.0, base=500, parallel=False,
-            L=3, F_=128, B=1, T=16, seed=2)
+            L=3, F_=128, B=1, T=16, seed=2, tl_hooks=True)
     fixture("f16_parallel", st_dtype="F16", seed=3)
     fixture("bf16_parallel", st_dtype="BF16", seed=4)
     fixture("sharded", sharded=True, seed=5)
-    frac = fixture("peaky", B=2, T=16, F_=128, qk_scale=8.0, seed=6)
+    frac = fixture("peaky", B=2, T=16, F_=128, qk_scale=8.0, seed=6, tl_hooks=True)
     assert frac > 0.30, "peaky fixture is not peaky enough: %.3f" % frac
     print("   peaky: %.1f%% of non-trivial attention rows have max prob > 0.9" % (100 * frac))
     # non-default values, so an engine that ignored the newer spellings and

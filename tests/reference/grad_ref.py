@@ -22,6 +22,19 @@ floats, -1 = no target) and one tensor per parameter under its checkpoint
 name.  A float64 autograd of the same loss checks the float32 gradients
 before anything is written.
 
+Activation gradients (act_<case>.safetensors): the gradient of a scalar
+metric of the logits with respect to the activation at every hook point
+(TransformerLens names, the shapes of gptneox_ref.py's golden hooks),
+by retain_grad on the reference forward's own tensors, for two metrics:
+
+    loss      the mean next-token cross-entropy (every position but the last)
+    logitdiff sum over b of logits[b, pos[b], ans[b]] - logits[b, pos[b], wrong[b]]
+
+stored as `<metric>.<hook name>` (peaky: loss only), with `logitdiff.pos`, `.ans`, `.wrong`
+[B] (as floats) and each metric's value `<metric>.value` [1].  A float64
+run of the same metric must agree (max |d| <= 1e-4 * max |g| per tensor)
+before anything is written.
+
 AdamW: torch.optim.AdamW (decoupled weight decay, Loshchilov & Hutter 2019)
 with two parameter groups, a matrix with weight decay and a bias vector
 without, run for 5 steps on stored gradients; the file holds the initial
@@ -99,6 +112,56 @@ def gradient_file(fixture, out_name, masked):
           % (out_name, loss32.item(), worst, os.path.getsize(path)))
 
 
+def activation_grads(cfg, W, tokens, metric, dtype):
+    """Run the reference with keep_graph and return (value, {hook: grad})."""
+    params = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in W.items()}
+    logits, _, hooks = ref.forward(cfg, params, tokens, dtype=dtype, keep_graph=True)
+    value = metric(logits)
+    value.backward()
+    return value.detach(), {k: t.grad.detach().clone() for k, t in hooks.items()}
+
+
+def activation_grad_file(fixture, out_name, metric_names=("loss", "logitdiff")):
+    cfg, W, tokens = load_fixture(fixture)
+    B, T = tokens.shape
+    V = cfg["vocab_size"]
+    targets = torch.full((B, T), -1, dtype=torch.int64)
+    targets[:, :-1] = tokens[:, 1:]
+    g = torch.Generator().manual_seed(B * 1000 + T)
+    pos = torch.randint(T // 2, T, (B,), generator=g)
+    ans = torch.randint(0, V, (B,), generator=g)
+    wrong = (ans + 1 + torch.randint(0, V - 1, (B,), generator=g)) % V
+    metrics = {
+        "loss": lambda lg: masked_loss(lg, targets),
+        "logitdiff": lambda lg: (lg[torch.arange(B), pos, ans] - lg[torch.arange(B), pos, wrong]).sum(),
+    }
+    out = {"logitdiff.pos": (pos.numpy().astype(np.float32), "F32"),
+           "logitdiff.ans": (ans.numpy().astype(np.float32), "F32"),
+           "logitdiff.wrong": (wrong.numpy().astype(np.float32), "F32")}
+    worst = 0.0
+    nh = 0
+    for name, metric in metrics.items():
+        if name not in metric_names:
+            continue
+        v32, g32 = activation_grads(cfg, W, tokens, metric, torch.float32)
+        v64, g64 = activation_grads(cfg, W, tokens, metric, torch.float64)
+        assert abs(v32.item() - v64.item()) < 1e-4
+        out[name + ".value"] = (np.array([v32.item()], np.float32), "F32")
+        for k in g32:
+            scale = g64[k].abs().max().item()
+            d = (g32[k].double() - g64[k]).abs().max().item()
+            assert scale > 0, "no gradient reaches %s" % k
+            worst = max(worst, d / scale)
+            out[name + "." + k] = (g32[k].numpy(), "F32")
+            nh += 1
+    assert worst < 1e-4, "float32 activation gradients disagree with float64: %g" % worst
+    path = os.path.join(OUT_DIR, out_name + ".safetensors")
+    ref.write_safetensors(path, out, {"generator": "tests/reference/grad_ref.py",
+                                      "fixture": fixture})
+    print("%-32s %d hook gradients, f32 vs f64 max rel %.2e  %d bytes"
+          % (out_name, nh, worst, os.path.getsize(path)))
+
+
 def adamw_file():
     gen = torch.Generator().manual_seed(11)
     lr, betas, eps, wd, steps = 0.01, (0.9, 0.98), 1e-8, 0.5, 5
@@ -135,6 +198,9 @@ def main():
     gradient_file("f32_parallel_rot025", "parallel_rot025", masked=False)
     gradient_file("f32_sequential_rot100", "sequential_rot100", masked=False)
     gradient_file("peaky", "peaky_masked", masked=True)
+    activation_grad_file("f32_parallel_rot025", "act_parallel_rot025")
+    activation_grad_file("f32_sequential_rot100", "act_sequential_rot100")
+    activation_grad_file("peaky", "act_peaky", ("loss",))
     adamw_file()
     return 0
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 static const struct battery_item *const items[] = {
     &battery_item_loss,
@@ -23,6 +23,10 @@ static const struct battery_item *const items[] = {
     &battery_item_sae_match,
     &battery_item_llc,
     &battery_item_sae_fixed,
+    &battery_item_patching,
+    &battery_item_attribution,
+    &battery_item_path_patching,
+    &battery_item_circuit,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
@@ -33,6 +37,7 @@ static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_PREV_ARTIFACTS] = "prev_artifacts",
     [BATTERY_NEED_TASK_OPTIONAL] = "task_optional",
     [BATTERY_NEED_SAE_DICTS] = "sae_dicts",
+    [BATTERY_NEED_PAIR_SETS] = "pair_sets",
 };
 
 size_t battery_count(void)

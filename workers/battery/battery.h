@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "workers/battery/pair_set.h"
 #include "workers/battery/probe_set.h"
 #include "workers/battery/rows.h"
 #include "workers/model/gptneox.h"
@@ -55,6 +56,8 @@ enum battery_need {
                                  task.json is found; the item runs without it */
     BATTERY_NEED_SAE_DICTS,   /* "sae_dicts": reads ctx.sae_fixed_dirs (--sae DIR); the item
                                  fails without one */
+    BATTERY_NEED_PAIR_SETS,   /* "pair_sets": reads ctx.pair_sets (--pairs) when given;
+                                 optional, the item has a built-in set */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -105,6 +108,9 @@ struct battery_ctx {
     /* fixed dictionaries for sae_fixed (--sae DIR, in order), or NULL/0 */
     const char *const *sae_fixed_dirs;
     int nsae_fixed;
+    /* prompt-pair sets (--pairs, in order; pair_set.h), or NULL/0 */
+    const struct pair_set *const *pair_sets;
+    int npair_sets;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -502,5 +508,15 @@ int sae_match_dicts(const float *cur, int n, const float *prev, int m, int d, do
  * battery_sae_fixed.c. */
 #define SAE_FIXED_MAX 16 /* dictionaries of one run */
 extern const struct battery_item battery_item_sae_fixed;
+/* patching v1, attribution v1, path_patching v1, circuit v1: activation,
+ * attribution and path patching on prompt pairs and the circuit they
+ * outline, per pair set (idx 0 the built-in induction pairs, k the k-th
+ * --pairs set).  battery_patching.h has what they share; the metrics are
+ * defined in battery_patching.c, battery_patching_atp.c,
+ * battery_patching_path.c and battery_patching_circuit.c. */
+extern const struct battery_item battery_item_patching;
+extern const struct battery_item battery_item_attribution;
+extern const struct battery_item battery_item_path_patching;
+extern const struct battery_item battery_item_circuit;
 
 #endif

@@ -7,35 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers/model/attention.h"
 #include "workers/model/kernels.h"
-
-/* Query rows per block in the attention backward (as ATT_BLOCK in kernels.c:
- * only the causal part of each block row is touched). */
-#define BWD_BLOCK 128
-
-struct tape_layer {
-    float *x_in;          /* (N,C) residual stream entering the layer */
-    float *ln1, *mean1, *rstd1;
-    float *qkv;           /* (N,3C) after rotary */
-    float *pattern;       /* (B,NH,T,T) */
-    float *z;             /* (N,C) */
-    float *x_mid;         /* (N,C) sequential residual: x_in + attn_out; else NULL */
-    float *ln2, *mean2, *rstd2;
-    float *hpre, *h;      /* (N,F) before and after GELU */
-};
-
-struct gptneox_tape {
-    size_t cap;
-    float *mem;
-    int B, T, nlayers;
-    int has_logits;
-    struct tape_layer *layers;
-    float *x_fin, *lnf, *meanf, *rstdf, *logits;
-    /* forward scratch */
-    float *x, *attn_out, *mlp_out, *cosv, *sinv;
-    /* backward scratch */
-    float *dres, *dln1, *dln2, *dz, *dqkv, *dh, *dP;
-};
+#include "workers/model/pool.h"
+#include "workers/model/tape.h"
 
 /* ---- parameters ---- */
 
@@ -112,112 +87,8 @@ void gptneox_tape_free(struct gptneox_tape *t)
         return;
     free(t->mem);
     free(t->layers);
+    free(t->tokens);
     free(t);
-}
-
-#define TAPE_MAX_BUFS 32
-
-struct bufs {
-    float **ptr[TAPE_MAX_BUFS];
-    size_t size[TAPE_MAX_BUFS];
-    int n;
-};
-
-static void want(struct bufs *b, float **p, size_t size)
-{
-    b->ptr[b->n] = p;
-    b->size[b->n] = size;
-    b->n++;
-}
-
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-/* Size the arena for (B,T) and point every buffer into it. */
-static int tape_prepare(struct gptneox_tape *t, const struct gptneox_config *c, int B, int T,
-                        struct err *e)
-{
-    const size_t N = (size_t)B * T, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
-    const size_t V = (size_t)c->vocab_size, NH = (size_t)c->n_heads;
-    const size_t half = (size_t)c->rotary_ndims / 2, L = (size_t)c->n_layers;
-    if (t->nlayers != c->n_layers) {
-        struct tape_layer *nl = calloc(L, sizeof *nl);
-        if (!nl)
-            return err_set(e, ERR_NOMEM, NULL, "out of memory for a training tape");
-        free(t->layers);
-        t->layers = nl;
-        t->nlayers = c->n_layers;
-    }
-    const size_t per_layer = round16(N * C) * 4 + round16(N) * 4 + round16(3 * N * C) +
-                             round16((size_t)B * NH * T * T) +
-                             (c->parallel_residual ? 0 : round16(N * C)) + round16(N * F) * 2;
-    struct bufs g = {.n = 0};
-    want(&g, &t->x_fin, N * C);
-    want(&g, &t->lnf, N * C);
-    want(&g, &t->meanf, N);
-    want(&g, &t->rstdf, N);
-    want(&g, &t->logits, N * V);
-    want(&g, &t->x, N * C);
-    want(&g, &t->attn_out, N * C);
-    want(&g, &t->mlp_out, N * C);
-    want(&g, &t->cosv, (size_t)T * half);
-    want(&g, &t->sinv, (size_t)T * half);
-    want(&g, &t->dres, N * C);
-    want(&g, &t->dln1, N * C);
-    want(&g, &t->dln2, N * C);
-    want(&g, &t->dz, N * C);
-    want(&g, &t->dqkv, 3 * N * C);
-    want(&g, &t->dh, N * F);
-    want(&g, &t->dP, (size_t)T * T);
-    size_t total = L * per_layer;
-    for (int i = 0; i < g.n; i++)
-        total += round16(g.size[i]);
-    if (total > t->cap) {
-        void *p = NULL;
-        free(t->mem);
-        t->mem = NULL;
-        t->cap = 0;
-        if (posix_memalign(&p, 64, total * sizeof(float)) != 0)
-            return err_set(e, ERR_NOMEM, NULL,
-                           "cannot allocate %zu MiB of training activations for B=%d T=%d",
-                           total * sizeof(float) >> 20, B, T);
-        t->mem = p;
-        t->cap = total;
-    }
-    size_t off = 0;
-    for (int i = 0; i < g.n; i++) {
-        *g.ptr[i] = t->mem + off;
-        off += round16(g.size[i]);
-    }
-    for (size_t l = 0; l < L; l++) {
-        struct tape_layer *y = &t->layers[l];
-        float **pc[4] = {&y->x_in, &y->ln1, &y->z, &y->ln2};
-        for (int i = 0; i < 4; i++) {
-            *pc[i] = t->mem + off;
-            off += round16(N * C);
-        }
-        float **pn[4] = {&y->mean1, &y->rstd1, &y->mean2, &y->rstd2};
-        for (int i = 0; i < 4; i++) {
-            *pn[i] = t->mem + off;
-            off += round16(N);
-        }
-        y->qkv = t->mem + off;
-        off += round16(3 * N * C);
-        y->pattern = t->mem + off;
-        off += round16((size_t)B * NH * T * T);
-        y->x_mid = NULL;
-        if (!c->parallel_residual) {
-            y->x_mid = t->mem + off;
-            off += round16(N * C);
-        }
-        y->hpre = t->mem + off;
-        off += round16(N * F);
-        y->h = t->mem + off;
-        off += round16(N * F);
-    }
-    t->B = B;
-    t->T = T;
-    rotary_tables(t->cosv, t->sinv, T, c->rotary_ndims, c->rotary_base);
-    return 0;
 }
 
 const float *gptneox_tape_logits(const struct gptneox_tape *t)
@@ -234,27 +105,9 @@ void gptneox_next_token_targets(int *targets, const int *tokens, int B, int T)
 
 /* ---- element-wise pieces ---- */
 
-/* mean (N), rstd (N) of inp (N,C), computed as layernorm_forward does. */
-static void layernorm_stats(float *mean, float *rstd, const float *inp, int N, int C, float eps)
-{
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        double s = 0.0;
-        for (int i = 0; i < C; i++)
-            s += x[i];
-        float mu = (float)(s / C);
-        double v = 0.0;
-        for (int i = 0; i < C; i++) {
-            float d = x[i] - mu;
-            v += (double)d * d;
-        }
-        mean[n] = mu;
-        rstd[n] = (float)(1.0 / sqrt(v / C + eps));
-    }
-}
-
 /* dx (N,C) += LayerNorm input gradient; dw (C), db (C) += weight and bias
- * gradients; dy (N,C) output gradient, x (N,C) input, mean/rstd (N), w (C). */
+ * gradients unless NULL; dy (N,C) output gradient, x (N,C) input,
+ * mean/rstd (N), w (C). */
 static void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                                const float *mean, const float *rstd, const float *w, int N, int C)
 {
@@ -268,9 +121,13 @@ static void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
             float gw = g[i] * w[i];
             s1 += gw;
             s2 += gw * xh;
-            dw[i] += g[i] * xh;
-            db[i] += g[i];
         }
+        if (dw)
+            for (int i = 0; i < C; i++) {
+                float xh = (xi[i] - mu) * rs;
+                dw[i] += g[i] * xh;
+                db[i] += g[i];
+            }
         s1 /= (float)C;
         s2 /= (float)C;
         for (int i = 0; i < C; i++) {
@@ -278,6 +135,12 @@ static void layernorm_backward(float *dx, float *dw, float *db, const float *dy,
             o[i] += rs * (g[i] * w[i] - s1 - xh * s2);
         }
     }
+}
+
+static void add_inplace(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
 }
 
 /* db (M) += column sums of d (N,M). */
@@ -292,16 +155,24 @@ static void colsum_add(float *db, const float *d, int N, int M)
     }
 }
 
-/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks. */
-static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks,
+ * blocks of them on the model's threads. */
+struct gelu_bjob {
+    float *dh;
+    const float *x;
+    int tanh_form;
+};
+
+static void gelu_backward_part(const void *ctx, size_t lo, size_t hi)
 {
+    const struct gelu_bjob *j = ctx;
     enum { CH = 256 };
     float a[CH], b[CH];
-    for (size_t i0 = 0; i0 < n; i0 += CH) {
-        size_t m = n - i0 < CH ? n - i0 : CH;
-        const float *xi = x + i0;
-        float *d = dh + i0;
-        if (!tanh_form) {
+    for (size_t i0 = lo; i0 < hi; i0 += CH) {
+        size_t m = hi - i0 < CH ? hi - i0 : CH;
+        const float *xi = j->x + i0;
+        float *d = j->dh + i0;
+        if (!j->tanh_form) {
             for (size_t i = 0; i < m; i++) {
                 a[i] = xi[i] * 0.70710678118654752f;
                 b[i] = -0.5f * xi[i] * xi[i];
@@ -327,43 +198,44 @@ static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
     }
 }
 
-/* Cross-entropy forward and backward: logits (N,V) are replaced by
- * d loss / d logits for the mean over rows with target >= 0 (`count` of
- * them); other rows get 0.  Returns the mean loss. */
-static double crossentropy_backward(float *logits, const int *targets, int N, int V, int count)
+static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
 {
+    struct gelu_bjob j = {dh, x, tanh_form};
+    pool_rows(n, 1, gelu_backward_part, &j);
+}
+
+double gptneox_xent_dlogits(float *dlogits, const float *logits, const int *targets, int N,
+                            int V)
+{
+    int count = 0;
+    for (int n = 0; n < N; n++)
+        count += targets[n] >= 0;
+    if (count == 0)
+        return NAN;
     const float scale = 1.0f / (float)count;
     double total = 0.0;
     for (int n = 0; n < N; n++) {
-        float *l = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
         if (targets[n] < 0) {
-            memset(l, 0, (size_t)V * sizeof(float));
+            memset(d, 0, (size_t)V * sizeof(float));
             continue;
         }
-        total += xent_grad_row(l, V, targets[n], scale);
+        if (d != logits + (size_t)n * V)
+            memcpy(d, logits + (size_t)n * V, (size_t)V * sizeof(float));
+        total += xent_grad_row(d, V, targets[n], scale);
     }
     return total / count;
 }
 
-static void add_inplace(float *x, const float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
-}
-
 /* ---- forward ---- */
 
-static int check_inputs(const struct gptneox_config *c, const int *tokens, const int *targets,
-                        int B, int T, int *count, struct err *e)
+static int check_targets(const struct gptneox_config *c, const int *targets, int B, int T,
+                         struct err *e)
 {
     if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 24))
         return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
     int V = c->vocab_size, k = 0;
     for (size_t i = 0; i < (size_t)B * T; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return err_set(e, ERR_INVALID, NULL,
-                           "token %d at position %zu is outside the vocabulary [0, %d)", tokens[i],
-                           i, V);
         if (targets[i] >= V || targets[i] < -1)
             return err_set(e, ERR_INVALID, NULL,
                            "target %d at position %zu is neither -1 nor in [0, %d)", targets[i],
@@ -372,77 +244,40 @@ static int check_inputs(const struct gptneox_config *c, const int *tokens, const
     }
     if (k == 0)
         return err_set(e, ERR_INVALID, NULL, "no position has a target: the loss is undefined");
-    *count = k;
     return 0;
 }
 
-static int train_forward(struct gptneox *m, struct gptneox_tape *tp, const int *tokens,
-                         const int *targets, int B, int T, int *count, struct err *e)
+int gptneox_tape_forward(struct gptneox *m, struct gptneox_tape *tape, const int *tokens, int B,
+                         int T, const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
 {
-    const struct gptneox_config *c = &m->cfg;
-    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, V = c->vocab_size;
-    const float eps = (float)c->layer_norm_eps;
-    int rc;
-    tp->has_logits = 0;
-    if ((rc = check_inputs(c, tokens, targets, B, T, count, e)) < 0)
-        return rc;
-    if ((rc = tape_prepare(tp, c, B, T, e)) < 0)
-        return rc;
-    const int N = B * T;
-    const size_t NC = (size_t)N * C;
-    float *x = tp->x;
-    for (int n = 0; n < N; n++)
-        memcpy(x + (size_t)n * C, m->embed + (size_t)tokens[n] * C, (size_t)C * sizeof(float));
-    for (int l = 0; l < c->n_layers; l++) {
-        const struct gptneox_layer *L = &m->layers[l];
-        struct tape_layer *y = &tp->layers[l];
-        memcpy(y->x_in, x, NC * sizeof(float));
-        layernorm_forward(y->ln1, x, L->ln1_w, L->ln1_b, N, C, eps);
-        layernorm_stats(y->mean1, y->rstd1, x, N, C, eps);
-        matmul_forward(y->qkv, y->ln1, L->qkv_w, L->qkv_b, N, C, 3 * C);
-        rotary_forward(y->qkv, tp->cosv, tp->sinv, B, T, NH, HS, c->rotary_ndims);
-        attention_pattern(y->pattern, y->qkv, B, T, NH, HS);
-        attention_z(y->z, y->pattern, y->qkv, B, T, NH, HS);
-        matmul_forward(tp->attn_out, y->z, L->attn_w, L->attn_b, N, C, C);
-        if (!c->parallel_residual) {
-            add_inplace(x, tp->attn_out, NC);
-            memcpy(y->x_mid, x, NC * sizeof(float));
-        }
-        layernorm_forward(y->ln2, x, L->ln2_w, L->ln2_b, N, C, eps);
-        layernorm_stats(y->mean2, y->rstd2, x, N, C, eps);
-        matmul_forward(y->hpre, y->ln2, L->fc_w, L->fc_b, N, C, F);
-        memcpy(y->h, y->hpre, (size_t)N * F * sizeof(float));
-        if (c->act == ACT_GELU)
-            gelu_forward(y->h, (size_t)N * F);
-        else
-            gelu_tanh_forward(y->h, (size_t)N * F);
-        matmul_forward(tp->mlp_out, y->h, L->proj_w, L->proj_b, N, F, C);
-        if (c->parallel_residual)
-            add_inplace(x, tp->attn_out, NC);
-        add_inplace(x, tp->mlp_out, NC);
-    }
-    memcpy(tp->x_fin, x, NC * sizeof(float));
-    layernorm_forward(tp->lnf, x, m->lnf_w, m->lnf_b, N, C, eps);
-    layernorm_stats(tp->meanf, tp->rstdf, x, N, C, eps);
-    matmul_forward(tp->logits, tp->lnf, m->unembed, NULL, N, C, V);
-    tp->has_logits = 1;
-    return 0;
+    if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 24))
+        return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
+    return gptneox_forward_taped(m, tape, tokens, B, T, hooks, nhooks, e);
+}
+
+float *gptneox_tape_dlogits(struct gptneox_tape *t)
+{
+    return t && t->has_logits ? t->logits : NULL;
 }
 
 int gptneox_train_forward(struct gptneox *m, struct gptneox_tape *tape, const int *tokens,
                           const int *targets, int B, int T, double *loss, struct err *e)
 {
-    int count = 0;
-    int rc = train_forward(m, tape, tokens, targets, B, T, &count, e);
-    if (rc < 0)
+    int rc;
+    tape->has_logits = 0;
+    if ((rc = check_targets(&m->cfg, targets, B, T, e)) < 0)
+        return rc;
+    if ((rc = gptneox_tape_forward(m, tape, tokens, B, T, NULL, 0, e)) < 0)
         return rc;
     float tmp;
     double total = 0.0;
+    int count = 0;
     const int V = m->cfg.vocab_size;
     for (size_t n = 0; n < (size_t)B * T; n++)
         if (targets[n] >= 0) {
             crossentropy_forward(&tmp, tape->logits + n * V, &targets[n], 1, V);
             total += tmp;
+            count++;
         }
     *loss = total / count;
     return 0;
@@ -450,81 +285,441 @@ int gptneox_train_forward(struct gptneox *m, struct gptneox_tape *tape, const in
 
 /* ---- backward ---- */
 
-/* d (N,C): gradient at the attention output; grads of the layer's attention
- * weights accumulate into G, dln1 (N,C) receives the gradient at ln1. */
-static void attention_backward(struct gptneox_tape *tp, const struct gptneox_config *c,
-                               const struct gptneox_layer *L, struct gptneox_layer *G,
-                               const struct tape_layer *y, const float *d)
+/* What one backward pass works with. */
+struct bwd {
+    const struct gptneox *m;
+    struct gptneox_tape *tp;
+    struct gptneox *G;                /* parameter gradients, or NULL */
+    const struct gptneox_hook *hooks; /* gradient hooks */
+    size_t nh;
+    struct err *e;
+};
+
+static int ghook(const struct bwd *w, enum hook_kind k, int layer, float *data)
 {
-    const int B = tp->B, T = tp->T, C = c->d_model, NH = c->n_heads, HS = c->d_head;
-    const int N = B * T, ld = 3 * C;
-    const float scale = 1.0f / sqrtf((float)HS);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, C, N, 1.0f, d, C, y->z, C, 1.0f,
-                G->attn_w, C);
-    colsum_add(G->attn_b, d, N, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, C, 1.0f, d, C, L->attn_w, C,
-                0.0f, tp->dz, C);
-    memset(tp->dqkv, 0, (size_t)N * ld * sizeof(float));
-    float *dP = tp->dP;
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *q = y->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
-            const float *k = q + HS, *v = q + 2 * HS;
-            float *dq = tp->dqkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
-            float *dk = dq + HS, *dv = dq + 2 * HS;
-            const float *P = y->pattern + ((size_t)b * NH + h) * T * T;
-            const float *dzh = tp->dz + (size_t)b * T * C + (size_t)h * HS;
-            for (int r0 = 0; r0 < T; r0 += BWD_BLOCK) {
-                int r1 = r0 + BWD_BLOCK < T ? r0 + BWD_BLOCK : T, R = r1 - r0;
-                /* dP = dz v^T, dv += P^T dz, on the keys rows r0..r1 see */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, r1, HS, 1.0f,
-                            dzh + (size_t)r0 * C, C, v, ld, 0.0f, dP + (size_t)r0 * T, T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, HS, R, 1.0f,
-                            P + (size_t)r0 * T, T, dzh + (size_t)r0 * C, C, 1.0f, dv, ld);
-                /* softmax backward, with the score scale folded in */
-                for (int i = r0; i < r1; i++) {
-                    const float *pr = P + (size_t)i * T;
-                    float *g = dP + (size_t)i * T;
-                    float s = 0.0f;
-                    for (int j = 0; j <= i; j++)
-                        s += pr[j] * g[j];
-                    for (int j = 0; j <= i; j++)
-                        g[j] = scale * pr[j] * (g[j] - s);
-                    for (int j = i + 1; j < r1; j++)
-                        g[j] = 0.0f;
-                }
-                /* dq = dS k, dk += dS^T q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, r1, 1.0f,
-                            dP + (size_t)r0 * T, T, k, ld, 0.0f, dq + (size_t)r0 * ld, ld);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, HS, R, 1.0f,
-                            dP + (size_t)r0 * T, T, q + (size_t)r0 * ld, ld, 1.0f, dk, ld);
-            }
-        }
-    rotary_backward(tp->dqkv, tp->cosv, tp->sinv, B, T, NH, HS, c->rotary_ndims);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * C, C, N, 1.0f, tp->dqkv, ld, y->ln1,
-                C, 1.0f, G->qkv_w, C);
-    colsum_add(G->qkv_b, tp->dqkv, N, 3 * C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, 3 * C, 1.0f, tp->dqkv, ld,
-                L->qkv_w, C, 0.0f, tp->dln1, C);
+    return hooks_call(w->m, w->hooks, w->nh, k, layer, data, w->tp->B, w->tp->T, 1, w->e);
 }
 
-/* d (N,C): gradient at the MLP output; dln2 (N,C) receives the gradient at ln2. */
-static void mlp_backward(struct gptneox_tape *tp, const struct gptneox_config *c,
-                         const struct gptneox_layer *L, struct gptneox_layer *G,
-                         const struct tape_layer *y, const float *d)
+static int gwant(const struct bwd *w, enum hook_kind k, int layer)
 {
+    return hooks_want(w->hooks, w->nh, k, layer);
+}
+
+/* The gradient at a branch output (hook_attn_out, hook_mlp_out) is the
+ * residual's; a hook there gets its own copy, so what it writes changes
+ * only that branch.  Returns the buffer to use, or NULL with *rc set. */
+static const float *branch_grad(const struct bwd *w, enum hook_kind k, int l, int *rc)
+{
+    struct gptneox_tape *tp = w->tp;
+    *rc = 0;
+    if (!gwant(w, k, l))
+        return tp->dres;
+    memcpy(tp->dbranch, tp->dres, (size_t)tp->B * tp->T * w->m->cfg.d_model * sizeof(float));
+    if ((*rc = ghook(w, k, l, tp->dbranch)) < 0)
+        return NULL;
+    return tp->dbranch;
+}
+
+/* A LayerNorm point of the backward (see ln_forward in gptneox.c). */
+struct ln_bpoint {
+    enum hook_kind kscale, knorm;
+    int layer, heads;
+};
+
+/* dx (R,C) += d/d input of a LayerNorm from dy (R,C) = d/d output (dy is
+ * used as scratch); dw, db (C) += its parameter gradients unless NULL.
+ * x (R,C) its input, mean/rstd (R) its statistics; scale (R) and nrm (R,C)
+ * the values after a forward hook_scale / hook_normalized (NULL when not
+ * hooked).  With hooks at the point (forward or gradient) the gradient
+ * goes through normalized and scale as TransformerLens computes them:
+ * dn = dy w [hook_normalized], dscale = -sum dn xc / scale^2 [hook_scale],
+ * dxc = dn / scale + dscale xc / (C scale0), dx = dxc - mean(dxc). */
+static int ln_backward(const struct bwd *w, const struct ln_bpoint *pt, float *dx, float *dw,
+                       float *db, float *dy, const float *x, const float *mean,
+                       const float *rstd, const float *scale, const float *nrm,
+                       const float *wt, int R, int C)
+{
+    const struct gptneox_tape *tp = w->tp;
+    if (!scale && !gwant(w, pt->kscale, pt->layer) && !gwant(w, pt->knorm, pt->layer)) {
+        layernorm_backward(dx, dw, db, dy, x, mean, rstd, wt, R, C);
+        return 0;
+    }
+    float *ds = malloc((size_t)R * sizeof(float));
+    int rc = 0, ndim, shape[4];
+    if (!ds)
+        return err_set(w->e, ERR_NOMEM, NULL, "out of memory for a LayerNorm gradient");
+    for (int n = 0; n < R; n++) {
+        float *g = dy + (size_t)n * C;
+        const float *xi = x + (size_t)n * C;
+        const float mu = mean[n], rs = rstd[n];
+        if (dw)
+            for (int i = 0; i < C; i++) {
+                float nv = nrm ? nrm[(size_t)n * C + i] : (xi[i] - mu) * rs;
+                dw[i] += g[i] * nv;
+                db[i] += g[i];
+            }
+        for (int i = 0; i < C; i++)
+            g[i] *= wt[i];
+    }
+    hooks_ln_shape(&w->m->cfg, tp->B, tp->T, pt->heads, 0, &ndim, shape);
+    if ((rc = hooks_call_shaped(w->m, w->hooks, w->nh, pt->knorm, pt->layer, dy, ndim, shape, 1,
+                                w->e)) < 0)
+        goto out;
+    for (int n = 0; n < R; n++) {
+        const float *g = dy + (size_t)n * C, *xi = x + (size_t)n * C;
+        const float mu = mean[n], s = scale ? scale[n] : 1.0f / rstd[n];
+        float acc = 0.0f;
+        for (int i = 0; i < C; i++)
+            acc += g[i] * (xi[i] - mu);
+        ds[n] = -acc / (s * s);
+    }
+    hooks_ln_shape(&w->m->cfg, tp->B, tp->T, pt->heads, 1, &ndim, shape);
+    if ((rc = hooks_call_shaped(w->m, w->hooks, w->nh, pt->kscale, pt->layer, ds, ndim, shape, 1,
+                                w->e)) < 0)
+        goto out;
+    for (int n = 0; n < R; n++) {
+        float *g = dy + (size_t)n * C;
+        const float *xi = x + (size_t)n * C;
+        const float mu = mean[n], rs = rstd[n], s = scale ? scale[n] : 1.0f / rs;
+        const float k = ds[n] * rs / (float)C;
+        float m = 0.0f;
+        for (int i = 0; i < C; i++) {
+            g[i] = g[i] / s + k * (xi[i] - mu);
+            m += g[i];
+        }
+        m /= (float)C;
+        float *o = dx + (size_t)n * C;
+        for (int i = 0; i < C; i++)
+            o[i] += g[i] - m;
+    }
+out:
+    free(ds);
+    return rc;
+}
+
+/* Gradient hooks on one part of dqkv: gather, call, scatter. */
+static int dqkv_hook(const struct bwd *w, enum hook_kind k, int l, int which)
+{
+    if (!gwant(w, k, l))
+        return 0;
+    const int NH = w->m->cfg.n_heads, HS = w->m->cfg.d_head, N = w->tp->B * w->tp->T;
+    float *buf = malloc((size_t)N * NH * HS * sizeof(float));
+    if (!buf)
+        return err_set(w->e, ERR_NOMEM, NULL, "out of memory for a q/k/v gradient");
+    for (size_t r = 0; r < (size_t)N * NH; r++)
+        memcpy(buf + r * HS, w->tp->dqkv + r * 3 * HS + (size_t)which * HS,
+               (size_t)HS * sizeof(float));
+    int rc = ghook(w, k, l, buf);
+    if (rc == 0)
+        for (size_t r = 0; r < (size_t)N * NH; r++)
+            memcpy(w->tp->dqkv + r * 3 * HS + (size_t)which * HS, buf + r * HS,
+                   (size_t)HS * sizeof(float));
+    free(buf);
+    return rc;
+}
+
+/* The materialised attention backward (a pattern or scores hook, forward
+ * or gradient): d/d pattern over every key, d/d scores, then dq, dk, dv. */
+static int attention_backward_mat(const struct bwd *w, int l)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct tape_layer *y = &tp->layers[l];
+    const int B = tp->B, T = tp->T, NH = w->m->cfg.n_heads, HS = w->m->cfg.d_head;
+    const int C = NH * HS, ld = 3 * C;
+    const size_t TT = (size_t)T * T;
+    float *dpat = NULL, *pre = NULL;
+    const float *p_used = y->pattern, *p_soft = y->psoft;
+    int rc = 0;
+    dpat = malloc((size_t)B * NH * TT * sizeof(float));
+    if (!dpat)
+        return err_set(w->e, ERR_NOMEM, NULL, "cannot allocate the attention pattern gradient");
+    if (!p_used) { /* the forward was fused: the pattern again */
+        if (!(pre = malloc((size_t)B * NH * TT * sizeof(float)))) {
+            rc = err_set(w->e, ERR_NOMEM, NULL, "cannot allocate the attention pattern");
+            goto out;
+        }
+        attention_scores(pre, y->qkv, B, T, NH, HS);
+        attention_softmax(pre, pre, B, NH, T);
+        p_used = p_soft = pre;
+    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            attention_dpattern_head(dpat + ((size_t)b * NH + h) * TT,
+                                    tp->dz + (size_t)b * T * C + (size_t)h * HS, C,
+                                    y->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS, T, NH, HS);
+    if ((rc = ghook(w, HOOK_ATTN_PATTERN, l, dpat)) < 0)
+        goto out;
+    memset(tp->dqkv, 0, (size_t)B * T * ld * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t o = ((size_t)b * NH + h) * TT;
+            attention_backward_pattern_head(
+                tp->dqkv + (size_t)b * T * ld + (size_t)h * 3 * HS + 2 * HS, dpat + o,
+                p_used + o, p_soft + o, tp->dz + (size_t)b * T * C + (size_t)h * HS, C, T, NH,
+                HS);
+        }
+    if ((rc = ghook(w, HOOK_ATTN_SCORES, l, dpat)) < 0)
+        goto out;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            attention_backward_scores_head(tp->dqkv + (size_t)b * T * ld + (size_t)h * 3 * HS,
+                                           dpat + ((size_t)b * NH + h) * TT,
+                                           y->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS, T,
+                                           NH, HS);
+out:
+    free(pre);
+    free(dpat);
+    return rc;
+}
+
+/* d (B,T,C): gradient at attention layer l's output; parameter gradients
+ * accumulate into w->G; the gradient at ln1's output goes to dln1:
+ * (B,T,C), or (B,T,NH,C) with `heads` (one LayerNorm per head). */
+static int attention_backward_layer(const struct bwd *w, int l, const float *d, int heads,
+                                    float *dln1)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct gptneox_config *c = &w->m->cfg;
+    const struct gptneox_layer *L = &w->m->layers[l];
+    struct gptneox_layer *G = w->G ? &w->G->layers[l] : NULL;
+    const struct tape_layer *y = &tp->layers[l];
+    const int B = tp->B, T = tp->T, C = c->d_model, NH = c->n_heads, HS = c->d_head;
+    const int N = B * T, ld = 3 * C;
+    int rc = 0;
+    if (G)
+        colsum_add(G->attn_b, d, N, C);
+    if (gwant(w, HOOK_ATTN_RESULT, l)) {
+        /* d result[:, h] = d attn_out for every head; each goes back
+         * through its own slice of W_O */
+        float *dr = malloc((size_t)N * NH * C * sizeof(float));
+        if (!dr)
+            return err_set(w->e, ERR_NOMEM, NULL, "out of memory for the result gradient");
+        for (int n = 0; n < N; n++)
+            for (int h = 0; h < NH; h++)
+                memcpy(dr + ((size_t)n * NH + h) * C, d + (size_t)n * C,
+                       (size_t)C * sizeof(float));
+        if ((rc = ghook(w, HOOK_ATTN_RESULT, l, dr)) < 0) {
+            free(dr);
+            return rc;
+        }
+        for (int h = 0; h < NH; h++) {
+            if (G)
+                sgemm_par(1, 0, C, HS, N, 1.0f, dr + (size_t)h * C, NH * C, y->z + (size_t)h * HS,
+                          C, 1.0f, G->attn_w + (size_t)h * HS, C);
+            sgemm_par(0, 0, N, HS, C, 1.0f, dr + (size_t)h * C, NH * C, L->attn_w + (size_t)h * HS,
+                      C, 0.0f, tp->dz + (size_t)h * HS, C);
+        }
+        free(dr);
+    } else {
+        if (G)
+            sgemm_par(1, 0, C, C, N, 1.0f, d, C, y->z, C, 1.0f, G->attn_w, C);
+        sgemm_par(0, 0, N, C, C, 1.0f, d, C, L->attn_w, C, 0.0f, tp->dz, C);
+    }
+    if ((rc = ghook(w, HOOK_ATTN_Z, l, tp->dz)) < 0)
+        return rc;
+    if ((y->plan & LP_MAT) || gwant(w, HOOK_ATTN_PATTERN, l) || gwant(w, HOOK_ATTN_SCORES, l)) {
+        if ((rc = attention_backward_mat(w, l)) < 0)
+            return rc;
+    } else {
+        attention_backward(tp->dqkv, tp->dz, y->zraw, y->lse, y->qkv, tp->att, B, T, NH, HS);
+    }
+    if ((rc = dqkv_hook(w, HOOK_ROT_Q, l, 0)) < 0 || (rc = dqkv_hook(w, HOOK_ROT_K, l, 1)) < 0)
+        return rc;
+    rotary_backward(tp->dqkv, tp->cosv, tp->sinv, B, T, NH, HS, c->rotary_ndims);
+    if ((rc = dqkv_hook(w, HOOK_ATTN_Q, l, 0)) < 0 || (rc = dqkv_hook(w, HOOK_ATTN_K, l, 1)) < 0 ||
+        (rc = dqkv_hook(w, HOOK_ATTN_V, l, 2)) < 0)
+        return rc;
+    if (!heads) {
+        if (G) {
+            sgemm_par(1, 0, 3 * C, C, N, 1.0f, tp->dqkv, ld, y->ln1, C, 1.0f, G->qkv_w, C);
+            colsum_add(G->qkv_b, tp->dqkv, N, 3 * C);
+        }
+        sgemm_par(0, 0, N, C, 3 * C, 1.0f, tp->dqkv, ld, L->qkv_w, C, 0.0f, dln1, C);
+        return 0;
+    }
+    /* per head: head h's q, k, v came from its own ln1 row */
+    const int lnh = (y->plan & LP_ATTN_IN) != 0; /* ln1 was per head in the forward */
+    for (int h = 0; h < NH; h++) {
+        const float *dq = tp->dqkv + (size_t)h * 3 * HS;
+        const float *wq = L->qkv_w + (size_t)h * 3 * HS * C;
+        if (G) {
+            sgemm_par(1, 0, 3 * HS, C, N, 1.0f, dq, ld, lnh ? y->ln1 + (size_t)h * C : y->ln1,
+                      lnh ? NH * C : C, 1.0f, G->qkv_w + (size_t)h * 3 * HS * C, C);
+            if (G->qkv_b)
+                for (int n = 0; n < N; n++)
+                    for (int j = 0; j < 3 * HS; j++)
+                        G->qkv_b[(size_t)h * 3 * HS + j] += dq[(size_t)n * ld + j];
+        }
+        sgemm_par(0, 0, N, C, 3 * HS, 1.0f, dq, ld, wq, C, 0.0f, dln1 + (size_t)h * C, NH * C);
+    }
+    return 0;
+}
+
+/* The LayerNorm before the attention: dres += its input gradient from
+ * dln1 (the gradient at its output), through hook_attn_in when `heads`. */
+static int ln1_backward(const struct bwd *w, int l, int heads, float *dln1)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct gptneox_config *c = &w->m->cfg;
+    const struct gptneox_layer *L = &w->m->layers[l];
+    struct gptneox_layer *G = w->G ? &w->G->layers[l] : NULL;
+    const struct tape_layer *y = &tp->layers[l];
+    const int N = tp->B * tp->T, C = c->d_model, NH = c->n_heads;
+    const struct ln_bpoint pt = {HOOK_LN1_SCALE, HOOK_LN1_NORMALIZED, l, heads};
+    if (!heads)
+        return ln_backward(w, &pt, tp->dres, G ? G->ln1_w : NULL, G ? G->ln1_b : NULL, dln1,
+                           y->x_in, y->mean1, y->rstd1, y->scale1, y->ln1n, L->ln1_w, N, C);
+    /* one row per (position, head): the forward's own, or the shared
+     * LayerNorm's repeated when only the gradient hook asks for heads */
+    const size_t R = (size_t)N * NH;
+    float *dain = calloc(R * C, sizeof(float)), *rep = NULL, *mrep = NULL;
+    const float *x = y->ain, *mean = y->mean1, *rstd = y->rstd1;
+    int rc = 0;
+    if (!dain)
+        return err_set(w->e, ERR_NOMEM, NULL, "out of memory for the attention input gradient");
+    if (!(y->plan & LP_ATTN_IN)) {
+        rep = malloc(R * C * sizeof(float));
+        mrep = malloc(2 * R * sizeof(float));
+        if (!rep || !mrep) {
+            rc = err_set(w->e, ERR_NOMEM, NULL, "out of memory for the attention input gradient");
+            goto out;
+        }
+        for (size_t r = 0; r < R; r++) {
+            memcpy(rep + r * C, y->x_in + (r / NH) * C, (size_t)C * sizeof(float));
+            mrep[r] = y->mean1[r / NH];
+            mrep[R + r] = y->rstd1[r / NH];
+        }
+        x = rep;
+        mean = mrep;
+        rstd = mrep + R;
+    }
+    if ((rc = ln_backward(w, &pt, dain, G ? G->ln1_w : NULL, G ? G->ln1_b : NULL, dln1, x,
+                          mean, rstd, (y->plan & LP_ATTN_IN) ? y->scale1 : NULL,
+                          (y->plan & LP_ATTN_IN) ? y->ln1n : NULL, L->ln1_w, (int)R, C)) < 0)
+        goto out;
+    if ((rc = ghook(w, HOOK_ATTN_IN, l, dain)) < 0)
+        goto out;
+    for (size_t r = 0; r < R; r++)
+        add_inplace(tp->dres + (r / NH) * C, dain + r * C, (size_t)C);
+out:
+    free(mrep);
+    free(rep);
+    free(dain);
+    return rc;
+}
+
+/* The LayerNorm before the MLP: dres += its input gradient from tp->dln2
+ * (through hook_mlp_in when hooked); x its input in the forward. */
+static int ln2_backward(const struct bwd *w, int l, const float *x)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct gptneox_config *c = &w->m->cfg;
+    const struct gptneox_layer *L = &w->m->layers[l];
+    struct gptneox_layer *G = w->G ? &w->G->layers[l] : NULL;
+    const struct tape_layer *y = &tp->layers[l];
+    const int N = tp->B * tp->T, C = c->d_model;
+    const size_t NC = (size_t)N * C;
+    const struct ln_bpoint pt = {HOOK_LN2_SCALE, HOOK_LN2_NORMALIZED, l, 0};
+    if (y->mlp_in)
+        x = y->mlp_in;
+    if (!gwant(w, HOOK_MLP_IN, l))
+        return ln_backward(w, &pt, tp->dres, G ? G->ln2_w : NULL, G ? G->ln2_b : NULL, tp->dln2,
+                           x, y->mean2, y->rstd2, y->scale2, y->ln2n, L->ln2_w, N, C);
+    memset(tp->dbranch, 0, NC * sizeof(float));
+    int rc = ln_backward(w, &pt, tp->dbranch, G ? G->ln2_w : NULL, G ? G->ln2_b : NULL,
+                         tp->dln2, x, y->mean2, y->rstd2, y->scale2, y->ln2n, L->ln2_w, N, C);
+    if (rc < 0 || (rc = ghook(w, HOOK_MLP_IN, l, tp->dbranch)) < 0)
+        return rc;
+    add_inplace(tp->dres, tp->dbranch, NC);
+    return 0;
+}
+
+/* d (B,T,C): gradient at MLP layer l's output; tp->dln2 (B,T,C) receives
+ * the gradient at ln2's output. */
+static int mlp_backward(const struct bwd *w, int l, const float *d)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct gptneox_config *c = &w->m->cfg;
+    const struct gptneox_layer *L = &w->m->layers[l];
+    struct gptneox_layer *G = w->G ? &w->G->layers[l] : NULL;
+    const struct tape_layer *y = &tp->layers[l];
     const int N = tp->B * tp->T, C = c->d_model, F = c->d_mlp;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, F, N, 1.0f, d, C, y->h, F, 1.0f,
-                G->proj_w, F);
-    colsum_add(G->proj_b, d, N, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, F, C, 1.0f, d, C, L->proj_w, F,
-                0.0f, tp->dh, F);
+    int rc;
+    if (G) {
+        const float *h = y->h;
+        if (!h) { /* not kept: the GELU again, as the forward computed it */
+            memcpy(tp->hre, y->hpre, (size_t)N * F * sizeof(float));
+            if (c->act == ACT_GELU)
+                gelu_forward(tp->hre, (size_t)N * F);
+            else
+                gelu_tanh_forward(tp->hre, (size_t)N * F);
+            h = tp->hre;
+        }
+        sgemm_par(1, 0, C, F, N, 1.0f, d, C, h, F, 1.0f, G->proj_w, F);
+        colsum_add(G->proj_b, d, N, C);
+    }
+    sgemm_par(0, 0, N, F, C, 1.0f, d, C, L->proj_w, F, 0.0f, tp->dh, F);
+    if ((rc = ghook(w, HOOK_MLP_POST, l, tp->dh)) < 0)
+        return rc;
     gelu_backward(tp->dh, y->hpre, (size_t)N * F, c->act != ACT_GELU);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, N, 1.0f, tp->dh, F, y->ln2, C,
-                1.0f, G->fc_w, C);
-    colsum_add(G->fc_b, tp->dh, N, F);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, F, 1.0f, tp->dh, F, L->fc_w, C,
-                0.0f, tp->dln2, C);
+    if ((rc = ghook(w, HOOK_MLP_PRE, l, tp->dh)) < 0)
+        return rc;
+    if (G) {
+        sgemm_par(1, 0, F, C, N, 1.0f, tp->dh, F, y->ln2, C, 1.0f, G->fc_w, C);
+        colsum_add(G->fc_b, tp->dh, N, F);
+    }
+    sgemm_par(0, 0, N, C, F, 1.0f, tp->dh, F, L->fc_w, C, 0.0f, tp->dln2, C);
+    return 0;
+}
+
+/* Layer l backward: tp->dres holds d/d hook_resid_post on entry and
+ * d/d hook_resid_pre on return. */
+static int layer_backward(const struct bwd *w, int l)
+{
+    struct gptneox_tape *tp = w->tp;
+    const struct gptneox_config *c = &w->m->cfg;
+    const struct tape_layer *y = &tp->layers[l];
+    const int heads = (y->plan & LP_ATTN_IN) || gwant(w, HOOK_ATTN_IN, l);
+    float *dln1 = tp->dln1, *own = NULL;
+    const float *d;
+    int rc;
+    if (heads && !tp->dln1_heads) { /* the forward kept room for one row per position */
+        own = malloc((size_t)tp->B * tp->T * c->n_heads * c->d_model * sizeof(float));
+        if (!own)
+            return err_set(w->e, ERR_NOMEM, NULL, "out of memory for the ln1 gradient");
+        dln1 = own;
+    }
+    if ((rc = ghook(w, HOOK_RESID_POST, l, tp->dres)) < 0)
+        goto out;
+    if (!(d = branch_grad(w, HOOK_MLP_OUT, l, &rc)))
+        goto out;
+    if ((rc = mlp_backward(w, l, d)) < 0)
+        goto out;
+    if (c->parallel_residual) {
+        /* x_out = x_in + attn(ln1(x_in)) + mlp(ln2(x_in)) */
+        if (!(d = branch_grad(w, HOOK_ATTN_OUT, l, &rc)))
+            goto out;
+        if ((rc = attention_backward_layer(w, l, d, heads, dln1)) < 0)
+            goto out;
+        if ((rc = ln2_backward(w, l, y->x_in)) < 0)
+            goto out;
+    } else {
+        /* x_mid = x_in + attn(ln1(x_in)); x_out = x_mid + mlp(ln2(x_mid)) */
+        if ((rc = ln2_backward(w, l, y->x_mid)) < 0)
+            goto out;
+        if ((rc = ghook(w, HOOK_RESID_MID, l, tp->dres)) < 0)
+            goto out;
+        if (!(d = branch_grad(w, HOOK_ATTN_OUT, l, &rc)))
+            goto out;
+        if ((rc = attention_backward_layer(w, l, d, heads, dln1)) < 0)
+            goto out;
+    }
+    if ((rc = ln1_backward(w, l, heads, dln1)) < 0)
+        goto out;
+    rc = ghook(w, HOOK_RESID_PRE, l, tp->dres);
+out:
+    free(own);
+    return rc;
 }
 
 static int same_config(const struct gptneox_config *a, const struct gptneox_config *b)
@@ -535,6 +730,47 @@ static int same_config(const struct gptneox_config *a, const struct gptneox_conf
            a->attention_bias == b->attention_bias;
 }
 
+int gptneox_backward(struct gptneox *m, struct gptneox_tape *tp, const float *dlogits,
+                     const struct gptneox_hook *hooks, size_t nhooks, struct gptneox *grads,
+                     struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    if (grads && (!same_config(c, &grads->cfg) || !grads->writable))
+        return err_set(e, ERR_MISMATCH, NULL,
+                       "the gradient model was not made by gptneox_grads_create for this model");
+    if (!tp->layers || tp->nlayers != c->n_layers || tp->B <= 0 || !tp->forward_done)
+        return err_set(e, ERR_INVALID, NULL, "the tape holds no forward of this model");
+    if (!dlogits)
+        return err_set(e, ERR_INVALID, NULL, "no logits gradient for the backward");
+    const int *tokens = tp->tokens;
+    const int B = tp->B, T = tp->T, N = B * T, C = c->d_model, V = c->vocab_size;
+    const size_t NC = (size_t)N * C;
+    struct bwd w = {m, tp, grads, hooks, nhooks, e};
+    int rc;
+    if (grads)
+        memset(grads->block, 0, grads->block_floats * sizeof(float));
+    /* unembedding and final LayerNorm */
+    if (grads)
+        sgemm_par(1, 0, V, C, N, 1.0f, dlogits, V, tp->lnf, C, 1.0f, grads->unembed, C);
+    sgemm_par(0, 0, N, C, V, 1.0f, dlogits, V, m->unembed, C, 0.0f, tp->dln1, C);
+    memset(tp->dres, 0, NC * sizeof(float));
+    const struct ln_bpoint pf = {HOOK_LN_FINAL_SCALE, HOOK_LN_FINAL, -1, 0};
+    if ((rc = ln_backward(&w, &pf, tp->dres, grads ? grads->lnf_w : NULL,
+                          grads ? grads->lnf_b : NULL, tp->dln1, tp->x_fin, tp->meanf, tp->rstdf,
+                          tp->scalef, tp->lnfn, m->lnf_w, N, C)) < 0)
+        return rc;
+    for (int l = c->n_layers - 1; l >= 0; l--)
+        if ((rc = layer_backward(&w, l)) < 0)
+            return rc;
+    if ((rc = ghook(&w, HOOK_EMBED, -1, tp->dres)) < 0)
+        return rc;
+    if (grads)
+        for (int n = 0; n < N; n++)
+            add_inplace(grads->embed + (size_t)tokens[n] * C, tp->dres + (size_t)n * C,
+                        (size_t)C);
+    return 0;
+}
+
 int gptneox_forward_backward(struct gptneox *m, struct gptneox *grads, struct gptneox_tape *tp,
                              const int *tokens, const int *targets, int B, int T, double *loss,
                              struct err *e)
@@ -543,47 +779,14 @@ int gptneox_forward_backward(struct gptneox *m, struct gptneox *grads, struct gp
     if (!same_config(c, &grads->cfg) || !grads->writable)
         return err_set(e, ERR_MISMATCH, NULL,
                        "the gradient model was not made by gptneox_grads_create for this model");
-    int count = 0, rc;
-    if ((rc = train_forward(m, tp, tokens, targets, B, T, &count, e)) < 0)
+    int rc;
+    if ((rc = check_targets(c, targets, B, T, e)) < 0)
         return rc;
-    const int N = B * T, C = c->d_model, V = c->vocab_size;
-    const size_t NC = (size_t)N * C;
-    memset(grads->block, 0, grads->block_floats * sizeof(float));
-
+    if ((rc = gptneox_tape_forward(m, tp, tokens, B, T, NULL, 0, e)) < 0)
+        return rc;
     tp->has_logits = 0; /* the logits become their gradient */
-    *loss = crossentropy_backward(tp->logits, targets, N, V, count);
-    /* unembedding and final LayerNorm */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, tp->logits, V, tp->lnf, C,
-                1.0f, grads->unembed, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, tp->logits, V,
-                m->unembed, C, 0.0f, tp->dln1, C);
-    memset(tp->dres, 0, NC * sizeof(float));
-    layernorm_backward(tp->dres, grads->lnf_w, grads->lnf_b, tp->dln1, tp->x_fin, tp->meanf,
-                       tp->rstdf, m->lnf_w, N, C);
-
-    for (int l = c->n_layers - 1; l >= 0; l--) {
-        const struct gptneox_layer *L = &m->layers[l];
-        struct gptneox_layer *G = &grads->layers[l];
-        const struct tape_layer *y = &tp->layers[l];
-        if (c->parallel_residual) {
-            /* x_out = x_in + attn(ln1(x_in)) + mlp(ln2(x_in)) */
-            mlp_backward(tp, c, L, G, y, tp->dres);
-            attention_backward(tp, c, L, G, y, tp->dres);
-            layernorm_backward(tp->dres, G->ln2_w, G->ln2_b, tp->dln2, y->x_in, y->mean2,
-                               y->rstd2, L->ln2_w, N, C);
-        } else {
-            /* x_mid = x_in + attn(ln1(x_in)); x_out = x_mid + mlp(ln2(x_mid)) */
-            mlp_backward(tp, c, L, G, y, tp->dres);
-            layernorm_backward(tp->dres, G->ln2_w, G->ln2_b, tp->dln2, y->x_mid, y->mean2,
-                               y->rstd2, L->ln2_w, N, C);
-            attention_backward(tp, c, L, G, y, tp->dres);
-        }
-        layernorm_backward(tp->dres, G->ln1_w, G->ln1_b, tp->dln1, y->x_in, y->mean1, y->rstd1,
-                           L->ln1_w, N, C);
-    }
-    for (int n = 0; n < N; n++)
-        add_inplace(grads->embed + (size_t)tokens[n] * C, tp->dres + (size_t)n * C, (size_t)C);
-    return 0;
+    *loss = gptneox_xent_dlogits(tp->logits, tp->logits, targets, B * T, c->vocab_size);
+    return gptneox_backward(m, tp, tp->logits, NULL, 0, grads, e);
 }
 
 double gptneox_train_flops(const struct gptneox_config *c, int B, int T)

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "workers/model/pool.h"
+
 const char *blas_best_coretype(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -45,8 +47,10 @@ const char *blas_corename(void)
 
 void blas_set_threads(int n)
 {
-    if (n > 0)
+    if (n > 0) {
         openblas_set_num_threads(n);
+        pool_set_threads(n);
+    }
 }
 
 int blas_threads(void) { return openblas_get_num_threads(); }

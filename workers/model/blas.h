@@ -30,7 +30,8 @@ void blas_prepare(char **argv);
 /* The core OpenBLAS actually uses (openblas_get_corename). */
 const char *blas_corename(void);
 
-/* Threads for BLAS calls (n <= 0: leave as configured). */
+/* Threads for BLAS calls and the model's own loops (pool.h) (n <= 0:
+ * leave as configured). */
 void blas_set_threads(int n);
 int blas_threads(void);
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/atomic_file.h"
 #include "common/json_err.h"
 
 /* The size fields: config.json name, where in the struct, allowed range. */
@@ -330,12 +331,13 @@ int gptneox_config_save(const struct gptneox_config *c, const char *path, struct
                           "torch_dtype", c->torch_dtype[0] ? c->torch_dtype : "float32");
     if (!o)
         return err_set(e, ERR_NOMEM, path, "cannot build config JSON");
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int rc = 0;
-    if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0) {
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc == 0 && json_dumpf(o, af.f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
         rc = err_set(e, ERR_IO, path, "cannot write config: %s", strerror(errno));
-        remove(tmp);
+        atomic_file_abort(&af);
+    } else if (rc == 0) {
+        rc = atomic_file_commit(&af, e);
     }
     json_decref(o);
     return rc;

@@ -1,5 +1,6 @@
 #include "workers/model/gptneox.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -8,29 +9,58 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cblas.h>
+
 #include "common/log.h"
+#include "common/rng.h"
+#include "workers/model/attention.h"
 #include "workers/model/checkpoint.h"
 #include "workers/model/kernels.h"
+#include "workers/model/pool.h"
 #include "workers/model/safetensors.h"
+#include "workers/model/tape.h"
 #include "workers/model/tensor.h"
 
-/* The activation arena of one forward.  Sizes grow to the largest (B,T)
- * seen and are reused; nothing is allocated per layer. */
+/* The model's arena for forwards without a tape: sized for the largest
+ * (B,T) and hook set seen, reused by every layer and every forward.
+ * N = B*T. */
 struct gptneox_acts {
-    size_t cap;      /* floats allocated */
+    size_t cap;         /* floats allocated at mem */
     float *mem;
-    int B, T;        /* of the last forward */
-    int has_logits;  /* last forward ran to the logits */
-    float *x, *ln, *qkv, *pattern, *z, *attn_out, *ln2, *h, *mlp_out, *logits;
-    float *cosv, *sinv;
+    int B, T;           /* of the last forward */
+    int has_logits;     /* the last forward ran to the logits */
+    float *x;           /* (B,T,C) residual stream, updated in place */
+    float *ln;          /* (B,T,C) LayerNorm output (ln1, then ln_final); (B,T,NH,C)
+                         * when a layer's hook_attn_in is hooked */
+    float *hbuf;        /* (B,T,NH,C) hook_attn_in / attn.hook_result values, or
+                         * (B,T,NH,HS) a q/k/v hook's; NULL when none is hooked */
+    float *mean, *scale; /* (B,T,NH) statistics of a hooked LayerNorm; NULL if none */
+    float *qkv;         /* (B,T,NH,3,HS) query_key_value output, q and k rotated */
+    float *scores;      /* (B,NH,T,T) materialised scores, then pattern; NULL unless
+                         * hook_attn_scores or hook_pattern is hooked */
+    float *z;           /* (B,T,NH,HS) */
+    float *attn_out;    /* (B,T,C) */
+    float *mlp_in;      /* (B,T,C) hook_mlp_in's copy; NULL unless hooked */
+    float *ln2;         /* (B,T,C) */
+    float *h;           /* (B,T,F) MLP pre-activation, then its GELU in place */
+    float *mlp_out;     /* (B,T,C) */
+    float *logits;      /* (B,T,V); NULL for a forward that stops early */
+    float *cosv, *sinv; /* (T,RD/2) rotary tables */
+    float *att;         /* (threads, attention_scratch_floats) fused attention */
 };
 
 /* ---- hook names ---- */
 
 static const char *const hook_suffix[HOOK_KIND_COUNT] = {
-    "hook_embed",      "hook_resid_pre", "attn.hook_pattern", "attn.hook_z",
-    "hook_attn_out",   "hook_resid_mid", "mlp.hook_post",     "hook_mlp_out",
-    "hook_resid_post", "ln_final.hook_normalized",
+    "hook_embed",          "hook_resid_pre",      "attn.hook_pattern",
+    "attn.hook_z",         "hook_attn_out",       "hook_resid_mid",
+    "mlp.hook_post",       "hook_mlp_out",        "hook_resid_post",
+    "ln_final.hook_normalized", "attn.hook_q",    "attn.hook_k",
+    "attn.hook_v",         "attn.hook_rot_q",     "attn.hook_rot_k",
+    "attn.hook_attn_scores", "mlp.hook_pre",      "ln1.hook_scale",
+    "ln1.hook_normalized", "ln2.hook_scale",      "ln2.hook_normalized",
+    "ln_final.hook_scale", "attn.hook_result",    "hook_attn_in",
+    "hook_mlp_in",
 };
 
 const char *hook_kind_suffix(enum hook_kind k)
@@ -38,7 +68,10 @@ const char *hook_kind_suffix(enum hook_kind k)
     return (unsigned)k < HOOK_KIND_COUNT ? hook_suffix[k] : "?";
 }
 
-int hook_kind_per_layer(enum hook_kind k) { return k != HOOK_EMBED && k != HOOK_LN_FINAL; }
+int hook_kind_per_layer(enum hook_kind k)
+{
+    return k != HOOK_EMBED && k != HOOK_LN_FINAL && k != HOOK_LN_FINAL_SCALE;
+}
 
 int hook_name(char *buf, size_t n, enum hook_kind k, int layer)
 {
@@ -51,21 +84,17 @@ int hook_name(char *buf, size_t n, enum hook_kind k, int layer)
 
 int hook_parse(const char *name, enum hook_kind *k, int *layer)
 {
-    if (strcmp(name, hook_suffix[HOOK_EMBED]) == 0) {
-        *k = HOOK_EMBED;
-        *layer = -1;
-        return 0;
-    }
-    if (strcmp(name, hook_suffix[HOOK_LN_FINAL]) == 0) {
-        *k = HOOK_LN_FINAL;
-        *layer = -1;
-        return 0;
-    }
-    if (strncmp(name, "blocks.", 7) != 0)
-        return ERR_NOTFOUND;
+    for (int i = 0; i < HOOK_KIND_COUNT; i++)
+        if (!hook_kind_per_layer((enum hook_kind)i) && strcmp(name, hook_suffix[i]) == 0) {
+            *k = (enum hook_kind)i;
+            *layer = -1;
+            return 0;
+        }
+    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
+        return ERR_NOTFOUND; /* the layer in digits: no sign, no blank */
     char *end = NULL;
     long l = strtol(name + 7, &end, 10);
-    if (end == name + 7 || *end != '.' || l < 0 || l > 100000)
+    if (end == name + 7 || *end != '.' || l < 0 || l > 100000 || !isdigit((unsigned char)name[7]))
         return ERR_NOTFOUND;
     for (int i = 0; i < HOOK_KIND_COUNT; i++)
         if (hook_kind_per_layer((enum hook_kind)i) && strcmp(end + 1, hook_suffix[i]) == 0) {
@@ -83,16 +112,33 @@ int gptneox_hook_shape(const struct gptneox_config *c, enum hook_kind k, int B, 
     shape[1] = T;
     switch (k) {
     case HOOK_ATTN_PATTERN:
+    case HOOK_ATTN_SCORES:
         shape[1] = c->n_heads;
         shape[2] = T;
         shape[3] = T;
         return 4;
     case HOOK_ATTN_Z:
+    case HOOK_ATTN_Q:
+    case HOOK_ATTN_K:
+    case HOOK_ATTN_V:
+    case HOOK_ROT_Q:
+    case HOOK_ROT_K:
         shape[2] = c->n_heads;
         shape[3] = c->d_head;
         return 4;
+    case HOOK_ATTN_RESULT:
+    case HOOK_ATTN_IN:
+        shape[2] = c->n_heads;
+        shape[3] = c->d_model;
+        return 4;
     case HOOK_MLP_POST:
+    case HOOK_MLP_PRE:
         shape[2] = c->d_mlp;
+        return 3;
+    case HOOK_LN1_SCALE:
+    case HOOK_LN2_SCALE:
+    case HOOK_LN_FINAL_SCALE:
+        shape[2] = 1;
         return 3;
     default:
         shape[2] = c->d_model;
@@ -467,30 +513,28 @@ out:
     return rc;
 }
 
-/* splitmix64 and Box-Muller: a deterministic normal stream. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float normal(uint64_t *s)
-{
-    double u1 = ((splitmix(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (splitmix(s) >> 11) / 9007199254740992.0;
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
+/* n draws of N(mean, std^2) from the normal stream of common/rng.h. */
 static void fill(float *p, size_t n, uint64_t *s, float mean, float std)
 {
     for (size_t i = 0; p && i < n; i++)
-        p[i] = mean + std * normal(s);
+        p[i] = mean + std * (float)rng_normal(s);
 }
 
-void gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
+int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e)
 {
+    if (m->writable)
+        return 0;
+    const char *path = m->st && st_set_nfiles(m->st) > 0 ? st_set_file_path(m->st, 0) : NULL;
+    return err_set(e, ERR_INVALID, path,
+                   "the model's weights are read-only (mapped from the checkpoint): load it "
+                   "with GPTNEOX_LOAD_WRITABLE to %s",
+                   what);
+}
+
+int gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
+{
+    if (gptneox_require_writable(m, "initialise it", NULL) < 0)
+        return ERR_INVALID;
     const struct gptneox_config *c = &m->cfg;
     size_t V = (size_t)c->vocab_size, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
     uint64_t s = seed;
@@ -514,47 +558,215 @@ void gptneox_init_random(struct gptneox *m, uint64_t seed, float std)
     fill(m->lnf_b, C, &s, 0.0f, std / 10);
     if (m->unembed != m->embed)
         fill(m->unembed, V * C, &s, 0.0f, std);
+    return 0;
 }
 
 /* ---- forward ---- */
 
-static int arena_prepare(struct gptneox *m, int B, int T, int full, struct err *e)
+unsigned gptneox_layer_plan(const struct gptneox_hook *hooks, size_t nh, int l)
+{
+    unsigned p = 0;
+#define W(k) hooks_want(hooks, nh, k, l)
+    if (W(HOOK_ATTN_IN))
+        p |= LP_ATTN_IN;
+    if (W(HOOK_LN1_SCALE) || W(HOOK_LN1_NORMALIZED))
+        p |= LP_LN1;
+    if (W(HOOK_ATTN_Q) || W(HOOK_ATTN_K) || W(HOOK_ATTN_V) || W(HOOK_ROT_Q) || W(HOOK_ROT_K))
+        p |= LP_QKV;
+    if (W(HOOK_ATTN_SCORES) || W(HOOK_ATTN_PATTERN))
+        p |= LP_MAT;
+    if (W(HOOK_ATTN_PATTERN))
+        p |= LP_PAT;
+    if (W(HOOK_ATTN_Z))
+        p |= LP_Z;
+    if (W(HOOK_ATTN_RESULT))
+        p |= LP_RESULT;
+    if (W(HOOK_MLP_IN))
+        p |= LP_MLP_IN;
+    if (W(HOOK_LN2_SCALE) || W(HOOK_LN2_NORMALIZED))
+        p |= LP_LN2;
+    if (W(HOOK_MLP_POST))
+        p |= LP_POST;
+#undef W
+    return p;
+}
+
+/* Carves one float arena into 64-byte aligned buffers: a pass with base
+ * NULL measures, a pass with the memory assigns.  n == 0 gives NULL. */
+struct carve {
+    float *base;
+    size_t off;
+};
+
+static float *take(struct carve *cv, size_t n)
+{
+    float *p = cv->base && n ? cv->base + cv->off : NULL;
+    cv->off += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+static void acts_carve(struct gptneox_acts *a, struct carve *cv, const struct gptneox_config *c,
+                       int B, int T, unsigned any, int lnf, int full)
+{
+    const size_t N = (size_t)B * T, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
+    const size_t NH = (size_t)c->n_heads, HS = (size_t)c->d_head, half = c->rotary_ndims / 2;
+    const size_t heads = (any & LP_ATTN_IN) ? NH : 1;
+    a->x = take(cv, N * C);
+    a->ln = take(cv, N * heads * C);
+    a->hbuf = take(cv, (any & (LP_ATTN_IN | LP_RESULT)) ? N * NH * C : (any & LP_QKV) ? N * NH * HS : 0);
+    a->mean = take(cv, (any & (LP_LN1 | LP_LN2)) || lnf ? N * heads : 0);
+    a->scale = take(cv, (any & (LP_LN1 | LP_LN2)) || lnf ? N * heads : 0);
+    a->qkv = take(cv, N * 3 * C);
+    a->scores = take(cv, (any & LP_MAT) ? (size_t)B * NH * T * T : 0);
+    a->z = take(cv, N * C);
+    a->attn_out = take(cv, N * C);
+    a->mlp_in = take(cv, (any & LP_MLP_IN) ? N * C : 0);
+    a->ln2 = take(cv, N * C);
+    a->h = take(cv, N * F);
+    a->mlp_out = take(cv, N * C);
+    a->logits = take(cv, full ? N * (size_t)c->vocab_size : 0);
+    a->cosv = take(cv, (size_t)T * half + 1);
+    a->sinv = take(cv, (size_t)T * half + 1);
+    a->att = take(cv, (size_t)pool_threads() * attention_scratch_floats(T, c->d_head));
+}
+
+static int arena_prepare(struct gptneox *m, int B, int T, unsigned any, int lnf, int full,
+                         struct err *e)
 {
     const struct gptneox_config *c = &m->cfg;
     struct gptneox_acts *a = m->acts;
-    size_t N = (size_t)B * T, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
-    size_t V = (size_t)c->vocab_size, NH = (size_t)c->n_heads, half = (size_t)c->rotary_ndims / 2;
-    size_t sizes[12] = {
-        N * C, N * C, N * 3 * C, (size_t)B * NH * T * T, N * C, N * C, N * C, N * F, N * C,
-        full ? N * V : 0, (size_t)T * half, (size_t)T * half,
-    };
-    size_t total = 0;
-    for (int i = 0; i < 12; i++)
-        total += (sizes[i] + 15) & ~(size_t)15; /* keep each buffer 64-byte aligned */
-    if (total > a->cap) {
+    struct carve cv = {NULL, 0};
+    acts_carve(a, &cv, c, B, T, any, lnf, full);
+    if (cv.off > a->cap) {
         free(a->mem);
         a->cap = 0;
-        a->mem = alloc_floats(total);
+        a->mem = alloc_floats(cv.off);
         if (!a->mem)
             return err_set(e, ERR_NOMEM, NULL, "cannot allocate %zu MiB of activations for B=%d T=%d",
-                           total * sizeof(float) >> 20, B, T);
-        a->cap = total;
+                           cv.off * sizeof(float) >> 20, B, T);
+        a->cap = cv.off;
     }
-    float **ptrs[12] = {&a->x,  &a->ln, &a->qkv,     &a->pattern, &a->z,    &a->attn_out,
-                        &a->ln2, &a->h, &a->mlp_out, &a->logits,  &a->cosv, &a->sinv};
-    size_t off = 0;
-    for (int i = 0; i < 12; i++) {
-        *ptrs[i] = a->mem + off;
-        off += (sizes[i] + 15) & ~(size_t)15;
-    }
+    cv = (struct carve){a->mem, 0};
+    acts_carve(a, &cv, c, B, T, any, lnf, full);
     /* buffer offsets move with (B,T), so the small tables are rebuilt */
     rotary_tables(a->cosv, a->sinv, T, c->rotary_ndims, c->rotary_base);
     return 0;
 }
 
-static int call_hooks(struct gptneox *m, const struct gptneox_hook *hooks, size_t nh,
-                      enum hook_kind k, int layer, float *data, int B, int T, struct err *e)
+/* The tape's layout (tape.h): what each layer keeps depends on its plan. */
+static void tape_carve(struct gptneox_tape *t, struct carve *cv, const struct gptneox_config *c,
+                       int B, int T, const unsigned *plan, unsigned any, int lnf)
 {
+    const size_t N = (size_t)B * T, C = (size_t)c->d_model, F = (size_t)c->d_mlp;
+    const size_t NH = (size_t)c->n_heads, HS = (size_t)c->d_head, half = c->rotary_ndims / 2;
+    const size_t V = (size_t)c->vocab_size, TT = (size_t)B * NH * T * T;
+    for (int l = 0; l < c->n_layers; l++) {
+        struct tape_layer *y = &t->layers[l];
+        const unsigned p = plan[l];
+        const size_t rows = N * ((p & LP_ATTN_IN) ? NH : 1);
+        y->plan = p;
+        y->x_in = take(cv, N * C);
+        y->ain = take(cv, (p & LP_ATTN_IN) ? rows * C : 0);
+        y->ln1 = take(cv, rows * C);
+        y->mean1 = take(cv, rows);
+        y->rstd1 = take(cv, rows);
+        y->scale1 = take(cv, (p & LP_LN1) ? rows : 0);
+        y->ln1n = take(cv, (p & LP_LN1) ? rows * C : 0);
+        y->qkv = take(cv, N * 3 * C);
+        y->lse = take(cv, (p & LP_MAT) ? 0 : (size_t)B * NH * T);
+        y->pattern = take(cv, (p & LP_MAT) ? TT : 0);
+        y->psoft = (p & LP_PAT) ? take(cv, TT) : y->pattern;
+        y->z = take(cv, N * C);
+        y->zraw = (p & LP_Z) && !(p & LP_MAT) ? take(cv, N * C) : y->z;
+        y->x_mid = take(cv, c->parallel_residual ? 0 : N * C);
+        y->mlp_in = take(cv, (p & LP_MLP_IN) ? N * C : 0);
+        y->ln2 = take(cv, N * C);
+        y->mean2 = take(cv, N);
+        y->rstd2 = take(cv, N);
+        y->scale2 = take(cv, (p & LP_LN2) ? N : 0);
+        y->ln2n = take(cv, (p & LP_LN2) ? N * C : 0);
+        y->hpre = take(cv, N * F);
+        y->h = (p & LP_POST) ? take(cv, N * F) : NULL;
+    }
+    const size_t heads = (any & LP_ATTN_IN) ? NH : 1;
+    t->x_fin = take(cv, N * C);
+    t->lnf = take(cv, N * C);
+    t->meanf = take(cv, N);
+    t->rstdf = take(cv, N);
+    t->scalef = take(cv, lnf ? N : 0);
+    t->lnfn = take(cv, lnf ? N * C : 0);
+    t->logits = take(cv, N * V);
+    t->x = take(cv, N * C);
+    t->attn_out = take(cv, N * C);
+    t->mlp_out = take(cv, N * C);
+    t->hbuf = take(cv, (any & (LP_ATTN_IN | LP_RESULT)) ? N * NH * C : N * NH * HS);
+    t->cosv = take(cv, (size_t)T * half + 1);
+    t->sinv = take(cv, (size_t)T * half + 1);
+    t->att = take(cv, (size_t)pool_threads() * attention_scratch_floats(T, c->d_head));
+    t->dres = take(cv, N * C);
+    t->dbranch = take(cv, N * C);
+    t->dln1 = take(cv, N * heads * C);
+    t->dln1_heads = heads > 1;
+    t->dln2 = take(cv, N * C);
+    t->dz = take(cv, N * C);
+    t->dqkv = take(cv, N * 3 * C);
+    t->dh = take(cv, N * F);
+    t->hre = take(cv, N * F);
+    t->dP = take(cv, (size_t)T * T);
+}
+
+static int tape_prepare(struct gptneox_tape *t, const struct gptneox_config *c, int B, int T,
+                        const unsigned *plan, unsigned any, int lnf, struct err *e)
+{
+    if (t->nlayers != c->n_layers) {
+        struct tape_layer *nl = calloc((size_t)c->n_layers, sizeof *nl);
+        if (!nl)
+            return err_set(e, ERR_NOMEM, NULL, "out of memory for a tape");
+        free(t->layers);
+        t->layers = nl;
+        t->nlayers = c->n_layers;
+    }
+    if ((size_t)B * T > t->tokens_cap) {
+        int *tk = malloc((size_t)B * T * sizeof *tk);
+        if (!tk)
+            return err_set(e, ERR_NOMEM, NULL, "out of memory for a tape");
+        free(t->tokens);
+        t->tokens = tk;
+        t->tokens_cap = (size_t)B * T;
+    }
+    struct carve cv = {NULL, 0};
+    tape_carve(t, &cv, c, B, T, plan, any, lnf);
+    if (cv.off > t->cap) {
+        free(t->mem);
+        t->cap = 0;
+        t->mem = alloc_floats(cv.off);
+        if (!t->mem)
+            return err_set(e, ERR_NOMEM, NULL, "cannot allocate %zu MiB of taped activations for B=%d T=%d",
+                           cv.off * sizeof(float) >> 20, B, T);
+        t->cap = cv.off;
+    }
+    cv = (struct carve){t->mem, 0};
+    tape_carve(t, &cv, c, B, T, plan, any, lnf);
+    t->B = B;
+    t->T = T;
+    t->lnf_hooked = lnf;
+    rotary_tables(t->cosv, t->sinv, T, c->rotary_ndims, c->rotary_base);
+    return 0;
+}
+
+int hooks_want(const struct gptneox_hook *hooks, size_t nh, enum hook_kind k, int layer)
+{
+    for (size_t i = 0; i < nh; i++)
+        if (hooks[i].kind == k && (hooks[i].layer < 0 || hooks[i].layer == layer))
+            return 1;
+    return 0;
+}
+
+int hooks_call_shaped(const struct gptneox *m, const struct gptneox_hook *hooks, size_t nh,
+                      enum hook_kind k, int layer, float *data, int ndim, const int *shape,
+                      int grad, struct err *e)
+{
+    (void)m;
     for (size_t i = 0; i < nh; i++) {
         if (hooks[i].kind != k || (hooks[i].layer >= 0 && hooks[i].layer != layer))
             continue;
@@ -563,20 +775,116 @@ static int call_hooks(struct gptneox *m, const struct gptneox_hook *hooks, size_
         act.kind = k;
         act.layer = layer;
         act.data = data;
-        act.ndim = gptneox_hook_shape(&m->cfg, k, B, T, act.shape);
+        act.ndim = ndim;
         act.n = 1;
-        for (int d = 0; d < act.ndim; d++)
+        for (int d = 0; d < 4; d++)
+            act.shape[d] = d < ndim ? shape[d] : 0;
+        for (int d = 0; d < ndim; d++)
             act.n *= (size_t)act.shape[d];
+        act.grad = grad;
         if (hook_name(name, sizeof name, k, layer) < 0)
             return err_set(e, ERR_INVALID, NULL, "bad hook");
         act.name = name;
         int rc = hooks[i].fn(hooks[i].ctx, &act, e);
         if (rc < 0) {
             if (e && e->code == ERR_OK)
-                err_set(e, rc, name, "hook failed");
+                err_set(e, rc, name, "%s hook failed", grad ? "gradient" : "forward");
             return rc;
         }
     }
+    return 0;
+}
+
+int hooks_call(const struct gptneox *m, const struct gptneox_hook *hooks, size_t nh,
+               enum hook_kind k, int layer, float *data, int B, int T, int grad, struct err *e)
+{
+    if (!hooks_want(hooks, nh, k, layer))
+        return 0;
+    int shape[4];
+    int ndim = gptneox_hook_shape(&m->cfg, k, B, T, shape);
+    return hooks_call_shaped(m, hooks, nh, k, layer, data, ndim, shape, grad, e);
+}
+
+void hooks_ln_shape(const struct gptneox_config *c, int B, int T, int heads, int scale,
+                    int *ndim, int shape[4])
+{
+    shape[0] = B;
+    shape[1] = T;
+    if (heads) {
+        shape[2] = c->n_heads;
+        shape[3] = scale ? 1 : c->d_model;
+        *ndim = 4;
+    } else {
+        shape[2] = scale ? 1 : c->d_model;
+        *ndim = 3;
+    }
+}
+
+/* A LayerNorm hook point: out (R,C) = LN(x (R,C)) * w + b with R = B*T
+ * rows (B*T*NH with heads).  Without hooks at it, the fused kernel
+ * (storing mean and rstd when they are not NULL).  With them: mean (R),
+ * scale (R) = sqrt(var + eps), hook_scale, out = (x - mean) / scale,
+ * hook_normalized, then the weight and bias; rstd (R) gets 1/scale before
+ * the hook, nrm (R,C) (if not NULL) the normalized values after it. */
+struct ln_point {
+    enum hook_kind kscale, knorm;
+    int layer, heads;
+};
+
+static int ln_forward(struct gptneox *m, const struct ln_point *pt, float *out, float *mean,
+                      float *rstd, float *scale, float *nrm, const float *x, const float *w,
+                      const float *b, int B, int T, const struct gptneox_hook *hooks, size_t nh,
+                      struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    const int C = c->d_model, R = B * T * (pt->heads ? c->n_heads : 1);
+    const float eps = (float)c->layer_norm_eps;
+    int rc, ndim, shape[4];
+    if (!hooks_want(hooks, nh, pt->kscale, pt->layer) &&
+        !hooks_want(hooks, nh, pt->knorm, pt->layer)) {
+        layernorm_forward_stats(out, mean, rstd, x, w, b, R, C, eps);
+        return 0;
+    }
+    layernorm_scale(mean, scale, rstd, x, R, C, eps);
+    hooks_ln_shape(c, B, T, pt->heads, 1, &ndim, shape);
+    if ((rc = hooks_call_shaped(m, hooks, nh, pt->kscale, pt->layer, scale, ndim, shape, 0, e)) < 0)
+        return rc;
+    layernorm_normalize(out, x, mean, scale, R, C);
+    hooks_ln_shape(c, B, T, pt->heads, 0, &ndim, shape);
+    if ((rc = hooks_call_shaped(m, hooks, nh, pt->knorm, pt->layer, out, ndim, shape, 0, e)) < 0)
+        return rc;
+    if (nrm)
+        memcpy(nrm, out, (size_t)R * C * sizeof(float));
+    layernorm_affine(out, w, b, R, C);
+    return 0;
+}
+
+/* out (N,NH,HS) <- part `which` (0 q, 1 k, 2 v) of qkv (N,NH,3,HS); and back. */
+static void qkv_gather(float *out, const float *qkv, int which, int N, int NH, int HS)
+{
+    for (size_t r = 0; r < (size_t)N * NH; r++)
+        memcpy(out + r * HS, qkv + r * 3 * HS + (size_t)which * HS, (size_t)HS * sizeof(float));
+}
+
+static void qkv_scatter(float *qkv, const float *in, int which, int N, int NH, int HS)
+{
+    for (size_t r = 0; r < (size_t)N * NH; r++)
+        memcpy(qkv + r * 3 * HS + (size_t)which * HS, in + r * HS, (size_t)HS * sizeof(float));
+}
+
+/* Hook points on one part of qkv (B,T,NH,3,HS): gather, call, scatter. */
+static int qkv_hook(struct gptneox *m, enum hook_kind k, int l, int which, float *qkv, float *buf,
+                    int B, int T, const struct gptneox_hook *hooks, size_t nh, int grad,
+                    struct err *e)
+{
+    if (!hooks_want(hooks, nh, k, l))
+        return 0;
+    const int NH = m->cfg.n_heads, HS = m->cfg.d_head;
+    qkv_gather(buf, qkv, which, B * T, NH, HS);
+    int rc = hooks_call(m, hooks, nh, k, l, buf, B, T, grad, e);
+    if (rc < 0)
+        return rc;
+    qkv_scatter(qkv, buf, which, B * T, NH, HS);
     return 0;
 }
 
@@ -586,15 +894,229 @@ static void add_inplace(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-/* The forward from tokens (resid NULL, first_layer 0) or resumed at
- * blocks.<first_layer>.hook_resid_pre from the residual `resid` (B,T,C). */
-static int forward_impl(struct gptneox *m, const int *tokens, const float *resid,
-                        int first_layer, int B, int T, const struct gptneox_hook *hooks,
-                        size_t nh, int last_layer, struct err *e)
+/* Where one forward keeps its activations.  Without a tape every layer
+ * reuses the model's arena; with one, each layer writes what the backward
+ * reads into its own tape buffers. */
+struct fwd_bufs {
+    float *x;              /* (B,T,C) residual stream, updated in place */
+    float *attn_out;       /* (B,T,C) */
+    float *mlp_out;        /* (B,T,C) */
+    float *hbuf;           /* hook re-layouts (gptneox_acts.hbuf) */
+    float *cosv, *sinv;    /* (T,RD/2) */
+    float *att;            /* fused attention scratch */
+    float *lnf;            /* (B,T,C) final LayerNorm output */
+    float *meanf, *rstdf, *scalef, *lnfn; /* its statistics, or NULL */
+    float *logits;         /* (B,T,V) or NULL when the forward stops early */
+    struct gptneox_acts *a;    /* the arena (no tape) */
+    struct gptneox_tape *tape; /* or the tape */
+};
+
+/* One layer's buffers (struct tape_layer's fields): the tape layer's, or
+ * the arena's (shared by all layers; NULL where nothing is kept). */
+static void layer_bufs_get(struct tape_layer *lb, const struct fwd_bufs *fb, int l, unsigned p)
+{
+    if (fb->tape) {
+        *lb = fb->tape->layers[l];
+        return;
+    }
+    const struct gptneox_acts *a = fb->a;
+    memset(lb, 0, sizeof *lb);
+    lb->plan = p;
+    lb->ain = a->hbuf;
+    lb->ln1 = a->ln;
+    lb->mean1 = (p & LP_LN1) ? a->mean : NULL;
+    lb->scale1 = a->scale;
+    lb->qkv = a->qkv;
+    lb->pattern = lb->psoft = a->scores;
+    lb->z = lb->zraw = a->z;
+    lb->mlp_in = a->mlp_in;
+    lb->ln2 = a->ln2;
+    lb->mean2 = (p & LP_LN2) ? a->mean : NULL;
+    lb->scale2 = a->scale;
+    lb->hpre = lb->h = a->h;
+}
+
+/* The attention of layer l from the residual x (B,T,C) into fb->attn_out. */
+static int attn_forward(struct gptneox *m, const struct fwd_bufs *fb, struct tape_layer *lb,
+                        int l, int B, int T, const struct gptneox_hook *hooks, size_t nh,
+                        struct err *e)
 {
     const struct gptneox_config *c = &m->cfg;
-    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, F = c->d_mlp, V = c->vocab_size;
+    const struct gptneox_layer *L = &m->layers[l];
+    const int C = c->d_model, NH = c->n_heads, HS = c->d_head, N = B * T;
+    const unsigned p = lb->plan;
+    const int heads = (p & LP_ATTN_IN) != 0;
+    const struct ln_point ln1 = {HOOK_LN1_SCALE, HOOK_LN1_NORMALIZED, l, heads};
+    int rc;
+    if (heads) {
+        /* TransformerLens's use_attn_in: each head reads its own copy of
+         * the residual through its own LayerNorm */
+        float *ain = lb->ain;
+        for (int n = 0; n < N; n++)
+            for (int h = 0; h < NH; h++)
+                memcpy(ain + ((size_t)n * NH + h) * C, fb->x + (size_t)n * C,
+                       (size_t)C * sizeof(float));
+        if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_IN, l, ain, B, T, 0, e)) < 0)
+            return rc;
+        if ((rc = ln_forward(m, &ln1, lb->ln1, lb->mean1, lb->rstd1, lb->scale1, lb->ln1n, ain,
+                             L->ln1_w, L->ln1_b, B, T, hooks, nh, e)) < 0)
+            return rc;
+        for (int h = 0; h < NH; h++) {
+            float *out = lb->qkv + (size_t)h * 3 * HS;
+            const float *bias = L->qkv_b ? L->qkv_b + (size_t)h * 3 * HS : NULL;
+            for (int n = 0; n < N && bias; n++)
+                memcpy(out + (size_t)n * 3 * C, bias, 3 * (size_t)HS * sizeof(float));
+            sgemm_par(0, 1, N, 3 * HS, C, 1.0f, lb->ln1 + (size_t)h * C, NH * C,
+                      L->qkv_w + (size_t)h * 3 * HS * C, C, bias ? 1.0f : 0.0f, out, 3 * C);
+        }
+    } else {
+        if ((rc = ln_forward(m, &ln1, lb->ln1, lb->mean1, lb->rstd1, lb->scale1, lb->ln1n, fb->x,
+                             L->ln1_w, L->ln1_b, B, T, hooks, nh, e)) < 0)
+            return rc;
+        matmul_forward(lb->qkv, lb->ln1, L->qkv_w, L->qkv_b, N, C, 3 * C);
+    }
+    if (p & LP_QKV) {
+        if ((rc = qkv_hook(m, HOOK_ATTN_Q, l, 0, lb->qkv, fb->hbuf, B, T, hooks, nh, 0, e)) < 0 ||
+            (rc = qkv_hook(m, HOOK_ATTN_K, l, 1, lb->qkv, fb->hbuf, B, T, hooks, nh, 0, e)) < 0 ||
+            (rc = qkv_hook(m, HOOK_ATTN_V, l, 2, lb->qkv, fb->hbuf, B, T, hooks, nh, 0, e)) < 0)
+            return rc;
+    }
+    rotary_forward(lb->qkv, fb->cosv, fb->sinv, B, T, NH, HS, c->rotary_ndims);
+    if (p & LP_QKV) {
+        if ((rc = qkv_hook(m, HOOK_ROT_Q, l, 0, lb->qkv, fb->hbuf, B, T, hooks, nh, 0, e)) < 0 ||
+            (rc = qkv_hook(m, HOOK_ROT_K, l, 1, lb->qkv, fb->hbuf, B, T, hooks, nh, 0, e)) < 0)
+            return rc;
+    }
+    if (p & LP_MAT) {
+        attention_scores(lb->pattern, lb->qkv, B, T, NH, HS);
+        if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_SCORES, l, lb->pattern, B, T, 0, e)) < 0)
+            return rc;
+        attention_softmax(lb->pattern, lb->pattern, B, NH, T);
+        if (lb->psoft != lb->pattern)
+            memcpy(lb->psoft, lb->pattern, (size_t)B * NH * T * T * sizeof(float));
+        if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_PATTERN, l, lb->pattern, B, T, 0, e)) < 0)
+            return rc;
+        attention_z_pattern(lb->z, lb->pattern, lb->qkv, B, T, NH, HS);
+    } else {
+        attention_forward(lb->zraw, lb->lse, lb->qkv, fb->att, B, T, NH, HS);
+        if (lb->zraw != lb->z)
+            memcpy(lb->z, lb->zraw, (size_t)N * C * sizeof(float));
+    }
+    if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_Z, l, lb->z, B, T, 0, e)) < 0)
+        return rc;
+    if (p & LP_RESULT) {
+        /* result[:, h] = z[:, h] W_O[:, h]^T; attn_out = sum over heads + b_O */
+        float *res = fb->hbuf;
+        for (int h = 0; h < NH; h++)
+            sgemm_par(0, 1, N, C, HS, 1.0f, lb->z + (size_t)h * HS, C, L->attn_w + (size_t)h * HS,
+                      C, 0.0f, res + (size_t)h * C, NH * C);
+        if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_RESULT, l, res, B, T, 0, e)) < 0)
+            return rc;
+        for (int n = 0; n < N; n++) {
+            float *o = fb->attn_out + (size_t)n * C;
+            if (L->attn_b)
+                memcpy(o, L->attn_b, (size_t)C * sizeof(float));
+            else
+                memset(o, 0, (size_t)C * sizeof(float));
+            for (int h = 0; h < NH; h++)
+                add_inplace(o, res + ((size_t)n * NH + h) * C, (size_t)C);
+        }
+    } else {
+        matmul_forward(fb->attn_out, lb->z, L->attn_w, L->attn_b, N, C, C);
+    }
+    return hooks_call(m, hooks, nh, HOOK_ATTN_OUT, l, fb->attn_out, B, T, 0, e);
+}
+
+/* Layer l on the residual fb->x (B,T,C), hooks from hook_resid_pre to
+ * hook_resid_post. */
+static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, int B, int T,
+                         const struct gptneox_hook *hooks, size_t nh, struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    const struct gptneox_layer *L = &m->layers[l];
+    const int C = c->d_model, F = c->d_mlp, N = B * T;
+    const size_t NC = (size_t)N * C;
+    struct tape_layer lb;
+    float *x = fb->x;
+    int rc;
+    layer_bufs_get(&lb, fb, l, fb->tape ? 0 : gptneox_layer_plan(hooks, nh, l));
+
+    if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_PRE, l, x, B, T, 0, e)) < 0)
+        return rc;
+    if (lb.x_in)
+        memcpy(lb.x_in, x, NC * sizeof(float));
+    if ((rc = attn_forward(m, fb, &lb, l, B, T, hooks, nh, e)) < 0)
+        return rc;
+    /* MLP: on the layer's input (parallel) or after the attention (sequential) */
+    if (!c->parallel_residual) {
+        vadd(x, fb->attn_out, NULL, NC);
+        if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_MID, l, x, B, T, 0, e)) < 0)
+            return rc;
+        if (lb.x_mid)
+            memcpy(lb.x_mid, x, NC * sizeof(float));
+    }
+    const float *mlp_in = x;
+    if (lb.plan & LP_MLP_IN) {
+        memcpy(lb.mlp_in, x, NC * sizeof(float));
+        if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_IN, l, lb.mlp_in, B, T, 0, e)) < 0)
+            return rc;
+        mlp_in = lb.mlp_in;
+    }
+    const struct ln_point ln2 = {HOOK_LN2_SCALE, HOOK_LN2_NORMALIZED, l, 0};
+    if ((rc = ln_forward(m, &ln2, lb.ln2, lb.mean2, lb.rstd2, lb.scale2, lb.ln2n, mlp_in,
+                         L->ln2_w, L->ln2_b, B, T, hooks, nh, e)) < 0)
+        return rc;
+    matmul_forward(lb.hpre, lb.ln2, L->fc_w, L->fc_b, N, C, F);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_PRE, l, lb.hpre, B, T, 0, e)) < 0)
+        return rc;
+    float *h = lb.h ? lb.h : fb->tape->hre; /* a tape keeps h only when hooked */
+    if (h != lb.hpre)
+        memcpy(h, lb.hpre, (size_t)N * F * sizeof(float));
+    if (c->act == ACT_GELU)
+        gelu_forward(h, (size_t)N * F);
+    else
+        gelu_tanh_forward(h, (size_t)N * F);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_POST, l, h, B, T, 0, e)) < 0)
+        return rc;
+    matmul_forward(fb->mlp_out, h, L->proj_w, L->proj_b, N, F, C);
+    if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_OUT, l, fb->mlp_out, B, T, 0, e)) < 0)
+        return rc;
+    /* parallel: x = (x + attn_out) + mlp_out; sequential: x += mlp_out */
+    vadd(x, c->parallel_residual ? fb->attn_out : fb->mlp_out,
+         c->parallel_residual ? fb->mlp_out : NULL, NC);
+    return hooks_call(m, hooks, nh, HOOK_RESID_POST, l, x, B, T, 0, e);
+}
+
+struct embed_job {
+    float *x;
+    const float *embed;
+    const int *tokens;
+    int C;
+};
+
+static void embed_rows(const void *ctx, size_t lo, size_t hi)
+{
+    const struct embed_job *j = ctx;
+    for (size_t n = lo; n < hi; n++)
+        memcpy(j->x + n * j->C, j->embed + (size_t)j->tokens[n] * j->C,
+               (size_t)j->C * sizeof(float));
+}
+
+/* The forward from tokens (resid NULL, first_layer 0) or resumed at
+ * blocks.<first_layer>.hook_resid_pre from the residual `resid` (B,T,C);
+ * into the model's arena, or into `tape` (then from tokens, to the logits). */
+static int forward_impl(struct gptneox *m, struct gptneox_tape *tape, const int *tokens,
+                        const float *resid, int first_layer, int B, int T,
+                        const struct gptneox_hook *hooks, size_t nh, int last_layer,
+                        struct err *e)
+{
+    const struct gptneox_config *c = &m->cfg;
+    const int C = c->d_model, V = c->vocab_size;
     const int full = last_layer >= c->n_layers - 1 && last_layer == INT32_MAX;
+    const int lnf = hooks_want(hooks, nh, HOOK_LN_FINAL, -1) ||
+                    hooks_want(hooks, nh, HOOK_LN_FINAL_SCALE, -1);
+    unsigned plan_small[64], *plan = plan_small, any = 0;
+    struct fwd_bufs fb;
     int rc;
     if (B <= 0 || T <= 0 || (size_t)B * T > (1u << 26))
         return err_set(e, ERR_INVALID, NULL, "batch %d x %d tokens is not a valid size", B, T);
@@ -602,84 +1124,83 @@ static int forward_impl(struct gptneox *m, const int *tokens, const float *resid
         if (tokens[i] < 0 || tokens[i] >= V)
             return err_set(e, ERR_INVALID, NULL, "token %d at position %zu is outside the vocabulary [0, %d)",
                            tokens[i], i, V);
-    m->acts->has_logits = 0;
-    if ((rc = arena_prepare(m, B, T, full, e)) < 0)
-        return rc;
-    struct gptneox_acts *a = m->acts;
-    a->B = B;
-    a->T = T;
+    if (c->n_layers > 64 && !(plan = malloc((size_t)c->n_layers * sizeof *plan)))
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        plan[l] = gptneox_layer_plan(hooks, nh, l);
+        any |= plan[l];
+    }
+    memset(&fb, 0, sizeof fb);
+    if (tape) {
+        tape->has_logits = 0;
+        tape->forward_done = 0;
+        if ((rc = tape_prepare(tape, c, B, T, plan, any, lnf, e)) < 0)
+            goto out;
+        memcpy(tape->tokens, tokens, (size_t)B * T * sizeof *tokens);
+        fb = (struct fwd_bufs){tape->x, tape->attn_out, tape->mlp_out, tape->hbuf, tape->cosv,
+                               tape->sinv, tape->att, tape->lnf, tape->meanf, tape->rstdf,
+                               tape->scalef, tape->lnfn, tape->logits, NULL, tape};
+    } else {
+        struct gptneox_acts *a = m->acts;
+        a->has_logits = 0;
+        if ((rc = arena_prepare(m, B, T, any, lnf, full, e)) < 0)
+            goto out;
+        a->B = B;
+        a->T = T;
+        fb = (struct fwd_bufs){a->x, a->attn_out, a->mlp_out, a->hbuf, a->cosv, a->sinv,
+                               a->att, a->ln, a->mean, NULL, a->scale, NULL,
+                               full ? a->logits : NULL, a, NULL};
+    }
     const int N = B * T;
-    const float eps = (float)c->layer_norm_eps;
 
     if (resid) {
-        memcpy(a->x, resid, (size_t)N * C * sizeof(float));
+        memcpy(fb.x, resid, (size_t)N * C * sizeof(float));
     } else {
-        for (int n = 0; n < N; n++)
-            memcpy(a->x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
-                   (size_t)C * sizeof(float));
-        if ((rc = call_hooks(m, hooks, nh, HOOK_EMBED, -1, a->x, B, T, e)) < 0)
-            return rc;
+        struct embed_job ej = {fb.x, m->embed, tokens, C};
+        pool_rows((size_t)N, (size_t)C, embed_rows, &ej);
+        if ((rc = hooks_call(m, hooks, nh, HOOK_EMBED, -1, fb.x, B, T, 0, e)) < 0)
+            goto out;
     }
 
     int stop = last_layer < c->n_layers - 1 ? last_layer : c->n_layers - 1;
     const double unembed_flop = 2.0 * N * C * V;
     const double layer_flop = (gptneox_forward_flops(c, B, T) - unembed_flop) / c->n_layers;
     for (int l = first_layer; l <= stop; l++) {
-        const struct gptneox_layer *L = &m->layers[l];
-        if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_PRE, l, a->x, B, T, e)) < 0)
-            return rc;
-        /* attention */
-        layernorm_forward(a->ln, a->x, L->ln1_w, L->ln1_b, N, C, eps);
-        matmul_forward(a->qkv, a->ln, L->qkv_w, L->qkv_b, N, C, 3 * C);
-        rotary_forward(a->qkv, a->cosv, a->sinv, B, T, NH, HS, c->rotary_ndims);
-        attention_pattern(a->pattern, a->qkv, B, T, NH, HS);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_PATTERN, l, a->pattern, B, T, e)) < 0)
-            return rc;
-        attention_z(a->z, a->pattern, a->qkv, B, T, NH, HS);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_Z, l, a->z, B, T, e)) < 0)
-            return rc;
-        matmul_forward(a->attn_out, a->z, L->attn_w, L->attn_b, N, C, C);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_ATTN_OUT, l, a->attn_out, B, T, e)) < 0)
-            return rc;
-        /* MLP: on the layer's input (parallel) or after the attention (sequential) */
-        if (!c->parallel_residual) {
-            add_inplace(a->x, a->attn_out, (size_t)N * C);
-            if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_MID, l, a->x, B, T, e)) < 0)
-                return rc;
-        }
-        layernorm_forward(a->ln2, a->x, L->ln2_w, L->ln2_b, N, C, eps);
-        matmul_forward(a->h, a->ln2, L->fc_w, L->fc_b, N, C, F);
-        if (c->act == ACT_GELU)
-            gelu_forward(a->h, (size_t)N * F);
-        else
-            gelu_tanh_forward(a->h, (size_t)N * F);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_MLP_POST, l, a->h, B, T, e)) < 0)
-            return rc;
-        matmul_forward(a->mlp_out, a->h, L->proj_w, L->proj_b, N, F, C);
-        if ((rc = call_hooks(m, hooks, nh, HOOK_MLP_OUT, l, a->mlp_out, B, T, e)) < 0)
-            return rc;
-        if (c->parallel_residual)
-            add_inplace(a->x, a->attn_out, (size_t)N * C);
-        add_inplace(a->x, a->mlp_out, (size_t)N * C);
+        if ((rc = layer_forward(m, &fb, l, B, T, hooks, nh, e)) < 0)
+            goto out;
         m->forward_flop += layer_flop;
-        if ((rc = call_hooks(m, hooks, nh, HOOK_RESID_POST, l, a->x, B, T, e)) < 0)
-            return rc;
     }
+    rc = 0;
     if (!full)
-        return 0;
-    layernorm_forward(a->ln, a->x, m->lnf_w, m->lnf_b, N, C, eps);
-    if ((rc = call_hooks(m, hooks, nh, HOOK_LN_FINAL, -1, a->ln, B, T, e)) < 0)
-        return rc;
-    matmul_forward(a->logits, a->ln, m->unembed, NULL, N, C, V);
+        goto out;
+    if (tape)
+        memcpy(tape->x_fin, fb.x, (size_t)N * C * sizeof(float));
+    const struct ln_point lpf = {HOOK_LN_FINAL_SCALE, HOOK_LN_FINAL, -1, 0};
+    if ((rc = ln_forward(m, &lpf, fb.lnf, fb.meanf, fb.rstdf, fb.scalef, fb.lnfn, fb.x, m->lnf_w,
+                         m->lnf_b, B, T, hooks, nh, e)) < 0)
+        goto out;
+    matmul_forward(fb.logits, fb.lnf, m->unembed, NULL, N, C, V);
     m->forward_flop += unembed_flop;
-    a->has_logits = 1;
-    return 0;
+    if (tape)
+        tape->has_logits = tape->forward_done = 1;
+    else
+        m->acts->has_logits = 1;
+out:
+    if (plan != plan_small)
+        free(plan);
+    return rc;
+}
+
+int gptneox_forward_taped(struct gptneox *m, struct gptneox_tape *t, const int *tokens, int B,
+                          int T, const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
+{
+    return forward_impl(m, t, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
 }
 
 int gptneox_forward(struct gptneox *m, const int *tokens, int B, int T,
                     const struct gptneox_hook *hooks, size_t nhooks, struct err *e)
 {
-    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
+    return forward_impl(m, NULL, tokens, NULL, 0, B, T, hooks, nhooks, INT32_MAX, e);
 }
 
 int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
@@ -689,7 +1210,7 @@ int gptneox_forward_until(struct gptneox *m, const int *tokens, int B, int T,
     if (last_layer < 0 || last_layer >= m->cfg.n_layers)
         return err_set(e, ERR_INVALID, NULL, "layer %d is outside [0, %d)", last_layer,
                        m->cfg.n_layers);
-    return forward_impl(m, tokens, NULL, 0, B, T, hooks, nhooks, last_layer, e);
+    return forward_impl(m, NULL, tokens, NULL, 0, B, T, hooks, nhooks, last_layer, e);
 }
 
 int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B, int T,
@@ -704,7 +1225,7 @@ int gptneox_forward_from(struct gptneox *m, int layer, const float *resid, int B
     if ((flags & GPTNEOX_FWD_NO_LOGITS) && layer == nl)
         return err_set(e, ERR_INVALID, NULL,
                        "resuming after the last layer without logits computes nothing");
-    return forward_impl(m, NULL, resid, layer, B, T, hooks, nhooks,
+    return forward_impl(m, NULL, NULL, resid, layer, B, T, hooks, nhooks,
                         (flags & GPTNEOX_FWD_NO_LOGITS) ? nl - 1 : INT32_MAX, e);
 }
 
@@ -742,11 +1263,6 @@ double gptneox_forward_flops(const struct gptneox_config *c, int B, int T)
 {
     double N = (double)B * T, C = c->d_model, F = c->d_mlp, V = c->vocab_size;
     double per_layer = 2 * N * C * 3 * C + 2 * N * C * C + 2 * N * C * F + 2 * N * F * C;
-    double att = 0.0; /* causal blocks as kernels.c computes them (block 128) */
-    for (int r0 = 0; r0 < T; r0 += 128) {
-        int r1 = r0 + 128 < T ? r0 + 128 : T;
-        att += 2.0 * 2.0 * (r1 - r0) * r1 * c->d_head;
-    }
-    att *= (double)B * c->n_heads;
+    double att = attention_flops(B, T, c->n_heads, c->d_head);
     return c->n_layers * (per_layer + att) + 2 * N * C * V;
 }

@@ -25,6 +25,19 @@
  *     if (gptneox_forward(m, tokens, B, T, &h, 1, &e) < 0) ...
  *     const float *logits = gptneox_logits(m);   // (B,T,V), until next forward
  *     gptneox_free(m);
+ *
+ * Activation patching without recomputing the layers before the patch:
+ * cache blocks.L.hook_resid_pre of the corrupted run and the clean run's
+ * z, then resume at layer L with a hook that writes the clean z of one
+ * head (blocks < L are not run again):
+ *
+ *     struct gptneox_hook keep = {HOOK_RESID_PRE, L, copy_fn, resid_corrupt};
+ *     if (gptneox_forward(m, corrupt, B, T, &keep, 1, &e) < 0) ...
+ *     struct gptneox_hook patch = {HOOK_ATTN_Z, L, put_head_fn, &clean_z_head};
+ *     if (gptneox_forward_from(m, L, resid_corrupt, B, T, &patch, 1, 0, &e) < 0) ...
+ *     metric(gptneox_logits(m));
+ *
+ * Gradients at the hook points (attribution patching) are in backward.h.
  */
 #ifndef CKPTD_GPTNEOX_H
 #define CKPTD_GPTNEOX_H
@@ -36,30 +49,51 @@
 #include "workers/model/config.h"
 #include "workers/model/safetensors.h"
 
-/* Hook points. Per-layer kinds are named blocks.L.<suffix>. */
+/* Hook points, named and shaped as TransformerLens's (HookedTransformer of
+ * a GPT-NeoX, from_pretrained_no_processing; docs/hooks.md has the table of
+ * conventions).  Per-layer kinds are named blocks.L.<suffix>; a hook point
+ * a model does not have (hook_resid_mid of a parallel-residual model) is
+ * never called. */
 enum hook_kind {
-    HOOK_EMBED,        /* hook_embed                 (B,T,C) */
-    HOOK_RESID_PRE,    /* blocks.L.hook_resid_pre    (B,T,C) */
-    HOOK_ATTN_PATTERN, /* blocks.L.attn.hook_pattern (B,NH,T,T) */
-    HOOK_ATTN_Z,       /* blocks.L.attn.hook_z       (B,T,NH,HS) */
-    HOOK_ATTN_OUT,     /* blocks.L.hook_attn_out     (B,T,C) */
-    HOOK_RESID_MID,    /* blocks.L.hook_resid_mid    (B,T,C), sequential residual only */
-    HOOK_MLP_POST,     /* blocks.L.mlp.hook_post     (B,T,F) */
-    HOOK_MLP_OUT,      /* blocks.L.hook_mlp_out      (B,T,C) */
-    HOOK_RESID_POST,   /* blocks.L.hook_resid_post   (B,T,C) */
-    HOOK_LN_FINAL,     /* ln_final.hook_normalized   (B,T,C) */
+    HOOK_EMBED,          /* hook_embed                      (B,T,C) */
+    HOOK_RESID_PRE,      /* blocks.L.hook_resid_pre         (B,T,C) */
+    HOOK_ATTN_PATTERN,   /* blocks.L.attn.hook_pattern      (B,NH,T,T) */
+    HOOK_ATTN_Z,         /* blocks.L.attn.hook_z            (B,T,NH,HS) */
+    HOOK_ATTN_OUT,       /* blocks.L.hook_attn_out          (B,T,C), with the dense bias */
+    HOOK_RESID_MID,      /* blocks.L.hook_resid_mid         (B,T,C), sequential residual only */
+    HOOK_MLP_POST,       /* blocks.L.mlp.hook_post          (B,T,F) */
+    HOOK_MLP_OUT,        /* blocks.L.hook_mlp_out           (B,T,C) */
+    HOOK_RESID_POST,     /* blocks.L.hook_resid_post        (B,T,C) */
+    HOOK_LN_FINAL,       /* ln_final.hook_normalized        (B,T,C), before weight and bias */
+    HOOK_ATTN_Q,         /* blocks.L.attn.hook_q            (B,T,NH,HS), before rotary */
+    HOOK_ATTN_K,         /* blocks.L.attn.hook_k            (B,T,NH,HS), before rotary */
+    HOOK_ATTN_V,         /* blocks.L.attn.hook_v            (B,T,NH,HS) */
+    HOOK_ROT_Q,          /* blocks.L.attn.hook_rot_q        (B,T,NH,HS), after rotary */
+    HOOK_ROT_K,          /* blocks.L.attn.hook_rot_k        (B,T,NH,HS), after rotary */
+    HOOK_ATTN_SCORES,    /* blocks.L.attn.hook_attn_scores  (B,NH,T,T), /sqrt(HS), -inf masked */
+    HOOK_MLP_PRE,        /* blocks.L.mlp.hook_pre           (B,T,F) */
+    HOOK_LN1_SCALE,      /* blocks.L.ln1.hook_scale         (B,T,1); (B,T,NH,1) with hook_attn_in */
+    HOOK_LN1_NORMALIZED, /* blocks.L.ln1.hook_normalized    (B,T,C); (B,T,NH,C) with hook_attn_in */
+    HOOK_LN2_SCALE,      /* blocks.L.ln2.hook_scale         (B,T,1) */
+    HOOK_LN2_NORMALIZED, /* blocks.L.ln2.hook_normalized    (B,T,C) */
+    HOOK_LN_FINAL_SCALE, /* ln_final.hook_scale             (B,T,1) */
+    HOOK_ATTN_RESULT,    /* blocks.L.attn.hook_result       (B,T,NH,C), per head, no bias */
+    HOOK_ATTN_IN,        /* blocks.L.hook_attn_in           (B,T,NH,C) */
+    HOOK_MLP_IN,         /* blocks.L.hook_mlp_in            (B,T,C) */
     HOOK_KIND_COUNT
 };
 
 /* The activation a hook sees. `data` is writable; shape as TransformerLens. */
 struct hook_act {
     enum hook_kind kind;
-    int layer;          /* -1 for hook_embed and ln_final.hook_normalized */
+    int layer;          /* -1 for hook_embed and the ln_final hooks */
     const char *name;   /* full hook name, borrowed for the call */
     float *data;
     int ndim;
     int shape[4];
     size_t n;           /* number of elements */
+    int grad;           /* 0: the activation (forward); 1: d metric / d activation
+                         * (a gradient hook of gptneox_backward, backward.h) */
 };
 
 /* A hook returns 0, or a negative code (filling e) to abort the forward. */
@@ -121,8 +155,15 @@ int gptneox_create(struct gptneox **out, const struct gptneox_config *cfg,
 
 /* Fill the weights with a seeded random init: N(0, std) for matrices and
  * embeddings, small random biases, LayerNorm weights 1 + N(0, std/10).
- * Requires a writable model. */
-void gptneox_init_random(struct gptneox *m, uint64_t seed, float std);
+ * Returns 0, or ERR_INVALID for a read-only model (nothing is written). */
+int gptneox_init_random(struct gptneox *m, uint64_t seed, float std);
+
+/* 0 if m's weights may be written (gptneox_create, GPTNEOX_LOAD_WRITABLE);
+ * else ERR_INVALID with a message saying so, `what` naming what the caller
+ * wanted to do ("train it").  Every function that writes weights checks
+ * this first: a read-only load maps the checkpoint file read-only, and a
+ * write there would crash the process. */
+int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e) CK_WUR;
 
 void gptneox_free(struct gptneox *m);
 
@@ -183,7 +224,9 @@ int hook_name(char *buf, size_t n, enum hook_kind k, int layer);
 /* Parse a full name. Returns 0, or ERR_NOTFOUND when it names no hook point. */
 int hook_parse(const char *name, enum hook_kind *k, int *layer);
 
-/* Shape of a hook's activation for this model at (B,T); returns ndim. */
+/* Shape of a hook's activation for this model at (B,T); returns ndim.
+ * (ln1's hooks at a layer whose hook_attn_in is hooked have a head axis:
+ * the act a hook sees says so.) */
 int gptneox_hook_shape(const struct gptneox_config *cfg, enum hook_kind k, int B,
                        int T, int shape[4]);
 

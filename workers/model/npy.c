@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/atomic_file.h"
+
 /* Write prod(shape) elements of `size` bytes under dtype `descr`. */
 static int npy_write(const char *path, const char *descr, const void *data, size_t size, int ndim,
                      const int *shape, struct err *e)
@@ -30,22 +32,19 @@ static int npy_write(const char *path, const char *descr, const void *data, size
     memset(hdr + o, ' ', pad);
     hdr[(size_t)o + pad] = '\n';
 
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc < 0)
+        return rc;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                              (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
-    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, hlen, f) == hlen &&
-             fwrite(data, size, n, f) == n;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-        remove(tmp);
+    if (fwrite(pre, 1, 10, af.f) != 10 || fwrite(hdr, 1, hlen, af.f) != hlen ||
+        fwrite(data, size, n, af.f) != n) {
+        rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
         return rc;
     }
-    return 0;
+    return atomic_file_commit(&af, e);
 }
 
 int npy_write_f32(const char *path, const float *data, int ndim, const int *shape,

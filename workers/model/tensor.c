@@ -12,6 +12,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "workers/model/vmath.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -183,10 +185,32 @@ int tensor_to_f32(float *out, const void *src, enum st_dtype dt, size_t n)
     }
 }
 
+/* Blocks of 4096 values are scanned branch-free for an exponent of all
+ * ones (the largest |bits| of the block, a vectorised max); only a block
+ * that has one is searched for its index.  One pass at memory speed. */
+#define NONFINITE_BLOCK 4096
+
+KERNEL_CLONES static int block_has_nonfinite(const float *x, size_t n)
+{
+    uint32_t mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        b &= 0x7fffffffu;
+        mx = b > mx ? b : mx;
+    }
+    return mx >= 0x7f800000u;
+}
+
 size_t tensor_find_nonfinite(const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return i;
+    for (size_t i0 = 0; i0 < n; i0 += NONFINITE_BLOCK) {
+        size_t m = n - i0 < NONFINITE_BLOCK ? n - i0 : NONFINITE_BLOCK;
+        if (!block_has_nonfinite(x + i0, m))
+            continue;
+        for (size_t i = i0; i < i0 + m; i++)
+            if (!isfinite(x[i]))
+                return i;
+    }
     return (size_t)-1;
 }

@@ -1,5 +1,6 @@
 #include "workers/text/tokens.h"
 
+#include "common/atomic_file.h"
 #include "workers/model/npy.h"
 
 #include <errno.h>
@@ -259,11 +260,11 @@ int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e)
                 return err_set(e, ERR_INVALID, path,
                                "token id %d (position %zu) does not fit in uint16: use .u32 or .npy",
                                ids[i], i);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc < 0)
+        return rc;
+    FILE *f = af.f;
     int ok = 1;
     if (w) {
         unsigned char buf[4096];
@@ -283,11 +284,10 @@ int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e)
             ok = fprintf(f, "%s%d", i ? ", " : "", ids[i]) > 0;
         ok = ok && fputs("]\n", f) != EOF;
     }
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-        remove(tmp);
+    if (!ok) {
+        rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
         return rc;
     }
-    return 0;
+    return atomic_file_commit(&af, e);
 }

@@ -35,7 +35,8 @@ struct adamw_config {
 struct adamw; /* opaque: moments of every parameter and the step count */
 
 /* An optimiser for model m (moments zero, step 0). Errors: ERR_NOMEM,
- * ERR_INVALID for a rate, beta or eps out of range. */
+ * ERR_INVALID for a rate, beta or eps out of range or a read-only model
+ * (gptneox_require_writable). */
 int adamw_create(struct adamw **out, const struct gptneox *m, const struct adamw_config *cfg,
                  struct err *e) CK_WUR;
 void adamw_free(struct adamw *opt);
