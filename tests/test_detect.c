@@ -29,7 +29,7 @@
 #include <cmocka.h>
 
 #include "daemon/base/db.h"
-include "daemon/detect/detect.h"
+#include "daemon/detect/detect.h"
 #include "daemon/detect/transitions.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
