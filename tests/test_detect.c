@@ -30,6 +30,7 @@
 
 #include "daemon/base/db.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/transitions.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/work/queue.h"
@@ -90,7 +91,7 @@ static void test_run_and_again(void **state)
                              " ON m.id = t.metric_id WHERE m.name = 'loss'") / 1000;
     assert_true(mag < -2.4 && mag > -3.6);
     assert_true(pg_num(db, "SELECT count(*) FROM transitions t JOIN metrics m ON m.id = t.metric_id"
-                    " WHERE m.name = 'induction_score' AND t.magnitude > 0.5 AND t.method = 'ramp-v1'") == 1);
+                    " WHERE m.name = 'induction_score' AND t.magnitude > 0.5 AND t.method = '" TR_METHOD "'") == 1);
     /* again: the same rows, replaced */
     long long first = pg_num(db, "SELECT min(id) FROM transitions");
     char before[1024];
@@ -125,7 +126,7 @@ static void test_items(void **state)
 
 static char *list(const char *metric, double min_score, int json)
 {
-    struct detect_list_opts o = {metric, min_score, json};
+    struct detect_list_opts o = {metric, min_score, json, NULL, NULL};
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -184,7 +185,7 @@ static void test_unknown(void **state)
 {
     (void)state;
     struct err e;
-    struct detect_list_opts o = {NULL, 0, 0};
+    struct detect_list_opts o = {NULL, 0, 0, NULL, NULL};
     assert_int_equal(detect_run_named(db, "no-such-run", NULL, &e), ERR_NOTFOUND);
     assert_int_equal(detect_list(db, "no-such-run", &o, stdout, &e), ERR_NOTFOUND);
 }
