@@ -14,9 +14,20 @@
 #                   bench/fetch_bench.sh (ckptd fetch vs curl, prefetch wait)
 #                   bench/battery_bench.sh (battery items vs their forwards, BLAS share)
 #                   bench/transitions_bench.sh (transition detection, alone and with the database)
+#                   bench/transitions_realbench.py eval (the detector's precision and recall on
+#                   the labelled real training series of bench/data/transitions)
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/patching_bench.sh (the patching items in forward-equivalents)
+#   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
+#                   build-fuzz/) and run each FUZZ_S seconds from its seed
+#                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
+#                   make check runs each 3 s (tests/fuzz_smoke.sh)
+#   make fuzz-build the harnesses alone
+#   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
+#                   checkpoints over HTTP while faults are injected every 5-15 s
+#                   (tests/soak/soak.sh; needs root for network namespaces)
 #   make demo       the main job end to end on the embedded default
 #   make install    install binaries, schema and scripts under $(DESTDIR)$(PREFIX)
 #   make clean
@@ -27,6 +38,13 @@
 #   WERROR=1                            warnings are errors (CI sets it)
 #   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
 #   DEPS=0                              make check skips scripts/install-deps
+#   FUZZ_S=10  FUZZ_CC=clang            make fuzz: seconds per harness, compiler
+#
+# Fault injection (docs/robustness.md): tests/test_fault_alloc and
+# tests/test_daemon_fault_alloc link tests/lib/failalloc.o with
+# FAILALLOC_LDFLAGS (-Wl,--wrap=malloc,...) and sweep a failing allocation
+# over the loaders and the ingest path; tests/daemon_disk_full.sh fills
+# tmpfs mounts, tests/daemon_pg_maxconn.sh holds every PostgreSQL slot.
 
 CC ?= cc
 OPT ?= -O2
@@ -85,7 +103,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-layers unit bench demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data fuzz fuzz-build fuzz-bins
 .SECONDARY:
 all: $(BINS)
 
@@ -95,10 +113,12 @@ $(BUILD)/obj/%.o: %.c
 
 # The element-wise kernels: -O3 vectorises them, and without trapping math
 # the compiler may turn their clamps into selects (nothing here uses
-# floating-point traps or errno from libm).
-$(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+# floating-point traps or errno from libm); their polynomials (exp, erf)
+# contract into fused multiply-adds where the CPU has them (-std=c11 turns
+# that off by default).
+$(BUILD)/obj/workers/model/kernels.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno -ffp-contract=fast
 $(BUILD)/obj/workers/model/backward.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
-$(BUILD)/obj/workers/model/attention.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
+$(BUILD)/obj/workers/model/attention.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno -ffp-contract=fast
 $(BUILD)/obj/workers/model/tensor.o: CFLAGS_ALL += -O3
 $(BUILD)/obj/workers/train/adamw.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 
@@ -119,21 +139,52 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-# Tests of the daemon (tests/test_daemon_*.c) link the daemon library; the
-# rest link the worker library.
+# Tests of the daemon (tests/test_daemon_*.c and DAEMON_UNIT_TESTS below)
+# link the daemon library; the rest link the worker library.
 $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
-# The transition detector is pure: its test and benchmark link it alone (the
+# The daemon modules' own tests (tests/test_<module>.c) link the daemon
+# library too; the PostgreSQL-backed ones start a server of their own
+# (tests/lib/pg_fixture.h).
+DAEMON_UNIT_TESTS := supervise stage detect status node evalset migrate serve
+$(addprefix $(BUILD)/tests/test_,$(DAEMON_UNIT_TESTS)): $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
+
+# test_plan compares the daemon's SAE site check with the worker's: it
+# links both libraries (they share no symbol).
+$(BUILD)/tests/test_plan: $(BUILD)/obj/tests/test_plan.o $(DAEMON_LIB_OBJ) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(LIBS_WORKER) $(CMOCKA_LIBS)
+
+# The transition detectors (level-v2 and the former ramp-v1) are pure: their
+# test and the tool that runs them on JSON series link them alone (the
 # benchmark with the daemon library for its database path).
-$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/common/err.o
+TR_OBJ := $(BUILD)/obj/daemon/detect/transitions.o $(BUILD)/obj/daemon/detect/transitions_v1.o $(BUILD)/obj/common/err.o
+$(BUILD)/tests/test_transitions: $(BUILD)/obj/tests/test_transitions.o $(TR_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm $(CMOCKA_LIBS)
+
+$(BUILD)/bench/transitions_series: $(BUILD)/obj/bench/transitions_series.o $(TR_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -ljansson -lm
 
 $(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON)
+
+# Fault-injection tests route the project's allocations through
+# tests/lib/failalloc.c, which counts them and fails the one asked for.
+FAILALLOC_LDFLAGS := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free,--wrap=strdup,--wrap=strndup,--wrap=posix_memalign,--wrap=vasprintf,--wrap=getline,--wrap=__getdelim,--wrap=open_memstream
+$(BUILD)/tests/test_fault_alloc: $(BUILD)/obj/tests/test_fault_alloc.o $(BUILD)/obj/tests/lib/failalloc.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) $(FAILALLOC_LDFLAGS) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)
+
+$(BUILD)/tests/test_daemon_fault_alloc: $(BUILD)/obj/tests/test_daemon_fault_alloc.o $(BUILD)/obj/tests/lib/failalloc.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) $(FAILALLOC_LDFLAGS) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -154,7 +205,7 @@ tokenizer-data:
 	@scripts/fetch-tokenizer
 
 # Unit tests run from the repository root so they find tests/ data.
-unit: $(BINS) $(TEST_BINS) tokenizer-data
+unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
 
 # Rooms include only themselves, the rooms before them and common/ (the
@@ -181,6 +232,13 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/transitions_bench.sh
+	@bench/transitions_realbench.py eval
+	@bench/patching_bench.sh
+
+# The soak test: bounded to about 10 minutes; prints the faults and the figures.
+soak: $(BINS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker tests/soak/soak.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -200,17 +258,53 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
 	/usr/bin/python3 tests/reference/transitions_ref.py
+	/usr/bin/python3 tests/reference/transitions_v2_ref.py
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/rng_ref.py
+	/usr/bin/python3 tests/reference/sae_version_ref.py
+	/usr/bin/python3 tests/cases/make_sae_cases.py
+	/usr/bin/python3 tests/reference/patching_ref.py
+
+# ---- fuzzing: one libFuzzer harness per parser (fuzz/README.md) ----
+# `make fuzz` builds every harness with clang into build-fuzz/ (coverage,
+# ASan and UBSan in every object, UB fatal) and runs each FUZZ_S seconds from
+# its committed seed corpus fuzz/corpus/NAME (new inputs go to
+# build-fuzz/corpus/NAME, crashes to build-fuzz/crashes/NAME).
+FUZZ_CC ?= clang
+FUZZ_S ?= 10
+FUZZ_BUILD := build-fuzz
+FUZZ_WORKER := safetensors torchzip pickle model_config tokenizer tokenize npy tokens probe_set task sae
+FUZZ_DAEMON := hub daemon_config
+FUZZ_NAMES := $(FUZZ_WORKER) $(FUZZ_DAEMON)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 \
+		SANITIZE=fuzzer-no-link,address,undefined CFLAGS="-fno-sanitize-recover=all $(CFLAGS)" \
+		fuzz-bins
+
+fuzz: fuzz-build
+	@scripts/fuzz-run --build $(FUZZ_BUILD) --seconds $(FUZZ_S) $(FUZZ_NAMES)
+
+fuzz-bins: $(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_NAMES))
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_WORKER)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_WORKER)
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_DAEMON)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_DAEMON)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	cp -r scripts $(DESTDIR)$(PREFIX)/share/ckptd/
+	cp -r pairs $(DESTDIR)$(PREFIX)/share/ckptd/
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

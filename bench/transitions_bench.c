@@ -13,10 +13,17 @@
  *       the end), re-examined as after a checkpoint lands (detect_run: one
  *       COPY out, detect, delete and COPY the transitions in, one
  *       transaction); median of R.  CONNINFO "" is libpq's environment
+ *   transitions_bench --calibrate-table N
+ *       the null distribution of a series' first-candidate score
+ *       (tr_max_score) on N series of white noise plus a random walk for
+ *       each length of the table, by the random walk's share it was scored
+ *       with: quantiles and the Gumbel law fitted to them, written as
+ *       daemon/detect/transitions_null.inc (to stdout; the table is on stderr)
  *   transitions_bench --calibrate N
- *       the highest score (tr_max_score) over N simulated series without a
- *       transition, per kind of noise and schedule: what TR_THRESHOLD must
- *       stay above
+ *       N simulated series without a transition per kind of noise and
+ *       schedule: the highest first-candidate score, how many series
+ *       report a transition (calibrated p-value <= TR_P_MAX) and how many
+ *       report a spike
  *   transitions_bench --sensitivity N
  *       the share of N series (white noise, sigma 1) in which a change of
  *       J sigma is found, a step or a sigmoid 4 checkpoints wide, at 60% of
@@ -68,13 +75,14 @@ static int bench_detect(int nseries, int reps)
         timing_series(i, s, v + (size_t)i * n, n);
     long found = 0;
     for (int rep = 0; rep < reps; rep++) {
-        struct tr_transition t[TR_MAX_PER_SERIES];
+        struct tr_event t[TR_MAX_PER_SERIES];
         struct err e;
         double t0 = now_s();
         found = 0;
         for (int i = 0; i < nseries; i++) {
             int k = tr_detect(s, v + (size_t)i * n, n, t, TR_MAX_PER_SERIES, &e);
-            found += k > 0 ? k : 0;
+            for (int j = 0; j < k; j++)
+                found += t[j].kind == TR_KIND_TRANSITION;
         }
         secs[rep] = now_s() - t0;
     }
@@ -108,7 +116,8 @@ static int calibrate(int reps)
 {
     long long s[SIM_MAX];
     double v[SIM_MAX];
-    printf("Highest score over %d series without a transition (threshold %.1f)\n\n", reps, TR_THRESHOLD);
+    printf("Series without a transition, %d per kind and schedule: highest first-candidate score; "
+           "series reporting a transition (p <= %g); series reporting a spike\n\n", reps, TR_P_MAX);
     printf("| schedule | points |");
     for (int k = 0; k < SIM_KIND_COUNT; k++)
         printf(" %s |", sim_kind_name[k]);
@@ -117,7 +126,7 @@ static int calibrate(int reps)
         printf("---|");
     printf("\n");
     double worst[SIM_KIND_COUNT] = {0};
-    long over[SIM_KIND_COUNT] = {0};
+    long over[SIM_KIND_COUNT] = {0}, spiky[SIM_KIND_COUNT] = {0};
     for (int sch = 0; sch < NSCHEDULES; sch++) {
         const char *name = "";
         int n = schedule(sch, s, &name);
@@ -125,26 +134,109 @@ static int calibrate(int reps)
         for (int k = 0; k < SIM_KIND_COUNT; k++) {
             struct sim_rng r = {0xca11b000ULL + 1000003ULL * (unsigned long long)k + 7919ULL * (unsigned long long)sch};
             double mx = 0;
+            long o = 0, sp = 0;
             for (int i = 0; i < reps; i++) {
                 struct err e;
+                struct tr_event t[TR_MAX_PER_SERIES];
                 double z;
                 sim_noise(&r, (enum sim_kind)k, s, v, n, 1.0);
-                if (tr_max_score(s, v, n, &z, &e) < 0) {
+                int got = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
+                if (got < 0 || tr_max_score(s, v, n, &z, NULL, &e) < 0) {
                     fprintf(stderr, "transitions_bench: %s\n", err_str(&e));
                     return 1;
                 }
+                int nt = 0, ns = 0;
+                for (int j = 0; j < got; j++) {
+                    nt += t[j].kind == TR_KIND_TRANSITION;
+                    ns += t[j].kind == TR_KIND_SPIKE;
+                }
                 mx = z > mx ? z : mx;
-                over[k] += z >= TR_THRESHOLD;
+                o += nt > 0;
+                sp += ns > 0;
             }
+            over[k] += o;
+            spiky[k] += sp;
             worst[k] = mx > worst[k] ? mx : worst[k];
-            printf(" %.2f |", mx);
+            printf(" %.2f, %ld, %ld |", mx, o, sp);
         }
         printf("\n");
     }
     printf("\n");
     for (int k = 0; k < SIM_KIND_COUNT; k++)
         printf("{\"bench\":\"transitions_null\",\"kind\":\"%s\",\"series\":%d,\"max_score\":%.4f,"
-               "\"at_or_over_threshold\":%ld}\n", sim_kind_name[k], reps * NSCHEDULES, worst[k], over[k]);
+               "\"series_with_transitions\":%ld,\"series_with_spikes\":%ld}\n", sim_kind_name[k],
+               reps * NSCHEDULES, worst[k], over[k], spiky[k]);
+    return 0;
+}
+
+/* The null table of tr_p_value: per length, reps series of white noise
+ * plus a random walk whose share rho of the first differences' variance
+ * is drawn from RHOS; their first-candidate scores binned by the rho they
+ * were scored with (the bins' edges in EDGES); per bin with at least 400
+ * series, its median rho and a Gumbel law through its 90% and 99%
+ * quantiles (-ln(-ln q) = 2.2504 and 4.6001), checked at 99.9%. */
+static int calibrate_table(int reps, int white)
+{
+    static const int lens[] = {20, 24, 28, 32, 38, 45, 54, 64, 76, 90, 108, 128, 154, 180, 215, 256, 300, 400};
+    static const double rhos[] = {0, 0, 0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0};
+    static const double edges[] = {0, 0.03, 0.08, 0.15, 0.3, 0.5, 0.75, 1.0001};
+    enum { NL = sizeof lens / sizeof *lens, NR = sizeof rhos / sizeof *rhos, NB = sizeof edges / sizeof *edges - 1 };
+    long long *s = malloc(sizeof *s * 400);
+    double *v = malloc(sizeof *v * 400), *z = malloc(sizeof *z * (size_t)reps), *rh = malloc(sizeof *rh * (size_t)reps);
+    double *bz = malloc(sizeof *bz * (size_t)reps), *br = malloc(sizeof *br * (size_t)reps);
+    if (!s || !v || !z || !rh || !bz || !br) {
+        fprintf(stderr, "transitions_bench: out of memory\n");
+        return 1;
+    }
+    fprintf(stderr, "| points | rho bin | series | median rho | q90 | q99 | q99.9 | mu | beta | Gumbel p at q99.9 |\n"
+                    "|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("/* daemon/detect/transitions_null.inc: {points, rho, mu, beta}, the Gumbel law of the\n"
+           " * first-candidate score on white noise plus a random walk of share rho,\n"
+           " * %d series per length; written by\n"
+           " * build/bench/transitions_bench --calibrate-table %d */\n", reps, reps);
+    for (int li = 0; li < NL; li++) {
+        int n = lens[li];
+        for (int i = 0; i < n; i++)
+            s[i] = 10LL * i;
+        struct sim_rng r = {0x7ab1e000ULL + (unsigned long long)n};
+        for (int k = 0; k < reps; k++) {
+            struct err e;
+            double rho = white ? 0.0 : rhos[k % NR], sd = rho < 1 ? 1.0 : 0.0;
+            double tau = rho < 1 ? sqrt(2.0 * rho / (1.0 - rho)) : 1.0, walk = 0;
+            for (int i = 0; i < n; i++) {
+                walk += tau * sim_gauss(&r);
+                v[i] = 5.0 + sd * sim_gauss(&r) + walk;
+            }
+            if (tr_max_score(s, v, n, &z[k], &rh[k], &e) < 0) {
+                fprintf(stderr, "transitions_bench: %s\n", err_str(&e));
+                return 1;
+            }
+        }
+        for (int b = 0; b < NB; b++) {
+            int m = 0;
+            for (int k = 0; k < reps; k++)
+                if (rh[k] >= edges[b] && rh[k] < edges[b + 1]) {
+                    bz[m] = z[k];
+                    br[m++] = rh[k];
+                }
+            if (m < 400)
+                continue;
+            qsort(bz, (size_t)m, sizeof *bz, cmp_double);
+            double rmed = median(br, m);
+            double q90 = bz[(int)(0.90 * (m - 1))], q99 = bz[(int)(0.99 * (m - 1))];
+            double q999 = bz[(int)(0.999 * (m - 1))];
+            double beta = (q99 - q90) / (4.6001 - 2.2504), mu = q90 - 2.2504 * beta;
+            printf("{%d, %.4f, %.4f, %.4f},\n", n, rmed, mu, beta);
+            fprintf(stderr, "| %d | %.2f-%.2f | %d | %.3f | %.3f | %.3f | %.3f | %.4f | %.4f | %.5f |\n", n, edges[b],
+                    edges[b + 1], m, rmed, q90, q99, q999, mu, beta, -expm1(-exp(-(q999 - mu) / beta)));
+        }
+    }
+    free(s);
+    free(v);
+    free(z);
+    free(rh);
+    free(bz);
+    free(br);
     return 0;
 }
 
@@ -174,16 +266,19 @@ static int sensitivity(int reps)
                 struct sim_rng r = {0x5e750000ULL + 131ULL * (unsigned long long)j + 17ULL * (unsigned long long)(2 * sch + shape)};
                 int found = 0, worst = 0;
                 for (int i = 0; i < reps; i++) {
-                    struct tr_transition t[TR_MAX_PER_SERIES];
+                    struct tr_event t[TR_MAX_PER_SERIES];
                     struct err e;
                     sim_noise(&r, SIM_GAUSS, s, v, n, 1.0);
                     sim_add_sigmoid(s, v, n, centre, width, heights[j]);
-                    int k = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e);
-                    if (k < 1)
+                    int k = tr_detect(s, v, n, t, TR_MAX_PER_SERIES, &e), it = -1;
+                    for (int q = 0; q < k && it < 0; q++)
+                        if (t[q].kind == TR_KIND_TRANSITION)
+                            it = q;
+                    if (it < 0)
                         continue;
                     found++;
                     int ip = 0;
-                    while (ip < n - 1 && s[ip] < t[0].peak_step)
+                    while (ip < n - 1 && s[ip] < t[it].peak_step)
                         ip++;
                     int err = ip <= ic ? ic - ip : ip - ic - 1; /* 0: one of the two around the centre */
                     worst = err > worst ? err : worst;
@@ -200,7 +295,7 @@ int bench_db(const char *conninfo, int nseries, int reps);
 
 int main(int argc, char **argv)
 {
-    int nseries = 10000, reps = 5, cal = 0, sens = 0;
+    int nseries = 10000, reps = 5, cal = 0, sens = 0, table = 0, white = 0;
     const char *db = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--series") == 0 && i + 1 < argc)
@@ -209,19 +304,26 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--calibrate") == 0 && i + 1 < argc)
             cal = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--calibrate-table") == 0 && i + 1 < argc)
+            table = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--white") == 0)
+            white = 1;
         else if (strcmp(argv[i], "--sensitivity") == 0 && i + 1 < argc)
             sens = atoi(argv[++i]);
         else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
             db = argv[++i];
         else {
-            fprintf(stderr, "usage: transitions_bench [--series N] [--reps R] [--db CONNINFO] | --calibrate N | --sensitivity N\n");
+            fprintf(stderr, "usage: transitions_bench [--series N] [--reps R] [--db CONNINFO] | --calibrate N |"
+                            " --calibrate-table N | --sensitivity N\n");
             return 2;
         }
     }
-    if (nseries < 1 || reps < 1 || cal < 0 || sens < 0) {
+    if (nseries < 1 || reps < 1 || cal < 0 || sens < 0 || table < 0) {
         fprintf(stderr, "transitions_bench: --series, --reps and --calibrate take positive numbers\n");
         return 2;
     }
+    if (table)
+        return calibrate_table(table, white);
     if (cal)
         return calibrate(cal);
     if (sens)

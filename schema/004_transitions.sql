@@ -1,7 +1,7 @@
 -- 004_transitions: transitions with names, and ranked across runs.
 --
 -- The daemon replaces a series' transitions (method ramp-v1, see
--- daemon/transitions.h) each time a checkpoint of its run lands; these
+-- daemon/detect/transitions.h) each time a checkpoint of its run lands; these
 -- views are for reading them.
 
 -- Listing a run's transitions by peak step (ckptd transitions RUN).

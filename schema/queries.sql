@@ -54,11 +54,13 @@ JOIN lineages l ON l.run = f.run AND l.layer = f.layer AND l.lineage = f.lineage
 WHERE l.run = :'run' AND l.layer = 3 AND l.last_feature = 17 AND l.death_step IS NULL
 ORDER BY f.step;
 
--- 8. A run's transitions by peak step, and the strongest across all runs.
+-- 8. A run's transitions by peak step (with their levels and calibrated
+--    false-positive rates), and the strongest across all runs.
 SELECT metric, layer, head, idx, start_step, peak_step, end_step,
-       round(magnitude::numeric, 4) AS magnitude, round(score::numeric, 1) AS score
+       round(level_before::numeric, 4) AS before, round(level_after::numeric, 4) AS after,
+       round(score::numeric, 1) AS score, p_value, method
 FROM transitions_named
-WHERE run = :'run'
+WHERE run = :'run' AND kind = 'transition'
 ORDER BY peak_step, metric;
 
 SELECT run, metric, layer, head, peak_step, score, rank_in_run, rank_overall
@@ -73,13 +75,34 @@ FROM transitions_ranked
 WHERE item = 'heads' AND metric = 'induction_score' AND rank_in_metric <= 10
 ORDER BY peak_step;
 
--- 10. Metrics that move together: pairs of transitions of one run whose
---    [start_step, end_step] windows overlap (as ckptd transitions groups them).
+-- 10. Metrics that move together: the run's groups of transitions whose
+--    windows overlap, by how many metrics show them and their group score;
+--    then the pairs of transitions in them.
+SELECT group_no, start_step, end_step, metrics, round(group_score::numeric, 1) AS group_score, metric_names
+FROM transition_groups
+WHERE run = :'run'
+ORDER BY metrics DESC, group_score DESC;
+
 SELECT a.metric AS metric_a, a.layer AS layer_a, a.head AS head_a,
        b.metric AS metric_b, b.layer AS layer_b, b.head AS head_b,
        a.peak_step AS peak_a, b.peak_step AS peak_b
 FROM transitions_named a
-JOIN transitions_named b ON b.run = a.run AND b.id > a.id
+JOIN transitions_named b ON b.run = a.run AND b.id > a.id AND b.method = a.method
  AND a.start_step < b.end_step AND b.start_step < a.end_step
-WHERE a.run = :'run'
+WHERE a.run = :'run' AND a.kind = 'transition' AND b.kind = 'transition'
 ORDER BY a.peak_step;
+
+-- 11. Spikes: one or two checkpoints away from the level and back (loss
+--     spikes of Adam, a bad checkpoint), which no transition is made of.
+SELECT metric, layer, head, idx, start_step, end_step, baseline, peak_value, round(score::numeric, 1) AS score
+FROM spikes
+WHERE run = :'run'
+ORDER BY peak_step, metric;
+
+-- 12. When was each feature of a released SAE born?  A fixed dictionary
+--     (add-run --sae DIR, item sae_fixed) at every checkpoint: the first
+--     step each feature's density exceeds 0.001 (docs/sae.md).
+SELECT dictionary, feature, birth_step, density_at_birth, last_density
+FROM sae_fixed_feature_birth
+WHERE run = :'run'
+ORDER BY dictionary, birth_step NULLS LAST, feature;

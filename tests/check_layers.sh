@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 # a copy of the C sources the checker reads
 mkdir "$TMP/src"
-find common daemon workers tests bench \( -name '*.c' -o -name '*.h' \) | tar -cf - -T - | tar -xf - -C "$TMP/src" ||
+find common daemon workers tests bench \( -name '*.c' -o -name '*.h' -o -name '*.inc' \) | tar -cf - -T - | tar -xf - -C "$TMP/src" ||
     { echo "check_layers: cannot copy the sources"; exit 1; }
 
 "$CHECK" --root "$TMP/src" >"$TMP/out" 2>"$TMP/err"

@@ -4,7 +4,11 @@
 # COPY rows (7 tab-separated fields, integer version/layer/head/idx),
 # byte-identical on a second run, exit statuses 1/2 for bad input/usage, and
 # the `loss` row agrees (1e-5) with the per-sequence losses `forward` prints
-# for the same tokens.  Run from the repository root.
+# for the same tokens.  A failing item (task, no task.json) costs only
+# itself: the items around it print their rows, exit 1, and --status says
+# started/done with the row count/failed with the message, item by item;
+# an item depending on a failed one is reported not run.  Run from the
+# repository root.
 set -u
 W=${CKPT_WORKER:-build/bin/ckpt-worker}
 G=tests/golden/f32_parallel_rot025
@@ -122,6 +126,30 @@ sys.stdout.buffer.write(b"".join(struct.pack("<I", t) for s in seqs for t in s) 
 cp "$TMP/out" "$TMP/json_rows"
 status 0 "analyze --eval-tokens tokens.u32 --ctx 12" -- "$W" analyze "$G" --items loss --eval-tokens "$TMP/tokens.u32" --ctx 12
 cmp -s "$TMP/out" "$TMP/json_rows" && ok ".u32 stream gives the rows of the .json" || fail ".u32 rows differ from .json rows"
+
+# a failing item costs only itself; --status tells item by item
+status 1 "loss,task,weights: task fails" -- "$W" analyze "$G" --items loss,task,weights --status "$TMP/status"
+nl=$(grep -c '^loss	' "$TMP/out")
+nw=$(grep -c '^weights	' "$TMP/out")
+[ "$nl" -gt 0 ] && [ "$nw" -gt 0 ] && ok "the items around task printed their rows ($nl, $nw)" ||
+    fail "rows of loss $nl, weights $nw"
+grep -q '^task	' "$TMP/out" && fail "rows of the failed task item" || ok "no rows of the failed item"
+lv=$("$W" battery | awk '$1 == "loss" { print $2; exit }')
+tv=$("$W" battery | awk '$1 == "task" { print $2; exit }')
+printf 'ckpt-worker-status\t1\nstarted\tloss\t%s\ndone\tloss\t%s\t%s\nstarted\ttask\t%s\n' \
+    "$lv" "$lv" "$nl" "$tv" >"$TMP/want"
+head -n 4 "$TMP/status" | cmp -s - "$TMP/want" && ok "status: started and done with the row count" ||
+    fail "status head: $(head -n 4 "$TMP/status")"
+sed -n 5p "$TMP/status" | grep -q "^failed	task	[0-9]*	item task v[0-9]*: needs the run's task.json" &&
+    ok "status: task failed with its message" || fail "status line 5: $(sed -n 5p "$TMP/status")"
+sed -n 7p "$TMP/status" | grep -q "^done	weights	[0-9]*	$nw\$" && ok "status: weights done after it" ||
+    fail "status line 7: $(sed -n 7p "$TMP/status")"
+status 1 "sae without --artifacts, then sae_match" -- "$W" analyze "$G" --items sae,sae_match --status "$TMP/status"
+grep -q "^failed	sae_match	[0-9]*	item sae_match v[0-9]* not run: depends on sae, which failed\$" "$TMP/status" &&
+    ok "status: the dependent item not run" || fail "status: $(cat "$TMP/status")"
+status 1 "a checkpoint that cannot be read fails every item" -- "$W" analyze "$TMP/nonexistent" --items loss,weights --status "$TMP/status"
+[ "$(grep -c "^failed	.* not run: .*config.json" "$TMP/status")" = 2 ] && ok "status: both items failed naming config.json" ||
+    fail "status: $(cat "$TMP/status")"
 
 # a closed stdout is an error, not a silent success
 "$W" analyze "$G" --items weights,loss 2>"$TMP/err" >&-

@@ -33,16 +33,12 @@
 # n1 after the cut, the measurement count unchanged.  A timeline is
 # printed.  Without root or `ip netns` the test says it is skipped, and why.
 . tests/lib/daemon.sh
+. tests/lib/netns.sh
 
-cl_skip() {
-    echo "SKIP: cluster_netns: $*"
+if ! ns_usable; then
+    echo "SKIP: cluster_netns: $NS_WHY"
     exit 0
-}
-command -v ip >/dev/null 2>&1 || cl_skip "no ip command (iproute2, scripts/install-deps)"
-[ "$(id -u)" = 0 ] || cl_skip "network namespaces need root"
-NS=ckc-$$
-if ! err=$(ip netns add "$NS-probe" 2>&1); then cl_skip "ip netns add failed: $err"; fi
-ip netns del "$NS-probe"
+fi
 for f in "$WORKER" "$CKPTD"; do
     [ -x "$f" ] || { echo "FAIL: $f missing: run make"; exit 1; }
 done
@@ -56,7 +52,6 @@ PGPORT_NS=54390
 HUB_PORT=18480
 N=40
 LEASE=10
-NS_MADE=""
 HUB_STATE=""
 SESS_POLL=""
 
@@ -84,7 +79,7 @@ cl_cleanup() {
             [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null
         done
     fi
-    for n in $NS_MADE; do ip netns del "$n" 2>/dev/null; done
+    ns_destroy
     if [ -n "$T" ] && [ -d "$T" ]; then
         if [ "${DL_KEEP:-0}" = 1 ]; then echo "# kept $T"; else rm -rf "$T"; fi
     fi
@@ -98,22 +93,10 @@ export CKPTD_LOG=info
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGPASSWORD
 mkdir -p "$T/bin"
 ln -s "$(command -v sleep)" "$T/bin/sleep" # a sleep whose command line names $T
-echo "# $DL_NAME: $T, namespaces $NS-*"
+echo "# $DL_NAME: $T, namespaces ckc-$$-*"
 
-# ---- topology
-cl_net() {
-    ip netns add "$NS-sw" && NS_MADE="$NS_MADE $NS-sw" &&
-        ip -n "$NS-sw" link add br0 type bridge && ip -n "$NS-sw" link set br0 up || return 1
-    local h
-    for h in $HOSTS; do
-        ip netns add "$NS-$h" && NS_MADE="$NS_MADE $NS-$h" &&
-            ip link add eth0 netns "$NS-$h" type veth peer name "$h" netns "$NS-sw" &&
-            ip -n "$NS-sw" link set "$h" master br0 up &&
-            ip -n "$NS-$h" addr add "${ADDR[$h]}/24" dev eth0 &&
-            ip -n "$NS-$h" link set eth0 up && ip -n "$NS-$h" link set lo up || return 1
-    done
-}
-cl_net 2>"$T/net.err" || { echo "FAIL: cannot build the network:"; cat "$T/net.err"; exit 1; }
+# ---- topology (tests/lib/netns.sh)
+ns_build "ckc-$$" "$HOSTS" 24 2>"$T/net.err" || { echo "FAIL: cannot build the network:"; cat "$T/net.err"; exit 1; }
 dl_ok "network: bridge in $NS-sw, hosts $HOSTS"
 
 # ---- database host
@@ -190,7 +173,7 @@ held_until() { dl_sql "SELECT extract(epoch FROM max(lease_expires)) FROM jobs W
 # ---- partition: n1 cut off mid-job
 cut_ready() { dl_sql_ge "SELECT count(*) FROM jobs WHERE state = 'done'" 8 && mid_job n1; }
 dl_wait "4 checkpoints stored and n1 mid-job" 60 cut_ready || exit 1
-ip -n "$NS-n1" link set eth0 down
+ns_link n1 down
 T_CUT=$(now)
 H1=$(held_ids n1)
 E1=$(held_until n1)
@@ -227,7 +210,7 @@ dl_wait "the server to end n1's session" 40 test -s "$T/n1_session_gone" && T_SE
 dl_true "n1 still running, still cut off" kill -0 "$n1_PID"
 
 # ---- n1 back
-ip -n "$NS-n1" link set eth0 up
+ns_link n1 up
 T_UP=$(now)
 dl_wait_exit "$n1_PID" 60
 dl_eq "n1 exit" 0 "$DL_STATUS"

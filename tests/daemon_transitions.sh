@@ -10,15 +10,20 @@
 #    changing series (peak at step 12) and none for noise or for the
 #    duplicates' outliers; every checkpoint's ingestion was followed by a
 #    detection ("transitions detected" logged 40 times);
-#  - `ckptd transitions RUN` prints them under a header, in one group;
-#    --json, --metric, --min-score; an unknown run exits 1, bad usage 2;
+#  - `ckptd transitions RUN` prints them under a header, in one group,
+#    with the group's line (window, metrics, score); --json, --metric,
+#    --min-score, --kind, --method; an unknown run exits 1, bad usage 2;
+#  - method level-v2 with calibrated p-values <= 1e-3; a ramp-v1 row left
+#    from before stays, is listed only with --method all (or ramp-v1) and
+#    survives `ckptd detect`;
 #  - `ckptd detect RUN` and a re-ingestion after the schedule grows replace
 #    the rows, never duplicate them;
 #  - with the duplicate marks cleared the outliers become a transition
 #    (the test can fail), and with them set again they are gone;
 #  - a failing detection (a trigger refusing inserts into transitions)
 #    leaves the checkpoint's results stored and the old transitions intact;
-#  - transitions_named and transitions_ranked, across two runs; the example
+#  - transitions_named and transitions_ranked, across two runs; the views
+#    spikes, transitions_grouped and transition_groups; the example
 #    queries of schema/queries.sql run.
 . tests/lib/daemon.sh
 dl_init transitions 54370
@@ -61,24 +66,42 @@ dl_eq "duplicates marked" "24 25 26 27 28" \
 dl_eq "a detection after every checkpoint" 40 "$(dl_log_count "$T/S1.log" "transitions detected")"
 dl_eq "no detection failed" 0 "$(dl_log_count "$T/S1.log" "transition detection failed; the checkpoint's results are stored")"
 
-q_rows="SELECT metric || ':' || start_step || '/' || peak_step || '/' || end_step FROM transitions_named WHERE run = 'tr' ORDER BY metric"
+q_rows="SELECT metric || ':' || start_step || '/' || peak_step || '/' || end_step FROM transitions_named WHERE run = 'tr' AND kind = 'transition' AND method = 'level-v2' ORDER BY metric"
 dl_eq "transitions: icl_score and loss at step 12, nothing else" "icl_score:11/12/12
 loss:11/12/12" "$(dl_sql "$q_rows")"
 dl_eq "magnitudes within 20%" "t" "$(dl_sql "SELECT bool_and(CASE metric WHEN 'loss' THEN abs(magnitude - 2) < 0.4 ELSE abs(magnitude + 0.8) < 0.16 END) FROM transitions_named WHERE run = 'tr'")"
-dl_eq "method and score" "ramp-v1 true" "$(dl_sql "SELECT DISTINCT method || ' ' || (score >= 14)::text FROM transitions WHERE run_id = (SELECT id FROM runs WHERE name = 'tr')")"
+dl_eq "method and p-value" "level-v2 true" "$(dl_sql "SELECT DISTINCT method || ' ' || (p_value <= 1e-3 AND noise > 0)::text FROM transitions WHERE run_id = (SELECT id FROM runs WHERE name = 'tr')")"
+dl_eq "no spikes in these series" 0 "$(dl_sql "SELECT count(*) FROM spikes WHERE run = 'tr'")"
+dl_eq "levels either side" "t" "$(dl_sql "SELECT bool_and(abs(level_after - level_before - magnitude) < 1e-9) FROM transitions")"
+
+# a row of the former method, as an older ckptd left it
+dl_sql "INSERT INTO transitions (run_id, metric_id, start_step, peak_step, end_step, magnitude, score, method)
+        SELECT r.id, m.id, 30, 31, 32, 1.0, 20.0, 'ramp-v1' FROM runs r, metrics m
+        WHERE r.name = 'tr' AND m.item = 'loss' AND m.version = $LOSS_V AND m.name = 'loss'" >/dev/null
+dl_eq "the old row: a transition without p-value" "transition 1" \
+    "$(dl_sql "SELECT kind || ' ' || (p_value IS NULL)::int FROM transitions WHERE method = 'ramp-v1'")"
 
 # the listing
 "${C[@]}" transitions tr >"$T/list.out" 2>"$T/list.err"
 dl_eq "transitions exit" 0 $?
-dl_grep "header line" "$T/list.out" '^group +metric +item +ver +layer +head +idx +start +peak +end +magnitude +score +method$'
+dl_grep "header line" "$T/list.out" '^group +kind +metric +item +ver +layer +head +idx +start +peak +end +before +after +score +p_value +method$'
+rows() { awk 'NR > 1 && $2 ~ /^(transition|spike)$/ { print $1, $3, $10 }' "$@"; }
 dl_eq "two lines, one group" "1 icl_score 12
-1 loss 12" "$(awk 'NR > 1 { print $1, $2, $9 }' "$T/list.out")"
+1 loss 12" "$(rows "$T/list.out")"
+dl_grep "the group's line" "$T/list.out" '^ +1 +11 +12 +2 +[0-9.]+ +level-v2 +loss/icl_score, loss/loss$|^ +1 +11 +12 +2 +[0-9.]+ +level-v2 +loss/loss, loss/icl_score$'
 "${C[@]}" transitions tr --json >"$T/list.json" 2>"$T/json.err"
-dl_eq "json" "2 1 ['end_step', 'group', 'head', 'idx', 'item', 'layer', 'magnitude', 'method', 'metric', 'peak_step', 'run', 'score', 'start_step', 'version'] tr loss $LOSS_V" \
-    "$(python3 -c 'import json,sys; a = json.load(open(sys.argv[1])); print(len(a), len({o["group"] for o in a}), sorted(a[1]), a[1]["run"], a[1]["item"], a[1]["version"])' "$T/list.json")"
-dl_eq "--metric NAME" "loss" "$("${C[@]}" transitions tr --metric loss | awk 'NR > 1 { print $2 }')"
-dl_eq "--metric ITEM/NAME" "icl_score" "$("${C[@]}" transitions tr --metric loss/icl_score | awk 'NR > 1 { print $2 }')"
+dl_eq "json" "2 1 ['end_step', 'group', 'group_metrics', 'group_score', 'head', 'idx', 'item', 'kind', 'layer', 'level_after', 'level_before', 'magnitude', 'method', 'metric', 'noise', 'p_value', 'peak_step', 'run', 'score', 'start_step', 'version'] tr loss $LOSS_V 2" \
+    "$(python3 -c 'import json,sys; a = json.load(open(sys.argv[1])); print(len(a), len({o["group"] for o in a}), sorted(a[1]), a[1]["run"], a[1]["item"], a[1]["version"], a[1]["group_metrics"])' "$T/list.json")"
+dl_eq "json: group score is the sum of -log10 p" "t" \
+    "$(python3 -c 'import json,sys,math; a = json.load(open(sys.argv[1])); print(str(abs(a[0]["group_score"] - sum(-math.log10(o["p_value"]) for o in a)) < 1e-6).lower()[0])' "$T/list.json")"
+dl_eq "--metric NAME" "loss" "$("${C[@]}" transitions tr --metric loss | rows | awk '{ print $2 }')"
+dl_eq "--metric ITEM/NAME" "icl_score" "$("${C[@]}" transitions tr --metric loss/icl_score | rows | awk '{ print $2 }')"
 dl_eq "--min-score above all" 1 "$("${C[@]}" transitions tr --min-score 1e12 | wc -l)"
+dl_eq "--kind spike: none" 1 "$("${C[@]}" transitions tr --kind spike | wc -l)"
+dl_eq "--method all: the ramp-v1 row too" "3 ramp-v1" \
+    "$("${C[@]}" transitions tr --method all | awk 'NR > 1 && $2 == "transition"' | wc -l) $("${C[@]}" transitions tr --method ramp-v1 | awk 'NR > 1 && $2 == "transition" { print $16 }')"
+"${C[@]}" transitions tr --kind blip >/dev/null 2>&1
+dl_eq "bad --kind: exit 2" 2 $?
 "${C[@]}" transitions nosuch >/dev/null 2>"$T/nosuch.err"
 dl_eq "unknown run: exit 1" 1 $?
 dl_grep "unknown run named" "$T/nosuch.err" 'no run named nosuch'
@@ -88,12 +111,13 @@ dl_eq "no RUN: exit 2" 2 $?
 dl_eq "bad --min-score: exit 2" 2 $?
 
 # detecting again replaces, never duplicates
-ids0=$(dl_sql "SELECT string_agg(id::text, ',' ORDER BY id) FROM transitions")
+ids0=$(dl_sql "SELECT string_agg(id::text, ',' ORDER BY id) FROM transitions WHERE method = 'level-v2'")
 out=$("${C[@]}" detect tr 2>"$T/detect.err")
 dl_eq "detect exit" 0 $?
-case "$out" in "run tr: 6 series, "*" points, 2 transitions ("*) dl_ok "detect summary ($out)" ;; *) dl_fail "detect summary: $out" ;; esac
-dl_eq "detect: still 2 rows" 2 "$(dl_sql "SELECT count(*) FROM transitions")"
-dl_true "detect: rows replaced" [ "$ids0" != "$(dl_sql "SELECT string_agg(id::text, ',' ORDER BY id) FROM transitions")" ]
+case "$out" in "run tr: 6 series, "*" points, 2 transitions, 0 spikes ("*) dl_ok "detect summary ($out)" ;; *) dl_fail "detect summary: $out" ;; esac
+dl_eq "detect: still 2 rows of level-v2" 2 "$(dl_sql "SELECT count(*) FROM transitions WHERE method = 'level-v2'")"
+dl_eq "detect: the ramp-v1 row stays" 1 "$(dl_sql "SELECT count(*) FROM transitions WHERE method = 'ramp-v1'")"
+dl_true "detect: rows replaced" [ "$ids0" != "$(dl_sql "SELECT string_agg(id::text, ',' ORDER BY id) FROM transitions WHERE method = 'level-v2'")" ]
 dl_eq "detect: same transitions" "icl_score:11/12/12
 loss:11/12/12" "$(dl_sql "$q_rows")"
 
@@ -147,13 +171,15 @@ dl_eq "tr2: one transition at 30" "loss:29/30/30" \
     "$(dl_sql "SELECT metric || ':' || start_step || '/' || peak_step || '/' || end_step FROM transitions_named WHERE run = 'tr2'")"
 dl_eq "ranked: both runs" 2 "$(dl_sql "SELECT count(DISTINCT run) FROM transitions_ranked")"
 dl_eq "ranked: rank_in_run 1..k per run" "tr 1,2 tr2 1" \
-    "$(dl_sql "SELECT string_agg(run || ' ' || ranks, ' ' ORDER BY run) FROM (SELECT run, string_agg(rank_in_run::text, ',' ORDER BY rank_in_run) AS ranks FROM transitions_ranked GROUP BY run) x")"
+    "$(dl_sql "SELECT string_agg(run || ' ' || ranks, ' ' ORDER BY run) FROM (SELECT run, string_agg(rank_in_run::text, ',' ORDER BY rank_in_run) AS ranks FROM transitions_ranked WHERE method = 'level-v2' GROUP BY run) x")"
 dl_eq "ranked: rank_overall follows score" "t" \
-    "$(dl_sql "SELECT bool_and(ok) FROM (SELECT rank_overall = rank() OVER (ORDER BY score DESC) AS ok FROM transitions_ranked) x")"
+    "$(dl_sql "SELECT bool_and(ok) FROM (SELECT rank_overall = rank() OVER (ORDER BY score DESC) AS ok FROM transitions_ranked WHERE method = 'level-v2') x")"
 dl_eq "ranked: loss across runs" "1 2" \
-    "$(dl_sql "SELECT string_agg(rank_in_metric::text, ' ' ORDER BY rank_in_metric) FROM transitions_ranked WHERE metric = 'loss'")"
+    "$(dl_sql "SELECT string_agg(rank_in_metric::text, ' ' ORDER BY rank_in_metric) FROM transitions_ranked WHERE metric = 'loss' AND method = 'level-v2'")"
 dl_eq "reader role may read the views" "t" \
-    "$(dl_sql "SELECT has_table_privilege('ckptd_reader', 'transitions_ranked', 'SELECT') AND has_table_privilege('ckptd_reader', 'transitions_named', 'SELECT')")"
+    "$(dl_sql "SELECT bool_and(has_table_privilege('ckptd_reader', v, 'SELECT')) FROM unnest(ARRAY['transitions_ranked', 'transitions_named', 'spikes', 'transitions_grouped', 'transition_groups']) v")"
+dl_eq "transition_groups: run tr's level-v2 group of 2 metrics" "1 11 12 2 2 1" \
+    "$(dl_sql "SELECT group_no || ' ' || start_step || ' ' || end_step || ' ' || transitions || ' ' || metrics || ' ' || (group_score > 6)::int FROM transition_groups WHERE run = 'tr' AND method = 'level-v2'")"
 psql -X -q -v ON_ERROR_STOP=1 -v run=tr -f schema/queries.sql >"$T/queries.out" 2>&1
 dl_eq "schema/queries.sql runs" 0 $?
 

@@ -1,5 +1,6 @@
 /*
- * test_battery - the battery registry, the row writer, the `loss` and
+ * test_battery - the battery registry, the row writer and the status
+ * file, the `loss` and
  * `weights` items, the default eval set and tokens_read_file.
  *
  * Numbers are checked against independent computations:
@@ -34,7 +35,7 @@
 #include "tests/lib/battery_golden.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/probe_set.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/rows.h"
 #include "workers/model/gptneox.h"
 #include "workers/text/tokens.h"
@@ -284,6 +285,39 @@ static void test_rows_copy_text(void **state)
     }
     free(rows);
     rows_free(&r);
+}
+
+/* The status file: one line per event, messages on one line. */
+static void test_rows_status(void **state)
+{
+    (void)state;
+    struct err e;
+    struct rows_status st;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ckptd-status-%d", (int)getpid());
+    assert_int_equal(rows_status_open(&st, NULL, &e), 0); /* nowhere: no-ops */
+    assert_int_equal(st.fd, -1);
+    assert_int_equal(rows_status_done(&st, "loss", 2, 5, &e), 0);
+    rows_status_close(&st);
+    assert_int_equal(rows_status_open(&st, path, &e), 0);
+    assert_int_equal(rows_status_started(&st, "loss", 2, &e), 0);
+    assert_int_equal(rows_status_done(&st, "loss", 2, 129, &e), 0);
+    assert_int_equal(rows_status_failed(&st, "task", 1, "item task v1: no\ttask.json\nhere\r", &e), 0);
+    assert_int_equal(rows_status_failed(&st, "lens", 1, NULL, &e), 0);
+    rows_status_close(&st);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char buf[512];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    assert_string_equal(buf, "ckpt-worker-status\t1\nstarted\tloss\t2\ndone\tloss\t2\t129\n"
+                             "failed\ttask\t1\titem task v1: no task.json here \n"
+                             "failed\tlens\t1\tunknown error\n");
+    /* a file that cannot be made: ERR_IO naming it */
+    assert_int_equal(rows_status_open(&st, "/nonexistent/dir/status", &e), ERR_IO);
+    assert_non_null(strstr(err_str(&e), "/nonexistent/dir/status"));
+    unlink(path);
 }
 
 /* ---- rng and the default eval set ---- */
@@ -913,7 +947,8 @@ static void test_rows_deterministic(void **state)
         for (size_t i = 0; i < battery_count(); i++) {
             if (battery_get(i)->needs & BATTERY_NEEDS(BATTERY_NEED_TASK))
                 continue; /* a toy run's item: test_battery_task */
-            if (battery_get(i)->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS))
+            if (battery_get(i)->needs & (BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS) |
+                                         BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)))
                 continue; /* reads or writes files: its own test (test_battery_<item>) */
             if (battery_run_item(battery_get(i), &c, &r, &e) < 0)
                 fail_msg("%s", err_str(&e));
@@ -1030,6 +1065,7 @@ int main(void)
         cmocka_unit_test(test_run_checks_metrics),
         cmocka_unit_test(test_rows_format),
         cmocka_unit_test(test_rows_copy_text),
+        cmocka_unit_test(test_rows_status),
         cmocka_unit_test(test_rng_and_eval_default),
         cmocka_unit_test(test_weights_closed_form),
         cmocka_unit_test(test_weights_zero),

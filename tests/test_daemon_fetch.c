@@ -217,6 +217,14 @@ static void test_tree_and_select(void **state)
     assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"../etc/passwd\",\"size\":1}]", &all, &e),
                      ERR_FORMAT);
     hub_files_free(&all);
+    /* a negative size is no size (found by fuzz/fuzz_hub.c: it was kept) */
+    assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"config.json\",\"size\":-2}]", &all, &e),
+                     ERR_FORMAT);
+    assert_non_null(strstr(e.msg, "entry 0 (config.json) has a negative size"));
+    hub_files_free(&all);
+    assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"m.bin\",\"lfs\":{\"size\":-5}}]", &all, &e),
+                     ERR_FORMAT);
+    hub_files_free(&all);
     assert_int_equal(hub_parse_tree("not json", &all, &e), ERR_FORMAT);
 }
 

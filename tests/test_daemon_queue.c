@@ -3,11 +3,15 @@
  * PostgreSQL: queue_claim under concurrent claimers (each job claimed once,
  * a checkpoint never split, "nothing claimable" never said while work is
  * there, a checkpoint whose jobs became due at different moments claimed
- * whole, one checkpoint locked per claim under every plan), the lease life cycle (heartbeat, fail with backoff, dead after
+ * whole, one checkpoint locked per claim under every plan, a checkpoint of
+ * too many jobs refused and its jobs given back), the lease life cycle (heartbeat, fail with backoff, dead after
  * max_attempts, release, expiry, retry), and ingest_commit's exactly-once
  * rules (bad rows, truncated output, a missing item, a lost or expired
  * lease, a duplicate key: nothing stored; a second commit of the same claim
- * refused; the storing node recorded in done_by), and the connection's
+ * refused; the storing node recorded in done_by), ingest_settle item by
+ * item (a done item stored while a failed one is retried alone with its own
+ * error, rows of an unfinished item not stored, a count that disagrees
+ * with the worker's refused, the retry's rows stored once), and the connection's
  * defaults (keepalives, TCP user timeout and connect timeout on the client,
  * the same timeouts asked of the server; a conninfo or PGCONNECT_TIMEOUT
  * overrides them).
@@ -33,6 +37,7 @@
 #include "daemon/plan/source.h"
 #include "daemon/store/ingest.h"
 #include "daemon/work/queue.h"
+#include "daemon/work/supervise.h"
 
 #define CLAIMERS 8
 
@@ -226,6 +231,35 @@ static void test_claim_locks_one(void **state)
     }
     sql_do("RESET ALL");
     db_free(other);
+}
+
+/* A checkpoint with more jobs than a claim can hold is refused, and its
+ * jobs go back as they were: queued, no lease, no attempt counted (not
+ * left running to burn attempts through lease expiry). */
+static void test_claim_too_many(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    add_run("big", "0", 5);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO jobs (checkpoint_id, item, version) SELECT c.id, 'extra' || g, 1"
+             " FROM checkpoints c, generate_series(1, %d) g", CLAIM_MAX_JOBS);
+    sql_do(sql); /* 2 + CLAIM_MAX_JOBS jobs on the one checkpoint */
+    err_clear(&e);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "more than"));
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state <> 'queued'"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL"
+                             " OR lease_expires IS NOT NULL"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE attempts <> 0"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs"), 2 + CLAIM_MAX_JOBS);
+    /* one job fewer: the checkpoint is claimable whole */
+    sql_do("DELETE FROM jobs WHERE item IN ('extra1', 'extra2')");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.njobs, CLAIM_MAX_JOBS);
+    assert_int_equal(c.attempts, 1);
 }
 
 /* ---- lease life cycle ---- */
@@ -423,6 +457,89 @@ static void test_ingest(void **state)
     unlink(rows_path);
 }
 
+
+/* outcome i: done with `rows` (-1: unknown), or failed with `msg` */
+static void outcome(struct item_outcome *o, int done, long rows, const char *msg)
+{
+    o->state = done ? ITEM_DONE : ITEM_FAILED;
+    o->rows = rows;
+    snprintf(o->error, sizeof o->error, "%s", msg ? msg : "");
+}
+
+static void test_settle_items(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    struct item_outcome out[2];
+    struct ingest_result res;
+    struct backoff b = {0.01, 0.01};
+    snprintf(rows_path, sizeof rows_path, "/tmp/ckptd-rows-XXXXXX");
+    int fd = mkstemp(rows_path);
+    assert_true(fd >= 0);
+    close(fd);
+    add_run("it", "7", 3);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.njobs, 2);
+    int il = strcmp(c.items[0], "loss") == 0 ? 0 : 1, iw = 1 - il;
+
+    /* loss done; weights failed, its rows half printed (a worker killed
+     * while writing them): loss stored, weights queued again with its error */
+    write_rows("loss\t1\tloss\t-1\t-1\t-1\t2.5\nloss\t1\tloss_by_pos\t-1\t-1\t0\t3\n"
+               "weights\t1\tfrobenius_norm\t0\t-1\t0\t1.5\nweights\t1\tfrob");
+    outcome(&out[il], 1, 2, NULL);
+    outcome(&out[iw], 0, -1, "worker killed by signal 9 (Killed) while running item weights v1");
+    if (ingest_settle(db, &reg, "n1", &c, rows_path, 0.5, out, &b, &res, &e) != 0)
+        fail_msg("settle: %s", err_str(&e));
+    assert_int_equal(res.done, 1);
+    assert_int_equal(res.failed, 1);
+    assert_int_equal(res.rows, 2);
+    assert_int_equal(res.skipped, 2);
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements"), 2);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE item = 'loss' AND state = 'done'"
+                             " AND rows_written = 2 AND attempts = 1"), 1);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE item = 'weights' AND state = 'queued'"
+                             " AND lease_owner IS NULL AND last_error LIKE 'worker killed by signal 9%item weights v1'"), 1);
+
+    /* the retry holds weights alone; its count disagrees with the rows:
+     * refused, nothing stored, the error says why */
+    sql_do("UPDATE jobs SET not_before = now()");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.njobs, 1);
+    assert_string_equal(c.items[0], "weights");
+    write_rows("weights\t1\tfrobenius_norm\t0\t-1\t0\t1.5\n");
+    outcome(&out[0], 1, 2, NULL);
+    assert_int_equal(ingest_settle(db, &reg, "n1", &c, rows_path, 0.5, out, &b, &res, &e), 0);
+    assert_int_equal(res.failed, 1);
+    assert_int_equal(out[0].state, ITEM_FAILED);
+    assert_non_null(strstr(out[0].error, "results rejected: "));
+    assert_non_null(strstr(out[0].error, "1 rows of item weights, the worker reported 2"));
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE item = 'weights' AND attempts = 2"
+                             " AND last_error LIKE 'results rejected: %'"), 1);
+
+    /* the third attempt is good: stored once, every job done */
+    sql_do("UPDATE jobs SET not_before = now()");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    outcome(&out[0], 1, 1, NULL);
+    if (ingest_settle(db, &reg, "n1", &c, rows_path, 0.5, out, &b, &res, &e) != 0)
+        fail_msg("settle: %s", err_str(&e));
+    assert_int_equal(res.done, 1);
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements"), 3);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state = 'done' AND last_error IS NULL"), 2);
+    assert_int_equal(sql_num("SELECT attempts FROM jobs WHERE item = 'loss'"), 1);
+
+    /* a row of an item nobody asked for: the whole output is refused */
+    add_run("it2", "8", 3);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    write_rows("loss\t1\tloss\t-1\t-1\t-1\t2.5\nheads\t1\tx\t-1\t-1\t-1\t1\n");
+    outcome(&out[0], 1, -1, NULL);
+    outcome(&out[1], 1, -1, NULL);
+    assert_int_equal(ingest_settle(db, &reg, "n1", &c, rows_path, 0.5, out, &b, &res, &e), ERR_FORMAT);
+    assert_non_null(strstr(e.msg, "not asked for"));
+    assert_int_equal(sql_num("SELECT count(*) FROM measurements WHERE step = 8"), 0);
+    unlink(rows_path);
+}
+
 /* ---- connection defaults ---- */
 
 /* The value libpq uses for a keyword on a live connection, copied. */
@@ -499,9 +616,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_claim_concurrent, clean),
         cmocka_unit_test_setup(test_claim_locks_one, clean),
+        cmocka_unit_test_setup(test_claim_too_many, clean),
         cmocka_unit_test_setup(test_lifecycle, clean),
         cmocka_unit_test_setup(test_claim_whole_checkpoint, clean),
         cmocka_unit_test_setup(test_ingest, clean),
+        cmocka_unit_test_setup(test_settle_items, clean),
         cmocka_unit_test(test_conn_defaults),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

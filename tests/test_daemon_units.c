@@ -3,8 +3,10 @@
  * step schedules (schedule_parse), sources (source_checkpoint_url,
  * source_local_path, source_check), the battery registry (registry_parse,
  * registry_metric_id, registry_item_version, registry_from_worker when
- * CKPT_WORKER names the real worker), the translation of worker rows into
- * measurement rows (ingest_translate), the config file
+ * CKPT_WORKER names the real worker, and its deadline with a worker that
+ * hangs), the translation of worker rows into measurement rows
+ * (ingest_translate), the item outcomes read from a worker's status file
+ * (supervise_outcomes), the config file
  * (daemon_config_load, daemon_config_check), db_int_array and the
  * reconnect backoff's cap (db_set_backoff_max, against a socket that is
  * not there).
@@ -16,16 +18,91 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "common/clock.h"
 #include "daemon/base/db.h"
 #include "daemon/ops/config.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/ingest.h"
 #include "daemon/work/queue.h"
+#include "daemon/work/supervise.h"
+
+/* ---- supervise_outcomes ---- */
+
+static const char items3[4][64] = {"loss", "weights", "heads", "lens"};
+static const int versions3[4] = {2, 2, 1, 1};
+
+/* A worker that ended as `ok`/`how` with stderr "boom", whose status file
+ * holds `status` (NULL: no file). */
+static void ended_worker(struct worker *w, int ok, const char *how, const char *status)
+{
+    memset(w, 0, sizeof *w);
+    snprintf(w->status_path, sizeof w->status_path, "/tmp/ckptd-status-%d", (int)getpid());
+    unlink(w->status_path);
+    if (status) {
+        FILE *f = fopen(w->status_path, "w");
+        assert_non_null(f);
+        fputs(status, f);
+        fclose(f);
+    }
+    w->done = 1;
+    w->ok = ok;
+    if (!ok) {
+        snprintf(w->how, sizeof w->how, "%s", how);
+        snprintf(w->error, sizeof w->error, "%s; stderr: boom", how);
+    }
+}
+
+static void test_outcomes(void **state)
+{
+    (void)state;
+    struct worker w;
+    struct item_outcome out[4];
+    /* killed after loss was done, while heads ran; weights failed on its own */
+    ended_worker(&w, 0, "worker killed by signal 9 (Killed)",
+                 "ckpt-worker-status\t1\nstarted\tloss\t2\ndone\tloss\t2\t129\n"
+                 "started\tweights\t2\nfailed\tweights\t2\titem weights v2: bad\tthing\n"
+                 "started\theads\t1\ndone\tlens\t9\t5\n" /* another version: not ours */
+                 "done\theads\t1\t3"); /* cut: not written whole */
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_int_equal(out[0].state, ITEM_DONE);
+    assert_int_equal(out[0].rows, 129);
+    assert_int_equal(out[1].state, ITEM_FAILED);
+    assert_string_equal(out[1].error, "worker killed by signal 9 (Killed); item weights v2: bad\tthing");
+    assert_int_equal(out[2].state, ITEM_FAILED);
+    assert_string_equal(out[2].error, "worker killed by signal 9 (Killed) while running item heads v1; stderr: boom");
+    assert_int_equal(out[3].state, ITEM_FAILED);
+    assert_string_equal(out[3].error, "worker killed by signal 9 (Killed) before starting item lens v1; stderr: boom");
+
+    /* exit 0: everything not reported failed is done (a worker that
+     * writes no status file: all of it) */
+    ended_worker(&w, 1, NULL, "ckpt-worker-status\t1\ndone\tloss\t2\t7\n");
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_true(out[0].state == ITEM_DONE && out[0].rows == 7);
+    assert_true(out[1].state == ITEM_DONE && out[1].rows == -1);
+    ended_worker(&w, 1, NULL, NULL);
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    for (int i = 0; i < 4; i++)
+        assert_true(out[i].state == ITEM_DONE && out[i].rows == -1);
+
+    /* no status file, or not this format: how the worker ended, for all */
+    ended_worker(&w, 0, "worker exited with status 1", NULL);
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(out[i].state, ITEM_FAILED);
+        assert_string_equal(out[i].error, "worker exited with status 1; stderr: boom");
+    }
+    ended_worker(&w, 0, "worker exited with status 1", "ckpt-worker-status\t2\ndone\tloss\t2\t1\n");
+    supervise_outcomes(&w, items3, versions3, 4, out);
+    assert_int_equal(out[0].state, ITEM_FAILED);
+    assert_string_equal(out[0].error, "worker exited with status 1; stderr: boom");
+    unlink(w.status_path);
+}
 
 /* ---- schedule_parse ---- */
 
@@ -378,6 +455,48 @@ static void test_registry_from_worker(void **state)
     registry_free(&r);
 }
 
+/* A worker that hangs instead of answering `battery --json` is killed at
+ * the deadline: the daemon's start or add-run fails instead of waiting
+ * for ever.  One that prints garbage, or fails, says so. */
+static void test_registry_worker_deadline(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckptd_test_registry_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/w", dir);
+    struct registry r;
+    struct err e;
+    static const char *const scripts[] = {
+        "#!/bin/sh\necho '{\"items\": ['\nexec sleep 30\n",
+        "#!/bin/sh\necho 'not json'\n",
+        "#!/bin/sh\necho 'broken' >&2\nexit 3\n",
+    };
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(scripts[i], f);
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+        err_clear(&e);
+        double t0 = mono_now();
+        int rc = registry_from_worker_within(&r, path, 0.5, &e);
+        assert_true(mono_now() - t0 < 10);
+        assert_int_equal(r.nitems, 0);
+        if (i == 0) {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "timed out"));
+        } else if (i == 1) {
+            assert_int_equal(rc, ERR_FORMAT);
+        } else {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "exited with status 3"));
+        }
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- ingest_translate ---- */
 
 struct fixture {
@@ -583,16 +702,39 @@ static void test_config(void **state)
     expect_config_error("{\"workerz\": 2}", ERR_FORMAT, "unknown setting \"workerz\"");
     expect_config_error("{\"lease_s\": 10, \"heartbeat_s\": 6}", ERR_INVALID, "heartbeat_s <= lease_s / 2");
     expect_config_error("{\"heartbeat_s\": 31}", ERR_INVALID, "heartbeat"); /* default lease 60 */
-    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID, "lease_s >= 1");
+    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID,
+                        "\"lease_s\" = 0.5 is out of range: allowed 1 to 31622400 seconds");
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
+    /* serve keeps two slots per worker for 256 workers: the config says so
+     * rather than serve cutting the count silently */
+    expect_config_error("{\"workers\": 257}", ERR_INVALID, "workers must be between 1 and 256 (got 257)");
+    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "between 1 and 256");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");
     expect_config_error("{\"node\": 7}", ERR_FORMAT, "\"node\" must be a string");
     expect_config_error("{\"node\": \"\"}", ERR_INVALID, "node name");
-    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "positive");
-    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID, "positive"); /* > backoff_max_s */
-    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID, "negative");
+    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "\"poll_s\" = 0 is out of range: allowed more than 0 to");
+    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID,
+                        "backoff_max_s (600) must be at least backoff_base_s (700)");
+    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID,
+                        "\"worker_memory_mb\" = -1 is out of range: allowed 0 to 16777216 MB");
+    /* every numeric setting has a range, named with the setting; a value
+     * beyond an int is refused before it is narrowed to one */
+    expect_config_error("{\"workers\": 4294967297}", ERR_INVALID,
+                        "\"workers\" = 4294967297 is out of range: allowed 1 to 1024");
+    expect_config_error("{\"fetch_retries\": -5}", ERR_INVALID, "\"fetch_retries\" = -5 is out of range");
+    expect_config_error("{\"worker_cpu_s\": 99999999999}", ERR_INVALID, "\"worker_cpu_s\" = 99999999999");
+    expect_config_error("{\"lease_s\": 1e300}", ERR_INVALID, "\"lease_s\" = 1.0000000000000001e+300 is out");
+    expect_config_error("{\"worker_timeout_s\": 0}", ERR_INVALID, "\"worker_timeout_s\" = 0 is out of range");
+    expect_config_error("{\"cache_budget_gb\": -1}", ERR_INVALID, "\"cache_budget_gb\" = -1 is out of range");
+    expect_config_error("{\"prefetch\": 2}", ERR_INVALID, "\"prefetch\" = 2 is out of range: allowed 0 to 1");
+    expect_config_error("{\"fetch_parallel\": 0}", ERR_INVALID, "\"fetch_parallel\" = 0 is out of range");
+    expect_config_error("{\"db_statement_timeout_s\": 90000}", ERR_INVALID,
+                        "\"db_statement_timeout_s\" = 90000 is out of range: allowed 0 to 86400");
+    expect_config_error("{\"spool_dir\": \"\"}", ERR_INVALID, "spool_dir must not be empty");
+    expect_config_error("{\"disk_min_free_mb\": -1}", ERR_INVALID,
+                        "\"disk_min_free_mb\" = -1 is out of range: allowed 0 to 16777216 MB (0: no check)");
     expect_config_error("{\"workers\": 2, \"workers\": 3}", ERR_FORMAT, "duplicate");
     expect_config_error("[1, 2]", ERR_FORMAT, "JSON object");
     expect_config_error("{\"workers\": 2", ERR_FORMAT, "cannot read config");
@@ -674,12 +816,14 @@ int main(void)
         cmocka_unit_test(test_source_checkpoint_url),
         cmocka_unit_test(test_source_local_path),
         cmocka_unit_test(test_registry_parse),
+        cmocka_unit_test(test_registry_worker_deadline),
         cmocka_unit_test(test_registry_default_battery),
         cmocka_unit_test(test_registry_errors),
         cmocka_unit_test(test_registry_from_worker),
         cmocka_unit_test_setup_teardown(test_ingest_good_rows, setup_ingest, teardown_ingest),
         cmocka_unit_test_setup_teardown(test_ingest_nan_inf, setup_ingest, teardown_ingest),
         cmocka_unit_test_setup_teardown(test_ingest_bad_rows, setup_ingest, teardown_ingest),
+        cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_db_int_array),
         cmocka_unit_test(test_db_text_array),

@@ -34,7 +34,9 @@
 
 #include <cmocka.h>
 
+#include "workers/model/blas.h"
 #include "workers/model/gptneox.h"
+#include "workers/model/pool.h"
 #include "workers/model/safetensors.h"
 #include "workers/model/tensor.h"
 #include "workers/train/adamw.h"
@@ -678,6 +680,38 @@ static void test_load_faults(void **state)
     gptneox_free(m);
 }
 
+/* Threads do not change a bit of the logits: every product is split into
+ * single-threaded sgemm on blocks of rows or columns, every element-wise
+ * loop into blocks of rows.  (OpenBLAS's own threaded sgemm rounds
+ * differently for some kernel families; the model does not use it.) */
+static void test_threads_bitwise(void **state)
+{
+    (void)state;
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, 300, 64, 2, 4, 256);
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    gptneox_init_random(m, 9, 0.2f);
+    const int B = 3, T = 300, V = cfg.vocab_size;
+    const size_t n = (size_t)B * T * V;
+    int *tok = malloc((size_t)B * T * sizeof(int));
+    fill_tokens(tok, (size_t)B * T, V, 5);
+    float *one = malloc(n * sizeof(float));
+    int th = blas_threads();
+    blas_set_threads(1);
+    assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
+    memcpy(one, gptneox_logits(m), n * sizeof(float));
+    blas_set_threads(2);
+    assert_int_equal(pool_threads(), 2);
+    assert_int_equal(gptneox_forward(m, tok, B, T, NULL, 0, &e), 0);
+    assert_memory_equal(one, gptneox_logits(m), n * sizeof(float));
+    blas_set_threads(th);
+    free(one);
+    free(tok);
+    gptneox_free(m);
+}
+
 /* A read-only load maps the checkpoint read-only: the functions that write
  * weights refuse it with a message instead of crashing in the mapping. */
 static void test_readonly_refused(void **state)
@@ -734,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_hook_names),
         cmocka_unit_test(test_load_faults),
         cmocka_unit_test(test_readonly_refused),
+        cmocka_unit_test(test_threads_bitwise),
     };
     return cmocka_run_group_tests_name("gptneox", tests, NULL, NULL);
 }

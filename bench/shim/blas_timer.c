@@ -10,11 +10,15 @@
  *   {"pid":…, "wall_s":…, "blas_s":…, "sgemm_s":…, "sgemm_flop":…,
  *    "calls":{"cblas_sgemm":[n, s], …}}
  * Calls made from inside OpenBLAS (LAPACK's own sgemm) are not seen twice:
- * a depth counter times only the outermost call.  The worker is
- * single-threaded outside OpenBLAS, so plain counters suffice.
+ * a per-thread depth counter times only a thread's outermost call.  The
+ * model calls sgemm from several threads at once (its products split over
+ * its threads): blas_s and sgemm_s are the wall time during which at least
+ * one thread was inside BLAS (inside sgemm), so they stay comparable with
+ * wall_s; the per-function seconds in "calls" add every thread's time.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -32,8 +36,12 @@ static void *real[F_COUNT];
 static long ncalls[F_COUNT];
 static double secs[F_COUNT];
 static double sgemm_flop;
-static int depth;
+static _Thread_local int depth;
 static double t_start;
+/* wall time with at least one thread inside: any function, sgemm */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int inside_any, inside_sgemm;
+static double any_t0, sgemm_t0, any_s, sgemm_s;
 
 static double now(void)
 {
@@ -54,14 +62,39 @@ static void *get(int f)
     return real[f];
 }
 
-#define ENTER(f) double t0_ = depth++ ? -1.0 : now()
-#define LEAVE(f)                               \
+static double enter(int f)
+{
+    double t = now();
+    pthread_mutex_lock(&mu);
+    if (inside_any++ == 0)
+        any_t0 = t;
+    if (f == F_SGEMM && inside_sgemm++ == 0)
+        sgemm_t0 = t;
+    pthread_mutex_unlock(&mu);
+    return t;
+}
+
+static void leave(int f, double t0, double flop)
+{
+    double t = now();
+    pthread_mutex_lock(&mu);
+    ncalls[f]++;
+    secs[f] += t - t0;
+    sgemm_flop += flop;
+    if (--inside_any == 0)
+        any_s += t - any_t0;
+    if (f == F_SGEMM && --inside_sgemm == 0)
+        sgemm_s += t - sgemm_t0;
+    pthread_mutex_unlock(&mu);
+}
+
+#define ENTER(f) double t0_ = depth++ ? -1.0 : enter(f)
+#define LEAVE_FLOP(f, flop)                    \
     do {                                       \
-        if (--depth == 0) {                    \
-            ncalls[f]++;                       \
-            secs[f] += now() - t0_;            \
-        }                                      \
+        if (--depth == 0)                      \
+            leave(f, t0_, flop);               \
     } while (0)
+#define LEAVE(f) LEAVE_FLOP(f, 0.0)
 
 __attribute__((constructor)) static void timer_init(void)
 {
@@ -76,11 +109,8 @@ __attribute__((destructor)) static void timer_report(void)
     FILE *f = fopen(path, "a");
     if (!f)
         return;
-    double total = 0.0;
-    for (int i = 0; i < F_COUNT; i++)
-        total += secs[i];
     fprintf(f, "{\"pid\":%ld,\"wall_s\":%.6f,\"blas_s\":%.6f,\"sgemm_s\":%.6f,\"sgemm_flop\":%.6g,\"calls\":{",
-            (long)getpid(), now() - t_start, total, secs[F_SGEMM], sgemm_flop);
+            (long)getpid(), now() - t_start, any_s, sgemm_s, sgemm_flop);
     int first = 1;
     for (int i = 0; i < F_COUNT; i++) {
         if (!ncalls[i])
@@ -103,9 +133,7 @@ void cblas_sgemm(const enum CBLAS_ORDER o, const enum CBLAS_TRANSPOSE ta,
                blasint) = get(F_SGEMM);
     ENTER(F_SGEMM);
     fn(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (depth == 1)
-        sgemm_flop += 2.0 * m * n * k;
-    LEAVE(F_SGEMM);
+    LEAVE_FLOP(F_SGEMM, 2.0 * m * n * k);
 }
 
 void cblas_sgemv(const enum CBLAS_ORDER o, const enum CBLAS_TRANSPOSE t, const blasint m,

@@ -83,14 +83,20 @@ static int series_push(struct series *s, long long step, double value)
     return 0;
 }
 
-/* Detect in the gathered series and append its transitions, as COPY text
- * rows of `transitions`, to out. */
+/* A double as COPY text: %.17g, or \N (NULL) when not finite. */
+static int put_num(struct sbuf *out, double x)
+{
+    return isfinite(x) ? sbuf_printf(out, "\t%.17g", x) : sbuf_printf(out, "\t\\N");
+}
+
+/* Detect in the gathered series and append its events (transitions and
+ * spikes), as COPY text rows of `transitions`, to out. */
 static int series_flush(struct series *s, long long run_id, struct sbuf *out, struct detect_stats *st,
                         struct err *e)
 {
     if (s->n == 0)
         return 0;
-    struct tr_transition t[TR_MAX_PER_SERIES];
+    struct tr_event t[TR_MAX_PER_SERIES];
     int k = tr_detect(s->steps, s->values, s->n, t, TR_MAX_PER_SERIES, e);
     if (k < 0)
         return err_wrap(e, "series metric %d layer %d head %d idx %d", s->metric, s->layer, s->head, s->idx);
@@ -99,16 +105,35 @@ static int series_flush(struct series *s, long long run_id, struct sbuf *out, st
     for (int i = 0; i < k; i++) {
         if (!isfinite(t[i].magnitude) || !isfinite(t[i].score))
             continue; /* values near DBL_MAX overflowed: nothing a row can hold */
-        /* two changes of one series sharing a peak checkpoint (a series
-         * that steps on consecutive checkpoints): one row, the stronger */
-        if ((i > 0 && t[i - 1].peak_step == t[i].peak_step && t[i - 1].score >= t[i].score) ||
-            (i + 1 < k && t[i + 1].peak_step == t[i].peak_step && t[i + 1].score > t[i].score))
+        /* two events of one series sharing a peak checkpoint: one row, the
+         * transition, else the stronger (the table keeps one per peak) */
+        int drop = 0;
+        for (int j = i - 1; j >= 0 && t[j].peak_step == t[i].peak_step; j--)
+            drop |= t[j].kind < t[i].kind || (t[j].kind == t[i].kind && t[j].score >= t[i].score);
+        for (int j = i + 1; j < k && t[j].peak_step == t[i].peak_step; j++)
+            drop |= t[j].kind < t[i].kind || (t[j].kind == t[i].kind && t[j].score > t[i].score);
+        if (drop)
             continue;
-        if (sbuf_printf(out, "%lld\t%d\t%d\t%d\t%d\t%lld\t%lld\t%lld\t%.17g\t%.17g\t%s\n", run_id, s->metric,
-                        s->layer, s->head, s->idx, t[i].start_step, t[i].peak_step, t[i].end_step,
-                        t[i].magnitude, t[i].score, TR_METHOD) < 0)
+        int rc = sbuf_printf(out, "%lld\t%d\t%d\t%d\t%d\t%lld\t%lld\t%lld\t%.17g\t%.17g\t%s\t%s", run_id,
+                             s->metric, s->layer, s->head, s->idx, t[i].start_step, t[i].peak_step,
+                             t[i].end_step, t[i].magnitude, t[i].score, TR_METHOD,
+                             t[i].kind == TR_KIND_SPIKE ? "spike" : "transition");
+        if (rc == 0)
+            rc = put_num(out, t[i].kind == TR_KIND_SPIKE ? NAN : t[i].p_value);
+        if (rc == 0)
+            rc = put_num(out, t[i].noise);
+        if (rc == 0)
+            rc = put_num(out, t[i].before);
+        if (rc == 0)
+            rc = put_num(out, t[i].after);
+        if (rc == 0)
+            rc = sbuf_printf(out, "\n");
+        if (rc < 0)
             return err_set(e, ERR_NOMEM, "transitions", "out of memory");
-        st->transitions++;
+        if (t[i].kind == TR_KIND_SPIKE)
+            st->spikes++;
+        else
+            st->transitions++;
     }
     s->n = 0;
     return 0;
@@ -229,7 +254,8 @@ static int write_rows(struct db *db, long long run_id, const char *metric_filter
     if (rc < 0 || rows->len == 0)
         return rc;
     PGresult *r = PQexec(conn, "COPY transitions (run_id, metric_id, layer, head, idx, start_step, peak_step,"
-                               " end_step, magnitude, score, method) FROM STDIN");
+                               " end_step, magnitude, score, method, kind, p_value, noise, level_before,"
+                               " level_after) FROM STDIN");
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         err_set(e, ERR_DB, "database", "writing transitions: %s", PQresultErrorMessage(r));
         PQclear(r);
@@ -310,7 +336,7 @@ int detect_run(struct db *db, long long run_id, const char *const *items, const 
     goto out;
 fail:
     db_rollback(db);
-    st->transitions = 0;
+    st->transitions = st->spikes = 0;
 out:
     free(names);
     free(filter.p);
@@ -330,8 +356,10 @@ void detect_after_ingest(struct db *db, const struct claim *c)
         log_err("transition detection failed; the checkpoint's results are stored", &e);
         return;
     }
-    log_info("transitions detected", "run=%s step=%lld series=%ld points=%ld transitions=%ld read_ms=%.1f write_ms=%.1f",
-             log_quote(c->run), c->step, st.series, st.points, st.transitions, st.read_s * 1e3, st.write_s * 1e3);
+    log_info("transitions detected",
+             "run=%s step=%lld series=%ld points=%ld transitions=%ld spikes=%ld read_ms=%.1f write_ms=%.1f",
+             log_quote(c->run), c->step, st.series, st.points, st.transitions, st.spikes, st.read_s * 1e3,
+             st.write_s * 1e3);
 }
 
 static int run_id_of(struct db *db, const char *run, long long *id, struct err *e)
@@ -364,6 +392,83 @@ static int metric_matches(const char *want, const char *item, const char *name)
     return strlen(item) == li && strncmp(want, item, li) == 0 && strcmp(slash + 1, name) == 0;
 }
 
+/* NULL for SQL NULL, else the text */
+static const char *get_or_null(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+static double num_or_nan(const PGresult *r, int row, int col)
+{
+    const char *v = get_or_null(r, row, col);
+    return v ? atof(v) : NAN;
+}
+
+/* The groups of the transitions (rows with tr[i] set) of each method:
+ * group[i] numbered from 1 within the method (0 for spikes); gscore[i] the
+ * group's sum over its distinct metrics of the largest -log10 p-value,
+ * gmetrics[i] how many distinct metrics it holds.  Returns 0 or ERR_NOMEM. */
+static int group_rows(const PGresult *r, int n, const int *tr, int *group, double *gscore, int *gmetrics)
+{
+    long long *st = malloc(sizeof *st * (size_t)(n + 1)), *en = malloc(sizeof *en * (size_t)(n + 1));
+    int *idx = malloc(sizeof *idx * (size_t)(n + 1)), *g = malloc(sizeof *g * (size_t)(n + 1));
+    int rc = 0;
+    if (!st || !en || !idx || !g) {
+        rc = ERR_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        group[i] = 0;
+        gscore[i] = 0;
+        gmetrics[i] = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!tr[i] || group[i] != 0)
+            continue;
+        /* the transitions of row i's method, not grouped yet */
+        const char *method = PQgetvalue(r, i, 11);
+        int k = 0;
+        for (int j = i; j < n; j++)
+            if (tr[j] && group[j] == 0 && strcmp(PQgetvalue(r, j, 11), method) == 0) {
+                idx[k] = j;
+                st[k] = atoll(PQgetvalue(r, j, 6));
+                en[k++] = atoll(PQgetvalue(r, j, 8));
+            }
+        tr_group(st, en, k, g);
+        for (int a = 0; a < k; a++)
+            group[idx[a]] = g[a];
+        /* per group: the best -log10 p of each distinct metric, summed */
+        for (int a = 0; a < k; a++) {
+            int ra = idx[a], first = 1;
+            for (int b = 0; b < a && first; b++)
+                first = !(g[b] == g[a] && strcmp(PQgetvalue(r, idx[b], 0), PQgetvalue(r, ra, 0)) == 0 &&
+                          strcmp(PQgetvalue(r, idx[b], 1), PQgetvalue(r, ra, 1)) == 0);
+            if (!first)
+                continue;
+            double best = 0;
+            for (int b = a; b < k; b++) {
+                int rb = idx[b];
+                double p = num_or_nan(r, rb, 13);
+                if (g[b] == g[a] && strcmp(PQgetvalue(r, rb, 0), PQgetvalue(r, ra, 0)) == 0 &&
+                    strcmp(PQgetvalue(r, rb, 1), PQgetvalue(r, ra, 1)) == 0 && isfinite(p) && p > 0 &&
+                    -log10(p) > best)
+                    best = -log10(p);
+            }
+            for (int b = 0; b < k; b++)
+                if (g[b] == g[a]) {
+                    gscore[idx[b]] += best;
+                    gmetrics[idx[b]]++;
+                }
+        }
+    }
+out:
+    free(st);
+    free(en);
+    free(idx);
+    free(g);
+    return rc;
+}
+
 int detect_list(struct db *db, const char *run, const struct detect_list_opts *o, FILE *out,
                 struct err *e)
 {
@@ -374,65 +479,135 @@ int detect_list(struct db *db, const char *run, const struct detect_list_opts *o
     char ids[32], minsc[40];
     snprintf(ids, sizeof ids, "%lld", id);
     snprintf(minsc, sizeof minsc, "%.17g", o->min_score);
-    const char *p[2] = {ids, minsc};
+    const char *method = o->method ? o->method : TR_METHOD;
+    const char *p[3] = {ids, minsc, strcmp(method, "all") == 0 ? NULL : method};
     PGresult *r = db_exec(db,
         "SELECT mt.name, mt.item, mt.version, t.layer, t.head, t.idx, t.start_step, t.peak_step,"
-        "  t.end_step, t.magnitude, t.score, t.method"
+        "  t.end_step, t.magnitude, t.score, t.method, t.kind, t.p_value, t.noise, t.level_before,"
+        "  t.level_after"
         " FROM transitions t JOIN metrics mt ON mt.id = t.metric_id"
-        " WHERE t.run_id = $1::bigint AND t.score >= $2::float8"
-        " ORDER BY t.peak_step, mt.item, mt.name, t.layer, t.head, t.idx, t.method", 2, p, e);
+        " WHERE t.run_id = $1::bigint AND t.score >= $2::float8 AND ($3::text IS NULL OR t.method = $3)"
+        " ORDER BY t.peak_step, mt.item, mt.name, t.layer, t.head, t.idx, t.method, t.kind DESC", 3, p, e);
     if (!r)
         return ERR_DB;
     int n = PQntuples(r);
-    long long *start = malloc(sizeof *start * (size_t)(n + 1));
-    long long *end = malloc(sizeof *end * (size_t)(n + 1));
-    int *group = malloc(sizeof *group * (size_t)(n + 1));
+    int *tr = malloc(sizeof *tr * (size_t)(n + 1)), *group = malloc(sizeof *group * (size_t)(n + 1));
+    int *gmetrics = malloc(sizeof *gmetrics * (size_t)(n + 1));
+    double *gscore = malloc(sizeof *gscore * (size_t)(n + 1));
+    char *shown = calloc((size_t)(n + 1), 1);
     json_t *arr = o->json ? json_array() : NULL;
-    if (!start || !end || !group || (o->json && !arr)) {
+    if (!tr || !group || !gmetrics || !gscore || !shown || (o->json && !arr)) {
         rc = err_set(e, ERR_NOMEM, "transitions", "out of memory");
         goto out;
     }
-    for (int i = 0; i < n; i++) {
-        start[i] = atoll(PQgetvalue(r, i, 6));
-        end[i] = atoll(PQgetvalue(r, i, 8));
+    for (int i = 0; i < n; i++)
+        tr[i] = strcmp(PQgetvalue(r, i, 12), "transition") == 0;
+    if (group_rows(r, n, tr, group, gscore, gmetrics) < 0) {
+        rc = err_set(e, ERR_NOMEM, "transitions", "out of memory");
+        goto out;
     }
-    tr_group(start, end, n, group);
     if (!o->json)
-        fprintf(out, "%5s  %-24s %-12s %3s %5s %4s %6s %9s %9s %9s %12s %8s  %s\n", "group", "metric", "item", "ver",
-                "layer", "head", "idx", "start", "peak", "end", "magnitude", "score", "method");
+        fprintf(out, "%5s  %-10s  %-24s %-12s %3s %5s %4s %6s %9s %9s %9s %12s %12s %8s %8s  %s\n", "group", "kind",
+                "metric", "item", "ver", "layer", "head", "idx", "start", "peak", "end", "before", "after", "score",
+                "p_value", "method");
     for (int i = 0; i < n; i++) {
         const char *name = PQgetvalue(r, i, 0), *item = PQgetvalue(r, i, 1);
+        const char *kind = PQgetvalue(r, i, 12);
         if (o->metric && !metric_matches(o->metric, item, name))
+            continue;
+        if (o->kind && strcmp(o->kind, kind) != 0)
             continue;
         int ver = atoi(PQgetvalue(r, i, 2)), layer = atoi(PQgetvalue(r, i, 3));
         int head = atoi(PQgetvalue(r, i, 4)), idx = atoi(PQgetvalue(r, i, 5));
-        long long peak = atoll(PQgetvalue(r, i, 7));
+        long long start = atoll(PQgetvalue(r, i, 6)), peak = atoll(PQgetvalue(r, i, 7));
+        long long end = atoll(PQgetvalue(r, i, 8));
         double mag = atof(PQgetvalue(r, i, 9)), score = atof(PQgetvalue(r, i, 10));
-        const char *method = PQgetvalue(r, i, 11);
+        double pv = num_or_nan(r, i, 13), noise = num_or_nan(r, i, 14);
+        double before = num_or_nan(r, i, 15), after = num_or_nan(r, i, 16);
+        const char *meth = PQgetvalue(r, i, 11);
         if (o->json) {
-            json_t *obj = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:f, s:f, s:s, s:i}", "run", run,
-                                    "metric", name, "item", item, "version", ver, "layer", layer, "head", head, "idx",
-                                    idx, "start_step", (json_int_t)start[i], "peak_step", (json_int_t)peak,
-                                    "end_step", (json_int_t)end[i], "magnitude", mag, "score", score, "method",
-                                    method, "group", group[i]);
+            json_t *obj = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:f, s:f, s:s, s:s}", "run",
+                                    run, "metric", name, "item", item, "version", ver, "layer", layer, "head",
+                                    head, "idx", idx, "start_step", (json_int_t)start, "peak_step",
+                                    (json_int_t)peak, "end_step", (json_int_t)end, "magnitude", mag, "score",
+                                    score, "method", meth, "kind", kind);
+            if (obj) {
+                json_object_set_new(obj, "p_value", isfinite(pv) ? json_real(pv) : json_null());
+                json_object_set_new(obj, "noise", isfinite(noise) ? json_real(noise) : json_null());
+                json_object_set_new(obj, "level_before", isfinite(before) ? json_real(before) : json_null());
+                json_object_set_new(obj, "level_after", isfinite(after) ? json_real(after) : json_null());
+                json_object_set_new(obj, "group", tr[i] ? json_integer(group[i]) : json_null());
+                json_object_set_new(obj, "group_metrics", tr[i] ? json_integer(gmetrics[i]) : json_null());
+                json_object_set_new(obj, "group_score",
+                                    tr[i] && strcmp(meth, "ramp-v1") != 0 ? json_real(gscore[i]) : json_null());
+            }
             if (!obj || json_array_append_new(arr, obj) < 0) {
                 rc = err_set(e, ERR_NOMEM, "transitions", "out of memory");
                 goto out;
             }
         } else {
-            fprintf(out, "%5d  %-24s %-12s %3d %5d %4d %6d %9lld %9lld %9lld %12.6g %8.2f  %s\n", group[i], name, item,
-                    ver, layer, head, idx, start[i], peak, end[i], mag, score, method);
+            char g[16] = "-", pvs[16] = "-", bs[16] = "-", as[16] = "-";
+            if (tr[i])
+                snprintf(g, sizeof g, "%d", group[i]);
+            if (isfinite(pv))
+                snprintf(pvs, sizeof pvs, "%.2g", pv);
+            if (isfinite(before))
+                snprintf(bs, sizeof bs, "%.6g", before);
+            if (isfinite(after))
+                snprintf(as, sizeof as, "%.6g", after);
+            fprintf(out, "%5s  %-10s  %-24s %-12s %3d %5d %4d %6d %9lld %9lld %9lld %12s %12s %8.2f %8s  %s\n", g,
+                    kind, name, item, ver, layer, head, idx, start, peak, end, bs, as, score, pvs, meth);
+            (void)mag;
+            shown[i] = 1;
         }
     }
     if (o->json) {
         json_dumpf(arr, out, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         fputc('\n', out);
+    } else {
+        /* the groups of the transitions shown: window, metrics, score */
+        int header = 0;
+        for (int i = 0; i < n; i++) {
+            int first = shown[i] && tr[i];
+            for (int j = 0; j < i && first; j++)
+                first = !(shown[j] && tr[j] && group[j] == group[i] &&
+                          strcmp(PQgetvalue(r, j, 11), PQgetvalue(r, i, 11)) == 0);
+            if (!first)
+                continue;
+            if (!header++)
+                fprintf(out, "\n%5s  %9s %9s  %7s %8s  %-10s %s\n", "group", "start", "end", "metrics", "score",
+                        "method", "metrics in it (item/metric)");
+            long long gs = atoll(PQgetvalue(r, i, 6)), ge = atoll(PQgetvalue(r, i, 8));
+            for (int j = i + 1; j < n; j++)
+                if (tr[j] && group[j] == group[i] && strcmp(PQgetvalue(r, j, 11), PQgetvalue(r, i, 11)) == 0) {
+                    gs = atoll(PQgetvalue(r, j, 6)) < gs ? atoll(PQgetvalue(r, j, 6)) : gs;
+                    ge = atoll(PQgetvalue(r, j, 8)) > ge ? atoll(PQgetvalue(r, j, 8)) : ge;
+                }
+            fprintf(out, "%5d  %9lld %9lld  %7d %8.1f  %-10s ", group[i], gs, ge, gmetrics[i], gscore[i],
+                    PQgetvalue(r, i, 11));
+            int listed = 0;
+            for (int j = 0; j < n; j++) {
+                if (!(tr[j] && group[j] == group[i] && strcmp(PQgetvalue(r, j, 11), PQgetvalue(r, i, 11)) == 0))
+                    continue;
+                int dup = 0;
+                for (int k = 0; k < j && !dup; k++)
+                    dup = tr[k] && group[k] == group[i] &&
+                          strcmp(PQgetvalue(r, k, 11), PQgetvalue(r, i, 11)) == 0 &&
+                          strcmp(PQgetvalue(r, k, 0), PQgetvalue(r, j, 0)) == 0 &&
+                          strcmp(PQgetvalue(r, k, 1), PQgetvalue(r, j, 1)) == 0;
+                if (!dup)
+                    fprintf(out, "%s%s/%s", listed++ ? ", " : "", PQgetvalue(r, j, 1), PQgetvalue(r, j, 0));
+            }
+            fputc('\n', out);
+        }
     }
 out:
     json_decref(arr);
-    free(start);
-    free(end);
+    free(shown);
+    free(tr);
     free(group);
+    free(gmetrics);
+    free(gscore);
     PQclear(r);
     return rc;
 }

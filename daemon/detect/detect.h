@@ -32,7 +32,8 @@ struct claim;
 struct detect_stats {
     long series;       /* series examined */
     long points;       /* their points (duplicates left out) */
-    long transitions;  /* rows written */
+    long transitions;  /* transition rows written */
+    long spikes;       /* spike rows written */
     double read_s;     /* COPY out and detection, interleaved */
     double write_s;    /* delete and COPY in, commit */
 };
@@ -55,8 +56,10 @@ int detect_run_named(struct db *db, const char *run, struct detect_stats *st, st
 
 struct detect_list_opts {
     const char *metric;   /* only this metric (NAME or ITEM/NAME); NULL: all */
-    double min_score;     /* only transitions scoring at least this */
+    double min_score;     /* only events scoring at least this */
     int json;             /* a JSON array instead of the table */
+    const char *method;   /* only rows of this method; NULL: TR_METHOD; "all": every method */
+    const char *kind;     /* only "transition" or "spike" rows; NULL: both */
 };
 
 /* `ckptd transitions RUN`: the run's transitions ordered by peak step, one

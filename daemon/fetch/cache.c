@@ -15,9 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/sha256.h"
+#include "daemon/base/owner.h"
 
 #define STALE_INCOMPLETE_S 3600
 
@@ -32,7 +34,11 @@ struct cache {
     long long budget;
     long long reserved;     /* bytes promised to downloads in progress (this process) */
     struct pin pins[CACHE_PINS_MAX];
+    struct owner *owner;    /* our tag on partials; our reservations, for the others */
 };
+
+/* The text of an owner's lock file: its reserved bytes. */
+#define RESERVED_FMT "reserved %lld\n"
 
 static int pathf(char *out, size_t n, struct err *e, const char *fmt, ...) CK_PRINTF(4, 5);
 static int pathf(char *out, size_t n, struct err *e, const char *fmt, ...)
@@ -58,7 +64,20 @@ static int key_ok(const char *key)
     return key[0] != '.' && slash[1] != '.';
 }
 
-struct cache *cache_open(const char *root, long long budget_bytes, struct err *e)
+/* A dead daemon's temporary files: its partial downloads (its
+ * reservation went with its lock file). */
+static void remove_dead_partials(const char *root, const char *tag, void *arg)
+{
+    (void)arg;
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/partial", root);
+    int n = owner_remove_tagged(p, tag);
+    if (n > 0)
+        log_info("cache: partial downloads of a dead daemon removed", "owner=%s files=%d", tag, n);
+}
+
+struct cache *cache_open_as(const char *root, long long budget_bytes, const char *node,
+                            struct err *e)
 {
     struct cache *c = calloc(1, sizeof *c);
     if (!c) {
@@ -68,6 +87,7 @@ struct cache *cache_open(const char *root, long long budget_bytes, struct err *e
     const char *subs[] = {"blobs", "snapshots", "manifests", "partial", "pins"};
     char p[PATH_MAX];
     char real[PATH_MAX];
+    char host[256] = "node";
     if (e)
         err_clear(e);
     if (path_mkdir_p(root, e) < 0 || !realpath(root, real) || strlen(real) >= sizeof c->root) {
@@ -85,7 +105,22 @@ struct cache *cache_open(const char *root, long long budget_bytes, struct err *e
     c->budget = budget_bytes;
     for (int i = 0; i < CACHE_PINS_MAX; i++)
         c->pins[i].fd = -1;
+    if (!node) {
+        gethostname(host, sizeof host - 1);
+        node = host;
+    }
+    if (!(c->owner = owner_open(c->root, node, remove_dead_partials, NULL, e)) ||
+        owner_write(c->owner, "reserved 0\n", e) < 0) {
+        owner_close(c->owner);
+        free(c);
+        return NULL;
+    }
     return c;
+}
+
+struct cache *cache_open(const char *root, long long budget_bytes, struct err *e)
+{
+    return cache_open_as(root, budget_bytes, NULL, e);
 }
 
 void cache_close(struct cache *c)
@@ -95,6 +130,10 @@ void cache_close(struct cache *c)
     for (int i = 0; i < CACHE_PINS_MAX; i++)
         if (c->pins[i].fd >= 0)
             close(c->pins[i].fd);
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/partial", c->root);
+    owner_remove_tagged(p, owner_tag(c->owner)); /* nobody else could resume them */
+    owner_close(c->owner);
     free(c);
 }
 
@@ -153,7 +192,7 @@ int cache_partial_path(const struct cache *c, const char *name, char *out, size_
             return err_set(e, ERR_INVALID, name, "bad partial name");
     if (!*name || name[0] == '.')
         return err_set(e, ERR_INVALID, name, "bad partial name");
-    return pathf(out, n, e, "%s/partial/%s.part", c->root, name);
+    return pathf(out, n, e, "%s/partial/%s.%s.part", c->root, owner_tag(c->owner), name);
 }
 
 static void blob_path(const struct cache *c, const char *sha, char *out, size_t n)
@@ -230,6 +269,26 @@ static json_t *manifest_new(const char *key)
                      "last_used", (json_int_t)time(NULL), "files");
 }
 
+/* The process working on a snapshot: while it lives, a snapshot it has not
+ * analysed is kept; once it is dead, the snapshot is evictable. */
+static void manifest_set_owner(const struct cache *c, json_t *m)
+{
+    json_object_set_new(m, "owner", json_string(owner_tag(c->owner)));
+}
+
+/* An unpinned snapshot may go when analysed, when whoever staged it gave
+ * it up unanalysed (released: a lost lease, a failure, a shutdown) or is
+ * dead (a daemon killed before it was analysed: nobody will), or, left
+ * incomplete without an owner, after STALE_INCOMPLETE_S. */
+static int manifest_evictable(const struct cache *c, json_t *m, long long last_used)
+{
+    const char *ow = json_string_value(json_object_get(m, "owner"));
+    int gone = json_is_true(json_object_get(m, "released")) || (ow && owner_alive(c->owner, ow) == 0);
+    if (json_is_true(json_object_get(m, "complete")))
+        return json_is_true(json_object_get(m, "analysed")) || gone;
+    return gone || time(NULL) - last_used > STALE_INCOMPLETE_S;
+}
+
 int cache_lookup(struct cache *c, const char *key, struct hub_files *files, struct err *e)
 {
     if (!key_ok(key))
@@ -281,34 +340,34 @@ int cache_put_blob(struct cache *c, const char *path, const char *sha256, struct
         unlink(path);
         return 0;
     }
-    if (rename(path, p) != 0)
-        return err_set(e, ERR_IO, p, "cannot move %s into the cache: %s", path, strerror(errno));
-    return 0;
+    return atomic_file_place(path, p, e);
 }
 
 int cache_link_blob(struct cache *c, const char *path, const char *sha256, struct err *e)
 {
-    char p[PATH_MAX], tmp[PATH_MAX + 32];
+    char p[PATH_MAX], tmp[PATH_MAX * 2];
     if (!sha256_is_hex(sha256))
         return err_set(e, ERR_INVALID, path, "not a sha256: %s", sha256);
     if (cache_has_blob(c, sha256))
         return 0;
     blob_path(c, sha256, p, sizeof p);
-    snprintf(tmp, sizeof tmp, "%s/partial/link-%s.%d", c->root, sha256, (int)getpid());
+    /* a hard link, else (another file system) a symbolic one, made under
+     * this daemon's name in partial/ (a crash leaves it to the sweep of
+     * dead owners' files), then put in place */
+    snprintf(tmp, sizeof tmp, "%s/partial/%s.link-%s", c->root, owner_tag(c->owner), sha256);
     unlink(tmp);
     if (link(path, tmp) != 0 && symlink(path, tmp) != 0)
         return err_set(e, ERR_IO, path, "cannot link into the cache: %s", strerror(errno));
-    if (rename(tmp, p) != 0) {
+    int rc = atomic_file_place(tmp, p, e);
+    if (rc < 0)
         unlink(tmp);
-        return err_set(e, ERR_IO, p, "cannot link into the cache: %s", strerror(errno));
-    }
-    return 0;
+    return rc;
 }
 
 int cache_snapshot_add(struct cache *c, const char *key, const char *name, long long size,
                        const char *sha256, struct err *e)
 {
-    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX], tmp[PATH_MAX * 2 + 16];
+    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX];
     int rc = cache_snapshot_dir(c, key, snap, sizeof snap, e);
     if (rc < 0)
         return rc;
@@ -339,6 +398,7 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
         json_array_append_new(fs, entry);
     json_object_set_new(m, "complete", json_false());
     json_object_set_new(m, "last_used", json_integer((json_int_t)time(NULL)));
+    manifest_set_owner(c, m);
     rc = manifest_save(c, key, m, e);
     json_decref(m);
     if (rc == 0) {
@@ -347,12 +407,8 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
         snprintf(parent, sizeof parent, "%s", link_path);
         *strrchr(parent, '/') = '\0';
         blob_path(c, sha256, target, sizeof target);
-        snprintf(tmp, sizeof tmp, "%s.tmp%d", link_path, (int)getpid());
-        unlink(tmp);
-        if ((rc = path_mkdir_p(parent, e)) == 0 && (symlink(target, tmp) != 0 || rename(tmp, link_path) != 0)) {
-            unlink(tmp);
-            rc = err_set(e, ERR_IO, link_path, "cannot link the snapshot file: %s", strerror(errno));
-        }
+        if ((rc = path_mkdir_p(parent, e)) == 0 && (rc = atomic_file_link(target, link_path, 1, e)) < 0)
+            err_wrap(e, "cannot link the snapshot file");
     }
     unlock_cache(lk);
     return rc;
@@ -372,6 +428,8 @@ static int manifest_set(struct cache *c, const char *key, const char *field, str
     else {
         json_object_set_new(m, field, json_true());
         json_object_set_new(m, "last_used", json_integer((json_int_t)time(NULL)));
+        if (strcmp(field, "complete") == 0)
+            manifest_set_owner(c, m);
         rc = manifest_save(c, key, m, e);
     }
     json_decref(m);
@@ -435,6 +493,23 @@ int cache_pin(struct cache *c, const char *key, struct err *e)
     return 0;
 }
 
+/* Our snapshot given up before it was analysed: evictable from now on. */
+static void release_unanalysed(struct cache *c, const char *key)
+{
+    int lk = lock_cache(c, NULL);
+    if (lk < 0)
+        return;
+    json_t *m = manifest_load(c, key);
+    const char *ow = json_string_value(json_object_get(m, "owner"));
+    if (m && !json_is_true(json_object_get(m, "analysed")) && ow && strcmp(ow, owner_tag(c->owner)) == 0) {
+        json_object_set_new(m, "released", json_true());
+        if (manifest_save(c, key, m, NULL) < 0)
+            log_warn("cache: snapshot not released", "snapshot=%s", key);
+    }
+    json_decref(m);
+    unlock_cache(lk);
+}
+
 void cache_unpin(struct cache *c, const char *key)
 {
     for (int i = 0; c && i < CACHE_PINS_MAX; i++)
@@ -443,6 +518,7 @@ void cache_unpin(struct cache *c, const char *key)
                 close(c->pins[i].fd);
                 c->pins[i].fd = -1;
                 c->pins[i].key[0] = '\0';
+                release_unanalysed(c, key);
             }
             return;
         }
@@ -530,21 +606,28 @@ static void remove_tree(const char *dir)
     rmdir(dir);
 }
 
-/* Evict until the blobs use at most `target` bytes (or nothing more is
- * evictable).  *freed: bytes removed; *held (may be NULL): bytes of blobs
- * named by snapshots that cannot go (pinned, or not analysed yet). */
-static int evict_to(struct cache *c, long long target, long long *freed_out, long long *held_out,
-                    struct err *e)
+/* What an eviction did and found. */
+struct evicted {
+    long long freed;        /* bytes removed */
+    long long held;         /* bytes of blobs named by snapshots that cannot go (pinned, or
+                               not analysed yet) */
+    int pinned_elsewhere;   /* snapshots pinned by other processes */
+};
+
+static int pinned_here(const struct cache *c, const char *key)
 {
-    *freed_out = 0;
-    if (held_out)
-        *held_out = 0;
+    for (int i = 0; i < CACHE_PINS_MAX; i++)
+        if (c->pins[i].count > 0 && strcmp(c->pins[i].key, key) == 0)
+            return 1;
+    return 0;
+}
+
+/* With the cache locked: evict until the blobs use at most `target`
+ * bytes (or nothing more is evictable). */
+static int evict_locked(struct cache *c, long long target, struct evicted *out, struct err *e)
+{
+    memset(out, 0, sizeof *out);
     long long usage = cache_usage(c);
-    if (usage <= target && !held_out)
-        return 0;
-    int lk = lock_cache(c, e);
-    if (lk < 0)
-        return lk;
     struct snap *snaps = NULL;
     struct ref *refs = NULL;
     int ns = 0, cs = 0, nr = 0, cr = 0, rc = 0;
@@ -583,10 +666,9 @@ static int evict_to(struct cache *c, long long target, long long *freed_out, lon
                 continue;
             ns++;
             s->last_used = (long long)json_integer_value(json_object_get(s->m, "last_used"));
-            int complete = json_is_true(json_object_get(s->m, "complete"));
-            int analysed = json_is_true(json_object_get(s->m, "analysed"));
-            s->evictable = (complete ? analysed : time(NULL) - s->last_used > STALE_INCOMPLETE_S) &&
-                           !pinned(c, s->key);
+            int pin = pinned(c, s->key);
+            s->evictable = !pin && manifest_evictable(c, s->m, s->last_used);
+            out->pinned_elsewhere += pin && !pinned_here(c, s->key);
             json_t *f;
             size_t i;
             json_array_foreach(json_object_get(s->m, "files"), i, f) {
@@ -645,10 +727,9 @@ static int evict_to(struct cache *c, long long target, long long *freed_out, lon
         log_info("cache: evicted", "snapshot=%s last_used_s_ago=%lld", s->key,
                  (long long)time(NULL) - s->last_used);
     }
-    if (held_out)
-        for (int k = 0; k < nr; k++)
-            if (refs[k].held && refs[k].count > 0)
-                *held_out += refs[k].size;
+    for (int k = 0; k < nr; k++)
+        if (refs[k].held && refs[k].count > 0)
+            out->held += refs[k].size;
 out:
     if (d1)
         closedir(d1);
@@ -656,55 +737,104 @@ out:
         json_decref(snaps[k].m);
     free(snaps);
     free(refs);
-    unlock_cache(lk);
-    *freed_out = freed;
+    out->freed = freed;
     return rc;
 }
 
 int cache_evict(struct cache *c, long long *freed_out, struct err *e)
 {
-    long long freed = 0;
     if (freed_out)
         *freed_out = 0;
-    if (c->budget <= 0)
+    if (c->budget <= 0 || cache_usage(c) <= c->budget)
         return 0;
-    int rc = evict_to(c, c->budget, &freed, NULL, e);
+    int lk = lock_cache(c, e);
+    if (lk < 0)
+        return lk;
+    struct evicted ev;
+    int rc = evict_locked(c, c->budget, &ev, e);
+    unlock_cache(lk);
     if (freed_out)
-        *freed_out = freed;
+        *freed_out = ev.freed;
     if (rc == 0 && cache_usage(c) > c->budget)
         log_warn("cache over budget; nothing more can be evicted (pinned or not analysed yet)",
                  "usage=%lld budget=%lld", cache_usage(c), c->budget);
     return rc;
 }
 
+/* ---- reservations, shared through the owners' lock files ---- */
+
+static void add_reserved(const char *tag, const char *text, void *arg)
+{
+    (void)tag;
+    long long v = 0;
+    if (sscanf(text, "reserved %lld", &v) == 1 && v > 0)
+        *(long long *)arg += v;
+}
+
+/* With the cache locked: the bytes the other live daemons on this cache
+ * have reserved (the dead ones' partials are removed on the way). */
+static int others_reserved(struct cache *c, long long *out, struct err *e)
+{
+    *out = 0;
+    int rc = owner_each_live(c->owner, add_reserved, out, remove_dead_partials, NULL, e);
+    return rc < 0 ? rc : 0;
+}
+
+/* With the cache locked: publish our reservation. */
+static int publish_reserved(struct cache *c, struct err *e)
+{
+    char text[64];
+    snprintf(text, sizeof text, RESERVED_FMT, c->reserved);
+    return owner_write(c->owner, text, e);
+}
+
+/* With the cache locked: room for `bytes` within the budget, by eviction;
+ * fills r (usage, reserved, freed, held, pinned_elsewhere). */
+static int make_room_locked(struct cache *c, long long bytes, struct cache_room *r, struct err *e)
+{
+    long long others = 0;
+    int rc = others_reserved(c, &others, e);
+    if (rc < 0)
+        return rc;
+    r->reserved = others + c->reserved;
+    long long target = c->budget - r->reserved - bytes;
+    if (target >= 0) {
+        struct evicted ev;
+        if ((rc = evict_locked(c, target, &ev, e)) < 0)
+            return rc;
+        r->freed = ev.freed;
+        r->held = ev.held;
+        r->pinned_elsewhere = ev.pinned_elsewhere;
+    }
+    r->usage = cache_usage(c);
+    if (target >= 0 && r->usage <= target)
+        return 0;
+    /* not even an empty cache holds it next to the other downloads, or
+     * what remains cannot be evicted */
+    return err_set(e, ERR_INVALID, "cache",
+                   "cache budget %lld bytes cannot hold %lld more: %lld bytes in the cache (%lld of them pinned"
+                   " or not analysed yet), %lld bytes promised to other downloads",
+                   r->budget, bytes, r->usage, r->held, r->reserved);
+}
+
 int cache_reserve(struct cache *c, long long bytes, struct cache_room *room, struct err *e)
 {
-    struct cache_room r = {c->budget, 0, c->reserved, bytes < 0 ? 0 : bytes, 0, 0};
-    int rc = 0;
+    struct cache_room r;
+    memset(&r, 0, sizeof r);
     if (bytes < 0)
         bytes = 0;
-    if (c->budget > 0) {
-        long long target = c->budget - c->reserved - bytes;
-        if (target < 0) { /* not even an empty cache holds it next to the other downloads */
-            r.usage = cache_usage(c);
-            rc = ERR_INVALID;
-        } else {
-            if ((rc = evict_to(c, target, &r.freed, &r.held, e)) < 0)
-                goto out;
-            r.usage = cache_usage(c);
-            if (r.usage > target)
-                rc = ERR_INVALID;
-        }
-        if (rc < 0) {
-            err_set(e, ERR_INVALID, "cache",
-                    "cache budget %lld bytes cannot hold %lld more: %lld bytes in the cache (%lld of them pinned"
-                    " or not analysed yet), %lld bytes promised to other downloads",
-                    r.budget, bytes, r.usage, r.held, r.reserved);
-            goto out;
-        }
+    r.budget = c->budget;
+    r.need = bytes;
+    int lk = lock_cache(c, e);
+    if (lk < 0)
+        return lk;
+    int rc = c->budget > 0 ? make_room_locked(c, bytes, &r, e) : 0;
+    if (rc == 0) {
+        c->reserved += bytes;
+        if ((rc = publish_reserved(c, e)) < 0)
+            c->reserved -= bytes;
     }
-    c->reserved += bytes;
-out:
+    unlock_cache(lk);
     if (room)
         *room = r;
     return rc;
@@ -714,9 +844,14 @@ void cache_release(struct cache *c, long long bytes)
 {
     if (!c || bytes <= 0)
         return;
+    struct err e;
+    int lk = lock_cache(c, &e);
     c->reserved -= bytes;
     if (c->reserved < 0)
         c->reserved = 0;
+    if (lk < 0 || publish_reserved(c, &e) < 0) /* others count too much until the next write */
+        log_warn("cache: reservation not published", "error=%s", log_quote(err_str(&e)));
+    unlock_cache(lk);
 }
 
 long long cache_reserved(const struct cache *c) { return c->reserved; }

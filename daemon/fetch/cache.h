@@ -9,23 +9,44 @@
  *                                  reads (<slug>: the source, readable, plus
  *                                  12 hex digits of its sha256)
  *   manifests/<slug>/<rev>.json    a snapshot's files (name, size, sha256),
- *                                  whether it is complete and analysed, and
- *                                  when it was last used: the LRU index
- *   partial/<name>.part            downloads in progress (resumed with Range)
+ *                                  whether it is complete and analysed, the
+ *                                  owner tag of the process that staged it,
+ *                                  and when it was last used: the LRU index
+ *   partial/<tag>.<name>.part      downloads in progress (resumed with Range
+ *                                  by the same process); <tag> is the owner's
  *   pins/<slug>/<rev>.lock         held with flock(LOCK_SH) while pinned
- *   .lock                          flock(LOCK_EX) around manifest changes and
- *                                  eviction, so daemons sharing a cache agree
+ *   .lock                          flock(LOCK_EX) around manifest changes,
+ *                                  eviction and reservations, so daemons
+ *                                  sharing a cache agree
+ *   .owners/<tag>.lock             one per process using the cache, held with
+ *                                  flock(LOCK_EX) for its life
+ *                                  (daemon/base/owner.h); its text is the
+ *                                  bytes that process has reserved
  * A blob appears only by rename() after its size and sha256 were checked,
  * so no file in blobs/ ever differs from its name.  A snapshot's manifest
  * lists a blob before the snapshot links it, so eviction never removes a
  * blob a snapshot (complete or not) refers to.  Eviction, when blobs use
- * more than the budget, removes unpinned snapshots that were analysed (and
- * incomplete leftovers older than an hour), least recently used first, and
- * then the blobs no remaining manifest names.  It runs after a checkpoint
+ * more than the budget, removes unpinned snapshots that were analysed,
+ * that their stager (the manifest's "owner", a process tag) gave up
+ * unanalysed ("released" at its last unpin: a lost lease, a failure, a
+ * shutdown) or whose stager is dead (a daemon killed before its worker
+ * ran): nobody will analyse them; and incomplete leftovers without an
+ * owner older than an hour; least recently used first, and then the blobs
+ * no remaining manifest names.  (A snapshot `ckptd fetch` brought in is
+ * therefore evictable once it has exited.)  It runs after a checkpoint
  * was analysed (cache_evict) and, before a download starts, to make room
- * for the bytes it will write (cache_reserve): with one daemon on the
- * cache, blobs plus the partials of downloads in progress never exceed
- * the budget (a checkpoint that cannot fit is refused instead).
+ * for the bytes it will write (cache_reserve): blobs plus the partials of
+ * downloads in progress never exceed the budget, whatever the number of
+ * processes sharing the cache (a checkpoint that cannot fit is refused
+ * instead).  Reservations are shared: each process publishes its total in
+ * its owner lock file, and a reservation counts every live process's.
+ *
+ * Crash leftovers: a process's partial downloads carry its owner tag
+ * ("<node>.<pid>").  Opening the cache, and every reservation, removes the
+ * partials of owners whose lock nobody holds (dead, however they died;
+ * never judged by age), and their reservations with them; cache_close
+ * removes its own.  A download is resumed within a process, not across
+ * a restart.
  *
  * The HuggingFace cache ($HF_HUB_CACHE, $HF_HOME/hub, or
  * ~/.cache/huggingface/hub): models--ORG--NAME/refs/<rev> holds a commit;
@@ -53,10 +74,14 @@
 
 struct cache;
 
-/* Open (creating the directories) a cache; budget_bytes 0: no limit.
- * NULL with e filled on failure. */
+/* Open (creating the directories) a cache as an owner named after `node`
+ * (NULL: the host name), after removing the leftovers of dead owners;
+ * budget_bytes 0: no limit.  NULL with e filled on failure. */
+struct cache *cache_open_as(const char *root, long long budget_bytes, const char *node,
+                            struct err *e);
 struct cache *cache_open(const char *root, long long budget_bytes, struct err *e);
-/* Unpins everything still pinned. Accepts NULL. */
+/* Unpins everything still pinned, removes this process's partial
+ * downloads and its owner lock. Accepts NULL. */
 void cache_close(struct cache *c);
 
 /* The absolute root. Borrowed. */
@@ -66,7 +91,7 @@ const char *cache_root(const struct cache *c);
 int cache_key(const char *source, const char *revision, char *out, size_t n, struct err *e) CK_WUR;
 
 /* Paths of a snapshot directory and of a partial download (name: a sha256
- * or any [A-Za-z0-9._-] string). */
+ * or any [A-Za-z0-9._-] string; the path carries this process's tag). */
 int cache_snapshot_dir(const struct cache *c, const char *key, char *out, size_t n, struct err *e) CK_WUR;
 int cache_partial_path(const struct cache *c, const char *name, char *out, size_t n, struct err *e) CK_WUR;
 
@@ -98,7 +123,9 @@ int cache_snapshot_complete(struct cache *c, const char *key, struct err *e) CK_
 int cache_mark_analysed(struct cache *c, const char *key, struct err *e) CK_WUR;
 
 /* Pin a snapshot against eviction, by this process (counted) and, through
- * flock, against other processes sharing the cache. */
+ * flock, against other processes sharing the cache.  The last unpin of a
+ * snapshot this process staged and did not mark analysed releases it
+ * (evictable). */
 int cache_pin(struct cache *c, const char *key, struct err *e) CK_WUR;
 void cache_unpin(struct cache *c, const char *key);
 
@@ -113,11 +140,13 @@ long long cache_usage(const struct cache *c);
 /* ---- room for a download ---- */
 
 /* What a reservation found: the budget, the blobs' bytes after eviction,
- * the bytes already promised to this process's other downloads, the
- * bytes asked for, the bytes evicted, and the bytes held by snapshots
- * that cannot be evicted (pinned, or not analysed yet). */
+ * the bytes already promised to downloads in progress (this process's
+ * and every other live one's on the cache), the bytes asked for, the bytes
+ * evicted, the bytes held by snapshots that cannot be evicted (pinned, or
+ * not analysed yet), and how many snapshots other processes have pinned. */
 struct cache_room {
     long long budget, usage, reserved, need, freed, held;
+    int pinned_elsewhere;
 };
 
 /* Before a download of `bytes`: evict unpinned analysed snapshots, least
@@ -127,10 +156,11 @@ struct cache_room {
  * budget it only counts.  When even eviction cannot make room, nothing
  * is reserved and ERR_INVALID says budget, bytes needed, bytes in the
  * cache, held and promised; *room (may be NULL) has the numbers either
- * way.  Reservations are per process: daemons sharing one cache
- * directory do not see each other's. */
+ * way.  The check and the reservation happen under the cache's lock, so
+ * daemons sharing the directory never promise the same bytes twice. */
 int cache_reserve(struct cache *c, long long bytes, struct cache_room *room, struct err *e) CK_WUR;
 void cache_release(struct cache *c, long long bytes);
+/* This process's reserved bytes. */
 long long cache_reserved(const struct cache *c);
 
 /* The budget (0: none); settable while running (SIGHUP). */

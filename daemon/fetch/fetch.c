@@ -41,6 +41,7 @@ struct xfer {
     double retry_after;
     int body_ok;             /* the final 2xx answer: its body is ours */
     int mismatch;            /* our check failed: the partial is bad */
+    int write_failed;   /* the partial could not be written (a full disk): dropped */
     int aborted;             /* we stopped the transfer; reason in why */
     char why[1400];
     char linked_sha[SHA256_HEX];
@@ -355,6 +356,7 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ud)
             continue;
         if (w <= 0) {
             abort_with(x, 0, "cannot write %s: %s", r->path, strerror(errno));
+            x->write_failed = 1;
             return 0;
         }
         off += (size_t)w;
@@ -417,8 +419,10 @@ static void failed_attempt(struct fetcher *f, struct xfer *x, int retryable, dou
 {
     struct fetch_req *r = x->r;
     detach(f, x);
-    if (x->mismatch && r->kind == FETCH_FILE)
-        unlink(r->path); /* never resume from bytes that proved wrong */
+    /* never resume from bytes that proved wrong; a partial that could not
+     * be written (a full disk) is not kept half-written either */
+    if ((x->mismatch || x->write_failed) && r->kind == FETCH_FILE)
+        unlink(r->path);
     if (retryable && r->attempts <= f->o.retries) {
         double u = (double)rand_r(&f->rng) / ((double)RAND_MAX + 1.0);
         double wait = retry_after >= 0 ? fmin(retry_after, f->o.retry_after_max_s)

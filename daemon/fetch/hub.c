@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
 #include "daemon/plan/source.h"
 
 const char *const hub_weight_names[4] = {"model.safetensors", "model.safetensors.index.json",
@@ -204,10 +205,13 @@ void hub_files_free(struct hub_files *l)
 int hub_parse_tree(const char *json, struct hub_files *out, struct err *e)
 {
     json_error_t je;
+    errno = 0;
     json_t *root = json_loads(json, 0, &je);
     int rc = 0;
     if (!root)
-        return err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "tree", "out of memory reading the hub's file listing")
+                                   : err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not JSON: %s (line %d)",
+                                             je.text, je.line);
     if (!json_is_array(root)) {
         rc = err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not a JSON array");
         goto out;
@@ -230,6 +234,11 @@ int hub_parse_tree(const char *json, struct hub_files *out, struct err *e)
         long long size = json_is_integer(sz) ? (long long)json_integer_value(sz) : -1;
         if (json_is_integer(lsz))
             size = (long long)json_integer_value(lsz);
+        if ((json_is_integer(sz) && json_integer_value(sz) < 0) ||
+            (json_is_integer(lsz) && json_integer_value(lsz) < 0)) {
+            rc = err_set(e, ERR_FORMAT, "tree", "entry %zu (%.200s) has a negative size", i, path);
+            goto out;
+        }
         if (oid && strncmp(oid, "sha256:", 7) == 0)
             oid += 7;
         if ((rc = hub_files_add(out, path, size, oid && sha256_is_hex(oid) ? oid : "", e)) < 0) {
@@ -253,9 +262,12 @@ int hub_parse_refs(const char *json, long long **steps, int *n, struct err *e)
     *steps = NULL;
     *n = 0;
     json_error_t je;
+    errno = 0;
     json_t *root = json_loads(json, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, "refs", "the hub's refs answer is not JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "refs", "out of memory reading the hub's refs answer")
+                                   : err_set(e, ERR_FORMAT, "refs", "the hub's refs answer is not JSON: %s (line %d)",
+                                             je.text, je.line);
     json_t *br = json_object_get(root, "branches");
     int rc = 0;
     long long *v = NULL;
@@ -330,10 +342,12 @@ int hub_add_shards(struct hub_files *out, const char *index_path, const struct h
                    struct err *e)
 {
     json_error_t je;
+    errno = 0;
     json_t *root = json_load_file(index_path, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, out->index[0] ? out->index : index_path,
-                       "shard index is not JSON: %s (line %d)", je.text, je.line);
+        return err_set(e, json_err_nomem(&je) ? ERR_NOMEM : ERR_FORMAT,
+                       out->index[0] ? out->index : index_path, "shard index is not JSON: %s (line %d)",
+                       json_err_nomem(&je) ? "out of memory" : je.text, je.line);
     json_t *map = json_object_get(root, "weight_map");
     int rc = 0;
     if (!json_is_object(map) || json_object_size(map) == 0) {

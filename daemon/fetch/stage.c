@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -141,6 +142,10 @@ void stage_free(struct stage *st)
     for (int i = 0; i < st->nreqs; i++) {
         if (st->fstate[i] == FS_FETCHING)
             fetcher_cancel(st->f, &st->reqs[i]);
+        /* a download that did not become a blob: its partial is ours alone
+         * (cache.h), and a stage given up never comes back to it */
+        if (st->fstate[i] != FS_PLACED && st->reqs[i].kind == FETCH_FILE && st->reqs[i].path[0])
+            unlink(st->reqs[i].path);
         fetch_req_clear(&st->reqs[i]);
     }
     fetcher_cancel(st->f, &st->meta);
@@ -408,8 +413,10 @@ static int make_room(struct stage *st)
         return 1;
     }
     if (e.code == ERR_INVALID && need <= room.budget &&
-        (room.reserved > 0 || (cache_pins_held(st->c) > 1 && room.held > 0))) {
-        /* other checkpoints of this process hold the space: wait for them */
+        (room.reserved > 0 ||
+         ((cache_pins_held(st->c) > 1 || room.pinned_elsewhere > 0) && room.held > 0))) {
+        /* other checkpoints (of this process or another on the cache) hold
+         * the space: wait for them */
         if (st->room_wait_since == 0) {
             st->room_wait_since = now;
             log_info("cache: waiting for space", "step=%lld need=%lld usage=%lld held=%lld reserved=%lld budget=%lld",

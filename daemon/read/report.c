@@ -7,9 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "daemon/base/db.h"
+#include "daemon/detect/transitions.h"
 
 /* ---- pure pieces ---- */
 
@@ -154,8 +156,9 @@ struct ckpt {
 struct trans {
     int metric_id, layer, head, idx;
     long long start, peak, end;
-    double magnitude, score;
+    double magnitude, score, p_value; /* p_value NaN when the row has none */
     const char *method; /* borrowed from page.tr_res */
+    int spike;          /* kind 'spike': one or two checkpoints away and back */
 };
 
 struct page {
@@ -267,13 +270,19 @@ static int series_transitions(const struct page *pg, int metric_id, int layer, i
 
 static void trans_title(struct page *pg, const struct trans *t)
 {
-    char m[32], s[32];
+    char m[32], s[32], pv[32] = "";
     fmt_short(m, sizeof m, t->magnitude);
     fmt_short(s, sizeof s, t->score);
-    PR(pg, "<title>transition (");
+    if (isfinite(t->p_value))
+        snprintf(pv, sizeof pv, ", p %.2g", t->p_value);
+    PR(pg, "<title>%s (", t->spike ? "spike" : "transition");
     esc(pg, t->method);
-    PR(pg, "): steps %lld \xe2\x80\x93 %lld, peak %lld; magnitude %s, score %s</title>", t->start, t->end,
-       t->peak, m, s);
+    if (t->spike)
+        PR(pg, "): steps %lld \xe2\x80\x93 %lld, farthest %lld; excursion %s, score %s</title>", t->start, t->end,
+           t->peak, m, s);
+    else
+        PR(pg, "): steps %lld \xe2\x80\x93 %lld, peak %lld; magnitude %s, score %s%s</title>", t->start, t->end,
+           t->peak, m, s, pv);
 }
 
 static void trans_data(struct page *pg, const struct trans *t)
@@ -384,7 +393,12 @@ static int draw_line_chart(struct page *pg, const struct metric *m, struct err *
     /* transitions under the data */
     const struct trans *ts[64];
     int ntr = series_transitions(pg, m->id, layer, head, idx, ts, 64);
+    int nspk = 0;
     for (int i = 0; i < ntr; i++) {
+        if (ts[i]->spike) {
+            nspk++;
+            continue;
+        }
         double xa = report_axis_x(&ax, ts[i]->start), xb = report_axis_x(&ax, ts[i]->end);
         double xp = report_axis_x(&ax, ts[i]->peak);
         PR(pg, "<g class=\"tr\"");
@@ -423,7 +437,30 @@ static int draw_line_chart(struct page *pg, const struct metric *m, struct err *
         PR(pg, "</title></circle>");
         pg->st->points++;
     }
-    PR(pg, "</g></svg>");
+    PR(pg, "</g>");
+    /* spikes over the data: a ring on their farthest point, a tick under
+     * the axis at every checkpoint of theirs */
+    for (int i = 0; i < ntr; i++) {
+        if (!ts[i]->spike)
+            continue;
+        double xp = report_axis_x(&ax, ts[i]->peak), yv = NAN;
+        for (int k = 0; k < n && !isfinite(yv); k++)
+            if (atoll(PQgetvalue(r, k, 3)) == ts[i]->peak)
+                yv = num(PQgetvalue(r, k, 4));
+        PR(pg, "<g class=\"spike\"");
+        trans_data(pg, ts[i]);
+        PR(pg, ">");
+        trans_title(pg, ts[i]);
+        if (isfinite(yv))
+            PR(pg, "<circle class=\"spk\" cx=\"%.2f\" cy=\"%.2f\" r=\"5\"/>", xp, YMAP(yv));
+        PR(pg, "<line class=\"spk\" x1=\"%.2f\" y1=\"%.1f\" x2=\"%.2f\" y2=\"%.1f\"/>", xp, y1 - 6, xp, y1);
+        if (ts[i]->end != ts[i]->start) {
+            double xo = report_axis_x(&ax, ts[i]->peak == ts[i]->start ? ts[i]->end : ts[i]->start);
+            PR(pg, "<line class=\"spk\" x1=\"%.2f\" y1=\"%.1f\" x2=\"%.2f\" y2=\"%.1f\"/>", xo, y1 - 6, xo, y1);
+        }
+        PR(pg, "</g>");
+    }
+    PR(pg, "</svg>");
 #undef YMAP
     int keyed = layer >= 0 || head >= 0 || idx >= 0;
     if (nonfinite || ndup || ntr || keyed) {
@@ -443,8 +480,10 @@ static int draw_line_chart(struct page *pg, const struct metric *m, struct err *
                     PR(pg, ". ");
                 }
         }
-        if (ntr)
-            PR(pg, "%d transition%s shaded. ", ntr, ntr == 1 ? "" : "s");
+        if (ntr - nspk)
+            PR(pg, "%d transition%s shaded. ", ntr - nspk, ntr - nspk == 1 ? "" : "s");
+        if (nspk)
+            PR(pg, "%d spike%s ringed. ", nspk, nspk == 1 ? "" : "s");
         if (ndup)
             PR(pg, "%d duplicate checkpoint%s in grey, not joined. ", ndup, ndup == 1 ? "" : "s");
         if (nonfinite)
@@ -771,7 +810,8 @@ static int draw_heatmap(struct page *pg, const struct metric *m, const char *idx
             int nt = series_transitions(pg, m->id, layer, head, idx, ts, 32);
             for (int k = 0; k < nt; k++) {
                 double xa = report_axis_x(&ax, ts[k]->start), xb = report_axis_x(&ax, ts[k]->end);
-                PR(pg, "<rect class=\"trh\" x=\"%.2f\" width=\"%.2f\" height=\"%d\"", xa, fmax(xb - xa, 2), rh);
+                PR(pg, "<rect class=\"%s\" x=\"%.2f\" width=\"%.2f\" height=\"%d\"", ts[k]->spike ? "sph" : "trh",
+                   xa, fmax(xb - xa, 2), rh);
                 trans_data(pg, ts[k]);
                 PR(pg, ">");
                 trans_title(pg, ts[k]);
@@ -947,6 +987,8 @@ static const char css[] =
     ".ax,.tk{stroke:#888;stroke-width:1}.grid{stroke:#eee}.brk{stroke:#888;fill:none}.sep{stroke:#fff;stroke-width:1}"
     ".series{fill:none;stroke:#1f5fa8;stroke-width:1.5}.pt{fill:#1f5fa8}.pt.dup{fill:#b0b0b0;stroke:#888}"
     ".band{fill:#e41a1c;fill-opacity:.12}.peak{stroke:#e41a1c;stroke-width:1;stroke-dasharray:3 2}"
+    "circle.spk{fill:none;stroke:#ff7f00;stroke-width:1.5}line.spk{stroke:#ff7f00;stroke-width:1.5}"
+    ".sph{fill:none;stroke:#ff7f00;stroke-width:1}"
     ".row rect{shape-rendering:crispEdges}.prof{fill:none;stroke-width:1.3}.trh{fill:none;stroke:#e41a1c;stroke-width:1.2}"
     ".lin{fill:#6a8fc4}.lin.split{fill:#2b4f8a}.lin.alive{fill:#5aae61}.arrow{fill:#5aae61}";
 
@@ -976,24 +1018,31 @@ static int item_rank(const char *item)
 static int write_transitions_table(struct page *pg, PGresult *tr)
 {
     int n = PQntuples(tr);
-    PR(pg, "<section id=\"transitions\"><h2>Transitions (%d)</h2>\n", n);
+    int nspikes = 0;
+    for (int i = 0; i < n; i++)
+        nspikes += strcmp(PQgetvalue(tr, i, 13), "spike") == 0;
+    PR(pg, "<section id=\"transitions\"><h2>Transitions (%d) and spikes (%d)</h2>\n", n - nspikes, nspikes);
     if (n == 0) {
         PR(pg, "<p class=\"note\">No transitions detected yet.</p></section>\n");
         return 0;
     }
-    PR(pg, "<table class=\"transitions\"><tr><th>item</th><th>metric</th><th>layer</th><th>head</th><th>idx</th>"
-           "<th>start</th><th>peak</th><th>end</th><th>magnitude</th><th>score</th><th>method</th></tr>\n");
+    PR(pg, "<table class=\"transitions\"><tr><th>kind</th><th>item</th><th>metric</th><th>layer</th><th>head</th>"
+           "<th>idx</th><th>start</th><th>peak</th><th>end</th><th>magnitude</th><th>score</th><th>p-value</th>"
+           "<th>method</th></tr>\n");
     for (int i = 0; i < n && i < REPORT_TRANSITION_ROWS; i++) {
-        char m[32], s[32];
+        char m[32], s[32], pv[32] = "";
         fmt_short(m, sizeof m, num(PQgetvalue(tr, i, 7)));
         fmt_short(s, sizeof s, num(PQgetvalue(tr, i, 8)));
-        PR(pg, "<tr><td>");
+        if (!PQgetisnull(tr, i, 14))
+            snprintf(pv, sizeof pv, "%.2g", num(PQgetvalue(tr, i, 14)));
+        PR(pg, "<tr class=\"%s\"><td>%s</td><td>", PQgetvalue(tr, i, 13), PQgetvalue(tr, i, 13));
         esc(pg, PQgetvalue(tr, i, 10));
         PR(pg, "</td><td><a href=\"#m%s\">", PQgetvalue(tr, i, 0));
         esc(pg, PQgetvalue(tr, i, 11));
-        PR(pg, "</a> v%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>",
+        PR(pg, "</a> v%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+               "<td>%s</td><td>",
            PQgetvalue(tr, i, 12), PQgetvalue(tr, i, 1), PQgetvalue(tr, i, 2), PQgetvalue(tr, i, 3),
-           PQgetvalue(tr, i, 4), PQgetvalue(tr, i, 5), PQgetvalue(tr, i, 6), m, s);
+           PQgetvalue(tr, i, 4), PQgetvalue(tr, i, 5), PQgetvalue(tr, i, 6), m, s, pv);
         esc(pg, PQgetvalue(tr, i, 9));
         PR(pg, "</td></tr>\n");
     }
@@ -1040,10 +1089,16 @@ static int write_page(struct page *pg, PGresult *run, struct err *e)
               "       FROM measurements WHERE run_id = $1 GROUP BY metric_id) s"
               " JOIN metrics mt ON mt.id = s.metric_id", 1, p, e)))
         goto out;
+    /* the rows of the current method; a run detected only by an older one
+     * shows those */
+    const char *pm[2] = {pg->run_id, TR_METHOD};
     if (!(tr = db_exec(pg->db,
               "SELECT t.metric_id, t.layer, t.head, t.idx, t.start_step, t.peak_step, t.end_step, t.magnitude,"
-              " t.score, t.method, mt.item, mt.name, mt.version FROM transitions t JOIN metrics mt ON mt.id = t.metric_id"
-              " WHERE t.run_id = $1 ORDER BY t.peak_step, mt.item, mt.name, t.layer, t.head, t.idx, t.method", 1, p, e)))
+              " t.score, t.method, mt.item, mt.name, mt.version, t.kind, t.p_value"
+              " FROM transitions t JOIN metrics mt ON mt.id = t.metric_id"
+              " WHERE t.run_id = $1 AND (t.method = $2 OR NOT EXISTS"
+              "  (SELECT 1 FROM transitions x WHERE x.run_id = $1 AND x.method = $2))"
+              " ORDER BY t.peak_step, mt.item, mt.name, t.layer, t.head, t.idx, t.method, t.kind DESC", 2, pm, e)))
         goto out;
     int nm = PQntuples(mres), ntr = PQntuples(tr);
     ms = calloc((size_t)nm + 1, sizeof *ms);
@@ -1064,6 +1119,8 @@ static int write_page(struct page *pg, PGresult *run, struct err *e)
         t->magnitude = num(PQgetvalue(tr, i, 7));
         t->score = num(PQgetvalue(tr, i, 8));
         t->method = PQgetvalue(tr, i, 9);
+        t->spike = strcmp(PQgetvalue(tr, i, 13), "spike") == 0;
+        t->p_value = PQgetisnull(tr, i, 14) ? NAN : num(PQgetvalue(tr, i, 14));
     }
     pg->ntr = ntr;
     pg->st->transitions = ntr;
@@ -1231,7 +1288,8 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     pg.db = db;
     pg.st = st;
     pg.budget = REPORT_HEAT_BUDGET;
-    char path[4200], tmp[4300] = "";
+    char path[4200];
+    struct atomic_file af = {0};
     PGresult *runr = NULL;
     int rc, in_tx = 0;
     if (db_ensure(db, e) < 0)
@@ -1258,34 +1316,19 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     if ((rc = path_mkdir_p(dir, e)) < 0)
         goto out;
     snprintf(path, sizeof path, "%s/index.html", dir);
-    snprintf(tmp, sizeof tmp, "%s/.index.html.%ld.tmp", dir, (long)getpid());
-    if (!(pg.f = fopen(tmp, "w"))) {
-        rc = err_set(e, ERR_IO, tmp, "cannot create: %s", strerror(errno));
+    if ((rc = atomic_file_open(&af, path, e)) < 0)
         goto out;
-    }
+    pg.f = af.f;
     if ((rc = write_page(&pg, runr, e)) < 0)
         goto out;
-    if (fflush(pg.f) != 0 || ferror(pg.f) || fsync(fileno(pg.f)) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
+    if (fflush(pg.f) != 0 || ferror(pg.f)) {
+        rc = err_set(e, ERR_IO, af.tmp, "cannot write: %s", strerror(errno));
         goto out;
     }
     st->bytes = ftell(pg.f);
-    FILE *f = pg.f;
-    pg.f = NULL;
-    if (fclose(f) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "cannot rename %s into place: %s", tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
+    rc = atomic_file_commit(&af, e);
 out:
-    if (pg.f)
-        fclose(pg.f);
-    if (rc < 0 && tmp[0])
-        unlink(tmp); /* nothing half-written stays */
+    atomic_file_abort(&af); /* nothing half-written stays; after a commit, nothing to do */
     if (in_tx)
         db_rollback(db); /* read only: nothing to keep */
     free(pg.ck);

@@ -169,6 +169,71 @@ static void order_by_dependencies(struct claim *c, char deps[][64])
     }
 }
 
+/* The claimed jobs (the claim statement's rows, at most CLAIM_MAX_JOBS)
+ * into c, in the order the worker runs them. */
+static void claim_jobs(struct claim *c, PGresult *r)
+{
+    const int n = PQntuples(r);
+    /* the previous checkpoint's artifacts: passed when every job that
+     * reads them found them done there, at the same step (job_prev_step) */
+    int readers = 0, found = 0;
+    c->prev_step = -1;
+    char deps[CLAIM_MAX_JOBS][64];
+    for (int i = 0; i < n; i++) {
+        c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
+        snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
+        c->versions[i] = atoi(PQgetvalue(r, i, 2));
+        int a = atoi(PQgetvalue(r, i, 3));
+        c->attempts = a > c->attempts ? a : c->attempts;
+        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
+        if (PQgetisnull(r, i, 6))
+            continue;
+        readers++;
+        if (PQgetisnull(r, i, 7))
+            continue;
+        long long ps = atoll(PQgetvalue(r, i, 7));
+        if (found++ == 0)
+            c->prev_step = ps;
+        else if (ps != c->prev_step)
+            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
+    }
+    if (found != readers)
+        c->prev_step = -1;
+    c->njobs = n;
+    c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
+    order_by_dependencies(c, deps);
+}
+
+/* Undo a claim of the jobs in r (column 0: their ids): queued again, the
+ * attempt not counted, as queue_release does.  A failure is only logged:
+ * the lease expires and the jobs return anyway. */
+static void give_back(struct db *db, const char *node, PGresult *r)
+{
+    const int n = PQntuples(r);
+    long long *ids = malloc((size_t)n * sizeof *ids);
+    char *arr = malloc((size_t)n * 24 + 3);
+    struct err e;
+    err_clear(&e);
+    if (!ids || !arr) {
+        err_set(&e, ERR_NOMEM, "queue", "out of memory");
+    } else {
+        for (int i = 0; i < n; i++)
+            ids[i] = atoll(PQgetvalue(r, i, 0));
+        db_int_array(arr, (size_t)n * 24 + 3, ids, n);
+        const char *p[2] = {arr, node};
+        if (db_run(db,
+                   "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+                   "   lease_owner = NULL, lease_expires = NULL, not_before = now()"
+                   " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'",
+                   2, p, &e) == 0)
+            log_warn("claim given back", "jobs=%d", n);
+    }
+    if (e.code)
+        log_err("cannot give the claimed jobs back (their lease will expire)", &e);
+    free(arr);
+    free(ids);
+}
+
 int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
 {
     char lease[32];
@@ -206,6 +271,7 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
      *
      * bench/queue_bench.sh extracts this statement and the next from this
      * file; keep each one db_exec() of string literals. */
+    int rc = 0;
     for (int tries = 0;; tries++) {
         r = db_exec(db,
             "WITH ck AS ("
@@ -233,54 +299,30 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             " FROM ck LEFT JOIN claimed ON true"
             " LEFT JOIN battery_items b ON b.item = claimed.item AND b.version = claimed.version"
             " ORDER BY claimed.id", 2, p, e);
-        if (!r)
-            return ERR_DB;
-        n = PQntuples(r);
-        if (n == 0) {
-            PQclear(r);
-            return 0;
+        if (!r) {
+            rc = ERR_DB;
+            goto out;
         }
-        if (!PQgetisnull(r, 0, 0))
+        n = PQntuples(r);
+        if (n == 0 || !PQgetisnull(r, 0, 0))
             break;
         PQclear(r);
+        r = NULL;
         if (tries == CLAIM_RACE_RETRIES)
-            return 0; /* a crowd of claimers: poll again later */
+            goto out; /* a crowd of claimers: poll again later */
     }
+    if (n == 0)
+        goto out;
     memset(c, 0, sizeof *c);
     if (n > CLAIM_MAX_JOBS) {
-        /* cannot happen with a sane battery; give the jobs back */
-        PQclear(r);
-        return err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
+        /* cannot happen with a sane battery: the jobs go back untouched */
+        rc = err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
+        give_back(db, node, r);
+        goto out;
     }
-    /* the previous checkpoint's artifacts: passed when every job that
-     * reads them found them done there, at the same step (job_prev_step) */
-    int readers = 0, found = 0;
-    c->prev_step = -1;
-    char deps[CLAIM_MAX_JOBS][64];
-    for (int i = 0; i < n; i++) {
-        c->job_ids[i] = atoll(PQgetvalue(r, i, 0));
-        snprintf(c->items[i], sizeof c->items[i], "%s", PQgetvalue(r, i, 1));
-        c->versions[i] = atoi(PQgetvalue(r, i, 2));
-        int a = atoi(PQgetvalue(r, i, 3));
-        c->attempts = a > c->attempts ? a : c->attempts;
-        snprintf(deps[i], sizeof deps[i], "%s", PQgetvalue(r, i, 5));
-        if (PQgetisnull(r, i, 6))
-            continue;
-        readers++;
-        if (PQgetisnull(r, i, 7))
-            continue;
-        long long ps = atoll(PQgetvalue(r, i, 7));
-        if (found++ == 0)
-            c->prev_step = ps;
-        else if (ps != c->prev_step)
-            found = -CLAIM_MAX_JOBS; /* cannot happen: one previous checkpoint */
-    }
-    if (found != readers)
-        c->prev_step = -1;
-    c->njobs = n;
-    c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
+    claim_jobs(c, r);
     PQclear(r);
-    order_by_dependencies(c, deps);
+    r = NULL;
     char ck[32];
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};
@@ -289,11 +331,13 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id AND o.step < c.step),"
         "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id)"
         " FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
-    if (!r)
-        return ERR_DB; /* the lease expires and the jobs return */
+    if (!r) {
+        rc = ERR_DB; /* the lease expires and the jobs return */
+        goto out;
+    }
     if (PQntuples(r) != 1) { /* the run was deleted under us */
-        PQclear(r);
-        return err_set(e, ERR_DB, "queue", "checkpoint %s vanished while being claimed", ck);
+        rc = err_set(e, ERR_DB, "queue", "checkpoint %s vanished while being claimed", ck);
+        goto out;
     }
     c->run_id = atoll(PQgetvalue(r, 0, 0));
     c->step = atoll(PQgetvalue(r, 0, 1));
@@ -303,8 +347,10 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     snprintf(c->source, sizeof c->source, "%s", PQgetvalue(r, 0, 5));
     c->index = atoi(PQgetvalue(r, 0, 6));
     c->count = atoi(PQgetvalue(r, 0, 7));
+    rc = 1;
+out:
     PQclear(r);
-    return 1;
+    return rc;
 }
 
 int queue_heartbeat(struct db *db, const char *node, double lease_s, const long long *ids, int n,
@@ -369,6 +415,21 @@ int queue_release(struct db *db, const char *node, const long long *ids, int n, 
         "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
         "   lease_owner = NULL, lease_expires = NULL, not_before = now()"
         " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 2, p, e);
+    if (rc == 0)
+        rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+    return rc;
+}
+
+int queue_giveback(struct db *db, const char *node, const long long *ids, int n, const char *why,
+                   struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24];
+    db_int_array(arr, sizeof arr, ids, n);
+    const char *p[3] = {arr, node, why};
+    int rc = db_run(db,
+        "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+        "   lease_owner = NULL, lease_expires = NULL, not_before = now(), last_error = $3"
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 3, p, e);
     if (rc == 0)
         rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
     return rc;

@@ -4,18 +4,36 @@
  * One worker process per claimed checkpoint.  Its stdout (the result rows)
  * and stderr go to files in the spool directory, so nothing is lost if the
  * daemon's database connection drops while it runs and no pipe can fill up.
- * The child gets its own process group, resource limits (RLIMIT_AS for
- * memory, RLIMIT_CPU for CPU time) and a wall-clock deadline enforced by
- * supervise_poll(), which kills the whole group with SIGKILL when it passes.
+ * The child (common/child.h) gets its own process group, resource limits
+ * (RLIMIT_AS for memory, RLIMIT_CPU for CPU time), dies with the daemon,
+ * and has a wall-clock deadline enforced by supervise_poll(), which kills
+ * the whole group with SIGKILL when it passes.
  * When a worker ends, the outcome says how: exit status, or the signal, and
  * the tail of its stderr, ready to become a job's last_error.
  *
- *     struct worker w;
- *     const char *argv[] = {"ckpt-worker", "analyze", dir, "--items", "loss", NULL};
- *     supervise_start(&w, argv, "/var/spool/ckptd", "ck-17", &limits, &e);
+ * Each item's outcome comes from the worker's status file (`analyze
+ * --status`, workers/battery/README.md), spool/<tag>.status: an item is
+ * done when the file says so, whatever became of the worker afterwards;
+ * failed with the worker's own message when it says so; and failed with
+ * how the worker ended (and the item it was running) when it says
+ * nothing.  A worker that exits 0 vouches for every item it did not
+ * report failed (a worker without a status file: all of them).
+ *
+ * The spool is shared by the daemons of a node: each names its files
+ * after its owner tag ("<node>.<pid>", daemon/base/owner.h), and
+ * supervise_spool_open removes the files of daemons that died (killed
+ * outright, their locks free) before this one starts.
+ *
+ *     struct owner *spool = supervise_spool_open("/var/spool/ckptd", "node1", &e);
+ *     snprintf(tag, sizeof tag, "%s.ck17", owner_tag(spool));
+ *     supervise_status_path(w_status, sizeof w_status, "/var/spool/ckptd", tag);
+ *     const char *argv[] = {"ckpt-worker", "analyze", dir, "--items", "loss",
+ *                           "--status", w_status, NULL};
+ *     supervise_start(&w, argv, "/var/spool/ckptd", tag, &limits, &e);
  *     while (supervise_poll(&w) == 0) ...   // 1 once it has ended
- *     if (!w.ok) log(w.error);
+ *     supervise_outcomes(&w, items, versions, n, out);   // per item
  *     supervise_cleanup(&w);                // removes the spool files
+ *     owner_close(spool);
  */
 #ifndef CKPTD_SUPERVISE_H
 #define CKPTD_SUPERVISE_H
@@ -23,7 +41,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "common/child.h"
 #include "common/err.h"
+#include "daemon/base/owner.h"
 
 struct worker_limits {
     double timeout_s;   /* wall clock; <= 0: none */
@@ -32,16 +52,30 @@ struct worker_limits {
 };
 
 struct worker {
-    pid_t pid;              /* 0 when not running */
-    double started;         /* monotonic seconds */
-    double deadline;        /* monotonic; 0: none */
+    struct child proc;      /* the process (common/child.h): proc.pid > 0 while it runs,
+                               proc.started (monotonic seconds) */
     char out_path[1024];    /* stdout: the rows */
     char err_path[1024];    /* stderr */
+    char status_path[1024]; /* the worker's item outcomes (--status) */
     int done;               /* ended (reaped) */
     int ok;                 /* exited with status 0 */
     int timed_out;
     double seconds;         /* wall time it ran */
     char error[1024];       /* when !ok: how it ended and the tail of stderr */
+    char how[256];          /* when !ok: how it ended, without stderr */
+};
+
+enum item_state {
+    ITEM_FAILED,            /* failed, or never finished: error says why */
+    ITEM_DONE,              /* its rows are all in the output */
+    ITEM_STATE_COUNT
+};
+
+/* What became of one item of a worker. */
+struct item_outcome {
+    enum item_state state;
+    long rows;              /* ITEM_DONE: rows the worker reported; -1 unknown */
+    char error[1024];       /* ITEM_FAILED: for the job's last_error */
 };
 
 /* Find the worker binary: `configured` if set; else ckpt-worker beside the
@@ -62,5 +96,19 @@ void supervise_kill(struct worker *w);
 
 /* Remove the spool files. */
 void supervise_cleanup(struct worker *w);
+
+/* ---- the spool and item outcomes ---- */
+
+/* Become an owner of the spool directory (created), after removing the
+ * spool files of its dead owners.  owner_close it at exit. */
+struct owner *supervise_spool_open(const char *spool_dir, const char *node, struct err *e);
+
+/* The status file supervise_start gives a worker of `tag`. */
+void supervise_status_path(char *out, size_t n, const char *spool_dir, const char *tag);
+
+/* Each item's outcome (items[i] version versions[i]) from an ended
+ * worker's status file and how it ended, as described above. */
+void supervise_outcomes(const struct worker *w, const char (*items)[64], const int *versions,
+                        int n, struct item_outcome *out);
 
 #endif

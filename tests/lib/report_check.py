@@ -258,6 +258,13 @@ if d is not None:
         ok(abs(float(peak[0].attrs["x1"]) - axis_x(4000, LINE_LEFT, LINE_WIDTH)) < 0.01, "loss: the peak line at x(4000)")
         title = tr[0].find("title")
         ok(title and "test <pelt> & co" in title[0].alltext(), "loss: the band's tooltip names its method, escaped")
+    spk = d.find("g", cls="spike")
+    ok(len(spk) == 1 and spk[0].attrs.get("data-peak") == "16" and spk[0].find("circle", cls="spk")
+       and abs(float(spk[0].find("circle", cls="spk")[0].attrs["cx"]) - axis_x(16, LINE_LEFT, LINE_WIDTH)) < 0.01,
+       "loss: the spike at step 16 is ringed, not shaded")
+    cap = d.find("figcaption")
+    ok(cap and "1 transition shaded" in cap[0].alltext() and "1 spike ringed" in cap[0].alltext(),
+       "loss: the caption counts 1 transition and 1 spike")
 d = check_line("loss", "icl_score_scaled")
 if d is not None:
     fig = d.find("figure")
@@ -339,7 +346,10 @@ check_heat("heads", "prev_token_score", 6 * 8)
 check_heat("lens", "lens_loss", 7)
 
 ttab = doc.find("table", cls="transitions")
-ok(ttab and len(ttab[0].find("tr")) == 1 + 3, "the transitions table lists 3 transitions")
+ok(ttab and len(ttab[0].find("tr")) == 1 + 4, "the transitions table lists 3 transitions and 1 spike")
+ok(ttab and len(ttab[0].find("tr", cls="spike")) == 1, "the spike's row says so")
+h2 = [h for h in doc.find("h2") if "Transitions" in h.alltext()]
+ok(h2 and "Transitions (3) and spikes (1)" in h2[0].alltext(), "the heading counts transitions and spikes")
 
 # ---- SAE lineages ----
 have = sql("SELECT to_regclass('feature_lineages') IS NOT NULL")[0][0] == "t"

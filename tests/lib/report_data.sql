@@ -93,3 +93,10 @@ FROM runs r,
        AS t(item, name, layer, head, idx, a, p, b, mag, score, method)
 JOIN metrics m ON m.item = t.item AND m.name = t.name
 WHERE r.name = :'run';
+
+-- a spike of the loss at step 16 (schema/009_spikes.sql)
+INSERT INTO transitions (run_id, metric_id, start_step, peak_step, end_step, magnitude, score, method, kind,
+                         level_before, level_after)
+SELECT r.id, m.id, 16, 16, 16, 0.5, 12.0, 'test', 'spike', 3.0, 3.5
+FROM runs r JOIN metrics m ON m.item = 'loss' AND m.name = 'loss'
+WHERE r.name = :'run';

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 static const struct battery_item *const items[] = {
     &battery_item_loss,
@@ -24,6 +24,11 @@ static const struct battery_item *const items[] = {
     &battery_item_sae_relu,
     &battery_item_sae_match,
     &battery_item_llc,
+    &battery_item_sae_fixed,
+    &battery_item_patching,
+    &battery_item_attribution,
+    &battery_item_path_patching,
+    &battery_item_circuit,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
@@ -33,6 +38,8 @@ static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_ARTIFACTS] = "artifacts",
     [BATTERY_NEED_PREV_ARTIFACTS] = "prev_artifacts",
     [BATTERY_NEED_TASK_OPTIONAL] = "task_optional",
+    [BATTERY_NEED_SAE_DICTS] = "sae_dicts",
+    [BATTERY_NEED_PAIR_SETS] = "pair_sets",
 };
 
 size_t battery_count(void)
@@ -103,6 +110,9 @@ static int needs_unmet(const struct battery_item *it, const struct battery_ctx *
         return err_set(e, ERR_INVALID, NULL,
                        "needs the run's task.json (next to the checkpoint, in its parent "
                        "directory, or --task FILE) and none was found");
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)) && ctx->nsae_fixed <= 0)
+        return err_set(e, ERR_INVALID, NULL,
+                       "follows fixed SAE dictionaries and none was given (--sae DIR)");
     if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS)) && !ctx->artifacts_dir)
         return err_set(e, ERR_INVALID, NULL,
                        "writes artifacts and no directory was given (--artifacts DIR)");

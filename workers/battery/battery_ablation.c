@@ -92,8 +92,8 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/rng.h"
 #include "workers/battery/battery.h"
-#include "workers/battery/rng.h"
 #include "workers/model/backward.h"
 #include "workers/model/kernels.h"
 

@@ -44,7 +44,7 @@
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/probe_fit.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 #define PROBES_SAMPLE_SEED 0x70726f6265730000ull
 #define PROBES_SHUFFLE_SEED 0x73687566666c6500ull

@@ -1,8 +1,12 @@
 #include "workers/battery/rows.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void rows_init(struct rows *r)
 {
@@ -116,4 +120,83 @@ int rows_write(const struct rows *r, FILE *f, struct err *e)
     if (r->len && fwrite(r->buf, 1, r->len, f) != r->len)
         return err_set(e, ERR_IO, r->item, "cannot write rows");
     return 0;
+}
+
+/* ---- the status file ---- */
+
+/* Write one formatted line with a single write(2): a reader never sees
+ * half a line of a worker that is still running, and a line written is
+ * in the file even if the worker is killed a moment later. */
+static int status_line(struct rows_status *s, struct err *e, const char *fmt, ...) CK_PRINTF(3, 4);
+static int status_line(struct rows_status *s, struct err *e, const char *fmt, ...)
+{
+    if (s->fd < 0)
+        return 0;
+    char line[ERR_MSG_MAX + ERR_CTX_MAX + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return err_set(e, ERR_INVALID, "status", "cannot format a status line");
+    size_t len = (size_t)n < sizeof line - 1 ? (size_t)n : sizeof line - 2;
+    for (size_t i = 0; i < len; i++) /* one line: messages lose their control characters */
+        if ((unsigned char)line[i] < 0x20 && line[i] != '\t')
+            line[i] = ' ';
+    line[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(s->fd, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return err_set(e, ERR_IO, "status", "cannot write the status file: %s",
+                           w < 0 ? strerror(errno) : "nothing written");
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+int rows_status_open(struct rows_status *s, const char *path, struct err *e)
+{
+    s->fd = -1;
+    if (!path)
+        return 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return err_set(e, ERR_IO, path, "cannot create the status file: %s", strerror(errno));
+    s->fd = fd;
+    int rc = status_line(s, e, "%s\t%d", ROWS_STATUS_MAGIC, ROWS_STATUS_VERSION);
+    if (rc < 0)
+        rows_status_close(s);
+    return rc;
+}
+
+int rows_status_started(struct rows_status *s, const char *item, int version, struct err *e)
+{
+    return status_line(s, e, "started\t%s\t%d", item, version);
+}
+
+int rows_status_done(struct rows_status *s, const char *item, int version, size_t rows,
+                     struct err *e)
+{
+    return status_line(s, e, "done\t%s\t%d\t%zu", item, version, rows);
+}
+
+int rows_status_failed(struct rows_status *s, const char *item, int version, const char *why,
+                       struct err *e)
+{
+    char msg[ERR_MSG_MAX + ERR_CTX_MAX + 8];
+    snprintf(msg, sizeof msg, "%s", why && *why ? why : "unknown error");
+    for (char *p = msg; *p; p++) /* the message is the last field: no tab inside */
+        if (*p == '\t')
+            *p = ' ';
+    return status_line(s, e, "failed\t%s\t%d\t%s", item, version, msg);
+}
+
+void rows_status_close(struct rows_status *s)
+{
+    if (s && s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
 }

@@ -18,6 +18,19 @@
  * Rows are buffered per item: an item's rows go out only after the whole
  * item has succeeded, so a failing item never leaves half its rows.
  *
+ * The status file (`analyze --status FILE`) says what became of each item,
+ * one tab-separated line per event, each written with one write(2) after
+ * the rows it vouches for were flushed:
+ *
+ *     ckpt-worker-status <TAB> 1                      first line: the format
+ *     started <TAB> item <TAB> version                the item begins
+ *     done <TAB> item <TAB> version <TAB> rows        its rows are all on stdout
+ *     failed <TAB> item <TAB> version <TAB> message   it failed; no rows of it
+ *
+ * An item with a `done` line has exactly `rows` rows on stdout; any other
+ * rows of an item (a worker killed while writing them) are not vouched for.
+ * The message is one line (control characters become spaces).
+ *
  *     struct rows r;
  *     rows_init(&r);
  *     rows_begin(&r, "weights", 1);
@@ -35,6 +48,10 @@
 
 /* Longest text rows_format_value writes, with its NUL. */
 #define ROWS_VALUE_MAX 32
+
+/* First line of a status file; bump the number when the format changes. */
+#define ROWS_STATUS_MAGIC "ckpt-worker-status"
+#define ROWS_STATUS_VERSION 1
 
 struct rows {
     char *buf;          /* COPY text of the rows added since rows_begin */
@@ -66,6 +83,29 @@ int rows_add(struct rows *r, const char *metric, int layer, int head, int idx,
 
 /* Write the buffered rows to `f` (no flush).  ERR_IO if fwrite fails. */
 int rows_write(const struct rows *r, FILE *f, struct err *e) CK_WUR;
+
+/* ---- the status file ---- */
+
+/* Where item outcomes go: an open status file, or nowhere (fd -1). */
+struct rows_status {
+    int fd;
+};
+
+/* Create (truncate) `path` and write the first line; path NULL: a status
+ * that writes nothing.  ERR_IO naming the file on failure (s->fd is then
+ * -1). */
+int rows_status_open(struct rows_status *s, const char *path, struct err *e) CK_WUR;
+
+/* One line each (see above); no-ops without a file.  ERR_IO on a failed
+ * write.  `why` of failed may be NULL ("unknown error"). */
+int rows_status_started(struct rows_status *s, const char *item, int version, struct err *e) CK_WUR;
+int rows_status_done(struct rows_status *s, const char *item, int version, size_t rows,
+                     struct err *e) CK_WUR;
+int rows_status_failed(struct rows_status *s, const char *item, int version, const char *why,
+                       struct err *e) CK_WUR;
+
+/* Close the file (its lines are already written). Accepts fd -1. */
+void rows_status_close(struct rows_status *s);
 
 /* ---- formatting (exposed for tests) ---- */
 

@@ -9,11 +9,36 @@
 #include "workers/model/vmath.h"
 
 /* Scratch of one thread: (QB,KB) scores / probabilities, (QB,KB) their
- * gradient, (QB,HS) the running z, (QB) row maximum, (QB) row sum. */
+ * gradient, (QB,HS) the running z, (QB) row maximum, (QB) row sum, and
+ * the head's q, k, v copied out of the fused layout, (T,HS) each. */
 size_t attention_scratch_floats(int T, int HS)
 {
-    (void)T;
-    return 2 * (size_t)ATT_BLOCK * ATT_BLOCK + (size_t)ATT_BLOCK * HS + 2 * ATT_BLOCK + 64;
+    return 2 * (size_t)ATT_BLOCK * ATT_KEYS + (size_t)ATT_BLOCK * HS + 2 * ATT_BLOCK +
+           3 * (size_t)T * HS + 64;
+}
+
+/* One head's q, k, v (T,HS) each, dense, from the fused qkv rows of stride
+ * ld: the rows of one head are 3*NH*HS floats apart in qkv, which puts
+ * each on its own page at long contexts; dense copies keep the blocks'
+ * products out of the TLB's way. */
+static void head_copy(float *q, float *k, float *v, const float *src, int T, int ld, int HS)
+{
+    for (int t = 0; t < T; t++) {
+        const float *r = src + (size_t)t * ld;
+        memcpy(q + (size_t)t * HS, r, (size_t)HS * sizeof(float));
+        memcpy(k + (size_t)t * HS, r + HS, (size_t)HS * sizeof(float));
+        memcpy(v + (size_t)t * HS, r + 2 * HS, (size_t)HS * sizeof(float));
+    }
+}
+
+double attention_flops(int B, int T, int NH, int HS)
+{
+    double f = 0.0; /* query block [r0, r1) against keys [0, r1): q k^T and p v */
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        f += 2.0 * 2.0 * (r1 - r0) * r1 * HS;
+    }
+    return f * B * NH;
 }
 
 static int nblocks(int T) { return (T + ATT_BLOCK - 1) / ATT_BLOCK; }
@@ -32,20 +57,34 @@ struct fwd_ctx {
  * factor the row's running z must be scaled by. */
 KERNEL_CLONES static float online_row(float *s, int n, int width, float *m, float *l)
 {
-    float mx = max_row(s, n);
-    float m_new = mx > *m ? mx : *m;
-    float alpha = *m == -INFINITY ? 0.0f : exp_approx(*m - m_new);
-    float acc[16] = {0};
-    int i = exp_blocks16(s, n, m_new, acc);
+    /* whole vectors only: the masked part and the padding up to a multiple
+     * of 16 are -inf, whose exp is taken as exactly 0 */
+    const int w16 = (width + 15) & ~15;
+    for (int i = n; i < w16; i++)
+        s[i] = -INFINITY;
+    float acc[16];
+    for (int j = 0; j < 16; j++)
+        acc[j] = -INFINITY;
+    for (int i = 0; i < w16; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] = s[i + j] > acc[j] ? s[i + j] : acc[j];
+    float mx = acc[0];
+    for (int j = 1; j < 16; j++)
+        mx = acc[j] > mx ? acc[j] : mx;
+    const float m_new = mx > *m ? mx : *m;
+    const float alpha = *m == -INFINITY ? 0.0f : exp_approx(*m - m_new);
+    for (int j = 0; j < 16; j++)
+        acc[j] = 0.0f;
+    for (int i = 0; i < w16; i += 16)
+        for (int j = 0; j < 16; j++) {
+            float x = s[i + j], e = exp_approx(x - m_new);
+            e = x == -INFINITY ? 0.0f : e;
+            s[i + j] = e;
+            acc[j] += e;
+        }
     float sum = 0.0f;
-    for (; i < n; i++) {
-        s[i] = exp_approx(s[i] - m_new);
-        sum += s[i];
-    }
     for (int j = 0; j < 16; j++)
         sum += acc[j];
-    for (i = n; i < width; i++)
-        s[i] = 0.0f;
     *l = *l * alpha + sum;
     *m = m_new;
     return alpha;
@@ -57,46 +96,48 @@ KERNEL_CLONES static void scale_row(float *x, int n, float a)
         x[i] *= a;
 }
 
-/* Task: (batch, head, query block), the longest query blocks first. */
+/* Task: one (batch, head), its query blocks in turn. */
 static void fwd_task(void *vctx, int task, int tid)
 {
     const struct fwd_ctx *c = vctx;
     const int T = c->T, NH = c->NH, HS = c->HS, C = NH * HS, ld = 3 * C;
-    const int qb = c->nqb - 1 - task / (c->B * NH), bh = task % (c->B * NH);
-    const int b = bh / NH, h = bh % NH;
-    const int r0 = qb * ATT_BLOCK, r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, R = r1 - r0;
+    const int b = task / NH, h = task % NH;
     const float scale = 1.0f / sqrtf((float)HS);
     float *S = c->scratch + (size_t)tid * attention_scratch_floats(T, HS);
-    float *O = S + 2 * (size_t)ATT_BLOCK * ATT_BLOCK;
+    float *O = S + 2 * (size_t)ATT_BLOCK * ATT_KEYS;
     float *mrow = O + (size_t)ATT_BLOCK * HS, *lrow = mrow + ATT_BLOCK;
-    const float *q = c->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS;
-    const float *k = q + HS, *v = q + 2 * HS;
-    for (int i = 0; i < R; i++) {
-        mrow[i] = -INFINITY;
-        lrow[i] = 0.0f;
-    }
-    for (int k0 = 0; k0 < r1; k0 += ATT_BLOCK) {
-        const int k1 = k0 + ATT_BLOCK < r1 ? k0 + ATT_BLOCK : r1, KN = k1 - k0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, KN, HS, scale,
-                    q + (size_t)r0 * ld, ld, k + (size_t)k0 * ld, ld, 0.0f, S, ATT_BLOCK);
+    float *q = lrow + ATT_BLOCK, *k = q + (size_t)T * HS, *v = k + (size_t)T * HS;
+    head_copy(q, k, v, c->qkv + (size_t)b * T * ld + (size_t)h * 3 * HS, T, ld, HS);
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        const int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, R = r1 - r0;
         for (int i = 0; i < R; i++) {
-            /* keys up to the row's own position: the diagonal block is the
-             * last one, where row i sees k0..r0+i */
-            int n = k1 <= r0 ? KN : r0 + i + 1 - k0;
-            float a = online_row(S + (size_t)i * ATT_BLOCK, n, KN, &mrow[i], &lrow[i]);
-            if (k0 > 0)
-                scale_row(O + (size_t)i * HS, HS, a);
+            mrow[i] = -INFINITY;
+            lrow[i] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, KN, 1.0f, S, ATT_BLOCK,
-                    v + (size_t)k0 * ld, ld, k0 > 0 ? 1.0f : 0.0f, O, HS);
-    }
-    float *zo = c->z + ((size_t)b * T + r0) * C + (size_t)h * HS;
-    for (int i = 0; i < R; i++) {
-        const float inv = 1.0f / lrow[i];
-        for (int d = 0; d < HS; d++)
-            zo[(size_t)i * C + d] = O[(size_t)i * HS + d] * inv;
-        if (c->lse)
-            c->lse[((size_t)b * NH + h) * T + r0 + i] = mrow[i] + logf(lrow[i]);
+        for (int k0 = 0; k0 < r1; k0 += ATT_KEYS) {
+            const int k1 = k0 + ATT_KEYS < r1 ? k0 + ATT_KEYS : r1, KN = k1 - k0;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, KN, HS, scale,
+                        q + (size_t)r0 * HS, HS, k + (size_t)k0 * HS, HS, 0.0f, S, ATT_KEYS);
+            for (int i = 0; i < R; i++) {
+                /* keys up to the row's own position: the last block (the
+                 * one that reaches the query block) is where row i sees
+                 * k0..r0+i */
+                int n = k1 <= r0 ? KN : r0 + i + 1 - k0;
+                float a = online_row(S + (size_t)i * ATT_KEYS, n, KN, &mrow[i], &lrow[i]);
+                if (k0 > 0)
+                    scale_row(O + (size_t)i * HS, HS, a);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, KN, 1.0f, S, ATT_KEYS,
+                        v + (size_t)k0 * HS, HS, k0 > 0 ? 1.0f : 0.0f, O, HS);
+        }
+        float *zo = c->z + ((size_t)b * T + r0) * C + (size_t)h * HS;
+        for (int i = 0; i < R; i++) {
+            const float inv = 1.0f / lrow[i];
+            for (int d = 0; d < HS; d++)
+                zo[(size_t)i * C + d] = O[(size_t)i * HS + d] * inv;
+            if (c->lse)
+                c->lse[((size_t)b * NH + h) * T + r0 + i] = mrow[i] + logf(lrow[i]);
+        }
     }
 }
 
@@ -104,7 +145,7 @@ void attention_forward(float *z, float *lse, const float *qkv, float *scratch, i
                        int NH, int HS)
 {
     struct fwd_ctx c = {z, lse, scratch, qkv, B, T, NH, HS, nblocks(T)};
-    pool_for(B * NH * c.nqb, fwd_task, &c, 1);
+    pool_for(B * NH, fwd_task, &c, 1);
 }
 
 /* ---- fused backward ---- */
@@ -139,8 +180,8 @@ static void bwd_task(void *vctx, int task, int tid)
     const int b = task / NH, h = task % NH;
     const float scale = 1.0f / sqrtf((float)HS);
     float *P = c->scratch + (size_t)tid * attention_scratch_floats(T, HS);
-    float *dP = P + (size_t)ATT_BLOCK * ATT_BLOCK;
-    float *Drow = dP + (size_t)ATT_BLOCK * ATT_BLOCK;
+    float *dP = P + (size_t)ATT_BLOCK * ATT_KEYS;
+    float *Drow = dP + (size_t)ATT_BLOCK * ATT_KEYS;
     const size_t base = (size_t)b * T * ld + (size_t)h * 3 * HS;
     const float *q = c->qkv + base, *k = q + HS, *v = q + 2 * HS;
     float *dq = c->dqkv + base, *dk = dq + HS, *dv = dq + 2 * HS;
@@ -158,26 +199,26 @@ static void bwd_task(void *vctx, int task, int tid)
                 s += a[d] * zz[d];
             Drow[i] = s;
         }
-        for (int k0 = 0; k0 < r1; k0 += ATT_BLOCK) {
-            const int k1 = k0 + ATT_BLOCK < r1 ? k0 + ATT_BLOCK : r1, KN = k1 - k0;
+        for (int k0 = 0; k0 < r1; k0 += ATT_KEYS) {
+            const int k1 = k0 + ATT_KEYS < r1 ? k0 + ATT_KEYS : r1, KN = k1 - k0;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, KN, HS, scale,
-                        q + (size_t)r0 * ld, ld, k + (size_t)k0 * ld, ld, 0.0f, P, ATT_BLOCK);
+                        q + (size_t)r0 * ld, ld, k + (size_t)k0 * ld, ld, 0.0f, P, ATT_KEYS);
             for (int i = 0; i < R; i++) {
                 int n = k1 <= r0 ? KN : r0 + i + 1 - k0;
-                probs_row(P + (size_t)i * ATT_BLOCK, n, KN, lse[r0 + i]);
+                probs_row(P + (size_t)i * ATT_KEYS, n, KN, lse[r0 + i]);
             }
             /* dP = dz v^T; dv += P^T dz */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, KN, HS, 1.0f,
-                        dzh + (size_t)r0 * C, C, v + (size_t)k0 * ld, ld, 0.0f, dP, ATT_BLOCK);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, KN, HS, R, 1.0f, P, ATT_BLOCK,
+                        dzh + (size_t)r0 * C, C, v + (size_t)k0 * ld, ld, 0.0f, dP, ATT_KEYS);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, KN, HS, R, 1.0f, P, ATT_KEYS,
                         dzh + (size_t)r0 * C, C, 1.0f, dv + (size_t)k0 * ld, ld);
             for (int i = 0; i < R; i++)
-                dscores_row(dP + (size_t)i * ATT_BLOCK, P + (size_t)i * ATT_BLOCK, KN, Drow[i],
+                dscores_row(dP + (size_t)i * ATT_KEYS, P + (size_t)i * ATT_KEYS, KN, Drow[i],
                             scale);
             /* dq += dS k; dk += dS^T q (masked entries of dS are 0: P is) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, KN, 1.0f, dP,
-                        ATT_BLOCK, k + (size_t)k0 * ld, ld, 1.0f, dq + (size_t)r0 * ld, ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, KN, HS, R, 1.0f, dP, ATT_BLOCK,
+                        ATT_KEYS, k + (size_t)k0 * ld, ld, 1.0f, dq + (size_t)r0 * ld, ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, KN, HS, R, 1.0f, dP, ATT_KEYS,
                         q + (size_t)r0 * ld, ld, 1.0f, dk + (size_t)k0 * ld, ld);
         }
     }

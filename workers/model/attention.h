@@ -8,7 +8,7 @@
  * - fused (attention_forward): scores, causal mask, softmax and z in one
  *   pass over blocks of keys, with an online softmax (a running row maximum
  *   and sum; FlashAttention, Dao et al. 2022): per block of ATT_BLOCK query
- *   rows, for each block of ATT_BLOCK keys it may see, S = q k^T (sgemm),
+ *   rows, for each block of ATT_KEYS keys it may see, S = q k^T (sgemm),
  *   P = exp(S - m), z = z * exp(m_old - m) + P v (sgemm).  Nothing of size
  *   T x T is ever stored: a block's scores stay in a per-thread scratch
  *   that fits the cache.  It keeps each row's log-sum-exp for the
@@ -28,12 +28,24 @@
 
 #include <stddef.h>
 
-/* Query rows per block, and keys per block of the fused kernel: one value
- * for the forward, the backward and the FLOP count. */
+/* The block sizes, defined here only: query rows per block (the fused and
+ * the materialised paths, forward and backward), and keys per block of the
+ * fused kernel (a multiple of ATT_BLOCK; its last block of a query block
+ * ends at the query block's end, so only the causal part is computed). */
+#ifndef ATT_BLOCK
 #define ATT_BLOCK 128
+#endif
+#ifndef ATT_KEYS
+#define ATT_KEYS 512
+#endif
 
 /* Floats of per-thread scratch the fused kernels need at context T. */
 size_t attention_scratch_floats(int T, int HS);
+
+/* Floating-point operations of attention at (B,T) as both paths compute
+ * it: each block of query rows [r0, r1) against keys [0, r1), q k^T and
+ * p v, 2*M*N*K each. */
+double attention_flops(int B, int T, int NH, int HS);
 
 /* Fused causal attention.  z (B,T,NH,HS) = softmax(q k^T / sqrt(HS), causal)
  * v; lse (B,NH,T) (may be NULL) = log sum_j exp(s_ij) of each query row;

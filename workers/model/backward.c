@@ -9,6 +9,7 @@
 
 #include "workers/model/attention.h"
 #include "workers/model/kernels.h"
+#include "workers/model/pool.h"
 #include "workers/model/tape.h"
 
 /* ---- parameters ---- */
@@ -154,16 +155,24 @@ static void colsum_add(float *db, const float *d, int N, int M)
     }
 }
 
-/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks. */
-static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+/* dh (n) *= GELU'(x (n)): exact erf or tanh form, vectorised in chunks,
+ * blocks of them on the model's threads. */
+struct gelu_bjob {
+    float *dh;
+    const float *x;
+    int tanh_form;
+};
+
+static void gelu_backward_part(const void *ctx, size_t lo, size_t hi)
 {
+    const struct gelu_bjob *j = ctx;
     enum { CH = 256 };
     float a[CH], b[CH];
-    for (size_t i0 = 0; i0 < n; i0 += CH) {
-        size_t m = n - i0 < CH ? n - i0 : CH;
-        const float *xi = x + i0;
-        float *d = dh + i0;
-        if (!tanh_form) {
+    for (size_t i0 = lo; i0 < hi; i0 += CH) {
+        size_t m = hi - i0 < CH ? hi - i0 : CH;
+        const float *xi = j->x + i0;
+        float *d = j->dh + i0;
+        if (!j->tanh_form) {
             for (size_t i = 0; i < m; i++) {
                 a[i] = xi[i] * 0.70710678118654752f;
                 b[i] = -0.5f * xi[i] * xi[i];
@@ -187,6 +196,12 @@ static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
             }
         }
     }
+}
+
+static void gelu_backward(float *dh, const float *x, size_t n, int tanh_form)
+{
+    struct gelu_bjob j = {dh, x, tanh_form};
+    pool_rows(n, 1, gelu_backward_part, &j);
 }
 
 double gptneox_xent_dlogits(float *dlogits, const float *logits, const int *targets, int N,
@@ -489,20 +504,16 @@ static int attention_backward_layer(const struct bwd *w, int l, const float *d, 
         }
         for (int h = 0; h < NH; h++) {
             if (G)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, HS, N, 1.0f,
-                            dr + (size_t)h * C, NH * C, y->z + (size_t)h * HS, C, 1.0f,
-                            G->attn_w + (size_t)h * HS, C);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, HS, C, 1.0f,
-                        dr + (size_t)h * C, NH * C, L->attn_w + (size_t)h * HS, C, 0.0f,
-                        tp->dz + (size_t)h * HS, C);
+                sgemm_par(1, 0, C, HS, N, 1.0f, dr + (size_t)h * C, NH * C, y->z + (size_t)h * HS,
+                          C, 1.0f, G->attn_w + (size_t)h * HS, C);
+            sgemm_par(0, 0, N, HS, C, 1.0f, dr + (size_t)h * C, NH * C, L->attn_w + (size_t)h * HS,
+                      C, 0.0f, tp->dz + (size_t)h * HS, C);
         }
         free(dr);
     } else {
         if (G)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, C, N, 1.0f, d, C, y->z, C,
-                        1.0f, G->attn_w, C);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, C, 1.0f, d, C, L->attn_w,
-                    C, 0.0f, tp->dz, C);
+            sgemm_par(1, 0, C, C, N, 1.0f, d, C, y->z, C, 1.0f, G->attn_w, C);
+        sgemm_par(0, 0, N, C, C, 1.0f, d, C, L->attn_w, C, 0.0f, tp->dz, C);
     }
     if ((rc = ghook(w, HOOK_ATTN_Z, l, tp->dz)) < 0)
         return rc;
@@ -520,12 +531,10 @@ static int attention_backward_layer(const struct bwd *w, int l, const float *d, 
         return rc;
     if (!heads) {
         if (G) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * C, C, N, 1.0f, tp->dqkv, ld,
-                        y->ln1, C, 1.0f, G->qkv_w, C);
+            sgemm_par(1, 0, 3 * C, C, N, 1.0f, tp->dqkv, ld, y->ln1, C, 1.0f, G->qkv_w, C);
             colsum_add(G->qkv_b, tp->dqkv, N, 3 * C);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, 3 * C, 1.0f, tp->dqkv, ld,
-                    L->qkv_w, C, 0.0f, dln1, C);
+        sgemm_par(0, 0, N, C, 3 * C, 1.0f, tp->dqkv, ld, L->qkv_w, C, 0.0f, dln1, C);
         return 0;
     }
     /* per head: head h's q, k, v came from its own ln1 row */
@@ -534,16 +543,14 @@ static int attention_backward_layer(const struct bwd *w, int l, const float *d, 
         const float *dq = tp->dqkv + (size_t)h * 3 * HS;
         const float *wq = L->qkv_w + (size_t)h * 3 * HS * C;
         if (G) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * HS, C, N, 1.0f, dq, ld,
-                        lnh ? y->ln1 + (size_t)h * C : y->ln1, lnh ? NH * C : C, 1.0f,
-                        G->qkv_w + (size_t)h * 3 * HS * C, C);
+            sgemm_par(1, 0, 3 * HS, C, N, 1.0f, dq, ld, lnh ? y->ln1 + (size_t)h * C : y->ln1,
+                      lnh ? NH * C : C, 1.0f, G->qkv_w + (size_t)h * 3 * HS * C, C);
             if (G->qkv_b)
                 for (int n = 0; n < N; n++)
                     for (int j = 0; j < 3 * HS; j++)
                         G->qkv_b[(size_t)h * 3 * HS + j] += dq[(size_t)n * ld + j];
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, 3 * HS, 1.0f, dq, ld, wq, C,
-                    0.0f, dln1 + (size_t)h * C, NH * C);
+        sgemm_par(0, 0, N, C, 3 * HS, 1.0f, dq, ld, wq, C, 0.0f, dln1 + (size_t)h * C, NH * C);
     }
     return 0;
 }
@@ -648,24 +655,20 @@ static int mlp_backward(const struct bwd *w, int l, const float *d)
                 gelu_tanh_forward(tp->hre, (size_t)N * F);
             h = tp->hre;
         }
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, F, N, 1.0f, d, C, h, F, 1.0f,
-                    G->proj_w, F);
+        sgemm_par(1, 0, C, F, N, 1.0f, d, C, h, F, 1.0f, G->proj_w, F);
         colsum_add(G->proj_b, d, N, C);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, F, C, 1.0f, d, C, L->proj_w, F,
-                0.0f, tp->dh, F);
+    sgemm_par(0, 0, N, F, C, 1.0f, d, C, L->proj_w, F, 0.0f, tp->dh, F);
     if ((rc = ghook(w, HOOK_MLP_POST, l, tp->dh)) < 0)
         return rc;
     gelu_backward(tp->dh, y->hpre, (size_t)N * F, c->act != ACT_GELU);
     if ((rc = ghook(w, HOOK_MLP_PRE, l, tp->dh)) < 0)
         return rc;
     if (G) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, N, 1.0f, tp->dh, F, y->ln2, C,
-                    1.0f, G->fc_w, C);
+        sgemm_par(1, 0, F, C, N, 1.0f, tp->dh, F, y->ln2, C, 1.0f, G->fc_w, C);
         colsum_add(G->fc_b, tp->dh, N, F);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, F, 1.0f, tp->dh, F, L->fc_w, C,
-                0.0f, tp->dln2, C);
+    sgemm_par(0, 0, N, C, F, 1.0f, tp->dh, F, L->fc_w, C, 0.0f, tp->dln2, C);
     return 0;
 }
 
@@ -748,10 +751,8 @@ int gptneox_backward(struct gptneox *m, struct gptneox_tape *tp, const float *dl
         memset(grads->block, 0, grads->block_floats * sizeof(float));
     /* unembedding and final LayerNorm */
     if (grads)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, tp->lnf,
-                    C, 1.0f, grads->unembed, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, m->unembed,
-                C, 0.0f, tp->dln1, C);
+        sgemm_par(1, 0, V, C, N, 1.0f, dlogits, V, tp->lnf, C, 1.0f, grads->unembed, C);
+    sgemm_par(0, 0, N, C, V, 1.0f, dlogits, V, m->unembed, C, 0.0f, tp->dln1, C);
     memset(tp->dres, 0, NC * sizeof(float));
     const struct ln_bpoint pf = {HOOK_LN_FINAL_SCALE, HOOK_LN_FINAL, -1, 0};
     if ((rc = ln_backward(&w, &pf, tp->dres, grads ? grads->lnf_w : NULL,

@@ -12,6 +12,7 @@
 #include <cblas.h>
 
 #include "common/log.h"
+#include "common/rng.h"
 #include "workers/model/attention.h"
 #include "workers/model/checkpoint.h"
 #include "workers/model/kernels.h"
@@ -89,8 +90,8 @@ int hook_parse(const char *name, enum hook_kind *k, int *layer)
             *layer = -1;
             return 0;
         }
-    if (strncmp(name, "blocks.", 7) != 0)
-        return ERR_NOTFOUND;
+    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
+        return ERR_NOTFOUND; /* the layer in digits: no sign, no blank */
     char *end = NULL;
     long l = strtol(name + 7, &end, 10);
     if (end == name + 7 || *end != '.' || l < 0 || l > 100000 || !isdigit((unsigned char)name[7]))
@@ -512,26 +513,11 @@ out:
     return rc;
 }
 
-/* splitmix64 and Box-Muller: a deterministic normal stream. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float normal(uint64_t *s)
-{
-    double u1 = ((splitmix(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (splitmix(s) >> 11) / 9007199254740992.0;
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
+/* n draws of N(mean, std^2) from the normal stream of common/rng.h. */
 static void fill(float *p, size_t n, uint64_t *s, float mean, float std)
 {
     for (size_t i = 0; p && i < n; i++)
-        p[i] = mean + std * normal(s);
+        p[i] = mean + std * (float)rng_normal(s);
 }
 
 int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e)
@@ -980,9 +966,8 @@ static int attn_forward(struct gptneox *m, const struct fwd_bufs *fb, struct tap
             const float *bias = L->qkv_b ? L->qkv_b + (size_t)h * 3 * HS : NULL;
             for (int n = 0; n < N && bias; n++)
                 memcpy(out + (size_t)n * 3 * C, bias, 3 * (size_t)HS * sizeof(float));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, 3 * HS, C, 1.0f,
-                        lb->ln1 + (size_t)h * C, NH * C, L->qkv_w + (size_t)h * 3 * HS * C, C,
-                        bias ? 1.0f : 0.0f, out, 3 * C);
+            sgemm_par(0, 1, N, 3 * HS, C, 1.0f, lb->ln1 + (size_t)h * C, NH * C,
+                      L->qkv_w + (size_t)h * 3 * HS * C, C, bias ? 1.0f : 0.0f, out, 3 * C);
         }
     } else {
         if ((rc = ln_forward(m, &ln1, lb->ln1, lb->mean1, lb->rstd1, lb->scale1, lb->ln1n, fb->x,
@@ -1023,9 +1008,8 @@ static int attn_forward(struct gptneox *m, const struct fwd_bufs *fb, struct tap
         /* result[:, h] = z[:, h] W_O[:, h]^T; attn_out = sum over heads + b_O */
         float *res = fb->hbuf;
         for (int h = 0; h < NH; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, HS, 1.0f,
-                        lb->z + (size_t)h * HS, C, L->attn_w + (size_t)h * HS, C, 0.0f,
-                        res + (size_t)h * C, NH * C);
+            sgemm_par(0, 1, N, C, HS, 1.0f, lb->z + (size_t)h * HS, C, L->attn_w + (size_t)h * HS,
+                      C, 0.0f, res + (size_t)h * C, NH * C);
         if ((rc = hooks_call(m, hooks, nh, HOOK_ATTN_RESULT, l, res, B, T, 0, e)) < 0)
             return rc;
         for (int n = 0; n < N; n++) {
@@ -1065,7 +1049,7 @@ static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, in
         return rc;
     /* MLP: on the layer's input (parallel) or after the attention (sequential) */
     if (!c->parallel_residual) {
-        add_inplace(x, fb->attn_out, NC);
+        vadd(x, fb->attn_out, NULL, NC);
         if ((rc = hooks_call(m, hooks, nh, HOOK_RESID_MID, l, x, B, T, 0, e)) < 0)
             return rc;
         if (lb.x_mid)
@@ -1097,10 +1081,25 @@ static int layer_forward(struct gptneox *m, const struct fwd_bufs *fb, int l, in
     matmul_forward(fb->mlp_out, h, L->proj_w, L->proj_b, N, F, C);
     if ((rc = hooks_call(m, hooks, nh, HOOK_MLP_OUT, l, fb->mlp_out, B, T, 0, e)) < 0)
         return rc;
-    if (c->parallel_residual)
-        add_inplace(x, fb->attn_out, NC);
-    add_inplace(x, fb->mlp_out, NC);
+    /* parallel: x = (x + attn_out) + mlp_out; sequential: x += mlp_out */
+    vadd(x, c->parallel_residual ? fb->attn_out : fb->mlp_out,
+         c->parallel_residual ? fb->mlp_out : NULL, NC);
     return hooks_call(m, hooks, nh, HOOK_RESID_POST, l, x, B, T, 0, e);
+}
+
+struct embed_job {
+    float *x;
+    const float *embed;
+    const int *tokens;
+    int C;
+};
+
+static void embed_rows(const void *ctx, size_t lo, size_t hi)
+{
+    const struct embed_job *j = ctx;
+    for (size_t n = lo; n < hi; n++)
+        memcpy(j->x + n * j->C, j->embed + (size_t)j->tokens[n] * j->C,
+               (size_t)j->C * sizeof(float));
 }
 
 /* The forward from tokens (resid NULL, first_layer 0) or resumed at
@@ -1157,9 +1156,8 @@ static int forward_impl(struct gptneox *m, struct gptneox_tape *tape, const int 
     if (resid) {
         memcpy(fb.x, resid, (size_t)N * C * sizeof(float));
     } else {
-        for (int n = 0; n < N; n++)
-            memcpy(fb.x + (size_t)n * C, m->embed + (size_t)tokens[n] * C,
-                   (size_t)C * sizeof(float));
+        struct embed_job ej = {fb.x, m->embed, tokens, C};
+        pool_rows((size_t)N, (size_t)C, embed_rows, &ej);
         if ((rc = hooks_call(m, hooks, nh, HOOK_EMBED, -1, fb.x, B, T, 0, e)) < 0)
             goto out;
     }
@@ -1265,11 +1263,6 @@ double gptneox_forward_flops(const struct gptneox_config *c, int B, int T)
 {
     double N = (double)B * T, C = c->d_model, F = c->d_mlp, V = c->vocab_size;
     double per_layer = 2 * N * C * 3 * C + 2 * N * C * C + 2 * N * C * F + 2 * N * F * C;
-    double att = 0.0; /* causal blocks as attention.c computes them */
-    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-        att += 2.0 * 2.0 * (r1 - r0) * r1 * c->d_head;
-    }
-    att *= (double)B * c->n_heads;
+    double att = attention_flops(B, T, c->n_heads, c->d_head);
     return c->n_layers * (per_layer + att) + 2 * N * C * V;
 }

@@ -4,7 +4,9 @@
  * Dense work goes through cblas_sgemm on whole batches (all B*T rows at
  * once); the element-wise kernels here are plain loops written so the
  * compiler vectorises them (no calls into libm inside the hot loops: exp and
- * erf are evaluated by polynomials accurate to ~2 ulp of float).
+ * erf are evaluated by polynomials accurate to ~2 ulp of float), run in
+ * blocks of rows on the model's threads (pool.h) when there is enough
+ * work; the results do not depend on the thread count.
  *
  * Shapes are given in the first comment line of each kernel, output first.
  * Letters: N rows (B*T), C d_model, K in-features, M out-features.
@@ -14,7 +16,16 @@
 
 #include <stddef.h>
 
-/* out (N,M) = inp (N,K) @ w(M,K)^T + b (M); b may be NULL. One sgemm. */
+/* cblas_sgemm (row-major) with the work split over the model's threads
+ * (pool.h): blocks of C's rows, or of its columns when C is wider than
+ * tall, each one single-threaded sgemm.  A block's products run over the
+ * whole K as one sgemm would, so the numbers are those of one thread,
+ * whatever the thread count; OpenBLAS's own threads are not used.  Must
+ * not be called from a pool task. */
+void sgemm_par(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* out (N,M) = inp (N,K) @ w(M,K)^T + b (M); b may be NULL. One sgemm_par. */
 void matmul_forward(float *out, const float *inp, const float *w, const float *b,
                     int N, int K, int M);
 
@@ -37,6 +48,10 @@ void layernorm_scale(float *mean, float *scale, float *rstd, const float *inp, i
 void layernorm_normalize(float *out, const float *inp, const float *mean, const float *scale,
                          int N, int C);
 void layernorm_affine(float *x, const float *w, const float *b, int N, int C);
+
+/* x (n) += y (n), or x = (x + y) + z with z (n) not NULL (in that order,
+ * so a parallel residual's update rounds as two adds would). */
+void vadd(float *x, const float *y, const float *z, size_t n);
 
 /* x (n) <- 0.5 x (1 + erf(x / sqrt 2)), in place (exact-erf GELU). */
 void gelu_forward(float *x, size_t n);

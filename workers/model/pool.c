@@ -120,16 +120,20 @@ void pool_for(int n, pool_task_fn fn, void *ctx, int blas)
     if (n <= 0)
         return;
     int workers = want > 1 && n > 1 ? start_workers(want) : 0;
-    if (workers == 0) {
-        for (int i = 0; i < n; i++)
-            fn(ctx, i, 0);
-        return;
-    }
+    /* tasks call BLAS single-threaded however many threads run them, so
+     * their results do not depend on the thread count */
     int blas_threads = 0;
     if (blas) {
         blas_threads = openblas_get_num_threads();
         if (blas_threads > 1)
             openblas_set_num_threads(1);
+    }
+    if (workers == 0) {
+        for (int i = 0; i < n; i++)
+            fn(ctx, i, 0);
+        if (blas && blas_threads > 1)
+            openblas_set_num_threads(blas_threads);
+        return;
     }
     P.n = n;
     P.fn = fn;
@@ -165,4 +169,38 @@ void pool_split(int total, int n, int i, int align, int *lo, int *hi)
     int a = (int)((long long)units * i / n), b = (int)((long long)units * (i + 1) / n);
     *lo = a * align < total ? a * align : total;
     *hi = b * align < total ? b * align : total;
+}
+
+/* Below this many elements a loop runs inline. */
+#define POOL_ROWS_MIN ((size_t)1 << 15)
+
+struct rows_job {
+    pool_rows_fn fn;
+    const void *ctx;
+    size_t n, chunk;
+};
+
+static void rows_task(void *vctx, int i, int tid)
+{
+    (void)tid;
+    const struct rows_job *j = vctx;
+    size_t lo = (size_t)i * j->chunk, hi = lo + j->chunk < j->n ? lo + j->chunk : j->n;
+    if (lo < hi)
+        j->fn(j->ctx, lo, hi);
+}
+
+void pool_rows(size_t n, size_t cost, pool_rows_fn fn, const void *ctx)
+{
+    int th = pool_threads();
+    if (n == 0)
+        return;
+    if (th <= 1 || n < 2 || n * (cost ? cost : 1) < POOL_ROWS_MIN) {
+        fn(ctx, 0, n);
+        return;
+    }
+    /* a few chunks per thread, so a thread slowed by another process
+     * does not hold the others up */
+    size_t tasks = (size_t)th * 4 < n ? (size_t)th * 4 : n;
+    struct rows_job j = {fn, ctx, n, (n + tasks - 1) / tasks};
+    pool_for((int)((n + j.chunk - 1) / j.chunk), rows_task, &j, 0);
 }

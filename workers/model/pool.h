@@ -8,7 +8,9 @@
  * runs more threads than the user asked for: while a parallel loop whose
  * tasks call BLAS runs, OpenBLAS is set to one thread (Debian's pthread
  * OpenBLAS 0.3.21 has no per-thread setting; the model's threads are the
- * only callers), and its count is restored afterwards.  Tasks are handed
+ * only callers), and its count is restored afterwards; also when the loop
+ * runs inline, so what the tasks compute does not depend on the number of
+ * threads.  Tasks are handed
  * out in index order from a shared counter, so callers list expensive
  * tasks first; each task must write only its own outputs, so results do
  * not depend on which thread ran what.
@@ -22,6 +24,8 @@
  */
 #ifndef CKPTD_POOL_H
 #define CKPTD_POOL_H
+
+#include <stddef.h>
 
 /* A task: index i in [0, n), run by thread tid in [0, pool_threads()). */
 typedef void (*pool_task_fn)(void *ctx, int i, int tid);
@@ -39,5 +43,12 @@ void pool_for(int n, pool_task_fn fn, void *ctx, int blas);
 /* [*lo, *hi): the part of [0, total) that task i of n covers, in whole
  * multiples of `align` except the last. */
 void pool_split(int total, int n, int i, int align, int *lo, int *hi);
+
+/* fn(ctx, lo, hi) over [0, n) in chunks on the pool's threads, for loops
+ * whose rows are independent (element-wise kernels); `cost` is the work of
+ * one row (elements touched).  Small loops (n * cost below a few ten
+ * thousand) run inline: waking threads would cost more. */
+typedef void (*pool_rows_fn)(const void *ctx, size_t lo, size_t hi);
+void pool_rows(size_t n, size_t cost, pool_rows_fn fn, const void *ctx);
 
 #endif

@@ -82,6 +82,21 @@ static int check_config(const struct train_config *c, int V, int T, struct err *
         return err_set(e, ERR_INVALID, NULL, "--init-std must be in (0, 10), got %g", c->init_std);
     if (c->warmup < 0)
         return err_set(e, ERR_INVALID, NULL, "--warmup must be >= 0");
+    if (c->decay_start < 0 || c->decay_steps < 0 || c->decay_start > c->steps)
+        return err_set(e, ERR_INVALID, NULL,
+                       "--decay-start must be in [0, --steps] and --decay-steps >= 0");
+    if (c->decay_start > 0 && !(c->decay_to >= 0 && c->decay_to <= 1))
+        return err_set(e, ERR_INVALID, NULL, "--decay-to must be in [0, 1], got %g", c->decay_to);
+    if (c->spike_step < 0 || c->spike_step > c->steps)
+        return err_set(e, ERR_INVALID, NULL, "--lr-spike step must be in [0, --steps], got %ld",
+                       c->spike_step);
+    if (c->spike_step > 0 && !(c->spike_factor > 0 && c->lr * c->spike_factor < 10 &&
+                               c->lr * c->spike_factor * c->weight_decay < 1))
+        return err_set(e, ERR_INVALID, NULL,
+                       "--lr-spike factor must be > 0 with lr * factor < 10 and "
+                       "lr * factor * wd < 1, got %g", c->spike_factor);
+    if (c->eval_every < 0)
+        return err_set(e, ERR_INVALID, NULL, "--eval-every must be >= 0");
     for (size_t i = 0; i < c->ncheckpoints; i++)
         if (c->checkpoints[i] < 0 || c->checkpoints[i] > c->steps ||
             (i > 0 && c->checkpoints[i] <= c->checkpoints[i - 1]))
@@ -98,7 +113,7 @@ static json_t *run_json(const struct train_config *c, const struct gptneox_confi
     json_t *cks = json_array();
     for (size_t i = 0; i < c->ncheckpoints; i++)
         json_array_append_new(cks, json_integer(c->checkpoints[i]));
-    return json_pack("{s:I, s:I, s:{s:s, s:f, s:f, s:f, s:f, s:f, s:I, s:s}, "
+    json_t *o = json_pack("{s:I, s:I, s:{s:s, s:f, s:f, s:f, s:f, s:f, s:I, s:s}, "
                      "s:{s:i, s:i, s:i, s:i, s:f, s:b, s:f}, s:o}",
                      "steps", (json_int_t)c->steps, "model_seed", (json_int_t)c->seed,
                      "optimizer", "name", "adamw", "lr", c->lr, "weight_decay", c->weight_decay,
@@ -108,6 +123,47 @@ static json_t *run_json(const struct train_config *c, const struct gptneox_confi
                      mc->n_layers, "d_model", mc->d_model, "heads", mc->n_heads, "d_mlp",
                      mc->d_mlp, "rotary_pct", mc->rotary_pct, "parallel_residual",
                      mc->parallel_residual, "init_std", c->init_std, "checkpoints", cks);
+    /* the schedule's extras only when used, so plain runs keep their files */
+    json_t *opt = o ? json_object_get(o, "optimizer") : NULL;
+    if (opt && c->decay_start > 0) {
+        json_object_set_new(opt, "decay_start", json_integer(c->decay_start));
+        json_object_set_new(opt, "decay_steps", json_integer(c->decay_steps));
+        json_object_set_new(opt, "decay_to", json_real(c->decay_to));
+    }
+    if (opt && c->spike_step > 0) {
+        json_object_set_new(opt, "spike_step", json_integer(c->spike_step));
+        json_object_set_new(opt, "spike_factor", json_real(c->spike_factor));
+    }
+    return o;
+}
+
+double train_lr_at(const struct train_config *c, long step)
+{
+    double lr = c->lr;
+    if (c->warmup > 0 && step < c->warmup)
+        lr *= (double)(step + 1) / (double)c->warmup;
+    if (c->decay_start > 0 && step >= c->decay_start) {
+        long into = step - c->decay_start;
+        double f = c->decay_steps > 0 && into < c->decay_steps
+                       ? 1.0 - (1.0 - c->decay_to) * (double)into / (double)c->decay_steps
+                       : c->decay_to;
+        lr *= f;
+    }
+    if (c->spike_step > 0 && step == c->spike_step)
+        lr *= c->spike_factor;
+    return lr;
+}
+
+/* One line {"step":N, name: value, ...} of the four task metrics. */
+static int log_metrics(FILE *f, const char *out, const char *file, long step,
+                       const char *const *names, const struct task_metrics *mt, struct err *e)
+{
+    fprintf(f, "{\"step\":%ld,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g}\n", step,
+            names[0], mt->train_loss, names[1], mt->train_acc, names[2], mt->test_loss, names[3],
+            mt->test_acc);
+    if (fflush(f) != 0)
+        return err_set(e, ERR_IO, out, "writing %s: %s", file, strerror(errno));
+    return 0;
 }
 
 int train_run(const struct train_config *c, struct err *e)
@@ -116,7 +172,7 @@ int train_run(const struct train_config *c, struct err *e)
     struct gptneox *m = NULL, *g = NULL;
     struct gptneox_tape *tape = NULL;
     struct adamw *opt = NULL;
-    FILE *log = NULL;
+    FILE *log = NULL, *dense = NULL;
     json_t *extra = NULL;
     char path[4200];
     int rc;
@@ -149,14 +205,26 @@ int train_run(const struct train_config *c, struct err *e)
         rc = err_set(e, ERR_IO, path, "cannot open for writing: %s", strerror(errno));
         goto out;
     }
+    if (c->eval_every > 0) {
+        snprintf(path, sizeof path, "%s/eval_log.jsonl", c->out);
+        if (!(dense = fopen(path, "w"))) {
+            rc = err_set(e, ERR_IO, path, "cannot open for writing: %s", strerror(errno));
+            goto out;
+        }
+    }
     const char *const *names = task_metric_names(task);
     double t0 = now_s(), last_loss = NAN;
     size_t ci = 0;
     for (long step = 0;; step++) {
-        if (ci < c->ncheckpoints && c->checkpoints[ci] == step) {
-            struct task_metrics mt;
-            if ((rc = task_eval(task, m, &mt, e)) < 0)
-                goto out;
+        int is_ckpt = ci < c->ncheckpoints && c->checkpoints[ci] == step;
+        int is_eval = dense && (step % c->eval_every == 0 || step == c->steps);
+        struct task_metrics mt;
+        if ((is_ckpt || is_eval) && (rc = task_eval(task, m, &mt, e)) < 0)
+            goto out;
+        if ((is_ckpt || is_eval) && dense &&
+            (rc = log_metrics(dense, c->out, "eval_log.jsonl", step, names, &mt, e)) < 0)
+            goto out;
+        if (is_ckpt) {
             snprintf(path, sizeof path, "%s/step%ld", c->out, step);
             if ((rc = gptneox_save(m, path, ST_F32, e)) < 0)
                 goto out;
@@ -166,13 +234,8 @@ int train_run(const struct train_config *c, struct err *e)
             snprintf(tpath, sizeof tpath, "%s/task.json", path);
             if ((rc = task_write_json(task, tpath, extra, e)) < 0)
                 goto out;
-            fprintf(log, "{\"step\":%ld,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g,\"%s\":%.7g}\n", step,
-                    names[0], mt.train_loss, names[1], mt.train_acc, names[2], mt.test_loss,
-                    names[3], mt.test_acc);
-            if (fflush(log) != 0) {
-                rc = err_set(e, ERR_IO, c->out, "writing train_log.jsonl: %s", strerror(errno));
+            if ((rc = log_metrics(log, c->out, "train_log.jsonl", step, names, &mt, e)) < 0)
                 goto out;
-            }
             if (c->progress)
                 fprintf(c->progress,
                         "step %7ld  %s %.4f  %s %.4f  %s %.4f  %s %.4f  [checkpoint, %.1f s]\n",
@@ -197,15 +260,14 @@ int train_run(const struct train_config *c, struct err *e)
             goto out;
         }
         last_loss = loss;
-        double lr = c->lr;
-        if (c->warmup > 0 && step < c->warmup)
-            lr *= (double)(step + 1) / (double)c->warmup;
-        adamw_step(opt, m, g, lr);
+        adamw_step(opt, m, g, train_lr_at(c, step));
     }
     rc = 0;
 out:
     if (log && fclose(log) != 0 && rc == 0)
         rc = err_set(e, ERR_IO, c->out, "closing train_log.jsonl: %s", strerror(errno));
+    if (dense && fclose(dense) != 0 && rc == 0)
+        rc = err_set(e, ERR_IO, c->out, "closing eval_log.jsonl: %s", strerror(errno));
     json_decref(extra);
     adamw_free(opt);
     gptneox_tape_free(tape);

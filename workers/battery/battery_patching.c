@@ -1,0 +1,340 @@
+/* patching v1: exact activation patching on prompt pairs, and what the
+ * patching items share (battery_patching.h).
+ *
+ * For each pair set (idx; 0 the built-in induction pairs, k the k-th
+ * --pairs file) the clean and the corrupted prompts are run once, then one
+ * component at a time is patched (patching.h): its activation in the run
+ * of one prompt (the base) replaced by its value in the run of the other
+ * (the source), the forward resumed at the patched layer.  Heimersheim &
+ * Nanda 2024 ("How to use and interpret activation patching"): denoising
+ * (base corrupted, source clean) asks whether a component suffices to
+ * restore the behaviour, noising (base clean, source corrupted) whether it
+ * is needed; Meng et al. 2022 patched the residual stream per (layer,
+ * position), Wang et al. 2022 each head's output.
+ *
+ * The behaviour is the logit difference LD at the last position (the mean
+ * logit of a pair's answers minus the mean of its wrong answers), averaged
+ * over the set's pairs; every score is on the normalised scale
+ *     (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)
+ * (0 = the corrupted behaviour, 1 = the clean one) and is written beside
+ * its two baselines, clean_logit_diff and corrupted_logit_diff, so that no
+ * score is read without them: when the two are close the ratio is noise
+ * (NaN when they are equal).
+ *
+ * Rows, idx = the pair set:
+ *   clean_logit_diff, corrupted_logit_diff   the baselines (logits)
+ *   resid_denoise, resid_noise   layer L, head = position t: the residual
+ *                                stream entering block L at position t
+ *   head_denoise, head_noise     layer L, head h: the head's slice of
+ *                                blocks.L.attn.hook_z at every position
+ *   head_denoise_poi, head_noise_poi   the same at the set's positions of
+ *                                interest only
+ * and the scores in ARTIFACTS/patching/set<k>.json for the items that read
+ * them.  Cost (logged as forward-equivalents of the set's B prompts): one
+ * forward of both prompts, then per direction a forward resumed at layer L
+ * for each of the NL*T residual and 2*NL*NH head components, on average
+ * about half of a full forward each. */
+#include "workers/battery/battery_patching.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/path.h"
+
+static const char *const family_names[PATCH_FAM_COUNT] = {
+    "head_denoise",     "head_noise",    "head_denoise_poi",
+    "head_noise_poi",   "resid_denoise", "resid_noise",
+};
+
+const char *patch_family_name(enum patch_family f)
+{
+    return (unsigned)f < PATCH_FAM_COUNT ? family_names[f] : "?";
+}
+
+int patch_family_is_head(enum patch_family f) { return f <= PATCH_FAM_HEAD_NOISE_POI; }
+
+size_t patch_family_len(const struct patch_scores *s, enum patch_family f)
+{
+    return (size_t)s->NL * (patch_family_is_head((enum patch_family)f) ? s->NH : s->T);
+}
+
+void patch_scores_free(struct patch_scores *s)
+{
+    for (int f = 0; f < PATCH_FAM_COUNT; f++)
+        free(s->v[f]);
+    memset(s, 0, sizeof *s);
+}
+
+static int scores_alloc(struct patch_scores *s, struct err *e)
+{
+    for (int f = 0; f < PATCH_FAM_COUNT; f++) {
+        size_t n = patch_family_len(s, (enum patch_family)f);
+        if (!(s->v[f] = malloc((n ? n : 1) * sizeof *s->v[f]))) {
+            patch_scores_free(s);
+            return err_set(e, ERR_NOMEM, NULL, "out of memory for patching scores");
+        }
+        for (size_t i = 0; i < n; i++)
+            s->v[f][i] = NAN;
+    }
+    return 0;
+}
+
+int patch_scores_init(struct patch_scores *s, int set, const struct pair_set *ps, int NL, int NH,
+                      struct err *e)
+{
+    memset(s, 0, sizeof *s);
+    s->set = set;
+    s->NL = NL;
+    s->NH = NH;
+    s->T = ps->T;
+    snprintf(s->name, sizeof s->name, "%s", ps->name);
+    snprintf(s->digest, sizeof s->digest, "%s", ps->digest);
+    s->ld_clean = s->ld_corrupted = NAN;
+    return scores_alloc(s, e);
+}
+
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+int patch_scores_write(const struct patch_scores *s, const char *dir, const char *item,
+                       struct err *e)
+{
+    char path[4200], sub[4096];
+    if ((size_t)snprintf(sub, sizeof sub, "%s/%s", dir, item) >= sizeof sub)
+        return err_set(e, ERR_INVALID, dir, "artifact path too long");
+    snprintf(path, sizeof path, "%s/set%d.json", sub, s->set);
+    int rc = path_mkdir_p(sub, e);
+    if (rc < 0)
+        return rc;
+    json_t *doc = json_pack("{s:i, s:s, s:s, s:i, s:i, s:i, s:o, s:o}", "set", s->set, "name",
+                            s->name, "digest", s->digest, "n_layers", s->NL, "n_heads", s->NH,
+                            "T", s->T, "ld_clean", num(s->ld_clean), "ld_corrupted",
+                            num(s->ld_corrupted));
+    for (int f = 0; doc && f < PATCH_FAM_COUNT; f++) {
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < patch_family_len(s, (enum patch_family)f); i++)
+            if (json_array_append_new(a, num(s->v[f][i])) != 0) {
+                json_decref(a);
+                a = NULL;
+            }
+        if (!a || json_object_set_new(doc, family_names[f], a) != 0) {
+            json_decref(doc);
+            doc = NULL;
+        }
+    }
+    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17))
+                     : NULL;
+    json_decref(doc);
+    if (!text)
+        return err_set(e, ERR_NOMEM, path, "out of memory");
+    rc = path_write_atomic(path, text, e);
+    free(text);
+    return rc;
+}
+
+int patch_scores_read(struct patch_scores *s, const char *dir, const char *item, int set,
+                      struct err *e)
+{
+    memset(s, 0, sizeof *s);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/set%d.json", dir, item, set);
+    json_error_t je;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, path, "cannot open: %s",
+                       strerror(errno));
+    json_t *doc = json_loadf(f, 0, &je);
+    fclose(f);
+    int rc = 0;
+    if (!doc)
+        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+    json_t *jn = json_object_get(doc, "name"), *jd = json_object_get(doc, "digest");
+    s->set = (int)json_integer_value(json_object_get(doc, "set"));
+    s->NL = (int)json_integer_value(json_object_get(doc, "n_layers"));
+    s->NH = (int)json_integer_value(json_object_get(doc, "n_heads"));
+    s->T = (int)json_integer_value(json_object_get(doc, "T"));
+    if (!json_is_string(jn) || !json_is_string(jd) || s->set != set || s->NL <= 0 ||
+        s->NH <= 0 || s->T <= 0 || s->NL > 100000 || s->NH > 100000 || s->T > 1000000) {
+        rc = err_set(e, ERR_FORMAT, path, "not a patching score file");
+        goto out;
+    }
+    snprintf(s->name, sizeof s->name, "%s", json_string_value(jn));
+    snprintf(s->digest, sizeof s->digest, "%s", json_string_value(jd));
+    json_t *jc = json_object_get(doc, "ld_clean"), *jk = json_object_get(doc, "ld_corrupted");
+    s->ld_clean = json_is_number(jc) ? json_number_value(jc) : NAN;
+    s->ld_corrupted = json_is_number(jk) ? json_number_value(jk) : NAN;
+    if ((rc = scores_alloc(s, e)) < 0)
+        goto out;
+    for (int fam = 0; fam < PATCH_FAM_COUNT && rc == 0; fam++) {
+        json_t *a = json_object_get(doc, family_names[fam]);
+        if (!json_is_array(a) || json_array_size(a) != patch_family_len(s, (enum patch_family)fam)) {
+            rc = err_set(e, ERR_FORMAT, path, "\"%s\" is not a list of %zu scores",
+                         family_names[fam], patch_family_len(s, (enum patch_family)fam));
+            break;
+        }
+        for (size_t i = 0; i < patch_family_len(s, (enum patch_family)fam); i++) {
+            json_t *x = json_array_get(a, i);
+            s->v[fam][i] = json_is_number(x) ? json_number_value(x) : NAN;
+        }
+    }
+out:
+    json_decref(doc);
+    if (rc < 0)
+        patch_scores_free(s);
+    return rc;
+}
+
+int patch_sets_open(const struct battery_ctx *c, struct pair_set **builtin,
+                    const struct pair_set **sets, int *n, struct err *e)
+{
+    const struct gptneox_config *cfg = &c->model->cfg;
+    int rc = pair_set_induction(builtin, cfg->vocab_size, cfg->max_positions, PAIR_IND_PAIRS, 0,
+                                c->seed, e);
+    if (rc < 0)
+        return err_wrap(e, "the built-in induction pairs");
+    sets[0] = *builtin;
+    for (int k = 0; k < c->npair_sets; k++)
+        sets[k + 1] = c->pair_sets[k];
+    *n = 1 + c->npair_sets;
+    return 0;
+}
+
+double patch_head_importance(const struct patch_scores *s, int i)
+{
+    double d = s->v[PATCH_FAM_HEAD_DENOISE][i], n = s->v[PATCH_FAM_HEAD_NOISE][i];
+    double a = isfinite(d) ? fabs(d) : 0, b = isfinite(n) ? fabs(1 - n) : 0;
+    return a > b ? a : b;
+}
+
+/* ---- the item ---- */
+
+static const char set_idx[] =
+    "pair set: 0 the built-in induction pairs, k the k-th --pairs file";
+static const char lay[] = "layer";
+static const char hd[] = "head index within the layer";
+static const char pos[] = "position in the prompt (this index is the position, not a head)";
+
+static const struct metric_def patching_metrics[] = {
+    {"clean_logit_diff", "logits",
+     "mean over the pairs of the answers' mean logit minus the wrong answers' at the last "
+     "position of the clean prompt (the baseline 1 of every score)", "", "", set_idx},
+    {"corrupted_logit_diff", "logits",
+     "the same on the corrupted prompt (the baseline 0 of every score)", "", "", set_idx},
+    {"resid_denoise", "normalised logit diff",
+     "(LD - corrupted) / (clean - corrupted) of the corrupted run with the residual stream "
+     "entering the block at one position taken from the clean run", lay, pos, set_idx},
+    {"resid_noise", "normalised logit diff",
+     "the same for the clean run with the residual stream at one position taken from the "
+     "corrupted run (1 = no effect)", lay, pos, set_idx},
+    {"head_denoise", "normalised logit diff",
+     "the corrupted run with the head's hook_z at every position taken from the clean run", lay,
+     hd, set_idx},
+    {"head_noise", "normalised logit diff",
+     "the clean run with the head's hook_z at every position taken from the corrupted run", lay,
+     hd, set_idx},
+    {"head_denoise_poi", "normalised logit diff",
+     "head_denoise patching only the set's positions of interest", lay, hd, set_idx},
+    {"head_noise_poi", "normalised logit diff",
+     "head_noise patching only the set's positions of interest", lay, hd, set_idx},
+};
+
+/* Exact scores of every family for one set. */
+static int exact_scores(struct patch_base *pb, struct patch_scores *s, double *ld, struct err *e)
+{
+    int rc = 0;
+    s->ld_clean = pb->ld[0];
+    s->ld_corrupted = pb->ld[1];
+    for (int f = 0; f < PATCH_FAM_COUNT && rc == 0; f++) {
+        enum patch_dir dir = (f % 2 == 0) ? PATCH_DENOISE : PATCH_NOISE;
+        if (f == PATCH_FAM_RESID_DENOISE || f == PATCH_FAM_RESID_NOISE)
+            rc = patch_resid(pb, dir, ld, e);
+        else
+            rc = patch_heads(pb, dir, f >= PATCH_FAM_HEAD_DENOISE_POI, ld, e);
+        for (size_t i = 0; rc == 0 && i < patch_family_len(s, (enum patch_family)f); i++)
+            s->v[f][i] = patch_normalise(pb, ld[i]);
+    }
+    return rc;
+}
+
+int patch_scores_emit(const struct patch_scores *s, const char *prefix, struct rows *out,
+                      struct err *e)
+{
+    char metric[64];
+    int rc = 0;
+    for (int f = 0; f < PATCH_FAM_COUNT && rc == 0; f++) {
+        snprintf(metric, sizeof metric, "%s%s", prefix, family_names[f]);
+        int head = patch_family_is_head((enum patch_family)f), w = head ? s->NH : s->T;
+        for (int l = 0; l < s->NL && rc == 0; l++)
+            for (int j = 0; j < w && rc == 0; j++)
+                rc = rows_add(out, metric, l, j, s->set, s->v[f][(size_t)l * w + j], e);
+    }
+    return rc;
+}
+
+static int patching_run(const struct battery_ctx *c, struct rows *out, struct err *e)
+{
+    struct gptneox *m = c->model;
+    const struct gptneox_config *cfg = &m->cfg;
+    struct pair_set *builtin = NULL;
+    const struct pair_set **sets = calloc((size_t)c->npair_sets + 1, sizeof *sets);
+    struct patch_base pb = {0};
+    struct patch_scores s = {0};
+    double *ld = NULL;
+    const char *cur = NULL; /* the set being measured, for errors */
+    int nsets = 0, rc;
+    if (!sets)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    if ((rc = patch_sets_open(c, &builtin, sets, &nsets, e)) < 0)
+        goto out;
+    for (int k = 0; k < nsets; k++) {
+        const struct pair_set *ps = sets[k];
+        double f0 = m->forward_flop, t0 = mono_now();
+        cur = ps->name;
+        if ((rc = patch_base_run(&pb, m, ps, 0, e)) < 0 ||
+            (rc = patch_scores_init(&s, k, ps, cfg->n_layers, cfg->n_heads, e)) < 0)
+            goto out;
+        size_t nld = (size_t)cfg->n_layers * (ps->T > cfg->n_heads ? ps->T : cfg->n_heads);
+        free(ld);
+        if (!(ld = malloc(nld * sizeof *ld))) {
+            rc = err_set(e, ERR_NOMEM, NULL, "out of memory");
+            goto out;
+        }
+        if ((rc = exact_scores(&pb, &s, ld, e)) < 0)
+            goto out;
+        log_info("patching cost",
+                 "set=%d name=%s pairs=%d T=%d components=%d forward_equivalents=%.1f seconds=%.3f",
+                 k, log_quote(ps->name), ps->B, ps->T,
+                 2 * cfg->n_layers * (ps->T + 2 * cfg->n_heads),
+                 (m->forward_flop - f0) / patch_forward_unit(&pb), mono_now() - t0);
+        if ((rc = rows_add(out, "clean_logit_diff", -1, -1, k, s.ld_clean, e)) < 0 ||
+            (rc = rows_add(out, "corrupted_logit_diff", -1, -1, k, s.ld_corrupted, e)) < 0 ||
+            (rc = patch_scores_emit(&s, "", out, e)) < 0 ||
+            (rc = patch_scores_write(&s, c->artifacts_dir, "patching", e)) < 0)
+            goto out;
+        patch_scores_free(&s);
+        patch_base_free(&pb);
+    }
+out:
+    if (rc < 0 && cur)
+        err_wrap(e, "pair set %s", cur);
+    free(ld);
+    patch_scores_free(&s);
+    patch_base_free(&pb);
+    pair_set_free(builtin);
+    free(sets);
+    return rc;
+}
+
+const struct battery_item battery_item_patching = {
+    .name = "patching",
+    .version = 1,
+    .needs = BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS) | BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS),
+    .metrics = patching_metrics,
+    .nmetrics = sizeof patching_metrics / sizeof *patching_metrics,
+    .run = patching_run,
+};
