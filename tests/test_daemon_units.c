@@ -707,8 +707,9 @@ static void test_config(void **state)
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
     /* serve keeps two slots per worker for 256 workers: the config says so
      * rather than serve cutting the count silently */
-    expect_config_error("{\"workers\": 257}", ERR_INVALID, "workers must be between 1 and 256 (got 257)");
-    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "between 1 and 256");
+    expect_config_error("{\"workers\": 257}", ERR_INVALID,
+                        "\"workers\" = 257 is out of range: allowed 1 to 256 processes");
+    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "allowed 1 to 256");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");
@@ -722,7 +723,7 @@ static void test_config(void **state)
     /* every numeric setting has a range, named with the setting; a value
      * beyond an int is refused before it is narrowed to one */
     expect_config_error("{\"workers\": 4294967297}", ERR_INVALID,
-                        "\"workers\" = 4294967297 is out of range: allowed 1 to 1024");
+                        "\"workers\" = 4294967297 is out of range: allowed 1 to 256");
     expect_config_error("{\"fetch_retries\": -5}", ERR_INVALID, "\"fetch_retries\" = -5 is out of range");
     expect_config_error("{\"worker_cpu_s\": 99999999999}", ERR_INVALID, "\"worker_cpu_s\" = 99999999999");
     expect_config_error("{\"lease_s\": 1e300}", ERR_INVALID, "\"lease_s\" = 1.0000000000000001e+300 is out");

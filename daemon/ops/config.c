@@ -88,7 +88,7 @@ static const struct {
     const char *unit;
 } ranges[] = {
 #define R(f, t, lo, hi, open, unit) {#f, offsetof(struct daemon_config, f), t, lo, hi, open, unit}
-    R(workers, NUM_INT, 1, 1024, 0, "processes"),
+    R(workers, NUM_INT, 1, DAEMON_MAX_WORKERS, 0, "processes"),
     R(worker_threads, NUM_INT, 0, 4096, 0, "threads (0: cores / workers)"),
     R(worker_timeout_s, NUM_DOUBLE, 0, DAEMON_CONFIG_MAX_S, 1, "seconds"),
     R(worker_memory_mb, NUM_LONG, 0, DAEMON_CONFIG_MAX_MB, 0, "MB (0: no limit)"),

@@ -106,7 +106,7 @@ void daemon_config_defaults(struct daemon_config *c);
  * unchanged. */
 int daemon_config_load(struct daemon_config *c, const char *path, struct err *e) CK_WUR;
 
-/* Check every setting against its range (workers 1 to 1024, timeouts
+/* Check every setting against its range (workers 1 to DAEMON_MAX_WORKERS, timeouts
  * positive and at most DAEMON_CONFIG_MAX_S, ...) and the relations between
  * them (heartbeat_s <= lease_s / 2, backoff_max_s >= backoff_base_s,
  * healthz_max_age_s > heartbeat_s).  ERR_INVALID naming the setting, its
