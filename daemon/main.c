@@ -542,6 +542,8 @@ static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
         log_err("fetch failed", &e);
         goto out;
     }
+    if (!cfg->hf_cache_write)
+        stage_set_hf_cache(st, NULL);
     double t0 = mono_now(), next_log = t0 + 5;
     while ((rc = stage_poll(st, &e)) == 0) {
         fetcher_run(f, NULL, 0, 500);
