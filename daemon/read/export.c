@@ -737,8 +737,8 @@ int export_main(const char *conninfo, double statement_s, double idle_tx_s, int 
     } else
         snprintf(where, sizeof where, "standard output");
     if (o.format == EXPORT_NPY)
-        fprintf(stderr, "exported %lld values of run %s as %d arrays (%lld bytes) to %s in %.2f s\n", st.rows, o.run,
-                st.arrays, st.bytes, where, secs);
+        fprintf(stderr, "exported %lld values of run %s as %d array%s (%lld bytes) to %s in %.2f s\n", st.rows,
+                o.run, st.arrays, st.arrays == 1 ? "" : "s", st.bytes, where, secs);
     else
         fprintf(stderr, "exported %lld values of run %s as %s (%lld bytes) to %s in %.2f s\n", st.rows, o.run,
                 format_names[o.format], st.bytes, where, secs);
