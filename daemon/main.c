@@ -30,6 +30,7 @@
 #include "daemon/plan/forecast.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/source.h"
+#include "daemon/read/export.h"
 #include "daemon/read/report.h"
 #include "daemon/read/status.h"
 #include "daemon/work/queue.h"
@@ -70,6 +71,8 @@ static const char usage[] =
     "                  [--method NAME|all] [--json]\n"
     "                               a run's transitions and spikes by peak step, grouped\n"
     "  detect RUN                   find the transitions of every series of a run again\n"
+    "  export RUN [--metric NAME]... [--item ITEM]... [--format csv|jsonl|npy] [--out PATH]\n"
+    "                               a run's series as files (docs/data-out.md)\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
     "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
@@ -719,6 +722,8 @@ static int cmd_fetch(struct daemon_config *cfg, int argc, char **argv)
         log_err("fetch failed", &e);
         goto out;
     }
+    if (!cfg->hf_cache_write)
+        stage_set_hf_cache(st, NULL);
     double t0 = mono_now();
     rc = fetch_wait(f, st, &e);
     double secs = mono_now() - t0;
@@ -943,6 +948,9 @@ int main(int argc, char **argv)
         return cmd_transitions(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "detect") == 0)
         return cmd_detect(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "export") == 0)
+        return export_main(cfg.database, cfg.db_statement_timeout_s, cfg.db_idle_in_transaction_timeout_s,
+                           sub_argc, sub_argv);
     fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
     return EXIT_USAGE;
 }

@@ -7,6 +7,15 @@
  * weights are identical are marked as duplicates of the earliest step, so
  * their results can be told apart from real change.
  *
+ * For hub sources the commit the files came from (files->commit) is kept in
+ * checkpoints.hub_commit.  A checkpoint staged at another commit than the
+ * one recorded is a revision that moved on the hub (a re-upload): its
+ * results are the old files', so in the same transaction its done jobs
+ * are queued again (attempts 0), the rows measured at its step
+ * (measurements, artifacts, sae_features) are removed, the change goes
+ * into revision_changes (old and new commit and weights, jobs queued, rows
+ * removed; schema/011_hub_commit.sql) and is logged as a warning.
+ *
  *     long long dup;
  *     if (checkpoint_files_record(db, claim.checkpoint_id, stage_files(st), &dup, &e) < 0) ...
  *     if (dup >= 0) log_info("duplicate checkpoint", "of_step=%lld", dup);
@@ -24,8 +33,9 @@ struct hub_files;
  * or for shards the sha256 of their sorted sha256s joined by commas), and
  * mark duplicates: among the run's checkpoints whose weight files have the
  * same sha256s, the earliest step is the original and every other one gets
- * duplicate_of = it.  One transaction, serialised per run.  *dup_step gets
- * the step this checkpoint repeats, or -1. */
+ * duplicate_of = it; record the commit as above.  One transaction,
+ * serialised per run.  *dup_step gets the step this checkpoint repeats,
+ * or -1. */
 int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct hub_files *files,
                             long long *dup_step, struct err *e) CK_WUR;
 

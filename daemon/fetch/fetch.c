@@ -47,6 +47,8 @@ struct xfer {
     char linked_sha[SHA256_HEX];
     long long linked_size;
     char etag_sha[SHA256_HEX];
+    char linked_etag[FETCH_ETAG_MAX]; /* normalised X-Linked-Etag of any answer */
+    char last_etag[FETCH_ETAG_MAX];   /* normalised ETag of the latest answer with one */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -146,6 +148,29 @@ int fetch_etag_sha256(const char *value, char *out)
     while (*rest == ' ')
         rest++;
     return *rest ? -1 : 0;
+}
+
+int fetch_etag_normalize(const char *value, char *out, size_t n)
+{
+    const char *v = value;
+    while (*v == ' ')
+        v++;
+    if (strncmp(v, "W/", 2) == 0)
+        v += 2;
+    size_t len = strlen(v);
+    while (len && v[len - 1] == ' ')
+        len--;
+    if (len && *v == '"') {
+        v++;
+        len--;
+    }
+    if (len && v[len - 1] == '"')
+        len--;
+    if (len == 0 || len >= n)
+        return -1;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return 0;
 }
 
 double fetch_backoff(int k, double base, double max, double u)
@@ -302,10 +327,17 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
         char sha[SHA256_HEX];
         if (fetch_etag_sha256(value, sha) == 0)
             memcpy(x->linked_sha, sha, sizeof sha);
+        if (!x->linked_etag[0] && fetch_etag_normalize(value, x->linked_etag, sizeof x->linked_etag) < 0)
+            x->linked_etag[0] = '\0';
     } else if (strcmp(name, "etag") == 0) {
         char sha[SHA256_HEX];
         if (fetch_etag_sha256(value, sha) == 0)
             memcpy(x->etag_sha, sha, sizeof sha);
+        if (fetch_etag_normalize(value, x->last_etag, sizeof x->last_etag) < 0)
+            x->last_etag[0] = '\0';
+    } else if (strcmp(name, "x-repo-commit") == 0) {
+        if (!x->r->commit[0] && strlen(value) < sizeof x->r->commit)
+            snprintf(x->r->commit, sizeof x->r->commit, "%s", value);
     } else if (strcmp(name, "retry-after") == 0) {
         x->retry_after = fetch_parse_retry_after(value, time(NULL));
     }
@@ -403,6 +435,7 @@ static void unlink_xfer(struct fetcher *f, struct xfer *x)
 
 static void finish(struct fetcher *f, struct xfer *x, int ok)
 {
+    snprintf(x->r->etag, sizeof x->r->etag, "%s", x->linked_etag[0] ? x->linked_etag : x->last_etag);
     detach(f, x);
     unlink_xfer(f, x);
     x->r->done = 1;
@@ -485,7 +518,9 @@ static int start(struct fetcher *f, struct xfer *x)
     x->why[0] = '\0';
     x->errbuf[0] = '\0';
     x->linked_sha[0] = x->etag_sha[0] = '\0';
+    x->linked_etag[0] = x->last_etag[0] = '\0';
     x->linked_size = -1;
+    r->commit[0] = r->etag[0] = '\0';
     r->attempts++;
     if (r->kind == FETCH_MEMORY) {
         free(r->body);
@@ -732,6 +767,7 @@ int fetcher_add(struct fetcher *f, struct fetch_req *r, struct err *e)
     r->http_status = 0;
     r->size = -1;
     r->sha256[0] = '\0';
+    r->commit[0] = r->etag[0] = '\0';
     r->error[0] = '\0';
     r->attempts = 0;
     r->bytes_now = r->bytes_resumed = 0;

@@ -6,11 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "common/json_err.h"
 #include "daemon/fetch/fetch.h"
+#include "daemon/fetch/hfcache.h"
 #include "daemon/fetch/hub.h"
 #include "daemon/ops/metrics.h"
 
@@ -32,6 +32,7 @@ void daemon_config_defaults(struct daemon_config *c)
     snprintf(c->cache_dir, sizeof c->cache_dir, "./var/cache");
     snprintf(c->artifact_dir, sizeof c->artifact_dir, "./var/artifacts");
     c->prefetch = 1;
+    c->hf_cache_write = 1;
     c->fetch_parallel = 4;
     c->fetch_low_speed_bytes = 1024;
     c->fetch_low_speed_s = 30;
@@ -55,24 +56,20 @@ void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *
     o->retries = c->fetch_retries;
     o->backoff_base_s = c->fetch_backoff_base_s;
     o->backoff_max_s = c->fetch_backoff_max_s;
-    const char *tok = getenv("HF_TOKEN");
+    char tok[sizeof o->token], from[1024];
     const char *ep = getenv("HF_ENDPOINT");
     if (!ep || !*ep)
         ep = HUB_DEFAULT_ENDPOINT;
-    if (tok && *tok && strlen(tok) < sizeof o->token &&
+    if (hfcache_token(tok, sizeof tok, from, sizeof from) && strlen(tok) < sizeof o->token - 1 &&
         hub_url_origin(ep, o->token_origin, sizeof o->token_origin, NULL) == 0)
-        snprintf(o->token, sizeof o->token, "%s", tok);
+        memcpy(o->token, tok, strlen(tok) + 1);
+    memset(tok, 0, sizeof tok);
     const char *ca = c->ca_file[0] ? c->ca_file : getenv("CKPTD_CA_BUNDLE");
     if (ca && *ca)
         snprintf(o->ca_file, sizeof o->ca_file, "%s", ca);
 }
 
-int daemon_offline(void)
-{
-    const char *v = getenv("HF_HUB_OFFLINE");
-    return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0 ||
-                 strcasecmp(v, "on") == 0);
-}
+int daemon_offline(void) { return hfcache_offline(); }
 
 /* The numeric settings and their ranges.  `lo_open` makes the lower bound
  * exclusive (a timeout of 0 s is no timeout).  The upper bounds are far
@@ -237,12 +234,12 @@ int daemon_config_load(struct daemon_config *out, const char *path, struct err *
                 *nums[i].d = json_number_value(v);
                 found = 1;
             }
-        if (!found && strcmp(key, "metrics_allow_remote") == 0) {
+        if (!found && (strcmp(key, "metrics_allow_remote") == 0 || strcmp(key, "hf_cache_write") == 0)) {
             if (!json_is_boolean(v)) {
                 rc = err_set(e, ERR_FORMAT, path, "\"%s\" must be true or false", key);
                 goto out;
             }
-            c.metrics_allow_remote = json_is_true(v);
+            *(key[0] == 'm' ? &c.metrics_allow_remote : &c.hf_cache_write) = json_is_true(v);
             found = 1;
         }
         if (!found) {

@@ -21,6 +21,8 @@
  *     "shutdown_grace_s": 30,
  *     "cache_dir": "./var/cache", // downloaded checkpoints (cache.h)
  *     "cache_budget_gb": 0,        // evict analysed snapshots beyond this; 0: no limit
+ *     "hf_cache_write": true,      // hf:// downloads also go into the HuggingFace cache
+ *                                  // (hfcache.h: $HF_HUB_CACHE, $HF_HOME/hub, ...)
  *     "prefetch": 1,               // checkpoints claimed and fetched ahead, per worker
  *     "fetch_parallel": 4,         // transfers at once on this node
  *     "fetch_low_speed_bytes": 1024, "fetch_low_speed_s": 30,  // stall abort
@@ -37,9 +39,11 @@
  *                                  // attempt (space.h); 0: no check
  *   }
  *
- * The environment adds HF_ENDPOINT, HF_TOKEN (sent to the endpoint's host
- * only), HF_HUB_OFFLINE and CKPTD_CA_BUNDLE (a CA file for TLS, used when
- * "ca_file" is empty).  TLS peers are always verified: there is no
+ * The environment adds HF_ENDPOINT, the hub token (HF_TOKEN,
+ * HUGGING_FACE_HUB_TOKEN, else the file HF_TOKEN_PATH or $HF_HOME/token;
+ * sent to the endpoint's host only), HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE,
+ * the HuggingFace cache's place (daemon/fetch/hfcache.h) and CKPTD_CA_BUNDLE
+ * (a CA file for TLS, used when "ca_file" is empty).  TLS peers are always verified: there is no
  * setting that turns verification off.
  *
  *     struct daemon_config c;
@@ -73,6 +77,7 @@ struct daemon_config {
     double shutdown_grace_s;
     char cache_dir[1024];
     double cache_budget_gb;
+    int hf_cache_write;
     int prefetch;
     int fetch_parallel;
     long fetch_low_speed_bytes;
@@ -113,11 +118,12 @@ int daemon_config_load(struct daemon_config *c, const char *path, struct err *e)
  * value and the allowed range. */
 int daemon_config_check(const struct daemon_config *c, struct err *e) CK_WUR;
 
-/* The fetcher's settings from the config and the environment (HF_TOKEN,
- * HF_ENDPOINT for the token's origin, ca_file or CKPTD_CA_BUNDLE). */
+/* The fetcher's settings from the config and the environment (the token
+ * as hfcache_token finds it, HF_ENDPOINT for its origin, ca_file or
+ * CKPTD_CA_BUNDLE). */
 void daemon_config_fetch_opts(const struct daemon_config *c, struct fetch_opts *o);
 
-/* HF_HUB_OFFLINE is 1/true/yes/on. */
+/* HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE) is 1/true/yes/on: hfcache_offline. */
 int daemon_offline(void);
 
 #endif

@@ -968,6 +968,8 @@ static void claim_more(struct server *s)
             fail_unlaunched(s, sl, msg);
             continue;
         }
+        if (!s->cfg.hf_cache_write)
+            stage_set_hf_cache(sl->stage, NULL);
         advance_fetch(s, sl, mono_now());
         launch_ready(s); /* staged at once (a local checkpoint): start it now */
     }

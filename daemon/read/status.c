@@ -242,6 +242,25 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
     PQclear(r);
 
     r = db_exec(db,
+        "SELECT run, step, left(old_commit, 12), left(new_commit, 12), weights_changed, jobs_requeued,"
+        "   rows_removed, extract(epoch FROM now() - noticed_at)"
+        " FROM revision_changes_named WHERE $1 = '' OR run = $1 ORDER BY noticed_at DESC, run, step LIMIT 20",
+        1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nrevisions moved on the hub (the old commit's results removed, jobs queued again):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char ago[32];
+        duration(ago, sizeof ago, atof(PQgetvalue(r, i, 7)));
+        fprintf(out, "  %s step %s: commit %s -> %s (%s), %s jobs queued again, %s rows removed, %s ago\n",
+                PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                strcmp(PQgetvalue(r, i, 4), "t") == 0 ? "weights changed" : "same weights", PQgetvalue(r, i, 5),
+                PQgetvalue(r, i, 6), ago);
+    }
+    PQclear(r);
+
+    r = db_exec(db,
         "SELECT lease_owner, run, step, string_agg(item, ',' ORDER BY item),"
         "   extract(epoch FROM now() - min(started_at)), extract(epoch FROM min(lease_expires) - now())"
         " FROM job_list WHERE state = 'running' AND ($1 = '' OR run = $1)"
