@@ -201,6 +201,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/probe_ref.py
 	/usr/bin/python3 tests/reference/grad_ref.py
 	/usr/bin/python3 tests/reference/weights_ref.py
+	/usr/bin/python3 tests/reference/integrity_ref.py
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
