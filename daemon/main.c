@@ -18,6 +18,7 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
 #include "daemon/fetch/stage.h"
@@ -59,6 +60,8 @@ static const char usage[] =
     "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
     "                               a run's transitions by peak step, grouped\n"
     "  detect RUN                   find the transitions of every series of a run again\n"
+    "  integrity RUN [--json]       judge a run's checkpoints against its trajectory again;\n"
+    "                               print each one's distances and verdict\n"
     "\n"
     "The database is --db (a libpq conninfo or URI), the config's \"database\",\n"
     "or libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).\n"
@@ -628,6 +631,39 @@ static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
     return rc < 0 ? EXIT_FAIL : 0;
 }
 
+static int cmd_integrity(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *run = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] != '-' && !run)
+            run = argv[i];
+        else {
+            fprintf(stderr, "ckptd integrity: unexpected argument '%s'\n%s", argv[i], usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!run) {
+        fprintf(stderr, "ckptd integrity: need RUN\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = integrity_print(db, run, json, stdout, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd integrity: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("integrity check failed", &e);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 int main(int argc, char **argv)
 {
     struct daemon_config cfg;
@@ -690,6 +726,8 @@ int main(int argc, char **argv)
         return cmd_transitions(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "detect") == 0)
         return cmd_detect(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "integrity") == 0)
+        return cmd_integrity(&cfg, sub_argc, sub_argv);
     fprintf(stderr, "ckptd: unknown command '%s'\n%s", cmd, usage);
     return EXIT_USAGE;
 }

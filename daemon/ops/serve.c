@@ -19,6 +19,7 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/checkpoint_files.h"
 #include "daemon/fetch/fetch.h"
@@ -274,6 +275,7 @@ static void settle(struct server *s, struct slot *sl)
         if (res.done > 0) {
             struct claim done;
             claim_done_part(c, out, &done);
+            integrity_after_ingest(s->db, &done); /* before detection: suspects are left out */
             detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
         }
         slot_free(sl);
@@ -483,6 +485,9 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
         log_err("cannot record the checkpoint's files yet; will retry", &e);
         return; /* stays in SLOT_FETCH: the stage answers done again */
     }
+    struct integrity_stats ist; /* files known: shards and equal weights judged again */
+    if (integrity_run(s->db, sl->claim.run_id, &ist, &e) < 0)
+        log_err("integrity check after the files were recorded failed", &e);
     sl->dup_step = dup;
     sl->fetch_s = now - sl->fetch_started;
     s->download_s += sl->fetch_s;
