@@ -74,8 +74,7 @@ CREATE TABLE family_outliers (
     idx        int NOT NULL,
     reason     text NOT NULL CHECK (reason IN ('band', 'transition_absent', 'transition_far')),
     value      double precision,
-    detail     text NOT NULL,
-    family_transition_id bigint REFERENCES family_transitions ON DELETE CASCADE
+    detail     text NOT NULL
 );
 CREATE INDEX family_outliers_family ON family_outliers (family_id, run_id);
 
