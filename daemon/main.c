@@ -26,6 +26,7 @@
 #include "daemon/ops/serve.h"
 #include "daemon/plan/evalset.h"
 #include "daemon/plan/registry.h"
+#include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/report.h"
 #include "daemon/read/status.h"
@@ -36,6 +37,7 @@
 #define EXIT_USAGE 2
 #define ADD_RUN_MAX_PROBES 16 /* --probe files of one run (serve's argv has room for them) */
 #define ADD_RUN_MAX_SAE_SITES 16 /* --sae-site hooks of one run (likewise) */
+#define ADD_RUN_MAX_SAE_DICTS 16 /* --sae dictionaries (the worker's SAE_FIXED_MAX) */
 
 static const char usage[] =
     "usage: ckptd [--config FILE] [--db CONNINFO] [--log-level LEVEL] COMMAND [ARGS]\n"
@@ -46,6 +48,7 @@ static const char usage[] =
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
+    "          [--sae DIR]... [--model-name NAME]\n"
     "                               register a run and enqueue its jobs (idempotent)\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
@@ -126,7 +129,8 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     const char *eval_text = NULL, *tokenizer = NULL;
     long long seed = -1, ctx = 0, eval_seqs = 0;
     int max_attempts = 5, sae_warm_start = 0;
-    json_t *probes = json_array(), *sae_sites = json_array();
+    json_t *probes = json_array(), *sae_sites = json_array(), *sae_dicts = json_array();
+    const char *model_name = NULL;
     long site_layers[ADD_RUN_MAX_SAE_SITES];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
@@ -151,6 +155,21 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             eval_seqs = atoll(argv[++i]);
         else if (strcmp(argv[i], "--sae-warm-start") == 0)
             sae_warm_start = 1;
+        else if (strcmp(argv[i], "--model-name") == 0 && i + 1 < argc)
+            model_name = argv[++i];
+        else if (strcmp(argv[i], "--sae") == 0 && i + 1 < argc) {
+            char abs[PATH_MAX];
+            if (json_array_size(sae_dicts) >= ADD_RUN_MAX_SAE_DICTS || !realpath(argv[++i], abs)) {
+                fprintf(stderr, "ckptd add-run: cannot use SAE dictionary '%s'%s\n", argv[i],
+                        json_array_size(sae_dicts) >= ADD_RUN_MAX_SAE_DICTS ? ": too many"
+                                                                            : ": no such directory");
+                json_decref(probes);
+                json_decref(sae_sites);
+                json_decref(sae_dicts);
+                return EXIT_USAGE;
+            }
+            json_array_append_new(sae_dicts, json_string(abs));
+        }
         else if (strcmp(argv[i], "--sae-site") == 0 && i + 1 < argc) {
             const char *site = argv[++i];
             const size_t ns = json_array_size(sae_sites);
@@ -167,6 +186,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
                 fprintf(stderr, "ckptd add-run: cannot use SAE site '%s': %s\n", site, why);
                 json_decref(probes);
                 json_decref(sae_sites);
+                json_decref(sae_dicts);
                 return EXIT_USAGE;
             }
             site_layers[ns] = layer;
@@ -178,6 +198,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
                         json_array_size(probes) >= ADD_RUN_MAX_PROBES ? ": too many" : "");
                 json_decref(probes);
                 json_decref(sae_sites);
+                json_decref(sae_dicts);
                 return EXIT_USAGE;
             }
             json_array_append_new(probes, json_string(abs));
@@ -187,6 +208,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             fprintf(stderr, "ckptd add-run: unexpected argument '%s'\n%s", argv[i], usage);
             json_decref(probes);
             json_decref(sae_sites);
+            json_decref(sae_dicts);
             return EXIT_USAGE;
         }
     }
@@ -198,6 +220,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
                         "both); --tokenizer goes with --eval-text\n%s", usage);
         json_decref(probes);
         json_decref(sae_sites);
+        json_decref(sae_dicts);
         return EXIT_USAGE;
     }
     struct err e;
@@ -280,6 +303,38 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             goto out;
         }
     }
+    /* --sae is what sae_fixed reads: alone it adds the (opt-in) item to the
+     * default battery; with --items, both or neither */
+    int has_fixed = 0;
+    for (int i = 0; i < nitems; i++)
+        has_fixed |= strcmp(items[i].name, "sae_fixed") == 0;
+    if (json_array_size(sae_dicts) && !has_fixed) {
+        int v = registry_item_version(&reg, "sae_fixed");
+        if (items_arg || v < 0 || nitems >= 64) {
+            fprintf(stderr, "ckptd add-run: --sae is read by the item sae_fixed: %s\n",
+                    v < 0 ? "the worker has none" : "add it to --items");
+            status = EXIT_USAGE;
+            goto out;
+        }
+        items[nitems++] = (struct queue_item){"sae_fixed", v};
+        has_fixed = 1;
+    }
+    if (has_fixed && !json_array_size(sae_dicts)) {
+        fprintf(stderr, "ckptd add-run: item sae_fixed follows fixed dictionaries: give --sae DIR\n");
+        status = EXIT_USAGE;
+        goto out;
+    }
+    /* each dictionary read now, by the worker's own reader */
+    for (size_t k = 0; k < json_array_size(sae_dicts); k++) {
+        char hook[128];
+        const char *dir = json_string_value(json_array_get(sae_dicts, k));
+        if (sae_opts_check_dict(worker, dir, hook, sizeof hook, &e) < 0) {
+            log_err("bad SAE dictionary", &e);
+            status = e.code == ERR_INVALID ? EXIT_USAGE : EXIT_FAIL;
+            goto out;
+        }
+        log_info("sae dictionary", "index=%zu dir=%s hook=%s", k, log_quote(dir), hook);
+    }
     char tok_default[PATH_MAX], tok_path[PATH_MAX];
     if (eval_text) {
         if (!tokenizer) {
@@ -314,7 +369,17 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         json_object_set_new(opt, "sae_warm_start", json_true());
     if (json_array_size(sae_sites))
         json_object_set(opt, "sae_sites", sae_sites);
+    if (json_array_size(sae_dicts))
+        json_object_set(opt, "sae_fixed", sae_dicts);
+    if (model_name)
+        json_object_set_new(opt, "model_name", json_string(model_name));
     opt_text = json_dumps(opt, JSON_SORT_KEYS | JSON_COMPACT);
+    if (opt_text && strlen(opt_text) >= CLAIM_OPTIONS_MAX) {
+        fprintf(stderr, "ckptd add-run: the run's options take %zu bytes, more than %d\n",
+                strlen(opt_text), CLAIM_OPTIONS_MAX - 1);
+        status = EXIT_USAGE;
+        goto out;
+    }
     if (!(db = open_db(cfg)))
         goto out;
     if (migrate_check(db, &e) < 0 || registry_sync(&reg, db, &e) < 0) {
@@ -334,6 +399,7 @@ out:
     json_decref(opt);
     json_decref(probes);
     json_decref(sae_sites);
+    json_decref(sae_dicts);
     free(items_copy);
     free(steps);
     registry_free(&reg);

@@ -83,3 +83,11 @@ JOIN transitions_named b ON b.run = a.run AND b.id > a.id
  AND a.start_step < b.end_step AND b.start_step < a.end_step
 WHERE a.run = :'run'
 ORDER BY a.peak_step;
+
+-- 11. When was each feature of a released SAE born?  A fixed dictionary
+--     (add-run --sae DIR, item sae_fixed) at every checkpoint: the first
+--     step each feature's density exceeds 0.001 (docs/sae.md).
+SELECT dictionary, feature, birth_step, density_at_birth, last_density
+FROM sae_fixed_feature_birth
+WHERE run = :'run'
+ORDER BY dictionary, birth_step NULLS LAST, feature;

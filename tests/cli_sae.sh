@@ -4,7 +4,12 @@
 # prints its rows and leaves ARTIFACTS/sae/blocks.1.hook_resid_post/ with
 # cfg.json and sae_weights.safetensors, whose header (read here with the
 # Python standard library, independently of the C reader) names W_enc
-# [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec as F32; a second run
+# [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec as F32, and whose
+# cfg.json is SAELens 6's (k, metadata.hook_name, a 6.x sae_lens_version,
+# the model named after the checkpoint directory, the no-processing flags;
+# --model-name, --run and --step are recorded, a stepN directory gives the
+# step as checkpoint_value); `ckpt-worker sae DIR --json` reads it back;
+# a second run
 # with --prev-artifacts warm-starts (warm_start 1); `battery --json` marks
 # sae_relu opt-in; --sae-site (repeatable) puts one dictionary per site
 # (its cfg.json's hook_name) and the rows at each site's layer; a bad site
@@ -39,8 +44,15 @@ import json, struct, sys
 d = sys.argv[1]
 cfg = json.load(open(d + "/cfg.json"))
 C, S = cfg["d_in"], cfg["d_sae"]
-assert cfg["architecture"] == "topk" and cfg["activation_fn_kwargs"]["k"] == 32, cfg
-assert cfg["hook_name"] == "blocks.1.hook_resid_post" and cfg["hook_layer"] == 1, cfg
+md = cfg["metadata"]
+assert cfg["architecture"] == "topk" and cfg["k"] == 32, cfg
+assert md["hook_name"] == "blocks.1.hook_resid_post" and "hook_layer" not in cfg, cfg
+v = [int(x) for x in md["sae_lens_version"].split(".")]
+assert v[0] >= 6 and "sae_lens_version" not in cfg, md  # else SAELens reads it as pre-6.0
+assert md["model_name"] == "ck" and md["ckptd"]["step"] is None, md  # the directory's name
+kw = md["model_from_pretrained_kwargs"]
+assert kw == {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+              "fold_value_biases": False, "refactor_factored_attn_matrices": False}, kw
 raw = open(d + "/sae_weights.safetensors", "rb").read()
 n = struct.unpack("<Q", raw[:8])[0]
 hdr = json.loads(raw[8:8 + n])
@@ -51,6 +63,35 @@ assert set(hdr) - {"__metadata__"} == set(want), hdr.keys()
 PY
 then ok "cfg.json and the weights' header as SAELens reads them"; else fail "files"; fi
 grep -q "^sae	1	warm_start	1	-1	-1	0$" "$TMP/rows1" && ok "first run: warm_start 0" || fail "warm_start row of the first run"
+
+mkdir -p "$TMP/pythia-70m-deduped"
+"$W" init "$TMP/pythia-70m-deduped/step2000" --preset tiny >/dev/null 2>&1 || fail "init step2000"
+if "$W" analyze "$TMP/pythia-70m-deduped/step2000" --items sae --artifacts "$TMP/a5" >/dev/null 2>"$TMP/err" &&
+    "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a6" --model-name pythia-160m --run r160 \
+        --step 143000 >/dev/null 2>>"$TMP/err" &&
+    "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a7" --revision main >/dev/null 2>>"$TMP/err" &&
+    python3 - "$TMP" <<'PY'
+import json, sys
+t = sys.argv[1]
+def md(a):
+    return json.load(open(t + "/" + a + "/sae/blocks.1.hook_resid_post/cfg.json"))["metadata"]
+m = md("a5")
+assert m["model_name"] == "pythia-70m-deduped", m
+assert m["model_from_pretrained_kwargs"]["checkpoint_value"] == 2000 and m["ckptd"]["step"] == 2000, m
+m = md("a6")
+assert m["model_name"] == "pythia-160m" and m["ckptd"]["run"] == "r160", m
+assert m["model_from_pretrained_kwargs"]["checkpoint_value"] == 143000, m
+m = md("a7")
+kw = m["model_from_pretrained_kwargs"]
+assert kw["revision"] == "main" and "checkpoint_value" not in kw, kw
+PY
+then ok "provenance: model and step from stepN's path, --model-name/--run/--step, --revision"; else fail "provenance: $(tail -1 "$TMP/err")"; fi
+if "$W" sae "$D" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["format"] == "saelens" and d["architecture"] == "topk" and d["k"] == 32, d
+assert d["hook_name"] == "blocks.1.hook_resid_post" and d["d_sae"] == 4 * d["d_in"], d
+'; then ok "ckpt-worker sae --json reads it back"; else fail "ckpt-worker sae --json"; fi
 
 if "$W" analyze "$TMP/ck" --items sae --artifacts "$TMP/a2" --prev-artifacts "$TMP/a1" >"$TMP/rows2" 2>"$TMP/err" &&
     grep -q "^sae	1	warm_start	1	-1	-1	1$" "$TMP/rows2"; then

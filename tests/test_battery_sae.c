@@ -9,7 +9,9 @@
  *                   the histogram sums to 1, per-feature rows for every
  *                   latent); the dictionary directory holds exactly
  *                   cfg.json, sae_weights.safetensors, sparsity.safetensors,
- *                   readable by sae_load and the safetensors reader, whose
+ *                   readable by sae_load (SAELens 6, the site's hook, the
+ *                   decoder rows of norm 1/s: SAELens's fold of the
+ *                   scale) and the safetensors reader, whose
  *                   sparsity equals log10(feature_density + 1e-10); no
  *                   staging directory is left.
  *   splicing        an SAE that reconstructs exactly (ReLU, W_enc = [I, -I],
@@ -18,9 +20,11 @@
  *                   ce_zero_ablated exactly and loss_recovered 0; ce_clean
  *                   equals gptneox_loss on the same tokens (1e-12).
  *   warm start      a second run with --prev-artifacts starts from the first
- *                   run's dictionary: W_enc and W_dec bit-identical, biases
- *                   the saved ones times this run's scale; warm_start row 1;
- *                   a dictionary of another architecture gives a cold start.
+ *                   run's dictionary unfolded with the scale in its
+ *                   metadata (W_enc / s', W_dec * s': unit rows again),
+ *                   biases at this run's scale; warm_start row 1; a
+ *                   dictionary of another architecture, or one recording no
+ *                   scale, gives a cold start.
  *   determinism     two runs give identical rows and identical files.
  *   bad input       NaN activations fail the item with ERR_NUMERIC and leave
  *                   no file; no --artifacts fails with a message naming it;
@@ -42,6 +46,7 @@
  *                   names it; when the second site fails (NaN in layer 1)
  *                   the first site's dictionary is gone too.
  */
+#include <cblas.h>
 #include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
@@ -60,6 +65,7 @@
 #include "tests/lib/test_files.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/sae.h"
+#include "workers/battery/sae_file.h"
 #include "workers/model/gptneox.h"
 #include "workers/model/safetensors.h"
 
@@ -194,19 +200,23 @@ static void check_item(const struct battery_item *it, enum sae_arch arch)
     list_dir(dir, names, sizeof names);
     assert_string_equal(names, "cfg.json sae_weights.safetensors sparsity.safetensors");
     struct sae *s = NULL;
-    int layer;
+    struct sae_info info;
     struct err e;
-    if (sae_load(&s, dir, &layer, &e) < 0)
+    if (sae_load(&s, dir, &info, &e) < 0)
         fail_msg("%s", err_str(&e));
-    assert_int_equal(layer, 1);
+    assert_int_equal(info.format, SAE_FORMAT_SAELENS);
+    assert_string_equal(info.hook_name, HOOK);
     assert_int_equal(s->arch, arch);
     assert_int_equal(s->d_in, 32);
     assert_int_equal(s->d_sae, S);
-    for (int i = 0; i < S; i++) { /* decoder rows unit norm in the file */
+    /* SAELens's fold: unit rows trained, divided by s in the file */
+    const double scale = val(r, n, "norm_scaling_factor", -1);
+    assert_true(info.norm_scaling_factor == scale);
+    for (int i = 0; i < S; i++) {
         double ss = 0.0;
         for (int j = 0; j < 32; j++)
             ss += (double)s->W_dec[i * 32 + j] * s->W_dec[i * 32 + j];
-        assert_true(fabs(sqrt(ss) - 1.0) < 1e-5);
+        assert_true(fabs(sqrt(ss) * scale - 1.0) < 1e-5);
     }
     sae_free(s);
     char path[320];
@@ -360,17 +370,25 @@ static void test_warm_start(void **state)
     assert_true(val(r2, n2, "warm_start", -1) == 1.0);
     const double scale = val(r2, n2, "norm_scaling_factor", -1);
     printf("cold fvu %.4f, warm fvu %.4f\n", val(r1, n1, "fvu", -1), val(r2, n2, "fvu", -1));
-    /* the start is the previous dictionary, bit for bit */
+    /* the start is the previous dictionary unfolded with its own s' (in
+     * its metadata), biases at this checkpoint's scale */
     struct sae *prev = NULL, *s = NULL;
+    struct sae_info info;
     struct err e;
     snprintf(dir, sizeof dir, "%s/sae/" HOOK, a1);
-    assert_int_equal(sae_load(&prev, dir, NULL, &e), 0);
+    assert_int_equal(sae_load(&prev, dir, &info, &e), 0);
+    const double sp = val(r1, n1, "norm_scaling_factor", -1);
+    assert_true(info.norm_scaling_factor == sp);
     assert_int_equal(sae_create(&s, SAE_TOPK, 32, 128, SAE_K, &e), 0);
     assert_int_equal(sae_warm_start(s, a1, "sae", HOOK, scale), 1);
-    assert_memory_equal(s->W_enc, prev->W_enc, sizeof(float) * 32 * 128);
-    assert_memory_equal(s->W_dec, prev->W_dec, sizeof(float) * 32 * 128);
+    for (int i = 0; i < 32 * 128; i++) {
+        assert_true(s->W_enc[i] == (float)(prev->W_enc[i] / sp));
+        assert_true(s->W_dec[i] == (float)(prev->W_dec[i] * sp));
+    }
+    for (int i = 0; i < 128; i++) /* unit rows again */
+        assert_true(fabs(cblas_snrm2(32, s->W_dec + i * 32, 1) - 1.0) < 1e-5);
     for (int i = 0; i < 128; i++)
-        assert_true(s->b_enc[i] == (float)(prev->b_enc[i] * scale));
+        assert_true(s->b_enc[i] == (float)((float)(prev->b_enc[i] / sp) * scale));
     for (int j = 0; j < 32; j++)
         assert_true(s->b_dec[j] == (float)(prev->b_dec[j] * scale));
     /* the trained dictionary moved away from it */
@@ -384,13 +402,22 @@ static void test_warm_start(void **state)
     assert_int_equal(sae_warm_start(s, a3, "sae", HOOK, scale), 0);
     assert_int_equal(sae_warm_start(s, a1, "sae_relu", HOOK, scale), 0);
     assert_memory_equal(s->block, untouched->block, sizeof(float) * (2 * 32 * 128 + 128 + 32));
-    char cmd[512];
+    char cmd[1024];
     snprintf(cmd, sizeof cmd, "mkdir -p %s/sae_relu && cp -r %s/sae/" HOOK " %s/sae_relu/", a3, a1,
              a3);
     assert_int_equal(system(cmd), 0);
     struct sae *relu = NULL;
     assert_int_equal(sae_create(&relu, SAE_RELU, 32, 128, 0, &e), 0);
     assert_int_equal(sae_warm_start(relu, a3, "sae_relu", HOOK, scale), 0); /* a TopK file */
+    /* a dictionary that does not record its scale: cold */
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/nos/sae && cp -r %s/sae/" HOOK " %s/nos/sae/ && sed -i "
+             "'s/\"norm_scaling_factor\"/\"other\"/' %s/nos/sae/" HOOK "/cfg.json",
+             a3, a1, a3, a3);
+    assert_int_equal(system(cmd), 0);
+    snprintf(dir, sizeof dir, "%s/nos", a3);
+    assert_int_equal(sae_warm_start(s, dir, "sae", HOOK, scale), 0);
+    assert_memory_equal(s->block, untouched->block, sizeof(float) * (2 * 32 * 128 + 128 + 32));
     struct battery_ctx c3 = ctx_of(&f, a2, a3);
     size_t n3;
     struct grow *r3 = grows_run(&battery_item_sae_relu, &c3, &n3);
@@ -579,9 +606,6 @@ static void test_item_sites(void **state)
         assert_non_null(js);
         char want[96];
         snprintf(want, sizeof want, "\"hook_name\": \"%s\"", two[k]);
-        if (!strstr(js, want))
-            fail_msg("%s lacks %s", dir, want);
-        snprintf(want, sizeof want, "\"hook_layer\": %d", k);
         if (!strstr(js, want))
             fail_msg("%s lacks %s", dir, want);
         free(js);

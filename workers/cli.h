@@ -21,5 +21,6 @@ int cmd_analyze(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_sae(int argc, char **argv);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "workers/battery/battery.h"
@@ -20,7 +21,8 @@ static const char analyze_usage[] =
     "usage: ckpt-worker analyze CKPT_DIR --items ITEM,... [--eval-tokens FILE] [--ctx N] [--seed N]\n"
     "                           [--max-seqs N] [--probe FILE]... [--task FILE]\n"
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
-    "                           [--status FILE]\n"
+    "                           [--sae DIR]... [--model-name NAME] [--run NAME] [--step N]\n"
+    "                           [--revision REV] [--status FILE]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -61,7 +63,17 @@ static const char analyze_usage[] =
     "                       'started ITEM VERSION', 'done ITEM VERSION ROWS' once its\n"
     "                       rows are all on stdout, 'failed ITEM VERSION MESSAGE'\n"
     "                       (tab-separated, after a 'ckpt-worker-status 1' line;\n"
-    "                       workers/battery/README.md)\n";
+    "                       workers/battery/README.md)\n"
+    "  --sae DIR            a fixed SAE dictionary for sae_fixed, repeatable: a SAELens\n"
+    "                       directory (cfg.json, sae_weights.safetensors) or a sparsify\n"
+    "                       hookpoint folder (cfg.json, sae.safetensors)\n"
+    "  --model-name NAME    the model's TransformerLens name, recorded in SAE files\n"
+    "                       (default: CKPT_DIR's parent's name when CKPT_DIR is stepN,\n"
+    "                       else CKPT_DIR's name)\n"
+    "  --run NAME           the run, recorded in SAE files\n"
+    "  --step N             the checkpoint's training step (default: N of a CKPT_DIR\n"
+    "                       named stepN), recorded as checkpoint_value in SAE files\n"
+    "  --revision REV       a revision that is not a step, recorded instead\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -145,6 +157,51 @@ static char *find_task_json(const char *dir)
     return NULL;
 }
 
+/* Is name "stepN"?  N into *step. */
+static int step_dir_name(const char *name, long long *step)
+{
+    uint64_t v;
+    if (strncmp(name, "step", 4) != 0 || parse_uint(name + 4, INT64_MAX, &v) < 0)
+        return 0;
+    *step = (long long)v;
+    return 1;
+}
+
+/* What is not given of the provenance, from the checkpoint directory's
+ * path: .../NAME/stepN gives model NAME and step N, .../NAME model NAME.
+ * buf (n bytes) holds the model name when guessed. */
+static void provenance_defaults(struct battery_provenance *p, const char *dir, char *buf, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        path[--len] = '\0';
+    char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    long long step;
+    int is_step = step_dir_name(base, &step);
+    if (p->step < 0 && !p->revision && is_step)
+        p->step = step;
+    if (p->model_name)
+        return;
+    const char *name = base;
+    if (is_step) {
+        if (base == path) { /* "stepN" alone: the current directory's name */
+            if (!getcwd(path, sizeof path))
+                return;
+            name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        } else {
+            base[-1] = '\0';
+            name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        }
+    }
+    if (name[0] && strcmp(name, ".") != 0 && strcmp(name, "..") != 0) {
+        snprintf(buf, n, "%s", name);
+        p->model_name = buf;
+    }
+}
+
 /* The command line. */
 struct analyze_args {
     const char *dir, *items_arg, *eval_path, *task_arg, *artifacts, *prev_artifacts;
@@ -154,6 +211,10 @@ struct analyze_args {
     int nprobe;
     const char **sae_sites;   /* (nsae_sites) */
     int nsae_sites;
+    const char **sae_dirs;    /* (nsae_dirs): --sae, the fixed dictionaries */
+    int nsae_dirs;
+    struct battery_provenance prov; /* recorded in SAE files */
+    char model_guess[256];          /* prov.model_name when guessed from the path */
     const struct battery_item **items; /* (nitems), in the order asked for */
     size_t nitems;
 };
@@ -162,6 +223,7 @@ static void args_free(struct analyze_args *a)
 {
     free(a->probe_paths);
     free(a->sae_sites);
+    free(a->sae_dirs);
     free(a->items);
 }
 
@@ -184,8 +246,10 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
     memset(a, 0, sizeof *a);
     a->probe_paths = calloc((size_t)argc, sizeof *a->probe_paths);
     a->sae_sites = calloc((size_t)argc, sizeof *a->sae_sites);
+    a->sae_dirs = calloc((size_t)argc, sizeof *a->sae_dirs);
     a->items = calloc(battery_count(), sizeof *a->items);
-    if (!a->probe_paths || !a->sae_sites || !a->items) {
+    a->prov.step = -1;
+    if (!a->probe_paths || !a->sae_sites || !a->sae_dirs || !a->items) {
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         return EXIT_USAGE;
     }
@@ -216,6 +280,19 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
             a->probe_paths[a->nprobe++] = val;
         } else if (strcmp(arg, "--sae-site") == 0) {
             a->sae_sites[a->nsae_sites++] = val;
+        } else if (strcmp(arg, "--sae") == 0) {
+            a->sae_dirs[a->nsae_dirs++] = val;
+        } else if (strcmp(arg, "--model-name") == 0) {
+            a->prov.model_name = val;
+        } else if (strcmp(arg, "--run") == 0) {
+            a->prov.run = val;
+        } else if (strcmp(arg, "--revision") == 0) {
+            a->prov.revision = val;
+        } else if (strcmp(arg, "--step") == 0) {
+            uint64_t st;
+            if (parse_number(arg, val, INT64_MAX, 0, &st))
+                return EXIT_USAGE;
+            a->prov.step = (long long)st;
         } else if (strcmp(arg, "--seed") == 0) {
             if (parse_number(arg, val, UINT64_MAX, 0, &a->seed))
                 return EXIT_USAGE;
@@ -313,6 +390,22 @@ static int check_sae_sites(const struct analyze_args *a, struct analyze_inputs *
     return 0;
 }
 
+/* The fixed dictionaries of sae_fixed, and where the checkpoint comes
+ * from (recorded in the SAE files items write). */
+static int set_sae_fixed(const struct analyze_args *a, struct analyze_inputs *in, struct err *e)
+{
+    if (a->nsae_dirs > SAE_FIXED_MAX)
+        return err_set(e, ERR_INVALID, NULL, "%d --sae dictionaries: at most %d", a->nsae_dirs,
+                       SAE_FIXED_MAX);
+    if (a->nsae_dirs && !(items_needs(a) & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)))
+        log_warn("SAE dictionaries unused", "count=%d reason=\"no item listed reads them\"",
+                 a->nsae_dirs);
+    in->bctx.sae_fixed_dirs = a->sae_dirs;
+    in->bctx.nsae_fixed = a->nsae_dirs;
+    in->bctx.provenance = &a->prov;
+    return 0;
+}
+
 /* The eval set: --eval-tokens, else the generated one. */
 static int load_eval_tokens(const struct analyze_args *a, struct analyze_inputs *in, struct err *e)
 {
@@ -357,6 +450,8 @@ static int load_inputs(const struct analyze_args *a, struct analyze_inputs *in, 
     int rc = load_probe_sets(a, in, e);
     if (rc == 0)
         rc = check_sae_sites(a, in, e);
+    if (rc == 0)
+        rc = set_sae_fixed(a, in, e);
     if (rc == 0 && (needs & (BATTERY_NEEDS(BATTERY_NEED_TASK) |
                              BATTERY_NEEDS(BATTERY_NEED_TASK_OPTIONAL)))) {
         in->bctx.task_path = a->task_arg ? a->task_arg : (in->task_found = find_task_json(a->dir));
@@ -504,6 +599,7 @@ int cmd_analyze(int argc, char **argv)
         return EXIT_INPUT;
     }
     size_t nfailed = a.nitems;
+    provenance_defaults(&a.prov, a.dir, a.model_guess, sizeof a.model_guess);
     if (load_inputs(&a, &in, &e) < 0) {
         log_err("analyze failed", &e);
         fail_items(&a, 0, err_str(&e), &st, &status_ok);

@@ -29,6 +29,9 @@ static const char usage[] =
     "                              token ids to text\n"
     "  train --task modular-addition|induction --out DIR [--steps N] ...\n"
     "                              train a toy GPT-NeoX, write its checkpoint series\n"
+    "  sae DIR [--json] [--encode FILE.npy --out OUTDIR]\n"
+    "                              read an SAE dictionary (SAELens, sparsify): what it is,\n"
+    "                              its codes and reconstructions of activations\n"
     "\n"
     "options:\n"
     "  --threads N        BLAS threads (default: OpenBLAS's, i.e. OPENBLAS_NUM_THREADS or all cores)\n"
@@ -87,6 +90,7 @@ int main(int argc, char **argv)
         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize},
         {"train", cmd_train},
+        {"sae", cmd_sae},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)

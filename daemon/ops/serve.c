@@ -29,6 +29,7 @@
 #include "daemon/ops/node.h"
 #include "daemon/ops/notify.h"
 #include "daemon/plan/registry.h"
+#include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
 #include "daemon/store/ingest.h"
@@ -37,6 +38,7 @@
 
 #define MAX_SLOTS 256
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
+#define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
 /* a worker slot's checkpoint and the one prefetched for it */
 #define NSLOTS (2 * MAX_SLOTS)
@@ -355,7 +357,7 @@ static void launch(struct server *s, struct slot *sl)
     snprintf(threads, sizeof threads, "%d", nthreads);
     snprintf(tag, sizeof tag, "%s.ck%lld", owner_tag(s->spool), c->checkpoint_id);
     supervise_status_path(status, sizeof status, s->cfg.spool_dir, tag);
-    const char *argv[26 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES];
+    const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS];
     int a = 0;
     argv[a++] = s->worker;
     argv[a++] = "--threads";
@@ -404,6 +406,27 @@ static void launch(struct server *s, struct slot *sl)
             argv[a++] = "--sae-site";
             argv[a++] = json_string_value(json_array_get(sites, k));
         }
+    /* the fixed dictionaries of sae_fixed, likewise borrowed */
+    json_t *dicts = json_object_get(opt, "sae_fixed");
+    for (size_t k = 0; k < json_array_size(dicts) && k < SERVE_MAX_SAE_DICTS; k++)
+        if (json_is_string(json_array_get(dicts, k))) {
+            argv[a++] = "--sae";
+            argv[a++] = json_string_value(json_array_get(dicts, k));
+        }
+    /* provenance for the SAE files the jobs write (sae_opts.h) */
+    char model[256], stepbuf[32];
+    jv = json_object_get(opt, "model_name");
+    if (json_is_string(jv))
+        snprintf(model, sizeof model, "%s", json_string_value(jv));
+    else
+        sae_opts_model_name(c->source, c->run, model, sizeof model);
+    snprintf(stepbuf, sizeof stepbuf, "%lld", c->step);
+    argv[a++] = "--model-name";
+    argv[a++] = model;
+    argv[a++] = "--run";
+    argv[a++] = c->run;
+    argv[a++] = "--step";
+    argv[a++] = stepbuf;
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
     double t0 = mono_now();

@@ -27,6 +27,7 @@
 #include "common/err.h"
 
 #define CLAIM_MAX_JOBS 64
+#define CLAIM_OPTIONS_MAX 8192
 #define QUEUE_CHANNEL "ckptd_jobs"
 
 struct claim {
@@ -36,7 +37,7 @@ struct claim {
     char run[256];
     char url[2048];
     char source[2048];    /* the run's source (the stage fetches from it) */
-    char options[1024];   /* the run's options JSON */
+    char options[CLAIM_OPTIONS_MAX]; /* the run's options JSON (add-run keeps it shorter) */
     int njobs;
     long long job_ids[CLAIM_MAX_JOBS];
     char items[CLAIM_MAX_JOBS][64];

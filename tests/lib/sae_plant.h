@@ -1,8 +1,9 @@
 /*
  * sae_plant.h - a synthetic series of SAE dictionaries with planted
- * features, in the layout the `sae` item writes (SAELens's: per site
- * ARTIFACTS/sae/<hook_name>/cfg.json and sae_weights.safetensors with F32
- * W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]).
+ * features, in the layout the `sae` item writes (SAELens 6's: per site
+ * ARTIFACTS/sae/<hook_name>/cfg.json with metadata.hook_name, and
+ * sae_weights.safetensors with F32 W_enc [d_in, d_sae], W_dec [d_sae,
+ * d_in], b_enc [d_sae], b_dec [d_in]).
  * Header-only (static), for test_battery_sae_match.c, whose `--plant DIR`
  * mode writes the series for tests/daemon_lineage.sh.
  *
@@ -116,8 +117,12 @@ static inline int plant_write_site(const char *artifacts, const char *hook, int 
     FILE *f = fopen(path, "w");
     if (!f)
         return err_set(e, ERR_IO, path, "cannot write");
-    fprintf(f, "{\"architecture\": \"standard\", \"d_in\": %d, \"d_sae\": %d, \"dtype\": \"float32\","
-               " \"hook_name\": \"%s\", \"hook_layer\": %d}\n", d, n, hook, layer);
+    (void)layer; /* SAELens 6 has no hook_layer: the layer is blocks.N of the hook */
+    fprintf(f, "{\"d_in\": %d, \"d_sae\": %d, \"dtype\": \"float32\", \"device\": \"cpu\","
+               " \"apply_b_dec_to_input\": true, \"normalize_activations\": \"none\","
+               " \"reshape_activations\": \"none\", \"metadata\": {\"sae_lens_version\":"
+               " \"6.18.0\", \"hook_name\": \"%s\"}, \"architecture\": \"standard\"}\n",
+            d, n, hook);
     if (fclose(f) != 0)
         return err_set(e, ERR_IO, path, "cannot write");
     float *enc = malloc((size_t)n * d * sizeof *enc), *zeros = calloc((size_t)(n > d ? n : d), sizeof *zeros);

@@ -23,6 +23,7 @@ static const struct battery_item *const items[] = {
     &battery_item_sae_relu,
     &battery_item_sae_match,
     &battery_item_llc,
+    &battery_item_sae_fixed,
 };
 
 static const char *const need_names[BATTERY_NEED_COUNT] = {
@@ -32,6 +33,7 @@ static const char *const need_names[BATTERY_NEED_COUNT] = {
     [BATTERY_NEED_ARTIFACTS] = "artifacts",
     [BATTERY_NEED_PREV_ARTIFACTS] = "prev_artifacts",
     [BATTERY_NEED_TASK_OPTIONAL] = "task_optional",
+    [BATTERY_NEED_SAE_DICTS] = "sae_dicts",
 };
 
 size_t battery_count(void)
@@ -104,6 +106,9 @@ int battery_run_item(const struct battery_item *it, const struct battery_ctx *ct
         rc = err_set(e, ERR_INVALID, NULL,
                      "needs the run's task.json (next to the checkpoint, in its parent "
                      "directory, or --task FILE) and none was found");
+    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)) && ctx->nsae_fixed <= 0)
+        rc = err_set(e, ERR_INVALID, NULL,
+                     "follows fixed SAE dictionaries and none was given (--sae DIR)");
     else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS)) && !ctx->artifacts_dir)
         rc = err_set(e, ERR_INVALID, NULL,
                      "writes artifacts and no directory was given (--artifacts DIR)");

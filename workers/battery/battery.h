@@ -53,6 +53,8 @@ enum battery_need {
                                  DIR) when given; see battery_item.depends_on */
     BATTERY_NEED_TASK_OPTIONAL, /* "task_optional": reads ctx.task_path when a toy run's
                                  task.json is found; the item runs without it */
+    BATTERY_NEED_SAE_DICTS,   /* "sae_dicts": reads ctx.sae_fixed_dirs (--sae DIR); the item
+                                 fails without one */
     BATTERY_NEED_COUNT
 };
 #define BATTERY_NEEDS(k) (1u << (k))
@@ -66,6 +68,16 @@ struct metric_def {
     const char *layer;
     const char *head;
     const char *idx;
+};
+
+/* Where the checkpoint comes from, written into the files items leave
+ * (an SAE's cfg.json metadata, sae_file.h).  Strings borrowed; NULL when
+ * unknown. */
+struct battery_provenance {
+    const char *model_name; /* TransformerLens's name of the model ("pythia-70m-deduped") */
+    const char *run;        /* the ckptd run */
+    long long step;         /* the checkpoint's training step, or -1 */
+    const char *revision;   /* a revision that is not "stepN", or NULL */
 };
 
 /* The inputs of a run.  Everything is borrowed for the duration of the run. */
@@ -88,6 +100,11 @@ struct battery_ctx {
      * (sae_sites_resolve) */
     const char *const *sae_sites;
     int nsae_sites;
+    /* the checkpoint's provenance, or NULL (unknown) */
+    const struct battery_provenance *provenance;
+    /* fixed dictionaries for sae_fixed (--sae DIR, in order), or NULL/0 */
+    const char *const *sae_fixed_dirs;
+    int nsae_fixed;
 };
 
 /* Compute the item's rows into `out` (rows_begin already called).  Returns
@@ -448,12 +465,19 @@ int sae_site_check(const struct gptneox_config *cfg, enum hook_kind kind, int la
 int sae_sites_resolve(const struct gptneox_config *cfg, const char *const *names, int n,
                       struct sae_site *out, struct err *e) CK_WUR;
 
-/* The splice metrics of an SAE s (raw activations) at the site (kind,
- * layer) on tokens (B,T): mean next-token cross-entropy clean, with the
- * activation replaced by s's reconstruction (a write hook), and zeroed;
- * mean KL(clean || spliced) over positions; and
+/* The width of one token's activation at (kind, layer) when an SAE can be
+ * spliced there, else 0: d_model for hook_embed (layer -1), hook_resid_pre,
+ * hook_attn_out, hook_mlp_out, hook_resid_post and hook_resid_mid (a
+ * sequential-residual model's only); n_heads * d_head for attn.hook_z (its
+ * heads side by side, SAELens's hook_z reshape); d_mlp for mlp.hook_post. */
+int sae_splice_width(const struct gptneox_config *cfg, enum hook_kind kind, int layer);
+
+/* The splice metrics of an SAE s (raw activations) at (kind, layer), a hook
+ * of width s->d_in (sae_splice_width), on tokens (B,T): mean next-token
+ * cross-entropy clean, with the activation replaced by s's reconstruction
+ * (a write hook), and zeroed; mean KL(clean || spliced) over positions; and
  * loss_recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
- * Errors: ERR_INVALID (not a site, d_in or sizes), ERR_NOMEM, the
+ * Errors: ERR_INVALID (not a splice hook, d_in or sizes), ERR_NOMEM, the
  * forward's. */
 struct sae;
 struct sae_splice {
@@ -489,5 +513,19 @@ extern const struct battery_item battery_item_sae_match;
 int sae_match_dicts(const float *cur, int n, const float *prev, int m, int d, double threshold,
                     int *matched, int *best_prev, int *split_parent, float *sim, int *n_died,
                     struct err *e) CK_WUR;
+
+/* sae_fixed v1 (needs eval_tokens, sae_dicts; opt-in): fixed dictionaries
+ * (ctx.sae_fixed_dirs, any format sae_file.h reads, e.g. a released SAE of
+ * the final model) applied at their hooks at every checkpoint, so each
+ * feature's density can be followed back through training ("when was this
+ * feature born").  Rows: layer = the hook's layer (-1 for hook_embed), head
+ * = the dictionary's position in the list; per feature (idx)
+ * feature_density and feature_mean_activation (the units the file
+ * computes); per dictionary fvu, explained_variance, l0,
+ * inactive_fraction, density_histogram (idx bin), ce_clean, ce_spliced,
+ * ce_zero_ablated, loss_recovered, kl_spliced.  Definitions in
+ * battery_sae_fixed.c. */
+#define SAE_FIXED_MAX 16 /* dictionaries of one run */
+extern const struct battery_item battery_item_sae_fixed;
 
 #endif

@@ -23,15 +23,21 @@
  * SAE_TRAIN_BATCH tokens per step, SAE_TRAIN_TOKENS tokens in all (epochs
  * over the training activations, reshuffled every epoch), seeded by
  * --seed ^ SAE_SEED_SALT.  Inputs are scaled by s = sqrt(d_in) / mean ||x||
- * of the training tokens; the saved dictionary has s folded into its
- * biases, so it reads raw activations (sae.h).
+ * of the training tokens.  The metrics are computed with s folded into the
+ * biases (sae_fold_scaling: codes in raw units, the trained codes / s); the
+ * saved dictionary has s folded as SAELens folds it (sae_fold_saelens:
+ * W_enc * s, W_dec / s, b_dec / s), so SAELens computes the trained codes
+ * from raw activations, which are s times feature_mean_activation's units.
  *
  * Warm start: when --prev-artifacts DIR is given and DIR/<item>/<hook>/
- * holds a dictionary of the same architecture, d_in, d_sae (and k), it is
- * the starting point (its biases multiplied by this checkpoint's s), as
- * SAE-Track does to follow features through training; otherwise (no
- * directory, other shapes, or an unreadable dictionary, which is logged)
- * the start is cold.  Adam's moments always start at zero.
+ * holds a dictionary of the same architecture, d_in, d_sae (and k) with
+ * its norm_scaling_factor s' in metadata.ckptd, it is the starting point,
+ * as SAE-Track does to follow features through training: its weights
+ * unfolded (W_enc / s', W_dec * s'), its biases those of the bias-folded
+ * dictionary times this checkpoint's s (b_enc / s' * s, b_dec * s);
+ * otherwise (no directory, other shapes, no s', or an unreadable
+ * dictionary, which is logged) the start is cold.  Adam's moments always
+ * start at zero.
  *
  * Metrics, all of the final (raw-space) dictionary:
  *   fvu                 held-out tokens: sum_t ||x_t - xhat_t||^2 /
@@ -67,7 +73,8 @@
  *   norm_scaling_factor s
  *
  * Artifacts: ARTIFACTS/<item>/<hook>/{cfg.json, sae_weights.safetensors,
- * sparsity.safetensors} (sae.h).  They are written into a fresh
+ * sparsity.safetensors} in SAELens 6's layout with the checkpoint's
+ * provenance (sae_file.h).  They are written into a fresh
  * ARTIFACTS/<item>/.<hook>.tmp-XXXXXX directory once every number of the
  * site is computed; when every site is done the directories are renamed
  * into place (an earlier dictionary there is moved aside first and removed
@@ -91,6 +98,7 @@
 #include "common/path.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/sae.h"
+#include "workers/battery/sae_file.h"
 #include "workers/model/kernels.h"
 
 #define SAE_SEED_SALT 0x5341452d73656564ull /* "SAE-seed" */
@@ -197,6 +205,29 @@ int sae_site_check(const struct gptneox_config *cfg, enum hook_kind kind, int la
     return 0;
 }
 
+int sae_splice_width(const struct gptneox_config *cfg, enum hook_kind kind, int layer)
+{
+    if (kind == HOOK_EMBED)
+        return layer == -1 ? cfg->d_model : 0;
+    if (layer < 0 || layer >= cfg->n_layers)
+        return 0;
+    switch (kind) {
+    case HOOK_RESID_PRE:
+    case HOOK_ATTN_OUT:
+    case HOOK_MLP_OUT:
+    case HOOK_RESID_POST:
+        return cfg->d_model;
+    case HOOK_RESID_MID:
+        return cfg->parallel_residual ? 0 : cfg->d_model;
+    case HOOK_ATTN_Z:
+        return cfg->n_heads * cfg->d_head;
+    case HOOK_MLP_POST:
+        return cfg->d_mlp;
+    default:
+        return 0;
+    }
+}
+
 int sae_sites_resolve(const struct gptneox_config *cfg, const char *const *names, int n,
                       struct sae_site *out, struct err *e)
 {
@@ -233,13 +264,17 @@ int sae_splice_eval(struct gptneox *m, const struct sae *s, enum hook_kind kind,
 {
     const int V = m->cfg.vocab_size;
     memset(out, 0, sizeof *out);
-    int rc = sae_site_check(&m->cfg, kind, layer, e);
-    if (rc < 0)
-        return rc;
-    if (s->d_in != m->cfg.d_model || B < 1 || T < 2)
+    int rc = 0, width = sae_splice_width(&m->cfg, kind, layer);
+    char name[64];
+    if (hook_name(name, sizeof name, kind, layer < 0 ? 0 : layer) < 0)
+        snprintf(name, sizeof name, "hook kind %d", (int)kind);
+    if (width <= 0)
+        return err_set(e, ERR_INVALID, name,
+                       "not a hook an SAE is spliced at (a per-token activation of this model)");
+    if (s->d_in != width || B < 1 || T < 2)
         return err_set(e, ERR_INVALID, "sae splice",
-                       "d_in %d (model d_model %d), %d x %d tokens out of range", s->d_in,
-                       m->cfg.d_model, B, T);
+                       "d_in %d (the hook's width %d), %d x %d tokens out of range", s->d_in,
+                       width, B, T);
     size_t per = (size_t)T * V;
     int G = (int)(SAE_SPLICE_FLOATS / per);
     G = G < 1 ? 1 : G > B ? B : G;
@@ -409,25 +444,39 @@ int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *it
     char pdir[4096];
     struct stat sb;
     struct err pe;
+    struct sae_info info;
     struct sae *prev = NULL;
     int warm = 0;
     snprintf(pdir, sizeof pdir, "%s/%s/%s", prev_artifacts_dir, item, hook);
     if (stat(pdir, &sb) != 0) {
         log_info("sae cold start", "reason=\"no previous dictionary\" dir=%s", log_quote(pdir));
-    } else if (sae_load(&prev, pdir, NULL, &pe) < 0) {
+    } else if (sae_load(&prev, pdir, &info, &pe) < 0) {
         log_warn("sae cold start", "reason=\"previous dictionary unreadable\" error=%s",
                  log_quote(err_str(&pe)));
     } else if (prev->arch != s->arch || prev->d_in != s->d_in || prev->d_sae != s->d_sae ||
-               prev->k != s->k) {
+               prev->k != s->k || !prev->apply_b_dec) {
         log_warn("sae cold start",
                  "reason=\"previous dictionary has other shapes\" dir=%s architecture=%s d_in=%d "
                  "d_sae=%d k=%d",
                  log_quote(pdir), sae_arch_name(prev->arch), prev->d_in, prev->d_sae, prev->k);
+    } else if (!(info.norm_scaling_factor > 0.0) || !isfinite(info.norm_scaling_factor)) {
+        log_warn("sae cold start",
+                 "reason=\"previous dictionary records no metadata.ckptd.norm_scaling_factor\" "
+                 "dir=%s",
+                 log_quote(pdir));
     } else {
-        memcpy(s->block, prev->block,
-               ((size_t)2 * s->d_in * s->d_sae + (size_t)s->d_sae + (size_t)s->d_in) *
-                   sizeof(float));
-        sae_unfold_scaling(s, scale);
+        /* the weights as trained; the biases of the bias-folded dictionary
+         * (b_enc / s', b_dec as stored) moved to this checkpoint's scale */
+        const double sp = info.norm_scaling_factor;
+        const size_t CS = (size_t)s->d_in * s->d_sae;
+        for (size_t i = 0; i < CS; i++)
+            s->W_enc[i] = (float)(prev->W_enc[i] / sp);
+        for (size_t i = 0; i < CS; i++)
+            s->W_dec[i] = (float)(prev->W_dec[i] * sp);
+        for (int i = 0; i < s->d_sae; i++)
+            s->b_enc[i] = (float)((float)(prev->b_enc[i] / sp) * scale);
+        for (int j = 0; j < s->d_in; j++)
+            s->b_dec[j] = (float)(prev->b_dec[j] * scale);
         warm = 1;
         log_info("sae warm start", "dir=%s", log_quote(pdir));
     }
@@ -439,6 +488,7 @@ int sae_warm_start(struct sae *s, const char *prev_artifacts_dir, const char *it
 
 struct sae_item_def {
     const char *name;
+    int version; /* the item's (battery_item.version), recorded in the files */
     enum sae_arch arch;
 };
 
@@ -474,7 +524,7 @@ static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct er
     long *count = NULL;
     double *sum = NULL;
     unsigned char *dead = NULL;
-    struct sae *s = NULL;
+    struct sae *s = NULL, *saved = NULL;
     struct sae_trainer *tr = NULL;
     char *art = NULL, *stage = NULL, *final = NULL;
     all = malloc((size_t)BATTERY_LOSS_BATCH * T * C * sizeof *all);
@@ -547,9 +597,15 @@ static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct er
         goto out;
     }
     const int ndead = sae_trainer_dead(tr, dead);
+    /* the file's dictionary: s folded as SAELens folds it */
+    if (!(saved = sae_clone(s))) {
+        rc = err_set(e, ERR_NOMEM, hook, "out of memory for the dictionary");
+        goto out;
+    }
+    sae_fold_saelens(saved, scale);
     sae_fold_scaling(s, scale);
     for (size_t i = 0; i < (size_t)2 * C * S + S + C; i++)
-        if (!isfinite(s->block[i])) {
+        if (!isfinite(s->block[i]) || !isfinite(saved->block[i])) {
             rc = err_set(e, ERR_NUMERIC, hook, "the trained dictionary holds a non-finite value");
             goto out;
         }
@@ -625,17 +681,23 @@ static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct er
         rc = err_set(e, ERR_IO, art, "cannot create a staging directory: %s", strerror(errno));
         goto out;
     }
+    const struct battery_provenance *pv = c->provenance;
     struct sae_meta meta = {
+        .model_name = pv ? pv->model_name : NULL,
         .hook_name = hook,
-        .hook_layer = L,
         .context_size = T,
         .dataset_path = c->eval_name,
+        .step = pv ? pv->step : -1,
+        .revision = pv ? pv->revision : NULL,
+        .run = pv ? pv->run : NULL,
+        .item = def->name,
+        .item_version = def->version,
         .norm_scaling_factor = scale,
         .train_tokens = sae_trainer_tokens(tr),
         .seed = seed,
         .warm_start = warm,
     };
-    if ((rc = sae_save(s, stage, &meta, logsp, e)) < 0) {
+    if ((rc = sae_save(saved, stage, &meta, logsp, e)) < 0) {
         remove_dir(stage);
         goto out;
     }
@@ -652,6 +714,7 @@ out:
     }
     free(art);
     sae_trainer_free(tr);
+    sae_free(saved);
     sae_free(s);
     free(dead);
     free(logsp);
@@ -699,8 +762,10 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
     return rc;
 }
 
-static const struct sae_item_def def_topk = {"sae", SAE_TOPK};
-static const struct sae_item_def def_relu = {"sae_relu", SAE_RELU};
+#define SAE_VERSION 1
+#define SAE_RELU_VERSION 1
+static const struct sae_item_def def_topk = {"sae", SAE_VERSION, SAE_TOPK};
+static const struct sae_item_def def_relu = {"sae_relu", SAE_RELU_VERSION, SAE_RELU};
 
 static int sae_run_topk(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
@@ -718,7 +783,7 @@ static int sae_run_relu(const struct battery_ctx *c, struct rows *out, struct er
 
 const struct battery_item battery_item_sae = {
     .name = "sae",
-    .version = 1,
+    .version = SAE_VERSION,
     .needs = SAE_NEEDS,
     .metrics = sae_metrics,
     .nmetrics = sizeof sae_metrics / sizeof *sae_metrics,
@@ -728,7 +793,7 @@ const struct battery_item battery_item_sae = {
 
 const struct battery_item battery_item_sae_relu = {
     .name = "sae_relu",
-    .version = 1,
+    .version = SAE_RELU_VERSION,
     .needs = SAE_NEEDS,
     .metrics = sae_metrics,
     .nmetrics = sizeof sae_metrics / sizeof *sae_metrics,

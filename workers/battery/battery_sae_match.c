@@ -32,9 +32,9 @@
  *
  * S is computed by sgemm in blocks of rows of C, SAE_MATCH_BLOCK_FLOATS
  * floats at a time, so memory does not grow with d_sae^2; best_next is
- * carried across blocks.  Rows are written with layer = the site's
- * hook_layer; two sites of one layer are an error (their rows would
- * collide). */
+ * carried across blocks.  Rows are written with layer = the site's layer
+ * (blocks.L of its hook name; hook_layer in a pre-6.0 cfg.json); two sites
+ * of one layer are an error (their rows would collide). */
 #include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
@@ -90,7 +90,10 @@ static void dict_free(struct sae_dict *d)
     d->dec = NULL;
 }
 
-/* dir/site/cfg.json: d_in, d_sae, hook_name (= site), hook_layer. */
+/* dir/site/cfg.json: d_in, d_sae and the hook name (= site): metadata's
+ * in SAELens 6's dialect, the top level's before 6.0; the layer is the
+ * top-level hook_layer when there is one (pre-6.0), else blocks.N's N
+ * (hook_embed: -1). */
 static int read_cfg(const char *dir, const char *site, struct sae_dict *d, struct err *e)
 {
     char path[4096];
@@ -98,16 +101,18 @@ static int read_cfg(const char *dir, const char *site, struct sae_dict *d, struc
     struct stat sb;
     if (stat(path, &sb) != 0)
         return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, path,
-                       "no SAE config (cfg.json with d_in, d_sae, hook_name, hook_layer): %s",
+                       "no SAE config (cfg.json with d_in, d_sae, hook_name): %s",
                        strerror(errno));
     json_error_t je;
     json_t *cfg = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!cfg)
         return err_set(e, ERR_FORMAT, path, "cannot read the SAE config: %s (line %d)", je.text,
                        je.line);
-    int rc = 0;
+    int rc = 0, blk = -1, has_blk = sscanf(site, "blocks.%d.", &blk) == 1;
     json_t *din = json_object_get(cfg, "d_in"), *dsae = json_object_get(cfg, "d_sae");
     json_t *hook = json_object_get(cfg, "hook_name"), *layer = json_object_get(cfg, "hook_layer");
+    if (!hook)
+        hook = json_object_get(json_object_get(cfg, "metadata"), "hook_name");
     if (!json_is_object(cfg))
         rc = err_set(e, ERR_FORMAT, path, "the SAE config is not a JSON object");
     else if (!json_is_integer(din) || json_integer_value(din) <= 0 ||
@@ -116,20 +121,20 @@ static int read_cfg(const char *dir, const char *site, struct sae_dict *d, struc
         rc = err_set(e, ERR_FORMAT, path, "\"d_in\" and \"d_sae\" must be positive integers");
     else if (!json_is_string(hook) || strcmp(json_string_value(hook), site) != 0)
         rc = err_set(e, ERR_MISMATCH, path,
-                     "\"hook_name\" must be a string equal to the site's directory name '%s'",
+                     "the hook name (metadata.hook_name, or hook_name before SAELens 6) must be "
+                     "a string equal to the site's directory name '%s'",
                      site);
-    else if (!json_is_integer(layer) || json_integer_value(layer) < -1 ||
-             json_integer_value(layer) > 32767)
+    else if (layer && (!json_is_integer(layer) || json_integer_value(layer) < -1 ||
+                       json_integer_value(layer) > 32767))
         rc = err_set(e, ERR_FORMAT, path, "\"hook_layer\" must be an integer from -1 to 32767");
-    if (rc == 0) {
-        int blk = -1;
-        if (sscanf(site, "blocks.%d.", &blk) == 1 && blk != json_integer_value(layer))
-            rc = err_set(e, ERR_MISMATCH, path, "\"hook_layer\" %lld contradicts hook_name %s",
-                         (long long)json_integer_value(layer), site);
-    }
+    else if (!layer && !has_blk && strcmp(site, "hook_embed") != 0)
+        rc = err_set(e, ERR_FORMAT, path, "no layer: the hook %s is not blocks.N.<hook>", site);
+    if (rc == 0 && layer && has_blk && blk != json_integer_value(layer))
+        rc = err_set(e, ERR_MISMATCH, path, "\"hook_layer\" %lld contradicts hook_name %s",
+                     (long long)json_integer_value(layer), site);
     if (rc == 0) {
         snprintf(d->hook, sizeof d->hook, "%s", site);
-        d->layer = (int)json_integer_value(layer);
+        d->layer = layer ? (int)json_integer_value(layer) : has_blk ? blk : -1;
         d->d_in = (int)json_integer_value(din);
         d->d_sae = (int)json_integer_value(dsae);
     }

@@ -1,5 +1,5 @@
-/* Sparse autoencoders: forward, the TopK/AuxK and ReLU/L1 trainers, and
- * SAELens-layout files.  Definitions and sources in sae.h.
+/* Sparse autoencoders: forward, the folds, and the TopK/AuxK and ReLU/L1
+ * trainers.  Definitions and sources in sae.h.
  *
  * Shapes: n rows of a batch, C = d_in, S = d_sae.  Every product is one
  * cblas_sgemm (or sgemv) over the whole batch; the loops here are
@@ -8,29 +8,17 @@
 #include "workers/battery/sae.h"
 
 #include <cblas.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "common/path.h"
 #include "workers/battery/rng.h"
-#include "workers/model/safetensors.h"
 #include "workers/train/adamw.h"
 
 const char *sae_arch_name(enum sae_arch a)
 {
-    return a == SAE_TOPK ? "topk" : a == SAE_RELU ? "standard" : NULL;
-}
-
-const char *sae_arch_activation(enum sae_arch a)
-{
-    return a == SAE_TOPK ? "topk" : a == SAE_RELU ? "relu" : NULL;
+    return a == SAE_TOPK ? "topk" : a == SAE_RELU ? "standard" : a == SAE_JUMPRELU ? "jumprelu" : NULL;
 }
 
 /* ---- the dictionary ---- */
@@ -50,7 +38,8 @@ int sae_create(struct sae **out, enum sae_arch arch, int d_in, int d_sae, int k,
     if (arch == SAE_TOPK && (k < 1 || k > d_sae))
         return err_set(e, ERR_INVALID, "sae", "TopK k = %d outside [1, d_sae = %d]", k, d_sae);
     struct sae *s = calloc(1, sizeof *s);
-    float *block = calloc(sae_floats(d_in, d_sae), sizeof *block);
+    float *block = calloc(sae_floats(d_in, d_sae) + (arch == SAE_JUMPRELU ? (size_t)d_sae : 0),
+                          sizeof *block);
     if (!s || !block) {
         free(s);
         free(block);
@@ -60,11 +49,13 @@ int sae_create(struct sae **out, enum sae_arch arch, int d_in, int d_sae, int k,
     s->d_in = d_in;
     s->d_sae = d_sae;
     s->k = arch == SAE_TOPK ? k : 0;
+    s->apply_b_dec = 1;
     s->block = block;
     s->W_enc = block;
     s->W_dec = block + (size_t)d_in * d_sae;
     s->b_enc = s->W_dec + (size_t)d_in * d_sae;
     s->b_dec = s->b_enc + d_sae;
+    s->threshold = arch == SAE_JUMPRELU ? s->b_dec + d_in : NULL;
     *out = s;
     return 0;
 }
@@ -83,7 +74,9 @@ struct sae *sae_clone(const struct sae *s)
     if (sae_create(&c, s->arch, s->d_in, s->d_sae, s->k ? s->k : 1, NULL) < 0)
         return NULL;
     c->k = s->k;
-    memcpy(c->block, s->block, sae_floats(s->d_in, s->d_sae) * sizeof(float));
+    c->apply_b_dec = s->apply_b_dec;
+    memcpy(c->block, s->block,
+           (sae_floats(s->d_in, s->d_sae) + (s->threshold ? (size_t)s->d_sae : 0)) * sizeof(float));
     return c;
 }
 
@@ -133,9 +126,12 @@ void sae_init_cold(struct sae *s, const float *x, size_t n, uint64_t seed)
 void sae_encode_pre(const struct sae *s, float *pre, float *xc, const float *x, int n)
 {
     const int C = s->d_in, S = s->d_sae;
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < C; j++)
-            xc[(size_t)t * C + j] = x[(size_t)t * C + j] - s->b_dec[j];
+    if (s->apply_b_dec)
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < C; j++)
+                xc[(size_t)t * C + j] = x[(size_t)t * C + j] - s->b_dec[j];
+    else
+        memcpy(xc, x, (size_t)n * C * sizeof(float));
     for (int t = 0; t < n; t++)
         memcpy(pre + (size_t)t * S, s->b_enc, (size_t)S * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, S, C, 1.0f, xc, C, s->W_enc, S,
@@ -205,6 +201,11 @@ static void activate(const struct sae *s, float *z, const float *pre, int n, int
                 o[i] = p[i] > 0.0f ? p[i] : 0.0f;
             continue;
         }
+        if (s->arch == SAE_JUMPRELU) { /* SAELens: ReLU(pre) * (pre > threshold) */
+            for (int i = 0; i < S; i++)
+                o[i] = p[i] > s->threshold[i] && p[i] > 0.0f ? p[i] : 0.0f;
+            continue;
+        }
         int got = topk_row(p, S, NULL, s->k, heap);
         float kept[got > 0 ? got : 1];
         for (int j = 0; j < got; j++)
@@ -269,6 +270,48 @@ void sae_unfold_scaling(struct sae *s, double scale)
         s->b_enc[i] = (float)(s->b_enc[i] * scale);
     for (int j = 0; j < s->d_in; j++)
         s->b_dec[j] = (float)(s->b_dec[j] * scale);
+}
+
+void sae_fold_saelens(struct sae *s, double scale)
+{
+    const size_t CS = (size_t)s->d_in * s->d_sae;
+    for (size_t i = 0; i < CS; i++)
+        s->W_enc[i] = (float)(s->W_enc[i] * scale);
+    for (size_t i = 0; i < CS; i++)
+        s->W_dec[i] = (float)(s->W_dec[i] / scale);
+    for (int j = 0; j < s->d_in; j++)
+        s->b_dec[j] = (float)(s->b_dec[j] / scale);
+}
+
+void sae_unfold_saelens(struct sae *s, double scale)
+{
+    const size_t CS = (size_t)s->d_in * s->d_sae;
+    for (size_t i = 0; i < CS; i++)
+        s->W_enc[i] = (float)(s->W_enc[i] / scale);
+    for (size_t i = 0; i < CS; i++)
+        s->W_dec[i] = (float)(s->W_dec[i] * scale);
+    for (int j = 0; j < s->d_in; j++)
+        s->b_dec[j] = (float)(s->b_dec[j] * scale);
+}
+
+void sae_fold_decoder_norm(struct sae *s)
+{
+    const int C = s->d_in, S = s->d_sae;
+    for (int i = 0; i < S; i++) {
+        float *d = s->W_dec + (size_t)i * C;
+        double ss = 0.0;
+        for (int j = 0; j < C; j++)
+            ss += (double)d[j] * d[j];
+        const double n = sqrt(ss);
+        if (n > 0.0)
+            for (int j = 0; j < C; j++)
+                d[j] = (float)(d[j] / n);
+        for (int j = 0; j < C; j++)
+            s->W_enc[(size_t)j * S + i] = (float)(s->W_enc[(size_t)j * S + i] * n);
+        s->b_enc[i] = (float)(s->b_enc[i] * n);
+        if (s->threshold)
+            s->threshold[i] = (float)(s->threshold[i] * n);
+    }
 }
 
 int sae_norm_scale(const float *x, size_t n, int d_in, double *scale, struct err *e)
@@ -362,6 +405,11 @@ int sae_trainer_create(struct sae_trainer **out, struct sae *s, const struct sae
                        "dead window %ld, aux %g, l1 %g, k_aux %d)",
                        c->lr, c->beta1, c->beta2, c->eps, c->batch, c->dead_window, c->aux_coeff,
                        c->l1_coeff, c->k_aux);
+    if (s->arch == SAE_JUMPRELU || !s->apply_b_dec)
+        return err_set(e, ERR_UNSUPPORTED, "sae trainer",
+                       "only TopK and ReLU dictionaries that subtract b_dec are trained "
+                       "(architecture %s, apply_b_dec %d)",
+                       sae_arch_name(s->arch), s->apply_b_dec);
     const int C = s->d_in, S = s->d_sae, B = c->batch;
     struct sae_trainer *tr = calloc(1, sizeof *tr);
     if (!tr)
@@ -665,218 +713,4 @@ int sae_trainer_dead(const struct sae_trainer *tr, unsigned char *dead)
         nd += dead[i];
     }
     return nd;
-}
-
-/* ---- files ---- */
-
-
-int sae_save(const struct sae *s, const char *dir, const struct sae_meta *meta,
-             const float *log_sparsity, struct err *e)
-{
-    char path[4096];
-    const int C = s->d_in, S = s->d_sae;
-    struct st_write_tensor w[4] = {
-        {"W_enc", ST_F32, 2, {C, S}, s->W_enc},
-        {"W_dec", ST_F32, 2, {S, C}, s->W_dec},
-        {"b_enc", ST_F32, 1, {S}, s->b_enc},
-        {"b_dec", ST_F32, 1, {C}, s->b_dec},
-    };
-    static const char *const fmt_pt[] = {"format", "pt", NULL};
-    if (snprintf(path, sizeof path, "%s/%s", dir, SAE_WEIGHTS_FILE) >= (int)sizeof path)
-        return err_set(e, ERR_IO, dir, "path too long");
-    if (st_write(path, w, 4, fmt_pt, e) < 0)
-        return e ? e->code : ERR_IO;
-    if (log_sparsity) {
-        struct st_write_tensor sp = {"sparsity", ST_F32, 1, {S}, log_sparsity};
-        snprintf(path, sizeof path, "%s/%s", dir, SAE_SPARSITY_FILE);
-        if (st_write(path, &sp, 1, fmt_pt, e) < 0)
-            return e ? e->code : ERR_IO;
-    }
-    /* cfg.json: the keys of SAELens's pre-6.0 SAEConfig.to_dict, in its order */
-    json_t *c = json_object(), *kw = json_object(), *mk = json_object(), *sl = json_array(),
-           *ck = json_object();
-    int rc = 0;
-    if (!c || !kw || !mk || !sl || !ck) {
-        json_decref(c);
-        json_decref(kw);
-        json_decref(mk);
-        json_decref(sl);
-        json_decref(ck);
-        return err_set(e, ERR_NOMEM, dir, "out of memory for cfg.json");
-    }
-    if (s->arch == SAE_TOPK)
-        json_object_set_new(kw, "k", json_integer(s->k));
-    json_array_append_new(sl, json_null());
-    json_object_set_new(c, "architecture", json_string(sae_arch_name(s->arch)));
-    json_object_set_new(c, "d_in", json_integer(C));
-    json_object_set_new(c, "d_sae", json_integer(S));
-    json_object_set_new(c, "dtype", json_string("float32"));
-    json_object_set_new(c, "device", json_string("cpu"));
-    json_object_set_new(c, "model_name",
-                        json_string(meta->model_name ? meta->model_name : "gpt-neox"));
-    json_object_set_new(c, "hook_name", json_string(meta->hook_name));
-    json_object_set_new(c, "hook_layer", json_integer(meta->hook_layer));
-    json_object_set_new(c, "hook_head_index", json_null());
-    json_object_set_new(c, "activation_fn_str", json_string(sae_arch_activation(s->arch)));
-    json_object_set_new(c, "activation_fn_kwargs", kw);
-    json_object_set_new(c, "apply_b_dec_to_input", json_true());
-    json_object_set_new(c, "finetuning_scaling_factor", json_false());
-    json_object_set_new(c, "sae_lens_training_version", json_null());
-    json_object_set_new(c, "prepend_bos", json_false());
-    json_object_set_new(c, "dataset_path",
-                        json_string(meta->dataset_path ? meta->dataset_path : ""));
-    json_object_set_new(c, "dataset_trust_remote_code", json_false());
-    json_object_set_new(c, "context_size", json_integer(meta->context_size));
-    json_object_set_new(c, "normalize_activations", json_string("none"));
-    json_object_set_new(c, "neuronpedia_id", json_null());
-    json_object_set_new(c, "model_from_pretrained_kwargs", mk);
-    json_object_set_new(c, "seqpos_slice", sl);
-    json_object_set_new(ck, "norm_scaling_factor", json_real(meta->norm_scaling_factor));
-    json_object_set_new(ck, "normalization",
-                        json_string("trained on x * norm_scaling_factor (sqrt(d_in) / mean "
-                                    "||x|| over the training tokens); b_enc and b_dec divided "
-                                    "by it for raw activations"));
-    json_object_set_new(ck, "train_tokens", json_integer(meta->train_tokens));
-    json_object_set_new(ck, "seed", json_integer((json_int_t)meta->seed));
-    json_object_set_new(ck, "warm_start", json_boolean(meta->warm_start));
-    json_object_set_new(c, "ckptd", ck);
-    char *text = json_dumps(c, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
-    json_decref(c);
-    if (!text)
-        return err_set(e, ERR_NOMEM, dir, "out of memory for cfg.json");
-    size_t n = strlen(text);
-    char *withnl = malloc(n + 2);
-    if (!withnl) {
-        free(text);
-        return err_set(e, ERR_NOMEM, dir, "out of memory for cfg.json");
-    }
-    memcpy(withnl, text, n);
-    withnl[n] = '\n';
-    withnl[n + 1] = '\0';
-    free(text);
-    snprintf(path, sizeof path, "%s/%s", dir, SAE_CFG_FILE);
-    rc = path_write_atomic(path, withnl, e);
-    free(withnl);
-    return rc;
-}
-
-/* cfg.json's integer `key`, or an error naming it. */
-static int cfg_int(json_t *cfg, const char *key, const char *path, int *out, struct err *e)
-{
-    json_t *v = json_object_get(cfg, key);
-    if (!json_is_integer(v) || json_integer_value(v) < -1 || json_integer_value(v) > INT32_MAX)
-        return err_set(e, ERR_FORMAT, path, "\"%s\" is missing or not an integer", key);
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
-static const char *cfg_str(json_t *cfg, const char *key)
-{
-    json_t *v = json_object_get(cfg, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-/* Copy tensor `name` (F32, shape dims) of st into dst, checking values. */
-static int load_tensor(const struct st_file *st, const char *path, const char *name, int ndim,
-                       const int64_t *dims, float *dst, struct err *e)
-{
-    const struct st_tensor *t = st_find(st, name);
-    if (!t)
-        return err_set(e, ERR_FORMAT, path, "tensor %s is missing", name);
-    if (t->dtype != ST_F32)
-        return err_set(e, ERR_UNSUPPORTED, path, "tensor %s is %s; F32 is needed", name,
-                       st_dtype_name(t->dtype));
-    int ok = t->ndim == ndim;
-    for (int d = 0; ok && d < ndim; d++)
-        ok = t->shape[d] == dims[d];
-    if (!ok)
-        return err_set(e, ERR_MISMATCH, path, "tensor %s has shape [%lld%s], cfg.json implies [%lld%s%lld]",
-                       name, t->ndim ? (long long)t->shape[0] : 0LL, t->ndim > 1 ? ", ..." : "",
-                       (long long)dims[0], ndim > 1 ? ", " : "", ndim > 1 ? (long long)dims[1] : 0LL);
-    memcpy(dst, t->data, t->nbytes);
-    for (size_t i = 0; i < t->nelem; i++)
-        if (!isfinite(dst[i]))
-            return err_set(e, ERR_NUMERIC, path, "tensor %s holds a non-finite value at %zu", name,
-                           i);
-    return 0;
-}
-
-int sae_load(struct sae **out, const char *dir, int *hook_layer, struct err *e)
-{
-    *out = NULL;
-    char path[4096], wpath[4096];
-    if (snprintf(path, sizeof path, "%s/%s", dir, SAE_CFG_FILE) >= (int)sizeof path ||
-        snprintf(wpath, sizeof wpath, "%s/%s", dir, SAE_WEIGHTS_FILE) >= (int)sizeof wpath)
-        return err_set(e, ERR_IO, dir, "path too long");
-    json_error_t je;
-    json_t *cfg = json_load_file(path, 0, &je);
-    if (!cfg) {
-        if (access(path, F_OK) != 0)
-            return err_set(e, ERR_NOTFOUND, path, "no such file");
-        return err_set(e, ERR_FORMAT, path, "not JSON: %s (line %d)", je.text, je.line);
-    }
-    struct sae *s = NULL;
-    struct st_file *st = NULL;
-    int rc = 0, C = 0, S = 0, k = 0, layer = -1;
-    enum sae_arch arch;
-    const char *a = cfg_str(cfg, "architecture"), *act = cfg_str(cfg, "activation_fn_str");
-    const char *norm = cfg_str(cfg, "normalize_activations");
-    if (!json_is_object(cfg)) {
-        rc = err_set(e, ERR_FORMAT, path, "not a JSON object");
-        goto out;
-    }
-    if (!a || !act) {
-        rc = err_set(e, ERR_FORMAT, path, "\"architecture\" or \"activation_fn_str\" is missing");
-        goto out;
-    }
-    if (strcmp(a, "topk") == 0 && strcmp(act, "topk") == 0) {
-        arch = SAE_TOPK;
-        json_t *kv = json_object_get(json_object_get(cfg, "activation_fn_kwargs"), "k");
-        if (!json_is_integer(kv)) {
-            rc = err_set(e, ERR_FORMAT, path, "a topk SAE needs activation_fn_kwargs.k");
-            goto out;
-        }
-        k = (int)json_integer_value(kv);
-    } else if (strcmp(a, "standard") == 0 && strcmp(act, "relu") == 0) {
-        arch = SAE_RELU;
-    } else {
-        rc = err_set(e, ERR_UNSUPPORTED, path,
-                     "architecture \"%s\" with activation \"%s\": only topk/topk and "
-                     "standard/relu are read",
-                     a, act);
-        goto out;
-    }
-    if (!json_is_true(json_object_get(cfg, "apply_b_dec_to_input")) ||
-        json_is_true(json_object_get(cfg, "finetuning_scaling_factor")) ||
-        (norm && strcmp(norm, "none") != 0)) {
-        rc = err_set(e, ERR_UNSUPPORTED, path,
-                     "only apply_b_dec_to_input true, no finetuning_scaling_factor and "
-                     "normalize_activations \"none\" are read");
-        goto out;
-    }
-    if ((rc = cfg_int(cfg, "d_in", path, &C, e)) < 0 || (rc = cfg_int(cfg, "d_sae", path, &S, e)) < 0)
-        goto out;
-    if (json_object_get(cfg, "hook_layer") && (rc = cfg_int(cfg, "hook_layer", path, &layer, e)) < 0)
-        goto out;
-    if ((rc = sae_create(&s, arch, C, S, k, e)) < 0) {
-        err_wrap(e, "%s", path);
-        goto out;
-    }
-    if ((rc = st_open(&st, wpath, e)) < 0)
-        goto out;
-    int64_t de[2] = {C, S}, dd[2] = {S, C}, dbe[1] = {S}, dbd[1] = {C};
-    if ((rc = load_tensor(st, wpath, "W_enc", 2, de, s->W_enc, e)) < 0 ||
-        (rc = load_tensor(st, wpath, "W_dec", 2, dd, s->W_dec, e)) < 0 ||
-        (rc = load_tensor(st, wpath, "b_enc", 1, dbe, s->b_enc, e)) < 0 ||
-        (rc = load_tensor(st, wpath, "b_dec", 1, dbd, s->b_dec, e)) < 0)
-        goto out;
-    if (hook_layer)
-        *hook_layer = layer;
-    *out = s;
-    s = NULL;
-out:
-    st_free(st);
-    sae_free(s);
-    json_decref(cfg);
-    return rc;
 }

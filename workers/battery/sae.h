@@ -1,21 +1,22 @@
 /*
- * sae.h - sparse autoencoders: the dictionary, its two trainers, and its
- * files in SAELens's layout.
+ * sae.h - sparse autoencoders: the dictionary, its forward, and its two
+ * trainers.
  *
  * A sparse autoencoder (SAE) rewrites an activation x (d_in) as a sparse,
- * non-negative code z (d_sae) over a dictionary of unit-norm directions:
+ * non-negative code z (d_sae) over a dictionary of directions:
  *
  *     pre  = (x - b_dec) W_enc + b_enc           W_enc (d_in, d_sae)
- *     z    = act(pre)                            TopK or ReLU
+ *     z    = act(pre)                            TopK, ReLU or JumpReLU
  *     xhat = z W_dec + b_dec                     W_dec (d_sae, d_in)
  *
  * with act = ReLU of the k largest pre-activations, all others 0 (TopK, Gao
- * et al. 2024, "Scaling and evaluating sparse autoencoders"), or ReLU (the
- * L1 autoencoder of Bricken et al. 2023, "Towards Monosemanticity").  These
- * are SAELens's "topk" (activation_fn_str "topk", k) and "standard"
- * (activation_fn_str "relu") architectures with apply_b_dec_to_input = true,
- * so a saved dictionary computes in SAELens exactly what it computes here.
- * Ties in TopK go to the lower index.
+ * et al. 2024, "Scaling and evaluating sparse autoencoders"), ReLU (the L1
+ * autoencoder of Bricken et al. 2023, "Towards Monosemanticity"), or
+ * JumpReLU, ReLU(pre) where pre > threshold_i and 0 elsewhere (Rajamanoharan
+ * et al. 2024, "Jumping Ahead"; Gemma Scope's).  These are SAELens 6's
+ * "topk", "standard" and "jumprelu" architectures; apply_b_dec = 0 drops the
+ * "- b_dec" of the input (SAELens's apply_b_dec_to_input false).  Ties in
+ * TopK go to the lower index.  The files (sae_file.h) read and write them.
  *
  * Training (sae_trainer_*) works on normalised activations, x scaled by
  * s = sqrt(d_in) / mean ||x|| (SAELens's "expected_average_only_in"
@@ -39,27 +40,14 @@
  * from splitmix64 (rng.h) and Box-Muller, W_enc = W_dec^T, b_enc = 0, b_dec =
  * the mean of the training activations (Gao et al. use the geometric median).
  *
- * A trained dictionary is moved back to raw activations by
- * sae_fold_scaling: TopK and ReLU are positively homogeneous, so with
- * x_norm = s x the same W_enc and W_dec serve raw inputs once b_enc and b_dec
- * are divided by s (codes come out divided by s).  The decoder rows stay
- * unit norm in the saved file and cfg.json says normalize_activations
- * "none"; s itself is recorded under cfg.json's "ckptd" key.
- *
- * Files (sae_save / sae_load), SAELens's layout for one dictionary:
- *   DIR/cfg.json                  SAEConfig as SAELens before 6.0 wrote it
- *                                 (architecture, d_in, d_sae, dtype, device,
- *                                 model_name, hook_name, hook_layer,
- *                                 hook_head_index, activation_fn_str,
- *                                 activation_fn_kwargs {"k"}, ...); SAELens
- *                                 6.x reads it through handle_pre_6_0_config
- *   DIR/sae_weights.safetensors   F32 W_enc [d_in, d_sae], W_dec [d_sae, d_in],
- *                                 b_enc [d_sae], b_dec [d_in]
- *   DIR/sparsity.safetensors      F32 sparsity [d_sae]: log10(density + 1e-10)
- * Checked against SAELens 6.0.0-rc.1's loader (sae_lens/loading/
- * pretrained_sae_loaders.py: sae_lens_disk_loader, handle_pre_6_0_config;
- * sae_lens/saes/topk_sae.py) and the pre-6.0 SAEConfig (sae_lens/sae.py);
- * the key list the tests hold is tests/golden/sae/saelens_cfg.json.
+ * A trained dictionary is moved back to raw activations in one of two ways.
+ * sae_fold_saelens is SAELens's fold_activation_norm_scaling_factor:
+ * W_enc times s, W_dec and b_dec divided by s, so the codes of raw x are
+ * exactly those of x_norm = s x (what SAELens computes from a file so
+ * folded; the files are written this way).  sae_fold_scaling divides the
+ * biases by s instead: TopK and ReLU are positively homogeneous, so the same
+ * unit-norm W_enc and W_dec then give the codes divided by s (the units of
+ * the `sae` item's stored metrics).
  *
  * Every matrix product is one cblas_sgemm over a whole batch.  Results are a
  * pure function of the inputs, the seed and the BLAS thread count.
@@ -72,8 +60,7 @@
  *     struct sae_trainer *tr = NULL;
  *     if (sae_trainer_create(&tr, s, &tc, &e) < 0) ...
  *     for (...) if (sae_trainer_step(tr, batch, nb, &st, &e) < 0) ...
- *     sae_fold_scaling(s, scale);
- *     if (sae_save(s, "art/sae/blocks.3.hook_resid_post", &meta, logsp, &e) < 0) ...
+ *     sae_fold_saelens(s, scale);        // then sae_save (sae_file.h)
  *     sae_trainer_free(tr);
  *     sae_free(s);
  */
@@ -86,31 +73,34 @@
 #include "common/err.h"
 
 enum sae_arch {
-    SAE_TOPK, /* SAELens "topk" */
-    SAE_RELU, /* SAELens "standard" with activation_fn_str "relu" */
+    SAE_TOPK,     /* SAELens "topk" */
+    SAE_RELU,     /* SAELens "standard" (ReLU) */
+    SAE_JUMPRELU, /* SAELens "jumprelu" */
     SAE_ARCH_COUNT
 };
 
-/* SAELens's architecture and activation_fn_str of an arch ("topk"/"topk",
- * "standard"/"relu"). */
+/* SAELens's architecture name of an arch ("topk", "standard", "jumprelu"),
+ * or NULL. */
 const char *sae_arch_name(enum sae_arch a);
-const char *sae_arch_activation(enum sae_arch a);
 
 struct sae {
     enum sae_arch arch;
     int d_in, d_sae;
-    int k;          /* TopK's k (1 <= k <= d_sae); 0 for ReLU */
-    float *W_enc;   /* (d_in, d_sae) */
-    float *W_dec;   /* (d_sae, d_in), rows unit norm */
-    float *b_enc;   /* (d_sae) */
-    float *b_dec;   /* (d_in) */
-    float *block;   /* private: the four tensors live here */
+    int k;           /* TopK's k (1 <= k <= d_sae); 0 for the others */
+    int apply_b_dec; /* 1 (sae_create's): encode x - b_dec; 0: encode x */
+    float *W_enc;    /* (d_in, d_sae) */
+    float *W_dec;    /* (d_sae, d_in); unit-norm rows while training */
+    float *b_enc;    /* (d_sae) */
+    float *b_dec;    /* (d_in) */
+    float *threshold; /* (d_sae) JumpReLU's thresholds; NULL for the others */
+    float *block;    /* private: the tensors live here, threshold last */
 };
 
 /* ---- the dictionary ---- */
 
-/* An SAE with every weight zero.  Errors: ERR_INVALID (sizes, k out of
- * [1, d_sae] for TopK), ERR_NOMEM.  Caller frees with sae_free. */
+/* An SAE with every weight zero and apply_b_dec 1.  Errors: ERR_INVALID
+ * (sizes, k out of [1, d_sae] for TopK), ERR_NOMEM.  Caller frees with
+ * sae_free. */
 int sae_create(struct sae **out, enum sae_arch arch, int d_in, int d_sae, int k,
                struct err *e) CK_WUR;
 void sae_free(struct sae *s);
@@ -125,6 +115,7 @@ void sae_init_cold(struct sae *s, const float *x, size_t n, uint64_t seed);
 
 /* Forward on n rows of x (n, d_in), through sgemm:
  *   pre (n, d_sae)  = (x - b_dec) W_enc + b_enc;  xc (n, d_in) gets x - b_dec
+ *                     (x itself when apply_b_dec is 0)
  *   z   (n, d_sae)  = act(pre)  (z may equal pre)
  *   xhat (n, d_in)  = z W_dec + b_dec */
 void sae_encode_pre(const struct sae *s, float *pre, float *xc, const float *x, int n);
@@ -142,6 +133,21 @@ int sae_reconstruct(const struct sae *s, float *xhat, float *z, const float *x, 
 void sae_fold_scaling(struct sae *s, double scale);
 /* The inverse: b_enc and b_dec multiplied by scale. */
 void sae_unfold_scaling(struct sae *s, double scale);
+
+/* SAELens's fold of the normalisation factor (SAE.fold_activation_norm_
+ * scaling_factor): W_enc multiplied by scale, W_dec and b_dec divided by it;
+ * b_enc and the thresholds unchanged.  The folded dictionary's codes of x
+ * are the unfolded one's of x * scale; its reconstruction is in x's units. */
+void sae_fold_saelens(struct sae *s, double scale);
+/* The inverse: W_enc divided by scale, W_dec and b_dec multiplied by it. */
+void sae_unfold_saelens(struct sae *s, double scale);
+
+/* SAELens's fold_W_dec_norm (what a TopK file with
+ * rescale_acts_by_decoder_norm computes): with n_i = ||W_dec row i||, row i
+ * divided by n_i, W_enc column i, b_enc_i and threshold_i multiplied by it.
+ * A zero row is left alone and its latent silenced (column and bias 0, as
+ * SAELens's pre * 0). */
+void sae_fold_decoder_norm(struct sae *s);
 
 /* SAELens's normalisation factor of x (n, d_in): sqrt(d_in) / mean_t ||x_t||
  * (double sums).  ERR_NUMERIC when a value is not finite or every row is 0,
@@ -185,7 +191,9 @@ struct sae_grads {
 struct sae_trainer; /* opaque: Adam moments, firing counters, batch buffers */
 
 /* A trainer of s (borrowed; it must outlive the trainer and is updated in
- * place).  Errors: ERR_INVALID (config out of range), ERR_NOMEM. */
+ * place).  Errors: ERR_INVALID (config out of range), ERR_UNSUPPORTED (a
+ * JumpReLU dictionary or apply_b_dec 0: only TopK and ReLU with b_dec
+ * applied are trained), ERR_NOMEM. */
 int sae_trainer_create(struct sae_trainer **out, struct sae *s, const struct sae_train_config *c,
                        struct err *e) CK_WUR;
 void sae_trainer_free(struct sae_trainer *tr);
@@ -226,42 +234,5 @@ int sae_trainer_dead(const struct sae_trainer *tr, unsigned char *dead);
 
 /* Tokens trained so far. */
 long sae_trainer_tokens(const struct sae_trainer *tr);
-
-/* ---- files (SAELens layout) ---- */
-
-/* What cfg.json says besides the shapes. */
-struct sae_meta {
-    const char *model_name;    /* "gpt-neox" when NULL */
-    const char *hook_name;     /* "blocks.3.hook_resid_post" */
-    int hook_layer;
-    int context_size;          /* tokens per eval sequence */
-    const char *dataset_path;  /* where the tokens came from ("" when NULL) */
-    /* Recorded under "ckptd": */
-    double norm_scaling_factor; /* the s folded into the biases */
-    long train_tokens;
-    uint64_t seed;
-    int warm_start;
-};
-
-/* The file names. */
-#define SAE_CFG_FILE "cfg.json"
-#define SAE_WEIGHTS_FILE "sae_weights.safetensors"
-#define SAE_SPARSITY_FILE "sparsity.safetensors"
-
-/* Write s into directory dir (which must exist): sae_weights.safetensors,
- * sparsity.safetensors when log_sparsity (d_sae) is non-NULL, then cfg.json;
- * each file atomically (written to NAME.tmp, fsync'ed, renamed).  Errors:
- * ERR_IO naming the file, ERR_NOMEM. */
-int sae_save(const struct sae *s, const char *dir, const struct sae_meta *meta,
-             const float *log_sparsity, struct err *e) CK_WUR;
-
-/* Read a dictionary saved in SAELens's layout: cfg.json (architecture
- * "topk" with activation_fn_kwargs.k, or "standard" with activation_fn_str
- * "relu"; apply_b_dec_to_input true; normalize_activations "none"; no
- * finetuning_scaling_factor) and the four F32 tensors with the shapes above,
- * every value finite.  *hook_layer (may be NULL) gets cfg.json's hook_layer.
- * Errors: ERR_NOTFOUND (a file is missing), ERR_FORMAT / ERR_UNSUPPORTED /
- * ERR_NUMERIC naming the file and key or tensor.  *out is NULL on failure. */
-int sae_load(struct sae **out, const char *dir, int *hook_layer, struct err *e) CK_WUR;
 
 #endif
