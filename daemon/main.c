@@ -18,6 +18,7 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/family.h"
 #include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
@@ -26,10 +27,12 @@
 #include "daemon/ops/serve.h"
 #include "daemon/plan/evalset.h"
 #include "daemon/plan/registry.h"
+#include "daemon/plan/runset.h"
 #include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/report.h"
 #include "daemon/read/status.h"
+#include "daemon/work/policy.h"
 #include "daemon/work/queue.h"
 #include "daemon/work/supervise.h"
 
@@ -48,8 +51,11 @@ static const char usage[] =
     "          [--eval-tokens FILE | --eval-text FILE [--tokenizer FILE]]\n"
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
-    "          [--sae DIR]... [--model-name NAME]\n"
-    "                               register a run and enqueue its jobs (idempotent)\n"
+    "          [--sae DIR]... [--model-name NAME] [--family NAME] [--policy order|adaptive]\n"
+    "                               register a run and enqueue its jobs (idempotent);\n"
+    "                               a source with a range, hf://ORG/NAME-seed{1..9},\n"
+    "                               adds one run per value (names derived) to --family\n"
+    "  add-family NAME RUN...       group runs that differ by seed into a family\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
     "                               claim and analyse checkpoints until stopped;\n"
@@ -60,9 +66,15 @@ static const char usage[] =
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
     "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
+    "  report --family NAME [--out DIR]\n"
+    "                               the family's bands and every member's transitions\n"
     "  transitions RUN [--metric NAME] [--min-score X] [--json]\n"
     "                               a run's transitions by peak step, grouped\n"
-    "  detect RUN                   find the transitions of every series of a run again\n"
+    "  transitions --family NAME [--metric NAME] [--json]\n"
+    "                               the family's transitions (found in how many members,\n"
+    "                               their peaks' spread) and its outlier members\n"
+    "  detect RUN | --family NAME   find the transitions of every series of a run (of\n"
+    "                               every member) again; analyse the family\n"
     "  integrity RUN [--json]       judge a run's checkpoints against its trajectory again;\n"
     "                               print each one's distances and verdict\n"
     "\n"
@@ -123,10 +135,77 @@ static int sae_site_ok(const char *name, long *layer)
     return 0;
 }
 
+static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv);
+
+/* add-run with a source holding a range: every run of it, named from the
+ * source, added to the family.  The names are checked before any is
+ * added; a later failure leaves the runs added so far (re-running the
+ * same command adds the rest: re-adding changes nothing). */
+static int add_run_range(struct daemon_config *cfg, int argc, char **argv, const char *source,
+                         const char *family)
+{
+    struct err e;
+    struct runset rs;
+    int n = runset_expand(source, &rs, &e);
+    if (n <= 0 || !family) {
+        if (n < 0)
+            fprintf(stderr, "ckptd add-run: %s\n", err_str(&e));
+        else
+            fprintf(stderr, "ckptd add-run: need NAME, or a source with a range {A..B} and --family%s\n%s",
+                    n > 0 ? " (the runs of a range form a family)" : "", usage);
+        runset_free(&rs);
+        return EXIT_USAGE;
+    }
+    char **sub = calloc((size_t)argc + 2, sizeof *sub);
+    int status = sub ? 0 : EXIT_FAIL;
+    for (int k = 0; k < n && status == 0; k++) {
+        int a = 0;
+        sub[a++] = argv[0];
+        sub[a++] = rs.name[k];
+        for (int i = 1; i < argc; i++) {
+            sub[a++] = argv[i];
+            if (strcmp(argv[i], "--source") == 0 && i + 1 < argc) {
+                sub[a++] = rs.source[k];
+                i++;
+            }
+        }
+        status = cmd_add_run(cfg, a, sub);
+        if (status != 0)
+            fprintf(stderr, "ckptd add-run: stopped at %s (%d of %d runs added)\n", rs.name[k], k, n);
+    }
+    free(sub);
+    runset_free(&rs);
+    return status;
+}
+
+static int cmd_add_family(struct daemon_config *cfg, int argc, char **argv)
+{
+    if (argc < 3 || argv[1][0] == '-') {
+        fprintf(stderr, "ckptd add-family: need NAME and at least one RUN\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int added = 0, rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = family_add(db, argv[1], (const char *const *)argv + 2, argc - 2, &added, &e);
+    if (rc == ERR_NOTFOUND || rc == ERR_INVALID)
+        fprintf(stderr, "ckptd add-family: %s\n", err_str(&e));
+    else if (rc < 0)
+        log_err("cannot add the family", &e);
+    else
+        printf("family %s: %d run%s added, %d already members\n", argv[1], added, added == 1 ? "" : "s",
+               argc - 2 - added);
+    db_free(db);
+    return rc == ERR_INVALID ? EXIT_USAGE : rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
 {
     const char *name = NULL, *source = NULL, *schedule = NULL, *items_arg = NULL, *eval = NULL;
-    const char *eval_text = NULL, *tokenizer = NULL;
+    const char *eval_text = NULL, *tokenizer = NULL, *family = NULL, *policy = NULL;
     long long seed = -1, ctx = 0, eval_seqs = 0;
     int max_attempts = 5, sae_warm_start = 0;
     json_t *probes = json_array(), *sae_sites = json_array(), *sae_dicts = json_array();
@@ -155,6 +234,10 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             eval_seqs = atoll(argv[++i]);
         else if (strcmp(argv[i], "--sae-warm-start") == 0)
             sae_warm_start = 1;
+        else if (strcmp(argv[i], "--family") == 0 && i + 1 < argc)
+            family = argv[++i];
+        else if (strcmp(argv[i], "--policy") == 0 && i + 1 < argc)
+            policy = argv[++i];
         else if (strcmp(argv[i], "--model-name") == 0 && i + 1 < argc)
             model_name = argv[++i];
         else if (strcmp(argv[i], "--sae") == 0 && i + 1 < argc) {
@@ -211,6 +294,29 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
             json_decref(sae_dicts);
             return EXIT_USAGE;
         }
+    }
+    struct runset rs_probe;
+    int ranged = source ? runset_expand(source, &rs_probe, NULL) : 0;
+    runset_free(&rs_probe);
+    if (ranged != 0 && name) {
+        fprintf(stderr, "ckptd add-run: a source with a range {A..B} names its runs: leave out NAME\n");
+        json_decref(probes);
+        json_decref(sae_sites);
+        json_decref(sae_dicts);
+        return EXIT_USAGE;
+    }
+    if (source && !name) { /* a range: one run per value, named from the source */
+        json_decref(probes);
+        json_decref(sae_sites);
+        json_decref(sae_dicts);
+        return add_run_range(cfg, argc, argv, source, family);
+    }
+    if (policy && !policy_known(policy)) {
+        fprintf(stderr, "ckptd add-run: --policy is order or adaptive, not '%s'\n", policy);
+        json_decref(probes);
+        json_decref(sae_sites);
+        json_decref(sae_dicts);
+        return EXIT_USAGE;
     }
     if (!name || !source || !schedule || max_attempts < 1 || ctx < 0 || ctx > INT32_MAX ||
         eval_seqs < 0 || eval_seqs > INT32_MAX || ((ctx || eval_seqs) && !eval && !eval_text) ||
@@ -393,6 +499,28 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
         goto out;
     }
     printf("run %s: %d steps, %d items; added %ld checkpoints and %ld jobs\n", name, nsteps, nitems, nc, nj);
+    int nf = 0;
+    if (family && family_add(db, family, (const char *const *)&name, 1, &nf, &e) < 0) {
+        log_err("cannot add the run to its family", &e);
+        goto out;
+    }
+    if (family)
+        printf("family %s: %s %s\n", family, name, nf ? "added" : "already a member");
+    /* the claim order: a new run's jobs follow its policy; re-adding
+     * without --policy keeps the run's */
+    if (policy || nj > 0) {
+        const char *pn[1] = {name};
+        PGresult *pr = policy ? NULL : db_exec(db, "SELECT policy FROM runs WHERE name = $1", 1, pn, &e);
+        const char *pol = policy ? policy : pr && PQntuples(pr) == 1 ? PQgetvalue(pr, 0, 0) : "order";
+        int prc = policy_apply(db, name, pol, &e);
+        PQclear(pr);
+        if (prc < 0) {
+            log_err("cannot set the run's policy", &e);
+            goto out;
+        }
+        if (policy)
+            printf("policy %s\n", policy);
+    }
     status = 0;
 out:
     free(opt_text);
@@ -642,7 +770,7 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
     struct detect_list_opts o = {NULL, 0, 0};
-    const char *run = NULL;
+    const char *run = NULL, *family = NULL;
     for (int i = 1; i < argc; i++) {
         char *end = NULL;
         if (strcmp(argv[i], "--metric") == 0 && i + 1 < argc)
@@ -652,6 +780,8 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             i++;
         else if (strcmp(argv[i], "--json") == 0)
             o.json = 1;
+        else if (strcmp(argv[i], "--family") == 0 && i + 1 < argc && !family)
+            family = argv[++i];
         else if (argv[i][0] != '-' && !run)
             run = argv[i];
         else {
@@ -659,25 +789,59 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (!run) {
-        fprintf(stderr, "ckptd transitions: need RUN\n%s", usage);
+    if (!run == !family) {
+        fprintf(stderr, "ckptd transitions: need RUN or --family NAME\n%s", usage);
         return EXIT_USAGE;
     }
     struct err e;
     struct db *db = open_db(cfg);
     if (!db)
         return EXIT_FAIL;
-    int rc = detect_list(db, run, &o, stdout, &e);
+    int rc = family ? family_list(db, family, &o, stdout, &e) : detect_list(db, run, &o, stdout, &e);
     if (rc < 0)
         log_err("cannot list transitions", &e);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }
 
+/* detect --family NAME: every member's transitions again, then the family's. */
+static int detect_family(struct db *db, const char *family)
+{
+    struct err e;
+    long long *ids = NULL;
+    int n = 0, rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = family_member_ids(db, family, &ids, &n, &e);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        struct detect_stats st;
+        rc = detect_run(db, ids[i], NULL, NULL, 0, &st, &e);
+    }
+    struct family_stats fs;
+    if (rc == 0)
+        rc = family_analyse_named(db, family, &fs, &e);
+    free(ids);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd detect: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("family analysis failed", &e);
+    else
+        printf("family %s: %d members, %d clusters of transitions, %d the family's, %d outliers (%.3f s)\n", family,
+               fs.members, fs.clusters, fs.family_transitions, fs.outliers, fs.seconds);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--family") == 0) {
+        struct db *db = open_db(cfg);
+        if (!db)
+            return EXIT_FAIL;
+        int rc = detect_family(db, argv[2]);
+        db_free(db);
+        return rc;
+    }
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "ckptd detect: need RUN\n%s", usage);
+        fprintf(stderr, "ckptd detect: need RUN or --family NAME\n%s", usage);
         return EXIT_USAGE;
     }
     struct err e;
@@ -778,6 +942,8 @@ int main(int argc, char **argv)
         return cmd_migrate(&cfg);
     if (strcmp(cmd, "add-run") == 0)
         return cmd_add_run(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "add-family") == 0)
+        return cmd_add_family(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(&cfg, config_path, sub_argc, sub_argv);
     if (strcmp(cmd, "status") == 0)

@@ -74,6 +74,35 @@ LEFT JOIN feature_lineages l ON l.run_id = f.run_id AND l.layer = f.layer
     AND l.root_step = f.root_step AND l.root_feature = f.root_feature
 WHERE c.duplicate_of IS NULL AND c.suspect IS NULL;
 
+CREATE OR REPLACE VIEW sae_fixed_feature_series AS
+SELECT r.name AS run, mt.version, m.head::int AS dictionary, m.layer::int AS layer, m.step,
+       m.idx AS feature,
+       max(m.value) FILTER (WHERE mt.name = 'feature_density') AS density,
+       max(m.value) FILTER (WHERE mt.name = 'feature_mean_activation') AS mean_activation
+FROM measurements m
+JOIN metrics mt ON mt.id = m.metric_id
+JOIN runs r ON r.id = m.run_id
+JOIN checkpoints c ON c.run_id = m.run_id AND c.step = m.step
+WHERE mt.item = 'sae_fixed' AND mt.name IN ('feature_density', 'feature_mean_activation')
+  AND c.duplicate_of IS NULL AND c.suspect IS NULL
+GROUP BY r.name, mt.version, m.head, m.layer, m.step, m.idx;
+
+CREATE OR REPLACE VIEW sae_fixed_dictionary_series AS
+SELECT r.name AS run, mt.version, m.head::int AS dictionary, m.layer::int AS layer, m.step,
+       max(m.value) FILTER (WHERE mt.name = 'fvu') AS fvu,
+       max(m.value) FILTER (WHERE mt.name = 'l0') AS l0,
+       max(m.value) FILTER (WHERE mt.name = 'inactive_fraction') AS inactive_fraction,
+       max(m.value) FILTER (WHERE mt.name = 'loss_recovered') AS loss_recovered,
+       max(m.value) FILTER (WHERE mt.name = 'ce_clean') AS ce_clean,
+       max(m.value) FILTER (WHERE mt.name = 'ce_spliced') AS ce_spliced,
+       max(m.value) FILTER (WHERE mt.name = 'kl_spliced') AS kl_spliced
+FROM measurements m
+JOIN metrics mt ON mt.id = m.metric_id
+JOIN runs r ON r.id = m.run_id
+JOIN checkpoints c ON c.run_id = m.run_id AND c.step = m.step
+WHERE mt.item = 'sae_fixed' AND m.idx = -1 AND c.duplicate_of IS NULL AND c.suspect IS NULL
+GROUP BY r.name, mt.version, m.head, m.layer, m.step;
+
 -- Suspect checkpoints with their reason, for people.
 CREATE VIEW suspect_checkpoints AS
 SELECT r.name AS run, c.step, c.suspect AS reason, c.suspect_step, c.suspect_detail,

@@ -58,8 +58,8 @@ CREATE TABLE family_transitions (
 );
 CREATE INDEX family_transitions_family ON family_transitions (family_id, peak_median);
 
--- Members that depart from the others, per series (family.h states the rules):
---   band                leaves the others' band on more than a quarter of
+-- Members that depart from the others, per series (daemon/detect/family.h states the rules):
+--   band                leaves the others' band on more than half of
 --                       the compared steps (value: that fraction)
 --   transition_absent   lacks a family transition the others show (value:
 --                       the family's median peak step)

@@ -79,7 +79,7 @@ out:
     return rc;
 }
 
-void family_band(const double *values, int members, int steps, double *fraction, int *compared)
+int family_band(const double *values, int members, int steps, double *fraction, int *compared, int *outlier)
 {
     double lo_all = INFINITY, hi_all = -INFINITY;
     for (int i = 0; i < members * steps; i++)
@@ -105,13 +105,25 @@ void family_band(const double *values, int members, int steps, double *fraction,
             }
             if (others < 2)
                 continue;
-            double h = fmax(0.5 * (hi - lo), floor);
+            double h = fmax(hi - lo, floor);
             n++;
             outside += v < lo - h || v > hi + h;
         }
         compared[m] = n;
         fraction[m] = n >= 3 ? (double)outside / n : NAN;
     }
+    int named = 0;
+    for (int m = 0; m < members; m++) {
+        double others[256], scratch[256];
+        int k = 0;
+        for (int o = 0; o < members && k < 256; o++)
+            if (o != m && !isnan(fraction[o]))
+                others[k++] = fraction[o];
+        outlier[m] = fraction[m] > FAMILY_BAND_FRACTION && k >= 2 &&
+                     fraction[m] >= FAMILY_BAND_RATIO * median(others, k, scratch);
+        named += outlier[m];
+    }
+    return named;
 }
 
 int family_far(const double *pos, int n, int i, double *dist, double *limit)
@@ -502,13 +514,12 @@ static int analyse_transitions(struct fam *f, struct err *e)
 
 /* One banded series gathered: values (nm, nsteps). */
 static int band_series(struct fam *f, const struct skey *k, const double *values, double *frac, int *cmp,
-                       struct err *e)
+                       int *named, struct err *e)
 {
-    family_band(values, f->nm, f->nsteps, frac, cmp);
+    family_band(values, f->nm, f->nsteps, frac, cmp, named);
     for (int m = 0; m < f->nm; m++)
-        if (frac[m] > FAMILY_BAND_FRACTION && cmp[m] >= 3 &&
-            add_outlier(f, m, k, "band", frac[m], "outside the others' band at %.0f%% of %d steps compared",
-                        100.0 * frac[m], cmp[m]) < 0)
+        if (named[m] && add_outlier(f, m, k, "band", frac[m], "outside the others' band at %.0f%% of %d steps "
+                                    "compared", 100.0 * frac[m], cmp[m]) < 0)
             return err_set(e, ERR_NOMEM, "family", "out of memory");
     return 0;
 }
@@ -570,7 +581,8 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
     size_t cells = (size_t)f->nm * (size_t)f->nsteps;
     double *values = malloc(sizeof *values * (cells + 1)), *frac = malloc(sizeof *frac * ((size_t)f->nm + 1));
     int *cmp = malloc(sizeof *cmp * ((size_t)f->nm + 1)), rc = 0, have = 0;
-    if (!values || !frac || !cmp)
+    int *named = malloc(sizeof *named * ((size_t)f->nm + 1));
+    if (!values || !frac || !cmp || !named)
         rc = err_set(e, ERR_NOMEM, "family", "out of memory");
     struct skey cur = {0, 0, 0, 0};
     char *row;
@@ -583,7 +595,7 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
             rc = err_set(e, ERR_DB, "database", "unexpected row from the family's series: %.80s", row);
         if (rc == 0 && (!have || skey_cmp(&k, &cur) != 0)) {
             if (have)
-                rc = band_series(f, &cur, values, frac, cmp, e);
+                rc = band_series(f, &cur, values, frac, cmp, named, e);
             for (size_t i = 0; i < cells; i++)
                 values[i] = NAN;
             cur = k;
@@ -595,7 +607,7 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
         PQfreemem(row);
     }
     if (rc == 0 && have)
-        rc = band_series(f, &cur, values, frac, cmp, e);
+        rc = band_series(f, &cur, values, frac, cmp, named, e);
     if (len == -2 && rc == 0)
         rc = err_set(e, ERR_DB, "database", "reading the family's series: %s", PQerrorMessage(conn));
     while ((r = PQgetResult(conn))) {
@@ -606,6 +618,7 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
     free(values);
     free(frac);
     free(cmp);
+    free(named);
     return rc;
 }
 

@@ -21,11 +21,16 @@
  *  - family_outliers: members that depart from the others, per series:
  *      band               at each step where the member and at least two
  *                         others have a believed finite value, the others'
- *                         band is [min - h, max + h], h = max(half their
- *                         range, FAMILY_BAND_FLOOR x the family's range of
- *                         the series over all steps); a member outside it on
- *                         more than FAMILY_BAND_FRACTION of those steps (and
- *                         on at least 3) is an outlier (value: the fraction);
+ *                         band is [min - h, max + h], h = max(their range,
+ *                         FAMILY_BAND_FLOOR x the family's range of the
+ *                         series over all steps); a member outside it on more
+ *                         than FAMILY_BAND_FRACTION of those steps (at least
+ *                         3 compared), and FAMILY_BAND_RATIO times as often
+ *                         as the median of the other members is outside
+ *                         theirs, is an outlier (value: the fraction).  The
+ *                         second condition keeps series where every seed
+ *                         goes its own way (which Fourier frequencies a
+ *                         modular-addition run picks) from naming one;
  *      transition_absent  a family transition the member does not show
  *                         although its series could (value: the family's
  *                         median peak step);
@@ -59,8 +64,9 @@
 #include "common/err.h"
 
 #define FAMILY_LOCK 74210019     /* pg_try_advisory_xact_lock(FAMILY_LOCK, family id) */
-#define FAMILY_BAND_FLOOR 0.02   /* of the series' range: the least half-width of a band */
-#define FAMILY_BAND_FRACTION 0.25
+#define FAMILY_BAND_FLOOR 0.05   /* of the series' range: the least widening of a band */
+#define FAMILY_BAND_FRACTION 0.5 /* outside on more than this share of the steps compared */
+#define FAMILY_BAND_RATIO 2.0    /* and this many times as often as the others are */
 #define FAMILY_BAND_KEYS 64      /* metrics with at most this many series get the band rule */
 #define FAMILY_FAR_CKPTS 3       /* a peak closer than this (in checkpoints) is never far */
 #define FAMILY_EVERY_S 10.0      /* a family is analysed again at most this often by the tick */
@@ -130,8 +136,9 @@ int family_cluster(const struct family_tr *t, int n, int *cluster) CK_WUR;
 
 /* The band rule over `members` members x `steps` steps of one series,
  * values row-major per member, NaN where a member has none: fraction[m]
- * (NaN when it was compared on fewer than 3 steps) and compared[m]. */
-void family_band(const double *values, int members, int steps, double *fraction, int *compared);
+ * (NaN when it was compared on fewer than 3 steps), compared[m], and
+ * outlier[m] (1: the rule names it).  Returns the number named. */
+int family_band(const double *values, int members, int steps, double *fraction, int *compared, int *outlier);
 
 /* The far rule: pos (n) the members' peak positions (checkpoints), i the
  * one judged; *dist gets |pos[i] - median of the others|, *limit the

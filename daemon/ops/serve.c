@@ -19,6 +19,7 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/family.h"
 #include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/checkpoint_files.h"
@@ -33,10 +34,12 @@
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
 #include "daemon/store/ingest.h"
+#include "daemon/work/policy.h"
 #include "daemon/work/queue.h"
 #include "daemon/work/supervise.h"
 
 #define MAX_SLOTS 256
+#define PLAN_EVERY_S 2.0       /* adaptive runs' plans looked at (duty 9a) */
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
 #define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
@@ -87,6 +90,7 @@ struct server {
     double stop_deadline;
     double next_expire;
     double next_claim;
+    double next_plan, next_family; /* duty 9a */
     double next_idle_check;
     int idle;
     long jobs_done, jobs_failed, leases_lost;
@@ -279,6 +283,7 @@ static void settle(struct server *s, struct slot *sl)
             claim_done_part(c, out, &done);
             integrity_after_ingest(s->db, &done); /* before detection: suspects are left out */
             detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
+            policy_after_ingest(s->db, &done); /* an adaptive run's next phase */
         }
         slot_free(sl);
         long long freed = 0;
@@ -745,6 +750,9 @@ static void operate(struct server *s, double now)
  *      the jobs of checkpoints not yet started at once
  *   8. drain: past the grace period, kill workers and give jobs back
  *   9. idle: with --until-idle, notice that nothing is queued or running
+ *   9a. plan: every PLAN_EVERY_S, adaptive runs whose cheap pass ended get
+ *      their dense phase (policy.h); every FAMILY_EVERY_S, families whose
+ *      members changed are analysed again (family.h)
  *  10. operate: this node's row in `nodes` every heartbeat_s (node.h);
  *      with the metrics endpoint on, the per-run queue depths every
  *      METRICS_QUEUE_REFRESH_S; systemd: READY=1 the first time the
@@ -935,6 +943,15 @@ static void serve_tick(struct server *s)
         if (queue_counts(s->db, &queued, &running, &e) == 0 && queued == 0 && running == 0)
             s->idle = 1;
         s->next_idle_check = now + 0.5;
+    }
+
+    if (dbok && !s->stopping && now >= s->next_plan) { /* 9a */
+        policy_duty(s->db);
+        s->next_plan = now + PLAN_EVERY_S;
+    }
+    if (dbok && !s->stopping && now >= s->next_family) {
+        family_duty(s->db);
+        s->next_family = now + FAMILY_EVERY_S;
     }
 
     operate(s, now); /* 10 */
