@@ -318,6 +318,66 @@ static void test_shard_duplicate(void **state)
     assert_int_equal(judge(&s), 0);
 }
 
+/* The plants together, as tests/daemon_integrity.sh makes them: step 0 a
+ * whole copy of the final step (so it shares the final step's first shard
+ * too), an early step a copy of a late one, and another step holding the
+ * final step's first shard.  Each keeps its own reason: the whole copy is
+ * not a shard duplicate of the step with the planted shard. */
+static void test_plants_together(void **state)
+{
+    (void)state;
+    static struct sim s;
+    sim_make(&s, 0, 51, 25.0);
+    int last = s.n - 1, early = find(&s, 300), late = find(&s, 2400), sh = find(&s, 1000);
+    memcpy(s.w[0], s.w[last], sizeof s.w[0]);
+    memcpy(s.w[early], s.w[late], sizeof s.w[0]);
+    for (int q = 0; q < K / 2; q++)
+        s.w[sh][q] = s.w[last][q];
+    sim_inputs(&s, 1);
+    s.c[0].weights = s.ids[last];
+    memcpy(s.shas[0], s.shas[last], sizeof s.shas[0]);
+    s.c[early].weights = s.ids[late];
+    memcpy(s.shas[early], s.shas[late], sizeof s.shas[0]);
+    memcpy(s.shas[sh][0], s.shas[last][0], 65);
+    int n = judge(&s);
+    print_suspects(&s);
+    assert_int_equal(n, 3);
+    assert_int_equal(s.v[0].reason, INTEGRITY_STEP0_IS_FINAL);
+    assert_int_equal(s.v[early].reason, INTEGRITY_MISLABEL);
+    assert_int_equal(s.v[early].like, late);
+    assert_int_equal(s.v[sh].reason, INTEGRITY_SHARD_DUPLICATE);
+    assert_int_equal(s.v[sh].like, last);
+}
+
+/* A shifted stretch early in training, where the run moves fast, so the
+ * way that skips the stretch is long too: the copies are found by their
+ * twins, whose ends join their neighbours. */
+static void test_block_fast_start(void **state)
+{
+    (void)state;
+    static struct sim s;
+    for (uint64_t seed = 1; seed <= 5; seed++) {
+        sim_make(&s, 0, 100 + seed, 25.0);
+        for (int i = 0; i < s.n; i++) /* a much faster drift early: steps 100..600 move most */
+            for (int q = 0; q < K; q++)
+                s.w[i][q] += 40.0 * (1.0 - exp(-(double)s.steps[i] / 300.0)) * (q % 7 == 0 ? 1.0 : 0.0);
+        int e0 = find(&s, 200), l0 = find(&s, 1100);
+        for (int b = 0; b < 5; b++)
+            memcpy(s.w[e0 + b], s.w[l0 + b], sizeof s.w[0]);
+        sim_inputs(&s, 1);
+        for (int b = 0; b < 5; b++)
+            s.c[e0 + b].weights = s.ids[l0 + b];
+        int n = judge(&s);
+        print_suspects(&s);
+        assert_int_equal(n, 5);
+        for (int b = 0; b < 5; b++) {
+            assert_int_equal(s.v[e0 + b].reason, INTEGRITY_MISLABEL);
+            assert_int_equal(s.v[e0 + b].like, l0 + b);
+            assert_int_equal(s.v[e0 + b].duplicate_of, l0 + b);
+        }
+    }
+}
+
 /* step0 = step1 = step2 (pythia #83, #198): duplicates of step0, nothing
  * suspect, and nothing else disturbed. */
 static void test_identical_start(void **state)
@@ -365,7 +425,8 @@ int main(void)
         cmocka_unit_test(test_mislabel_identical), cmocka_unit_test(test_mislabel_block),
         cmocka_unit_test(test_init_jump),          cmocka_unit_test(test_step0_is_final),
         cmocka_unit_test(test_shard_duplicate),    cmocka_unit_test(test_identical_start),
-        cmocka_unit_test(test_partial),
+        cmocka_unit_test(test_partial),           cmocka_unit_test(test_plants_together),
+        cmocka_unit_test(test_block_fast_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

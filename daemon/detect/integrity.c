@@ -58,37 +58,6 @@ static void mark(struct judge *j, int i, enum integrity_reason r, int like, cons
     va_end(ap);
 }
 
-/* The nearest checkpoint before (dir -1) or after (+1) i with a sketch
- * for which ok() holds, or -1. */
-static int neighbour(const struct judge *j, int i, int dir, int (*ok)(const struct judge *, int, int),
-                     int other)
-{
-    for (int x = i + dir; x >= 0 && x < j->n; x += dir)
-        if (j->c[x].sketch && ok(j, x, other))
-            return x;
-    return -1;
-}
-
-static int ok_unjudged(const struct judge *j, int x, int other)
-{
-    return !suspect(j, x) && x != other;
-}
-
-/* Distance from i to its nearest neighbour in step order (with a sketch,
- * not suspect, not `other`), or NaN. */
-static double fit_of(const struct judge *j, int i, int other)
-{
-    if (!j->c[i].sketch)
-        return NAN;
-    int p = neighbour(j, i, -1, ok_unjudged, other), q = neighbour(j, i, +1, ok_unjudged, other);
-    double f = NAN;
-    if (p >= 0)
-        f = D(j, i, p);
-    if (q >= 0 && !(D(j, i, q) >= f))
-        f = D(j, i, q);
-    return f;
-}
-
 /* The weight file named `name` of checkpoint x, or NULL. */
 static const struct integrity_file *file_named(const struct integrity_ckpt *x, const char *name)
 {
@@ -124,35 +93,186 @@ static int same_weights(const struct integrity_ckpt *a, const struct integrity_c
     return a->weights && b->weights && strcmp(a->weights, b->weights) == 0;
 }
 
-/* 1: a weight file of one checkpoint in another's place. */
-static void judge_shards(struct judge *j)
+/* Distance from i to its nearest neighbours in step order that have a
+ * sketch, are not suspect and not in `skip` (n flags, may be NULL): the
+ * smaller of the two, or NaN. */
+static double fit_outside(const struct judge *j, int i, const unsigned char *skip)
 {
-    for (int a = 0; a < j->n; a++)
-        for (int b = a + 1; b < j->n; b++) {
-            const struct integrity_ckpt *ca = &j->c[a], *cb = &j->c[b];
-            if (suspect(j, a) || suspect(j, b) || !ca->weights || !cb->weights || same_weights(ca, cb))
-                continue;
-            for (int fa = 0; fa < ca->nfiles; fa++) {
-                const struct integrity_file *x = &ca->files[fa], *y = NULL;
-                for (int fb = 0; fb < cb->nfiles && !y; fb++)
-                    if (strcmp(cb->files[fb].sha256, x->sha256) == 0)
-                        y = &cb->files[fb];
-                if (!y || !file_changes_around(j, a, x) || !file_changes_around(j, b, y))
-                    continue;
-                double fita = fit_of(j, a, b), fitb = fit_of(j, b, a);
-                int loser = a, keeper = b; /* without sketches the later step keeps it */
-                if (isfinite(fita) && isfinite(fitb) && fitb > fita) {
-                    loser = b;
-                    keeper = a;
-                }
-                const struct integrity_file *lf = loser == a ? x : y, *kf = loser == a ? y : x;
-                mark(j, loser, INTEGRITY_SHARD_DUPLICATE, keeper,
-                     "file %s is step %lld's %s (sha256 %.12s); distance to its neighbours %.4g, step %lld's %.4g",
-                     lf->name, j->c[keeper].step, kf->name, lf->sha256, loser == a ? fita : fitb,
-                     j->c[keeper].step, loser == a ? fitb : fita);
+    if (!j->c[i].sketch)
+        return NAN;
+    double f = NAN;
+    for (int dir = -1; dir <= 1; dir += 2)
+        for (int x = i + dir; x >= 0 && x < j->n; x += dir)
+            if (j->c[x].sketch && !suspect(j, x) && !(skip && skip[x])) {
+                if (!(D(j, i, x) >= f))
+                    f = D(j, i, x);
                 break;
             }
+    return f;
+}
+
+/* The weight file of x with this sha256, or NULL. */
+static const struct integrity_file *file_with_sha(const struct integrity_ckpt *x, const char *sha)
+{
+    for (int f = 0; f < x->nfiles; f++)
+        if (strcmp(x->files[f].sha256, sha) == 0)
+            return &x->files[f];
+    return NULL;
+}
+
+/* 1: a weight file of one checkpoint in another's place.  For each weight
+ * file's sha256, the checkpoints holding it, in groups of equal weights
+ * (a whole copy shares every file: rule 3's business); with two groups or
+ * more and a file that changes around each holder, the group that fits
+ * its place keeps it and the others are suspect. */
+static void judge_shards(struct judge *j, unsigned char *in, int *grp)
+{
+    for (int a = 0; a < j->n; a++)
+        for (int fa = 0; fa < j->c[a].nfiles; fa++) {
+            const char *sha = j->c[a].files[fa].sha256;
+            int holders = 0, first_holder = -1, ok = 1;
+            for (int x = 0; x < j->n; x++) {
+                const struct integrity_file *g = file_with_sha(&j->c[x], sha);
+                in[x] = g != NULL;
+                if (!g)
+                    continue;
+                if (first_holder < 0)
+                    first_holder = x;
+                holders++;
+                ok &= j->c[x].weights != NULL && file_changes_around(j, x, g);
+            }
+            if (first_holder != a || holders < 2 || !ok)
+                continue; /* seen from its first holder; or nothing to judge */
+            /* groups of equal weights among the holders */
+            int ngroups = 0;
+            for (int x = 0; x < j->n; x++) {
+                grp[x] = -1;
+                if (!in[x])
+                    continue;
+                for (int y = 0; y < x && grp[x] < 0; y++)
+                    if (in[y] && same_weights(&j->c[x], &j->c[y]))
+                        grp[x] = grp[y];
+                if (grp[x] < 0)
+                    grp[x] = ngroups++;
+            }
+            if (ngroups < 2)
+                continue;
+            /* the keeper: the group with the best-fitting member; without
+             * sketches, the group of the latest holder */
+            int keeper = -1, known = 1;
+            double best = INFINITY;
+            for (int x = 0; x < j->n; x++) {
+                if (!in[x])
+                    continue;
+                double f = fit_outside(j, x, in);
+                if (!isfinite(f))
+                    known = 0;
+                else if (f < best) {
+                    best = f;
+                    keeper = x;
+                }
+            }
+            if (!known || keeper < 0)
+                for (int x = j->n - 1; x >= 0 && (keeper < 0 || !known); x--)
+                    if (in[x]) {
+                        keeper = x;
+                        known = 1;
+                    }
+            for (int x = 0; x < j->n; x++) {
+                if (!in[x] || grp[x] == grp[keeper] || suspect(j, x))
+                    continue;
+                const struct integrity_file *lf = file_with_sha(&j->c[x], sha), *kf = file_with_sha(&j->c[keeper], sha);
+                mark(j, x, INTEGRITY_SHARD_DUPLICATE, keeper,
+                     "file %s is step %lld's %s (sha256 %.12s); distance to its neighbours %.4g, step %lld's %.4g",
+                     lf->name, j->c[keeper].step, kf->name, sha, fit_outside(j, x, in), j->c[keeper].step,
+                     fit_outside(j, keeper, in));
+            }
         }
+}
+
+/* 2a: copied stretches.  Checkpoints with equal sketches (equal weights)
+ * that lie apart in the schedule, and the checkpoints after them equal in
+ * turn, are one stretch in two places; the place whose ends join their
+ * neighbours worse (the mean distance across its two boundaries, by more
+ * than 2x) holds the copy: its members are suspect, like their twins. */
+static void judge_twins(struct judge *j, int *cls, int *run_of)
+{
+    /* the checkpoints with a sketch, not suspect, in order; their classes
+     * of equal sketches; runs of consecutive equal ones */
+    int m = 0;
+    for (int i = 0; i < j->n; i++)
+        if (j->c[i].sketch && !suspect(j, i))
+            run_of[m++] = i; /* run_of holds the alive list first */
+    int *al = malloc(sizeof *al * ((size_t)m + 1)), *rs = malloc(sizeof *rs * ((size_t)m + 1));
+    int *re = malloc(sizeof *re * ((size_t)m + 1)), *done = calloc((size_t)m + 1, sizeof *done);
+    if (!al || !rs || !re || !done)
+        goto out;
+    memcpy(al, run_of, sizeof *al * (size_t)m);
+    for (int p = 0; p < m; p++) {
+        cls[p] = p;
+        for (int q = 0; q < p; q++)
+            if (D(j, al[p], al[q]) == 0) {
+                cls[p] = cls[q];
+                break;
+            }
+    }
+    int nr = 0; /* runs: positions rs[r]..re[r] of one class */
+    for (int p = 0; p < m; p++)
+        if (p > 0 && cls[p] == cls[p - 1])
+            re[nr - 1] = p;
+        else {
+            rs[nr] = re[nr] = p;
+            nr++;
+        }
+    for (int x = 0; x < nr; x++)
+        for (int y = x + 2; y < nr; y++) {
+            if (done[x] || done[y] || cls[rs[x]] != cls[rs[y]])
+                continue;
+            int k = 0; /* extend while the runs after them are equal too */
+            while (x + k + 1 < y && y + k + 1 < nr && !done[x + k + 1] && !done[y + k + 1] &&
+                   cls[rs[x + k + 1]] == cls[rs[y + k + 1]])
+                k++;
+            double cost[2];
+            const int from[2] = {x, y};
+            for (int s = 0; s < 2; s++) {
+                int lo = rs[from[s]], hi = re[from[s] + k];
+                double sum = 0.0;
+                int nb = 0;
+                if (lo > 0) {
+                    sum += D(j, al[lo - 1], al[lo]);
+                    nb++;
+                }
+                if (hi + 1 < m) {
+                    sum += D(j, al[hi], al[hi + 1]);
+                    nb++;
+                }
+                cost[s] = nb ? sum / nb : NAN;
+            }
+            int bad = cost[0] > 2.0 * cost[1] ? 0 : cost[1] > 2.0 * cost[0] ? 1 : -1;
+            if (bad < 0)
+                continue;
+            int good = 1 - bad;
+            for (int r = 0; r <= k; r++) {
+                done[from[bad] + r] = done[from[good] + r] = 1;
+                int twin = al[rs[from[good] + r]];
+                for (int p = rs[from[bad] + r]; p <= re[from[bad] + r]; p++) {
+                    int c = al[p];
+                    if (c == al[0] && twin == al[m - 1])
+                        mark(j, c, INTEGRITY_STEP0_IS_FINAL, twin, "weights equal to the last step %lld's", j->c[twin].step);
+                    else
+                        mark(j, c, INTEGRITY_MISLABEL, twin,
+                             "weights equal to step %lld's; steps %lld..%lld join their neighbours at %.4g on "
+                             "average, their copies at %lld..%lld at %.4g", j->c[twin].step,
+                             j->c[al[rs[from[bad]]]].step, j->c[al[re[from[bad] + k]]].step, cost[bad],
+                             j->c[al[rs[from[good]]]].step, j->c[al[re[from[good] + k]]].step, cost[good]);
+                }
+            }
+        }
+out:
+    free(al);
+    free(rs);
+    free(re);
+    free(done);
 }
 
 /* The distance from the first alive checkpoint, for init_jump. */
@@ -425,11 +545,14 @@ int integrity_judge(const struct integrity_ckpt *c, int n, int k, struct integri
         out[i].dist_nearest = out[i].norm = NAN;
     }
     struct judge j = {c, n, k, NULL, NULL, out, margins};
-    int *grp = NULL, rc = 0;
+    int *grp = NULL, *scratch_i = NULL, rc = 0;
+    unsigned char *scratch_u8 = NULL;
     j.d = malloc(sizeof *j.d * ((size_t)n * (size_t)n + 1));
     j.norm = malloc(sizeof *j.norm * ((size_t)n + 1));
     grp = malloc(sizeof *grp * ((size_t)n + 1));
-    if (!j.d || !j.norm || !grp) {
+    scratch_i = malloc(sizeof *scratch_i * ((size_t)n + 1));
+    scratch_u8 = malloc((size_t)n + 1);
+    if (!j.d || !j.norm || !grp || !scratch_i || !scratch_u8) {
         rc = err_set(e, ERR_NOMEM, "integrity", "out of memory for %d checkpoints", n);
         goto out;
     }
@@ -452,7 +575,8 @@ int integrity_judge(const struct integrity_ckpt *c, int n, int k, struct integri
             D(&j, a, b) = D(&j, b, a) = d;
         }
     }
-    judge_shards(&j);
+    judge_shards(&j, scratch_u8, grp);
+    judge_twins(&j, grp, scratch_i);
     if ((rc = judge_trajectory(&j, e)) < 0)
         goto out;
     judge_groups(&j, grp);
@@ -461,6 +585,8 @@ out:
     free(j.d);
     free(j.norm);
     free(grp);
+    free(scratch_i);
+    free(scratch_u8);
     return rc;
 }
 
