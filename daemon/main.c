@@ -30,6 +30,7 @@
 #include "daemon/plan/runset.h"
 #include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
+#include "daemon/read/family_report.h"
 #include "daemon/read/report.h"
 #include "daemon/read/status.h"
 #include "daemon/work/policy.h"
@@ -723,12 +724,42 @@ out:
     return status;
 }
 
+/* report --family NAME [--out DIR] */
+static int report_family(struct daemon_config *cfg, const char *family, const char *out)
+{
+    char dir[PATH_MAX];
+    if (out)
+        snprintf(dir, sizeof dir, "%s", out);
+    else
+        report_family_default_dir(dir, sizeof dir, family);
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    struct report_stats st;
+    double t0 = mono_now();
+    int rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = report_family_write(db, family, dir, &st, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd report: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("report failed", &e);
+    else
+        printf("wrote %s/index.html: %lld bytes, %d band charts (%d points), %d member transitions in %.2f s\n", dir,
+               st.bytes, st.line_charts, st.points, st.transitions, mono_now() - t0);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 {
-    const char *run = NULL, *out = NULL;
+    const char *run = NULL, *out = NULL, *family = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
+        else if (strcmp(argv[i], "--family") == 0 && i + 1 < argc && !family && !run)
+            family = argv[++i];
         else if (argv[i][0] != '-' && !run)
             run = argv[i];
         else {
@@ -736,10 +767,12 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (!run || (out && !out[0])) {
-        fprintf(stderr, "ckptd report: need RUN (and a directory after --out)\n%s", usage);
+    if (!run == !family || (out && !out[0])) {
+        fprintf(stderr, "ckptd report: need RUN or --family NAME (and a directory after --out)\n%s", usage);
         return EXIT_USAGE;
     }
+    if (family)
+        return report_family(cfg, family, out);
     char dir[PATH_MAX];
     if (out)
         snprintf(dir, sizeof dir, "%s", out);
