@@ -17,6 +17,7 @@
 #                   bench/train_bench.sh (training step vs forward)
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
+#                   bench/adaptive_bench.sh (the adaptive policy vs step order: to the transition, in all)
 #   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
 #                   checkpoints over HTTP while faults are injected every 5-15 s
 #                   (tests/soak/soak.sh; needs root for network namespaces)
@@ -182,6 +183,7 @@ endif
 	@bench/battery_bench.sh
 	@bench/train_bench.sh
 	@bench/llc_bench.sh
+	@bench/adaptive_bench.sh
 
 # The soak test: bounded to about 10 minutes; prints the faults and the figures.
 soak: $(BINS)
