@@ -40,14 +40,37 @@ static void test_cluster_overlap_and_sign(void **state)
         assert_true(cl[i] >= 1 && cl[i] <= 3);
 }
 
-static void test_cluster_apart(void **state)
+static void test_cluster_matched_apart(void **state)
 {
     (void)state;
-    const struct family_tr t[] = {{0, 0, 10, 20, 1, 1}, {1, 21, 30, 40, 1, 1}};
-    int cl[2];
-    assert_int_equal(family_cluster(t, 2, cl), 2);
-    assert_int_not_equal(cl[0], cl[1]);
+    /* one transition at different steps in different members (grokking
+     * under three seeds): windows apart, no member twice, like magnitudes */
+    const struct family_tr t[] = {{0, 0, 10, 20, 1, 1}, {1, 21, 30, 40, 0.8, 1}, {2, 300, 320, 340, 0.6, 1}};
+    int cl[3];
+    assert_int_equal(family_cluster(t, 3, cl), 1);
+    assert_int_equal(cl[0], 1);
+    assert_int_equal(cl[1], 1);
+    assert_int_equal(cl[2], 1);
     assert_int_equal(family_cluster(t, 0, cl), 0);
+}
+
+static void test_cluster_not_matched(void **state)
+{
+    (void)state;
+    /* a member's two transitions stay apart; so do magnitudes more than
+     * FAMILY_MATCH_RATIO apart; the nearest pair is matched first */
+    const struct family_tr t[] = {
+        {0, 0, 10, 20, 1, 1},       /* A: member 0 early */
+        {0, 500, 510, 520, 1, 1},   /* B: member 0 late */
+        {1, 100, 110, 120, 1, 1},   /* C: member 1, nearer A than B */
+        {2, 600, 610, 620, 0.1, 1}, /* D: member 2, ten times smaller */
+    };
+    int cl[4];
+    assert_int_equal(family_cluster(t, 4, cl), 3);
+    assert_int_not_equal(cl[0], cl[1]);
+    assert_int_equal(cl[2], cl[0]);
+    assert_int_not_equal(cl[3], cl[0]);
+    assert_int_not_equal(cl[3], cl[1]);
 }
 
 /* ---- family_band ---- */
@@ -186,7 +209,8 @@ static void test_runset_refusals(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cluster_overlap_and_sign), cmocka_unit_test(test_cluster_apart),
+        cmocka_unit_test(test_cluster_overlap_and_sign), cmocka_unit_test(test_cluster_matched_apart),
+        cmocka_unit_test(test_cluster_not_matched),
         cmocka_unit_test(test_band_names_the_one_apart), cmocka_unit_test(test_band_taking_turns),
         cmocka_unit_test(test_band_missing_values),       cmocka_unit_test(test_far),
         cmocka_unit_test(test_runset_pythia),             cmocka_unit_test(test_runset_file_width),

@@ -42,6 +42,69 @@ static double median(const double *v, int n, double *scratch)
     return n % 2 ? scratch[n / 2] : 0.5 * (scratch[n / 2 - 1] + scratch[n / 2]);
 }
 
+/* Clusters of one sign with no member in common whose mean |magnitude|
+ * are within FAMILY_MATCH_RATIO of each other: the same transition at
+ * different steps in different members.  The pair with the nearest mean
+ * peaks is merged, again until none is left; then the clusters are
+ * numbered 1..k again.  Returns k. */
+static int match_disjoint(const struct family_tr *t, int n, int *cluster, int ncl)
+{
+    for (;;) {
+        int ba = 0, bb = 0;
+        double bd = INFINITY;
+        for (int a = 1; a <= ncl; a++)
+            for (int b = a + 1; b <= ncl; b++) {
+                double pa = 0, pb = 0, ma = 0, mb = 0;
+                int na = 0, nb = 0, sa = 0, sb = 0, shared = 0;
+                for (int i = 0; i < n; i++) {
+                    if (cluster[i] == a) {
+                        pa += (double)t[i].peak;
+                        ma += fabs(t[i].magnitude);
+                        sa = t[i].magnitude < 0 ? -1 : 1;
+                        na++;
+                        for (int j = 0; j < n && !shared; j++)
+                            shared = cluster[j] == b && t[j].member == t[i].member;
+                    } else if (cluster[i] == b) {
+                        pb += (double)t[i].peak;
+                        mb += fabs(t[i].magnitude);
+                        sb = t[i].magnitude < 0 ? -1 : 1;
+                        nb++;
+                    }
+                }
+                if (na == 0 || nb == 0 || sa != sb || shared)
+                    continue;
+                ma /= na;
+                mb /= nb;
+                if (fmax(ma, mb) > FAMILY_MATCH_RATIO * fmin(ma, mb))
+                    continue;
+                double d = fabs(pa / na - pb / nb);
+                if (d < bd) {
+                    bd = d;
+                    ba = a;
+                    bb = b;
+                }
+            }
+        if (ba == 0)
+            break;
+        for (int i = 0; i < n; i++)
+            if (cluster[i] == bb)
+                cluster[i] = ba;
+    }
+    int k = 0;
+    for (int c = 1; c <= ncl; c++) {
+        int used = 0;
+        for (int i = 0; i < n; i++)
+            if (cluster[i] == c) {
+                cluster[i] = -(k + 1); /* renumbered, marked until the end */
+                used = 1;
+            }
+        k += used;
+    }
+    for (int i = 0; i < n; i++)
+        cluster[i] = -cluster[i];
+    return k;
+}
+
 int family_cluster(const struct family_tr *t, int n, int *cluster)
 {
     long long *st = malloc(sizeof *st * ((size_t)n + 1)), *en = malloc(sizeof *en * ((size_t)n + 1));
@@ -70,7 +133,7 @@ int family_cluster(const struct family_tr *t, int n, int *cluster)
         }
         next += top;
     }
-    rc = next;
+    rc = match_disjoint(t, n, cluster, next);
 out:
     free(st);
     free(en);

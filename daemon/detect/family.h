@@ -12,7 +12,10 @@
  *  - family_transitions: per series (metric, layer, head, idx), the
  *    members' transitions of the same sign whose [start, end] windows
  *    overlap, transitively across members (tr_group of transitions.h), form
- *    a cluster; per member the one with the highest score stands for it.
+ *    a cluster; clusters that share no member and have like magnitudes
+ *    are then matched, nearest first (family_cluster): grokking's step
+ *    varies by seed, and one seed's window need not overlap another's.
+ *    Per member the transition with the highest score stands for it.
  *    members_found over members_total (the members whose series has
  *    TR_MIN_POINTS believed points, so the detector could look), the
  *    spread of the peak steps (min, median, max, and in checkpoints of the
@@ -69,6 +72,7 @@
 #define FAMILY_BAND_RATIO 2.0    /* and this many times as often as the others are */
 #define FAMILY_BAND_KEYS 64      /* metrics with at most this many series get the band rule */
 #define FAMILY_FAR_CKPTS 3       /* a peak closer than this (in checkpoints) is never far */
+#define FAMILY_MATCH_RATIO 2.0   /* disjoint clusters of like magnitude are one transition */
 #define FAMILY_EVERY_S 10.0      /* a family is analysed again at most this often by the tick */
 
 struct db;
@@ -130,7 +134,11 @@ struct family_tr {
 };
 
 /* Cluster n transitions of one series: same sign and overlapping windows,
- * transitively; cluster[i] numbers them from 1.  Returns the number of
+ * transitively; then clusters of one sign that share no member and whose
+ * mean |magnitude| are within FAMILY_MATCH_RATIO of each other are one
+ * transition seen at different steps (grokking under different seeds),
+ * the nearest pair (by mean peak step) merged first, until none is left.
+ * cluster[i] numbers them from 1.  Returns the number of
  * clusters, or ERR_NOMEM. */
 int family_cluster(const struct family_tr *t, int n, int *cluster) CK_WUR;
 
