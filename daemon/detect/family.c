@@ -777,9 +777,14 @@ int family_analyse(struct db *db, long long family_id, int try_lock, struct fami
         f.steps[i] = atoll(PQgetvalue(r, i, 0));
     PQclear(r);
     r = NULL;
+    /* each member's series by its largest transition: level-v2 splits a
+     * change into stages (an early shoulder, then the rise), and the
+     * members' stages would cluster with each other instead of the rise */
     f.tr = db_exec(db,
-        "SELECT t.run_id, t.metric_id, t.layer, t.head, t.idx, t.start_step, t.peak_step, t.end_step, t.magnitude,"
+        "SELECT * FROM (SELECT DISTINCT ON (t.run_id, t.metric_id, t.layer, t.head, t.idx)"
+        "   t.run_id, t.metric_id, t.layer, t.head, t.idx, t.start_step, t.peak_step, t.end_step, t.magnitude,"
         "   t.score FROM transitions t WHERE t.run_id = ANY($1::bigint[]) AND " FAMILY_TR_FILTER
+        "   ORDER BY t.run_id, t.metric_id, t.layer, t.head, t.idx, abs(t.magnitude) DESC, t.score DESC) t"
         " ORDER BY t.metric_id, t.layer, t.head, t.idx, t.run_id, t.peak_step", 1, pm, e);
     f.counts = f.tr ? db_exec(db,
         "SELECT m.run_id, m.metric_id, m.layer, m.head, m.idx, count(*) FROM measurements m"

@@ -138,7 +138,8 @@ int plan_check_args(const struct plan *p, struct err *e)
     if (runs > 0 && p->name)
         return err_set(e, ERR_INVALID, NULL, "a source with a range {A..B} names its runs: leave out NAME");
     if (runs > 0 && !p->family)
-        return err_set(e, ERR_INVALID, NULL, "the runs of a source with a range {A..B} form a family: give --family");
+        return err_set(e, ERR_INVALID, NULL,
+                       "need NAME, or a source with a range {A..B} and --family (the runs of a range form a family)");
     if (p->policy && strcmp(p->policy, "order") != 0 && strcmp(p->policy, "adaptive") != 0)
         return err_set(e, ERR_INVALID, NULL, "--policy is order or adaptive, not '%s'", p->policy);
     if ((!p->name && runs == 0) || !p->source || !p->schedule || p->max_attempts < 1 || p->ctx < 0 ||

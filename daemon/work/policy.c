@@ -365,13 +365,17 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
     if (cheap_left)
         goto rollback; /* the cheap pass goes on */
     ck = db_exec(db, "SELECT step FROM checkpoints WHERE run_id = $1 ORDER BY step", 1, p, e);
-    /* the cheap items' transitions (not their spikes: a spike comes back),
-     * of the newest method written */
+    /* the cheap items' series, each by its strongest transition (not a
+     * spike: a spike comes back), of the newest method written: level-v2
+     * splits a series' change into stages, and the windows of the stages
+     * of slowly drifting series chain into one window over the whole run */
     tr = ck ? db_exec(db,
-        "SELECT t.start_step, t.peak_step, t.end_step FROM transitions t JOIN metrics mt ON mt.id = t.metric_id"
+        "SELECT DISTINCT ON (t.metric_id, t.layer, t.head, t.idx) t.peak_step, t.peak_step, t.peak_step, t.score"
+        " FROM transitions t JOIN metrics mt ON mt.id = t.metric_id"
         " WHERE t.run_id = $1 AND mt.item <> 'integrity' AND t.kind = 'transition'"
         "   AND mt.item = ANY ((SELECT cheap_items FROM run_plans WHERE run_id = $1)::text[])"
-        "   AND t.method = (SELECT method FROM transitions WHERE run_id = $1 ORDER BY detected_at DESC LIMIT 1)",
+        "   AND t.method = (SELECT method FROM transitions WHERE run_id = $1 ORDER BY detected_at DESC LIMIT 1)"
+        " ORDER BY t.metric_id, t.layer, t.head, t.idx, t.score DESC, t.peak_step",
         1, p, e) : NULL;
     if (!ck || !tr) {
         rc = ERR_DB;
@@ -400,7 +404,8 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
             }
             at[k] = lo < count ? lo : count - 1;
         }
-        w[i] = (struct policy_window){at[0], at[2], 1.0, at[1]};
+        double score = atof(PQgetvalue(tr, i, 3));
+        w[i] = (struct policy_window){at[0], at[2], score > 0 && isfinite(score) ? score : 1.0, at[1]};
     }
     int budget = (int)ceil(POLICY_DENSE_SHARE * count);
     planned = policy_densify(w, nt, count, POLICY_WINDOW_MARGIN, budget, dense);

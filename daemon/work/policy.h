@@ -31,13 +31,16 @@
  * shape has become known.
  *
  * The dense phase is planned (policy_plan) when the run's cheap jobs are
- * all finished: the cheap items' transitions (`integrity` left out: it
- * checks, it does not measure) give windows [start, end] widened by
- * POLICY_WINDOW_MARGIN checkpoints on either side; overlapping windows
- * merge, each weighs the number of series transitioning in it, and the
- * heaviest are densified first until POLICY_DENSE_SHARE of the run's
- * checkpoints (a window larger than what is left gets the checkpoints
- * nearest its median peak).  Items that read the previous checkpoint (sae
+ * all finished: each series of the cheap items (`integrity` left out: it
+ * checks, it does not measure) gives its strongest transition (the
+ * highest score; spikes left out), whose peak widened by
+ * POLICY_WINDOW_MARGIN checkpoints on either side is a window weighing
+ * its score; overlapping windows merge (weights add up), and the heaviest
+ * are densified first until POLICY_DENSE_SHARE of the run's checkpoints
+ * (a window larger than what is left gets the checkpoints nearest its
+ * weighted mean peak).  Peaks, not [start, end]: the level-v2 detector
+ * splits a series' change into stages, and the spans of slowly drifting
+ * series' stages chain into one window covering the whole run.  Items that read the previous checkpoint (sae
  * with warm start, sae_match) still wait for it (queue.h): they gain less.
  *
  *     if (policy_apply(db, "pythia-160m", "adaptive", &e) < 0) ...   // add-run
