@@ -1,7 +1,8 @@
 /*
  * test_daemon_family - the pure pieces of families (daemon/detect/family.h)
  * and of the runs a source's range names (daemon/plan/runset.h), no
- * database needed: clustering members' transitions by overlapping windows
+ * database needed: a member's changes from its stages; clustering members'
+ * transitions by overlapping windows
  * and sign, the band rule, the far rule; runset_expand's names, widths and
  * refusals.  The database side is tests/daemon_family.sh.
  */
@@ -71,6 +72,43 @@ static void test_cluster_not_matched(void **state)
     assert_int_equal(cl[2], cl[0]);
     assert_int_not_equal(cl[3], cl[0]);
     assert_int_not_equal(cl[3], cl[1]);
+}
+
+/* ---- family_changes ---- */
+
+static void test_changes_stages_joined(void **state)
+{
+    (void)state;
+    /* one member's series: memorising early; a small wobble; the rise in
+     * two touching stages (shoulder then rise); a fall of another sign
+     * touching the rise; a small late rise apart */
+    struct family_tr t[] = {
+        {0, 16, 50, 50, 0.43, 40},       {0, 1050, 1200, 1400, 0.02, 12}, {0, 1450, 1650, 1800, 0.30, 9},
+        {0, 1750, 1780, 1900, -0.25, 3}, {0, 1800, 1900, 2000, 0.10, 6},  {0, 2300, 2350, 2400, 0.12, 5},
+    };
+    int n = family_changes(t, 6);
+    assert_int_equal(n, 3);
+    assert_int_equal(t[0].peak, 50); /* memorising stands */
+    assert_int_equal(t[1].start, 1450); /* the rise, its stages joined */
+    assert_int_equal(t[1].end, 2000);
+    assert_int_equal(t[1].peak, 1650); /* the larger stage's peak */
+    assert_true(fabs(t[1].magnitude - 0.40) < 1e-12);
+    assert_true(t[1].score == 9);
+    assert_true(fabs(t[2].magnitude + 0.25) < 1e-12); /* the fall: of at least half the largest */
+    assert_int_equal(family_changes(t, 0), 0);
+}
+
+static void test_changes_shoulder_dropped(void **state)
+{
+    (void)state;
+    /* a shoulder apart from the rise, a quarter of it: the rise alone;
+     * a member with one small change keeps it */
+    struct family_tr t[] = {{0, 125, 200, 275, 0.20, 137}, {0, 375, 425, 450, 0.77, 74}};
+    assert_int_equal(family_changes(t, 2), 1);
+    assert_int_equal(t[0].peak, 425);
+    struct family_tr u[] = {{3, 175, 225, 325, 0.27, 17}};
+    assert_int_equal(family_changes(u, 1), 1);
+    assert_int_equal(u[0].peak, 225);
 }
 
 /* ---- family_band ---- */
@@ -211,6 +249,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cluster_overlap_and_sign), cmocka_unit_test(test_cluster_matched_apart),
         cmocka_unit_test(test_cluster_not_matched),
+        cmocka_unit_test(test_changes_stages_joined),    cmocka_unit_test(test_changes_shoulder_dropped),
         cmocka_unit_test(test_band_names_the_one_apart), cmocka_unit_test(test_band_taking_turns),
         cmocka_unit_test(test_band_missing_values),       cmocka_unit_test(test_far),
         cmocka_unit_test(test_runset_pythia),             cmocka_unit_test(test_runset_file_width),

@@ -105,6 +105,34 @@ static int match_disjoint(const struct family_tr *t, int n, int *cluster, int nc
     return k;
 }
 
+int family_changes(struct family_tr *t, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        int j = k - 1; /* the latest kept change of this sign */
+        while (j >= 0 && (t[j].magnitude < 0) != (t[i].magnitude < 0))
+            j--;
+        if (j >= 0 && t[i].start <= t[j].end) {
+            if (fabs(t[i].magnitude) > fabs(t[j].magnitude))
+                t[j].peak = t[i].peak;
+            t[j].start = t[i].start < t[j].start ? t[i].start : t[j].start;
+            t[j].end = t[i].end > t[j].end ? t[i].end : t[j].end;
+            t[j].magnitude += t[i].magnitude;
+            t[j].score = fmax(t[j].score, t[i].score);
+        } else {
+            t[k++] = t[i];
+        }
+    }
+    double largest = 0;
+    for (int i = 0; i < k; i++)
+        largest = fmax(largest, fabs(t[i].magnitude));
+    int kept = 0;
+    for (int i = 0; i < k; i++)
+        if (fabs(t[i].magnitude) >= FAMILY_CHANGE_SHARE * largest)
+            t[kept++] = t[i];
+    return kept;
+}
+
 int family_cluster(const struct family_tr *t, int n, int *cluster)
 {
     long long *st = malloc(sizeof *st * ((size_t)n + 1)), *en = malloc(sizeof *en * ((size_t)n + 1));
@@ -554,7 +582,7 @@ static int analyse_transitions(struct fam *f, struct err *e)
     for (int i = 0; i < n && rc == 0;) {
         struct skey k = {atoi(PQgetvalue(f->tr, i, 1)), atoi(PQgetvalue(f->tr, i, 2)), atoi(PQgetvalue(f->tr, i, 3)),
                          atoi(PQgetvalue(f->tr, i, 4))};
-        int nt = 0;
+        int nt = 0, first = 0;
         for (; i < n; i++) {
             struct skey x = {atoi(PQgetvalue(f->tr, i, 1)), atoi(PQgetvalue(f->tr, i, 2)),
                              atoi(PQgetvalue(f->tr, i, 3)), atoi(PQgetvalue(f->tr, i, 4))};
@@ -563,10 +591,15 @@ static int analyse_transitions(struct fam *f, struct err *e)
             int m = member_of(f, atoll(PQgetvalue(f->tr, i, 0)));
             if (m < 0)
                 continue;
+            if (nt > first && t[first].member != m) { /* the previous member's, made its changes */
+                nt = first + family_changes(t + first, nt - first);
+                first = nt;
+            }
             t[nt++] = (struct family_tr){m, atoll(PQgetvalue(f->tr, i, 5)), atoll(PQgetvalue(f->tr, i, 6)),
                                          atoll(PQgetvalue(f->tr, i, 7)), strtod(PQgetvalue(f->tr, i, 8), NULL),
                                          strtod(PQgetvalue(f->tr, i, 9), NULL)};
         }
+        nt = first + family_changes(t + first, nt - first);
         f->st->series++;
         if (nt > 0)
             rc = analyse_series(f, &k, t, nt, e);
@@ -777,14 +810,11 @@ int family_analyse(struct db *db, long long family_id, int try_lock, struct fami
         f.steps[i] = atoll(PQgetvalue(r, i, 0));
     PQclear(r);
     r = NULL;
-    /* each member's series by its largest transition: level-v2 splits a
-     * change into stages (an early shoulder, then the rise), and the
-     * members' stages would cluster with each other instead of the rise */
+    /* every transition, by series, member and peak: family_changes joins
+     * each member's stages and keeps its main changes */
     f.tr = db_exec(db,
-        "SELECT * FROM (SELECT DISTINCT ON (t.run_id, t.metric_id, t.layer, t.head, t.idx)"
-        "   t.run_id, t.metric_id, t.layer, t.head, t.idx, t.start_step, t.peak_step, t.end_step, t.magnitude,"
+        "SELECT t.run_id, t.metric_id, t.layer, t.head, t.idx, t.start_step, t.peak_step, t.end_step, t.magnitude,"
         "   t.score FROM transitions t WHERE t.run_id = ANY($1::bigint[]) AND " FAMILY_TR_FILTER
-        "   ORDER BY t.run_id, t.metric_id, t.layer, t.head, t.idx, abs(t.magnitude) DESC, t.score DESC) t"
         " ORDER BY t.metric_id, t.layer, t.head, t.idx, t.run_id, t.peak_step", 1, pm, e);
     f.counts = f.tr ? db_exec(db,
         "SELECT m.run_id, m.metric_id, m.layer, m.head, m.idx, count(*) FROM measurements m"

@@ -9,8 +9,10 @@
  * duplicates and suspect checkpoints left out); the family analysis reads
  * the members' transitions and series and writes:
  *
- *  - family_transitions: per series (metric, layer, head, idx), the
- *    members' transitions of the same sign whose [start, end] windows
+ *  - family_transitions: per series (metric, layer, head, idx), each
+ *    member's changes (family_changes: its touching stages joined, those of
+ *    at least half its largest kept; memorising and grokking both stand);
+ *    the members' changes of the same sign whose [start, end] windows
  *    overlap, transitively across members (tr_group of transitions.h), form
  *    a cluster; clusters that share no member and have like magnitudes
  *    are then matched, nearest first (family_cluster): grokking's step
@@ -73,6 +75,7 @@
 #define FAMILY_BAND_KEYS 64      /* metrics with at most this many series get the band rule */
 #define FAMILY_FAR_CKPTS 3       /* a peak closer than this (in checkpoints) is never far */
 #define FAMILY_MATCH_RATIO 2.0   /* disjoint clusters of like magnitude are one transition */
+#define FAMILY_CHANGE_SHARE 0.5  /* a member's changes of at least this share of its largest count */
 #define FAMILY_EVERY_S 10.0      /* a family is analysed again at most this often by the tick */
 
 struct db;
@@ -132,6 +135,17 @@ struct family_tr {
     long long start, peak, end;
     double magnitude, score;
 };
+
+/* One member's transitions of one series, t (n, by peak), made its
+ * changes in place: stages of one sign whose windows touch or overlap
+ * (level-v2 splits one change into stages) are joined, in peak order,
+ * into one change (the windows' union, the sum of the magnitudes, the
+ * peak of the larger part, the highest score); then the changes smaller
+ * than FAMILY_CHANGE_SHARE x the member's largest |magnitude| are dropped
+ * (a shoulder apart from the rise, a wobble on a plateau), so that
+ * memorising and grokking both stand, and nothing smaller.  Returns the
+ * number kept, in peak order. */
+int family_changes(struct family_tr *t, int n);
 
 /* Cluster n transitions of one series: same sign and overlapping windows,
  * transitively; then clusters of one sign that share no member and whose
