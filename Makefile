@@ -20,6 +20,7 @@
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
 #                   bench/patching_bench.sh (the patching items in forward-equivalents)
+#                   bench/adaptive_bench.sh (the adaptive policy vs step order: to the transition, in all)
 #   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
 #                   build-fuzz/) and run each FUZZ_S seconds from its seed
 #                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
@@ -235,6 +236,7 @@ endif
 	@bench/transitions_bench.sh
 	@bench/transitions_realbench.py eval
 	@bench/patching_bench.sh
+	@bench/adaptive_bench.sh
 
 # The soak test: bounded to about 10 minutes; prints the faults and the figures.
 soak: $(BINS)
@@ -254,6 +256,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/probe_ref.py
 	/usr/bin/python3 tests/reference/grad_ref.py
 	/usr/bin/python3 tests/reference/weights_ref.py
+	/usr/bin/python3 tests/reference/integrity_ref.py
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py

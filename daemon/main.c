@@ -19,6 +19,8 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/family.h"
+#include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
 #include "daemon/fetch/stage.h"
@@ -29,10 +31,13 @@
 #include "daemon/plan/evalset.h"
 #include "daemon/plan/forecast.h"
 #include "daemon/plan/registry.h"
+#include "daemon/plan/runset.h"
 #include "daemon/plan/source.h"
 #include "daemon/read/export.h"
+#include "daemon/read/family_report.h"
 #include "daemon/read/report.h"
 #include "daemon/read/status.h"
+#include "daemon/work/policy.h"
 #include "daemon/work/queue.h"
 #include "daemon/work/supervise.h"
 
@@ -49,8 +54,11 @@ static const char usage[] =
     "          [--ctx N] [--eval-seqs N] [--probe FILE]...\n"
     "          [--seed N] [--max-attempts N] [--sae-warm-start] [--sae-site HOOK]...\n"
     "          [--sae DIR]... [--model-name NAME]\n"
-    "          [--pairs FILE]... [--sweep-every K]\n"
-    "                               register a run and enqueue its jobs (idempotent)\n"
+    "          [--pairs FILE]... [--sweep-every K] [--family NAME] [--policy order|adaptive]\n"
+    "                               register a run and enqueue its jobs (idempotent);\n"
+    "                               a source with a range, hf://ORG/NAME-seed{1..9},\n"
+    "                               adds one run per value (names derived) to --family\n"
+    "  add-family NAME RUN...       group runs that differ by seed into a family\n"
     "  serve [--workers N] [--until-idle] [--node NAME]\n"
     "        [--metrics HOST:PORT [--metrics-allow-remote]]\n"
     "                               claim and analyse checkpoints until stopped;\n"
@@ -67,10 +75,18 @@ static const char usage[] =
     "  fetch SOURCE --step N [--to DIR]\n"
     "                               fetch one checkpoint into the cache (and DIR)\n"
     "  report RUN [--out DIR]       write DIR/index.html (default ./report-RUN): charts of the run\n"
+    "  report --family NAME [--out DIR]\n"
+    "                               the family's bands and every member's transitions\n"
     "  transitions RUN [--metric NAME] [--min-score X] [--kind transition|spike]\n"
     "                  [--method NAME|all] [--json]\n"
     "                               a run's transitions and spikes by peak step, grouped\n"
-    "  detect RUN                   find the transitions of every series of a run again\n"
+    "  transitions --family NAME [--metric NAME] [--min-score X] [--json]\n"
+    "                               the family's transitions (found in how many members,\n"
+    "                               their peaks' spread) and its outlier members\n"
+    "  detect RUN | --family NAME   find the transitions of every series of a run (of\n"
+    "                               every member) again; analyse the family\n"
+    "  integrity RUN [--json]       judge a run's checkpoints against its trajectory again;\n"
+    "                               print each one's distances and verdict\n"
     "  export RUN [--metric NAME]... [--item ITEM]... [--format csv|jsonl|npy] [--out PATH]\n"
     "                               a run's series as files (docs/data-out.md)\n"
     "\n"
@@ -139,12 +155,14 @@ static int discover_steps(struct daemon_config *cfg, const char *source, long lo
     return rc;
 }
 
-/* add-run's arguments into p; EXIT_USAGE after saying what is wrong. */
-static int add_run_args(struct plan *p, int argc, char **argv)
+/* add-run's arguments into p; EXIT_USAGE after saying what is wrong.
+ * name and source, when not NULL, stand for NAME and --source (one run of
+ * a source with a range). */
+static int add_run_args(struct plan *p, int argc, char **argv, const char *name, const char *source)
 {
     enum { O_SOURCE = 256, O_SCHEDULE, O_ITEMS, O_EVAL_TOKENS, O_SEED, O_MAX_ATTEMPTS, O_EVAL_TEXT,
            O_TOKENIZER, O_CTX, O_EVAL_SEQS, O_SAE_WARM_START, O_SAE_SITE, O_PROBE, O_SAE, O_MODEL_NAME, O_PAIRS,
-           O_SWEEP_EVERY };
+           O_SWEEP_EVERY, O_FAMILY, O_POLICY };
     static const struct option opts[] = {
         {"source", required_argument, NULL, O_SOURCE},
         {"schedule", required_argument, NULL, O_SCHEDULE},
@@ -163,6 +181,8 @@ static int add_run_args(struct plan *p, int argc, char **argv)
         {"model-name", required_argument, NULL, O_MODEL_NAME},
         {"pairs", required_argument, NULL, O_PAIRS},
         {"sweep-every", required_argument, NULL, O_SWEEP_EVERY},
+        {"family", required_argument, NULL, O_FAMILY},
+        {"policy", required_argument, NULL, O_POLICY},
         {NULL, 0, NULL, 0},
     };
     struct err e;
@@ -204,6 +224,10 @@ static int add_run_args(struct plan *p, int argc, char **argv)
             rc = plan_add_pairs(p, c.arg, &e);
         else if (k == O_SWEEP_EVERY)
             p->sweep_every = atoll(c.arg);
+        else if (k == O_FAMILY)
+            p->family = c.arg;
+        else if (k == O_POLICY)
+            p->policy = c.arg;
         else if (k == ARGS_WORD && !p->name)
             p->name = c.arg;
         else {
@@ -215,6 +239,10 @@ static int add_run_args(struct plan *p, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
+    if (name)
+        p->name = name;
+    if (source)
+        p->source = source;
     if (plan_check_args(p, &e) < 0) {
         fprintf(stderr, "ckptd add-run: %s\n%s", e.msg, usage);
         return EXIT_USAGE;
@@ -276,7 +304,9 @@ static int add_run_plan(struct daemon_config *cfg, struct plan *p, struct regist
     return 0;
 }
 
-static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
+/* One run of add-run: NAME and --source from argv, or name and source
+ * given (a source with a range); then its family and its policy. */
+static int add_run_one(struct daemon_config *cfg, int argc, char **argv, const char *name, const char *source)
 {
     struct err e;
     struct plan p;
@@ -286,7 +316,7 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     struct queue_item items[PLAN_MAX_ITEMS];
     memset(&reg, 0, sizeof reg);
     plan_init(&p);
-    int status = add_run_args(&p, argc, argv);
+    int status = add_run_args(&p, argc, argv, name, source);
     if (status == 0)
         status = add_run_plan(cfg, &p, &reg);
     if (status != 0)
@@ -316,6 +346,28 @@ static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
     }
     printf("run %s: %d steps, %d items; added %ld checkpoints and %ld jobs\n", p.name, p.nsteps, p.nitems,
            nc, nj);
+    int nf = 0;
+    if (p.family && family_add(db, p.family, &p.name, 1, &nf, &e) < 0) {
+        log_err("cannot add the run to its family", &e);
+        goto out;
+    }
+    if (p.family)
+        printf("family %s: %s %s\n", p.family, p.name, nf ? "added" : "already a member");
+    /* the claim order: a new run's jobs follow its policy; re-adding
+     * without --policy keeps the run's */
+    if (p.policy || nj > 0) {
+        const char *pn[1] = {p.name};
+        PGresult *pr = p.policy ? NULL : db_exec(db, "SELECT policy FROM runs WHERE name = $1", 1, pn, &e);
+        const char *pol = p.policy ? p.policy : pr && PQntuples(pr) == 1 ? PQgetvalue(pr, 0, 0) : "order";
+        int prc = policy_apply(db, p.name, pol, &e);
+        PQclear(pr);
+        if (prc < 0) {
+            log_err("cannot set the run's policy", &e);
+            goto out;
+        }
+        if (p.policy)
+            printf("policy %s\n", p.policy);
+    }
     status = 0;
 out:
     free(options);
@@ -323,6 +375,77 @@ out:
     plan_free(&p);
     db_free(db);
     return status;
+}
+
+/* add-run: one run, or with a source holding a range every run of it,
+ * named from the source and added to --family.  The arguments are
+ * checked before any run is added; a later failure leaves the runs added
+ * so far (the same command again adds the rest: re-adding changes
+ * nothing). */
+static int cmd_add_run(struct daemon_config *cfg, int argc, char **argv)
+{
+    struct err e;
+    struct plan p;
+    plan_init(&p);
+    int status = add_run_args(&p, argc, argv, NULL, NULL);
+    int n = status == 0 ? plan_source_runs(&p, &e) : 0;
+    if (status != 0 || n == 0) {
+        plan_free(&p);
+        return status != 0 ? status : add_run_one(cfg, argc, argv, NULL, NULL);
+    }
+    struct runset rs;
+    n = runset_expand(p.source, &rs, &e);
+    plan_free(&p);
+    for (int k = 0; k < n && status == 0; k++) {
+        status = add_run_one(cfg, argc, argv, rs.name[k], rs.source[k]);
+        if (status != 0)
+            fprintf(stderr, "ckptd add-run: stopped at %s (%d of %d runs added)\n", rs.name[k], k, n);
+    }
+    runset_free(&rs);
+    return n < 0 ? EXIT_USAGE : status;
+}
+
+static int cmd_add_family(struct daemon_config *cfg, int argc, char **argv)
+{
+    static const struct option none[] = {{NULL, 0, NULL, 0}};
+    const char **words = calloc((size_t)argc + 1, sizeof *words);
+    int nwords = 0;
+    if (!words)
+        return EXIT_FAIL;
+    struct args c;
+    args_start(&c, argc, argv, "", none);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k != ARGS_WORD) {
+            fprintf(stderr, "ckptd add-family: unexpected argument '%s'\n%s", c.word, usage);
+            free(words);
+            return EXIT_USAGE;
+        }
+        words[nwords++] = c.arg;
+    }
+    if (nwords < 2) {
+        fprintf(stderr, "ckptd add-family: need NAME and at least one RUN\n%s", usage);
+        free(words);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db) {
+        free(words);
+        return EXIT_FAIL;
+    }
+    int added = 0, rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = family_add(db, words[0], words + 1, nwords - 1, &added, &e);
+    if (rc == ERR_NOTFOUND || rc == ERR_INVALID)
+        fprintf(stderr, "ckptd add-family: %s\n", err_str(&e));
+    else if (rc < 0)
+        log_err("cannot add the family", &e);
+    else
+        printf("family %s: %d run%s added, %d already members\n", words[0], added, added == 1 ? "" : "s",
+               nwords - 1 - added);
+    db_free(db);
+    free(words);
+    return rc == ERR_INVALID ? EXIT_USAGE : rc < 0 ? EXIT_FAIL : 0;
 }
 
 static int cmd_serve(struct daemon_config *cfg, const char *config_path, int argc, char **argv)
@@ -751,26 +874,60 @@ out:
     return status;
 }
 
+/* report --family NAME [--out DIR] */
+static int report_family(struct daemon_config *cfg, const char *family, const char *out)
+{
+    char dir[PATH_MAX];
+    if (out)
+        snprintf(dir, sizeof dir, "%s", out);
+    else
+        report_family_default_dir(dir, sizeof dir, family);
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    struct report_stats st;
+    double t0 = mono_now();
+    int rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = report_family_write(db, family, dir, &st, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd report: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("report failed", &e);
+    else
+        printf("wrote %s/index.html: %lld bytes, %d band charts (%d points), %d member transitions in %.2f s\n", dir,
+               st.bytes, st.line_charts, st.points, st.transitions, mono_now() - t0);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 {
-    const char *run = NULL, *out = NULL;
-    static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
+    const char *run = NULL, *out = NULL, *family = NULL;
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
+                                         {"family", required_argument, NULL, 'f'},
+                                         {NULL, 0, NULL, 0}};
     struct args c;
     args_start(&c, argc, argv, "", opts);
     for (int k; (k = args_next(&c)) != ARGS_END;) {
         if (k == 'o')
             out = c.arg;
-        else if (k == ARGS_WORD && !run)
+        else if (k == 'f' && !family && !run)
+            family = c.arg;
+        else if (k == ARGS_WORD && !run && !family)
             run = c.arg;
         else {
             fprintf(stderr, "ckptd report: unexpected argument '%s'\n%s", c.word, usage);
             return EXIT_USAGE;
         }
     }
-    if (!run || (out && !out[0])) {
-        fprintf(stderr, "ckptd report: need RUN (and a directory after --out)\n%s", usage);
+    if (!run == !family || (out && !out[0])) {
+        fprintf(stderr, "ckptd report: need RUN or --family NAME (and a directory after --out)\n%s", usage);
         return EXIT_USAGE;
     }
+    if (family)
+        return report_family(cfg, family, out);
     char dir[PATH_MAX];
     if (out)
         snprintf(dir, sizeof dir, "%s", out);
@@ -801,14 +958,15 @@ static int cmd_report(struct daemon_config *cfg, int argc, char **argv)
 static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
 {
     struct detect_list_opts o = {NULL, 0, 0, NULL, NULL};
-    const char *run = NULL;
-    enum { O_METRIC = 256, O_MIN_SCORE, O_JSON, O_METHOD, O_KIND };
+    const char *run = NULL, *family = NULL;
+    enum { O_METRIC = 256, O_MIN_SCORE, O_JSON, O_METHOD, O_KIND, O_FAMILY };
     static const struct option opts[] = {
         {"metric", required_argument, NULL, O_METRIC},
         {"min-score", required_argument, NULL, O_MIN_SCORE},
         {"json", no_argument, NULL, O_JSON},
         {"method", required_argument, NULL, O_METHOD},
         {"kind", required_argument, NULL, O_KIND},
+        {"family", required_argument, NULL, O_FAMILY},
         {NULL, 0, NULL, 0},
     };
     struct args c;
@@ -825,6 +983,8 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             o.method = c.arg;
         else if (k == O_KIND && (strcmp(c.arg, "transition") == 0 || strcmp(c.arg, "spike") == 0))
             o.kind = c.arg;
+        else if (k == O_FAMILY && !family)
+            family = c.arg;
         else if (k == ARGS_WORD && !run)
             run = c.arg;
         else {
@@ -832,27 +992,77 @@ static int cmd_transitions(struct daemon_config *cfg, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (!run) {
-        fprintf(stderr, "ckptd transitions: need RUN\n%s", usage);
+    if (!run == !family) {
+        fprintf(stderr, "ckptd transitions: need RUN or --family NAME\n%s", usage);
+        return EXIT_USAGE;
+    }
+    if (family && (o.method || o.kind)) { /* the family's rows are the current method's transitions */
+        fprintf(stderr, "ckptd transitions: --method and --kind are for a run, not --family\n%s", usage);
         return EXIT_USAGE;
     }
     struct err e;
     struct db *db = open_db(cfg);
     if (!db)
         return EXIT_FAIL;
-    int rc = detect_list(db, run, &o, stdout, &e);
+    int rc = family ? family_list(db, family, &o, stdout, &e) : detect_list(db, run, &o, stdout, &e);
     if (rc < 0)
         log_err("cannot list transitions", &e);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }
 
+/* detect --family NAME: every member's transitions again, then the family's. */
+static int detect_family(struct db *db, const char *family)
+{
+    struct err e;
+    long long *ids = NULL;
+    int n = 0, rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = family_member_ids(db, family, &ids, &n, &e);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        struct detect_stats st;
+        rc = detect_run(db, ids[i], NULL, NULL, 0, &st, &e);
+    }
+    struct family_stats fs;
+    if (rc == 0)
+        rc = family_analyse_named(db, family, &fs, &e);
+    free(ids);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd detect: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("family analysis failed", &e);
+    else
+        printf("family %s: %d members, %d clusters of transitions, %d the family's, %d outliers (%.3f s)\n", family,
+               fs.members, fs.clusters, fs.family_transitions, fs.outliers, fs.seconds);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
 static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
 {
-    const char *run = NULL;
-    if (only_words(argc, argv, &run, 1, 1) < 0) {
-        fprintf(stderr, "ckptd detect: need RUN\n%s", usage);
+    const char *run = NULL, *family = NULL;
+    static const struct option opts[] = {{"family", required_argument, NULL, 'f'}, {NULL, 0, NULL, 0}};
+    struct args c;
+    int bad = 0;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; !bad && (k = args_next(&c)) != ARGS_END;) {
+        if (k == 'f' && !family)
+            family = c.arg;
+        else if (k == ARGS_WORD && !run)
+            run = c.arg;
+        else
+            bad = 1;
+    }
+    if (bad || !run == !family) {
+        fprintf(stderr, "ckptd detect: need RUN or --family NAME\n%s", usage);
         return EXIT_USAGE;
+    }
+    if (family) {
+        struct db *db = open_db(cfg);
+        if (!db)
+            return EXIT_FAIL;
+        int rc = detect_family(db, family);
+        db_free(db);
+        return rc;
     }
     struct err e;
     struct detect_stats st;
@@ -867,6 +1077,42 @@ static int cmd_detect(struct daemon_config *cfg, int argc, char **argv)
     else
         printf("run %s: %ld series, %ld points, %ld transitions, %ld spikes (%.3f s)\n", run, st.series,
                st.points, st.transitions, st.spikes, st.read_s + st.write_s);
+    db_free(db);
+    return rc < 0 ? EXIT_FAIL : 0;
+}
+
+static int cmd_integrity(struct daemon_config *cfg, int argc, char **argv)
+{
+    const char *run = NULL;
+    int json = 0;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {NULL, 0, NULL, 0}};
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == 'j')
+            json = 1;
+        else if (k == ARGS_WORD && !run)
+            run = c.arg;
+        else {
+            fprintf(stderr, "ckptd integrity: unexpected argument '%s'\n%s", c.word, usage);
+            return EXIT_USAGE;
+        }
+    }
+    if (!run) {
+        fprintf(stderr, "ckptd integrity: need RUN\n%s", usage);
+        return EXIT_USAGE;
+    }
+    struct err e;
+    struct db *db = open_db(cfg);
+    if (!db)
+        return EXIT_FAIL;
+    int rc = migrate_check(db, &e);
+    if (rc == 0)
+        rc = integrity_print(db, run, json, stdout, &e);
+    if (rc == ERR_NOTFOUND)
+        fprintf(stderr, "ckptd integrity: %s\n", e.msg);
+    else if (rc < 0)
+        log_err("integrity check failed", &e);
     db_free(db);
     return rc < 0 ? EXIT_FAIL : 0;
 }
@@ -932,6 +1178,8 @@ int main(int argc, char **argv)
         return cmd_migrate(&cfg);
     if (strcmp(cmd, "add-run") == 0)
         return cmd_add_run(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "add-family") == 0)
+        return cmd_add_family(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(&cfg, config_path, sub_argc, sub_argv);
     if (strcmp(cmd, "status") == 0)
@@ -948,6 +1196,8 @@ int main(int argc, char **argv)
         return cmd_transitions(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "detect") == 0)
         return cmd_detect(&cfg, sub_argc, sub_argv);
+    if (strcmp(cmd, "integrity") == 0)
+        return cmd_integrity(&cfg, sub_argc, sub_argv);
     if (strcmp(cmd, "export") == 0)
         return export_main(cfg.database, cfg.db_statement_timeout_s, cfg.db_idle_in_transaction_timeout_s,
                            sub_argc, sub_argv);

@@ -152,10 +152,10 @@ int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct
         (rc = db_run(db, "UPDATE checkpoints SET size = $2, sha256 = nullif($3, '') WHERE id = $1", 3, p3, e)) < 0 ||
         (rc = db_run(db,
             "WITH w AS (SELECT weights FROM checkpoint_weights WHERE checkpoint_id = $1),"
-            " same AS (SELECT c.id, c.step FROM checkpoints c JOIN checkpoint_weights cw ON cw.checkpoint_id = c.id"
-            "   JOIN w ON cw.weights = w.weights"
+            " same AS (SELECT c.id, c.step, c.suspect FROM checkpoints c"
+            "   JOIN checkpoint_weights cw ON cw.checkpoint_id = c.id JOIN w ON cw.weights = w.weights"
             "   WHERE c.run_id = (SELECT run_id FROM checkpoints WHERE id = $1)),"
-            " canon AS (SELECT id FROM same ORDER BY step LIMIT 1)"
+            " canon AS (SELECT id FROM same ORDER BY suspect IS NOT NULL, step LIMIT 1)"
             " UPDATE checkpoints c SET duplicate_of = CASE WHEN c.id = canon.id THEN NULL ELSE canon.id END"
             " FROM canon WHERE c.id IN (SELECT id FROM same)"
             "   AND c.duplicate_of IS DISTINCT FROM CASE WHEN c.id = canon.id THEN NULL ELSE canon.id END",

@@ -4,8 +4,10 @@
  * Once a checkpoint's files are known (downloaded and verified, or read in
  * place), their names, sizes and sha256s go to checkpoint_files, and the
  * checkpoint gets its size and weights sha256.  Checkpoints of one run whose
- * weights are identical are marked as duplicates of the earliest step, so
- * their results can be told apart from real change.
+ * weights are identical are marked as duplicates of the earliest step that
+ * is not suspect (the copy that fits the run's trajectory: the integrity
+ * check, daemon/detect/integrity.h, marks the others), so their results
+ * can be told apart from real change.
  *
  * For hub sources the commit the files came from (files->commit) is kept in
  * checkpoints.hub_commit.  A checkpoint staged at another commit than the
@@ -32,10 +34,10 @@ struct hub_files;
  * checkpoint_files, set checkpoints.size and .sha256 (the weights' sha256,
  * or for shards the sha256 of their sorted sha256s joined by commas), and
  * mark duplicates: among the run's checkpoints whose weight files have the
- * same sha256s, the earliest step is the original and every other one gets
- * duplicate_of = it; record the commit as above.  One transaction,
- * serialised per run.  *dup_step gets the step this checkpoint repeats,
- * or -1. */
+ * same sha256s, the earliest step not marked suspect is the original and
+ * every other one gets duplicate_of = it; record the commit as above.  One
+ * transaction, serialised per run.  *dup_step gets the step this checkpoint
+ * repeats, or -1. */
 int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct hub_files *files,
                             long long *dup_step, struct err *e) CK_WUR;
 

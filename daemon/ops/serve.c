@@ -19,6 +19,8 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/family.h"
+#include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/checkpoint_files.h"
 #include "daemon/fetch/fetch.h"
@@ -35,10 +37,12 @@
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
 #include "daemon/store/ingest.h"
+#include "daemon/work/policy.h"
 #include "daemon/work/queue.h"
 #include "daemon/work/supervise.h"
 
 #define MAX_SLOTS DAEMON_MAX_WORKERS
+#define PLAN_EVERY_S 2.0       /* adaptive runs' plans looked at (duty 14) */
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
 #define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
@@ -100,7 +104,7 @@ struct server {
     double now;             /* monotonic seconds at the start of this tick */
     /* the paced duties: when each last ran (run_every; 0: due at once) */
     struct {
-        double expire, claim, idle, node, queue_depths;
+        double expire, claim, idle, plan, family, node, queue_depths;
     } ran;
     double expire_ms;       /* the lease expiry's period, jittered each time */
     char host[256];
@@ -335,7 +339,9 @@ static void settle(struct server *s, struct slot *sl)
         if (res.done > 0) {
             struct claim done;
             claim_done_part(c, out, &done);
+            integrity_after_ingest(s->db, &done); /* before detection: suspects are left out */
             detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
+            policy_after_ingest(s->db, &done); /* an adaptive run's next phase */
         }
         slot_free(sl);
         long long freed = 0;
@@ -603,6 +609,9 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
         log_err("cannot record the checkpoint's files yet; will retry", &e);
         return; /* stays in SLOT_FETCH: the stage answers done again */
     }
+    struct integrity_stats ist; /* files known: shards and equal weights judged again */
+    if (integrity_run(s->db, sl->claim.run_id, &ist, &e) < 0)
+        log_err("integrity check after the files were recorded failed", &e);
     sl->dup_step = dup;
     sl->fetch_s = now - sl->fetch_started;
     s->download_s += sl->fetch_s;
@@ -1060,7 +1069,10 @@ static void check_idle(struct server *s)
  *  12. drain: past the grace period, kill workers and give jobs back
  *  13. idle: with --until-idle, every 0.5 s, notice that nothing is queued
  *      or running
- *  14. operate: this node's row in `nodes` every heartbeat_s (node.h);
+ *  14. plan: every PLAN_EVERY_S, adaptive runs whose cheap pass ended get
+ *      their dense phase (policy.h); every FAMILY_EVERY_S, families whose
+ *      members changed are analysed again (family.h)
+ *  15. operate: this node's row in `nodes` every heartbeat_s (node.h);
  *      with the metrics endpoint on, the per-run queue depths every
  *      METRICS_QUEUE_REFRESH_S; systemd: RELOADING=1 and READY=1 around a
  *      SIGHUP, STOPPING=1 at SIGTERM, the watchdog ping when due and a
@@ -1090,7 +1102,11 @@ static void serve_tick(struct server *s)
         drain(s, dbok);                                                           /* 12 */
     if (s->until_idle && dbok && busy_count(s) == 0 && run_every(&s->ran.idle, s->now, 500))
         check_idle(s);                                                            /* 13 */
-    operate(s);                                                                   /* 14 */
+    if (dbok && !s->stopping && run_every(&s->ran.plan, s->now, PLAN_EVERY_S * 1000))
+        policy_duty(s->db);                                                       /* 14 */
+    if (dbok && !s->stopping && run_every(&s->ran.family, s->now, FAMILY_EVERY_S * 1000))
+        family_duty(s->db);                                                       /* 14 */
+    operate(s);                                                                   /* 15 */
 }
 
 /* Sleep until the database says something, a worker ends, or the next

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "daemon/plan/evalset.h"
 #include "daemon/plan/pairset.h"
+#include "daemon/plan/runset.h"
 #include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 
@@ -131,7 +132,17 @@ int plan_prepare_pairs(struct plan *p, const char *worker, struct err *e)
 int plan_check_args(const struct plan *p, struct err *e)
 {
     const int has_eval = p->eval_tokens || p->eval_text;
-    if (!p->name || !p->source || !p->schedule || p->max_attempts < 1 || p->ctx < 0 ||
+    const int runs = p->source ? plan_source_runs(p, e) : 0;
+    if (runs < 0)
+        return runs;
+    if (runs > 0 && p->name)
+        return err_set(e, ERR_INVALID, NULL, "a source with a range {A..B} names its runs: leave out NAME");
+    if (runs > 0 && !p->family)
+        return err_set(e, ERR_INVALID, NULL,
+                       "need NAME, or a source with a range {A..B} and --family (the runs of a range form a family)");
+    if (p->policy && strcmp(p->policy, "order") != 0 && strcmp(p->policy, "adaptive") != 0)
+        return err_set(e, ERR_INVALID, NULL, "--policy is order or adaptive, not '%s'", p->policy);
+    if ((!p->name && runs == 0) || !p->source || !p->schedule || p->max_attempts < 1 || p->ctx < 0 ||
         p->ctx > INT32_MAX || p->eval_seqs < 0 || p->eval_seqs > INT32_MAX ||
         ((p->ctx || p->eval_seqs) && !has_eval) || (p->eval_tokens && p->eval_text) ||
         (p->tokenizer && !p->eval_text && !p->npairs))
@@ -143,6 +154,14 @@ int plan_check_args(const struct plan *p, struct err *e)
         return err_set(e, ERR_INVALID, NULL,
                        "--sweep-every is a count of checkpoints, 0 (never) or more");
     return 0;
+}
+
+int plan_source_runs(const struct plan *p, struct err *e)
+{
+    struct runset rs;
+    int n = runset_expand(p->source, &rs, e);
+    runset_free(&rs);
+    return n;
 }
 
 int plan_check_source(const struct plan *p, struct err *e)

@@ -68,6 +68,8 @@ struct plan {
     int nsae_dicts;
     char *sae_dicts[PLAN_MAX_SAE_DICTS]; /* fixed dictionaries for sae_fixed, absolute, owned */
     const char *model_name;  /* recorded in SAE files; NULL: from the source (sae_opts.h) */
+    const char *family;      /* the family the run joins (detect/family.h); NULL: none */
+    const char *policy;      /* "order" or "adaptive" (work/policy.h); NULL: the run's, else order */
     int npairs;
     char *pairs[PLAN_MAX_PAIRS]; /* prompt-pair sets: absolute, then pinned copies (owned) */
     /* what the run is, once resolved */
@@ -110,8 +112,15 @@ int plan_add_sae_dict(struct plan *p, const char *dir, struct err *e) CK_WUR;
  * attempt; ctx and eval_seqs in [0, INT32_MAX] and only with an eval set;
  * eval_tokens or eval_text, not both; a tokenizer only with eval_text.
  * ERR_INVALID with one message saying all of that; another when
- * sweep_every is not -1 or in [0, INT32_MAX]. */
+ * sweep_every is not -1 or in [0, INT32_MAX], when policy is not "order"
+ * or "adaptive", or for a source with a range {A..B} (runset.h): it names
+ * its runs (no NAME) and they form a family (--family needed); a
+ * malformed range gives runset_expand's message. */
 int plan_check_args(const struct plan *p, struct err *e) CK_WUR;
+
+/* How many runs p->source holds: 0 without a range, else the number of
+ * values of its range (runset_expand), or ERR_INVALID for a bad range. */
+int plan_source_runs(const struct plan *p, struct err *e) CK_WUR;
 
 /* The source's and the schedule's syntax, before the hub is asked
  * anything.  ERR_INVALID from source_check or the schedule's parser. */
@@ -167,7 +176,12 @@ int plan_find_eval(struct plan *p, struct err *e) CK_WUR;
 
 /* The run's options, compact JSON with sorted keys: eval_tokens (with ctx
  * and eval_seqs when set), probes, seed, sae_warm_start, sae_sites,
- * sae_fixed (the dictionaries), model_name, each only when given.  The caller frees it; NULL when out of memory. */
+ * sae_fixed (the dictionaries), model_name, pairs, sweep_every, each only
+ * when given.  They are what every worker of the run is started with, so
+ * family and policy are not among them: the caller writes those to
+ * family_members (family_add) and runs.policy (policy_apply), where a
+ * later add-run may change them.  The caller frees it; NULL when out of
+ * memory. */
 char *plan_options_json(const struct plan *p);
 
 #endif

@@ -7,6 +7,7 @@
 #include "daemon/base/db.h"
 #include "daemon/plan/cost.h"
 #include "daemon/plan/forecast.h"
+#include "daemon/work/policy.h"
 
 static void bar(FILE *out, double frac, int width)
 {
@@ -29,6 +30,82 @@ static void duration(char *buf, size_t n, double s)
         snprintf(buf, n, "%.1fh", s / 3600);
     else
         snprintf(buf, n, "%.1fd", s / 86400);
+}
+
+/* Adaptive runs' phases (policy.h), suspect checkpoints (integrity.h) and
+ * families (family.h): their transitions found in most members, and the
+ * members that depart.  `run` "" shows every run and family; a run shows
+ * the families it is in. */
+static int status_checked(struct db *db, const char *run, FILE *out, struct err *e)
+{
+    const char *p[1] = {run};
+    PGresult *r = db_exec(db, "SELECT r.id, r.name FROM run_plans x JOIN runs r ON r.id = x.run_id"
+                              " WHERE $1 = '' OR r.name = $1 ORDER BY r.name", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nadaptive runs (expensive items where the change is):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char line[1024];
+        if (policy_phase(db, atoll(PQgetvalue(r, i, 0)), line, sizeof line, e) < 0) {
+            PQclear(r);
+            return ERR_DB;
+        }
+        fprintf(out, "  %s: %s\n", PQgetvalue(r, i, 1), line);
+    }
+    PQclear(r);
+    r = db_exec(db, "SELECT run, step, reason, coalesce(suspect_detail, ''), duplicate_of_step FROM suspect_checkpoints"
+                    " WHERE $1 = '' OR run = $1 ORDER BY run, step", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nsuspect checkpoints (not what their label says; left out of series):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        fprintf(out, "  %s step %s: %s: %s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                PQgetvalue(r, i, 3));
+        if (!PQgetisnull(r, i, 4))
+            fprintf(out, " (a duplicate of step %s)", PQgetvalue(r, i, 4));
+        fputc('\n', out);
+    }
+    PQclear(r);
+    r = db_exec(db,
+        "SELECT f.name, (SELECT count(*) FROM family_members m WHERE m.family_id = f.id),"
+        "   (SELECT count(*) FROM family_transitions t WHERE t.family_id = f.id AND t.is_family),"
+        "   (SELECT count(*) FROM family_transitions t WHERE t.family_id = f.id),"
+        "   (SELECT count(*) FROM family_outliers o WHERE o.family_id = f.id),"
+        "   coalesce(extract(epoch FROM now() - f.analysed_at)::text, ''),"
+        "   (SELECT string_agg(x, E'\\n') FROM (SELECT '    ' || o.run || ': ' || o.item || '/' || o.metric"
+        "       || CASE WHEN o.layer >= 0 OR o.head >= 0 OR o.idx >= 0 THEN ' [' || o.layer || ',' || o.head"
+        "          || ',' || o.idx || ']' ELSE '' END || ' ' || o.reason || ': ' || o.detail AS x"
+        "     FROM family_outliers_named o WHERE o.family = f.name ORDER BY o.run, o.reason, o.metric LIMIT 8) l),"
+        "   (SELECT string_agg(x, E'\\n') FROM (SELECT '    ' || t.item || '/' || t.metric"
+        "       || CASE WHEN t.layer >= 0 OR t.head >= 0 OR t.idx >= 0 THEN ' [' || t.layer || ',' || t.head"
+        "          || ',' || t.idx || ']' ELSE '' END || ' ' || CASE WHEN t.sign > 0 THEN 'up' ELSE 'down' END"
+        "       || ' in ' || t.members_found || '/' || t.members_total || ' members, peaks '"
+        "       || t.peak_min || '..' || t.peak_max || ' (median ' || round(t.peak_median) || ', spread '"
+        "       || t.peak_spread_ckpts || ' checkpoints)' AS x"
+        "     FROM family_transitions_named t WHERE t.family = f.name AND t.is_family"
+        "     ORDER BY t.peak_median LIMIT 8) l)"
+        " FROM families f WHERE $1 = '' OR f.id IN (SELECT m.family_id FROM family_members m JOIN runs x"
+        "   ON x.id = m.run_id WHERE x.name = $1) ORDER BY f.name", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nfamilies:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char ago[32] = "never";
+        if (PQgetvalue(r, i, 5)[0])
+            duration(ago, sizeof ago, atof(PQgetvalue(r, i, 5)));
+        fprintf(out, "  %s: %s members; %s of %s transitions found in 2/3 of them; %s outliers; analysed %s%s\n",
+                PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                PQgetvalue(r, i, 4), ago, PQgetvalue(r, i, 5)[0] ? " ago" : "");
+        if (!PQgetisnull(r, i, 7))
+            fprintf(out, "%s\n", PQgetvalue(r, i, 7));
+        if (!PQgetisnull(r, i, 6))
+            fprintf(out, "   outliers:\n%s\n", PQgetvalue(r, i, 6));
+    }
+    PQclear(r);
+    return 0;
 }
 
 /* Per node (the `nodes` table, 006_nodes.sql): who, since when, whether
@@ -240,6 +317,9 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
     for (int i = 0; i < PQntuples(r); i++)
         fprintf(out, "  %s step %s = step %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
     PQclear(r);
+
+    if (status_checked(db, p[0], out, e) < 0)
+        return ERR_DB;
 
     r = db_exec(db,
         "SELECT run, step, left(old_commit, 12), left(new_commit, 12), weights_changed, jobs_requeued,"

@@ -241,15 +241,16 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     const char *p[2] = {node, lease};
     PGresult *r = NULL;
     int n = 0;
-    /* Lock the first checkpoint, oldest first (by id: the order runs and
-     * their steps were added), that has due queued jobs, skipping
-     * checkpoints another node is claiming right now; then take all its
-     * queued jobs.  One due job is enough: the jobs of a checkpoint fail
+    /* Lock the first checkpoint that has due queued jobs, by the lowest
+     * priority of those jobs (policy.h: 0 for every job of a run in step
+     * order), then oldest first (by id: the order runs and their steps
+     * were added), skipping checkpoints another node is claiming right now;
+     * then take its queued jobs of that priority or lower.  One due job is enough: the jobs of a checkpoint fail
      * together, but their backoffs are jittered row by row, and waiting for
      * the last would split the checkpoint into several worker runs.
      *
      * The candidates are the checkpoints of the first 256 due jobs on
-     * the jobs_queued index, so a claim costs the same however many jobs
+     * the jobs_queued_priority index, so a claim costs the same however many jobs
      * are done, running or queued.  FOR UPDATE SKIP LOCKED applies to the
      * candidates in order, one at a time until one is locked, whatever
      * plan the statistics bring (a lock in a subquery run per queued job
@@ -274,20 +275,24 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     int rc = 0;
     for (int tries = 0;; tries++) {
         r = db_exec(db,
-            "WITH ck AS ("
-            "  SELECT c.id FROM checkpoints c"
-            "  WHERE c.id = ANY (ARRAY(SELECT q.checkpoint_id FROM jobs q"
+            "WITH cand AS MATERIALIZED ("
+            "  SELECT array_agg(q.checkpoint_id ORDER BY q.priority, q.checkpoint_id) AS ids,"
+            "    array_agg(q.priority ORDER BY q.priority, q.checkpoint_id) AS prios"
+            "  FROM (SELECT q.checkpoint_id, q.priority FROM jobs q"
             "    WHERE q.state = 'queued' AND q.not_before <= now()"
             "      AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
             "             AND b.version = q.version AND (b.depends_on IS NOT NULL"
             "             OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"
-            "    ORDER BY q.checkpoint_id LIMIT 256))"
-            "  ORDER BY c.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
+            "    ORDER BY q.priority, q.checkpoint_id LIMIT 256) q),"
+            " ck AS ("
+            "  SELECT c.id, cand.prios[array_position(cand.ids, c.id)] AS prio FROM checkpoints c, cand"
+            "  WHERE c.id = ANY (cand.ids)"
+            "  ORDER BY array_position(cand.ids, c.id) LIMIT 1 FOR UPDATE OF c SKIP LOCKED),"
             " claimed AS ("
             "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
             "    lease_expires = now() + make_interval(secs => $2::float8),"
             "    attempts = attempts + 1, started_at = now()"
-            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued'"
+            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued' AND j.priority <= ck.prio"
             "    AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = j.item"
             "           AND b.version = j.version AND (b.depends_on IS NOT NULL"
             "           OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(j.id))"

@@ -71,7 +71,8 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
                   struct err *e) CK_WUR;
 
 /* Claim the queued, due jobs of one checkpoint whose dependencies allow
- * it (job_ready() in schema/005_sae.sql: a job of an item with depends_on
+ * it, the checkpoint whose due jobs have the lowest priority first (then the
+ * oldest), and of it the jobs of that priority or lower (policy.h) (job_ready() in schema/005_sae.sql: a job of an item with depends_on
  * waits for that item's job of the same checkpoint, unless both are
  * claimed together; one that reads the previous checkpoint's artifacts
  * waits for the job there that writes them).  Jobs come in the order the

@@ -13,6 +13,7 @@
 static const struct battery_item *const items[] = {
     &battery_item_loss,
     &battery_item_weights,
+    &battery_item_integrity,
     &battery_item_heads,
     &battery_item_lens,
     &battery_item_composition,

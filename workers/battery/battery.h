@@ -257,6 +257,31 @@ extern const struct battery_item battery_item_loss;
 #define WEIGHTS_GRAM_ROWS 256
 extern const struct battery_item battery_item_weights;
 
+/* integrity v1: a fingerprint of the weights, no inputs, one pass over
+ * them (battery_integrity.c has the definition; the daemon compares the
+ * fingerprints of a run's checkpoints, daemon/detect/integrity.h).
+ *   sketch         layer -1 head -1 idx k: count sketch of every parameter,
+ *                  INTEGRITY_K buckets
+ *   tensor_sketch  layer L (or -1) head = the tensor's slot, idx k: count
+ *                  sketch of one tensor, INTEGRITY_TENSOR_K buckets
+ *   tensor_norm    layer, head as above, idx -1: the tensor's L2 norm
+ *   param_norm     -1 -1 -1: the L2 norm of every parameter */
+#define INTEGRITY_K 256            /* buckets of the whole-model sketch (a power of 2) */
+#define INTEGRITY_TENSOR_K 64      /* buckets of a tensor's sketch (a power of 2) */
+#define INTEGRITY_LAYER_TENSORS 12 /* tensor slots of a layer */
+#define INTEGRITY_SALT 0x494e544547524954ull /* "INTEGRIT": xor'ed into every name hash */
+extern const struct battery_item battery_item_integrity;
+
+/* The sketch's hash state for a tensor name: FNV-1a 64 of its bytes xor
+ * INTEGRITY_SALT (exposed for tests). */
+uint64_t integrity_name_hash(const char *name);
+
+/* Add x (n) to the whole-model sketch (INTEGRITY_K) and to the tensor's
+ * own sketch (INTEGRITY_TENSOR_K, the caller zeroes it); *sumsq gets the
+ * sum of squares of x. */
+void integrity_sketch_add(const float *x, size_t n, const char *name, double *whole, double *own,
+                          double *sumsq);
+
 /* probes v1 (needs eval_tokens, probe_sets): linear probes (probe_fit.h) per
  * layer, on hook_embed (layer -1) and blocks.L.hook_resid_post (layer L),
  * fitted on a train split of the sequences and scored on the held-out split
