@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/sbuf.h"
 #include "daemon/base/db.h"
 #include "daemon/detect/transitions.h"
 #include "daemon/work/queue.h"
@@ -23,37 +24,6 @@ static double mono_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A growing text buffer. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int sbuf_printf(struct sbuf *b, const char *fmt, ...) CK_PRINTF(2, 3);
-
-static int sbuf_printf(struct sbuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->len;
-        int w = b->p ? vsnprintf(b->p + b->len, room, fmt, ap) : -1;
-        va_end(ap);
-        if (w >= 0 && (size_t)w < room) {
-            b->len += (size_t)w;
-            return 0;
-        }
-        size_t cap = b->cap ? 2 * b->cap : 4096;
-        while (w >= 0 && cap - b->len <= (size_t)w)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return ERR_NOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
 }
 
 /* One series being gathered from the COPY stream. */

@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/sbuf.h"
 #include "daemon/base/db.h"
 #include "daemon/detect/detect.h"
 #include "daemon/detect/transitions.h"
@@ -327,37 +328,6 @@ int family_member_ids(struct db *db, const char *family, long long **ids, int *n
 
 /* ---- the analysis ---- */
 
-/* A growing text buffer (COPY data). */
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static int buf_printf(struct buf *b, const char *fmt, ...) CK_PRINTF(2, 3);
-
-static int buf_printf(struct buf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->len;
-        int w = b->p ? vsnprintf(b->p + b->len, room, fmt, ap) : -1;
-        va_end(ap);
-        if (w >= 0 && (size_t)w < room) {
-            b->len += (size_t)w;
-            return 0;
-        }
-        size_t cap = b->cap ? 2 * b->cap : 8192;
-        while (w >= 0 && cap - b->len <= (size_t)w)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return ERR_NOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-}
-
 struct skey {
     int metric, layer, head, idx;
 };
@@ -382,7 +352,7 @@ struct fam {
     long long *steps;         /* the family's believed steps, increasing */
     PGresult *tr;             /* members' transitions, by series */
     PGresult *counts;         /* believed points per (member, series) with transitions */
-    struct buf trows, orows;  /* COPY data of family_transitions and family_outliers */
+    struct sbuf trows, orows;  /* COPY data of family_transitions and family_outliers */
     struct family_stats *st;
 };
 
@@ -437,7 +407,7 @@ static int add_outlier(struct fam *f, int m, const struct skey *k, const char *r
     f->st->outliers++;
     char v[40];
     snprintf(v, sizeof v, isfinite(value) ? "%.17g" : "\\N", value);
-    return buf_printf(&f->orows, "%lld\t%lld\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", f->id, f->members[m], k->metric, k->layer,
+    return sbuf_printf(&f->orows, "%lld\t%lld\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", f->id, f->members[m], k->metric, k->layer,
                       k->head, k->idx, reason, v, detail);
 }
 
@@ -505,14 +475,14 @@ static int analyse_series(struct fam *f, const struct skey *k, struct family_tr 
         f->st->clusters++;
         f->st->family_transitions += is_family;
         int sign = mmed < 0 ? -1 : 1;
-        struct buf runs = {0}, pk = {0};
+        struct sbuf runs = {0}, pk = {0};
         for (int a = 0; a < no && rc == 0; a++) {
-            if (buf_printf(&runs, "%s%lld", a ? "," : "", f->members[order[a]]) < 0 ||
-                buf_printf(&pk, "%s%lld", a ? "," : "", t[best[order[a]]].peak) < 0)
+            if (sbuf_printf(&runs, "%s%lld", a ? "," : "", f->members[order[a]]) < 0 ||
+                sbuf_printf(&pk, "%s%lld", a ? "," : "", t[best[order[a]]].peak) < 0)
                 rc = ERR_NOMEM;
         }
         if (rc == 0 &&
-            buf_printf(&f->trows, "%lld\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%lld\t%lld\t%lld\t%.17g\t%lld\t%d\t%.17g\t{%s}\t{%s}\t%s\n",
+            sbuf_printf(&f->trows, "%lld\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%lld\t%lld\t%lld\t%.17g\t%lld\t%d\t%.17g\t{%s}\t{%s}\t%s\n",
                        f->id, k->metric, k->layer, k->head, k->idx, sign, found, total > found ? total : found,
                        is_family ? "t" : "f", start, end, t[best[order[0]]].peak, pmed, t[best[order[no - 1]]].peak,
                        (int)(pos[no - 1] - pos[0]), mmed, runs.p, pk.p, TR_METHOD) < 0)
@@ -642,8 +612,8 @@ static int parse_band_row(const char *p, struct skey *k, long long *run, long lo
 /* The band rule over the series chosen in SQL: streamed with COPY. */
 static int analyse_bands(struct db *db, struct fam *f, const char *members, struct err *e)
 {
-    struct buf q = {0};
-    if (buf_printf(&q,
+    struct sbuf q = {0};
+    if (sbuf_printf(&q,
             /* the series keys at each member's latest step (index probes,
              * not a scan of the members' rows) */
             "COPY (WITH keys AS (SELECT DISTINCT m.metric_id, m.layer, m.head, m.idx"
@@ -718,7 +688,7 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
     return rc;
 }
 
-static int copy_in(struct db *db, const char *sql, const struct buf *b, struct err *e)
+static int copy_in(struct db *db, const char *sql, const struct sbuf *b, struct err *e)
 {
     if (b->len == 0)
         return 0;
