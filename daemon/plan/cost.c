@@ -26,6 +26,12 @@
 #define PROBES_ITERS 100.0 /* L-BFGS steps of a fit, typically (at most 200) */
 #define LLC_STEPS (4.0 * (100 + 100)) /* chains x (burn-in + draws) */
 #define LLC_BATCH_TOKENS 256
+#define LENS_TOKENS 2048 /* the lens's sequences: the fewest holding this many tokens */
+#define PAIR_PAIRS 8       /* PAIR_IND_PAIRS: the built-in induction pairs */
+#define PAIR_LEN 16        /* PAIR_IND_LEN: T = 2 L */
+#define PATCH_EXACT_PER_FAMILY 8 /* PATCH_TOP_K 5 + PATCH_SAMPLE 3 */
+#define PATCH_FAMILIES 6
+#define PATH_TOP_K 6
 
 /* ---- the calibration table ----
  *
@@ -56,6 +62,10 @@ static const struct {
     {"sae_relu", 1.00},
     {"sae_match", 1.00},
     {"llc", 1.00},
+    {"patching", 1.00},
+    {"attribution", 1.00},
+    {"path_patching", 1.00},
+    {"circuit", 1.00},
 };
 
 static double table_k(const char *item)
@@ -198,6 +208,44 @@ static double ablation_work(const struct cost_shape *sh, const struct cost_run *
     return w;
 }
 
+/* The built-in induction pairs' length (pair_set_induction): T = 2 L. */
+static int pair_len(const struct cost_shape *sh)
+{
+    int L = PAIR_LEN < sh->max_pos / 2 ? PAIR_LEN : sh->max_pos / 2;
+    return (sh->vocab - 1) / 2 < L ? (sh->vocab - 1) / 2 : L;
+}
+
+/* The patching items on the built-in pair set (user --pairs sets are not
+ * counted).  Unit: a body forward of the set's prompts; a component
+ * patched at layer l resumes there, (NL - l) / NL of one, (NL + 1) / (2 NL)
+ * on average.  The estimates: per prompt a taped forward to the logits and
+ * a backward to the activations (counted as 1.5 forwards). */
+static double patching_work(const char *item, const struct cost_shape *sh, int sweep)
+{
+    const int L = pair_len(sh), T = 2 * L, NL = sh->n_layers, NH = sh->n_heads;
+    const double unit = body(sh, PAIR_PAIRS, T), depth = (NL + 1) / (2.0 * NL);
+    const double grads = 2 * 2.5 * cost_forward_flops(sh, PAIR_PAIRS, T, 1);
+    if (strcmp(item, "patching") == 0) {
+        /* the residual stream at the L + 1 positions from the corrupted
+         * token on (the rest is the same in both runs), the heads at every
+         * position and at the positions of interest, both directions */
+        const double resid = (L + 1.0) * NL, heads = 2.0 * NL * NH;
+        double nvar = 2 * (resid + heads);
+        if (!sweep) {
+            double per = PATCH_EXACT_PER_FAMILY;
+            nvar = 4 * fmin(per, NL * NH) + 2 * fmin(per, resid);
+        }
+        return 2 * unit + grads + nvar * depth * unit;
+    }
+    if (strcmp(item, "attribution") == 0)
+        return grads;
+    if (strcmp(item, "path_patching") == 0) {
+        const int K = PATH_TOP_K < NL * NH ? PATH_TOP_K : NL * NH;
+        return 2 * unit + 2 * (K + K * (K - 1) / 2.0) * depth * unit;
+    }
+    return 1e6; /* circuit: reads the score files */
+}
+
 /* Sequences of the eval set an SAE harvests (whole, within its budget). */
 static int sae_seqs(const struct cost_shape *sh, const struct cost_run *run)
 {
@@ -214,8 +262,12 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
     const double N = (double)B * T;
     if (strcmp(item, "loss") == 0)
         return 4 * N * V;
-    if (strcmp(item, "lens") == 0) /* the embedding and every layer but the last */
-        return NL * 2 * N * C * V + 4 * N * V;
+    if (strcmp(item, "lens") == 0) { /* the embedding and every layer but the last, on the
+                                        first sequences holding LENS_TOKENS tokens */
+        int nl = (LENS_TOKENS + T - 1) / T;
+        const double Nl = (double)(nl < B ? nl : B) * T;
+        return NL * 2 * Nl * C * V + 4 * Nl * V;
+    }
     if (strcmp(item, "heads") == 0) {
         const int L = rep_len(sh);
         /* the repeated sequences, and its own body forward of the eval set:
@@ -258,6 +310,9 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
         m = m < 1 ? 1 : m > B ? B : m;
         return LLC_STEPS * 3 * cost_forward_flops(sh, m, T, 1);
     }
+    if (strcmp(item, "patching") == 0 || strcmp(item, "attribution") == 0 ||
+        strcmp(item, "path_patching") == 0 || strcmp(item, "circuit") == 0)
+        return patching_work(item, sh, sweep);
     if (strcmp(item, "task") == 0)
         return 1e9; /* a toy run's few small forwards */
     return -1;
