@@ -94,7 +94,9 @@ def main():
         raise SystemExit("cost_fit: needs two presets with a battery run and a plan")
     small, large = presets[0], presets[1]
     S, L = data[small], data[large]
-    items = [it for it in S["items"] if it in L["items"]]
+    # items measured on both (an item of ~0 CPU s, `circuit`, has no factor to fit)
+    items = [it for it in S["items"] if it in L["items"]
+             and S["items"][it]["cpu"] >= 0.01 and L["items"][it]["cpu"] >= 0.01]
     fits = {}
     for it in items:
         ks, kl = kfit(S, it), kfit(L, it)
