@@ -278,8 +278,10 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
         /* the repeated sequences, and its own body forward of the eval set:
          * its pattern hooks would move every other reader of the shared
          * forward onto the materialised attention path */
-        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + body(sh, B, T) +
-               8 * NL * NH * B * (double)T * T / 2;
+        int nl = (LENS_TOKENS + T - 1) / T; /* v2: the lens's sequences */
+        const int Be = nl < B ? nl : B;
+        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + body(sh, Be, T) +
+               8 * NL * NH * Be * (double)T * T / 2;
     }
     if (strcmp(item, "probes") == 0) {
         double pos = (double)B * (T - 1), ntr = fmin(0.8 * pos, PROBES_MAX_TRAIN);

@@ -359,7 +359,9 @@ extern const struct battery_item battery_item_composition;
  *   duplicate_token_score  layer L head H  mean attention i -> i-L over the
  *                                          queries of the second copy
  *   attention_entropy      layer L head H  mean entropy (nats) of the pattern
- *                                          rows of the eval set, queries t >= 1
+ *                                          rows of the eval set's first
+ *                                          lens_seqs(B, T) sequences (v2),
+ *                                          queries t >= 1
  *   induction_loss, first_copy_loss, induction_loss_drop   layer -1 head -1
  *                          next-token loss on R[1..L-1] of the second and the
  *                          first copy, and first minus second
