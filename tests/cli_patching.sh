@@ -22,7 +22,7 @@
 set -u
 W=${CKPT_WORKER:-build/bin/ckpt-worker}
 TMP=$(mktemp -d /tmp/ckptd-cli-patching-XXXXXX)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$TMP"' EXIT
+trap 'rm -rf "$TMP"' EXIT
 fails=0
 n=0
 
