@@ -4,7 +4,7 @@ for the transition detector (daemon/detect/transitions.h), and its table.
 
     bench/transitions_realbench.py gen  [--coretypes Haswell,SkylakeX,Sandybridge]
                                         [--kinds K,...] [--jobs 2] [--data DIR] [--work DIR]
-                                        [--regen]
+                                        [--seeds 1,2] [--regen]
     bench/transitions_realbench.py eval [--data DIR] [--subset] [--json FILE]
 
 `gen` trains the runs below with `ckpt-worker train` under each OpenBLAS
@@ -111,6 +111,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -154,6 +155,7 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
     args = [induction_checkpoints() if a is None else a for a in args]
     if os.path.exists(dest) and not regen:
         return rid + " (kept)"
+    t0 = time.monotonic()
     env = dict(os.environ, OPENBLAS_CORETYPE=core, CKPTD_BLAS_AUTO="0")
     shutil.rmtree(out, ignore_errors=True)
     cmd = [WORKER, "--threads", "1", "train"] + args + ["--seed", str(seed), "--out", out,
@@ -192,19 +194,22 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
         json.dump(doc, f, separators=(",", ":"))
     os.replace(tmp, dest)
     shutil.rmtree(out, ignore_errors=True)
-    return rid
+    return "%s (%.0f s)" % (rid, time.monotonic() - t0)
 
 
 def gen(a):
     os.makedirs(a.data, exist_ok=True)
     work = a.work or tempfile.mkdtemp(prefix="ckptd-realbench-")
     kinds = set(a.kinds.split(",")) if a.kinds else None
+    want_seeds = {int(x) for x in a.seeds.split(",")} if a.seeds else None
     todo = []
     for core in a.coretypes.split(","):
         for kind, name, args, every, items, seeds in RUNS:
             if kinds and kind not in kinds and name not in kinds:
                 continue
             for seed in seeds:
+                if want_seeds and seed not in want_seeds:
+                    continue
                 todo.append((kind, name, args, every, items, seed, core, work, a.data, a.regen))
     # the long runs first, so two workers finish together
     todo.sort(key=lambda t: t[1] != "lit")
@@ -725,6 +730,7 @@ def main():
     g.add_argument("--jobs", type=int, default=2)
     g.add_argument("--data", default=DATA)
     g.add_argument("--work", default="")
+    g.add_argument("--seeds", default="", help="only these of each run's seeds (comma-separated)")
     g.add_argument("--regen", action="store_true", help="train again runs whose data file exists")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=DATA)
