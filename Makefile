@@ -20,6 +20,12 @@
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
 #                   bench/patching_bench.sh (the patching items in forward-equivalents)
+#                   bench/adaptive_bench.sh (the adaptive policy vs step order: to the transition, in all)
+#   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
+#                   build-fuzz/) and run each FUZZ_S seconds from its seed
+#                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
+#                   make check runs each 3 s (tests/fuzz_smoke.sh)
+#   make fuzz-build the harnesses alone
 #   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
 #                   checkpoints over HTTP while faults are injected every 5-15 s
 #                   (tests/soak/soak.sh; needs root for network namespaces)
@@ -33,6 +39,13 @@
 #   WERROR=1                            warnings are errors (CI sets it)
 #   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
 #   DEPS=0                              make check skips scripts/install-deps
+#   FUZZ_S=10  FUZZ_CC=clang            make fuzz: seconds per harness, compiler
+#
+# Fault injection (docs/robustness.md): tests/test_fault_alloc and
+# tests/test_daemon_fault_alloc link tests/lib/failalloc.o with
+# FAILALLOC_LDFLAGS (-Wl,--wrap=malloc,...) and sweep a failing allocation
+# over the loaders and the ingest path; tests/daemon_disk_full.sh fills
+# tmpfs mounts, tests/daemon_pg_maxconn.sh holds every PostgreSQL slot.
 
 CC ?= cc
 OPT ?= -O2
@@ -91,7 +104,7 @@ TEST_SCRIPTS := $(wildcard tests/*.sh)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data
+.PHONY: all check check-layers unit bench soak demo install clean deps golden tokenizer-data fuzz fuzz-build fuzz-bins
 .SECONDARY:
 all: $(BINS)
 
@@ -127,11 +140,25 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-# Tests of the daemon (tests/test_daemon_*.c) link the daemon library; the
-# rest link the worker library.
+# Tests of the daemon (tests/test_daemon_*.c and DAEMON_UNIT_TESTS below)
+# link the daemon library; the rest link the worker library.
 $(BUILD)/tests/test_daemon_%: $(BUILD)/obj/tests/test_daemon_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
+
+# The daemon modules' own tests (tests/test_<module>.c) link the daemon
+# library too; the PostgreSQL-backed ones start a server of their own
+# (tests/lib/pg_fixture.h).
+DAEMON_UNIT_TESTS := supervise stage detect status node evalset migrate serve
+$(addprefix $(BUILD)/tests/test_,$(DAEMON_UNIT_TESTS)): $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
+
+# test_plan compares the daemon's SAE site check with the worker's: it
+# links both libraries (they share no symbol).
+$(BUILD)/tests/test_plan: $(BUILD)/obj/tests/test_plan.o $(DAEMON_LIB_OBJ) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON) $(LIBS_WORKER) $(CMOCKA_LIBS)
 
 # The transition detectors (level-v2 and the former ramp-v1) are pure: their
 # test and the tool that runs them on JSON series link them alone (the
@@ -148,6 +175,17 @@ $(BUILD)/bench/transitions_series: $(BUILD)/obj/bench/transitions_series.o $(TR_
 $(BUILD)/bench/transitions_bench: $(BUILD)/obj/bench/transitions_bench.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_DAEMON)
+
+# Fault-injection tests route the project's allocations through
+# tests/lib/failalloc.c, which counts them and fails the one asked for.
+FAILALLOC_LDFLAGS := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free,--wrap=strdup,--wrap=strndup,--wrap=posix_memalign,--wrap=vasprintf,--wrap=getline,--wrap=__getdelim,--wrap=open_memstream
+$(BUILD)/tests/test_fault_alloc: $(BUILD)/obj/tests/test_fault_alloc.o $(BUILD)/obj/tests/lib/failalloc.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) $(FAILALLOC_LDFLAGS) -o $@ $^ $(LIBS_WORKER) $(CMOCKA_LIBS)
+
+$(BUILD)/tests/test_daemon_fault_alloc: $(BUILD)/obj/tests/test_daemon_fault_alloc.o $(BUILD)/obj/tests/lib/failalloc.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) $(FAILALLOC_LDFLAGS) -o $@ $^ $(LIBS_DAEMON) $(CMOCKA_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -198,6 +236,7 @@ endif
 	@bench/transitions_bench.sh
 	@bench/transitions_realbench.py eval
 	@bench/patching_bench.sh
+	@bench/adaptive_bench.sh
 
 # The soak test: bounded to about 10 minutes; prints the faults and the figures.
 soak: $(BINS)
@@ -217,6 +256,7 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/probe_ref.py
 	/usr/bin/python3 tests/reference/grad_ref.py
 	/usr/bin/python3 tests/reference/weights_ref.py
+	/usr/bin/python3 tests/reference/integrity_ref.py
 	/usr/bin/python3 tests/reference/lens_ref.py
 	/usr/bin/python3 tests/reference/composition_ref.py
 	/usr/bin/python3 tests/reference/task_ref.py
@@ -225,9 +265,40 @@ golden: build/bin/ckpt-worker
 	/usr/bin/python3 tests/reference/sae_ref.py
 	/usr/bin/python3 tests/reference/sae_match_ref.py
 	/usr/bin/python3 tests/reference/llc_ref.py
+	/usr/bin/python3 tests/reference/rng_ref.py
 	/usr/bin/python3 tests/reference/sae_version_ref.py
 	/usr/bin/python3 tests/cases/make_sae_cases.py
 	/usr/bin/python3 tests/reference/patching_ref.py
+
+# ---- fuzzing: one libFuzzer harness per parser (fuzz/README.md) ----
+# `make fuzz` builds every harness with clang into build-fuzz/ (coverage,
+# ASan and UBSan in every object, UB fatal) and runs each FUZZ_S seconds from
+# its committed seed corpus fuzz/corpus/NAME (new inputs go to
+# build-fuzz/corpus/NAME, crashes to build-fuzz/crashes/NAME).
+FUZZ_CC ?= clang
+FUZZ_S ?= 10
+FUZZ_BUILD := build-fuzz
+FUZZ_WORKER := safetensors torchzip pickle model_config tokenizer tokenize npy tokens probe_set task sae
+FUZZ_DAEMON := hub daemon_config
+FUZZ_NAMES := $(FUZZ_WORKER) $(FUZZ_DAEMON)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 \
+		SANITIZE=fuzzer-no-link,address,undefined CFLAGS="-fno-sanitize-recover=all $(CFLAGS)" \
+		fuzz-bins
+
+fuzz: fuzz-build
+	@scripts/fuzz-run --build $(FUZZ_BUILD) --seconds $(FUZZ_S) $(FUZZ_NAMES)
+
+fuzz-bins: $(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_NAMES))
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_WORKER)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_WORKER)
+
+$(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_DAEMON)): $(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/fuzz_util.o $(DAEMON_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS_DAEMON)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ckptd
@@ -237,6 +308,6 @@ install: all
 	if [ -n "$$(ls schema 2>/dev/null)" ]; then cp -r schema $(DESTDIR)$(PREFIX)/share/ckptd/; fi
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

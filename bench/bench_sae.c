@@ -26,7 +26,7 @@
 
 #include "bench/bench_util.h"
 #include "common/err.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/sae.h"
 #include "workers/model/blas.h"
 

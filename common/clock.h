@@ -2,7 +2,9 @@
  * clock.h - the monotonic clock both binaries time things with.
  *
  * Seconds as a double on CLOCK_MONOTONIC: unaffected by changes of the
- * wall clock, meaningful only as differences within one boot.
+ * wall clock, meaningful only as differences within one boot; and the
+ * process's CPU seconds, the measure of work that other processes on the
+ * machine do not stretch.
  *
  *     double t0 = mono_now();
  *     work();
@@ -13,5 +15,9 @@
 
 /* Seconds on the monotonic clock. */
 double mono_now(void);
+
+/* CPU seconds the process has used, every thread (CLOCK_PROCESS_CPUTIME_ID):
+ * the work done, whatever else the machine runs. */
+double cpu_now(void);
 
 #endif

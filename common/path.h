@@ -13,11 +13,11 @@
  * existing directory is success. ERR_IO names the part that failed. */
 int path_mkdir_p(const char *dir, struct err *e) CK_WUR;
 
-/* Replace path with the NUL-terminated text atomically: written to
- * path.tmp<pid> in the same directory, fsync'ed, renamed over path.  A
- * reader sees the old file or the whole new one; on failure the temporary
- * file is removed and path is untouched.  ERR_IO naming the step that
- * failed, ERR_INVALID for a path too long. */
+/* Replace path with the NUL-terminated text: atomic_file_write (written
+ * beside it, fsync'ed, renamed over it, the directory fsync'ed).  A
+ * reader sees the old file or the whole new one; on failure path is
+ * untouched.  ERR_IO naming the step that failed, ERR_INVALID for a path
+ * too long. */
 int path_write_atomic(const char *path, const char *text, struct err *e) CK_WUR;
 
 #endif

@@ -105,10 +105,13 @@ cut -d' ' -f1 "$TMP/emoji.txt" >"$TMP/first.txt"
 status 0 "detokenize a partial character" -- "$W" detokenize --tokenizer "$T" --in "$TMP/first.txt"
 [ "$(od -An -tx1 "$TMP/out" | tr -d ' \n')" = "efbfbd" ] && ok "partial character is U+FFFD" ||
     fail "partial character decodes to $(od -An -tx1 "$TMP/out")"
-# an id beyond uint16 cannot be stored as .u16 (a tokenizer with one)
+# an id beyond uint16 cannot be stored as .u16 (a tokenizer with one; ids
+# must be nearly dense, so 35,000 filler tokens below it)
 python3 - "$TMP/big.json" <<'EOF'
 import json, sys
-json.dump({"model": {"type": "BPE", "vocab": {"a": 0, "b": 70000}, "merges": []},
+vocab = {"a": 0, "b": 70000}
+vocab.update({"<f%d>" % i: i for i in range(1, 35001)})
+json.dump({"model": {"type": "BPE", "vocab": vocab, "merges": []},
            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False},
            "decoder": {"type": "ByteLevel"}}, open(sys.argv[1], "w"))
 EOF

@@ -15,9 +15,9 @@
 #    both stop, the spool holds only the operator's file and the cache no
 #    partial and no owner lock.
 # 2. Two daemons on one cache whose budget holds one checkpoint but not
-#    two, 8 steps over HTTP, a worker that takes a second: the cache's
-#    blobs plus partial downloads, sampled every ~20 ms, never exceed the
-#    budget; every "room made" line counts the other daemon's reservation;
+#    two, 8 steps over HTTP (an empty HuggingFace cache), a worker that
+#    takes a second: the cache's blobs plus partial downloads, sampled
+#    every ~20 ms, never exceed the budget; every "room made" line counts the other daemon's reservation;
 #    every job is done, its rows once.
 # PostgreSQL port 54396, HTTP ports 18490-18494.
 . tests/lib/daemon.sh
@@ -92,6 +92,10 @@ dl_eq "no partial left" "" "$(ls "$T/cache/partial")"
 dl_eq "no cache owner left" "" "$(ls "$T/cache/.owners")"
 
 # ---- 2. two daemons, one cache, a budget for one checkpoint
+# An empty HuggingFace cache: part 1 wrote steps 0-3 through to $T/hf-none,
+# and a file found there is linked into ckptd's cache instead of being
+# downloaded, outside the download reservations this part measures.
+export HF_HOME=$T/hf-part2
 SIZE=$(du -cb "$T/hubck/step0/"* | tail -n 1 | cut -f1)
 BUDGET=$((SIZE * 3 / 2))
 BUDGET_GB=$(awk "BEGIN { printf \"%.20g\", $BUDGET / 1073741824 }")

@@ -74,9 +74,9 @@ dl_eq "sae_births_by_step: three fixed births at layer 0, step $BIRTH" "3" \
 dl_eq "sae_fixed_dictionary_series: fvu and l0 per dictionary and step" "15" \
     "$(dl_sql "SELECT count(*) FROM sae_fixed_dictionary_series WHERE run = 'fixed' AND fvu IS NOT NULL AND l0 > 0")"
 # the example query of schema/queries.sql, as written there
-awk '/^-- 11\. /, /;$/' schema/queries.sql | grep -v '^--' >"$T/q11.sql"
-dl_eq "schema/queries.sql 11: latent 0 of each dictionary at step $BIRTH" "0 0 $BIRTH|1 0 $BIRTH|2 0 $BIRTH" \
-    "$(psql -X -q -t -A -F ' ' -v run=fixed -f "$T/q11.sql" | awk '$2 == 0 { print $1, $2, $3 }' | paste -sd'|')"
+awk '/^-- 12\. /, /;$/' schema/queries.sql | grep -v '^--' >"$T/q12.sql"
+dl_eq "schema/queries.sql 12: latent 0 of each dictionary at step $BIRTH" "0 0 $BIRTH|1 0 $BIRTH|2 0 $BIRTH" \
+    "$(psql -X -q -t -A -F ' ' -v run=fixed -f "$T/q12.sql" | awk '$2 == 0 { print $1, $2, $3 }' | paste -sd'|')"
 dl_eq "another threshold through sae_fixed_births()" "0" \
     "$(dl_sql "SELECT count(*) FROM sae_fixed_births(0.99) WHERE run = 'fixed' AND birth_step IS NOT NULL")"
 

@@ -111,7 +111,8 @@ dl_true "waited for space while a checkpoint was analysed" [ "$(dl_log_count "$T
 dl_true "evicted analysed snapshots" [ "$(dl_log_count "$T/S.log" "cache: evicted")" -ge 3 ]
 # a checkpoint larger than the whole budget: refused, naming the numbers
 echo "{\"cache_dir\": \"$T/cache-small\", \"cache_budget_gb\": $(awk 'BEGIN { printf "%.20g", 50000 / 1073741824 }')}" >"$T/small.json"
-"$CKPTD" --config "$T/small.json" fetch "hf://$H_HUB_REPO" --step 0 >"$T/small.out" 2>"$T/small.err"
+# (an empty HuggingFace cache: the serve above wrote step 0 into $HF_HOME's)
+HF_HOME=$T/hf-empty "$CKPTD" --config "$T/small.json" fetch "hf://$H_HUB_REPO" --step 0 >"$T/small.out" 2>"$T/small.err"
 dl_eq "ckptd fetch beyond the budget exits 1" 1 $?
 dl_grep "the error names budget and bytes needed" "$T/small.err" \
     "step 0: hf://$H_HUB_REPO revision step0 \(91098 bytes to download\): cache budget 50000 bytes cannot hold 91098 more"

@@ -59,7 +59,9 @@ cfg() {
     shift
     local extra=""
     for m in "$@"; do extra="$extra, $m"; done
-    echo "{\"cache_dir\": \"$T/cache-$n\", \"fetch_backoff_base_s\": 0.1, \"fetch_backoff_max_s\": 0.5,
+    # the cases are about downloads: a fetch must not find the previous
+    # case's files in the HuggingFace cache (read in a case of its own)
+    echo "{\"cache_dir\": \"$T/cache-$n\", \"hf_cache_write\": false, \"fetch_backoff_base_s\": 0.1, \"fetch_backoff_max_s\": 0.5,
            \"fetch_retries\": 3, \"fetch_low_speed_s\": 2, \"fetch_low_speed_bytes\": 1000$extra}" >"$T/$n.json"
 }
 # fetch NAME STEP: run ckptd fetch with config NAME; status in RC, output in $T/NAME.out/.err

@@ -35,7 +35,7 @@
 #include "tests/lib/battery_golden.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/probe_set.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/rows.h"
 #include "workers/model/gptneox.h"
 #include "workers/text/tokens.h"

@@ -60,7 +60,7 @@
 #include "tests/lib/sae_formats.h"
 #include "tests/lib/test_files.h"
 #include "workers/battery/battery.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/sae.h"
 #include "workers/model/gptneox.h"
 #include "workers/model/npy.h"

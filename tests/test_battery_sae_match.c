@@ -47,7 +47,7 @@
 #include "tests/lib/battery_golden.h"
 #include "tests/lib/sae_plant.h"
 #include "workers/battery/battery.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 static char tmp[64];
 

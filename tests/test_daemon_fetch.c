@@ -6,7 +6,9 @@
  * vectors (FIPS 180-2), the cache (keys, blobs, snapshots, pins, LRU
  * eviction within a budget, room reserved before a download), settings
  * changed on a live fetcher (retries against a closed local port) and the HuggingFace cache lookup on a fake
- * tree in a temporary directory.
+ * tree in a temporary directory; ETags as huggingface_hub names blobs by them, the hub environment
+ * variables with huggingface_hub's precedence, and the HuggingFace cache written (layout, relative
+ * links, refs, git blob ids against `git hash-object`).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +24,7 @@
 #include "common/sha256.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
+#include "daemon/fetch/hfcache.h"
 #include "daemon/fetch/hub.h"
 
 static void test_sha256_vectors(void **state)
@@ -95,6 +98,27 @@ static void test_etag_sha(void **state)
     assert_int_equal(fetch_etag_sha256("\"d41d8cd98f00b204e9800998ecf8427e-3\"", out), -1);
     snprintf(q, sizeof q, "\"%sxx\"", s);
     assert_int_equal(fetch_etag_sha256(q, out), -1);
+}
+
+static void test_etag_normalize(void **state)
+{
+    (void)state;
+    char out[FETCH_ETAG_MAX];
+    assert_int_equal(fetch_etag_normalize("\"406a53a0bc85db50505bdbab63e7f84af53a7663\"", out, sizeof out), 0);
+    assert_string_equal(out, "406a53a0bc85db50505bdbab63e7f84af53a7663");
+    assert_int_equal(fetch_etag_normalize("W/\"abc-1\"", out, sizeof out), 0);
+    assert_string_equal(out, "abc-1");
+    assert_int_equal(fetch_etag_normalize(" plain ", out, sizeof out), 0);
+    assert_string_equal(out, "plain");
+    assert_int_equal(fetch_etag_normalize("\"\"", out, sizeof out), -1);
+    assert_int_equal(fetch_etag_normalize("W/", out, sizeof out), -1);
+    assert_int_equal(fetch_etag_normalize("\"0123456789\"", out, 5), -1); /* does not fit */
+    assert_true(hub_etag_ok("406a53a0bc85db50505bdbab63e7f84af53a7663"));
+    assert_true(hub_etag_ok("bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570"));
+    assert_false(hub_etag_ok("406A53A0BC85DB50505BDBAB63E7F84AF53A7663")); /* the hub's are lowercase */
+    assert_false(hub_etag_ok("abc-1"));
+    assert_true(hub_commit_ok("0123456789abcdef0123456789abcdef01234567"));
+    assert_false(hub_commit_ok("bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570"));
 }
 
 static void test_content_range(void **state)
@@ -187,11 +211,16 @@ static void test_tree_and_select(void **state)
     assert_true(w->size == 665472); /* lfs size, not the pointer's */
     assert_string_equal(w->sha256, "bd923e4dbe4ee6ec009682d97ae941e1e046310d6781c3186a62f367e03b0570");
     assert_string_equal(hub_files_find(&all, "config.json")->sha256, ""); /* a git sha1 is not a sha256 */
+    /* the ETag resolve will send: the git oid, or for LFS files the sha256 */
+    assert_string_equal(hub_files_find(&all, "config.json")->etag, "406a53a0bc85db50505bdbab63e7f84af53a7663");
+    assert_string_equal(w->etag, w->sha256);
+    assert_string_equal(hub_files_find(&all, "model.safetensors.index.json")->etag, ""); /* "def": no ETag */
     /* the safetensors index comes before pytorch_model.bin */
     assert_int_equal(hub_select(&all, &pick, &e), 0);
     assert_int_equal(pick.n, 2);
     assert_string_equal(pick.f[1].name, "model.safetensors.index.json");
     assert_string_equal(pick.index, "model.safetensors.index.json");
+    assert_string_equal(pick.f[0].etag, "406a53a0bc85db50505bdbab63e7f84af53a7663"); /* chosen with its ETag */
     hub_files_free(&pick);
     /* without config.json */
     struct hub_files bad = {0};
@@ -215,6 +244,14 @@ static void test_tree_and_select(void **state)
     hub_files_free(&all);
     assert_int_equal(hub_parse_tree("{\"not\":\"a list\"}", &all, &e), ERR_FORMAT);
     assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"../etc/passwd\",\"size\":1}]", &all, &e),
+                     ERR_FORMAT);
+    hub_files_free(&all);
+    /* a negative size is no size (found by fuzz/fuzz_hub.c: it was kept) */
+    assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"config.json\",\"size\":-2}]", &all, &e),
+                     ERR_FORMAT);
+    assert_non_null(strstr(e.msg, "entry 0 (config.json) has a negative size"));
+    hub_files_free(&all);
+    assert_int_equal(hub_parse_tree("[{\"type\":\"file\",\"path\":\"m.bin\",\"lfs\":{\"size\":-5}}]", &all, &e),
                      ERR_FORMAT);
     hub_files_free(&all);
     assert_int_equal(hub_parse_tree("not json", &all, &e), ERR_FORMAT);
@@ -570,6 +607,143 @@ static void test_hf_cache(void **state)
     unsetenv("HF_HOME");
 }
 
+static void unset_hf_env(void)
+{
+    const char *v[] = {"HF_HOME", "XDG_CACHE_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE",
+                       "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"};
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++)
+        unsetenv(v[i]);
+}
+
+static void test_hf_env(void **state)
+{
+    (void)state;
+    char out[1024], from[1024], tok[128];
+    const char *home = getenv("HOME");
+    char saved_home[1024];
+    snprintf(saved_home, sizeof saved_home, "%s", home ? home : "");
+    unset_hf_env();
+    setenv("HOME", "/h", 1);
+    hfcache_dir(out, sizeof out);
+    assert_string_equal(out, "/h/.cache/huggingface/hub");
+    setenv("XDG_CACHE_HOME", "/xdg", 1);
+    hfcache_dir(out, sizeof out);
+    assert_string_equal(out, "/xdg/huggingface/hub");
+    setenv("HF_HOME", "~/hfh", 1); /* ~ expanded */
+    hfcache_home(out, sizeof out);
+    assert_string_equal(out, "/h/hfh");
+    hfcache_dir(out, sizeof out);
+    assert_string_equal(out, "/h/hfh/hub");
+    setenv("HUGGINGFACE_HUB_CACHE", "/legacy/${HF_SUB}/$NOPE_UNSET_VAR", 1);
+    setenv("HF_SUB", "s", 1);
+    hfcache_dir(out, sizeof out); /* over HF_HOME; $VARS expanded, unknown ones kept */
+    assert_string_equal(out, "/legacy/s/$NOPE_UNSET_VAR");
+    setenv("HF_HUB_CACHE", "/new", 1);
+    hfcache_dir(out, sizeof out);
+    assert_string_equal(out, "/new");
+    unsetenv("HF_SUB");
+    /* offline: HF_HUB_OFFLINE decides when set, else TRANSFORMERS_OFFLINE */
+    assert_false(hfcache_offline());
+    setenv("TRANSFORMERS_OFFLINE", "1", 1);
+    assert_true(hfcache_offline());
+    setenv("HF_HUB_OFFLINE", "0", 1);
+    assert_false(hfcache_offline());
+    setenv("HF_HUB_OFFLINE", "On", 1);
+    assert_true(hfcache_offline());
+    setenv("HF_HUB_OFFLINE", "", 1); /* empty: as if unset */
+    assert_true(hfcache_offline());
+    setenv("TRANSFORMERS_OFFLINE", "nah", 1);
+    assert_false(hfcache_offline());
+    /* the token: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, HF_TOKEN_PATH, $HF_HOME/token */
+    char dir[600], p[700];
+    snprintf(dir, sizeof dir, "%s/hfhome", tmpdir);
+    mkdir(dir, 0700);
+    setenv("HF_HOME", dir, 1);
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 0);
+    snprintf(p, sizeof p, "%s/token", dir);
+    write_file(p, "\r\n  hf_file_token \n");
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 1);
+    assert_string_equal(tok, "hf_file_token");
+    assert_string_equal(from, p);
+    snprintf(p, sizeof p, "%s/other-token", tmpdir);
+    write_file(p, "hf_path_token");
+    setenv("HF_TOKEN_PATH", p, 1);
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 1);
+    assert_string_equal(tok, "hf_path_token");
+    setenv("HUGGING_FACE_HUB_TOKEN", "hf_legacy", 1);
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 1);
+    assert_string_equal(from, "HUGGING_FACE_HUB_TOKEN");
+    setenv("HF_TOKEN", " \n", 1); /* blank: none, the next source counts */
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 1);
+    assert_string_equal(tok, "hf_legacy");
+    setenv("HF_TOKEN", "hf_env", 1);
+    assert_int_equal(hfcache_token(tok, sizeof tok, from, sizeof from), 1);
+    assert_string_equal(tok, "hf_env");
+    assert_string_equal(from, "HF_TOKEN");
+    unset_hf_env();
+    if (saved_home[0])
+        setenv("HOME", saved_home, 1);
+    else
+        unsetenv("HOME");
+}
+
+static void test_hf_write(void **state)
+{
+    (void)state;
+    char hub[600], src[700], p[2048], target[256];
+    struct err e;
+    const char *commit = "0123456789abcdef0123456789abcdef01234567";
+    snprintf(hub, sizeof hub, "%s/hfw/hub", tmpdir);
+    snprintf(src, sizeof src, "%s/hfw-src", tmpdir);
+    write_file(src, "{}");
+    char sha1[41];
+    assert_int_equal(hfcache_git_sha1(src, sha1, &e), 0);
+    assert_string_equal(sha1, "9e26dfeeb6e641a33dae4961196235bdb965b21b"); /* printf '{}' | git hash-object --stdin */
+    assert_int_equal(hfcache_put(hub, "Org/Name", commit, "config.json", sha1, src, &e), 0);
+    assert_int_equal(hfcache_put(hub, "Org/Name", commit, "sub/dir/f.json", sha1, src, &e), 0);
+    assert_int_equal(hfcache_put(hub, "Org/Name", commit, "config.json", sha1, src, &e), 0); /* again: no change */
+    snprintf(p, sizeof p, "%s/models--Org--Name/snapshots/%s/config.json", hub, commit);
+    ssize_t n = readlink(p, target, sizeof target - 1);
+    assert_true(n > 0);
+    target[n] = '\0';
+    assert_string_equal(target, "../../blobs/9e26dfeeb6e641a33dae4961196235bdb965b21b");
+    snprintf(p, sizeof p, "%s/models--Org--Name/snapshots/%s/sub/dir/f.json", hub, commit);
+    n = readlink(p, target, sizeof target - 1);
+    assert_true(n > 0);
+    target[n] = '\0';
+    assert_string_equal(target, "../../../../blobs/9e26dfeeb6e641a33dae4961196235bdb965b21b");
+    struct stat a, b;
+    snprintf(p, sizeof p, "%s/models--Org--Name/blobs/%s", hub, sha1);
+    assert_int_equal(stat(p, &a), 0);
+    assert_int_equal(stat(src, &b), 0);
+    assert_true(a.st_ino == b.st_ino); /* a hard link, not a copy */
+    snprintf(p, sizeof p, "%s/.locks/models--Org--Name/%s.lock", hub, sha1);
+    assert_int_equal(stat(p, &a), 0);
+    /* the ref, then found by the reader */
+    assert_int_equal(hfcache_set_ref(hub, "Org/Name", "step8", commit, &e), 0);
+    char c[64];
+    assert_int_equal(hfcache_ref(hub, "Org/Name", "step8", c, sizeof c), 1);
+    assert_string_equal(c, commit);
+    assert_int_equal(hfcache_ref(hub, "Org/Name", "step9", c, sizeof c), 0);
+    char out[1024];
+    assert_int_equal(cache_hf_find(hub, "Org/Name", "step8", "config.json", out, sizeof out), 1);
+    assert_non_null(strstr(out, sha1));
+    struct hub_files all = {0};
+    assert_int_equal(cache_hf_list(hub, "Org/Name", "step8", &all, &e), 2);
+    assert_string_equal(all.commit, commit);
+    assert_string_equal(hub_files_find(&all, "config.json")->etag, sha1);
+    hub_files_free(&all);
+    /* a commit is never written as a ref; bad names are refused */
+    assert_int_equal(hfcache_set_ref(hub, "Org/Name", commit, commit, &e), 0);
+    snprintf(p, sizeof p, "%s/models--Org--Name/refs/%s", hub, commit);
+    assert_int_not_equal(stat(p, &a), 0);
+    assert_int_equal(hfcache_put(hub, "Org/Name", commit, "../x", sha1, src, &e), ERR_INVALID);
+    assert_int_equal(hfcache_put(hub, "Org/Name", "main", "config.json", sha1, src, &e), ERR_INVALID);
+    assert_int_equal(hfcache_put(hub, "Org/Name", commit, "config.json", "W/abc", src, &e), ERR_INVALID);
+    assert_int_equal(hfcache_put(hub, "OrgName", commit, "config.json", sha1, src, &e), ERR_INVALID);
+    assert_int_equal(hfcache_set_ref(hub, "Org/Name", "../up", commit, &e), ERR_INVALID);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -592,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_header_split),
         cmocka_unit_test(test_retry_after),
         cmocka_unit_test(test_etag_sha),
+        cmocka_unit_test(test_etag_normalize),
         cmocka_unit_test(test_content_range),
         cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_origin),
@@ -602,6 +777,8 @@ int main(void)
         cmocka_unit_test(test_cache_lru),
         cmocka_unit_test(test_cache_shared_blob),
         cmocka_unit_test(test_hf_cache),
+        cmocka_unit_test(test_hf_env),
+        cmocka_unit_test(test_hf_write),
         cmocka_unit_test(test_cache_reserve),
         cmocka_unit_test(test_fetcher_set_opts),
     };

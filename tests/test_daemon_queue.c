@@ -3,7 +3,8 @@
  * PostgreSQL: queue_claim under concurrent claimers (each job claimed once,
  * a checkpoint never split, "nothing claimable" never said while work is
  * there, a checkpoint whose jobs became due at different moments claimed
- * whole, one checkpoint locked per claim under every plan), the lease life cycle (heartbeat, fail with backoff, dead after
+ * whole, one checkpoint locked per claim under every plan, a checkpoint of
+ * too many jobs refused and its jobs given back), the lease life cycle (heartbeat, fail with backoff, dead after
  * max_attempts, release, expiry, retry), and ingest_commit's exactly-once
  * rules (bad rows, truncated output, a missing item, a lost or expired
  * lease, a duplicate key: nothing stored; a second commit of the same claim
@@ -230,6 +231,35 @@ static void test_claim_locks_one(void **state)
     }
     sql_do("RESET ALL");
     db_free(other);
+}
+
+/* A checkpoint with more jobs than a claim can hold is refused, and its
+ * jobs go back as they were: queued, no lease, no attempt counted (not
+ * left running to burn attempts through lease expiry). */
+static void test_claim_too_many(void **state)
+{
+    (void)state;
+    struct err e;
+    struct claim c;
+    add_run("big", "0", 5);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO jobs (checkpoint_id, item, version) SELECT c.id, 'extra' || g, 1"
+             " FROM checkpoints c, generate_series(1, %d) g", CLAIM_MAX_JOBS);
+    sql_do(sql); /* 2 + CLAIM_MAX_JOBS jobs on the one checkpoint */
+    err_clear(&e);
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), ERR_INVALID);
+    assert_non_null(strstr(e.msg, "more than"));
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE state <> 'queued'"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL"
+                             " OR lease_expires IS NOT NULL"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs WHERE attempts <> 0"), 0);
+    assert_int_equal(sql_num("SELECT count(*) FROM jobs"), 2 + CLAIM_MAX_JOBS);
+    /* one job fewer: the checkpoint is claimable whole */
+    sql_do("DELETE FROM jobs WHERE item IN ('extra1', 'extra2')");
+    assert_int_equal(queue_claim(db, "n1", 60, &c, &e), 1);
+    assert_int_equal(c.njobs, CLAIM_MAX_JOBS);
+    assert_int_equal(c.attempts, 1);
 }
 
 /* ---- lease life cycle ---- */
@@ -586,6 +616,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_claim_concurrent, clean),
         cmocka_unit_test_setup(test_claim_locks_one, clean),
+        cmocka_unit_test_setup(test_claim_too_many, clean),
         cmocka_unit_test_setup(test_lifecycle, clean),
         cmocka_unit_test_setup(test_claim_whole_checkpoint, clean),
         cmocka_unit_test_setup(test_ingest, clean),

@@ -3,9 +3,10 @@
  * step schedules (schedule_parse), sources (source_checkpoint_url,
  * source_local_path, source_check), the battery registry (registry_parse,
  * registry_metric_id, registry_item_version, registry_from_worker when
- * CKPT_WORKER names the real worker), the translation of worker rows into
- * measurement rows (ingest_translate), the item outcomes read from a
- * worker's status file (supervise_outcomes), the config file
+ * CKPT_WORKER names the real worker, and its deadline with a worker that
+ * hangs), the translation of worker rows into measurement rows
+ * (ingest_translate), the item outcomes read from a worker's status file
+ * (supervise_outcomes), the config file
  * (daemon_config_load, daemon_config_check), db_int_array and the
  * reconnect backoff's cap (db_set_backoff_max, against a socket that is
  * not there).
@@ -17,10 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "common/clock.h"
 #include "daemon/base/db.h"
 #include "daemon/ops/config.h"
 #include "daemon/plan/registry.h"
@@ -452,6 +455,48 @@ static void test_registry_from_worker(void **state)
     registry_free(&r);
 }
 
+/* A worker that hangs instead of answering `battery --json` is killed at
+ * the deadline: the daemon's start or add-run fails instead of waiting
+ * for ever.  One that prints garbage, or fails, says so. */
+static void test_registry_worker_deadline(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ckptd_test_registry_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/w", dir);
+    struct registry r;
+    struct err e;
+    static const char *const scripts[] = {
+        "#!/bin/sh\necho '{\"items\": ['\nexec sleep 30\n",
+        "#!/bin/sh\necho 'not json'\n",
+        "#!/bin/sh\necho 'broken' >&2\nexit 3\n",
+    };
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(scripts[i], f);
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+        err_clear(&e);
+        double t0 = mono_now();
+        int rc = registry_from_worker_within(&r, path, 0.5, &e);
+        assert_true(mono_now() - t0 < 10);
+        assert_int_equal(r.nitems, 0);
+        if (i == 0) {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "timed out"));
+        } else if (i == 1) {
+            assert_int_equal(rc, ERR_FORMAT);
+        } else {
+            assert_int_equal(rc, ERR_CHILD);
+            assert_non_null(strstr(e.msg, "exited with status 3"));
+        }
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- ingest_translate ---- */
 
 struct fixture {
@@ -657,16 +702,40 @@ static void test_config(void **state)
     expect_config_error("{\"workerz\": 2}", ERR_FORMAT, "unknown setting \"workerz\"");
     expect_config_error("{\"lease_s\": 10, \"heartbeat_s\": 6}", ERR_INVALID, "heartbeat_s <= lease_s / 2");
     expect_config_error("{\"heartbeat_s\": 31}", ERR_INVALID, "heartbeat"); /* default lease 60 */
-    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID, "lease_s >= 1");
+    expect_config_error("{\"lease_s\": 0.5, \"heartbeat_s\": 0.1}", ERR_INVALID,
+                        "\"lease_s\" = 0.5 is out of range: allowed 1 to 31622400 seconds");
     expect_config_error("{\"workers\": 0}", ERR_INVALID, "workers");
+    /* serve keeps two slots per worker for 256 workers: the config says so
+     * rather than serve cutting the count silently */
+    expect_config_error("{\"workers\": 257}", ERR_INVALID,
+                        "\"workers\" = 257 is out of range: allowed 1 to 256 processes");
+    expect_config_error("{\"workers\": 1024}", ERR_INVALID, "allowed 1 to 256");
     expect_config_error("{\"workers\": \"2\"}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"workers\": 2.5}", ERR_FORMAT, "\"workers\" must be an integer");
     expect_config_error("{\"lease_s\": \"60\"}", ERR_FORMAT, "\"lease_s\" must be a number");
     expect_config_error("{\"node\": 7}", ERR_FORMAT, "\"node\" must be a string");
     expect_config_error("{\"node\": \"\"}", ERR_INVALID, "node name");
-    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "positive");
-    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID, "positive"); /* > backoff_max_s */
-    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID, "negative");
+    expect_config_error("{\"poll_s\": 0}", ERR_INVALID, "\"poll_s\" = 0 is out of range: allowed more than 0 to");
+    expect_config_error("{\"backoff_base_s\": 700}", ERR_INVALID,
+                        "backoff_max_s (600) must be at least backoff_base_s (700)");
+    expect_config_error("{\"worker_memory_mb\": -1}", ERR_INVALID,
+                        "\"worker_memory_mb\" = -1 is out of range: allowed 0 to 16777216 MB");
+    /* every numeric setting has a range, named with the setting; a value
+     * beyond an int is refused before it is narrowed to one */
+    expect_config_error("{\"workers\": 4294967297}", ERR_INVALID,
+                        "\"workers\" = 4294967297 is out of range: allowed 1 to 256");
+    expect_config_error("{\"fetch_retries\": -5}", ERR_INVALID, "\"fetch_retries\" = -5 is out of range");
+    expect_config_error("{\"worker_cpu_s\": 99999999999}", ERR_INVALID, "\"worker_cpu_s\" = 99999999999");
+    expect_config_error("{\"lease_s\": 1e300}", ERR_INVALID, "\"lease_s\" = 1.0000000000000001e+300 is out");
+    expect_config_error("{\"worker_timeout_s\": 0}", ERR_INVALID, "\"worker_timeout_s\" = 0 is out of range");
+    expect_config_error("{\"cache_budget_gb\": -1}", ERR_INVALID, "\"cache_budget_gb\" = -1 is out of range");
+    expect_config_error("{\"prefetch\": 2}", ERR_INVALID, "\"prefetch\" = 2 is out of range: allowed 0 to 1");
+    expect_config_error("{\"fetch_parallel\": 0}", ERR_INVALID, "\"fetch_parallel\" = 0 is out of range");
+    expect_config_error("{\"db_statement_timeout_s\": 90000}", ERR_INVALID,
+                        "\"db_statement_timeout_s\" = 90000 is out of range: allowed 0 to 86400");
+    expect_config_error("{\"spool_dir\": \"\"}", ERR_INVALID, "spool_dir must not be empty");
+    expect_config_error("{\"disk_min_free_mb\": -1}", ERR_INVALID,
+                        "\"disk_min_free_mb\" = -1 is out of range: allowed 0 to 16777216 MB (0: no check)");
     expect_config_error("{\"workers\": 2, \"workers\": 3}", ERR_FORMAT, "duplicate");
     expect_config_error("[1, 2]", ERR_FORMAT, "JSON object");
     expect_config_error("{\"workers\": 2", ERR_FORMAT, "cannot read config");
@@ -748,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_source_checkpoint_url),
         cmocka_unit_test(test_source_local_path),
         cmocka_unit_test(test_registry_parse),
+        cmocka_unit_test(test_registry_worker_deadline),
         cmocka_unit_test(test_registry_default_battery),
         cmocka_unit_test(test_registry_errors),
         cmocka_unit_test(test_registry_from_worker),

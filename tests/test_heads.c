@@ -1,12 +1,22 @@
 /*
- * test_heads - the `heads` and `ablation` battery items, the repeated
- * sequences, and the hand-built circuits that prove the items right.
+ * test_heads - the `heads`, `ablation` and `ablation_exact` battery items,
+ * the repeated sequences, and the hand-built circuits that prove the items
+ * right.
  *
  * Against an independent reference: tests/reference/heads_ref.py computed
- * every row of both items in float64 with torch (tests/golden/heads/, one JSON file per checkpoint)
- * for two golden fixtures (parallel and sequential residual) and the two
- * circuits; each C row must be within 1e-5 * max(1, |ref|) of it (measured:
- * under 2e-7), and the two sets of rows must name the same measurements.
+ * every row of heads and ablation_exact in float64 with torch
+ * (tests/golden/heads/, one JSON file per checkpoint) for two golden
+ * fixtures (parallel and sequential residual) and the two circuits; each C
+ * row must be within 1e-5 * max(1, |ref|) of it (measured: under 2e-7), and
+ * the two sets of rows must name the same measurements.  ablation v2: its
+ * exact rows (clean loss, the deltas of the heads it ablates, DLA) against
+ * the same reference (1e-5 * max(1, |ref|)), its attribution patching
+ * estimates against the reference's autograd ones (ATP_TOL * max(1e-3,
+ * |ref|) absolute: float32 gradients against float64), each *_error row is
+ * estimate - delta exactly, the heads marked 1 are the top k by
+ * |estimate|, the sample has its size, every head has an estimate and the
+ * exact rows come in threes; a full sweep ablates every head exactly with
+ * ablation_exact's numbers, bit for bit.
  *
  * By construction (workers/model/circuits.h):
  *   prev-token-circuit  head 0.0 prev_token_score > 0.95, its other scores
@@ -40,6 +50,7 @@
 #include "workers/model/kernels.h"
 
 #define REF_TOL 1e-5
+#define ATP_TOL 1e-4
 
 /* ---- rows ---- */
 
@@ -89,8 +100,9 @@ static void run_free(struct run *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Run heads and ablation on m with the generated eval set of `seed`. */
-static void run_items(struct gptneox *m, uint64_t seed, struct run *out)
+/* Run items (n of them) on m with the generated eval set of `seed`. */
+static void run_list(struct gptneox *m, uint64_t seed, const struct battery_item *const *items,
+                     int n, int full_sweep, struct run *out)
 {
     memset(out, 0, sizeof *out);
     int *tok = NULL, B, T;
@@ -99,17 +111,23 @@ static void run_items(struct gptneox *m, uint64_t seed, struct run *out)
                                           seed, &e),
                      0);
     struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T,
-                            .eval_name = "test", .seed = seed};
-    const struct battery_item *items[2] = {&battery_item_heads, &battery_item_ablation};
+                            .eval_name = "test", .seed = seed, .full_sweep = full_sweep};
     struct rows w;
     rows_init(&w);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < n; i++) {
         if (battery_run_item(items[i], &c, &w, &e) < 0)
             fail_msg("%s: %s", items[i]->name, err_str(&e));
         parse_into(out, &w);
     }
     rows_free(&w);
     free(tok);
+}
+
+/* heads and ablation_exact (the v1 rows the reference holds). */
+static void run_items(struct gptneox *m, uint64_t seed, struct run *out)
+{
+    const struct battery_item *items[2] = {&battery_item_heads, &battery_item_ablation_exact};
+    run_list(m, seed, items, 2, 0, out);
 }
 
 static double get(const struct run *r, const char *metric, int layer, int head, int idx)
@@ -151,7 +169,7 @@ static void check_reference(const char *name, struct gptneox *m)
     size_t nref = 0;
     double worst = 0;
     const char *worst_metric = "";
-    const char *items[2] = {"heads", "ablation"};
+    const char *items[2] = {"heads", "ablation"}; /* the reference's keys */
     for (int i = 0; i < 2; i++) {
         json_t *rows = json_object_get(doc, items[i]), *jr;
         size_t k;
@@ -179,6 +197,202 @@ static void check_reference(const char *name, struct gptneox *m)
            worst_metric);
     run_free(&r);
     json_decref(doc);
+}
+
+static const double *find_value(const struct run *r, const char *metric, int layer, int head,
+                                int idx)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->rows[i].metric, metric) == 0 && r->rows[i].layer == layer &&
+            r->rows[i].head == head && r->rows[i].idx == idx)
+            return &r->rows[i].value;
+    return NULL;
+}
+
+/* ablation v2's rules on its rows r of model m: every head has its
+ * estimates, an exact head has its delta, error (estimate - delta,
+ * exactly) and selection, the heads marked 1 are the top k by |estimate|,
+ * the sample has its size. */
+static void check_rules(const struct run *rr, const struct gptneox *m)
+{
+    const struct run r = *rr;
+    const int NL = m->cfg.n_layers, NH = m->cfg.n_heads, n = NL * NH;
+    static const char *const kinds[2] = {"zero", "mean"};
+    for (int idx = 0; idx < 2; idx++)
+        for (int kind = 0; kind < 2; kind++) {
+            char est_m[40], del_m[40], err_m[40], sel_m[40];
+            snprintf(est_m, sizeof est_m, "%s_ablation_estimate", kinds[kind]);
+            snprintf(del_m, sizeof del_m, "%s_ablation_delta", kinds[kind]);
+            snprintf(err_m, sizeof err_m, "%s_ablation_error", kinds[kind]);
+            snprintf(sel_m, sizeof sel_m, "%s_ablation_selection", kinds[kind]);
+            int top = 0, sample = 0, other = 0;
+            double kth = INFINITY, rest_max = 0;
+            for (int l = 0; l < NL; l++)
+                for (int h = 0; h < NH; h++) {
+                    double est = get(&r, est_m, l, h, idx);
+                    const double *del = find_value(&r, del_m, l, h, idx);
+                    const double *er = find_value(&r, err_m, l, h, idx);
+                    const double *sel = find_value(&r, sel_m, l, h, idx);
+                    assert_true((del != NULL) == (sel != NULL) && (er != NULL) == (sel != NULL));
+                    if (!sel) {
+                        rest_max = fmax(rest_max, fabs(est));
+                        continue;
+                    }
+                    assert_true(*er == est - *del);
+                    if (*sel == 1) {
+                        top++;
+                        kth = fmin(kth, fabs(est));
+                    } else if (*sel == 2) {
+                        sample++;
+                        rest_max = fmax(rest_max, fabs(est));
+                    } else {
+                        assert_true(*sel == 4);
+                        other++;
+                        rest_max = fmax(rest_max, fabs(est));
+                    }
+                }
+            int k_top = ABLATION_TOP_K < n ? ABLATION_TOP_K : n;
+            assert_int_equal(top, k_top);
+            assert_true(kth >= rest_max);
+            int left = n - k_top - other;
+            assert_int_equal(sample, ABLATION_SAMPLE < left ? ABLATION_SAMPLE : left);
+        }
+}
+
+/* ablation v2 against the reference and its own rules. */
+static void check_atp(const char *name, struct gptneox *m)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/golden/heads/%s.json", name);
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je);
+    if (!doc)
+        fail_msg("%s: %s", path, je.text);
+    const struct battery_item *v2[1] = {&battery_item_ablation};
+    struct run r;
+    run_list(m, 0, v2, 1, 0, &r);
+    const int NL = m->cfg.n_layers, NH = m->cfg.n_heads, n = NL * NH;
+    double worst_exact = 0, worst_est = 0;
+    int exact_rows = 0;
+    /* the exact rows it writes are the reference's */
+    json_t *jr;
+    size_t k;
+    json_array_foreach(json_object_get(doc, "ablation"), k, jr) {
+        const char *metric = json_string_value(json_array_get(jr, 0));
+        int l = (int)json_integer_value(json_array_get(jr, 1));
+        int h = (int)json_integer_value(json_array_get(jr, 2));
+        int idx = (int)json_integer_value(json_array_get(jr, 3));
+        double want = json_number_value(json_array_get(jr, 4));
+        const double *got = find_value(&r, metric, l, h, idx);
+        if (!got) {
+            assert_true(strstr(metric, "_ablation_delta") != NULL); /* not ablated exactly */
+            continue;
+        }
+        double d = fabs(*got - want) / fmax(1.0, fabs(want));
+        if (!(d <= REF_TOL))
+            fail_msg("%s: ablation %s %d %d %d: %.17g, reference %.17g", name, metric, l, h, idx,
+                     *got, want);
+        worst_exact = fmax(worst_exact, d);
+        exact_rows++;
+    }
+    /* the estimates are autograd's */
+    size_t nest = 0;
+    json_array_foreach(json_object_get(doc, "ablation_atp"), k, jr) {
+        const char *metric = json_string_value(json_array_get(jr, 0));
+        int l = (int)json_integer_value(json_array_get(jr, 1));
+        int h = (int)json_integer_value(json_array_get(jr, 2));
+        int idx = (int)json_integer_value(json_array_get(jr, 3));
+        double want = json_number_value(json_array_get(jr, 4));
+        double got = get(&r, metric, l, h, idx);
+        double d = fabs(got - want) / fmax(1e-3, fabs(want));
+        if (!(d <= ATP_TOL))
+            fail_msg("%s: %s %d %d %d: %.9g, autograd %.9g", name, metric, l, h, idx, got, want);
+        worst_est = fmax(worst_est, d);
+        nest++;
+    }
+    assert_int_equal(nest, (size_t)2 * 2 * n);
+    check_rules(&r, m);
+    printf("%-22s ablation v2: %d exact rows within %.2e, %zu estimates within %.2e of autograd\n",
+           name, exact_rows, worst_exact, nest, worst_est);
+    run_free(&r);
+    json_decref(doc);
+}
+
+static void test_atp(void **state)
+{
+    (void)state;
+    const char *fixtures[2] = {"f32_parallel_rot025", "f32_sequential_rot100"};
+    for (int i = 0; i < 2; i++) {
+        char dir[128];
+        snprintf(dir, sizeof dir, "tests/golden/%s", fixtures[i]);
+        struct gptneox *m = NULL;
+        struct err e;
+        if (gptneox_load(&m, dir, 0, &e) < 0)
+            fail_msg("%s: %s", dir, err_str(&e));
+        check_atp(fixtures[i], m);
+        gptneox_free(m);
+    }
+    const char *circuits[2] = {"prev-token-circuit", "induction-circuit"};
+    for (int i = 0; i < 2; i++) {
+        struct gptneox *m = circuit(circuits[i]);
+        check_atp(circuits[i], m);
+        gptneox_free(m);
+    }
+    /* more heads than the exact budget: the top k, the DLA heads and the
+     * sample are a choice */
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, 61, 64, 3, 8, 96);
+    cfg.max_positions = 24;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    gptneox_init_random(m, 11, 0.3f);
+    const struct battery_item *v2[1] = {&battery_item_ablation};
+    struct run r;
+    run_list(m, 2, v2, 1, 0, &r);
+    check_rules(&r, m);
+    int exact = 0;
+    for (size_t i = 0; i < r.n; i++)
+        exact += strstr(r.rows[i].metric, "_ablation_delta") != NULL;
+    printf("random 3x8 heads: %d of %d (head, kind, set) ablated exactly\n", exact, 4 * 24);
+    assert_true(exact < 4 * 24);
+    run_free(&r);
+    gptneox_free(m);
+}
+
+/* A full sweep ablates every head, with ablation_exact's numbers. */
+static void test_full_sweep(void **state)
+{
+    (void)state;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_load(&m, "tests/golden/f32_sequential_rot100", 0, &e), 0);
+    const struct battery_item *v2[1] = {&battery_item_ablation};
+    const struct battery_item *v1[1] = {&battery_item_ablation_exact};
+    struct run sw, ex;
+    run_list(m, 4, v2, 1, 1, &sw);
+    run_list(m, 4, v1, 1, 0, &ex);
+    const int NL = m->cfg.n_layers, NH = m->cfg.n_heads;
+    for (int idx = 0; idx < 2; idx++) {
+        for (int l = 0; l < NL; l++)
+            for (int h = 0; h < NH; h++) {
+                assert_true(get(&sw, "zero_ablation_delta", l, h, idx) ==
+                            get(&ex, "zero_ablation_delta", l, h, idx));
+                assert_true(get(&sw, "mean_ablation_delta", l, h, idx) ==
+                            get(&ex, "mean_ablation_delta", l, h, idx));
+                double sel = get(&sw, "zero_ablation_selection", l, h, idx);
+                assert_true(sel == 1 || sel == 3 || sel == 4);
+            }
+        assert_true(get(&sw, "clean_loss", -1, -1, idx) == get(&ex, "clean_loss", -1, -1, idx));
+        double rec = get(&sw, "zero_ablation_topk_recall", -1, -1, idx);
+        assert_true(rec >= 0 && rec <= 1);
+        printf("full sweep idx %d: top-%d recall zero %.2f mean %.2f, sample mae zero %.2e\n", idx,
+               ABLATION_TOP_K, rec, get(&sw, "mean_ablation_topk_recall", -1, -1, idx),
+               get(&sw, "zero_ablation_sample_mae", -1, -1, idx));
+    }
+    run_free(&sw);
+    run_free(&ex);
+    gptneox_free(m);
 }
 
 static void test_reference(void **state)
@@ -343,9 +557,11 @@ static void test_deterministic(void **state)
     struct err e;
     assert_int_equal(gptneox_load(&m, "tests/golden/f32_parallel_rot025", 0, &e), 0);
     struct run a, b, c;
-    run_items(m, 7, &a);
-    run_items(m, 7, &b);
-    run_items(m, 8, &c);
+    const struct battery_item *items[3] = {&battery_item_heads, &battery_item_ablation,
+                                           &battery_item_ablation_exact};
+    run_list(m, 7, items, 3, 0, &a);
+    run_list(m, 7, items, 3, 0, &b);
+    run_list(m, 8, items, 3, 0, &c);
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.text, b.text, a.len);
     /* another seed, other repeated sequences and eval set: other numbers */
@@ -404,8 +620,9 @@ static void test_errors(void **state)
                             .eval_name = "long.json"};
     struct rows w;
     rows_init(&w);
-    const struct battery_item *items[2] = {&battery_item_heads, &battery_item_ablation};
-    for (int i = 0; i < 2; i++) {
+    const struct battery_item *items[3] = {&battery_item_heads, &battery_item_ablation,
+                                           &battery_item_ablation_exact};
+    for (int i = 0; i < 3; i++) {
         assert_int_equal(battery_run_item(items[i], &c, &w, &e), ERR_INVALID);
         assert_non_null(strstr(e.msg, "max_position_embeddings 64"));
         assert_int_equal(w.n, 0);
@@ -434,6 +651,8 @@ int main(void)
         cmocka_unit_test(test_prev_token_circuit),
         cmocka_unit_test(test_induction_circuit),
         cmocka_unit_test(test_reference),
+        cmocka_unit_test(test_atp),
+        cmocka_unit_test(test_full_sweep),
         cmocka_unit_test(test_dla_sum),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_errors),

@@ -30,7 +30,7 @@
 
 #include "tests/lib/battery_golden.h"
 #include "workers/battery/battery.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/model/gptneox.h"
 #include "workers/text/tokens.h"
 

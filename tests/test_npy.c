@@ -69,6 +69,28 @@ static void test_errors(void **state)
     int nd, sh[NPY_MAX_DIMS];
     assert_int_equal(npy_read_f32(path, &d, &nd, sh, &e), ERR_FORMAT);
     assert_null(d);
+    /* a header whose shape needs more data than the file holds is refused
+     * before memory is taken for it (found by fuzz/fuzz_npy.c: a terabyte was
+     * asked of malloc), and a shape whose product overflows is refused */
+    static const char *const shapes[] = {"(300000000,)", "(2000000000, 2000000000, 2000000000, 16)",
+                                         "(3, 3, 99999999999999999999)"};
+    static const char *const needles[] = {"truncated data", "too large", "bad shape"};
+    for (int i = 0; i < 3; i++) {
+        char hdr[128];
+        int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
+                         shapes[i]);
+        unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(n + 1), 0};
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        fwrite(pre, 1, 10, f);
+        fprintf(f, "%s\n", hdr);
+        fwrite(&x, sizeof x, 1, f);
+        fclose(f);
+        assert_int_equal(npy_read_f32(path, &d, &nd, sh, &e), ERR_FORMAT);
+        assert_null(d);
+        if (!strstr(e.msg, needles[i]))
+            fail_msg("shape %s: '%s' lacks '%s'", shapes[i], e.msg, needles[i]);
+    }
     unlink(path);
 }
 

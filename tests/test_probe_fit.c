@@ -35,7 +35,7 @@
 #include <cmocka.h>
 
 #include "workers/battery/probe_fit.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/model/npy.h"
 
 #define GOLD "tests/golden/probe/"

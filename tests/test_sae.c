@@ -38,7 +38,7 @@
 
 #include <cmocka.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/sae.h"
 #include "workers/model/safetensors.h"
 

@@ -30,6 +30,7 @@
  *   hooks       sae_sparsify_hook's names.
  */
 #include <dirent.h>
+#include <glob.h>
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -45,7 +46,7 @@
 #include <cmocka.h>
 
 #include "tests/lib/test_files.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/battery/sae.h"
 #include "workers/battery/sae_file.h"
 #include "workers/model/safetensors.h"
@@ -257,6 +258,11 @@ static void test_layout(void **state)
         sae_free(back);
         path = xasprintf("%s/cfg.json.tmp", dir);
         assert_int_not_equal(access(path, F_OK), 0);
+        free(path);
+        path = xasprintf("%s/*.tmp*", dir); /* common/atomic_file.h's names */
+        glob_t g;
+        assert_int_equal(glob(path, 0, NULL, &g), GLOB_NOMATCH);
+        globfree(&g);
         free(path);
         free(dir);
         sae_free(s);

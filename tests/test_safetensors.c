@@ -49,6 +49,24 @@ static int exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
+/* Does any temporary of path (path.tmp<...>, common/atomic_file.h) exist
+ * beside it? */
+static int has_temporary(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = strndup(path, (size_t)(slash - path)), *prefix = xasprintf("%s.tmp", slash + 1);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int found = 0;
+    while (d && (de = readdir(d)))
+        found |= strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+    if (d)
+        closedir(d);
+    free(prefix);
+    free(dir);
+    return found;
+}
+
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
@@ -358,6 +376,7 @@ static void test_write_roundtrip(void **state)
     if (st_write(path, ts, n, meta, &e) < 0)
         fail_msg("st_write: %s", err_str(&e));
     assert_false(exists(tmp));
+    assert_false(has_temporary(path));
 
     struct st_file *st = NULL;
     if (st_open(&st, path, &e) < 0)
@@ -499,6 +518,7 @@ static void test_write_failures(void **state)
     assert_int_equal(nlen, olen);
     assert_memory_equal(now, orig, olen);
     assert_false(exists(tmp));
+    assert_false(has_temporary(path));
 
     free(now);
     free(orig);

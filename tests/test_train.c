@@ -242,8 +242,12 @@ static void test_modadd_p7_learns(void **s)
  *  - memorised early: train accuracy >= 0.99 at some checkpoint <= 300,
  *    and test accuracy there < 0.6;
  *  - grokked: there is a checkpoint S, at least twice as late, such that
- *    test accuracy is > 0.95 at >= 80% of the checkpoints from S on, and
- *    there are at least 4 of them. */
+ *    test accuracy's running median of 3 checkpoints is > 0.95 at >= 80%
+ *    of the checkpoints from S on, and there are at least 4 of them.  The
+ *    median lets through the one-checkpoint dips of the slingshot (test
+ *    accuracy 0.66 between two of 1.0 under one kernel family), which come
+ *    at different steps on every machine; a run that has not grokked stays
+ *    near 0.38 and fails. */
 static void test_modadd_groks(void **s)
 {
     (void)s;
@@ -294,21 +298,33 @@ static void test_modadd_groks(void **s)
     for (int i = 0; i < n && im < 0; i++)
         if (tr[i] >= 0.99)
             im = i;
+    /* test accuracy's running median of 3 (the ends as they are) */
+    double med[NCK];
+    for (int i = 0; i < n; i++) {
+        double a = te[i > 0 ? i - 1 : i], b = te[i], c3 = te[i + 1 < n ? i + 1 : i];
+        med[i] = a > b ? (b > c3 ? b : a > c3 ? c3 : a) : (a > c3 ? a : b > c3 ? c3 : b);
+    }
     /* the first checkpoint from which >= 80% (and >= 4) are above 0.95 */
     int ig = -1;
     for (int i = 0; i < n && ig < 0; i++) {
         int above = 0;
         for (int j = i; j < n; j++)
-            above += te[j] > 0.95;
-        if (te[i] > 0.95 && n - i >= 4 && above >= 0.8 * (n - i))
+            above += med[j] > 0.95;
+        if (med[i] > 0.95 && n - i >= 4 && above >= 0.8 * (n - i))
             ig = i;
     }
     int dips = 0;
     for (int j = ig < 0 ? n : ig; j < n; j++)
-        dips += te[j] <= 0.95;
-    printf("[ train ] p=47: train acc >= 0.99 at step %ld (test acc %.3f); test acc > 0.95 from step %ld "
-           "at %d of %d checkpoints\n", im < 0 ? -1L : step[im], im < 0 ? NAN : te[im],
+        dips += med[j] <= 0.95;
+    printf("[ train ] p=47: train acc >= 0.99 at step %ld (test acc %.3f); test acc (median of 3) > 0.95 "
+           "from step %ld at %d of %d checkpoints\n", im < 0 ? -1L : step[im], im < 0 ? NAN : te[im],
            ig < 0 ? -1L : step[ig], ig < 0 ? 0 : n - ig - dips, ig < 0 ? 0 : n - ig);
+    if (ig < 0) { /* the trajectory, to see how it failed */
+        printf("[ train ] test acc:");
+        for (int i = 0; i < n; i++)
+            printf(" %ld:%.3f", step[i], te[i]);
+        printf("\n");
+    }
     assert_true(im >= 0 && step[im] <= 300);
     assert_true(te[im] < 0.6);
     assert_true(ig >= 0);

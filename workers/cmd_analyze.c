@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/args.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
@@ -24,7 +26,7 @@ static const char analyze_usage[] =
     "                           [--artifacts DIR] [--prev-artifacts DIR] [--sae-site HOOK]...\n"
     "                           [--sae DIR]... [--model-name NAME] [--run NAME] [--step N]\n"
     "                           [--revision REV] [--status FILE] [--pairs FILE]...\n"
-    "                           [--tokenizer FILE]\n"
+    "                           [--tokenizer FILE] [--full-sweep]\n"
     "\n"
     "Runs the battery items on the checkpoint and prints one row per measurement,\n"
     "in PostgreSQL COPY text format:\n"
@@ -79,7 +81,10 @@ static const char analyze_usage[] =
     "  --pairs FILE         a prompt-pair set (JSON, see docs/patching.md), repeatable;\n"
     "                       the patching items write its rows with idx = its position in\n"
     "                       the --pairs list + 1 (idx 0: the built-in induction pairs)\n"
-    "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n";
+    "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n"
+    "  --full-sweep         this checkpoint is on the run's sparse skeleton: items with a\n"
+    "                       sparse exact part run it in full (ablation ablates every head\n"
+    "                       exactly, not only the top and a sample by its estimate)\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -224,6 +229,7 @@ struct analyze_args {
     const char **pair_paths;  /* (npairs) */
     int npairs;
     const char *tokenizer;    /* for pair sets given as text, or NULL */
+    int full_sweep;           /* --full-sweep */
     const struct battery_item **items; /* (nitems), in the order asked for */
     size_t nitems;
 };
@@ -264,67 +270,88 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
         fprintf(stderr, "ckpt-worker analyze: out of memory\n");
         return EXIT_USAGE;
     }
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0;
-        if (strcmp(arg, "--help") == 0) {
+    enum { O_HELP = 256, O_ITEMS, O_EVAL_TOKENS, O_TASK, O_ARTIFACTS, O_PREV_ARTIFACTS, O_STATUS, O_PROBE,
+           O_SAE_SITE, O_SAE, O_MODEL_NAME, O_RUN, O_REVISION, O_STEP, O_SEED, O_CTX, O_MAX_SEQS, O_PAIRS, O_TOKENIZER,
+           O_FULL_SWEEP };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"items", required_argument, NULL, O_ITEMS},
+        {"eval-tokens", required_argument, NULL, O_EVAL_TOKENS},
+        {"task", required_argument, NULL, O_TASK},
+        {"artifacts", required_argument, NULL, O_ARTIFACTS},
+        {"prev-artifacts", required_argument, NULL, O_PREV_ARTIFACTS},
+        {"status", required_argument, NULL, O_STATUS},
+        {"probe", required_argument, NULL, O_PROBE},
+        {"sae-site", required_argument, NULL, O_SAE_SITE},
+        {"sae", required_argument, NULL, O_SAE},
+        {"model-name", required_argument, NULL, O_MODEL_NAME},
+        {"run", required_argument, NULL, O_RUN},
+        {"revision", required_argument, NULL, O_REVISION},
+        {"step", required_argument, NULL, O_STEP},
+        {"seed", required_argument, NULL, O_SEED},
+        {"ctx", required_argument, NULL, O_CTX},
+        {"max-seqs", required_argument, NULL, O_MAX_SEQS},
+        {"pairs", required_argument, NULL, O_PAIRS},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
+        {"full-sweep", no_argument, NULL, O_FULL_SWEEP},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(analyze_usage, stdout);
             return -1;
-        } else if (arg[0] != '-' && !a->dir) {
-            a->dir = arg;
-            continue;
-        } else if (!val) {
-            rc = EXIT_USAGE;
-        } else if (strcmp(arg, "--items") == 0) {
-            a->items_arg = val;
-        } else if (strcmp(arg, "--eval-tokens") == 0) {
-            a->eval_path = val;
-        } else if (strcmp(arg, "--task") == 0) {
-            a->task_arg = val;
-        } else if (strcmp(arg, "--artifacts") == 0) {
-            a->artifacts = val;
-        } else if (strcmp(arg, "--prev-artifacts") == 0) {
-            a->prev_artifacts = val;
-        } else if (strcmp(arg, "--status") == 0) {
-            a->status_path = val;
-        } else if (strcmp(arg, "--probe") == 0) {
-            a->probe_paths[a->nprobe++] = val;
-        } else if (strcmp(arg, "--sae-site") == 0) {
-            a->sae_sites[a->nsae_sites++] = val;
-        } else if (strcmp(arg, "--sae") == 0) {
-            a->sae_dirs[a->nsae_dirs++] = val;
-        } else if (strcmp(arg, "--model-name") == 0) {
-            a->prov.model_name = val;
-        } else if (strcmp(arg, "--run") == 0) {
-            a->prov.run = val;
-        } else if (strcmp(arg, "--revision") == 0) {
-            a->prov.revision = val;
-        } else if (strcmp(arg, "--step") == 0) {
+        } else if (k == ARGS_WORD && !a->dir) {
+            a->dir = c.arg;
+        } else if (k == O_ITEMS) {
+            a->items_arg = c.arg;
+        } else if (k == O_EVAL_TOKENS) {
+            a->eval_path = c.arg;
+        } else if (k == O_TASK) {
+            a->task_arg = c.arg;
+        } else if (k == O_ARTIFACTS) {
+            a->artifacts = c.arg;
+        } else if (k == O_PREV_ARTIFACTS) {
+            a->prev_artifacts = c.arg;
+        } else if (k == O_STATUS) {
+            a->status_path = c.arg;
+        } else if (k == O_PROBE) {
+            a->probe_paths[a->nprobe++] = c.arg;
+        } else if (k == O_SAE_SITE) {
+            a->sae_sites[a->nsae_sites++] = c.arg;
+        } else if (k == O_SAE) {
+            a->sae_dirs[a->nsae_dirs++] = c.arg;
+        } else if (k == O_MODEL_NAME) {
+            a->prov.model_name = c.arg;
+        } else if (k == O_RUN) {
+            a->prov.run = c.arg;
+        } else if (k == O_REVISION) {
+            a->prov.revision = c.arg;
+        } else if (k == O_STEP) {
             uint64_t st;
-            if (parse_number(arg, val, INT64_MAX, 0, &st))
+            if (parse_number("--step", c.arg, INT64_MAX, 0, &st))
                 return EXIT_USAGE;
             a->prov.step = (long long)st;
-        } else if (strcmp(arg, "--pairs") == 0) {
-            a->pair_paths[a->npairs++] = val;
-        } else if (strcmp(arg, "--tokenizer") == 0) {
-            a->tokenizer = val;
-        } else if (strcmp(arg, "--seed") == 0) {
-            if (parse_number(arg, val, UINT64_MAX, 0, &a->seed))
+        } else if (k == O_PAIRS) {
+            a->pair_paths[a->npairs++] = c.arg;
+        } else if (k == O_TOKENIZER) {
+            a->tokenizer = c.arg;
+        } else if (k == O_FULL_SWEEP) {
+            a->full_sweep = 1;
+        } else if (k == O_SEED) {
+            if (parse_number("--seed", c.arg, UINT64_MAX, 0, &a->seed))
                 return EXIT_USAGE;
-        } else if (strcmp(arg, "--ctx") == 0) {
-            if (parse_number(arg, val, INT32_MAX, 1, &a->ctx_len))
+        } else if (k == O_CTX) {
+            if (parse_number("--ctx", c.arg, INT32_MAX, 1, &a->ctx_len))
                 return EXIT_USAGE;
-        } else if (strcmp(arg, "--max-seqs") == 0) {
-            if (parse_number(arg, val, INT32_MAX, 1, &a->max_seqs))
+        } else if (k == O_MAX_SEQS) {
+            if (parse_number("--max-seqs", c.arg, INT32_MAX, 1, &a->max_seqs))
                 return EXIT_USAGE;
         } else {
-            rc = EXIT_USAGE;
+            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", c.word, analyze_usage);
+            return EXIT_USAGE;
         }
-        if (rc) {
-            fprintf(stderr, "ckpt-worker analyze: unexpected argument '%s'\n%s", arg, analyze_usage);
-            return rc;
-        }
-        i++;
     }
     if (!a->dir || !a->items_arg) {
         fputs(analyze_usage, stderr);
@@ -353,6 +380,7 @@ struct analyze_inputs {
 
 static void inputs_free(struct analyze_inputs *in)
 {
+    evalpass_free(in->bctx.pass);
     free(in->task_found);
     free(in->tokens);
     gptneox_free(in->model);
@@ -487,11 +515,14 @@ static int load_inputs(const struct analyze_args *a, struct analyze_inputs *in, 
 {
     memset(in, 0, sizeof *in);
     in->bctx.seed = a->seed;
+    in->bctx.full_sweep = a->full_sweep;
     in->bctx.artifacts_dir = a->artifacts;
     in->bctx.prev_artifacts_dir = a->prev_artifacts;
     unsigned needs = items_needs(a);
+    double load0 = now_seconds();
     if (gptneox_load(&in->model, a->dir, 0, e) < 0)
         return e ? e->code : ERR_INVALID;
+    log_info("checkpoint loaded", "seconds=%.3f", now_seconds() - load0);
     in->bctx.model = in->model;
     int rc = load_probe_sets(a, in, e);
     if (rc == 0)
@@ -509,6 +540,32 @@ static int load_inputs(const struct analyze_args *a, struct analyze_inputs *in, 
     if (rc == 0 && (needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)))
         rc = load_eval_tokens(a, in, e);
     return rc;
+}
+
+/* One forward of the eval set for every item that reads it, run now.  When
+ * it cannot be set up, each such item runs a pass of its own (and reports
+ * its own error); a failed forward is reported by every item that reads
+ * it. */
+static void run_eval_pass(const struct analyze_args *a, struct analyze_inputs *in)
+{
+    struct err e;
+    err_clear(&e);
+    if (battery_pass_prepare(&in->bctx, a->items, a->nitems, &e) < 0) {
+        log_err("eval pass not shared", &e);
+        evalpass_free(in->bctx.pass);
+        in->bctx.pass = NULL;
+        return;
+    }
+    if (!in->bctx.pass)
+        return;
+    double t0 = now_seconds(), c0 = cpu_now(), fs, fc, ff;
+    int nc, nf;
+    if (evalpass_run(in->bctx.pass, &e) < 0)
+        log_err("eval pass failed", &e); /* its items report it */
+    evalpass_totals(in->bctx.pass, &fs, &fc, &ff, &nc, &nf);
+    log_info("eval pass done", "consumers=%d forwards=%d seconds=%.3f cpu_seconds=%.3f "
+             "forward_seconds=%.3f forward_cpu_seconds=%.3f forward_flop=%.4g", nc, nf,
+             now_seconds() - t0, cpu_now() - c0, fs, fc, ff);
 }
 
 /* A status line that could not be written: logged once; the run goes on
@@ -571,7 +628,7 @@ static int run_item(const struct battery_item *it, const struct analyze_inputs *
                     struct rows_status *st, int *status_ok, struct err *e)
 {
     struct err se;
-    double t0 = now_seconds(), f0 = in->model->forward_flop;
+    double t0 = now_seconds(), c0 = cpu_now(), f0 = in->model->forward_flop, pass_cpu;
     status_check(rows_status_started(st, it->name, it->version, &se), &se, status_ok);
     int rc = battery_run_item(it, &in->bctx, r, e);
     int wrote = rc == 0 ? write_rows(r, e) : 0;
@@ -580,8 +637,12 @@ static int run_item(const struct battery_item *it, const struct analyze_inputs *
         return wrote < 0 ? ERR_IO : rc;
     }
     status_check(rows_status_done(st, it->name, it->version, r->n, &se), &se, status_ok);
-    log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f forward_flop=%.4g", it->name,
-             it->version, r->n, now_seconds() - t0, in->model->forward_flop - f0);
+    /* the item's share of the shared eval pass counts as its own */
+    double in_pass = evalpass_own_seconds(in->bctx.pass, it->name, &pass_cpu);
+    log_info("item done", "item=%s version=%d rows=%zu seconds=%.3f cpu_seconds=%.3f "
+             "pass_seconds=%.3f forward_flop=%.4g", it->name, it->version, r->n,
+             now_seconds() - t0 + in_pass, cpu_now() - c0 + pass_cpu, in_pass,
+             in->model->forward_flop - f0);
     return 0;
 }
 
@@ -633,6 +694,7 @@ int cmd_analyze(int argc, char **argv)
         args_free(&a);
         return rc < 0 ? 0 : rc;
     }
+    const double start = now_seconds(), cpu0 = cpu_now();
     /* A closed stdout is a write error (exit 1), not a silent SIGPIPE death. */
     signal(SIGPIPE, SIG_IGN);
     struct err e;
@@ -652,10 +714,14 @@ int cmd_analyze(int argc, char **argv)
         log_err("analyze failed", &e);
         fail_items(&a, 0, err_str(&e), &st, &status_ok);
     } else {
+        run_eval_pass(&a, &in);
         nfailed = run_items(&a, &in, &st, &status_ok);
     }
     if (nfailed)
         log_error("analyze failed", "items_failed=%zu items=%zu", nfailed, a.nitems);
+    else
+        log_info("analyze done", "items=%zu seconds=%.3f cpu_seconds=%.3f", a.nitems,
+                 now_seconds() - start, cpu_now() - cpu0);
     rows_status_close(&st);
     inputs_free(&in);
     args_free(&a);

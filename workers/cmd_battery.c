@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/cli.h"
@@ -90,14 +91,22 @@ static void print_table(void)
 int cmd_battery(int argc, char **argv)
 {
     int as_json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_JSON };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(battery_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (k == O_JSON) {
             as_json = 1;
         } else {
-            fprintf(stderr, "ckpt-worker battery: unexpected argument '%s'\n%s", argv[i],
+            fprintf(stderr, "ckpt-worker battery: unexpected argument '%s'\n%s", c.word,
                     battery_usage);
             return EXIT_USAGE;
         }

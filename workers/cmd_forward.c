@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "workers/cli.h"
@@ -105,20 +106,30 @@ static int add_matches(const struct gptneox_config *cfg, const char *pattern,
 int cmd_forward(int argc, char **argv)
 {
     const char *dir = NULL, *tok_path = NULL, *npy_dir = NULL, *cache_arg = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_TOKENS, O_NPY, O_CACHE };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"tokens", required_argument, NULL, O_TOKENS},
+        {"npy", required_argument, NULL, O_NPY},
+        {"cache", required_argument, NULL, O_CACHE},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(forward_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
-            tok_path = argv[++i];
-        } else if (strcmp(argv[i], "--npy") == 0 && i + 1 < argc) {
-            npy_dir = argv[++i];
-        } else if (strcmp(argv[i], "--cache") == 0 && i + 1 < argc) {
-            cache_arg = argv[++i];
-        } else if (argv[i][0] != '-' && !dir) {
-            dir = argv[i];
+        } else if (k == O_TOKENS) {
+            tok_path = c.arg;
+        } else if (k == O_NPY) {
+            npy_dir = c.arg;
+        } else if (k == O_CACHE) {
+            cache_arg = c.arg;
+        } else if (k == ARGS_WORD && !dir) {
+            dir = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker forward: unexpected argument '%s'\n%s", argv[i], forward_usage);
+            fprintf(stderr, "ckpt-worker forward: unexpected argument '%s'\n%s", c.word, forward_usage);
             return EXIT_USAGE;
         }
     }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/cli.h"
 #include "workers/model/circuits.h"
@@ -24,22 +25,33 @@ int cmd_init(int argc, char **argv)
     const char *dir = NULL, *preset = "tiny", *dtype = "f32";
     unsigned long long seed = 1;
     double std = 0.02;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_PRESET, O_SEED, O_STD, O_DTYPE };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"preset", required_argument, NULL, O_PRESET},
+        {"seed", required_argument, NULL, O_SEED},
+        {"std", required_argument, NULL, O_STD},
+        {"dtype", required_argument, NULL, O_DTYPE},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(init_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--preset") == 0 && i + 1 < argc) {
-            preset = argv[++i];
-        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
-            seed = strtoull(argv[++i], NULL, 10);
-        } else if (strcmp(argv[i], "--std") == 0 && i + 1 < argc) {
-            std = atof(argv[++i]);
-        } else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
-            dtype = argv[++i];
-        } else if (argv[i][0] != '-' && !dir) {
-            dir = argv[i];
+        } else if (k == O_PRESET) {
+            preset = c.arg;
+        } else if (k == O_SEED) {
+            seed = strtoull(c.arg, NULL, 10);
+        } else if (k == O_STD) {
+            std = atof(c.arg);
+        } else if (k == O_DTYPE) {
+            dtype = c.arg;
+        } else if (k == ARGS_WORD && !dir) {
+            dir = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker init: unexpected argument '%s'\n%s", argv[i], init_usage);
+            fprintf(stderr, "ckpt-worker init: unexpected argument '%s'\n%s", c.word, init_usage);
             return EXIT_USAGE;
         }
     }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/cli.h"
 #include "workers/model/checkpoint.h"
@@ -21,15 +22,18 @@ static const char inspect_usage[] =
 int cmd_inspect(int argc, char **argv)
 {
     const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == 'h') {
             fputs(inspect_usage, stdout);
             return 0;
-        } else if (argv[i][0] == '-' || dir) {
-            fprintf(stderr, "ckpt-worker inspect: unexpected argument '%s'\n%s", argv[i], inspect_usage);
+        } else if (k != ARGS_WORD || dir) {
+            fprintf(stderr, "ckpt-worker inspect: unexpected argument '%s'\n%s", c.word, inspect_usage);
             return EXIT_USAGE;
         }
-        dir = argv[i];
+        dir = c.arg;
     }
     if (!dir) {
         fputs(inspect_usage, stderr);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "workers/battery/sae.h"
@@ -92,20 +93,30 @@ int cmd_sae(int argc, char **argv)
 {
     const char *dir = NULL, *enc = NULL, *outdir = NULL;
     int as_json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_JSON, O_ENCODE, O_OUT };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"json", no_argument, NULL, O_JSON},
+        {"encode", required_argument, NULL, O_ENCODE},
+        {"out", required_argument, NULL, O_OUT},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(sae_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (k == O_JSON) {
             as_json = 1;
-        } else if (strcmp(argv[i], "--encode") == 0 && i + 1 < argc) {
-            enc = argv[++i];
-        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
-            outdir = argv[++i];
-        } else if (argv[i][0] != '-' && !dir) {
-            dir = argv[i];
+        } else if (k == O_ENCODE) {
+            enc = c.arg;
+        } else if (k == O_OUT) {
+            outdir = c.arg;
+        } else if (k == ARGS_WORD && !dir) {
+            dir = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker sae: unexpected argument '%s'\n%s", argv[i], sae_usage);
+            fprintf(stderr, "ckpt-worker sae: unexpected argument '%s'\n%s", c.word, sae_usage);
             return EXIT_USAGE;
         }
     }

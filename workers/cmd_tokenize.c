@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/cli.h"
 #include "workers/text/tokenizer.h"
@@ -91,20 +92,31 @@ static int read_input(const char *path, char **buf, size_t *len, struct err *e)
 int cmd_tokenize(int argc, char **argv)
 {
     const char *tok_path = NULL, *in = NULL, *out = NULL, *text_arg = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_TOKENIZER, O_IN, O_TEXT, O_OUT };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
+        {"in", required_argument, NULL, O_IN},
+        {"text", required_argument, NULL, O_TEXT},
+        {"out", required_argument, NULL, O_OUT},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(tokenize_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) {
-            tok_path = argv[++i];
-        } else if (strcmp(argv[i], "--in") == 0 && i + 1 < argc) {
-            in = argv[++i];
-        } else if (strcmp(argv[i], "--text") == 0 && i + 1 < argc) {
-            text_arg = argv[++i];
-        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
-            out = argv[++i];
+        } else if (k == O_TOKENIZER) {
+            tok_path = c.arg;
+        } else if (k == O_IN) {
+            in = c.arg;
+        } else if (k == O_TEXT) {
+            text_arg = c.arg;
+        } else if (k == O_OUT) {
+            out = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker tokenize: unexpected argument '%s'\n%s", argv[i],
+            fprintf(stderr, "ckpt-worker tokenize: unexpected argument '%s'\n%s", c.word,
                     tokenize_usage);
             return EXIT_USAGE;
         }
@@ -279,16 +291,25 @@ static int read_ids_file(const char *in, int **ids, size_t *n, struct err *e)
 int cmd_detokenize(int argc, char **argv)
 {
     const char *tok_path = NULL, *in = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0) {
+    enum { O_HELP = 256, O_TOKENIZER, O_IN };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
+        {"in", required_argument, NULL, O_IN},
+        {NULL, 0, NULL, 0},
+    };
+    struct args c;
+    args_start(&c, argc, argv, "", opts);
+    for (int k; (k = args_next(&c)) != ARGS_END;) {
+        if (k == O_HELP) {
             fputs(detokenize_usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) {
-            tok_path = argv[++i];
-        } else if (strcmp(argv[i], "--in") == 0 && i + 1 < argc) {
-            in = argv[++i];
+        } else if (k == O_TOKENIZER) {
+            tok_path = c.arg;
+        } else if (k == O_IN) {
+            in = c.arg;
         } else {
-            fprintf(stderr, "ckpt-worker detokenize: unexpected argument '%s'\n%s", argv[i],
+            fprintf(stderr, "ckpt-worker detokenize: unexpected argument '%s'\n%s", c.word,
                     detokenize_usage);
             return EXIT_USAGE;
         }

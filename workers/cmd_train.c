@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "workers/cli.h"
 #include "workers/train/train.h"
@@ -90,172 +91,210 @@ static int parse_list(const char *s, long *out, size_t cap, size_t *n)
     return *n ? 0 : -1;
 }
 
-int cmd_train(int argc, char **argv)
+/* What the command line gives; -1 (or 0) where the task's default applies. */
+struct train_args {
+    const char *task, *out;
+    long seed, steps, warmup, layers, dm, heads, dmlp, p, vocab, seq_len, batch, every, log_every;
+    long span_min, span_max, eval_every, decay_start, decay_steps, spike_step;
+    double lr, wd, beta1, beta2, std, train_frac, rot, decay_to, spike_factor;
+    int sequential;  /* -1: the task's default */
+    size_t nck;      /* --checkpoints, into the caller's list */
+    int have_list;
+};
+
+/* argv into a (ckpts: room for MAX_CKPTS steps); -1 to go on, else the
+ * exit status (0 after --help, EXIT_USAGE after saying what is wrong). */
+static int train_args(struct train_args *a, long *ckpts, int argc, char **argv)
 {
-    static long ckpts[MAX_CKPTS];
-    struct train_config c;
-    memset(&c, 0, sizeof c);
-    const char *task = NULL;
-    long seed = 1, steps = -1, warmup = 10, layers = -1, dm = -1, heads = -1, dmlp = -1;
-    long p = 47, vocab = 256, seq_len = 32, batch = 64, every = 0, log_every = -1;
-    long span_min = 0, span_max = 0, eval_every = 0, decay_start = 0, decay_steps = 0;
-    long spike_step = 0;
-    double spike_factor = 1, decay_to = 1;
-    double lr = -1, wd = -1, beta1 = 0.9, beta2 = 0.98, std = -1, train_frac = 0.4, rot = -1;
-    int sequential = -1;
-    size_t nck = 0;
-    int have_list = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        struct { const char *name; long *l; double *d; } nums[] = {
-            {"--seed", &seed, NULL},         {"--steps", &steps, NULL},
-            {"--warmup", &warmup, NULL},     {"--layers", &layers, NULL},
-            {"--d-model", &dm, NULL},        {"--heads", &heads, NULL},
-            {"--d-mlp", &dmlp, NULL},        {"--p", &p, NULL},
-            {"--vocab", &vocab, NULL},       {"--seq-len", &seq_len, NULL},
-            {"--batch", &batch, NULL},       {"--ckpt-every", &every, NULL},
-            {"--span-min", &span_min, NULL}, {"--span-max", &span_max, NULL},
-            {"--log-every", &log_every, NULL}, {"--lr", NULL, &lr},
-            {"--eval-every", &eval_every, NULL}, {"--decay-start", &decay_start, NULL},
-            {"--decay-steps", &decay_steps, NULL}, {"--decay-to", NULL, &decay_to},
-            {"--wd", NULL, &wd},             {"--beta1", NULL, &beta1},
-            {"--beta2", NULL, &beta2},       {"--init-std", NULL, &std},
-            {"--train-frac", NULL, &train_frac}, {"--rotary-pct", NULL, &rot},
-        };
-        int matched = 0;
-        for (size_t k = 0; k < sizeof nums / sizeof *nums && !matched; k++) {
-            if (strcmp(a, nums[k].name) != 0)
-                continue;
-            matched = 1;
-            if (!v)
-                return bad(a, "");
-            if (nums[k].l ? num_long(v, nums[k].l) < 0 : num_double(v, nums[k].d) < 0)
-                return bad(a, v);
-            i++;
-        }
-        if (matched)
-            continue;
-        if (strcmp(a, "--help") == 0) {
+    *a = (struct train_args){.seed = 1, .steps = -1, .warmup = 10, .layers = -1, .dm = -1, .heads = -1,
+                             .dmlp = -1, .p = 47, .vocab = 256, .seq_len = 32, .batch = 64, .log_every = -1,
+                             .lr = -1, .wd = -1, .beta1 = 0.9, .beta2 = 0.98, .std = -1, .train_frac = 0.4,
+                             .rot = -1, .sequential = -1, .decay_to = 1, .spike_factor = 1};
+    /* the numeric options: their val is O_NUM + their index here */
+    const struct { const char *name; long *l; double *d; } nums[] = {
+        {"seed", &a->seed, NULL},         {"steps", &a->steps, NULL},
+        {"warmup", &a->warmup, NULL},     {"layers", &a->layers, NULL},
+        {"d-model", &a->dm, NULL},        {"heads", &a->heads, NULL},
+        {"d-mlp", &a->dmlp, NULL},        {"p", &a->p, NULL},
+        {"vocab", &a->vocab, NULL},       {"seq-len", &a->seq_len, NULL},
+        {"batch", &a->batch, NULL},       {"ckpt-every", &a->every, NULL},
+        {"span-min", &a->span_min, NULL}, {"span-max", &a->span_max, NULL},
+        {"log-every", &a->log_every, NULL}, {"lr", NULL, &a->lr},
+        {"eval-every", &a->eval_every, NULL}, {"decay-start", &a->decay_start, NULL},
+        {"decay-steps", &a->decay_steps, NULL}, {"decay-to", NULL, &a->decay_to},
+        {"wd", NULL, &a->wd},             {"beta1", NULL, &a->beta1},
+        {"beta2", NULL, &a->beta2},       {"init-std", NULL, &a->std},
+        {"train-frac", NULL, &a->train_frac}, {"rotary-pct", NULL, &a->rot},
+    };
+    enum { O_HELP = 256, O_TASK, O_OUT, O_SEQUENTIAL, O_PARALLEL, O_CHECKPOINTS, O_LR_SPIKE, O_NUM };
+    enum { NNUM = sizeof nums / sizeof *nums };
+    struct option opts[7 + NNUM + 1] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"task", required_argument, NULL, O_TASK},
+        {"out", required_argument, NULL, O_OUT},
+        {"sequential", no_argument, NULL, O_SEQUENTIAL},
+        {"parallel", no_argument, NULL, O_PARALLEL},
+        {"checkpoints", required_argument, NULL, O_CHECKPOINTS},
+        {"lr-spike", required_argument, NULL, O_LR_SPIKE},
+    };
+    for (int k = 0; k < NNUM; k++)
+        opts[7 + k] = (struct option){nums[k].name, required_argument, NULL, O_NUM + k};
+    struct args cl;
+    args_start(&cl, argc, argv, "", opts);
+    for (int k; (k = args_next(&cl)) != ARGS_END;) {
+        if (k >= O_NUM) {
+            const char *v = cl.arg;
+            if (nums[k - O_NUM].l ? num_long(v, nums[k - O_NUM].l) < 0 : num_double(v, nums[k - O_NUM].d) < 0)
+                return bad(cl.word, v);
+        } else if (k == ARGS_MISSING && cl.opt >= O_NUM) {
+            return bad(cl.word, "");
+        } else if (k == O_HELP) {
             fputs(train_usage, stdout);
             return 0;
-        } else if (strcmp(a, "--task") == 0 && v) {
-            task = argv[++i];
-        } else if (strcmp(a, "--out") == 0 && v) {
-            c.out = argv[++i];
-        } else if (strcmp(a, "--lr-spike") == 0 && v) {
+        } else if (k == O_TASK) {
+            a->task = cl.arg;
+        } else if (k == O_OUT) {
+            a->out = cl.arg;
+        } else if (k == O_LR_SPIKE) {
             char *end = NULL;
             errno = 0;
-            spike_step = strtol(argv[++i], &end, 10);
-            if (errno || end == argv[i] || *end != ':' || num_double(end + 1, &spike_factor) < 0) {
-                fprintf(stderr, "ckpt-worker train: --lr-spike needs STEP:FACTOR, got '%s'\n",
-                        argv[i]);
+            a->spike_step = strtol(cl.arg, &end, 10);
+            if (errno || end == cl.arg || *end != ':' || num_double(end + 1, &a->spike_factor) < 0) {
+                fprintf(stderr, "ckpt-worker train: --lr-spike needs STEP:FACTOR, got '%s'\n", cl.arg);
                 return EXIT_USAGE;
             }
-        } else if (strcmp(a, "--sequential") == 0) {
-            sequential = 1;
-        } else if (strcmp(a, "--parallel") == 0) {
-            sequential = 0;
-        } else if (strcmp(a, "--checkpoints") == 0 && v) {
-            if (parse_list(argv[++i], ckpts, MAX_CKPTS, &nck) < 0) {
+        } else if (k == O_SEQUENTIAL) {
+            a->sequential = 1;
+        } else if (k == O_PARALLEL) {
+            a->sequential = 0;
+        } else if (k == O_CHECKPOINTS) {
+            if (parse_list(cl.arg, ckpts, MAX_CKPTS, &a->nck) < 0) {
                 fprintf(stderr, "ckpt-worker train: --checkpoints needs comma-separated steps "
-                                "(at most %d), got '%s'\n", MAX_CKPTS, argv[i]);
+                                "(at most %d), got '%s'\n", MAX_CKPTS, cl.arg);
                 return EXIT_USAGE;
             }
-            have_list = 1;
+            a->have_list = 1;
         } else {
-            fprintf(stderr, "ckpt-worker train: unexpected argument '%s'\n%s", a, train_usage);
+            fprintf(stderr, "ckpt-worker train: unexpected argument '%s'\n%s", cl.word, train_usage);
             return EXIT_USAGE;
         }
     }
-    int kind = task ? task_kind_parse(task) : -1;
-    if (kind < 0 || !c.out) {
+    return -1;
+}
+
+/* The task's defaults (train_usage's) where nothing was given. */
+static void train_defaults(struct train_args *a, int ma)
+{
+    if (a->steps < 0)
+        a->steps = ma ? 3000 : 1000;
+    if (a->layers < 0)
+        a->layers = ma ? 1 : 2;
+    if (a->dm < 0)
+        a->dm = 64;
+    if (a->heads < 0)
+        a->heads = 4;
+    if (a->dmlp < 0)
+        a->dmlp = ma ? 256 : 64;
+    if (a->lr < 0)
+        a->lr = ma ? 2e-3 : 3e-3;
+    /* induction: every dimension rotated, so a previous-token head is easy
+     * to build and the copy must be found by content, not by a fixed offset */
+    if (a->rot < 0)
+        a->rot = ma ? 0.25 : 1.0;
+    if (a->sequential < 0)
+        a->sequential = ma;
+    if (a->wd < 0)
+        a->wd = ma ? 2.0 : 0.01;
+    if (a->std < 0)
+        a->std = a->dm > 0 ? 0.8 / sqrt((double)a->dm) : 0.02;
+    if (a->log_every < 0)
+        a->log_every = a->steps / 20 > 0 ? a->steps / 20 : 1;
+    if (!ma && !a->span_min && !a->span_max) { /* spans of varying length at varying places */
+        a->span_min = a->seq_len / 4;
+        a->span_max = a->seq_len / 2;
+    }
+}
+
+/* a (defaults applied) into c; EXIT_USAGE after saying what is out of
+ * range, else 0.  The schedule goes into ckpts unless --checkpoints gave it. */
+static int train_config(struct train_config *c, struct train_args *a, enum task_kind kind, long *ckpts)
+{
+    if (a->seed < 0 || a->steps < 0 || a->every < 0 || a->log_every < 0 || a->dm > 8192 || a->layers > 64 ||
+        a->heads > 8192 || a->dmlp > 65536 || a->p > 1000 || a->vocab > 65536 || a->seq_len > 4096 ||
+        a->batch > 65536) {
+        fprintf(stderr, "ckpt-worker train: a size or count is out of range\n");
+        return EXIT_USAGE;
+    }
+    if (!a->have_list) {
+        a->nck = train_schedule(a->steps, a->every, ckpts, MAX_CKPTS);
+        if (a->nck > MAX_CKPTS) {
+            fprintf(stderr, "ckpt-worker train: the schedule has %zu checkpoints (at most %d); "
+                            "raise --ckpt-every\n", a->nck, MAX_CKPTS);
+            return EXIT_USAGE;
+        }
+    }
+    if (a->span_min < 0 || a->span_max < 0 || a->span_min > 4096 || a->span_max > 4096) {
+        fprintf(stderr, "ckpt-worker train: --span-min/--span-max out of range\n");
+        return EXIT_USAGE;
+    }
+    memset(c, 0, sizeof *c);
+    c->out = a->out;
+    c->task.kind = kind;
+    c->task.seed = (uint64_t)a->seed;
+    c->task.p = (int)a->p;
+    c->task.train_frac = a->train_frac;
+    c->task.vocab = (int)a->vocab;
+    c->task.seq_len = (int)a->seq_len;
+    c->task.batch = (int)a->batch;
+    if (a->span_min || a->span_max) { /* one given: the other defaults to it */
+        c->task.span_min = (int)(a->span_min ? a->span_min : a->span_max);
+        c->task.span_max = (int)(a->span_max ? a->span_max : a->span_min);
+    }
+    c->layers = (int)a->layers;
+    c->d_model = (int)a->dm;
+    c->heads = (int)a->heads;
+    c->d_mlp = (int)a->dmlp;
+    c->rotary_pct = a->rot;
+    c->parallel_residual = !a->sequential;
+    c->steps = a->steps;
+    c->lr = a->lr;
+    c->weight_decay = a->wd;
+    c->beta1 = a->beta1;
+    c->beta2 = a->beta2;
+    c->eps = 1e-8;
+    c->warmup = a->warmup;
+    c->decay_start = a->decay_start;
+    c->decay_steps = a->decay_steps;
+    c->decay_to = a->decay_to;
+    c->spike_step = a->spike_step;
+    c->spike_factor = a->spike_factor;
+    c->eval_every = a->eval_every;
+    c->init_std = a->std;
+    c->seed = (uint64_t)a->seed;
+    c->checkpoints = ckpts;
+    c->ncheckpoints = a->nck;
+    c->log_every = a->log_every;
+    c->progress = stderr;
+    return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    static long ckpts[MAX_CKPTS];
+    struct train_args a;
+    int status = train_args(&a, ckpts, argc, argv);
+    if (status >= 0)
+        return status;
+    int kind = a.task ? task_kind_parse(a.task) : -1;
+    if (kind < 0 || !a.out) {
         fprintf(stderr, "ckpt-worker train: need --task modular-addition|induction and --out DIR\n%s",
                 train_usage);
         return EXIT_USAGE;
     }
-    int ma = kind == TASK_MODADD;
-    if (steps < 0)
-        steps = ma ? 3000 : 1000;
-    if (layers < 0)
-        layers = ma ? 1 : 2;
-    if (dm < 0)
-        dm = 64;
-    if (heads < 0)
-        heads = 4;
-    if (dmlp < 0)
-        dmlp = ma ? 256 : 64;
-    if (lr < 0)
-        lr = ma ? 2e-3 : 3e-3;
-    /* induction: every dimension rotated, so a previous-token head is easy
-     * to build and the copy must be found by content, not by a fixed offset */
-    if (rot < 0)
-        rot = ma ? 0.25 : 1.0;
-    if (sequential < 0)
-        sequential = ma;
-    if (wd < 0)
-        wd = ma ? 2.0 : 0.01;
-    if (std < 0)
-        std = dm > 0 ? 0.8 / sqrt((double)dm) : 0.02;
-    if (log_every < 0)
-        log_every = steps / 20 > 0 ? steps / 20 : 1;
-    if (seed < 0 || steps < 0 || every < 0 || log_every < 0 || dm > 8192 || layers > 64 ||
-        heads > 8192 || dmlp > 65536 || p > 1000 || vocab > 65536 || seq_len > 4096 ||
-        batch > 65536) {
-        fprintf(stderr, "ckpt-worker train: a size or count is out of range\n");
-        return EXIT_USAGE;
-    }
-    if (!have_list) {
-        nck = train_schedule(steps, every, ckpts, MAX_CKPTS);
-        if (nck > MAX_CKPTS) {
-            fprintf(stderr, "ckpt-worker train: the schedule has %zu checkpoints (at most %d); "
-                            "raise --ckpt-every\n", nck, MAX_CKPTS);
-            return EXIT_USAGE;
-        }
-    }
-    c.task.kind = (enum task_kind)kind;
-    c.task.seed = (uint64_t)seed;
-    c.task.p = (int)p;
-    c.task.train_frac = train_frac;
-    c.task.vocab = (int)vocab;
-    c.task.seq_len = (int)seq_len;
-    c.task.batch = (int)batch;
-    if (!ma && !span_min && !span_max) { /* spans of varying length at varying places */
-        span_min = seq_len / 4;
-        span_max = seq_len / 2;
-    }
-    if (span_min < 0 || span_max < 0 || span_min > 4096 || span_max > 4096) {
-        fprintf(stderr, "ckpt-worker train: --span-min/--span-max out of range\n");
-        return EXIT_USAGE;
-    }
-    if (span_min || span_max) { /* one given: the other defaults to it */
-        c.task.span_min = (int)(span_min ? span_min : span_max);
-        c.task.span_max = (int)(span_max ? span_max : span_min);
-    }
-    c.layers = (int)layers;
-    c.d_model = (int)dm;
-    c.heads = (int)heads;
-    c.d_mlp = (int)dmlp;
-    c.rotary_pct = rot;
-    c.parallel_residual = !sequential;
-    c.steps = steps;
-    c.lr = lr;
-    c.weight_decay = wd;
-    c.beta1 = beta1;
-    c.beta2 = beta2;
-    c.eps = 1e-8;
-    c.warmup = warmup;
-    c.decay_start = decay_start;
-    c.decay_steps = decay_steps;
-    c.decay_to = decay_to;
-    c.spike_step = spike_step;
-    c.spike_factor = spike_factor;
-    c.eval_every = eval_every;
-    c.init_std = std;
-    c.seed = (uint64_t)seed;
-    c.checkpoints = ckpts;
-    c.ncheckpoints = nck;
-    c.log_every = log_every;
-    c.progress = stderr;
+    train_defaults(&a, kind == TASK_MODADD);
+    struct train_config c;
+    if ((status = train_config(&c, &a, (enum task_kind)kind, ckpts)) != 0)
+        return status;
     struct err e;
     err_clear(&e);
     int rc = train_run(&c, &e);
@@ -263,6 +302,6 @@ int cmd_train(int argc, char **argv)
         log_err("train failed", &e);
         return rc == ERR_INVALID ? EXIT_USAGE : EXIT_INPUT;
     }
-    printf("wrote %s: %zu checkpoints, task.json, train_log.jsonl\n", c.out, nck);
+    printf("wrote %s: %zu checkpoints, task.json, train_log.jsonl\n", c.out, a.nck);
     return 0;
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "common/version.h"
 #include "workers/cli.h"
@@ -48,33 +49,45 @@ int main(int argc, char **argv)
 {
     blas_prepare(argv);
     log_set_component("worker");
-    int i = 1, threads = 0;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    int i = 0, threads = 0; /* i: the command's index in argv */
+    enum { O_VERSION = 256, O_THREADS, O_LOG_LEVEL };
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, O_VERSION},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {NULL, 0, NULL, 0},
+    };
+    struct args cl;
+    args_start(&cl, argc, argv, "h", opts);
+    for (int k; !i && (k = args_next(&cl)) != ARGS_END;) {
+        if (k == 'h') {
             fputs(usage, stdout);
             return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
+        } else if (k == O_VERSION) {
             printf("ckpt-worker %s\n", CKPTD_VERSION);
             return 0;
-        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-            threads = atoi(argv[++i]);
+        } else if (k == O_THREADS) {
+            threads = atoi(cl.arg);
             if (threads <= 0) {
                 fprintf(stderr, "ckpt-worker: --threads needs a positive number\n");
                 return EXIT_USAGE;
             }
-        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
-            int l = log_level_parse(argv[++i]);
+        } else if (k == O_LOG_LEVEL) {
+            int l = log_level_parse(cl.arg);
             if (l < 0) {
-                fprintf(stderr, "ckpt-worker: unknown log level '%s'\n", argv[i]);
+                fprintf(stderr, "ckpt-worker: unknown log level '%s'\n", cl.arg);
                 return EXIT_USAGE;
             }
             log_set_level((enum log_level)l);
+        } else if (k == ARGS_WORD) {
+            i = args_index(&cl) - 1;
         } else {
-            fprintf(stderr, "ckpt-worker: unknown option '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "ckpt-worker: unknown option '%s'\n%s", cl.word, usage);
             return EXIT_USAGE;
         }
     }
-    if (i >= argc) {
+    if (!i) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }

@@ -174,8 +174,14 @@ int db_ensure(struct db *db, struct err *e)
                 c ? PQerrorMessage(c) : "out of memory");
         if (e) /* one line */
             e->msg[strcspn(e->msg, "\n")] = '\0';
-        snprintf(db->last_error, sizeof db->last_error, "%s", c ? PQerrorMessage(c) : "out of memory");
-        db->last_error[strcspn(db->last_error, "\n")] = '\0';
+        char msg[sizeof db->last_error];
+        snprintf(msg, sizeof msg, "%s", c ? PQerrorMessage(c) : "out of memory");
+        msg[strcspn(msg, "\n")] = '\0';
+        /* said once per cause, not once per attempt */
+        if (strcmp(msg, db->last_error) != 0)
+            log_warn("cannot connect to the database; will retry", "retry_in=%.1fs error=%s", db->backoff,
+                     log_quote(msg));
+        snprintf(db->last_error, sizeof db->last_error, "%s", msg);
         if (c)
             PQfinish(c);
         db->next_try = t + db->backoff;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/sbuf.h"
 #include "daemon/base/db.h"
 #include "daemon/detect/transitions.h"
 #include "daemon/work/queue.h"
@@ -23,37 +24,6 @@ static double mono_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A growing text buffer. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int sbuf_printf(struct sbuf *b, const char *fmt, ...) CK_PRINTF(2, 3);
-
-static int sbuf_printf(struct sbuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->len;
-        int w = b->p ? vsnprintf(b->p + b->len, room, fmt, ap) : -1;
-        va_end(ap);
-        if (w >= 0 && (size_t)w < room) {
-            b->len += (size_t)w;
-            return 0;
-        }
-        size_t cap = b->cap ? 2 * b->cap : 4096;
-        while (w >= 0 && cap - b->len <= (size_t)w)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return ERR_NOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
 }
 
 /* One series being gathered from the COPY stream. */
@@ -165,13 +135,15 @@ static int parse_row(const char *p, int *f, long long *step, double *value)
 /* Series whose index is not the same thing from one step to the next, so
  * a change along the steps means nothing: an SGLD draw of the llc trace, an
  * SAE latent (cold-started dictionaries number their latents afresh; a
- * feature's life across steps is sae_match's lineage), a latent's match. */
+ * feature's life across steps is sae_match's lineage), a latent's match, a
+ * bucket of the integrity item's random sketch. */
 #define NOT_A_SERIES                                                                              \
     "('llc','trace_loss'),('llc','chain_diverged_step'),"                                         \
     "('sae','feature_density'),('sae','feature_mean_activation'),"                                \
     "('sae_relu','feature_density'),('sae_relu','feature_mean_activation'),"                      \
     "('sae_match','matched_prev'),('sae_match','match_similarity'),"                              \
-    "('sae_match','best_prev'),('sae_match','split_parent')"
+    "('sae_match','best_prev'),('sae_match','split_parent'),"                                      \
+    "('integrity','sketch'),('integrity','tensor_sketch')"
 
 /* COPY the series out, detect, gather the rows to write.  The COPY is
  * always read to its end, so the connection is usable after a failure. */
@@ -182,12 +154,13 @@ static int read_and_detect(struct db *db, long long run_id, const char *metric_f
     struct sbuf q = {0};
     if (sbuf_printf(&q,
                     /* in the primary key's order, so no sort; duplicates
-                     * are few: a hashed NOT IN */
+                     * and suspect checkpoints are few: a hashed NOT IN */
                     "COPY (SELECT m.metric_id, m.layer, m.head, m.idx, m.step, m.value"
                     " FROM measurements m WHERE m.run_id = %lld%s AND m.metric_id NOT IN"
                     " (SELECT id FROM metrics WHERE (item, name) IN (" NOT_A_SERIES "))"
                     " AND m.step NOT IN"
-                    " (SELECT step FROM checkpoints WHERE run_id = %lld AND duplicate_of IS NOT NULL)"
+                    " (SELECT step FROM checkpoints WHERE run_id = %lld"
+                    "  AND (duplicate_of IS NOT NULL OR suspect IS NOT NULL))"
                     " ORDER BY m.metric_id, m.layer, m.head, m.idx, m.step) TO STDOUT",
                     run_id, metric_filter, run_id) < 0)
         return err_set(e, ERR_NOMEM, "transitions", "out of memory");

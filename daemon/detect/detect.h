@@ -6,7 +6,7 @@
  * One pass per call, in one transaction: an advisory lock per run (two
  * nodes storing checkpoints of one run take turns), one COPY out of the
  * touched series ordered by (metric, layer, head, idx, step) leaving out
- * checkpoints marked as duplicates, detection in C, then DELETE of the
+ * checkpoints marked as duplicates or suspect (integrity.h), detection in C, then DELETE of the
  * series' TR_METHOD rows and COPY in of the new ones.  Either all the
  * series' transitions are replaced or none are; a failure never touches
  * the measurements, which were committed before (ingest.h).

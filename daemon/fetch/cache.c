@@ -15,10 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/sha256.h"
 #include "daemon/base/owner.h"
+#include "daemon/fetch/hfcache.h"
 
 #define STALE_INCOMPLETE_S 3600
 
@@ -312,13 +314,19 @@ int cache_lookup(struct cache *c, const char *key, struct hub_files *files, stru
         if (!sha || !name || !cache_has_blob(c, sha) || stat(link, &st) != 0)
             goto out; /* a damaged snapshot: fetch again */
     }
-    if (files)
+    if (files) {
         json_array_foreach(fs, i, f) {
             if ((rc = hub_files_add(files, json_string_value(json_object_get(f, "name")),
                                     (long long)json_integer_value(json_object_get(f, "size")),
                                     json_string_value(json_object_get(f, "sha256")), e)) < 0)
                 goto out;
+            const char *etag = json_string_value(json_object_get(f, "etag"));
+            if (etag && hub_etag_ok(etag))
+                snprintf(files->f[files->n - 1].etag, sizeof files->f[files->n - 1].etag, "%s", etag);
         }
+        const char *commit = json_string_value(json_object_get(m, "commit"));
+        snprintf(files->commit, sizeof files->commit, "%s", commit && hub_commit_ok(commit) ? commit : "");
+    }
     json_object_set_new(m, "last_used", json_integer((json_int_t)time(NULL)));
     if ((rc = manifest_save(c, key, m, e)) < 0)
         goto out;
@@ -339,9 +347,7 @@ int cache_put_blob(struct cache *c, const char *path, const char *sha256, struct
         unlink(path);
         return 0;
     }
-    if (rename(path, p) != 0)
-        return err_set(e, ERR_IO, p, "cannot move %s into the cache: %s", path, strerror(errno));
-    return 0;
+    return atomic_file_place(path, p, e);
 }
 
 int cache_link_blob(struct cache *c, const char *path, const char *sha256, struct err *e)
@@ -352,21 +358,23 @@ int cache_link_blob(struct cache *c, const char *path, const char *sha256, struc
     if (cache_has_blob(c, sha256))
         return 0;
     blob_path(c, sha256, p, sizeof p);
+    /* a hard link, else (another file system) a symbolic one, made under
+     * this daemon's name in partial/ (a crash leaves it to the sweep of
+     * dead owners' files), then put in place */
     snprintf(tmp, sizeof tmp, "%s/partial/%s.link-%s", c->root, owner_tag(c->owner), sha256);
     unlink(tmp);
     if (link(path, tmp) != 0 && symlink(path, tmp) != 0)
         return err_set(e, ERR_IO, path, "cannot link into the cache: %s", strerror(errno));
-    if (rename(tmp, p) != 0) {
+    int rc = atomic_file_place(tmp, p, e);
+    if (rc < 0)
         unlink(tmp);
-        return err_set(e, ERR_IO, p, "cannot link into the cache: %s", strerror(errno));
-    }
-    return 0;
+    return rc;
 }
 
 int cache_snapshot_add(struct cache *c, const char *key, const char *name, long long size,
                        const char *sha256, struct err *e)
 {
-    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX], tmp[PATH_MAX * 2 + 16];
+    char snap[PATH_MAX], link_path[PATH_MAX * 2], target[PATH_MAX];
     int rc = cache_snapshot_dir(c, key, snap, sizeof snap, e);
     if (rc < 0)
         return rc;
@@ -406,12 +414,8 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
         snprintf(parent, sizeof parent, "%s", link_path);
         *strrchr(parent, '/') = '\0';
         blob_path(c, sha256, target, sizeof target);
-        snprintf(tmp, sizeof tmp, "%s.tmp%d", link_path, (int)getpid());
-        unlink(tmp);
-        if ((rc = path_mkdir_p(parent, e)) == 0 && (symlink(target, tmp) != 0 || rename(tmp, link_path) != 0)) {
-            unlink(tmp);
-            rc = err_set(e, ERR_IO, link_path, "cannot link the snapshot file: %s", strerror(errno));
-        }
+        if ((rc = path_mkdir_p(parent, e)) == 0 && (rc = atomic_file_link(target, link_path, 1, e)) < 0)
+            err_wrap(e, "cannot link the snapshot file");
     }
     unlock_cache(lk);
     return rc;
@@ -443,6 +447,37 @@ static int manifest_set(struct cache *c, const char *key, const char *field, str
 int cache_snapshot_complete(struct cache *c, const char *key, struct err *e)
 {
     return manifest_set(c, key, "complete", e);
+}
+
+int cache_snapshot_identity(struct cache *c, const char *key, const struct hub_files *files, struct err *e)
+{
+    if (!key_ok(key))
+        return err_set(e, ERR_INVALID, key, "bad cache key");
+    int lk = lock_cache(c, e);
+    if (lk < 0)
+        return lk;
+    json_t *m = manifest_load(c, key);
+    int rc = 0;
+    if (!m) {
+        rc = err_set(e, ERR_NOTFOUND, key, "no such snapshot in the cache");
+        goto out;
+    }
+    if (hub_commit_ok(files->commit))
+        json_object_set_new(m, "commit", json_string(files->commit));
+    else
+        json_object_del(m, "commit");
+    json_t *fs = json_object_get(m, "files"), *f;
+    size_t i;
+    json_array_foreach(fs, i, f) {
+        const struct hub_file *hf = hub_files_find(files, json_string_value(json_object_get(f, "name")));
+        if (hf && hub_etag_ok(hf->etag))
+            json_object_set_new(f, "etag", json_string(hf->etag));
+    }
+    rc = manifest_save(c, key, m, e);
+out:
+    json_decref(m);
+    unlock_cache(lk);
+    return rc;
 }
 
 int cache_mark_analysed(struct cache *c, const char *key, struct err *e)
@@ -607,6 +642,87 @@ static void remove_tree(const char *dir)
     if (d)
         closedir(d);
     rmdir(dir);
+}
+
+/* With the cache locked: 1 when a manifest other than `skip` names the
+ * blob. */
+static int blob_named(const struct cache *c, const char *sha, const char *skip)
+{
+    char mdir[PATH_MAX], p[PATH_MAX * 2], key[CACHE_KEY_MAX];
+    snprintf(mdir, sizeof mdir, "%s/manifests", c->root);
+    DIR *d1 = opendir(mdir);
+    struct dirent *s1;
+    int found = 0;
+    while (!found && d1 && (s1 = readdir(d1))) {
+        if (s1->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof p, "%s/%s", mdir, s1->d_name);
+        DIR *d2 = opendir(p);
+        struct dirent *s2;
+        while (!found && d2 && (s2 = readdir(d2))) {
+            size_t len = strlen(s2->d_name);
+            if (s2->d_name[0] == '.' || len < 6 || strcmp(s2->d_name + len - 5, ".json") != 0 ||
+                snprintf(key, sizeof key, "%s/%.*s", s1->d_name, (int)(len - 5), s2->d_name) >= (int)sizeof key ||
+                strcmp(key, skip) == 0)
+                continue;
+            json_t *m = manifest_load(c, key), *f;
+            size_t i;
+            json_array_foreach(json_object_get(m, "files"), i, f) {
+                const char *fs = json_string_value(json_object_get(f, "sha256"));
+                if (fs && strcmp(fs, sha) == 0)
+                    found = 1;
+            }
+            json_decref(m);
+        }
+        if (d2)
+            closedir(d2);
+    }
+    if (d1)
+        closedir(d1);
+    return found;
+}
+
+int cache_snapshot_prune(struct cache *c, const char *key, const struct hub_files *keep,
+                         const struct hub_files *old, struct err *e)
+{
+    if (!key_ok(key))
+        return err_set(e, ERR_INVALID, key, "bad cache key");
+    int lk = lock_cache(c, e);
+    if (lk < 0)
+        return lk;
+    char snap[PATH_MAX], p[PATH_MAX * 2];
+    json_t *m = manifest_load(c, key);
+    size_t i;
+    int rc = 0;
+    long long freed = 0;
+    if (m && cache_snapshot_dir(c, key, snap, sizeof snap, NULL) == 0) {
+        json_t *fs = json_object_get(m, "files");
+        for (i = json_array_size(fs); i-- > 0;) {
+            const char *name = json_string_value(json_object_get(json_array_get(fs, i), "name"));
+            if (name && hub_files_find(keep, name))
+                continue;
+            if (name && snprintf(p, sizeof p, "%s/%s", snap, name) < (int)sizeof p)
+                unlink(p);
+            json_array_remove(fs, i);
+        }
+        if ((rc = manifest_save(c, key, m, e)) < 0)
+            goto out;
+    }
+    for (int k = 0; old && k < old->n; k++) {
+        const char *sha = old->f[k].sha256;
+        struct stat st;
+        if (!sha256_is_hex(sha) || blob_named(c, sha, ""))
+            continue;
+        blob_path(c, sha, p, sizeof p);
+        if (lstat(p, &st) == 0 && unlink(p) == 0)
+            freed += (long long)st.st_size;
+    }
+    if (freed > 0)
+        log_info("cache: blobs of an older version of a snapshot removed", "snapshot=%s freed=%lld", key, freed);
+out:
+    json_decref(m);
+    unlock_cache(lk);
+    return rc;
 }
 
 /* What an eviction did and found. */
@@ -873,60 +989,21 @@ int cache_pins_held(const struct cache *c)
 
 /* ---- the HuggingFace cache ---- */
 
-void cache_hf_dir(char *out, size_t n)
-{
-    const char *v = getenv("HF_HUB_CACHE");
-    if (v && *v) {
-        snprintf(out, n, "%s", v);
-        return;
-    }
-    v = getenv("HF_HOME");
-    if (v && *v) {
-        snprintf(out, n, "%s/hub", v);
-        return;
-    }
-    v = getenv("HOME");
-    if (v && *v)
-        snprintf(out, n, "%s/.cache/huggingface/hub", v);
-    else
-        out[0] = '\0';
-}
+void cache_hf_dir(char *out, size_t n) { hfcache_dir(out, n); }
 
-/* models--ORG--NAME/snapshots/<commit> of a revision; 0 when absent. */
-static int hf_snapshot(const char *hub_dir, const char *repo, const char *revision, char *out, size_t n)
+/* models--ORG--NAME/snapshots/<commit> of a revision (a ref, or a commit
+ * itself) into out and the commit into commit[HUB_COMMIT_MAX]; 0 when
+ * absent. */
+static int hf_snapshot(const char *hub_dir, const char *repo, const char *revision, char *out, size_t n,
+                       char *commit)
 {
-    char dir[2048], base[PATH_MAX], name[512], commit[128] = "";
+    char dir[2048], base[PATH_MAX];
     if (hub_dir && *hub_dir)
         snprintf(dir, sizeof dir, "%s", hub_dir);
     else
         cache_hf_dir(dir, sizeof dir);
-    if (!dir[0] || strchr(revision, '/') || revision[0] == '.')
-        return 0;
-    size_t o = 0;
-    for (const char *p = repo; *p && o + 3 < sizeof name; p++) {
-        if (*p == '/') {
-            name[o++] = '-';
-            name[o++] = '-';
-        } else
-            name[o++] = *p;
-    }
-    name[o] = '\0';
-    snprintf(base, sizeof base, "%s/models--%s", dir, name);
-    char ref[PATH_MAX * 2];
-    snprintf(ref, sizeof ref, "%s/refs/%s", base, revision);
-    FILE *f = fopen(ref, "r");
-    if (f) {
-        if (!fgets(commit, sizeof commit, f))
-            commit[0] = '\0';
-        fclose(f);
-        commit[strcspn(commit, " \r\n")] = '\0';
-    } else {
-        snprintf(commit, sizeof commit, "%s", revision); /* a commit hash itself */
-    }
-    for (const char *p = commit; *p; p++)
-        if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
-            return 0;
-    if (!commit[0] || commit[0] == '.')
+    if (!dir[0] || hfcache_repo_dir(dir, repo, base, sizeof base, NULL) < 0 ||
+        !hfcache_ref(dir, repo, revision, commit, HUB_COMMIT_MAX))
         return 0;
     struct stat st;
     if (snprintf(out, n, "%s/snapshots/%s", base, commit) >= (int)n || stat(out, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -937,9 +1014,9 @@ static int hf_snapshot(const char *hub_dir, const char *repo, const char *revisi
 int cache_hf_find(const char *hub_dir, const char *repo, const char *revision, const char *file,
                   char *out, size_t n)
 {
-    char snap[PATH_MAX], p[PATH_MAX * 2], real[PATH_MAX];
+    char snap[PATH_MAX], p[PATH_MAX * 2], real[PATH_MAX], commit[HUB_COMMIT_MAX];
     struct stat st;
-    if (!hf_snapshot(hub_dir, repo, revision, snap, sizeof snap))
+    if (!hf_snapshot(hub_dir, repo, revision, snap, sizeof snap, commit))
         return 0;
     snprintf(p, sizeof p, "%s/%s", snap, file);
     if (!realpath(p, real) || stat(real, &st) != 0 || !S_ISREG(st.st_mode))
@@ -972,14 +1049,18 @@ static int hf_walk(const char *snap, const char *rel, struct hub_files *all, int
         }
         if (!S_ISREG(st.st_mode) || strlen(name) >= HUB_NAME_MAX)
             continue;
-        const char *sha = "";
+        const char *sha = "", *etag = "";
         if (realpath(p, real)) {
             const char *b = strrchr(real, '/');
             if (b && sha256_is_hex(b + 1))
                 sha = b + 1;
+            if (b && hub_etag_ok(b + 1))
+                etag = b + 1; /* huggingface_hub names a blob by its ETag */
         }
-        if ((rc = hub_files_add(all, name, (long long)st.st_size, sha, e)) == 0)
+        if ((rc = hub_files_add(all, name, (long long)st.st_size, sha, e)) == 0) {
+            snprintf(all->f[all->n - 1].etag, sizeof all->f[all->n - 1].etag, "%s", etag);
             (*found)++;
+        }
     }
     closedir(d);
     return rc;
@@ -988,9 +1069,10 @@ static int hf_walk(const char *snap, const char *rel, struct hub_files *all, int
 int cache_hf_list(const char *hub_dir, const char *repo, const char *revision, struct hub_files *all,
                   struct err *e)
 {
-    char snap[PATH_MAX];
-    if (!hf_snapshot(hub_dir, repo, revision, snap, sizeof snap))
+    char snap[PATH_MAX], commit[HUB_COMMIT_MAX];
+    if (!hf_snapshot(hub_dir, repo, revision, snap, sizeof snap, commit))
         return 0;
+    snprintf(all->commit, sizeof all->commit, "%s", commit);
     int found = 0;
     int rc = hf_walk(snap, "", all, &found, e);
     return rc < 0 ? rc : found;

@@ -8,10 +8,12 @@
  *   snapshots/<slug>/<rev>/<file>  symlinks to blobs: the directory a worker
  *                                  reads (<slug>: the source, readable, plus
  *                                  12 hex digits of its sha256)
- *   manifests/<slug>/<rev>.json    a snapshot's files (name, size, sha256),
- *                                  whether it is complete and analysed, the
- *                                  owner tag of the process that staged it,
- *                                  and when it was last used: the LRU index
+ *   manifests/<slug>/<rev>.json    a snapshot's files (name, size, sha256,
+ *                                  the hub's ETag), the hub commit it was
+ *                                  staged at, whether it is complete and
+ *                                  analysed, the owner tag of the process
+ *                                  that staged it, and when it was last
+ *                                  used: the LRU index
  *   partial/<tag>.<name>.part      downloads in progress (resumed with Range
  *                                  by the same process); <tag> is the owner's
  *   pins/<slug>/<rev>.lock         held with flock(LOCK_SH) while pinned
@@ -48,10 +50,10 @@
  * removes its own.  A download is resumed within a process, not across
  * a restart.
  *
- * The HuggingFace cache ($HF_HUB_CACHE, $HF_HOME/hub, or
- * ~/.cache/huggingface/hub): models--ORG--NAME/refs/<rev> holds a commit;
- * snapshots/<commit>/<file> links to its blob.  Files found there are
- * linked in, never copied or downloaded again.
+ * The HuggingFace cache (hfcache.h: $HF_HUB_CACHE, $HF_HOME/hub, …):
+ * models--ORG--NAME/refs/<rev> holds a commit; snapshots/<commit>/<file>
+ * links to its blob.  Files found there are linked in, never copied or
+ * downloaded again (stage.h writes what it downloads there too).
  *
  *     struct cache *c = cache_open("/var/cache/ckptd", 50LL << 30, &e);
  *     cache_key("hf://EleutherAI/pythia-70m", "step1000", key, sizeof key);
@@ -96,8 +98,9 @@ int cache_snapshot_dir(const struct cache *c, const char *key, char *out, size_t
 int cache_partial_path(const struct cache *c, const char *name, char *out, size_t n, struct err *e) CK_WUR;
 
 /* A complete snapshot whose blobs are all there: 1 and its files (appended
- * to *files, may be NULL); 0 when there is none; negative on error.  Marks
- * it used now. */
+ * to *files, may be NULL, with their ETags and files->commit as
+ * cache_snapshot_identity recorded them); 0 when there is none; negative
+ * on error.  Marks it used now. */
 int cache_lookup(struct cache *c, const char *key, struct hub_files *files, struct err *e) CK_WUR;
 
 /* 1 when blobs/<sha256> exists. */
@@ -118,6 +121,18 @@ int cache_snapshot_add(struct cache *c, const char *key, const char *name, long 
 
 /* The snapshot has all its files. */
 int cache_snapshot_complete(struct cache *c, const char *key, struct err *e) CK_WUR;
+
+/* Record what the hub calls the snapshot: files->commit (none when it is
+ * not a commit id) and each listed file's ETag. */
+int cache_snapshot_identity(struct cache *c, const char *key, const struct hub_files *files,
+                            struct err *e) CK_WUR;
+
+/* A snapshot staged again (its revision moved on the hub): the files not
+ * in `keep` leave its manifest and directory, and the blobs of `old` (its
+ * files before, may be NULL) that no snapshot names any more are removed.
+ * The caller holds the pin. */
+int cache_snapshot_prune(struct cache *c, const char *key, const struct hub_files *keep,
+                         const struct hub_files *old, struct err *e) CK_WUR;
 
 /* The snapshot was analysed (it may be evicted once unpinned); used now. */
 int cache_mark_analysed(struct cache *c, const char *key, struct err *e) CK_WUR;
@@ -172,12 +187,14 @@ int cache_pins_held(const struct cache *c);
 
 /* ---- the HuggingFace cache ---- */
 
-/* The hub cache directory from the environment, "" when HOME is unset. */
+/* The hub cache directory from the environment (hfcache_dir), "" when it
+ * cannot be placed. */
 void cache_hf_dir(char *out, size_t n);
 
-/* The files of a revision in the HF cache: appended to *all (size from the
- * file; sha256 when the blob's name is one).  Returns the number found, 0
- * when the revision is not there.  hub_dir "" means cache_hf_dir(). */
+/* The files of a revision (a ref or a commit) in the HF cache: appended
+ * to *all (size from the file; sha256 when the blob's name is one), the
+ * commit into all->commit.  Returns the number found, 0 when the revision
+ * is not there.  hub_dir "" means cache_hf_dir(). */
 int cache_hf_list(const char *hub_dir, const char *repo, const char *revision, struct hub_files *all,
                   struct err *e) CK_WUR;
 

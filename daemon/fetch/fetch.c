@@ -41,11 +41,14 @@ struct xfer {
     double retry_after;
     int body_ok;             /* the final 2xx answer: its body is ours */
     int mismatch;            /* our check failed: the partial is bad */
+    int write_failed;   /* the partial could not be written (a full disk): dropped */
     int aborted;             /* we stopped the transfer; reason in why */
     char why[1400];
     char linked_sha[SHA256_HEX];
     long long linked_size;
     char etag_sha[SHA256_HEX];
+    char linked_etag[FETCH_ETAG_MAX]; /* normalised X-Linked-Etag of any answer */
+    char last_etag[FETCH_ETAG_MAX];   /* normalised ETag of the latest answer with one */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -145,6 +148,29 @@ int fetch_etag_sha256(const char *value, char *out)
     while (*rest == ' ')
         rest++;
     return *rest ? -1 : 0;
+}
+
+int fetch_etag_normalize(const char *value, char *out, size_t n)
+{
+    const char *v = value;
+    while (*v == ' ')
+        v++;
+    if (strncmp(v, "W/", 2) == 0)
+        v += 2;
+    size_t len = strlen(v);
+    while (len && v[len - 1] == ' ')
+        len--;
+    if (len && *v == '"') {
+        v++;
+        len--;
+    }
+    if (len && v[len - 1] == '"')
+        len--;
+    if (len == 0 || len >= n)
+        return -1;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return 0;
 }
 
 double fetch_backoff(int k, double base, double max, double u)
@@ -301,10 +327,17 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
         char sha[SHA256_HEX];
         if (fetch_etag_sha256(value, sha) == 0)
             memcpy(x->linked_sha, sha, sizeof sha);
+        if (!x->linked_etag[0] && fetch_etag_normalize(value, x->linked_etag, sizeof x->linked_etag) < 0)
+            x->linked_etag[0] = '\0';
     } else if (strcmp(name, "etag") == 0) {
         char sha[SHA256_HEX];
         if (fetch_etag_sha256(value, sha) == 0)
             memcpy(x->etag_sha, sha, sizeof sha);
+        if (fetch_etag_normalize(value, x->last_etag, sizeof x->last_etag) < 0)
+            x->last_etag[0] = '\0';
+    } else if (strcmp(name, "x-repo-commit") == 0) {
+        if (!x->r->commit[0] && strlen(value) < sizeof x->r->commit)
+            snprintf(x->r->commit, sizeof x->r->commit, "%s", value);
     } else if (strcmp(name, "retry-after") == 0) {
         x->retry_after = fetch_parse_retry_after(value, time(NULL));
     }
@@ -355,6 +388,7 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ud)
             continue;
         if (w <= 0) {
             abort_with(x, 0, "cannot write %s: %s", r->path, strerror(errno));
+            x->write_failed = 1;
             return 0;
         }
         off += (size_t)w;
@@ -401,6 +435,7 @@ static void unlink_xfer(struct fetcher *f, struct xfer *x)
 
 static void finish(struct fetcher *f, struct xfer *x, int ok)
 {
+    snprintf(x->r->etag, sizeof x->r->etag, "%s", x->linked_etag[0] ? x->linked_etag : x->last_etag);
     detach(f, x);
     unlink_xfer(f, x);
     x->r->done = 1;
@@ -417,8 +452,10 @@ static void failed_attempt(struct fetcher *f, struct xfer *x, int retryable, dou
 {
     struct fetch_req *r = x->r;
     detach(f, x);
-    if (x->mismatch && r->kind == FETCH_FILE)
-        unlink(r->path); /* never resume from bytes that proved wrong */
+    /* never resume from bytes that proved wrong; a partial that could not
+     * be written (a full disk) is not kept half-written either */
+    if ((x->mismatch || x->write_failed) && r->kind == FETCH_FILE)
+        unlink(r->path);
     if (retryable && r->attempts <= f->o.retries) {
         double u = (double)rand_r(&f->rng) / ((double)RAND_MAX + 1.0);
         double wait = retry_after >= 0 ? fmin(retry_after, f->o.retry_after_max_s)
@@ -481,7 +518,9 @@ static int start(struct fetcher *f, struct xfer *x)
     x->why[0] = '\0';
     x->errbuf[0] = '\0';
     x->linked_sha[0] = x->etag_sha[0] = '\0';
+    x->linked_etag[0] = x->last_etag[0] = '\0';
     x->linked_size = -1;
+    r->commit[0] = r->etag[0] = '\0';
     r->attempts++;
     if (r->kind == FETCH_MEMORY) {
         free(r->body);
@@ -728,6 +767,7 @@ int fetcher_add(struct fetcher *f, struct fetch_req *r, struct err *e)
     r->http_status = 0;
     r->size = -1;
     r->sha256[0] = '\0';
+    r->commit[0] = r->etag[0] = '\0';
     r->error[0] = '\0';
     r->attempts = 0;
     r->bytes_now = r->bytes_resumed = 0;

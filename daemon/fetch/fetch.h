@@ -16,6 +16,10 @@
  *                 bad bytes) and counts as a failed attempt.
  *   FETCH_MEMORY  GET a small body (API answers) into r->body.
  *   FETCH_HEAD    HEAD: status, Content-Length and the stated sha256.
+ * Every kind also reports what the hub says of the file as huggingface_hub
+ * reads it: the commit (X-Repo-Commit) and the ETag (X-Linked-Etag when an
+ * answer has one, else the last ETag; "W/" and quotes removed) -- the name
+ * huggingface_hub gives the file's blob in its cache.
  * Redirects are followed (the hub answers with one to its CDN).  The bearer
  * token goes only to requests whose origin (scheme, host, port) is the
  * token's origin; libcurl drops a custom Authorization header when a
@@ -47,6 +51,8 @@
 #include "common/sha256.h"
 
 #define FETCH_URL_MAX 2048
+#define FETCH_ETAG_MAX 128
+#define FETCH_COMMIT_MAX 64
 
 struct fetch_opts {
     int parallel;            /* transfers at once (this node) */
@@ -81,6 +87,8 @@ struct fetch_req {
     long http_status;             /* of the last answer (0: none) */
     long long size;               /* bytes of the file / body; HEAD: stated length or -1 */
     char sha256[SHA256_HEX];      /* FILE: computed; HEAD: stated ("" unknown) */
+    char commit[FETCH_COMMIT_MAX]; /* X-Repo-Commit ("" none, or a FILE complete before it started) */
+    char etag[FETCH_ETAG_MAX];    /* X-Linked-Etag, else ETag, normalised ("" none) */
     char *body;                   /* FETCH_MEMORY: NUL-terminated; fetch_req_clear frees */
     long long bytes_now;          /* FILE: bytes on disk so far (progress) */
     long long bytes_resumed;      /* FILE: bytes that were on disk before this run */
@@ -138,6 +146,11 @@ double fetch_parse_retry_after(const char *value, time_t now);
 /* A sha256 from an ETag / X-Linked-Etag value (quotes and W/ removed):
  * lowercase hex into out, 0; -1 when the value is not a sha256. */
 int fetch_etag_sha256(const char *value, char *out);
+
+/* An ETag as huggingface_hub names blobs by it: a leading "W/" and the
+ * surrounding quotes removed, into out; -1 when nothing is left or it does
+ * not fit. */
+int fetch_etag_normalize(const char *value, char *out, size_t n);
 
 /* Seconds before retry `k` (1 = first retry): base*2^(k-1), at most max,
  * times a jitter in [0.5, 1.0) taken from u in [0, 1). */

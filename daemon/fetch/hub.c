@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
 #include "daemon/plan/source.h"
 
 const char *const hub_weight_names[4] = {"model.safetensors", "model.safetensors.index.json",
@@ -185,6 +186,28 @@ int hub_files_add(struct hub_files *l, const char *name, long long size, const c
     return 0;
 }
 
+int hub_files_add_copy(struct hub_files *l, const struct hub_file *f, struct err *e)
+{
+    int rc = hub_files_add(l, f->name, f->size, f->sha256, e);
+    if (rc == 0)
+        snprintf(l->f[l->n - 1].etag, sizeof l->f[l->n - 1].etag, "%s", hub_etag_ok(f->etag) ? f->etag : "");
+    return rc;
+}
+
+static int lower_hex(const char *s, size_t len)
+{
+    if (strlen(s) != len)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!isdigit((unsigned char)s[i]) && !(s[i] >= 'a' && s[i] <= 'f'))
+            return 0;
+    return 1;
+}
+
+int hub_commit_ok(const char *s) { return lower_hex(s, 40); }
+
+int hub_etag_ok(const char *s) { return lower_hex(s, 40) || lower_hex(s, 64); }
+
 const struct hub_file *hub_files_find(const struct hub_files *l, const char *name)
 {
     for (int i = 0; i < l->n; i++)
@@ -204,10 +227,13 @@ void hub_files_free(struct hub_files *l)
 int hub_parse_tree(const char *json, struct hub_files *out, struct err *e)
 {
     json_error_t je;
+    errno = 0;
     json_t *root = json_loads(json, 0, &je);
     int rc = 0;
     if (!root)
-        return err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "tree", "out of memory reading the hub's file listing")
+                                   : err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not JSON: %s (line %d)",
+                                             je.text, je.line);
     if (!json_is_array(root)) {
         rc = err_set(e, ERR_FORMAT, "tree", "the hub's file listing is not a JSON array");
         goto out;
@@ -230,12 +256,22 @@ int hub_parse_tree(const char *json, struct hub_files *out, struct err *e)
         long long size = json_is_integer(sz) ? (long long)json_integer_value(sz) : -1;
         if (json_is_integer(lsz))
             size = (long long)json_integer_value(lsz);
+        if ((json_is_integer(sz) && json_integer_value(sz) < 0) ||
+            (json_is_integer(lsz) && json_integer_value(lsz) < 0)) {
+            rc = err_set(e, ERR_FORMAT, "tree", "entry %zu (%.200s) has a negative size", i, path);
+            goto out;
+        }
         if (oid && strncmp(oid, "sha256:", 7) == 0)
             oid += 7;
         if ((rc = hub_files_add(out, path, size, oid && sha256_is_hex(oid) ? oid : "", e)) < 0) {
             err_wrap(e, "tree entry %zu", i);
             goto out;
         }
+        /* the ETag the resolve answer will carry: huggingface_hub's blob name */
+        const char *git_oid = json_string_value(json_object_get(it, "oid"));
+        const char *etag = json_is_object(lfs) ? out->f[out->n - 1].sha256 : git_oid;
+        if (etag && hub_etag_ok(etag))
+            snprintf(out->f[out->n - 1].etag, sizeof out->f[out->n - 1].etag, "%s", etag);
     }
 out:
     json_decref(root);
@@ -253,9 +289,12 @@ int hub_parse_refs(const char *json, long long **steps, int *n, struct err *e)
     *steps = NULL;
     *n = 0;
     json_error_t je;
+    errno = 0;
     json_t *root = json_loads(json, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, "refs", "the hub's refs answer is not JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "refs", "out of memory reading the hub's refs answer")
+                                   : err_set(e, ERR_FORMAT, "refs", "the hub's refs answer is not JSON: %s (line %d)",
+                                             je.text, je.line);
     json_t *br = json_object_get(root, "branches");
     int rc = 0;
     long long *v = NULL;
@@ -313,13 +352,13 @@ int hub_select(const struct hub_files *all, struct hub_files *out, struct err *e
                        w ? "" : "weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin"
                                 " or pytorch_model.bin.index.json)");
     int rc;
-    if ((rc = hub_files_add(out, cfg->name, cfg->size, cfg->sha256, e)) < 0 ||
-        (rc = hub_files_add(out, w->name, w->size, w->sha256, e)) < 0)
+    if ((rc = hub_files_add_copy(out, cfg, e)) < 0 || (rc = hub_files_add_copy(out, w, e)) < 0)
         return rc;
     /* a toy run's task metadata (`ckpt-worker train`), for the `task` item */
     const struct hub_file *task = hub_files_find(all, "task.json");
-    if (task && (rc = hub_files_add(out, task->name, task->size, task->sha256, e)) < 0)
+    if (task && (rc = hub_files_add_copy(out, task, e)) < 0)
         return rc;
+    snprintf(out->commit, sizeof out->commit, "%s", all->commit);
     size_t len = strlen(w->name);
     if (len > 11 && strcmp(w->name + len - 11, ".index.json") == 0)
         snprintf(out->index, sizeof out->index, "%s", w->name);
@@ -330,10 +369,12 @@ int hub_add_shards(struct hub_files *out, const char *index_path, const struct h
                    struct err *e)
 {
     json_error_t je;
+    errno = 0;
     json_t *root = json_load_file(index_path, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, out->index[0] ? out->index : index_path,
-                       "shard index is not JSON: %s (line %d)", je.text, je.line);
+        return err_set(e, json_err_nomem(&je) ? ERR_NOMEM : ERR_FORMAT,
+                       out->index[0] ? out->index : index_path, "shard index is not JSON: %s (line %d)",
+                       json_err_nomem(&je) ? "out of memory" : je.text, je.line);
     json_t *map = json_object_get(root, "weight_map");
     int rc = 0;
     if (!json_is_object(map) || json_object_size(map) == 0) {
@@ -356,7 +397,7 @@ int hub_add_shards(struct hub_files *out, const char *index_path, const struct h
             rc = err_set(e, ERR_NOTFOUND, shard, "the shard index names %s, which the revision does not have", shard);
             goto out;
         }
-        if ((rc = hub_files_add(out, shard, known ? known->size : -1, known ? known->sha256 : "", e)) < 0)
+        if ((rc = known ? hub_files_add_copy(out, known, e) : hub_files_add(out, shard, -1, "", e)) < 0)
             goto out;
     }
     out->index[0] = '\0';

@@ -8,8 +8,13 @@
  *                   revision's files from {endpoint}/api/models/{repo}/tree/{rev}
  *                   (sizes, and the sha256 of LFS files as lfs.oid); its
  *                   steps from {endpoint}/api/models/{repo}/refs (branches
- *                   named step<N>).  HF_TOKEN is the bearer token, sent to
- *                   the endpoint's host only.
+ *                   named step<N>).  The bearer token (hfcache.h:
+ *                   HF_TOKEN, HUGGING_FACE_HUB_TOKEN or the token file) is
+ *                   sent to the endpoint's host only.  Each file's ETag is
+ *                   what the tree states (lfs.oid for LFS files, else the
+ *                   git blob oid), the revision's commit what the resolve
+ *                   answers say (X-Repo-Commit): the names the HuggingFace
+ *                   cache uses (hfcache.h).
  *   http(s)://…     a URL template; the files are probed with HEAD in order.
  *   file://… , path read in place, never copied.
  *
@@ -39,6 +44,8 @@
 #define HUB_DEFAULT_ENDPOINT "https://huggingface.co"
 #define HUB_NAME_MAX 256
 #define HUB_URL_MAX 2048
+#define HUB_ETAG_MAX 72         /* a git sha1 (40) or a sha256 (64) and a NUL */
+#define HUB_COMMIT_MAX 41       /* 40 hex digits and a NUL */
 
 enum hub_kind {
     HUB_FILE,   /* file:// or a path */
@@ -59,14 +66,18 @@ struct hub_file {
     char name[HUB_NAME_MAX];    /* relative name in the checkpoint directory */
     long long size;             /* bytes; -1 when not known */
     char sha256[SHA256_HEX];    /* expected (or, once fetched, actual); "" unknown */
+    char etag[HUB_ETAG_MAX];    /* hf: the hub's ETag (LFS: the sha256; else the git
+                                   blob sha1), lowercase hex; "" unknown */
 };
 
 /* A list of files (growable; zero-initialise, hub_files_free when done).
- * `index` names a shard index whose shards are still to be added. */
+ * `index` names a shard index whose shards are still to be added;
+ * `commit` the revision's commit when known (hf: X-Repo-Commit). */
 struct hub_files {
     int n, cap;
     struct hub_file *f;
     char index[HUB_NAME_MAX];
+    char commit[HUB_COMMIT_MAX];
 };
 
 /* The names probed for weights, in order of preference. */
@@ -97,11 +108,15 @@ int hub_url_origin(const char *url, char *out, size_t n, struct err *e) CK_WUR;
  * refused with ERR_FORMAT: it would escape the checkpoint directory. */
 int hub_files_add(struct hub_files *l, const char *name, long long size, const char *sha256,
                   struct err *e) CK_WUR;
+/* Append a copy of f (its name checked like hub_files_add), ETag included. */
+int hub_files_add_copy(struct hub_files *l, const struct hub_file *f, struct err *e) CK_WUR;
 const struct hub_file *hub_files_find(const struct hub_files *l, const char *name);
 void hub_files_free(struct hub_files *l);
 
-/* The tree API's answer (a JSON array of {type, path, size, lfs{oid,size}})
- * into a file list: files only; sha256 from lfs.oid when present. */
+/* The tree API's answer (a JSON array of {type, oid, path, size,
+ * lfs{oid,size}}) into a file list: files only; sha256 from lfs.oid when
+ * present; the ETag is lfs.oid for LFS files, else oid (a git sha1), when
+ * it is hex of that length. */
 int hub_parse_tree(const char *json, struct hub_files *out, struct err *e) CK_WUR;
 
 /* The refs API's answer ({"branches":[{"name":"step1000",…}],…}): the
@@ -121,6 +136,13 @@ int hub_select(const struct hub_files *all, struct hub_files *out, struct err *e
  * when it knows them (may be NULL).  Clears out->index. */
 int hub_add_shards(struct hub_files *out, const char *index_path, const struct hub_files *all,
                    struct err *e) CK_WUR;
+
+/* 1 when s is a commit id: 40 lowercase hex digits. */
+int hub_commit_ok(const char *s);
+
+/* 1 when s can name a blob of the HuggingFace cache: 40 or 64 lowercase
+ * hex digits (a git sha1 or a sha256). */
+int hub_etag_ok(const char *s);
 
 /* 1 for weight files (.safetensors, .bin), which decide duplicates. */
 int hub_is_weights(const char *name);

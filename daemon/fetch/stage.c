@@ -14,11 +14,14 @@
 #include "common/sha256.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/fetch.h"
+#include "daemon/fetch/hfcache.h"
 #include "daemon/plan/source.h"
 
 enum st_phase {
     PH_START,
+    PH_VERIFY,  /* hub, a cache hit: is the revision still at the cached commit? */
     PH_TREE,    /* hub: waiting for the file listing */
+    PH_HEAD,    /* hub, every file placed from caches: the revision's commit */
     PH_PROBE,   /* template: HEAD one name after another */
     PH_FILES,   /* placing the chosen files */
     PH_DONE,
@@ -58,6 +61,10 @@ struct stage {
     long long fetched_bytes;    /* finished downloads of this stage */
     double room_wait_since;     /* > 0: waiting for cache space since then */
     double room_next_try;
+    char commit[HUB_COMMIT_MAX]; /* hf: the revision's commit ("" not known yet) */
+    int head_tried;             /* hf: the commit was asked for with a HEAD */
+    char hf_dir[PATH_MAX];      /* hf: the HuggingFace cache written through; "" off */
+    struct hub_files old;       /* hf: the cached snapshot's files when it is staged again */
 };
 
 /* How long a download waits for other checkpoints of this process to
@@ -129,6 +136,8 @@ struct stage *stage_new(struct fetcher *f, struct cache *c, const char *source, 
         if (cache_snapshot_dir(c, st->key, st->dir, sizeof st->dir, e) < 0)
             goto bad;
     }
+    if (st->src.kind == HUB_HF)
+        hfcache_dir(st->hf_dir, sizeof st->hf_dir);
     return st;
 bad:
     stage_free(st);
@@ -155,10 +164,21 @@ void stage_free(struct stage *st)
         cache_unpin(st->c, st->key);
     hub_files_free(&st->all);
     hub_files_free(&st->plan);
+    hub_files_free(&st->old);
     free(st->fstate);
     free(st->rsv);
     free(st->reqs);
     free(st);
+}
+
+void stage_set_hf_cache(struct stage *st, const char *hub_dir)
+{
+    if (!hub_dir || st->src.kind != HUB_HF)
+        st->hf_dir[0] = '\0';
+    else if (!*hub_dir)
+        hfcache_dir(st->hf_dir, sizeof st->hf_dir);
+    else
+        snprintf(st->hf_dir, sizeof st->hf_dir, "%s", hub_dir);
 }
 
 const char *stage_dir(const struct stage *st) { return st->dir; }
@@ -321,8 +341,16 @@ static int from_caches(struct stage *st, int i)
         if (stat(b, &sb) == 0 && (f->size < 0 || f->size == (long long)sb.st_size))
             return place(st, i, (long long)sb.st_size, f->sha256) < 0 ? -1 : 1;
     }
-    if (st->src.kind != HUB_HF || !cache_hf_find("", st->src.repo, st->rev, f->name, p, sizeof p))
+    if (st->src.kind != HUB_HF ||
+        !cache_hf_find("", st->src.repo, st->commit[0] ? st->commit : st->rev, f->name, p, sizeof p))
         return 0;
+    /* huggingface_hub names a blob by the file's ETag: another name is
+     * another content (a ref that has not followed the hub, for one) */
+    const char *bn = strrchr(p, '/');
+    if (f->etag[0] && bn && strcmp(bn + 1, f->etag) != 0) {
+        log_info("HuggingFace cache file is another version; not used", "path=%s etag=%s", log_quote(p), f->etag);
+        return 0;
+    }
     char sha[SHA256_HEX];
     long long size;
     if (sha256_file(p, sha, &size, &e) < 0) {
@@ -343,6 +371,8 @@ static int from_caches(struct stage *st, int i)
     }
     if (cache_link_blob(st->c, p, sha, &e) < 0)
         return fail_err(st, &e);
+    if (!f->etag[0] && bn && hub_etag_ok(bn + 1))
+        snprintf(f->etag, sizeof f->etag, "%s", bn + 1);
     log_info("taken from the HuggingFace cache", "file=%s path=%s", f->name, log_quote(p));
     return place(st, i, size, sha) < 0 ? -1 : 1;
 }
@@ -431,6 +461,106 @@ static int make_room(struct stage *st)
                  st->rev, need, e.msg);
 }
 
+/* One file into the HuggingFace cache: 1 put, 0 skipped (no ETag, or
+ * the content is not what the ETag names), negative failed. */
+static int write_through(struct stage *st, const struct hub_file *f, struct err *e)
+{
+    char p[PATH_MAX * 2], sha1[HUB_COMMIT_MAX];
+    if (!hub_etag_ok(f->etag))
+        return 0;
+    snprintf(p, sizeof p, "%s/%s", st->dir, f->name);
+    if (strlen(f->etag) == 64 ? strcmp(f->etag, f->sha256) != 0
+                              : hfcache_git_sha1(p, sha1, e) < 0 || strcmp(f->etag, sha1) != 0) {
+        log_warn("HuggingFace cache: the hub's ETag does not name this content; not written", "file=%s etag=%s",
+                 f->name, f->etag);
+        return 0;
+    }
+    int rc = hfcache_put(st->hf_dir, st->src.repo, st->commit, f->name, f->etag, p, e);
+    return rc < 0 ? rc : 1;
+}
+
+/* Every file of the snapshot into the HuggingFace cache, then the ref.
+ * A failure costs only the write-through: the checkpoint is staged. */
+static void write_hf_cache(struct stage *st)
+{
+    if (!st->hf_dir[0] || st->src.kind != HUB_HF)
+        return;
+    if (!hub_commit_ok(st->commit)) {
+        log_warn("HuggingFace cache not written: the hub stated no commit for the revision", "source=%s revision=%s",
+                 log_quote(st->src.text), st->rev);
+        return;
+    }
+    struct err e;
+    int put = 0, skipped = 0, failed = 0;
+    for (int i = 0; i < st->plan.n; i++) {
+        err_clear(&e);
+        int rc = write_through(st, &st->plan.f[i], &e);
+        if (rc < 0 && failed++ == 0)
+            log_warn("HuggingFace cache: a file not written", "file=%s error=%s", st->plan.f[i].name,
+                     log_quote(err_str(&e)));
+        put += rc > 0;
+        skipped += rc == 0;
+    }
+    if (failed == 0 && hfcache_set_ref(st->hf_dir, st->src.repo, st->rev, st->commit, &e) < 0) {
+        log_warn("HuggingFace cache: ref not written", "revision=%s error=%s", st->rev, log_quote(err_str(&e)));
+        failed++;
+    }
+    log_info("HuggingFace cache written", "repo=%s revision=%s commit=%s files=%d skipped=%d failed=%d dir=%s",
+             st->src.repo, st->rev, st->commit, put, skipped, failed, log_quote(st->hf_dir));
+}
+
+/* Every file is placed: learn the commit if no answer stated it yet,
+ * write the HuggingFace cache through, record the snapshot's identity and
+ * mark it complete.  0 while a HEAD is out, 1 done, negative failed. */
+static int finish(struct stage *st)
+{
+    struct err e;
+    if (st->src.kind == HUB_HF && !st->offline && !st->commit[0] && !st->head_tried) {
+        char url[HUB_URL_MAX];
+        st->head_tried = 1;
+        if (hub_file_url(&st->src, st->rev, st->step, "config.json", url, sizeof url, &e) < 0)
+            return fail_err(st, &e);
+        if (start_meta(st, FETCH_HEAD, url) < 0)
+            return st->fail.code;
+        st->phase = PH_HEAD;
+        return 0;
+    }
+    write_hf_cache(st);
+    snprintf(st->plan.commit, sizeof st->plan.commit, "%s", st->commit);
+    if (st->src.kind != HUB_FILE &&
+        ((st->old.n > 0 && cache_snapshot_prune(st->c, st->key, &st->plan, &st->old, &e) < 0) ||
+         cache_snapshot_identity(st->c, st->key, &st->plan, &e) < 0 ||
+         cache_snapshot_complete(st->c, st->key, &e) < 0))
+        return fail_err(st, &e);
+    st->phase = PH_DONE;
+    return 1;
+}
+
+/* A cache hit is done: the HuggingFace cache written through, a commit
+ * the manifest did not have yet recorded. */
+static void finish_hit(struct stage *st)
+{
+    struct err e;
+    write_hf_cache(st);
+    if (hub_commit_ok(st->commit) && strcmp(st->commit, st->plan.commit) != 0) {
+        snprintf(st->plan.commit, sizeof st->plan.commit, "%s", st->commit);
+        if (cache_snapshot_identity(st->c, st->key, &st->plan, &e) < 0)
+            log_warn("cache: commit not recorded", "snapshot=%s error=%s", st->key, log_quote(err_str(&e)));
+    }
+    st->phase = PH_DONE;
+}
+
+/* GET the revision's file listing. */
+static void start_tree(struct stage *st)
+{
+    char url[HUB_URL_MAX];
+    struct err e;
+    if (hub_tree_url(&st->src, st->rev, url, sizeof url, &e) < 0)
+        fail_err(st, &e);
+    else if (start_meta(st, FETCH_MEMORY, url) == 0)
+        st->phase = PH_TREE;
+}
+
 static int step_files(struct stage *st)
 {
     struct err e;
@@ -469,6 +599,16 @@ static int step_files(struct stage *st)
                 return failf(st, ERR_NET, "%s", r->error);
             }
             st->fetched_bytes += r->size - r->bytes_resumed;
+            if (r->commit[0] && st->src.kind == HUB_HF) {
+                if (st->commit[0] && strcmp(r->commit, st->commit) != 0)
+                    return failf(st, ERR_NET, "%s revision %s moved on the hub while it was fetched (commit %s,"
+                                 " then %s for %s); fetched again on the next attempt", st->src.text, st->rev,
+                                 st->commit, r->commit, st->plan.f[i].name);
+                if (hub_commit_ok(r->commit))
+                    snprintf(st->commit, sizeof st->commit, "%.40s", r->commit);
+            }
+            if (hub_etag_ok(r->etag))
+                snprintf(st->plan.f[i].etag, sizeof st->plan.f[i].etag, "%.71s", r->etag);
             if (cache_put_blob(st->c, r->path, r->sha256, &e) < 0)
                 return fail_err(st, &e);
             if (place(st, i, r->size, r->sha256) < 0)
@@ -491,10 +631,7 @@ static int step_files(struct stage *st)
             st->fstate[i] = FS_TODO;
         return step_files(st);
     }
-    if (cache_snapshot_complete(st->c, st->key, &e) < 0)
-        return fail_err(st, &e);
-    st->phase = PH_DONE;
-    return 1;
+    return finish(st);
 }
 
 int stage_poll(struct stage *st, struct err *e)
@@ -517,8 +654,21 @@ int stage_poll(struct stage *st, struct err *e)
                 if (hit > 0) {
                     for (int i = 0; i < st->plan.n; i++)
                         st->placed_bytes += st->plan.f[i].size;
-                    log_info("cache hit", "snapshot=%s files=%d", st->key, st->plan.n);
-                    st->phase = PH_DONE;
+                    log_info("cache hit", "snapshot=%s files=%d commit=%s", st->key, st->plan.n,
+                             st->plan.commit[0] ? st->plan.commit : "-");
+                    if (st->src.kind == HUB_HF && !st->offline) {
+                        /* one HEAD: has the revision moved since? */
+                        if (hub_file_url(&st->src, st->rev, st->step, "config.json", url, sizeof url, &le) < 0) {
+                            fail_err(st, &le);
+                            break;
+                        }
+                        st->head_tried = 1;
+                        if (start_meta(st, FETCH_HEAD, url) == 0)
+                            st->phase = PH_VERIFY;
+                        break;
+                    }
+                    snprintf(st->commit, sizeof st->commit, "%s", st->plan.commit);
+                    finish_hit(st);
                     break;
                 }
             }
@@ -541,6 +691,7 @@ int stage_poll(struct stage *st, struct err *e)
                           " HuggingFace cache (%s)", st->src.repo, st->rev, hf);
                     break;
                 }
+                snprintf(st->commit, sizeof st->commit, "%s", st->all.commit);
                 if (plan_files(st) == 0)
                     grow_arrays(st);
                 for (int i = 0; i < st->plan.n && st->phase == PH_FILES; i++)
@@ -548,17 +699,43 @@ int stage_poll(struct stage *st, struct err *e)
                 break;
             }
             if (st->src.kind == HUB_HF) {
-                if (hub_tree_url(&st->src, st->rev, url, sizeof url, &le) < 0) {
-                    fail_err(st, &le);
-                    break;
-                }
-                if (start_meta(st, FETCH_MEMORY, url) == 0)
-                    st->phase = PH_TREE;
+                start_tree(st);
             } else {
                 st->probe = 0;
                 if (start_probe(st) == 0)
                     st->phase = PH_PROBE;
             }
+            break;
+        case PH_VERIFY:
+            if (!st->meta.done)
+                return 0;
+            if (!st->meta.ok) {
+                log_warn("cache hit not confirmed: the hub did not answer; the cached snapshot is used",
+                         "snapshot=%s commit=%s error=%s", st->key, st->plan.commit[0] ? st->plan.commit : "-",
+                         log_quote(st->meta.error));
+                snprintf(st->commit, sizeof st->commit, "%s", st->plan.commit);
+                finish_hit(st);
+                break;
+            }
+            if (!hub_commit_ok(st->meta.commit) || strcmp(st->meta.commit, st->plan.commit) == 0) {
+                snprintf(st->commit, sizeof st->commit, "%.40s",
+                         hub_commit_ok(st->meta.commit) ? st->meta.commit : st->plan.commit);
+                finish_hit(st);
+                break;
+            }
+            /* the revision moved (a re-upload), or the snapshot was cached
+             * before commits were recorded: list the revision again; files
+             * that did not change are found in the cache by their sha256,
+             * and the old version's other blobs go once it is staged */
+            if (st->plan.commit[0])
+                log_warn("revision moved on the hub: staged again", "source=%s revision=%s cached_commit=%s"
+                         " commit=%s", log_quote(st->src.text), st->rev, st->plan.commit, st->meta.commit);
+            snprintf(st->commit, sizeof st->commit, "%.40s", st->meta.commit);
+            hub_files_free(&st->old);
+            st->old = st->plan;
+            memset(&st->plan, 0, sizeof st->plan);
+            st->placed_bytes = 0;
+            start_tree(st);
             break;
         case PH_TREE:
             if (!st->meta.done)
@@ -575,6 +752,24 @@ int stage_poll(struct stage *st, struct err *e)
             if (plan_files(st) == 0 && grow_arrays(st) == 0)
                 for (int i = 0; i < st->plan.n; i++)
                     st->fstate[i] = FS_TODO;
+            break;
+        case PH_HEAD:
+            if (!st->meta.done)
+                return 0;
+            if (st->meta.ok && hub_commit_ok(st->meta.commit)) {
+                snprintf(st->commit, sizeof st->commit, "%.40s", st->meta.commit);
+                struct hub_file *cfg = NULL;
+                for (int i = 0; i < st->plan.n && !cfg; i++)
+                    if (strcmp(st->plan.f[i].name, "config.json") == 0)
+                        cfg = &st->plan.f[i];
+                if (cfg && hub_etag_ok(st->meta.etag))
+                    snprintf(cfg->etag, sizeof cfg->etag, "%.71s", st->meta.etag);
+            } else {
+                log_warn("the hub stated no commit for the revision", "source=%s revision=%s error=%s",
+                         log_quote(st->src.text), st->rev, log_quote(st->meta.ok ? "no X-Repo-Commit" : st->meta.error));
+            }
+            if (finish(st) == 0)
+                return 0;
             break;
         case PH_PROBE:
             if (!st->meta.done)

@@ -52,6 +52,10 @@ struct stage *stage_new(struct fetcher *f, struct cache *c, const char *source, 
  * After 1 or a failure it keeps returning the same. */
 int stage_poll(struct stage *st, struct err *e) CK_WUR;
 
+/* Write what the stage places into the HuggingFace cache at hub_dir ("":
+ * hfcache_dir(), the default; NULL: not at all).  hf:// sources only. */
+void stage_set_hf_cache(struct stage *st, const char *hub_dir);
+
 /* The directory for the worker (valid once done). Borrowed. */
 const char *stage_dir(const struct stage *st);
 /* The cache key ("" for file:// sources). Borrowed. */

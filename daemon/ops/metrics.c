@@ -348,7 +348,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return answer(c, MHD_HTTP_NOT_FOUND, CONTENT_TYPE_TEXT, text("not found: /metrics and /healthz\n"));
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's printf-style messages (format checked where it calls us) */
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];

@@ -19,6 +19,8 @@
 #include "daemon/base/db.h"
 #include "daemon/base/migrate.h"
 #include "daemon/detect/detect.h"
+#include "daemon/detect/family.h"
+#include "daemon/detect/integrity.h"
 #include "daemon/fetch/cache.h"
 #include "daemon/fetch/checkpoint_files.h"
 #include "daemon/fetch/fetch.h"
@@ -27,15 +29,20 @@
 #include "daemon/ops/metrics.h"
 #include "daemon/ops/node.h"
 #include "daemon/ops/notify.h"
+#include "daemon/ops/space.h"
+#include "daemon/plan/cost.h"
+#include "daemon/plan/forecast.h"
 #include "daemon/plan/registry.h"
 #include "daemon/plan/sae_opts.h"
 #include "daemon/plan/source.h"
 #include "daemon/store/artifacts.h"
 #include "daemon/store/ingest.h"
+#include "daemon/work/policy.h"
 #include "daemon/work/queue.h"
 #include "daemon/work/supervise.h"
 
-#define MAX_SLOTS 256
+#define MAX_SLOTS DAEMON_MAX_WORKERS
+#define PLAN_EVERY_S 2.0       /* adaptive runs' plans looked at (duty 14) */
 #define SERVE_MAX_PROBES 16    /* --probe files passed to a worker */
 #define SERVE_MAX_SAE_DICTS 16 /* --sae dictionaries passed to a worker */
 #define SERVE_MAX_SAE_SITES 16 /* --sae-site hooks passed to a worker */
@@ -62,7 +69,7 @@ struct slot {
     double lease_renewed;   /* when a claim or heartbeat of it was last answered */
     double claim_ms, spawn_ms;
     double fetch_started, fetch_s;
-    double next_progress;
+    double progress_ran;    /* when its download progress was last recorded (run_every) */
     long long dup_step;     /* the step it repeats, or -1 */
 };
 
@@ -85,9 +92,6 @@ struct server {
     long launches;
     int stopping;
     double stop_deadline;
-    double next_expire;
-    double next_claim;
-    double next_idle_check;
     int idle;
     long jobs_done, jobs_failed, leases_lost;
     /* operating (duty 10): /metrics and /healthz, systemd, the nodes row */
@@ -97,9 +101,15 @@ struct server {
     struct metrics_server *http;
     struct notify notify;
     double started;
-    double next_node_beat, next_queue_refresh;
+    double now;             /* monotonic seconds at the start of this tick */
+    /* the paced duties: when each last ran (run_every; 0: due at once) */
+    struct {
+        double expire, claim, idle, plan, family, node, queue_depths;
+    } ran;
+    double expire_ms;       /* the lease expiry's period, jittered each time */
     char host[256];
     char db_error[256];     /* why the database is not usable, for /healthz */
+    int disk_short;         /* a directory below disk_min_free_mb: no claims (space.h) */
 };
 
 static volatile sig_atomic_t got_term, got_hup;
@@ -131,6 +141,17 @@ static void on_hup(int sig)
 {
     (void)sig;
     got_hup = 1;
+}
+
+/* A paced duty (redis serverCron's run_with_period): true when ms
+ * milliseconds have passed since it last ran, *last (monotonic seconds;
+ * 0: never, so due at once), which then becomes now. */
+static int run_every(double *last, double now, double ms)
+{
+    if (*last > 0 && (now - *last) * 1000 < ms)
+        return 0;
+    *last = now;
+    return 1;
 }
 
 static int busy_count(const struct server *s)
@@ -186,7 +207,7 @@ static int ensure_ready(struct server *s)
     s->ready = 1;
     /* NOTIFYs sent while we were away are lost: look for work now rather
      * than a poll_s later */
-    s->next_claim = 0;
+    s->ran.claim = 0;
     return 0;
 }
 
@@ -194,6 +215,43 @@ static struct backoff backoff_of(const struct server *s)
 {
     struct backoff b = {s->cfg.backoff_base_s, s->cfg.backoff_max_s};
     return b;
+}
+
+/* Work that failed while a directory of this node is short of space failed
+ * for want of space, not by its own fault: its jobs go back without
+ * counting the attempt, their last_error saying why (space.h).  1 when
+ * that is what happened (the slot is freed once the database took it). */
+static int giveback_if_short(struct server *s, struct slot *sl, const char *error)
+{
+    char why[640], msg[2048];
+    struct err e;
+    if (!space_short(&s->cfg, why, sizeof why))
+        return 0;
+    snprintf(msg, sizeof msg, "given back, not counted as an attempt: %s; the attempt: %s", why, error);
+    if (queue_giveback(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, msg, &e) < 0) {
+        log_err("cannot give the jobs back yet; will retry", &e);
+        return 1;
+    }
+    log_warn("work failed for want of disk space: jobs given back, not counted as an attempt",
+             "run=%s step=%lld disk=%s error=%s", log_quote(sl->claim.run), sl->claim.step,
+             log_quote(why), log_quote(error));
+    slot_free(sl);
+    return 1;
+}
+
+/* No new work while a directory is short of space; said once when it
+ * starts and once when it ends.  1 while short (the next claim is tried
+ * after poll_s, as when nothing is claimable). */
+static int disk_full(struct server *s)
+{
+    char why[640];
+    int shortage = space_short(&s->cfg, why, sizeof why);
+    if (shortage && !s->disk_short)
+        log_warn("not claiming work: disk space low", "why=%s", log_quote(why));
+    else if (!shortage && s->disk_short)
+        log_info("disk space back: claiming work again", "min_free_mb=%ld", s->cfg.disk_min_free_mb);
+    s->disk_short = shortage;
+    return shortage;
 }
 
 /* The claim reduced to its jobs that are done (for detection). */
@@ -254,10 +312,14 @@ static void settle(struct server *s, struct slot *sl)
     if (!s->ready)
         return;
     supervise_outcomes(&sl->w, (const char (*)[64])c->items, c->versions, c->njobs, out);
+    /* a worker that failed while a directory is full: all of it again
+     * later, uncounted (what it finished is redone, nothing is lost) */
+    if (!sl->w.ok && giveback_if_short(s, sl, sl->w.error))
+        return;
     double t0 = mono_now();
     int rc = ingest_settle(s->db, &s->reg, s->cfg.node, c, sl->w.out_path, sl->w.seconds, out, &b,
                            &res, &e);
-    if (rc == ERR_DB) {
+    if (rc == ERR_DB || rc == ERR_NOMEM) {
         log_err("cannot store results yet; will retry", &e);
         return;
     }
@@ -277,7 +339,9 @@ static void settle(struct server *s, struct slot *sl)
         if (res.done > 0) {
             struct claim done;
             claim_done_part(c, out, &done);
+            integrity_after_ingest(s->db, &done); /* before detection: suspects are left out */
             detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
+            policy_after_ingest(s->db, &done); /* an adaptive run's next phase */
         }
         slot_free(sl);
         long long freed = 0;
@@ -296,57 +360,135 @@ static void settle(struct server *s, struct slot *sl)
     slot_free(sl);
 }
 
+/* The claimed items as the worker's --items list; ERR_UNSUPPORTED when the
+ * worker offers an item at another version than the one queued. */
+static int claim_items(const struct server *s, const struct claim *c, char *items, size_t n, struct err *e)
+{
+    int rc = 0;
+    items[0] = '\0';
+    for (int i = 0; rc == 0 && i < c->njobs; i++) {
+        int v = registry_item_version(&s->reg, c->items[i]);
+        if (v != c->versions[i])
+            rc = err_set(e, ERR_UNSUPPORTED, c->items[i],
+                         v < 0 ? "the worker has no battery item %s (version %d)"
+                               : "the worker offers %s version %d, not the one queued",
+                         c->items[i], v < 0 ? c->versions[i] : v);
+        size_t len = strlen(items);
+        snprintf(items + len, n - len, "%s%s", i ? "," : "", c->items[i]);
+    }
+    return rc;
+}
+
+/* Artifacts: this step's directory into adir, its claimed items' parts
+ * emptied, when an item needs it; the previous step's into pdir when the
+ * jobs read it ("" otherwise; ARTIFACT_PATH_MAX bytes each). */
+static int claim_artifacts(const struct server *s, struct claim *c, char *adir, char *pdir, struct err *e)
+{
+    const char *art_items[CLAIM_MAX_JOBS];
+    int nart = 0, rc = 0;
+    adir[0] = pdir[0] = '\0';
+    for (int i = 0; i < c->njobs; i++) {
+        const struct reg_item *ri = registry_item(&s->reg, c->items[i]);
+        if (ri && ri->needs_artifacts)
+            art_items[nart++] = c->items[i];
+    }
+    if (nart > 0 && (rc = artifacts_prepare(s->artifact_root, c->run, c->step, art_items, nart, adir,
+                                            ARTIFACT_PATH_MAX, e)) == 0)
+        snprintf(c->artifact_dir, sizeof c->artifact_dir, "%s", s->artifact_root);
+    if (rc == 0 && c->prev_step >= 0)
+        rc = artifacts_step_dir(pdir, ARTIFACT_PATH_MAX, s->artifact_root, c->run, c->prev_step, e);
+    return rc;
+}
+
+/* The text of a worker's run options (runs.options), alive until it starts. */
+struct run_argv {
+    char eval[1024], seed[32], ctx[24], seqs[24], model[256], step[32];
+};
+
+/* The eval set's options of opt into argv from a; the new a. */
+static int eval_argv(json_t *opt, struct run_argv *ra, const char **argv, int a)
+{
+    json_t *jv = json_object_get(opt, "eval_tokens");
+    snprintf(ra->eval, sizeof ra->eval, "%s", json_is_string(jv) ? json_string_value(jv) : "");
+    const struct {
+        const char *key, *flag;
+        char *buf;
+        size_t n;
+        int with_eval; /* only with an eval set */
+    } nums[] = {{"seed", "--seed", ra->seed, sizeof ra->seed, 0},
+                {"ctx", "--ctx", ra->ctx, sizeof ra->ctx, 1},
+                {"eval_seqs", "--max-seqs", ra->seqs, sizeof ra->seqs, 1}};
+    if (ra->eval[0]) {
+        argv[a++] = "--eval-tokens";
+        argv[a++] = ra->eval;
+    }
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
+        jv = json_object_get(opt, nums[i].key);
+        if (!json_is_integer(jv) || (nums[i].with_eval && !ra->eval[0]))
+            continue;
+        snprintf(nums[i].buf, nums[i].n, "%lld", (long long)json_integer_value(jv));
+        argv[a++] = nums[i].flag;
+        argv[a++] = nums[i].buf;
+    }
+    return a;
+}
+
+/* The run's probe sets, SAE sites, fixed dictionaries, pair sets (strings borrowed
+ * from opt, freed after the spawn) and the provenance of the SAE files its
+ * jobs write (sae_opts.h) into argv from a; the new a. */
+static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *ra, const char **argv, int a)
+{
+    const struct {
+        const char *key, *flag;
+        size_t max;
+    } lists[] = {{"probes", "--probe", SERVE_MAX_PROBES},
+                 {"sae_sites", "--sae-site", SERVE_MAX_SAE_SITES},
+                 {"sae_fixed", "--sae", SERVE_MAX_SAE_DICTS},
+                 {"pairs", "--pairs", SERVE_MAX_PAIRS}};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
+        json_t *l = json_object_get(opt, lists[i].key);
+        for (size_t k = 0; k < json_array_size(l) && k < lists[i].max; k++)
+            if (json_is_string(json_array_get(l, k))) {
+                argv[a++] = lists[i].flag;
+                argv[a++] = json_string_value(json_array_get(l, k));
+            }
+    }
+    json_t *jv = json_object_get(opt, "model_name");
+    if (json_is_string(jv))
+        snprintf(ra->model, sizeof ra->model, "%s", json_string_value(jv));
+    else
+        sae_opts_model_name(c->source, c->run, ra->model, sizeof ra->model);
+    snprintf(ra->step, sizeof ra->step, "%lld", c->step);
+    argv[a++] = "--model-name";
+    argv[a++] = ra->model;
+    argv[a++] = "--run";
+    argv[a++] = c->run;
+    argv[a++] = "--step";
+    argv[a++] = ra->step;
+    return a;
+}
+
 /* Start the worker for a fresh claim; on failure the jobs fail now. */
 static void launch(struct server *s, struct slot *sl)
 {
     struct err e;
     err_clear(&e);
     struct claim *c = &sl->claim;
-    char dir[2048], items[CLAIM_MAX_JOBS * 65] = "", threads[16], tag[OWNER_TAG_MAX + 32], seed[32] = "";
-    char status[2048];
-    char eval[1024] = "";
-    int rc = 0;
+    char dir[2048], items[CLAIM_MAX_JOBS * 65], threads[16], tag[OWNER_TAG_MAX + 32], status[2048];
+    char adir[ARTIFACT_PATH_MAX], pdir[ARTIFACT_PATH_MAX];
+    struct run_argv ra;
     snprintf(dir, sizeof dir, "%s", stage_dir(sl->stage));
-    for (int i = 0; rc == 0 && i < c->njobs; i++) {
-        int v = registry_item_version(&s->reg, c->items[i]);
-        if (v != c->versions[i])
-            rc = err_set(&e, ERR_UNSUPPORTED, c->items[i],
-                         v < 0 ? "the worker has no battery item %s (version %d)"
-                               : "the worker offers %s version %d, not the one queued",
-                         c->items[i], v < 0 ? c->versions[i] : v);
-        size_t len = strlen(items);
-        snprintf(items + len, sizeof items - len, "%s%s", i ? "," : "", c->items[i]);
+    /* the model's shape for the cost model, the first time one is staged */
+    if (forecast_note_model(s->db, c->run_id, dir, &e) < 0) {
+        log_debug("model shape not recorded", "run=%s error=%s", log_quote(c->run),
+                  log_quote(err_str(&e)));
+        err_clear(&e);
     }
-    /* artifacts: this step's directory, its claimed items' parts emptied,
-     * when an item needs it; the previous step's when the jobs read it */
-    char adir[ARTIFACT_PATH_MAX] = "", pdir[ARTIFACT_PATH_MAX] = "";
-    const char *art_items[CLAIM_MAX_JOBS];
-    int nart = 0;
-    for (int i = 0; i < c->njobs; i++) {
-        const struct reg_item *ri = registry_item(&s->reg, c->items[i]);
-        if (ri && ri->needs_artifacts)
-            art_items[nart++] = c->items[i];
-    }
-    if (rc == 0 && nart > 0 &&
-        (rc = artifacts_prepare(s->artifact_root, c->run, c->step, art_items, nart, adir,
-                                sizeof adir, &e)) == 0)
-        snprintf(c->artifact_dir, sizeof c->artifact_dir, "%s", s->artifact_root);
-    if (rc == 0 && c->prev_step >= 0)
-        rc = artifacts_step_dir(pdir, sizeof pdir, s->artifact_root, c->run, c->prev_step, &e);
-    json_t *opt = json_loads(c->options, 0, NULL);
-    json_t *jv = json_object_get(opt, "eval_tokens");
-    if (json_is_string(jv))
-        snprintf(eval, sizeof eval, "%s", json_string_value(jv));
-    jv = json_object_get(opt, "seed");
-    if (json_is_integer(jv))
-        snprintf(seed, sizeof seed, "%lld", (long long)json_integer_value(jv));
-    char ctxs[24] = "", seqs[24] = "";
-    jv = json_object_get(opt, "ctx");
-    if (json_is_integer(jv))
-        snprintf(ctxs, sizeof ctxs, "%lld", (long long)json_integer_value(jv));
-    jv = json_object_get(opt, "eval_seqs");
-    if (json_is_integer(jv))
-        snprintf(seqs, sizeof seqs, "%lld", (long long)json_integer_value(jv));
+    int rc = claim_items(s, c, items, sizeof items, &e);
+    if (rc == 0)
+        rc = claim_artifacts(s, c, adir, pdir, &e);
+    else
+        adir[0] = pdir[0] = '\0';
     int nthreads = s->cfg.worker_threads;
     if (nthreads <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -368,72 +510,24 @@ static void launch(struct server *s, struct slot *sl)
     argv[a++] = items;
     argv[a++] = "--status";
     argv[a++] = status;
-    if (eval[0]) {
-        argv[a++] = "--eval-tokens";
-        argv[a++] = eval;
-    }
-    if (seed[0]) {
-        argv[a++] = "--seed";
-        argv[a++] = seed;
-    }
-    if (eval[0] && ctxs[0]) {
-        argv[a++] = "--ctx";
-        argv[a++] = ctxs;
-    }
-    if (eval[0] && seqs[0]) {
-        argv[a++] = "--max-seqs";
-        argv[a++] = seqs;
-    }
+    json_t *opt = json_loads(c->options, 0, NULL);
+    a = eval_argv(opt, &ra, argv, a);
     if (adir[0]) {
         argv[a++] = "--artifacts";
         argv[a++] = adir;
     }
+    /* the run's skeleton of full sweeps (cost.h): every sweep_every-th
+     * checkpoint and the last */
+    json_t *jv = json_object_get(opt, "sweep_every");
+    int every = json_is_integer(jv) ? (int)json_integer_value(jv) : COST_SWEEP_EVERY;
+    const int full_sweep = cost_on_skeleton(c->index, c->count, every);
+    if (full_sweep)
+        argv[a++] = "--full-sweep";
     if (pdir[0]) {
         argv[a++] = "--prev-artifacts";
         argv[a++] = pdir;
     }
-    /* the run's probe sets; strings borrowed from opt, freed after the spawn */
-    json_t *probes = json_object_get(opt, "probes");
-    for (size_t k = 0; k < json_array_size(probes) && k < SERVE_MAX_PROBES; k++)
-        if (json_is_string(json_array_get(probes, k))) {
-            argv[a++] = "--probe";
-            argv[a++] = json_string_value(json_array_get(probes, k));
-        }
-    /* the run's SAE sites, likewise borrowed */
-    json_t *sites = json_object_get(opt, "sae_sites");
-    for (size_t k = 0; k < json_array_size(sites) && k < SERVE_MAX_SAE_SITES; k++)
-        if (json_is_string(json_array_get(sites, k))) {
-            argv[a++] = "--sae-site";
-            argv[a++] = json_string_value(json_array_get(sites, k));
-        }
-    /* the fixed dictionaries of sae_fixed, likewise borrowed */
-    json_t *dicts = json_object_get(opt, "sae_fixed");
-    for (size_t k = 0; k < json_array_size(dicts) && k < SERVE_MAX_SAE_DICTS; k++)
-        if (json_is_string(json_array_get(dicts, k))) {
-            argv[a++] = "--sae";
-            argv[a++] = json_string_value(json_array_get(dicts, k));
-        }
-    /* provenance for the SAE files the jobs write (sae_opts.h) */
-    char model[256], stepbuf[32];
-    jv = json_object_get(opt, "model_name");
-    if (json_is_string(jv))
-        snprintf(model, sizeof model, "%s", json_string_value(jv));
-    else
-        sae_opts_model_name(c->source, c->run, model, sizeof model);
-    snprintf(stepbuf, sizeof stepbuf, "%lld", c->step);
-    argv[a++] = "--model-name";
-    argv[a++] = model;
-    argv[a++] = "--run";
-    argv[a++] = c->run;
-    argv[a++] = "--step";
-    argv[a++] = stepbuf;
-    /* the run's pair sets, likewise borrowed */
-    json_t *pairs = json_object_get(opt, "pairs");
-    for (size_t k = 0; k < json_array_size(pairs) && k < SERVE_MAX_PAIRS; k++)
-        if (json_is_string(json_array_get(pairs, k))) {
-            argv[a++] = "--pairs";
-            argv[a++] = json_string_value(json_array_get(pairs, k));
-        }
+    a = run_extras_argv(c, opt, &ra, argv, a);
     argv[a] = NULL;
     struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
     double t0 = mono_now();
@@ -450,8 +544,8 @@ static void launch(struct server *s, struct slot *sl)
         return;
     }
     log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
-             " prev_step=%lld", log_quote(c->run), c->step, items, (int)sl->w.pid, c->attempts, sl->fetch_s,
-             s->wait_dl * 1e3, c->prev_step);
+             " prev_step=%lld full_sweep=%d", log_quote(c->run), c->step, items, (int)sl->w.proc.pid,
+             c->attempts, sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
     s->wait_dl_total += s->wait_dl;
@@ -463,6 +557,8 @@ static void fail_unlaunched(struct server *s, struct slot *sl, const char *error
 {
     struct err e;
     struct backoff b = backoff_of(s);
+    if (giveback_if_short(s, sl, error))
+        return;
     if (queue_fail(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, error, &b, &e) < 0) {
         log_err("cannot record job failure yet; will retry", &e);
         return;
@@ -496,10 +592,8 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     err_clear(&e);
     int rc = stage_poll(sl->stage, &e);
     if (rc == 0) {
-        if (now >= sl->next_progress) {
+        if (run_every(&sl->progress_ran, now, s->cfg.heartbeat_s * 1000))
             report_progress(s, sl, "fetching", NULL);
-            sl->next_progress = now + s->cfg.heartbeat_s;
-        }
         return;
     }
     if (rc < 0) {
@@ -515,6 +609,9 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
         log_err("cannot record the checkpoint's files yet; will retry", &e);
         return; /* stays in SLOT_FETCH: the stage answers done again */
     }
+    struct integrity_stats ist; /* files known: shards and equal weights judged again */
+    if (integrity_run(s->db, sl->claim.run_id, &ist, &e) < 0)
+        log_err("integrity check after the files were recorded failed", &e);
     sl->dup_step = dup;
     sl->fetch_s = now - sl->fetch_started;
     s->download_s += sl->fetch_s;
@@ -577,9 +674,7 @@ static void reload(struct server *s, struct daemon_config *c)
         memcpy(fixed[i].want, fixed[i].now, fixed[i].n);
     }
     c->metrics_allow_remote = s->cfg.metrics_allow_remote; /* goes with metrics_listen */
-    s->cfg = *c;
-    if (s->cfg.workers > MAX_SLOTS)
-        s->cfg.workers = MAX_SLOTS;
+    s->cfg = *c; /* checked by daemon_config_load: workers <= MAX_SLOTS */
     db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     db_set_timeouts(s->db, s->cfg.db_statement_timeout_s, s->cfg.db_idle_in_transaction_timeout_s);
     struct fetch_opts fo;
@@ -612,7 +707,7 @@ static char *activity_json(struct server *s, double now)
                             : sl->phase == SLOT_READY ? "staged"
                             : sl->ended ? "storing"
                                         : "analysing";
-        double since = sl->phase == SLOT_RUN && sl->w.started > 0 ? sl->w.started : sl->fetch_started;
+        double since = sl->phase == SLOT_RUN && sl->w.proc.started > 0 ? sl->w.proc.started : sl->fetch_started;
         json_t *jobs = json_array(), *items = json_array();
         for (int k = 0; k < c->njobs; k++) {
             json_array_append_new(jobs, json_integer(c->job_ids[k]));
@@ -624,8 +719,8 @@ static char *activity_json(struct server *s, double now)
                               round((now - since) * 1000) / 1000);
         if (!o)
             continue;
-        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.pid > 0)
-            json_object_set_new(o, "pid", json_integer(sl->w.pid));
+        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.proc.pid > 0)
+            json_object_set_new(o, "pid", json_integer(sl->w.proc.pid));
         if (sl->phase == SLOT_FETCH && sl->stage) {
             long long done = 0, total = -1;
             double rate = 0;
@@ -661,7 +756,7 @@ static void node_beat(struct server *s, double now)
         log_warn("node heartbeat failed", "error=%s", log_quote(err_str(&e)));
     free(act);
     free(stats);
-    s->next_node_beat = now + s->cfg.heartbeat_s;
+    s->ran.node = now;
 }
 
 /* The counters and gauges the metrics endpoint reads (metrics.h). */
@@ -695,17 +790,16 @@ static void metrics_sync(struct server *s, double now)
     m->ready = s->ready;
 }
 
-/* Duty 10 (see serve_tick). */
-static void operate(struct server *s, double now)
+/* Duty 14 (see serve_tick). */
+static void operate(struct server *s)
 {
     struct err e;
-    if (s->ready && now >= s->next_node_beat)
+    const double now = s->now;
+    if (s->ready && run_every(&s->ran.node, now, s->cfg.heartbeat_s * 1000))
         node_beat(s, now);
-    if (s->http && s->ready && now >= s->next_queue_refresh) {
-        if (metrics_refresh_queue(&s->m, s->db, now, &e) < 0)
-            log_warn("cannot read the queue depths", "error=%s", log_quote(err_str(&e)));
-        s->next_queue_refresh = now + METRICS_QUEUE_REFRESH_S;
-    }
+    if (s->http && s->ready && run_every(&s->ran.queue_depths, now, METRICS_QUEUE_REFRESH_S * 1000) &&
+        metrics_refresh_queue(&s->m, s->db, now, &e) < 0)
+        log_warn("cannot read the queue depths", "error=%s", log_quote(err_str(&e)));
     if (notify_watchdog_due(&s->notify, now) && s->ready) {
         if (db_last_ok(s->db) <= s->notify.last_ping)
             node_beat(s, now); /* nothing answered since the last ping: ask now */
@@ -721,49 +815,12 @@ static void operate(struct server *s, double now)
                       s->jobs_failed, s->ready ? "database ok" : "database unreachable");
 }
 
-/*
- * The scheduler's tick.  Duties, in order:
- *   1. signals: SIGHUP reloads the config (reload(): the fetcher's
- *      settings and the cache budget too); SIGTERM starts draining
- *   2. database: reconnect with backoff; on a new connection check the
- *      schema, LISTEN, sync the metric registry
- *   3. reap: workers that ended (or passed their deadline, killed)
- *   4. settle: store results of ended workers (COPY + done in one
- *      transaction) or record their failure; kept for later if the
- *      database is down; an analysed snapshot becomes evictable and the
- *      cache is trimmed to its budget
- *   4a. fetch: advance the staging of claimed checkpoints (stage.h); a
- *      staged one records its files and duplicates (checkpoint_files);
- *      a failed one fails its jobs with the reason; progress goes to the
- *      fetches table and the log every heartbeat_s
- *   4b. launch: staged checkpoints get a worker as workers free up
- *   5. heartbeat: renew leases every heartbeat_s (fetching ones too); a
- *      lost lease kills the worker (or stops the download) and drops it;
- *      so does a lease not renewed for lease_s, database or not (the
- *      database set its expiry before it answered the last renewal: it
- *      has passed).  A worker that already ended keeps its rows: the
- *      database refuses them if the lease is gone (ingest.h)
- *   6. expire: every lease_s/2, return other nodes' expired leases
- *   7. claim: one checkpoint per worker to stage, plus (prefetch) one more
- *      per worker while it analyses, unless draining; draining releases
- *      the jobs of checkpoints not yet started at once
- *   8. drain: past the grace period, kill workers and give jobs back
- *   9. idle: with --until-idle, notice that nothing is queued or running
- *  10. operate: this node's row in `nodes` every heartbeat_s (node.h);
- *      with the metrics endpoint on, the per-run queue depths every
- *      METRICS_QUEUE_REFRESH_S; systemd: READY=1 the first time the
- *      database is ready (RELOADING=1 and READY=1 around a SIGHUP,
- *      STOPPING=1 at SIGTERM), the watchdog ping when due and a statement
- *      got an answer since the last one (else the nodes row is renewed
- *      now to find out), STATUS= when the summary changes; the counters
- *      are copied for /metrics and /healthz (metrics.h)
- */
-static void serve_tick(struct server *s)
+/* Duty 1: SIGHUP reloads the config, SIGTERM starts draining (a second
+ * one ends the grace period). */
+static void handle_signals(struct server *s)
 {
     struct err e;
-    double now = mono_now();
-
-    if (got_hup) { /* 1 */
+    if (got_hup) {
         got_hup = 0;
         if (s->config_path) {
             struct daemon_config c = s->cfg;
@@ -778,20 +835,31 @@ static void serve_tick(struct server *s)
     }
     if (got_term && !s->stopping) {
         s->stopping = 1;
-        s->stop_deadline = now + s->cfg.shutdown_grace_s;
+        s->stop_deadline = s->now + s->cfg.shutdown_grace_s;
         notify_stopping(&s->notify);
         log_info("stopping: no new claims", "running=%d grace_s=%.0f", busy_count(s), s->cfg.shutdown_grace_s);
     }
-    if (got_term > 1 && s->stop_deadline > now)
-        s->stop_deadline = now;
+    if (got_term > 1 && s->stop_deadline > s->now)
+        s->stop_deadline = s->now;
+}
 
-    int dbok = ensure_ready(s) == 0; /* 2 */
-    if (dbok && !s->notify.ready) { /* 10: the database reached and checked */
+/* Duty 2: the database usable (ensure_ready); the first time, systemd
+ * hears READY=1 and the nodes row is written at once.  1 when usable. */
+static int check_database(struct server *s)
+{
+    int dbok = ensure_ready(s) == 0;
+    if (dbok && !s->notify.ready) {
         notify_ready(&s->notify);
-        s->next_node_beat = 0;
+        s->ran.node = 0;
     }
+    return dbok;
+}
 
-    for (int i = 0; i < NSLOTS; i++) { /* 3, 4 */
+/* Duties 3 and 4: workers that ended are reaped (or killed past their
+ * deadline), then their results stored or their failure recorded. */
+static void reap_and_settle(struct server *s, int dbok)
+{
+    for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
         if (!sl->busy || sl->phase != SLOT_RUN)
             continue;
@@ -802,146 +870,243 @@ static void serve_tick(struct server *s)
         if (sl->ended && dbok)
             settle(s, sl);
     }
+}
 
-    /* fetch: advance staging; a worker idle while a download runs is
-     * time lost to the network */
-    int fetching = phase_count(s, SLOT_FETCH);
-    if (s->last_tick > 0 && fetching > 0 && phase_count(s, SLOT_READY) == 0 &&
+/* Duty 5: staging advances; a worker idle while a download runs is time
+ * lost to the network. */
+static void advance_fetches(struct server *s, int dbok)
+{
+    if (s->last_tick > 0 && phase_count(s, SLOT_FETCH) > 0 && phase_count(s, SLOT_READY) == 0 &&
         phase_count(s, SLOT_RUN) < s->cfg.workers)
-        s->wait_dl += now - s->last_tick;
-    s->last_tick = now;
+        s->wait_dl += s->now - s->last_tick;
+    s->last_tick = s->now;
     for (int i = 0; dbok && i < NSLOTS; i++)
         if (s->slots[i].busy && s->slots[i].phase == SLOT_FETCH)
-            advance_fetch(s, &s->slots[i], now);
+            advance_fetch(s, &s->slots[i], s->now);
+}
 
-    if (dbok) /* 4b */
-        launch_ready(s);
-
-    for (int i = 0; i < NSLOTS; i++) { /* 5: expired here */
+/* Duty 7: a lease not renewed for lease_s has passed, database or not:
+ * its worker is killed (or its download stopped) and its work dropped. */
+static void drop_unrenewed(struct server *s)
+{
+    for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (!sl->busy || sl->ended || now - sl->lease_renewed <= s->cfg.lease_s)
+        if (!sl->busy || sl->ended || s->now - sl->lease_renewed <= s->cfg.lease_s)
             continue;
         s->leases_lost++;
         log_warn("lease expired unrenewed: stopping the worker, its work dropped",
                  "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
-                 now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
+                 s->now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
         if (sl->phase == SLOT_RUN)
             supervise_kill(&sl->w);
         slot_free(sl);
     }
+}
 
-    if (dbok) { /* 5 */
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *sl = &s->slots[i];
-            if (!sl->busy || sl->ended || now - sl->last_heartbeat < s->cfg.heartbeat_s)
-                continue;
-            int got = queue_heartbeat(s->db, s->cfg.node, s->cfg.lease_s, sl->claim.job_ids,
-                                      sl->claim.njobs, &e);
-            if (got < 0) {
-                log_err("heartbeat failed", &e);
-                continue;
-            }
-            sl->last_heartbeat = now;
-            sl->lease_renewed = mono_now();
-            if (got < sl->claim.njobs) {
-                s->leases_lost++;
-                log_warn("lease lost: stopping the worker", "run=%s step=%lld",
-                         log_quote(sl->claim.run), sl->claim.step);
-                supervise_kill(&sl->w);
-                slot_free(sl);
-            }
+/* Duty 8: every heartbeat_s each held lease is renewed; one another node
+ * took (fewer jobs renewed than held) kills its worker and drops it. */
+static void renew_leases(struct server *s)
+{
+    struct err e;
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy || sl->ended || s->now - sl->last_heartbeat < s->cfg.heartbeat_s)
+            continue;
+        int got = queue_heartbeat(s->db, s->cfg.node, s->cfg.lease_s, sl->claim.job_ids, sl->claim.njobs, &e);
+        if (got < 0) {
+            log_err("heartbeat failed", &e);
+            continue;
         }
-    }
-
-    if (dbok && now >= s->next_expire) { /* 6 */
-        struct backoff b = backoff_of(s);
-        if (queue_expire(s->db, &b, &e) < 0)
-            log_err("lease expiry failed", &e);
-        s->next_expire = now + s->cfg.lease_s / 2 * (0.75 + 0.5 * (rand() / (double)RAND_MAX));
-    }
-
-    if (dbok && !s->stopping && now >= s->next_claim) { /* 7 */
-        int exhausted = 0;
-        /* with prefetch, each worker slot may have one checkpoint staging
-         * or staged besides the one it analyses */
-        while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) <
-               (s->cfg.prefetch ? s->cfg.workers : s->cfg.workers - phase_count(s, SLOT_RUN))) {
-            struct slot *sl = NULL;
-            for (int i = 0; i < NSLOTS && !sl; i++)
-                if (!s->slots[i].busy)
-                    sl = &s->slots[i];
-            double t0 = mono_now();
-            int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
-            if (got < 0)
-                log_err("claim failed", &e);
-            if (got <= 0) {
-                exhausted = 1;
-                break;
-            }
-            sl->busy = 1;
-            sl->lease_renewed = mono_now();
-            s->jobs_claimed += sl->claim.njobs;
-            sl->claim_ms = (mono_now() - t0) * 1e3;
-            sl->phase = SLOT_FETCH;
-            sl->dup_step = -1;
-            sl->fetch_started = mono_now();
-            sl->next_progress = sl->fetch_started + s->cfg.heartbeat_s;
-            sl->last_heartbeat = sl->fetch_started;
-            sl->stage = stage_new(s->fetcher, s->cache, sl->claim.source, sl->claim.step, s->offline, &e);
-            if (!sl->stage) {
-                char msg[1200];
-                snprintf(msg, sizeof msg, "fetch failed: %s", err_str(&e));
-                fail_unlaunched(s, sl, msg);
-                continue;
-            }
-            advance_fetch(s, sl, mono_now());
-            launch_ready(s); /* staged at once (a local checkpoint): start it now */
-        }
-        /* nothing claimable: poll later (NOTIFY wakes us sooner); all slots
-         * busy: claim again as soon as one frees */
-        s->next_claim = exhausted ? now + s->cfg.poll_s : 0;
-    }
-
-    if (s->stopping && dbok) { /* 8: nothing started yet: give it back now */
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *sl = &s->slots[i];
-            if (!sl->busy || sl->phase == SLOT_RUN)
-                continue;
-            if (queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
-                log_err("cannot release jobs (their lease will expire)", &e);
-            log_info("fetch stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
-            slot_free(sl);
-        }
-    }
-
-    if (s->stopping && now >= s->stop_deadline) { /* 8 */
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *sl = &s->slots[i];
-            if (sl->busy && sl->ended) { /* could not be stored: the lease will expire */
-                log_warn("results not stored before shutdown; the jobs will be retried",
-                         "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
-                slot_free(sl);
-                continue;
-            }
-            if (!sl->busy)
-                continue;
-            supervise_kill(&sl->w);
-            if (dbok && queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
-                log_err("cannot release jobs (their lease will expire)", &e);
-            log_info("worker stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run),
+        sl->last_heartbeat = s->now;
+        sl->lease_renewed = mono_now();
+        if (got < sl->claim.njobs) {
+            s->leases_lost++;
+            log_warn("lease lost: stopping the worker", "run=%s step=%lld", log_quote(sl->claim.run),
                      sl->claim.step);
+            supervise_kill(&sl->w);
             slot_free(sl);
         }
     }
+}
 
-    if (s->until_idle && dbok && busy_count(s) == 0 && now >= s->next_idle_check) { /* 9 */
-        long queued = 0, running = 0;
-        if (queue_counts(s->db, &queued, &running, &e) == 0 && queued == 0 && running == 0)
-            s->idle = 1;
-        s->next_idle_check = now + 0.5;
+/* Duty 9: other nodes' expired leases back to the queue; the next sweep
+ * in lease_s/2, jittered by ±25 % so the nodes do not sweep together. */
+static void expire_leases(struct server *s)
+{
+    struct err e;
+    struct backoff b = backoff_of(s);
+    if (queue_expire(s->db, &b, &e) < 0)
+        log_err("lease expiry failed", &e);
+    s->expire_ms = s->cfg.lease_s / 2 * 1000 * (0.75 + 0.5 * (rand() / (double)RAND_MAX));
+}
+
+/* Duty 10: one checkpoint per worker to stage, plus (prefetch) one more
+ * per worker while it analyses.  Nothing claimable: the next try after
+ * poll_s (a NOTIFY sooner); every slot taken: at the next tick. */
+static void claim_more(struct server *s)
+{
+    struct err e;
+    int exhausted = 0;
+    while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) <
+           (s->cfg.prefetch ? s->cfg.workers : s->cfg.workers - phase_count(s, SLOT_RUN))) {
+        struct slot *sl = NULL;
+        for (int i = 0; i < NSLOTS && !sl; i++)
+            if (!s->slots[i].busy)
+                sl = &s->slots[i];
+        double t0 = mono_now();
+        int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
+        if (got < 0)
+            log_err("claim failed", &e);
+        if (got <= 0) {
+            exhausted = 1;
+            break;
+        }
+        sl->busy = 1;
+        sl->lease_renewed = mono_now();
+        s->jobs_claimed += sl->claim.njobs;
+        sl->claim_ms = (mono_now() - t0) * 1e3;
+        sl->phase = SLOT_FETCH;
+        sl->dup_step = -1;
+        sl->fetch_started = mono_now();
+        sl->progress_ran = sl->fetch_started;
+        sl->last_heartbeat = sl->fetch_started;
+        sl->stage = stage_new(s->fetcher, s->cache, sl->claim.source, sl->claim.step, s->offline, &e);
+        if (!sl->stage) {
+            char msg[1200];
+            snprintf(msg, sizeof msg, "fetch failed: %s", err_str(&e));
+            fail_unlaunched(s, sl, msg);
+            continue;
+        }
+        if (!s->cfg.hf_cache_write)
+            stage_set_hf_cache(sl->stage, NULL);
+        advance_fetch(s, sl, mono_now());
+        launch_ready(s); /* staged at once (a local checkpoint): start it now */
     }
+    if (!exhausted)
+        s->ran.claim = 0;
+}
 
-    operate(s, now); /* 10 */
+/* Duty 11: draining: checkpoints not started yet go back at once. */
+static void release_unstarted(struct server *s)
+{
+    struct err e;
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (!sl->busy || sl->phase == SLOT_RUN)
+            continue;
+        if (queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
+            log_err("cannot release jobs (their lease will expire)", &e);
+        log_info("fetch stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
+        slot_free(sl);
+    }
+}
+
+/* Duty 12: past the grace period, kill the workers and give their jobs
+ * back; results that could not be stored wait for their lease to expire. */
+static void drain(struct server *s, int dbok)
+{
+    struct err e;
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->busy && sl->ended) {
+            log_warn("results not stored before shutdown; the jobs will be retried", "run=%s step=%lld",
+                     log_quote(sl->claim.run), sl->claim.step);
+            slot_free(sl);
+            continue;
+        }
+        if (!sl->busy)
+            continue;
+        supervise_kill(&sl->w);
+        if (dbok && queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
+            log_err("cannot release jobs (their lease will expire)", &e);
+        log_info("worker stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
+        slot_free(sl);
+    }
+}
+
+/* Duty 13: with --until-idle, notice that nothing is queued or running
+ * anywhere. */
+static void check_idle(struct server *s)
+{
+    struct err e;
+    long queued = 0, running = 0;
+    if (queue_counts(s->db, &queued, &running, &e) == 0 && queued == 0 && running == 0)
+        s->idle = 1;
+}
+
+/*
+ * The scheduler's tick.  Every duty is one call, in this order; the paced
+ * ones run when run_every says their period has passed (redis serverCron):
+ *   1. signals: SIGHUP reloads the config (reload(): the fetcher's
+ *      settings and the cache budget too); SIGTERM starts draining
+ *   2. database: reconnect with backoff; on a new connection check the
+ *      schema, LISTEN, sync the metric registry; READY=1 the first time
+ *   3. reap: workers that ended (or passed their deadline, killed)
+ *   4. settle: store results of ended workers (COPY + done in one
+ *      transaction) or record their failure; kept for later if the
+ *      database is down (or memory short); an analysed snapshot becomes
+ *      evictable and the cache is trimmed to its budget.  A failure (of a
+ *      worker or a fetch) while a directory is short of space gives the
+ *      jobs back uncounted (space.h)
+ *   5. fetch: advance the staging of claimed checkpoints (stage.h); a
+ *      staged one records its files and duplicates (checkpoint_files);
+ *      a failed one fails its jobs with the reason; progress goes to the
+ *      fetches table and the log every heartbeat_s
+ *   6. launch: staged checkpoints get a worker as workers free up
+ *   7. unrenewed: a lease not renewed for lease_s kills the worker (or
+ *      stops the download) and drops it, database or not (the database
+ *      set its expiry before it answered the last renewal: it has passed)
+ *   8. heartbeat: renew leases every heartbeat_s (fetching ones too); a
+ *      lost lease kills the worker and drops it.  A worker that already
+ *      ended keeps its rows: the database refuses them if the lease is
+ *      gone (ingest.h)
+ *   9. expire: every lease_s/2 (jittered), return other nodes' expired leases
+ *  10. claim: one checkpoint per worker to stage, plus (prefetch) one more
+ *      per worker while it analyses, unless draining or a directory is
+ *      below disk_min_free_mb; every poll_s, or at
+ *      once after a NOTIFY, a reconnect or a claim that filled every slot
+ *  11. release: draining, the jobs of checkpoints not yet started go back
+ *  12. drain: past the grace period, kill workers and give jobs back
+ *  13. idle: with --until-idle, every 0.5 s, notice that nothing is queued
+ *      or running
+ *  14. plan: every PLAN_EVERY_S, adaptive runs whose cheap pass ended get
+ *      their dense phase (policy.h); every FAMILY_EVERY_S, families whose
+ *      members changed are analysed again (family.h)
+ *  15. operate: this node's row in `nodes` every heartbeat_s (node.h);
+ *      with the metrics endpoint on, the per-run queue depths every
+ *      METRICS_QUEUE_REFRESH_S; systemd: RELOADING=1 and READY=1 around a
+ *      SIGHUP, STOPPING=1 at SIGTERM, the watchdog ping when due and a
+ *      statement got an answer since the last one (else the nodes row is
+ *      renewed now to find out), STATUS= when the summary changes; the
+ *      counters are copied for /metrics and /healthz (metrics.h)
+ */
+static void serve_tick(struct server *s)
+{
+    s->now = mono_now();
+    handle_signals(s);                                                            /* 1 */
+    const int dbok = check_database(s);                                           /* 2 */
+    reap_and_settle(s, dbok);                                                     /* 3, 4 */
+    advance_fetches(s, dbok);                                                     /* 5 */
+    if (dbok)
+        launch_ready(s);                                                          /* 6 */
+    drop_unrenewed(s);                                                            /* 7 */
+    if (dbok)
+        renew_leases(s);                                                          /* 8 */
+    if (dbok && run_every(&s->ran.expire, s->now, s->expire_ms))
+        expire_leases(s);                                                         /* 9 */
+    if (dbok && !s->stopping && run_every(&s->ran.claim, s->now, s->cfg.poll_s * 1000) && !disk_full(s))
+        claim_more(s);                                                            /* 10 */
+    if (s->stopping && dbok)
+        release_unstarted(s);                                                     /* 11 */
+    if (s->stopping && s->now >= s->stop_deadline)
+        drain(s, dbok);                                                           /* 12 */
+    if (s->until_idle && dbok && busy_count(s) == 0 && run_every(&s->ran.idle, s->now, 500))
+        check_idle(s);                                                            /* 13 */
+    if (dbok && !s->stopping && run_every(&s->ran.plan, s->now, PLAN_EVERY_S * 1000))
+        policy_duty(s->db);                                                       /* 14 */
+    if (dbok && !s->stopping && run_every(&s->ran.family, s->now, FAMILY_EVERY_S * 1000))
+        family_duty(s->db);                                                       /* 14 */
+    operate(s);                                                                   /* 15 */
 }
 
 /* Sleep until the database says something, a worker ends, or the next
@@ -1002,28 +1167,50 @@ static void serve_wait(struct server *s)
             PQfreemem(n);
         }
         if (woke)
-            s->next_claim = 0;
+            s->ran.claim = 0;
     }
 }
 
-int serve_run(const struct serve_opts *o)
+/* SIGTERM, SIGINT and SIGHUP set flags; SIGCHLD wakes serve_wait through
+ * the self-pipe (when one could be made). */
+static void catch_signals(void)
 {
-    static struct server srv;
-    struct server *s = &srv;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_hup;
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (pipe2(chld_pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
+        sa.sa_handler = on_chld;
+        sa.sa_flags = SA_RESTART | SA_NOCLDSTOP; /* waitpid() and libpq are not interrupted */
+        sigaction(SIGCHLD, &sa, NULL);
+    } else {
+        chld_pipe[0] = chld_pipe[1] = -1; /* then only the timer notices ended workers */
+    }
+}
+
+static void release_signals(void)
+{
+    signal(SIGCHLD, SIG_DFL);
+    if (chld_pipe[0] >= 0) {
+        close(chld_pipe[0]);
+        close(chld_pipe[1]);
+        chld_pipe[0] = chld_pipe[1] = -1;
+    }
+}
+
+/* The worker's battery, the fetcher, the cache, the artifact root, the
+ * database handle: what the node needs before its first tick.  On failure
+ * the error is logged and the caller releases what was made. */
+static int serve_setup(struct server *s)
+{
     struct err e;
-    memset(s, 0, sizeof *s);
-    s->cfg = *o->config;
-    if (s->cfg.workers > MAX_SLOTS)
-        s->cfg.workers = MAX_SLOTS;
-    s->config_path = o->config_path;
-    s->until_idle = o->until_idle;
-    s->started = mono_now();
-    if (gethostname(s->host, sizeof s->host - 1) != 0)
-        snprintf(s->host, sizeof s->host, "unknown");
-    metrics_init(&s->m, s->cfg.node);
-    notify_init(&s->notify, s->started);
+    int rc;
     supervise_worker_path(s->cfg.worker_path, s->worker, sizeof s->worker);
-    if (registry_from_worker(&s->reg, s->worker, &e) < 0) {
+    if ((rc = registry_from_worker(&s->reg, s->worker, &e)) < 0) {
         log_err("cannot read the battery from the worker", &e);
         return ERR_CHILD;
     }
@@ -1036,9 +1223,6 @@ int serve_run(const struct serve_opts *o)
                                    s->cfg.node, &e)) ||
         !(s->spool = supervise_spool_open(s->cfg.spool_dir, s->cfg.node, &e))) {
         log_err("cannot set up downloads and the spool", &e);
-        fetcher_free(s->fetcher);
-        cache_close(s->cache);
-        registry_free(&s->reg);
         return ERR_IO;
     }
     char real[PATH_MAX];
@@ -1048,56 +1232,48 @@ int serve_run(const struct serve_opts *o)
         (strlen(real) >= sizeof s->artifact_root &&
          err_set(&e, ERR_IO, s->cfg.artifact_dir, "path too long") < 0)) {
         log_err("cannot set up the artifact directory", &e);
-        fetcher_free(s->fetcher);
-        cache_close(s->cache);
-        owner_close(s->spool);
-        registry_free(&s->reg);
         return ERR_IO;
     }
     snprintf(s->artifact_root, sizeof s->artifact_root, "%s", real);
-    s->db = db_new(s->cfg.database);
-    if (!s->db)
+    if (!(s->db = db_new(s->cfg.database)))
         return ERR_NOMEM;
     /* back in time to renew: at least two connect attempts per lease */
     db_set_backoff_max(s->db, s->cfg.lease_s / 2);
     db_set_timeouts(s->db, s->cfg.db_statement_timeout_s, s->cfg.db_idle_in_transaction_timeout_s);
+    return 0;
+}
+
+int serve_run(const struct serve_opts *o)
+{
+    static struct server srv;
+    struct server *s = &srv;
+    struct err e;
+    int rc, caught = 0;
+    memset(s, 0, sizeof *s);
+    s->cfg = *o->config; /* checked (daemon_config_check): workers <= MAX_SLOTS */
+    s->config_path = o->config_path;
+    s->until_idle = o->until_idle;
+    s->started = mono_now();
+    if (gethostname(s->host, sizeof s->host - 1) != 0)
+        snprintf(s->host, sizeof s->host, "unknown");
+    metrics_init(&s->m, s->cfg.node);
+    notify_init(&s->notify, s->started);
+    if ((rc = serve_setup(s)) < 0)
+        goto out;
     srand((unsigned)getpid() ^ (unsigned)mono_now());
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_term;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = on_hup;
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    catch_signals();
+    caught = 1;
     if (db_connect_wait(s->db, 10.0, &e) == 0 && ensure_ready(s) == -2) {
-        fetcher_free(s->fetcher);
-        cache_close(s->cache);
-        owner_close(s->spool);
-        registry_free(&s->reg);
-        db_free(s->db);
-        return ERR_DB;
+        rc = ERR_DB;
+        goto out;
     }
     if (s->cfg.metrics_listen[0]) {
         if (!(s->http = metrics_server_start(s->cfg.metrics_listen, s->cfg.metrics_allow_remote, &s->m, &e))) {
             log_err("cannot serve metrics", &e);
-            fetcher_free(s->fetcher);
-            cache_close(s->cache);
-            owner_close(s->spool);
-            registry_free(&s->reg);
-            db_free(s->db);
-            return ERR_IO;
+            rc = ERR_IO;
+            goto out;
         }
         log_info("metrics endpoint", "listen=%s paths=\"/metrics /healthz\"", s->cfg.metrics_listen);
-    }
-    if (pipe2(chld_pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
-        sa.sa_handler = on_chld;
-        sa.sa_flags = SA_RESTART | SA_NOCLDSTOP; /* waitpid() and libpq are not interrupted */
-        sigaction(SIGCHLD, &sa, NULL);
-    } else {
-        chld_pipe[0] = chld_pipe[1] = -1; /* then only the timer notices ended workers */
     }
     log_info("serving", "node=%s workers=%d worker=%s lease_s=%.0f until_idle=%d cache=%s prefetch=%d offline=%d"
              " artifacts=%s", s->cfg.node, s->cfg.workers, s->worker, s->cfg.lease_s, s->until_idle,
@@ -1122,18 +1298,16 @@ int serve_run(const struct serve_opts *o)
         node_beat(s, mono_now());
     if (s->ready && node_stopped(s->db, s->cfg.node, (int)getpid(), &e) < 0)
         log_warn("cannot mark the node stopped", "error=%s", log_quote(err_str(&e)));
+    rc = 0;
+out:
     metrics_server_stop(s->http);
-    metrics_free(&s->m);
+    if (caught)
+        release_signals();
+    db_free(s->db);
     fetcher_free(s->fetcher);
     cache_close(s->cache);
     owner_close(s->spool);
-    signal(SIGCHLD, SIG_DFL);
-    if (chld_pipe[0] >= 0) {
-        close(chld_pipe[0]);
-        close(chld_pipe[1]);
-        chld_pipe[0] = chld_pipe[1] = -1;
-    }
     registry_free(&s->reg);
-    db_free(s->db);
-    return 0;
+    metrics_free(&s->m);
+    return rc;
 }

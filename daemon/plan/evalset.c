@@ -6,9 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "common/child.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/sha256.h"
@@ -35,7 +34,7 @@ int evalset_tokenize(const char *worker, const char *text, const char *tokenizer
     sha256_final(&h, key);
     if ((rc = path_mkdir_p(data_dir, e)) < 0)
         return rc;
-    char dir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX + 32];
+    char dir[PATH_MAX], path[PATH_MAX];
     if (!realpath(data_dir, dir))
         return err_set(e, ERR_IO, data_dir, "cannot resolve: %s", strerror(errno));
     if ((size_t)snprintf(path, sizeof path, "%s/eval-%.16s.u32", dir, key) >= sizeof path ||
@@ -47,29 +46,19 @@ int evalset_tokenize(const char *worker, const char *text, const char *tokenizer
                  log_quote(path));
         return 0;
     }
-    snprintf(tmp, sizeof tmp, "%s.tmp%ld.u32", path, (long)getpid());
-    pid_t pid = fork();
-    if (pid < 0)
-        return err_set(e, ERR_CHILD, worker, "fork failed: %s", strerror(errno));
-    if (pid == 0) {
-        execlp(worker, worker, "tokenize", "--tokenizer", tokenizer, "--in", text, "--out", tmp,
-               (char *)NULL);
-        fprintf(stderr, "cannot execute %s: %s\n", worker, strerror(errno));
-        _exit(127);
-    }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        unlink(tmp);
-        return err_set(e, ERR_CHILD, text,
-                       "'%s tokenize --tokenizer %s' failed (status %d; its message is above)",
-                       worker, tokenizer, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    }
-    if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "cannot rename into place: %s", strerror(errno));
-        unlink(tmp);
+    /* the worker writes the file atomically (common/atomic_file.h): a
+     * concurrent add-run or a crash never leaves half a token file */
+    const char *argv[] = {worker, "tokenize", "--tokenizer", tokenizer, "--in", text, "--out", path, NULL};
+    struct child_opts o = {.in_fd = -1, .out_fd = -1, .err_fd = -1};
+    struct child c;
+    if ((rc = child_spawn(&c, argv, &o, e)) < 0)
         return rc;
+    child_wait(&c);
+    if (!child_ok(&c)) {
+        char how[128];
+        child_describe(&c, how, sizeof how);
+        return err_set(e, ERR_CHILD, text, "'%s tokenize --tokenizer %s' failed (%s; its message is above)",
+                       worker, tokenizer, how);
     }
     log_info("eval text tokenized", "text=%s tokens=%s", log_quote(text), log_quote(path));
     return 0;

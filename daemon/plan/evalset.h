@@ -11,8 +11,9 @@
  *
  *     DATA_DIR/eval-<first 16 hex digits of sha256(sha256(tokenizer) sha256(text))>.u32
  *
- * The file is written under a temporary name and renamed into place, so a
- * concurrent add-run or a crash never leaves a half-written token file.
+ * The worker writes the file under a temporary name and renames it into
+ * place (common/atomic_file.h), so a concurrent add-run or a crash never
+ * leaves a half-written token file.
  */
 #ifndef CKPTD_EVALSET_H
 #define CKPTD_EVALSET_H

@@ -5,8 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
+#include "common/child.h"
+#include "common/json_err.h"
 #include "daemon/base/db.h"
 
 static int cmp_metric(const void *a, const void *b)
@@ -40,9 +41,11 @@ int registry_parse(struct registry *r, const char *text, struct err *e)
 {
     memset(r, 0, sizeof *r);
     json_error_t je;
+    errno = 0;
     json_t *doc = json_loads(text, 0, &je);
     if (!doc)
-        return err_set(e, ERR_FORMAT, "battery", "worker's battery JSON is invalid: %s", je.text);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, "battery", "out of memory reading the battery JSON")
+                                   : err_set(e, ERR_FORMAT, "battery", "worker's battery JSON is invalid: %s", je.text);
     json_t *items = json_object_get(doc, "items");
     int rc = 0;
     if (!json_is_array(items) || json_array_size(items) == 0) {
@@ -112,62 +115,32 @@ out:
     return rc;
 }
 
-int registry_from_worker(struct registry *r, const char *worker, struct err *e)
+int registry_from_worker_within(struct registry *r, const char *worker, double timeout_s,
+                                struct err *e)
 {
     memset(r, 0, sizeof *r);
-    int fd[2];
-    if (pipe(fd) != 0)
-        return err_set(e, ERR_IO, worker, "pipe failed");
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fd[0]);
-        close(fd[1]);
-        return err_set(e, ERR_CHILD, worker, "fork failed");
+    const char *argv[] = {worker, "battery", "--json", NULL};
+    struct child c;
+    char *out = NULL;
+    size_t len = 0;
+    int rc = child_capture(argv, timeout_s, &c, &out, &len, NULL, e);
+    if (rc < 0)
+        return rc == ERR_CHILD ? err_wrap(e, "the battery from the worker") : rc;
+    if (!child_ok(&c)) {
+        char how[128];
+        child_describe(&c, how, sizeof how);
+        rc = err_set(e, ERR_CHILD, worker, "'%s battery --json' failed (%s)%s", worker, how,
+                     WIFEXITED(c.status) && WEXITSTATUS(c.status) == 127 ? ": worker not found" : "");
+    } else {
+        rc = registry_parse(r, out, e);
     }
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        close(fd[0]);
-        close(fd[1]);
-        execlp(worker, worker, "battery", "--json", (char *)NULL);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    int rc = 0;
-    for (;;) {
-        if (!buf) {
-            rc = err_set(e, ERR_NOMEM, worker, "out of memory");
-            break;
-        }
-        if (len + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                continue;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t got = read(fd[0], buf + len, cap - len - 1);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-    }
-    close(fd[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (rc == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
-        rc = err_set(e, ERR_CHILD, worker, "'%s battery --json' failed (status %d)%s", worker,
-                     WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-                     WIFEXITED(status) && WEXITSTATUS(status) == 127 ? ": worker not found" : "");
-    if (rc == 0) {
-        buf[len] = '\0';
-        rc = registry_parse(r, buf, e);
-    }
-    free(buf);
+    free(out);
     return rc;
+}
+
+int registry_from_worker(struct registry *r, const char *worker, struct err *e)
+{
+    return registry_from_worker_within(r, worker, REGISTRY_WORKER_TIMEOUT_S, e);
 }
 
 int registry_sync(struct registry *r, struct db *db, struct err *e)

@@ -47,8 +47,18 @@ struct registry {
 
 struct db;
 
-/* Run `WORKER battery --json` and parse it. On error r is left empty. */
+/* How long `WORKER battery --json` may take (it answers in milliseconds). */
+#define REGISTRY_WORKER_TIMEOUT_S 30.0
+
+/* Run `WORKER battery --json` (common/child.h: stdout captured, killed
+ * after REGISTRY_WORKER_TIMEOUT_S) and parse it.  ERR_CHILD when it cannot
+ * run, fails ("worker not found" for exit status 127) or runs past the
+ * deadline; registry_parse's errors.  On error r is left empty. */
 int registry_from_worker(struct registry *r, const char *worker, struct err *e) CK_WUR;
+
+/* The same with its own deadline (timeout_s <= 0: none). */
+int registry_from_worker_within(struct registry *r, const char *worker, double timeout_s,
+                                struct err *e) CK_WUR;
 
 /* Parse a battery JSON document (for tests and for the above). */
 int registry_parse(struct registry *r, const char *json_text, struct err *e) CK_WUR;

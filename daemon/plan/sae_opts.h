@@ -29,10 +29,14 @@
  * (n bytes, truncated). */
 void sae_opts_model_name(const char *source, const char *run, char *out, size_t n);
 
-/* Run `WORKER sae DIR --json`; on success the dictionary's hook into hook
- * (n bytes; "" when the files name none).  Errors: ERR_INVALID with the
- * worker's own message (the dictionary cannot be read), ERR_CHILD (the
- * worker cannot be run), ERR_NOMEM. */
+/* How long `ckpt-worker sae DIR --json` may take (it reads one file's header). */
+#define SAE_OPTS_TIMEOUT_S 60.0
+
+/* Run `WORKER sae DIR --json` (common/child.h, stdout and stderr captured,
+ * killed after SAE_OPTS_TIMEOUT_S); on success the dictionary's hook into
+ * hook (n bytes; "" when the files name none).  Errors: ERR_INVALID with
+ * the worker's own message (the dictionary cannot be read), ERR_CHILD (the
+ * worker cannot be run, or ran past the deadline), ERR_NOMEM. */
 int sae_opts_check_dict(const char *worker, const char *dir, char *hook, size_t n,
                         struct err *e) CK_WUR;
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "daemon/base/db.h"
@@ -149,6 +150,7 @@ static const char *const kind_names[KIND_COUNT] = {"line", "profile", "heatmap"}
 struct ckpt {
     long long step;
     long long dup_of; /* the step it repeats, or -1 */
+    char suspect[24]; /* why it is suspect (integrity.h), or "" */
     int measured;
 };
 
@@ -199,6 +201,8 @@ static const struct ckpt *find_ckpt(const struct page *pg, long long step)
 static long long dup_of(const struct page *pg, long long step)
 {
     const struct ckpt *c = find_ckpt(pg, step);
+    if (c && c->dup_of < 0 && c->suspect[0])
+        return c->step; /* left out like a duplicate */
     return c ? c->dup_of : -1;
 }
 
@@ -216,17 +220,17 @@ static void decade_label(char *buf, size_t n, int k)
 
 /* The step axis under a plot whose bottom is at y: decades labelled, the
  * steps between them as small ticks, step 0 left of a break mark. */
-static void draw_step_axis(struct page *pg, const struct report_axis *ax, double y)
+void report_step_axis(FILE *out, const struct report_axis *ax, double y)
 {
-    PR(pg, "<g class=\"xaxis\">");
-    PR(pg, "<line class=\"ax\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left + ax->gap, y,
+    fprintf(out, "<g class=\"xaxis\">");
+    fprintf(out, "<line class=\"ax\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left + ax->gap, y,
        ax->left + ax->width, y);
     if (ax->gap > 0) {
         double b = ax->left + ax->gap / 2;
-        PR(pg, "<line class=\"ax\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left - 4, y, b - 3, y);
-        PR(pg, "<path class=\"brk\" d=\"M%.1f %.1fl4 -8M%.1f %.1fl4 -8\"/>", b - 4, y + 4, b, y + 4);
-        PR(pg, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left, y, ax->left, y + 4);
-        PR(pg, "<text class=\"tl\" x=\"%.1f\" y=\"%.1f\">0</text>", ax->left, y + 14);
+        fprintf(out, "<line class=\"ax\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left - 4, y, b - 3, y);
+        fprintf(out, "<path class=\"brk\" d=\"M%.1f %.1fl4 -8M%.1f %.1fl4 -8\"/>", b - 4, y + 4, b, y + 4);
+        fprintf(out, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", ax->left, y, ax->left, y + 4);
+        fprintf(out, "<text class=\"tl\" x=\"%.1f\" y=\"%.1f\">0</text>", ax->left, y + 14);
     }
     for (int k = (int)ceil(ax->lo - 1e-9); k <= (int)floor(ax->hi + 1e-9); k++) {
         for (int m = 1; m <= 9; m++) {
@@ -237,13 +241,18 @@ static void draw_step_axis(struct page *pg, const struct report_axis *ax, double
             if (m == 1) {
                 char lab[16];
                 decade_label(lab, sizeof lab, k);
-                PR(pg, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
+                fprintf(out, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
                        "<text class=\"tl\" x=\"%.1f\" y=\"%.1f\">%s</text>", x, y, x, y + 4, x, y + 14, lab);
             } else
-                PR(pg, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", x, y, x, y + 2);
+                fprintf(out, "<line class=\"tk\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", x, y, x, y + 2);
         }
     }
-    PR(pg, "<text class=\"al\" x=\"%.1f\" y=\"%.1f\">step</text></g>", ax->left + ax->width, y + 26);
+    fprintf(out, "<text class=\"al\" x=\"%.1f\" y=\"%.1f\">step</text></g>", ax->left + ax->width, y + 26);
+}
+
+static void draw_step_axis(struct page *pg, const struct report_axis *ax, double y)
+{
+    report_step_axis(pg->f, ax, y);
 }
 
 static void fmt_short(char *buf, size_t n, double v)
@@ -430,7 +439,11 @@ static int draw_line_chart(struct page *pg, const struct metric *m, struct err *
                "<title>step %lld: %s", d >= 0 ? " dup" : "", report_axis_x(&ax, s), YMAP(v), d >= 0 ? "2.5" : "2",
            s, vs, s, vs);
         if (d >= 0) {
-            PR(pg, " (duplicate of step %lld)", d);
+            const struct ckpt *ck = find_ckpt(pg, s);
+            if (ck && ck->suspect[0])
+                PR(pg, " (suspect: %s; left out)", ck->suspect);
+            else
+                PR(pg, " (duplicate of step %lld)", d);
             ndup++;
         }
         PR(pg, "</title></circle>");
@@ -484,7 +497,7 @@ static int draw_line_chart(struct page *pg, const struct metric *m, struct err *
         if (nspk)
             PR(pg, "%d spike%s ringed. ", nspk, nspk == 1 ? "" : "s");
         if (ndup)
-            PR(pg, "%d duplicate checkpoint%s in grey, not joined. ", ndup, ndup == 1 ? "" : "s");
+            PR(pg, "%d duplicate or suspect checkpoint%s in grey, not joined. ", ndup, ndup == 1 ? "" : "s");
         if (nonfinite)
             PR(pg, "<span class=\"warn\">%d value%s not finite (NaN or infinite), not drawn.</span>",
                nonfinite, nonfinite == 1 ? "" : "s");
@@ -1086,7 +1099,10 @@ static int write_page(struct page *pg, PGresult *run, struct err *e)
               " FROM (SELECT metric_id, count(*) AS nrows, count(DISTINCT (layer, head, idx)) AS nkeys,"
               "        bool_or(head >= 0) AS has_head, count(DISTINCT layer) AS nlayers, count(DISTINCT idx) AS nidx"
               "       FROM measurements WHERE run_id = $1 GROUP BY metric_id) s"
-              " JOIN metrics mt ON mt.id = s.metric_id", 1, p, e)))
+              " JOIN metrics mt ON mt.id = s.metric_id"
+              /* the integrity item's sketches are random projections, for the
+               * daemon's check (integrity.h), not pictures */
+              " WHERE (mt.item, mt.name) NOT IN (('integrity', 'sketch'), ('integrity', 'tensor_sketch'))", 1, p, e)))
         goto out;
     /* the rows of the current method; a run detected only by an older one
      * shows those */
@@ -1144,9 +1160,10 @@ static int write_page(struct page *pg, PGresult *run, struct err *e)
     qsort(ms, (size_t)nm, sizeof *ms, cmp_metric);
 
     /* header */
-    int ndup = 0, nmeasured = 0;
+    int ndup = 0, nmeasured = 0, nsus = 0;
     for (int i = 0; i < pg->nck; i++) {
         ndup += pg->ck[i].dup_of >= 0;
+        nsus += pg->ck[i].suspect[0] != 0;
         nmeasured += pg->ck[i].measured;
     }
     PR(pg, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ckptd report: ");
@@ -1174,6 +1191,13 @@ static int write_page(struct page *pg, PGresult *run, struct err *e)
             if (pg->ck[i].dup_of >= 0)
                 PR(pg, "%sstep %lld = step %lld", k++ ? ", " : "", pg->ck[i].step, pg->ck[i].dup_of);
         PR(pg, " (drawn grey, left out of lines)</dd>");
+    }
+    if (nsus) { /* integrity.h: not what their label says */
+        PR(pg, "<dt>suspect</dt><dd class=\"suspects\" data-suspects=\"%d\">", nsus);
+        for (int i = 0, k = 0; i < pg->nck; i++)
+            if (pg->ck[i].suspect[0])
+                PR(pg, "%sstep %lld: %s", k++ ? ", " : "", pg->ck[i].step, pg->ck[i].suspect);
+        PR(pg, " (drawn grey, left out of lines and of detection; <code>ckptd integrity</code> says why)</dd>");
     }
     PR(pg, "</dl><p class=\"note\">x axis: the step on a log<sub>10</sub> scale; step 0 sits at the left edge, "
            "left of the axis break. Hover a point, row or band for its values.</p>");
@@ -1244,7 +1268,7 @@ static int load_checkpoints(struct page *pg, struct err *e)
 {
     const char *p[1] = {pg->run_id};
     PGresult *r = db_exec(pg->db,
-        "SELECT s.step, coalesce(o.step, -1), s.measured FROM ("
+        "SELECT s.step, coalesce(o.step, -1), s.measured, coalesce(c.suspect, '') FROM ("
         "  SELECT step, bool_or(m) AS measured FROM ("
         "    SELECT step, false AS m FROM checkpoints WHERE run_id = $1"
         "    UNION ALL SELECT DISTINCT step, true FROM measurements WHERE run_id = $1) u"
@@ -1265,6 +1289,7 @@ static int load_checkpoints(struct page *pg, struct err *e)
         c->step = atoll(PQgetvalue(r, i, 0));
         c->dup_of = atoll(PQgetvalue(r, i, 1));
         c->measured = strcmp(PQgetvalue(r, i, 2), "t") == 0;
+        snprintf(c->suspect, sizeof c->suspect, "%s", PQgetvalue(r, i, 3));
         if (c->step == 0)
             pg->has_zero = 1;
         else if (pg->min_pos == 0 || c->step < pg->min_pos)
@@ -1287,7 +1312,8 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     pg.db = db;
     pg.st = st;
     pg.budget = REPORT_HEAT_BUDGET;
-    char path[4200], tmp[4300] = "";
+    char path[4200];
+    struct atomic_file af = {0};
     PGresult *runr = NULL;
     int rc, in_tx = 0;
     if (db_ensure(db, e) < 0)
@@ -1314,34 +1340,19 @@ int report_write(struct db *db, const char *run, const char *dir, struct report_
     if ((rc = path_mkdir_p(dir, e)) < 0)
         goto out;
     snprintf(path, sizeof path, "%s/index.html", dir);
-    snprintf(tmp, sizeof tmp, "%s/.index.html.%ld.tmp", dir, (long)getpid());
-    if (!(pg.f = fopen(tmp, "w"))) {
-        rc = err_set(e, ERR_IO, tmp, "cannot create: %s", strerror(errno));
+    if ((rc = atomic_file_open(&af, path, e)) < 0)
         goto out;
-    }
+    pg.f = af.f;
     if ((rc = write_page(&pg, runr, e)) < 0)
         goto out;
-    if (fflush(pg.f) != 0 || ferror(pg.f) || fsync(fileno(pg.f)) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
+    if (fflush(pg.f) != 0 || ferror(pg.f)) {
+        rc = err_set(e, ERR_IO, af.tmp, "cannot write: %s", strerror(errno));
         goto out;
     }
     st->bytes = ftell(pg.f);
-    FILE *f = pg.f;
-    pg.f = NULL;
-    if (fclose(f) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "cannot rename %s into place: %s", tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
+    rc = atomic_file_commit(&af, e);
 out:
-    if (pg.f)
-        fclose(pg.f);
-    if (rc < 0 && tmp[0])
-        unlink(tmp); /* nothing half-written stays */
+    atomic_file_abort(&af); /* nothing half-written stays; after a commit, nothing to do */
     if (in_tx)
         db_rollback(db); /* read only: nothing to keep */
     free(pg.ck);

@@ -105,6 +105,11 @@ void report_axis_init(struct report_axis *a, int has_zero, long long min_pos, lo
 /* x of a step (steps below 10^lo clamp to the axis start). */
 double report_axis_x(const struct report_axis *a, long long step);
 
+/* The step axis of a chart whose plot ends at y, as SVG elements: the
+ * decades labelled ("1", "10", "1k" ...), the steps between them as small
+ * ticks, step 0 left of a break mark. */
+void report_step_axis(FILE *out, const struct report_axis *ax, double y);
+
 /* Write s with & < > " ' as character references; NULL writes nothing. */
 void report_html_escape(FILE *out, const char *s);
 

@@ -5,6 +5,9 @@
 #include <string.h>
 
 #include "daemon/base/db.h"
+#include "daemon/plan/cost.h"
+#include "daemon/plan/forecast.h"
+#include "daemon/work/policy.h"
 
 static void bar(FILE *out, double frac, int width)
 {
@@ -27,6 +30,82 @@ static void duration(char *buf, size_t n, double s)
         snprintf(buf, n, "%.1fh", s / 3600);
     else
         snprintf(buf, n, "%.1fd", s / 86400);
+}
+
+/* Adaptive runs' phases (policy.h), suspect checkpoints (integrity.h) and
+ * families (family.h): their transitions found in most members, and the
+ * members that depart.  `run` "" shows every run and family; a run shows
+ * the families it is in. */
+static int status_checked(struct db *db, const char *run, FILE *out, struct err *e)
+{
+    const char *p[1] = {run};
+    PGresult *r = db_exec(db, "SELECT r.id, r.name FROM run_plans x JOIN runs r ON r.id = x.run_id"
+                              " WHERE $1 = '' OR r.name = $1 ORDER BY r.name", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nadaptive runs (expensive items where the change is):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char line[1024];
+        if (policy_phase(db, atoll(PQgetvalue(r, i, 0)), line, sizeof line, e) < 0) {
+            PQclear(r);
+            return ERR_DB;
+        }
+        fprintf(out, "  %s: %s\n", PQgetvalue(r, i, 1), line);
+    }
+    PQclear(r);
+    r = db_exec(db, "SELECT run, step, reason, coalesce(suspect_detail, ''), duplicate_of_step FROM suspect_checkpoints"
+                    " WHERE $1 = '' OR run = $1 ORDER BY run, step", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nsuspect checkpoints (not what their label says; left out of series):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        fprintf(out, "  %s step %s: %s: %s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                PQgetvalue(r, i, 3));
+        if (!PQgetisnull(r, i, 4))
+            fprintf(out, " (a duplicate of step %s)", PQgetvalue(r, i, 4));
+        fputc('\n', out);
+    }
+    PQclear(r);
+    r = db_exec(db,
+        "SELECT f.name, (SELECT count(*) FROM family_members m WHERE m.family_id = f.id),"
+        "   (SELECT count(*) FROM family_transitions t WHERE t.family_id = f.id AND t.is_family),"
+        "   (SELECT count(*) FROM family_transitions t WHERE t.family_id = f.id),"
+        "   (SELECT count(*) FROM family_outliers o WHERE o.family_id = f.id),"
+        "   coalesce(extract(epoch FROM now() - f.analysed_at)::text, ''),"
+        "   (SELECT string_agg(x, E'\\n') FROM (SELECT '    ' || o.run || ': ' || o.item || '/' || o.metric"
+        "       || CASE WHEN o.layer >= 0 OR o.head >= 0 OR o.idx >= 0 THEN ' [' || o.layer || ',' || o.head"
+        "          || ',' || o.idx || ']' ELSE '' END || ' ' || o.reason || ': ' || o.detail AS x"
+        "     FROM family_outliers_named o WHERE o.family = f.name ORDER BY o.run, o.reason, o.metric LIMIT 8) l),"
+        "   (SELECT string_agg(x, E'\\n') FROM (SELECT '    ' || t.item || '/' || t.metric"
+        "       || CASE WHEN t.layer >= 0 OR t.head >= 0 OR t.idx >= 0 THEN ' [' || t.layer || ',' || t.head"
+        "          || ',' || t.idx || ']' ELSE '' END || ' ' || CASE WHEN t.sign > 0 THEN 'up' ELSE 'down' END"
+        "       || ' in ' || t.members_found || '/' || t.members_total || ' members, peaks '"
+        "       || t.peak_min || '..' || t.peak_max || ' (median ' || round(t.peak_median) || ', spread '"
+        "       || t.peak_spread_ckpts || ' checkpoints)' AS x"
+        "     FROM family_transitions_named t WHERE t.family = f.name AND t.is_family"
+        "     ORDER BY t.peak_median LIMIT 8) l)"
+        " FROM families f WHERE $1 = '' OR f.id IN (SELECT m.family_id FROM family_members m JOIN runs x"
+        "   ON x.id = m.run_id WHERE x.name = $1) ORDER BY f.name", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nfamilies:\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char ago[32] = "never";
+        if (PQgetvalue(r, i, 5)[0])
+            duration(ago, sizeof ago, atof(PQgetvalue(r, i, 5)));
+        fprintf(out, "  %s: %s members; %s of %s transitions found in 2/3 of them; %s outliers; analysed %s%s\n",
+                PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                PQgetvalue(r, i, 4), ago, PQgetvalue(r, i, 5)[0] ? " ago" : "");
+        if (!PQgetisnull(r, i, 7))
+            fprintf(out, "%s\n", PQgetvalue(r, i, 7));
+        if (!PQgetisnull(r, i, 6))
+            fprintf(out, "   outliers:\n%s\n", PQgetvalue(r, i, 6));
+    }
+    PQclear(r);
+    return 0;
 }
 
 /* Per node (the `nodes` table, 006_nodes.sql): who, since when, whether
@@ -154,8 +233,31 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
         fprintf(out, "%s  ", PQgetvalue(r, i, 0));
         bar(out, total ? (double)done / total : 0, 30);
         fprintf(out, " %ld/%ld done, %ld running, %ld failed, %ld queued", done, total, running, dead, queued);
-        if (rate > 0)
+        /* the ETA of the cost model (plan/forecast.h), scaled by how the
+         * recent checkpoints compared with it; the recent rate without a
+         * shape */
+        struct forecast f;
+        double left = NAN, ratio = NAN;
+        if (forecast_load(db, PQgetvalue(r, i, 0), &f, NULL) == 0 && f.has_shape) {
+            left = forecast_eta(&f, cost_reference_gflops());
+            ratio = forecast_ratio(&f, cost_reference_gflops());
+        }
+        if (isfinite(left) && f.left == 0) {
+            /* nothing left */
+        } else if (isfinite(left)) {
+            char l[32];
+            duration(l, sizeof l, left);
+            if (f.running > 0)
+                fprintf(out, "; ETA %s", l);
+            else
+                fprintf(out, "; %s of work left (no worker on it)", l);
+            if (isfinite(ratio))
+                fprintf(out, " (cost model x%.2f measured)", ratio);
+            else
+                fprintf(out, " (cost model)");
+        } else if (rate > 0) {
             fprintf(out, "; %.1f checkpoints/h, ETA %s", rate, eta);
+        }
         fputc('\n', out);
     }
     PQclear(r);
@@ -214,6 +316,28 @@ int status_print(struct db *db, const char *run, FILE *out, struct err *e)
         fprintf(out, "\nduplicates (same weights; left out of series):\n");
     for (int i = 0; i < PQntuples(r); i++)
         fprintf(out, "  %s step %s = step %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
+    PQclear(r);
+
+    if (status_checked(db, p[0], out, e) < 0)
+        return ERR_DB;
+
+    r = db_exec(db,
+        "SELECT run, step, left(old_commit, 12), left(new_commit, 12), weights_changed, jobs_requeued,"
+        "   rows_removed, extract(epoch FROM now() - noticed_at)"
+        " FROM revision_changes_named WHERE $1 = '' OR run = $1 ORDER BY noticed_at DESC, run, step LIMIT 20",
+        1, p, e);
+    if (!r)
+        return ERR_DB;
+    if (PQntuples(r) > 0)
+        fprintf(out, "\nrevisions moved on the hub (the old commit's results removed, jobs queued again):\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        char ago[32];
+        duration(ago, sizeof ago, atof(PQgetvalue(r, i, 7)));
+        fprintf(out, "  %s step %s: commit %s -> %s (%s), %s jobs queued again, %s rows removed, %s ago\n",
+                PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                strcmp(PQgetvalue(r, i, 4), "t") == 0 ? "weights changed" : "same weights", PQgetvalue(r, i, 5),
+                PQgetvalue(r, i, 6), ago);
+    }
     PQclear(r);
 
     r = db_exec(db,

@@ -2,7 +2,10 @@
  * status.h - `ckptd status [RUN]`: the one place a person looks.
  *
  * Per run: checkpoints done / running / failed / queued of the total, a
- * progress bar, the rate over the last hour and an ETA; then the jobs that
+ * progress bar and an ETA: the cost model's (plan/forecast.h) when the
+ * run's shape is known (the projected seconds of the checkpoints left,
+ * scaled by the measured/projected ratio of the recent ones, over the
+ * workers on the run), else the rate over the last hour; then the jobs that
  * are failing or dead with their last error; then, per node, what its
  * workers are doing (run, step, items, for how long, lease left); then,
  * from each node's row in `nodes` (node.h), the nodes themselves: host,

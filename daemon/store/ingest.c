@@ -150,6 +150,18 @@ static int scan_line(const struct registry *reg, const struct claim *c, const ch
     return 0;
 }
 
+/* After a getline loop: 0 at the end of the file.  getline also stops
+ * when it cannot allocate: that is no end of the rows, and not their
+ * fault (ERR_NOMEM, try later); a read error is ERR_IO. */
+static int read_ended(FILE *f, const char *path, long lineno, struct err *e)
+{
+    if (!ferror(f) && feof(f))
+        return 0;
+    if (errno == ENOMEM)
+        return err_set(e, ERR_NOMEM, path, "out of memory reading line %ld", lineno + 1);
+    return err_set(e, ERR_IO, path, "read error after line %ld", lineno);
+}
+
 /* Read the worker's output once: count each done item's valid rows and
  * refuse the items whose rows are not whole, valid and as many as the
  * worker reported.  t[i].store starts as "item i is done". */
@@ -166,8 +178,8 @@ static int scan_rows(const struct registry *reg, const struct claim *c, const ch
         return err_set(e, ERR_FORMAT, path, "cannot open worker output: %s", strerror(errno));
     while (rc == 0 && (len = getline(&line, &cap, f)) > 0)
         rc = scan_line(reg, c, path, ++lineno, line, len, t, skipped, e);
-    if (rc == 0 && ferror(f))
-        rc = err_set(e, ERR_IO, path, "read error");
+    if (rc == 0)
+        rc = read_ended(f, path, lineno, e);
     free(line);
     fclose(f);
     for (int i = 0; rc == 0 && i < c->njobs; i++) {
@@ -239,7 +251,9 @@ static int copy_lines(PGconn *conn, const struct registry *reg, const struct cla
                   : err_set(e, ERR_FORMAT, path, "cannot open worker output: %s", strerror(errno));
         goto out;
     }
+    long lineno = 0;
     while (rc == 0 && (len = getline(&line, &cap, f)) > 0) {
+        lineno++;
         if (line[len - 1] != '\n' || (j = find_job(c, line)) < 0 || !t[j].store)
             continue;
         line[len - 1] = '\0';
@@ -249,6 +263,8 @@ static int copy_lines(PGconn *conn, const struct registry *reg, const struct cla
         else if ((used += (size_t)w) >= COPY_CHUNK)
             rc = copy_flush(conn, buf, &used, e);
     }
+    if (rc == 0) /* rows cut short by a failed read would be stored short */
+        rc = read_ended(f, path, lineno, e);
     if (rc == 0)
         rc = copy_flush(conn, buf, &used, e);
 out:
@@ -294,12 +310,15 @@ static int copy_rows(struct db *db, const struct registry *reg, const struct cla
 static int record_extras(struct db *db, const struct claim *c, const struct tally *t,
                          const struct artifact_list *arts, struct err *e)
 {
-    if (artifacts_record(db, c->run_id, c->step, arts, e) < 0)
-        return ERR_FORMAT;
+    int rc;
+    if ((rc = artifacts_record(db, c->run_id, c->step, arts, e)) < 0)
+        return rc;
     for (int i = 0; i < c->njobs; i++)
         if (t[i].store && strcmp(c->items[i], LINEAGE_ITEM) == 0 &&
-            lineage_store(db, c->run_id, c->step, c->versions[i], c->prev_step, e) < 0)
-            return err_wrap(e, "feature lineages");
+            (rc = lineage_store(db, c->run_id, c->step, c->versions[i], c->prev_step, e)) < 0) {
+            err_wrap(e, "feature lineages");
+            return rc;
+        }
     return 0;
 }
 
@@ -363,11 +382,15 @@ static int settle_tx(struct db *db, const struct registry *reg, const char *node
     if ((rc = lock_jobs(db, c, node, e)) < 0 ||
         (any && (rc = copy_rows(db, reg, c, path, t, e)) < 0))
         goto fail;
-    if ((any && record_extras(db, c, t, arts, e) < 0) || mark_done(db, c, node, t, secs, e) < 0 ||
-        (b && fail_rest(db, c, node, t, out, b, e) < 0) ||
+    if ((any && (rc = record_extras(db, c, t, arts, e)) < 0) ||
+        (rc = mark_done(db, c, node, t, secs, e)) < 0 ||
+        (b && (rc = fail_rest(db, c, node, t, out, b, e)) < 0) ||
         /* jobs that depend on these may be claimable now */
-        db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e) < 0 || db_run(db, "COMMIT", 0, NULL, e) < 0) {
-        rc = classify(db);
+        (rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e)) < 0 ||
+        (rc = db_run(db, "COMMIT", 0, NULL, e)) < 0) {
+        /* out of memory is no fault of the results: it stays ERR_NOMEM */
+        if (rc != ERR_NOMEM)
+            rc = classify(db);
         if (e)
             e->code = rc;
         goto fail;

@@ -36,7 +36,7 @@
  *     // 0: stored and failed as out[] now says (res counts);
  *     // INGEST_LEASE_LOST: another node owns the jobs now, drop;
  *     // ERR_FORMAT: the server refused the rows (fail every job);
- *     // ERR_DB: nothing changed, try again later
+ *     // ERR_DB, ERR_NOMEM: nothing changed, try again later
  */
 #ifndef CKPTD_INGEST_H
 #define CKPTD_INGEST_H

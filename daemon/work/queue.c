@@ -169,89 +169,11 @@ static void order_by_dependencies(struct claim *c, char deps[][64])
     }
 }
 
-int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
+/* The claimed jobs (the claim statement's rows, at most CLAIM_MAX_JOBS)
+ * into c, in the order the worker runs them. */
+static void claim_jobs(struct claim *c, PGresult *r)
 {
-    char lease[32];
-    snprintf(lease, sizeof lease, "%.3f", lease_s);
-    const char *p[2] = {node, lease};
-    PGresult *r = NULL;
-    int n = 0;
-    /* Lock the first checkpoint, oldest first (by id: the order runs and
-     * their steps were added), that has due queued jobs, skipping
-     * checkpoints another node is claiming right now; then take all its
-     * queued jobs.  One due job is enough: the jobs of a checkpoint fail
-     * together, but their backoffs are jittered row by row, and waiting for
-     * the last would split the checkpoint into several worker runs.
-     *
-     * The candidates are the checkpoints of the first 256 due jobs on
-     * the jobs_queued index, so a claim costs the same however many jobs
-     * are done, running or queued.  FOR UPDATE SKIP LOCKED applies to the
-     * candidates in order, one at a time until one is locked, whatever
-     * plan the statistics bring (a lock in a subquery run per queued job
-     * would lock every checkpoint whenever the planner sorts after the
-     * join).  More claimers at once than candidates: the rest hear
-     * "nothing" and poll again.
-     *
-     * Dependencies: a job is a candidate when its item has none (no
-     * depends_on, no need of prev_artifacts in battery_items: one index
-     * probe), or job_ready() (schema/005_sae.sql) says they allow it; the
-     * test runs on the jobs scanned for candidates, before any lock.  The
-     * jobs that read the previous checkpoint come back with the item they
-     * read there and that checkpoint's step when its job is done
-     * (job_prev_item, job_prev_step).
-     *
-     * ck comes back even when the UPDATE took nothing: another node claimed
-     * that checkpoint's jobs after our snapshot was taken but before we
-     * locked it.  That is not "nothing claimable": look again.
-     *
-     * bench/queue_bench.sh extracts this statement and the next from this
-     * file; keep each one db_exec() of string literals. */
-    for (int tries = 0;; tries++) {
-        r = db_exec(db,
-            "WITH ck AS ("
-            "  SELECT c.id FROM checkpoints c"
-            "  WHERE c.id = ANY (ARRAY(SELECT q.checkpoint_id FROM jobs q"
-            "    WHERE q.state = 'queued' AND q.not_before <= now()"
-            "      AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
-            "             AND b.version = q.version AND (b.depends_on IS NOT NULL"
-            "             OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"
-            "    ORDER BY q.checkpoint_id LIMIT 256))"
-            "  ORDER BY c.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
-            " claimed AS ("
-            "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
-            "    lease_expires = now() + make_interval(secs => $2::float8),"
-            "    attempts = attempts + 1, started_at = now()"
-            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued'"
-            "    AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = j.item"
-            "           AND b.version = j.version AND (b.depends_on IS NOT NULL"
-            "           OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(j.id))"
-            "  RETURNING j.id, j.item, j.version, j.attempts)"
-            " SELECT claimed.id, claimed.item, claimed.version, claimed.attempts,"
-            "   ck.id AS checkpoint_id, b.depends_on,"
-            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_item(claimed.id) END,"
-            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_step(claimed.id) END"
-            " FROM ck LEFT JOIN claimed ON true"
-            " LEFT JOIN battery_items b ON b.item = claimed.item AND b.version = claimed.version"
-            " ORDER BY claimed.id", 2, p, e);
-        if (!r)
-            return ERR_DB;
-        n = PQntuples(r);
-        if (n == 0) {
-            PQclear(r);
-            return 0;
-        }
-        if (!PQgetisnull(r, 0, 0))
-            break;
-        PQclear(r);
-        if (tries == CLAIM_RACE_RETRIES)
-            return 0; /* a crowd of claimers: poll again later */
-    }
-    memset(c, 0, sizeof *c);
-    if (n > CLAIM_MAX_JOBS) {
-        /* cannot happen with a sane battery; give the jobs back */
-        PQclear(r);
-        return err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
-    }
+    const int n = PQntuples(r);
     /* the previous checkpoint's artifacts: passed when every job that
      * reads them found them done there, at the same step (job_prev_step) */
     int readers = 0, found = 0;
@@ -279,19 +201,148 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
         c->prev_step = -1;
     c->njobs = n;
     c->checkpoint_id = atoll(PQgetvalue(r, 0, 4));
-    PQclear(r);
     order_by_dependencies(c, deps);
+}
+
+/* Undo a claim of the jobs in r (column 0: their ids): queued again, the
+ * attempt not counted, as queue_release does.  A failure is only logged:
+ * the lease expires and the jobs return anyway. */
+static void give_back(struct db *db, const char *node, PGresult *r)
+{
+    const int n = PQntuples(r);
+    long long *ids = malloc((size_t)n * sizeof *ids);
+    char *arr = malloc((size_t)n * 24 + 3);
+    struct err e;
+    err_clear(&e);
+    if (!ids || !arr) {
+        err_set(&e, ERR_NOMEM, "queue", "out of memory");
+    } else {
+        for (int i = 0; i < n; i++)
+            ids[i] = atoll(PQgetvalue(r, i, 0));
+        db_int_array(arr, (size_t)n * 24 + 3, ids, n);
+        const char *p[2] = {arr, node};
+        if (db_run(db,
+                   "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+                   "   lease_owner = NULL, lease_expires = NULL, not_before = now()"
+                   " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'",
+                   2, p, &e) == 0)
+            log_warn("claim given back", "jobs=%d", n);
+    }
+    if (e.code)
+        log_err("cannot give the claimed jobs back (their lease will expire)", &e);
+    free(arr);
+    free(ids);
+}
+
+int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c, struct err *e)
+{
+    char lease[32];
+    snprintf(lease, sizeof lease, "%.3f", lease_s);
+    const char *p[2] = {node, lease};
+    PGresult *r = NULL;
+    int n = 0;
+    /* Lock the first checkpoint that has due queued jobs, by the lowest
+     * priority of those jobs (policy.h: 0 for every job of a run in step
+     * order), then oldest first (by id: the order runs and their steps
+     * were added), skipping checkpoints another node is claiming right now;
+     * then take its queued jobs of that priority or lower.  One due job is enough: the jobs of a checkpoint fail
+     * together, but their backoffs are jittered row by row, and waiting for
+     * the last would split the checkpoint into several worker runs.
+     *
+     * The candidates are the checkpoints of the first 256 due jobs on
+     * the jobs_queued_priority index, so a claim costs the same however many jobs
+     * are done, running or queued.  FOR UPDATE SKIP LOCKED applies to the
+     * candidates in order, one at a time until one is locked, whatever
+     * plan the statistics bring (a lock in a subquery run per queued job
+     * would lock every checkpoint whenever the planner sorts after the
+     * join).  More claimers at once than candidates: the rest hear
+     * "nothing" and poll again.
+     *
+     * Dependencies: a job is a candidate when its item has none (no
+     * depends_on, no need of prev_artifacts in battery_items: one index
+     * probe), or job_ready() (schema/005_sae.sql) says they allow it; the
+     * test runs on the jobs scanned for candidates, before any lock.  The
+     * jobs that read the previous checkpoint come back with the item they
+     * read there and that checkpoint's step when its job is done
+     * (job_prev_item, job_prev_step).
+     *
+     * ck comes back even when the UPDATE took nothing: another node claimed
+     * that checkpoint's jobs after our snapshot was taken but before we
+     * locked it.  That is not "nothing claimable": look again.
+     *
+     * bench/queue_bench.sh extracts this statement and the next from this
+     * file; keep each one db_exec() of string literals. */
+    int rc = 0;
+    for (int tries = 0;; tries++) {
+        r = db_exec(db,
+            "WITH cand AS MATERIALIZED ("
+            "  SELECT array_agg(q.checkpoint_id ORDER BY q.priority, q.checkpoint_id) AS ids,"
+            "    array_agg(q.priority ORDER BY q.priority, q.checkpoint_id) AS prios"
+            "  FROM (SELECT q.checkpoint_id, q.priority FROM jobs q"
+            "    WHERE q.state = 'queued' AND q.not_before <= now()"
+            "      AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
+            "             AND b.version = q.version AND (b.depends_on IS NOT NULL"
+            "             OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"
+            "    ORDER BY q.priority, q.checkpoint_id LIMIT 256) q),"
+            " ck AS ("
+            "  SELECT c.id, cand.prios[array_position(cand.ids, c.id)] AS prio FROM checkpoints c, cand"
+            "  WHERE c.id = ANY (cand.ids)"
+            "  ORDER BY array_position(cand.ids, c.id) LIMIT 1 FOR UPDATE OF c SKIP LOCKED),"
+            " claimed AS ("
+            "  UPDATE jobs j SET state = 'running', lease_owner = $1,"
+            "    lease_expires = now() + make_interval(secs => $2::float8),"
+            "    attempts = attempts + 1, started_at = now()"
+            "  FROM ck WHERE j.checkpoint_id = ck.id AND j.state = 'queued' AND j.priority <= ck.prio"
+            "    AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = j.item"
+            "           AND b.version = j.version AND (b.depends_on IS NOT NULL"
+            "           OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(j.id))"
+            "  RETURNING j.id, j.item, j.version, j.attempts)"
+            " SELECT claimed.id, claimed.item, claimed.version, claimed.attempts,"
+            "   ck.id AS checkpoint_id, b.depends_on,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_item(claimed.id) END,"
+            "   CASE WHEN 'prev_artifacts' = ANY (b.needs) THEN job_prev_step(claimed.id) END"
+            " FROM ck LEFT JOIN claimed ON true"
+            " LEFT JOIN battery_items b ON b.item = claimed.item AND b.version = claimed.version"
+            " ORDER BY claimed.id", 2, p, e);
+        if (!r) {
+            rc = ERR_DB;
+            goto out;
+        }
+        n = PQntuples(r);
+        if (n == 0 || !PQgetisnull(r, 0, 0))
+            break;
+        PQclear(r);
+        r = NULL;
+        if (tries == CLAIM_RACE_RETRIES)
+            goto out; /* a crowd of claimers: poll again later */
+    }
+    if (n == 0)
+        goto out;
+    memset(c, 0, sizeof *c);
+    if (n > CLAIM_MAX_JOBS) {
+        /* cannot happen with a sane battery: the jobs go back untouched */
+        rc = err_set(e, ERR_INVALID, "queue", "checkpoint has %d jobs, more than %d", n, CLAIM_MAX_JOBS);
+        give_back(db, node, r);
+        goto out;
+    }
+    claim_jobs(c, r);
+    PQclear(r);
+    r = NULL;
     char ck[32];
     snprintf(ck, sizeof ck, "%lld", c->checkpoint_id);
     const char *p2[1] = {ck};
     r = db_exec(db,
-        "SELECT c.run_id, c.step, c.url, r.name, r.options::text, r.source FROM checkpoints c"
-        " JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
-    if (!r)
-        return ERR_DB; /* the lease expires and the jobs return */
+        "SELECT c.run_id, c.step, c.url, r.name, r.options::text, r.source,"
+        "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id AND o.step < c.step),"
+        "   (SELECT count(*) FROM checkpoints o WHERE o.run_id = c.run_id)"
+        " FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.id = $1", 1, p2, e);
+    if (!r) {
+        rc = ERR_DB; /* the lease expires and the jobs return */
+        goto out;
+    }
     if (PQntuples(r) != 1) { /* the run was deleted under us */
-        PQclear(r);
-        return err_set(e, ERR_DB, "queue", "checkpoint %s vanished while being claimed", ck);
+        rc = err_set(e, ERR_DB, "queue", "checkpoint %s vanished while being claimed", ck);
+        goto out;
     }
     c->run_id = atoll(PQgetvalue(r, 0, 0));
     c->step = atoll(PQgetvalue(r, 0, 1));
@@ -299,8 +350,12 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     snprintf(c->run, sizeof c->run, "%s", PQgetvalue(r, 0, 3));
     snprintf(c->options, sizeof c->options, "%s", PQgetvalue(r, 0, 4));
     snprintf(c->source, sizeof c->source, "%s", PQgetvalue(r, 0, 5));
+    c->index = atoi(PQgetvalue(r, 0, 6));
+    c->count = atoi(PQgetvalue(r, 0, 7));
+    rc = 1;
+out:
     PQclear(r);
-    return 1;
+    return rc;
 }
 
 int queue_heartbeat(struct db *db, const char *node, double lease_s, const long long *ids, int n,
@@ -365,6 +420,21 @@ int queue_release(struct db *db, const char *node, const long long *ids, int n, 
         "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
         "   lease_owner = NULL, lease_expires = NULL, not_before = now()"
         " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 2, p, e);
+    if (rc == 0)
+        rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
+    return rc;
+}
+
+int queue_giveback(struct db *db, const char *node, const long long *ids, int n, const char *why,
+                   struct err *e)
+{
+    char arr[CLAIM_MAX_JOBS * 24];
+    db_int_array(arr, sizeof arr, ids, n);
+    const char *p[3] = {arr, node, why};
+    int rc = db_run(db,
+        "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
+        "   lease_owner = NULL, lease_expires = NULL, not_before = now(), last_error = $3"
+        " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'running'", 3, p, e);
     if (rc == 0)
         rc = db_run(db, "NOTIFY " QUEUE_CHANNEL, 0, NULL, e);
     return rc;

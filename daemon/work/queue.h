@@ -44,6 +44,7 @@ struct claim {
     int versions[CLAIM_MAX_JOBS];
     int attempts;         /* highest attempt number among the jobs */
     long long prev_step;  /* the step whose artifacts the jobs read (--prev-artifacts), or -1 */
+    int index, count;     /* the checkpoint's place among the run's, in step order */
     char artifact_dir[1024]; /* the artifact root the worker wrote under (set by serve when
                                 an item needs artifacts), or "" */
 };
@@ -70,7 +71,8 @@ int queue_add_run(struct db *db, const char *name, const char *source, const cha
                   struct err *e) CK_WUR;
 
 /* Claim the queued, due jobs of one checkpoint whose dependencies allow
- * it (job_ready() in schema/005_sae.sql: a job of an item with depends_on
+ * it, the checkpoint whose due jobs have the lowest priority first (then the
+ * oldest), and of it the jobs of that priority or lower (policy.h) (job_ready() in schema/005_sae.sql: a job of an item with depends_on
  * waits for that item's job of the same checkpoint, unless both are
  * claimed together; one that reads the previous checkpoint's artifacts
  * waits for the job there that writes them).  Jobs come in the order the
@@ -96,6 +98,12 @@ int queue_fail(struct db *db, const char *node, const long long *ids, int n, con
 /* Give jobs back without counting the attempt (orderly shutdown). */
 int queue_release(struct db *db, const char *node, const long long *ids, int n,
                   struct err *e) CK_WUR;
+
+/* Give jobs back without counting the attempt because this node could not
+ * do the work (its disk is full), with `why` as their last_error; they are
+ * due at once (another node may have room). */
+int queue_giveback(struct db *db, const char *node, const long long *ids, int n, const char *why,
+                   struct err *e) CK_WUR;
 
 /* Return every expired lease to the queue (or make it dead); returns the
  * number of jobs affected. */

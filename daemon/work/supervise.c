@@ -3,18 +3,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
 
@@ -54,58 +47,22 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
     unlink(w->status_path); /* only the new worker's outcomes count */
     int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int errfd = open(w->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int rc = 0;
     if (out < 0 || errfd < 0) {
-        if (out >= 0)
-            close(out);
-        if (errfd >= 0)
-            close(errfd);
-        return err_set(e, ERR_IO, w->out_path, "cannot create spool file: %s", strerror(errno));
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(out);
-        close(errfd);
-        return err_set(e, ERR_CHILD, argv[0], "fork failed: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        setpgid(0, 0);
+        rc = err_set(e, ERR_IO, w->out_path, "cannot create spool file: %s", strerror(errno));
+    } else {
         /* a daemon killed outright takes its workers with it; their jobs
          * return to the queue when the lease expires */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) /* it died before prctl took effect */
-            _exit(127);
-        dup2(out, 1);
-        dup2(errfd, 2);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        signal(SIGPIPE, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (lim->memory_mb > 0) {
-            struct rlimit rl = {(rlim_t)lim->memory_mb << 20, (rlim_t)lim->memory_mb << 20};
-            setrlimit(RLIMIT_AS, &rl);
-        }
-        if (lim->cpu_s > 0) {
-            struct rlimit rl = {(rlim_t)lim->cpu_s, (rlim_t)lim->cpu_s + 5};
-            setrlimit(RLIMIT_CPU, &rl);
-        }
-        execvp(argv[0], (char *const *)argv);
-        fprintf(stderr, "cannot execute %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
+        struct child_opts o = {.in_fd = -1, .out_fd = out, .err_fd = errfd, .new_group = 1,
+                               .die_with_parent = 1, .memory_mb = lim->memory_mb,
+                               .cpu_s = lim->cpu_s, .timeout_s = lim->timeout_s};
+        rc = child_spawn(&w->proc, argv, &o, e);
     }
-    setpgid(pid, pid); /* also from the parent: no race with kill(-pid) */
-    close(out);
-    close(errfd);
-    w->pid = pid;
-    w->started = mono_now();
-    w->deadline = lim->timeout_s > 0 ? w->started + lim->timeout_s : 0;
-    return 0;
+    if (out >= 0)
+        close(out);
+    if (errfd >= 0)
+        close(errfd);
+    return rc;
 }
 
 /* The last lines of the stderr file, joined with " | ", at most ~600 bytes. */
@@ -134,20 +91,19 @@ static void stderr_tail(const struct worker *w, char *out, size_t n)
         o += (size_t)snprintf(out + o, n - o, "%s%s", o ? " | " : "", line);
 }
 
-static void describe_end(struct worker *w, int status)
+/* The worker ended (reaped): how, and the tail of its stderr. */
+static void describe_end(struct worker *w)
 {
-    char tail[700];
+    char tail[700], how[128];
     stderr_tail(w, tail, sizeof tail);
-    w->ok = !w->timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    w->done = 1;
+    w->seconds = w->proc.seconds;
+    w->timed_out = w->proc.timed_out;
+    w->ok = child_ok(&w->proc);
     if (w->ok)
         return;
-    if (w->timed_out)
-        snprintf(w->how, sizeof w->how, "worker timed out after %.0f s and was killed", w->seconds);
-    else if (WIFSIGNALED(status))
-        snprintf(w->how, sizeof w->how, "worker killed by signal %d (%s)", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)));
-    else
-        snprintf(w->how, sizeof w->how, "worker exited with status %d", WEXITSTATUS(status));
+    child_describe(&w->proc, how, sizeof how);
+    snprintf(w->how, sizeof w->how, "worker %s", how);
     snprintf(w->error, sizeof w->error, "%s%s%s", w->how, tail[0] ? "; stderr: " : "", tail);
 }
 
@@ -155,39 +111,20 @@ int supervise_poll(struct worker *w)
 {
     if (w->done)
         return 1;
-    if (!w->pid)
+    if (!w->proc.pid)
         return 1;
-    int status = 0;
-    pid_t r = waitpid(w->pid, &status, WNOHANG);
-    if (r == w->pid) {
-        w->seconds = mono_now() - w->started;
-        w->done = 1;
-        w->pid = 0;
-        describe_end(w, status);
-        return 1;
-    }
-    if (w->deadline > 0 && mono_now() > w->deadline) {
-        w->timed_out = 1;
-        kill(-w->pid, SIGKILL);
-        waitpid(w->pid, &status, 0);
-        w->seconds = mono_now() - w->started;
-        w->done = 1;
-        w->pid = 0;
-        describe_end(w, status);
-        return 1;
-    }
-    return 0;
+    if (!child_poll(&w->proc))
+        return 0;
+    describe_end(w);
+    return 1;
 }
 
 void supervise_kill(struct worker *w)
 {
-    if (w->pid > 0 && !w->done) {
-        kill(-w->pid, SIGKILL);
-        int status;
-        waitpid(w->pid, &status, 0);
-        w->seconds = mono_now() - w->started;
+    if (w->proc.pid > 0 && !w->done) {
+        child_kill(&w->proc);
+        w->seconds = w->proc.seconds;
         w->done = 1;
-        w->pid = 0;
         w->ok = 0;
         snprintf(w->how, sizeof w->how, "worker killed by the daemon");
         snprintf(w->error, sizeof w->error, "%s", w->how);

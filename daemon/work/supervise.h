@@ -4,9 +4,10 @@
  * One worker process per claimed checkpoint.  Its stdout (the result rows)
  * and stderr go to files in the spool directory, so nothing is lost if the
  * daemon's database connection drops while it runs and no pipe can fill up.
- * The child gets its own process group, resource limits (RLIMIT_AS for
- * memory, RLIMIT_CPU for CPU time) and a wall-clock deadline enforced by
- * supervise_poll(), which kills the whole group with SIGKILL when it passes.
+ * The child (common/child.h) gets its own process group, resource limits
+ * (RLIMIT_AS for memory, RLIMIT_CPU for CPU time), dies with the daemon,
+ * and has a wall-clock deadline enforced by supervise_poll(), which kills
+ * the whole group with SIGKILL when it passes.
  * When a worker ends, the outcome says how: exit status, or the signal, and
  * the tail of its stderr, ready to become a job's last_error.
  *
@@ -40,6 +41,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "common/child.h"
 #include "common/err.h"
 #include "daemon/base/owner.h"
 
@@ -50,9 +52,8 @@ struct worker_limits {
 };
 
 struct worker {
-    pid_t pid;              /* 0 when not running */
-    double started;         /* monotonic seconds */
-    double deadline;        /* monotonic; 0: none */
+    struct child proc;      /* the process (common/child.h): proc.pid > 0 while it runs,
+                               proc.started (monotonic seconds) */
     char out_path[1024];    /* stdout: the rows */
     char err_path[1024];    /* stderr */
     char status_path[1024]; /* the worker's item outcomes (--status) */

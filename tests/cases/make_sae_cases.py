@@ -305,6 +305,15 @@ sparsify("sparsify_k_too_big", "format\t\"k\" is 9, outside [1, 6]", cfg_sparsif
 sparsify("sparsify_d_in_missing", "format\t\"d_in\" is missing",
          {k: v for k, v in cfg_sparsify().items() if k != "d_in"}, sparsify_tensors())
 
+# found by fuzz/fuzz_sae.c: sizes far beyond the weights (2^31 floats a
+# matrix) are refused by the shape check before memory is taken for them
+saelens("sizes_beyond_weights",
+        "format\ttensor W_enc has shape [4, 6]; cfg.json implies [46341, 46340]",
+        cfg6(d_in=46341, d_sae=46340), saelens_tensors())
+sparsify("sparsify_sizes_beyond_weights",
+         "format\ttensor encoder.weight has shape [6, 4]; cfg.json implies [46340, 46341]",
+         cfg_sparsify(d_in=46341, num_latents=46340), sparsify_tensors())
+
 
 def main():
     if os.path.isdir(ROOT):

@@ -106,6 +106,9 @@ def variant(**changes):
 
 DELETE = object()
 
+EMPTY_TOKEN = copy.deepcopy(TINY)
+EMPTY_TOKEN["model"]["vocab"] = dict([("", 24)] + list(TINY["model"]["vocab"].items()))
+
 ERRORS = {
     "no_model": (variant(model=DELETE), "format", 'no "model" object'),
     "model_unigram": (variant(model__type="Unigram"), "unsupported", 'model type "Unigram"'),
@@ -138,6 +141,12 @@ ERRORS = {
     "added_empty": (variant(added_tokens__1={"id": 20, "content": ""}), "format",
                     '"content" must be a non-empty string'),
     "unk_missing": (variant(model__unk_token="<unk>"), "format", 'unk_token "<unk>" is not in the vocabulary'),
+    # found by fuzz/fuzz_tokenizer.c: a 20-token file with an id of 4 million
+    # took a token table of 4 million entries
+    "vocab_sparse_ids": (variant(**{"model__vocab__!": 4444419}), "format",
+                         'id 4444419 (of "!") in a vocabulary of 25 tokens: ids must be nearly dense'),
+    "vocab_id_beyond_model": (variant(**{"model__vocab__!": 16777216}), "format",
+                              'id of "!" is not an integer in [0, 16777216)'),
 }
 
 
@@ -162,6 +171,9 @@ def main():
     write("tiny_merges_swapped", SWAPPED, ok(SWAPPED_ENCODINGS))
     write("tiny_merges_as_pairs", NEW_MERGES, ok(TINY_ENCODINGS))
     write("tiny_prefix_space", PREFIX, ok(PREFIX_ENCODINGS))
+    # found by fuzz/fuzz_tokenizer.c: an empty token first in the vocabulary
+    # did arithmetic on a NULL key store; it is a token no text encodes to
+    write("vocab_empty_token", EMPTY_TOKEN, ok(TINY_ENCODINGS))
     for name, (doc, code, needle) in ERRORS.items():
         write(name, doc, "%s\t%s\n" % (code, needle))
     write("bad_json", None, "format\tnot valid JSON\n", raw='{"model": {"vocab": {"a": 1,}}\n')

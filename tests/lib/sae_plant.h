@@ -41,7 +41,7 @@
 #include <string.h>
 
 #include "common/path.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/model/safetensors.h"
 
 #define PLANT_STEPS 7

@@ -1,5 +1,5 @@
 /* test_files.h - small file helpers the cmocka tests share (include after
- * <cmocka.h>). */
+ * <cmocka.h>): formatted strings, whole files, a scratch directory. */
 #ifndef CKPTD_TESTS_LIB_TEST_FILES_H
 #define CKPTD_TESTS_LIB_TEST_FILES_H
 
@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -49,6 +50,32 @@ static inline void *slurp(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+/* Write text to path (the file replaced); fails the test if it cannot. */
+static inline void put_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A fresh scratch directory /tmp/<prefix>XXXXXX into dir (n bytes); 0, or
+ * -1 (for a cmocka setup function to return). */
+static inline int scratch_make(char *dir, size_t n, const char *prefix)
+{
+    snprintf(dir, n, "/tmp/%sXXXXXX", prefix);
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+/* Remove the scratch directory and everything in it; 0 or -1. */
+static inline int scratch_remove(const char *dir)
+{
+    char *cmd = xasprintf("rm -rf '%s'", dir);
+    int rc = system(cmd);
+    free(cmd);
+    return rc == 0 ? 0 : -1;
 }
 
 #endif

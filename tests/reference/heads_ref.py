@@ -1,9 +1,13 @@
 #!/usr/bin/python3
 """Independent reference for the `heads` and `ablation` battery items.
 
-Writes tests/golden/heads/<name>.json: every row the two items print for a
-checkpoint with --seed 0 and the generated eval set, computed here in
-float64 with torch from the checkpoint's weights.  tests/test_heads.c
+Writes tests/golden/heads/<name>.json: every row the `heads` and
+`ablation_exact` items print for a checkpoint with --seed 0 and the
+generated eval set (key "ablation": ablation v1's rows, which
+ablation_exact keeps and ablation v2 shares where both write a row), and
+ablation v2's attribution patching estimates of every head (key
+"ablation_atp"), computed here in float64 with torch from the
+checkpoint's weights.  tests/test_heads.c
 runs the C items on the same checkpoints and compares row by row (the
 tolerances are stated there and in tests/golden/README.md).  Run from the
 repository root after `make` (the hand-built circuits are written by
@@ -33,6 +37,8 @@ Definitions (workers/battery/battery_heads.c, battery_ablation.c):
                       delta = ablated - clean mean loss; direct logit
                       attribution of every component through the clean
                       final LayerNorm scale, towards W_U[y] - mean W_U.
+  estimates           g = d (scored mean loss) / d hook_z by autograd;
+                      zero: -sum z . g, mean: sum (zmean - z) . g per head.
 The forward pass is written here again (not imported from gptneox_ref.py's
 forward) because the ablations edit hook_z; its pieces (layer norm, rotary,
 GELU) are gptneox_ref.py's, which checks them against torch and float64.
@@ -240,6 +246,40 @@ def ablation_rows(cfg, W, seed):
     return rows
 
 
+def atp_rows(cfg, W, seed):
+    """The attribution patching estimates of ablation v2: with g = d (scored
+    mean loss) / d hook_z of the clean run (torch autograd, float64),
+    zero: -sum over positions of z . g; mean: sum of (zmean - z) . g."""
+    V, mp = cfg["vocab_size"], cfg["max_position_embeddings"]
+    NL, NH = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    rep, L = repeated(V, mp, seed)
+    ev = eval_default(V, mp, seed)
+    sets = [(ev[:4], torch.ones(ev.shape[1] - 1, dtype=torch.bool)),
+            (rep[:4], torch.tensor([L + 1 <= t <= 2 * L - 1 for t in range(rep.shape[1] - 1)]))]
+    rows = []
+    for idx, (tok, mask) in enumerate(sets):
+        zs = []
+
+        def keep(layer, z):
+            if z.requires_grad:
+                z.retain_grad()
+            else:
+                z.requires_grad_()
+            zs.append(z)
+            return z
+        logits, _ = forward(cfg, W, tok, keep)
+        token_loss(logits, tok)[:, mask].mean().backward()
+        for kind in ("zero", "mean"):
+            for l in range(NL):
+                z, g = zs[l].detach(), zs[l].grad
+                zmean = z.mean(dim=(0, 1))                     # [NH,HS]
+                for h in range(NH):
+                    base = z[:, :, h] if kind == "zero" else z[:, :, h] - zmean[h]
+                    rows.append(["%s_ablation_estimate" % kind, l, h, idx,
+                                 -(base * g[:, :, h]).sum().item()])
+    return rows
+
+
 def load(d):
     with open(os.path.join(d, "config.json")) as f:
         cfg = json.load(f)
@@ -263,14 +303,16 @@ def main():
     for name, d in cases:
         cfg, W = load(d)
         doc = {"checkpoint": name, "seed": 0,
-               "heads": heads_rows(cfg, W, 0), "ablation": ablation_rows(cfg, W, 0)}
+               "heads": heads_rows(cfg, W, 0), "ablation": ablation_rows(cfg, W, 0),
+               "ablation_atp": atp_rows(cfg, W, 0)}
+        keys = ("heads", "ablation", "ablation_atp")
         path = os.path.join(OUT_DIR, name + ".json")
         with open(path, "w") as f:   # one row per line
             f.write('{"checkpoint": %s, "seed": 0,\n' % json.dumps(name))
-            for i, item in enumerate(("heads", "ablation")):
+            for i, item in enumerate(keys):
                 f.write(' "%s": [\n  ' % item)
                 f.write(",\n  ".join(json.dumps(r) for r in doc[item]))
-                f.write("\n ]%s\n" % ("," if i == 0 else ""))
+                f.write("\n ]%s\n" % ("," if i + 1 < len(keys) else ""))
             f.write("}\n")
         print("== %s: %d heads rows, %d ablation rows -> %s"
               % (name, len(doc["heads"]), len(doc["ablation"]), os.path.relpath(path, ROOT)))

@@ -388,6 +388,9 @@ def cases():
     case("truncated_pkl", z(good[:len(good) // 2]), "format\tdata.pkl is truncated")
     case("no_stop", z(good[:-1]), "format\tends at byte")
     case("stack_underflow", z(b"\x80\x02" + TUPLE2 + STOP), "format\tTUPLE2 needs 2 values")
+    # found by fuzz/fuzz_pickle.c: a tuple of an empty MARK before any value
+    case("empty_mark_tuple", z(b"\x80\x02" + MARK + TUPLE + STOP),
+         "format\tdata.pkl holds a tuple, not a state dict")
     case("memo_get_unset", z(b"\x80\x02" + b"h\x05" + STOP),
          "format\tBINGET of memo slot 5, which was never set")
     case("memo_put_huge", z(b"\x80\x02N" + b"r\xff\xff\xff\xff" + STOP),

@@ -7,15 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/log.h"
+#include "common/rng.h"
 
 static const struct battery_item *const items[] = {
     &battery_item_loss,
     &battery_item_weights,
+    &battery_item_integrity,
     &battery_item_heads,
     &battery_item_lens,
     &battery_item_composition,
     &battery_item_ablation,
+    &battery_item_ablation_exact,
     &battery_item_probes,
     &battery_item_task,
     &battery_item_sae,
@@ -98,31 +101,86 @@ static int check_rows(const struct battery_item *it, const struct rows *r, struc
     return 0;
 }
 
+/* Why ctx cannot serve the item, or 0. */
+static int needs_unmet(const struct battery_item *it, const struct battery_ctx *ctx, struct err *e)
+{
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) &&
+        (!ctx->eval_tokens || ctx->eval_B <= 0 || ctx->eval_T <= 0))
+        return err_set(e, ERR_INVALID, NULL, "needs eval tokens and none were given");
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) && !ctx->task_path)
+        return err_set(e, ERR_INVALID, NULL,
+                       "needs the run's task.json (next to the checkpoint, in its parent "
+                       "directory, or --task FILE) and none was found");
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)) && ctx->nsae_fixed <= 0)
+        return err_set(e, ERR_INVALID, NULL,
+                       "follows fixed SAE dictionaries and none was given (--sae DIR)");
+    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS)) && !ctx->artifacts_dir)
+        return err_set(e, ERR_INVALID, NULL,
+                       "writes artifacts and no directory was given (--artifacts DIR)");
+    return 0;
+}
+
+/* An item that reads the eval pass: the shared one when it is attached
+ * there, else a pass of its own. */
+static int run_with_pass(const struct battery_item *it, const struct battery_ctx *ctx,
+                         struct rows *out, struct err *e)
+{
+    if (ctx->pass && evalpass_has(ctx->pass, it->name)) {
+        if (evalpass_run(ctx->pass, NULL) < 0) {
+            /* every consumer holds the forward's error: the item reports it */
+        }
+        return it->run(ctx, out, e);
+    }
+    struct battery_ctx own = *ctx;
+    int rc = evalpass_create(&own.pass, ctx->model, ctx->eval_tokens, ctx->eval_B, ctx->eval_T, e);
+    if (rc == 0 && (rc = it->attach(&own, own.pass, e)) == 0 &&
+        (rc = evalpass_run(own.pass, e)) == 0)
+        rc = it->run(&own, out, e);
+    evalpass_free(own.pass);
+    return rc;
+}
+
 int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
                      struct rows *out, struct err *e)
 {
     rows_begin(out, it->name, it->version);
-    int rc;
-    if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS)) &&
-        (!ctx->eval_tokens || ctx->eval_B <= 0 || ctx->eval_T <= 0))
-        rc = err_set(e, ERR_INVALID, NULL, "needs eval tokens and none were given");
-    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_TASK)) && !ctx->task_path)
-        rc = err_set(e, ERR_INVALID, NULL,
-                     "needs the run's task.json (next to the checkpoint, in its parent "
-                     "directory, or --task FILE) and none was found");
-    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_SAE_DICTS)) && ctx->nsae_fixed <= 0)
-        rc = err_set(e, ERR_INVALID, NULL,
-                     "follows fixed SAE dictionaries and none was given (--sae DIR)");
-    else if ((it->needs & BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS)) && !ctx->artifacts_dir)
-        rc = err_set(e, ERR_INVALID, NULL,
-                     "writes artifacts and no directory was given (--artifacts DIR)");
-    else if ((rc = it->run(ctx, out, e)) >= 0)
+    int rc = needs_unmet(it, ctx, e);
+    if (rc == 0)
+        rc = it->attach ? run_with_pass(it, ctx, out, e) : it->run(ctx, out, e);
+    if (rc >= 0)
         rc = check_rows(it, out, e);
     if (rc < 0) {
         rows_begin(out, it->name, it->version); /* drop the partial rows */
         err_wrap(e, "item %s v%d", it->name, it->version);
     }
     return rc;
+}
+
+int battery_pass_prepare(struct battery_ctx *ctx, const struct battery_item *const *list,
+                         size_t n, struct err *e)
+{
+    ctx->pass = NULL;
+    int readers = 0;
+    for (size_t i = 0; i < n; i++)
+        readers += list[i]->attach && needs_unmet(list[i], ctx, NULL) == 0;
+    if (!readers)
+        return 0;
+    int rc = evalpass_create(&ctx->pass, ctx->model, ctx->eval_tokens, ctx->eval_B, ctx->eval_T, e);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        struct err why;
+        err_clear(&why);
+        if (!list[i]->attach || needs_unmet(list[i], ctx, NULL) < 0)
+            continue;
+        if (list[i]->attach(ctx, ctx->pass, &why) < 0) {
+            if (why.code == ERR_NOMEM)
+                return err_set(e, ERR_NOMEM, list[i]->name, "%s", why.msg);
+            log_debug("eval pass: item left out", "item=%s error=%s", list[i]->name,
+                      log_quote(err_str(&why)));
+        }
+    }
+    return 0;
 }
 
 int battery_eval_default(int **tokens, int *B, int *T, int V, int max_positions,

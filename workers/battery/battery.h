@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "workers/battery/evalpass.h"
 #include "workers/battery/pair_set.h"
 #include "workers/battery/probe_set.h"
 #include "workers/battery/rows.h"
@@ -103,6 +104,13 @@ struct battery_ctx {
      * (sae_sites_resolve) */
     const char *const *sae_sites;
     int nsae_sites;
+    /* The eval set's shared forward (evalpass.h), or NULL: an item that
+     * reads it then runs a pass of its own (battery_run_item). */
+    struct evalpass *pass;
+    /* --full-sweep: this checkpoint is on the run's sparse skeleton, where
+     * items with a sparse exact part run it in full (ablation: every
+     * head ablated exactly). */
+    int full_sweep;
     /* the checkpoint's provenance, or NULL (unknown) */
     const struct battery_provenance *provenance;
     /* fixed dictionaries for sae_fixed (--sae DIR, in order), or NULL/0 */
@@ -132,6 +140,11 @@ struct battery_item {
     /* 1: left out of a run's default battery (ckptd add-run without
      * --items); it runs when named.  "opt_in" in `battery --json`. */
     int opt_in;
+    /* The item's part of the eval set's shared forward, or NULL: adds a
+     * consumer named after the item to the pass (evalpass_add); run then
+     * takes the consumer's state from ctx->pass (evalpass_state).  Called
+     * with ctx->pass being that pass. */
+    int (*attach)(const struct battery_ctx *ctx, struct evalpass *p, struct err *e);
 };
 
 /* ---- the registry ---- */
@@ -160,6 +173,16 @@ const char *battery_need_name(enum battery_need k);
  * written. */
 int battery_run_item(const struct battery_item *it, const struct battery_ctx *ctx,
                      struct rows *out, struct err *e) CK_WUR;
+
+/* The shared eval forward for the items (n of them) that read it: when
+ * ctx has eval tokens and one of them has an attach function, a pass is
+ * created into ctx->pass and every such item whose needs are met attaches
+ * to it (an item whose attach fails is left out and will run a pass of
+ * its own, reporting the same error then).  ctx->pass stays NULL when no
+ * item reads it.  The pass runs when the first of them runs, or at
+ * evalpass_run; the caller frees it with evalpass_free.  Errors: ERR_NOMEM. */
+int battery_pass_prepare(struct battery_ctx *ctx, const struct battery_item *const *items,
+                         size_t n, struct err *e) CK_WUR;
 
 /* Check ctx's eval set for an item that runs the model on it: sequences of
  * at least 2 tokens, no longer than max_position_embeddings, every id in
@@ -234,6 +257,31 @@ extern const struct battery_item battery_item_loss;
 #define WEIGHTS_GRAM_ROWS 256
 extern const struct battery_item battery_item_weights;
 
+/* integrity v1: a fingerprint of the weights, no inputs, one pass over
+ * them (battery_integrity.c has the definition; the daemon compares the
+ * fingerprints of a run's checkpoints, daemon/detect/integrity.h).
+ *   sketch         layer -1 head -1 idx k: count sketch of every parameter,
+ *                  INTEGRITY_K buckets
+ *   tensor_sketch  layer L (or -1) head = the tensor's slot, idx k: count
+ *                  sketch of one tensor, INTEGRITY_TENSOR_K buckets
+ *   tensor_norm    layer, head as above, idx -1: the tensor's L2 norm
+ *   param_norm     -1 -1 -1: the L2 norm of every parameter */
+#define INTEGRITY_K 256            /* buckets of the whole-model sketch (a power of 2) */
+#define INTEGRITY_TENSOR_K 64      /* buckets of a tensor's sketch (a power of 2) */
+#define INTEGRITY_LAYER_TENSORS 12 /* tensor slots of a layer */
+#define INTEGRITY_SALT 0x494e544547524954ull /* "INTEGRIT": xor'ed into every name hash */
+extern const struct battery_item battery_item_integrity;
+
+/* The sketch's hash state for a tensor name: FNV-1a 64 of its bytes xor
+ * INTEGRITY_SALT (exposed for tests). */
+uint64_t integrity_name_hash(const char *name);
+
+/* Add x (n) to the whole-model sketch (INTEGRITY_K) and to the tensor's
+ * own sketch (INTEGRITY_TENSOR_K, the caller zeroes it); *sumsq gets the
+ * sum of squares of x. */
+void integrity_sketch_add(const float *x, size_t n, const char *name, double *whole, double *own,
+                          double *sumsq);
+
 /* probes v1 (needs eval_tokens, probe_sets): linear probes (probe_fit.h) per
  * layer, on hook_embed (layer -1) and blocks.L.hook_resid_post (layer L),
  * fitted on a train split of the sequences and scored on the held-out split
@@ -271,15 +319,17 @@ void probes_labels(const int *tok, int T, const int *top, int K, int *prev, int 
  * only ids that occur.  Returns how many were found (<= K), or ERR_NOMEM. */
 int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
 
-/* lens v1 (needs eval_tokens): the logit lens, the final LayerNorm and the
+/* lens v2 (needs eval_tokens): the logit lens, the final LayerNorm and the
  * unembedding applied to each layer's residual stream.
  *   lens_loss, lens_kl, lens_top1_agreement   layer l: after block l
  *       (blocks.l.hook_resid_post), -1: the embedding (hook_embed)
- * The eval set is run LENS_BATCH_TOKENS tokens per forward (whole
- * sequences, at least one); lensed logits are computed LENS_GEMM_ROWS
- * (layer, token) rows per sgemm.  See battery_lens.c. */
-#define LENS_BATCH_TOKENS 1024
+ * The residual streams come from the eval set's shared forward
+ * (evalpass.h); the last layer is the forward's own logits.  Lensed logits
+ * are computed LENS_GEMM_ROWS (layer, token) rows per sgemm, one tile of
+ * LENS_VOCAB_TILE vocabulary entries at a time, and reduced in cache.  See
+ * battery_lens.c. */
 #define LENS_GEMM_ROWS 512
+#define LENS_VOCAB_TILE 2048
 extern const struct battery_item battery_item_lens;
 
 /* composition v1: Q-, K- and V-composition scores between every pair of
@@ -309,18 +359,31 @@ extern const struct battery_item battery_item_composition;
 #define HEADS_BATCH 8 /* eval sequences per forward */
 extern const struct battery_item battery_item_heads;
 
-/* ablation v1 (needs eval_tokens): per head, the effect on the loss of
- * zero- and mean-ablating its hook_z slice, and direct logit attribution
- * of heads, MLPs, the embedding and the biases; on two token sets, idx 0
- * the first ABLATION_EVAL_SEQS eval sequences (every next-token
- * prediction) and idx 1 the first ABLATION_REP_SEQS repeated sequences
- * (predictions of R[1..L-1] in the second copy, the induction loss).
- * Ablated forwards resume at the ablated layer (gptneox_forward_from) with
- * variants stacked along the batch, up to ABLATION_TOKENS tokens per
- * forward.  See battery_ablation.c for the definitions. */
+/* ablation v2 (needs eval_tokens): per head, the effect on the loss of
+ * zero- and mean-ablating its hook_z slice, estimated for every head by
+ * attribution patching (one forward and one backward) and computed
+ * exactly for the ABLATION_TOP_K heads of largest |estimate|, the
+ * ABLATION_TOP_DLA of largest |dla_head| and a random sample of
+ * ABLATION_SAMPLE others (per token set and kind; every head when
+ * ctx.full_sweep), with the error of the estimate where both exist;
+ * and direct logit attribution of heads, MLPs, the embedding and the
+ * biases; on two token sets, idx 0 the first ABLATION_EVAL_SEQS eval
+ * sequences (every next-token prediction) and idx 1 the first
+ * ABLATION_REP_SEQS repeated sequences (predictions of R[1..L-1] in the
+ * second copy, the induction loss).  Ablated forwards resume at the
+ * ablated layer (gptneox_forward_from) with variants stacked along the
+ * batch, up to ABLATION_TOKENS tokens per forward; the clean run is taped
+ * in groups of sequences whose tape fits ABLATION_TAPE_BYTES.
+ * ablation_exact v1 (opt-in): every head exactly at every checkpoint, the
+ * rows of ablation v1.  See battery_ablation.c for the definitions. */
 #define ABLATION_EVAL_SEQS 4
 #define ABLATION_REP_SEQS 4
 #define ABLATION_TOKENS 1024
+#define ABLATION_TOP_K 5
+#define ABLATION_TOP_DLA 1
+#define ABLATION_SAMPLE 3
+#define ABLATION_TAPE_BYTES ((size_t)768 << 20)
+extern const struct battery_item battery_item_ablation_exact;
 extern const struct battery_item battery_item_ablation;
 
 /* task v1 (needs task): a toy training run's metrics recomputed from the

@@ -71,7 +71,7 @@
 #include <string.h>
 
 #include "workers/battery/battery.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 #define COMPOSITION_SEED 0x636f6d706f736521ull /* "compose!" */
 
@@ -223,22 +223,6 @@ static void pair_scores(double *scores, const struct comp_layer *w, const struct
     }
 }
 
-/* n standard normals, Box-Muller with both branches: each pair of
- * splitmix64 draws u1, u2 gives r cos(2 pi u2) then r sin(2 pi u2),
- * r = sqrt(-2 ln u1) (an odd n drops the last sine). */
-static void fill_gauss(float *x, size_t n, uint64_t *s)
-{
-    for (size_t i = 0; i < n; i += 2) {
-        double u1 = ((double)(rng_next(s) >> 11) + 1.0) * 0x1.0p-53;
-        double u2 = (double)(rng_next(s) >> 11) * 0x1.0p-53;
-        float r = sqrtf(-2.0f * logf((float)u1)), c, sn;
-        sincosf((float)(2.0 * M_PI * u2), &sn, &c);
-        x[i] = r * c;
-        if (i + 1 < n)
-            x[i + 1] = r * sn;
-    }
-}
-
 static int composition_run(const struct battery_ctx *ctx, struct rows *out, struct err *e)
 {
     const struct gptneox *m = ctx->model;
@@ -300,8 +284,8 @@ static int composition_run(const struct battery_ctx *ctx, struct rows *out, stru
     for (int draw = 0; draw < COMPOSITION_DRAWS; draw++) {
         uint64_t s = COMPOSITION_SEED + (uint64_t)draw;
         for (int k = 0; k < 2; k++) {
-            fill_gauss(raw_qkv, 3 * CC, &s);
-            fill_gauss(raw_o, CC, &s);
+            rng_normals_f(raw_qkv, 3 * CC, &s);
+            rng_normals_f(raw_o, CC, &s);
             fold_layer(rnd[k].qkv, rnd[k].o, raw_qkv, raw_o, NULL, C, colsum);
             layer_grams(&rnd[k], &d);
         }

@@ -11,8 +11,9 @@
  *   loss         = sum over b, t of loss[b][t] / (B (T-1))
  *   loss_by_pos t = sum over b of loss[b][t] / B,  t = 0 .. T-2
  * Sums are in double, in a fixed order (batches in order, then sequences,
- * then positions), so the same inputs give the same bits.  The eval set is
- * run BATTERY_LOSS_BATCH sequences per forward, so memory is bounded by the
+ * then positions), so the same inputs give the same bits.  The losses
+ * come from the eval set's shared forward (evalpass.h, EVALPASS_SEQS =
+ * BATTERY_LOSS_BATCH sequences per forward), so memory is bounded by the
  * batch, not the set.
  *
  * In-context learning score (Olsson et al. 2022, section "Defining
@@ -35,6 +36,7 @@
 #include <stdlib.h>
 
 #include "workers/battery/battery.h"
+#include "workers/model/kernels.h"
 
 static const struct metric_def loss_metrics[] = {
     {"loss", "nats",
@@ -53,53 +55,81 @@ static const struct metric_def loss_metrics[] = {
      "", "", "hi, the later token index; the earlier one is floor(hi/10)"},
 };
 
-static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e)
+/* What the eval pass leaves: per-position sums of the token losses. */
+struct loss_state {
+    int V;
+    double *pos_sum; /* (T-1) */
+};
+
+static void loss_state_free(void *p)
 {
-    struct gptneox *m = c->model;
-    const int B = c->eval_B, T = c->eval_T;
-    const char *src = c->eval_name ? c->eval_name : "eval tokens";
+    struct loss_state *s = p;
+    if (s)
+        free(s->pos_sum);
+    free(s);
+}
+
+/* After each batch's forward: add its token losses per position. */
+static int loss_batch(void *state, const struct evalpass_batch *b, struct err *e)
+{
+    (void)e;
+    struct loss_state *s = state;
+    const int T = b->T, V = s->V;
+    for (int i = 0; i < b->nb; i++)
+        for (int t = 0; t + 1 < T; t++) {
+            const size_t row = (size_t)i * T + t;
+            int target = b->tokens[row + 1];
+            float tl;
+            crossentropy_forward(&tl, b->logits + row * V, &target, 1, V);
+            s->pos_sum[t] += tl;
+        }
+    return 0;
+}
+
+static int loss_attach(const struct battery_ctx *c, struct evalpass *p, struct err *e)
+{
     int rc = battery_check_eval(c, e);
     if (rc < 0)
         return rc;
-    double *pos_sum = calloc((size_t)T - 1, sizeof *pos_sum);
-    float *tok_loss = malloc((size_t)BATTERY_LOSS_BATCH * (T - 1) * sizeof *tok_loss);
-    if (!pos_sum || !tok_loss) {
-        rc = err_set(e, ERR_NOMEM, src, "out of memory");
-        goto out;
+    struct loss_state *s = calloc(1, sizeof *s);
+    if (!s || !(s->pos_sum = calloc((size_t)c->eval_T - 1, sizeof *s->pos_sum))) {
+        loss_state_free(s);
+        return err_set(e, ERR_NOMEM, c->eval_name, "out of memory");
     }
-    for (int b0 = 0; b0 < B; b0 += BATTERY_LOSS_BATCH) {
-        int nb = B - b0 < BATTERY_LOSS_BATCH ? B - b0 : BATTERY_LOSS_BATCH;
-        const int *tok = c->eval_tokens + (size_t)b0 * T;
-        if ((rc = gptneox_forward(m, tok, nb, T, NULL, 0, e)) < 0)
-            goto out;
-        gptneox_loss(m, tok, nb, T, tok_loss, NULL);
-        for (int b = 0; b < nb; b++)
-            for (int t = 0; t + 1 < T; t++)
-                pos_sum[t] += tok_loss[(size_t)b * (T - 1) + t];
-    }
+    s->V = c->model->cfg.vocab_size;
+    struct evalpass_consumer k = {.name = "loss", .needs_logits = 1, .done = loss_batch,
+                                  .state = s, .state_free = loss_state_free};
+    return evalpass_add(p, &k, e);
+}
+
+static int loss_run(const struct battery_ctx *c, struct rows *out, struct err *e)
+{
+    const int B = c->eval_B, T = c->eval_T;
+    const struct loss_state *s = evalpass_state(c->pass, "loss", e);
+    if (!s)
+        return e ? e->code : ERR_INVALID;
+    const double *pos_sum = s->pos_sum;
     double total = 0.0;
+    int rc;
     for (int t = 0; t + 1 < T; t++)
         total += pos_sum[t];
     if ((rc = rows_add(out, "loss", -1, -1, -1, total / ((double)B * (T - 1)), e)) < 0)
-        goto out;
+        return rc;
     for (int t = 0; t + 1 < T; t++)
         if ((rc = rows_add(out, "loss_by_pos", -1, -1, t, pos_sum[t] / B, e)) < 0)
-            goto out;
+            return rc;
     /* token index k's loss is pos_sum[k-1] / B */
     if (T >= LOSS_ICL_LATE + 1 &&
         (rc = rows_add(out, "icl_score", -1, -1, -1,
                        pos_sum[LOSS_ICL_LATE - 1] / B - pos_sum[LOSS_ICL_EARLY - 1] / B, e)) < 0)
-        goto out;
+        return rc;
     if (T >= 11) {
         int hi = T - 1, lo = hi / 10;
         if ((rc = rows_add(out, "icl_score_scaled", -1, -1, hi,
                            pos_sum[hi - 1] / B - pos_sum[lo - 1] / B, e)) < 0)
-            goto out;
+            return rc;
     }
-out:
-    free(tok_loss);
-    free(pos_sum);
-    return rc;
+    return 0;
 }
 
 const struct battery_item battery_item_loss = {
@@ -109,4 +139,5 @@ const struct battery_item battery_item_loss = {
     .metrics = loss_metrics,
     .nmetrics = sizeof loss_metrics / sizeof *loss_metrics,
     .run = loss_run,
+    .attach = loss_attach,
 };

@@ -204,6 +204,25 @@ int patch_sets_open(const struct battery_ctx *c, struct pair_set **builtin,
     return 0;
 }
 
+int patch_each_set(const struct battery_ctx *c, struct rows *out,
+                   int (*set_fn)(const struct battery_ctx *c, const struct pair_set *ps, int k,
+                                 struct rows *out, struct err *e),
+                   struct err *e)
+{
+    struct pair_set *builtin = NULL;
+    const struct pair_set **sets = calloc((size_t)c->npair_sets + 1, sizeof *sets);
+    int nsets = 0, rc;
+    if (!sets)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    if ((rc = patch_sets_open(c, &builtin, sets, &nsets, e)) == 0)
+        for (int k = 0; k < nsets && rc == 0; k++)
+            if ((rc = set_fn(c, sets[k], k, out, e)) < 0)
+                err_wrap(e, "pair set %s", sets[k]->name);
+    pair_set_free(builtin);
+    free(sets);
+    return rc;
+}
+
 double patch_head_importance(const struct patch_scores *s, int i)
 {
     double d = s->v[PATCH_FAM_HEAD_DENOISE][i], n = s->v[PATCH_FAM_HEAD_NOISE][i];

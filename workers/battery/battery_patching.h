@@ -88,6 +88,13 @@ int patch_scores_read(struct patch_scores *s, const char *dir, const char *item,
 int patch_sets_open(const struct battery_ctx *c, struct pair_set **builtin,
                     const struct pair_set **sets, int *n, struct err *e) CK_WUR;
 
+/* Run set_fn on every pair set of the run (patch_sets_open's order, set
+ * k as its index), stopping at the first error, which names the set. */
+int patch_each_set(const struct battery_ctx *c, struct rows *out,
+                   int (*set_fn)(const struct battery_ctx *c, const struct pair_set *ps, int k,
+                                 struct rows *out, struct err *e),
+                   struct err *e) CK_WUR;
+
 /* The importance of head i in a score file: the largest of |denoise| and
  * |1 - noise| (all positions); NaN values count as 0. */
 double patch_head_importance(const struct patch_scores *s, int i);

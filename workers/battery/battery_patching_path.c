@@ -158,18 +158,7 @@ out:
 
 static int path_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
-    struct pair_set *builtin = NULL;
-    const struct pair_set **sets = calloc((size_t)c->npair_sets + 1, sizeof *sets);
-    int nsets = 0, rc;
-    if (!sets)
-        return err_set(e, ERR_NOMEM, NULL, "out of memory");
-    if ((rc = patch_sets_open(c, &builtin, sets, &nsets, e)) == 0)
-        for (int k = 0; k < nsets && rc == 0; k++)
-            if ((rc = path_set(c, sets[k], k, out, e)) < 0)
-                err_wrap(e, "pair set %s", sets[k]->name);
-    pair_set_free(builtin);
-    free(sets);
-    return rc;
+    return patch_each_set(c, out, path_set, e);
 }
 
 const struct battery_item battery_item_path_patching = {

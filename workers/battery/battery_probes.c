@@ -30,9 +30,11 @@
  *   position     t, by ridge; scored by held-out R^2.
  *
  * Cost: the activations of the sampled positions are harvested with
- * forward hooks (BATTERY_LOSS_BATCH sequences per forward, stopping after
- * the last layer needed), at most PROBES_HARVEST_BYTES at a time: when all
- * sites do not fit, the forward is repeated for the next group of layers.
+ * forward hooks, at most PROBES_HARVEST_BYTES at a time: the built-in
+ * tasks' first group of sites from the eval set's shared forward
+ * (evalpass.h); when all sites do not fit, and for user sets, a forward of
+ * BATTERY_LOSS_BATCH sequences at a time, stopping after the last layer
+ * needed, is run per group.
  * Each site then costs two softmax fits per classification task (L-BFGS, at
  * most PROBE_LBFGS_MAX_ITERS steps of two (n,C)x(C,K) sgemm) and two ridge
  * solves (a CxC Cholesky) per regression task. */
@@ -42,7 +44,7 @@
 #include "common/log.h"
 #include "workers/battery/battery.h"
 #include "workers/battery/probe_fit.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 #define PROBES_SAMPLE_SEED 0x70726f6265730000ull
 #define PROBES_SHUFFLE_SEED 0x73687566666c6500ull
@@ -414,10 +416,30 @@ static int task_majority(const struct task *t, const struct dataset *d, struct r
     return rows_add(out, t->m_majority, -1, -1, t->idx, (double)hit / t->nte, e);
 }
 
+/* Sites per harvest group: as many as fit PROBES_HARVEST_BYTES. */
+static int harvest_group(const struct dataset *d, int C, int nslots)
+{
+    size_t per_site = (size_t)d->n * C * sizeof(float);
+    int group = per_site ? (int)(PROBES_HARVEST_BYTES / per_site) : nslots;
+    return group < 1 ? 1 : group;
+}
+
+/* The end of the group of wanted sites starting at slot lo. */
+static int group_end(const int *want, int nslots, int lo, int group)
+{
+    int held = 0, hi = lo;
+    for (; hi < nslots && held < group; hi++)
+        held += want[hi] != 0;
+    return hi;
+}
+
 /* Harvest the sites in groups that fit PROBES_HARVEST_BYTES and fit every
- * task at every wanted site (want[slot], slot = layer + 1). */
+ * task at every wanted site (want[slot], slot = layer + 1).  pre (nslots
+ * entries, or NULL) holds the first group already harvested (slots before
+ * pre_hi, those wanted), taken over and freed here. */
 static int run_tasks(struct gptneox *m, const struct dataset *d, const struct task *tasks,
-                     int ntasks, const int *want, struct rows *out, struct err *e)
+                     int ntasks, const int *want, float **pre, int pre_hi, struct rows *out,
+                     struct err *e)
 {
     const int C = m->cfg.d_model, nslots = m->cfg.n_layers + 1;
     int rc = 0;
@@ -425,20 +447,23 @@ static int run_tasks(struct gptneox *m, const struct dataset *d, const struct ta
     if (!act)
         return err_set(e, ERR_NOMEM, NULL, "out of memory");
     size_t per_site = (size_t)d->n * C * sizeof(float);
-    int group = per_site ? (int)(PROBES_HARVEST_BYTES / per_site) : nslots;
-    if (group < 1)
-        group = 1;
+    const int group = harvest_group(d, C, nslots);
+    for (int sl = 0; pre && sl < pre_hi; sl++) {
+        act[sl] = pre[sl];
+        pre[sl] = NULL;
+    }
     for (int lo = 0; lo < nslots;) {
-        int held = 0, hi = lo;
-        for (; hi < nslots && held < group; hi++)
-            if (want[hi]) {
-                if (!(act[hi] = malloc(per_site + 1))) {
-                    rc = err_set(e, ERR_NOMEM, NULL,
-                                 "out of memory for the activations of %d positions", d->n);
-                    goto out;
+        int hi = group_end(want, nslots, lo, group), held = 0;
+        if (!(pre && lo == 0 && hi == pre_hi))
+            for (int sl = lo; sl < hi; sl++)
+                if (want[sl]) {
+                    if (!(act[sl] = malloc(per_site + 1))) {
+                        rc = err_set(e, ERR_NOMEM, NULL,
+                                     "out of memory for the activations of %d positions", d->n);
+                        goto out;
+                    }
+                    held++;
                 }
-                held++;
-            }
         if (held && (rc = harvest(m, d, act, nslots, e)) < 0)
             goto out;
         for (int sl = lo; sl < hi; sl++) {
@@ -478,22 +503,78 @@ static int builtin_viable(const struct task *t, const struct dataset *d)
     return 0;
 }
 
-static int run_builtin(const struct battery_ctx *c, struct rows *out, struct err *e)
+/* The built-in tasks on the eval set, prepared before the eval pass: the
+ * sampled positions, their labels, the viable tasks, and the first group
+ * of sites, harvested by the pass. */
+struct builtin {
+    struct dataset d;
+    int *kept, *cls_prev, *cls_seen;
+    float *val_pos;
+    int K, top[PROBES_TOP_K];
+    struct task all[3];
+    int ok[3];
+    int *want;          /* (nslots) */
+    int nslots, pre_hi; /* the pass harvests the wanted slots before pre_hi */
+    float **act;        /* (nslots) */
+    int bseq[EVALPASS_SEQS];
+    struct harvest h;
+};
+
+static void builtin_free(void *p)
+{
+    struct builtin *s = p;
+    if (!s)
+        return;
+    ds_free(&s->d);
+    free(s->kept);
+    free(s->cls_prev);
+    free(s->cls_seen);
+    free(s->val_pos);
+    free(s->want);
+    for (int sl = 0; s->act && sl < s->nslots; sl++)
+        free(s->act[sl]);
+    free(s->act);
+    free(s);
+}
+
+/* Before each batch of the pass: its rows are sequences b0 .. b0+nb-1. */
+static int builtin_start(void *state, const struct evalpass_batch *b, struct err *e)
+{
+    (void)e;
+    struct builtin *s = state;
+    for (int i = 0; i < b->nb; i++)
+        s->bseq[i] = b->b0 + i;
+    s->h.nb = b->nb;
+    return 0;
+}
+
+static int probes_attach(const struct battery_ctx *c, struct evalpass *p, struct err *e)
 {
     struct gptneox *m = c->model;
-    const int B = c->eval_B, T = c->eval_T, V = m->cfg.vocab_size;
-    struct dataset d = {.nseq = B, .tokens = c->eval_tokens, .T = T};
-    int *cseq = NULL, *cpos = NULL, *kept = NULL, *trtok = NULL, *prev = NULL, *seen = NULL;
-    int *cls_prev = NULL, *cls_seen = NULL;
-    float *val_pos = NULL;
-    int top[PROBES_TOP_K], rc = 0;
+    const int B = c->eval_B, T = c->eval_T, V = m->cfg.vocab_size, C = m->cfg.d_model;
+    const char *src = c->eval_name ? c->eval_name : "eval tokens";
+    if (B < PROBE_SET_HOLDOUT_EVERY)
+        return err_set(e, ERR_INVALID, src,
+                       "%d sequence%s: probes need at least %d (every %dth is held out)", B,
+                       B == 1 ? "" : "s", PROBE_SET_HOLDOUT_EVERY, PROBE_SET_HOLDOUT_EVERY);
+    int rc = battery_check_eval(c, e);
+    if (rc < 0)
+        return rc;
+    struct builtin *s = calloc(1, sizeof *s);
+    int *cseq = NULL, *cpos = NULL, *trtok = NULL, *prev = NULL, *seen = NULL;
+    if (!s)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    s->d = (struct dataset){.nseq = B, .tokens = c->eval_tokens, .T = T};
+    s->nslots = m->cfg.n_layers + 1;
     size_t nc = (size_t)B * (T - 1);
     cseq = malloc(nc * sizeof *cseq);
     cpos = malloc(nc * sizeof *cpos);
     trtok = calloc((size_t)B * T, sizeof *trtok);
     prev = malloc((size_t)T * sizeof *prev);
     seen = malloc((size_t)T * sizeof *seen);
-    if (!cseq || !cpos || !trtok || !prev || !seen) {
+    s->want = calloc((size_t)s->nslots, sizeof *s->want);
+    s->act = calloc((size_t)s->nslots, sizeof *s->act);
+    if (!cseq || !cpos || !trtok || !prev || !seen || !s->want || !s->act) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory");
         goto out;
     }
@@ -503,8 +584,8 @@ static int run_builtin(const struct battery_ctx *c, struct rows *out, struct err
             memcpy(trtok + ntt, c->eval_tokens + (size_t)b * T, (size_t)T * sizeof *trtok);
             ntt += T;
         }
-    int K = probes_top_tokens(trtok, ntt, V, PROBES_TOP_K, top);
-    if (K < 0) {
+    s->K = probes_top_tokens(trtok, ntt, V, PROBES_TOP_K, s->top);
+    if (s->K < 0) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory counting tokens");
         goto out;
     }
@@ -515,67 +596,91 @@ static int run_builtin(const struct battery_ctx *c, struct rows *out, struct err
             cpos[k] = t;
             k++;
         }
-    if ((rc = ds_sample(&d, cseq, cpos, (int)nc, PROBES_SAMPLE_SEED, &kept, e)) < 0)
+    struct dataset *d = &s->d;
+    if ((rc = ds_sample(d, cseq, cpos, (int)nc, PROBES_SAMPLE_SEED, &s->kept, e)) < 0)
         goto out;
-    cls_prev = malloc(((size_t)d.n + 1) * sizeof *cls_prev);
-    cls_seen = malloc(((size_t)d.n + 1) * sizeof *cls_seen);
-    val_pos = malloc(((size_t)d.n + 1) * sizeof *val_pos);
-    if (!cls_prev || !cls_seen || !val_pos) {
+    s->cls_prev = malloc(((size_t)d->n + 1) * sizeof *s->cls_prev);
+    s->cls_seen = malloc(((size_t)d->n + 1) * sizeof *s->cls_seen);
+    s->val_pos = malloc(((size_t)d->n + 1) * sizeof *s->val_pos);
+    if (!s->cls_prev || !s->cls_seen || !s->val_pos) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory");
         goto out;
     }
-    for (int s = 0; s < B; s++) {
-        if (d.first[s + 1] == d.first[s])
+    for (int q = 0; q < B; q++) {
+        if (d->first[q + 1] == d->first[q])
             continue;
-        probes_labels(c->eval_tokens + (size_t)s * T, T, top, K, prev, seen);
-        for (int r = d.first[s]; r < d.first[s + 1]; r++) {
-            cls_prev[r] = prev[d.pos[r]];
-            cls_seen[r] = seen[d.pos[r]];
-            val_pos[r] = (float)d.pos[r];
+        probes_labels(c->eval_tokens + (size_t)q * T, T, s->top, s->K, prev, seen);
+        for (int r = d->first[q]; r < d->first[q + 1]; r++) {
+            s->cls_prev[r] = prev[d->pos[r]];
+            s->cls_seen[r] = seen[d->pos[r]];
+            s->val_pos[r] = (float)d->pos[r];
         }
     }
     struct task all[3] = {
         {"prev_token", "prev_token_acc", "prev_token_majority_acc", "prev_token_shuffled_acc", -1,
-         K, cls_prev, NULL, PROBES_SHUFFLE_SEED + 0, 0, 0},
+         s->K, s->cls_prev, NULL, PROBES_SHUFFLE_SEED + 0, 0, 0},
         {"seen_before", "seen_before_acc", "seen_before_majority_acc",
-         "seen_before_shuffled_acc", -1, 2, cls_seen, NULL, PROBES_SHUFFLE_SEED + 1, 0, 0},
-        {"position", "position_r2", NULL, "position_shuffled_r2", -1, 0, NULL, val_pos,
+         "seen_before_shuffled_acc", -1, 2, s->cls_seen, NULL, PROBES_SHUFFLE_SEED + 1, 0, 0},
+        {"position", "position_r2", NULL, "position_shuffled_r2", -1, 0, NULL, s->val_pos,
          PROBES_SHUFFLE_SEED + 2, 0, 0},
     };
-    struct task tasks[3];
     int ntasks = 0;
     for (int i = 0; i < 3; i++) {
-        task_count(&all[i], &d);
-        int ok = (i != 0 || K >= 2) && builtin_viable(&all[i], &d);
-        log_info("probe task", "task=%s classes=%d train=%d heldout=%d%s", all[i].what, all[i].K,
-                 all[i].ntr, all[i].nte, ok ? "" : " skipped=\"too few examples or one class\"");
-        if (!ok)
-            continue;
-        tasks[ntasks++] = all[i];
-        if (all[i].K && (rc = task_majority(&all[i], &d, out, e)) < 0)
-            goto out;
+        s->all[i] = all[i];
+        task_count(&s->all[i], d);
+        s->ok[i] = (i != 0 || s->K >= 2) && builtin_viable(&s->all[i], d);
+        ntasks += s->ok[i];
     }
-    int *want = malloc((size_t)(m->cfg.n_layers + 1) * sizeof *want);
-    if (!want) {
-        rc = err_set(e, ERR_NOMEM, NULL, "out of memory");
-        goto out;
-    }
-    for (int sl = 0; sl <= m->cfg.n_layers; sl++)
-        want[sl] = ntasks > 0;
-    rc = run_tasks(m, &d, tasks, ntasks, want, out, e);
-    free(want);
+    for (int sl = 0; sl < s->nslots; sl++)
+        s->want[sl] = ntasks > 0;
+    /* the first group of sites is harvested by the pass */
+    s->pre_hi = group_end(s->want, s->nslots, 0, harvest_group(d, C, s->nslots));
+    int top = -1;
+    for (int sl = 0; sl < s->pre_hi; sl++)
+        if (s->want[sl]) {
+            if (!(s->act[sl] = malloc((size_t)d->n * C * sizeof(float) + 1))) {
+                rc = err_set(e, ERR_NOMEM, NULL, "out of memory for the activations of %d "
+                             "positions", d->n);
+                goto out;
+            }
+            top = sl;
+        }
+    s->h = (struct harvest){.d = d, .act = s->act, .batch_seq = s->bseq};
+    const struct gptneox_hook hooks[2] = {{HOOK_EMBED, -1, harvest_hook, &s->h},
+                                          {HOOK_RESID_POST, -1, harvest_hook, &s->h}};
+    struct evalpass_consumer kc = {.name = "probes", .hooks = hooks, .nhooks = top >= 0 ? 2 : 0,
+                                   .last_layer = top >= 1 ? top - 1 : 0,
+                                   .start = builtin_start, .state = s,
+                                   .state_free = builtin_free};
+    s = NULL; /* the pass's now */
+    rc = evalpass_add(p, &kc, e);
 out:
-    ds_free(&d);
+    builtin_free(s);
     free(cseq);
     free(cpos);
-    free(kept);
     free(trtok);
     free(prev);
     free(seen);
-    free(cls_prev);
-    free(cls_seen);
-    free(val_pos);
     return rc;
+}
+
+/* The built-in tasks: majority baselines, then every site's fits. */
+static int run_builtin(const struct battery_ctx *c, struct builtin *s, struct rows *out,
+                       struct err *e)
+{
+    struct task tasks[3];
+    int ntasks = 0, rc;
+    for (int i = 0; i < 3; i++) {
+        const struct task *t = &s->all[i];
+        log_info("probe task", "task=%s classes=%d train=%d heldout=%d%s", t->what, t->K, t->ntr,
+                 t->nte, s->ok[i] ? "" : " skipped=\"too few examples or one class\"");
+        if (!s->ok[i])
+            continue;
+        tasks[ntasks++] = *t;
+        if (t->K && (rc = task_majority(t, &s->d, out, e)) < 0)
+            return rc;
+    }
+    return run_tasks(c->model, &s->d, tasks, ntasks, s->want, s->act, s->pre_hi, out, e);
 }
 
 /* ---- user probe sets ---- */
@@ -628,7 +733,7 @@ static int run_user(const struct battery_ctx *c, int idx, struct rows *out, stru
              ps->nclasses, t.ntr, t.nte);
     if (classify && (rc = task_majority(&t, &d, out, e)) < 0)
         goto out;
-    rc = run_tasks(m, &d, &t, 1, want, out, e);
+    rc = run_tasks(m, &d, &t, 1, want, NULL, 0, out, e);
 out:
     if (rc < 0)
         err_wrap(e, "probe set %d (%s)", idx, ps->name);
@@ -642,15 +747,10 @@ out:
 
 static int probes_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 {
-    const int B = c->eval_B;
-    const char *src = c->eval_name ? c->eval_name : "eval tokens";
-    if (B < PROBE_SET_HOLDOUT_EVERY)
-        return err_set(e, ERR_INVALID, src,
-                       "%d sequence%s: probes need at least %d (every %dth is held out)", B,
-                       B == 1 ? "" : "s", PROBE_SET_HOLDOUT_EVERY, PROBE_SET_HOLDOUT_EVERY);
-    int rc = battery_check_eval(c, e);
-    if (rc == 0)
-        rc = run_builtin(c, out, e);
+    struct builtin *s = evalpass_state(c->pass, "probes", e);
+    if (!s)
+        return e ? e->code : ERR_INVALID;
+    int rc = run_builtin(c, s, out, e);
     for (int k = 0; rc == 0 && k < c->nprobe_sets; k++)
         rc = run_user(c, k, out, e);
     return rc;
@@ -663,4 +763,5 @@ const struct battery_item battery_item_probes = {
     .metrics = probes_metrics,
     .nmetrics = sizeof probes_metrics / sizeof *probes_metrics,
     .run = probes_run,
+    .attach = probes_attach,
 };

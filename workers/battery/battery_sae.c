@@ -9,9 +9,11 @@
  * since every row carries the site's layer in `layer` and nothing else
  * (sae_site_parse checks all of this before any work).  One dictionary is
  * trained per site, each as below, in the order given.  Activations are
- * harvested at the site from the eval set (BATTERY_LOSS_BATCH sequences per
- * forward, stopping after that layer; at most SAE_HARVEST_BYTES of them,
- * whole sequences from the first).  Sequence b is held out when b % 5 == 4 (as `probes` splits);
+ * harvested at the site from the eval set (at most SAE_HARVEST_BYTES of
+ * them, whole sequences from the first): by the eval set's shared forward
+ * (evalpass.h) for the sites that fit SAE_HARVEST_BYTES together (always
+ * the first), by forwards of their own for the rest (BATTERY_LOSS_BATCH
+ * sequences per forward, stopping after that layer).  Sequence b is held out when b % 5 == 4 (as `probes` splits);
  * the rest train.
  *
  * Training (sae.h): sae is TopK (Gao et al. 2024, k = SAE_K, AuxK 1/32,
@@ -154,16 +156,175 @@ static const struct metric_def sae_metrics[] = {
 
 /* ---- harvesting ---- */
 
-struct harvest {
-    float *dst;   /* (nb*T, C) of the current forward */
+/* A site's activations of the eval set: whole sequences from the first,
+ * within SAE_HARVEST_BYTES; sequence b % 5 == 4 held out. */
+struct site_harvest {
+    int B, nho_seq;      /* sequences harvested, of them held out */
+    size_t ntr, nho;     /* tokens */
+    size_t itr, iho;     /* filled so far */
+    float *xtr, *xho;    /* (ntr, C), (nho, C) */
+    int *tok_ho;         /* (nho) the held-out sequences' tokens */
+};
+
+static void site_harvest_free(struct site_harvest *h)
+{
+    free(h->xtr);
+    free(h->xho);
+    free(h->tok_ho);
+    memset(h, 0, sizeof *h);
+}
+
+static int site_harvest_init(struct site_harvest *h, const struct battery_ctx *c, struct err *e)
+{
+    const int T = c->eval_T, C = c->model->cfg.d_model;
+    memset(h, 0, sizeof *h);
+    int B = c->eval_B;
+    size_t cap = SAE_HARVEST_BYTES / ((size_t)T * C * sizeof(float));
+    if ((size_t)B > cap)
+        B = (int)cap;
+    if (B < 5)
+        return err_set(e, ERR_INVALID, c->eval_name,
+                       "%d eval sequence(s) of %d tokens fit the harvest: at least 5 are needed "
+                       "(sequence b %% 5 == 4 is held out)",
+                       B, T);
+    h->B = B;
+    for (int b = 0; b < B; b++)
+        h->nho_seq += b % 5 == 4;
+    h->ntr = (size_t)(B - h->nho_seq) * T;
+    h->nho = (size_t)h->nho_seq * T;
+    h->xtr = malloc(h->ntr * C * sizeof *h->xtr);
+    h->xho = malloc(h->nho * C * sizeof *h->xho);
+    h->tok_ho = malloc(h->nho * sizeof *h->tok_ho);
+    if (!h->xtr || !h->xho || !h->tok_ho) {
+        site_harvest_free(h);
+        return err_set(e, ERR_NOMEM, NULL, "out of memory for %zu activations of %d dims",
+                       (size_t)B * T, C);
+    }
+    return 0;
+}
+
+/* The site's activation act (nb, T, C) of eval sequences b0 .. b0+nb-1,
+ * tokens tok (nb, T): those within the harvest go to their split. */
+static void site_harvest_add(struct site_harvest *h, const float *act, const int *tok, int b0,
+                             int nb, int T, int C)
+{
+    for (int i = 0; i < nb && b0 + i < h->B; i++) {
+        const float *src = act + (size_t)i * T * C;
+        if ((b0 + i) % 5 == 4) {
+            memcpy(h->xho + h->iho * C, src, (size_t)T * C * sizeof(float));
+            memcpy(h->tok_ho + h->iho, tok + (size_t)i * T, (size_t)T * sizeof(int));
+            h->iho += T;
+        } else {
+            memcpy(h->xtr + h->itr * C, src, (size_t)T * C * sizeof(float));
+            h->itr += T;
+        }
+    }
+}
+
+/* The current batch as the harvest hooks see it. */
+struct harvest_batch {
+    const int *tokens;
+    int b0, nb;
+};
+
+struct harvest_hook {
+    struct site_harvest *h;
+    const struct harvest_batch *batch;
 };
 
 static int harvest_hook(void *ctx, struct hook_act *act, struct err *e)
 {
     (void)e;
-    struct harvest *h = ctx;
-    memcpy(h->dst, act->data, act->n * sizeof(float));
+    struct harvest_hook *k = ctx;
+    site_harvest_add(k->h, act->data, k->batch->tokens, k->batch->b0, k->batch->nb,
+                     act->shape[1], act->shape[2]);
     return 0;
+}
+
+/* Harvest one site with forwards of its own (BATTERY_LOSS_BATCH sequences,
+ * stopping after the site's layer). */
+static int site_harvest_run(struct site_harvest *h, const struct battery_ctx *c,
+                            const struct sae_site *site, struct err *e)
+{
+    struct harvest_batch hb = {0};
+    struct harvest_hook k = {h, &hb};
+    struct gptneox_hook hk = {site->kind, site->layer, harvest_hook, &k};
+    const int T = c->eval_T;
+    for (int b0 = 0; b0 < h->B; b0 += BATTERY_LOSS_BATCH) {
+        hb.nb = h->B - b0 < BATTERY_LOSS_BATCH ? h->B - b0 : BATTERY_LOSS_BATCH;
+        hb.b0 = b0;
+        hb.tokens = c->eval_tokens + (size_t)b0 * T;
+        int rc = gptneox_forward_until(c->model, hb.tokens, hb.nb, T, &hk, 1, site->layer, e);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The eval pass's part: the sites whose harvests fit SAE_HARVEST_BYTES
+ * together (at least the first), harvested by the shared forward. */
+struct sae_pass {
+    struct sae_site sites[EVALPASS_HOOKS];
+    struct site_harvest hv[EVALPASS_HOOKS];
+    struct harvest_hook hk[EVALPASS_HOOKS];
+    struct harvest_batch batch;
+    int n;
+};
+
+static void sae_pass_free(void *p)
+{
+    struct sae_pass *s = p;
+    for (int i = 0; s && i < s->n; i++)
+        site_harvest_free(&s->hv[i]);
+    free(s);
+}
+
+static int sae_pass_start(void *state, const struct evalpass_batch *b, struct err *e)
+{
+    (void)e;
+    struct sae_pass *s = state;
+    s->batch = (struct harvest_batch){b->tokens, b->b0, b->nb};
+    return 0;
+}
+
+static int sae_attach_item(const struct battery_ctx *c, struct evalpass *p, const char *item,
+                           struct err *e)
+{
+    struct sae_site sites[SAE_SITES_MAX];
+    int rc = battery_check_eval(c, e);
+    if (rc < 0)
+        return rc;
+    const int n = sae_sites_resolve(&c->model->cfg, c->sae_sites, c->nsae_sites, sites, e);
+    if (n < 0)
+        return n;
+    struct sae_pass *s = calloc(1, sizeof *s);
+    if (!s)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    struct gptneox_hook hooks[EVALPASS_HOOKS];
+    size_t bytes = 0;
+    int last = 0;
+    for (int i = 0; i < n && s->n < EVALPASS_HOOKS; i++) {
+        struct site_harvest *h = &s->hv[s->n];
+        if ((rc = site_harvest_init(h, c, e)) < 0) {
+            sae_pass_free(s);
+            return rc;
+        }
+        size_t sz = (h->ntr + h->nho) * c->model->cfg.d_model * sizeof(float);
+        if (s->n > 0 && bytes + sz > SAE_HARVEST_BYTES) {
+            site_harvest_free(h);
+            break; /* the rest harvest on their own */
+        }
+        bytes += sz;
+        s->sites[s->n] = sites[i];
+        s->hk[s->n] = (struct harvest_hook){h, &s->batch};
+        hooks[s->n] = (struct gptneox_hook){sites[i].kind, sites[i].layer, harvest_hook, &s->hk[s->n]};
+        last = sites[i].layer > last ? sites[i].layer : last;
+        s->n++;
+    }
+    struct evalpass_consumer k = {.name = item, .hooks = hooks, .nhooks = (size_t)s->n,
+                                  .last_layer = last, .start = sae_pass_start, .state = s,
+                                  .state_free = sae_pass_free};
+    return evalpass_add(p, &k, e);
 }
 
 /* ---- splicing ---- */
@@ -496,7 +657,7 @@ struct sae_item_def {
  * directory beside *final, both malloc'd; the caller renames or removes). */
 static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct err *e,
                         const struct sae_item_def *def, const struct sae_site *site,
-                        char **staged, char **finalp)
+                        const struct site_harvest *pre, char **staged, char **finalp)
 {
     struct gptneox *m = c->model;
     const struct gptneox_config *cfg = &m->cfg;
@@ -504,65 +665,36 @@ static int sae_run_site(const struct battery_ctx *c, struct rows *out, struct er
     const int L = site->layer;
     const char *hook = site->name;
     int rc = 0, staged_ok = 0;
-    /* whole sequences from the first, within the harvest budget */
-    int B = c->eval_B;
-    size_t cap = SAE_HARVEST_BYTES / ((size_t)T * C * sizeof(float));
-    if ((size_t)B > cap)
-        B = (int)cap;
-    if (B < 5)
-        return err_set(e, ERR_INVALID, c->eval_name,
-                       "%d eval sequence(s) of %d tokens fit the harvest: at least 5 are needed "
-                       "(sequence b %% 5 == 4 is held out)",
-                       B, T);
-    int nho_seq = 0;
-    for (int b = 0; b < B; b++)
-        nho_seq += b % 5 == 4;
-    const size_t ntr = (size_t)(B - nho_seq) * T, nho = (size_t)nho_seq * T;
-
-    float *all = NULL, *xtr = NULL, *xho = NULL, *xn = NULL, *logsp = NULL;
-    int *tok_ho = NULL;
+    struct site_harvest own = {0};
+    float *xn = NULL, *logsp = NULL;
     long *count = NULL;
     double *sum = NULL;
     unsigned char *dead = NULL;
     struct sae *s = NULL, *saved = NULL;
     struct sae_trainer *tr = NULL;
     char *art = NULL, *stage = NULL, *final = NULL;
-    all = malloc((size_t)BATTERY_LOSS_BATCH * T * C * sizeof *all);
-    xtr = malloc(ntr * C * sizeof *xtr);
-    xho = malloc(nho * C * sizeof *xho);
+    /* harvest: from the eval pass, or here */
+    if (!pre) {
+        if ((rc = site_harvest_init(&own, c, e)) < 0 ||
+            (rc = site_harvest_run(&own, c, site, e)) < 0)
+            goto out;
+        pre = &own;
+    }
+    const int nho_seq = pre->nho_seq;
+    const size_t ntr = pre->ntr, nho = pre->nho;
+    const float *xtr = pre->xtr, *xho = pre->xho;
+    const int *tok_ho = pre->tok_ho;
     xn = malloc(ntr * C * sizeof *xn);
-    tok_ho = malloc(nho * sizeof *tok_ho);
     count = calloc((size_t)S, sizeof *count);
     sum = calloc((size_t)S, sizeof *sum);
     logsp = malloc((size_t)S * sizeof *logsp);
     dead = calloc((size_t)S, 1);
-    if (!all || !xtr || !xho || !xn || !tok_ho || !count || !sum || !logsp || !dead) {
+    if (!xn || !count || !sum || !logsp || !dead) {
         rc = err_set(e, ERR_NOMEM, NULL, "out of memory for %zu activations of %d dims",
                      ntr + nho, C);
         goto out;
     }
 
-    /* harvest */
-    struct harvest hv = {all};
-    struct gptneox_hook hk = {site->kind, L, harvest_hook, &hv};
-    size_t itr = 0, iho = 0;
-    for (int b0 = 0; b0 < B; b0 += BATTERY_LOSS_BATCH) {
-        const int nb = B - b0 < BATTERY_LOSS_BATCH ? B - b0 : BATTERY_LOSS_BATCH;
-        const int *tok = c->eval_tokens + (size_t)b0 * T;
-        if ((rc = gptneox_forward_until(m, tok, nb, T, &hk, 1, L, e)) < 0)
-            goto out;
-        for (int i = 0; i < nb; i++) {
-            const float *src = all + (size_t)i * T * C;
-            if ((b0 + i) % 5 == 4) {
-                memcpy(xho + iho * C, src, (size_t)T * C * sizeof(float));
-                memcpy(tok_ho + iho, tok + (size_t)i * T, (size_t)T * sizeof(int));
-                iho += T;
-            } else {
-                memcpy(xtr + itr * C, src, (size_t)T * C * sizeof(float));
-                itr += T;
-            }
-        }
-    }
     double scale;
     if ((rc = sae_norm_scale(xtr, ntr, C, &scale, e)) < 0 ||
         (rc = sae_norm_scale(xho, nho, C, &(double){0}, e)) < 0) {
@@ -720,11 +852,8 @@ out:
     free(logsp);
     free(sum);
     free(count);
-    free(tok_ho);
     free(xn);
-    free(xho);
-    free(xtr);
-    free(all);
+    site_harvest_free(&own);
     return rc;
 }
 
@@ -735,15 +864,17 @@ static int sae_run(const struct battery_ctx *c, struct rows *out, struct err *e,
 {
     struct sae_site sites[SAE_SITES_MAX];
     char *staged[SAE_SITES_MAX] = {0}, *final[SAE_SITES_MAX] = {0};
-    int rc = battery_check_eval(c, e);
-    if (rc < 0)
-        return rc;
+    const struct sae_pass *pass = evalpass_state(c->pass, def->name, e);
+    if (!pass)
+        return e ? e->code : ERR_INVALID;
+    int rc = 0;
     const int n = sae_sites_resolve(&c->model->cfg, c->sae_sites, c->nsae_sites, sites, e);
     if (n < 0)
         return n;
     int done = 0, committed = 0;
     for (; done < n; done++)
-        if ((rc = sae_run_site(c, out, e, def, &sites[done], &staged[done], &final[done])) < 0)
+        if ((rc = sae_run_site(c, out, e, def, &sites[done], done < pass->n ? &pass->hv[done] : NULL,
+                               &staged[done], &final[done])) < 0)
             break;
     if (rc == 0) {
         char art[4096];
@@ -777,6 +908,16 @@ static int sae_run_relu(const struct battery_ctx *c, struct rows *out, struct er
     return sae_run(c, out, e, &def_relu);
 }
 
+static int sae_attach_topk(const struct battery_ctx *c, struct evalpass *p, struct err *e)
+{
+    return sae_attach_item(c, p, def_topk.name, e);
+}
+
+static int sae_attach_relu(const struct battery_ctx *c, struct evalpass *p, struct err *e)
+{
+    return sae_attach_item(c, p, def_relu.name, e);
+}
+
 #define SAE_NEEDS                                                                  \
     (BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS) | BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS) | \
      BATTERY_NEEDS(BATTERY_NEED_PREV_ARTIFACTS))
@@ -789,6 +930,7 @@ const struct battery_item battery_item_sae = {
     .nmetrics = sizeof sae_metrics / sizeof *sae_metrics,
     .run = sae_run_topk,
     .depends_on = NULL,
+    .attach = sae_attach_topk,
 };
 
 const struct battery_item battery_item_sae_relu = {
@@ -800,4 +942,5 @@ const struct battery_item battery_item_sae_relu = {
     .run = sae_run_relu,
     .depends_on = NULL,
     .opt_in = 1,
+    .attach = sae_attach_relu,
 };

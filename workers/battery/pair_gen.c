@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 /* Candidates, each with its leading space.  Names after Wang et al.'s
  * list of common first names; the generator keeps those that are one

@@ -10,7 +10,7 @@
 
 #include "common/path.h"
 #include "common/sha256.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 /* A growable list of ints. */
 struct ivec {

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 /* LAPACK (exported by libopenblas); the trailing length is gfortran's hidden
  * CHARACTER length argument. */

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
+
 /* A classification label while reading: its JSON type and value. */
 struct raw_label {
     int type; /* JSON_STRING, JSON_INTEGER, JSON_TRUE (booleans) */
@@ -369,12 +371,15 @@ int probe_set_load(struct probe_set **out, const char *path, struct err *e)
                        strerror(en));
     }
     json_error_t je;
+    errno = 0;
     json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
     fclose(f);
     int rc;
     if (!root)
-        rc = err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d, column %d)", je.text,
-                     je.line, je.column);
+        rc = json_err_nomem(&je)
+                 ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                 : err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d, column %d)", je.text,
+                           je.line, je.column);
     else
         rc = parse(ps, root, e);
     json_decref(root);

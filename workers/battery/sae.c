@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 #include "workers/train/adamw.h"
 
 const char *sae_arch_name(enum sae_arch a)
@@ -80,14 +80,6 @@ struct sae *sae_clone(const struct sae *s)
     return c;
 }
 
-/* A standard normal from two uniforms of splitmix64 (Box-Muller). */
-static double gauss(uint64_t *st)
-{
-    double u1 = ((rng_next(st) >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
-    double u2 = (rng_next(st) >> 11) / 9007199254740992.0;          /* [0, 1) */
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
 /* Every row of W_dec (S, C) to unit norm (a zero row stays zero). */
 static void normalize_rows(float *W, int S, int C)
 {
@@ -109,7 +101,7 @@ void sae_init_cold(struct sae *s, const float *x, size_t n, uint64_t seed)
     const int C = s->d_in, S = s->d_sae;
     uint64_t st = seed;
     for (size_t i = 0; i < (size_t)S * C; i++)
-        s->W_dec[i] = (float)gauss(&st);
+        s->W_dec[i] = (float)rng_normal(&st);
     normalize_rows(s->W_dec, S, C);
     for (int i = 0; i < S; i++)
         for (int j = 0; j < C; j++)
@@ -670,7 +662,7 @@ int sae_train(struct sae_trainer *tr, const float *x, size_t n, long tokens,
                 for (size_t i = 0; i < n; i++)
                     perm[i] = i;
                 for (size_t i = n - 1; i > 0; i--) {
-                    size_t j = (size_t)(rng_next(&rs) % (i + 1));
+                    size_t j = (size_t)rng_mod(&rs, i + 1);
                     size_t t = perm[i];
                     perm[i] = perm[j];
                     perm[j] = t;

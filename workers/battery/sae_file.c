@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common/json_err.h"
 #include "common/path.h"
 #include "workers/model/safetensors.h"
 #include "workers/model/tensor.h"
@@ -345,7 +346,8 @@ static void cast_through(float *v, size_t n, const char *dtype)
 
 /* Tensor `name` of st, shape dims (ndim), into dst as F32 cast through
  * dtype (NULL: the stored dtype), every value finite.  transpose: the file
- * holds the [dims[1], dims[0]] transpose (sparsify's encoder.weight). */
+ * holds the [dims[1], dims[0]] transpose (sparsify's encoder.weight).
+ * dst NULL: only its presence, dtype and shape are checked. */
 static int read_tensor(const struct st_file *st, const char *path, const char *name, int ndim,
                        const int64_t *dims, int transpose, const char *dtype, float *dst,
                        struct err *e)
@@ -377,6 +379,8 @@ static int read_tensor(const struct st_file *st, const char *path, const char *n
         return err_set(e, ERR_FORMAT, path, "tensor %s has shape [%s]; cfg.json implies [%s]", name,
                        got, exp);
     }
+    if (!dst)
+        return 0; /* the check alone */
     const size_t n = t->nelem;
     float *tmp = transpose ? malloc(n * sizeof *tmp) : dst;
     if (!tmp)
@@ -648,21 +652,31 @@ static int load_saelens(struct sae **out, const char *dir, const char *path, con
             (rc = get_str(md, "model_name", "", path, &model, e)) < 0)
             return rc;
     }
-    if ((rc = sae_create(&s, arch, (int)C, (int)S, (int)k, e)) < 0) {
-        err_wrap(e, "%s", path);
-        return rc;
-    }
-    s->apply_b_dec = apply;
     const char *names[] = {"W_enc", "W_dec", "b_enc", "b_dec",
                            arch == SAE_JUMPRELU ? "threshold" : NULL, NULL};
     int64_t de[2] = {C, S}, dd[2] = {S, C}, dbe[1] = {S}, dbd[1] = {C};
+    /* the sizes cfg.json claims are checked against the weights before
+     * memory is taken for them (a cfg.json of 46341 x 46340 beside small
+     * weights would otherwise cost 16 GB first) */
     if ((rc = st_open(&st, wpath, e)) < 0 ||
         (rc = check_tensor_set(st, wpath, names,
                                arch == SAE_JUMPRELU
                                    ? "a jumprelu state dict is W_enc, W_dec, b_enc, b_dec, threshold"
                                    : "the state dict is W_enc, W_dec, b_enc, b_dec",
                                e)) < 0 ||
-        (rc = read_tensor(st, wpath, "W_enc", 2, de, 0, dtype, s->W_enc, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "W_enc", 2, de, 0, dtype, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "W_dec", 2, dd, 0, dtype, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "b_enc", 1, dbe, 0, dtype, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "b_dec", 1, dbd, 0, dtype, NULL, e)) < 0 ||
+        (arch == SAE_JUMPRELU &&
+         (rc = read_tensor(st, wpath, "threshold", 1, dbe, 0, dtype, NULL, e)) < 0))
+        goto out;
+    if ((rc = sae_create(&s, arch, (int)C, (int)S, (int)k, e)) < 0) {
+        err_wrap(e, "%s", path);
+        goto out;
+    }
+    s->apply_b_dec = apply;
+    if ((rc = read_tensor(st, wpath, "W_enc", 2, de, 0, dtype, s->W_enc, e)) < 0 ||
         (rc = read_tensor(st, wpath, "W_dec", 2, dd, 0, dtype, s->W_dec, e)) < 0 ||
         (rc = read_tensor(st, wpath, "b_enc", 1, dbe, 0, dtype, s->b_enc, e)) < 0 ||
         (rc = read_tensor(st, wpath, "b_dec", 1, dbd, 0, dtype, s->b_dec, e)) < 0 ||
@@ -769,17 +783,23 @@ static int load_sparsify(struct sae **out, const char *dir, const char *path, co
         err_wrap(e, "%s", dir);
         return rc;
     }
-    if ((rc = sae_create(&s, SAE_TOPK, (int)C, (int)S, (int)k, e)) < 0) {
-        err_wrap(e, "%s", path);
-        return rc;
-    }
     static const char *const names[] = {"encoder.weight", "encoder.bias", "W_dec", "b_dec", NULL};
     int64_t de[2] = {C, S}, dd[2] = {S, C}, dbe[1] = {S}, dbd[1] = {C};
+    /* shapes first, memory after (as load_saelens) */
     if ((rc = st_open(&st, wpath, e)) < 0 ||
         (rc = check_tensor_set(st, wpath, names,
                                "a sparsify autoencoder is encoder.weight, encoder.bias, W_dec, b_dec",
                                e)) < 0 ||
-        (rc = read_tensor(st, wpath, "encoder.weight", 2, de, 1, NULL, s->W_enc, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "encoder.weight", 2, de, 1, NULL, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "encoder.bias", 1, dbe, 0, NULL, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "W_dec", 2, dd, 0, NULL, NULL, e)) < 0 ||
+        (rc = read_tensor(st, wpath, "b_dec", 1, dbd, 0, NULL, NULL, e)) < 0)
+        goto out;
+    if ((rc = sae_create(&s, SAE_TOPK, (int)C, (int)S, (int)k, e)) < 0) {
+        err_wrap(e, "%s", path);
+        goto out;
+    }
+    if ((rc = read_tensor(st, wpath, "encoder.weight", 2, de, 1, NULL, s->W_enc, e)) < 0 ||
         (rc = read_tensor(st, wpath, "encoder.bias", 1, dbe, 0, NULL, s->b_enc, e)) < 0 ||
         (rc = read_tensor(st, wpath, "W_dec", 2, dd, 0, NULL, s->W_dec, e)) < 0 ||
         (rc = read_tensor(st, wpath, "b_dec", 1, dbd, 0, NULL, s->b_dec, e)) < 0)
@@ -829,10 +849,13 @@ int sae_load(struct sae **out, const char *dir, struct sae_info *info, struct er
         return err_set(e, ERR_NOTFOUND, dir, "neither %s (SAELens) nor %s (sparsify) is there",
                        SAE_WEIGHTS_FILE, SAE_SPARSIFY_WEIGHTS_FILE);
     json_error_t je;
+    errno = 0;
     json_t *cfg = json_load_file(path, 0, &je), *conv = NULL;
     int rc = 0;
     if (!cfg)
-        return err_set(e, ERR_FORMAT, path, "not JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                                   : err_set(e, ERR_FORMAT, path, "not JSON: %s (line %d)", je.text,
+                                             je.line);
     if (!json_is_object(cfg)) {
         rc = err_set(e, ERR_FORMAT, path, "not a JSON object");
         goto out;

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "workers/battery/rng.h"
+#include "common/rng.h"
 
 #define SGLD_MAX_THREADS 64
 
@@ -79,12 +79,6 @@ static void next_batch(struct batcher *b, int *idx, int m)
     }
 }
 
-/* A uniform double in [-1, 1): 53 bits, then 2x - 1 exactly. */
-static double uniform_pm1(uint64_t *s)
-{
-    return (double)(rng_next(s) >> 11) * 0x1p-52 - 1.0;
-}
-
 /* What a step's update needs; the blocks are shared out among threads. */
 struct step_job {
     float *w;
@@ -104,14 +98,9 @@ static void step_block(const struct step_job *j, size_t b)
     float *w = j->w;
     const float *w0 = j->w0, *g = j->g;
     for (size_t i = lo; i < hi; i += 2) {
-        double u, v, q;
-        do {
-            u = uniform_pm1(&s);
-            v = uniform_pm1(&s);
-            q = u * u + v * v;
-        } while (q >= 1.0 || q == 0.0);
-        double f = sqrt(-2.0 * log(q) / q);
-        float z[2] = {(float)(u * f), (float)(v * f)};
+        double zd[2];
+        rng_normal_pair(&s, zd);
+        float z[2] = {(float)zd[0], (float)zd[1]};
         for (size_t k = i; k < i + 2 && k < hi; k++) {
             float dw = j->gamma_f * (w[k] - w0[k]) + j->nbeta_f * g[k];
             w[k] = (w[k] - j->halfeps_f * dw) + j->sqrteps_f * z[k - i];

@@ -1,11 +1,44 @@
 #include "workers/model/config.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/atomic_file.h"
+#include "common/json_err.h"
+
+/* The size fields: config.json name, where in the struct, allowed range. */
+static const struct {
+    const char *name;
+    size_t off;
+    int max;
+} size_fields[] = {
+    {"vocab_size", offsetof(struct gptneox_config, vocab_size), CONFIG_MAX_VOCAB},
+    {"hidden_size", offsetof(struct gptneox_config, d_model), CONFIG_MAX_D_MODEL},
+    {"num_hidden_layers", offsetof(struct gptneox_config, n_layers), CONFIG_MAX_LAYERS},
+    {"num_attention_heads", offsetof(struct gptneox_config, n_heads), CONFIG_MAX_HEADS},
+    {"intermediate_size", offsetof(struct gptneox_config, d_mlp), CONFIG_MAX_D_MLP},
+    {"max_position_embeddings", offsetof(struct gptneox_config, max_positions),
+     CONFIG_MAX_POSITIONS},
+};
+
+static int size_max(const char *key)
+{
+    for (size_t i = 0; i < sizeof size_fields / sizeof *size_fields; i++)
+        if (strcmp(size_fields[i].name, key) == 0)
+            return size_fields[i].max;
+    return 1 << 30;
+}
+
+static int out_of_range(struct err *e, const char *ctx, const char *key, long long x, int max)
+{
+    return err_set(e, ERR_FORMAT, ctx, "\"%s\" = %lld is out of range: allowed 1 to %d", key, x,
+                   max);
+}
 
 static int get_int(json_t *root, const char *key, int required, int def, int *out,
                    const char *ctx, struct err *e)
@@ -20,9 +53,9 @@ static int get_int(json_t *root, const char *key, int required, int def, int *ou
     if (!json_is_integer(v))
         return err_set(e, ERR_FORMAT, ctx, "field \"%s\" must be an integer", key);
     json_int_t x = json_integer_value(v);
-    if (x <= 0 || x > (1 << 30))
-        return err_set(e, ERR_FORMAT, ctx, "field \"%s\" = %lld out of range", key,
-                       (long long)x);
+    int max = size_max(key);
+    if (x < 1 || x > max)
+        return out_of_range(e, ctx, key, (long long)x, max);
     *out = (int)x;
     return 0;
 }
@@ -79,16 +112,21 @@ static int pick(const char *what, const char *const *names, const double *vals,
 
 int gptneox_config_check(struct gptneox_config *cfg, const char *ctx, struct err *e)
 {
-    if (cfg->vocab_size <= 0 || cfg->d_model <= 0 || cfg->n_layers <= 0 ||
-        cfg->n_heads <= 0 || cfg->d_mlp <= 0)
-        return err_set(e, ERR_FORMAT, ctx, "sizes must be positive");
+    for (size_t i = 0; i < sizeof size_fields / sizeof *size_fields; i++) {
+        int v = *(const int *)((const char *)cfg + size_fields[i].off);
+        if (v < 1 || v > size_fields[i].max)
+            return out_of_range(e, ctx, size_fields[i].name, v, size_fields[i].max);
+    }
     if (cfg->d_model % cfg->n_heads != 0)
         return err_set(e, ERR_FORMAT, ctx,
-                       "hidden_size %d is not divisible by num_attention_heads %d",
+                       "hidden_size %d is not divisible by num_attention_heads %d: the "
+                       "head count must divide hidden_size",
                        cfg->d_model, cfg->n_heads);
     cfg->d_head = cfg->d_model / cfg->n_heads;
     if (!(cfg->rotary_pct >= 0.0 && cfg->rotary_pct <= 1.0))
-        return err_set(e, ERR_FORMAT, ctx, "rotary fraction %g is outside [0, 1]",
+        return err_set(e, ERR_FORMAT, ctx,
+                       "rotary fraction (rotary_pct / partial_rotary_factor) %g is outside "
+                       "the allowed range [0, 1]",
                        cfg->rotary_pct);
     /* HuggingFace truncates: int(head_size * rotary_pct). */
     cfg->rotary_ndims = (int)(cfg->d_head * cfg->rotary_pct);
@@ -97,12 +135,13 @@ int gptneox_config_check(struct gptneox_config *cfg, const char *ctx, struct err
                        "rotary dims %d (head size %d x %g) must be even",
                        cfg->rotary_ndims, cfg->d_head, cfg->rotary_pct);
     if (!(cfg->rotary_base > 0.0) || !isfinite(cfg->rotary_base))
-        return err_set(e, ERR_FORMAT, ctx, "rotary base %g must be positive", cfg->rotary_base);
+        return err_set(e, ERR_FORMAT, ctx,
+                       "rotary base (rotary_emb_base / rope_theta) %g must be a finite "
+                       "positive number",
+                       cfg->rotary_base);
     if (!(cfg->layer_norm_eps > 0.0) || !(cfg->layer_norm_eps < 1.0))
         return err_set(e, ERR_FORMAT, ctx, "layer_norm_eps %g must be in (0, 1)",
                        cfg->layer_norm_eps);
-    if (cfg->max_positions <= 0)
-        return err_set(e, ERR_FORMAT, ctx, "max_position_embeddings must be positive");
     return 0;
 }
 
@@ -112,10 +151,13 @@ int gptneox_config_parse(struct gptneox_config *cfg, const char *text, size_t le
     json_error_t je;
     int rc = 0;
     memset(cfg, 0, sizeof *cfg);
+    errno = 0;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, ctx, "config is not valid JSON: %s (line %d)",
-                       je.text, je.line);
+        return json_err_nomem(&je)
+                   ? err_set(e, ERR_NOMEM, ctx, "out of memory reading the config")
+                   : err_set(e, ERR_FORMAT, ctx, "config is not valid JSON: %s (line %d)", je.text,
+                             je.line);
     if (!json_is_object(root)) {
         rc = err_set(e, ERR_FORMAT, ctx, "config must be a JSON object");
         goto out;
@@ -289,12 +331,13 @@ int gptneox_config_save(const struct gptneox_config *c, const char *path, struct
                           "torch_dtype", c->torch_dtype[0] ? c->torch_dtype : "float32");
     if (!o)
         return err_set(e, ERR_NOMEM, path, "cannot build config JSON");
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int rc = 0;
-    if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0) {
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc == 0 && json_dumpf(o, af.f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
         rc = err_set(e, ERR_IO, path, "cannot write config: %s", strerror(errno));
-        remove(tmp);
+        atomic_file_abort(&af);
+    } else if (rc == 0) {
+        rc = atomic_file_commit(&af, e);
     }
     json_decref(o);
     return rc;

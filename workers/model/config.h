@@ -26,6 +26,20 @@ enum gptneox_act {
     ACT_COUNT
 };
 
+/* Bounds on the sizes, checked when a config is parsed or checked, before
+ * anything is allocated for a model.  GPT-NeoX-20B, the largest GPT-NeoX
+ * model, has vocab_size 50432, hidden_size 6144, 44 layers, 64 heads,
+ * intermediate_size 24576 and 2048 positions; the bounds leave ample room
+ * above it while keeping token ids (int32) and the products the model
+ * forms (3 * hidden_size, heads x positions) far from overflow.  A value
+ * outside is an error naming the field and the allowed range. */
+#define CONFIG_MAX_VOCAB (1 << 24)     /* vocab_size */
+#define CONFIG_MAX_D_MODEL (1 << 16)   /* hidden_size */
+#define CONFIG_MAX_LAYERS 1024         /* num_hidden_layers */
+#define CONFIG_MAX_HEADS 1024          /* num_attention_heads (and <= hidden_size) */
+#define CONFIG_MAX_D_MLP (1 << 18)     /* intermediate_size */
+#define CONFIG_MAX_POSITIONS (1 << 20) /* max_position_embeddings */
+
 struct gptneox_config {
     int vocab_size;          /* V: rows of embed_in / embed_out */
     int d_model;             /* C: hidden_size */
@@ -64,8 +78,13 @@ void gptneox_config_default(struct gptneox_config *cfg, int V, int C, int L,
  * published configs).  Returns 0, or ERR_NOTFOUND for an unknown name. */
 int gptneox_config_preset(struct gptneox_config *cfg, const char *name) CK_WUR;
 
-/* Recompute derived fields (d_head, rotary_ndims) and check consistency;
- * used after filling a config by hand. */
+/* Recompute derived fields (d_head, rotary_ndims) and check consistency:
+ * each size within its bound above, num_attention_heads dividing
+ * hidden_size, the rotary fraction in [0, 1] giving an even number of
+ * dims, a finite positive rotary base, layer_norm_eps in (0, 1).  Errors
+ * (ERR_FORMAT; ERR_UNSUPPORTED for odd rotary dims) name the field by its
+ * config.json name and the allowed range.  Used by gptneox_config_parse
+ * and after filling a config by hand. */
 int gptneox_config_check(struct gptneox_config *cfg, const char *ctx,
                          struct err *e) CK_WUR;
 

@@ -12,6 +12,7 @@
 #include <cblas.h>
 
 #include "common/log.h"
+#include "common/rng.h"
 #include "workers/model/attention.h"
 #include "workers/model/checkpoint.h"
 #include "workers/model/kernels.h"
@@ -89,8 +90,8 @@ int hook_parse(const char *name, enum hook_kind *k, int *layer)
             *layer = -1;
             return 0;
         }
-    if (strncmp(name, "blocks.", 7) != 0)
-        return ERR_NOTFOUND;
+    if (strncmp(name, "blocks.", 7) != 0 || name[7] < '0' || name[7] > '9')
+        return ERR_NOTFOUND; /* the layer in digits: no sign, no blank */
     char *end = NULL;
     long l = strtol(name + 7, &end, 10);
     if (end == name + 7 || *end != '.' || l < 0 || l > 100000 || !isdigit((unsigned char)name[7]))
@@ -512,26 +513,11 @@ out:
     return rc;
 }
 
-/* splitmix64 and Box-Muller: a deterministic normal stream. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float normal(uint64_t *s)
-{
-    double u1 = ((splitmix(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (splitmix(s) >> 11) / 9007199254740992.0;
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
+/* n draws of N(mean, std^2) from the normal stream of common/rng.h. */
 static void fill(float *p, size_t n, uint64_t *s, float mean, float std)
 {
     for (size_t i = 0; p && i < n; i++)
-        p[i] = mean + std * normal(s);
+        p[i] = mean + std * (float)rng_normal(s);
 }
 
 int gptneox_require_writable(const struct gptneox *m, const char *what, struct err *e)

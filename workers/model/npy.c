@@ -1,9 +1,14 @@
 #include "workers/model/npy.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "common/atomic_file.h"
 
 /* Write prod(shape) elements of `size` bytes under dtype `descr`. */
 static int npy_write(const char *path, const char *descr, const void *data, size_t size, int ndim,
@@ -27,22 +32,19 @@ static int npy_write(const char *path, const char *descr, const void *data, size
     memset(hdr + o, ' ', pad);
     hdr[(size_t)o + pad] = '\n';
 
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc < 0)
+        return rc;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                              (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
-    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, hlen, f) == hlen &&
-             fwrite(data, size, n, f) == n;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-        remove(tmp);
+    if (fwrite(pre, 1, 10, af.f) != 10 || fwrite(hdr, 1, hlen, af.f) != hlen ||
+        fwrite(data, size, n, af.f) != n) {
+        rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
         return rc;
     }
-    return 0;
+    return atomic_file_commit(&af, e);
 }
 
 int npy_write_f32(const char *path, const float *data, int ndim, const int *shape,
@@ -91,16 +93,34 @@ int npy_read_f32(const char *path, float **data, int *ndim, int shape[NPY_MAX_DI
     size_t n = 1;
     while (*p && *p != ')') {
         char *end;
+        errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || *ndim >= NPY_MAX_DIMS) {
+        if (end == p || v < 0 || errno || *ndim >= NPY_MAX_DIMS) {
             rc = err_set(e, ERR_FORMAT, path, "bad shape");
             goto out;
         }
+        if (v > INT_MAX || __builtin_mul_overflow(n, (size_t)v, &n)) {
+            rc = err_set(e, ERR_FORMAT, path, "shape: dimension %ld makes the array too large", v);
+            goto out;
+        }
         shape[(*ndim)++] = (int)v;
-        n *= (size_t)v;
         p = end;
         while (*p == ',' || *p == ' ')
             p++;
+    }
+    /* the data must be in the file before memory is taken for it */
+    struct stat sb;
+    long at = ftell(f);
+    if (fstat(fileno(f), &sb) != 0 || at < 0) {
+        rc = err_set(e, ERR_IO, path, "cannot stat: %s", strerror(errno));
+        goto out;
+    }
+    if (n > ((uint64_t)sb.st_size - (uint64_t)at) / sizeof(float)) {
+        rc = err_set(e, ERR_FORMAT, path,
+                     "truncated data: the shape needs %zu floats, the file holds %lld bytes after "
+                     "its header",
+                     n, (long long)sb.st_size - at);
+        goto out;
     }
     *data = malloc(n ? n * sizeof(float) : 1);
     if (!*data) {

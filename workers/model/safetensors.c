@@ -22,6 +22,9 @@
 
 #include <jansson.h>
 
+#include "common/atomic_file.h"
+#include "common/json_err.h"
+
 #define ST_META_KEY "__metadata__"
 #define ST_INDEX_NAME "model.safetensors.index.json"
 #define ST_SINGLE_NAME "model.safetensors"
@@ -319,8 +322,11 @@ static int parse_header(struct st_file *st, struct err *e)
     st->buf = map + 8 + hlen;
     st->buf_size = st->size - 8 - (size_t)hlen;
 
+    errno = 0;
     st->header = json_loadb((const char *)map + 8, (size_t)hlen,
                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!st->header && json_err_nomem(&jerr))
+        return err_set(e, ERR_NOMEM, st->path, "out of memory reading the header");
     if (!st->header && json_error_code(&jerr) == json_error_duplicate_key)
         return err_set(e, ERR_FORMAT, st->path, "duplicate tensor name in header: %s",
                        jerr.text);
@@ -565,10 +571,13 @@ static int open_shards(struct st_set *set, const char *dir, const char *ipath,
     json_t *val;
     int rc = 0;
 
+    errno = 0;
     root = json_load_file(ipath, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        rc = err_set(e, ERR_FORMAT, ipath, "not valid JSON: %s (line %d column %d)", jerr.text,
-                     jerr.line, jerr.column);
+        rc = json_err_nomem(&jerr)
+                 ? err_set(e, ERR_NOMEM, ipath, "out of memory reading the index")
+                 : err_set(e, ERR_FORMAT, ipath, "not valid JSON: %s (line %d column %d)",
+                           jerr.text, jerr.line, jerr.column);
         goto out;
     }
     json_t *wm = json_object_get(root, "weight_map");
@@ -744,22 +753,6 @@ size_t st_set_bytes(const struct st_set *set)
 
 /* ---- writing ---- */
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* The header JSON for `tensors`, contiguous from offset 0 in order. */
 static int build_header(json_t **out, const struct st_write_tensor *tensors, size_t n,
                         const char *const *meta_kv, const char *path, struct err *e)
@@ -864,42 +857,22 @@ out:
 
 /* fsync the directory holding `path`, so the rename is durable.  Best
  * effort: a filesystem that cannot fsync directories is not an error. */
-static void sync_parent(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir)
-        return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 int st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
              const char *const *meta_kv, struct err *e)
 {
     json_t *root = NULL;
     char *hdr = NULL;
-    char *tmp = NULL;
-    int fd = -1;
-    bool made_tmp = false;
+    struct atomic_file af = {0};
     int rc;
 
     rc = build_header(&root, tensors, n, meta_kv, path, e);
     if (rc < 0)
         goto out;
     hdr = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    size_t plen = strlen(path);
-    tmp = malloc(plen + 5);
-    if (!hdr || !tmp) {
+    if (!hdr) {
         rc = err_set(e, ERR_NOMEM, path, "out of memory");
         goto out;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
 
     /* Pad with spaces so the data buffer starts at a multiple of 8. */
     size_t hlen = strlen(hdr);
@@ -908,43 +881,24 @@ int st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
     static const char spaces[8] = "        ";
     write_le64(len8, padded);
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = err_set(e, ERR_IO, path, "create %s: %s", tmp, strerror(errno));
+    if ((rc = atomic_file_open(&af, path, e)) < 0)
         goto out;
-    }
-    made_tmp = true;
-    bool ok = write_all(fd, len8, 8) == 0 && write_all(fd, hdr, hlen) == 0 &&
-              write_all(fd, spaces, padded - hlen) == 0;
+    bool ok = fwrite(len8, 1, 8, af.f) == 8 && fwrite(hdr, 1, hlen, af.f) == hlen &&
+              fwrite(spaces, 1, padded - hlen, af.f) == padded - hlen;
     for (size_t i = 0; ok && i < n; i++) {
         size_t nelem = 0, nbytes = 0;
         (void)shape_size(tensors[i].shape, tensors[i].ndim, st_dtype_size(tensors[i].dtype),
                          &nelem, &nbytes);
-        ok = nbytes == 0 || write_all(fd, tensors[i].data, nbytes) == 0;
-    }
-    ok = ok && fsync(fd) == 0;
-    if (ok) {
-        int cfd = fd;
-        fd = -1;
-        ok = close(cfd) == 0;
+        ok = nbytes == 0 || fwrite(tensors[i].data, 1, nbytes, af.f) == nbytes;
     }
     if (!ok) {
-        rc = err_set(e, ERR_IO, path, "write %s: %s", tmp, strerror(errno));
+        rc = err_set(e, ERR_IO, path, "write %s: %s", af.tmp, strerror(errno));
         goto out;
     }
-    if (rename(tmp, path) < 0) {
-        rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    made_tmp = false;
-    sync_parent(path);
+    rc = atomic_file_commit(&af, e);
 
 out:
-    if (fd >= 0)
-        close(fd);
-    if (made_tmp)
-        unlink(tmp);
-    free(tmp);
+    atomic_file_abort(&af); /* after a commit: nothing */
     free(hdr);
     json_decref(root);
     return rc;

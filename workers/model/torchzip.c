@@ -909,14 +909,17 @@ static int run_pickle(struct tz_ctx *c, struct pk_obj **result, struct err *e)
         case '(':
             if (grow((void **)&c->marks, &c->marks_cap, c->nmarks + 1, sizeof *c->marks,
                      TZ_MAX_MARKS) < 0)
-                return PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: more than %u nested MARKs",
-                            c->op_pos, TZ_MAX_MARKS);
+                return c->nmarks + 1 > TZ_MAX_MARKS
+                           ? PERR(c, e, ERR_FORMAT, "data.pkl byte %zu: more than %u nested MARKs",
+                                  c->op_pos, TZ_MAX_MARKS)
+                           : PERR(c, e, ERR_NOMEM, "out of memory reading data.pkl");
             c->marks[c->nmarks++] = c->sp;
             break;
         case 't':
             if ((rc = pop_mark(c, &first, &n, op, e)) < 0)
                 return rc;
-            rc = push(c, new_tuple(c, c->stack + first, n), e);
+            /* an empty MARK on an empty stack: there is no stack array yet */
+            rc = push(c, new_tuple(c, n ? c->stack + first : NULL, n), e);
             break;
         case 0x85:
         case 0x86:

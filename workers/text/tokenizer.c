@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_err.h"
+#include "workers/model/config.h"
 #include "workers/text/unicode.h"
 
 /* ---- a byte-string -> int hash map (open addressing, keys in one arena) */
@@ -55,7 +57,7 @@ static int *smap_get(const struct smap *m, const char *k, size_t n)
         if (!s)
             return NULL;
         struct smap_ent *en = &m->ent[s - 1];
-        if (en->h == h && en->len == n && memcmp(m->keys + en->off, k, n) == 0)
+        if (en->h == h && en->len == n && (n == 0 || memcmp(m->keys + en->off, k, n) == 0))
             return &en->val;
     }
 }
@@ -102,7 +104,8 @@ static int smap_put(struct smap *m, const char *k, size_t n, int val)
         m->kcap = c;
     }
     uint64_t h = hash_bytes(k, n);
-    memcpy(m->keys + m->klen, k, n);
+    if (n) /* an empty first key: no key storage yet */
+        memcpy(m->keys + m->klen, k, n);
     m->ent[m->n] = (struct smap_ent){h, m->klen, (uint32_t)n, val};
     m->klen += n;
     size_t i = h & (m->cap - 1);
@@ -385,24 +388,38 @@ static int load_vocab(struct tokenizer *tok, json_t *model, json_t *added, const
     if (!json_is_object(vocab) || json_object_size(vocab) == 0)
         return err_set(e, ERR_FORMAT, path, "model.vocab: expected a non-empty object of token -> id");
     long long maxid = -1;
-    const char *key;
+    const char *key, *maxkey = "";
     json_t *v;
+    /* ids index the token table: beyond a model's largest vocabulary they
+     * cannot be model inputs, and a table mostly empty would be memory
+     * taken for nothing (a 20-token file with an id of 4 million) */
     json_object_foreach(vocab, key, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= 1 << 30)
-            return err_set(e, ERR_FORMAT, path, "model.vocab: id of \"%s\" is not an integer in [0, 2^30)",
-                           key);
-        if (json_integer_value(v) > maxid)
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= CONFIG_MAX_VOCAB)
+            return err_set(e, ERR_FORMAT, path,
+                           "model.vocab: id of \"%s\" is not an integer in [0, %d) (the largest vocabulary a "
+                           "model may have)", key, CONFIG_MAX_VOCAB);
+        if (json_integer_value(v) > maxid) {
             maxid = json_integer_value(v);
+            maxkey = key;
+        }
     }
     size_t na = json_array_size(added);
     for (size_t i = 0; i < na; i++) {
         json_t *id = json_object_get(json_array_get(added, i), "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= 1 << 30)
-            return err_set(e, ERR_FORMAT, path, "added_tokens[%zu]: \"id\" is not an integer in [0, 2^30)",
-                           i);
-        if (json_integer_value(id) > maxid)
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= CONFIG_MAX_VOCAB)
+            return err_set(e, ERR_FORMAT, path,
+                           "added_tokens[%zu]: \"id\" is not an integer in [0, %d) (the largest vocabulary "
+                           "a model may have)", i, CONFIG_MAX_VOCAB);
+        if (json_integer_value(id) > maxid) {
             maxid = json_integer_value(id);
+            maxkey = json_string_value(json_object_get(json_array_get(added, i), "content"));
+        }
     }
+    long long ntok = (long long)json_object_size(vocab) + (long long)na;
+    if (maxid >= 2 * ntok + 1024)
+        return err_set(e, ERR_FORMAT, path,
+                       "id %lld (of \"%.64s\") in a vocabulary of %lld tokens: ids must be nearly dense "
+                       "(below 2 x tokens + 1024)", maxid, maxkey ? maxkey : "?", ntok);
     tok->size = (int)maxid + 1;
     tok->tokens = calloc((size_t)tok->size, sizeof *tok->tokens);
     if (!tok->tokens)
@@ -586,12 +603,15 @@ int tokenizer_load(struct tokenizer **out, const char *path, struct err *e)
     int rerr = ferror(f);
     fclose(f);
     json_error_t je;
+    errno = 0;
     json_t *root = rerr ? NULL : json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     free(buf);
     if (rerr)
         return err_set(e, ERR_IO, path, "read failed");
     if (!root)
-        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                                   : err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)",
+                                             je.text, je.line);
     int rc = 0;
     struct tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) {

@@ -1,5 +1,6 @@
 #include "workers/text/tokens.h"
 
+#include "common/atomic_file.h"
 #include "workers/model/npy.h"
 
 #include <errno.h>
@@ -12,13 +13,18 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/json_err.h"
+
 int tokens_read_json(const char *path, int **tokens, int *B, int *T, struct err *e)
 {
     json_error_t je;
     *tokens = NULL;
+    errno = 0;
     json_t *root = json_load_file(path, 0, &je);
     if (!root)
-        return err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)", je.text, je.line);
+        return json_err_nomem(&je) ? err_set(e, ERR_NOMEM, path, "out of memory reading the JSON")
+                                   : err_set(e, ERR_FORMAT, path, "not valid JSON: %s (line %d)",
+                                             je.text, je.line);
     int rc = 0;
     size_t b = json_is_array(root) ? json_array_size(root) : 0;
     size_t t = b ? json_array_size(json_array_get(root, 0)) : 0;
@@ -254,11 +260,11 @@ int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e)
                 return err_set(e, ERR_INVALID, path,
                                "token id %d (position %zu) does not fit in uint16: use .u32 or .npy",
                                ids[i], i);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return err_set(e, ERR_IO, path, "cannot create: %s", strerror(errno));
+    struct atomic_file af;
+    int rc = atomic_file_open(&af, path, e);
+    if (rc < 0)
+        return rc;
+    FILE *f = af.f;
     int ok = 1;
     if (w) {
         unsigned char buf[4096];
@@ -278,11 +284,10 @@ int tokens_write_file(const char *path, const int *ids, size_t n, struct err *e)
             ok = fprintf(f, "%s%d", i ? ", " : "", ids[i]) > 0;
         ok = ok && fputs("]\n", f) != EOF;
     }
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
-        remove(tmp);
+    if (!ok) {
+        rc = err_set(e, ERR_IO, path, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
         return rc;
     }
-    return 0;
+    return atomic_file_commit(&af, e);
 }

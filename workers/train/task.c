@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/atomic_file.h"
+#include "common/rng.h"
+#include "common/json_err.h"
 #include "workers/model/kernels.h"
 
 #define EVAL_CHUNK 2048  /* sequences per evaluation forward */
@@ -49,17 +52,8 @@ const char *const *task_metric_names(const struct task *t)
 int task_vocab(const struct task *t) { return t->V; }
 int task_seq_len(const struct task *t) { return t->T; }
 
-/* splitmix64: a seeded stream, the same on every machine */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* uniform in [0, n) (n small: the modulo bias is below 2^-40) */
-static int rng_below(uint64_t *s, int n) { return (int)(rng_next(s) % (uint64_t)n); }
+static int draw_below(uint64_t *s, int n) { return (int)rng_mod(s, (uint64_t)n); }
 
 void task_free(struct task *t)
 {
@@ -122,7 +116,7 @@ static int modadd_create(struct task *t, struct err *e)
     }
     uint64_t s = t->c.seed ^ 0x6d6f64616464ull; /* Fisher-Yates with the split seed */
     for (int i = t->npairs - 1; i > 0; i--) {
-        int j = rng_below(&s, i + 1);
+        int j = draw_below(&s, i + 1);
         int a = t->pairs[2 * i], b = t->pairs[2 * i + 1];
         t->pairs[2 * i] = t->pairs[2 * j];
         t->pairs[2 * i + 1] = t->pairs[2 * j + 1];
@@ -141,10 +135,10 @@ static void induction_seq(uint64_t *s, int V, int T, int smin, int smax, int *to
                           int *icl)
 {
     for (int i = 0; i < T; i++)
-        tok[i] = rng_below(s, V);
-    int S = smin + rng_below(s, smax - smin + 1);
-    int a = rng_below(s, T - 2 * S + 1);      /* a + S <= d <= T - S */
-    int d = a + S + rng_below(s, T - S - (a + S) + 1);
+        tok[i] = draw_below(s, V);
+    int S = smin + draw_below(s, smax - smin + 1);
+    int a = draw_below(s, T - 2 * S + 1);      /* a + S <= d <= T - S */
+    int d = a + S + draw_below(s, T - S - (a + S) + 1);
     for (int i = 0; i < S; i++)
         tok[d + i] = tok[a + i];
     for (int i = 0; i < T; i++) {
@@ -317,14 +311,13 @@ int task_write_json(const struct task *t, const char *path, json_t *extra, struc
     json_object_set_new(o, "metrics", names);
     if (extra)
         json_object_update(o, extra);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (json_dump_file(o, tmp, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
-        rc = err_set(e, ERR_IO, tmp, "cannot write: %s", strerror(errno));
-        remove(tmp);
-    } else if (rename(tmp, path) != 0) {
-        rc = err_set(e, ERR_IO, path, "rename %s: %s", tmp, strerror(errno));
-        remove(tmp);
+    struct atomic_file af;
+    if ((rc = atomic_file_open(&af, path, e)) == 0 &&
+        json_dumpf(o, af.f, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
+        rc = err_set(e, ERR_IO, af.tmp, "cannot write: %s", strerror(errno));
+        atomic_file_abort(&af);
+    } else if (rc == 0) {
+        rc = atomic_file_commit(&af, e);
     }
     json_decref(o);
     return rc;
@@ -397,13 +390,16 @@ int task_load_json(struct task **out, const char *path, struct err *e)
     FILE *f = fopen(path, "r");
     if (!f)
         return err_set(e, ERR_IO, path, "cannot open the task metadata: %s", strerror(errno));
+    errno = 0;
     json_t *o = json_loadf(f, 0, &je);
     fclose(f);
     struct task *t = NULL;
     int rc = 0;
     if (!o)
-        return err_set(e, ERR_INVALID, path, "task.json is not JSON: %s (line %d)", je.text,
-                       je.line);
+        return json_err_nomem(&je)
+                   ? err_set(e, ERR_NOMEM, path, "out of memory reading task.json")
+                   : err_set(e, ERR_INVALID, path, "task.json is not JSON: %s (line %d)", je.text,
+                             je.line);
     struct task_config c;
     memset(&c, 0, sizeof c);
     long long seed, v, T;

@@ -1,0 +1,119 @@
+/*
+ * policy.h - the order a run's jobs are claimed in: compute where the
+ * change is.
+ *
+ * `order` (the default): every job of the run at priority 0; the claim
+ * takes the checkpoints in the order they were added, all items at once.
+ *
+ * `adaptive` (`ckptd add-run --policy adaptive`): the researcher sees the
+ * transition before the whole series is done.
+ *   0  cheap:    the cheap items on every checkpoint;
+ *   1  skeleton: the expensive items on a sparse skeleton, every
+ *                POLICY_SKELETON_EVERY-th checkpoint of the schedule and
+ *                both ends (cost_on_skeleton);
+ *   2  dense:    the expensive items on the checkpoints around the cheap
+ *                items' transitions, once the cheap pass is done;
+ *   3  rest:     everything else.
+ * The numbers are jobs.priority: the claim (queue.h) takes the checkpoint
+ * whose due jobs have the lowest priority, and of it the jobs of that
+ * priority or lower, so a checkpoint is claimed once per phase that has
+ * work on it.  Across runs the phases are shared: every run's priority-0
+ * work comes before any run's skeleton.
+ *
+ * Cheap and expensive come from the cost model (daemon/plan/cost.h): the
+ * items sorted by their projected seconds per checkpoint for the run's
+ * model shape (runs.model where recorded, else a file:// run's first
+ * config.json, else pythia-70m's) and settings; the cheap ones are the
+ * cheapest whose seconds add up to at most POLICY_CHEAP_SHARE of a
+ * checkpoint's (at least one item; an item the model does not price counts
+ * 0 s, and an item depending on an expensive one is expensive).  While no
+ * job of the run has finished, the planner classifies again when a better
+ * shape has become known.
+ *
+ * The dense phase is planned (policy_plan) when the run's cheap jobs are
+ * all finished: each series of the cheap items (`integrity` left out: it
+ * checks, it does not measure) gives its strongest transition (the
+ * highest score; spikes left out), whose peak widened by
+ * POLICY_WINDOW_MARGIN checkpoints on either side is a window weighing
+ * its score; overlapping windows merge (weights add up), and the heaviest
+ * are densified first until POLICY_DENSE_SHARE of the run's checkpoints
+ * (a window larger than what is left gets the checkpoints nearest its
+ * weighted mean peak).  Peaks, not [start, end]: the level-v2 detector
+ * splits a series' change into stages, and the spans of slowly drifting
+ * series' stages chain into one window covering the whole run.  Items that read the previous checkpoint (sae
+ * with warm start, sae_match) still wait for it (queue.h): they gain less.
+ *
+ *     if (policy_apply(db, "pythia-160m", "adaptive", &e) < 0) ...   // add-run
+ *     policy_after_ingest(db, &claim);   // serve: plans when the cheap pass ends
+ *     char phase[256]; policy_phase(db, run_id, phase, sizeof phase, &e);   // status
+ */
+#ifndef CKPTD_POLICY_H
+#define CKPTD_POLICY_H
+
+#include <stddef.h>
+
+#include "common/err.h"
+
+#define POLICY_CHEAP_SHARE 0.25
+#define POLICY_SKELETON_EVERY 8
+#define POLICY_WINDOW_MARGIN 2
+#define POLICY_DENSE_SHARE 0.25
+
+enum policy_priority {
+    POLICY_P_CHEAP = 0,
+    POLICY_P_SKELETON = 1,
+    POLICY_P_DENSE = 2,
+    POLICY_P_REST = 3,
+    POLICY_P_COUNT
+};
+
+struct db;
+struct claim;
+
+/* Is `name` a policy ("order", "adaptive")? */
+int policy_known(const char *name);
+
+/* Set the run's policy (by name) and its queued jobs' priorities; for
+ * adaptive, classify its items and write its plan (run_plans), keeping
+ * densified windows already planned.  Idempotent.  ERR_NOTFOUND for no
+ * such run, ERR_INVALID for an unknown policy, ERR_DB. */
+int policy_apply(struct db *db, const char *run, const char *policy, struct err *e) CK_WUR;
+
+/* Plan the dense phase of the adaptive run when its cheap pass is over and
+ * it has not been planned; reclassify while nothing is done.  Returns 1
+ * when it planned, 0 when there was nothing to do, or a negative code. */
+int policy_plan(struct db *db, long long run_id, struct err *e) CK_WUR;
+
+/* After a claim was stored: policy_plan for its run when it is adaptive;
+ * failures logged. */
+void policy_after_ingest(struct db *db, const struct claim *c);
+
+/* The tick's duty: policy_plan for every adaptive run not planned yet
+ * (a cheap pass that ended with dead jobs, a node that died); logged. */
+void policy_duty(struct db *db);
+
+/* One line on the run's policy and phase for `ckptd status`: "" for an
+ * order run. */
+int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct err *e) CK_WUR;
+
+/* ---- pure pieces (exposed for tests) ---- */
+
+/* Which of n items (projected seconds each, NULL-or-"" depends_on each) are
+ * cheap: cheap[i] 1 or 0.  Returns the number of cheap items. */
+int policy_classify(const double *seconds, const char *const *names, const char *const *depends_on, int n,
+                    int *cheap);
+
+/* A window of checkpoint positions [lo, hi] and its weight. */
+struct policy_window {
+    int lo, hi;
+    double weight;
+    int peak; /* the median peak position */
+};
+
+/* Densify: windows w (n, positions in a schedule of `count`), widened by
+ * `margin`, merged when they overlap (weights add up), heaviest first,
+ * into dense (count: 1 for a checkpoint to densify) until `budget`
+ * checkpoints.  Returns the number chosen. */
+int policy_densify(const struct policy_window *w, int n, int count, int margin, int budget, unsigned char *dense);
+
+#endif

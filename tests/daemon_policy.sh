@@ -1,0 +1,124 @@
+#!/bin/bash
+# daemon_policy.sh - compute where the change is (daemon/work/policy.h):
+# `add-run --policy adaptive` against step order on a toy run with a known
+# transition (PostgreSQL port 54465).
+#
+# One induction run is trained (600 steps, a checkpoint every 15: 46
+# checkpoints); its transition is known from the trainer's log: the
+# checkpoints where icl_loss is between 75% and 25% of the way from its
+# plateau (the largest value after step 16) to its final value, and one
+# checkpoint either side.  It is added twice with items weights,heads,task
+# (the cost model makes `task`, which evaluates the induction sequences,
+# the expensive one, and the heads item's induction score a cheap signal of
+# the same change): `order` then `adaptive`, each served alone by one node
+# with one worker, so the claim order is the order work is done in.
+# Asserts:
+#   - the plan: cheap [weights,heads], expensive [task], skeleton every 8;
+#     the dense windows, planned when the cheap pass ended, cover the known
+#     transition;
+#   - the phases in order (adaptive): every cheap job finished before any
+#     expensive one started, the skeleton's before the dense windows', the
+#     dense windows' before the rest;
+#   - the measure the issue asks for, counted in expensive jobs: adaptive
+#     covers the transition window at full density after fewer of them than
+#     step order does (and after no more than the skeleton, the dense
+#     budget and the window);
+#   - the same work in the end: every job done, the same rows;
+#   - `ckptd status` shows the policy and its phase, before and after;
+#   - `--policy` with an unknown name is refused.
+# Wall times (to the window covered, in all) are printed as `# figure`
+# lines, not asserted: bench/adaptive_bench.sh takes their medians.
+. tests/lib/daemon.sh
+dl_init policy 54465
+dl_migrate
+C=("$CKPTD" --config "$T/cfg.json")
+dl_config "$T/cfg.json" '"workers": 1'
+
+"$WORKER" --threads 1 train --task induction --steps 600 --ckpt-every 15 --seed 1 --out "$T/ind" \
+    --log-every 0 >"$T/train.out" 2>&1 || { dl_fail "training"; tail "$T/train.out"; dl_finish; }
+S=$(ls "$T/ind" | sed -n 's/^step\([0-9]*\)$/\1/p' | sort -n | paste -sd,)
+read -r WLO WHI <<<"$(/usr/bin/python3 - "$T/ind/train_log.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+plateau = max(r["icl_loss"] for r in rows if r["step"] > 16)
+final = rows[-1]["icl_loss"]
+inside = [i for i, r in enumerate(rows)
+          if r["step"] > 16 and final + 0.25 * (plateau - final) <= r["icl_loss"] <= final + 0.75 * (plateau - final)]
+lo, hi = max(min(inside) - 1, 0), min(max(inside) + 1, len(rows) - 1)
+print(rows[lo]["step"], rows[hi]["step"])
+EOF
+)"
+echo "# the known transition: icl_loss falls over steps $WLO..$WHI (training log)"
+
+"${C[@]}" add-run r --source "file://$T/ind/step{step}" --schedule "$S" --items weights,heads,task \
+    --policy sideways >"$T/bad.out" 2>&1
+dl_eq "an unknown policy: usage exit" 2 $?
+dl_grep "the refusal names it" "$T/bad.out" "order or adaptive, not 'sideways'"
+
+for pol in order adaptive; do
+    "${C[@]}" add-run $pol --source "file://$T/ind/step{step}" --schedule "$S" --items weights,heads,task \
+        --policy $pol >"$T/add-$pol.out" 2>&1 || { dl_fail "add-run $pol"; cat "$T/add-$pol.out"; }
+    [ $pol = adaptive ] && "${C[@]}" status adaptive >"$T/status-before.out" 2>&1
+    dl_serve S --config "$T/cfg.json" serve --until-idle
+    dl_wait_exit "$S_PID" 900
+    dl_eq "$pol: serve exit" 0 "$DL_STATUS"
+done
+dl_eq "every job done" 0 "$(dl_sql "SELECT count(*) FROM jobs WHERE state <> 'done'")"
+dl_grep "status before: the phase" "$T/status-before.out" 'adaptive: policy adaptive, phase cheap: cheap \[weights,heads\]'
+"${C[@]}" status adaptive >"$T/status-after.out" 2>&1
+dl_grep "status after: done" "$T/status-after.out" 'adaptive: policy adaptive, phase done'
+
+dl_eq "the plan" "{weights,heads} {task} 8 true" \
+    "$(dl_sql "SELECT p.cheap_items::text || ' ' || p.expensive_items::text || ' ' || p.skeleton_every || ' ' || (p.planned_at IS NOT NULL)
+               FROM run_plans p JOIN runs r ON r.id = p.run_id WHERE r.name = 'adaptive'")"
+# the run's jobs with their checkpoint's position and phase
+J="(SELECT j.*, c.step, r.name AS run FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id
+    JOIN runs r ON r.id = c.run_id)"
+dl_eq "the dense windows cover the known transition" "0" \
+    "$(dl_sql "SELECT count(*) FROM checkpoints c JOIN runs r ON r.id = c.run_id JOIN run_plans p ON p.run_id = r.id
+               WHERE r.name = 'adaptive' AND c.step BETWEEN $WLO AND $WHI AND NOT EXISTS (SELECT 1
+               FROM unnest(p.window_starts, p.window_ends) AS w(s, e) WHERE c.step BETWEEN w.s AND w.e)")"
+dl_eq "cheap before expensive" "t" \
+    "$(dl_sql "SELECT max(finished_at) FILTER (WHERE item <> 'task') <= min(started_at) FILTER (WHERE item = 'task')
+               FROM $J x WHERE run = 'adaptive'")"
+dl_eq "skeleton, dense, rest in that order" "true true" \
+    "$(dl_sql "SELECT (max(finished_at) FILTER (WHERE priority = 1) <= min(started_at) FILTER (WHERE priority = 2))
+               || ' ' || (max(finished_at) FILTER (WHERE priority = 2) <= min(started_at) FILTER (WHERE priority = 3))
+               FROM $J x WHERE run = 'adaptive' AND item = 'task'")"
+dl_eq "step order kept its order (every job priority 0)" "0" \
+    "$(dl_sql "SELECT count(*) FROM $J x WHERE run = 'order' AND priority <> 0")"
+
+# expensive jobs finished by the time the window's last one finished
+covered() {
+    dl_sql "SELECT count(*) FROM $J x WHERE run = '$1' AND item = 'task' AND finished_at <= (SELECT max(finished_at)
+            FROM $J y WHERE run = '$1' AND item = 'task' AND step BETWEEN $WLO AND $WHI)"
+}
+NO=$(covered order) NA=$(covered adaptive)
+NT=$(dl_sql "SELECT count(*) FROM $J x WHERE run = 'adaptive' AND item = 'task'")
+NW=$(dl_sql "SELECT count(*) FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.name = 'adaptive'
+             AND c.step BETWEEN $WLO AND $WHI")
+echo "# expensive jobs done when the window ($NW checkpoints) was covered: order $NO, adaptive $NA, of $NT"
+dl_true "adaptive covers the transition sooner ($NA < $NO expensive jobs)" [ "$NA" -lt "$NO" ]
+limit=$(((NT + 7) / 8 + 1 + (NT + 3) / 4 + NW))
+dl_true "and no later than skeleton + dense budget + window ($NA <= $limit)" [ "$NA" -le "$limit" ]
+dl_eq "the same rows from both" "0 0" \
+    "$(dl_sql "SELECT (SELECT count(*) FROM (SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'order'
+               EXCEPT SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'adaptive') a) || ' ' ||
+               (SELECT count(*) FROM (SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'adaptive'
+               EXCEPT SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'order') b)")"
+
+# wall times, for bench/adaptive_bench.sh (never asserted: the machine is shared)
+for pol in order adaptive; do
+    dl_sql "SELECT '# figure $pol window_s=' || round(extract(epoch FROM (SELECT max(finished_at) FROM $J y WHERE run = '$pol'
+            AND item = 'task' AND step BETWEEN $WLO AND $WHI) - min(started_at))::numeric, 2)
+            || ' total_s=' || round(extract(epoch FROM max(finished_at) - min(started_at))::numeric, 2)
+            FROM $J x WHERE run = '$pol'"
+done
+dl_sql "SELECT '# figure adaptive phase ' || priority || ': ' || count(*) || ' jobs, claims from '
+        || round(extract(epoch FROM min(started_at) - (SELECT min(started_at) FROM $J z WHERE run = 'adaptive'))::numeric, 2)
+        || ' to ' || round(extract(epoch FROM max(finished_at) - (SELECT min(started_at) FROM $J z WHERE run = 'adaptive'))::numeric, 2)
+        || ' s, work ' || round(extract(epoch FROM sum(finished_at - started_at))::numeric, 2) || ' s'
+        FROM $J x WHERE run = 'adaptive' GROUP BY priority ORDER BY priority"
+dl_sql "SELECT '# figure order: ' || count(*) || ' jobs, work ' || round(extract(epoch FROM sum(finished_at - started_at))::numeric, 2)
+        || ' s' FROM $J x WHERE run = 'order'"
+dl_finish
