@@ -33,8 +33,9 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
                ~100, grokking at ~700-1300 with one-checkpoint loss spikes
                (the "slingshot") before and after
   grok-lit     the setting of Nanda et al. 2023: lr 1e-3, wd 1, betas
-               0.9/0.98, 30% train, d_model 128, d_mlp 512, p 59; grokking in
-               two stages at ~3000 and ~4700 steps, checkpoints every 200
+               0.9/0.98, 30% train, d_model 128, d_mlp 512, p 59; trained for
+               8000 steps (grokking between ~3000 and ~6200 by kernel
+               family, after a wandering test loss), checkpoints every 200
   induction    the induction task's default (2 layers, 1000 steps): the
                in-context loss falls when induction heads form (~400)
   lr-schedule  induction with a 100-step warm-up and the rate decayed
@@ -125,7 +126,7 @@ CORETYPES = ["Haswell", "SkylakeX", "Sandybridge"]
 MODADD = ["--task", "modular-addition"]
 INDUCTION = ["--task", "induction"]
 LIT = MODADD + ["--p", "59", "--train-frac", "0.3", "--d-model", "128", "--d-mlp", "512", "--lr", "1e-3",
-                "--wd", "1", "--beta1", "0.9", "--beta2", "0.98", "--steps", "6000", "--ckpt-every", "200"]
+                "--wd", "1", "--beta1", "0.9", "--beta2", "0.98", "--steps", "8000", "--ckpt-every", "200"]
 
 # kind, name, training arguments, dense eval spacing, analyze items, seeds
 RUNS = [
