@@ -490,7 +490,7 @@ int policy_after_ingest(struct db *db, const struct claim *c, policy_detect_fn d
         log_err("cannot plan the adaptive run's next phase; the tick tries again", &e);
     /* examined now unless the first pass goes on or the planner examined
      * the whole run; after a failure too: the rows are stored */
-    return rc <= 0;
+    return policy_detect_now(rc);
 }
 
 void policy_duty(struct db *db, policy_detect_fn detect)
@@ -505,6 +505,36 @@ void policy_duty(struct db *db, policy_detect_fn detect)
         if (policy_plan(db, atoll(PQgetvalue(r, i, 0)), detect, &e) < 0)
             log_err("cannot plan the adaptive run's next phase", &e);
     PQclear(r);
+}
+
+int policy_detect_now(int plan_rc)
+{
+    return plan_rc != POLICY_PLANNED && plan_rc != POLICY_FIRST_PASS;
+}
+
+const char *policy_phase_name(const struct policy_counts *k)
+{
+    return k->cheap_left > 0 || k->skeleton_left > 0 ? "first pass"
+           : k->dense_left > 0                       ? "dense"
+           : k->rest_left > 0                        ? "rest"
+                                                     : "done";
+}
+
+void policy_phase_format(char *out, size_t n, const struct policy_counts *k, const char *cheap, const char *expensive,
+                         int planned, const char *windows)
+{
+    char dense[512];
+    if (!planned)
+        snprintf(dense, sizeof dense, "planned when the first pass ends");
+    else if (!windows || !windows[0])
+        snprintf(dense, sizeof dense, "none (no transition in the cheap items)");
+    else
+        snprintf(dense, sizeof dense, "%d checkpoints in %s (%d left)", k->dense, windows, k->dense_left);
+    snprintf(out, n,
+             "policy adaptive, phase %s: cheap [%s] on %d checkpoints (%d left), with skeleton [%s] on %d of them "
+             "(%d left); dense %s; rest %d (%d left)",
+             policy_phase_name(k), cheap, k->cheap, k->cheap_left, expensive, k->skeleton, k->skeleton_left, dense,
+             k->rest, k->rest_left);
 }
 
 int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct err *e)
@@ -532,25 +562,12 @@ int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct er
         " FROM run_plans p WHERE p.run_id = $1", 1, p, e);
     if (!r)
         return ERR_DB;
-    int k[8] = {0};
-    if (PQntuples(r) != 1 || sscanf(PQgetvalue(r, 0, 4), "%d %d %d %d %d %d %d %d", &k[0], &k[1], &k[2], &k[3], &k[4],
-                                    &k[5], &k[6], &k[7]) != 8) {
-        PQclear(r);
-        return 0;
-    }
-    const char *phase = k[1] > 0 || k[3] > 0 ? "first pass" : k[5] > 0 ? "dense" : k[7] > 0 ? "rest" : "done";
-    int planned = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
-    char dense[512];
-    if (!planned)
-        snprintf(dense, sizeof dense, "planned when the first pass ends");
-    else if (PQgetisnull(r, 0, 3))
-        snprintf(dense, sizeof dense, "none (no transition in the cheap items)");
-    else
-        snprintf(dense, sizeof dense, "%d checkpoints in %s (%d left)", k[4], PQgetvalue(r, 0, 3), k[5]);
-    snprintf(out, n,
-             "policy adaptive, phase %s: cheap [%s] on %d checkpoints (%d left), with skeleton [%s] on %d of them "
-             "(%d left); dense %s; rest %d (%d left)",
-             phase, PQgetvalue(r, 0, 0), k[0], k[1], PQgetvalue(r, 0, 1), k[2], k[3], dense, k[6], k[7]);
+    struct policy_counts k;
+    if (PQntuples(r) == 1 &&
+        sscanf(PQgetvalue(r, 0, 4), "%d %d %d %d %d %d %d %d", &k.cheap, &k.cheap_left, &k.skeleton, &k.skeleton_left,
+               &k.dense, &k.dense_left, &k.rest, &k.rest_left) == 8)
+        policy_phase_format(out, n, &k, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), strcmp(PQgetvalue(r, 0, 2), "t") == 0,
+                            PQgetisnull(r, 0, 3) ? NULL : PQgetvalue(r, 0, 3));
     PQclear(r);
     return 0;
 }

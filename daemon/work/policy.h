@@ -141,4 +141,29 @@ struct policy_window {
  * checkpoints.  Returns the number chosen. */
 int policy_densify(const struct policy_window *w, int n, int count, int margin, int budget, unsigned char *dense);
 
+/* After policy_plan returned plan_rc for a stored claim: are the claim's
+ * series to be examined now?  Not while the first pass goes on, nor when
+ * the plan examined the whole run; otherwise (an order run, a planned
+ * one, a failure: the rows are stored) yes. */
+int policy_detect_now(int plan_rc);
+
+/* Checkpoints of an adaptive run with jobs of each kind, and of them those
+ * with jobs queued or running. */
+struct policy_counts {
+    int cheap, cheap_left;       /* the cheap items (first pass) */
+    int skeleton, skeleton_left; /* the skeleton's expensive items (first pass) */
+    int dense, dense_left;
+    int rest, rest_left;
+};
+
+/* The run's phase: "first pass" while a cheap or skeleton job is left
+ * (whatever else runs beside it), then "dense", "rest", "done". */
+const char *policy_phase_name(const struct policy_counts *k);
+
+/* policy_phase's line from the counts, the item lists (comma-separated),
+ * whether the dense phase is planned and its windows ("A..B, C..D"; NULL
+ * or "" for none). */
+void policy_phase_format(char *out, size_t n, const struct policy_counts *k, const char *cheap, const char *expensive,
+                         int planned, const char *windows);
+
 #endif
