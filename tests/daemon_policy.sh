@@ -72,8 +72,11 @@ for pol in $RUNS; do
     "${C[@]}" add-run $pol --source "file://$T/ind/step{step}" --schedule "$S" --items "$ITEMS" \
         --policy $pol >"$T/add-$pol.out" 2>&1 || { dl_fail "add-run $pol"; cat "$T/add-$pol.out"; }
     [ $pol = adaptive ] && "${C[@]}" status adaptive >"$T/status-before.out" 2>&1
-    dl_serve "S$pol" --config "$T/cfg.json" serve --until-idle
-    eval "spid=\$S${pol}_PID"
+    # under time(1): the CPU seconds of the daemon and its workers
+    /usr/bin/time -o "$T/time-$pol" -f "%U %S" "$CKPTD" --config "$T/cfg.json" serve --until-idle \
+        >"$T/S$pol.out" 2>"$T/S$pol.log" &
+    spid=$!
+    DL_DAEMONS="$DL_DAEMONS $spid"
     dl_wait_exit "$spid" 900
     dl_eq "$pol: serve exit" 0 "$DL_STATUS"
 done
@@ -161,6 +164,9 @@ for pol in order adaptive; do
             AND item = '$EXP' AND step BETWEEN $WLO AND $WHI) - min(started_at))::numeric, 2)
             || ' total_s=' || round(extract(epoch FROM max(finished_at) - min(started_at))::numeric, 2)
             FROM $J x WHERE run = '$pol'"
+done
+for pol in order adaptive; do
+    echo "# figure $pol cpu_s=$(awk '{ printf "%.2f", $1 + $2 }' "$T/time-$pol")"
 done
 dl_sql "SELECT '# figure adaptive phase ' || priority || ': ' || count(*) || ' jobs, claims from '
         || round(extract(epoch FROM min(started_at) - (SELECT min(started_at) FROM $J z WHERE run = 'adaptive'))::numeric, 2)
