@@ -10,23 +10,33 @@
 # checkpoint either side.  It is added twice with items weights,heads,task
 # (the cost model makes `task`, which evaluates the induction sequences,
 # the expensive one, and the heads item's induction score a cheap signal of
-# the same change): `order` then `adaptive`, each served alone by one node
-# with one worker, so the claim order is the order work is done in.
+# the same change): `order` then `adaptive` (POLICY_FIRST=adaptive: the
+# other way round), each served alone by one node with one worker, so the
+# claim order is the order work is done in.
 # Asserts:
 #   - the plan: cheap [weights,heads], expensive [task], skeleton every 8;
-#     the dense windows, planned when the cheap pass ended, cover the known
-#     transition;
-#   - the phases in order (adaptive): every cheap job finished before any
-#     expensive one started, the skeleton's before the dense windows', the
-#     dense windows' before the rest;
+#     the dense windows, planned when the first pass ended, cover the
+#     known transition;
+#   - the phases in order (adaptive): the first pass (every cheap job, and
+#     on the skeleton, every 8th checkpoint and the last, the expensive one
+#     in the same claim) finished before anything else started, the dense
+#     windows' before the rest;
+#   - each item once per checkpoint, in one attempt; one claim per
+#     skeleton checkpoint and two per other one under adaptive, one per
+#     checkpoint under order;
+#   - detection: the first pass's series examined once, when it ended (one
+#     pass over the run, none per claim before the plan), then each later
+#     claim's;
 #   - the measure the issue asks for, counted in expensive jobs: adaptive
 #     covers the transition window at full density after fewer of them than
 #     step order does (and after no more than the skeleton, the dense
 #     budget and the window);
-#   - the same work in the end: every job done, the same rows;
+#   - the same work in the end: every job done, the same rows and the same
+#     transitions from both;
 #   - `ckptd status` shows the policy and its phase, before and after;
 #   - `--policy` with an unknown name is refused.
-# Wall times (to the window covered, in all) are printed as `# figure`
+# Wall times (to the window covered, in all) and the CPU seconds of each
+# serve (time(1): the daemon and its workers) are printed as `# figure`
 # lines, not asserted: bench/adaptive_bench.sh takes their medians.
 . tests/lib/daemon.sh
 # POLICY_HEAVY=1 (bench/adaptive_bench.sh) adds `llc`, seconds a checkpoint

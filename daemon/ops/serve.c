@@ -1083,7 +1083,7 @@ static void check_idle(struct server *s)
  *  12. drain: past the grace period, kill workers and give jobs back
  *  13. idle: with --until-idle, every 0.5 s, notice that nothing is queued
  *      or running
- *  14. plan: every PLAN_EVERY_S, adaptive runs whose cheap pass ended get
+ *  14. plan: every PLAN_EVERY_S, adaptive runs whose first pass ended get
  *      their dense phase (policy.h); every FAMILY_EVERY_S, families whose
  *      members changed are analysed again (family.h)
  *  15. operate: this node's row in `nodes` every heartbeat_s (node.h);
