@@ -32,7 +32,8 @@
 #     step order does (and after no more than the skeleton, the dense
 #     budget and the window);
 #   - the same work in the end: every job done, the same rows and the same
-#     transitions from both;
+#     transitions from both; each checkpoint's files recorded once, not
+#     again when its second claim stages it;
 #   - `ckptd status` shows the policy and its phase, before and after;
 #   - `--policy` with an unknown name is refused.
 # Wall times (to the window covered, in all) and the CPU seconds of each
@@ -159,6 +160,11 @@ dl_eq "the same rows from both" "0 0" \
                (SELECT count(*) FROM (SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'adaptive'
                EXCEPT SELECT metric, layer, head, idx, step, value FROM series WHERE run = 'order') b)")"
 
+# the second claim of a checkpoint stages it again: its files, recorded at
+# the first, are not written again (the full path deletes and inserts them)
+dl_eq "files recorded once per checkpoint: 3 each, none deleted" "90 3 0" \
+    "$(dl_sql "SELECT count(DISTINCT checkpoint_id) || ' ' || (count(*) / count(DISTINCT checkpoint_id)) || ' ' ||
+               (SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'checkpoint_files') FROM checkpoint_files")"
 dl_eq "the same transitions from both" "0 0" \
     "$(dl_sql "WITH t AS (SELECT r.name AS run, t.metric_id, t.layer, t.head, t.idx, t.kind, t.method, t.start_step,
                t.peak_step, t.end_step, t.score FROM transitions t JOIN runs r ON r.id = t.run_id)
