@@ -20,7 +20,7 @@
 #                   bench/sae_bench.sh, from bench/run (SAE training vs sgemm, sae item)
 #                   bench/llc_bench.sh (the llc item's seconds per checkpoint vs fwd+bwd)
 #                   bench/patching_bench.sh (the patching items in forward-equivalents)
-#                   bench/adaptive_bench.sh (the adaptive policy vs step order: to the transition, in all)
+#                   bench/adaptive_bench.sh (the adaptive policy vs step order: to the transition, in all, CPU; a toy item and llc)
 #   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
 #                   build-fuzz/) and run each FUZZ_S seconds from its seed
 #                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);

@@ -5,8 +5,10 @@
  * checkpoint's seconds, at least one, dependants of expensive items
  * expensive) and which checkpoints are densified (policy_densify: windows
  * widened, merged when they overlap, heaviest first, outward from the
- * peak, within the budget).  The claim order itself is
- * tests/daemon_policy.sh.
+ * peak, within the budget), when a stored claim's series are examined
+ * (policy_detect_now: not during the first pass) and the phase `status`
+ * shows (policy_phase_name, policy_phase_format).  The claim order itself
+ * is tests/daemon_policy.sh.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -148,6 +150,61 @@ static void test_densify_heaviest_first_and_merge(void **state)
     assert_int_equal(count(d, 100), 0);
 }
 
+static void test_detect_now(void **state)
+{
+    (void)state;
+    /* the first pass defers the claim's series; the plan examined them all */
+    assert_false(policy_detect_now(POLICY_FIRST_PASS));
+    assert_false(policy_detect_now(POLICY_PLANNED));
+    /* an order run or a planned one, and a failure (the rows are stored) */
+    assert_true(policy_detect_now(0));
+    assert_true(policy_detect_now(-3));
+}
+
+static void test_phase_name(void **state)
+{
+    (void)state;
+    struct policy_counts k = {45, 2, 7, 0, 11, 11, 27, 27};
+    assert_string_equal(policy_phase_name(&k), "first pass");
+    k.cheap_left = 0;
+    k.skeleton_left = 1; /* a skeleton checkpoint still running */
+    assert_string_equal(policy_phase_name(&k), "first pass");
+    k.skeleton_left = 0;
+    assert_string_equal(policy_phase_name(&k), "dense");
+    k.dense_left = 0;
+    assert_string_equal(policy_phase_name(&k), "rest");
+    k.rest_left = 0;
+    assert_string_equal(policy_phase_name(&k), "done");
+    /* a dense job picked up beside the end of the first pass: still first */
+    struct policy_counts m = {45, 1, 7, 0, 11, 10, 27, 27};
+    assert_string_equal(policy_phase_name(&m), "first pass");
+}
+
+static void test_phase_format(void **state)
+{
+    (void)state;
+    char out[512];
+    struct policy_counts k = {45, 45, 7, 7, 0, 0, 38, 38};
+    policy_phase_format(out, sizeof out, &k, "weights,heads", "task", 0, NULL);
+    assert_string_equal(out, "policy adaptive, phase first pass: cheap [weights,heads] on 45 checkpoints (45 left), "
+                             "with skeleton [task] on 7 of them (7 left); dense planned when the first pass ends; "
+                             "rest 38 (38 left)");
+    struct policy_counts d = {45, 0, 7, 0, 11, 4, 27, 27};
+    policy_phase_format(out, sizeof out, &d, "weights,heads", "task", 1, "315..480");
+    assert_string_equal(out, "policy adaptive, phase dense: cheap [weights,heads] on 45 checkpoints (0 left), "
+                             "with skeleton [task] on 7 of them (0 left); dense 11 checkpoints in 315..480 (4 left); "
+                             "rest 27 (27 left)");
+    struct policy_counts z = {45, 0, 7, 0, 0, 0, 38, 0};
+    policy_phase_format(out, sizeof out, &z, "weights", "task,llc", 1, "");
+    assert_string_equal(out, "policy adaptive, phase done: cheap [weights] on 45 checkpoints (0 left), "
+                             "with skeleton [task,llc] on 7 of them (0 left); dense none (no transition in the cheap "
+                             "items); rest 38 (0 left)");
+    /* cut to the buffer, terminated */
+    char small[24];
+    policy_phase_format(small, sizeof small, &z, "weights", "task", 1, NULL);
+    assert_int_equal(strlen(small), sizeof small - 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -159,6 +216,9 @@ int main(void)
         cmocka_unit_test(test_densify_window),
         cmocka_unit_test(test_densify_budget_from_the_peak),
         cmocka_unit_test(test_densify_heaviest_first_and_merge),
+        cmocka_unit_test(test_detect_now),
+        cmocka_unit_test(test_phase_name),
+        cmocka_unit_test(test_phase_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

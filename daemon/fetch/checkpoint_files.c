@@ -138,6 +138,28 @@ int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct
     const char *p2[4] = {id, names_arr, sizes_arr, shas_arr};
     const char *p3[3] = {id, tot, wsha256};
     PGresult *r;
+    /* staged again (a later claim of the checkpoint, a retry): the files
+     * recorded, at the commit recorded, leave nothing to write or judge */
+    const char *p0[5] = {id, names_arr, sizes_arr, shas_arr, hub_commit_ok(files->commit) ? files->commit : ""};
+    r = db_exec(db,
+        "SELECT (SELECT o.step FROM checkpoints o WHERE o.id = c.duplicate_of) FROM checkpoints c"
+        " WHERE c.id = $1 AND c.size IS NOT NULL AND ($5 = '' OR c.hub_commit = $5)"
+        "   AND (SELECT array_agg(f.name || ' ' || f.size || ' ' || f.sha256 ORDER BY f.name)"
+        "        FROM checkpoint_files f WHERE f.checkpoint_id = c.id)"
+        "     = (SELECT array_agg(x.name || ' ' || x.size || ' ' || x.sha ORDER BY x.name)"
+        "        FROM unnest($2::text[], $3::bigint[], $4::text[]) AS x(name, size, sha))", 5, p0, e);
+    if (!r) {
+        rc = ERR_DB;
+        goto out;
+    }
+    if (PQntuples(r) == 1) {
+        if (!PQgetisnull(r, 0, 0))
+            *dup_step = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        rc = 1;
+        goto out;
+    }
+    PQclear(r);
     if ((rc = db_run(db, "BEGIN", 0, NULL, e)) < 0)
         goto out;
     /* one run at a time: two nodes recording equal weights see each other */

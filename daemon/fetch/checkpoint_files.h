@@ -37,7 +37,11 @@ struct hub_files;
  * same sha256s, the earliest step not marked suspect is the original and
  * every other one gets duplicate_of = it; record the commit as above.  One
  * transaction, serialised per run.  *dup_step gets the step this checkpoint
- * repeats, or -1. */
+ * repeats, or -1.  Returns 0 when recorded, 1 when these files (names,
+ * sizes, sha256s; and the commit, for a hub source) are the ones already
+ * recorded (staged again: a later claim of the checkpoint, a retry):
+ * nothing is written, and nothing changed for the integrity check to
+ * judge; or a negative code. */
 int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct hub_files *files,
                             long long *dup_step, struct err *e) CK_WUR;
 

@@ -297,6 +297,18 @@ static void log_settled(const struct slot *sl, const struct item_outcome *out,
                  res->rows, sl->w.seconds);
 }
 
+/* policy.h's detect: every series of the run examined, logged. */
+static int detect_whole_run(struct db *db, long long run_id, struct err *e)
+{
+    struct detect_stats st;
+    int rc = detect_run(db, run_id, NULL, NULL, 0, &st, e);
+    if (rc == 0)
+        log_info("transitions detected", "run_id=%lld series=%ld points=%ld transitions=%ld spikes=%ld read_ms=%.1f"
+                 " write_ms=%.1f", run_id, st.series, st.points, st.transitions, st.spikes, st.read_s * 1e3,
+                 st.write_s * 1e3);
+    return rc;
+}
+
 /* A worker ended: store the rows of its items that finished and record
  * the failure of the others (ingest_settle), or of every job when the
  * server refused the rows.  Leaves the slot busy when the database is
@@ -340,8 +352,9 @@ static void settle(struct server *s, struct slot *sl)
             struct claim done;
             claim_done_part(c, out, &done);
             integrity_after_ingest(s->db, &done); /* before detection: suspects are left out */
-            detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
-            policy_after_ingest(s->db, &done); /* an adaptive run's next phase */
+            /* an adaptive run's next phase; its first pass is examined once, at its end */
+            if (policy_after_ingest(s->db, &done, detect_whole_run))
+                detect_after_ingest(s->db, &done); /* logs its own failure; the rows are stored */
         }
         slot_free(sl);
         long long freed = 0;
@@ -605,12 +618,13 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
         return;
     }
     long long dup = -1;
-    if (checkpoint_files_record(s->db, sl->claim.checkpoint_id, stage_files(sl->stage), &dup, &e) < 0) {
+    int recorded = checkpoint_files_record(s->db, sl->claim.checkpoint_id, stage_files(sl->stage), &dup, &e);
+    if (recorded < 0) {
         log_err("cannot record the checkpoint's files yet; will retry", &e);
         return; /* stays in SLOT_FETCH: the stage answers done again */
     }
-    struct integrity_stats ist; /* files known: shards and equal weights judged again */
-    if (integrity_run(s->db, sl->claim.run_id, &ist, &e) < 0)
+    struct integrity_stats ist; /* new files: shards and equal weights judged again */
+    if (recorded == 0 && integrity_run(s->db, sl->claim.run_id, &ist, &e) < 0)
         log_err("integrity check after the files were recorded failed", &e);
     sl->dup_step = dup;
     sl->fetch_s = now - sl->fetch_started;
@@ -1069,7 +1083,7 @@ static void check_idle(struct server *s)
  *  12. drain: past the grace period, kill workers and give jobs back
  *  13. idle: with --until-idle, every 0.5 s, notice that nothing is queued
  *      or running
- *  14. plan: every PLAN_EVERY_S, adaptive runs whose cheap pass ended get
+ *  14. plan: every PLAN_EVERY_S, adaptive runs whose first pass ended get
  *      their dense phase (policy.h); every FAMILY_EVERY_S, families whose
  *      members changed are analysed again (family.h)
  *  15. operate: this node's row in `nodes` every heartbeat_s (node.h);
@@ -1103,7 +1117,7 @@ static void serve_tick(struct server *s)
     if (s->until_idle && dbok && busy_count(s) == 0 && run_every(&s->ran.idle, s->now, 500))
         check_idle(s);                                                            /* 13 */
     if (dbok && !s->stopping && run_every(&s->ran.plan, s->now, PLAN_EVERY_S * 1000))
-        policy_duty(s->db);                                                       /* 14 */
+        policy_duty(s->db, detect_whole_run);                                     /* 14 */
     if (dbok && !s->stopping && run_every(&s->ran.family, s->now, FAMILY_EVERY_S * 1000))
         family_duty(s->db);                                                       /* 14 */
     operate(s);                                                                   /* 15 */

@@ -14,18 +14,18 @@
 
 #define MAX_ITEMS 64
 
-/* The jobs' priorities from the run's plan (run_plans): cheap items 0,
- * skeleton checkpoints 1, densified windows 2, the rest 3.  Queued jobs
- * only: what ran keeps what it had. */
+/* The jobs' priorities from the run's plan (run_plans): cheap items and
+ * every item of a skeleton checkpoint 0 (one claim each), densified
+ * windows 1, the rest 2.  Queued jobs only: what ran keeps what it had. */
 #define SET_PRIORITIES                                                                                  \
     "WITH ck AS (SELECT id, step, row_number() OVER (ORDER BY step) - 1 AS i, count(*) OVER () AS n"     \
     "            FROM checkpoints WHERE run_id = $1),"                                                  \
     " p AS (SELECT * FROM run_plans WHERE run_id = $1),"                                                \
     " want AS (SELECT j.id, CASE WHEN j.item = ANY (p.cheap_items) THEN 0"                             \
-    "            WHEN ck.i % p.skeleton_every = 0 OR ck.i = ck.n - 1 THEN 1"                            \
+    "            WHEN ck.i % p.skeleton_every = 0 OR ck.i = ck.n - 1 THEN 0"                            \
     "            WHEN EXISTS (SELECT 1 FROM unnest(p.window_starts, p.window_ends) AS w(s, e)"             \
-    "                         WHERE ck.step BETWEEN w.s AND w.e) THEN 2"                                \
-    "            ELSE 3 END AS prio"                                                                    \
+    "                         WHERE ck.step BETWEEN w.s AND w.e) THEN 1"                                \
+    "            ELSE 2 END AS prio"                                                                    \
     "          FROM jobs j JOIN ck ON ck.id = j.checkpoint_id CROSS JOIN p WHERE j.state = 'queued')"   \
     " UPDATE jobs j SET priority = want.prio FROM want WHERE j.id = want.id AND j.priority <> want.prio"
 
@@ -323,7 +323,32 @@ int policy_apply(struct db *db, const char *run, const char *policy, struct err 
 
 /* ---- planning the dense phase ---- */
 
-int policy_plan(struct db *db, long long run_id, struct err *e)
+#define STATE_CLASSIFY 3 /* nothing finished yet: the items may be classified again */
+
+/* Where the run stands, without a lock: 0 (not adaptive, or planned),
+ * POLICY_FIRST_PASS (its first pass goes on), STATE_CLASSIFY,
+ * POLICY_PLANNED (to plan now), or a negative code. */
+static int plan_state(struct db *db, const char *id, struct err *e)
+{
+    const char *p[1] = {id};
+    PGresult *r = db_exec(db,
+        "SELECT EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
+        "               WHERE c.run_id = p.run_id AND j.priority = 0 AND j.state IN ('queued', 'running')),"
+        "   p.shape_known OR EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
+        "                            WHERE c.run_id = p.run_id AND j.state IN ('done', 'dead'))"
+        " FROM run_plans p JOIN runs x ON x.id = p.run_id"
+        " WHERE p.run_id = $1 AND p.planned_at IS NULL AND x.policy = 'adaptive'", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    int st = PQntuples(r) != 1                        ? 0
+             : strcmp(PQgetvalue(r, 0, 1), "t") != 0 ? STATE_CLASSIFY
+             : strcmp(PQgetvalue(r, 0, 0), "t") == 0 ? POLICY_FIRST_PASS
+                                                      : POLICY_PLANNED;
+    PQclear(r);
+    return st;
+}
+
+int policy_plan(struct db *db, long long run_id, policy_detect_fn detect, struct err *e)
 {
     char id[32];
     snprintf(id, sizeof id, "%lld", run_id);
@@ -332,8 +357,15 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
     struct policy_window *w = NULL;
     unsigned char *dense = NULL;
     char *starts = NULL, *ends = NULL;
-    int rc = db_run(db, "BEGIN", 0, NULL, e), planned = 0;
-    if (rc < 0)
+    int rc = plan_state(db, id, e), planned = 0;
+    if (rc <= 0 || rc == POLICY_FIRST_PASS)
+        return rc;
+    /* the first pass is over: its series, whose detection waited for it,
+     * are examined before the plan reads their transitions (a race with
+     * another node doing the same costs a second pass, nothing else) */
+    if (rc == POLICY_PLANNED && detect && (rc = detect(db, run_id, e)) < 0)
+        return rc;
+    if ((rc = db_run(db, "BEGIN", 0, NULL, e)) < 0)
         return rc;
     /* the plan, locked: one node plans */
     r = db_exec(db,
@@ -341,7 +373,7 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
         "   EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
         "           WHERE c.run_id = p.run_id AND j.state IN ('done', 'dead')),"
         "   EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
-        "           WHERE c.run_id = p.run_id AND j.item = ANY (p.cheap_items) AND j.state IN ('queued', 'running'))"
+        "           WHERE c.run_id = p.run_id AND j.priority = 0 AND j.state IN ('queued', 'running'))"
         " FROM run_plans p JOIN runs x ON x.id = p.run_id"
         " WHERE p.run_id = $1 AND p.planned_at IS NULL AND x.policy = 'adaptive' FOR UPDATE OF p", 1, p, e);
     if (!r) {
@@ -362,8 +394,10 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
             goto rollback;
         return 0;
     }
-    if (cheap_left)
-        goto rollback; /* the cheap pass goes on */
+    if (cheap_left) {
+        rc = POLICY_FIRST_PASS; /* the first pass goes on */
+        goto rollback;
+    }
     ck = db_exec(db, "SELECT step FROM checkpoints WHERE run_id = $1 ORDER BY step", 1, p, e);
     /* the cheap items' series, each by its strongest transition (not a
      * spike: a spike comes back), of the newest method written: level-v2
@@ -433,7 +467,7 @@ int policy_plan(struct db *db, long long run_id, struct err *e)
         goto rollback;
     log_info("adaptive run planned: expensive items next around the cheap items' transitions",
              "run_id=%lld transitions=%d densified=%d of=%d windows=%s..%s", run_id, nt, planned, count, starts, ends);
-    rc = 1;
+    rc = POLICY_PLANNED;
     goto out;
 rollback:
     db_rollback(db);
@@ -448,14 +482,18 @@ out:
     return rc;
 }
 
-void policy_after_ingest(struct db *db, const struct claim *c)
+int policy_after_ingest(struct db *db, const struct claim *c, policy_detect_fn detect)
 {
     struct err e;
-    if (policy_plan(db, c->run_id, &e) < 0)
+    int rc = policy_plan(db, c->run_id, detect, &e);
+    if (rc < 0)
         log_err("cannot plan the adaptive run's next phase; the tick tries again", &e);
+    /* examined now unless the first pass goes on or the planner examined
+     * the whole run; after a failure too: the rows are stored */
+    return policy_detect_now(rc);
 }
 
-void policy_duty(struct db *db)
+void policy_duty(struct db *db, policy_detect_fn detect)
 {
     struct err e;
     PGresult *r = db_exec(db, "SELECT run_id FROM run_plans WHERE planned_at IS NULL", 0, NULL, &e);
@@ -464,9 +502,39 @@ void policy_duty(struct db *db)
         return;
     }
     for (int i = 0; i < PQntuples(r); i++)
-        if (policy_plan(db, atoll(PQgetvalue(r, i, 0)), &e) < 0)
+        if (policy_plan(db, atoll(PQgetvalue(r, i, 0)), detect, &e) < 0)
             log_err("cannot plan the adaptive run's next phase", &e);
     PQclear(r);
+}
+
+int policy_detect_now(int plan_rc)
+{
+    return plan_rc != POLICY_PLANNED && plan_rc != POLICY_FIRST_PASS;
+}
+
+const char *policy_phase_name(const struct policy_counts *k)
+{
+    return k->cheap_left > 0 || k->skeleton_left > 0 ? "first pass"
+           : k->dense_left > 0                       ? "dense"
+           : k->rest_left > 0                        ? "rest"
+                                                     : "done";
+}
+
+void policy_phase_format(char *out, size_t n, const struct policy_counts *k, const char *cheap, const char *expensive,
+                         int planned, const char *windows)
+{
+    char dense[512];
+    if (!planned)
+        snprintf(dense, sizeof dense, "planned when the first pass ends");
+    else if (!windows || !windows[0])
+        snprintf(dense, sizeof dense, "none (no transition in the cheap items)");
+    else
+        snprintf(dense, sizeof dense, "%d checkpoints in %s (%d left)", k->dense, windows, k->dense_left);
+    snprintf(out, n,
+             "policy adaptive, phase %s: cheap [%s] on %d checkpoints (%d left), with skeleton [%s] on %d of them "
+             "(%d left); dense %s; rest %d (%d left)",
+             policy_phase_name(k), cheap, k->cheap, k->cheap_left, expensive, k->skeleton, k->skeleton_left, dense,
+             k->rest, k->rest_left);
 }
 
 int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct err *e)
@@ -475,39 +543,31 @@ int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct er
     char id[32];
     snprintf(id, sizeof id, "%lld", run_id);
     const char *p[1] = {id};
+    /* checkpoints with jobs of each kind, and of them those with jobs left:
+     * cheap items, the skeleton's expensive ones (first pass), dense, rest */
     PGresult *r = db_exec(db,
         "SELECT array_to_string(p.cheap_items, ','), array_to_string(p.expensive_items, ','), p.planned_at IS NOT NULL,"
         "   (SELECT string_agg(s || '..' || e, ', ') FROM unnest(p.window_starts, p.window_ends) AS w(s, e)),"
-        "   (SELECT count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = k.k)"
-        "    || '/' || count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = k.k AND j.state IN ('queued', 'running'))"
+        "   (SELECT concat_ws(' ',"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.item = ANY (p.cheap_items)),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.item = ANY (p.cheap_items) AND j.state IN ('queued', 'running')),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 0 AND NOT j.item = ANY (p.cheap_items)),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 0 AND NOT j.item = ANY (p.cheap_items)"
+        "                                            AND j.state IN ('queued', 'running')),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 1),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 1 AND j.state IN ('queued', 'running')),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 2),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 2 AND j.state IN ('queued', 'running')))"
         "    FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id WHERE c.run_id = p.run_id)"
-        " FROM run_plans p CROSS JOIN generate_series(0, 3) AS k(k) WHERE p.run_id = $1 ORDER BY k.k", 1, p, e);
+        " FROM run_plans p WHERE p.run_id = $1", 1, p, e);
     if (!r)
         return ERR_DB;
-    if (PQntuples(r) != 4) {
-        PQclear(r);
-        return 0;
-    }
-    static const char *const names[POLICY_P_COUNT] = {"cheap", "skeleton", "dense", "rest"};
-    int total[4], left[4], phase = POLICY_P_COUNT;
-    for (int k = 0; k < 4; k++) {
-        sscanf(PQgetvalue(r, k, 4), "%d/%d", &total[k], &left[k]);
-        if (left[k] > 0 && phase == POLICY_P_COUNT)
-            phase = k;
-    }
-    int planned = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
-    char dense[512];
-    if (!planned)
-        snprintf(dense, sizeof dense, "planned when the cheap pass ends");
-    else if (PQgetisnull(r, 0, 3))
-        snprintf(dense, sizeof dense, "none (no transition in the cheap items)");
-    else
-        snprintf(dense, sizeof dense, "%d checkpoints in %s (%d left)", total[2], PQgetvalue(r, 0, 3), left[2]);
-    snprintf(out, n,
-             "policy adaptive, phase %s: cheap [%s] on %d checkpoints (%d left); skeleton [%s] on %d (%d left); "
-             "dense %s; rest %d (%d left)",
-             phase < POLICY_P_COUNT ? names[phase] : "done", PQgetvalue(r, 0, 0), total[0], left[0],
-             PQgetvalue(r, 0, 1), total[1], left[1], dense, total[3], left[3]);
+    struct policy_counts k;
+    if (PQntuples(r) == 1 &&
+        sscanf(PQgetvalue(r, 0, 4), "%d %d %d %d %d %d %d %d", &k.cheap, &k.cheap_left, &k.skeleton, &k.skeleton_left,
+               &k.dense, &k.dense_left, &k.rest, &k.rest_left) == 8)
+        policy_phase_format(out, n, &k, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), strcmp(PQgetvalue(r, 0, 2), "t") == 0,
+                            PQgetisnull(r, 0, 3) ? NULL : PQgetvalue(r, 0, 3));
     PQclear(r);
     return 0;
 }

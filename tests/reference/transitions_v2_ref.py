@@ -60,7 +60,7 @@ def med3(a, b, c):
 # ---- the null table ----
 
 def null_table():
-    text = open(os.path.join(HERE, "..", "..", "daemon", "transitions_null.inc")).read()
+    text = open(os.path.join(HERE, "..", "..", "daemon", "detect", "transitions_null.inc")).read()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     rows = [tuple(float(x) for x in m.groups())
             for m in re.finditer(r"\{\s*([-\d.eE+]+)\s*,\s*([-\d.eE+]+)\s*,\s*([-\d.eE+]+)\s*,\s*([-\d.eE+]+)\s*\}", text)]
