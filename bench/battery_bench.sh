@@ -23,8 +23,9 @@
 #                  no BLAS thread waits for a descheduled partner)
 # and the shared eval forward ("eval pass done"), the checkpoint's load, and
 # the whole worker process.  Once per preset (BENCH_SWEEP=0 skips it) the
-# `ablation` item runs again with --full-sweep, as on the skeleton
-# checkpoints ckptd marks (every 32nd of the schedule and the last).
+# items with a sparse exact part (`ablation`, `patching`) run again with
+# --full-sweep, as on the skeleton checkpoints ckptd marks (every 32nd of
+# the schedule and the last).
 # The projection: `ckptd plan --model-config`'s item by item, against the
 # measurement, both as multiples of the shared eval forward; seconds at the
 # reference rate of cost.c (a quiet node) are x_fwd times that forward's
@@ -126,9 +127,14 @@ for preset in $PRESETS; do
         echo "battery_bench: $preset battery ($r/$REPS)" >&2
         analyze_json "$preset" battery "$r" "$ITEMS" >>"$JSONL"
     done
-    if [ "$SWEEP" = 1 ] && [[ ",$ITEMS," == *,ablation,* ]]; then
-        echo "battery_bench: $preset ablation, full sweep" >&2
-        analyze_json "$preset" sweep 1 ablation --full-sweep >>"$JSONL"
+    # the items with a sparse exact part, on a skeleton checkpoint
+    SWEEP_ITEMS=""
+    for it in ablation patching; do
+        [[ ",$ITEMS," == *,$it,* ]] && SWEEP_ITEMS=${SWEEP_ITEMS:+$SWEEP_ITEMS,}$it
+    done
+    if [ "$SWEEP" = 1 ] && [ -n "$SWEEP_ITEMS" ]; then
+        echo "battery_bench: $preset $SWEEP_ITEMS, full sweep" >&2
+        analyze_json "$preset" sweep 1 "$SWEEP_ITEMS" --full-sweep >>"$JSONL"
     fi
     "$D" plan --model-config "$ck/config.json" --items "$ITEMS" --eval-seqs "$SEQS" --ctx "$CTX" --json |
         python3 -c "import json,sys; print(json.dumps({'preset': '$preset', 'kind': 'plan', 'plan': json.load(sys.stdin)}))" >>"$JSONL"

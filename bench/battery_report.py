@@ -81,7 +81,9 @@ def main():
         items = list(bat[0]["items"].keys())
         tot_x = 1.0
         tot_px = 1.0
-        abl_x = abl_sweep_x = abl_proj_sweep_x = float("nan")
+        sweep_items = list(sweep[0].get("items", {}).keys()) if sweep else []
+        sweep_extra = 0.0  # x_fwd a sweep checkpoint adds over an ordinary one
+        sweep_extra_wall = sweep_extra_cpu = 0.0  # and seconds
         for it in items:
             s = med([r["items"].get(it, {}).get("seconds") for r in bat])
             c = med([r["items"].get(it, {}).get("cpu_seconds") for r in bat])
@@ -96,27 +98,25 @@ def main():
                 tot_px += px
             print(f"| `{it}` | {s:.2f} | {c:.2f} | {ff / pass_gflop:.2f} | {x:.2f} | {px:.2f} | "
                   f"{px / x if x else float('nan'):.2f} | {k:.2f} | {x * unit_ref:.1f} |")
-            if it == "ablation":
-                abl_x = x
-                if pi:
-                    abl_proj_sweep_x = pi["sweep_seconds"] * ref / pass_gflop
-        if sweep and "ablation" in sweep[0].get("items", {}):
-            sw = sweep[0]["items"]["ablation"]
-            abl_sweep_x = sw["cpu_seconds"] / pf_cpu
-            pi = pitems.get("ablation")
-            k = abl_sweep_x * pass_gflop / pi["sweep_gflop"] if pi else float("nan")
-            ks.setdefault("ablation (full sweep)", []).append(k)
-            print(f"| `ablation`, full sweep | {sw['seconds']:.2f} | {sw['cpu_seconds']:.2f} | "
-                  f"{sw['forward_flop'] / 1e9 / pass_gflop:.2f} | {abl_sweep_x:.2f} | "
-                  f"{abl_proj_sweep_x:.2f} | {abl_proj_sweep_x / abl_sweep_x:.2f} | {k:.2f} | "
-                  f"{abl_sweep_x * unit_ref:.1f} |")
+            if it in sweep_items:
+                sw = sweep[0]["items"][it]
+                sx = sw["cpu_seconds"] / pf_cpu
+                sweep_extra += sx - x
+                sweep_extra_wall += sw["seconds"] - s
+                sweep_extra_cpu += sw["cpu_seconds"] - c
+                psx = pi["sweep_seconds"] * ref / pass_gflop if pi and pi["known"] else float("nan")
+                k = sx * pass_gflop / pi["sweep_gflop"] if pi and pi["sweep_gflop"] > 0 else float("nan")
+                ks.setdefault(f"{it} (full sweep)", []).append(k)
+                print(f"| `{it}`, full sweep | {sw['seconds']:.2f} | {sw['cpu_seconds']:.2f} | "
+                      f"{sw['forward_flop'] / 1e9 / pass_gflop:.2f} | {sx:.2f} | "
+                      f"{psx:.2f} | {psx / sx:.2f} | {k:.2f} | {sx * unit_ref:.1f} |")
         load = med([r.get("load") for r in bat])
         wall = med([r["wall"] for r in bat])
         cpu = med([r.get("cpu") for r in bat])
         print(f"| checkpoint load | {load:.2f} | | | | | | | |")
         print(f"| **per checkpoint** | {wall:.2f} | {cpu:.2f} | | {tot_x:.2f} | {tot_px:.2f} | "
               f"{tot_px / tot_x:.2f} | | **{tot_x * unit_ref:.1f}** |\n")
-        at_sweep_x = tot_x - abl_x + abl_sweep_x if abl_sweep_x == abl_sweep_x else tot_x
+        at_sweep_x = tot_x + sweep_extra
         series_x = (SERIES - nsweep) * tot_x + nsweep * at_sweep_x
         proj_series_x = plan["series_seconds"] * ref / pass_gflop
         print(f"Series of {SERIES} checkpoints ({nsweep} of them full sweeps, "
@@ -125,6 +125,13 @@ def main():
               f"per checkpoint on average), projected {hours(proj_series_x * unit_ref)} "
               f"({proj_series_x / series_x:.2f} of it); at this run's wall pace "
               f"{hours(series_x * pf_wall)}.\n")
+        series_wall = SERIES * wall + nsweep * sweep_extra_wall
+        series_cpu = SERIES * cpu + nsweep * sweep_extra_cpu
+        print(f"Measured in this run: {wall:.0f} s wall and {cpu:.0f} CPU s per ordinary checkpoint, "
+              f"{wall + sweep_extra_wall:.0f} s wall and {cpu + sweep_extra_cpu:.0f} CPU s per sweep "
+              f"checkpoint; the series of {SERIES} ({nsweep} sweeps) at this run's pace: "
+              f"{hours(series_wall)} wall ({series_wall / SERIES:.0f} s per checkpoint on average), "
+              f"{hours(series_cpu)} CPU.\n")
         alone = [r for r in mine if r["kind"] == "alone"]
         if alone:
             print("Each item alone (its own forwards), under the BLAS timer:\n")

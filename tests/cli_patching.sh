@@ -83,11 +83,19 @@ expect 1 "token 300 of the clean prompt is outside the vocabulary [0, 256)" -- "
     "$R/step$STEP" --items patching --artifacts "$TMP/a" --pairs "$TMP/bad.json"
 check "a bad set prints no rows" test -z "$("$W" analyze "$R/step$STEP" --items patching --artifacts "$TMP/a" --pairs "$TMP/bad.json" 2>/dev/null)"
 "$W" analyze "$R/step$STEP" --items patching,circuit --artifacts "$TMP/a" --pairs "$TMP/user.json" \
-    >"$TMP/user.rows" 2>"$TMP/user.err"
+    --full-sweep >"$TMP/user.rows" 2>"$TMP/user.err"
 check "user set: exit 0" test $? -eq 0
-check "user set rows at idx 1" grep -qP '^patching\t1\thead_noise_poi\t1\t3\t1\t' "$TMP/user.rows"
-check "built-in set rows at idx 0" grep -qP '^patching\t1\tresid_denoise\t0\t31\t0\t' "$TMP/user.rows"
-check "circuit of both sets" test "$(grep -cP '^circuit\t1\tcircuit_size\t' "$TMP/user.rows")" -eq 2
+check "user set rows at idx 1" grep -qP '^patching\t2\thead_noise_poi\t1\t3\t1\t' "$TMP/user.rows"
+check "built-in set rows at idx 0" grep -qP '^patching\t2\tresid_denoise\t0\t31\t0\t' "$TMP/user.rows"
+check "circuit of both sets" test "$(grep -cP '^circuit\t2\tcircuit_size\t' "$TMP/user.rows")" -eq 2
+# off the sweep: every component estimated, the top k and a sample exact
+"$W" analyze "$R/step$STEP" --items patching --artifacts "$TMP/a0" >"$TMP/sparse.rows" 2>/dev/null
+n_sweep=$(grep -cP '^patching\t2\tresid_denoise\t[0-9]+\t[0-9]+\t0\t' "$TMP/user.rows")
+n_est=$(grep -cP '^patching\t2\tresid_denoise_estimate\t[0-9]+\t[0-9]+\t0\t' "$TMP/sparse.rows")
+check "off the sweep: an estimate of every component ($n_est of $n_sweep)" test "$n_est" -eq "$n_sweep" -a "$n_est" -gt 0
+check "off the sweep: fewer exact rows" test \
+    "$(grep -cP '^patching\t2\thead_noise\t[0-9]+\t[0-9]+\t0\t' "$TMP/sparse.rows")" -le 8
+check "off the sweep: selections" grep -qP '^patching\t2\thead_noise_selection\t' "$TMP/sparse.rows"
 check "score files of both sets" test -s "$TMP/a/patching/set0.json" -a -s "$TMP/a/patching/set1.json"
 
 # every checkpoint, in order, each reading the previous one's scores

@@ -100,7 +100,7 @@ dl_eq "step 3: each row once" "$RPC2" \
 dl_grep "the kill left loss and weights done" "$T/B.log" \
     'msg="checkpoint partly done" run="killed" step=3 attempt=1 jobs_done=2 jobs_failed=1'
 dl_grep "heads failed naming the signal and the item" "$T/B.log" \
-    'msg="item failed" run="killed" step=3 item=heads attempt=1 error="worker killed by signal 9 \(Killed\) before starting item heads v1'
+    'msg="item failed" run="killed" step=3 item=heads attempt=1 error="worker killed by signal 9 \(Killed\) before starting item heads v2'
 dl_grep "the retry ran heads alone" "$T/B.log" 'msg="worker started" run="killed" step=3 items=heads pid=[0-9]+ attempt=2'
 dl_eq "spool left empty" "" "$(ls "$T/spool")"
 

@@ -11,8 +11,10 @@
  *                products and causal blocks of 128 query rows)
  *   items        every item of the default battery is priced, an unknown
  *                one is ERR_NOTFOUND; seconds scale as 1 / rate; work grows
- *                with the eval set, a full sweep costs more ablation only,
- *                the lens costs one unembedding per layer
+ *                with the eval set, a full sweep costs more ablation and
+ *                patching only,
+ *                the lens costs one unembedding per layer of its 2048
+ *                tokens, patching's sweep more than its sparse part
  *   series       total = ordinary x (n - sweeps) + sweep x sweeps; the
  *                shared forward is counted once, to the logits only when
  *                an item needs them
@@ -123,16 +125,18 @@ static void test_items(void **state)
     struct cost_shape sh = shape160();
     struct cost_run run = COST_RUN_DEFAULT;
     run.ctx = 512;
-    const char *items[] = {"loss", "weights", "heads", "lens", "composition", "ablation",
-                           "probes", "sae", "sae_match", "ablation_exact", "llc", "sae_relu"};
+    const char *items[] = {"loss",     "weights",     "heads",         "lens",
+                           "composition", "ablation", "probes",       "sae",
+                           "sae_match", "ablation_exact", "llc",     "sae_relu",
+                           "patching", "attribution", "path_patching", "circuit"};
     for (size_t i = 0; i < sizeof items / sizeof *items; i++) {
         struct cost_item a, b;
         assert_int_equal(cost_item(items[i], &sh, &run, 0, 100.0, &a), 0);
         assert_int_equal(cost_item(items[i], &sh, &run, 0, 200.0, &b), 0);
         assert_true(a.known && a.seconds > 0 && a.gflop > 0);
         assert_true(fabs(a.seconds - 2 * b.seconds) <= 1e-12 * a.seconds);
-        if (strcmp(items[i], "ablation") == 0)
-            assert_true(a.sweep_s > 3 * a.seconds); /* every head exactly */
+        if (strcmp(items[i], "ablation") == 0 || strcmp(items[i], "patching") == 0)
+            assert_true(a.sweep_s > 3 * a.seconds); /* every head / component exactly */
         else
             assert_true(a.sweep_s == a.seconds);
     }
@@ -144,13 +148,21 @@ static void test_items(void **state)
     struct cost_run big = run;
     big.eval_seqs = 32;
     struct cost_item l1, l2;
+    assert_int_equal(cost_item("loss", &sh, &run, 0, 100.0, &l1), 0);
+    assert_int_equal(cost_item("loss", &sh, &big, 0, 100.0, &l2), 0);
+    assert_true(fabs(l2.gflop / l1.gflop - 2.0) < 1e-9);
+    /* the lens: one unembedding per layer, and the last layer's
+     * logsumexp, of the first sequences holding 2048 tokens (4 of 512),
+     * however many more the eval set has */
     assert_int_equal(cost_item("lens", &sh, &run, 0, 100.0, &l1), 0);
     assert_int_equal(cost_item("lens", &sh, &big, 0, 100.0, &l2), 0);
-    assert_true(fabs(l2.gflop / l1.gflop - 2.0) < 1e-9);
-    /* the lens: one unembedding of the eval set per layer, and the last
-     * layer's logsumexp */
-    double N = 16.0 * 512, unemb = 2 * N * 768 * 50304;
+    assert_true(l1.gflop == l2.gflop);
+    double N = 4.0 * 512, unemb = 2 * N * 768 * 50304;
     assert_true(fabs(l1.gflop * 1e9 - (12 * unemb + 4 * N * 50304)) < 1e-6 * l1.gflop * 1e9);
+    struct cost_run small = run; /* 16 x 128: every sequence */
+    small.ctx = 128;
+    assert_int_equal(cost_item("lens", &sh, &small, 0, 100.0, &l2), 0);
+    assert_true(fabs(l2.gflop - l1.gflop) < 1e-9 * l1.gflop);
     /* the eval set is capped at max_position_embeddings */
     struct cost_run longer = run;
     longer.ctx = 4096;

@@ -44,6 +44,7 @@
 
 #include <cmocka.h>
 
+#include "common/rng.h"
 #include "workers/battery/battery.h"
 #include "workers/model/circuits.h"
 #include "workers/model/gptneox.h"
@@ -572,6 +573,41 @@ static void test_deterministic(void **state)
     gptneox_free(m);
 }
 
+/* v2's attention_entropy reads the lens's sequences (lens_seqs): on an
+ * eval set larger than 2048 tokens the rows are, byte for byte, those of
+ * a set of only those sequences. */
+static void test_entropy_subset(void **state)
+{
+    (void)state;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_load(&m, "tests/golden/f32_parallel_rot025", 0, &e), 0);
+    const int B = 40, T = 64, sub = lens_seqs(B, T);
+    assert_true(sub < B && sub * T >= LENS_TOKENS);
+    int *tok = malloc((size_t)B * T * sizeof *tok);
+    assert_non_null(tok);
+    uint64_t st = 99;
+    for (int i = 0; i < B * T; i++)
+        tok[i] = (int)rng_below(&st, (uint32_t)m->cfg.vocab_size);
+    struct rows w[3];
+    const int bs[3] = {B, sub, B - 1};
+    for (int k = 0; k < 3; k++) {
+        struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = bs[k], .eval_T = T,
+                                .eval_name = "subset", .seed = 1};
+        rows_init(&w[k]);
+        assert_int_equal(battery_run_item(&battery_item_heads, &c, &w[k], &e), 0);
+    }
+    assert_true(w[0].len > 0);
+    for (int k = 1; k < 3; k++) {
+        assert_int_equal(w[0].len, w[k].len);
+        assert_memory_equal(w[0].buf, w[k].buf, w[0].len);
+        rows_free(&w[k]);
+    }
+    rows_free(&w[0]);
+    free(tok);
+    gptneox_free(m);
+}
+
 /* ---- the repeated sequences ---- */
 
 static void test_repeated_tokens(void **state)
@@ -655,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_full_sweep),
         cmocka_unit_test(test_dla_sum),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_entropy_subset),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

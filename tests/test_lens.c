@@ -14,6 +14,9 @@
  *               needs two forwards and several sgemm chunks: loss and KL
  *               within 1e-5, agreement within the share of positions whose
  *               top-1 margin is below 1e-4.
+ *   subset      v3 lenses the first sequences holding LENS_TOKENS tokens:
+ *               the rows equal, byte for byte, the lens of a set of only
+ *               those sequences.
  *   determinism the same inputs twice give the same bytes.
  *   errors      too-short sequences and ids outside the vocabulary.
  */
@@ -229,6 +232,43 @@ static void test_lens_direct_and_last_layer(void **state)
     gptneox_free(m);
 }
 
+/* v3 lenses the first lens_seqs(B, T) sequences: on a set larger than
+ * LENS_TOKENS, the rows are those of the whole computation on a set of
+ * only those sequences (here 32 of 40 sequences of 64 tokens, the same
+ * batches of the shared forward: the same bytes). */
+static void test_lens_subset(void **state)
+{
+    (void)state;
+    const int B = 40, T = 64, sub = lens_seqs(B, T);
+    assert_int_equal(sub, LENS_TOKENS / T);
+    struct gptneox *m = make_model(64, 32, 2, 4, 64, 64, 5);
+    int *tok = random_tokens(B, T, 64, 6);
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T};
+    struct battery_ctx cs = {.model = m, .eval_tokens = tok, .eval_B = sub, .eval_T = T};
+    assert_int_equal(lens_seqs(sub, T), sub); /* the smaller set is lensed whole */
+    struct rows r[2];
+    struct err e;
+    rows_init(&r[0]);
+    rows_init(&r[1]);
+    assert_int_equal(battery_run_item(&battery_item_lens, &c, &r[0], &e), 0);
+    assert_int_equal(battery_run_item(&battery_item_lens, &cs, &r[1], &e), 0);
+    assert_true(r[0].len > 0);
+    assert_int_equal(r[0].len, r[1].len);
+    assert_memory_equal(r[0].buf, r[1].buf, r[0].len);
+    /* and not the whole set's: the other sequences are left out */
+    struct battery_ctx call = c;
+    call.eval_B = B - 1; /* 39 sequences: still the same first 32 */
+    struct rows r2;
+    rows_init(&r2);
+    assert_int_equal(battery_run_item(&battery_item_lens, &call, &r2, &e), 0);
+    assert_memory_equal(r[0].buf, r2.buf, r[0].len);
+    rows_free(&r2);
+    rows_free(&r[0]);
+    rows_free(&r[1]);
+    free(tok);
+    gptneox_free(m);
+}
+
 static void test_lens_deterministic(void **state)
 {
     (void)state;
@@ -284,6 +324,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lens_golden),
+        cmocka_unit_test(test_lens_subset),
         cmocka_unit_test(test_lens_direct_and_last_layer),
         cmocka_unit_test(test_lens_deterministic),
         cmocka_unit_test(test_lens_errors),

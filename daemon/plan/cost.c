@@ -26,36 +26,51 @@
 #define PROBES_ITERS 100.0 /* L-BFGS steps of a fit, typically (at most 200) */
 #define LLC_STEPS (4.0 * (100 + 100)) /* chains x (burn-in + draws) */
 #define LLC_BATCH_TOKENS 256
+#define LENS_TOKENS 2048 /* the lens's sequences: the fewest holding this many tokens */
+#define PAIR_PAIRS 8       /* PAIR_IND_PAIRS: the built-in induction pairs */
+#define PAIR_LEN 16        /* PAIR_IND_LEN: T = 2 L */
+#define PATCH_EXACT_PER_FAMILY 8 /* PATCH_TOP_K 5 + PATCH_SAMPLE 3 */
+#define PATCH_FAMILIES 6
+#define PATH_TOP_K 6
 
 /* ---- the calibration table ----
  *
  * k: seconds per FLOP of the item's work relative to a FLOP of a plain
- * forward of the eval set, fitted by bench/battery_bench.sh (the median of
- * seconds * forward rate / flops over its runs on the pythia-70m and
- * pythia-160m shapes, 16 x 512 tokens of the eval text, 2 BLAS threads,
- * AMD EPYC 2-core VM, OpenBLAS SkylakeX kernels).  REFERENCE_GFLOPS: the
- * plain forward rate of that machine (2 threads, 8 x 512 tokens, 160m
- * shape) when quiet. */
+ * forward of the eval set: the item's CPU seconds over its FLOPs, times
+ * the shared eval forward's GFLOP per CPU second in the same worker.
+ * Fitted by bench/cost_fit.py (bench/data/cost_factors.tsv: the geometric
+ * mean of the k measured on the pythia-70m and pythia-160m shapes by
+ * bench/battery_bench.sh, 16 x 512 tokens of the eval text, 2 threads,
+ * the shared 2-core machine, OpenBLAS SkylakeX kernels).  Fitted on one
+ * size, the table predicts the other's CPU seconds per checkpoint within
+ * 8 %; with both, within 4 % on each.  Items not measured there take
+ * their sibling's k (ablation_exact: ablation's, sae_relu: sae's) or 1.
+ * REFERENCE_GFLOPS: the plain forward rate of that machine (2 threads,
+ * 8 x 512 tokens, 160m shape) when quiet. */
 #define REFERENCE_GFLOPS 150.0
 
 static const struct {
     const char *item;
     double k;
 } table[] = {
-    {"pass", 1.00},        /* the eval set's shared forward */
-    {"loss", 1.00},
-    {"weights", 1.00},
-    {"heads", 1.00},
-    {"lens", 1.00},
-    {"composition", 1.00},
-    {"ablation", 1.00},
-    {"ablation_exact", 1.00},
-    {"probes", 1.00},
-    {"task", 1.00},
-    {"sae", 1.00},
-    {"sae_relu", 1.00},
+    {"pass", 1.00}, /* the eval set's shared forward (the unit) */
+    {"loss", 20.39},
+    {"weights", 1.66},
+    {"heads", 1.31},
+    {"lens", 1.26},
+    {"composition", 1.91},
+    {"ablation", 1.22},
+    {"ablation_exact", 1.22}, /* not measured: ablation's */
+    {"probes", 5.03},
+    {"task", 1.00}, /* not measured */
+    {"sae", 1.43},
+    {"sae_relu", 1.43}, /* not measured: sae's */
     {"sae_match", 1.00},
-    {"llc", 1.00},
+    {"llc", 1.00}, /* not measured */
+    {"patching", 1.23},
+    {"attribution", 0.91},
+    {"path_patching", 0.92},
+    {"circuit", 1.00}, /* reads score files: ~0 s */
 };
 
 static double table_k(const char *item)
@@ -198,6 +213,44 @@ static double ablation_work(const struct cost_shape *sh, const struct cost_run *
     return w;
 }
 
+/* The built-in induction pairs' length (pair_set_induction): T = 2 L. */
+static int pair_len(const struct cost_shape *sh)
+{
+    int L = PAIR_LEN < sh->max_pos / 2 ? PAIR_LEN : sh->max_pos / 2;
+    return (sh->vocab - 1) / 2 < L ? (sh->vocab - 1) / 2 : L;
+}
+
+/* The patching items on the built-in pair set (user --pairs sets are not
+ * counted).  Unit: a body forward of the set's prompts; a component
+ * patched at layer l resumes there, (NL - l) / NL of one, (NL + 1) / (2 NL)
+ * on average.  The estimates: per prompt a taped forward to the logits and
+ * a backward to the activations (counted as 1.5 forwards). */
+static double patching_work(const char *item, const struct cost_shape *sh, int sweep)
+{
+    const int L = pair_len(sh), T = 2 * L, NL = sh->n_layers, NH = sh->n_heads;
+    const double unit = body(sh, PAIR_PAIRS, T), depth = (NL + 1) / (2.0 * NL);
+    const double grads = 2 * 2.5 * cost_forward_flops(sh, PAIR_PAIRS, T, 1);
+    if (strcmp(item, "patching") == 0) {
+        /* the residual stream at the L + 1 positions from the corrupted
+         * token on (the rest is the same in both runs), the heads at every
+         * position and at the positions of interest, both directions */
+        const double resid = (L + 1.0) * NL, heads = 2.0 * NL * NH;
+        double nvar = 2 * (resid + heads);
+        if (!sweep) {
+            double per = PATCH_EXACT_PER_FAMILY;
+            nvar = 4 * fmin(per, NL * NH) + 2 * fmin(per, resid);
+        }
+        return 2 * unit + grads + nvar * depth * unit;
+    }
+    if (strcmp(item, "attribution") == 0)
+        return grads;
+    if (strcmp(item, "path_patching") == 0) {
+        const int K = PATH_TOP_K < NL * NH ? PATH_TOP_K : NL * NH;
+        return 2 * unit + 2 * (K + K * (K - 1) / 2.0) * depth * unit;
+    }
+    return 1e6; /* circuit: reads the score files */
+}
+
 /* Sequences of the eval set an SAE harvests (whole, within its budget). */
 static int sae_seqs(const struct cost_shape *sh, const struct cost_run *run)
 {
@@ -214,15 +267,21 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
     const double N = (double)B * T;
     if (strcmp(item, "loss") == 0)
         return 4 * N * V;
-    if (strcmp(item, "lens") == 0) /* the embedding and every layer but the last */
-        return NL * 2 * N * C * V + 4 * N * V;
+    if (strcmp(item, "lens") == 0) { /* the embedding and every layer but the last, on the
+                                        first sequences holding LENS_TOKENS tokens */
+        int nl = (LENS_TOKENS + T - 1) / T;
+        const double Nl = (double)(nl < B ? nl : B) * T;
+        return NL * 2 * Nl * C * V + 4 * Nl * V;
+    }
     if (strcmp(item, "heads") == 0) {
         const int L = rep_len(sh);
         /* the repeated sequences, and its own body forward of the eval set:
          * its pattern hooks would move every other reader of the shared
          * forward onto the materialised attention path */
-        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + body(sh, B, T) +
-               8 * NL * NH * B * (double)T * T / 2;
+        int nl = (LENS_TOKENS + T - 1) / T; /* v2: the lens's sequences */
+        const int Be = nl < B ? nl : B;
+        return cost_forward_flops(sh, REP_SEQS, 2 * L + 1, 1) + body(sh, Be, T) +
+               8 * NL * NH * Be * (double)T * T / 2;
     }
     if (strcmp(item, "probes") == 0) {
         double pos = (double)B * (T - 1), ntr = fmin(0.8 * pos, PROBES_MAX_TRAIN);
@@ -258,6 +317,9 @@ static double item_work(const char *item, const struct cost_shape *sh, const str
         m = m < 1 ? 1 : m > B ? B : m;
         return LLC_STEPS * 3 * cost_forward_flops(sh, m, T, 1);
     }
+    if (strcmp(item, "patching") == 0 || strcmp(item, "attribution") == 0 ||
+        strcmp(item, "path_patching") == 0 || strcmp(item, "circuit") == 0)
+        return patching_work(item, sh, sweep);
     if (strcmp(item, "task") == 0)
         return 1e9; /* a toy run's few small forwards */
     return -1;

@@ -319,8 +319,10 @@ void probes_labels(const int *tok, int T, const int *top, int K, int *prev, int 
  * only ids that occur.  Returns how many were found (<= K), or ERR_NOMEM. */
 int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
 
-/* lens v2 (needs eval_tokens): the logit lens, the final LayerNorm and the
- * unembedding applied to each layer's residual stream.
+/* lens v3 (needs eval_tokens): the logit lens, the final LayerNorm and the
+ * unembedding applied to each layer's residual stream, on the first
+ * lens_seqs(B, T) sequences of the eval set: the fewest whole sequences
+ * holding LENS_TOKENS tokens (all of them when the set is smaller).
  *   lens_loss, lens_kl, lens_top1_agreement   layer l: after block l
  *       (blocks.l.hook_resid_post), -1: the embedding (hook_embed)
  * The residual streams come from the eval set's shared forward
@@ -330,6 +332,12 @@ int probes_top_tokens(const int *tok, size_t n, int V, int K, int *top);
  * battery_lens.c. */
 #define LENS_GEMM_ROWS 512
 #define LENS_VOCAB_TILE 2048
+#define LENS_TOKENS 2048
+static inline int lens_seqs(int B, int T)
+{
+    int n = (LENS_TOKENS + T - 1) / T;
+    return n < B ? n : B;
+}
 extern const struct battery_item battery_item_lens;
 
 /* composition v1: Q-, K- and V-composition scores between every pair of
@@ -351,7 +359,9 @@ extern const struct battery_item battery_item_composition;
  *   duplicate_token_score  layer L head H  mean attention i -> i-L over the
  *                                          queries of the second copy
  *   attention_entropy      layer L head H  mean entropy (nats) of the pattern
- *                                          rows of the eval set, queries t >= 1
+ *                                          rows of the eval set's first
+ *                                          lens_seqs(B, T) sequences (v2),
+ *                                          queries t >= 1
  *   induction_loss, first_copy_loss, induction_loss_drop   layer -1 head -1
  *                          next-token loss on R[1..L-1] of the second and the
  *                          first copy, and first minus second

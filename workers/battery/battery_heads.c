@@ -1,4 +1,4 @@
-/* heads v1: what each attention head attends to, on random repeated
+/* heads v2: what each attention head attends to, on random repeated
  * sequences and on the eval set, and how much the model gains from the
  * repetition.
  *
@@ -18,7 +18,12 @@
  *                           (every query that has a previous token)
  * attention_entropy (nats) = mean over the eval sequences and queries
  * t = 1 .. T-1 of -sum_{s<=t} P[t,s] log P[t,s] (0 log 0 = 0; query 0 sees
- * one key, its entropy is always 0 and is left out).
+ * one key, its entropy is always 0 and is left out).  Version 2 (from v1):
+ * over the lens's sequences only (lens_seqs, battery.h: the first whole
+ * sequences holding 2048 tokens, the whole set when it is smaller, as the
+ * default 16 x 128 set), so the eval set's forward of this item costs
+ * 2048 tokens, not 8192 for 16 x 512; the other rows are v1's.  The rows
+ * equal v1's on an eval set of only those sequences (tests/test_heads.c).
  * Losses (nats, next-token cross-entropy on the repeated sequences):
  *   induction_loss      mean over b and j = 1 .. L-1 of -log p(R[j] at 1+L+j)
  *   first_copy_loss     mean over b and j = 1 .. L-1 of -log p(R[j] at 1+j)
@@ -55,7 +60,8 @@ static const struct metric_def heads_metrics[] = {
      "first occurrence (i -> i-L)",
      head_layer, head_head, ""},
     {"attention_entropy", "nats",
-     "mean entropy of the attention pattern rows on the eval set (query positions t >= 1)",
+     "mean entropy of the attention pattern rows on the eval set's first sequences holding "
+     "2048 tokens (query positions t >= 1)",
      head_layer, head_head, ""},
     {"induction_loss", "nats",
      "next-token loss on the second copy of random repeated sequences (R[1..L-1])", "", "",
@@ -124,7 +130,7 @@ static int heads_run(const struct battery_ctx *c, struct rows *out, struct err *
     struct gptneox *m = c->model;
     const struct gptneox_config *cfg = &m->cfg;
     const int NL = cfg->n_layers, NH = cfg->n_heads, V = cfg->vocab_size;
-    const int EB = c->eval_B, ET = c->eval_T;
+    const int EB = lens_seqs(c->eval_B, c->eval_T), ET = c->eval_T;
     int *rep = NULL, RB = 0, RT = 0, L = 0, rc;
     if ((rc = battery_check_eval(c, e)) < 0)
         return rc;
@@ -202,7 +208,7 @@ out:
 
 const struct battery_item battery_item_heads = {
     .name = "heads",
-    .version = 1,
+    .version = 2,
     .needs = BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS),
     .metrics = heads_metrics,
     .nmetrics = sizeof heads_metrics / sizeof *heads_metrics,

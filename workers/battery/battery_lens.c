@@ -1,4 +1,4 @@
-/* lens v2: the logit lens on the eval token set.
+/* lens v3: the logit lens on the first sequences of the eval token set.
  *
  * Definition (nostalgebraist 2020, "interpreting GPT: the logit lens"; as
  * TransformerLens applies it with `cache.accumulated_resid(...,
@@ -40,6 +40,16 @@
  * Sums are in double in a fixed order (batches, chunks, tiles, tokens), so
  * the same inputs give the same bits.
  *
+ * Version 3 (from v2): the lens is taken on the first lens_seqs(B, T)
+ * sequences of the eval set (battery.h: the fewest whole sequences
+ * holding LENS_TOKENS = 2048 tokens, every sequence of a smaller set), not
+ * on all of them: the unembeddings were most of the battery's work beside
+ * the forward (13 of them for pythia-160m over 16 x 512 tokens).  The
+ * definition per position is v2's; the means are over fewer positions, so
+ * on a set larger than LENS_TOKENS the values move (the default 16 x 128
+ * set is lensed whole, as before).  The rows equal v2's computed on an
+ * eval set of only those sequences (tests/test_battery.c).
+ *
  * Version 2 (from v1): the last layer is read from the forward's logits
  * rather than lensed again (its lens_kl is now exactly 0, agreement exactly
  * 1, lens_loss the `loss` item's tokens' mean), and the logsumexp runs
@@ -61,12 +71,14 @@
 static const struct metric_def lens_metrics[] = {
     {"lens_loss", "nats", "logit lens: mean next-token cross-entropy of the final LayerNorm "
      "and unembedding applied to one layer's residual stream, over every predicted token of "
-     "the eval set", LENS_LAYER_MEANING, "", ""},
+     "the eval set's first sequences (at least 2048 tokens)", LENS_LAYER_MEANING, "", ""},
     {"lens_kl", "nats", "logit lens: KL(final || lensed), the KL divergence of the lensed "
      "next-token distribution from the model's final one, sum_v p_final log(p_final / "
-     "p_lens), averaged over every position of the eval set", LENS_LAYER_MEANING, "", ""},
-    {"lens_top1_agreement", "fraction", "logit lens: fraction of eval positions whose lensed "
-     "top-1 token equals the model's final top-1 token", LENS_LAYER_MEANING, "", ""},
+     "p_lens), averaged over every position of the eval set's first sequences (at least 2048 "
+     "tokens)", LENS_LAYER_MEANING, "", ""},
+    {"lens_top1_agreement", "fraction", "logit lens: fraction of the positions of the eval "
+     "set's first sequences (at least 2048 tokens) whose lensed top-1 token equals the model's "
+     "final top-1 token", LENS_LAYER_MEANING, "", ""},
 };
 
 /* The pass's part: the cached residual streams of the current batch and
@@ -75,6 +87,7 @@ struct lens_state {
     const struct gptneox *m;
     int NL, S;     /* layers; lensed slots from the cache (embed + layers 0..NL-2) = NL */
     int R;         /* tokens per chunk (S*R <= LENS_GEMM_ROWS, at least 1) */
+    int nseq;      /* sequences lensed: the first lens_seqs(B, T) */
     size_t stride; /* floats of one slot of the cache: N*C of the current batch */
     float *resid;  /* (S, EVALPASS_SEQS*T, C): slot 0 hook_embed, s: blocks.(s-1).hook_resid_post */
     float *ln;     /* (S*R, C) */
@@ -207,7 +220,10 @@ static int lens_batch(void *state, const struct evalpass_batch *b, struct err *e
     (void)e;
     struct lens_state *s = state;
     const struct gptneox *m = s->m;
-    const int T = b->T, N = b->nb * T, C = m->cfg.d_model, V = m->cfg.vocab_size;
+    if (b->b0 >= s->nseq)
+        return 0; /* beyond the lensed sequences */
+    const int nb = b->nb < s->nseq - b->b0 ? b->nb : s->nseq - b->b0;
+    const int T = b->T, N = nb * T, C = m->cfg.d_model, V = m->cfg.vocab_size;
     const int S = s->S, NL = s->NL;
     const float eps = (float)m->cfg.layer_norm_eps;
     const int *tok = b->tokens;
@@ -284,6 +300,7 @@ static int lens_attach(const struct battery_ctx *c, struct evalpass *p, struct e
     s->NL = NL;
     s->S = S;
     s->R = R;
+    s->nseq = lens_seqs(c->eval_B, T);
     s->resid = malloc((size_t)S * Nmax * C * sizeof *s->resid);
     s->ln = malloc(rows * C * sizeof *s->ln);
     s->z = malloc(rows * VT * sizeof *s->z);
@@ -320,7 +337,7 @@ static int lens_run(const struct battery_ctx *c, struct rows *out, struct err *e
     const struct lens_state *s = evalpass_state(c->pass, "lens", e);
     if (!s)
         return e ? e->code : ERR_INVALID;
-    const int B = c->eval_B, T = c->eval_T;
+    const int B = s->nseq, T = c->eval_T;
     const double npred = (double)B * (T - 1), npos = (double)B * T;
     int rc = 0;
     for (int sl = 0; sl <= s->NL && rc == 0; sl++)
@@ -334,7 +351,7 @@ static int lens_run(const struct battery_ctx *c, struct rows *out, struct err *e
 
 const struct battery_item battery_item_lens = {
     .name = "lens",
-    .version = 2,
+    .version = 3,
     .needs = BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS),
     .metrics = lens_metrics,
     .nmetrics = sizeof lens_metrics / sizeof *lens_metrics,

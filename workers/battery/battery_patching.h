@@ -17,8 +17,10 @@
  * Score files: ARTIFACTS/<item>/set<k>.json, one per pair set,
  *   {"set": k, "name": ..., "digest": ..., "n_layers": NL, "n_heads": NH,
  *    "T": T, "positions": [...], "ld_clean": x, "ld_corrupted": y,
- *    "head_denoise": [NL*NH values, layer-major], ..., "resid_noise": [NL*T]}
- * with null for NaN.  `patching` writes the exact scores, `attribution` its
+ *    "head_denoise": [NL*NH values, layer-major], ..., "resid_noise": [NL*T],
+ *    "estimate_head_denoise": [...], ... (patching v2: the attribution
+ *    estimates of every component)}
+ * with null for NaN (patching v2: also where no exact score was taken).  `patching` writes the exact scores, `attribution` its
  * estimates; `attribution` reads the exact ones for its error,
  * `path_patching` both to pick its components, `circuit` the exact ones of
  * this and of the previous checkpoint.
@@ -56,6 +58,9 @@ struct patch_scores {
     char digest[17];
     double ld_clean, ld_corrupted;
     double *v[PATCH_FAM_COUNT]; /* normalised scores; NaN where unknown */
+    /* patching v2's attribution estimates of every component (the file's
+     * "estimate_<family>" lists), or NULL where the file has none */
+    double *est[PATCH_FAM_COUNT];
 };
 
 /* Values of family f: NL*NH or NL*T. */
@@ -96,13 +101,23 @@ int patch_each_set(const struct battery_ctx *c, struct rows *out,
                    struct err *e) CK_WUR;
 
 /* The importance of head i in a score file: the largest of |denoise| and
- * |1 - noise| (all positions); NaN values count as 0. */
+ * |1 - noise| (all positions), each the exact score where there is one,
+ * else the file's estimate (patching v2 off the sweep checkpoints); NaN
+ * values count as 0. */
 double patch_head_importance(const struct patch_scores *s, int i);
 
 /* path_patching: heads picked as senders and receivers; circuit: the
  * importance a head needs to be a member, and the clean-corrupted gap
  * (logits) below which the behaviour counts as absent (empty circuit). */
 #define PATH_TOP_K 6
+
+/* patching v2 off the sweep checkpoints: per pair set and family, the
+ * PATCH_TOP_K components of largest estimated effect and PATCH_SAMPLE
+ * drawn uniformly from the rest (splitmix64 from --seed xor the salt, the
+ * set and the family) are patched exactly. */
+#define PATCH_TOP_K 5
+#define PATCH_SAMPLE 3
+#define PATCH_SAMPLE_SALT 0x5041544348534d50ull /* "PATCHSMP" */
 #define CIRCUIT_THRESHOLD 0.2
 #define CIRCUIT_MIN_GAP 1.0
 

@@ -194,7 +194,7 @@ static int atp_run(const struct battery_ctx *c, struct rows *out, struct err *e)
 
 const struct battery_item battery_item_attribution = {
     .name = "attribution",
-    .version = 1,
+    .version = 2,
     .needs = BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS) | BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS),
     .metrics = atp_metrics,
     .nmetrics = sizeof atp_metrics / sizeof *atp_metrics,

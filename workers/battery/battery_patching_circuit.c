@@ -134,7 +134,7 @@ static int circuit_run(const struct battery_ctx *c, struct rows *out, struct err
 
 const struct battery_item battery_item_circuit = {
     .name = "circuit",
-    .version = 1,
+    .version = 2,
     .needs = BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS) | BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS) |
              BATTERY_NEEDS(BATTERY_NEED_PREV_ARTIFACTS),
     .metrics = circuit_metrics,

@@ -163,7 +163,7 @@ static int path_run(const struct battery_ctx *c, struct rows *out, struct err *e
 
 const struct battery_item battery_item_path_patching = {
     .name = "path_patching",
-    .version = 1,
+    .version = 2,
     .needs = BATTERY_NEEDS(BATTERY_NEED_PAIR_SETS) | BATTERY_NEEDS(BATTERY_NEED_ARTIFACTS),
     .metrics = path_metrics,
     .nmetrics = sizeof path_metrics / sizeof *path_metrics,

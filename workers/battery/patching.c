@@ -272,10 +272,7 @@ static double mean_ld(const struct patch_base *pb, int k)
 
 /* ---- residual stream ---- */
 
-/* 1 when position t of layer l's residual is the same in both runs for
- * every pair (causal attention: so are all positions before the first
- * token that differs); patching it changes nothing. */
-static int resid_same(const struct patch_base *pb, int l, int t)
+int patch_resid_same(const struct patch_base *pb, int l, int t)
 {
     const size_t NC = (size_t)pb->N * pb->C, C = (size_t)pb->C;
     for (int b = 0; b < pb->B; b++) {
@@ -286,7 +283,8 @@ static int resid_same(const struct patch_base *pb, int l, int t)
     return 1;
 }
 
-int patch_resid(struct patch_base *pb, enum patch_dir dir, double *out, struct err *e)
+int patch_resid_some(struct patch_base *pb, enum patch_dir dir, const unsigned char *want,
+                     double *out, struct err *e)
 {
     const int base = dir == PATCH_DENOISE ? 1 : 0, src = 1 - base;
     const size_t NC = (size_t)pb->N * pb->C, C = (size_t)pb->C;
@@ -297,9 +295,9 @@ int patch_resid(struct patch_base *pb, enum patch_dir dir, double *out, struct e
     for (int l = 0; l < pb->NL && rc == 0; l++) {
         int n = 0;
         for (int t = 0; t < pb->T; t++) {
-            if (resid_same(pb, l, t))
+            if (patch_resid_same(pb, l, t))
                 out[(size_t)l * pb->T + t] = pb->ld[base]; /* nothing to patch */
-            else
+            else if (!want || want[(size_t)l * pb->T + t])
                 todo[n++] = t;
         }
         for (int i0 = 0; i0 < n && rc == 0; i0 += pb->max_var) {
@@ -321,11 +319,17 @@ int patch_resid(struct patch_base *pb, enum patch_dir dir, double *out, struct e
     return rc;
 }
 
+int patch_resid(struct patch_base *pb, enum patch_dir dir, double *out, struct err *e)
+{
+    return patch_resid_some(pb, dir, NULL, out, e);
+}
+
 /* ---- heads ---- */
 
 struct head_patch {
     struct patch_base *pb;
-    int src, h0, poi_only; /* variant k patches head h0 + k */
+    int src, poi_only;
+    const int *hl; /* variant k patches head hl[k] */
 };
 
 static int head_hook(void *ctx, struct hook_act *act, struct err *e)
@@ -338,7 +342,7 @@ static int head_hook(void *ctx, struct hook_act *act, struct err *e)
     const int nv = act->shape[0] / pb->B;
     const float *zs = pb->z[hp->src] + (size_t)act->layer * NC;
     for (int k = 0; k < nv; k++) {
-        size_t off = (size_t)(hp->h0 + k) * HS;
+        size_t off = (size_t)hp->hl[k] * HS;
         for (int b = 0; b < pb->B; b++) {
             int np = hp->poi_only ? ps->npos : pb->T;
             for (int i = 0; i < np; i++) {
@@ -350,24 +354,39 @@ static int head_hook(void *ctx, struct hook_act *act, struct err *e)
     return 0;
 }
 
+int patch_heads_some(struct patch_base *pb, enum patch_dir dir, int poi_only,
+                     const unsigned char *want, double *out, struct err *e)
+{
+    const int base = dir == PATCH_DENOISE ? 1 : 0;
+    int *hl = malloc((size_t)pb->NH * sizeof *hl);
+    if (!hl)
+        return err_set(e, ERR_NOMEM, NULL, "out of memory");
+    struct head_patch hp = {pb, 1 - base, poi_only, hl};
+    int rc = 0;
+    for (int l = 0; l < pb->NL && rc == 0; l++) {
+        int n = 0;
+        for (int h = 0; h < pb->NH; h++)
+            if (!want || want[(size_t)l * pb->NH + h])
+                hl[n++] = h;
+        for (int i0 = 0; i0 < n && rc == 0; i0 += pb->max_var) {
+            int nv = n - i0 < pb->max_var ? n - i0 : pb->max_var;
+            hp.hl = hl + i0;
+            stack_base(pb, base, l, nv);
+            struct gptneox_hook h = {HOOK_ATTN_Z, l, head_hook, &hp};
+            if ((rc = run_stack(pb, l, nv, &h, 1, e)) < 0)
+                break;
+            for (int k = 0; k < nv; k++)
+                out[(size_t)l * pb->NH + hl[i0 + k]] = mean_ld(pb, k);
+        }
+    }
+    free(hl);
+    return rc;
+}
+
 int patch_heads(struct patch_base *pb, enum patch_dir dir, int poi_only, double *out,
                 struct err *e)
 {
-    const int base = dir == PATCH_DENOISE ? 1 : 0;
-    struct head_patch hp = {pb, 1 - base, 0, poi_only};
-    for (int l = 0; l < pb->NL; l++)
-        for (int h0 = 0; h0 < pb->NH; h0 += pb->max_var) {
-            int nv = pb->NH - h0 < pb->max_var ? pb->NH - h0 : pb->max_var;
-            hp.h0 = h0;
-            stack_base(pb, base, l, nv);
-            struct gptneox_hook h = {HOOK_ATTN_Z, l, head_hook, &hp};
-            int rc = run_stack(pb, l, nv, &h, 1, e);
-            if (rc < 0)
-                return rc;
-            for (int k = 0; k < nv; k++)
-                out[(size_t)l * pb->NH + h0 + k] = mean_ld(pb, k);
-        }
-    return 0;
+    return patch_heads_some(pb, dir, poi_only, NULL, out, e);
 }
 
 /* ---- path patching ---- */

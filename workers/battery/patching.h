@@ -112,6 +112,25 @@ int patch_resid(struct patch_base *pb, enum patch_dir dir, double *out, struct e
 int patch_heads(struct patch_base *pb, enum patch_dir dir, int poi_only, double *out,
                 struct err *e) CK_WUR;
 
+/* The same for some components only: want (NL, T) or (NL, NH) of 0/1, or
+ * NULL for every one; out entries of components not wanted are left as
+ * they are, except that patch_resid_some writes every position whose
+ * residual is the same in both runs (patch_resid_same: the base run's LD,
+ * exact without a forward).  A component's value is patch_resid's or
+ * patch_heads' for it up to float rounding: it is stacked with other
+ * variants than there, and some OpenBLAS kernels round the rows of a
+ * matrix's edge tile differently (measured: identical on the SkylakeX,
+ * Sandybridge and Prescott kernels but for 4e-8, up to 2.3e-5 of the
+ * normalised scale on Haswell's, tests/test_patching.c). */
+int patch_resid_some(struct patch_base *pb, enum patch_dir dir, const unsigned char *want,
+                     double *out, struct err *e) CK_WUR;
+int patch_heads_some(struct patch_base *pb, enum patch_dir dir, int poi_only,
+                     const unsigned char *want, double *out, struct err *e) CK_WUR;
+
+/* 1 when blocks.l.hook_resid_pre at position t is bit-identical in the
+ * clean and corrupted runs for every pair (patching it changes nothing). */
+int patch_resid_same(const struct patch_base *pb, int l, int t);
+
 /* Path patching from each sender (flat head index L*NH + h) to each
  * receiver (flat index, a later layer than the sender's: other pairs get
  * NaN) and to the logits directly: out (nsend, nrecv + 1), the last column
