@@ -46,7 +46,18 @@ static void start_program(const char *const *argv, const struct child_opts *o, p
         struct rlimit rl = {(rlim_t)o->cpu_s, (rlim_t)o->cpu_s + 5};
         setrlimit(RLIMIT_CPU, &rl);
     }
-    execvp(argv[0], (char *const *)argv);
+    if (o->env_add) { /* on the stack: no allocation between fork and exec */
+        size_t n = 0;
+        while (environ[n])
+            n++;
+        char *envp[n + 2];
+        memcpy(envp, environ, n * sizeof *envp);
+        envp[n] = (char *)o->env_add;
+        envp[n + 1] = NULL;
+        execvpe(argv[0], (char *const *)argv, envp);
+    } else {
+        execvp(argv[0], (char *const *)argv);
+    }
     dprintf(2, "cannot execute %s: %s\n", argv[0], strerror(errno));
     _exit(127);
 }

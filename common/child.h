@@ -33,6 +33,8 @@ struct child_opts {
     long memory_mb;      /* RLIMIT_AS; 0: none */
     long cpu_s;          /* RLIMIT_CPU (the hard limit 5 s later); 0: none */
     double timeout_s;    /* wall clock from the start; <= 0: none */
+    const char *env_add; /* "NAME=value" added to the child's environment
+                            (NAME not already there); NULL: none */
 };
 
 struct child {

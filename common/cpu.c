@@ -18,14 +18,19 @@ const char *cpu_blas_coretype(void)
     return NULL;
 }
 
-const char *cpu_blas_choose(void)
+const char *cpu_blas_wanted(void)
 {
     if (getenv("OPENBLAS_CORETYPE"))
         return NULL;
     const char *opt = getenv("CKPTD_BLAS_AUTO");
     if (opt && strcmp(opt, "0") == 0)
         return NULL;
-    const char *core = cpu_blas_coretype();
+    return cpu_blas_coretype();
+}
+
+const char *cpu_blas_choose(void)
+{
+    const char *core = cpu_blas_wanted();
     if (core)
         setenv("OPENBLAS_CORETYPE", core, 1);
     return core;

@@ -13,7 +13,6 @@
 #include "common/args.h"
 #include "common/atomic_file.h"
 #include "common/clock.h"
-#include "common/cpu.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/version.h"
@@ -484,11 +483,6 @@ static int cmd_serve(struct daemon_config *cfg, const char *config_path, int arg
         log_err("bad settings", &e);
         return EXIT_USAGE;
     }
-    /* workers load OpenBLAS with the kernels chosen here rather than each
-     * re-executing itself to choose them (common/cpu.h) */
-    const char *core = cpu_blas_choose();
-    if (core)
-        log_info("kernels chosen for the workers", "OPENBLAS_CORETYPE=%s", core);
     struct serve_opts o = {cfg, config_path, until_idle};
     return serve_run(&o) == 0 ? 0 : EXIT_FAIL;
 }

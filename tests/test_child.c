@@ -9,6 +9,8 @@
  *   fds       stdout and stderr go where asked; stdin is /dev/null
  *   limits    RLIMIT_AS and RLIMIT_CPU are set as asked
  *   exec      a program that cannot be run exits 127 saying why
+ *   env       env_add reaches the child's environment beside the parent's
+ *             variables, and the parent's environment is left as it was
  *   capture   child_capture returns the output (and stderr, read at the same
  *             time, when asked), waits for the end, and
  *             kills a child that keeps its stdout open past the deadline
@@ -180,6 +182,39 @@ static void test_fds_and_limits(void **state)
     unlink(epath);
 }
 
+static void test_env_add(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/ckptd_test_child_env_XXXXXX";
+    int out = mkstemp(path);
+    assert_true(out >= 0);
+    setenv("CKPTD_TEST_INHERITED", "kept", 1);
+    unsetenv("CKPTD_TEST_ADDED");
+    struct child c;
+    struct child_opts o = plain;
+    o.out_fd = out;
+    o.env_add = "CKPTD_TEST_ADDED=chosen";
+    run_sh(&c, "echo \"$CKPTD_TEST_ADDED $CKPTD_TEST_INHERITED\"", &o);
+    child_wait(&c);
+    assert_true(child_ok(&c));
+    char *txt = slurp(path, NULL);
+    assert_string_equal(txt, "chosen kept\n");
+    free(txt);
+    assert_null(getenv("CKPTD_TEST_ADDED"));
+    /* without it, nothing is added */
+    assert_int_equal(ftruncate(out, 0), 0);
+    lseek(out, 0, SEEK_SET);
+    o.env_add = NULL;
+    run_sh(&c, "echo \"[${CKPTD_TEST_ADDED-unset}]\"", &o);
+    child_wait(&c);
+    txt = slurp(path, NULL);
+    assert_string_equal(txt, "[unset]\n");
+    free(txt);
+    unsetenv("CKPTD_TEST_INHERITED");
+    close(out);
+    unlink(path);
+}
+
 static void test_capture(void **state)
 {
     (void)state;
@@ -230,7 +265,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status), cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_group),  cmocka_unit_test(test_fds_and_limits),
-        cmocka_unit_test(test_capture),
+        cmocka_unit_test(test_capture),    cmocka_unit_test(test_env_add),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

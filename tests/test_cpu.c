@@ -1,7 +1,8 @@
 /*
  * test_cpu - common/cpu.h: the kernel family is chosen only where nobody
  * chose one (a user's OPENBLAS_CORETYPE stays, CKPTD_BLAS_AUTO=0 leaves
- * the environment alone), and what is set is cpu_blas_coretype()'s answer.
+ * the environment alone), and what is set is cpu_blas_coretype()'s answer;
+ * cpu_blas_wanted (what `ckptd serve` gives its workers) changes nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +40,16 @@ static void test_chooses_when_unset(void **state)
     assert_string_equal(getenv("OPENBLAS_CORETYPE"), best);
 }
 
+static void test_wanted_changes_nothing(void **state)
+{
+    (void)state;
+    const char *w = cpu_blas_wanted();
+    assert_true((w != NULL) == (cpu_blas_coretype() != NULL));
+    assert_null(getenv("OPENBLAS_CORETYPE"));
+    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    assert_null(cpu_blas_wanted());
+}
+
 static void test_user_choice_stays(void **state)
 {
     (void)state;
@@ -70,6 +81,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_chooses_when_unset, clear_env),
+        cmocka_unit_test_setup(test_wanted_changes_nothing, clear_env),
         cmocka_unit_test_setup(test_user_choice_stays, clear_env),
         cmocka_unit_test_setup(test_auto_off, clear_env),
         cmocka_unit_test_setup(test_known_names, clear_env),

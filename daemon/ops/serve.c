@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/cpu.h"
 #include "common/log.h"
 #include "common/path.h"
 #include "common/version.h"
@@ -77,6 +78,7 @@ struct server {
     struct daemon_config cfg;
     const char *config_path;
     int until_idle;
+    char worker_env[64]; /* "OPENBLAS_CORETYPE=..." for the workers, or "" (common/cpu.h) */
     struct db *db;
     struct registry reg;
     int ready;              /* registry synced and schema checked on this connection */
@@ -542,7 +544,8 @@ static void launch(struct server *s, struct slot *sl)
     }
     a = run_extras_argv(c, opt, &ra, argv, a);
     argv[a] = NULL;
-    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s};
+    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s,
+                                s->worker_env[0] ? s->worker_env : NULL};
     double t0 = mono_now();
     if (rc == 0)
         rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
@@ -1267,6 +1270,13 @@ int serve_run(const struct serve_opts *o)
     s->cfg = *o->config; /* checked (daemon_config_check): workers <= MAX_SLOTS */
     s->config_path = o->config_path;
     s->until_idle = o->until_idle;
+    /* the workers load OpenBLAS with the kernels chosen here instead of
+     * each re-executing itself to choose them */
+    const char *core = cpu_blas_wanted();
+    if (core) {
+        snprintf(s->worker_env, sizeof s->worker_env, "OPENBLAS_CORETYPE=%s", core);
+        log_info("kernels chosen for the workers", "OPENBLAS_CORETYPE=%s", core);
+    }
     s->started = mono_now();
     if (gethostname(s->host, sizeof s->host - 1) != 0)
         snprintf(s->host, sizeof s->host, "unknown");

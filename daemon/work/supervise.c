@@ -55,7 +55,7 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
          * return to the queue when the lease expires */
         struct child_opts o = {.in_fd = -1, .out_fd = out, .err_fd = errfd, .new_group = 1,
                                .die_with_parent = 1, .memory_mb = lim->memory_mb,
-                               .cpu_s = lim->cpu_s, .timeout_s = lim->timeout_s};
+                               .cpu_s = lim->cpu_s, .timeout_s = lim->timeout_s, .env_add = lim->env};
         rc = child_spawn(&w->proc, argv, &o, e);
     }
     if (out >= 0)

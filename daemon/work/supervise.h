@@ -49,6 +49,7 @@ struct worker_limits {
     double timeout_s;   /* wall clock; <= 0: none */
     long memory_mb;     /* RLIMIT_AS; 0: none */
     long cpu_s;         /* RLIMIT_CPU; 0: none */
+    const char *env;    /* "NAME=value" added to its environment; NULL: none */
 };
 
 struct worker {
