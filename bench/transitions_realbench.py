@@ -752,7 +752,7 @@ def show(a):
             ev = ["%s %d..%d peak %d, %s, score %.3g, p %.2g" % (
                 e["kind"], e["start_step"], e["end_step"], e["peak_step"],
                 "%.3g -> %.3g" % (e["before"], e["after"]) if "before" in e else "change %+.3g" % e["magnitude"],
-                e["score"], e["p_value"]) for e in d["events"]]
+                e["score"], e.get("p_value", float("nan"))) for e in d["events"]]
             print("%s (max score %.3g): %s" % (method, d["max_score"], "; ".join(ev) if ev else "nothing"))
     return 0
 
