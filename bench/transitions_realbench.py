@@ -4,7 +4,7 @@ for the transition detector (daemon/detect/transitions.h), and its table.
 
     bench/transitions_realbench.py gen  [--coretypes Haswell,SkylakeX,Sandybridge]
                                         [--kinds K,...] [--jobs 2] [--data DIR] [--work DIR]
-                                        [--seeds 1,2] [--regen]
+                                        [--seeds 1,2] [--regen] [--reuse]
     bench/transitions_realbench.py eval [--data DIR] [--subset] [--json FILE]
     bench/transitions_realbench.py show --kinds KIND,... [--metrics M,...] [--data DIR]
 
@@ -169,7 +169,17 @@ def induction_checkpoints():
     return ",".join(str(x) for x in s)
 
 
-def run_one(kind, name, args, every, items, seed, core, work, data, regen):
+def finished(out):
+    """a training in `out` that reached its last checkpoint (--reuse)"""
+    try:
+        with open(os.path.join(out, "train_log.jsonl")) as f:
+            last = [json.loads(l) for l in f][-1]["step"]
+        return os.path.exists(os.path.join(out, "step%d" % last, "model.safetensors"))
+    except (OSError, IndexError, ValueError, KeyError):
+        return False
+
+
+def run_one(kind, name, args, every, items, seed, core, work, data, regen, reuse=False):
     rid = "%s-s%d-%s" % (name, seed, core)
     out = os.path.join(work, rid)
     dest = os.path.join(data, rid + ".json.gz")
@@ -178,15 +188,20 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
         return rid + " (kept)"
     t0 = time.monotonic()
     env = dict(os.environ, OPENBLAS_CORETYPE=core, CKPTD_BLAS_AUTO="0")
-    shutil.rmtree(out, ignore_errors=True)
-    if name == "torch":
+    trained = reuse and finished(out)
+    if not trained:
+        shutil.rmtree(out, ignore_errors=True)
+    if trained:
+        pass
+    elif name == "torch":
         # trained by PyTorch outside ckptd (bench/torch_grok.py); ckptd
         # only analyses its checkpoints, with the test pairs as eval tokens
         cmd = ["/usr/bin/python3", TORCH_GROK, "--out", out, "--seed", str(seed), "--every", str(every)] + args
     else:
         cmd = [WORKER, "--threads", "1", "train"] + args + ["--seed", str(seed), "--out", out,
                                                             "--eval-every", str(every), "--log-every", "0"]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not trained:
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dense = [json.loads(l) for l in open(os.path.join(out, "eval_log.jsonl"))]
     ckpt = [json.loads(l) for l in open(os.path.join(out, "train_log.jsonl"))]
     metrics = [k for k in ckpt[0] if k != "step"]
@@ -225,7 +240,8 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
     with gzip.open(tmp, "wt") as f:
         json.dump(doc, f, separators=(",", ":"))
     os.replace(tmp, dest)
-    shutil.rmtree(out, ignore_errors=True)
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)
     return "%s (%.0f s)" % (rid, time.monotonic() - t0)
 
 
@@ -242,7 +258,7 @@ def gen(a):
             for seed in seeds:
                 if want_seeds and seed not in want_seeds:
                     continue
-                todo.append((kind, name, args, every, items, seed, core, work, a.data, a.regen))
+                todo.append((kind, name, args, every, items, seed, core, work, a.data, a.regen, a.reuse))
     # the long runs first, so two workers finish together
     todo.sort(key=lambda t: t[1] not in ("lit", "torch"))
     with ThreadPoolExecutor(max_workers=a.jobs) as ex:
@@ -749,10 +765,10 @@ def show(a):
                 size / scat if scat > 0 else math.inf))
         for method in ("level-v2", "ramp-v1"):
             d = det[(sid, method)]
-            ev = ["%s %d..%d peak %d, %s, score %.3g, p %.2g" % (
+            ev = ["%s %d..%d peak %d, %s, score %.3g, p %s" % (
                 e["kind"], e["start_step"], e["end_step"], e["peak_step"],
                 "%.3g -> %.3g" % (e["before"], e["after"]) if "before" in e else "change %+.3g" % e["magnitude"],
-                e["score"], e.get("p_value", float("nan"))) for e in d["events"]]
+                e["score"], "-" if e.get("p_value") is None else "%.2g" % e["p_value"]) for e in d["events"]]
             print("%s (max score %.3g): %s" % (method, d["max_score"], "; ".join(ev) if ev else "nothing"))
     return 0
 
@@ -824,6 +840,9 @@ def main():
     g.add_argument("--work", default="")
     g.add_argument("--seeds", default="", help="only these of each run's seeds (comma-separated)")
     g.add_argument("--regen", action="store_true", help="train again runs whose data file exists")
+    g.add_argument("--reuse", action="store_true",
+                   help="take a finished training from WORK/RUN (WORK given by --work) instead of training "
+                        "again, and keep the work directories")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=DATA)
     e.add_argument("--subset", action="store_true")
