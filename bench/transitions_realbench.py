@@ -48,7 +48,7 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
                = c`), whose loss_by_pos idx 2 is the answer-position loss,
                labelled with test_loss's labels (the same quantity).  Not in
                `eval --subset`.  Stored under one kernel family (gen --kinds
-               grok-torch --coretypes Haswell; ~15 minutes of one core)
+               grok-torch --coretypes Haswell; 16-40 minutes of one core)
   induction    the induction task's default (2 layers, 1000 steps): the
                in-context loss falls when induction heads form (~400)
   lr-schedule  induction with a 100-step warm-up and the rate decayed
