@@ -47,8 +47,11 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
                analyze --items loss` with the test pairs as eval tokens (`a b
                = c`), whose loss_by_pos idx 2 is the answer-position loss,
                labelled with test_loss's labels (the same quantity).  Not in
-               `eval --subset`.  Stored under one kernel family (gen --kinds
-               grok-torch --coretypes Haswell; 16-40 minutes of one core)
+               `eval --subset`.  Stored under Haswell and Cooperlake (the
+               native family of the machine it was made on; torch's
+               OpenBLAS follows OPENBLAS_CORETYPE too): gen --kinds
+               grok-torch --coretypes Haswell,Cooperlake, 16-40 minutes
+               of one core each
   induction    the induction task's default (2 layers, 1000 steps): the
                in-context loss falls when induction heads form (~400)
   lr-schedule  induction with a 100-step warm-up and the rate decayed
