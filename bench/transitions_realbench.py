@@ -4,8 +4,9 @@ for the transition detector (daemon/detect/transitions.h), and its table.
 
     bench/transitions_realbench.py gen  [--coretypes Haswell,SkylakeX,Sandybridge]
                                         [--kinds K,...] [--jobs 2] [--data DIR] [--work DIR]
-                                        [--seeds 1,2] [--regen]
+                                        [--seeds 1,2] [--regen] [--reuse]
     bench/transitions_realbench.py eval [--data DIR] [--subset] [--json FILE]
+    bench/transitions_realbench.py show --kinds KIND,... [--metrics M,...] [--data DIR]
 
 `gen` trains the runs below with `ckpt-worker train` under each OpenBLAS
 kernel family (OPENBLAS_CORETYPE), evaluating the task's metrics densely
@@ -24,7 +25,9 @@ from a detector), runs both detectors on the checkpoint series
 (build/bench/transitions_series: level-v2 and the former ramp-v1) and
 prints the precision/recall table per kind of series (and per kernel
 family where they differ).  `--subset` uses one seed of each kind and
-kernel family and is what tests/transitions_real.sh asserts on.
+kernel family and is what tests/transitions_real.sh asserts on.  `show`
+prints the labelled series of some kinds (or runs) one by one: their
+checkpoint values, labels and each detector's events with p-values.
 
 KINDS (each run is one of them; seeds and sizes in RUNS):
 
@@ -36,6 +39,19 @@ KINDS (each run is one of them; seeds and sizes in RUNS):
                0.9/0.98, 30% train, d_model 128, d_mlp 512, p 59; trained for
                8000 steps (grokking between ~3000 and ~6200 by kernel
                family, after a wandering test loss), checkpoints every 200
+  grok-torch   the grok-lit setting trained by PyTorch outside ckptd
+               (bench/torch_grok.py: the same architecture, written from the
+               setting's description, its own init and split; 8000 steps,
+               checkpoints 0, 1, 2, 4 .. 512 then every 200); besides the
+               trainer's metrics, ckptd's own measurement of it: `ckpt-worker
+               analyze --items loss` with the test pairs as eval tokens (`a b
+               = c`), whose loss_by_pos idx 2 is the answer-position loss,
+               labelled with test_loss's labels (the same quantity).  Not in
+               `eval --subset`.  Stored under Haswell and Cooperlake (the
+               native family of the machine it was made on; torch's
+               OpenBLAS follows OPENBLAS_CORETYPE too): gen --kinds
+               grok-torch --coretypes Haswell,Cooperlake, 16-40 minutes
+               of one core each
   induction    the induction task's default (2 layers, 1000 steps): the
                in-context loss falls when induction heads form (~400)
   lr-schedule  induction with a 100-step warm-up and the rate decayed
@@ -119,6 +135,12 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 WORKER = os.path.join(ROOT, "build", "bin", "ckpt-worker")
 SERIES = os.path.join(ROOT, "build", "bench", "transitions_series")
 DATA = os.path.join(ROOT, "bench", "data", "transitions")
+TORCH_GROK = os.path.join(ROOT, "bench", "torch_grok.py")
+# the answer-position loss of `ckpt-worker analyze --items loss` on `a b = c`
+# eval tokens: loss_by_pos idx 2
+ANSWER_LOSS = "loss/loss_by_pos/-1/-1/2"
+# kinds left out of `eval --subset` (tests/transitions_real.sh)
+NOT_IN_SUBSET = {"grok-torch"}
 CORETYPES = ["Haswell", "SkylakeX", "Sandybridge"]
 
 # ---- the runs ----
@@ -136,6 +158,7 @@ RUNS = [
     ("lr-schedule", "sched", INDUCTION + ["--steps", "1200", "--warmup", "100", "--decay-start", "800",
                                           "--decay-steps", "50", "--decay-to", "0.1"], 5, "", [1, 2]),
     ("spike", "spike", INDUCTION + ["--steps", "1000", "--lr-spike", "715:30"], 5, "", [1, 2]),
+    ("grok-torch", "torch", ["--p", "59", "--train-frac", "0.3", "--steps", "8000"], 20, "loss", [1]),
     ("constant", "frozen-ma", MODADD + ["--steps", "400", "--lr", "1e-9", "--ckpt-every", "10"], 10, "", [1]),
     ("constant", "frozen-ind", INDUCTION + ["--steps", "400", "--lr", "1e-9", "--ckpt-every", "10"], 10, "",
      [1]),
@@ -149,7 +172,17 @@ def induction_checkpoints():
     return ",".join(str(x) for x in s)
 
 
-def run_one(kind, name, args, every, items, seed, core, work, data, regen):
+def finished(out):
+    """a training in `out` that reached its last checkpoint (--reuse)"""
+    try:
+        with open(os.path.join(out, "train_log.jsonl")) as f:
+            last = [json.loads(l) for l in f][-1]["step"]
+        return os.path.exists(os.path.join(out, "step%d" % last, "model.safetensors"))
+    except (OSError, IndexError, ValueError, KeyError):
+        return False
+
+
+def run_one(kind, name, args, every, items, seed, core, work, data, regen, reuse=False):
     rid = "%s-s%d-%s" % (name, seed, core)
     out = os.path.join(work, rid)
     dest = os.path.join(data, rid + ".json.gz")
@@ -158,10 +191,20 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
         return rid + " (kept)"
     t0 = time.monotonic()
     env = dict(os.environ, OPENBLAS_CORETYPE=core, CKPTD_BLAS_AUTO="0")
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [WORKER, "--threads", "1", "train"] + args + ["--seed", str(seed), "--out", out,
-                                                        "--eval-every", str(every), "--log-every", "0"]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trained = reuse and finished(out)
+    if not trained:
+        shutil.rmtree(out, ignore_errors=True)
+    if trained:
+        pass
+    elif name == "torch":
+        # trained by PyTorch outside ckptd (bench/torch_grok.py); ckptd
+        # only analyses its checkpoints, with the test pairs as eval tokens
+        cmd = ["/usr/bin/python3", TORCH_GROK, "--out", out, "--seed", str(seed), "--every", str(every)] + args
+    else:
+        cmd = [WORKER, "--threads", "1", "train"] + args + ["--seed", str(seed), "--out", out,
+                                                            "--eval-every", str(every), "--log-every", "0"]
+    if not trained:
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dense = [json.loads(l) for l in open(os.path.join(out, "eval_log.jsonl"))]
     ckpt = [json.loads(l) for l in open(os.path.join(out, "train_log.jsonl"))]
     metrics = [k for k in ckpt[0] if k != "step"]
@@ -175,10 +218,13 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
     if items:
         rows = {}
         for st in steps:
+            ev = ["--eval-tokens", os.path.join(out, "test_tokens.json")] if name == "torch" else []
             r = subprocess.run([WORKER, "--threads", "1", "analyze", os.path.join(out, "step%d" % st),
-                                "--items", items], env=env, check=True, capture_output=True, text=True)
+                                "--items", items] + ev, env=env, check=True, capture_output=True, text=True)
             for line in r.stdout.splitlines():
                 item, ver, metric, layer, head, idx, value = line.split("\t")
+                if items == "loss" and not (metric == "loss_by_pos" and idx == "2"):
+                    continue
                 if items == "task" and metric not in ("fourier_key_fraction", "restricted_loss",
                                                       "excluded_loss", "weight_norm", "answer_loss"):
                     continue
@@ -188,13 +234,17 @@ def run_one(kind, name, args, every, items, seed, core, work, data, regen):
                 rows.setdefault(key, {})[st] = float(value)
         for key in sorted(rows):
             pts = rows[key]
-            doc["series"].append({"metric": key, "source": "analyze", "steps": [s for s in steps if s in pts],
-                                  "values": [pts[s] for s in steps if s in pts]})
+            ser = {"metric": key, "source": "analyze", "steps": [s for s in steps if s in pts],
+                   "values": [pts[s] for s in steps if s in pts]}
+            if key == ANSWER_LOSS:
+                ser["truth"] = "test_loss"  # the same quantity, measured by ckptd
+            doc["series"].append(ser)
     tmp = dest + ".tmp"
     with gzip.open(tmp, "wt") as f:
         json.dump(doc, f, separators=(",", ":"))
     os.replace(tmp, dest)
-    shutil.rmtree(out, ignore_errors=True)
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)
     return "%s (%.0f s)" % (rid, time.monotonic() - t0)
 
 
@@ -211,9 +261,9 @@ def gen(a):
             for seed in seeds:
                 if want_seeds and seed not in want_seeds:
                     continue
-                todo.append((kind, name, args, every, items, seed, core, work, a.data, a.regen))
+                todo.append((kind, name, args, every, items, seed, core, work, a.data, a.regen, a.reuse))
     # the long runs first, so two workers finish together
-    todo.sort(key=lambda t: t[1] != "lit")
+    todo.sort(key=lambda t: t[1] not in ("lit", "torch"))
     with ThreadPoolExecutor(max_workers=a.jobs) as ex:
         for rid in ex.map(lambda t: run_one(*t), todo):
             print("wrote", rid, flush=True)
@@ -226,7 +276,7 @@ def load(data, subset=False):
         if f.endswith(".json.gz"):
             with gzip.open(os.path.join(data, f), "rt") as fh:
                 d = json.load(fh)
-            if subset and d["seed"] != 1:
+            if subset and (d["seed"] != 1 or d["kind"] in NOT_IN_SUBSET):
                 continue
             runs.append(d)
     return runs
@@ -359,7 +409,7 @@ def truth(run):
             if lb:
                 out.append(lb)
 
-    if kind in ("grok-spiky", "grok-lit"):
+    if kind in ("grok-spiky", "grok-lit", "grok-torch"):
         Tm = dn.cross("train_acc", 0.99, True, 0, 2 * K)
         if Tm is not None:
             staged("train_acc", True, dn.level("train_acc", Tm, Tm + 2 * K) - dn.at("train_acc", 0), 0, Tm + K,
@@ -441,6 +491,10 @@ def bench_series(runs):
         dn = Dense(run)
         for s in run["series"]:
             sid = "%s/%s" % (run["run"], s["metric"])
+            if s["source"] == "analyze" and "truth" in s:
+                # a measurement of a dense-logged metric: labelled by its truth
+                out.append((sid, run, s, "labelled"))
+                continue
             if s["source"] == "analyze":
                 if kind == "induction":
                     s = dict(s, steps=[x for x in s["steps"] if x <= 1000],
@@ -630,7 +684,7 @@ def evaluate(a):
     records = []
     for sid, run, s, role in items:
         dn = dens[run["run"]]
-        m = s["metric"]
+        m = s.get("truth", s["metric"])
         kind = "noise-only" if role == "noise" else run["kind"]
         steps, values = s["steps"], s["values"]
         if role == "noise" and certify_noise(dn, m, steps, values) >= 5:
@@ -684,6 +738,41 @@ def evaluate(a):
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"tallies": {"|".join(k): v for k, v in T.items()}, "labels": records}, f, indent=1)
+    return 0
+
+
+def show(a):
+    """The labelled series of the runs of some kinds, one by one: the
+    checkpoint values, the labels and what each detector reports."""
+    kinds = set(a.kinds.split(","))
+    runs = [r for r in load(a.data) if r["kind"] in kinds or r["run"] in kinds]
+    if not runs:
+        print("transitions_realbench: no run of %s in %s" % (a.kinds, a.data), file=sys.stderr)
+        return 1
+    items = [it for it in bench_series(runs) if it[3] == "labelled"]
+    if a.metrics:
+        items = [it for it in items if it[2]["metric"] in a.metrics.split(",")]
+    det = detect(items)
+    for sid, run, s, role in items:
+        m = s.get("truth", s["metric"])
+        steps, values = s["steps"], s["values"]
+        print("\n## %s%s" % (sid, " (labelled as %s)" % m if m != s["metric"] else ""))
+        print("values: " + " ".join("%d:%.3g" % (x, v) for x, v in zip(steps, values)))
+        for lb in truth(run)[1]:
+            if lb["metric"] != m:
+                continue
+            scat = scatter_before(steps, values, lb["a"])
+            size = abs(lb["after"] - lb["before"])
+            print("label %s: t* %d, %.3g -> %.3g over checkpoints %d..%d, %.1fx scatter" % (
+                lb["name"], lb["t"], lb["before"], lb["after"], lb["a"], lb["b"],
+                size / scat if scat > 0 else math.inf))
+        for method in ("level-v2", "ramp-v1"):
+            d = det[(sid, method)]
+            ev = ["%s %d..%d peak %d, %s, score %.3g, p %s" % (
+                e["kind"], e["start_step"], e["end_step"], e["peak_step"],
+                "%.3g -> %.3g" % (e["before"], e["after"]) if "before" in e else "change %+.3g" % e["magnitude"],
+                e["score"], "-" if e.get("p_value") is None else "%.2g" % e["p_value"]) for e in d["events"]]
+            print("%s (max score %.3g): %s" % (method, d["max_score"], "; ".join(ev) if ev else "nothing"))
     return 0
 
 
@@ -754,13 +843,22 @@ def main():
     g.add_argument("--work", default="")
     g.add_argument("--seeds", default="", help="only these of each run's seeds (comma-separated)")
     g.add_argument("--regen", action="store_true", help="train again runs whose data file exists")
+    g.add_argument("--reuse", action="store_true",
+                   help="take a finished training from WORK/RUN (WORK given by --work) instead of training "
+                        "again, and keep the work directories")
     e = sub.add_parser("eval")
     e.add_argument("--data", default=DATA)
     e.add_argument("--subset", action="store_true")
     e.add_argument("--json", default="")
+    h = sub.add_parser("show")
+    h.add_argument("--data", default=DATA)
+    h.add_argument("--kinds", required=True, help="kinds or run ids (comma-separated)")
+    h.add_argument("--metrics", default="", help="only these series (comma-separated)")
     a = p.parse_args()
     if a.cmd == "gen":
         gen(a)
+    elif a.cmd == "show":
+        sys.exit(show(a))
     else:
         sys.exit(evaluate(a))
 
