@@ -396,6 +396,67 @@ static void test_full_sweep(void **state)
     gptneox_free(m);
 }
 
+/* Run items on m with the eval set tok (B x T). */
+static void run_tokens(struct gptneox *m, const int *tok, int B, int T, int full_sweep,
+                       const struct battery_item *item, struct run *out)
+{
+    memset(out, 0, sizeof *out);
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T,
+                            .eval_name = "test", .seed = 5, .full_sweep = full_sweep};
+    struct rows w;
+    struct err e;
+    rows_init(&w);
+    if (battery_run_item(item, &c, &w, &e) < 0)
+        fail_msg("%s: %s", item->name, err_str(&e));
+    parse_into(out, &w);
+    rows_free(&w);
+}
+
+/* ablation v3 on sequences longer than ABLATION_EVAL_TOKENS / ABLATION_EVAL_SEQS
+ * scores the first ablation_seqs(B, T) of them (2 of 4 x 520): its rows,
+ * on ordinary and full-sweep checkpoints, are byte for byte v2's (which
+ * took min(B, ABLATION_EVAL_SEQS)) computed on an eval set of only those
+ * sequences, and differ from what 4 sequences give; ablation_exact keeps
+ * 4 sequences. */
+static void test_eval_subset(void **state)
+{
+    (void)state;
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, 61, 32, 2, 4, 64);
+    cfg.max_positions = 520;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    gptneox_init_random(m, 3, 0.3f);
+    const int B = 4, T = 520, nb = ablation_seqs(B, T);
+    assert_int_equal(nb, 2);
+    assert_int_equal(ablation_seqs(16, 128), ABLATION_EVAL_SEQS);
+    assert_int_equal(ablation_seqs(1, 4096), 1);
+    int *tok = malloc((size_t)B * T * sizeof *tok);
+    assert_non_null(tok);
+    uint64_t st = 77;
+    for (int i = 0; i < B * T; i++)
+        tok[i] = (int)rng_below(&st, 61);
+    for (int sweep = 0; sweep < 2; sweep++) {
+        struct run all, first;
+        run_tokens(m, tok, B, T, sweep, &battery_item_ablation, &all);
+        run_tokens(m, tok, nb, T, sweep, &battery_item_ablation, &first);
+        assert_int_equal(all.len, first.len);
+        assert_memory_equal(all.text, first.text, all.len);
+        run_free(&first);
+        /* four sequences (ablation_exact, as v1) give another clean loss */
+        run_tokens(m, tok, B, T, 0, &battery_item_ablation_exact, &first);
+        assert_true(get(&first, "clean_loss", -1, -1, 0) != get(&all, "clean_loss", -1, -1, 0));
+        if (sweep) /* a sweep's deltas are ablation_exact's on the same sequences */
+            assert_true(get(&first, "zero_ablation_delta", 1, 2, 0) !=
+                        get(&all, "zero_ablation_delta", 1, 2, 0));
+        run_free(&first);
+        run_free(&all);
+    }
+    free(tok);
+    gptneox_free(m);
+}
+
 static void test_reference(void **state)
 {
     (void)state;
@@ -689,6 +750,7 @@ int main(void)
         cmocka_unit_test(test_reference),
         cmocka_unit_test(test_atp),
         cmocka_unit_test(test_full_sweep),
+        cmocka_unit_test(test_eval_subset),
         cmocka_unit_test(test_dla_sum),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_entropy_subset),
