@@ -163,6 +163,27 @@ static void test_items(void **state)
     small.ctx = 128;
     assert_int_equal(cost_item("lens", &sh, &small, 0, 100.0, &l2), 0);
     assert_true(fabs(l2.gflop - l1.gflop) < 1e-9 * l1.gflop);
+    /* ablation: the first sequences holding 1024 tokens (2 of 512, 4 of
+     * 128: at most 4), however many more the eval set has; ablation_exact
+     * keeps 4 of any length */
+    struct cost_run two = run;
+    two.eval_seqs = 2;
+    assert_int_equal(cost_item("ablation", &sh, &run, 0, 100.0, &l1), 0);
+    assert_int_equal(cost_item("ablation", &sh, &two, 0, 100.0, &l2), 0);
+    assert_true(l1.gflop == l2.gflop && l1.sweep_gflop == l2.sweep_gflop);
+    struct cost_run one = run;
+    one.eval_seqs = 1;
+    assert_int_equal(cost_item("ablation", &sh, &one, 0, 100.0, &l2), 0);
+    assert_true(l2.gflop < l1.gflop);
+    assert_int_equal(cost_item("ablation_exact", &sh, &run, 0, 100.0, &l1), 0);
+    assert_int_equal(cost_item("ablation_exact", &sh, &two, 0, 100.0, &l2), 0);
+    assert_true(l2.gflop < l1.gflop);
+    struct cost_run s128 = run, s128x2 = run;
+    s128.ctx = s128x2.ctx = 128;
+    s128x2.eval_seqs = 2;
+    assert_int_equal(cost_item("ablation", &sh, &s128, 0, 100.0, &l1), 0);
+    assert_int_equal(cost_item("ablation", &sh, &s128x2, 0, 100.0, &l2), 0);
+    assert_true(l2.gflop < l1.gflop);
     /* the eval set is capped at max_position_embeddings */
     struct cost_run longer = run;
     longer.ctx = 4096;

@@ -8,7 +8,7 @@
  * (tests/golden/heads/, one JSON file per checkpoint) for two golden
  * fixtures (parallel and sequential residual) and the two circuits; each C
  * row must be within 1e-5 * max(1, |ref|) of it (measured: under 2e-7), and
- * the two sets of rows must name the same measurements.  ablation v2: its
+ * the two sets of rows must name the same measurements.  ablation v3: its
  * exact rows (clean loss, the deltas of the heads it ablates, DLA) against
  * the same reference (1e-5 * max(1, |ref|)), its attribution patching
  * estimates against the reference's autograd ones (ATP_TOL * max(1e-3,
@@ -16,7 +16,10 @@
  * estimate - delta exactly, the heads marked 1 are the top k by
  * |estimate|, the sample has its size, every head has an estimate and the
  * exact rows come in threes; a full sweep ablates every head exactly with
- * ablation_exact's numbers, bit for bit.
+ * ablation_exact's numbers, bit for bit.  On 4 sequences of 520 tokens
+ * ablation v3 scores the first 2 (ablation_seqs): its rows, ordinary and
+ * full sweep, equal byte for byte those of an eval set of only those 2
+ * sequences (what v2 computed there), and differ from 4 sequences'.
  *
  * By construction (workers/model/circuits.h):
  *   prev-token-circuit  head 0.0 prev_token_score > 0.95, its other scores
@@ -210,7 +213,7 @@ static const double *find_value(const struct run *r, const char *metric, int lay
     return NULL;
 }
 
-/* ablation v2's rules on its rows r of model m: every head has its
+/* ablation v3's rules (v2's) on its rows r of model m: every head has its
  * estimates, an exact head has its delta, error (estimate - delta,
  * exactly) and selection, the heads marked 1 are the top k by |estimate|,
  * the sample has its size. */
@@ -260,7 +263,7 @@ static void check_rules(const struct run *rr, const struct gptneox *m)
         }
 }
 
-/* ablation v2 against the reference and its own rules. */
+/* ablation v3 against the reference and its own rules. */
 static void check_atp(const char *name, struct gptneox *m)
 {
     char path[256];
@@ -313,7 +316,7 @@ static void check_atp(const char *name, struct gptneox *m)
     }
     assert_int_equal(nest, (size_t)2 * 2 * n);
     check_rules(&r, m);
-    printf("%-22s ablation v2: %d exact rows within %.2e, %zu estimates within %.2e of autograd\n",
+    printf("%-22s ablation v3: %d exact rows within %.2e, %zu estimates within %.2e of autograd\n",
            name, exact_rows, worst_exact, nest, worst_est);
     run_free(&r);
     json_decref(doc);
@@ -393,6 +396,67 @@ static void test_full_sweep(void **state)
     }
     run_free(&sw);
     run_free(&ex);
+    gptneox_free(m);
+}
+
+/* Run items on m with the eval set tok (B x T). */
+static void run_tokens(struct gptneox *m, const int *tok, int B, int T, int full_sweep,
+                       const struct battery_item *item, struct run *out)
+{
+    memset(out, 0, sizeof *out);
+    struct battery_ctx c = {.model = m, .eval_tokens = tok, .eval_B = B, .eval_T = T,
+                            .eval_name = "test", .seed = 5, .full_sweep = full_sweep};
+    struct rows w;
+    struct err e;
+    rows_init(&w);
+    if (battery_run_item(item, &c, &w, &e) < 0)
+        fail_msg("%s: %s", item->name, err_str(&e));
+    parse_into(out, &w);
+    rows_free(&w);
+}
+
+/* ablation v3 on sequences longer than ABLATION_EVAL_TOKENS / ABLATION_EVAL_SEQS
+ * scores the first ablation_seqs(B, T) of them (2 of 4 x 520): its rows,
+ * on ordinary and full-sweep checkpoints, are byte for byte v2's (which
+ * took min(B, ABLATION_EVAL_SEQS)) computed on an eval set of only those
+ * sequences, and differ from what 4 sequences give; ablation_exact keeps
+ * 4 sequences. */
+static void test_eval_subset(void **state)
+{
+    (void)state;
+    struct gptneox_config cfg;
+    gptneox_config_default(&cfg, 61, 32, 2, 4, 64);
+    cfg.max_positions = 520;
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
+    gptneox_init_random(m, 3, 0.3f);
+    const int B = 4, T = 520, nb = ablation_seqs(B, T);
+    assert_int_equal(nb, 2);
+    assert_int_equal(ablation_seqs(16, 128), ABLATION_EVAL_SEQS);
+    assert_int_equal(ablation_seqs(1, 4096), 1);
+    int *tok = malloc((size_t)B * T * sizeof *tok);
+    assert_non_null(tok);
+    uint64_t st = 77;
+    for (int i = 0; i < B * T; i++)
+        tok[i] = (int)rng_below(&st, 61);
+    for (int sweep = 0; sweep < 2; sweep++) {
+        struct run all, first;
+        run_tokens(m, tok, B, T, sweep, &battery_item_ablation, &all);
+        run_tokens(m, tok, nb, T, sweep, &battery_item_ablation, &first);
+        assert_int_equal(all.len, first.len);
+        assert_memory_equal(all.text, first.text, all.len);
+        run_free(&first);
+        /* four sequences (ablation_exact, as v1) give another clean loss */
+        run_tokens(m, tok, B, T, 0, &battery_item_ablation_exact, &first);
+        assert_true(get(&first, "clean_loss", -1, -1, 0) != get(&all, "clean_loss", -1, -1, 0));
+        if (sweep) /* a sweep's deltas are ablation_exact's on the same sequences */
+            assert_true(get(&first, "zero_ablation_delta", 1, 2, 0) !=
+                        get(&all, "zero_ablation_delta", 1, 2, 0));
+        run_free(&first);
+        run_free(&all);
+    }
+    free(tok);
     gptneox_free(m);
 }
 
@@ -689,6 +753,7 @@ int main(void)
         cmocka_unit_test(test_reference),
         cmocka_unit_test(test_atp),
         cmocka_unit_test(test_full_sweep),
+        cmocka_unit_test(test_eval_subset),
         cmocka_unit_test(test_dla_sum),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_entropy_subset),

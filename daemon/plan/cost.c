@@ -16,6 +16,8 @@
 #define REP_SEQS 8
 #define REP_LEN 64
 #define ABL_EVAL_SEQS 4
+#define ABL_EVAL_TOKENS 1024 /* ablation's eval sequences: the fewest holding this many
+                                tokens, at most ABL_EVAL_SEQS (ablation_exact: ABL_EVAL_SEQS) */
 #define ABL_REP_SEQS 4
 #define ABL_EXACT_PER_KIND 9 /* ABLATION_TOP_K 5 + ABLATION_TOP_DLA 1 + ABLATION_SAMPLE 3 */
 #define SAE_EXPANSION 4
@@ -194,7 +196,9 @@ static double ablation_work(const struct cost_shape *sh, const struct cost_run *
                             int sweep)
 {
     const int T = eval_len(sh, run), L = rep_len(sh), NL = sh->n_layers, NH = sh->n_heads;
-    const int B0 = run->eval_seqs < ABL_EVAL_SEQS ? run->eval_seqs : ABL_EVAL_SEQS;
+    int B0 = atp ? (ABL_EVAL_TOKENS + T - 1) / T : ABL_EVAL_SEQS;
+    B0 = B0 < ABL_EVAL_SEQS ? B0 : ABL_EVAL_SEQS;
+    B0 = run->eval_seqs < B0 ? run->eval_seqs : B0;
     const int Bs[2] = {B0, ABL_REP_SEQS}, Ts[2] = {T, 2 * L + 1};
     const int nrows[2] = {B0 * (T - 1), ABL_REP_SEQS * (L - 1)};
     const double all = 2.0 * NL * NH, full_depth = (NL + 1) / (2.0 * NL);

@@ -369,7 +369,7 @@ extern const struct battery_item battery_item_composition;
 #define HEADS_BATCH 8 /* eval sequences per forward */
 extern const struct battery_item battery_item_heads;
 
-/* ablation v2 (needs eval_tokens): per head, the effect on the loss of
+/* ablation v3 (needs eval_tokens): per head, the effect on the loss of
  * zero- and mean-ablating its hook_z slice, estimated for every head by
  * attribution patching (one forward and one backward) and computed
  * exactly for the ABLATION_TOP_K heads of largest |estimate|, the
@@ -377,16 +377,26 @@ extern const struct battery_item battery_item_heads;
  * ABLATION_SAMPLE others (per token set and kind; every head when
  * ctx.full_sweep), with the error of the estimate where both exist;
  * and direct logit attribution of heads, MLPs, the embedding and the
- * biases; on two token sets, idx 0 the first ABLATION_EVAL_SEQS eval
- * sequences (every next-token prediction) and idx 1 the first
+ * biases; on two token sets, idx 0 the first ablation_seqs(B, T) eval
+ * sequences (every next-token prediction: the fewest whole sequences
+ * holding ABLATION_EVAL_TOKENS tokens, at most ABLATION_EVAL_SEQS, all of
+ * a smaller set; v2 took ABLATION_EVAL_SEQS whatever T) and idx 1 the first
  * ABLATION_REP_SEQS repeated sequences (predictions of R[1..L-1] in the
  * second copy, the induction loss).  Ablated forwards resume at the
  * ablated layer (gptneox_forward_from) with variants stacked along the
  * batch, up to ABLATION_TOKENS tokens per forward; the clean run is taped
  * in groups of sequences whose tape fits ABLATION_TAPE_BYTES.
  * ablation_exact v1 (opt-in): every head exactly at every checkpoint, the
- * rows of ablation v1.  See battery_ablation.c for the definitions. */
+ * rows of ablation v1 (on the first ABLATION_EVAL_SEQS eval sequences, as
+ * v1).  See battery_ablation.c for the definitions. */
 #define ABLATION_EVAL_SEQS 4
+#define ABLATION_EVAL_TOKENS 1024
+static inline int ablation_seqs(int B, int T)
+{
+    int n = (ABLATION_EVAL_TOKENS + T - 1) / T;
+    n = n < ABLATION_EVAL_SEQS ? n : ABLATION_EVAL_SEQS;
+    return n < B ? n : B;
+}
 #define ABLATION_REP_SEQS 4
 #define ABLATION_TOKENS 1024
 #define ABLATION_TOP_K 5
