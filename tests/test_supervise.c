@@ -33,7 +33,7 @@
 #include "tests/lib/test_files.h"
 
 static char dir[64];
-static const struct worker_limits none = {0, 0, 0};
+static const struct worker_limits none = {0, 0, 0, NULL};
 
 static void start_sh(struct worker *w, const char *script, const struct worker_limits *lim, const char *tag)
 {
@@ -106,7 +106,7 @@ static void test_deadline_and_kill(void **state)
 {
     (void)state;
     struct worker w;
-    struct worker_limits lim = {0.3, 0, 0};
+    struct worker_limits lim = {0.3, 0, 0, NULL};
     char *pidf = xasprintf("%s/grandchild", dir);
     char *script = xasprintf("sleep 30 & echo $! > %s; wait", pidf);
     double t0 = mono_now();
@@ -152,7 +152,7 @@ static void test_limits(void **state)
 {
     (void)state;
     struct worker w;
-    struct worker_limits lim = {60, 300, 42};
+    struct worker_limits lim = {60, 300, 42, NULL};
     start_sh(&w, "ulimit -v; ulimit -t; cat; echo end", &lim, "ck7");
     wait_end(&w);
     assert_true(w.ok);
