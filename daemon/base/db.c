@@ -263,6 +263,20 @@ int db_run(struct db *db, const char *sql, int nparams, const char *const *param
     return 0;
 }
 
+int db_copy_out(struct db *db, const char *sql, const char *what, struct err *e)
+{
+    PGresult *r = PQexec(db_conn(db), sql);
+    if (PQresultStatus(r) != PGRES_COPY_OUT) {
+        err_set(e, ERR_DB, "database", "%s: %s", what, PQresultErrorMessage(r));
+        if (e)
+            e->msg[strcspn(e->msg, "\n")] = '\0';
+        PQclear(r);
+        return ERR_DB;
+    }
+    PQclear(r);
+    return 0;
+}
+
 void db_int_array(char *buf, size_t n, const long long *ids, int count)
 {
     size_t o = 0;

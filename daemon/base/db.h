@@ -65,6 +65,11 @@ PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const
 int db_run(struct db *db, const char *sql, int nparams, const char *const *params,
            struct err *e) CK_WUR;
 
+/* Start `COPY (...) TO STDOUT` on the connection: 0 when the rows can be
+ * read with PQgetCopyData (and the COPY must then be read to its end),
+ * else ERR_DB with e saying "WHAT: <the server's first line>". */
+int db_copy_out(struct db *db, const char *sql, const char *what, struct err *e) CK_WUR;
+
 /* Number of times a lost connection was re-established. */
 long db_reconnects(const struct db *db);
 

@@ -164,16 +164,11 @@ static int read_and_detect(struct db *db, long long run_id, const char *metric_f
                     " ORDER BY m.metric_id, m.layer, m.head, m.idx, m.step) TO STDOUT",
                     run_id, metric_filter, run_id) < 0)
         return err_set(e, ERR_NOMEM, "transitions", "out of memory");
-    PGresult *r = PQexec(conn, q.p);
+    int started = db_copy_out(db, q.p, "reading the series", e);
     free(q.p);
-    if (PQresultStatus(r) != PGRES_COPY_OUT) {
-        err_set(e, ERR_DB, "database", "reading the series: %s", PQresultErrorMessage(r));
-        if (e)
-            e->msg[strcspn(e->msg, "\n")] = '\0';
-        PQclear(r);
-        return ERR_DB;
-    }
-    PQclear(r);
+    if (started < 0)
+        return started;
+    PGresult *r;
     struct series s = {.metric = -1};
     int rc = 0;
     char *row;

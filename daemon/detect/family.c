@@ -633,17 +633,12 @@ static int analyse_bands(struct db *db, struct fam *f, const char *members, stru
             " ORDER BY m.metric_id, m.layer, m.head, m.idx, m.run_id, m.step) TO STDOUT",
             members, members, members) < 0)
         return err_set(e, ERR_NOMEM, "family", "out of memory");
-    PGconn *conn = db_conn(db);
-    PGresult *r = PQexec(conn, q.p);
+    int started = db_copy_out(db, q.p, "reading the family's series", e);
     free(q.p);
-    if (PQresultStatus(r) != PGRES_COPY_OUT) {
-        err_set(e, ERR_DB, "database", "reading the family's series: %s", PQresultErrorMessage(r));
-        if (e)
-            e->msg[strcspn(e->msg, "\n")] = '\0';
-        PQclear(r);
-        return ERR_DB;
-    }
-    PQclear(r);
+    if (started < 0)
+        return started;
+    PGconn *conn = db_conn(db);
+    PGresult *r;
     size_t cells = (size_t)f->nm * (size_t)f->nsteps;
     double *values = malloc(sizeof *values * (cells + 1)), *frac = malloc(sizeof *frac * ((size_t)f->nm + 1));
     int *cmp = malloc(sizeof *cmp * ((size_t)f->nm + 1)), rc = 0, have = 0;
