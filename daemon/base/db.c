@@ -263,6 +263,19 @@ int db_run(struct db *db, const char *sql, int nparams, const char *const *param
     return 0;
 }
 
+int db_run_id(struct db *db, const char *run, long long *id, struct err *e)
+{
+    const char *p[1] = {run};
+    PGresult *r = db_exec(db, "SELECT id FROM runs WHERE name = $1", 1, p, e);
+    if (!r)
+        return ERR_DB;
+    int found = PQntuples(r) == 1;
+    if (found)
+        *id = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return found ? 0 : err_set(e, ERR_NOTFOUND, run, "no run named '%s'", run);
+}
+
 int db_copy_out(struct db *db, const char *sql, const char *what, struct err *e)
 {
     PGresult *r = PQexec(db_conn(db), sql);

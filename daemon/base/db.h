@@ -65,6 +65,10 @@ PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const
 int db_run(struct db *db, const char *sql, int nparams, const char *const *params,
            struct err *e) CK_WUR;
 
+/* The id of the run named RUN: 0, or ERR_NOTFOUND ("no run named 'RUN'")
+ * or ERR_DB. */
+int db_run_id(struct db *db, const char *run, long long *id, struct err *e) CK_WUR;
+
 /* Start `COPY (...) TO STDOUT` on the connection: 0 when the rows can be
  * read with PQgetCopyData (and the COPY must then be read to its end),
  * else ERR_DB with e saying "WHAT: <the server's first line>". */

@@ -938,21 +938,16 @@ void integrity_after_ingest(struct db *db, const struct claim *c)
 
 int integrity_print(struct db *db, const char *run, int json, FILE *out, struct err *e)
 {
-    const char *p[1] = {run};
-    PGresult *r = db_exec(db, "SELECT id FROM runs WHERE name = $1", 1, p, e);
-    if (!r)
-        return ERR_DB;
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return err_set(e, ERR_NOTFOUND, run, "no run named '%s'", run);
-    }
-    long long run_id = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    struct integrity_stats st;
-    int rc = integrity_run(db, run_id, &st, e);
+    long long run_id;
+    int rc = db_run_id(db, run, &run_id, e);
     if (rc < 0)
         return rc;
-    r = db_exec(db,
+    struct integrity_stats st;
+    rc = integrity_run(db, run_id, &st, e);
+    if (rc < 0)
+        return rc;
+    const char *p[1] = {run};
+    PGresult *r = db_exec(db,
         "SELECT step, prev_step, dist_prev, cos_prev, init_step, dist_init, cos_init, nearest_step,"
         "   dist_nearest, duplicate_of_step, suspect, suspect_step, suspect_detail"
         " FROM checkpoint_signals WHERE run = $1 ORDER BY step", 1, p, e);

@@ -292,16 +292,10 @@ int policy_apply(struct db *db, const char *run, const char *policy, struct err 
 {
     if (!policy_known(policy))
         return err_set(e, ERR_INVALID, policy ? policy : "", "a policy is order or adaptive");
-    const char *p[1] = {run};
-    PGresult *r = db_exec(db, "SELECT id FROM runs WHERE name = $1", 1, p, e);
-    if (!r)
-        return ERR_DB;
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return err_set(e, ERR_NOTFOUND, run, "no run named '%s'", run);
-    }
-    long long run_id = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
+    long long run_id;
+    int found = db_run_id(db, run, &run_id, e);
+    if (found < 0)
+        return found;
     char id[32];
     snprintf(id, sizeof id, "%lld", run_id);
     const char *p1[1] = {id};
