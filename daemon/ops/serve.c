@@ -78,7 +78,7 @@ struct server {
     struct daemon_config cfg;
     const char *config_path;
     int until_idle;
-    char worker_env[64]; /* "OPENBLAS_CORETYPE=..." for the workers, or "" (common/cpu.h) */
+    char worker_core[64]; /* "OPENBLAS_CORETYPE=..." for the workers, or "" (common/cpu.h) */
     struct db *db;
     struct registry reg;
     int ready;              /* registry synced and schema checked on this connection */
@@ -544,8 +544,14 @@ static void launch(struct server *s, struct slot *sl)
     }
     a = run_extras_argv(c, opt, &ra, argv, a);
     argv[a] = NULL;
-    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s,
-                                s->worker_env[0] ? s->worker_env : NULL};
+    /* OpenBLAS's own threads: as many as the worker will use.  Left to
+     * itself the library starts one per core when it loads, and they spin
+     * for its first ~0.1 s even when the worker then asks for fewer: a
+     * second core taken by every worker start (common/cpu.h: the kernels) */
+    char nblas[48];
+    snprintf(nblas, sizeof nblas, "OPENBLAS_NUM_THREADS=%d", nthreads);
+    const char *env[3] = {nblas, s->worker_core[0] ? s->worker_core : NULL, NULL};
+    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s, env};
     double t0 = mono_now();
     if (rc == 0)
         rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
@@ -642,10 +648,20 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     sl->phase = SLOT_READY;
 }
 
+/* Workers running: started and not ended (an ended one waiting for its
+ * rows to be stored holds no core). */
+static int running_count(const struct server *s)
+{
+    int n = 0;
+    for (int i = 0; i < NSLOTS; i++)
+        n += s->slots[i].busy && s->slots[i].phase == SLOT_RUN && !s->slots[i].ended;
+    return n;
+}
+
 /* Staged checkpoints start as workers free up, oldest first. */
 static void launch_ready(struct server *s)
 {
-    while (!s->stopping && phase_count(s, SLOT_RUN) < s->cfg.workers) {
+    while (!s->stopping && running_count(s) < s->cfg.workers) {
         struct slot *best = NULL;
         for (int i = 0; i < NSLOTS; i++) {
             struct slot *c = &s->slots[i];
@@ -872,19 +888,24 @@ static int check_database(struct server *s)
     return dbok;
 }
 
-/* Duties 3 and 4: workers that ended are reaped (or killed past their
- * deadline), then their results stored or their failure recorded. */
-static void reap_and_settle(struct server *s, int dbok)
+/* Duty 3: workers that ended are reaped (or killed past their deadline). */
+static void reap(struct server *s)
 {
     for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (!sl->busy || sl->phase != SLOT_RUN)
-            continue;
-        if (!sl->ended && supervise_poll(&sl->w)) {
+        if (sl->busy && sl->phase == SLOT_RUN && !sl->ended && supervise_poll(&sl->w)) {
             sl->ended = 1;
             s->worker_s += sl->w.seconds;
         }
-        if (sl->ended && dbok)
+    }
+}
+
+/* Duty 4: the results of ended workers stored or their failure recorded. */
+static void settle_ended(struct server *s)
+{
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->busy && sl->phase == SLOT_RUN && sl->ended)
             settle(s, sl);
     }
 }
@@ -970,6 +991,8 @@ static void claim_more(struct server *s)
         for (int i = 0; i < NSLOTS && !sl; i++)
             if (!s->slots[i].busy)
                 sl = &s->slots[i];
+        if (!sl) /* every slot held: ended workers whose rows wait to be stored */
+            return;
         double t0 = mono_now();
         int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
         if (got < 0)
@@ -1058,7 +1081,10 @@ static void check_idle(struct server *s)
  *      settings and the cache budget too); SIGTERM starts draining
  *   2. database: reconnect with backoff; on a new connection check the
  *      schema, LISTEN, sync the metric registry; READY=1 the first time
- *   3. reap: workers that ended (or passed their deadline, killed)
+ *   3. reap: workers that ended (or passed their deadline, killed); a
+ *      checkpoint staged for a worker that ended starts now (duty 6),
+ *      before the ended one's rows are stored, so ingest, integrity and
+ *      detection run beside the next analysis rather than before it
  *   4. settle: store results of ended workers (COPY + done in one
  *      transaction) or record their failure; kept for later if the
  *      database is down (or memory short); an analysed snapshot becomes
@@ -1102,7 +1128,11 @@ static void serve_tick(struct server *s)
     s->now = mono_now();
     handle_signals(s);                                                            /* 1 */
     const int dbok = check_database(s);                                           /* 2 */
-    reap_and_settle(s, dbok);                                                     /* 3, 4 */
+    reap(s);                                                                      /* 3 */
+    if (dbok) {
+        launch_ready(s); /* 6, at once: a staged checkpoint needs no settled rows */
+        settle_ended(s);                                                          /* 4 */
+    }
     advance_fetches(s, dbok);                                                     /* 5 */
     if (dbok)
         launch_ready(s);                                                          /* 6 */
@@ -1126,10 +1156,28 @@ static void serve_tick(struct server *s)
     operate(s);                                                                   /* 15 */
 }
 
+/* NOTIFYs libpq has already read (during a statement: this node's own,
+ * such as the one that releases an adaptive run's planned jobs): 1 when
+ * there were any, and the next claim is due now. */
+static int take_notifies(struct server *s, PGconn *c)
+{
+    PGnotify *n;
+    int woke = 0;
+    while (c && (n = PQnotifies(c))) {
+        woke = 1;
+        PQfreemem(n);
+    }
+    if (woke)
+        s->ran.claim = 0;
+    return woke;
+}
+
 /* Sleep until the database says something, a worker ends, or the next
  * duty is due. */
 static void serve_wait(struct server *s)
 {
+    if (take_notifies(s, db_conn(s->db)))
+        return; /* heard already: no sleep */
     double timeout = s->cfg.poll_s;
     if (busy_count(s) > 0 || s->stopping)
         timeout = 0.05;
@@ -1177,14 +1225,7 @@ static void serve_wait(struct server *s)
             db_lost(s->db);
             return;
         }
-        PGnotify *n;
-        int woke = 0;
-        while ((n = PQnotifies(c))) {
-            woke = 1;
-            PQfreemem(n);
-        }
-        if (woke)
-            s->ran.claim = 0;
+        take_notifies(s, c);
     }
 }
 
@@ -1274,7 +1315,7 @@ int serve_run(const struct serve_opts *o)
      * each re-executing itself to choose them */
     const char *core = cpu_blas_wanted();
     if (core) {
-        snprintf(s->worker_env, sizeof s->worker_env, "OPENBLAS_CORETYPE=%s", core);
+        snprintf(s->worker_core, sizeof s->worker_core, "OPENBLAS_CORETYPE=%s", core);
         log_info("kernels chosen for the workers", "OPENBLAS_CORETYPE=%s", core);
     }
     s->started = mono_now();

@@ -49,7 +49,8 @@ struct worker_limits {
     double timeout_s;   /* wall clock; <= 0: none */
     long memory_mb;     /* RLIMIT_AS; 0: none */
     long cpu_s;         /* RLIMIT_CPU; 0: none */
-    const char *env;    /* "NAME=value" added to its environment; NULL: none */
+    const char *const *env; /* "NAME=value" strings, NULL-terminated, added to its
+                               environment; NULL: none */
 };
 
 struct worker {
