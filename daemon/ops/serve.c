@@ -54,6 +54,8 @@
 enum slot_phase {
     SLOT_FETCH,             /* claimed; its files are being staged */
     SLOT_READY,             /* staged; waiting for a free worker */
+    SLOT_GATED,             /* its worker started and loads it, then waits at its
+                               gate for a worker to end (prefetch) */
     SLOT_RUN,               /* its worker runs (or ran: see ended) */
     SLOT_PHASE_COUNT
 };
@@ -483,8 +485,10 @@ static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *
     return a;
 }
 
-/* Start the worker for a fresh claim; on failure the jobs fail now. */
-static void launch(struct server *s, struct slot *sl)
+/* Start the worker for a fresh claim; on failure the jobs fail now.
+ * gated: it loads the checkpoint and waits at its gate (--gate) until
+ * launch_ready opens it. */
+static void launch(struct server *s, struct slot *sl, int gated)
 {
     struct err e;
     err_clear(&e);
@@ -543,6 +547,8 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = pdir;
     }
     a = run_extras_argv(c, opt, &ra, argv, a);
+    if (gated)
+        argv[a++] = "--gate";
     argv[a] = NULL;
     /* OpenBLAS's own threads: as many as the worker will use.  Left to
      * itself the library starts one per core when it loads, and they spin
@@ -551,7 +557,8 @@ static void launch(struct server *s, struct slot *sl)
     char nblas[48];
     snprintf(nblas, sizeof nblas, "OPENBLAS_NUM_THREADS=%d", nthreads);
     const char *env[3] = {nblas, s->worker_core[0] ? s->worker_core : NULL, NULL};
-    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s, env};
+    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s, env,
+                                gated};
     double t0 = mono_now();
     if (rc == 0)
         rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
@@ -563,11 +570,12 @@ static void launch(struct server *s, struct slot *sl)
         sl->w.done = 1;
         sl->w.ok = 0;
         sl->ended = 1;
+        sl->phase = SLOT_RUN; /* settled as a failed worker */
         return;
     }
     log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
-             " prev_step=%lld full_sweep=%d", log_quote(c->run), c->step, items, (int)sl->w.proc.pid,
-             c->attempts, sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep);
+             " prev_step=%lld full_sweep=%d gated=%d", log_quote(c->run), c->step, items, (int)sl->w.proc.pid,
+             c->attempts, sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep, gated);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
     s->wait_dl_total += s->wait_dl;
@@ -658,20 +666,44 @@ static int running_count(const struct server *s)
     return n;
 }
 
-/* Staged checkpoints start as workers free up, oldest first. */
+/* The oldest held checkpoint in phase ph, or in ph2 (-1: none); NULL if none. */
+static struct slot *oldest(struct server *s, int ph, int ph2)
+{
+    struct slot *best = NULL;
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *c = &s->slots[i];
+        if (c->busy && ((int)c->phase == ph || (int)c->phase == ph2) &&
+            (!best || c->fetch_started < best->fetch_started))
+            best = c;
+    }
+    return best;
+}
+
+/* Checkpoints start as workers free up, oldest first: a gated worker's
+ * gate opens (it has loaded its checkpoint already), a staged one gets a
+ * worker.  With prefetch, while every worker is busy, each staged
+ * checkpoint (at most one per worker) gets its worker now, gated: the
+ * process starts, loads the checkpoint and its inputs beside the running
+ * analysis, and begins the moment a worker ends. */
 static void launch_ready(struct server *s)
 {
-    while (!s->stopping && running_count(s) < s->cfg.workers) {
-        struct slot *best = NULL;
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *c = &s->slots[i];
-            if (c->busy && c->phase == SLOT_READY && (!best || c->fetch_started < best->fetch_started))
-                best = c;
+    struct slot *best;
+    while (!s->stopping && running_count(s) < s->cfg.workers &&
+           (best = oldest(s, SLOT_GATED, SLOT_READY))) {
+        if (best->phase == SLOT_GATED) {
+            best->phase = SLOT_RUN;
+            supervise_open_gate(&best->w);
+            log_debug("worker gate opened", "run=%s step=%lld pid=%d", log_quote(best->claim.run),
+                      best->claim.step, (int)best->w.proc.pid);
+        } else {
+            best->phase = SLOT_RUN;
+            launch(s, best, 0);
         }
-        if (!best)
-            break;
-        best->phase = SLOT_RUN;
-        launch(s, best);
+    }
+    while (!s->stopping && s->cfg.prefetch && phase_count(s, SLOT_GATED) < s->cfg.workers &&
+           (best = oldest(s, SLOT_READY, -1))) {
+        best->phase = SLOT_GATED;
+        launch(s, best, 1);
     }
 }
 
@@ -737,7 +769,7 @@ static char *activity_json(struct server *s, double now)
             continue;
         const struct claim *c = &sl->claim;
         const char *phase = sl->phase == SLOT_FETCH ? "fetching"
-                            : sl->phase == SLOT_READY ? "staged"
+                            : sl->phase == SLOT_READY || sl->phase == SLOT_GATED ? "staged"
                             : sl->ended ? "storing"
                                         : "analysing";
         double since = sl->phase == SLOT_RUN && sl->w.proc.started > 0 ? sl->w.proc.started : sl->fetch_started;
@@ -752,7 +784,7 @@ static char *activity_json(struct server *s, double now)
                               round((now - since) * 1000) / 1000);
         if (!o)
             continue;
-        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.proc.pid > 0)
+        if ((sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended && sl->w.proc.pid > 0)
             json_object_set_new(o, "pid", json_integer(sl->w.proc.pid));
         if (sl->phase == SLOT_FETCH && sl->stage) {
             long long done = 0, total = -1;
@@ -807,7 +839,7 @@ static void metrics_sync(struct server *s, double now)
     m->db_reconnects = db_reconnects(s->db);
     m->workers = s->cfg.workers;
     m->slots_fetch = phase_count(s, SLOT_FETCH);
-    m->slots_ready = phase_count(s, SLOT_READY);
+    m->slots_ready = phase_count(s, SLOT_READY) + phase_count(s, SLOT_GATED);
     m->slots_run = phase_count(s, SLOT_RUN);
     m->healthz_max_age_s = s->cfg.healthz_max_age_s;
     m->db_last_ok = db_last_ok(s->db);
@@ -893,8 +925,10 @@ static void reap(struct server *s)
 {
     for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (sl->busy && sl->phase == SLOT_RUN && !sl->ended && supervise_poll(&sl->w)) {
+        if (sl->busy && (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended &&
+            supervise_poll(&sl->w)) {
             sl->ended = 1;
+            sl->phase = SLOT_RUN; /* a gated one ended before its gate: its load failed */
             s->worker_s += sl->w.seconds;
         }
     }
@@ -915,7 +949,7 @@ static void settle_ended(struct server *s)
 static void advance_fetches(struct server *s, int dbok)
 {
     if (s->last_tick > 0 && phase_count(s, SLOT_FETCH) > 0 && phase_count(s, SLOT_READY) == 0 &&
-        phase_count(s, SLOT_RUN) < s->cfg.workers)
+        phase_count(s, SLOT_GATED) == 0 && running_count(s) < s->cfg.workers)
         s->wait_dl += s->now - s->last_tick;
     s->last_tick = s->now;
     for (int i = 0; dbok && i < NSLOTS; i++)
@@ -935,7 +969,7 @@ static void drop_unrenewed(struct server *s)
         log_warn("lease expired unrenewed: stopping the worker, its work dropped",
                  "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
                  s->now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
-        if (sl->phase == SLOT_RUN)
+        if (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED)
             supervise_kill(&sl->w);
         slot_free(sl);
     }
@@ -985,7 +1019,7 @@ static void claim_more(struct server *s)
 {
     struct err e;
     int exhausted = 0;
-    while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) <
+    while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) + phase_count(s, SLOT_GATED) <
            (s->cfg.prefetch ? s->cfg.workers : s->cfg.workers - phase_count(s, SLOT_RUN))) {
         struct slot *sl = NULL;
         for (int i = 0; i < NSLOTS && !sl; i++)
@@ -1034,6 +1068,8 @@ static void release_unstarted(struct server *s)
         struct slot *sl = &s->slots[i];
         if (!sl->busy || sl->phase == SLOT_RUN)
             continue;
+        if (sl->phase == SLOT_GATED) /* loaded, not begun: stopped like a fetch */
+            supervise_kill(&sl->w);
         if (queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
             log_err("cannot release jobs (their lease will expire)", &e);
         log_info("fetch stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
