@@ -27,7 +27,10 @@
  * every run's first pass comes before any run's dense phase.
  *
  * What the policy costs: a second claim per checkpoint off the skeleton,
- * each a worker start, a load of the checkpoint and a store.  So that
+ * each a worker start, a load of the checkpoint and a store (with
+ * prefetch, serve starts and loads the next worker while the current one
+ * analyses, and stores the last one's rows meanwhile: what is left is the
+ * second worker's own run).  So that
  * nothing else is paid twice, a checkpoint staged again whose files are
  * those recorded is not recorded or judged again (checkpoint_files.h),
  * and the first pass's series are examined for transitions once, when it
