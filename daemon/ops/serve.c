@@ -313,8 +313,6 @@ static int detect_whole_run(struct db *db, long long run_id, struct err *e)
     return rc;
 }
 
-static void pulse(struct server *s);
-
 /* A worker ended: store the rows of its items that finished and record
  * the failure of the others (ingest_settle), or of every job when the
  * server refused the rows.  Leaves the slot busy when the database is
@@ -354,7 +352,6 @@ static void settle(struct server *s, struct slot *sl)
         /* analysed either way: a retry finds it in the cache while it is recent */
         if (s->cache && stage_key(sl->stage)[0] && cache_mark_analysed(s->cache, stage_key(sl->stage), &e) < 0)
             log_err("cache: cannot mark the snapshot analysed", &e);
-        pulse(s); /* stored: a gated worker may begin before the checks below */
         if (res.done > 0) {
             struct claim done;
             claim_done_part(c, out, &done);
@@ -682,15 +679,6 @@ static struct slot *oldest(struct server *s, int ph, int ph2)
     return best;
 }
 
-/* A gated worker begins: its gate opens. */
-static void begin_gated(struct slot *sl)
-{
-    sl->phase = SLOT_RUN;
-    supervise_open_gate(&sl->w);
-    log_debug("worker gate opened", "run=%s step=%lld pid=%d", log_quote(sl->claim.run), sl->claim.step,
-              (int)sl->w.proc.pid);
-}
-
 /* Checkpoints start as workers free up, oldest first: a gated worker's
  * gate opens (it has loaded its checkpoint already), a staged one gets a
  * worker.  With prefetch, while every worker is busy, each staged
@@ -703,7 +691,10 @@ static void launch_ready(struct server *s)
     while (!s->stopping && running_count(s) < s->cfg.workers &&
            (best = oldest(s, SLOT_GATED, SLOT_READY))) {
         if (best->phase == SLOT_GATED) {
-            begin_gated(best);
+            best->phase = SLOT_RUN;
+            supervise_open_gate(&best->w);
+            log_debug("worker gate opened", "run=%s step=%lld pid=%d", log_quote(best->claim.run),
+                      best->claim.step, (int)best->w.proc.pid);
         } else {
             best->phase = SLOT_RUN;
             launch(s, best, 0);
@@ -943,28 +934,13 @@ static void reap(struct server *s)
     }
 }
 
-/* Between the tick's slower steps (storing rows, claiming, staging): a
- * worker that ended meanwhile gives its place to a gated one at once, so
- * the next analysis does not wait for the step in progress.  Only gates
- * open here: no spawn, no statement. */
-static void pulse(struct server *s)
-{
-    reap(s);
-    struct slot *g;
-    while (!s->stopping && running_count(s) < s->cfg.workers && (g = oldest(s, SLOT_GATED, SLOT_READY)) &&
-           g->phase == SLOT_GATED)
-        begin_gated(g);
-}
-
 /* Duty 4: the results of ended workers stored or their failure recorded. */
 static void settle_ended(struct server *s)
 {
     for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (sl->busy && sl->phase == SLOT_RUN && sl->ended) {
+        if (sl->busy && sl->phase == SLOT_RUN && sl->ended)
             settle(s, sl);
-            pulse(s);
-        }
     }
 }
 
@@ -1053,7 +1029,6 @@ static void claim_more(struct server *s)
             return;
         double t0 = mono_now();
         int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
-        pulse(s);
         if (got < 0)
             log_err("claim failed", &e);
         if (got <= 0) {
@@ -1079,7 +1054,6 @@ static void claim_more(struct server *s)
         if (!s->cfg.hf_cache_write)
             stage_set_hf_cache(sl->stage, NULL);
         advance_fetch(s, sl, mono_now());
-        pulse(s);
         launch_ready(s); /* staged at once (a local checkpoint): start it now */
     }
     if (!exhausted)
