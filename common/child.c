@@ -47,13 +47,24 @@ static void start_program(const char *const *argv, const struct child_opts *o, p
         setrlimit(RLIMIT_CPU, &rl);
     }
     if (o->env_add) { /* on the stack: no allocation between fork and exec */
-        size_t n = 0;
+        size_t n = 0, k = 0;
         while (environ[n])
             n++;
-        char *envp[n + 2];
+        while (o->env_add[k])
+            k++;
+        char *envp[n + k + 1];
         memcpy(envp, environ, n * sizeof *envp);
-        envp[n] = (char *)o->env_add;
-        envp[n + 1] = NULL;
+        size_t m = n;
+        for (size_t i = 0; i < k; i++) {
+            const char *eq = strchr(o->env_add[i], '=');
+            size_t len = eq ? (size_t)(eq - o->env_add[i]) + 1 : strlen(o->env_add[i]);
+            size_t j = 0;
+            while (j < n && strncmp(environ[j], o->env_add[i], len) != 0)
+                j++;
+            if (j == n) /* a name the parent has keeps the parent's value */
+                envp[m++] = (char *)o->env_add[i];
+        }
+        envp[m] = NULL;
         execvpe(argv[0], (char *const *)argv, envp);
     } else {
         execvp(argv[0], (char *const *)argv);

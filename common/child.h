@@ -33,8 +33,10 @@ struct child_opts {
     long memory_mb;      /* RLIMIT_AS; 0: none */
     long cpu_s;          /* RLIMIT_CPU (the hard limit 5 s later); 0: none */
     double timeout_s;    /* wall clock from the start; <= 0: none */
-    const char *env_add; /* "NAME=value" added to the child's environment
-                            (NAME not already there); NULL: none */
+    const char *const *env_add; /* "NAME=value" strings, NULL-terminated, added to
+                                   the child's environment after the parent's
+                                   (a NAME already there keeps its value); NULL:
+                                   none */
 };
 
 struct child {

@@ -104,7 +104,7 @@ dl_eq "--method all: the ramp-v1 row too" "3 ramp-v1" \
 dl_eq "bad --kind: exit 2" 2 $?
 "${C[@]}" transitions nosuch >/dev/null 2>"$T/nosuch.err"
 dl_eq "unknown run: exit 1" 1 $?
-dl_grep "unknown run named" "$T/nosuch.err" 'no run named nosuch'
+dl_grep "unknown run named" "$T/nosuch.err" "no run named 'nosuch'"
 "${C[@]}" transitions >/dev/null 2>&1
 dl_eq "no RUN: exit 2" 2 $?
 "${C[@]}" transitions tr --min-score abc >/dev/null 2>&1

@@ -100,7 +100,7 @@ bad() { # DESC WANT_EXIT PATTERN ARGS...
     dl_eq "$d: exit $want" "$want" $?
     dl_grep "$d: says why" "$T/bad.err" "$pat"
 }
-bad "unknown run" 1 'no run named nosuch' nosuch --out "$T/none.csv"
+bad "unknown run" 1 "no run named 'nosuch'" nosuch --out "$T/none.csv"
 bad "a metric the run lacks" 1 '--metric nosuch matches nothing in run ex .*it has: .*heads\.induction_score' \
     ex --metric nosuch --out "$T/none.csv"
 bad "an item the run lacks" 1 '--item sae matches nothing in run ex' ex --item sae --format npy --out "$T/none.d"

@@ -9,8 +9,9 @@
  *   fds       stdout and stderr go where asked; stdin is /dev/null
  *   limits    RLIMIT_AS and RLIMIT_CPU are set as asked
  *   exec      a program that cannot be run exits 127 saying why
- *   env       env_add reaches the child's environment beside the parent's
- *             variables, and the parent's environment is left as it was
+ *   env       env_add's variables reach the child's environment beside the
+ *             parent's (whose own values win), and the parent's
+ *             environment is left as it was
  *   capture   child_capture returns the output (and stderr, read at the same
  *             time, when asked), waits for the end, and
  *             kills a child that keeps its stdout open past the deadline
@@ -193,12 +194,14 @@ static void test_env_add(void **state)
     struct child c;
     struct child_opts o = plain;
     o.out_fd = out;
-    o.env_add = "CKPTD_TEST_ADDED=chosen";
-    run_sh(&c, "echo \"$CKPTD_TEST_ADDED $CKPTD_TEST_INHERITED\"", &o);
+    const char *add[] = {"CKPTD_TEST_ADDED=chosen", "CKPTD_TEST_SECOND=too", "CKPTD_TEST_INHERITED=lost", NULL};
+    o.env_add = add;
+    run_sh(&c, "echo \"$CKPTD_TEST_ADDED $CKPTD_TEST_SECOND $CKPTD_TEST_INHERITED\"", &o);
     child_wait(&c);
     assert_true(child_ok(&c));
     char *txt = slurp(path, NULL);
-    assert_string_equal(txt, "chosen kept\n");
+    /* every one added; a name the parent has keeps the parent's value */
+    assert_string_equal(txt, "chosen too kept\n");
     free(txt);
     assert_null(getenv("CKPTD_TEST_ADDED"));
     /* without it, nothing is added */

@@ -15,6 +15,11 @@
  *             be executed (exit 127, "cannot execute" in the error)
  *   path      supervise_worker_path: the configured one, else ckpt-worker
  *             beside the running program, else on PATH
+ *   gate      a gated worker waits on its stdin, past its own timeout, until
+ *             supervise_open_gate: then it reads one byte and runs, its
+ *             seconds and its deadline counted from the opening; killed
+ *             before, its gate is closed and it ends as killed; one whose
+ *             stdin closes without a byte reads end of input
  */
 #include <limits.h>
 #include <setjmp.h>
@@ -33,7 +38,7 @@
 #include "tests/lib/test_files.h"
 
 static char dir[64];
-static const struct worker_limits none = {0, 0, 0, NULL};
+static const struct worker_limits none = {0, 0, 0, NULL, 0};
 
 static void start_sh(struct worker *w, const char *script, const struct worker_limits *lim, const char *tag)
 {
@@ -102,11 +107,63 @@ static void test_failed(void **state)
     supervise_cleanup(&w);
 }
 
+static void test_gate(void **state)
+{
+    (void)state;
+    struct worker w;
+    /* gated with a 0.3 s timeout: it must not count while the gate is shut */
+    struct worker_limits lim = {0.3, 0, 0, NULL, 1};
+    start_sh(&w, "x=$(head -c 1); echo \"begun $x\"", &lim, "gate1");
+    assert_int_equal(w.gate, 1);
+    double t0 = mono_now();
+    while (mono_now() - t0 < 0.6) {
+        assert_int_equal(supervise_poll(&w), 0); /* waits, and no deadline kills it */
+        usleep(20000);
+    }
+    double opened = mono_now();
+    supervise_open_gate(&w);
+    assert_int_equal(w.gate, 0);
+    wait_end(&w);
+    assert_true(w.ok);
+    assert_true(w.seconds < mono_now() - opened + 0.01); /* from the opening, not the start */
+    char *out = slurp(w.out_path, NULL);
+    assert_string_equal(out, "begun g\n");
+    free(out);
+    supervise_open_gate(&w); /* open already: nothing */
+    supervise_cleanup(&w);
+
+    /* past its timeout once open: killed */
+    start_sh(&w, "head -c 1 >/dev/null; sleep 30", &lim, "gate2");
+    supervise_open_gate(&w);
+    wait_end(&w);
+    assert_true(w.timed_out && !w.ok);
+    supervise_cleanup(&w);
+
+    /* killed before its gate opens */
+    start_sh(&w, "head -c 1 >/dev/null; echo never", &lim, "gate3");
+    supervise_kill(&w);
+    assert_true(w.done && !w.ok);
+    assert_int_equal(w.gate, 0);
+    out = slurp(w.out_path, NULL);
+    assert_string_equal(out, "");
+    free(out);
+    supervise_cleanup(&w);
+
+    /* ungated workers read an empty stdin, as before */
+    start_sh(&w, "x=$(head -c 1); echo \"[$x]\"", &none, "gate4");
+    assert_int_equal(w.gate, 0);
+    wait_end(&w);
+    out = slurp(w.out_path, NULL);
+    assert_string_equal(out, "[]\n");
+    free(out);
+    supervise_cleanup(&w);
+}
+
 static void test_deadline_and_kill(void **state)
 {
     (void)state;
     struct worker w;
-    struct worker_limits lim = {0.3, 0, 0, NULL};
+    struct worker_limits lim = {0.3, 0, 0, NULL, 0};
     char *pidf = xasprintf("%s/grandchild", dir);
     char *script = xasprintf("sleep 30 & echo $! > %s; wait", pidf);
     double t0 = mono_now();
@@ -152,7 +209,7 @@ static void test_limits(void **state)
 {
     (void)state;
     struct worker w;
-    struct worker_limits lim = {60, 300, 42, NULL};
+    struct worker_limits lim = {60, 300, 42, NULL, 0};
     start_sh(&w, "ulimit -v; ulimit -t; cat; echo end", &lim, "ck7");
     wait_end(&w);
     assert_true(w.ok);
@@ -226,6 +283,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ok),     cmocka_unit_test(test_failed), cmocka_unit_test(test_deadline_and_kill),
         cmocka_unit_test(test_limits), cmocka_unit_test(test_errors), cmocka_unit_test(test_worker_path),
+        cmocka_unit_test(test_gate),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -84,7 +84,11 @@ static const char analyze_usage[] =
     "  --tokenizer FILE     a tokenizer.json for pair sets given as text\n"
     "  --full-sweep         this checkpoint is on the run's sparse skeleton: items with a\n"
     "                       sparse exact part run it in full (ablation ablates every head\n"
-    "                       exactly, not only the top and a sample by its estimate)\n";
+    "                       exactly, not only the top and a sample by its estimate)\n"
+    "  --gate               load the checkpoint and the inputs, then wait for one byte on\n"
+    "                       stdin before analysing (ckptd serve starts the next\n"
+    "                       checkpoint's worker this way while the current one runs);\n"
+    "                       end of input without a byte: exit 1, nothing analysed\n";
 
 /* Parse a non-negative decimal integer up to `max`; -1 if it is not one. */
 static int parse_uint(const char *s, uint64_t max, uint64_t *out)
@@ -230,6 +234,7 @@ struct analyze_args {
     int npairs;
     const char *tokenizer;    /* for pair sets given as text, or NULL */
     int full_sweep;           /* --full-sweep */
+    int gate;                 /* --gate */
     const struct battery_item **items; /* (nitems), in the order asked for */
     size_t nitems;
 };
@@ -272,7 +277,7 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
     }
     enum { O_HELP = 256, O_ITEMS, O_EVAL_TOKENS, O_TASK, O_ARTIFACTS, O_PREV_ARTIFACTS, O_STATUS, O_PROBE,
            O_SAE_SITE, O_SAE, O_MODEL_NAME, O_RUN, O_REVISION, O_STEP, O_SEED, O_CTX, O_MAX_SEQS, O_PAIRS, O_TOKENIZER,
-           O_FULL_SWEEP };
+           O_FULL_SWEEP, O_GATE };
     static const struct option opts[] = {
         {"help", no_argument, NULL, O_HELP},
         {"items", required_argument, NULL, O_ITEMS},
@@ -294,6 +299,7 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
         {"pairs", required_argument, NULL, O_PAIRS},
         {"tokenizer", required_argument, NULL, O_TOKENIZER},
         {"full-sweep", no_argument, NULL, O_FULL_SWEEP},
+        {"gate", no_argument, NULL, O_GATE},
         {NULL, 0, NULL, 0},
     };
     struct args c;
@@ -339,6 +345,8 @@ static int parse_args(int argc, char **argv, struct analyze_args *a)
             a->tokenizer = c.arg;
         } else if (k == O_FULL_SWEEP) {
             a->full_sweep = 1;
+        } else if (k == O_GATE) {
+            a->gate = 1;
         } else if (k == O_SEED) {
             if (parse_number("--seed", c.arg, UINT64_MAX, 0, &a->seed))
                 return EXIT_USAGE;
@@ -686,6 +694,22 @@ static size_t run_items(const struct analyze_args *a, const struct analyze_input
     return nfailed;
 }
 
+/* --gate: one byte on stdin says begin.  The time and CPU counted from here
+ * are the analysis's. */
+static int wait_gate(struct err *e)
+{
+    char b;
+    ssize_t n;
+    double t0 = now_seconds();
+    while ((n = read(0, &b, 1)) < 0 && errno == EINTR)
+        ;
+    if (n != 1)
+        return err_set(e, ERR_INVALID, "stdin", "the gate closed without a start (%s)",
+                       n == 0 ? "end of input" : strerror(errno));
+    log_debug("gate opened", "waited_s=%.3f", now_seconds() - t0);
+    return 0;
+}
+
 int cmd_analyze(int argc, char **argv)
 {
     struct analyze_args a;
@@ -712,6 +736,9 @@ int cmd_analyze(int argc, char **argv)
     provenance_defaults(&a.prov, a.dir, a.model_guess, sizeof a.model_guess);
     if (load_inputs(&a, &in, &e) < 0) {
         log_err("analyze failed", &e);
+        fail_items(&a, 0, err_str(&e), &st, &status_ok);
+    } else if (a.gate && wait_gate(&e) < 0) {
+        log_err("analyze not started", &e);
         fail_items(&a, 0, err_str(&e), &st, &status_ok);
     } else {
         run_eval_pass(&a, &in);

@@ -330,23 +330,10 @@ void detect_after_ingest(struct db *db, const struct claim *c)
              st.write_s * 1e3);
 }
 
-static int run_id_of(struct db *db, const char *run, long long *id, struct err *e)
-{
-    const char *p[1] = {run};
-    PGresult *r = db_exec(db, "SELECT id FROM runs WHERE name = $1", 1, p, e);
-    if (!r)
-        return ERR_DB;
-    int found = PQntuples(r) == 1;
-    if (found)
-        *id = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return found ? 0 : err_set(e, ERR_NOTFOUND, run, "no run named %s", run);
-}
-
 int detect_run_named(struct db *db, const char *run, struct detect_stats *st, struct err *e)
 {
     long long id;
-    int rc = run_id_of(db, run, &id, e);
+    int rc = db_run_id(db, run, &id, e);
     return rc < 0 ? rc : detect_run(db, id, NULL, NULL, 0, st, e);
 }
 
@@ -441,7 +428,7 @@ int detect_list(struct db *db, const char *run, const struct detect_list_opts *o
                 struct err *e)
 {
     long long id;
-    int rc = run_id_of(db, run, &id, e);
+    int rc = db_run_id(db, run, &id, e);
     if (rc < 0)
         return rc;
     char ids[32], minsc[40];

@@ -54,6 +54,8 @@
 enum slot_phase {
     SLOT_FETCH,             /* claimed; its files are being staged */
     SLOT_READY,             /* staged; waiting for a free worker */
+    SLOT_GATED,             /* its worker started and loads it, then waits at its
+                               gate for a worker to end (prefetch) */
     SLOT_RUN,               /* its worker runs (or ran: see ended) */
     SLOT_PHASE_COUNT
 };
@@ -78,7 +80,7 @@ struct server {
     struct daemon_config cfg;
     const char *config_path;
     int until_idle;
-    char worker_env[64]; /* "OPENBLAS_CORETYPE=..." for the workers, or "" (common/cpu.h) */
+    char worker_core[64]; /* "OPENBLAS_CORETYPE=..." for the workers, or "" (common/cpu.h) */
     struct db *db;
     struct registry reg;
     int ready;              /* registry synced and schema checked on this connection */
@@ -483,8 +485,10 @@ static int run_extras_argv(const struct claim *c, json_t *opt, struct run_argv *
     return a;
 }
 
-/* Start the worker for a fresh claim; on failure the jobs fail now. */
-static void launch(struct server *s, struct slot *sl)
+/* Start the worker for a fresh claim; on failure the jobs fail now.
+ * gated: it loads the checkpoint and waits at its gate (--gate) until
+ * launch_ready opens it. */
+static void launch(struct server *s, struct slot *sl, int gated)
 {
     struct err e;
     err_clear(&e);
@@ -543,9 +547,18 @@ static void launch(struct server *s, struct slot *sl)
         argv[a++] = pdir;
     }
     a = run_extras_argv(c, opt, &ra, argv, a);
+    if (gated)
+        argv[a++] = "--gate";
     argv[a] = NULL;
-    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s,
-                                s->worker_env[0] ? s->worker_env : NULL};
+    /* OpenBLAS's own threads: as many as the worker will use.  Left to
+     * itself the library starts one per core when it loads, and they spin
+     * for its first ~0.1 s even when the worker then asks for fewer: a
+     * second core taken by every worker start (common/cpu.h: the kernels) */
+    char nblas[48];
+    snprintf(nblas, sizeof nblas, "OPENBLAS_NUM_THREADS=%d", nthreads);
+    const char *env[3] = {nblas, s->worker_core[0] ? s->worker_core : NULL, NULL};
+    struct worker_limits lim = {s->cfg.worker_timeout_s, s->cfg.worker_memory_mb, s->cfg.worker_cpu_s, env,
+                                gated};
     double t0 = mono_now();
     if (rc == 0)
         rc = supervise_start(&sl->w, argv, s->cfg.spool_dir, tag, &lim, &e);
@@ -557,11 +570,12 @@ static void launch(struct server *s, struct slot *sl)
         sl->w.done = 1;
         sl->w.ok = 0;
         sl->ended = 1;
+        sl->phase = SLOT_RUN; /* settled as a failed worker */
         return;
     }
     log_info("worker started", "run=%s step=%lld items=%s pid=%d attempt=%d fetch_s=%.3f download_wait_ms=%.1f"
-             " prev_step=%lld full_sweep=%d", log_quote(c->run), c->step, items, (int)sl->w.proc.pid,
-             c->attempts, sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep);
+             " prev_step=%lld full_sweep=%d gated=%d", log_quote(c->run), c->step, items, (int)sl->w.proc.pid,
+             c->attempts, sl->fetch_s, s->wait_dl * 1e3, c->prev_step, full_sweep, gated);
     if (s->launches++ > 0)
         s->wait_dl_after_first += s->wait_dl;
     s->wait_dl_total += s->wait_dl;
@@ -642,20 +656,54 @@ static void advance_fetch(struct server *s, struct slot *sl, double now)
     sl->phase = SLOT_READY;
 }
 
-/* Staged checkpoints start as workers free up, oldest first. */
+/* Workers running: started and not ended (an ended one waiting for its
+ * rows to be stored holds no core). */
+static int running_count(const struct server *s)
+{
+    int n = 0;
+    for (int i = 0; i < NSLOTS; i++)
+        n += s->slots[i].busy && s->slots[i].phase == SLOT_RUN && !s->slots[i].ended;
+    return n;
+}
+
+/* The oldest held checkpoint in phase ph, or in ph2 (-1: none); NULL if none. */
+static struct slot *oldest(struct server *s, int ph, int ph2)
+{
+    struct slot *best = NULL;
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *c = &s->slots[i];
+        if (c->busy && ((int)c->phase == ph || (int)c->phase == ph2) &&
+            (!best || c->fetch_started < best->fetch_started))
+            best = c;
+    }
+    return best;
+}
+
+/* Checkpoints start as workers free up, oldest first: a gated worker's
+ * gate opens (it has loaded its checkpoint already), a staged one gets a
+ * worker.  With prefetch, while every worker is busy, each staged
+ * checkpoint (at most one per worker) gets its worker now, gated: the
+ * process starts, loads the checkpoint and its inputs beside the running
+ * analysis, and begins the moment a worker ends. */
 static void launch_ready(struct server *s)
 {
-    while (!s->stopping && phase_count(s, SLOT_RUN) < s->cfg.workers) {
-        struct slot *best = NULL;
-        for (int i = 0; i < NSLOTS; i++) {
-            struct slot *c = &s->slots[i];
-            if (c->busy && c->phase == SLOT_READY && (!best || c->fetch_started < best->fetch_started))
-                best = c;
+    struct slot *best;
+    while (!s->stopping && running_count(s) < s->cfg.workers &&
+           (best = oldest(s, SLOT_GATED, SLOT_READY))) {
+        if (best->phase == SLOT_GATED) {
+            best->phase = SLOT_RUN;
+            supervise_open_gate(&best->w);
+            log_debug("worker gate opened", "run=%s step=%lld pid=%d", log_quote(best->claim.run),
+                      best->claim.step, (int)best->w.proc.pid);
+        } else {
+            best->phase = SLOT_RUN;
+            launch(s, best, 0);
         }
-        if (!best)
-            break;
-        best->phase = SLOT_RUN;
-        launch(s, best);
+    }
+    while (!s->stopping && s->cfg.prefetch && phase_count(s, SLOT_GATED) < s->cfg.workers &&
+           (best = oldest(s, SLOT_READY, -1))) {
+        best->phase = SLOT_GATED;
+        launch(s, best, 1);
     }
 }
 
@@ -721,7 +769,7 @@ static char *activity_json(struct server *s, double now)
             continue;
         const struct claim *c = &sl->claim;
         const char *phase = sl->phase == SLOT_FETCH ? "fetching"
-                            : sl->phase == SLOT_READY ? "staged"
+                            : sl->phase == SLOT_READY || sl->phase == SLOT_GATED ? "staged"
                             : sl->ended ? "storing"
                                         : "analysing";
         double since = sl->phase == SLOT_RUN && sl->w.proc.started > 0 ? sl->w.proc.started : sl->fetch_started;
@@ -736,7 +784,7 @@ static char *activity_json(struct server *s, double now)
                               round((now - since) * 1000) / 1000);
         if (!o)
             continue;
-        if (sl->phase == SLOT_RUN && !sl->ended && sl->w.proc.pid > 0)
+        if ((sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended && sl->w.proc.pid > 0)
             json_object_set_new(o, "pid", json_integer(sl->w.proc.pid));
         if (sl->phase == SLOT_FETCH && sl->stage) {
             long long done = 0, total = -1;
@@ -791,7 +839,7 @@ static void metrics_sync(struct server *s, double now)
     m->db_reconnects = db_reconnects(s->db);
     m->workers = s->cfg.workers;
     m->slots_fetch = phase_count(s, SLOT_FETCH);
-    m->slots_ready = phase_count(s, SLOT_READY);
+    m->slots_ready = phase_count(s, SLOT_READY) + phase_count(s, SLOT_GATED);
     m->slots_run = phase_count(s, SLOT_RUN);
     m->healthz_max_age_s = s->cfg.healthz_max_age_s;
     m->db_last_ok = db_last_ok(s->db);
@@ -872,19 +920,26 @@ static int check_database(struct server *s)
     return dbok;
 }
 
-/* Duties 3 and 4: workers that ended are reaped (or killed past their
- * deadline), then their results stored or their failure recorded. */
-static void reap_and_settle(struct server *s, int dbok)
+/* Duty 3: workers that ended are reaped (or killed past their deadline). */
+static void reap(struct server *s)
 {
     for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (!sl->busy || sl->phase != SLOT_RUN)
-            continue;
-        if (!sl->ended && supervise_poll(&sl->w)) {
+        if (sl->busy && (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended &&
+            supervise_poll(&sl->w)) {
             sl->ended = 1;
+            sl->phase = SLOT_RUN; /* a gated one ended before its gate: its load failed */
             s->worker_s += sl->w.seconds;
         }
-        if (sl->ended && dbok)
+    }
+}
+
+/* Duty 4: the results of ended workers stored or their failure recorded. */
+static void settle_ended(struct server *s)
+{
+    for (int i = 0; i < NSLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->busy && sl->phase == SLOT_RUN && sl->ended)
             settle(s, sl);
     }
 }
@@ -894,7 +949,7 @@ static void reap_and_settle(struct server *s, int dbok)
 static void advance_fetches(struct server *s, int dbok)
 {
     if (s->last_tick > 0 && phase_count(s, SLOT_FETCH) > 0 && phase_count(s, SLOT_READY) == 0 &&
-        phase_count(s, SLOT_RUN) < s->cfg.workers)
+        phase_count(s, SLOT_GATED) == 0 && running_count(s) < s->cfg.workers)
         s->wait_dl += s->now - s->last_tick;
     s->last_tick = s->now;
     for (int i = 0; dbok && i < NSLOTS; i++)
@@ -914,7 +969,7 @@ static void drop_unrenewed(struct server *s)
         log_warn("lease expired unrenewed: stopping the worker, its work dropped",
                  "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
                  s->now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
-        if (sl->phase == SLOT_RUN)
+        if (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED)
             supervise_kill(&sl->w);
         slot_free(sl);
     }
@@ -964,12 +1019,14 @@ static void claim_more(struct server *s)
 {
     struct err e;
     int exhausted = 0;
-    while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) <
+    while (phase_count(s, SLOT_FETCH) + phase_count(s, SLOT_READY) + phase_count(s, SLOT_GATED) <
            (s->cfg.prefetch ? s->cfg.workers : s->cfg.workers - phase_count(s, SLOT_RUN))) {
         struct slot *sl = NULL;
         for (int i = 0; i < NSLOTS && !sl; i++)
             if (!s->slots[i].busy)
                 sl = &s->slots[i];
+        if (!sl) /* every slot held: ended workers whose rows wait to be stored */
+            return;
         double t0 = mono_now();
         int got = queue_claim(s->db, s->cfg.node, s->cfg.lease_s, &sl->claim, &e);
         if (got < 0)
@@ -1011,6 +1068,8 @@ static void release_unstarted(struct server *s)
         struct slot *sl = &s->slots[i];
         if (!sl->busy || sl->phase == SLOT_RUN)
             continue;
+        if (sl->phase == SLOT_GATED) /* loaded, not begun: stopped like a fetch */
+            supervise_kill(&sl->w);
         if (queue_release(s->db, s->cfg.node, sl->claim.job_ids, sl->claim.njobs, &e) < 0)
             log_err("cannot release jobs (their lease will expire)", &e);
         log_info("fetch stopped, jobs released", "run=%s step=%lld", log_quote(sl->claim.run), sl->claim.step);
@@ -1058,7 +1117,10 @@ static void check_idle(struct server *s)
  *      settings and the cache budget too); SIGTERM starts draining
  *   2. database: reconnect with backoff; on a new connection check the
  *      schema, LISTEN, sync the metric registry; READY=1 the first time
- *   3. reap: workers that ended (or passed their deadline, killed)
+ *   3. reap: workers that ended (or passed their deadline, killed); a
+ *      checkpoint staged for a worker that ended starts now (duty 6),
+ *      before the ended one's rows are stored, so ingest, integrity and
+ *      detection run beside the next analysis rather than before it
  *   4. settle: store results of ended workers (COPY + done in one
  *      transaction) or record their failure; kept for later if the
  *      database is down (or memory short); an analysed snapshot becomes
@@ -1102,7 +1164,11 @@ static void serve_tick(struct server *s)
     s->now = mono_now();
     handle_signals(s);                                                            /* 1 */
     const int dbok = check_database(s);                                           /* 2 */
-    reap_and_settle(s, dbok);                                                     /* 3, 4 */
+    reap(s);                                                                      /* 3 */
+    if (dbok) {
+        launch_ready(s); /* 6, at once: a staged checkpoint needs no settled rows */
+        settle_ended(s);                                                          /* 4 */
+    }
     advance_fetches(s, dbok);                                                     /* 5 */
     if (dbok)
         launch_ready(s);                                                          /* 6 */
@@ -1126,10 +1192,28 @@ static void serve_tick(struct server *s)
     operate(s);                                                                   /* 15 */
 }
 
+/* NOTIFYs libpq has already read (during a statement: this node's own,
+ * such as the one that releases an adaptive run's planned jobs): 1 when
+ * there were any, and the next claim is due now. */
+static int take_notifies(struct server *s, PGconn *c)
+{
+    PGnotify *n;
+    int woke = 0;
+    while (c && (n = PQnotifies(c))) {
+        woke = 1;
+        PQfreemem(n);
+    }
+    if (woke)
+        s->ran.claim = 0;
+    return woke;
+}
+
 /* Sleep until the database says something, a worker ends, or the next
  * duty is due. */
 static void serve_wait(struct server *s)
 {
+    if (take_notifies(s, db_conn(s->db)))
+        return; /* heard already: no sleep */
     double timeout = s->cfg.poll_s;
     if (busy_count(s) > 0 || s->stopping)
         timeout = 0.05;
@@ -1177,14 +1261,7 @@ static void serve_wait(struct server *s)
             db_lost(s->db);
             return;
         }
-        PGnotify *n;
-        int woke = 0;
-        while ((n = PQnotifies(c))) {
-            woke = 1;
-            PQfreemem(n);
-        }
-        if (woke)
-            s->ran.claim = 0;
+        take_notifies(s, c);
     }
 }
 
@@ -1274,7 +1351,7 @@ int serve_run(const struct serve_opts *o)
      * each re-executing itself to choose them */
     const char *core = cpu_blas_wanted();
     if (core) {
-        snprintf(s->worker_env, sizeof s->worker_env, "OPENBLAS_CORETYPE=%s", core);
+        snprintf(s->worker_core, sizeof s->worker_core, "OPENBLAS_CORETYPE=%s", core);
         log_info("kernels chosen for the workers", "OPENBLAS_CORETYPE=%s", core);
     }
     s->started = mono_now();

@@ -182,21 +182,14 @@ static void safe_name(char *s)
  * metric's coordinates. */
 static int make_plan(struct db *db, const struct export_opts *o, struct xplan *p, struct err *e)
 {
-    const char *p1[1] = {o->run};
-    PGresult *r = db_exec(db, "SELECT id FROM runs WHERE name = $1", 1, p1, e);
-    if (!r)
-        return ERR_DB;
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return err_set(e, ERR_NOTFOUND, o->run, "no run named %s", o->run);
-    }
-    p->run_id = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
+    int rc = db_run_id(db, o->run, &p->run_id, e);
+    if (rc < 0)
+        return rc;
     char *mf = db_text_array(o->metrics, o->nmetrics), *itf = db_text_array(o->items, o->nitems);
     char rid[32];
     snprintf(rid, sizeof rid, "%lld", p->run_id);
     const char *p2[3] = {rid, mf, itf};
-    int rc = 0;
+    PGresult *r = NULL;
     if (!mf || !itf) {
         rc = err_set(e, ERR_NOMEM, "export", "out of memory");
         goto out;

@@ -16,13 +16,16 @@
 
 /* The jobs' priorities from the run's plan (run_plans): cheap items and
  * every item of a skeleton checkpoint 0 (one claim each), densified
- * windows 1, the rest 2.  Queued jobs only: what ran keeps what it had. */
+ * windows 1, the rest 2; before the plan is made, 3 for all but the first
+ * pass (held: no claim takes them).  Queued jobs only: what ran keeps what
+ * it had. */
 #define SET_PRIORITIES                                                                                  \
     "WITH ck AS (SELECT id, step, row_number() OVER (ORDER BY step) - 1 AS i, count(*) OVER () AS n"     \
     "            FROM checkpoints WHERE run_id = $1),"                                                  \
     " p AS (SELECT * FROM run_plans WHERE run_id = $1),"                                                \
     " want AS (SELECT j.id, CASE WHEN j.item = ANY (p.cheap_items) THEN 0"                             \
     "            WHEN ck.i % p.skeleton_every = 0 OR ck.i = ck.n - 1 THEN 0"                            \
+    "            WHEN p.planned_at IS NULL THEN 3"                                                      \
     "            WHEN EXISTS (SELECT 1 FROM unnest(p.window_starts, p.window_ends) AS w(s, e)"             \
     "                         WHERE ck.step BETWEEN w.s AND w.e) THEN 1"                                \
     "            ELSE 2 END AS prio"                                                                    \
@@ -550,8 +553,8 @@ int policy_phase(struct db *db, long long run_id, char *out, size_t n, struct er
         "                                            AND j.state IN ('queued', 'running')),"
         "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 1),"
         "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 1 AND j.state IN ('queued', 'running')),"
-        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 2),"
-        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority = 2 AND j.state IN ('queued', 'running')))"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority >= 2),"
+        "      count(DISTINCT j.checkpoint_id) FILTER (WHERE j.priority >= 2 AND j.state IN ('queued', 'running')))"
         "    FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id WHERE c.run_id = p.run_id)"
         " FROM run_plans p WHERE p.run_id = $1", 1, p, e);
     if (!r)

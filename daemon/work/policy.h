@@ -14,6 +14,11 @@
  *   1  dense:    the expensive items on the checkpoints around the cheap
  *                items' transitions, once the first pass is done;
  *   2  rest:     everything else.
+ * Until the dense phase is planned, the jobs of phases 1 and 2 are held
+ * (priority 3, POLICY_P_HELD, which no claim takes): a node that claims
+ * ahead of its workers (prefetch) would otherwise take a job of the rest
+ * while the first pass's last checkpoint is analysed, before the plan
+ * knows where the change is.
  * The numbers are jobs.priority: the claim (queue.h) takes the checkpoint
  * whose due jobs have the lowest priority, and of it the jobs of that
  * priority or lower, so a checkpoint is claimed once per phase that has
@@ -22,7 +27,10 @@
  * every run's first pass comes before any run's dense phase.
  *
  * What the policy costs: a second claim per checkpoint off the skeleton,
- * each a worker start, a load of the checkpoint and a store.  So that
+ * each a worker start, a load of the checkpoint and a store (with
+ * prefetch, serve starts and loads the next worker while the current one
+ * analyses, and stores the last one's rows meanwhile: what is left is the
+ * second worker's own run).  So that
  * nothing else is paid twice, a checkpoint staged again whose files are
  * those recorded is not recorded or judged again (checkpoint_files.h),
  * and the first pass's series are examined for transitions once, when it
@@ -73,6 +81,7 @@ enum policy_priority {
     POLICY_P_FIRST = 0,
     POLICY_P_DENSE = 1,
     POLICY_P_REST = 2,
+    POLICY_P_HELD = 3, /* phases 1 and 2 before the plan: not claimed */
     POLICY_P_COUNT
 };
 

@@ -243,8 +243,10 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
     int n = 0;
     /* Lock the first checkpoint that has due queued jobs, by the lowest
      * priority of those jobs (policy.h: 0 for every job of a run in step
-     * order), then oldest first (by id: the order runs and their steps
-     * were added), skipping checkpoints another node is claiming right now;
+     * order; 3, POLICY_P_HELD, is an adaptive run's job held until its
+     * plan is made, never a candidate), then oldest first (by id: the
+     * order runs and their steps were added), skipping checkpoints another
+     * node is claiming right now;
      * then take its queued jobs of that priority or lower.  One due job is enough: the jobs of a checkpoint fail
      * together, but their backoffs are jittered row by row, and waiting for
      * the last would split the checkpoint into several worker runs.
@@ -279,7 +281,7 @@ int queue_claim(struct db *db, const char *node, double lease_s, struct claim *c
             "  SELECT array_agg(q.checkpoint_id ORDER BY q.priority, q.checkpoint_id) AS ids,"
             "    array_agg(q.priority ORDER BY q.priority, q.checkpoint_id) AS prios"
             "  FROM (SELECT q.checkpoint_id, q.priority FROM jobs q"
-            "    WHERE q.state = 'queued' AND q.not_before <= now()"
+            "    WHERE q.state = 'queued' AND q.priority < 3 AND q.not_before <= now()"
             "      AND (NOT EXISTS (SELECT 1 FROM battery_items b WHERE b.item = q.item"
             "             AND b.version = q.version AND (b.depends_on IS NOT NULL"
             "             OR 'prev_artifacts' = ANY (b.needs))) OR job_ready(q.id))"

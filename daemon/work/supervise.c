@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/path.h"
 
@@ -47,22 +48,56 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
     unlink(w->status_path); /* only the new worker's outcomes count */
     int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int errfd = open(w->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int gate[2] = {-1, -1};
     int rc = 0;
     if (out < 0 || errfd < 0) {
         rc = err_set(e, ERR_IO, w->out_path, "cannot create spool file: %s", strerror(errno));
+    } else if (lim->gated && pipe2(gate, O_CLOEXEC) < 0) {
+        rc = err_set(e, ERR_IO, w->out_path, "cannot make the worker's gate: %s", strerror(errno));
     } else {
         /* a daemon killed outright takes its workers with it; their jobs
          * return to the queue when the lease expires */
-        struct child_opts o = {.in_fd = -1, .out_fd = out, .err_fd = errfd, .new_group = 1,
-                               .die_with_parent = 1, .memory_mb = lim->memory_mb,
-                               .cpu_s = lim->cpu_s, .timeout_s = lim->timeout_s, .env_add = lim->env};
+        struct child_opts o = {.in_fd = gate[0], .out_fd = out, .err_fd = errfd, .new_group = 1,
+                               .die_with_parent = 1, .memory_mb = lim->memory_mb, .cpu_s = lim->cpu_s,
+                               .timeout_s = lim->gated ? 0 : lim->timeout_s, .env_add = lim->env};
         rc = child_spawn(&w->proc, argv, &o, e);
     }
     if (out >= 0)
         close(out);
     if (errfd >= 0)
         close(errfd);
+    if (gate[0] >= 0)
+        close(gate[0]);
+    if (rc == 0 && lim->gated) {
+        w->gate = 1;
+        w->gate_fd = gate[1];
+        w->timeout_s = lim->timeout_s;
+    } else if (gate[1] >= 0) {
+        close(gate[1]);
+    }
     return rc;
+}
+
+static void close_gate(struct worker *w)
+{
+    if (w->gate) {
+        close(w->gate_fd);
+        w->gate = 0;
+        w->gate_fd = -1;
+    }
+}
+
+void supervise_open_gate(struct worker *w)
+{
+    if (!w->gate)
+        return;
+    /* a worker that ended already (its load failed) reads nothing: EPIPE
+     * is ignored (the daemon ignores SIGPIPE) and its end is reaped */
+    ssize_t n = write(w->gate_fd, "g", 1);
+    (void)n;
+    close_gate(w);
+    w->proc.started = mono_now();
+    w->proc.deadline = w->timeout_s > 0 ? w->proc.started + w->timeout_s : 0;
 }
 
 /* The last lines of the stderr file, joined with " | ", at most ~600 bytes. */
@@ -121,6 +156,7 @@ int supervise_poll(struct worker *w)
 
 void supervise_kill(struct worker *w)
 {
+    close_gate(w);
     if (w->proc.pid > 0 && !w->done) {
         child_kill(&w->proc);
         w->seconds = w->proc.seconds;
@@ -133,6 +169,7 @@ void supervise_kill(struct worker *w)
 
 void supervise_cleanup(struct worker *w)
 {
+    close_gate(w);
     if (w->out_path[0])
         unlink(w->out_path);
     if (w->err_path[0])

@@ -49,7 +49,10 @@ struct worker_limits {
     double timeout_s;   /* wall clock; <= 0: none */
     long memory_mb;     /* RLIMIT_AS; 0: none */
     long cpu_s;         /* RLIMIT_CPU; 0: none */
-    const char *env;    /* "NAME=value" added to its environment; NULL: none */
+    const char *const *env; /* "NAME=value" strings, NULL-terminated, added to its
+                               environment; NULL: none */
+    int gated;          /* its stdin a pipe kept open until supervise_open_gate
+                           (the worker's --gate); the timeout counts from then */
 };
 
 struct worker {
@@ -64,6 +67,9 @@ struct worker {
     double seconds;         /* wall time it ran */
     char error[1024];       /* when !ok: how it ended and the tail of stderr */
     char how[256];          /* when !ok: how it ended, without stderr */
+    int gate;               /* gated and its gate not yet opened: gate_fd is the pipe */
+    int gate_fd;
+    double timeout_s;       /* gated: the timeout it gets when the gate opens */
 };
 
 enum item_state {
@@ -88,11 +94,17 @@ void supervise_worker_path(const char *configured, char *out, size_t n);
 int supervise_start(struct worker *w, const char *const *argv, const char *spool_dir,
                     const char *tag, const struct worker_limits *lim, struct err *e) CK_WUR;
 
+/* A gated worker may begin: one byte down its stdin, which is closed.  Its
+ * start time (w->proc.started, so w->seconds) and its deadline count from
+ * now.  Nothing when it is not gated (or its gate is open already). */
+void supervise_open_gate(struct worker *w);
+
 /* Non-blocking: reap if ended, kill if past the deadline. Returns 1 when
  * the worker has ended (w->done), 0 while it runs. */
 int supervise_poll(struct worker *w);
 
-/* Kill the worker's process group and reap it (shutdown, lost lease). */
+/* Kill the worker's process group and reap it (shutdown, lost lease); a
+ * gate not opened is closed. */
 void supervise_kill(struct worker *w);
 
 /* Remove the spool files. */
