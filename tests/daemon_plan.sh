@@ -50,7 +50,7 @@ dl_eq "the model's shape recorded from the staged checkpoint" "$layers" \
 for step in 0 1 2; do
     want=$([ "$step" = 1 ] && echo 0 || echo 1)
     dl_grep "step $step's worker: full_sweep=$want" "$T/A.log" \
-        "msg=\"worker started\" run=\"pr\" step=$step .* full_sweep=$want\$"
+        "msg=\"worker started\" run=\"pr\" step=$step .* full_sweep=$want gated=[01]\$"
 done
 "$CKPTD" --config "$T/cfg.json" status pr >"$T/st2.out" 2>&1
 dl_grep "status when done: 3/3, no ETA" "$T/st2.out" '^pr .* 3/3 done, 0 running, 0 failed, 0 queued$'
