@@ -149,6 +149,16 @@ static double get(const struct run *r, const char *metric, int layer, int head, 
     return hit->value;
 }
 
+/* A model of cfg's shape with random weights (scale 0.3) from seed. */
+static struct gptneox *random_model(const struct gptneox_config *cfg, uint64_t seed)
+{
+    struct gptneox *m = NULL;
+    struct err e;
+    assert_int_equal(gptneox_create(&m, cfg, &e), 0);
+    gptneox_init_random(m, seed, 0.3f);
+    return m;
+}
+
 static struct gptneox *circuit(const char *name)
 {
     struct gptneox *m = NULL;
@@ -347,10 +357,7 @@ static void test_atp(void **state)
     struct gptneox_config cfg;
     gptneox_config_default(&cfg, 61, 64, 3, 8, 96);
     cfg.max_positions = 24;
-    struct gptneox *m = NULL;
-    struct err e;
-    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
-    gptneox_init_random(m, 11, 0.3f);
+    struct gptneox *m = random_model(&cfg, 11);
     const struct battery_item *v2[1] = {&battery_item_ablation};
     struct run r;
     run_list(m, 2, v2, 1, 0, &r);
@@ -427,10 +434,7 @@ static void test_eval_subset(void **state)
     struct gptneox_config cfg;
     gptneox_config_default(&cfg, 61, 32, 2, 4, 64);
     cfg.max_positions = 520;
-    struct gptneox *m = NULL;
-    struct err e;
-    assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
-    gptneox_init_random(m, 3, 0.3f);
+    struct gptneox *m = random_model(&cfg, 3);
     const int B = 4, T = 520, nb = ablation_seqs(B, T);
     assert_int_equal(nb, 2);
     assert_int_equal(ablation_seqs(16, 128), ABLATION_EVAL_SEQS);
@@ -603,10 +607,7 @@ static void test_dla_sum(void **state)
         gptneox_config_default(&cfg, 61, 64, 3, 4, 96);
         cfg.parallel_residual = par;
         cfg.max_positions = 24;
-        struct gptneox *m = NULL;
-        struct err e;
-        assert_int_equal(gptneox_create(&m, &cfg, &e), 0);
-        gptneox_init_random(m, 5 + par, 0.3f);
+        struct gptneox *m = random_model(&cfg, 5 + par);
         check_dla_sum(m, par ? "random parallel" : "random sequential");
         gptneox_free(m);
     }
