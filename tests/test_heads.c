@@ -8,7 +8,7 @@
  * (tests/golden/heads/, one JSON file per checkpoint) for two golden
  * fixtures (parallel and sequential residual) and the two circuits; each C
  * row must be within 1e-5 * max(1, |ref|) of it (measured: under 2e-7), and
- * the two sets of rows must name the same measurements.  ablation v3: its
+ * the two sets of rows must name the same measurements.  ablation v4: its
  * exact rows (clean loss, the deltas of the heads it ablates, DLA) against
  * the same reference (1e-5 * max(1, |ref|)), its attribution patching
  * estimates against the reference's autograd ones (ATP_TOL * max(1e-3,
@@ -16,8 +16,9 @@
  * estimate - delta exactly, the heads marked 1 are the top k by
  * |estimate|, the sample has its size, every head has an estimate and the
  * exact rows come in threes; a full sweep ablates every head exactly with
- * ablation_exact's numbers, bit for bit.  On 4 sequences of 520 tokens
- * ablation v3 scores the first 2 (ablation_seqs): its rows, ordinary and
+ * ablation_exact's numbers, bit for bit, whatever OpenBLAS kernels run
+ * (the clean loss from the same products).  On 4 sequences of 520 tokens
+ * ablation v4 scores the first 2 (ablation_seqs): its rows, ordinary and
  * full sweep, equal byte for byte those of an eval set of only those 2
  * sequences (what v2 computed there), and differ from 4 sequences'.
  *
@@ -223,7 +224,7 @@ static const double *find_value(const struct run *r, const char *metric, int lay
     return NULL;
 }
 
-/* ablation v3's rules (v2's) on its rows r of model m: every head has its
+/* ablation v4's rules (v2's) on its rows r of model m: every head has its
  * estimates, an exact head has its delta, error (estimate - delta,
  * exactly) and selection, the heads marked 1 are the top k by |estimate|,
  * the sample has its size. */
@@ -273,7 +274,7 @@ static void check_rules(const struct run *rr, const struct gptneox *m)
         }
 }
 
-/* ablation v3 against the reference and its own rules. */
+/* ablation v4 against the reference and its own rules. */
 static void check_atp(const char *name, struct gptneox *m)
 {
     char path[256];
@@ -326,7 +327,7 @@ static void check_atp(const char *name, struct gptneox *m)
     }
     assert_int_equal(nest, (size_t)2 * 2 * n);
     check_rules(&r, m);
-    printf("%-22s ablation v3: %d exact rows within %.2e, %zu estimates within %.2e of autograd\n",
+    printf("%-22s ablation v4: %d exact rows within %.2e, %zu estimates within %.2e of autograd\n",
            name, exact_rows, worst_exact, nest, worst_est);
     run_free(&r);
     json_decref(doc);
@@ -422,7 +423,7 @@ static void run_tokens(struct gptneox *m, const int *tok, int B, int T, int full
     rows_free(&w);
 }
 
-/* ablation v3 on sequences longer than ABLATION_EVAL_TOKENS / ABLATION_EVAL_SEQS
+/* ablation v4 on sequences longer than ABLATION_EVAL_TOKENS / ABLATION_EVAL_SEQS
  * scores the first ablation_seqs(B, T) of them (2 of 4 x 520): its rows,
  * on ordinary and full-sweep checkpoints, are byte for byte v2's (which
  * took min(B, ABLATION_EVAL_SEQS)) computed on an eval set of only those
