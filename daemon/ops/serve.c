@@ -174,6 +174,12 @@ static int phase_count(const struct server *s, enum slot_phase ph)
     return n;
 }
 
+/* The slot's worker process has been started (gated or running). */
+static int has_worker(const struct slot *sl)
+{
+    return sl->phase == SLOT_GATED || sl->phase == SLOT_RUN;
+}
+
 static void slot_free(struct slot *sl)
 {
     supervise_cleanup(&sl->w);
@@ -784,7 +790,7 @@ static char *activity_json(struct server *s, double now)
                               round((now - since) * 1000) / 1000);
         if (!o)
             continue;
-        if ((sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended && sl->w.proc.pid > 0)
+        if (has_worker(sl) && !sl->ended && sl->w.proc.pid > 0)
             json_object_set_new(o, "pid", json_integer(sl->w.proc.pid));
         if (sl->phase == SLOT_FETCH && sl->stage) {
             long long done = 0, total = -1;
@@ -925,8 +931,7 @@ static void reap(struct server *s)
 {
     for (int i = 0; i < NSLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (sl->busy && (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED) && !sl->ended &&
-            supervise_poll(&sl->w)) {
+        if (sl->busy && has_worker(sl) && !sl->ended && supervise_poll(&sl->w)) {
             sl->ended = 1;
             sl->phase = SLOT_RUN; /* a gated one ended before its gate: its load failed */
             s->worker_s += sl->w.seconds;
@@ -969,7 +974,7 @@ static void drop_unrenewed(struct server *s)
         log_warn("lease expired unrenewed: stopping the worker, its work dropped",
                  "run=%s step=%lld renewed_s_ago=%.1f phase=%s", log_quote(sl->claim.run), sl->claim.step,
                  s->now - sl->lease_renewed, sl->phase == SLOT_RUN ? "run" : "fetch");
-        if (sl->phase == SLOT_RUN || sl->phase == SLOT_GATED)
+        if (has_worker(sl))
             supervise_kill(&sl->w);
         slot_free(sl);
     }

@@ -322,19 +322,22 @@ int policy_apply(struct db *db, const char *run, const char *policy, struct err 
 
 #define STATE_CLASSIFY 3 /* nothing finished yet: the items may be classified again */
 
-/* Where the run stands, without a lock: 0 (not adaptive, or planned),
- * POLICY_FIRST_PASS (its first pass goes on), STATE_CLASSIFY,
- * POLICY_PLANNED (to plan now), or a negative code. */
-static int plan_state(struct db *db, const char *id, struct err *e)
+/* Where the run stands: 0 (not adaptive, or planned), POLICY_FIRST_PASS
+ * (its first pass goes on), STATE_CLASSIFY (no shape known and nothing
+ * finished), POLICY_PLANNED (to plan now), or a negative code.  locked:
+ * its run_plans row is locked for the transaction (one node plans). */
+static int plan_state(struct db *db, const char *id, int locked, struct err *e)
 {
     const char *p[1] = {id};
-    PGresult *r = db_exec(db,
-        "SELECT EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
-        "               WHERE c.run_id = p.run_id AND j.priority = 0 AND j.state IN ('queued', 'running')),"
-        "   p.shape_known OR EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
-        "                            WHERE c.run_id = p.run_id AND j.state IN ('done', 'dead'))"
-        " FROM run_plans p JOIN runs x ON x.id = p.run_id"
-        " WHERE p.run_id = $1 AND p.planned_at IS NULL AND x.policy = 'adaptive'", 1, p, e);
+#define PLAN_STATE_SQL                                                                                      \
+    "SELECT EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"                       \
+    "               WHERE c.run_id = p.run_id AND j.priority = 0 AND j.state IN ('queued', 'running')),"   \
+    "   p.shape_known OR EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"        \
+    "                            WHERE c.run_id = p.run_id AND j.state IN ('done', 'dead'))"               \
+    " FROM run_plans p JOIN runs x ON x.id = p.run_id"                                                      \
+    " WHERE p.run_id = $1 AND p.planned_at IS NULL AND x.policy = 'adaptive'"
+    PGresult *r = db_exec(db, locked ? PLAN_STATE_SQL " FOR UPDATE OF p" : PLAN_STATE_SQL, 1, p, e);
+#undef PLAN_STATE_SQL
     if (!r)
         return ERR_DB;
     int st = PQntuples(r) != 1                        ? 0
@@ -354,7 +357,7 @@ int policy_plan(struct db *db, long long run_id, policy_detect_fn detect, struct
     struct policy_window *w = NULL;
     unsigned char *dense = NULL;
     char *starts = NULL, *ends = NULL;
-    int rc = plan_state(db, id, e), planned = 0;
+    int rc = plan_state(db, id, 0, e), planned = 0;
     if (rc <= 0 || rc == POLICY_FIRST_PASS)
         return rc;
     /* the first pass is over: its series, whose detection waited for it,
@@ -364,26 +367,10 @@ int policy_plan(struct db *db, long long run_id, policy_detect_fn detect, struct
         return rc;
     if ((rc = db_run(db, "BEGIN", 0, NULL, e)) < 0)
         return rc;
-    /* the plan, locked: one node plans */
-    r = db_exec(db,
-        "SELECT p.shape_known,"
-        "   EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
-        "           WHERE c.run_id = p.run_id AND j.state IN ('done', 'dead')),"
-        "   EXISTS (SELECT 1 FROM jobs j JOIN checkpoints c ON c.id = j.checkpoint_id"
-        "           WHERE c.run_id = p.run_id AND j.priority = 0 AND j.state IN ('queued', 'running'))"
-        " FROM run_plans p JOIN runs x ON x.id = p.run_id"
-        " WHERE p.run_id = $1 AND p.planned_at IS NULL AND x.policy = 'adaptive' FOR UPDATE OF p", 1, p, e);
-    if (!r) {
-        rc = ERR_DB;
-        goto rollback;
-    }
-    if (PQntuples(r) != 1)
-        goto rollback; /* not adaptive, or planned: nothing to do */
-    int shape_known = strcmp(PQgetvalue(r, 0, 0), "t") == 0, started = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
-    int cheap_left = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
-    PQclear(r);
-    r = NULL;
-    if (!shape_known && !started) { /* a shape may have become known */
+    /* again, locked: one node plans */
+    if ((rc = plan_state(db, id, 1, e)) <= 0)
+        goto rollback; /* not adaptive, or planned (0): nothing to do; or a failure */
+    if (rc == STATE_CLASSIFY) { /* a shape may have become known */
         struct cost_shape sh;
         if (run_shape(db, run_id, &sh) && (rc = write_adaptive(db, run_id, e)) < 0)
             goto rollback;
@@ -391,10 +378,8 @@ int policy_plan(struct db *db, long long run_id, policy_detect_fn detect, struct
             goto rollback;
         return 0;
     }
-    if (cheap_left) {
-        rc = POLICY_FIRST_PASS; /* the first pass goes on */
-        goto rollback;
-    }
+    if (rc == POLICY_FIRST_PASS)
+        goto rollback; /* the first pass goes on */
     ck = db_exec(db, "SELECT step FROM checkpoints WHERE run_id = $1 ORDER BY step", 1, p, e);
     /* the cheap items' series, each by its strongest transition (not a
      * spike: a spike comes back), of the newest method written: level-v2

@@ -31,7 +31,7 @@ Definitions (workers/battery/battery_heads.c, battery_ablation.c):
   attention_entropy   mean over eval rows t >= 1 of -sum p log p
   induction_loss      mean loss of R[1..L-1] in the second copy; first_copy_loss
                       the same in the first copy; drop = first - second
-  ablation            sets: 4 eval sequences (every prediction; ablation v3
+  ablation            sets: 4 eval sequences (every prediction; ablation v3, v4
                       takes the first holding 1024 tokens, at most 4: all 4
                       of the generated set's <= 128 tokens), 4 repeated
                       sequences (second-copy R[1..L-1]); zero / mean (over

@@ -369,7 +369,7 @@ extern const struct battery_item battery_item_composition;
 #define HEADS_BATCH 8 /* eval sequences per forward */
 extern const struct battery_item battery_item_heads;
 
-/* ablation v3 (needs eval_tokens): per head, the effect on the loss of
+/* ablation v4 (needs eval_tokens): per head, the effect on the loss of
  * zero- and mean-ablating its hook_z slice, estimated for every head by
  * attribution patching (one forward and one backward) and computed
  * exactly for the ABLATION_TOP_K heads of largest |estimate|, the

@@ -1,4 +1,4 @@
-/* ablation v3 and ablation_exact v1: what each head contributes to the
+/* ablation v4 and ablation_exact v1: what each head contributes to the
  * loss, measured by removing it, and what each component writes directly
  * into the correct logit.
  *
@@ -230,7 +230,7 @@ struct abl_set {
 struct abl {
     struct gptneox *m;
     int NL, NH, HS, C, V;
-    int atp;          /* ablation v3: taped clean run and the backward */
+    int atp;          /* ablation v4: taped clean run and the backward */
     float *xs;        /* (max nrows, C) gathered rows */
     float *logits;    /* (ABLATION_LOGIT_ROWS, V) */
     float *losses;    /* (ABLATION_LOGIT_ROWS) */
@@ -315,8 +315,9 @@ static int clean_hook(void *ctx, struct hook_act *act, struct err *e)
             for (int c = 0; c < C; c++)
                 zs[c] += act->data[(size_t)n * C + c];
     } else {
-        /* hook_mlp_out of layer l, or the last hook_resid_post: scored rows */
-        float *dst = act->kind == HOOK_MLP_OUT ? a->mlp + (size_t)l * a->nr * C : a->xs;
+        /* hook_mlp_out of layer l (the group's scored rows), or the last
+         * hook_resid_post (the set's, gathered group by group) */
+        float *dst = act->kind == HOOK_MLP_OUT ? a->mlp + (size_t)l * a->nr * C : a->xs + (size_t)a->r0 * C;
         const int base = a->s0 * s->T;
         for (int r = 0; r < a->nr; r++)
             memcpy(dst + (size_t)r * C, act->data + (size_t)(s->rows[a->r0 + r] - base) * C,
@@ -361,7 +362,7 @@ static double layer_flops(const struct gptneox_config *cfg, int B, int T, int fr
 }
 
 /* The group's direct logit attribution: directions from the final residual
- * of its scored rows (a->xs), then every component's share. */
+ * of its scored rows (a->xs from row a->r0), then every component's share. */
 static void group_dla(struct abl *a)
 {
     struct gptneox *m = a->m;
@@ -370,7 +371,7 @@ static void group_dla(struct abl *a)
     const int G = a->nb * s->T, base = a->s0 * s->T;
     for (int r = 0; r < a->nr; r++) {
         const int row = s->rows[a->r0 + r];
-        const float *x = a->xs + (size_t)r * C;
+        const float *x = a->xs + (size_t)(a->r0 + r) * C;
         const float *u = m->unembed + (size_t)s->targets[a->r0 + r] * C;
         float *d = a->dir + (size_t)r * C;
         double mean = 0, var = 0, dm = 0;
@@ -436,24 +437,13 @@ static void group_dla(struct abl *a)
     }
 }
 
-/* The group's scored losses and logit differences from the tape's logits,
- * then d (set's mean scored loss) / d logits and the backward to hook_z. */
-static int group_atp(struct abl *a, double *loss, double *diff, struct err *e)
+/* From the tape's logits, d (set's mean scored loss) / d logits and the
+ * backward to hook_z. */
+static int group_atp(struct abl *a, struct err *e)
 {
     struct abl_set *s = a->s;
     const int V = a->V, G = a->nb * s->T, base = a->s0 * s->T;
     float *lg = gptneox_tape_dlogits(a->tape);
-    for (int r = 0; r < a->nr; r++) {
-        const float *row = lg + (size_t)(s->rows[a->r0 + r] - base) * V;
-        int y = s->targets[a->r0 + r];
-        float tl;
-        crossentropy_forward(&tl, row, &y, 1, V);
-        *loss += tl;
-        double sum = 0;
-        for (int v = 0; v < V; v++)
-            sum += row[v];
-        *diff += row[y] - sum / V;
-    }
     /* the mean over the group's scored rows, rescaled to the set's mean */
     const int *tgt = s->tgt_full + base;
     if (isnan(gptneox_xent_dlogits(lg, lg, tgt, G, V)))
@@ -495,7 +485,6 @@ static int clean_run(struct abl *a, struct abl_set *s, struct err *e)
                                 {HOOK_ATTN_Z, -1, clean_hook, a},
                                 {HOOK_MLP_OUT, -1, clean_hook, a},
                                 {HOOK_RESID_POST, NL - 1, clean_hook, a}};
-    double loss = 0, diff = 0;
     a->r0 = 0;
     for (a->s0 = 0; a->s0 < s->B; a->s0 += a->nb) {
         a->nb = s->B - a->s0 < per ? s->B - a->s0 : per;
@@ -514,7 +503,7 @@ static int clean_run(struct abl *a, struct abl_set *s, struct err *e)
             a->flops += layer_flops(&m->cfg, a->nb, s->T, 0);
         }
         group_dla(a);
-        if (a->atp && (rc = group_atp(a, &loss, &diff, e)) < 0)
+        if (a->atp && (rc = group_atp(a, e)) < 0)
             return rc;
         a->r0 += a->nr;
     }
@@ -530,9 +519,11 @@ static int clean_run(struct abl *a, struct abl_set *s, struct err *e)
         for (int hh = 0; hh < a->NH; hh++)
             s->dla_head[(size_t)l * a->NH + hh] /= n;
     }
+    /* a->xs holds every scored row's final residual: the clean loss as the
+     * ablated runs compute theirs (the same products, so an exact delta is
+     * the same whichever item computes it, on any kernels) */
+    s->clean = scored_loss_rows(a, s, &s->logit_diff);
     if (a->atp) {
-        s->clean = loss / n;
-        s->logit_diff = diff / n;
         for (int l = 0; l < NL; l++)
             for (int hh = 0; hh < a->NH; hh++) {
                 const size_t k = (size_t)l * a->NH + hh;
@@ -544,10 +535,6 @@ static int clean_run(struct abl *a, struct abl_set *s, struct err *e)
                 s->est[((size_t)l * 2 + 0) * a->NH + hh] = -s->zg[k];
                 s->est[((size_t)l * 2 + 1) * a->NH + hh] = mg - s->zg[k];
             }
-    } else {
-        /* one group: a->xs holds every scored row's final residual; the
-         * clean loss as the ablated runs compute theirs */
-        s->clean = scored_loss_rows(a, s, &s->logit_diff);
     }
     free(a->zc);
     free(a->mlp);
@@ -753,7 +740,7 @@ static int emit_exact(const struct abl *a, const struct abl_set *s, int idx, str
     return 0;
 }
 
-/* ablation v3's rows (v2's). */
+/* ablation v4's rows (v2's). */
 static int emit_atp(const struct abl *a, const struct abl_set *s, int idx, int sweep,
                     struct rows *out, struct err *e)
 {
@@ -869,7 +856,7 @@ static void set_rows(struct abl_set *s, int rep_L)
         }
 }
 
-/* Both items: atp 1 is ablation v3, 0 ablation_exact v1. */
+/* Both items: atp 1 is ablation v4, 0 ablation_exact v1. */
 static int ablation_common(const struct battery_ctx *c, int atp, struct rows *out, struct err *e)
 {
     struct gptneox *m = c->model;
@@ -980,7 +967,7 @@ static int ablation_exact_run(const struct battery_ctx *c, struct rows *out, str
 
 const struct battery_item battery_item_ablation = {
     .name = "ablation",
-    .version = 3,
+    .version = 4,
     .needs = BATTERY_NEEDS(BATTERY_NEED_EVAL_TOKENS),
     .metrics = ablation_metrics,
     .nmetrics = sizeof ablation_metrics / sizeof *ablation_metrics,
