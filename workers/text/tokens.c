@@ -190,7 +190,12 @@ static int read_npy(const char *path, int ctx, int **tokens, int *B, int *T, str
         rc = err_set(e, ERR_INVALID, path, "context length %d: must be at least 1", ctx);
         goto out;
     }
-    int64_t n = ndim == 1 ? shape[0] : shape[0] * shape[1];
+    /* B x T: checked before it is multiplied (a header may say anything) */
+    int64_t n = shape[0];
+    if (ndim == 2 && __builtin_mul_overflow(shape[0], shape[1], &n)) {
+        rc = err_set(e, ERR_FORMAT, path, "%" PRId64 " x %" PRId64 " token ids are too many", shape[0], shape[1]);
+        goto out;
+    }
     int64_t b = ndim == 1 ? shape[0] / ctx : shape[0], t = ndim == 1 ? ctx : shape[1];
     if (n == 0 || b == 0 || t == 0) {
         rc = err_set(e, ERR_FORMAT, path, "%" PRId64 " token ids: fewer than one sequence%s", n,
