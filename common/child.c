@@ -15,7 +15,8 @@
 
 #include "common/clock.h"
 
-/* In the child, between fork and exec: only async-signal-safe calls. */
+/* In the child, between vfork and exec, on the parent's memory: only
+ * async-signal-safe calls, nothing written but this frame's locals. */
 static void start_program(const char *const *argv, const struct child_opts *o, pid_t parent)
 {
     if (o->new_group)
@@ -32,9 +33,18 @@ static void start_program(const char *const *argv, const struct child_opts *o, p
         dup2(o->out_fd, 1);
     if (o->err_fd >= 0 && o->err_fd != 2)
         dup2(o->err_fd, 2);
+    /* default dispositions for these, whether handled or ignored here */
     const int sigs[] = {SIGPIPE, SIGTERM, SIGHUP, SIGINT, SIGCHLD, SIGQUIT};
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
         signal(sigs[i], SIG_DFL);
+    /* and for any other the parent handles: its handler must not run on
+     * the parent's memory once the mask is lifted (exec would reset it) */
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, NULL, &sa) == 0 &&
+            sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)
+            signal(sig, SIG_DFL);
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -77,11 +87,21 @@ int child_spawn(struct child *c, const char *const *argv, const struct child_opt
 {
     memset(c, 0, sizeof *c);
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0)
-        return err_set(e, ERR_CHILD, argv[0], "fork failed: %s", strerror(errno));
+    /* vfork: the child borrows this process's memory until it execs, so
+     * nothing is copied (fork copied the daemon's page tables, most of a
+     * claim's cost in the daemon).  Every signal is blocked meanwhile: no
+     * handler of this process runs in the child before start_program has
+     * set the defaults. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = vfork();
     if (pid == 0)
         start_program(argv, o, parent);
+    int saved = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0)
+        return err_set(e, ERR_CHILD, argv[0], "vfork failed: %s", strerror(saved));
     if (o->new_group)
         setpgid(pid, pid); /* also from the parent: no race with kill(-pid) */
     c->pid = pid;

@@ -2,10 +2,11 @@
  * child.h - running another program: start it with its descriptors,
  * process group and limits set, wait for it with a deadline, kill it.
  *
- * The one place this project forks: the daemon's workers (work/supervise:
- * their own process group, rlimits, a deadline, stdout and stderr to spool
- * files), the worker's battery read at start (plan/registry: stdout
- * captured, a deadline) and the eval text's tokenization (plan/evalset).
+ * Programs started with vfork and exec: the daemon's workers
+ * (work/supervise: their own process group, rlimits, a deadline, stdout
+ * and stderr to spool files), the worker's battery read at start
+ * (plan/registry: stdout captured, a deadline) and the eval text's
+ * tokenization (plan/evalset).
  * The child starts with default signal dispositions and no blocked
  * signals; a program that cannot be executed exits 127 after saying so on
  * its stderr.  A deadline is enforced by child_poll and child_wait, which
@@ -50,8 +51,8 @@ struct child {
     double seconds;   /* wall time it ran, once ended */
 };
 
-/* Fork and exec argv[0] (searched on PATH), argv NULL-terminated.  The
- * caller keeps and closes its own descriptors.  ERR_CHILD when fork
+/* Start argv[0] (searched on PATH), argv NULL-terminated.  The
+ * caller keeps and closes its own descriptors.  ERR_CHILD when vfork
  * fails; then nothing was started. */
 int child_spawn(struct child *c, const char *const *argv, const struct child_opts *o,
                 struct err *e) CK_WUR;

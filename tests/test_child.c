@@ -1,5 +1,5 @@
 /*
- * test_child - common/child.h, the one place the project forks.
+ * test_child - common/child.h, how the daemon starts programs (vfork).
  *
  *   status    exit statuses and signals come back and are described as the
  *             daemon's messages say them
@@ -12,6 +12,10 @@
  *   env       env_add's variables reach the child's environment beside the
  *             parent's (whose own values win), and the parent's
  *             environment is left as it was
+ *   signals   the child starts with no signal blocked and default
+ *             dispositions for those the parent handles or ignores
+ *             (SIGPIPE, SIGTERM), whatever the parent's mask; the
+ *             parent's mask and handlers are as they were
  *   capture   child_capture returns the output (and stderr, read at the same
  *             time, when asked), waits for the end, and
  *             kills a child that keeps its stdout open past the deadline
@@ -263,12 +267,65 @@ static void test_capture(void **state)
     assert_true(mono_now() - t0 < 10);
 }
 
+static volatile sig_atomic_t usr1_seen;
+static void on_usr1(int sig)
+{
+    (void)sig;
+    usr1_seen = 1;
+}
+
+static void test_signals(void **state)
+{
+    (void)state;
+    struct sigaction sa = {.sa_handler = on_usr1}, old_usr1, old_term;
+    sigemptyset(&sa.sa_mask);
+    assert_int_equal(sigaction(SIGUSR1, &sa, &old_usr1), 0);
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    assert_int_equal(sigaction(SIGTERM, &ign, &old_term), 0);
+    sigset_t block, before, after;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &block, &before);
+    sigprocmask(SIG_BLOCK, NULL, &before);
+    /* the child's mask and its SIGUSR1, SIGTERM and SIGPIPE: each kills it */
+    struct child c;
+    struct err e;
+    char *out = NULL;
+    size_t len = 0;
+    const char *mask[] = {"/bin/sh", "-c", "sed -n 's/^SigBlk:[[:space:]]*//p' /proc/self/status", NULL};
+    assert_int_equal(child_capture(mask, 10, &c, &out, &len, NULL, &e), 0);
+    assert_string_equal(out, "0000000000000000\n");
+    free(out);
+    const char *scripts[] = {"kill -USR1 $$; exit 0", "kill -TERM $$; exit 0", "kill -PIPE $$; exit 0"};
+    const int sigs[] = {SIGUSR1, SIGTERM, SIGPIPE};
+    for (int i = 0; i < 3; i++) {
+        run_sh(&c, scripts[i], &plain);
+        child_wait(&c);
+        assert_true(WIFSIGNALED(c.status));
+        assert_int_equal(WTERMSIG(c.status), sigs[i]);
+    }
+    /* the parent: its mask as it was, its handler still its own */
+    sigprocmask(SIG_BLOCK, NULL, &after);
+    for (int sig = 1; sig < NSIG; sig++)
+        assert_int_equal(sigismember(&after, sig), sigismember(&before, sig));
+    usr1_seen = 0;
+    raise(SIGUSR1);
+    assert_int_equal(usr1_seen, 1);
+    sigprocmask(SIG_UNBLOCK, &block, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    signal(SIGPIPE, SIG_DFL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status), cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_group),  cmocka_unit_test(test_fds_and_limits),
         cmocka_unit_test(test_capture),    cmocka_unit_test(test_env_add),
+        cmocka_unit_test(test_signals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
