@@ -40,6 +40,20 @@ void sha256_free(struct sha256 *h);
  * file and the reason. */
 int sha256_file(const char *path, char *out, long long *size, struct err *e) CK_WUR;
 
+/* sha256_file, remembered: a file this process hashed before and that is
+ * unchanged since (the same device, inode, size, modification and change
+ * times) is not read again.  Only a file last changed at least settled_s
+ * seconds before it was hashed is remembered: the file system's clock
+ * ticks coarsely, and a file rewritten within one tick of its hashing
+ * could keep its times.  Remembers the last SHA256_MEMO_N files (by
+ * inode), for one thread.  Errors as sha256_file. */
+#define SHA256_MEMO_N 1024
+int sha256_file_memo(const char *path, char *out, long long *size, double settled_s,
+                     struct err *e) CK_WUR;
+
+/* Answers sha256_file_memo gave without reading the file, since start. */
+long sha256_memo_hits(void);
+
 /* Hash the first `len` bytes of a file into a running digest (resuming a
  * download re-hashes what is already on disk).  ERR_IO when the file is
  * shorter or unreadable. */

@@ -284,6 +284,50 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
+/* sha256_file_memo: an unchanged file is answered without reading it;
+ * another size or another inode is read again; a file changed within
+ * settled_s of its hashing is not remembered. */
+static void test_sha256_memo(void **state)
+{
+    (void)state;
+    char p[512], q[512], hex[SHA256_HEX], again[SHA256_HEX];
+    long long size = 0;
+    struct err e;
+    snprintf(p, sizeof p, "%s/memo.bin", tmpdir);
+    snprintf(q, sizeof q, "%s/memo.new", tmpdir);
+    write_file(p, "abc");
+    long h0 = sha256_memo_hits();
+    assert_int_equal(sha256_file_memo(p, hex, &size, 0.0, &e), 0);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(size, 3);
+    assert_int_equal(sha256_memo_hits(), h0);
+    size = 0;
+    assert_int_equal(sha256_file_memo(p, again, &size, 0.0, &e), 0);
+    assert_string_equal(again, hex);
+    assert_int_equal(size, 3);
+    assert_int_equal(sha256_memo_hits(), h0 + 1);
+    /* longer: read again */
+    write_file(p, "abcd");
+    assert_int_equal(sha256_file_memo(p, hex, &size, 0.0, &e), 0);
+    assert_string_equal(hex, "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589");
+    assert_int_equal(size, 4);
+    assert_int_equal(sha256_memo_hits(), h0 + 1);
+    /* the same size under the same name, another file (rename): read again */
+    write_file(q, "abce");
+    assert_int_equal(rename(q, p), 0);
+    assert_int_equal(sha256_file_memo(p, hex, &size, 0.0, &e), 0);
+    assert_string_not_equal(hex, "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589");
+    assert_int_equal(sha256_memo_hits(), h0 + 1);
+    /* changed just now, not settled: never remembered */
+    write_file(q, "settling");
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(sha256_file_memo(q, hex, &size, 3600.0, &e), 0);
+    assert_int_equal(sha256_memo_hits(), h0 + 1);
+    assert_int_equal(size, 8);
+    snprintf(q, sizeof q, "%s/memo.missing", tmpdir);
+    assert_int_equal(sha256_file_memo(q, hex, &size, 0.0, &e), ERR_IO);
+}
+
 static void test_shards(void **state)
 {
     (void)state;
@@ -763,6 +807,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_vectors),
+        cmocka_unit_test(test_sha256_memo),
         cmocka_unit_test(test_header_split),
         cmocka_unit_test(test_retry_after),
         cmocka_unit_test(test_etag_sha),

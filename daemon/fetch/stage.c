@@ -213,6 +213,10 @@ void stage_progress(const struct stage *st, long long *done, long long *total, d
     *rate = el > 0 ? (double)stage_downloaded(st) / el : 0;
 }
 
+/* A local file last changed this many seconds or more before it was
+ * hashed is remembered by its stat (sha256_file_memo). */
+#define LOCAL_SETTLED_S 2.0
+
 /* file:// : choose and hash in place. */
 static int stage_local(struct stage *st)
 {
@@ -244,7 +248,9 @@ static int stage_local(struct stage *st)
     for (int i = 0; i < st->plan.n; i++) {
         char p[PATH_MAX * 2];
         snprintf(p, sizeof p, "%s/%s", st->dir, st->plan.f[i].name);
-        if (sha256_file(p, st->plan.f[i].sha256, &st->plan.f[i].size, &e) < 0)
+        /* staged again (an adaptive run's later phase, a retry): an
+         * unchanged file is not read again */
+        if (sha256_file_memo(p, st->plan.f[i].sha256, &st->plan.f[i].size, LOCAL_SETTLED_S, &e) < 0)
             return fail_err(st, &e);
         st->placed_bytes += st->plan.f[i].size;
     }
