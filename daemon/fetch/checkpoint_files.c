@@ -173,10 +173,12 @@ int checkpoint_files_record(struct db *db, long long checkpoint_id, const struct
             4, p2, e)) < 0 ||
         (rc = db_run(db, "UPDATE checkpoints SET size = $2, sha256 = nullif($3, '') WHERE id = $1", 3, p3, e)) < 0 ||
         (rc = db_run(db,
-            "WITH w AS (SELECT weights FROM checkpoint_weights WHERE checkpoint_id = $1),"
+            /* checkpoints.sha256 is the weights' one comparable value (set
+             * just above): the run's rows only, not the whole database's
+             * files grouped by the checkpoint_weights view */
+            "WITH w AS (SELECT run_id, sha256 FROM checkpoints WHERE id = $1 AND sha256 IS NOT NULL),"
             " same AS (SELECT c.id, c.step, c.suspect FROM checkpoints c"
-            "   JOIN checkpoint_weights cw ON cw.checkpoint_id = c.id JOIN w ON cw.weights = w.weights"
-            "   WHERE c.run_id = (SELECT run_id FROM checkpoints WHERE id = $1)),"
+            "   JOIN w ON c.run_id = w.run_id AND c.sha256 = w.sha256),"
             " canon AS (SELECT id FROM same ORDER BY suspect IS NOT NULL, step LIMIT 1)"
             " UPDATE checkpoints c SET duplicate_of = CASE WHEN c.id = canon.id THEN NULL ELSE canon.id END"
             " FROM canon WHERE c.id IN (SELECT id FROM same)"
