@@ -14,7 +14,8 @@
  * with the worker's refused, the retry's rows stored once), and the connection's
  * defaults (keepalives, TCP user timeout and connect timeout on the client,
  * the same timeouts asked of the server; a conninfo or PGCONNECT_TIMEOUT
- * overrides them).
+ * overrides them), and statements prepared at their second use (the
+ * same answers, again after a reconnect or a schema change).
  *
  * Needs a migrated, otherwise empty database named by CKPTD_TEST_DB (a
  * libpq conninfo); tests/daemon_queue.sh provides one.  Without it the
@@ -606,6 +607,97 @@ static void test_conn_defaults(void **state)
     unsetenv("PGCONNECT_TIMEOUT");
 }
 
+/* How many statements the session of d has prepared with this text. */
+static long long prepared_count(struct db *d, const char *sql)
+{
+    const char *p[1] = {sql};
+    struct err e;
+    PGresult *r = db_exec(d, "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", 1, p, &e);
+    if (!r)
+        fail_msg("pg_prepared_statements: %s", err_str(&e));
+    long long n = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n;
+}
+
+/* One value of a one-parameter statement on d. */
+static long long exec_one(struct db *d, const char *sql, const char *arg)
+{
+    const char *p[1] = {arg};
+    struct err e;
+    PGresult *r = db_exec(d, sql, 1, p, &e);
+    if (!r)
+        fail_msg("%s: %s", sql, err_str(&e));
+    long long v = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+/* db_exec prepares a statement with parameters at its second use and runs
+ * it by name after: the answers are those of the text; a statement used
+ * once is not prepared; a prepare inside a rolled-back transaction
+ * survives; a new connection prepares again; a schema change that
+ * outdates a prepared plan costs no failure outside a transaction. */
+static void test_prepared(void **state)
+{
+    (void)state;
+    struct err e;
+    struct db *d = db_new(conninfo);
+    assert_int_equal(db_connect_wait(d, 10, &e), 0);
+    const char *twice = "SELECT $1::int * 2";
+    assert_int_equal(exec_one(d, twice, "3"), 6);
+    assert_int_equal(prepared_count(d, twice), 0);
+    assert_int_equal(exec_one(d, twice, "4"), 8);
+    assert_int_equal(prepared_count(d, twice), 1);
+    assert_int_equal(exec_one(d, twice, "-5"), -10);
+    assert_int_equal(prepared_count(d, twice), 1);
+    /* prepared inside a transaction that is rolled back: still there */
+    const char *tx = "SELECT $1::int + 1";
+    assert_int_equal(db_run(d, "BEGIN", 0, NULL, &e), 0);
+    assert_int_equal(exec_one(d, tx, "1"), 2);
+    assert_int_equal(exec_one(d, tx, "2"), 3);
+    db_rollback(d);
+    assert_int_equal(exec_one(d, tx, "3"), 4);
+    assert_int_equal(prepared_count(d, tx), 1);
+    /* a new connection: nothing prepared on it, prepared again */
+    db_lost(d);
+    assert_int_equal(db_connect_wait(d, 10, &e), 0);
+    assert_int_equal(prepared_count(d, twice), 0);
+    assert_int_equal(exec_one(d, twice, "6"), 12);
+    assert_int_equal(exec_one(d, twice, "7"), 14);
+    assert_int_equal(prepared_count(d, twice), 1);
+    /* the table's columns change under a prepared SELECT * */
+    sql_do("DROP TABLE IF EXISTS prep_t");
+    sql_do("CREATE TABLE prep_t (a int)");
+    sql_do("INSERT INTO prep_t VALUES (1), (2)");
+    const char *star = "SELECT * FROM prep_t WHERE a = $1";
+    const char *p[1] = {"2"};
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = db_exec(d, star, 1, p, &e);
+        assert_non_null(r);
+        assert_int_equal(PQnfields(r), 1);
+        PQclear(r);
+    }
+    assert_int_equal(prepared_count(d, star), 1);
+    sql_do("ALTER TABLE prep_t ADD COLUMN b int DEFAULT 7");
+    PGresult *r = db_exec(d, star, 1, p, &e);
+    if (!r)
+        fail_msg("after the schema change: %s", err_str(&e));
+    assert_int_equal(PQnfields(r), 2);
+    assert_string_equal(PQgetvalue(r, 0, 1), "7");
+    PQclear(r);
+    sql_do("DROP TABLE prep_t");
+    /* a statement's own error is its own */
+    const char *bad = "SELECT 1 / $1::int";
+    const char *zero[1] = {"0"};
+    for (int i = 0; i < 3; i++) {
+        assert_null(db_exec(d, bad, 1, zero, &e));
+        assert_non_null(strstr(e.msg, "division by zero"));
+    }
+    assert_int_equal(exec_one(d, bad, "1"), 1);
+    db_free(d);
+}
+
 int main(void)
 {
     conninfo = getenv("CKPTD_TEST_DB");
@@ -622,6 +714,7 @@ int main(void)
         cmocka_unit_test_setup(test_ingest, clean),
         cmocka_unit_test_setup(test_settle_items, clean),
         cmocka_unit_test(test_conn_defaults),
+        cmocka_unit_test(test_prepared),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

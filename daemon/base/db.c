@@ -19,8 +19,30 @@
 #define DB_IDLE_TX_TIMEOUT_MS 120000L
 #define DB_BACKOFF_MAX_S 30.0
 
+/* Statements with parameters run more than once are prepared on the
+ * connection and then executed by name: the server parses and plans them
+ * once, not at every call (a claim and its settling are some 25
+ * statements, and half the server's time went to parsing and planning
+ * them).  Keyed by the text; a text is prepared at its second use, so a
+ * statement built with values in it costs only its entry; at most
+ * DB_STMT_MAX texts are remembered, and the table is emptied whenever the
+ * connection is replaced. */
+#define DB_STMT_MAX 256
+
+struct stmt {
+    char *sql;
+    unsigned long long hash;
+    int nparams;
+    int uses;
+    int id; /* prepared as ckptd_<id>; 0: not (yet) */
+};
+
 struct db {
     char *conninfo;
+    struct stmt stmts[DB_STMT_MAX];
+    int nstmts;
+    int next_stmt_id;
+    int no_prepare; /* the server lost a prepared statement: texts only */
     PGconn *conn;
     double next_try;   /* monotonic seconds: earliest next connect attempt */
     double backoff;    /* seconds */
@@ -130,12 +152,21 @@ static PGconn *connect_with_defaults(const char *conninfo)
     return PQconnectdbParams(keys, vals, 1);
 }
 
+/* The connection is gone or new: its prepared statements with it. */
+static void stmts_forget(struct db *db)
+{
+    for (int i = 0; i < db->nstmts; i++)
+        free(db->stmts[i].sql);
+    db->nstmts = 0;
+}
+
 void db_free(struct db *db)
 {
     if (!db)
         return;
     if (db->conn)
         PQfinish(db->conn);
+    stmts_forget(db);
     free(db->conninfo);
     free(db);
 }
@@ -154,6 +185,7 @@ void db_lost(struct db *db)
     if (db->conn) {
         PQfinish(db->conn);
         db->conn = NULL;
+        stmts_forget(db);
         log_warn("database connection lost", "retry_in=%.0fs", db->backoff);
     }
 }
@@ -205,6 +237,7 @@ int db_ensure(struct db *db, struct err *e)
         log_info("database connection re-established", "reconnects=%ld", db->reconnects);
     }
     db->ever_connected = 1;
+    stmts_forget(db);
     db->conn = c;
     db->backoff = 1.0;
     db->next_try = 0;
@@ -232,6 +265,84 @@ long db_reconnects(const struct db *db) { return db->reconnects; }
 
 double db_last_ok(const struct db *db) { return db->last_ok; }
 
+/* The entry of sql (counted as used once more), or NULL: not remembered
+ * (no parameters, the table full of prepared texts, out of memory). */
+static struct stmt *stmt_use(struct db *db, const char *sql, int nparams)
+{
+    if (nparams <= 0 || db->no_prepare)
+        return NULL;
+    unsigned long long h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = sql; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (int i = 0; i < db->nstmts; i++) {
+        struct stmt *t = &db->stmts[i];
+        if (t->hash == h && t->nparams == nparams && strcmp(t->sql, sql) == 0) {
+            t->uses++;
+            return t;
+        }
+    }
+    if (db->nstmts == DB_STMT_MAX) { /* room: forget the texts used once */
+        int k = 0;
+        for (int i = 0; i < db->nstmts; i++) {
+            if (db->stmts[i].id == 0 && db->stmts[i].uses < 2)
+                free(db->stmts[i].sql);
+            else
+                db->stmts[k++] = db->stmts[i];
+        }
+        db->nstmts = k;
+        if (k == DB_STMT_MAX)
+            return NULL;
+    }
+    char *copy = strdup(sql);
+    if (!copy)
+        return NULL;
+    db->stmts[db->nstmts] = (struct stmt){copy, h, nparams, 1, 0};
+    return &db->stmts[db->nstmts++];
+}
+
+/* Run sql: by name when it is prepared (preparing it at its second use),
+ * else as text.  A prepared statement the server no longer runs (its plan
+ * outdated by a schema change, or its name unknown) is forgotten, and run
+ * again as text at once when no transaction was open. */
+static PGresult *exec_stmt(struct db *db, const char *sql, int nparams, const char *const *params)
+{
+    struct stmt *t = stmt_use(db, sql, nparams);
+    char name[32];
+    if (t && t->id == 0 && t->uses >= 2) {
+        snprintf(name, sizeof name, "ckptd_%d", db->next_stmt_id + 1);
+        PGresult *p = PQprepare(db->conn, name, sql, nparams, NULL);
+        if (PQresultStatus(p) != PGRES_COMMAND_OK)
+            return p; /* the statement's own error (or a lost connection) */
+        PQclear(p);
+        t->id = ++db->next_stmt_id;
+    }
+    if (!t || t->id == 0)
+        return PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    snprintf(name, sizeof name, "ckptd_%d", t->id);
+    PGresult *r = PQexecPrepared(db->conn, name, nparams, params, NULL, NULL, 0);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || PQstatus(db->conn) != CONNECTION_OK)
+        return r;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (!state || (strcmp(state, "0A000") != 0 && strcmp(state, "26000") != 0))
+        return r; /* the statement's own failure */
+    /* 0A000: "cached plan must not change result type" (the schema
+     * changed); 26000: the server does not know the name (a connection
+     * pooler that hands each transaction another server session): texts
+     * from now on */
+    t->id = 0;
+    t->uses = 1;
+    if (strcmp(state, "26000") == 0 && !db->no_prepare) {
+        db->no_prepare = 1;
+        log_warn("prepared statements are not kept on this connection (a pooler?); statements sent as text",
+                 "error=%s", log_quote(PQresultErrorMessage(r)));
+    }
+    if (PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+        return r;
+    PQclear(r);
+    return PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+}
+
 PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const *params,
                   struct err *e)
 {
@@ -239,7 +350,7 @@ PGresult *db_exec(struct db *db, const char *sql, int nparams, const char *const
         err_set(e, ERR_DB, "database", "not connected");
         return NULL;
     }
-    PGresult *r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *r = exec_stmt(db, sql, nparams, params);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
         db->last_ok = now_mono();
