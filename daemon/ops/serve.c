@@ -1065,6 +1065,13 @@ static void claim_more(struct server *s)
         s->ran.claim = 0;
 }
 
+/* Duty 10 is due: not draining, not short of disk, and a claim not tried
+ * within poll_s of one that found nothing (run_every). */
+static int claim_due(struct server *s)
+{
+    return !s->stopping && run_every(&s->ran.claim, s->now, s->cfg.poll_s * 1000) && !disk_full(s);
+}
+
 /* Duty 11: draining: checkpoints not started yet go back at once. */
 static void release_unstarted(struct server *s)
 {
@@ -1172,6 +1179,10 @@ static void serve_tick(struct server *s)
     reap(s);                                                                      /* 3 */
     if (dbok) {
         launch_ready(s); /* 6, at once: a staged checkpoint needs no settled rows */
+        /* 10, first: the next checkpoint is claimed and its worker loads
+         * while an ended one's rows are stored */
+        if (claim_due(s))
+            claim_more(s);
         settle_ended(s);                                                          /* 4 */
     }
     advance_fetches(s, dbok);                                                     /* 5 */
@@ -1182,7 +1193,7 @@ static void serve_tick(struct server *s)
         renew_leases(s);                                                          /* 8 */
     if (dbok && run_every(&s->ran.expire, s->now, s->expire_ms))
         expire_leases(s);                                                         /* 9 */
-    if (dbok && !s->stopping && run_every(&s->ran.claim, s->now, s->cfg.poll_s * 1000) && !disk_full(s))
+    if (dbok && claim_due(s))
         claim_more(s);                                                            /* 10 */
     if (s->stopping && dbok)
         release_unstarted(s);                                                     /* 11 */
