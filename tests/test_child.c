@@ -287,7 +287,7 @@ static void test_signals(void **state)
     sigset_t block, before, after;
     sigemptyset(&block);
     sigaddset(&block, SIGUSR2);
-    sigprocmask(SIG_BLOCK, &block, &before);
+    sigprocmask(SIG_BLOCK, &block, NULL);
     sigprocmask(SIG_BLOCK, NULL, &before);
     /* the child's mask and its SIGUSR1, SIGTERM and SIGPIPE: each kills it */
     struct child c;

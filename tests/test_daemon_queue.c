@@ -607,19 +607,6 @@ static void test_conn_defaults(void **state)
     unsetenv("PGCONNECT_TIMEOUT");
 }
 
-/* How many statements the session of d has prepared with this text. */
-static long long prepared_count(struct db *d, const char *sql)
-{
-    const char *p[1] = {sql};
-    struct err e;
-    PGresult *r = db_exec(d, "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", 1, p, &e);
-    if (!r)
-        fail_msg("pg_prepared_statements: %s", err_str(&e));
-    long long n = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return n;
-}
-
 /* One value of a one-parameter statement on d. */
 static long long exec_one(struct db *d, const char *sql, const char *arg)
 {
@@ -631,6 +618,12 @@ static long long exec_one(struct db *d, const char *sql, const char *arg)
     long long v = atoll(PQgetvalue(r, 0, 0));
     PQclear(r);
     return v;
+}
+
+/* How many statements the session of d has prepared with this text. */
+static long long prepared_count(struct db *d, const char *sql)
+{
+    return exec_one(d, "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", sql);
 }
 
 /* db_exec prepares a statement with parameters at its second use and runs
