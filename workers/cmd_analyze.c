@@ -694,8 +694,8 @@ static size_t run_items(const struct analyze_args *a, const struct analyze_input
     return nfailed;
 }
 
-/* --gate: one byte on stdin says begin.  The time and CPU counted from here
- * are the analysis's. */
+/* --gate: one byte on stdin says begin (ckptd counts the worker's seconds
+ * and its deadline from sending it). */
 static int wait_gate(struct err *e)
 {
     char b;

@@ -307,18 +307,17 @@ static struct stmt *stmt_use(struct db *db, const char *sql, int nparams)
 static PGresult *exec_stmt(struct db *db, const char *sql, int nparams, const char *const *params)
 {
     struct stmt *t = stmt_use(db, sql, nparams);
+    if (!t || (t->id == 0 && t->uses < 2))
+        return PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     char name[32];
-    if (t && t->id == 0 && t->uses >= 2) {
-        snprintf(name, sizeof name, "ckptd_%d", db->next_stmt_id + 1);
+    snprintf(name, sizeof name, "ckptd_%d", t->id ? t->id : db->next_stmt_id + 1);
+    if (t->id == 0) { /* its second use: prepared now */
         PGresult *p = PQprepare(db->conn, name, sql, nparams, NULL);
         if (PQresultStatus(p) != PGRES_COMMAND_OK)
             return p; /* the statement's own error (or a lost connection) */
         PQclear(p);
         t->id = ++db->next_stmt_id;
     }
-    if (!t || t->id == 0)
-        return PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    snprintf(name, sizeof name, "ckptd_%d", t->id);
     PGresult *r = PQexecPrepared(db->conn, name, nparams, params, NULL, NULL, 0);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || PQstatus(db->conn) != CONNECTION_OK)
