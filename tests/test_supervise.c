@@ -20,6 +20,9 @@
  *             seconds and its deadline counted from the opening; killed
  *             before, its gate is closed and it ends as killed; one whose
  *             stdin closes without a byte reads end of input
+ *   tag       a second worker started under a tag in use fails with a
+ *             clear error and leaves the first one's files as they are; a
+ *             tag whose files were cleaned up can be used again
  */
 #include <limits.h>
 #include <setjmp.h>
@@ -105,6 +108,36 @@ static void test_failed(void **state)
     assert_null(strstr(w.error, "line number 0 of"));
     assert_true(strlen(w.error) < 700);
     supervise_cleanup(&w);
+}
+
+static void test_tag_in_use(void **state)
+{
+    (void)state;
+    struct worker w, w2;
+    struct err e;
+    start_sh(&w, "printf 'loss\\t1\\tloss\\t-1\\t-1\\t-1\\t2.5\\n'; sleep 0.3", &none, "ck9");
+    const char *argv[] = {"/bin/sh", "-c", "echo other", NULL};
+    char *spool = xasprintf("%s/spool", dir);
+    err_clear(&e);
+    assert_true(supervise_start(&w2, argv, spool, "ck9", &none, &e) < 0);
+    assert_non_null(strstr(err_str(&e), "tag 'ck9' is in use"));
+    assert_int_equal(w2.proc.pid, 0);
+    supervise_cleanup(&w2); /* removes nothing of the first worker's */
+    wait_end(&w);
+    assert_true(w.ok);
+    char *rows = slurp(w.out_path, NULL);
+    assert_string_equal(rows, "loss\t1\tloss\t-1\t-1\t-1\t2.5\n");
+    free(rows);
+    assert_int_equal(access(w.err_path, F_OK), 0);
+    supervise_cleanup(&w);
+    start_sh(&w, "echo again", &none, "ck9");
+    wait_end(&w);
+    assert_true(w.ok);
+    rows = slurp(w.out_path, NULL);
+    assert_string_equal(rows, "again\n");
+    free(rows);
+    supervise_cleanup(&w);
+    free(spool);
 }
 
 static void test_gate(void **state)
@@ -283,7 +316,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ok),     cmocka_unit_test(test_failed), cmocka_unit_test(test_deadline_and_kill),
         cmocka_unit_test(test_limits), cmocka_unit_test(test_errors), cmocka_unit_test(test_worker_path),
-        cmocka_unit_test(test_gate),
+        cmocka_unit_test(test_gate),        cmocka_unit_test(test_tag_in_use),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

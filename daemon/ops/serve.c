@@ -94,6 +94,7 @@ struct server {
     double last_tick;
     double wait_dl, wait_dl_total, wait_dl_after_first; /* a worker idle while a download runs */
     long launches;
+    unsigned long spool_seq; /* tells apart the spool files of one checkpoint's workers */
     int stopping;
     double stop_deadline;
     int idle;
@@ -521,7 +522,10 @@ static void launch(struct server *s, struct slot *sl, int gated)
         nthreads = nthreads < 1 ? 1 : nthreads;
     }
     snprintf(threads, sizeof threads, "%d", nthreads);
-    snprintf(tag, sizeof tag, "%s.ck%lld", owner_tag(s->spool), c->checkpoint_id);
+    /* one checkpoint can have two workers of this daemon at once (a job
+     * claimed while the worker of its others ends or waits at its gate):
+     * each launch names its own spool files */
+    snprintf(tag, sizeof tag, "%s.ck%lld.%lu", owner_tag(s->spool), c->checkpoint_id, ++s->spool_seq);
     supervise_status_path(status, sizeof status, s->cfg.spool_dir, tag);
     const char *argv[32 + 2 * SERVE_MAX_PROBES + 2 * SERVE_MAX_SAE_SITES + 2 * SERVE_MAX_SAE_DICTS +
                      2 * SERVE_MAX_PAIRS];

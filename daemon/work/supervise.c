@@ -45,8 +45,15 @@ int supervise_start(struct worker *w, const char *const *argv, const char *spool
     snprintf(w->out_path, sizeof w->out_path, "%s/%s.rows", spool_dir, tag);
     snprintf(w->err_path, sizeof w->err_path, "%s/%s.err", spool_dir, tag);
     supervise_status_path(w->status_path, sizeof w->status_path, spool_dir, tag);
+    /* O_EXCL: a tag in use is an error that touches nothing of the worker
+     * using it, never its rows truncated under it */
+    int out = open(w->out_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0 && errno == EEXIST) {
+        int rc = err_set(e, ERR_IO, w->out_path, "spool file exists: tag '%s' is in use", tag);
+        w->out_path[0] = w->err_path[0] = w->status_path[0] = '\0'; /* not ours to remove */
+        return rc;
+    }
     unlink(w->status_path); /* only the new worker's outcomes count */
-    int out = open(w->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int errfd = open(w->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int gate[2] = {-1, -1};
     int rc = 0;

@@ -22,10 +22,11 @@
  * The spool is shared by the daemons of a node: each names its files
  * after its owner tag ("<node>.<pid>", daemon/base/owner.h), and
  * supervise_spool_open removes the files of daemons that died (killed
- * outright, their locks free) before this one starts.
+ * outright, their locks free) before this one starts.  A tag names one
+ * worker: supervise_start refuses a tag whose files exist.
  *
  *     struct owner *spool = supervise_spool_open("/var/spool/ckptd", "node1", &e);
- *     snprintf(tag, sizeof tag, "%s.ck17", owner_tag(spool));
+ *     snprintf(tag, sizeof tag, "%s.ck17.1", owner_tag(spool));
  *     supervise_status_path(w_status, sizeof w_status, "/var/spool/ckptd", tag);
  *     const char *argv[] = {"ckpt-worker", "analyze", dir, "--items", "loss",
  *                           "--status", w_status, NULL};
