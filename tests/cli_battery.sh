@@ -7,8 +7,10 @@
 # for the same tokens.  A failing item (task, no task.json) costs only
 # itself: the items around it print their rows, exit 1, and --status says
 # started/done with the row count/failed with the message, item by item;
-# an item depending on a failed one is reported not run.  Run from the
-# repository root.
+# an item depending on a failed one is reported not run.  --gate: the rows
+# of a run whose byte comes 1 s late equal the ungated rows, and the
+# seconds it logs leave the wait out (gate_wait_s); a gate closed without a
+# byte fails every item, exit 1.  Run from the repository root.
 set -u
 W=${CKPT_WORKER:-build/bin/ckpt-worker}
 G=tests/golden/f32_parallel_rot025
@@ -163,6 +165,19 @@ if awk -F'\t' '$3 == "induction_score" && $4 == 1 && $5 == 0 { s = $7 }
     $3 == "induction_loss" { l = $7 } END { exit !(s > 0.9 && l < 0.1) }' "$TMP/out"; then
     ok "induction-circuit: head 1.0 induction score > 0.9, induction loss < 0.1"
 else fail "induction-circuit rows: $(grep -E 'induction_(score\t1\t0|loss\t)' "$TMP/out")"; fi
+
+# --gate: load, wait for one byte on stdin, then analyse
+{ sleep 1; printf g; } | "$W" analyze "$G" --items loss,weights --gate >"$TMP/gated" 2>"$TMP/err"
+got=$?
+if [ "$got" -eq 0 ] && cmp -s "$TMP/gated" "$TMP/run1"; then ok "gated analyze: exit 0, the ungated rows"
+else fail "gated analyze: exit $got, rows differ from the ungated run's"; tail -3 "$TMP/err"; fi
+if awk '/msg="analyze done"/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+    END { exit !(v["gate_wait_s"] >= 0.9 && v["seconds"] < v["gate_wait_s"]) }' "$TMP/err"
+then ok "gated analyze: the wait logged apart from the seconds ($(grep -o 'seconds=[^ ]* cpu_seconds=[^ ]* gate_wait_s=[^ ]*' "$TMP/err"))"
+else fail "gated analyze's done line: $(grep 'analyze done' "$TMP/err")"; fi
+status 1 "gate closed without a byte" -- "$W" analyze "$G" --items loss,weights --gate </dev/null
+grep -q 'the gate closed without a start (end of input)' "$TMP/err" && [ ! -s "$TMP/out" ] &&
+    ok "... says so and prints no rows" || fail "closed gate: $(tail -2 "$TMP/err")"
 
 [ "$fails" -eq 0 ] || { echo "cli_battery: $fails failed"; exit 1; }
 echo "cli_battery: all passed"
