@@ -218,14 +218,15 @@ void task_batch(struct task *t, long step, const int **tokens, const int **targe
     *B = t->c.batch;
 }
 
-/* Sums of loss and correct argmax over positions with a target (and, when
- * mask is non-NULL, mask set), over n sequences, in chunks. */
-static int eval_set(struct task *t, struct gptneox *m, const int *tok, const int *tgt,
-                    const int *mask, int n, double *loss, double *acc, struct err *e)
+/* Mean loss and accuracy (argmax) over the positions with a target, over n
+ * sequences, in chunks; with mask, also over the positions with a target
+ * and mask set (*mloss, *macc), from the same forward. */
+static int eval_set(struct task *t, struct gptneox *m, const int *tok, const int *tgt, int n,
+                    double *loss, double *acc, const int *mask, double *mloss, double *macc, struct err *e)
 {
     const int T = t->T, V = t->V;
-    double lsum = 0.0;
-    long correct = 0, count = 0;
+    double lsum = 0.0, msum = 0.0;
+    long correct = 0, count = 0, mcorrect = 0, mcount = 0;
     for (int s0 = 0; s0 < n; s0 += EVAL_CHUNK) {
         int B = n - s0 < EVAL_CHUNK ? n - s0 : EVAL_CHUNK;
         int rc = gptneox_forward(m, tok + (size_t)s0 * T, B, T, NULL, 0, e);
@@ -234,40 +235,48 @@ static int eval_set(struct task *t, struct gptneox *m, const int *tok, const int
         const float *logits = gptneox_logits(m);
         for (size_t i = 0; i < (size_t)B * T; i++) {
             size_t gi = (size_t)s0 * T + i;
-            if (tgt[gi] < 0 || (mask && !mask[gi]))
+            if (tgt[gi] < 0)
                 continue;
             const float *l = logits + i * V;
             float one;
             crossentropy_forward(&one, l, &tgt[gi], 1, V);
-            lsum += one;
             int best = 0;
             for (int v = 1; v < V; v++)
                 if (l[v] > l[best])
                     best = v;
+            lsum += one;
             correct += best == tgt[gi];
             count++;
+            if (mask && mask[gi]) {
+                msum += one;
+                mcorrect += best == tgt[gi];
+                mcount++;
+            }
         }
     }
     *loss = count ? lsum / count : NAN;
     *acc = count ? (double)correct / count : NAN;
+    if (mask) {
+        *mloss = mcount ? msum / mcount : NAN;
+        *macc = mcount ? (double)mcorrect / mcount : NAN;
+    }
     return 0;
 }
 
 int task_eval(struct task *t, struct gptneox *m, struct task_metrics *o, struct err *e)
 {
-    int rc;
     if (t->c.kind == TASK_MODADD) {
-        if ((rc = eval_set(t, m, t->train_tok, t->train_tgt, NULL, t->ntrain, &o->train_loss,
-                           &o->train_acc, e)) < 0)
+        int rc = eval_set(t, m, t->train_tok, t->train_tgt, t->ntrain, &o->train_loss, &o->train_acc, NULL,
+                          NULL, NULL, e);
+        if (rc < 0)
             return rc;
-        return eval_set(t, m, t->test_tok, t->test_tgt, NULL, t->npairs - t->ntrain,
-                        &o->test_loss, &o->test_acc, e);
+        return eval_set(t, m, t->test_tok, t->test_tgt, t->npairs - t->ntrain, &o->test_loss, &o->test_acc,
+                        NULL, NULL, NULL, e);
     }
-    if ((rc = eval_set(t, m, t->eval_tok, t->eval_tgt, NULL, INDUCTION_EVAL, &o->train_loss,
-                       &o->train_acc, e)) < 0)
-        return rc;
-    return eval_set(t, m, t->eval_tok, t->eval_tgt, t->eval_icl, INDUCTION_EVAL, &o->test_loss,
-                    &o->test_acc, e);
+    /* induction: every position, and the in-context ones (eval_icl), of one
+     * forward of the eval sequences */
+    return eval_set(t, m, t->eval_tok, t->eval_tgt, INDUCTION_EVAL, &o->train_loss, &o->train_acc, t->eval_icl,
+                    &o->test_loss, &o->test_acc, e);
 }
 
 int task_write_json(const struct task *t, const char *path, json_t *extra, struct err *e)
