@@ -24,7 +24,7 @@
 #   make fuzz       build every libFuzzer harness of fuzz/ (clang, ASan, UBSan,
 #                   build-fuzz/) and run each FUZZ_S seconds from its seed
 #                   corpus fuzz/corpus/NAME (scripts/fuzz-run; fuzz/README.md);
-#                   make check runs each 3 s (tests/fuzz_smoke.sh)
+#                   make check runs each 3 s (tests/fuzz_smoke.sh); FUZZ_J at once
 #   make fuzz-build the harnesses alone
 #   make soak       about 10 minutes, not in check: 4 daemons on ~1000 tiny
 #                   checkpoints over HTTP while faults are injected every 5-15 s
@@ -40,6 +40,7 @@
 #   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
 #   DEPS=0                              make check skips scripts/install-deps
 #   FUZZ_S=10  FUZZ_CC=clang            make fuzz: seconds per harness, compiler
+#   FUZZ_J=<cores>                      make fuzz: harnesses run at once
 #
 # Fault injection (docs/robustness.md): tests/test_fault_alloc and
 # tests/test_daemon_fault_alloc link tests/lib/failalloc.o with
@@ -277,6 +278,7 @@ golden: build/bin/ckpt-worker
 # build-fuzz/corpus/NAME, crashes to build-fuzz/crashes/NAME).
 FUZZ_CC ?= clang
 FUZZ_S ?= 10
+FUZZ_J ?= $(shell nproc 2>/dev/null || echo 1)
 FUZZ_BUILD := build-fuzz
 FUZZ_WORKER := safetensors torchzip pickle model_config tokenizer tokenize npy tokens probe_set task sae
 FUZZ_DAEMON := hub daemon_config
@@ -288,7 +290,7 @@ fuzz-build:
 		fuzz-bins
 
 fuzz: fuzz-build
-	@scripts/fuzz-run --build $(FUZZ_BUILD) --seconds $(FUZZ_S) $(FUZZ_NAMES)
+	@scripts/fuzz-run --build $(FUZZ_BUILD) --seconds $(FUZZ_S) --jobs $(FUZZ_J) $(FUZZ_NAMES)
 
 fuzz-bins: $(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_NAMES))
 
