@@ -69,9 +69,21 @@ CFLAGS_ALL += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS_ALL += -fsanitize=$(SANITIZE)
 endif
 
-LIBS_WORKER := $(BLAS_LIBS) -ljansson -lcrypto -lm -lpthread
-# PyTorch zip checkpoints (workers/model/torchzip.c)
-LIBS_WORKER += -lzip -lz
+LIBS_WORKER := $(BLAS_LIBS) -ljansson -lm -lpthread -lz
+# libzip (PyTorch zip checkpoints, workers/model/torchzip.c) and libcrypto
+# (SHA-256, common/sha256.c) are loaded at their first use (dlopen), not at
+# every worker's start; by the sonames the build would link against.
+soname = $(shell objdump -p "$$($(CC) -print-file-name=lib$(1).so)" 2>/dev/null | awk '$$1 == "SONAME" { print $$2 }')
+LIBZIP_SONAME := $(call soname,zip)
+LIBCRYPTO_SONAME := $(call soname,crypto)
+ifneq ($(LIBZIP_SONAME),)
+$(BUILD)/obj/workers/model/torchzip.o: CFLAGS_ALL += -DCKPT_LIBZIP_SONAME='"$(LIBZIP_SONAME)"'
+endif
+ifneq ($(LIBCRYPTO_SONAME),)
+$(BUILD)/obj/common/sha256.o: CFLAGS_ALL += -DCKPT_LIBCRYPTO_SONAME='"$(LIBCRYPTO_SONAME)"'
+endif
+# test_torchzip writes zip files of its own with libzip
+$(BUILD)/tests/test_torchzip: LIBS_WORKER += -lzip
 CMOCKA_LIBS := -lcmocka
 
 COMMON_SRC := $(wildcard common/*.c)

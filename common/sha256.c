@@ -1,9 +1,11 @@
 #include "common/sha256.h"
 
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,11 +15,59 @@
 
 #define FILE_CHUNK (1 << 20)
 
+#ifndef CKPT_LIBCRYPTO_SONAME
+#define CKPT_LIBCRYPTO_SONAME "libcrypto.so.3"
+#endif
+
+/* libcrypto's digest functions, found at the first digest: a program that
+ * never hashes (a worker on a checkpoint) does not pay for loading it
+ * (~170 pages written by the loader's relocations at every start). */
+#define EVP_FUNCS(X) X(EVP_MD_CTX_new) X(EVP_MD_CTX_free) X(EVP_sha256) X(EVP_DigestInit_ex) \
+    X(EVP_DigestUpdate) X(EVP_DigestFinal_ex)
+#define EVP_FIELD(f) __typeof__(f) *f;
+static struct {
+    int loaded;
+    EVP_FUNCS(EVP_FIELD)
+} evp;
+static pthread_mutex_t evp_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Load libcrypto once; a failure is not remembered (it may have been for
+ * want of memory).  ERR_IO naming the library when it cannot be loaded. */
+static int evp_load(struct err *e)
+{
+    pthread_mutex_lock(&evp_lock);
+    int rc = 0;
+    if (!evp.loaded) {
+        void *lib = dlopen(CKPT_LIBCRYPTO_SONAME, RTLD_NOW | RTLD_LOCAL);
+        const char *missing = NULL;
+#define EVP_SYM(f) \
+    if (lib && !missing && !(*(void **)&evp.f = dlsym(lib, #f))) \
+        missing = #f;
+        EVP_FUNCS(EVP_SYM)
+#undef EVP_SYM
+        if (!lib || missing) {
+            const char *why = dlerror();
+            rc = err_set(e, ERR_IO, "sha256", "cannot load %s%s%s: %s", CKPT_LIBCRYPTO_SONAME,
+                         missing ? " function " : "", missing ? missing : "", why ? why : "unknown");
+            if (lib)
+                dlclose(lib);
+        } else {
+            evp.loaded = 1; /* kept loaded for the program's life */
+        }
+    }
+    pthread_mutex_unlock(&evp_lock);
+    return rc;
+}
+
 int sha256_init(struct sha256 *h, struct err *e)
 {
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(c);
+    h->ctx = NULL;
+    int rc = evp_load(e);
+    if (rc < 0)
+        return rc;
+    EVP_MD_CTX *c = evp.EVP_MD_CTX_new();
+    if (!c || evp.EVP_DigestInit_ex(c, evp.EVP_sha256(), NULL) != 1) {
+        evp.EVP_MD_CTX_free(c);
         h->ctx = NULL;
         return err_set(e, ERR_NOMEM, "sha256", "cannot create a SHA-256 context");
     }
@@ -28,7 +78,7 @@ int sha256_init(struct sha256 *h, struct err *e)
 void sha256_update(struct sha256 *h, const void *data, size_t n)
 {
     if (h->ctx && n)
-        EVP_DigestUpdate(h->ctx, data, n);
+        evp.EVP_DigestUpdate(h->ctx, data, n);
 }
 
 void sha256_final(struct sha256 *h, char *out)
@@ -38,7 +88,7 @@ void sha256_final(struct sha256 *h, char *out)
     out[0] = '\0';
     if (!h->ctx)
         return;
-    EVP_DigestFinal_ex(h->ctx, md, &len);
+    evp.EVP_DigestFinal_ex(h->ctx, md, &len);
     for (unsigned i = 0; i < len && i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
     sha256_free(h);
@@ -47,7 +97,7 @@ void sha256_final(struct sha256 *h, char *out)
 void sha256_free(struct sha256 *h)
 {
     if (h && h->ctx) {
-        EVP_MD_CTX_free(h->ctx);
+        evp.EVP_MD_CTX_free(h->ctx);
         h->ctx = NULL;
     }
 }

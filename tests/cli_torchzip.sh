@@ -73,5 +73,24 @@ expect 1 "pytorch_model-00002-of-00002.bin" -- "$W" inspect "$TMP/shard"
 mkdir -p "$TMP/empty"
 expect 1 "pytorch_model.bin.index.json" -- "$W" inspect "$TMP/empty"
 
+# libzip (and the libcrypto it brings) is loaded at the first torch zip,
+# not at the worker's start: the loader's list of what it loaded
+loaded() { # CKPT_DIR: the libraries a worker's inspect loads, one line
+    LD_DEBUG=files "$W" inspect "$1" 2>&1 >/dev/null | sed -n 's/.*file=\([^ ]*\) \[0\];  needed by.*/\1/p
+        s/.*file=\([^ ]*\) \[0\];  dynamically loaded by.*/\1/p' | sort -u | tr '\n' ' '
+}
+n=$((n + 1))
+st=$(loaded "$G/st_f32")
+case "$st" in
+    *libzip*|*libcrypto*) echo "FAIL: a safetensors checkpoint loads libzip or libcrypto: $st"; fails=$((fails + 1)) ;;
+    *libopenblas*) echo "ok: a safetensors checkpoint: neither libzip nor libcrypto loaded" ;;
+    *) echo "FAIL: LD_DEBUG=files lists no libopenblas: [$st]"; fails=$((fails + 1)) ;;
+esac
+n=$((n + 1))
+case "$(loaded "$G/bin_f32_p2")" in
+    *libzip*) echo "ok: a torch zip checkpoint: libzip loaded" ;;
+    *) echo "FAIL: a torch zip checkpoint read without libzip loaded"; fails=$((fails + 1)) ;;
+esac
+
 echo "$((n - fails)) passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -14,8 +14,10 @@
  */
 #include "workers/model/torchzip.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,69 @@
 
 #include <zip.h>
 #include <zlib.h>
+
+/* ---- libzip, loaded at the first torch zip ----
+ * A worker on a safetensors checkpoint never reads a zip: libzip and what
+ * it brings (libcrypto, libbz2) are loaded (dlopen) when the first torch
+ * zip is opened, not at every worker's start, where their relocations
+ * cost ~200 page faults.  The calls below name libzip's functions as
+ * usual; each is a pointer of the same type. */
+#ifndef CKPT_LIBZIP_SONAME
+#define CKPT_LIBZIP_SONAME "libzip.so.4"
+#endif
+#define LIBZIP_FUNCS(X) X(zip_open) X(zip_discard) X(zip_get_name) X(zip_get_num_entries) \
+    X(zip_name_locate) X(zip_stat_index) X(zip_fopen_index) X(zip_fread) X(zip_fclose) \
+    X(zip_get_error) X(zip_file_get_error) X(zip_error_strerror) X(zip_error_init_with_code) \
+    X(zip_error_fini)
+#define LIBZIP_FIELD(f) __typeof__(f) *f;
+static struct {
+    int loaded;
+    LIBZIP_FUNCS(LIBZIP_FIELD)
+} libzip;
+static pthread_mutex_t libzip_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Load libzip once; a failure is not remembered (it may have been for want
+ * of memory).  ERR_UNSUPPORTED naming the library when it cannot be loaded. */
+static int libzip_load(const char *path, struct err *e)
+{
+    pthread_mutex_lock(&libzip_lock);
+    int rc = 0;
+    if (!libzip.loaded) {
+        void *lib = dlopen(CKPT_LIBZIP_SONAME, RTLD_NOW | RTLD_LOCAL);
+        const char *missing = NULL;
+#define LIBZIP_SYM(f) \
+    if (lib && !missing && !(*(void **)&libzip.f = dlsym(lib, #f))) \
+        missing = #f;
+        LIBZIP_FUNCS(LIBZIP_SYM)
+#undef LIBZIP_SYM
+        if (!lib || missing) {
+            const char *why = dlerror();
+            rc = err_set(e, ERR_UNSUPPORTED, path, "a torch zip checkpoint needs %s%s%s: %s",
+                         CKPT_LIBZIP_SONAME, missing ? ", function " : "", missing ? missing : "",
+                         why ? why : "unknown");
+            if (lib)
+                dlclose(lib);
+        } else {
+            libzip.loaded = 1; /* kept loaded for the program's life */
+        }
+    }
+    pthread_mutex_unlock(&libzip_lock);
+    return rc;
+}
+#define zip_open libzip.zip_open
+#define zip_discard libzip.zip_discard
+#define zip_get_name libzip.zip_get_name
+#define zip_get_num_entries libzip.zip_get_num_entries
+#define zip_name_locate libzip.zip_name_locate
+#define zip_stat_index libzip.zip_stat_index
+#define zip_fopen_index libzip.zip_fopen_index
+#define zip_fread libzip.zip_fread
+#define zip_fclose libzip.zip_fclose
+#define zip_get_error libzip.zip_get_error
+#define zip_file_get_error libzip.zip_file_get_error
+#define zip_error_strerror libzip.zip_error_strerror
+#define zip_error_init_with_code libzip.zip_error_init_with_code
+#define zip_error_fini libzip.zip_error_fini
 
 /* ---- what the result owns ---- */
 
@@ -1327,6 +1392,8 @@ int torchzip_open(struct st_file **out, const char *path, struct err *e)
         goto out;
     }
 
+    if ((rc = libzip_load(path, e)) < 0)
+        goto out;
     int zerr = 0;
     c.za = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &zerr);
     if (!c.za) {
