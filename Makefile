@@ -136,7 +136,26 @@ $(BUILD)/obj/workers/model/attention.o: CFLAGS_ALL += -O3 -fno-trapping-math -fn
 $(BUILD)/obj/workers/model/tensor.o: CFLAGS_ALL += -O3
 $(BUILD)/obj/workers/train/adamw.o: CFLAGS_ALL += -O3 -fno-trapping-math -fno-math-errno
 
+# ckpt-worker links OpenBLAS statically when its archive is there (Debian's
+# -dev package ships it; BLAS_STATIC=0: the shared library): a daemon starts
+# a worker for every claimed checkpoint, and the loader's relocation of the
+# 36 MB shared library was a third of a start (docs/families.md).  Its
+# Fortran LAPACK needs libgfortran, linked by its runtime soname.  The
+# benches that time BLAS by preloading a shim into the shared library use
+# $(BUILD)/bench/ckpt-worker-shared.
+BLAS_STATIC ?= 1
+BLAS_A := $(if $(filter 1,$(BLAS_STATIC)),$(firstword $(wildcard $(addsuffix /libopenblas.a,$(patsubst -L%,%,$(filter -L%,$(BLAS_LIBS)))))))
+GFORTRAN_SO := $(wildcard $(shell $(CC) -print-file-name=libgfortran.so.5 2>/dev/null))
+ifneq ($(and $(BLAS_A),$(GFORTRAN_SO)),)
+LIBS_WORKER_BIN := $(BLAS_A) $(GFORTRAN_SO) $(filter-out $(BLAS_LIBS),$(LIBS_WORKER))
+else
+LIBS_WORKER_BIN := $(LIBS_WORKER)
+endif
 $(BUILD)/bin/ckpt-worker: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER_BIN)
+
+$(BUILD)/bench/ckpt-worker-shared: $(call obj,$(WORKER_MAIN)) $(WORKER_LIB_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_WORKER)
 
@@ -236,7 +255,7 @@ $(BUILD)/bench/blas_timer.so: bench/shim/blas_timer.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 -g $(WARN) $(BLAS_CFLAGS) -shared -fPIC -o $@ $< -ldl
 
-bench: $(BINS) $(BENCH_BINS) $(BUILD)/bench/blas_timer.so
+bench: $(BINS) $(BENCH_BINS) $(BUILD)/bench/blas_timer.so $(BUILD)/bench/ckpt-worker-shared
 ifneq ($(DEPS),0)
 	@scripts/install-deps --bench
 endif

@@ -33,7 +33,8 @@
 # full sweeps.
 # BENCH_ALONE=1 also runs each item alone under the LD_PRELOAD shim
 # build/bench/blas_timer.so (BLAS share, sgemm rate), as before the items
-# shared a forward.
+# shared a forward; in build/bench/ckpt-worker-shared, the worker with the
+# shared OpenBLAS the shim can preload into.
 # Baselines: bench_engine forward and sgemm at the eval set's shape.
 # Medians of BENCH_REPS runs (default 3).  Nothing passes or fails on
 # timings.  Tables to stdout and build/bench/battery.md, raw JSON lines to
@@ -45,6 +46,7 @@ cd "$(dirname "$0")/.." || exit 1
 
 OUT=build/bench
 W=build/bin/ckpt-worker
+W_SHARED=$OUT/ckpt-worker-shared
 D=build/bin/ckptd
 ENG=$OUT/bench_engine
 SHIM=$OUT/blas_timer.so
@@ -60,7 +62,7 @@ JSONL=$OUT/battery.jsonl
 TMP=$(mktemp -d /tmp/ckb-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
-for f in "$W" "$D" "$ENG" "$SHIM"; do
+for f in "$W" "$W_SHARED" "$D" "$ENG" "$SHIM"; do
     [ -e "$f" ] || { echo "battery_bench: $f is missing; run 'make bench'" >&2; exit 1; }
 done
 
@@ -144,8 +146,9 @@ for preset in $PRESETS; do
                 echo "battery_bench: $preset $item alone ($r/$REPS)" >&2
                 rm -f "$TMP/blas.jsonl"
                 RUNENV=("BLAS_TIMER_OUT=$TMP/blas.jsonl" "LD_PRELOAD=$PWD/$SHIM")
-                analyze_json "$preset" alone "$r" "$item" >"$TMP/rec" || { RUNENV=(); continue; }
-                RUNENV=()
+                W0=$W W=$W_SHARED
+                analyze_json "$preset" alone "$r" "$item" >"$TMP/rec" || { RUNENV=() W=$W0; continue; }
+                RUNENV=() W=$W0
                 python3 - "$TMP/rec" "$TMP/blas.jsonl" >>"$JSONL" <<'PY'
 import json, sys
 rec = json.loads(open(sys.argv[1]).read())
