@@ -238,8 +238,12 @@ tokenizer-data:
 	@scripts/fetch-tokenizer
 
 # Unit tests run from the repository root so they find tests/ data.
+# Tests run side by side (scripts/run-tests A+B): the two dynamics_e2e
+# runs, each training on one core and serving through its own ports.
+TEST_GROUPS := tests/dynamics_e2e.sh+tests/dynamics_e2e_sandybridge.sh
 unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
-	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests $(TEST_BINS) $(TEST_SCRIPTS)
+	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests \
+		$(filter-out $(subst +, ,$(TEST_GROUPS)),$(TEST_BINS) $(TEST_SCRIPTS)) $(TEST_GROUPS)
 
 # Rooms include only themselves, the rooms before them and common/ (the
 # folder READMEs); scripts/check-layers names any include against that.

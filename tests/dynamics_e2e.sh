@@ -30,11 +30,12 @@
 #     one-checkpoint spike;
 #   - detection is idempotent: `ckptd detect` over the run again leaves the
 #     same rows.
-# PostgreSQL port 54405, HTTP ports 18610-18611.
+# PostgreSQL port 54405, HTTP ports 18610-18611 (DYN_PG_PORT, DYN_HTTP_PORT
+# and the one after it: tests/dynamics_e2e_sandybridge.sh runs beside it).
 . tests/lib/daemon.sh
 . tests/lib/hub.sh
 CORE=${DYN_CORETYPE:-Haswell}
-dl_init "dynamics_e2e_$CORE" 54405
+dl_init "dynamics_e2e_$CORE" "${DYN_PG_PORT:-54405}"
 trap 'dl_rc=$?; hub_stop_all; (exit $dl_rc); dl_cleanup' EXIT
 dl_migrate
 export OPENBLAS_CORETYPE=$CORE
@@ -52,7 +53,7 @@ wait "$TRAIN_induction" || { dl_fail "training induction"; cat "$T/train-inducti
 [ "$DL_FAILED" = 0 ] || dl_finish
 
 hub_start H "$T/hub" --root "$T/toy/modular-addition" --repo toy/grok \
-    --also "toy/induction=$T/toy/induction" --port 18610 --cdn-port 18611 || exit 1
+    --also "toy/induction=$T/toy/induction" --port "${DYN_HTTP_PORT:-18610}" --cdn-port $((${DYN_HTTP_PORT:-18610} + 1)) || exit 1
 export HF_ENDPOINT=$H_HUB_URL HF_HOME=$T/hf-none
 unset HF_TOKEN HF_HUB_OFFLINE
 dl_config "$T/cfg.json" '"prefetch": 1'
