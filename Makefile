@@ -39,6 +39,8 @@
 #   WERROR=1                            warnings are errors (CI sets it)
 #   CC, CFLAGS, LDFLAGS, OPT=-O2        the usual
 #   DEPS=0                              make check skips scripts/install-deps
+#   BLAS_STATIC=0                       ckpt-worker links the shared OpenBLAS
+#                                       (default: the static archive when there)
 #   FUZZ_S=10  FUZZ_CC=clang            make fuzz: seconds per harness, compiler
 #   FUZZ_J=<cores>                      make fuzz: harnesses run at once
 #
