@@ -3,7 +3,8 @@
 # Targets:
 #   make            build build/bin/ckptd and build/bin/ckpt-worker
 #   make check      install missing Debian packages (scripts/install-deps),
-#                   check the include rules (check-layers), build, run every
+#                   check the include rules (check-layers), build (on every
+#                   core unless -j is given), run every
 #                   test (cmocka unit tests, golden and malformed-input
 #                   cases, integration tests)
 #   make check-layers  the include rules alone (scripts/check-layers: rooms in
@@ -252,9 +253,11 @@ unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 check-layers:
 	@scripts/check-layers
 
+# make check builds on every core unless a -j was given (only a recipe sees
+# it, in MAKEFLAGS)
 check: deps check-layers
-	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory unit
+	@j=; case " $$MAKEFLAGS" in *" -j"*|*jobserver*) ;; *) j=-j$$(nproc 2>/dev/null || echo 1) ;; esac; \
+	$(MAKE) --no-print-directory $$j all && $(MAKE) --no-print-directory $$j unit
 
 # LD_PRELOAD shim that times BLAS/LAPACK calls (bench/shim/blas_timer.c).
 $(BUILD)/bench/blas_timer.so: bench/shim/blas_timer.c

@@ -1,11 +1,10 @@
 #include "common/sha256.h"
+#include "common/lazylib.h"
 
 #include <ctype.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,43 +25,17 @@
     X(EVP_DigestUpdate) X(EVP_DigestFinal_ex)
 #define EVP_FIELD(f) __typeof__(f) *f;
 static struct {
-    int loaded;
     EVP_FUNCS(EVP_FIELD)
 } evp;
-static pthread_mutex_t evp_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Load libcrypto once; a failure is not remembered (it may have been for
- * want of memory).  ERR_IO naming the library when it cannot be loaded. */
-static int evp_load(struct err *e)
-{
-    pthread_mutex_lock(&evp_lock);
-    int rc = 0;
-    if (!evp.loaded) {
-        void *lib = dlopen(CKPT_LIBCRYPTO_SONAME, RTLD_NOW | RTLD_LOCAL);
-        const char *missing = NULL;
-#define EVP_SYM(f) \
-    if (lib && !missing && !(*(void **)&evp.f = dlsym(lib, #f))) \
-        missing = #f;
-        EVP_FUNCS(EVP_SYM)
-#undef EVP_SYM
-        if (!lib || missing) {
-            const char *why = dlerror();
-            rc = err_set(e, ERR_IO, "sha256", "cannot load %s%s%s: %s", CKPT_LIBCRYPTO_SONAME,
-                         missing ? " function " : "", missing ? missing : "", why ? why : "unknown");
-            if (lib)
-                dlclose(lib);
-        } else {
-            evp.loaded = 1; /* kept loaded for the program's life */
-        }
-    }
-    pthread_mutex_unlock(&evp_lock);
-    return rc;
-}
+#define EVP_SYM(f) {#f, (void **)&evp.f},
+static const struct lazylib_sym evp_syms[] = {EVP_FUNCS(EVP_SYM)};
+static struct lazylib evp_lib = LAZYLIB_INIT;
 
 int sha256_init(struct sha256 *h, struct err *e)
 {
     h->ctx = NULL;
-    int rc = evp_load(e);
+    int rc = lazylib_load(&evp_lib, CKPT_LIBCRYPTO_SONAME, evp_syms,
+                          (int)(sizeof evp_syms / sizeof *evp_syms), e);
     if (rc < 0)
         return rc;
     EVP_MD_CTX *c = evp.EVP_MD_CTX_new();

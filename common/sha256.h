@@ -1,7 +1,7 @@
 /*
  * sha256.h - SHA-256 over OpenSSL's libcrypto (EVP), streaming or of a file.
- * libcrypto is loaded (dlopen) at the first digest, not at the program's
- * start.
+ * libcrypto is loaded (common/lazylib.h) at the first digest, not at the
+ * program's start.
  *
  * Digests are handled as 64 lowercase hex characters plus NUL, the form the
  * HuggingFace hub states for LFS files and the cache uses for blob names.
@@ -26,8 +26,8 @@ struct sha256 {
     void *ctx; /* EVP_MD_CTX *; NULL once final or freed */
 };
 
-/* Start a digest. ERR_NOMEM when libcrypto cannot make a context, ERR_IO
- * when it cannot be loaded. */
+/* Start a digest. ERR_NOMEM when libcrypto cannot make a context,
+ * ERR_UNSUPPORTED when it cannot be loaded (common/lazylib.h). */
 int sha256_init(struct sha256 *h, struct err *e) CK_WUR;
 
 /* Add bytes. */

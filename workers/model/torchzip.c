@@ -13,11 +13,10 @@
  * record read into memory are released together by st_free.
  */
 #include "workers/model/torchzip.h"
+#include "common/lazylib.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,38 +42,21 @@
     X(zip_error_fini)
 #define LIBZIP_FIELD(f) __typeof__(f) *f;
 static struct {
-    int loaded;
     LIBZIP_FUNCS(LIBZIP_FIELD)
 } libzip;
-static pthread_mutex_t libzip_lock = PTHREAD_MUTEX_INITIALIZER;
+#define LIBZIP_SYM(f) {#f, (void **)&libzip.f},
+static const struct lazylib_sym libzip_syms[] = {LIBZIP_FUNCS(LIBZIP_SYM)};
+static struct lazylib libzip_lib = LAZYLIB_INIT;
 
-/* Load libzip once; a failure is not remembered (it may have been for want
- * of memory).  ERR_UNSUPPORTED naming the library when it cannot be loaded. */
+/* libzip loaded, or ERR_UNSUPPORTED saying a torch zip needs it */
 static int libzip_load(const char *path, struct err *e)
 {
-    pthread_mutex_lock(&libzip_lock);
-    int rc = 0;
-    if (!libzip.loaded) {
-        void *lib = dlopen(CKPT_LIBZIP_SONAME, RTLD_NOW | RTLD_LOCAL);
-        const char *missing = NULL;
-#define LIBZIP_SYM(f) \
-    if (lib && !missing && !(*(void **)&libzip.f = dlsym(lib, #f))) \
-        missing = #f;
-        LIBZIP_FUNCS(LIBZIP_SYM)
-#undef LIBZIP_SYM
-        if (!lib || missing) {
-            const char *why = dlerror();
-            rc = err_set(e, ERR_UNSUPPORTED, path, "a torch zip checkpoint needs %s%s%s: %s",
-                         CKPT_LIBZIP_SONAME, missing ? ", function " : "", missing ? missing : "",
-                         why ? why : "unknown");
-            if (lib)
-                dlclose(lib);
-        } else {
-            libzip.loaded = 1; /* kept loaded for the program's life */
-        }
-    }
-    pthread_mutex_unlock(&libzip_lock);
-    return rc;
+    struct err le;
+    err_clear(&le);
+    if (lazylib_load(&libzip_lib, CKPT_LIBZIP_SONAME, libzip_syms,
+                     (int)(sizeof libzip_syms / sizeof *libzip_syms), &le) < 0)
+        return err_set(e, ERR_UNSUPPORTED, path, "a torch zip checkpoint needs %s", err_str(&le));
+    return 0;
 }
 #define zip_open libzip.zip_open
 #define zip_discard libzip.zip_discard
