@@ -242,8 +242,11 @@ tokenizer-data:
 
 # Unit tests run from the repository root so they find tests/ data.
 # Tests run side by side (scripts/run-tests A+B): the two dynamics_e2e
-# runs, each training on one core and serving through its own ports.
-TEST_GROUPS := tests/dynamics_e2e.sh+tests/dynamics_e2e_sandybridge.sh
+# runs, each training on one core and serving through its own ports; the
+# toy trainings of test_train (one core) beside three tests of one core
+# that assert no timings.
+TEST_GROUPS := tests/dynamics_e2e.sh+tests/dynamics_e2e_sandybridge.sh \
+	$(BUILD)/tests/test_train+tests/cli_probes.sh+tests/export_pandas.sh+tests/sae_saelens.sh
 unit: $(BINS) $(TEST_BINS) $(BUILD)/bench/transitions_series tokenizer-data
 	@CKPT_WORKER=$(BUILD)/bin/ckpt-worker scripts/run-tests \
 		$(filter-out $(subst +, ,$(TEST_GROUPS)),$(TEST_BINS) $(TEST_SCRIPTS)) $(TEST_GROUPS)

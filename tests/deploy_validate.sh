@@ -25,7 +25,8 @@
 # Container: COPY sources exist and are in the build context, the
 #   --from=build paths are what `make install DESTDIR=` writes, RUN's
 #   scripts exist, a non-root user; every library ckptd and ckpt-worker
-#   link (NEEDED) comes from a package the runtime stage installs (or
+#   link (NEEDED) or load at first use (libzip, libcrypto: common/lazylib.h)
+#   comes from a package the runtime stage installs (or
 #   libc6); `docker build` only when a docker daemon answers.
 # PostgreSQL port 54388.
 . tests/lib/daemon.sh
@@ -166,8 +167,12 @@ run_check container container "$CF" . "$T/inst" "$T/runtime.pkgs"
 dl_eq "ckptd loads the image's ckptd.json" 0 $?
 dl_true "the image's default command reads it" grep -q '^CMD \["--config", "/etc/ckptd/ckptd.json", "serve"' "$CF"
 for bin in "$T/inst/usr/local/bin/ckptd" "$T/inst/usr/local/bin/ckpt-worker"; do # what the image gets
-    for lib in $(objdump -p "$bin" | awk '$1 == "NEEDED" { print $2 }'); do
-        path=$(ldd "$bin" | awk -v l="$lib" '$1 == l { print $3 }')
+    # the libraries it links, and those it loads at their first use
+    # (common/lazylib.h: the sonames are strings in the binary)
+    for lib in $({ objdump -p "$bin" | awk '$1 == "NEEDED" { print $2 }'
+                   strings -a "$bin" | grep -oE 'lib(zip|crypto)\.so\.[0-9]+$'; } | sort -u); do
+        path=$(ldd "$bin" | awk -v l="$lib" '$1 == l { print $3 } $1 ~ ("/" l "$") { print $1 }')
+        [ -n "$path" ] || path=$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')
         pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -n 1 | cut -d: -f1)
         [ -n "$pkg" ] || pkg=$(dpkg -S "$path" 2>/dev/null | head -n 1 | cut -d: -f1)
         if [ "$pkg" = libc6 ] || grep -qx "$pkg" "$T/runtime.pkgs"; then
