@@ -4,13 +4,14 @@
  *
  * For a library most runs of a program never call: the loader's relocation
  * of a big library writes pages at every start, which a daemon pays once
- * per worker it starts.  The caller keeps a function pointer per symbol,
- * of the symbol's own type, and names them in a table:
+ * per worker it starts.  The caller lists the functions it calls (an
+ * X-macro of X(s, function) entries); LAZYLIB_DECLARE makes `s`, a struct
+ * with a pointer of each function's own type, its table of names and its
+ * lazylib:
  *
- *     static struct { __typeof__(zip_open) *zip_open; } zl;
- *     static struct lazylib zl_lib = LAZYLIB_INIT;
- *     static const struct lazylib_sym zl_syms[] = {{"zip_open", (void **)&zl.zip_open}};
- *     if (lazylib_load(&zl_lib, "libzip.so.4", zl_syms, 1, &e) < 0) ...
+ *     #define ZL_FUNCS(X, s) X(s, zip_open) X(s, zip_discard)
+ *     LAZYLIB_DECLARE(zl, ZL_FUNCS);
+ *     if (LAZYLIB_LOAD(zl, "libzip.so.4", &e) < 0) ...
  *     zl.zip_open(path, ZIP_RDONLY, &zerr);
  *
  * Thread-safe.  Once loaded the library stays for the program's life; a
@@ -39,5 +40,18 @@ struct lazylib_sym {
  * ERR_UNSUPPORTED naming the library, and the symbol when one is missing. */
 int lazylib_load(struct lazylib *l, const char *soname, const struct lazylib_sym *syms, int n,
                  struct err *e) CK_WUR;
+
+#define LAZYLIB_FIELD_(s, f) __typeof__(f) *f;
+#define LAZYLIB_SYM_(s, f) {#f, (void **)&s.f},
+/* static `s` (the pointers), s##_syms and s##_lib for the list FUNCS */
+#define LAZYLIB_DECLARE(s, FUNCS) \
+    static struct { \
+        FUNCS(LAZYLIB_FIELD_, s) \
+    } s; \
+    static const struct lazylib_sym s##_syms[] = {FUNCS(LAZYLIB_SYM_, s)}; \
+    static struct lazylib s##_lib = LAZYLIB_INIT
+/* lazylib_load of what LAZYLIB_DECLARE(s, ...) made */
+#define LAZYLIB_LOAD(s, soname, e) \
+    lazylib_load(&s##_lib, (soname), s##_syms, (int)(sizeof s##_syms / sizeof *s##_syms), (e))
 
 #endif

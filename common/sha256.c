@@ -21,27 +21,19 @@
 /* libcrypto's digest functions, found at the first digest: a program that
  * never hashes (a worker on a checkpoint) does not pay for loading it
  * (~170 pages written by the loader's relocations at every start). */
-#define EVP_FUNCS(X) X(EVP_MD_CTX_new) X(EVP_MD_CTX_free) X(EVP_sha256) X(EVP_DigestInit_ex) \
-    X(EVP_DigestUpdate) X(EVP_DigestFinal_ex)
-#define EVP_FIELD(f) __typeof__(f) *f;
-static struct {
-    EVP_FUNCS(EVP_FIELD)
-} evp;
-#define EVP_SYM(f) {#f, (void **)&evp.f},
-static const struct lazylib_sym evp_syms[] = {EVP_FUNCS(EVP_SYM)};
-static struct lazylib evp_lib = LAZYLIB_INIT;
+#define EVP_FUNCS(X, s) X(s, EVP_MD_CTX_new) X(s, EVP_MD_CTX_free) X(s, EVP_sha256) \
+    X(s, EVP_DigestInit_ex) X(s, EVP_DigestUpdate) X(s, EVP_DigestFinal_ex)
+LAZYLIB_DECLARE(evp, EVP_FUNCS);
 
 int sha256_init(struct sha256 *h, struct err *e)
 {
     h->ctx = NULL;
-    int rc = lazylib_load(&evp_lib, CKPT_LIBCRYPTO_SONAME, evp_syms,
-                          (int)(sizeof evp_syms / sizeof *evp_syms), e);
+    int rc = LAZYLIB_LOAD(evp, CKPT_LIBCRYPTO_SONAME, e);
     if (rc < 0)
         return rc;
     EVP_MD_CTX *c = evp.EVP_MD_CTX_new();
     if (!c || evp.EVP_DigestInit_ex(c, evp.EVP_sha256(), NULL) != 1) {
         evp.EVP_MD_CTX_free(c);
-        h->ctx = NULL;
         return err_set(e, ERR_NOMEM, "sha256", "cannot create a SHA-256 context");
     }
     h->ctx = c;

@@ -36,25 +36,18 @@
 #ifndef CKPT_LIBZIP_SONAME
 #define CKPT_LIBZIP_SONAME "libzip.so.4"
 #endif
-#define LIBZIP_FUNCS(X) X(zip_open) X(zip_discard) X(zip_get_name) X(zip_get_num_entries) \
-    X(zip_name_locate) X(zip_stat_index) X(zip_fopen_index) X(zip_fread) X(zip_fclose) \
-    X(zip_get_error) X(zip_file_get_error) X(zip_error_strerror) X(zip_error_init_with_code) \
-    X(zip_error_fini)
-#define LIBZIP_FIELD(f) __typeof__(f) *f;
-static struct {
-    LIBZIP_FUNCS(LIBZIP_FIELD)
-} libzip;
-#define LIBZIP_SYM(f) {#f, (void **)&libzip.f},
-static const struct lazylib_sym libzip_syms[] = {LIBZIP_FUNCS(LIBZIP_SYM)};
-static struct lazylib libzip_lib = LAZYLIB_INIT;
+#define LIBZIP_FUNCS(X, s) X(s, zip_open) X(s, zip_discard) X(s, zip_get_name) \
+    X(s, zip_get_num_entries) X(s, zip_name_locate) X(s, zip_stat_index) X(s, zip_fopen_index) \
+    X(s, zip_fread) X(s, zip_fclose) X(s, zip_get_error) X(s, zip_file_get_error) \
+    X(s, zip_error_strerror) X(s, zip_error_init_with_code) X(s, zip_error_fini)
+LAZYLIB_DECLARE(libzip, LIBZIP_FUNCS);
 
 /* libzip loaded, or ERR_UNSUPPORTED saying a torch zip needs it */
 static int libzip_load(const char *path, struct err *e)
 {
     struct err le;
     err_clear(&le);
-    if (lazylib_load(&libzip_lib, CKPT_LIBZIP_SONAME, libzip_syms,
-                     (int)(sizeof libzip_syms / sizeof *libzip_syms), &le) < 0)
+    if (LAZYLIB_LOAD(libzip, CKPT_LIBZIP_SONAME, &le) < 0)
         return err_set(e, ERR_UNSUPPORTED, path, "a torch zip checkpoint needs %s", err_str(&le));
     return 0;
 }
